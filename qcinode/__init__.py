@@ -1,0 +1,3 @@
+"""qcinode: an emulated Quantum Communication Infrastructure node."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,79 @@
+"""The exception taxonomy.
+
+"Expected" errors are outcomes a healthy system meets in normal operation
+(an eavesdropper raises the QBER, a pool runs dry); "unexpected" ones mean a
+bug or a misbehaving peer.
+"""
+
+from __future__ import annotations
+
+
+class QcinodeError(Exception):
+    """Root of every error qcinode raises on purpose."""
+
+
+class ConfigError(QcinodeError):
+    """Invalid configuration (topology file, command-line options). Expected.
+
+    The message names the offending field, e.g. ``links[1].length_km``.
+    """
+
+
+class ProtocolError(QcinodeError):
+    """A protocol rule was broken. Unexpected."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to do something the protocol does not allow."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow."""
+
+
+class SecurityAbort(QcinodeError):
+    """A block was abandoned for a security reason. Expected."""
+
+
+class QberTooHigh(SecurityAbort):
+    """The estimated phase error rate leaves no secret key."""
+
+
+class AuthenticationFailed(SecurityAbort):
+    """A transcript tag did not verify: the block is discarded."""
+
+
+class InsufficientEntropy(SecurityAbort):
+    """Finite-size estimates leave no extractable key for this block."""
+
+
+class VerificationFailed(SecurityAbort):
+    """The corrected keys' hashes differ: error correction failed."""
+
+
+class KeyStoreError(QcinodeError):
+    """Key pool or key store problem."""
+
+
+class InsufficientKeyMaterial(KeyStoreError):
+    """Not enough unused key in the pool. Expected (callers answer 503)."""
+
+
+class KeyNotFound(KeyStoreError):
+    """No such key / block / range. Expected."""
+
+
+class KeyAlreadyUsed(KeyStoreError):
+    """A range that was already consumed was named again. Unexpected."""
+
+
+class TransportError(QcinodeError):
+    """The classical channel failed."""
+
+
+class PeerUnavailable(TransportError):
+    """The peer could not be reached. Expected while a neighbour is down."""
+
+
+class PeerTimeout(TransportError):
+    """The peer did not answer in time. Expected under faults."""
