@@ -1,0 +1,86 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class StatusRequest(_message.Message):
+    __slots__ = ("include_block_digests",)
+    INCLUDE_BLOCK_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    include_block_digests: bool
+    def __init__(self, include_block_digests: _Optional[bool] = ...) -> None: ...
+
+class BlockDigest(_message.Message):
+    __slots__ = ("block_id", "sha256", "bits")
+    BLOCK_ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    block_id: str
+    sha256: bytes
+    bits: int
+    def __init__(self, block_id: _Optional[str] = ..., sha256: _Optional[bytes] = ..., bits: _Optional[int] = ...) -> None: ...
+
+class LinkStatus(_message.Message):
+    __slots__ = ("link_id", "peer", "role", "state", "pulses_sent", "detections", "sifted_bits", "qber", "ec_leak_bits", "ec_efficiency", "secret_bits", "blocks_done", "blocks_aborted", "pool_bits", "emulated_s", "secret_key_rate_bps", "auth_keys_available", "aborts_by_reason", "blocks", "cascade_rounds_per_block", "ec_key_bits")
+    class AbortsByReasonEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    LINK_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PULSES_SENT_FIELD_NUMBER: _ClassVar[int]
+    DETECTIONS_FIELD_NUMBER: _ClassVar[int]
+    SIFTED_BITS_FIELD_NUMBER: _ClassVar[int]
+    QBER_FIELD_NUMBER: _ClassVar[int]
+    EC_LEAK_BITS_FIELD_NUMBER: _ClassVar[int]
+    EC_EFFICIENCY_FIELD_NUMBER: _ClassVar[int]
+    SECRET_BITS_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_DONE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_ABORTED_FIELD_NUMBER: _ClassVar[int]
+    POOL_BITS_FIELD_NUMBER: _ClassVar[int]
+    EMULATED_S_FIELD_NUMBER: _ClassVar[int]
+    SECRET_KEY_RATE_BPS_FIELD_NUMBER: _ClassVar[int]
+    AUTH_KEYS_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    ABORTS_BY_REASON_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    CASCADE_ROUNDS_PER_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    EC_KEY_BITS_FIELD_NUMBER: _ClassVar[int]
+    link_id: str
+    peer: str
+    role: str
+    state: str
+    pulses_sent: int
+    detections: int
+    sifted_bits: int
+    qber: float
+    ec_leak_bits: int
+    ec_efficiency: float
+    secret_bits: int
+    blocks_done: int
+    blocks_aborted: int
+    pool_bits: int
+    emulated_s: float
+    secret_key_rate_bps: float
+    auth_keys_available: int
+    aborts_by_reason: _containers.ScalarMap[str, int]
+    blocks: _containers.RepeatedCompositeFieldContainer[BlockDigest]
+    cascade_rounds_per_block: float
+    ec_key_bits: int
+    def __init__(self, link_id: _Optional[str] = ..., peer: _Optional[str] = ..., role: _Optional[str] = ..., state: _Optional[str] = ..., pulses_sent: _Optional[int] = ..., detections: _Optional[int] = ..., sifted_bits: _Optional[int] = ..., qber: _Optional[float] = ..., ec_leak_bits: _Optional[int] = ..., ec_efficiency: _Optional[float] = ..., secret_bits: _Optional[int] = ..., blocks_done: _Optional[int] = ..., blocks_aborted: _Optional[int] = ..., pool_bits: _Optional[int] = ..., emulated_s: _Optional[float] = ..., secret_key_rate_bps: _Optional[float] = ..., auth_keys_available: _Optional[int] = ..., aborts_by_reason: _Optional[_Mapping[str, int]] = ..., blocks: _Optional[_Iterable[_Union[BlockDigest, _Mapping]]] = ..., cascade_rounds_per_block: _Optional[float] = ..., ec_key_bits: _Optional[int] = ...) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("node", "uptime_s", "links")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    uptime_s: float
+    links: _containers.RepeatedCompositeFieldContainer[LinkStatus]
+    def __init__(self, node: _Optional[str] = ..., uptime_s: _Optional[float] = ..., links: _Optional[_Iterable[_Union[LinkStatus, _Mapping]]] = ...) -> None: ...
