@@ -116,23 +116,35 @@ class ParityReply(_message.Message):
     count: int
     def __init__(self, block_seq: _Optional[int] = ..., round: _Optional[int] = ..., parities: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
 
-class Confirm(_message.Message):
-    __slots__ = ("block_seq", "verify_seed", "verify_tag", "pa_seed", "key_bits", "leak_bits", "auth_tag")
+class Reconciled(_message.Message):
+    __slots__ = ("block_seq", "verify_seed", "verify_tag", "errors_corrected")
     BLOCK_SEQ_FIELD_NUMBER: _ClassVar[int]
     VERIFY_SEED_FIELD_NUMBER: _ClassVar[int]
     VERIFY_TAG_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_CORRECTED_FIELD_NUMBER: _ClassVar[int]
+    block_seq: int
+    verify_seed: bytes
+    verify_tag: bytes
+    errors_corrected: int
+    def __init__(self, block_seq: _Optional[int] = ..., verify_seed: _Optional[bytes] = ..., verify_tag: _Optional[bytes] = ..., errors_corrected: _Optional[int] = ...) -> None: ...
+
+class Confirm(_message.Message):
+    __slots__ = ("block_seq", "accepted", "reason", "pa_seed", "key_bits", "leak_bits", "auth_tag")
+    BLOCK_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     PA_SEED_FIELD_NUMBER: _ClassVar[int]
     KEY_BITS_FIELD_NUMBER: _ClassVar[int]
     LEAK_BITS_FIELD_NUMBER: _ClassVar[int]
     AUTH_TAG_FIELD_NUMBER: _ClassVar[int]
     block_seq: int
-    verify_seed: bytes
-    verify_tag: bytes
+    accepted: bool
+    reason: str
     pa_seed: bytes
     key_bits: int
     leak_bits: int
     auth_tag: bytes
-    def __init__(self, block_seq: _Optional[int] = ..., verify_seed: _Optional[bytes] = ..., verify_tag: _Optional[bytes] = ..., pa_seed: _Optional[bytes] = ..., key_bits: _Optional[int] = ..., leak_bits: _Optional[int] = ..., auth_tag: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, block_seq: _Optional[int] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., pa_seed: _Optional[bytes] = ..., key_bits: _Optional[int] = ..., leak_bits: _Optional[int] = ..., auth_tag: _Optional[bytes] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("block_seq", "accepted", "reason", "auth_tag")
@@ -147,15 +159,17 @@ class Verdict(_message.Message):
     def __init__(self, block_seq: _Optional[int] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., auth_tag: _Optional[bytes] = ...) -> None: ...
 
 class Commit(_message.Message):
-    __slots__ = ("block_seq", "accepted")
+    __slots__ = ("block_seq", "accepted", "auth_tag")
     BLOCK_SEQ_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    AUTH_TAG_FIELD_NUMBER: _ClassVar[int]
     block_seq: int
     accepted: bool
-    def __init__(self, block_seq: _Optional[int] = ..., accepted: _Optional[bool] = ...) -> None: ...
+    auth_tag: bytes
+    def __init__(self, block_seq: _Optional[int] = ..., accepted: _Optional[bool] = ..., auth_tag: _Optional[bytes] = ...) -> None: ...
 
 class ClassicalMessage(_message.Message):
-    __slots__ = ("hello", "detection_report", "sift_reply", "test_bits", "estimate", "parity_query", "parity_reply", "confirm", "verdict", "commit")
+    __slots__ = ("hello", "detection_report", "sift_reply", "test_bits", "estimate", "parity_query", "parity_reply", "reconciled", "confirm", "verdict", "commit")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     DETECTION_REPORT_FIELD_NUMBER: _ClassVar[int]
     SIFT_REPLY_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +177,7 @@ class ClassicalMessage(_message.Message):
     ESTIMATE_FIELD_NUMBER: _ClassVar[int]
     PARITY_QUERY_FIELD_NUMBER: _ClassVar[int]
     PARITY_REPLY_FIELD_NUMBER: _ClassVar[int]
+    RECONCILED_FIELD_NUMBER: _ClassVar[int]
     CONFIRM_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
@@ -173,7 +188,8 @@ class ClassicalMessage(_message.Message):
     estimate: Estimate
     parity_query: ParityQuery
     parity_reply: ParityReply
+    reconciled: Reconciled
     confirm: Confirm
     verdict: Verdict
     commit: Commit
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., detection_report: _Optional[_Union[DetectionReport, _Mapping]] = ..., sift_reply: _Optional[_Union[SiftReply, _Mapping]] = ..., test_bits: _Optional[_Union[TestBits, _Mapping]] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ..., parity_query: _Optional[_Union[ParityQuery, _Mapping]] = ..., parity_reply: _Optional[_Union[ParityReply, _Mapping]] = ..., confirm: _Optional[_Union[Confirm, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ...) -> None: ...
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., detection_report: _Optional[_Union[DetectionReport, _Mapping]] = ..., sift_reply: _Optional[_Union[SiftReply, _Mapping]] = ..., test_bits: _Optional[_Union[TestBits, _Mapping]] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ..., parity_query: _Optional[_Union[ParityQuery, _Mapping]] = ..., parity_reply: _Optional[_Union[ParityReply, _Mapping]] = ..., reconciled: _Optional[_Union[Reconciled, _Mapping]] = ..., confirm: _Optional[_Union[Confirm, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ...) -> None: ...

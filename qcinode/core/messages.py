@@ -1,0 +1,151 @@
+"""Classical post-processing messages of one link, and their canonical bytes.
+
+Theory of operation: every message is a frozen dataclass. The transport maps
+each to a protobuf message; authentication does not depend on that mapping:
+both ends feed :func:`canonical_bytes` of each message, as sent or as decoded,
+into the block transcript, so any change in transit to any field changes the
+transcript and fails the one-time MAC.
+
+Who sends what, per block (A = Alice, the transmitter; B = Bob):
+
+====  =================  ===================================================
+dir   message            content
+====  =================  ===================================================
+B>A   DetectionReport    slots that clicked in a frame, and Bob's bases
+A>B   SiftReply          per reported slot: bases matched?, Alice's class
+B>A   TestBits           (block closed) Bob's test-basis (X) bits
+A>B   Estimate           test errors per class; proceed or abort
+B>A   CascadeQuery       one bisection level of parity questions
+A>B   CascadeReply       Alice's parities
+B>A   Reconciled         Bob's verification hash, errors corrected
+A>B   Confirm            verdict, privacy amplification seed and length, A's MAC
+B>A   Verdict            B accepts (block pending) or rejects; B's MAC
+A>B   Commit             A accepted (B's MAC verified) or dropped the block
+====  =================  ===================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from typing import Any
+
+import numpy as np
+
+from .cascade import ParityQuery, ParityReply
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DetectionReport:
+    frame_id: int
+    n_slots: int
+    slots: np.ndarray  # int64, sorted
+    bases: np.ndarray  # uint8, 1 = X
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SiftReply:
+    frame_id: int
+    basis_match: np.ndarray  # uint8 0/1 per reported slot
+    classes: np.ndarray  # uint8 per reported slot
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TestBits:
+    block_seq: int
+    bits: np.ndarray  # uint8, Bob's X-basis sifted bits, in sifting order
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Estimate:
+    block_seq: int
+    test_errors: tuple[int, int, int]
+    proceed: bool
+    abort_reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CascadeQuery:
+    block_seq: int
+    query: ParityQuery
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CascadeReply:
+    block_seq: int
+    reply: ParityReply
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reconciled:
+    block_seq: int
+    verify_seed: bytes
+    verify_tag: bytes
+    errors_corrected: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Confirm:
+    block_seq: int
+    accepted: bool
+    reason: str
+    pa_seed: bytes
+    key_bits: int
+    leak_bits: int
+    auth_tag: bytes = b""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Verdict:
+    block_seq: int
+    accepted: bool
+    reason: str
+    auth_tag: bytes = b""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Commit:
+    block_seq: int
+    accepted: bool
+    auth_tag: bytes = b""
+
+
+Message = (
+    DetectionReport | SiftReply | TestBits | Estimate | CascadeQuery | CascadeReply | Reconciled | Confirm | Verdict | Commit
+)
+
+
+def _encode_value(value: Any, out: list[bytes]) -> None:
+    if isinstance(value, bool):
+        out.append(b"?" + (b"\x01" if value else b"\x00"))
+    elif isinstance(value, (int, np.integer)):
+        out.append(b"i" + struct.pack(">q", int(value)))
+    elif isinstance(value, float):
+        out.append(b"f" + struct.pack(">d", value))
+    elif isinstance(value, str):
+        data = value.encode()
+        out.append(b"s" + struct.pack(">Q", len(data)) + data)
+    elif isinstance(value, bytes):
+        out.append(b"b" + struct.pack(">Q", len(value)) + value)
+    elif isinstance(value, np.ndarray):
+        data = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"), copy=False).tobytes()
+        tag = value.dtype.str.encode()
+        out.append(b"a" + struct.pack(">QB", len(data), len(tag)) + tag + data)
+    elif isinstance(value, tuple):
+        out.append(b"t" + struct.pack(">Q", len(value)))
+        for item in value:
+            _encode_value(item, out)
+    elif dataclasses.is_dataclass(value):
+        name = type(value).__name__.encode()
+        out.append(b"d" + struct.pack(">B", len(name)) + name)
+        for field in dataclasses.fields(value):
+            _encode_value(getattr(value, field.name), out)
+    else:  # pragma: no cover - a programming error, not input
+        raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def canonical_bytes(message: Any) -> bytes:
+    """An unambiguous byte encoding of a message: type name, then each field, typed and length-prefixed."""
+    out: list[bytes] = []
+    _encode_value(message, out)
+    return b"".join(out)

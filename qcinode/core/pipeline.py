@@ -1,0 +1,671 @@
+"""One link's post-processing as two message-driven sessions, Alice's and Bob's.
+
+Theory of operation (rules both sessions follow):
+
+1. Lock-step quantum phase. Alice emits one frame at a time
+   (:meth:`AliceLink.emit_frame`); Bob's detector turns it into clicks and Bob
+   answers with a :class:`DetectionReport`; Alice answers with a
+   :class:`SiftReply`. Both ends append the sifted slots (bases matched) to an
+   identical buffer, in slot order.
+2. Block boundary. After each ``SiftReply`` both ends count the sifted
+   key-basis (Z) bits in the buffer; when the count reaches ``block_bits`` the
+   whole buffer becomes the block (so no sifted data crosses a block
+   boundary and a block's transcript holds every message its data came
+   from). Both ends take two one-time MAC keys from the link's
+   :class:`AuthKeyReserve` at that moment, in lock-step.
+3. Parameter estimation. Bob reveals his test-basis (X) bits; Alice counts the
+   errors per intensity class and evaluates THE key-length function
+   (:func:`qcinode.core.estimation.key_length`) at the Shannon limit of error
+   correction; if even that leaves no key, the block aborts before Cascade.
+4. Cascade. Bob asks, Alice answers, one bisection level per message. Leak is
+   the number of parities Alice disclosed plus the bits needed to disclose
+   the error count.
+5. Verification. Bob sends a universal-hash tag of his corrected key; Alice
+   compares it with hers. Mismatch: the block is discarded.
+6. Privacy amplification and authentication. Alice computes the key length
+   from the statistics and the measured leak, draws a Toeplitz seed, hashes,
+   and sends :class:`Confirm` with a one-time Poly1305 tag over the whole
+   transcript. Bob checks the tag and recomputes the length himself
+   (mismatch: reject), hashes, keeps the key *pending* and answers
+   :class:`Verdict` with his own tag. Alice checks Bob's tag, accepts the
+   block and sends :class:`Commit`; on it Bob accepts too. A failed tag at
+   either end discards the block; no key beyond the block's two MAC keys is
+   consumed.
+7. Refill. When the MAC-key reserve runs low, both ends move the first bytes
+   of a newly accepted block into it, identically.
+
+Sessions raise :class:`~qcinode.errors.RemoteProtocolError` on a message that
+breaks these rules; the caller tears the session down and both ends discard
+the open block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import AuthenticationFailed, InsufficientKeyMaterial, LocalProtocolError, RemoteProtocolError
+from . import messages as m
+from .amplification import toeplitz_hash, unpack_bits
+from .authentication import AuthKeyReserve, Transcript, one_time_tag, verify_one_time_tag
+from .cascade import CascadeResponder, CascadeSession
+from .estimation import BlockStatistics, KeyLengthResult, h2, key_length
+from .physics import AliceRecord, Clicks, LinkPhysics, PhotonFrame, detect, transmit
+from .verification import tags_match, verification_tag
+
+A2B = "A>B"
+B2A = "B>A"
+MAC_KEYS_PER_BLOCK = 3
+MAC_KEY_BYTES = 32
+
+
+class LinkState(enum.Enum):
+    QUANTUM = "quantum"
+    ESTIMATING = "estimating"
+    RECONCILING = "reconciling"
+    CONFIRMING = "confirming"
+    FAILED = "failed"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LinkProtocolConfig:
+    """What both ends of a link must agree on."""
+
+    link_id: str
+    physics: LinkPhysics
+    block_bits: int = 100_000
+    security_epsilon: float = 1e-10
+    verification_tag_bits: int = 64
+    auth_low_water_keys: int = 64
+    auth_refill_keys: int = 64
+
+    def __post_init__(self) -> None:
+        if self.block_bits < 1:
+            raise LocalProtocolError("block_bits must be positive")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlockStats:
+    """What one block did; both ends report the same figures."""
+
+    block_seq: int
+    frames: int
+    pulses: int
+    detections: int
+    key_bits: int
+    test_bits: int
+    test_errors: int
+    errors_corrected: int
+    leak_bits: int
+    cascade_rounds: int
+    secret_bits: int
+    estimate: KeyLengthResult | None
+
+    @property
+    def sifted_bits(self) -> int:
+        return self.key_bits + self.test_bits
+
+    @property
+    def qber(self) -> float:
+        """Key-basis error rate, measured by error correction."""
+        return self.errors_corrected / self.key_bits if self.key_bits else 0.0
+
+    @property
+    def test_qber(self) -> float:
+        return self.test_errors / self.test_bits if self.test_bits else 0.0
+
+    @property
+    def ec_efficiency(self) -> float:
+        """f = leak / (n h(QBER)); 0 when nothing was leaked or no error was found."""
+        ideal = self.key_bits * h2(self.qber)
+        return self.leak_bits / ideal if ideal > 0 else 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlockAccepted:
+    block_seq: int
+    block_id: str
+    key: bytes = dataclasses.field(repr=False)
+    stats: BlockStats
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlockAborted:
+    block_seq: int
+    reason: str
+    stats: BlockStats
+
+
+BlockEvent = BlockAccepted | BlockAborted
+
+
+def block_id_for(link_id: str, block_seq: int) -> str:
+    return f"{link_id}/{block_seq}"
+
+
+def error_count_leak_bits(n: int) -> int:
+    """Bits disclosed by announcing how many errors Cascade corrected in n bits."""
+    return math.ceil(math.log2(n + 1)) if n > 0 else 0
+
+
+class _SiftBuffer:
+    """Sifted slots in order, identical at both ends (bits differ until corrected)."""
+
+    def __init__(self) -> None:
+        self.classes: list[np.ndarray] = []
+        self.bases: list[np.ndarray] = []
+        self.bits: list[np.ndarray] = []
+        self.z_bits = 0
+
+    def add(self, classes: np.ndarray, bases: np.ndarray, bits: np.ndarray) -> None:
+        self.classes.append(classes)
+        self.bases.append(bases)
+        self.bits.append(bits)
+        self.z_bits += int(np.count_nonzero(bases == 0))
+
+    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = tuple(np.concatenate(parts) if parts else np.zeros(0, np.uint8) for parts in (self.classes, self.bases, self.bits))
+        self.__init__()  # type: ignore[misc]
+        return out  # type: ignore[return-value]
+
+
+@dataclasses.dataclass(slots=True)
+class _Block:
+    seq: int
+    classes: np.ndarray
+    bases: np.ndarray
+    bits: np.ndarray
+    mac_keys: list[bytes]
+    transcript: Transcript
+    frames: int
+    pulses: int
+    detections: int
+    test_errors: tuple[int, int, int] = (0, 0, 0)
+    leak_bits: int = 0
+    errors_corrected: int = 0
+    cascade_rounds: int = 0
+    key_length: KeyLengthResult | None = None
+    secret: bytes = b""
+
+    @property
+    def key_mask(self) -> np.ndarray:
+        return self.bases == 0
+
+    def counts(self, basis: int) -> tuple[int, int, int]:
+        sel = self.classes[self.bases == basis]
+        return tuple(int(c) for c in np.bincount(sel, minlength=3)[:3])  # type: ignore[return-value]
+
+    def stats(self, secret_bits: int = 0) -> BlockStats:
+        return BlockStats(
+            block_seq=self.seq,
+            frames=self.frames,
+            pulses=self.pulses,
+            detections=self.detections,
+            key_bits=int(np.count_nonzero(self.bases == 0)),
+            test_bits=int(np.count_nonzero(self.bases == 1)),
+            test_errors=sum(self.test_errors),
+            errors_corrected=self.errors_corrected,
+            leak_bits=self.leak_bits,
+            cascade_rounds=self.cascade_rounds,
+            secret_bits=secret_bits,
+            estimate=self.key_length,
+        )
+
+
+class _LinkEnd:
+    """What both ends share: config, sifting buffer, block bookkeeping, MAC keys."""
+
+    direction_out: str
+    direction_in: str
+
+    def __init__(self, config: LinkProtocolConfig, auth: AuthKeyReserve, key_rng: Any, noise_rng: np.random.Generator, next_block_seq: int = 0) -> None:
+        self.config = config
+        self.auth = auth
+        self.key_rng = key_rng
+        self.noise_rng = noise_rng
+        self.state = LinkState.QUANTUM
+        self.next_block_seq = next_block_seq
+        self.events: list[BlockEvent] = []
+        self._buffer = _SiftBuffer()
+        self._transcript = Transcript()
+        self._frames = 0
+        self._pulses = 0
+        self._detections = 0
+        self.block: _Block | None = None
+
+    # -- helpers --------------------------------------------------------
+    def _record_in(self, msg: m.Message) -> None:
+        self._transcript_for_current().append(self.direction_in, m.canonical_bytes(msg))
+
+    def _record_out(self, msg: m.Message) -> None:
+        self._transcript_for_current().append(self.direction_out, m.canonical_bytes(msg))
+
+    def _transcript_for_current(self) -> Transcript:
+        return self.block.transcript if self.block is not None else self._transcript
+
+    def _expect(self, state: LinkState, msg: m.Message) -> _Block | None:
+        if self.state is not state:
+            raise RemoteProtocolError(f"{type(msg).__name__} not expected in state {self.state.value}")
+        if state is not LinkState.QUANTUM:
+            assert self.block is not None
+            seq = getattr(msg, "block_seq")
+            if seq != self.block.seq:
+                raise RemoteProtocolError(f"{type(msg).__name__} for block {seq}, open block is {self.block.seq}")
+        return self.block
+
+    def _add_sifted(self, classes: np.ndarray, bases: np.ndarray, bits: np.ndarray, pulses: int, detections: int) -> None:
+        self._buffer.add(classes, bases, bits)
+        self._frames += 1
+        self._pulses += pulses
+        self._detections += detections
+
+    def _maybe_close_block(self) -> bool:
+        if self._buffer.z_bits < self.config.block_bits:
+            return False
+        classes, bases, bits = self._buffer.take()
+        try:
+            mac_keys = self.auth.take(MAC_KEYS_PER_BLOCK)
+        except InsufficientKeyMaterial:
+            mac_keys = []
+        self.block = _Block(
+            seq=self.next_block_seq,
+            classes=classes,
+            bases=bases,
+            bits=bits,
+            mac_keys=mac_keys,
+            transcript=self._transcript,
+            frames=self._frames,
+            pulses=self._pulses,
+            detections=self._detections,
+        )
+        self.next_block_seq += 1
+        self._transcript = Transcript()
+        self._frames = self._pulses = self._detections = 0
+        self.state = LinkState.ESTIMATING
+        return True
+
+    def _statistics(self, block: _Block) -> BlockStatistics:
+        phys = self.config.physics
+        return BlockStatistics(
+            intensities=phys.intensities,
+            class_probabilities=phys.class_probabilities,
+            key_counts=block.counts(0),
+            test_counts=block.counts(1),
+            test_errors=block.test_errors,
+        )
+
+    def _key_length(self, block: _Block, leak_bits: int) -> KeyLengthResult:
+        return key_length(
+            self._statistics(block),
+            leak_ec_bits=leak_bits,
+            verification_tag_bits=self.config.verification_tag_bits,
+            security_epsilon=self.config.security_epsilon,
+        )
+
+    def _abort(self, reason: str) -> None:
+        block = self.block
+        assert block is not None
+        self.events.append(BlockAborted(block.seq, reason, block.stats()))
+        self.block = None
+        self.state = LinkState.QUANTUM
+
+    def _accept(self) -> None:
+        block = self.block
+        assert block is not None
+        secret = block.secret
+        if self.auth.available_keys < self.config.auth_low_water_keys:
+            refill = min(self.config.auth_refill_keys * MAC_KEY_BYTES, (len(secret) // 2) // MAC_KEY_BYTES * MAC_KEY_BYTES)
+            self.auth.refill(secret[:refill])
+            secret = secret[refill:]
+        self.events.append(
+            BlockAccepted(block.seq, block_id_for(self.config.link_id, block.seq), secret, block.stats(secret_bits=8 * len(secret)))
+        )
+        self.block = None
+        self.state = LinkState.QUANTUM
+
+    def _mac_input(self, block: _Block) -> bytes:
+        data: bytes = block.transcript.digest_input()
+        return data
+
+    def take_events(self) -> list[BlockEvent]:
+        events, self.events = self.events, []
+        return events
+
+
+class AliceLink(_LinkEnd):
+    """The transmitting end: emits frames, answers sifting, estimates, answers Cascade."""
+
+    direction_out = A2B
+    direction_in = B2A
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.next_frame_id = 0
+        self._outstanding: tuple[int, int, AliceRecord] | None = None
+        self._responder: CascadeResponder | None = None
+        self._confirm: m.Confirm | None = None
+
+    @property
+    def is_ready_for_frame(self) -> bool:
+        return self.state is LinkState.QUANTUM and self._outstanding is None
+
+    def emit_frame(self, n_slots: int) -> tuple[int, PhotonFrame]:
+        """Sends ``n_slots`` pulses into the fibre; returns (frame_id, what reaches Bob)."""
+        if not self.is_ready_for_frame:
+            raise LocalProtocolError("a frame is already in flight or a block is being processed")
+        frame, record = transmit(self.config.physics, n_slots, self.key_rng, self.noise_rng)
+        frame_id = self.next_frame_id
+        self.next_frame_id += 1
+        self._outstanding = (frame_id, n_slots, record)
+        return frame_id, frame
+
+    def receive(self, msg: m.Message) -> list[m.Message]:
+        match msg:
+            case m.DetectionReport():
+                return self._on_detections(msg)
+            case m.TestBits():
+                return self._on_test_bits(msg)
+            case m.CascadeQuery():
+                return self._on_query(msg)
+            case m.Reconciled():
+                return self._on_reconciled(msg)
+            case m.Verdict():
+                return self._on_verdict(msg)
+            case _:
+                raise RemoteProtocolError(f"Alice does not accept {type(msg).__name__}")
+
+    def _on_detections(self, msg: m.DetectionReport) -> list[m.Message]:
+        self._expect(LinkState.QUANTUM, msg)
+        if self._outstanding is None or msg.frame_id != self._outstanding[0]:
+            raise RemoteProtocolError(f"detections for frame {msg.frame_id}, which is not in flight")
+        frame_id, n_slots, record = self._outstanding
+        if msg.n_slots != n_slots or len(msg.slots) != len(msg.bases):
+            raise RemoteProtocolError("detection report does not fit the frame")
+        if len(msg.slots) and (msg.slots[0] < 0 or msg.slots[-1] >= n_slots or np.any(np.diff(msg.slots) <= 0)):
+            raise RemoteProtocolError("detection report slots out of range or unsorted")
+        if np.any(msg.bases > 1):
+            raise RemoteProtocolError("detection report bases must be 0 or 1")
+        self._outstanding = None
+        self._record_in(msg)
+        classes, bases, bits = record.reveal(msg.slots)
+        match = (bases == msg.bases).astype(np.uint8)
+        reply = m.SiftReply(frame_id, match, classes.astype(np.uint8))
+        self._record_out(reply)
+        keep = match.astype(bool)
+        self._add_sifted(classes[keep].astype(np.uint8), bases[keep].astype(np.uint8), bits[keep].astype(np.uint8), n_slots, len(msg.slots))
+        self._maybe_close_block()
+        return [reply]
+
+    def _on_test_bits(self, msg: m.TestBits) -> list[m.Message]:
+        block = self._expect(LinkState.ESTIMATING, msg)
+        assert block is not None
+        test_mask = block.bases == 1
+        ours = block.bits[test_mask]
+        if len(msg.bits) != len(ours):
+            raise RemoteProtocolError(f"expected {len(ours)} test bits, got {len(msg.bits)}")
+        self._record_in(msg)
+        wrong = ours != msg.bits
+        block.test_errors = tuple(int(c) for c in np.bincount(block.classes[test_mask][wrong], minlength=3)[:3])  # type: ignore[assignment]
+        n = int(np.count_nonzero(block.key_mask))
+        qber = sum(block.test_errors) / max(1, len(ours))
+        optimistic = self._key_length(block, leak_bits=math.ceil(n * h2(min(qber, 0.5))))
+        reason = ""
+        if not block.mac_keys:
+            reason = "authentication_keys_exhausted"
+        elif sum(block.counts(1)) == 0:
+            reason = "no_test_bits"
+        elif optimistic.length_bits <= 0:
+            reason = optimistic.reason or "insufficient_entropy"
+        reply = m.Estimate(block.seq, block.test_errors, proceed=not reason, abort_reason=reason)
+        self._record_out(reply)
+        if reason:
+            block.key_length = optimistic
+            self._abort(reason)
+        else:
+            self._responder = CascadeResponder(block.bits[block.key_mask])
+            self.state = LinkState.RECONCILING
+        return [reply]
+
+    def _on_query(self, msg: m.CascadeQuery) -> list[m.Message]:
+        block = self._expect(LinkState.RECONCILING, msg)
+        assert block is not None and self._responder is not None
+        self._record_in(msg)
+        reply = m.CascadeReply(block.seq, self._responder.receive(msg.query))
+        block.cascade_rounds += 1
+        self._record_out(reply)
+        return [reply]
+
+    def _on_reconciled(self, msg: m.Reconciled) -> list[m.Message]:
+        block = self._expect(LinkState.RECONCILING, msg)
+        assert block is not None and self._responder is not None
+        self._record_in(msg)
+        key = block.bits[block.key_mask]
+        n = len(key)
+        if not 0 <= msg.errors_corrected <= n:
+            raise RemoteProtocolError("errors_corrected out of range")
+        block.errors_corrected = msg.errors_corrected
+        block.leak_bits = self._responder.leak_bits + error_count_leak_bits(n)
+        self._responder = None
+        ours = verification_tag(key, msg.verify_seed, self.config.verification_tag_bits)
+        if not tags_match(ours, msg.verify_tag):
+            reply = m.Confirm(block.seq, False, "verification_failed", b"", 0, block.leak_bits)
+            self._record_out(reply)
+            self._abort("verification_failed")
+            return [reply]
+        block.key_length = self._key_length(block, block.leak_bits)
+        length = block.key_length.length_bits // 8 * 8
+        if length <= 0:
+            reason = block.key_length.reason or "insufficient_entropy"
+            reply = m.Confirm(block.seq, False, reason, b"", 0, block.leak_bits)
+            self._record_out(reply)
+            self._abort(reason)
+            return [reply]
+        seed = bytes(self.key_rng.bytes((n + length - 1 + 7) // 8))
+        block.secret = _amplify(key, seed, length)
+        unsigned = m.Confirm(block.seq, True, "", seed, length, block.leak_bits)
+        self._record_out(unsigned)
+        tag = one_time_tag(block.mac_keys[0], self._mac_input(block))
+        self._confirm = unsigned
+        self.state = LinkState.CONFIRMING
+        return [dataclasses.replace(unsigned, auth_tag=tag)]
+
+    def _on_verdict(self, msg: m.Verdict) -> list[m.Message]:
+        block = self._expect(LinkState.CONFIRMING, msg)
+        assert block is not None
+        self._record_in(dataclasses.replace(msg, auth_tag=b""))
+        if not msg.accepted:
+            self._abort(msg.reason or "rejected_by_peer")
+            return []
+        try:
+            verify_one_time_tag(block.mac_keys[1], self._mac_input(block), msg.auth_tag)
+        except AuthenticationFailed:
+            commit = self._signed_commit(block, accepted=False)
+            self._abort("authentication_failed")
+            return [commit]
+        commit = self._signed_commit(block, accepted=True)
+        self._accept()
+        return [commit]
+
+    def _signed_commit(self, block: _Block, accepted: bool) -> m.Commit:
+        unsigned = m.Commit(block.seq, accepted)
+        self._record_out(unsigned)
+        return dataclasses.replace(unsigned, auth_tag=one_time_tag(block.mac_keys[2], self._mac_input(block)))
+
+
+class BobLink(_LinkEnd):
+    """The receiving end: detects, reports, asks Cascade questions, keeps the key pending until Commit."""
+
+    direction_out = B2A
+    direction_in = A2B
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending_frames: list[tuple[int, PhotonFrame]] = []
+        self._reported: tuple[int, Clicks] | None = None
+        self._cascade: CascadeSession | None = None
+        self._corrected: np.ndarray | None = None
+        self._awaiting_commit = False
+
+    def receive_frame(self, frame_id: int, frame: PhotonFrame) -> list[m.Message]:
+        """A frame arrived from the fibre. Measured now if the link is sifting, else queued."""
+        self._pending_frames.append((frame_id, frame))
+        return self._drain_frames()
+
+    def _drain_frames(self) -> list[m.Message]:
+        if self.state is not LinkState.QUANTUM or self._reported is not None or not self._pending_frames:
+            return []
+        frame_id, frame = self._pending_frames.pop(0)
+        clicks = detect(self.config.physics, frame, self.key_rng, self.noise_rng)
+        self._reported = (frame_id, clicks)
+        report = m.DetectionReport(frame_id, frame.n_slots, clicks.slots, clicks.bases)
+        self._record_out(report)
+        return [report]
+
+    def receive(self, msg: m.Message) -> list[m.Message]:
+        match msg:
+            case m.SiftReply():
+                out = self._on_sift(msg)
+            case m.Estimate():
+                out = self._on_estimate(msg)
+            case m.CascadeReply():
+                out = self._on_reply(msg)
+            case m.Confirm():
+                out = self._on_confirm(msg)
+            case m.Commit():
+                out = self._on_commit(msg)
+            case _:
+                raise RemoteProtocolError(f"Bob does not accept {type(msg).__name__}")
+        return out + self._drain_frames()
+
+    def _on_sift(self, msg: m.SiftReply) -> list[m.Message]:
+        self._expect(LinkState.QUANTUM, msg)
+        if self._reported is None or self._reported[0] != msg.frame_id:
+            raise RemoteProtocolError(f"sift reply for frame {msg.frame_id}, which was not reported")
+        frame_id, clicks = self._reported
+        if len(msg.basis_match) != len(clicks.slots) or len(msg.classes) != len(clicks.slots):
+            raise RemoteProtocolError("sift reply length does not match the detection report")
+        if np.any(msg.classes > 2) or np.any(msg.basis_match > 1):
+            raise RemoteProtocolError("sift reply has invalid classes or flags")
+        self._reported = None
+        self._record_in(msg)
+        keep = msg.basis_match.astype(bool)
+        self._add_sifted(msg.classes[keep].astype(np.uint8), clicks.bases[keep], clicks.bits[keep], clicks.n_slots, len(clicks.slots))
+        if self._maybe_close_block():
+            block = self.block
+            assert block is not None
+            reveal = m.TestBits(block.seq, block.bits[block.bases == 1].copy())
+            self._record_out(reveal)
+            return [reveal]
+        return []
+
+    def _on_estimate(self, msg: m.Estimate) -> list[m.Message]:
+        block = self._expect(LinkState.ESTIMATING, msg)
+        assert block is not None
+        if len(msg.test_errors) != 3 or any(e < 0 or e > c for e, c in zip(msg.test_errors, block.counts(1))):
+            raise RemoteProtocolError("test error counts do not fit the test sample")
+        self._record_in(msg)
+        block.test_errors = tuple(int(e) for e in msg.test_errors)  # type: ignore[assignment]
+        if not msg.proceed:
+            n = int(np.count_nonzero(block.key_mask))
+            qber = sum(block.test_errors) / max(1, sum(block.counts(1)))
+            block.key_length = self._key_length(block, leak_bits=math.ceil(n * h2(min(qber, 0.5))))
+            self._abort(msg.abort_reason or "aborted_by_peer")
+            return []
+        qber = sum(block.test_errors) / max(1, sum(block.counts(1)))
+        self._cascade = CascadeSession(block.bits[block.key_mask].copy(), qber_estimate=qber, rng=self.noise_rng)
+        query = m.CascadeQuery(block.seq, self._cascade.start())
+        self._record_out(query)
+        self.state = LinkState.RECONCILING
+        return [query]
+
+    def _on_reply(self, msg: m.CascadeReply) -> list[m.Message]:
+        block = self._expect(LinkState.RECONCILING, msg)
+        assert block is not None
+        if self._cascade is None or self._cascade.is_done:
+            raise RemoteProtocolError("parity reply after reconciliation finished")
+        self._record_in(msg)
+        block.cascade_rounds += 1
+        nxt = self._cascade.receive(msg.reply)
+        if nxt is not None:
+            query = m.CascadeQuery(block.seq, nxt)
+            self._record_out(query)
+            return [query]
+        cascade = self._cascade
+        self._corrected = cascade.corrected_key
+        n = len(self._corrected)
+        block.errors_corrected = int(cascade.errors_corrected)
+        block.leak_bits = int(cascade.leak_bits) + error_count_leak_bits(n)
+        seed = bytes(self.key_rng.bytes(32))
+        done = m.Reconciled(block.seq, seed, verification_tag(self._corrected, seed, self.config.verification_tag_bits), block.errors_corrected)
+        self._record_out(done)
+        return [done]
+
+    def _on_confirm(self, msg: m.Confirm) -> list[m.Message]:
+        block = self._expect(LinkState.RECONCILING, msg)
+        assert block is not None
+        if self._corrected is None:
+            raise RemoteProtocolError("confirmation before reconciliation finished")
+        self._record_in(dataclasses.replace(msg, auth_tag=b""))
+        corrected, self._corrected, self._cascade = self._corrected, None, None
+        if not msg.accepted:
+            block.key_length = self._key_length(block, block.leak_bits)
+            self._abort(msg.reason or "rejected_by_peer")
+            return []
+        try:
+            verify_one_time_tag(block.mac_keys[0], self._mac_input(block), msg.auth_tag)
+        except AuthenticationFailed:
+            return self._reject(block, "authentication_failed")
+        block.key_length = self._key_length(block, block.leak_bits)
+        length = block.key_length.length_bits // 8 * 8
+        n = len(corrected)
+        if msg.key_bits != length or msg.leak_bits != block.leak_bits:
+            return self._reject(block, "key_length_mismatch")
+        if len(msg.pa_seed) != (n + length - 1 + 7) // 8:
+            return self._reject(block, "bad_amplification_seed")
+        block.secret = _amplify(corrected, msg.pa_seed, length)
+        unsigned = m.Verdict(block.seq, True, "")
+        self._record_out(unsigned)
+        tag = one_time_tag(block.mac_keys[1], self._mac_input(block))
+        self._awaiting_commit = True
+        self.state = LinkState.CONFIRMING
+        return [dataclasses.replace(unsigned, auth_tag=tag)]
+
+    def _reject(self, block: _Block, reason: str) -> list[m.Message]:
+        verdict = m.Verdict(block.seq, False, reason)
+        self._record_out(verdict)
+        self._abort(reason)
+        return [verdict]
+
+    def _on_commit(self, msg: m.Commit) -> list[m.Message]:
+        block = self._expect(LinkState.CONFIRMING, msg)
+        assert block is not None
+        self._record_in(dataclasses.replace(msg, auth_tag=b""))
+        try:
+            verify_one_time_tag(block.mac_keys[2], self._mac_input(block), msg.auth_tag)
+        except AuthenticationFailed:
+            # Alice's decision is unknown: the block stays pending until the
+            # ends compare the blocks they hold (Hello on reconnection).
+            self.state = LinkState.FAILED
+            raise RemoteProtocolError("commit failed authentication") from None
+        self._awaiting_commit = False
+        if msg.accepted:
+            self._accept()
+        else:
+            self._abort("authentication_failed_at_peer")
+        return []
+
+    @property
+    def pending_block_seq(self) -> int | None:
+        """The block Bob holds pending Alice's Commit, if any."""
+        return self.block.seq if self._awaiting_commit and self.block is not None else None
+
+
+def _amplify(key: np.ndarray, seed: bytes, length_bits: int) -> bytes:
+    n = len(key)
+    seed_bits = unpack_bits(seed, n + length_bits - 1)
+    out = toeplitz_hash(key, seed_bits, length_bits)
+    return bytes(np.packbits(out).tobytes())

@@ -1,0 +1,25 @@
+"""The two ends of a QKD link.
+
+Theory of operation:
+    Every link has a transmitting end (Alice, who owns the source) and a
+    receiving end (Bob, who owns the detector). The topology file names
+    Alice first (DESIGN.md §2). Roles also decide who may *initiate* the use
+    of which half of each shared key block (see ``qcinode.keys.pool``), so
+    they are an ``enum.Enum``, never ints or booleans (STYLE.md §3).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Role(enum.Enum):
+    """Which end of a link we are."""
+
+    ALICE = "alice"
+    BOB = "bob"
+
+    @property
+    def peer(self) -> Role:
+        """The role of the other end of the link."""
+        return Role.BOB if self is Role.ALICE else Role.ALICE
