@@ -190,6 +190,7 @@ class _Block:
     cascade_rounds: int = 0
     key_length: KeyLengthResult | None = None
     secret: bytes = b""
+    refill_mac_keys: bool = False
 
     @property
     def key_mask(self) -> np.ndarray:
@@ -281,6 +282,9 @@ class _LinkEnd:
             frames=self._frames,
             pulses=self._pulses,
             detections=self._detections,
+            # Decided now, in lock-step, so a block accepted late (after a
+            # reconnection) refills exactly as it did at the other end.
+            refill_mac_keys=self.auth.available_keys < self.config.auth_low_water_keys,
         )
         self.next_block_seq += 1
         self._transcript = Transcript()
@@ -317,7 +321,7 @@ class _LinkEnd:
         block = self.block
         assert block is not None
         secret = block.secret
-        if self.auth.available_keys < self.config.auth_low_water_keys:
+        if block.refill_mac_keys:
             refill = min(self.config.auth_refill_keys * MAC_KEY_BYTES, (len(secret) // 2) // MAC_KEY_BYTES * MAC_KEY_BYTES)
             self.auth.refill(secret[:refill])
             secret = secret[refill:]
@@ -657,6 +661,21 @@ class BobLink(_LinkEnd):
         else:
             self._abort("authentication_failed_at_peer")
         return []
+
+    def settle_pending(self, accepted: bool) -> list[BlockEvent]:
+        """After a broken session: accept or drop the block held pending Alice's Commit.
+
+        The link worker calls this once the ends have compared the blocks they
+        hold (``accepted`` is whether Alice holds it).
+        """
+        if self.block is None or not self._awaiting_commit:
+            return []
+        self._awaiting_commit = False
+        if accepted:
+            self._accept()
+        else:
+            self._abort("commit_lost")
+        return self.take_events()
 
     @property
     def pending_block_seq(self) -> int | None:

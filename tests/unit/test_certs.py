@@ -10,13 +10,14 @@ import ipaddress
 import os
 import ssl
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store, VerificationError
+from cryptography.x509 import DNSName, IPAddress
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from qcinode.cluster.certs import (
     ADMIN_COMMON_NAME,
@@ -301,8 +302,10 @@ def test_load_bundle_finds_every_file(plan: CertPlan, bundle: CertBundle) -> Non
     ],
     ids=["ca", "node-key", "sae-cert", "admin-key", "link-key"],
 )
-def test_load_bundle_names_the_missing_file(plan: CertPlan, bundle: CertBundle, victim: object) -> None:
-    missing = victim(bundle)  # type: ignore[operator]
+def test_load_bundle_names_the_missing_file(
+    plan: CertPlan, bundle: CertBundle, victim: Callable[[CertBundle], Path]
+) -> None:
+    missing = victim(bundle)
     missing.unlink()
 
     with pytest.raises(ConfigError) as excinfo:

@@ -1,0 +1,5 @@
+"""``python -m qcinode``."""
+
+from qcinode.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""The ``qcinode`` command line (DESIGN.md §2 fixes the command names)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError, QcinodeError
+
+DEFAULT_STATE_DIR = Path(".qcinode")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"QCINODE_{name}", default)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qcinode", description="Emulated QKD network node and local cluster.")
+    p.add_argument("--version", action="version", version=f"qcinode {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start every node of a topology on loopback and show a live status table")
+    up.add_argument("topology", nargs="?", type=Path, help="topology YAML (default: the built-in topology)")
+    up.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    up.add_argument("--detach", action="store_true", help="return once every link has produced key, leave the cluster running")
+    up.add_argument("--speed", help="override emulation.speed (a number or 'max')")
+    up.add_argument("--timeout", type=float, default=300.0, help="--detach: seconds to wait for key on every link")
+    up.add_argument("--refresh", type=float, default=1.0, help="seconds between table refreshes")
+
+    st = sub.add_parser("status", help="status of a detached cluster")
+    st.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    st.add_argument("--json", action="store_true", help="print one JSON document")
+    st.add_argument("--digests", action="store_true", help=argparse.SUPPRESS)
+
+    down = sub.add_parser("down", help="stop a detached cluster")
+    down.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+
+    node = sub.add_parser("node", help="run one node in the foreground (what a pod runs)")
+    node.add_argument("--topology", type=Path, default=_env("TOPOLOGY"))
+    node.add_argument("--name", default=_env("NAME"))
+    node.add_argument("--certs", type=Path, default=_env("CERTS", "certs"), help="directory made by `qcinode certs`")
+    node.add_argument("--listen", default=_env("LISTEN", "0.0.0.0:50051"), help="gRPC host:port")
+    node.add_argument("--peer", action="append", default=[], metavar="NAME=HOST:PORT", help="a neighbour's gRPC address (repeatable)")
+    node.add_argument("--peer-template", default=_env("PEER_TEMPLATE", "{name}:50051"), help="address of neighbours not given with --peer")
+    node.add_argument("--data-dir", type=Path, default=_env("DATA_DIR"))
+    node.add_argument("--port-file", type=Path, default=None, help="write the bound gRPC port here once serving")
+    node.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # tests: deterministic noise AND key bits
+    node.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+
+    certs = sub.add_parser("certs", help="make the cluster CA, node and SAE certificates and link bootstrap keys")
+    certs.add_argument("--topology", type=Path, required=True)
+    certs.add_argument("--out", type=Path, required=True)
+    certs.add_argument("--dns-suffix", action="append", default=[], help="extra DNS name suffix for node certificates")
+    certs.add_argument("--force", action="store_true", help="make a new CA and replace every file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        handler = {"up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs}[args.command]
+        return handler(args)
+    except ConfigError as exc:
+        print(f"qcinode: {exc}", file=sys.stderr)
+        return 2
+    except QcinodeError as exc:
+        print(f"qcinode: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _topology_path(path: Path | None) -> Path:
+    from .topology import builtin_topology_path
+
+    return path if path is not None else builtin_topology_path()
+
+
+def _up(args: argparse.Namespace) -> int:
+    from .cluster.launcher import Cluster, all_links_have_key, cluster_status, render_table
+
+    cluster = Cluster(_topology_path(args.topology), args.state_dir, speed=args.speed)
+    cluster.prepare()
+    cluster.start()
+    try:
+        cluster.wait_healthy()
+        print(f"qcinode: {len(cluster.processes)} nodes of topology {cluster.topology.name!r} running; state in {cluster.state_dir}", file=sys.stderr)
+        if args.detach:
+            deadline = time.monotonic() + args.timeout
+            while True:
+                status = cluster_status(cluster.state_dir)
+                if all_links_have_key(status, cluster.topology):
+                    print(render_table(status))
+                    print(f"qcinode: every link has key; stop with `qcinode down --state-dir {args.state_dir}`", file=sys.stderr)
+                    return 0
+                if time.monotonic() > deadline:
+                    print(render_table(status))
+                    raise ConfigError(f"--timeout: not every link produced key within {args.timeout:.0f} s")
+                time.sleep(1.0)
+        tty = sys.stdout.isatty()
+        while True:
+            table = render_table(cluster_status(cluster.state_dir))
+            print(("\x1b[H\x1b[2J" if tty else "") + table + ("\n(Ctrl-C stops the cluster)" if tty else "\n"), flush=True)
+            time.sleep(args.refresh)
+    except KeyboardInterrupt:
+        print("\nqcinode: stopping", file=sys.stderr)
+        cluster.stop()
+        return 0
+    except BaseException:
+        cluster.stop()
+        raise
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .cluster.launcher import cluster_status, render_table
+
+    status = cluster_status(args.state_dir, digests=args.digests)
+    print(json.dumps(status, indent=2) if args.json else render_table(status))
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from .cluster.launcher import pid_alive, read_cluster, stop_processes
+
+    cluster = read_cluster(args.state_dir)
+    pids = {name: int(info["pid"]) for name, info in cluster["nodes"].items()}
+    alive = {name: pid for name, pid in pids.items() if pid_alive(pid)}
+    stop_processes(alive)
+    print(f"qcinode: stopped {len(alive)} node(s)", file=sys.stderr)
+    return 0
+
+
+def _node(args: argparse.Namespace) -> int:
+    from . import logs
+    from .node.node import NodeSettings, run_node
+    from .topology import load_topology
+
+    if args.topology is None or args.name is None:
+        raise ConfigError("--topology and --name are required (or QCINODE_TOPOLOGY / QCINODE_NAME)")
+    logs.configure(args.log_level)
+    peers: dict[str, str] = {}
+    for item in args.peer:
+        name, sep, address = item.partition("=")
+        if not sep or not name or not address:
+            raise ConfigError(f"--peer: expected NAME=HOST:PORT, got {item!r}")
+        peers[name] = address
+    settings = NodeSettings(
+        topology=load_topology(args.topology),
+        name=args.name,
+        certs_dir=args.certs,
+        listen=args.listen,
+        peers=peers,
+        peer_template=args.peer_template,
+        data_dir=args.data_dir,
+        seed=args.seed,
+    )
+    asyncio.run(run_node(settings, port_file=args.port_file))
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from .cluster.certs import make_certificates
+    from .node.node import cert_plan
+    from .topology import load_topology
+
+    topology = load_topology(args.topology)
+    plan = cert_plan(topology)
+    if args.dns_suffix:
+        import dataclasses
+
+        plan = dataclasses.replace(plan, extra_dns=tuple(args.dns_suffix))
+    bundle = make_certificates(plan, args.out, force=args.force)
+    print(f"qcinode: certificates and link keys for {len(plan.nodes)} nodes, {len(plan.saes)} SAEs, {len(plan.links)} links in {bundle.directory}")
+    return 0

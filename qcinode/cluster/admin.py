@@ -1,0 +1,45 @@
+"""Admin client: asks running nodes for their status over mTLS gRPC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from ..transport.pb import admin_pb2, admin_pb2_grpc
+
+
+def admin_channel(address: str, server_name: str, certs_dir: Path) -> grpc.Channel:
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(certs_dir / "ca.pem").read_bytes(),
+        private_key=(certs_dir / "admin.key").read_bytes(),
+        certificate_chain=(certs_dir / "admin.pem").read_bytes(),
+    )
+    return grpc.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", server_name)])
+
+
+def node_status(address: str, server_name: str, certs_dir: Path, *, timeout_s: float = 5.0, digests: bool = False) -> dict[str, Any]:
+    """One node's status as a plain dict (link fields named as in ``qcinode status --json``)."""
+    with admin_channel(address, server_name, certs_dir) as channel:
+        reply = admin_pb2_grpc.AdminStub(channel).Status(admin_pb2.StatusRequest(include_block_digests=digests), timeout=timeout_s)
+    out = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    for link in out.get("links", []):
+        for key, value in list(link.items()):
+            if isinstance(value, str) and key not in ("link_id", "peer", "role", "state") and value.isdigit():
+                link[key] = int(value)  # proto3 JSON writes uint64 as strings
+        for block in link.get("blocks", []):
+            block["bits"] = int(block.get("bits", 0))
+    return out
+
+
+def health_check(address: str, server_name: str, certs_dir: Path, timeout_s: float = 2.0) -> bool:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with admin_channel(address, server_name, certs_dir) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False

@@ -1,0 +1,691 @@
+"""The link key pool and its ledger (pure; no I/O).
+
+Theory of operation:
+    * **Blocks.** Each post-processed block of secret key enters the pools at
+      both ends of its link with the same ID and bytes (DESIGN.md §1 step 8).
+      Blocks are kept oldest first.
+    * **Halves.** Both ends draw from the same blocks, possibly at the same
+      time, with no lock between them. To make collisions impossible, each
+      block of ``size`` bytes is split at ``boundary = size // 2``: bytes
+      ``[0, boundary)`` can be *initiated* (used on our own initiative) only by
+      Alice, bytes ``[boundary, size)`` only by Bob. An end reserves only from
+      its own half; the peer's half is consumed only when the peer names the
+      ranges it used (:meth:`LinkKeyPool.consume_ranges`). This is the
+      "initiator split" of DESIGN.md §1 (Key pool ledger).
+    * **Every consuming message names its ranges** (block, offset, length), so
+      the receiving end takes exactly the same bytes and both ledgers stay
+      equal. :meth:`LinkKeyPool.consume_ranges` is all-or-nothing: a range in
+      the wrong half, out of bounds, already used, overlapping another range
+      of the same call, or in an unknown block raises and consumes nothing.
+    * **Reserve → commit / release** (STYLE.md §5). :meth:`LinkKeyPool.reserve`
+      sets bytes aside (our half, oldest block first, lowest offset first,
+      possibly spanning blocks); :meth:`LinkKeyPool.commit` marks them used
+      and returns them; :meth:`LinkKeyPool.release` returns them to the pool.
+      **Release only while no message that depends on the bytes may have
+      left the process.** Once key bytes may have been used on the wire (a
+      one-time pad sent, ranges named to the peer), they must be committed
+      even if the operation then fails or is cancelled: releasing them would
+      let a later reservation reuse a pad the peer has already consumed.
+      Commit (and persist) before sending.
+    * **Ledger.** Used bytes are kept per block and per initiating half as
+      sorted, merged ``[start, end)`` intervals, so memory per block stays
+      small whatever the consumption pattern, and two ends that used the
+      same bytes have identical ledgers regardless of the order of use.
+      :meth:`LinkKeyPool.audit` lists them. A half that is fully used drops
+      its bytes; a block whose halves are both fully used is *retired*: its
+      bytes leave memory and only a summary (size, digest, used ranges)
+      remains, which also stops the same block ID from being added again.
+    * **Resynchronisation.** After a reconnection the ends exchange
+      :attr:`LinkKeyPool.block_ids` and each calls
+      :meth:`LinkKeyPool.retain_only` with the peer's set; blocks only one
+      end holds are discarded (their used ranges stay in the ledger).
+    * **Persistence.** :meth:`LinkKeyPool.to_state` is a JSON-able dict (key
+      bytes as hex; it holds secrets). Open reservations are not persisted: a
+      process that stops before committing never sent the bytes (see above),
+      so they come back as available.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import heapq
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from qcinode.core.roles import Role
+from qcinode.errors import (
+    InsufficientKeyMaterial,
+    KeyAlreadyUsed,
+    KeyNotFound,
+    KeyStoreError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+
+__all__ = ["KeyRange", "LedgerEntry", "LinkKeyPool", "Reservation"]
+
+_STATE_VERSION = 1
+
+Interval = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRange:
+    """Bytes ``[offset_bytes, offset_bytes + length_bytes)`` of one block."""
+
+    block_id: str
+    offset_bytes: int
+    length_bytes: int
+
+    @property
+    def end_bytes(self) -> int:
+        """One past the last byte of the range."""
+        return self.offset_bytes + self.length_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Bytes set aside by :meth:`LinkKeyPool.reserve`, not yet used.
+
+    Attributes:
+        link_id: The pool's link.
+        reservation_id: Unique within the pool's lifetime.
+        ranges: The reserved ranges in key order; the key is their
+            concatenation. Name these to the peer.
+    """
+
+    link_id: str
+    reservation_id: int
+    ranges: tuple[KeyRange, ...]
+
+    @property
+    def length_bytes(self) -> int:
+        """Total reserved length."""
+        return sum(r.length_bytes for r in self.ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """A maximal run of used bytes in one block, initiated by one end."""
+
+    block_id: str
+    offset_bytes: int
+    length_bytes: int
+    initiator: Role
+
+
+class _Block:
+    """A live block: its bytes per half, used and reserved intervals."""
+
+    __slots__ = ("block_id", "size", "boundary", "digest", "data", "used", "reserved")
+
+    def __init__(self, block_id: str, data: bytes) -> None:
+        self.block_id = block_id
+        self.size = len(data)
+        self.boundary = len(data) // 2
+        self.digest = hashlib.sha256(data).digest()
+        # Per half; None once the half is fully used (bytes dropped).
+        self.data: dict[Role, bytes | None] = {
+            Role.ALICE: data[: self.boundary],
+            Role.BOB: data[self.boundary :],
+        }
+        self.used: dict[Role, list[Interval]] = {Role.ALICE: [], Role.BOB: []}
+        # Only ever in our own half.
+        self.reserved: list[Interval] = []
+
+    def half(self, role: Role) -> Interval:
+        """Absolute ``[start, end)`` of the half ``role`` may initiate."""
+        return (0, self.boundary) if role is Role.ALICE else (self.boundary, self.size)
+
+    def free_bytes(self, role: Role) -> int:
+        """Bytes of ``role``'s half that are neither used nor reserved here."""
+        lo, hi = self.half(role)
+        return hi - lo - _total(self.used[role]) - _total(self.reserved_in(role))
+
+    def reserved_in(self, role: Role) -> list[Interval]:
+        lo, hi = self.half(role)
+        return [iv for iv in self.reserved if lo <= iv[0] and iv[1] <= hi]
+
+    def read(self, role: Role, start: int, end: int) -> bytes:
+        data = self.data[role]
+        if data is None:
+            raise KeyStoreError(f"block {self.block_id}: bytes of a fully used half requested")
+        lo = self.half(role)[0]
+        return data[start - lo : end - lo]
+
+    def mark_used(self, role: Role, start: int, end: int) -> None:
+        _add(self.used[role], start, end)
+        lo, hi = self.half(role)
+        if self.used[role] == [(lo, hi)]:
+            self.data[role] = None
+
+    def is_fully_used(self) -> bool:
+        return all(
+            _total(self.used[role]) == self.half(role)[1] - self.half(role)[0] for role in Role
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _ClosedBlock:
+    """Ledger summary of a block whose bytes are gone (retired or discarded)."""
+
+    size: int
+    digest: bytes
+    discarded: bool
+    used: tuple[tuple[int, int, Role], ...]
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(end - start for start, end, _ in self.used)
+
+
+class LinkKeyPool:
+    """The key pool of one link at one end, with its ledger of used bytes."""
+
+    __slots__ = ("_link_id", "_role", "_blocks", "_closed", "_open", "_next_reservation_id")
+
+    def __init__(self, link_id: str, role: Role) -> None:
+        """Create an empty pool.
+
+        Args:
+            link_id: The link's identifier (same at both ends).
+            role: Which end we are; decides which half of each block we initiate.
+        """
+        if not isinstance(role, Role):
+            raise LocalProtocolError(f"role must be a Role, got {role!r}")
+        self._link_id = link_id
+        self._role = role
+        self._blocks: dict[str, _Block] = {}
+        self._closed: dict[str, _ClosedBlock] = {}
+        self._open: dict[int, Reservation] = {}
+        self._next_reservation_id = 1
+
+    # -- queries ---------------------------------------------------------
+
+    @property
+    def link_id(self) -> str:
+        """The link this pool belongs to."""
+        return self._link_id
+
+    @property
+    def role(self) -> Role:
+        """Our end of the link."""
+        return self._role
+
+    @property
+    def available_bytes(self) -> int:
+        """Bytes we can still reserve (our halves, minus used and reserved)."""
+        return sum(block.free_bytes(self._role) for block in self._blocks.values())
+
+    @property
+    def peer_available_bytes(self) -> int:
+        """Bytes of the peer's halves not yet consumed (as far as we know)."""
+        return sum(block.free_bytes(self._role.peer) for block in self._blocks.values())
+
+    @property
+    def total_available_bytes(self) -> int:
+        """``available_bytes + peer_available_bytes``."""
+        return self.available_bytes + self.peer_available_bytes
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Bytes held by open reservations."""
+        return sum(_total(block.reserved) for block in self._blocks.values())
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes used so far by either end, over all blocks ever added."""
+        live = sum(_total(b.used[r]) for b in self._blocks.values() for r in Role)
+        return live + sum(closed.used_bytes for closed in self._closed.values())
+
+    @property
+    def block_ids(self) -> tuple[str, ...]:
+        """IDs of the blocks still holding unused bytes, oldest first."""
+        return tuple(self._blocks)
+
+    def has_block(self, block_id: str) -> bool:
+        """Whether ``block_id`` was ever added and not discarded (live or retired)."""
+        closed = self._closed.get(block_id)
+        return block_id in self._blocks or (closed is not None and not closed.discarded)
+
+    def block_digest(self, block_id: str) -> bytes:
+        """SHA-256 of a block's bytes (for tests and resync diagnostics).
+
+        Raises:
+            KeyNotFound: If the block was never added.
+        """
+        if block_id in self._blocks:
+            return self._blocks[block_id].digest
+        if block_id in self._closed:
+            return self._closed[block_id].digest
+        raise KeyNotFound(f"no block {block_id!r} in link {self._link_id!r}")
+
+    def audit(self) -> list[LedgerEntry]:
+        """Every used range, merged and sorted by (block_id, offset).
+
+        Two ends that used the same bytes return equal lists. Entries never
+        overlap, and each lies inside its initiator's half.
+        """
+        entries: list[LedgerEntry] = []
+        for block_id, block in self._blocks.items():
+            for role in Role:
+                entries.extend(
+                    LedgerEntry(block_id, start, end - start, role)
+                    for start, end in block.used[role]
+                )
+        for block_id, closed in self._closed.items():
+            entries.extend(
+                LedgerEntry(block_id, start, end - start, role)
+                for start, end, role in closed.used
+            )
+        entries.sort(key=lambda e: (e.block_id, e.offset_bytes))
+        return entries
+
+    # -- blocks ----------------------------------------------------------
+
+    def add_block(self, block_id: str, data: bytes) -> None:
+        """Add a committed secret block (same ID and bytes at both ends).
+
+        Raises:
+            KeyStoreError: If ``block_id`` was already added (even if retired
+                or discarded since).
+            LocalProtocolError: On an empty ID or empty data.
+        """
+        if not isinstance(block_id, str) or not block_id:
+            raise LocalProtocolError("block_id must be a non-empty str")
+        if not isinstance(data, (bytes, bytearray)) or not data:
+            raise LocalProtocolError("block data must be non-empty bytes")
+        if block_id in self._blocks or block_id in self._closed:
+            raise KeyStoreError(f"block {block_id!r} already in link {self._link_id!r}")
+        self._blocks[block_id] = _Block(block_id, bytes(data))
+
+    def retain_only(self, block_ids: Collection[str]) -> None:
+        """Discard the live blocks whose IDs are not in ``block_ids``.
+
+        Used after a reconnection with the peer's :attr:`block_ids`. Their
+        unused bytes are dropped; their used ranges stay in the ledger. Open
+        reservations touching a discarded block become void (commit raises
+        :class:`~qcinode.errors.KeyNotFound`).
+        """
+        keep = set(block_ids)
+        for block_id in [b for b in self._blocks if b not in keep]:
+            self._close(self._blocks.pop(block_id), discarded=True)
+
+    # -- our own use: reserve, commit, release ------------------------------
+
+    def reserve(self, length_bytes: int) -> Reservation:
+        """Set aside ``length_bytes`` from our halves, oldest block first.
+
+        Raises:
+            InsufficientKeyMaterial: If fewer bytes are available (nothing is reserved).
+            LocalProtocolError: If ``length_bytes`` is not a positive int.
+        """
+        if isinstance(length_bytes, bool) or not isinstance(length_bytes, int) or length_bytes < 1:
+            raise LocalProtocolError(f"length_bytes must be a positive int, got {length_bytes!r}")
+        available = self.available_bytes
+        if length_bytes > available:
+            raise InsufficientKeyMaterial(
+                f"link {self._link_id!r}: {length_bytes} bytes requested, {available} available"
+            )
+        ranges: list[KeyRange] = []
+        remaining = length_bytes
+        for block in self._blocks.values():
+            lo, hi = block.half(self._role)
+            for start, end in _gaps(lo, hi, block.used[self._role], block.reserved):
+                take = min(remaining, end - start)
+                ranges.append(KeyRange(block.block_id, start, take))
+                remaining -= take
+                if remaining == 0:
+                    break
+            if remaining == 0:
+                break
+        for r in ranges:
+            _add(self._blocks[r.block_id].reserved, r.offset_bytes, r.end_bytes)
+        reservation = Reservation(self._link_id, self._next_reservation_id, tuple(ranges))
+        self._next_reservation_id += 1
+        self._open[reservation.reservation_id] = reservation
+        return reservation
+
+    def commit(self, reservation: Reservation) -> bytes:
+        """Mark a reservation's bytes used and return them (concatenated).
+
+        Raises:
+            LocalProtocolError: If the reservation is not open in this pool
+                (already committed or released, or from another pool).
+            KeyNotFound: If one of its blocks was discarded by
+                :meth:`retain_only`; the reservation is then void and its
+                surviving bytes return to the pool.
+        """
+        self._take_open(reservation)
+        if any(r.block_id not in self._blocks for r in reservation.ranges):
+            self._unreserve(reservation)
+            raise KeyNotFound("a block of this reservation was discarded during resync")
+        parts: list[bytes] = []
+        for r in reservation.ranges:
+            block = self._blocks[r.block_id]
+            _remove(block.reserved, r.offset_bytes, r.end_bytes)
+            parts.append(block.read(self._role, r.offset_bytes, r.end_bytes))
+            block.mark_used(self._role, r.offset_bytes, r.end_bytes)
+        self._retire_full({r.block_id for r in reservation.ranges})
+        return b"".join(parts)
+
+    def release(self, reservation: Reservation) -> None:
+        """Return a reservation's bytes to the pool.
+
+        Idempotent: releasing a reservation that is no longer open (already
+        committed or released) does nothing, so cleanup paths may call it
+        unconditionally. See the module docstring for when *not* to release.
+
+        Raises:
+            LocalProtocolError: If the ID is open but the reservation differs
+                (it belongs to another pool).
+        """
+        stored = self._open.get(reservation.reservation_id)
+        if stored is None:
+            return
+        self._take_open(reservation)
+        self._unreserve(reservation)
+
+    # -- the peer's use ----------------------------------------------------
+
+    def consume_ranges(self, ranges: Sequence[KeyRange], initiator: Role) -> bytes:
+        """Consume ranges the peer used and named; all-or-nothing.
+
+        Args:
+            ranges: The ranges from the peer's message, in key order.
+            initiator: The peer's role (ranges must lie in its half).
+
+        Returns:
+            The bytes of the ranges, concatenated in the given order.
+
+        Raises:
+            LocalProtocolError: If ``initiator`` is our own role.
+            KeyNotFound: A block we do not hold (never added, or discarded).
+            KeyAlreadyUsed: A range overlapping bytes already used.
+            RemoteProtocolError: A malformed range: non-positive length,
+                out of the block, outside the initiator's half, or
+                overlapping another range of the same call.
+        """
+        if initiator is not self._role.peer:
+            raise LocalProtocolError(f"consume_ranges is for the peer's ranges, not {initiator!r}")
+        ranges = list(ranges)
+        claimed: dict[str, list[Interval]] = {}
+        for r in ranges:
+            self._check_peer_range(r, initiator, claimed)
+        parts: list[bytes] = []
+        for r in ranges:
+            block = self._blocks[r.block_id]
+            parts.append(block.read(initiator, r.offset_bytes, r.end_bytes))
+            block.mark_used(initiator, r.offset_bytes, r.end_bytes)
+        self._retire_full({r.block_id for r in ranges})
+        return b"".join(parts)
+
+    # -- persistence -----------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """A JSON-able snapshot, ledger included (key bytes hex; holds secrets).
+
+        Open reservations are not included: restored, their bytes are available.
+        """
+        blocks = []
+        for block in self._blocks.values():
+            blocks.append(
+                {
+                    "block_id": block.block_id,
+                    "size": block.size,
+                    "digest": block.digest.hex(),
+                    "data": {
+                        role.value: (None if (d := block.data[role]) is None else d.hex())
+                        for role in Role
+                    },
+                    "used": {
+                        role.value: [[s, e] for s, e in block.used[role]] for role in Role
+                    },
+                }
+            )
+        closed = [
+            {
+                "block_id": block_id,
+                "size": c.size,
+                "digest": c.digest.hex(),
+                "discarded": c.discarded,
+                "used": [[s, e, role.value] for s, e, role in c.used],
+            }
+            for block_id, c in self._closed.items()
+        ]
+        return {
+            "version": _STATE_VERSION,
+            "link_id": self._link_id,
+            "role": self._role.value,
+            "blocks": blocks,
+            "closed": closed,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LinkKeyPool:
+        """Rebuild a pool from :meth:`to_state` output.
+
+        Raises:
+            KeyStoreError: If the state is malformed or inconsistent.
+        """
+        try:
+            return cls._from_state(state)
+        except KeyStoreError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise KeyStoreError(f"malformed key pool state: {exc!r}") from None
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any]) -> LinkKeyPool:
+        if state["version"] != _STATE_VERSION:
+            raise KeyStoreError(f"unsupported key pool state version {state['version']!r}")
+        pool = cls(str(state["link_id"]), Role(state["role"]))
+        for item in state["blocks"]:
+            block_id = str(item["block_id"])
+            size = _nonneg_int(item["size"])
+            block = _Block.__new__(_Block)
+            block.block_id = block_id
+            block.size = size
+            block.boundary = size // 2
+            block.digest = bytes.fromhex(item["digest"])
+            block.reserved = []
+            block.data = {}
+            block.used = {}
+            for role in Role:
+                lo, hi = block.half(role)
+                used = _intervals_from_state(item["used"][role.value], lo, hi)
+                raw = item["data"][role.value]
+                if raw is None:
+                    if used != ([(lo, hi)] if hi > lo else []):
+                        raise KeyStoreError(f"block {block_id}: bytes missing for a half in use")
+                    block.data[role] = None
+                else:
+                    data = bytes.fromhex(raw)
+                    if len(data) != hi - lo:
+                        raise KeyStoreError(f"block {block_id}: half has the wrong length")
+                    block.data[role] = data
+                block.used[role] = used
+            halves = [block.data[role] for role in Role]
+            if all(h is not None for h in halves):
+                if hashlib.sha256(b"".join(h for h in halves if h is not None)).digest() != block.digest:
+                    raise KeyStoreError(f"block {block_id}: digest mismatch")
+            if block_id in pool._blocks:
+                raise KeyStoreError(f"duplicate block {block_id!r} in state")
+            pool._blocks[block_id] = block
+        for item in state["closed"]:
+            block_id = str(item["block_id"])
+            if block_id in pool._blocks or block_id in pool._closed:
+                raise KeyStoreError(f"duplicate block {block_id!r} in state")
+            size = _nonneg_int(item["size"])
+            used_runs: list[tuple[int, int, Role]] = []
+            for role in Role:
+                lo, hi = (0, size // 2) if role is Role.ALICE else (size // 2, size)
+                runs = [[s, e] for s, e, r in item["used"] if r == role.value]
+                used_runs.extend((s, e, role) for s, e in _intervals_from_state(runs, lo, hi))
+            if any(r not in {role.value for role in Role} for _, _, r in item["used"]):
+                raise KeyStoreError(f"block {block_id}: unknown initiator in ledger")
+            discarded = item["discarded"]
+            if not isinstance(discarded, bool):
+                raise KeyStoreError(f"block {block_id}: 'discarded' must be a bool")
+            pool._closed[block_id] = _ClosedBlock(
+                size=size,
+                digest=bytes.fromhex(item["digest"]),
+                discarded=discarded,
+                used=tuple(sorted(used_runs, key=lambda t: t[0])),
+            )
+        return pool
+
+    def __repr__(self) -> str:
+        # Never show key material.
+        return (
+            f"LinkKeyPool(link_id={self._link_id!r}, role={self._role.value}, "
+            f"blocks={len(self._blocks)}, available_bytes={self.available_bytes}, "
+            f"peer_available_bytes={self.peer_available_bytes})"
+        )
+
+    # -- internals -------------------------------------------------------
+
+    def _take_open(self, reservation: Reservation) -> None:
+        """Remove an open reservation from the open set, checking it is ours."""
+        stored = self._open.get(reservation.reservation_id)
+        if stored is None:
+            raise LocalProtocolError(
+                f"reservation {reservation.reservation_id} is not open (committed or released)"
+            )
+        if stored != reservation:
+            raise LocalProtocolError(
+                f"reservation {reservation.reservation_id} does not belong to this pool"
+            )
+        del self._open[reservation.reservation_id]
+
+    def _unreserve(self, reservation: Reservation) -> None:
+        for r in reservation.ranges:
+            block = self._blocks.get(r.block_id)
+            if block is not None:
+                _remove(block.reserved, r.offset_bytes, r.end_bytes)
+
+    def _check_peer_range(
+        self, r: KeyRange, initiator: Role, claimed: dict[str, list[Interval]]
+    ) -> None:
+        """Validate one peer-named range without changing anything."""
+        if not isinstance(r, KeyRange):
+            raise RemoteProtocolError(f"not a KeyRange: {r!r}")
+        for value in (r.offset_bytes, r.length_bytes):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise RemoteProtocolError(f"range {r!r} has a non-integer field")
+        if r.offset_bytes < 0 or r.length_bytes < 1:
+            raise RemoteProtocolError(f"range {r!r} is empty or negative")
+        block = self._blocks.get(r.block_id)
+        if block is None:
+            closed = self._closed.get(r.block_id)
+            if closed is None or closed.discarded:
+                raise KeyNotFound(f"no block {r.block_id!r} in link {self._link_id!r}")
+            lo, hi = (0, closed.size // 2) if initiator is Role.ALICE else (closed.size // 2, closed.size)
+            if not (lo <= r.offset_bytes and r.end_bytes <= hi):
+                raise RemoteProtocolError(f"range {r!r} lies outside the {initiator.value} half")
+            raise KeyAlreadyUsed(f"block {r.block_id!r} is fully used")
+        lo, hi = block.half(initiator)
+        if not (lo <= r.offset_bytes and r.end_bytes <= hi):
+            raise RemoteProtocolError(f"range {r!r} lies outside the {initiator.value} half")
+        if _overlaps(block.used[initiator], r.offset_bytes, r.end_bytes):
+            raise KeyAlreadyUsed(f"range {r!r} overlaps bytes already used")
+        if _overlaps(block.reserved, r.offset_bytes, r.end_bytes):
+            raise KeyAlreadyUsed(f"range {r!r} overlaps bytes we reserved")
+        seen = claimed.setdefault(r.block_id, [])
+        if _overlaps(seen, r.offset_bytes, r.end_bytes):
+            raise RemoteProtocolError(f"range {r!r} overlaps another range of the same message")
+        _add(seen, r.offset_bytes, r.end_bytes)
+
+    def _retire_full(self, block_ids: set[str]) -> None:
+        for block_id in block_ids:
+            block = self._blocks.get(block_id)
+            if block is not None and block.is_fully_used() and not block.reserved:
+                self._close(self._blocks.pop(block_id), discarded=False)
+
+    def _close(self, block: _Block, *, discarded: bool) -> None:
+        runs = [(s, e, role) for role in Role for s, e in block.used[role]]
+        self._closed[block.block_id] = _ClosedBlock(
+            size=block.size,
+            digest=block.digest,
+            discarded=discarded,
+            used=tuple(sorted(runs, key=lambda t: t[0])),
+        )
+
+
+# -- sorted, disjoint, merged [start, end) interval lists ----------------------
+
+
+def _start(interval: Interval) -> int:
+    return interval[0]
+
+
+def _total(intervals: list[Interval]) -> int:
+    return sum(end - start for start, end in intervals)
+
+
+def _overlaps(intervals: list[Interval], start: int, end: int) -> bool:
+    """Whether ``[start, end)`` meets any interval of the list."""
+    # Intervals are disjoint and sorted, so ends increase with starts: only the
+    # last interval starting before ``end`` can reach past ``start``.
+    i = bisect.bisect_left(intervals, end, key=_start)
+    return i > 0 and intervals[i - 1][1] > start
+
+
+def _add(intervals: list[Interval], start: int, end: int) -> None:
+    """Insert ``[start, end)`` (disjoint from the list), merging neighbours."""
+    if _overlaps(intervals, start, end):
+        raise KeyStoreError(f"ledger invariant broken: [{start}, {end}) overlaps")
+    i = bisect.bisect_left(intervals, start, key=_start)
+    if i > 0 and intervals[i - 1][1] == start:
+        i -= 1
+        start = intervals.pop(i)[0]
+    if i < len(intervals) and intervals[i][0] == end:
+        end = intervals.pop(i)[1]
+    intervals.insert(i, (start, end))
+
+
+def _remove(intervals: list[Interval], start: int, end: int) -> None:
+    """Remove ``[start, end)``, which must lie inside one interval of the list."""
+    i = bisect.bisect_right(intervals, start, key=_start) - 1
+    if i < 0 or intervals[i][1] < end:
+        raise KeyStoreError(f"ledger invariant broken: [{start}, {end}) is not reserved")
+    lo, hi = intervals[i]
+    intervals[i : i + 1] = [iv for iv in ((lo, start), (end, hi)) if iv[1] > iv[0]]
+
+
+def _gaps(lo: int, hi: int, *taken: list[Interval]) -> Iterator[Interval]:
+    """The parts of ``[lo, hi)`` covered by none of the ``taken`` lists, in order."""
+    cursor = lo
+    for start, end in heapq.merge(*taken):
+        if end <= cursor:
+            continue
+        if start >= hi:
+            break
+        if start > cursor:
+            yield (cursor, min(start, hi))
+        cursor = max(cursor, end)
+        if cursor >= hi:
+            return
+    if cursor < hi:
+        yield (cursor, hi)
+
+
+def _nonneg_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise KeyStoreError(f"expected a non-negative int, got {value!r}")
+    return value
+
+
+def _intervals_from_state(raw: Any, lo: int, hi: int) -> list[Interval]:
+    """Parse ``[[start, end], ...]`` and check it is sorted, disjoint and in ``[lo, hi)``."""
+    intervals: list[Interval] = []
+    for pair in raw:
+        start, end = (_nonneg_int(v) for v in pair)
+        if not (lo <= start < end <= hi):
+            raise KeyStoreError(f"ledger range [{start}, {end}) outside [{lo}, {hi})")
+        if _overlaps(intervals, start, end):
+            raise KeyStoreError(f"ledger ranges overlap at [{start}, {end})")
+        _add(intervals, start, end)
+    return intervals

@@ -1,0 +1,285 @@
+"""Link workers: the pure link sessions wired to grpc.aio.
+
+Alice's end is a client task with reconnection and back-off; Bob's end is two
+servicer methods (the quantum-channel stream and the classical session).
+They translate, pace, enforce deadlines and log; every protocol decision is
+made by :mod:`qcinode.core.pipeline`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+import structlog
+
+from ..core.physics import PhotonFrame
+from ..core.pipeline import AliceLink, BobLink
+from ..errors import ProtocolError, QcinodeError, RemoteProtocolError, TransportError
+from ..transport import codec
+from ..transport.pb import link_pb2 as pb
+from ..transport.pb import link_pb2_grpc as pb_grpc
+from .runtime import LinkRuntime, frame_slots
+
+log = structlog.get_logger(__name__)
+
+STAGE_TIMEOUT_S = 30.0
+HELLO_TIMEOUT_S = 10.0
+BACKOFF_INITIAL_S = 0.2
+BACKOFF_MAX_S = 5.0
+
+
+def peer_common_name(context: grpc.aio.ServicerContext) -> str:
+    """The CN of the mTLS client certificate (empty if none)."""
+    auth = context.auth_context()
+    values = auth.get("x509_common_name") or []
+    return values[0].decode() if values else ""
+
+
+def _hello(rt: LinkRuntime) -> pb.ClassicalMessage:
+    return pb.ClassicalMessage(
+        hello=pb.Hello(
+            link_id=rt.link_id,
+            role=rt.role.value,
+            next_block_seq=rt.next_block_seq,
+            auth_cursor=rt.auth.cursor,
+            held_block_seqs=rt.held_block_seqs(),
+            next_frame_id=rt.next_frame_id,
+        )
+    )
+
+
+def synchronise(rt: LinkRuntime, peer: pb.Hello) -> None:
+    """Both ends keep only the blocks both hold and skip to the later MAC key."""
+    if rt.pending_bob is not None:
+        rt.record(rt.pending_bob.settle_pending(rt.pending_bob.pending_block_seq in set(peer.held_block_seqs)))
+        rt.pending_bob = None
+    theirs = {f"{rt.link_id}/{seq}" for seq in peer.held_block_seqs}
+    rt.pool.retain_only(theirs & set(rt.pool.block_ids))
+    if peer.auth_cursor > rt.auth.cursor:
+        rt.auth.skip_to(min(peer.auth_cursor, rt.auth.cursor + rt.auth.available_keys))
+    rt.next_block_seq = max(rt.next_block_seq, peer.next_block_seq)
+    rt.next_frame_id = max(rt.next_frame_id, peer.next_frame_id)
+
+
+class AliceWorker:
+    """The transmitting end of one link: connects to Bob and runs blocks forever."""
+
+    def __init__(
+        self,
+        rt: LinkRuntime,
+        channel_factory: Callable[[], grpc.aio.Channel],
+        speed: float | None,
+        key_rng: Any,
+        noise_rng: np.random.Generator,
+    ) -> None:
+        self.rt = rt
+        self.channel_factory = channel_factory
+        self.speed = speed
+        self.key_rng = key_rng
+        self.noise_rng = noise_rng
+        self.log = log.bind(link_id=rt.link_id, peer_id=rt.peer, role="alice")
+
+    async def run(self) -> None:
+        backoff = BACKOFF_INITIAL_S
+        while True:
+            self.rt.state = "connecting"
+            try:
+                async with self.channel_factory() as channel:
+                    await self._session(channel)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                self.log.info("link.session_failed", code=exc.code().name, details=exc.details())
+            except (QcinodeError, TimeoutError) as exc:
+                self.log.warning("link.session_failed", error=type(exc).__name__, details=str(exc))
+            except Exception:
+                self.log.exception("link.session_crashed")
+            self.rt.state = "down"
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            if self.rt.counters.blocks_done:
+                backoff = min(backoff, 1.0)
+
+    async def _session(self, channel: grpc.aio.Channel) -> None:
+        rt = self.rt
+        call = pb_grpc.PostProcessingStub(channel).Session()
+        await call.write(_hello(rt))
+        async with asyncio.timeout(HELLO_TIMEOUT_S):
+            first = await call.read()
+        if first is grpc.aio.EOF or first.WhichOneof("body") != "hello":
+            raise RemoteProtocolError("peer did not answer with hello")
+        synchronise(rt, first.hello)
+        quantum = pb_grpc.QuantumChannelStub(channel).Transmit()
+        acks = asyncio.create_task(self._drain_acks(quantum))
+        alice = AliceLink(rt.config, rt.auth, self.key_rng, self.noise_rng, next_block_seq=rt.next_block_seq)
+        alice.next_frame_id = rt.next_frame_id
+        rt.state = "up"
+        self.log.info("link.session_started", next_block_seq=rt.next_block_seq, auth_cursor=rt.auth.cursor)
+        slots = frame_slots(rt.config, rt.link.source.rate_hz, self.speed)
+        wall_start = time.monotonic()
+        emulated = 0.0
+        try:
+            while True:
+                if alice.is_ready_for_frame:
+                    emulated += slots / rt.link.source.rate_hz
+                    if self.speed is not None:
+                        delay = wall_start + emulated / self.speed - time.monotonic()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                    frame_id, frame = alice.emit_frame(slots)
+                    rt.next_frame_id = alice.next_frame_id
+                    await quantum.write(pb.PulseFrame(link_id=rt.link_id, frame_id=frame_id, n_slots=frame.n_slots, payload=frame.to_bytes()))
+                async with asyncio.timeout(STAGE_TIMEOUT_S):
+                    envelope = await call.read()
+                if envelope is grpc.aio.EOF:
+                    raise TransportError("peer closed the classical channel")
+                for out in alice.receive(codec.decode(envelope)):
+                    await call.write(codec.encode(out))
+                rt.next_block_seq = alice.next_block_seq
+                self._log_events(rt.record(alice.take_events()))
+        finally:
+            acks.cancel()
+            quantum.cancel()
+            call.cancel()
+
+    async def _drain_acks(self, quantum: Any) -> None:
+        try:
+            async for _ack in quantum:
+                pass
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+
+    def _log_events(self, events: list[Any]) -> None:
+        for event in events:
+            _log_block(self.log, event)
+
+
+def _log_block(logger: Any, event: Any) -> None:
+    s = event.stats
+    if hasattr(event, "key"):
+        logger.info(
+            "link.block_done",
+            block_seq=event.block_seq,
+            key_bits=s.key_bits,
+            qber=round(s.qber, 5),
+            leak_bits=s.leak_bits,
+            ec_efficiency=round(s.ec_efficiency, 4),
+            secret_bits=s.secret_bits,
+            cascade_rounds=s.cascade_rounds,
+        )
+    else:
+        logger.info("link.block_aborted", block_seq=event.block_seq, reason=event.reason, key_bits=s.key_bits, test_qber=round(s.test_qber, 5))
+
+
+class BobEndpoint:
+    """Bob's side of every link where this node receives: two gRPC servicers share it."""
+
+    def __init__(self, links: dict[str, LinkRuntime], rng_factory: Callable[[], tuple[Any, np.random.Generator]]) -> None:
+        self.links = links
+        self.rng_factory = rng_factory
+        self.frames: dict[str, asyncio.Queue[tuple[int, PhotonFrame]]] = {
+            link_id: asyncio.Queue(maxsize=4) for link_id, rt in links.items()
+        }
+        self.inboxes: dict[str, asyncio.Queue[tuple[str, Any]]] = {}
+
+    def _runtime(self, link_id: str, peer_cn: str) -> LinkRuntime | None:
+        rt = self.links.get(link_id)
+        if rt is None or rt.role.value != "bob" or rt.peer != peer_cn:
+            return None
+        return rt
+
+    async def transmit(self, request_iterator: AsyncIterator[pb.PulseFrame], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.FrameAck]:
+        peer_cn = peer_common_name(context)
+        async for frame in request_iterator:
+            rt = self._runtime(frame.link_id, peer_cn)
+            if rt is None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer_cn!r} is not the transmitter of link {frame.link_id!r}")
+                return
+            try:
+                photons = PhotonFrame.from_bytes(frame.payload)
+            except ProtocolError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed pulse frame: {exc}")
+                return
+            if photons.n_slots != frame.n_slots:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "pulse frame n_slots does not match its payload")
+                return
+            await self.frames[rt.link_id].put((frame.frame_id, photons))
+            yield pb.FrameAck(frame_id=frame.frame_id)
+
+    async def session(self, request_iterator: AsyncIterator[pb.ClassicalMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ClassicalMessage]:
+        peer_cn = peer_common_name(context)
+        iterator = request_iterator.__aiter__()
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT_S):
+                first = await anext(iterator)
+        except (StopAsyncIteration, TimeoutError):
+            return
+        if first.WhichOneof("body") != "hello":
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "a session starts with hello")
+            return
+        rt = self._runtime(first.hello.link_id, peer_cn)
+        if rt is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer_cn!r} is not the transmitter of link {first.hello.link_id!r}")
+            return
+        bound = log.bind(link_id=rt.link_id, peer_id=rt.peer, role="bob")
+        old = self.inboxes.get(rt.link_id)
+        if old is not None:
+            old.put_nowait(("superseded", None))
+        synchronise(rt, first.hello)
+        frames = self.frames[rt.link_id]
+        while not frames.empty():  # frames of a previous session are stale
+            frames.get_nowait()
+        inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.inboxes[rt.link_id] = inbox
+        yield _hello(rt)
+        key_rng, noise_rng = self.rng_factory()
+        bob = BobLink(rt.config, rt.auth, key_rng, noise_rng, next_block_seq=rt.next_block_seq)
+        rt.state = "up"
+        bound.info("link.session_started", next_block_seq=rt.next_block_seq, auth_cursor=rt.auth.cursor)
+
+        async def pump_messages() -> None:
+            try:
+                async for envelope in iterator:
+                    await inbox.put(("message", envelope))
+            except (grpc.aio.AioRpcError, asyncio.CancelledError):
+                pass
+            finally:
+                inbox.put_nowait(("eof", None))
+
+        async def pump_frames() -> None:
+            while True:
+                await inbox.put(("frame", await frames.get()))
+
+        tasks = [asyncio.create_task(pump_messages()), asyncio.create_task(pump_frames())]
+        try:
+            while True:
+                kind, item = await inbox.get()
+                if kind in ("eof", "superseded"):
+                    break
+                try:
+                    if kind == "frame":
+                        outs = bob.receive_frame(*item)
+                    else:
+                        outs = bob.receive(codec.decode(item))
+                except ProtocolError as exc:
+                    bound.warning("link.protocol_error", details=str(exc))
+                    break
+                for out in outs:
+                    yield codec.encode(out)
+                rt.next_block_seq = bob.next_block_seq
+                for event in rt.record(bob.take_events()):
+                    _log_block(bound, event)
+        finally:
+            for task in tasks:
+                task.cancel()
+            if bob.pending_block_seq is not None:
+                rt.pending_bob = bob
+            if self.inboxes.get(rt.link_id) is inbox:
+                del self.inboxes[rt.link_id]
+                rt.state = "down"
+            bound.info("link.session_ended")

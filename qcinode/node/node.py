@@ -1,0 +1,228 @@
+"""The node process: one asyncio TaskGroup holding the gRPC server and link workers.
+
+``Node.start()`` builds the mTLS gRPC server (link channels, admin status,
+standard health and reflection) and one Alice worker per link this node
+transmits on; ``Node.stop(grace_s)`` shuts it down. ``run_node`` adds signal
+handling for ``qcinode node``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ..cluster.certs import CertPlan, load_bundle, read_bytes
+from ..core.randomness import CsprngGenerator
+from ..errors import ConfigError
+from ..topology import Topology
+from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc
+from .link import AliceWorker, BobEndpoint, peer_common_name
+from .runtime import LinkRuntime
+
+log = structlog.get_logger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+ADMIN_COMMON_NAME = "qcinode-admin"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """Everything one node process needs."""
+
+    topology: Topology
+    name: str
+    certs_dir: Path
+    listen: str = "127.0.0.1:0"
+    peers: dict[str, str] = dataclasses.field(default_factory=dict)  # node name -> host:port
+    peer_template: str = "{name}:50051"
+    data_dir: Path | None = None
+    seed: int | None = None  # test-only: deterministic channel noise
+
+    def __post_init__(self) -> None:
+        try:
+            self.topology.node(self.name)
+        except (KeyError, ConfigError):
+            raise ConfigError(f"--name: node {self.name!r} is not in topology {self.topology.name!r}") from None
+
+    def peer_address(self, peer: str) -> str:
+        return self.peers.get(peer) or self.peer_template.format(name=peer)
+
+
+def cert_plan(topology: Topology) -> CertPlan:
+    return CertPlan(
+        cluster_name=topology.name,
+        nodes=tuple(n.name for n in topology.nodes),
+        saes=tuple(s for n in topology.nodes for s in n.saes),
+        links=tuple((link.alice, link.bob) for link in topology.links),
+    )
+
+
+class _LinkServicer(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.PostProcessingServicer):
+    def __init__(self, endpoint: BobEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def Transmit(self, request_iterator: Any, context: Any) -> AsyncIterator[link_pb2.FrameAck]:
+        return self.endpoint.transmit(request_iterator, context)
+
+    def Session(self, request_iterator: Any, context: Any) -> AsyncIterator[link_pb2.ClassicalMessage]:
+        return self.endpoint.session(request_iterator, context)
+
+
+class _AdminServicer(admin_pb2_grpc.AdminServicer):
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def Status(self, request: admin_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> admin_pb2.NodeStatus:
+        if peer_common_name(context) != ADMIN_COMMON_NAME:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "status needs the admin certificate")
+        return status_message(self.node.status(include_digests=request.include_block_digests))
+
+
+def status_message(status: dict[str, Any]) -> admin_pb2.NodeStatus:
+    links = []
+    for link in status["links"]:
+        fields = {k: v for k, v in link.items() if k not in ("blocks", "length_km")}
+        msg = admin_pb2.LinkStatus(**fields)
+        for block in link.get("blocks", []):
+            msg.blocks.add(block_id=block["block_id"], sha256=bytes.fromhex(block["sha256"]))
+        links.append(msg)
+    return admin_pb2.NodeStatus(node=status["node"], uptime_s=status["uptime_s"], links=links)
+
+
+class Node:
+    """One qcinode node."""
+
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        topo = settings.topology
+        self.bundle = load_bundle(settings.certs_dir, cert_plan(topo))
+        self.links: dict[str, LinkRuntime] = {}
+        for link in topo.links_of(settings.name):
+            psk = read_bytes(self.bundle.link_key(link.alice, link.bob))
+            self.links[link.link_id] = LinkRuntime(link, settings.name, psk)
+        self._seeds = np.random.SeedSequence(settings.seed)
+        self.server: grpc.aio.Server | None = None
+        self.port: int | None = None
+        self.health = health.aio.HealthServicer()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started = time.monotonic()
+        self.log = log.bind(node_id=settings.name)
+
+    def _rngs(self) -> tuple[Any, np.random.Generator]:
+        noise = np.random.default_rng(self._seeds.spawn(1)[0])
+        key: Any = np.random.default_rng(self._seeds.spawn(1)[0]) if self.settings.seed is not None else CsprngGenerator()
+        return key, noise
+
+    def _credentials(self) -> tuple[bytes, bytes, bytes]:
+        b = self.bundle
+        name = self.settings.name
+        return read_bytes(b.node_key(name)), read_bytes(b.node_cert(name)), read_bytes(b.ca_cert)
+
+    def _channel(self, peer: str) -> grpc.aio.Channel:
+        key, cert, ca = self._credentials()
+        creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+        options = [
+            ("grpc.ssl_target_name_override", peer),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+        ]
+        return grpc.aio.secure_channel(self.settings.peer_address(peer), creds, options=options)
+
+    async def start(self) -> int:
+        """Starts the server and the link workers; returns the bound gRPC port."""
+        key, cert, ca = self._credentials()
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        endpoint = BobEndpoint({k: v for k, v in self.links.items()}, self._rngs)
+        servicer = _LinkServicer(endpoint)
+        link_pb2_grpc.add_QuantumChannelServicer_to_server(servicer, server)
+        link_pb2_grpc.add_PostProcessingServicer_to_server(servicer, server)
+        admin_pb2_grpc.add_AdminServicer_to_server(_AdminServicer(self), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = (
+            link_pb2.DESCRIPTOR.services_by_name["QuantumChannel"].full_name,
+            link_pb2.DESCRIPTOR.services_by_name["PostProcessing"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+        creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+        port = server.add_secure_port(self.settings.listen, creds)
+        if port == 0:
+            raise ConfigError(f"--listen: cannot bind {self.settings.listen}")
+        await server.start()
+        self.server, self.port = server, port
+        speed = None if self.settings.topology.emulation.is_max else float(self.settings.topology.emulation.speed)
+        for rt in self.links.values():
+            if rt.role.value == "alice":
+                key_rng, noise_rng = self._rngs()
+                worker = AliceWorker(rt, lambda peer=rt.peer: self._channel(peer), speed, key_rng, noise_rng)
+                self._tasks.append(asyncio.create_task(self._guard(worker.run(), rt.link_id)))
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for service in names[:3]:
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.log.info("node.started", port=port, links=len(self.links))
+        return port
+
+    async def _guard(self, coro: Any, link_id: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("link.worker_crashed", link_id=link_id)
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.server is not None:
+            await self.server.stop(grace_s)
+        self.log.info("node.stopped")
+
+    def status(self, include_digests: bool = False) -> dict[str, Any]:
+        return {
+            "node": self.settings.name,
+            "uptime_s": time.monotonic() - self.started,
+            "links": [rt.status(include_digests) for rt in self.links.values()],
+        }
+
+
+async def run_node(settings: NodeSettings, port_file: Path | None = None) -> None:
+    """Runs a node until SIGTERM or SIGINT, then stops it cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    node = Node(settings)
+    with structlog.contextvars.bound_contextvars(node_id=settings.name):
+        port = await node.start()
+        if port_file is not None:
+            tmp = port_file.with_suffix(".tmp")
+            tmp.write_text(f"{port}\n")
+            os.replace(tmp, port_file)
+        try:
+            await stop.wait()
+        finally:
+            await node.stop()

@@ -1,0 +1,176 @@
+"""Per-link state a node keeps across sessions: pool, MAC-key reserve, counters.
+
+This is plain bookkeeping (no I/O): the link workers feed it block events and
+the status service reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from ..core import physics
+from ..core.authentication import AuthKeyReserve
+from ..core.estimation import h2
+from ..core.pipeline import BlockAborted, BlockAccepted, BlockEvent, LinkProtocolConfig
+from ..core.roles import Role
+from ..keys.pool import LinkKeyPool
+from ..topology import LinkConfig
+
+
+def link_physics(link: LinkConfig) -> physics.LinkPhysics:
+    """The physical model of a topology link."""
+    src, det = link.source, link.detector
+    eve = link.eavesdropper
+    fraction = eve.fraction if eve is not None and eve.attack == "intercept-resend" else 0.0
+    return physics.LinkPhysics(
+        intensities=(src.intensities.signal, src.intensities.decoy, src.intensities.vacuum),
+        class_probabilities=(src.probabilities.signal, src.probabilities.decoy, src.probabilities.vacuum),
+        z_basis_probability=src.basis_probabilities.z,
+        fibre_transmittance=link.fibre_transmittance,
+        detector_efficiency=det.efficiency,
+        dark_count_probability=det.dark_count_probability,
+        misalignment_error=det.misalignment_error,
+        intercept_resend_fraction=fraction,
+    )
+
+
+def protocol_config(link: LinkConfig) -> LinkProtocolConfig:
+    pp = link.postprocessing
+    return LinkProtocolConfig(
+        link_id=link.link_id,
+        physics=link_physics(link),
+        block_bits=pp.block_bits,
+        security_epsilon=pp.security_epsilon,
+        verification_tag_bits=pp.verification_tag_bits,
+    )
+
+
+def expected_key_bits_per_slot(phys: physics.LinkPhysics) -> float:
+    """Sifted key-basis bits per pulse slot, from the closed-form gains."""
+    gain = sum(p * physics.expected_gain(phys, cls) for cls, p in enumerate(phys.class_probabilities))
+    return gain * phys.z_basis_probability**2
+
+
+@dataclasses.dataclass(slots=True)
+class LinkCounters:
+    pulses_sent: int = 0
+    detections: int = 0
+    sifted_bits: int = 0
+    qber: float = 0.0
+    ec_key_bits: int = 0
+    ec_leak_bits: int = 0
+    ec_ideal_bits: float = 0.0
+    secret_bits: int = 0
+    blocks_done: int = 0
+    blocks_aborted: int = 0
+    cascade_rounds: int = 0
+    aborts_by_reason: Counter[str] = dataclasses.field(default_factory=Counter)
+
+    @property
+    def ec_efficiency(self) -> float:
+        return self.ec_leak_bits / self.ec_ideal_bits if self.ec_ideal_bits > 0 else 0.0
+
+
+class LinkRuntime:
+    """One link as seen by one node."""
+
+    def __init__(self, link: LinkConfig, local_node: str, bootstrap_key: bytes) -> None:
+        self.link = link
+        self.role = Role.ALICE if link.alice == local_node else Role.BOB
+        self.peer = link.bob if self.role is Role.ALICE else link.alice
+        self.config = protocol_config(link)
+        self.pool = LinkKeyPool(link.link_id, self.role)
+        self.auth = AuthKeyReserve(bootstrap_key)
+        self.counters = LinkCounters()
+        self.state = "connecting"
+        self.next_block_seq = 0
+        self.next_frame_id = 0
+        self.started_monotonic = time.monotonic()
+        self.pending_bob: Any = None  # a BobLink holding a block pending Alice's Commit
+
+    @property
+    def link_id(self) -> str:
+        return self.link.link_id
+
+    @property
+    def emulated_s(self) -> float:
+        return self.counters.pulses_sent / self.link.source.rate_hz
+
+    def record(self, events: list[BlockEvent]) -> list[BlockEvent]:
+        """Accepted blocks go into the pool; every block updates the counters."""
+        c = self.counters
+        for event in events:
+            stats = event.stats
+            c.pulses_sent += stats.pulses
+            c.detections += stats.detections
+            c.sifted_bits += stats.sifted_bits
+            c.cascade_rounds += stats.cascade_rounds
+            if stats.leak_bits and stats.key_bits:
+                c.qber = stats.qber
+                c.ec_key_bits += stats.key_bits
+                c.ec_leak_bits += stats.leak_bits
+                c.ec_ideal_bits += stats.key_bits * h2(stats.qber)
+            elif stats.test_bits:
+                c.qber = stats.test_qber
+            if isinstance(event, BlockAccepted):
+                c.blocks_done += 1
+                c.secret_bits += 8 * len(event.key)
+                if event.key:
+                    self.pool.add_block(event.block_id, event.key)
+            elif isinstance(event, BlockAborted):
+                c.blocks_aborted += 1
+                c.aborts_by_reason[event.reason] += 1
+        return events
+
+    def held_block_seqs(self) -> list[int]:
+        seqs = [int(block_id.rsplit("/", 1)[1]) for block_id in self.pool.block_ids]
+        if self.pending_bob is not None and self.pending_bob.pending_block_seq is not None:
+            seqs.append(int(self.pending_bob.pending_block_seq))
+        return sorted(seqs)
+
+    def status(self, include_digests: bool = False) -> dict[str, Any]:
+        c = self.counters
+        emulated = self.emulated_s
+        out: dict[str, Any] = {
+            "link_id": self.link_id,
+            "peer": self.peer,
+            "role": self.role.value,
+            "state": self.state,
+            "length_km": self.link.length_km,
+            "pulses_sent": c.pulses_sent,
+            "detections": c.detections,
+            "sifted_bits": c.sifted_bits,
+            "qber": c.qber,
+            "ec_leak_bits": c.ec_leak_bits,
+            "ec_efficiency": c.ec_efficiency,
+            "secret_bits": c.secret_bits,
+            "blocks_done": c.blocks_done,
+            "blocks_aborted": c.blocks_aborted,
+            "pool_bits": 8 * self.pool.total_available_bytes,
+            "emulated_s": emulated,
+            "secret_key_rate_bps": c.secret_bits / emulated if emulated > 0 else 0.0,
+            "auth_keys_available": self.auth.available_keys,
+            "aborts_by_reason": dict(c.aborts_by_reason),
+            "cascade_rounds_per_block": c.cascade_rounds / max(1, c.blocks_done + c.blocks_aborted),
+        }
+        if include_digests:
+            out["blocks"] = [
+                {"block_id": b, "sha256": self.pool.block_digest(b).hex()} for b in self.pool.block_ids
+            ]
+        return out
+
+
+def frame_slots(config: LinkProtocolConfig, rate_hz: float, speed: float | None) -> int:
+    """Pulse slots per frame: about a quarter block, and at most a quarter second of wall time.
+
+    ``speed`` None means "max".
+    """
+    per_slot = max(expected_key_bits_per_slot(config.physics), 1e-15)
+    quarter_block = config.block_bits / 4 / per_slot
+    slots = quarter_block if speed is None else min(quarter_block, rate_hz * 0.25 * speed)
+    return int(np.clip(slots, 1_000, 1 << 40))

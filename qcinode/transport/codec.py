@@ -1,0 +1,150 @@
+"""Core messages <-> protobuf, at the wire boundary.
+
+Arrays travel as little-endian bytes or packed bits; decoding validates
+lengths and value ranges and raises :class:`RemoteProtocolError` on anything
+malformed, so the core never sees an inconsistent message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..core import messages as m
+from ..core.cascade import ParityQuery, ParityReply
+from ..errors import RemoteProtocolError
+from .pb import link_pb2 as pb
+
+_MAX_ITEMS = 1 << 26
+
+
+def _pack(bits: np.ndarray) -> bytes:
+    return bytes(np.packbits(bits.astype(np.uint8)).tobytes())
+
+
+def _unpack(data: bytes, count: int, what: str) -> np.ndarray:
+    if count > _MAX_ITEMS or len(data) != (count + 7) // 8:
+        raise RemoteProtocolError(f"{what}: {len(data)} bytes do not hold {count} packed bits")
+    return np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count)
+
+
+def _array(data: bytes, dtype: str, what: str) -> np.ndarray:
+    size = np.dtype(dtype).itemsize
+    if len(data) % size:
+        raise RemoteProtocolError(f"{what}: length {len(data)} is not a multiple of {size}")
+    return np.frombuffer(data, dtype=dtype).astype(np.dtype(dtype).newbyteorder("="))
+
+
+def encode(msg: m.Message) -> pb.ClassicalMessage:
+    """A core message as the protobuf envelope."""
+    match msg:
+        case m.DetectionReport():
+            slots = msg.slots.astype(np.int64)
+            gaps = np.diff(slots, prepend=0).astype("<u4") if len(slots) else np.zeros(0, "<u4")
+            return pb.ClassicalMessage(
+                detection_report=pb.DetectionReport(
+                    frame_id=msg.frame_id, n_slots=msg.n_slots, slot_gaps=gaps.tobytes(), bases=_pack(msg.bases), count=len(slots)
+                )
+            )
+        case m.SiftReply():
+            return pb.ClassicalMessage(
+                sift_reply=pb.SiftReply(
+                    frame_id=msg.frame_id,
+                    basis_match=_pack(msg.basis_match),
+                    classes=msg.classes.astype(np.uint8).tobytes(),
+                    count=len(msg.classes),
+                )
+            )
+        case m.TestBits():
+            return pb.ClassicalMessage(test_bits=pb.TestBits(block_seq=msg.block_seq, bits=_pack(msg.bits), count=len(msg.bits)))
+        case m.Estimate():
+            return pb.ClassicalMessage(
+                estimate=pb.Estimate(block_seq=msg.block_seq, test_errors=list(msg.test_errors), proceed=msg.proceed, abort_reason=msg.abort_reason)
+            )
+        case m.CascadeQuery():
+            q = msg.query
+            return pb.ClassicalMessage(
+                parity_query=pb.ParityQuery(
+                    block_seq=msg.block_seq,
+                    round=q.round,
+                    seeds=list(q.seeds),
+                    pass_ids=q.pass_ids.astype("<i4").tobytes(),
+                    starts=q.starts.astype("<i8").tobytes(),
+                    ends=q.ends.astype("<i8").tobytes(),
+                )
+            )
+        case m.CascadeReply():
+            r = msg.reply
+            return pb.ClassicalMessage(
+                parity_reply=pb.ParityReply(block_seq=msg.block_seq, round=r.round, parities=_pack(r.parities), count=len(r.parities))
+            )
+        case m.Reconciled():
+            return pb.ClassicalMessage(
+                reconciled=pb.Reconciled(
+                    block_seq=msg.block_seq, verify_seed=msg.verify_seed, verify_tag=msg.verify_tag, errors_corrected=msg.errors_corrected
+                )
+            )
+        case m.Confirm():
+            return pb.ClassicalMessage(
+                confirm=pb.Confirm(
+                    block_seq=msg.block_seq,
+                    accepted=msg.accepted,
+                    reason=msg.reason,
+                    pa_seed=msg.pa_seed,
+                    key_bits=msg.key_bits,
+                    leak_bits=msg.leak_bits,
+                    auth_tag=msg.auth_tag,
+                )
+            )
+        case m.Verdict():
+            return pb.ClassicalMessage(
+                verdict=pb.Verdict(block_seq=msg.block_seq, accepted=msg.accepted, reason=msg.reason, auth_tag=msg.auth_tag)
+            )
+        case m.Commit():
+            return pb.ClassicalMessage(commit=pb.Commit(block_seq=msg.block_seq, accepted=msg.accepted, auth_tag=msg.auth_tag))
+    raise TypeError(f"no wire form for {type(msg).__name__}")  # pragma: no cover
+
+
+def decode(envelope: pb.ClassicalMessage) -> m.Message:
+    """The core message in a protobuf envelope (Hello is handled by the link worker)."""
+    kind = envelope.WhichOneof("body")
+    body: Any = getattr(envelope, kind) if kind else None
+    match kind:
+        case "detection_report":
+            gaps = _array(body.slot_gaps, "<u4", "detection_report.slot_gaps")
+            if len(gaps) != body.count:
+                raise RemoteProtocolError("detection_report: count does not match slot_gaps")
+            slots = np.cumsum(gaps.astype(np.int64))
+            return m.DetectionReport(body.frame_id, body.n_slots, slots, _unpack(body.bases, body.count, "detection_report.bases"))
+        case "sift_reply":
+            classes = _array(body.classes, "u1", "sift_reply.classes")
+            if len(classes) != body.count:
+                raise RemoteProtocolError("sift_reply: count does not match classes")
+            return m.SiftReply(body.frame_id, _unpack(body.basis_match, body.count, "sift_reply.basis_match"), classes)
+        case "test_bits":
+            return m.TestBits(body.block_seq, _unpack(body.bits, body.count, "test_bits.bits"))
+        case "estimate":
+            if len(body.test_errors) != 3:
+                raise RemoteProtocolError("estimate: test_errors needs 3 classes")
+            return m.Estimate(body.block_seq, tuple(int(e) for e in body.test_errors), body.proceed, body.abort_reason)  # type: ignore[arg-type]
+        case "parity_query":
+            query = ParityQuery(
+                round=body.round,
+                seeds=tuple(int(s) for s in body.seeds),
+                pass_ids=_array(body.pass_ids, "<i4", "parity_query.pass_ids"),
+                starts=_array(body.starts, "<i8", "parity_query.starts"),
+                ends=_array(body.ends, "<i8", "parity_query.ends"),
+            )
+            return m.CascadeQuery(body.block_seq, query)
+        case "parity_reply":
+            return m.CascadeReply(body.block_seq, ParityReply(round=body.round, parities=_unpack(body.parities, body.count, "parity_reply.parities")))
+        case "reconciled":
+            return m.Reconciled(body.block_seq, body.verify_seed, body.verify_tag, body.errors_corrected)
+        case "confirm":
+            return m.Confirm(body.block_seq, body.accepted, body.reason, body.pa_seed, body.key_bits, body.leak_bits, body.auth_tag)
+        case "verdict":
+            return m.Verdict(body.block_seq, body.accepted, body.reason, body.auth_tag)
+        case "commit":
+            return m.Commit(body.block_seq, body.accepted, body.auth_tag)
+    raise RemoteProtocolError(f"unexpected classical message {kind!r}")

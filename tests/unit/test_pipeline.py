@@ -1,0 +1,202 @@
+"""Both ends of a link, in one process, through the full post-processing."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qcinode.core import messages as m
+from qcinode.core.cascade import CascadeResponder, CascadeSession
+from qcinode.core.estimation import plob_bound
+from qcinode.core.pair import make_pair, pump
+from qcinode.core.physics import LinkPhysics, fibre_transmittance
+from qcinode.core.pipeline import BlockAborted, BlockAccepted, LinkProtocolConfig
+from qcinode.core.verification import verification_tag
+
+BOOTSTRAP = bytes(range(256)) * 16  # 128 one-time MAC keys
+
+
+def physics(length_km: float = 10.0, **overrides: float) -> LinkPhysics:
+    values = dict(
+        intensities=(0.5, 0.1, 0.0),
+        class_probabilities=(0.8, 0.1, 0.1),
+        z_basis_probability=0.8,
+        fibre_transmittance=fibre_transmittance(0.2, length_km),
+        detector_efficiency=0.1,
+        dark_count_probability=1e-6,
+        misalignment_error=0.01,
+    )
+    values.update(overrides)
+    return LinkPhysics(**values)  # type: ignore[arg-type]
+
+
+def config(block_bits: int = 20_000, **overrides: float) -> LinkProtocolConfig:
+    return LinkProtocolConfig(link_id="a-b", physics=physics(**overrides), block_bits=block_bits)
+
+
+def frame_slots_for(cfg: LinkProtocolConfig, frames_per_block: int = 4) -> int:
+    from qcinode.node.runtime import expected_key_bits_per_slot
+
+    return int(cfg.block_bits / frames_per_block / expected_key_bits_per_slot(cfg.physics))
+
+
+def accepted(events: list) -> list[BlockAccepted]:
+    return [e for e in events if isinstance(e, BlockAccepted)]
+
+
+def test_honest_link_grows_identical_blocks() -> None:
+    cfg = config()
+    alice, bob = make_pair(cfg, BOOTSTRAP, seed=1)
+    result = pump(alice, bob, frame_slots=frame_slots_for(cfg), blocks=3)
+    a, b = accepted(result.alice_events), accepted(result.bob_events)
+    assert len(a) == len(b) == 3
+    for ours, theirs in zip(a, b):
+        assert ours.block_id == theirs.block_id
+        assert ours.key == theirs.key and len(ours.key) > 0
+        assert ours.stats == theirs.stats
+        assert ours.stats.key_bits >= cfg.block_bits
+        # The leak really is what the key-length function was fed.
+        assert ours.stats.estimate is not None and ours.stats.estimate.leak_ec_bits == ours.stats.leak_bits
+    assert len({e.key for e in a}) == 3, "blocks must differ"
+
+
+def test_measured_qber_matches_the_channel_model() -> None:
+    from qcinode.core.physics import expected_error_rate, expected_gain
+
+    cfg = config(block_bits=50_000)
+    alice, bob = make_pair(cfg, BOOTSTRAP, seed=2)
+    result = pump(alice, bob, frame_slots=frame_slots_for(cfg), blocks=1)
+    (block,) = accepted(result.alice_events)
+    p = cfg.physics
+    weights = [p.class_probabilities[c] * expected_gain(p, c) for c in range(3)]
+    expected = sum(w * expected_error_rate(p, c) for c, w in enumerate(weights)) / sum(weights)
+    n = block.stats.key_bits
+    sigma = math.sqrt(expected * (1 - expected) / n)
+    assert abs(block.stats.qber - expected) < 5 * sigma + 1e-4
+
+
+def test_secret_bits_per_pulse_never_beat_plob() -> None:
+    cfg = config(length_km=25.0)
+    alice, bob = make_pair(cfg, BOOTSTRAP, seed=3)
+    result = pump(alice, bob, frame_slots=frame_slots_for(cfg), blocks=2)
+    blocks = accepted(result.alice_events)
+    assert blocks
+    pulses = sum(b.stats.pulses for b in blocks)
+    secret = sum(b.stats.secret_bits for b in blocks)
+    assert 0 < secret / pulses < plob_bound(cfg.physics.eta)
+
+
+def test_intercept_resend_on_every_pulse_gives_25_percent_and_no_key() -> None:
+    cfg = config(block_bits=20_000, intercept_resend_fraction=1.0, misalignment_error=0.0, dark_count_probability=0.0)
+    alice, bob = make_pair(cfg, BOOTSTRAP, seed=4)
+    result = pump(alice, bob, frame_slots=frame_slots_for(cfg), blocks=2)
+    assert not accepted(result.alice_events) and not accepted(result.bob_events)
+    aborted = [e for e in result.alice_events if isinstance(e, BlockAborted)]
+    assert len(aborted) == 2
+    for event in aborted:
+        qber = event.stats.test_qber
+        n = event.stats.test_bits
+        assert abs(qber - 0.25) < 5 * math.sqrt(0.25 * 0.75 / n)
+
+
+def _flip_first_parity(direction: str, msg: m.Message) -> m.Message | None:
+    if isinstance(msg, m.CascadeReply) and msg.reply.round == 0 and len(msg.reply.parities):
+        parities = msg.reply.parities.copy()
+        parities[0] ^= 1
+        return m.CascadeReply(msg.block_seq, dataclasses.replace(msg.reply, parities=parities))
+    return msg
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        _flip_first_parity,
+        lambda d, msg: dataclasses.replace(msg, pa_seed=bytes([msg.pa_seed[0] ^ 1]) + msg.pa_seed[1:]) if isinstance(msg, m.Confirm) and msg.accepted else msg,
+        lambda d, msg: dataclasses.replace(msg, auth_tag=bytes(16)) if isinstance(msg, m.Verdict) else msg,
+        lambda d, msg: m.SiftReply(msg.frame_id, msg.basis_match, (msg.classes + 1) % 2) if isinstance(msg, m.SiftReply) and msg.frame_id == 0 else msg,
+    ],
+    ids=["parity", "amplification-seed", "bob-tag", "sift-classes"],
+)
+def test_tampered_transcript_discards_the_block_and_the_link_recovers(tamper) -> None:
+    cfg = config()
+    alice, bob = make_pair(cfg, BOOTSTRAP, seed=5)
+    cursor_before = alice.auth.cursor
+    result = pump(alice, bob, frame_slots=frame_slots_for(cfg), blocks=2, tamper=tamper)
+    a = {e.block_seq: e for e in result.alice_events}
+    b = {e.block_seq: e for e in result.bob_events}
+    assert isinstance(a[0], BlockAborted) and isinstance(b[0], BlockAborted)
+    assert isinstance(a[1], BlockAccepted) and isinstance(b[1], BlockAccepted)
+    assert a[1].key == b[1].key
+    # Each block consumed exactly its own three one-time keys, no more.
+    assert alice.auth.cursor == bob.auth.cursor == cursor_before + 6
+
+
+def test_lost_commit_leaves_bob_pending_until_settled() -> None:
+    cfg = config()
+    alice, bob = make_pair(cfg, BOOTSTRAP, seed=6)
+
+    def drop_commit(direction: str, msg: m.Message) -> m.Message | None:
+        return None if isinstance(msg, m.Commit) else msg
+
+    result = pump(alice, bob, frame_slots=frame_slots_for(cfg), blocks=1, tamper=drop_commit)
+    (a,) = accepted(result.alice_events)
+    assert not result.bob_events and bob.pending_block_seq == 0
+    (b,) = bob.settle_pending(accepted=True)
+    assert isinstance(b, BlockAccepted) and b.key == a.key
+
+
+def test_mac_keys_are_refilled_from_grown_key() -> None:
+    cfg = dataclasses.replace(config(), auth_low_water_keys=1000, auth_refill_keys=8)
+    alice, bob = make_pair(cfg, BOOTSTRAP[:32 * 9], seed=7)  # 9 keys: three blocks without refill
+    result = pump(alice, bob, frame_slots=frame_slots_for(cfg), blocks=5)
+    assert len(accepted(result.alice_events)) == 5
+    assert alice.auth.cursor == bob.auth.cursor == 15
+    assert alice.auth.available_keys == bob.auth.available_keys
+
+
+def test_exhausted_mac_keys_abort_without_key() -> None:
+    cfg = config()
+    alice, bob = make_pair(cfg, BOOTSTRAP[:32 * 2], seed=8)
+    result = pump(alice, bob, frame_slots=frame_slots_for(cfg), blocks=1)
+    assert [e.reason for e in result.alice_events] == ["authentication_keys_exhausted"]
+    assert not accepted(result.bob_events)
+
+
+def test_out_of_order_messages_are_protocol_errors() -> None:
+    from qcinode.errors import RemoteProtocolError
+
+    alice, bob = make_pair(config(), BOOTSTRAP, seed=9)
+    with pytest.raises(RemoteProtocolError):
+        alice.receive(m.TestBits(0, np.zeros(3, np.uint8)))
+    with pytest.raises(RemoteProtocolError):
+        bob.receive(m.Commit(0, True))
+    with pytest.raises(RemoteProtocolError):
+        alice.receive(m.DetectionReport(7, 10, np.array([1]), np.array([0], np.uint8)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(qber=st.floats(0.0, 0.11), n=st.integers(2_000, 20_000), seed=st.integers(0, 2**32 - 1))
+def test_cascade_then_verification_ends_identical_or_detected(qber: float, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    alice_key = rng.integers(0, 2, n, dtype=np.uint8)
+    bob_key = alice_key ^ (rng.random(n) < qber).astype(np.uint8)
+    responder = CascadeResponder(alice_key)
+    session = CascadeSession(bob_key, qber_estimate=max(qber, 1e-3), rng=rng)
+    query = session.start()
+    for _ in range(10_000):
+        reply = responder.receive(query)
+        nxt = session.receive(reply)
+        if nxt is None:
+            break
+        query = nxt
+    assert session.is_done
+    assert session.leak_bits == responder.leak_bits
+    seed_bytes = rng.bytes(32)
+    same_tag = verification_tag(alice_key, seed_bytes) == verification_tag(session.corrected_key, seed_bytes)
+    identical = bool(np.array_equal(alice_key, session.corrected_key))
+    assert same_tag == identical
