@@ -363,7 +363,7 @@ class Intensities(_Section):
     """
 
     signal: float = 0.5
-    decoy: float = 0.1
+    decoy: float = 0.2
     vacuum: float = 0.0
 
     def __post_init__(self) -> None:
@@ -384,9 +384,9 @@ class IntensityProbabilities(_Section):
     They sum to 1 within :data:`PROBABILITY_SUM_TOLERANCE`.
     """
 
-    signal: float = 0.8
-    decoy: float = 0.1
-    vacuum: float = 0.1
+    signal: float = 0.4
+    decoy: float = 0.3
+    vacuum: float = 0.3
 
     def __post_init__(self) -> None:
         _real(self, "signal", _Range(0.0, 1.0, low_open=True))
@@ -408,8 +408,8 @@ class BasisProbabilities(_Section):
     sifted into the key basis.
     """
 
-    z: float = 0.8
-    x: float = 0.2
+    z: float = 0.6
+    x: float = 0.4
 
     def __post_init__(self) -> None:
         _real(self, "z", _Range(0.0, 1.0, low_open=True, high_open=True))

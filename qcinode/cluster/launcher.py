@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..topology import Topology, load_topology
+from ..topology import Topology, load_topology, topology_to_mapping
 from .admin import health_check, node_status
 from .certs import make_certificates
 
@@ -92,8 +92,8 @@ class Cluster:
         if self.speed is not None:
             import yaml
 
-            data = yaml.safe_load(topo_text)
-            data.setdefault("emulation", {})["speed"] = self.speed if self.speed == "max" else float(self.speed)
+            data = topology_to_mapping(self.topology)
+            data["emulation"]["speed"] = self.speed if self.speed == "max" else float(self.speed)
             topo_text = yaml.safe_dump(data, sort_keys=False)
         (self.state_dir / "topology.yaml").write_text(topo_text)
         self.topology = load_topology(self.state_dir / "topology.yaml")

@@ -98,8 +98,8 @@ RateFunction = Callable[["AsymptoticParams"], float]
 
 REASON_NO_KEY_COUNTS: Final = "no key-basis detections"
 REASON_NO_TEST_COUNTS: Final = "no test-basis detections"
-REASON_NO_SINGLE_PHOTON_KEY: Final = "single-photon key-basis events bound is not positive (s_Z1 <= 0)"
-REASON_NO_SINGLE_PHOTON_TEST: Final = "single-photon test-basis events bound is not positive (s_X1 <= 0)"
+REASON_NO_SINGLE_PHOTON_KEY: Final = "no single-photon key-basis events can be bounded (s_Z1<=0)"
+REASON_NO_SINGLE_PHOTON_TEST: Final = "no single-photon test-basis events can be bounded (s_X1<=0)"
 REASON_PHASE_ERROR: Final = "phase error bound is 1/2 or more"
 REASON_CORRECTIONS: Final = "error-correction leak and finite-size corrections exceed the entropy"
 
@@ -125,7 +125,9 @@ def _h2_capped(p: float) -> float:
     return h2(min(max(p, 0.0), 0.5))
 
 
-def _check_real(name: str, value: float, low: float, high: float, *, open_low: bool = False) -> None:
+def _check_real(
+    name: str, value: float, low: float, high: float, *, open_low: bool = False
+) -> None:
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise ConfigError(f"{name}: expected a number, got {value!r}")
     if not math.isfinite(value):
@@ -227,7 +229,8 @@ def infinite_decoy_rate(params: AsymptoticParams) -> float:
     y1 = params.dark_count_probability + params.eta
     if y1 <= 0.0:
         return 0.0
-    e1 = (BACKGROUND_ERROR * params.dark_count_probability + params.misalignment_error * params.eta) / y1
+    y0, e_det = params.dark_count_probability, params.misalignment_error
+    e1 = (BACKGROUND_ERROR * y0 + e_det * params.eta) / y1
     q1 = y1 * params.mu * math.exp(-params.mu)
     return _gllp(params, q1, e1)
 
@@ -264,12 +267,18 @@ def vacuum_weak_decoy_bounds(params: AsymptoticParams) -> DecoyBounds:
     y1 = (
         mu
         / (mu * nu - nu * nu)
-        * (q_nu * math.exp(nu) - (nu * nu) / (mu * mu) * q_mu * math.exp(mu) - (mu * mu - nu * nu) / (mu * mu) * y0)
+        * (
+            q_nu * math.exp(nu)
+            - (nu * nu) / (mu * mu) * q_mu * math.exp(mu)
+            - (mu * mu - nu * nu) / (mu * mu) * y0
+        )
     )
     if y1 <= 0.0:
         return DecoyBounds(y1_lower=y1, q1_lower=0.0, e1_upper=0.5)
     e1 = (e_nu * q_nu * math.exp(nu) - BACKGROUND_ERROR * y0) / (y1 * nu)
-    return DecoyBounds(y1_lower=y1, q1_lower=y1 * mu * math.exp(-mu), e1_upper=min(max(e1, 0.0), 0.5))
+    return DecoyBounds(
+        y1_lower=y1, q1_lower=y1 * mu * math.exp(-mu), e1_upper=min(max(e1, 0.0), 0.5)
+    )
 
 
 def vacuum_weak_decoy_rate(params: AsymptoticParams) -> float:
@@ -471,14 +480,17 @@ class BlockStatistics:
     test_errors: tuple[int, int, int]
 
     def __post_init__(self) -> None:
-        for name in ("intensities", "class_probabilities", "key_counts", "test_counts", "test_errors"):
+        names = ("intensities", "class_probabilities", "key_counts", "test_counts", "test_errors")
+        for name in names:
             if len(getattr(self, name)) != 3:
                 raise ConfigError(f"{name}: expected three values (signal, decoy, vacuum)")
         for index, mu in enumerate(self.intensities):
             _check_real(f"intensities[{index}]", mu, 0.0, 100.0)
         mu1, mu2, mu3 = self.intensities
         if not mu2 > mu3:
-            raise ConfigError(f"intensities: decoy must exceed vacuum (mu2 > mu3), got {self.intensities}")
+            raise ConfigError(
+                f"intensities: decoy must exceed vacuum (mu2 > mu3), got {self.intensities}"
+            )
         if not mu1 > mu2 + mu3:
             raise ConfigError(f"intensities: need mu1 > mu2 + mu3, got {self.intensities}")
         for index, p in enumerate(self.class_probabilities):
@@ -533,7 +545,9 @@ class KeyLengthResult:
     reason: str = ""
 
 
-def _tau(intensities: tuple[float, float, float], probabilities: tuple[float, float, float], n: int) -> float:
+def _tau(
+    intensities: tuple[float, float, float], probabilities: tuple[float, float, float], n: int
+) -> float:
     """``tau_n``: probability that Alice sends an n-photon state."""
     return math.fsum(
         p * math.exp(-mu) * mu**n / math.factorial(n) for mu, p in zip(intensities, probabilities)
@@ -546,8 +560,16 @@ def _corrected(
     """Hoeffding-corrected ``(minus, plus)`` counts ``(e^mu_k / p_k)(n_k -/+ delta)``."""
     delta = math.sqrt(sum(counts) / 2.0 * log_term)
     scale = [math.exp(mu) / p for mu, p in zip(stats.intensities, stats.class_probabilities)]
-    minus = (scale[0] * (counts[0] - delta), scale[1] * (counts[1] - delta), scale[2] * (counts[2] - delta))
-    plus = (scale[0] * (counts[0] + delta), scale[1] * (counts[1] + delta), scale[2] * (counts[2] + delta))
+    minus = (
+        scale[0] * (counts[0] - delta),
+        scale[1] * (counts[1] - delta),
+        scale[2] * (counts[2] - delta),
+    )
+    plus = (
+        scale[0] * (counts[0] + delta),
+        scale[1] * (counts[1] + delta),
+        scale[2] * (counts[2] + delta),
+    )
     return minus, plus
 
 
@@ -621,8 +643,14 @@ def key_length(
     log_term = math.log(_EPSILON_PARTS) - math.log(security_epsilon)
     correction = 6.0 * log_term / math.log(2.0) + verification_tag_bits + 1.0
 
-    def zero(reason: str, s0: float = 0.0, s1: float = 0.0, s1_test: float = 0.0, v1: float = 0.0,
-             phi: float = 0.5) -> KeyLengthResult:
+    def zero(
+        reason: str,
+        s0: float = 0.0,
+        s1: float = 0.0,
+        s1_test: float = 0.0,
+        v1: float = 0.0,
+        phi: float = 0.5,
+    ) -> KeyLengthResult:
         return KeyLengthResult(
             length_bits=0,
             vacuum_bits=s0,

@@ -23,9 +23,9 @@ BOOTSTRAP = bytes(range(256)) * 16  # 128 one-time MAC keys
 
 def physics(length_km: float = 10.0, **overrides: float) -> LinkPhysics:
     values = dict(
-        intensities=(0.5, 0.1, 0.0),
-        class_probabilities=(0.8, 0.1, 0.1),
-        z_basis_probability=0.8,
+        intensities=(0.5, 0.2, 0.0),
+        class_probabilities=(0.4, 0.3, 0.3),
+        z_basis_probability=0.6,
         fibre_transmittance=fibre_transmittance(0.2, length_km),
         detector_efficiency=0.1,
         dark_count_probability=1e-6,
@@ -35,7 +35,7 @@ def physics(length_km: float = 10.0, **overrides: float) -> LinkPhysics:
     return LinkPhysics(**values)  # type: ignore[arg-type]
 
 
-def config(block_bits: int = 20_000, **overrides: float) -> LinkProtocolConfig:
+def config(block_bits: int = 50_000, **overrides: float) -> LinkProtocolConfig:
     return LinkProtocolConfig(link_id="a-b", physics=physics(**overrides), block_bits=block_bits)
 
 
@@ -105,7 +105,7 @@ def test_intercept_resend_on_every_pulse_gives_25_percent_and_no_key() -> None:
 
 
 def _flip_first_parity(direction: str, msg: m.Message) -> m.Message | None:
-    if isinstance(msg, m.CascadeReply) and msg.reply.round == 0 and len(msg.reply.parities):
+    if isinstance(msg, m.CascadeReply) and msg.block_seq == 0 and msg.reply.round == 0 and len(msg.reply.parities):
         parities = msg.reply.parities.copy()
         parities[0] ^= 1
         return m.CascadeReply(msg.block_seq, dataclasses.replace(msg.reply, parities=parities))
@@ -116,8 +116,8 @@ def _flip_first_parity(direction: str, msg: m.Message) -> m.Message | None:
     "tamper",
     [
         _flip_first_parity,
-        lambda d, msg: dataclasses.replace(msg, pa_seed=bytes([msg.pa_seed[0] ^ 1]) + msg.pa_seed[1:]) if isinstance(msg, m.Confirm) and msg.accepted else msg,
-        lambda d, msg: dataclasses.replace(msg, auth_tag=bytes(16)) if isinstance(msg, m.Verdict) else msg,
+        lambda d, msg: dataclasses.replace(msg, pa_seed=bytes([msg.pa_seed[0] ^ 1]) + msg.pa_seed[1:]) if isinstance(msg, m.Confirm) and msg.accepted and msg.block_seq == 0 else msg,
+        lambda d, msg: dataclasses.replace(msg, auth_tag=bytes(16)) if isinstance(msg, m.Verdict) and msg.block_seq == 0 else msg,
         lambda d, msg: m.SiftReply(msg.frame_id, msg.basis_match, (msg.classes + 1) % 2) if isinstance(msg, m.SiftReply) and msg.frame_id == 0 else msg,
     ],
     ids=["parity", "amplification-seed", "bob-tag", "sift-classes"],

@@ -1,0 +1,106 @@
+"""Two nodes in one event loop, real grpc.aio servers on port 0 with mutual TLS."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from qcinode.cluster.certs import make_certificates
+from qcinode.node.node import Node, NodeSettings, cert_plan
+from qcinode.topology import load_topology
+from qcinode.transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc
+
+
+async def _until(predicate, timeout_s: float = 60.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+def _digests(node: Node) -> dict[str, str]:
+    (link,) = node.status(include_digests=True)["links"]
+    return {b["block_id"]: b["sha256"] for b in link["blocks"]}
+
+
+@pytest.fixture
+def certs(tmp_path: Path, two_node_topology: Path) -> tuple[Path, object]:
+    topology = load_topology(two_node_topology)
+    make_certificates(cert_plan(topology), tmp_path / "certs", bootstrap_key_bytes=4096)
+    return tmp_path / "certs", topology
+
+
+@pytest.mark.asyncio
+async def test_two_nodes_grow_identical_keys_and_survive_a_restart(certs) -> None:
+    certs_dir, topology = certs
+    beta = Node(NodeSettings(topology=topology, name="beta", certs_dir=certs_dir, seed=11))
+    port = await beta.start()
+    alpha_settings = NodeSettings(topology=topology, name="alpha", certs_dir=certs_dir, peers={"beta": f"127.0.0.1:{port}"}, seed=12)
+    alpha = Node(alpha_settings)
+    await alpha.start()
+    try:
+        a_link, b_link = alpha.links["alpha-beta"], beta.links["alpha-beta"]
+        await _until(lambda: b_link.counters.blocks_done >= 3 and len(_digests(beta)) >= 3)
+        # Alice may be one block ahead of Bob's Commit; compare what both hold.
+        await _until(lambda: set(_digests(beta)) <= set(_digests(alpha)))
+        common = set(_digests(alpha)) & set(_digests(beta))
+        assert len(common) >= 3
+        for block_id in common:
+            assert _digests(alpha)[block_id] == _digests(beta)[block_id]
+        assert a_link.counters.qber < 0.05 and a_link.counters.secret_bits > 0
+        # Alice restarts: the link resumes and the ends still agree.
+        await alpha.stop(0)
+        done = b_link.counters.blocks_done
+        alpha = Node(alpha_settings)
+        await alpha.start()
+        await _until(lambda: beta.links["alpha-beta"].counters.blocks_done >= done + 2)
+        await _until(lambda: set(_digests(beta)) <= set(_digests(alpha)) or False, timeout_s=30)
+    finally:
+        await alpha.stop(0)
+        await beta.stop(0)
+
+
+@pytest.mark.asyncio
+async def test_a_node_that_is_not_the_transmitter_is_refused(certs) -> None:
+    certs_dir, topology = certs
+    beta = Node(NodeSettings(topology=topology, name="beta", certs_dir=certs_dir, seed=1))
+    port = await beta.start()
+    try:
+        # beta's own certificate: a node, but not alpha, so not the link's transmitter.
+        creds = grpc.ssl_channel_credentials(
+            (certs_dir / "ca.pem").read_bytes(), (certs_dir / "nodes" / "beta.key").read_bytes(), (certs_dir / "nodes" / "beta.pem").read_bytes()
+        )
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "beta")]) as channel:
+            call = link_pb2_grpc.PostProcessingStub(channel).Session()
+            await call.write(link_pb2.ClassicalMessage(hello=link_pb2.Hello(link_id="alpha-beta", role="alice")))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call.read()
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await admin_pb2_grpc.AdminStub(channel).Status(admin_pb2.StatusRequest(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert beta.links["alpha-beta"].pool.total_available_bytes == 0
+    finally:
+        await beta.stop(0)
+
+
+@pytest.mark.asyncio
+async def test_client_without_a_cluster_certificate_cannot_connect(certs, tmp_path: Path) -> None:
+    from qcinode.cluster.certs import CertPlan
+
+    certs_dir, topology = certs
+    other = make_certificates(CertPlan("other", ("alpha",), (), ()), tmp_path / "other")
+    beta = Node(NodeSettings(topology=topology, name="beta", certs_dir=certs_dir, seed=1))
+    port = await beta.start()
+    try:
+        creds = grpc.ssl_channel_credentials(
+            (certs_dir / "ca.pem").read_bytes(), other.node_key("alpha").read_bytes(), other.node_cert("alpha").read_bytes()
+        )
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "beta")]) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await admin_pb2_grpc.AdminStub(channel).Status(admin_pb2.StatusRequest(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await beta.stop(0)
