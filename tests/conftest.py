@@ -9,7 +9,7 @@ name: pair
 defaults:
   source: {rate_hz: 1.0e9}
   detector: {efficiency: 0.1, dark_count_probability: 1.0e-6, misalignment_error: 0.01}
-  postprocessing: {block_bits: 10000}
+  postprocessing: {block_bits: 50000}
 emulation: {speed: max}
 nodes:
   - name: alpha

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from . import messages as m
 from .authentication import AuthKeyReserve
 from .physics import PhotonFrame
-from .pipeline import AliceLink, BlockEvent, BobLink, LinkProtocolConfig
+from ..errors import ProtocolError
+from .pipeline import AliceLink, BlockEvent, BobLink, LinkProtocolConfig, LinkState
 
 Tamper = Callable[[str, m.Message], m.Message | None]
+_End = TypeVar("_End", AliceLink, BobLink)
 
 
 @dataclasses.dataclass(slots=True)
@@ -69,29 +71,48 @@ def pump(
     frames = 0
     messages = 0
     while len(alice_events) < blocks and frames < max_frames:
+        if alice.state is LinkState.FAILED:
+            # What a reconnection does: fresh sessions over the same reserves.
+            alice, bob = _reconnect(alice), _reconnect(bob)
         if not alice.is_ready_for_frame:
             break  # protocol stalled (a dropped message)
         frame_id, frame = alice.emit_frame(frame_slots)
         frames += 1
-        to_bob: list[m.Message] = []
-        to_alice = bob.receive_frame(frame_id, PhotonFrame.from_bytes(frame.to_bytes()))
-        while to_bob or to_alice:
-            for msg in to_alice:
-                messages += 1
-                delivered = tamper("B>A", msg) if tamper else msg
-                if delivered is None:
-                    to_alice = to_bob = []
-                    break
-                to_bob.extend(alice.receive(delivered))
-            to_alice = []
-            for msg in to_bob:
-                messages += 1
-                delivered = tamper("A>B", msg) if tamper else msg
-                if delivered is None:
-                    to_alice = []
-                    break
-                to_alice.extend(bob.receive(delivered))
-            to_bob = []
+        try:
+            messages += _exchange(alice, bob, frame_id, frame, tamper)
+        except ProtocolError as exc:
+            reason = f"protocol_error: {exc}"
+            alice_events.extend(alice.take_events() + alice.abandon(reason))
+            bob_events.extend(bob.take_events() + bob.abandon(reason))
+            continue
         alice_events.extend(alice.take_events())
         bob_events.extend(bob.take_events())
     return PairResult(alice_events, bob_events, frames, messages)
+
+
+def _reconnect(end: _End) -> _End:
+    fresh = type(end)(end.config, end.auth, end.key_rng, end.noise_rng, next_block_seq=end.next_block_seq)
+    if isinstance(end, AliceLink) and isinstance(fresh, AliceLink):
+        fresh.next_frame_id = end.next_frame_id
+    return fresh
+
+
+def _exchange(alice: AliceLink, bob: BobLink, frame_id: int, frame: PhotonFrame, tamper: Tamper | None) -> int:
+    """Delivers one frame and every classical message that follows it; returns the message count.
+
+    A message the tamper hook drops ends the exchange, as a lost message
+    would stall the real link until its deadline.
+    """
+    messages = 0
+    pending: list[tuple[str, m.Message]] = [("B>A", msg) for msg in bob.receive_frame(frame_id, PhotonFrame.from_bytes(frame.to_bytes()))]
+    while pending:
+        direction, msg = pending.pop(0)
+        messages += 1
+        delivered = tamper(direction, msg) if tamper else msg
+        if delivered is None:
+            break
+        if direction == "B>A":
+            pending.extend(("A>B", out) for out in alice.receive(delivered))
+        else:
+            pending.extend(("B>A", out) for out in bob.receive(delivered))
+    return messages

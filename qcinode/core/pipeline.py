@@ -11,8 +11,7 @@ Theory of operation (rules both sessions follow):
    key-basis (Z) bits in the buffer; when the count reaches ``block_bits`` the
    whole buffer becomes the block (so no sifted data crosses a block
    boundary and a block's transcript holds every message its data came
-   from). Both ends take two one-time MAC keys from the link's
-   :class:`AuthKeyReserve` at that moment, in lock-step.
+   from).
 3. Parameter estimation. Bob reveals his test-basis (X) bits; Alice counts the
    errors per intensity class and evaluates THE key-length function
    (:func:`qcinode.core.estimation.key_length`) at the Shannon limit of error
@@ -28,9 +27,11 @@ Theory of operation (rules both sessions follow):
    transcript. Bob checks the tag and recomputes the length himself
    (mismatch: reject), hashes, keeps the key *pending* and answers
    :class:`Verdict` with his own tag. Alice checks Bob's tag, accepts the
-   block and sends :class:`Commit`; on it Bob accepts too. A failed tag at
-   either end discards the block; no key beyond the block's two MAC keys is
-   consumed.
+   block and sends :class:`Commit` (tagged with a third key); on it Bob
+   accepts too. The three one-time keys come from the link's
+   :class:`AuthKeyReserve` when ``Confirm`` is signed and checked, so a block
+   that aborts earlier consumes none. A failed tag at either end discards
+   the block; no key beyond the block's three MAC keys is consumed.
 7. Refill. When the MAC-key reserve runs low, both ends move the first bytes
    of a newly accepted block into it, identically.
 
@@ -268,23 +269,16 @@ class _LinkEnd:
         if self._buffer.z_bits < self.config.block_bits:
             return False
         classes, bases, bits = self._buffer.take()
-        try:
-            mac_keys = self.auth.take(MAC_KEYS_PER_BLOCK)
-        except InsufficientKeyMaterial:
-            mac_keys = []
         self.block = _Block(
             seq=self.next_block_seq,
             classes=classes,
             bases=bases,
             bits=bits,
-            mac_keys=mac_keys,
+            mac_keys=[],
             transcript=self._transcript,
             frames=self._frames,
             pulses=self._pulses,
             detections=self._detections,
-            # Decided now, in lock-step, so a block accepted late (after a
-            # reconnection) refills exactly as it did at the other end.
-            refill_mac_keys=self.auth.available_keys < self.config.auth_low_water_keys,
         )
         self.next_block_seq += 1
         self._transcript = Transcript()
@@ -309,6 +303,22 @@ class _LinkEnd:
             verification_tag_bits=self.config.verification_tag_bits,
             security_epsilon=self.config.security_epsilon,
         )
+
+    def _take_mac_keys(self, block: _Block) -> bool:
+        """Takes the block's one-time MAC keys, when it first needs a tag.
+
+        Alice takes them as she signs ``Confirm``, Bob as he checks it, so a
+        block that aborts earlier costs no key; a ``Confirm`` lost in transit
+        leaves Alice's cursor ahead, and the ends resynchronise forward
+        (Hello). The refill decision is made here too, from the same reserve
+        level at both ends, so a block accepted late refills identically.
+        """
+        try:
+            block.mac_keys = self.auth.take(MAC_KEYS_PER_BLOCK)
+        except InsufficientKeyMaterial:
+            return False
+        block.refill_mac_keys = self.auth.available_keys < self.config.auth_low_water_keys
+        return True
 
     def _abort(self, reason: str) -> None:
         block = self.block
@@ -339,6 +349,30 @@ class _LinkEnd:
         events, self.events = self.events, []
         return events
 
+    def abandon(self, reason: str) -> list[BlockEvent]:
+        """The session broke (protocol error, lost peer): drop everything in flight.
+
+        The open block, if any, ends as :class:`BlockAborted`; sifted data
+        not yet in a block is discarded, since its transcript will never be
+        authenticated. A block Bob holds pending Alice's Commit is kept for
+        :meth:`BobLink.settle_pending`. Returns the events to record.
+        """
+        if self.block is not None and not self._is_pending():
+            self.events.append(BlockAborted(self.block.seq, reason, self.block.stats()))
+            self.block = None
+        self._buffer = _SiftBuffer()
+        self._transcript = Transcript()
+        self._frames = self._pulses = self._detections = 0
+        self.state = LinkState.FAILED
+        self._reset_session()
+        return self.take_events()
+
+    def _is_pending(self) -> bool:
+        return False
+
+    def _reset_session(self) -> None:
+        """Role-specific state of a session that broke."""
+
 
 class AliceLink(_LinkEnd):
     """The transmitting end: emits frames, answers sifting, estimates, answers Cascade."""
@@ -352,6 +386,11 @@ class AliceLink(_LinkEnd):
         self._outstanding: tuple[int, int, AliceRecord] | None = None
         self._responder: CascadeResponder | None = None
         self._confirm: m.Confirm | None = None
+
+    def _reset_session(self) -> None:
+        self._outstanding = None
+        self._responder = None
+        self._confirm = None
 
     @property
     def is_ready_for_frame(self) -> bool:
@@ -418,9 +457,7 @@ class AliceLink(_LinkEnd):
         qber = sum(block.test_errors) / max(1, len(ours))
         optimistic = self._key_length(block, leak_bits=math.ceil(n * h2(min(qber, 0.5))))
         reason = ""
-        if not block.mac_keys:
-            reason = "authentication_keys_exhausted"
-        elif sum(block.counts(1)) == 0:
+        if sum(block.counts(1)) == 0:
             reason = "no_test_bits"
         elif optimistic.length_bits <= 0:
             reason = optimistic.reason or "insufficient_entropy"
@@ -468,6 +505,11 @@ class AliceLink(_LinkEnd):
             self._record_out(reply)
             self._abort(reason)
             return [reply]
+        if not self._take_mac_keys(block):
+            reply = m.Confirm(block.seq, False, "authentication_keys_exhausted", b"", 0, block.leak_bits)
+            self._record_out(reply)
+            self._abort("authentication_keys_exhausted")
+            return [reply]
         seed = bytes(self.key_rng.bytes((n + length - 1 + 7) // 8))
         block.secret = _amplify(key, seed, length)
         unsigned = m.Confirm(block.seq, True, "", seed, length, block.leak_bits)
@@ -513,6 +555,15 @@ class BobLink(_LinkEnd):
         self._cascade: CascadeSession | None = None
         self._corrected: np.ndarray | None = None
         self._awaiting_commit = False
+
+    def _reset_session(self) -> None:
+        self._pending_frames.clear()
+        self._reported = None
+        self._cascade = None
+        self._corrected = None
+
+    def _is_pending(self) -> bool:
+        return self._awaiting_commit
 
     def receive_frame(self, frame_id: int, frame: PhotonFrame) -> list[m.Message]:
         """A frame arrived from the fibre. Measured now if the link is sifting, else queued."""
@@ -619,6 +670,8 @@ class BobLink(_LinkEnd):
             block.key_length = self._key_length(block, block.leak_bits)
             self._abort(msg.reason or "rejected_by_peer")
             return []
+        if not self._take_mac_keys(block):
+            return self._reject(block, "authentication_keys_exhausted")
         try:
             verify_one_time_tag(block.mac_keys[0], self._mac_input(block), msg.auth_tag)
         except AuthenticationFailed:

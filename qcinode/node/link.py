@@ -143,6 +143,7 @@ class AliceWorker:
                 rt.next_block_seq = alice.next_block_seq
                 self._log_events(rt.record(alice.take_events()))
         finally:
+            self._log_events(rt.record(alice.abandon("session_lost")))
             acks.cancel()
             quantum.cancel()
             call.cancel()
@@ -277,6 +278,8 @@ class BobEndpoint:
         finally:
             for task in tasks:
                 task.cancel()
+            for event in rt.record(bob.abandon("session_lost")):
+                _log_block(bound, event)
             if bob.pending_block_seq is not None:
                 rt.pending_bob = bob
             if self.inboxes.get(rt.link_id) is inbox:

@@ -73,11 +73,14 @@ class _LinkServicer(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.PostProc
     def __init__(self, endpoint: BobEndpoint) -> None:
         self.endpoint = endpoint
 
-    def Transmit(self, request_iterator: Any, context: Any) -> AsyncIterator[link_pb2.FrameAck]:
-        return self.endpoint.transmit(request_iterator, context)
+    # grpc.aio recognises streaming handlers by their being async generator functions.
+    async def Transmit(self, request_iterator: Any, context: Any) -> AsyncIterator[link_pb2.FrameAck]:
+        async for ack in self.endpoint.transmit(request_iterator, context):
+            yield ack
 
-    def Session(self, request_iterator: Any, context: Any) -> AsyncIterator[link_pb2.ClassicalMessage]:
-        return self.endpoint.session(request_iterator, context)
+    async def Session(self, request_iterator: Any, context: Any) -> AsyncIterator[link_pb2.ClassicalMessage]:
+        async for message in self.endpoint.session(request_iterator, context):
+            yield message
 
 
 class _AdminServicer(admin_pb2_grpc.AdminServicer):

