@@ -147,6 +147,7 @@ class LinkRuntime:
             "sifted_bits": c.sifted_bits,
             "qber": c.qber,
             "ec_leak_bits": c.ec_leak_bits,
+            "ec_key_bits": c.ec_key_bits,
             "ec_efficiency": c.ec_efficiency,
             "secret_bits": c.secret_bits,
             "blocks_done": c.blocks_done,
