@@ -24,7 +24,7 @@ def node_status(address: str, server_name: str, certs_dir: Path, *, timeout_s: f
     """One node's status as a plain dict (link fields named as in ``qcinode status --json``)."""
     with admin_channel(address, server_name, certs_dir) as channel:
         reply = admin_pb2_grpc.AdminStub(channel).Status(admin_pb2.StatusRequest(include_block_digests=digests), timeout=timeout_s)
-    out = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    out: dict[str, Any] = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     for link in out.get("links", []):
         for key, value in list(link.items()):
             if isinstance(value, str) and key not in ("link_id", "peer", "role", "state") and value.isdigit():

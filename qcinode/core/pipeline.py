@@ -52,14 +52,14 @@ import numpy as np
 from ..errors import AuthenticationFailed, InsufficientKeyMaterial, LocalProtocolError, RemoteProtocolError
 from . import messages as m
 from .amplification import toeplitz_hash, unpack_bits
-from .authentication import AuthKeyReserve, Transcript, one_time_tag, verify_one_time_tag
+from .authentication import AuthKeyReserve, Direction, Transcript, one_time_tag, verify_one_time_tag
 from .cascade import CascadeResponder, CascadeSession
 from .estimation import BlockStatistics, KeyLengthResult, h2, key_length
 from .physics import AliceRecord, Clicks, LinkPhysics, PhotonFrame, detect, transmit
 from .verification import tags_match, verification_tag
 
-A2B = "A>B"
-B2A = "B>A"
+A2B: Direction = "A>B"
+B2A: Direction = "B>A"
 MAC_KEYS_PER_BLOCK = 3
 MAC_KEY_BYTES = 32
 
@@ -195,7 +195,8 @@ class _Block:
 
     @property
     def key_mask(self) -> np.ndarray:
-        return self.bases == 0
+        mask: np.ndarray = self.bases == 0
+        return mask
 
     def counts(self, basis: int) -> tuple[int, int, int]:
         sel = self.classes[self.bases == basis]
@@ -221,8 +222,8 @@ class _Block:
 class _LinkEnd:
     """What both ends share: config, sifting buffer, block bookkeeping, MAC keys."""
 
-    direction_out: str
-    direction_in: str
+    direction_out: Direction
+    direction_in: Direction
 
     def __init__(self, config: LinkProtocolConfig, auth: AuthKeyReserve, key_rng: Any, noise_rng: np.random.Generator, next_block_seq: int = 0) -> None:
         self.config = config

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import signal
 import time
@@ -179,13 +180,13 @@ class Node:
         for rt in self.links.values():
             if rt.role.value == "alice":
                 key_rng, noise_rng = self._rngs()
-                worker = AliceWorker(rt, lambda peer=rt.peer: self._channel(peer), speed, key_rng, noise_rng)
+                worker = AliceWorker(rt, functools.partial(self._channel, rt.peer), speed, key_rng, noise_rng)
                 self._tasks.append(asyncio.create_task(self._guard(worker.run(), rt.link_id)))
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         for service in names[:3]:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.log.info("node.started", port=port, links=len(self.links))
-        return port
+        return int(port)
 
     async def _guard(self, coro: Any, link_id: str) -> None:
         try:
