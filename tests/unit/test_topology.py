@@ -134,7 +134,7 @@ def test_design_example_parses_with_merged_values() -> None:
 
     # Fields the example leaves out take their documented defaults.
     source = topo.defaults.source
-    assert (source.basis_probabilities.z, source.basis_probabilities.x) == (0.8, 0.2)
+    assert (source.basis_probabilities.z, source.basis_probabilities.x) == (0.6, 0.4)
     assert source.decoy_states is True
     assert topo.defaults.postprocessing.verification_tag_bits == 64
     assert topo.defaults.postprocessing.cascade_max_passes == 16
@@ -242,7 +242,7 @@ def test_round_trip_is_fully_merged() -> None:
         "dark_count_probability": 1.0e-6,
         "misalignment_error": 0.01,
     }
-    assert link["source"]["basis_probabilities"] == {"z": 0.8, "x": 0.2}
+    assert link["source"]["basis_probabilities"] == {"z": 0.6, "x": 0.4}
     assert "eavesdropper" not in mapping["links"][0]
     assert mapping["nodes"][1] == {"name": "beta", "saes": []}
 

@@ -1,0 +1,472 @@
+"""The durable, encrypted-at-rest store of every link's state at one node.
+
+Theory of operation:
+    * **What is stored.** One row per link: the JSON-able dict the node builds
+      from :meth:`LinkKeyPool.to_state`, :meth:`AuthKeyReserve.to_state` and
+      its counters. It holds secret key material (hex), so it never reaches
+      the disk in the clear and never appears in an exception message.
+    * **Layout.** ``data_dir/links.sqlite3``, table
+      ``links(link_id TEXT PRIMARY KEY, nonce BLOB, ciphertext BLOB, updated_at REAL)``.
+      ``PRAGMA user_version`` records the schema version.
+    * **Encryption.** Each row is ``AES-256-GCM(zlib(json(state)))`` under the
+      node's :class:`StorageKey`, with a fresh random 96-bit nonce per write
+      (random nonces stay safe for far more than 2^32 writes' worth of a
+      node's lifetime would ever need, NIST SP 800-38D §8.3). The associated
+      data binds the schema version, the node name and the link ID, so a row
+      copied to another link, another node or another schema fails to
+      decrypt instead of loading the wrong link's ledger.
+    * **Compression.** The JSON is compressed before encryption (ciphertext
+      does not compress). Pools are mostly hex, which has no repeats for
+      LZ77 to find but only 16 symbols, so Huffman-only deflate halves it at
+      about twice the speed of zlib level 1 (and a smaller output).
+    * **Crash safety.** SQLite in WAL mode with ``synchronous=FULL``: a
+      :meth:`LinkStore.save` is one transaction that is durable once it
+      returns, and a process killed at any moment leaves each link's row
+      either as it was or as the new state, never a mix. The AEAD tag would
+      refuse a torn row anyway.
+    * **Failures are loud.** Anything that stops a state from being saved or
+      read back faithfully (unwritable or full directory, corrupt database,
+      tampered row, wrong storage key) raises
+      :class:`~qcinode.errors.KeyStoreError` naming the link and the file.
+      The node must stop using a link whose state it cannot persist: key
+      bytes used on the wire but not recorded could be used twice.
+    * **Limits.** The key lives next to the database, so this protects copies
+      of the database (backups, volume snapshots) and detects tampering, not
+      an attacker who can read the whole data directory. Integrity is per
+      row, not freshness: replacing the whole file with an older copy of
+      itself is not detectable from inside it.
+    * **Threads.** One connection, guarded by a lock, so a node may call
+      :meth:`LinkStore.save` from ``asyncio.to_thread`` workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from qcinode.errors import KeyStoreError, LocalProtocolError
+
+__all__ = [
+    "DATABASE_FILE",
+    "KEY_FILE",
+    "SCHEMA_VERSION",
+    "LinkStore",
+    "StorageKey",
+]
+
+#: Storage key file name in the data directory.
+KEY_FILE = "storage.key"
+
+#: Database file name in the data directory.
+DATABASE_FILE = "links.sqlite3"
+
+#: Row format version; part of every row's associated data.
+SCHEMA_VERSION = 1
+
+_KEY_BYTES = 32
+_NONCE_BYTES = 12
+_AAD_DOMAIN = b"qcinode/linkstore\x00"
+_BUSY_TIMEOUT_S = 10.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS links (
+    link_id TEXT PRIMARY KEY,
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    updated_at REAL NOT NULL
+)
+"""
+
+
+class StorageKey:
+    """A node's 256-bit storage key. The bytes never leave this object."""
+
+    __slots__ = ("_aead", "_path")
+
+    def __init__(self, key: bytes, path: Path | None = None) -> None:
+        """Wrap raw key bytes.
+
+        Args:
+            key: 32 secret bytes.
+            path: The file it came from (for messages only).
+
+        Raises:
+            KeyStoreError: If ``key`` is not 32 bytes.
+        """
+        if not isinstance(key, (bytes, bytearray)) or len(key) != _KEY_BYTES:
+            where = f" in {path}" if path is not None else ""
+            raise KeyStoreError(f"storage key{where} must be {_KEY_BYTES} bytes")
+        self._aead = AESGCM(bytes(key))
+        self._path = path
+
+    @property
+    def path(self) -> Path | None:
+        """The key file, if the key was loaded from or written to one."""
+        return self._path
+
+    @classmethod
+    def load_or_create(cls, data_dir: Path) -> StorageKey:
+        """Read ``data_dir/storage.key``, creating it (mode 0600) if absent.
+
+        Creation is atomic: the key is written and synced under a temporary
+        name, then hard-linked into place, so a crash never leaves a short
+        key file and two processes racing to create it agree on one key.
+
+        Raises:
+            KeyStoreError: If the directory or file cannot be created or read,
+                or the file does not hold exactly 32 bytes.
+        """
+        path = Path(data_dir) / KEY_FILE
+        try:
+            return cls(path.read_bytes(), path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read storage key {path}: {_os_reason(exc)}") from None
+        _make_dir(path.parent)
+        return cls._create(path)
+
+    @classmethod
+    def _create(cls, path: Path) -> StorageKey:
+        key = os.urandom(_KEY_BYTES)
+        tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.fchmod(fd, 0o600)  # in case of an unusual umask or ACL default
+                with os.fdopen(fd, "wb", closefd=False) as f:
+                    f.write(key)
+                    f.flush()
+                    os.fsync(f.fileno())
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)  # atomic and never replaces an existing key
+            except FileExistsError:
+                # Another process created it first: use theirs.
+                return cls(path.read_bytes(), path)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise KeyStoreError(f"cannot create storage key {path}: {_os_reason(exc)}") from None
+        finally:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+        return cls(key, path)
+
+    def encrypt(self, plaintext: bytes, associated_data: bytes) -> tuple[bytes, bytes]:
+        """Encrypt under a fresh random nonce; returns ``(nonce, ciphertext)``."""
+        nonce = os.urandom(_NONCE_BYTES)
+        return nonce, self._aead.encrypt(nonce, plaintext, associated_data)
+
+    def decrypt(self, nonce: bytes, ciphertext: bytes, associated_data: bytes) -> bytes:
+        """Decrypt and authenticate.
+
+        Raises:
+            cryptography.exceptions.InvalidTag: If the ciphertext, nonce or
+                associated data differ from what was encrypted, or the key is
+                another one.
+        """
+        return self._aead.decrypt(nonce, ciphertext, associated_data)
+
+    def __repr__(self) -> str:
+        # Never show key material.
+        return f"StorageKey(path={str(self._path)!r})"
+
+
+class LinkStore:
+    """Every link's state at one node, in ``data_dir/links.sqlite3``, encrypted."""
+
+    __slots__ = ("_node_name", "_path", "_key", "_conn", "_lock", "_clock")
+
+    def __init__(
+        self,
+        data_dir: Path,
+        node_name: str,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Open (creating if needed) the node's link store.
+
+        Args:
+            data_dir: The node's data directory; created if missing.
+            node_name: This node's name; bound into every row.
+            clock: Wall clock for the ``updated_at`` column.
+
+        Raises:
+            KeyStoreError: If the directory, database or storage key cannot be
+                created or opened, the database is corrupt or of a newer
+                schema, or the storage key is missing while the database holds
+                rows (a new key could never read them).
+            LocalProtocolError: If ``node_name`` is not a non-empty str.
+        """
+        _require_name(node_name, "node_name")
+        data_dir = Path(data_dir)
+        self._node_name = node_name
+        self._path = data_dir / DATABASE_FILE
+        self._clock = clock
+        self._lock = threading.Lock()
+        _make_dir(data_dir)
+        key_existed = (data_dir / KEY_FILE).exists()
+        self._conn: sqlite3.Connection | None = self._open_database()
+        try:
+            if not key_existed:
+                rows = self._row_count()
+                if rows:
+                    raise KeyStoreError(
+                        f"storage key {data_dir / KEY_FILE} is missing but {self._path} holds "
+                        f"{rows} link state(s) that only it can decrypt; restore the key file"
+                    )
+            self._key = StorageKey.load_or_create(data_dir)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    @property
+    def node_name(self) -> str:
+        """The node whose links this store holds."""
+        return self._node_name
+
+    def save(self, link_id: str, state: dict[str, Any]) -> None:
+        """Replace one link's state, atomically and durably (one transaction).
+
+        When this returns the state is on disk; if it raises, the previous
+        state of the link is unchanged.
+
+        Args:
+            link_id: The link.
+            state: A JSON-able dict (no NaN or infinities).
+
+        Raises:
+            KeyStoreError: If the state could not be written (full or
+                unwritable directory, corrupt database, store closed).
+            LocalProtocolError: If ``link_id`` is not a non-empty str or
+                ``state`` is not a JSON-able dict.
+        """
+        _require_name(link_id, "link_id")
+        if not isinstance(state, dict):
+            raise LocalProtocolError(f"state must be a dict, got {type(state).__name__}")
+        try:
+            document = json.dumps(state, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            # The message names a type or a float, never a value of the state.
+            raise LocalProtocolError(f"state of link {link_id!r} is not JSON-able: {exc}") from None
+        plaintext = _compress(document.encode("utf-8"))
+        nonce, ciphertext = self._key.encrypt(plaintext, self._associated_data(link_id))
+        with self._lock:
+            conn = self._require_open()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    "INSERT INTO links (link_id, nonce, ciphertext, updated_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (link_id) DO UPDATE SET nonce = excluded.nonce, "
+                    "ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
+                    (link_id, nonce, ciphertext, float(self._clock())),
+                )
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise KeyStoreError(
+                    f"cannot save link {link_id!r} to {self._path}: {exc}"
+                ) from exc
+            except BaseException:
+                self._rollback(conn)
+                raise
+
+    def load(self, link_id: str) -> dict[str, Any] | None:
+        """One link's last saved state, or None if it was never saved.
+
+        Raises:
+            KeyStoreError: If the row fails authentication (tampered, copied
+                from another link or node, or a different storage key), the
+                database is corrupt, or the store is closed.
+            LocalProtocolError: If ``link_id`` is not a non-empty str.
+        """
+        _require_name(link_id, "link_id")
+        with self._lock:
+            conn = self._require_open()
+            try:
+                row = conn.execute(
+                    "SELECT nonce, ciphertext FROM links WHERE link_id = ?", (link_id,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise KeyStoreError(f"cannot read link {link_id!r} from {self._path}: {exc}") from exc
+        if row is None:
+            return None
+        nonce, ciphertext = row
+        if not (
+            isinstance(nonce, bytes)
+            and len(nonce) == _NONCE_BYTES
+            and isinstance(ciphertext, bytes)
+        ):
+            raise KeyStoreError(f"row of link {link_id!r} in {self._path} is malformed")
+        try:
+            plaintext = self._key.decrypt(nonce, ciphertext, self._associated_data(link_id))
+        except InvalidTag:
+            raise KeyStoreError(
+                f"state of link {link_id!r} in {self._path} failed authentication: the row was "
+                f"altered or copied from another link or node, or {self._key.path} is not the "
+                "storage key it was written with"
+            ) from None
+        try:
+            state = json.loads(zlib.decompress(plaintext).decode("utf-8"))
+        except (zlib.error, UnicodeDecodeError, ValueError):
+            # Authentic but unreadable: a writer bug, not tampering. Chain
+            # nothing: the exceptions may quote the decrypted plaintext.
+            raise KeyStoreError(
+                f"state of link {link_id!r} in {self._path} is authentic but not a valid document"
+            ) from None
+        if not isinstance(state, dict):
+            raise KeyStoreError(f"state of link {link_id!r} in {self._path} is not a JSON object")
+        return state
+
+    def close(self) -> None:
+        """Close the database. Idempotent; later saves and loads raise."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error as exc:
+                raise KeyStoreError(f"cannot close {self._path}: {exc}") from exc
+
+    def __enter__(self) -> LinkStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"LinkStore(path={str(self._path)!r}, node_name={self._node_name!r})"
+
+    # -- internals -------------------------------------------------------
+
+    def _open_database(self) -> sqlite3.Connection:
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+            conn = sqlite3.connect(
+                self._path,
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,  # serialised by self._lock
+            )
+        except sqlite3.Error as exc:
+            raise KeyStoreError(f"cannot open {self._path}: {exc}") from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise KeyStoreError(f"cannot put {self._path} in WAL mode (got {mode!r})")
+            conn.execute("PRAGMA synchronous = FULL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise KeyStoreError(
+                    f"{self._path} has schema version {version}; this qcinode reads up to "
+                    f"{SCHEMA_VERSION}"
+                )
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(_SCHEMA)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise KeyStoreError(f"cannot open {self._path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _row_count(self) -> int:
+        conn = self._require_open()
+        try:
+            count: int = conn.execute("SELECT count(*) FROM links").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise KeyStoreError(f"cannot read {self._path}: {exc}") from exc
+        return count
+
+    def _require_open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise KeyStoreError(f"link store {self._path} is closed")
+        return self._conn
+
+    def _associated_data(self, link_id: str) -> bytes:
+        # Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+        node = self._node_name.encode("utf-8")
+        link = link_id.encode("utf-8")
+        return b"".join(
+            (
+                _AAD_DOMAIN,
+                struct.pack(">HI", SCHEMA_VERSION, len(node)),
+                node,
+                struct.pack(">I", len(link)),
+                link,
+            )
+        )
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        # SQLite may already have rolled back (e.g. on SQLITE_FULL).
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+
+def _compress(data: bytes) -> bytes:
+    """Huffman-only deflate in a standard zlib stream (see the module docstring)."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_HUFFMAN_ONLY)
+    return compressor.compress(data) + compressor.flush()
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KeyStoreError(f"cannot create data directory {path}: {_os_reason(exc)}") from None
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a new directory entry durable (best effort where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def _require_name(value: Any, what: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise LocalProtocolError(f"{what} must be a non-empty str, got {value!r}")

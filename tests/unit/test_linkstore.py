@@ -1,0 +1,347 @@
+"""The durable link-state store: round trip, encryption at rest, tamper and crash safety.
+
+These tests touch the filesystem (``tmp_path``): the store is a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import select
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qcinode.core.authentication import AuthKeyReserve
+from qcinode.core.roles import Role
+from qcinode.errors import KeyStoreError, LocalProtocolError
+from qcinode.keys.linkstore import DATABASE_FILE, KEY_FILE, LinkStore, StorageKey
+from qcinode.keys.pool import KeyRange, LinkKeyPool
+
+LINK = "alpha-beta"
+
+
+def _random_bytes(seed: int, n: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def _realistic(seed: int = 1) -> tuple[LinkKeyPool, AuthKeyReserve, dict[str, Any], bytes]:
+    """A used pool and MAC reserve, their state, and one block's bytes."""
+    pool = LinkKeyPool(LINK, Role.ALICE)
+    blocks = {f"{LINK}/{i}": _random_bytes(seed * 100 + i, size) for i, size in enumerate((4096, 2048, 64))}
+    for block_id, data in blocks.items():
+        pool.add_block(block_id, data)
+    pool.commit(pool.reserve(1500))  # spans blocks 0 and 1 of our half
+    pool.release(pool.reserve(100))
+    pool.consume_ranges([KeyRange(f"{LINK}/0", 2048, 300), KeyRange(f"{LINK}/2", 32, 32)], Role.BOB)
+    pool.consume_ranges([KeyRange(f"{LINK}/1", 1024, 1024)], Role.BOB)
+    reserve = AuthKeyReserve(_random_bytes(seed * 100 + 50, 32 * 10))
+    reserve.take(3)
+    reserve.refill(_random_bytes(seed * 100 + 51, 100))
+    state = {"pool": pool.to_state(), "auth": reserve.to_state(), "next_block_seq": 7, "next_frame_id": 3}
+    return pool, reserve, state, blocks[f"{LINK}/0"]
+
+
+def _raw_files(data_dir: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in data_dir.iterdir() if p.name.startswith(DATABASE_FILE))
+
+
+def _rows(data_dir: Path) -> dict[str, tuple[bytes, bytes]]:
+    with contextlib.closing(sqlite3.connect(data_dir / DATABASE_FILE)) as conn:
+        return {r[0]: (r[1], r[2]) for r in conn.execute("SELECT link_id, nonce, ciphertext FROM links")}
+
+
+def _set_row(data_dir: Path, link_id: str, nonce: bytes, ciphertext: bytes) -> None:
+    with contextlib.closing(sqlite3.connect(data_dir / DATABASE_FILE)) as conn, conn:
+        conn.execute("UPDATE links SET nonce = ?, ciphertext = ? WHERE link_id = ?", (nonce, ciphertext, link_id))
+
+
+# -- round trip --------------------------------------------------------------
+
+
+def test_realistic_state_round_trips_through_a_reopened_store(tmp_path: Path) -> None:
+    pool, reserve, state, _ = _realistic()
+    with LinkStore(tmp_path, "alpha") as store:
+        store.save(LINK, state)
+
+    with LinkStore(tmp_path, "alpha") as reopened:
+        loaded = reopened.load(LINK)
+        assert reopened.load("alpha-gamma") is None
+    assert loaded == state
+    assert loaded is not None
+
+    restored_pool = LinkKeyPool.from_state(loaded["pool"])
+    restored_auth = AuthKeyReserve.from_state(loaded["auth"])
+    assert restored_pool.audit() == pool.audit()
+    assert restored_pool.available_bytes == pool.available_bytes
+    assert restored_pool.peer_available_bytes == pool.peer_available_bytes
+    assert restored_pool.block_ids == pool.block_ids
+    assert restored_auth.cursor == reserve.cursor
+    assert restored_auth.available_keys == reserve.available_keys
+    # Both continue identically: same next pad, same next MAC keys.
+    assert restored_pool.commit(restored_pool.reserve(200)) == pool.commit(pool.reserve(200))
+    assert restored_auth.take(2) == reserve.take(2)
+    assert (loaded["next_block_seq"], loaded["next_frame_id"]) == (7, 3)
+
+
+def test_save_replaces_only_that_link(tmp_path: Path) -> None:
+    with LinkStore(tmp_path, "alpha") as store:
+        store.save("a", {"v": 1})
+        store.save("b", {"v": 1})
+        store.save("a", {"v": 2})
+        assert store.load("a") == {"v": 2}
+        assert store.load("b") == {"v": 1}
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=20,
+)
+
+
+def test_any_json_object_round_trips(tmp_path: Path) -> None:
+    with LinkStore(tmp_path, "nöde") as store:
+
+        @settings(max_examples=40, deadline=None)
+        @given(state=st.dictionaries(st.text(), _json, max_size=5), link_id=st.text(min_size=1, max_size=20))
+        def round_trip(state: dict[str, Any], link_id: str) -> None:
+            store.save(link_id, state)
+            assert store.load(link_id) == state
+
+        round_trip()
+
+
+def test_bad_arguments_are_refused(tmp_path: Path) -> None:
+    with LinkStore(tmp_path, "alpha") as store:
+        with pytest.raises(LocalProtocolError, match="not JSON-able"):
+            store.save(LINK, {"key": b"\x00"})
+        with pytest.raises(LocalProtocolError, match="not JSON-able"):
+            store.save(LINK, {"qber": float("nan")})
+        with pytest.raises(LocalProtocolError, match="link_id"):
+            store.save("", {})
+        assert store.load(LINK) is None
+    with pytest.raises(KeyStoreError, match="closed"):
+        store.load(LINK)
+    store.close()  # idempotent
+
+
+# -- encryption at rest --------------------------------------------------------
+
+
+def test_key_file_is_private_reused_and_key_bytes_never_reach_disk(tmp_path: Path) -> None:
+    _, _, state, block = _realistic()
+    with LinkStore(tmp_path, "alpha") as store:
+        store.save(LINK, state)
+        # While open, with the write-ahead log still present.
+        raw_open = _raw_files(tmp_path)
+    key_path = tmp_path / KEY_FILE
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    key = key_path.read_bytes()
+    assert len(key) == 32
+    with LinkStore(tmp_path, "alpha") as store:
+        assert store.load(LINK) == state
+    assert key_path.read_bytes() == key
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(KEY_FILE) or ".tmp" in p.name) == [KEY_FILE]
+
+    raw = raw_open + _raw_files(tmp_path)
+    needles = [block, block[:16], block[2048:2064], block.hex().encode(), block.hex().upper().encode(),
+               block[:16].hex().encode(), key, key.hex().encode()]
+    for needle in needles:
+        assert needle not in raw
+    assert repr(StorageKey.load_or_create(tmp_path)).count(key.hex()) == 0
+
+
+def test_storage_key_of_wrong_length_is_refused(tmp_path: Path) -> None:
+    (tmp_path / KEY_FILE).write_bytes(b"short")
+    with pytest.raises(KeyStoreError, match=f"{KEY_FILE}.*32 bytes"):
+        LinkStore(tmp_path, "alpha")
+
+
+def test_missing_storage_key_with_saved_links_is_refused_not_replaced(tmp_path: Path) -> None:
+    with LinkStore(tmp_path, "alpha") as store:
+        store.save(LINK, {"v": 1})
+    (tmp_path / KEY_FILE).unlink()
+    with pytest.raises(KeyStoreError, match="missing"):
+        LinkStore(tmp_path, "alpha")
+    assert not (tmp_path / KEY_FILE).exists()
+
+
+# -- tampering -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("column", ["nonce", "ciphertext"])
+def test_tampered_row_is_refused(tmp_path: Path, column: str) -> None:
+    _, _, state, block = _realistic()
+    with LinkStore(tmp_path, "alpha") as store:
+        store.save(LINK, state)
+    nonce, ciphertext = _rows(tmp_path)[LINK]
+    if column == "nonce":
+        nonce = bytes([nonce[0] ^ 1]) + nonce[1:]
+    else:
+        middle = len(ciphertext) // 2
+        ciphertext = ciphertext[:middle] + bytes([ciphertext[middle] ^ 0x80]) + ciphertext[middle + 1 :]
+    _set_row(tmp_path, LINK, nonce, ciphertext)
+    with LinkStore(tmp_path, "alpha") as store, pytest.raises(KeyStoreError) as info:
+        store.load(LINK)
+    message = str(info.value)
+    assert LINK in message and str(tmp_path / DATABASE_FILE) in message
+    assert block.hex()[:32] not in message
+
+
+def test_rows_swapped_between_links_are_refused(tmp_path: Path) -> None:
+    with LinkStore(tmp_path, "alpha") as store:
+        store.save("alpha-beta", {"pad": "00" * 64})
+        store.save("alpha-gamma", {"pad": "ff" * 64})
+    rows = _rows(tmp_path)
+    _set_row(tmp_path, "alpha-beta", *rows["alpha-gamma"])
+    _set_row(tmp_path, "alpha-gamma", *rows["alpha-beta"])
+    with LinkStore(tmp_path, "alpha") as store:
+        for link_id in ("alpha-beta", "alpha-gamma"):
+            with pytest.raises(KeyStoreError, match=f"link '{link_id}'.*failed authentication"):
+                store.load(link_id)
+
+
+def test_another_nodes_key_or_name_is_refused(tmp_path: Path) -> None:
+    ours, theirs = tmp_path / "alpha", tmp_path / "beta"
+    with LinkStore(ours, "alpha") as store:
+        store.save(LINK, {"v": 1})
+    LinkStore(theirs, "alpha").close()  # its own, different storage key
+    assert (ours / KEY_FILE).read_bytes() != (theirs / KEY_FILE).read_bytes()
+    shutil.copyfile(ours / DATABASE_FILE, theirs / DATABASE_FILE)
+    with LinkStore(theirs, "alpha") as store, pytest.raises(KeyStoreError, match="storage key"):
+        store.load(LINK)
+    # Same key file, but the rows were written for node "alpha".
+    with LinkStore(ours, "beta") as store, pytest.raises(KeyStoreError, match="failed authentication"):
+        store.load(LINK)
+
+
+def test_corrupt_database_is_refused(tmp_path: Path) -> None:
+    (tmp_path / DATABASE_FILE).write_bytes(_random_bytes(7, 8192))
+    with pytest.raises(KeyStoreError, match=DATABASE_FILE):
+        LinkStore(tmp_path, "alpha")
+
+
+def test_database_damaged_in_place_is_refused(tmp_path: Path) -> None:
+    with LinkStore(tmp_path, "alpha") as store:
+        store.save(LINK, {"pad": _random_bytes(3, 40_000).hex()})
+    path = tmp_path / DATABASE_FILE
+    raw = bytearray(path.read_bytes())
+    start = len(raw) // 2  # inside the row's overflow pages
+    raw[start : start + 4096] = _random_bytes(4, 4096)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(KeyStoreError, match=DATABASE_FILE):
+        with LinkStore(tmp_path, "alpha") as store:
+            store.load(LINK)
+
+
+# -- unwritable or full ----------------------------------------------------------
+
+
+def test_data_dir_that_cannot_be_created_names_the_path(tmp_path: Path) -> None:
+    # Works as root too: no permission bit stops mkdir over a regular file.
+    blocker = tmp_path / "node-data"
+    blocker.write_text("not a directory")
+    for data_dir in (blocker, blocker / "sub"):
+        with pytest.raises(KeyStoreError, match=re.escape(str(data_dir))):
+            LinkStore(data_dir, "alpha")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_data_dir_names_the_path(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node-data"
+    data_dir.mkdir()
+    data_dir.chmod(0o500)
+    try:
+        with pytest.raises(KeyStoreError, match=re.escape(str(data_dir))):
+            LinkStore(data_dir, "alpha")
+    finally:
+        data_dir.chmod(0o700)
+
+
+def test_full_database_raises_and_keeps_the_old_state(tmp_path: Path) -> None:
+    with LinkStore(tmp_path, "alpha") as store:
+        store.save(LINK, {"v": 1})
+        # Cap the file at its current size: the next large write hits SQLITE_FULL,
+        # as on a full disk.
+        conn = store._conn
+        assert conn is not None
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(KeyStoreError, match=f"link '{LINK}'.*{DATABASE_FILE}.*full"):
+            store.save(LINK, {"v": 2, "pad": _random_bytes(5, 100_000).hex()})
+        assert store.load(LINK) == {"v": 1}
+        store.save(LINK, {"v": 3})  # still usable once there is room
+        assert store.load(LINK) == {"v": 3}
+
+
+# -- crashes ---------------------------------------------------------------
+
+_WRITER = """
+import hashlib, sys
+from pathlib import Path
+from qcinode.keys.linkstore import LinkStore
+
+store = LinkStore(Path(sys.argv[1]), "alpha")
+seq = int(sys.argv[2])
+while True:
+    for link_id in ("alpha-beta", "alpha-gamma"):
+        pad = hashlib.shake_256(f"{link_id}/{seq}".encode()).hexdigest(60_000)
+        store.save(link_id, {"seq": seq, "pad": pad, "sha256": hashlib.sha256(pad.encode()).hexdigest()})
+    print(seq, flush=True)
+    seq += 1
+"""
+
+
+def _run_writer_and_kill(data_dir: Path, first_seq: int, delay_s: float) -> int:
+    """Start a writer, SIGKILL it ``delay_s`` after its first full round; the last seq it reported."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(data_dir), str(first_seq)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], 20.0)
+            assert ready, "writer did not start"
+            first = proc.stdout.readline()
+            assert first, proc.stderr.read()
+            if delay_s:
+                select.select([], [], [], delay_s)
+        finally:
+            proc.kill()
+        reported = [first, *proc.stdout.read().split()]
+        proc.wait()
+    assert proc.returncode == -9
+    return int(reported[-1])
+
+
+def test_killed_writer_leaves_old_or_new_state_of_each_link(tmp_path: Path) -> None:
+    # Kills land at different points of the write loop: right away, then later.
+    for round_no, delay_s in enumerate((0.0, 0.003, 0.011, 0.029, 0.05)):
+        first_seq = 1000 * round_no
+        last_reported = _run_writer_and_kill(tmp_path, first_seq, delay_s)
+        with LinkStore(tmp_path, "alpha") as store:
+            for link_id in ("alpha-beta", "alpha-gamma"):
+                state = store.load(link_id)
+                assert state is not None
+                seq = state["seq"]
+                # Everything reported was durable; at most the round in flight is newer.
+                assert seq in (last_reported, last_reported + 1)
+                pad = hashlib.shake_256(f"{link_id}/{seq}".encode()).hexdigest(60_000)
+                assert state == {"seq": seq, "pad": pad, "sha256": hashlib.sha256(pad.encode()).hexdigest()}
+            # The store stays writable after recovery.
+            store.save("alpha-delta", {"round": round_no})
+            assert store.load("alpha-delta") == {"round": round_no}
