@@ -167,7 +167,7 @@ class AuthKeyReserve:
     next refill.
     """
 
-    __slots__ = ("_buffer", "_cursor")
+    __slots__ = ("_buffer", "_cursor", "_staged")
 
     def __init__(self, bootstrap: bytes) -> None:
         """Create the reserve from the link's pre-shared bootstrap key.
@@ -180,6 +180,7 @@ class AuthKeyReserve:
             raise LocalProtocolError("bootstrap must be bytes")
         self._buffer = bytearray(bootstrap)
         self._cursor = 0
+        self._staged: dict[int, bytes] = {}
 
     @property
     def available_keys(self) -> int:
@@ -225,6 +226,33 @@ class AuthKeyReserve:
             raise LocalProtocolError("refill data must be bytes")
         self._buffer.extend(data)
 
+    def stage(self, block_seq: int, data: bytes) -> None:
+        """Set aside refill bytes from block ``block_seq`` until both ends surely hold it.
+
+        A block one end accepted may still be dropped at the other (a lost
+        Commit, a crash); refilling from it at once would make the two
+        reserves differ for ever. Staged bytes join the reserve only through
+        :meth:`promote_before`, at a point both ends reach in lock-step.
+        """
+        _require_count(block_seq, "block_seq")
+        if not isinstance(data, (bytes, bytearray)):
+            raise LocalProtocolError("staged data must be bytes")
+        self._staged[block_seq] = bytes(data)
+
+    def promote_before(self, block_seq: int) -> None:
+        """Appends, in block order, every staged refill of a block older than ``block_seq``."""
+        for seq in sorted(s for s in self._staged if s < block_seq):
+            self.refill(self._staged.pop(seq))
+
+    def retain_staged(self, block_seqs: set[int]) -> None:
+        """Drops staged refills of blocks the peer does not hold (resynchronisation)."""
+        for seq in [s for s in self._staged if s not in block_seqs]:
+            del self._staged[seq]
+
+    @property
+    def staged_block_seqs(self) -> tuple[int, ...]:
+        return tuple(sorted(self._staged))
+
     def skip_to(self, cursor: int) -> None:
         """Discard keys until :attr:`cursor` equals ``cursor``.
 
@@ -246,7 +274,12 @@ class AuthKeyReserve:
 
     def to_state(self) -> dict[str, Any]:
         """A JSON-able snapshot (key bytes hex-encoded). It holds secrets."""
-        return {"version": _STATE_VERSION, "cursor": self._cursor, "buffer": self._buffer.hex()}
+        return {
+            "version": _STATE_VERSION,
+            "cursor": self._cursor,
+            "buffer": self._buffer.hex(),
+            "staged": {str(seq): data.hex() for seq, data in sorted(self._staged.items())},
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> AuthKeyReserve:
@@ -260,12 +293,14 @@ class AuthKeyReserve:
                 raise KeyStoreError(f"unsupported auth reserve state version {state['version']!r}")
             cursor = state["cursor"]
             buffer = bytes.fromhex(state["buffer"])
+            staged = {int(seq): bytes.fromhex(data) for seq, data in state.get("staged", {}).items()}
         except (KeyError, TypeError, ValueError) as exc:
             raise KeyStoreError(f"malformed auth reserve state: {exc}") from None
         if isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 0:
             raise KeyStoreError("malformed auth reserve state: bad cursor")
         reserve = cls(buffer)
         reserve._cursor = cursor
+        reserve._staged = staged
         return reserve
 
     def __repr__(self) -> str:

@@ -67,7 +67,9 @@ Rules of the protocol
    wrong round number, an unknown pass id, an interval outside
    ``0 <= start < end <= n``, arrays of unequal length or non-integer dtype,
    or a bad seed.  Bob rejects a reply with the wrong round number or the
-   wrong number or values of parities.  An object that raised a
+   wrong number or values of parities, and answers that contradict earlier
+   ones about a single bit (an honest Alice never does that; a lying one
+   would otherwise make Bob flip that bit back and forth forever).  An object that raised a
    ``ProtocolError`` is failed: every later call raises ``LocalProtocolError``.
 
 Leak accounting
@@ -105,6 +107,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -184,7 +187,9 @@ class CascadeParams:
         if not 1 <= self.max_passes <= MAX_PASSES:
             raise ConfigError(f"max_passes must be in [1, {MAX_PASSES}], got {self.max_passes}")
         if not 0.0 < self.first_block_factor <= 1e6:
-            raise ConfigError(f"first_block_factor must be in (0, 1e6], got {self.first_block_factor}")
+            raise ConfigError(
+                f"first_block_factor must be in (0, 1e6], got {self.first_block_factor}"
+            )
         if self.second_block_factor < 1:
             raise ConfigError(f"second_block_factor must be >= 1, got {self.second_block_factor}")
         if not self.later_pass_blocks or any(b < 1 for b in self.later_pass_blocks):
@@ -405,29 +410,29 @@ class CascadeResponder:
         self._passes += 1
 
 
-def _merge_insert(
-    keys: IntArray, new_keys: IntArray, *columns: tuple[npt.NDArray[np.generic], npt.NDArray[np.generic]]
-) -> tuple[npt.NDArray[np.generic], ...]:
-    """Insert sorted ``new_keys`` into sorted ``keys``, carrying parallel columns.
+_T = TypeVar("_T", bound=np.generic)
 
-    Args:
-        keys: Sorted keys.
-        new_keys: Sorted keys not present in ``keys``.
-        *columns: ``(old, new)`` value pairs, parallel to ``keys`` / ``new_keys``.
 
-    Returns:
-        The merged keys followed by each merged column.
+class _Insertion:
+    """Where sorted new keys go when merged into a sorted key array.
+
+    One plan serves several parallel columns, so a merge costs a few
+    vectorised copies instead of one ``numpy.insert`` per column.
     """
-    slots = np.searchsorted(keys, new_keys) + np.arange(new_keys.size)
-    keep = np.ones(keys.size + new_keys.size, dtype=np.bool_)
-    keep[slots] = False
-    out: list[npt.NDArray[np.generic]] = []
-    for old, new in ((keys, new_keys), *columns):
-        merged = np.empty(keep.size, dtype=old.dtype)
-        merged[keep] = old
-        merged[slots] = new
-        out.append(merged)
-    return tuple(out)
+
+    __slots__ = ("keep", "slots")
+
+    def __init__(self, keys: IntArray, new_keys: IntArray) -> None:
+        self.slots = np.searchsorted(keys, new_keys) + np.arange(new_keys.size)
+        self.keep = np.ones(keys.size + new_keys.size, dtype=np.bool_)
+        self.keep[self.slots] = False
+
+    def merge(self, old: npt.NDArray[_T], new: npt.NDArray[_T]) -> npt.NDArray[_T]:
+        """The column ``old`` with ``new``'s values inserted at their slots."""
+        merged = np.empty(self.keep.size, dtype=old.dtype)
+        merged[self.keep] = old
+        merged[self.slots] = new
+        return merged
 
 
 class CascadeSession:
@@ -589,14 +594,14 @@ class CascadeSession:
             raise LocalProtocolError("no query is outstanding")
         try:
             parities = self._checked_reply(reply)
+            self._leak_bits += int(parities.size)
+            if self._round == 0:
+                self._apply_top_level(parities)
+            else:
+                self._apply_bisection(parities)
         except ProtocolError:
             self._failed = True
             raise
-        self._leak_bits += int(parities.size)
-        if self._round == 0:
-            self._apply_top_level(parities)
-        else:
-            self._apply_bisection(parities)
         self._round += 1
         return self._next_query()
 
@@ -648,7 +653,8 @@ class CascadeSession:
             alice[hi - 1] = total ^ np.bitwise_xor.reduce(alice[lo : hi - 1])
         pass_ids = self._leaf_key // n
         starts = self._leaf_key - pass_ids * n
-        self._leaf_odd = (alice ^ self._bob_parity(pass_ids, starts, self._leaf_end)).astype(np.bool_)
+        bob = self._bob_parity(pass_ids, starts, self._leaf_end)
+        self._leaf_odd = (alice ^ bob).astype(np.bool_)
         self._correct_singletons(np.flatnonzero(self._leaf_odd & (self._leaf_end - starts == 1)))
 
     def _apply_bisection(self, parities: BitArray) -> None:
@@ -667,12 +673,10 @@ class CascadeSession:
             self._leaf_end[idx] = mid
             self._leaf_odd[idx] = left_odd
             right_keys = pass_ids * n + mid
-            self._leaf_key, self._leaf_end, self._leaf_odd = _merge_insert(  # type: ignore[assignment]
-                self._leaf_key,
-                right_keys,
-                (self._leaf_end, ends),
-                (self._leaf_odd, right_odd),
-            )
+            plan = _Insertion(self._leaf_key, right_keys)
+            self._leaf_key = plan.merge(self._leaf_key, right_keys)
+            self._leaf_end = plan.merge(self._leaf_end, ends)
+            self._leaf_odd = plan.merge(self._leaf_odd, right_odd)
             single_keys.append(keys[mid - starts == 1])
             single_keys.append(right_keys[ends - mid == 1])
         singles = np.searchsorted(self._leaf_key, np.concatenate(single_keys))
@@ -692,9 +696,15 @@ class CascadeSession:
         self._errors_corrected += int(bits.size)
         flips = (np.arange(self._npass, dtype=np.int64)[:, None] * n + self._inv[:, bits]).ravel()
         flips.sort()
-        (self._flip_key,) = _merge_insert(self._flip_key, flips)  # type: ignore[assignment]
+        self._flip_key = _Insertion(self._flip_key, flips).merge(self._flip_key, flips)
         hit = np.searchsorted(self._leaf_key, flips, side="right") - 1
         np.logical_xor.at(self._leaf_odd, hit, True)
+        # An honest Alice gives every bit one value in all passes, so a flip can
+        # only make one-bit leaves even.  An odd one means two of her answers
+        # disagree; going on would flip that bit back and forth forever.
+        single = self._leaf_end[hit] - self._leaf_key[hit] % n == 1
+        if bool((single & self._leaf_odd[hit]).any()):
+            raise RemoteProtocolError("inconsistent parities: a bit has two values")
 
     def _next_query(self) -> ParityQuery | None:
         """Select the odd leaves to bisect (rule 6), or finish (rule 7)."""

@@ -32,8 +32,9 @@ Theory of operation (rules both sessions follow):
    :class:`AuthKeyReserve` when ``Confirm`` is signed and checked, so a block
    that aborts earlier consumes none. A failed tag at either end discards
    the block; no key beyond the block's three MAC keys is consumed.
-7. Refill. When the MAC-key reserve runs low, both ends move the first bytes
-   of a newly accepted block into it, identically.
+7. Refill. When the MAC-key reserve runs low, both ends set aside the first
+   bytes of a newly accepted block and move them into the reserve when the
+   next block is signed, by which time both ends surely hold it.
 
 Sessions raise :class:`~qcinode.errors.RemoteProtocolError` on a message that
 breaks these rules; the caller tears the session down and both ends discard
@@ -314,6 +315,9 @@ class _LinkEnd:
         (Hello). The refill decision is made here too, from the same reserve
         level at both ends, so a block accepted late refills identically.
         """
+        # Every block older than this one is held at both ends by now (its
+        # Commit came first on the ordered stream, or Hello reconciled it).
+        self.auth.promote_before(block.seq)
         try:
             block.mac_keys = self.auth.take(MAC_KEYS_PER_BLOCK)
         except InsufficientKeyMaterial:
@@ -334,7 +338,7 @@ class _LinkEnd:
         secret = block.secret
         if block.refill_mac_keys:
             refill = min(self.config.auth_refill_keys * MAC_KEY_BYTES, (len(secret) // 2) // MAC_KEY_BYTES * MAC_KEY_BYTES)
-            self.auth.refill(secret[:refill])
+            self.auth.stage(block.seq, secret[:refill])
             secret = secret[refill:]
         self.events.append(
             BlockAccepted(block.seq, block_id_for(self.config.link_id, block.seq), secret, block.stats(secret_bits=8 * len(secret)))

@@ -58,12 +58,15 @@ def synchronise(rt: LinkRuntime, peer: pb.Hello) -> None:
     if rt.pending_bob is not None:
         rt.record(rt.pending_bob.settle_pending(rt.pending_bob.pending_block_seq in set(peer.held_block_seqs)))
         rt.pending_bob = None
-    theirs = {f"{rt.link_id}/{seq}" for seq in peer.held_block_seqs}
+    held = set(peer.held_block_seqs)
+    theirs = {f"{rt.link_id}/{seq}" for seq in held}
     rt.pool.retain_only(theirs & set(rt.pool.block_ids))
+    rt.auth.retain_staged(held)
     if peer.auth_cursor > rt.auth.cursor:
         rt.auth.skip_to(min(peer.auth_cursor, rt.auth.cursor + rt.auth.available_keys))
     rt.next_block_seq = max(rt.next_block_seq, peer.next_block_seq)
     rt.next_frame_id = max(rt.next_frame_id, peer.next_frame_id)
+    rt.persist()
 
 
 class AliceWorker:
@@ -138,12 +141,18 @@ class AliceWorker:
                     envelope = await call.read()
                 if envelope is grpc.aio.EOF:
                     raise TransportError("peer closed the classical channel")
-                for out in alice.receive(codec.decode(envelope)):
-                    await call.write(codec.encode(out))
+                cursor = rt.auth.cursor
+                outs = alice.receive(codec.decode(envelope))
                 rt.next_block_seq = alice.next_block_seq
-                self._log_events(rt.record(alice.take_events()))
+                events = rt.record(alice.take_events())
+                if events or rt.auth.cursor != cursor:
+                    rt.persist()  # before the tag or the Commit leaves
+                self._log_events(events)
+                for out in outs:
+                    await call.write(codec.encode(out))
         finally:
             self._log_events(rt.record(alice.abandon("session_lost")))
+            rt.persist()
             acks.cancel()
             quantum.cancel()
             call.cancel()
@@ -262,6 +271,7 @@ class BobEndpoint:
                 kind, item = await inbox.get()
                 if kind in ("eof", "superseded"):
                     break
+                cursor = rt.auth.cursor
                 try:
                     if kind == "frame":
                         outs = bob.receive_frame(*item)
@@ -270,16 +280,20 @@ class BobEndpoint:
                 except ProtocolError as exc:
                     bound.warning("link.protocol_error", details=str(exc))
                     break
+                rt.next_block_seq = bob.next_block_seq
+                events = rt.record(bob.take_events())
+                if events or rt.auth.cursor != cursor:
+                    rt.persist()  # before the tag leaves
+                for event in events:
+                    _log_block(bound, event)
                 for out in outs:
                     yield codec.encode(out)
-                rt.next_block_seq = bob.next_block_seq
-                for event in rt.record(bob.take_events()):
-                    _log_block(bound, event)
         finally:
             for task in tasks:
                 task.cancel()
             for event in rt.record(bob.abandon("session_lost")):
                 _log_block(bound, event)
+            rt.persist()
             if bob.pending_block_seq is not None:
                 rt.pending_bob = bob
             if self.inboxes.get(rt.link_id) is inbox:

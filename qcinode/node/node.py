@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from ..cluster.certs import CertPlan, load_bundle, read_bytes
 from ..core.randomness import CsprngGenerator
 from ..errors import ConfigError
+from ..keys.linkstore import LinkStore
 from ..topology import Topology
 from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc
 from .link import AliceWorker, BobEndpoint, peer_common_name
@@ -112,10 +113,11 @@ class Node:
         self.settings = settings
         topo = settings.topology
         self.bundle = load_bundle(settings.certs_dir, cert_plan(topo))
+        self.store = LinkStore(settings.data_dir, settings.name) if settings.data_dir is not None else None
         self.links: dict[str, LinkRuntime] = {}
         for link in topo.links_of(settings.name):
             psk = read_bytes(self.bundle.link_key(link.alice, link.bob))
-            self.links[link.link_id] = LinkRuntime(link, settings.name, psk)
+            self.links[link.link_id] = LinkRuntime(link, settings.name, psk, self.store)
         self._seeds = np.random.SeedSequence(settings.seed)
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
@@ -203,6 +205,10 @@ class Node:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.stop(grace_s)
+        for rt in self.links.values():
+            rt.persist()
+        if self.store is not None:
+            self.store.close()
         self.log.info("node.stopped")
 
     def status(self, include_digests: bool = False) -> dict[str, Any]:

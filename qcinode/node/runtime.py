@@ -18,6 +18,7 @@ from ..core.authentication import AuthKeyReserve
 from ..core.estimation import h2
 from ..core.pipeline import BlockAborted, BlockAccepted, BlockEvent, LinkProtocolConfig
 from ..core.roles import Role
+from ..keys.linkstore import LinkStore
 from ..keys.pool import LinkKeyPool
 from ..topology import LinkConfig
 
@@ -79,7 +80,7 @@ class LinkCounters:
 class LinkRuntime:
     """One link as seen by one node."""
 
-    def __init__(self, link: LinkConfig, local_node: str, bootstrap_key: bytes) -> None:
+    def __init__(self, link: LinkConfig, local_node: str, bootstrap_key: bytes, store: LinkStore | None = None) -> None:
         self.link = link
         self.role = Role.ALICE if link.alice == local_node else Role.BOB
         self.peer = link.bob if self.role is Role.ALICE else link.alice
@@ -92,6 +93,43 @@ class LinkRuntime:
         self.next_frame_id = 0
         self.started_monotonic = time.monotonic()
         self.pending_bob: Any = None  # a BobLink holding a block pending Alice's Commit
+        self.store = store
+        if store is not None:
+            saved = store.load(self.link_id)
+            if saved is not None:
+                self._restore(saved)
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        self.pool = LinkKeyPool.from_state(saved["pool"])
+        self.auth = AuthKeyReserve.from_state(saved["auth"])
+        self.next_block_seq = int(saved["next_block_seq"])
+        self.next_frame_id = int(saved["next_frame_id"])
+        counters = dict(saved.get("counters", {}))
+        reasons = Counter(counters.pop("aborts_by_reason", {}))
+        known = {f.name for f in dataclasses.fields(LinkCounters)}
+        self.counters = LinkCounters(**{k: v for k, v in counters.items() if k in known}, aborts_by_reason=reasons)
+
+    def persist(self) -> None:
+        """Writes the link's state through, before anything that depends on it leaves the node.
+
+        The rule that keeps the two ends consistent across crashes: a used
+        MAC key, an accepted block or a resynchronisation is on disk before
+        the message that reveals it is sent.
+        """
+        if self.store is None:
+            return
+        counters = dataclasses.asdict(self.counters)
+        counters["aborts_by_reason"] = dict(self.counters.aborts_by_reason)
+        self.store.save(
+            self.link_id,
+            {
+                "pool": self.pool.to_state(),
+                "auth": self.auth.to_state(),
+                "next_block_seq": self.next_block_seq,
+                "next_frame_id": self.next_frame_id,
+                "counters": counters,
+            },
+        )
 
     @property
     def link_id(self) -> str:

@@ -68,3 +68,51 @@ def test_bad_topology_is_reported_by_field(tmp_path: Path) -> None:
     result = qcinode("up", str(bad), "--state-dir", str(tmp_path / "s"), "--detach")
     assert result.returncode == 2
     assert "links[0]" in result.stderr
+
+
+def _pool_digests(state_dir: Path) -> dict[str, dict[str, str]]:
+    from qcinode.cluster.launcher import cluster_status
+
+    doc = cluster_status(state_dir, digests=True)
+    out: dict[str, dict[str, str]] = {}
+    for node in doc["nodes"].values():
+        for link in node["links"]:
+            out[link["role"]] = {b["block_id"]: b["sha256"] for b in link.get("blocks", [])}
+    return out
+
+
+def test_kill_9_and_restart_keeps_both_ends_identical(two_node_topology: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    from qcinode.cluster.launcher import running_cluster
+
+    def wait_for(predicate, timeout_s: float = 60.0):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                value = predicate()
+            except KeyError:
+                value = None
+            if value:
+                return value
+            time.sleep(0.3)
+        raise AssertionError("timed out")
+
+    with running_cluster(two_node_topology, tmp_path / "state") as cluster:
+        state = cluster.state_dir
+        wait_for(lambda: len(_pool_digests(state).get("bob", {})) >= 3)
+        for victim in ("alpha", "beta"):
+            os.kill(cluster.processes[victim].pid, signal.SIGKILL)
+            cluster.processes[victim].wait(timeout=10)
+            time.sleep(0.5)
+            cluster.start_node(victim)
+            cluster.write_cluster_file()
+            cluster.wait_healthy()
+            grown = len(_pool_digests(state)["bob"]) + 2
+            wait_for(lambda: len(_pool_digests(state).get("bob", {})) >= grown)
+            pools = wait_for(lambda: (p := _pool_digests(state)) and set(p["bob"]) <= set(p["alice"]) and p)
+            common = set(pools["alice"]) & set(pools["bob"])
+            assert len(common) >= grown - 1
+            assert all(pools["alice"][b] == pools["bob"][b] for b in common)

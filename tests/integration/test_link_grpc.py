@@ -33,11 +33,13 @@ def certs(tmp_path: Path, two_node_topology: Path) -> tuple[Path, object]:
 
 
 @pytest.mark.asyncio
-async def test_two_nodes_grow_identical_keys_and_survive_a_restart(certs) -> None:
+async def test_two_nodes_grow_identical_keys_and_survive_a_restart(certs, tmp_path: Path) -> None:
     certs_dir, topology = certs
-    beta = Node(NodeSettings(topology=topology, name="beta", certs_dir=certs_dir, seed=11))
+    beta = Node(NodeSettings(topology=topology, name="beta", certs_dir=certs_dir, seed=11, data_dir=tmp_path / "beta"))
     port = await beta.start()
-    alpha_settings = NodeSettings(topology=topology, name="alpha", certs_dir=certs_dir, peers={"beta": f"127.0.0.1:{port}"}, seed=12)
+    alpha_settings = NodeSettings(
+        topology=topology, name="alpha", certs_dir=certs_dir, peers={"beta": f"127.0.0.1:{port}"}, seed=12, data_dir=tmp_path / "alpha"
+    )
     alpha = Node(alpha_settings)
     await alpha.start()
     try:
@@ -50,13 +52,19 @@ async def test_two_nodes_grow_identical_keys_and_survive_a_restart(certs) -> Non
         for block_id in common:
             assert _digests(alpha)[block_id] == _digests(beta)[block_id]
         assert a_link.counters.qber < 0.05 and a_link.counters.secret_bits > 0
-        # Alice restarts: the link resumes and the ends still agree.
+        # Alice restarts from her data directory: the pools survive, the link
+        # resumes where it was and the ends still agree on every block.
         await alpha.stop(0)
+        before = _digests(beta)
         done = b_link.counters.blocks_done
         alpha = Node(alpha_settings)
+        assert set(before) <= set(_digests(alpha)) | {max(before, key=lambda b: int(b.rsplit("/", 1)[1]))}
         await alpha.start()
         await _until(lambda: beta.links["alpha-beta"].counters.blocks_done >= done + 2)
-        await _until(lambda: set(_digests(beta)) <= set(_digests(alpha)) or False, timeout_s=30)
+        await _until(lambda: set(_digests(beta)) <= set(_digests(alpha)), timeout_s=30)
+        common = set(_digests(alpha)) & set(_digests(beta))
+        assert len(common & set(before)) >= len(before) - 1, "restart must not throw away the pool"
+        assert all(_digests(alpha)[b] == _digests(beta)[b] for b in common)
     finally:
         await alpha.stop(0)
         await beta.stop(0)

@@ -1,0 +1,394 @@
+"""Throughput of one link between two real node processes.
+
+What is measured
+----------------
+For each fibre length (``--length-km``, default 10 then 50 km) a two-node
+cluster is started through the real launcher
+(:class:`qcinode.cluster.launcher.Cluster`, what ``qcinode up`` runs) in a
+temporary state directory, from a generated topology: nodes ``alice`` and
+``bob``, one link between them, ``emulation: {speed: max}``, the link settings
+of the topology module's defaults (or the GYS set with ``--gys``) and
+``postprocessing.block_bits`` from ``--block-bits``. The nodes talk gRPC over
+mTLS on loopback and draw their secret randomness from the CSPRNG, as in a
+real run.
+
+After the first block has ended, a snapshot is taken; ``--seconds`` later a
+second one. From the difference:
+
+* secret bits per CPU-second of BOTH node processes: Alice's ``secret_bits``
+  (``cluster_status``) over the utime + stime of both PIDs
+  (``/proc/PID/stat``; the PIDs come from ``cluster.json``), and per wall
+  second;
+* blocks done / aborted in the window, Cascade round trips per block (from
+  ``cascade_rounds_per_block`` times the block count at both snapshots);
+* classical messages per block, ESTIMATED: the status has no message counter,
+  so frames per block are taken as pulses per block / frame size
+  (``qcinode.node.runtime.frame_slots``, the size the node uses), and
+  messages = 2 x frames (DetectionReport + SiftReply) + 2 x Cascade rounds
+  (query + reply) + 6 (TestBits, Estimate, Reconciled, Confirm, Verdict,
+  Commit), the count of an accepted block; each frame also crosses the
+  quantum stream as one PulseFrame plus one FrameAck;
+* Cascade efficiency (``ec_efficiency``, cumulative since start) and the QBER
+  of the last reconciled block;
+* peak RSS of each process (``VmHWM`` in ``/proc/PID/status``) and its CPU
+  share of the window.
+
+The node logs are scanned for warnings, errors, tracebacks and failed
+sessions (a failed dial before the first session is Alice starting before Bob
+listens, and is reported as such). The cluster is always stopped at the end (``Cluster.stop``: SIGTERM, then
+SIGKILL after a grace period), also on Ctrl-C or an exception.
+
+How to run
+----------
+::
+
+    python bench/link.py                          # 10 and 50 km, 30 s each
+    python bench/link.py --seconds 20 --gys
+    python bench/link.py --length-km 25 --block-bits 1e6 --seconds 120
+
+Progress goes to stderr, the tables to stdout. Nothing is asserted; the last
+line compares the 10 km figure with the target of 1e6 secret bits per
+CPU-second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qcinode.cluster.launcher import Cluster, cluster_status, read_cluster
+from qcinode.node.runtime import frame_slots, protocol_config
+from qcinode.topology import load_topology
+
+TARGET_BITS_PER_CPU_S = 1e6
+LINK_ID = "alice-bob"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+GYS_SETTINGS: dict[str, Any] = {
+    "source": {
+        "intensities": {"signal": 0.48, "decoy": 0.2, "vacuum": 0.0},
+        "probabilities": {"signal": 0.4, "decoy": 0.3, "vacuum": 0.3},
+        "basis_probabilities": {"z": 0.5, "x": 0.5},
+    },
+    "fibre": {"attenuation_db_per_km": 0.21},
+    "detector": {"efficiency": 0.045, "dark_count_probability": 1.7e-6, "misalignment_error": 0.033},
+}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def topology_mapping(length_km: float, block_bits: int, gys: bool) -> dict[str, Any]:
+    defaults: dict[str, Any] = dict(GYS_SETTINGS) if gys else {}
+    defaults["postprocessing"] = {"block_bits": block_bits}
+    return {
+        "name": "bench-link",
+        "defaults": defaults,
+        "emulation": {"speed": "max"},
+        "nodes": [{"name": "alice"}, {"name": "bob"}],
+        "links": [{"between": ["alice", "bob"], "length_km": length_km}],
+    }
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of proc(5)
+
+
+def peak_rss_mib(pid: int) -> float:
+    match = re.search(r"^VmHWM:\s+(\d+)\s+kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    return int(match.group(1)) / 1024 if match else math.nan
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    wall_s: float
+    cpu_s: dict[str, float]
+    link: dict[str, Any]
+    bob_link: dict[str, Any]
+    load_1min: float
+
+    @property
+    def blocks(self) -> int:
+        return int(self.link.get("blocks_done", 0)) + int(self.link.get("blocks_aborted", 0))
+
+    @property
+    def cascade_rounds(self) -> int:
+        return round(float(self.link.get("cascade_rounds_per_block", 0.0)) * max(1, self.blocks))
+
+
+def snapshot(state_dir: Path, pids: dict[str, int]) -> Snapshot:
+    status = cluster_status(state_dir)
+    wall = time.monotonic()
+    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    bob_links = status["nodes"].get("bob", {}).get("links", [])
+    return Snapshot(
+        wall_s=wall,
+        cpu_s=cpu,
+        link=status["links"].get(LINK_ID, {}),
+        bob_link=next((x for x in bob_links if x.get("link_id") == LINK_ID), {}),
+        load_1min=os.getloadavg()[0],
+    )
+
+
+# --------------------------------------------------------------------------- one distance
+
+
+@dataclasses.dataclass(slots=True)
+class LinkResult:
+    length_km: float
+    block_bits: int
+    seconds: float = 0.0
+    secret_bits: int = 0
+    bob_secret_bits: int = 0
+    cpu_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    peak_rss_mib: dict[str, float] = dataclasses.field(default_factory=dict)
+    blocks_done: int = 0
+    blocks_aborted: int = 0
+    total_done: int = 0
+    total_aborted: int = 0
+    aborts_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
+    cascade_rounds: int = 0
+    pulses: int = 0
+    sifted_bits: int = 0
+    emulated_s: float = 0.0
+    frame_slots: int = 0
+    qber: float = 0.0
+    ec_efficiency: float = 0.0
+    warmup_s: float = 0.0
+    load_1min: tuple[float, float] = (math.nan, math.nan)
+    exit_codes: dict[str, int | None] = dataclasses.field(default_factory=dict)
+    log_findings: dict[str, int] = dataclasses.field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def blocks(self) -> int:
+        return self.blocks_done + self.blocks_aborted
+
+    @property
+    def total_cpu_s(self) -> float:
+        return sum(self.cpu_s.values())
+
+    @property
+    def bits_per_cpu_s(self) -> float:
+        return self.secret_bits / self.total_cpu_s if self.total_cpu_s > 0 else 0.0
+
+    @property
+    def frames_per_block(self) -> float:
+        return self.pulses / self.blocks / self.frame_slots if self.blocks and self.frame_slots else math.nan
+
+    @property
+    def rounds_per_block(self) -> float:
+        return self.cascade_rounds / self.blocks if self.blocks else math.nan
+
+    @property
+    def messages_per_block(self) -> float:
+        return 2 * self.frames_per_block + 2 * self.rounds_per_block + 6
+
+
+def scan_logs(state_dir: Path) -> dict[str, int]:
+    """Counts what in the node logs may be a problem.
+
+    Warnings, errors, tracebacks and lines that are not JSON are counted; a
+    ``link.session_failed`` before the link's first session is the startup
+    race (Alice dials before Bob listens) and is counted apart.
+    """
+    found: Counter[str] = Counter()
+    for path in sorted((state_dir / "logs").glob("*.log")):
+        started = False
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                found[f"{path.stem}:{'traceback' if 'Traceback' in line else 'non-JSON line'}"] += 1
+                continue
+            event, level = entry.get("event", "?"), entry.get("level", "info")
+            if event == "link.session_started":
+                started = True
+            elif event == "link.session_failed" and not started:
+                found[f"{path.stem}:session_failed before first session (startup race)"] += 1
+            elif event == "link.session_failed" or level in ("warning", "error", "critical"):
+                found[f"{path.stem}:{event} ({level})"] += 1
+    return dict(found)
+
+
+def run_link(length_km: float, *, block_bits: int, seconds: float, gys: bool, warmup_timeout_s: float, keep: bool) -> LinkResult:
+    result = LinkResult(length_km=length_km, block_bits=block_bits)
+    work = Path(tempfile.mkdtemp(prefix=f"qcinode-bench-link-{length_km:g}km-"))
+    source = work / "topology-source.yaml"
+    source.write_text(yaml.safe_dump(topology_mapping(length_km, block_bits, gys), sort_keys=False))
+    link = load_topology(source).links[0]
+    result.frame_slots = frame_slots(protocol_config(link), link.source.rate_hz, None)
+    state_dir = work / "state"
+    cluster = Cluster(source, state_dir)
+    log(f"{length_km:g} km: starting two nodes in {state_dir}")
+    try:
+        cluster.prepare()
+        cluster.start()
+        started = time.monotonic()
+        cluster.wait_healthy()
+        pids = {name: int(info["pid"]) for name, info in read_cluster(state_dir)["nodes"].items()}
+        while True:
+            first = snapshot(state_dir, pids)
+            if first.blocks >= 1:
+                break
+            if time.monotonic() - started > warmup_timeout_s:
+                raise TimeoutError(f"no block ended within {warmup_timeout_s:.0f} s of start")
+            time.sleep(0.5)
+        result.warmup_s = time.monotonic() - started
+        log(f"{length_km:g} km: first block after {result.warmup_s:.1f} s; measuring for {seconds:g} s")
+        deadline = first.wall_s + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 5.0))
+            if time.monotonic() < deadline:
+                # Light progress polling (one status RPC per node every 5 s).
+                status = cluster_status(state_dir)["links"].get(LINK_ID, {})
+                log(f"{length_km:g} km:   {status.get('blocks_done', 0)} blocks, {status.get('secret_bits', 0)} secret bits so far")
+        last = snapshot(state_dir, pids)
+        result.peak_rss_mib = {name: peak_rss_mib(pid) for name, pid in pids.items()}
+        fill(result, first, last)
+    except KeyboardInterrupt:
+        result.error = "interrupted"
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported in the table, the cluster is stopped below
+        result.error = f"{type(exc).__name__}: {exc}"
+        log(f"{length_km:g} km: FAILED: {result.error}")
+    finally:
+        log(f"{length_km:g} km: stopping the cluster")
+        cluster.stop()
+        result.exit_codes = {name: proc.returncode for name, proc in cluster.processes.items()}
+        if state_dir.exists():
+            result.log_findings = scan_logs(state_dir)
+        if keep:
+            log(f"{length_km:g} km: state kept in {state_dir}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def fill(result: LinkResult, first: Snapshot, last: Snapshot) -> None:
+    a, b = first.link, last.link
+    result.seconds = last.wall_s - first.wall_s
+    result.load_1min = (first.load_1min, last.load_1min)
+    result.secret_bits = int(b.get("secret_bits", 0)) - int(a.get("secret_bits", 0))
+    result.bob_secret_bits = int(last.bob_link.get("secret_bits", 0)) - int(first.bob_link.get("secret_bits", 0))
+    result.cpu_s = {name: last.cpu_s[name] - first.cpu_s[name] for name in last.cpu_s}
+    result.blocks_done = int(b.get("blocks_done", 0)) - int(a.get("blocks_done", 0))
+    result.blocks_aborted = int(b.get("blocks_aborted", 0)) - int(a.get("blocks_aborted", 0))
+    result.total_done = int(b.get("blocks_done", 0))
+    result.total_aborted = int(b.get("blocks_aborted", 0))
+    result.aborts_by_reason = dict(b.get("aborts_by_reason") or {})
+    result.cascade_rounds = last.cascade_rounds - first.cascade_rounds
+    result.pulses = int(b.get("pulses_sent", 0)) - int(a.get("pulses_sent", 0))
+    result.sifted_bits = int(b.get("sifted_bits", 0)) - int(a.get("sifted_bits", 0))
+    result.emulated_s = float(b.get("emulated_s", 0.0)) - float(a.get("emulated_s", 0.0))
+    result.qber = float(b.get("qber", 0.0))
+    result.ec_efficiency = float(b.get("ec_efficiency", 0.0))
+
+
+# --------------------------------------------------------------------------- output
+
+
+def print_result(r: LinkResult) -> None:
+    print(f"\n== link {LINK_ID}, {r.length_km:g} km, block {r.block_bits:.3g} key bits, speed max ==")
+    if r.error:
+        print(f"  ERROR: {r.error}")
+    rows: list[tuple[str, str]] = [
+        ("measured window", f"{r.seconds:.1f} s wall (first block ended {r.warmup_s:.1f} s after start)"),
+        ("secret bits (Alice / Bob)", f"{r.secret_bits} / {r.bob_secret_bits}"),
+        ("CPU s (alice + bob)", " + ".join(f"{r.cpu_s.get(n, 0):.1f}" for n in ("alice", "bob")) + f" = {r.total_cpu_s:.1f}"),
+        (
+            "CPU share of the window",
+            ", ".join(f"{n} {100 * r.cpu_s.get(n, 0) / r.seconds:.0f} %" for n in ("alice", "bob")) if r.seconds else "-",
+        ),
+        ("machine load avg (1 min) start / end", f"{r.load_1min[0]:.2f} / {r.load_1min[1]:.2f}  (the two nodes alone add about 1)"),
+        ("secret bits per CPU-second", f"{r.bits_per_cpu_s:.4g}"),
+        ("secret bits per wall second", f"{r.secret_bits / r.seconds:.4g}" if r.seconds else "-"),
+        ("secret bits per emulated s", f"{r.secret_bits / r.emulated_s:.4g}" if r.emulated_s else "-"),
+        ("blocks done / aborted (window)", f"{r.blocks_done} / {r.blocks_aborted}"),
+        ("blocks done / aborted (total)", f"{r.total_done} / {r.total_aborted}"),
+        ("abort reasons (total)", ", ".join(f"{k}: {v}" for k, v in r.aborts_by_reason.items()) or "none"),
+        ("QBER (last block)", f"{100 * r.qber:.2f} %"),
+        ("Cascade f (cumulative)", f"{r.ec_efficiency:.3f}"),
+        ("Cascade round trips per block", f"{r.rounds_per_block:.1f}"),
+        ("frames per block (est.)", f"{r.frames_per_block:.2f} of {r.frame_slots:.3g} slots"),
+        ("classical messages per block (est.)", f"{r.messages_per_block:.1f}  (2 x frames + 2 x rounds + 6)"),
+        ("peak RSS MiB (alice / bob)", " / ".join(f"{r.peak_rss_mib.get(n, math.nan):.0f}" for n in ("alice", "bob"))),
+        ("node exit codes after stop", ", ".join(f"{n} {c}" for n, c in r.exit_codes.items())),
+        ("log findings", ", ".join(f"{k} x{v}" for k, v in r.log_findings.items()) or "none"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+def print_summary(results: Sequence[LinkResult]) -> None:
+    header = f"{'L km':>6} {'bits/CPU-s':>11} {'bits/wall-s':>11} {'CPU s':>7} {'done/ab':>8} {'QBER':>7} {'f':>6} {'rounds':>7} {'msgs':>6} {'RSS MiB a/b':>12}"
+    print("\nsummary")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        wall = r.secret_bits / r.seconds if r.seconds else 0.0
+        rss = "/".join(f"{r.peak_rss_mib.get(n, math.nan):.0f}" for n in ("alice", "bob"))
+        print(
+            f"{r.length_km:6.1f} {r.bits_per_cpu_s:11.4g} {wall:11.4g} {r.total_cpu_s:7.1f} {r.blocks_done:>4}/{r.blocks_aborted:<3} "
+            f"{100 * r.qber:6.2f}% {r.ec_efficiency:6.3f} {r.rounds_per_block:7.1f} {r.messages_per_block:6.1f} {rss:>12}"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--length-km", type=float, action="append", help="fibre length (repeatable; default 10 and 50)")
+    p.add_argument("--seconds", type=float, default=30.0, help="measuring window after the first block")
+    p.add_argument("--block-bits", type=float, default=100_000, help="postprocessing.block_bits")
+    p.add_argument("--gys", action="store_true", help="GYS link parameters instead of the topology defaults")
+    p.add_argument("--warmup-timeout", type=float, default=180.0, help="seconds to wait for the first block")
+    p.add_argument("--keep", action="store_true", help="keep the state directories (logs) after the run")
+    args = p.parse_args(argv)
+    lengths = args.length_km or [10.0, 50.0]
+    block_bits = int(args.block_bits)
+    print(
+        f"two node processes, link parameters: {'GYS' if args.gys else 'qcinode.topology defaults'}; "
+        f"block {block_bits:.3g} key bits; {args.seconds:g} s window after the first block; {os.cpu_count()} CPUs"
+    )
+    results: list[LinkResult] = []
+    try:
+        for length_km in lengths:
+            result = run_link(
+                length_km, block_bits=block_bits, seconds=args.seconds, gys=args.gys, warmup_timeout_s=args.warmup_timeout, keep=args.keep
+            )
+            results.append(result)
+            print_result(result)
+    except KeyboardInterrupt:
+        log("interrupted; the cluster was stopped")
+        print_summary(results)
+        return 130
+    print_summary(results)
+    at_10 = [r for r in results if r.length_km == 10.0 and not r.error]
+    measured = f"{at_10[0].bits_per_cpu_s:.3g} measured" if at_10 else "10 km not run"
+    print(f"\ntarget: >= 1e6 secret bits per CPU-second at 10 km ({measured})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
