@@ -105,7 +105,7 @@ class LinkRuntime:
         self.next_block_seq = int(saved["next_block_seq"])
         self.next_frame_id = int(saved["next_frame_id"])
         counters = dict(saved.get("counters", {}))
-        reasons = Counter(counters.pop("aborts_by_reason", {}))
+        reasons: Counter[str] = Counter(counters.pop("aborts_by_reason", {}))
         known = {f.name for f in dataclasses.fields(LinkCounters)}
         self.counters = LinkCounters(**{k: v for k, v in counters.items() if k in known}, aborts_by_reason=reasons)
 
