@@ -119,7 +119,7 @@ def _encode_value(value: Any, out: list[bytes]) -> None:
     if isinstance(value, bool):
         out.append(b"?" + (b"\x01" if value else b"\x00"))
     elif isinstance(value, (int, np.integer)):
-        out.append(b"i" + struct.pack(">q", int(value)))
+        out.append(b"i" + int(value).to_bytes(16, "big", signed=True))
     elif isinstance(value, float):
         out.append(b"f" + struct.pack(">d", value))
     elif isinstance(value, str):

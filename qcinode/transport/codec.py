@@ -40,11 +40,16 @@ def encode(msg: m.Message) -> pb.ClassicalMessage:
     """A core message as the protobuf envelope."""
     match msg:
         case m.DetectionReport():
-            slots = msg.slots.astype(np.int64)
-            gaps = np.diff(slots, prepend=0).astype("<u4") if len(slots) else np.zeros(0, "<u4")
+            gaps = np.diff(msg.slots.astype(np.int64), prepend=0)
+            width = 8 if len(gaps) and int(gaps.max()) >= 1 << 32 else 4
             return pb.ClassicalMessage(
                 detection_report=pb.DetectionReport(
-                    frame_id=msg.frame_id, n_slots=msg.n_slots, slot_gaps=gaps.tobytes(), bases=_pack(msg.bases), count=len(slots)
+                    frame_id=msg.frame_id,
+                    n_slots=msg.n_slots,
+                    slot_gaps=gaps.astype(f"<u{width}").tobytes(),
+                    bases=_pack(msg.bases),
+                    count=len(gaps),
+                    gap_bytes=width,
                 )
             )
         case m.SiftReply():
@@ -112,9 +117,14 @@ def decode(envelope: pb.ClassicalMessage) -> m.Message:
     body: Any = getattr(envelope, kind) if kind else None
     match kind:
         case "detection_report":
-            gaps = _array(body.slot_gaps, "<u4", "detection_report.slot_gaps")
+            width = body.gap_bytes or 4
+            if width not in (4, 8):
+                raise RemoteProtocolError(f"detection_report: gap_bytes must be 4 or 8, got {width}")
+            gaps = _array(body.slot_gaps, f"<u{width}", "detection_report.slot_gaps")
             if len(gaps) != body.count:
                 raise RemoteProtocolError("detection_report: count does not match slot_gaps")
+            if len(gaps) and int(gaps.max()) >= 1 << 62:
+                raise RemoteProtocolError("detection_report: slot gap out of range")
             slots = np.cumsum(gaps.astype(np.int64))
             return m.DetectionReport(body.frame_id, body.n_slots, slots, _unpack(body.bases, body.count, "detection_report.bases"))
         case "sift_reply":

@@ -41,18 +41,20 @@ class Hello(_message.Message):
     def __init__(self, link_id: _Optional[str] = ..., role: _Optional[str] = ..., next_block_seq: _Optional[int] = ..., auth_cursor: _Optional[int] = ..., held_block_seqs: _Optional[_Iterable[int]] = ..., next_frame_id: _Optional[int] = ...) -> None: ...
 
 class DetectionReport(_message.Message):
-    __slots__ = ("frame_id", "n_slots", "slot_gaps", "bases", "count")
+    __slots__ = ("frame_id", "n_slots", "slot_gaps", "bases", "count", "gap_bytes")
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     N_SLOTS_FIELD_NUMBER: _ClassVar[int]
     SLOT_GAPS_FIELD_NUMBER: _ClassVar[int]
     BASES_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    GAP_BYTES_FIELD_NUMBER: _ClassVar[int]
     frame_id: int
     n_slots: int
     slot_gaps: bytes
     bases: bytes
     count: int
-    def __init__(self, frame_id: _Optional[int] = ..., n_slots: _Optional[int] = ..., slot_gaps: _Optional[bytes] = ..., bases: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
+    gap_bytes: int
+    def __init__(self, frame_id: _Optional[int] = ..., n_slots: _Optional[int] = ..., slot_gaps: _Optional[bytes] = ..., bases: _Optional[bytes] = ..., count: _Optional[int] = ..., gap_bytes: _Optional[int] = ...) -> None: ...
 
 class SiftReply(_message.Message):
     __slots__ = ("frame_id", "basis_match", "classes", "count")
