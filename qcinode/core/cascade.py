@@ -22,12 +22,16 @@ Rules of the protocol
    permutation is ``numpy.random.default_rng(seed).permutation(n)``.  Bob draws
    the seeds from his injected rng.
 2. **Block sizes** (Martinez-Mateo et al. 2015, Secs. 4-5, options (7)/(8)).
-   ``k_1 = 2**ceil(log2(c / Q))`` with ``c = first_block_factor`` (0.5 by
-   default, i.e. ``2**ceil(log2(1/(2Q)))``), a power of two so that every
-   bisection halves exactly; ``k_2 = second_block_factor * k_1``; the later
-   passes are cut into ``later_pass_blocks`` blocks each (default: 16 blocks in
-   pass 3, then halves, ``ceil(n / 2)``).  ``Q`` is the given QBER estimate,
-   floored at ``min_qber``.
+   Pass 0 uses ``k_1 = 2**ceil(log2(c / Q))`` with ``c = first_block_factor``
+   (0.5 by default, i.e. ``2**ceil(log2(1/(2Q)))``), a power of two so that
+   every bisection halves exactly; pass 1 uses
+   ``k_2 = second_block_factor * k_1``; each later pass (ids 2, 3, ...) is cut
+   into a fixed number of blocks, ``later_pass_blocks`` (default 16, so
+   ``k = ceil(n / 16)``).  ``Q`` is the given QBER estimate, floored at
+   ``min_qber``.  Why fixed counts: what survives passes 0 and 1 is mostly a
+   pair of errors sharing a block in both (about 0.4 such pairs per frame,
+   whatever ``n``); a later pass of ``B`` blocks misses such a pair with
+   probability ``1/B`` and costs ``B - 1`` bits once the key is clean.
 3. **First message.**  The first query introduces *all* passes and asks every
    top-level block parity of every pass.  Alice's parities do not depend on
    Bob's corrections, so asking early leaks nothing extra and saves a round
@@ -157,13 +161,16 @@ class CascadeParams:
             the first query.  Once the key is clean a later pass costs only
             ``blocks - 1`` bits, so the later passes mainly buy a low frame
             error rate; each costs one permutation per side in CPU time.
-        first_block_factor: ``c`` in ``k_1 = 2**ceil(log2(c / Q))``.  0.5 gives
-            the fewest round trips for ``f <= 1.10``; the paper's option (8)
-            uses ``2**-0.5`` and option (7) uses 1 (lower leak, many more round
-            trips because cascades chain longer).
+        first_block_factor: ``c`` in ``k_1 = 2**ceil(log2(c / Q))``, so that
+            ``k_1 * Q`` lies in ``[c, 2c)``.  With 0.5, f stays below ~1.09 at
+            Q = 1-10 % with few round trips; the paper's option (8) uses
+            ``2**-0.5`` and option (7) uses 1: f drops by ~0.01 but cascades
+            chain longer and the round trips double or triple.
         second_block_factor: ``k_2 = second_block_factor * k_1``.
-        later_pass_blocks: Number of top-level blocks of pass 3, 4, ...; the
-            last entry repeats for every further pass.
+        later_pass_blocks: Number of top-level blocks of passes 2, 3, ...; the
+            last entry repeats for every further pass.  With the defaults the
+            four later passes cost 60 bits and leave a frame error rate of
+            order ``0.4 / 16**4``.
         min_qber: Floor on the QBER estimate when sizing blocks (a zero estimate
             would otherwise ask for infinite blocks).
         waves: Waves per pass (rule 6), indexed by pass, the last entry
@@ -177,7 +184,7 @@ class CascadeParams:
     max_passes: int = 6
     first_block_factor: float = 0.5
     second_block_factor: int = 4
-    later_pass_blocks: tuple[int, ...] = (16, 8)
+    later_pass_blocks: tuple[int, ...] = (16,)
     min_qber: float = 1e-4
     waves: tuple[int, ...] = (1,)
     lookahead_below: int = 0

@@ -401,6 +401,11 @@ class AliceLink(_LinkEnd):
     def is_ready_for_frame(self) -> bool:
         return self.state is LinkState.QUANTUM and self._outstanding is None
 
+    @property
+    def key_bits_needed(self) -> int:
+        """Sifted key-basis bits still missing before the open block closes."""
+        return max(0, self.config.block_bits - self._buffer.z_bits)
+
     def emit_frame(self, n_slots: int) -> tuple[int, PhotonFrame]:
         """Sends ``n_slots`` pulses into the fibre; returns (frame_id, what reaches Bob)."""
         if not self.is_ready_for_frame:

@@ -23,7 +23,7 @@ from ..errors import ProtocolError, QcinodeError, RemoteProtocolError, Transport
 from ..transport import codec
 from ..transport.pb import link_pb2 as pb
 from ..transport.pb import link_pb2_grpc as pb_grpc
-from .runtime import LinkRuntime, frame_slots
+from .runtime import LinkRuntime, next_frame_slots
 
 log = structlog.get_logger(__name__)
 
@@ -123,12 +123,12 @@ class AliceWorker:
         alice.next_frame_id = rt.next_frame_id
         rt.state = "up"
         self.log.info("link.session_started", next_block_seq=rt.next_block_seq, auth_cursor=rt.auth.cursor)
-        slots = frame_slots(rt.config, rt.link.source.rate_hz, self.speed)
         wall_start = time.monotonic()
         emulated = 0.0
         try:
             while True:
                 if alice.is_ready_for_frame:
+                    slots = next_frame_slots(rt.config, rt.link.source.rate_hz, self.speed, alice.key_bits_needed)
                     emulated += slots / rt.link.source.rate_hz
                     if self.speed is not None:
                         delay = wall_start + emulated / self.speed - time.monotonic()

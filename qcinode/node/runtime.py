@@ -204,6 +204,13 @@ class LinkRuntime:
         return out
 
 
+def next_frame_slots(config: LinkProtocolConfig, rate_hz: float, speed: float | None, key_bits_needed: int) -> int:
+    """Slots for the next frame: no more than the block still needs (+5 %), so blocks stay near ``block_bits``."""
+    per_slot = max(expected_key_bits_per_slot(config.physics), 1e-15)
+    just_enough = int(key_bits_needed * 1.05 / per_slot) + 1_000
+    return min(frame_slots(config, rate_hz, speed), just_enough)
+
+
 def frame_slots(config: LinkProtocolConfig, rate_hz: float, speed: float | None) -> int:
     """Pulse slots per frame: about a quarter block, and at most a quarter second of wall time.
 

@@ -138,11 +138,10 @@ def test_first_query_introduces_every_pass_and_infers_last_blocks() -> None:
     assert query.starts.dtype == np.int64 and query.ends.dtype == np.int64
 
 
-def test_block_sizes_are_powers_of_two_then_fractions_of_the_key() -> None:
+def test_block_sizes_are_powers_of_two_then_sixteenths_of_the_key() -> None:
     sizes = cascade_block_sizes(100_000, 0.02, CascadeParams())
     assert sizes[:2] == [32, 128]
-    assert sizes[2] == 6250  # 16 blocks
-    assert sizes[3:] == [12_500] * (len(sizes) - 3)  # 8 blocks each
+    assert sizes[2:] == [6250] * (len(sizes) - 2)  # 16 blocks each
     assert cascade_block_sizes(100, 0.0, CascadeParams())[:2] == [100, 100]
 
 
@@ -208,7 +207,7 @@ def test_qber_zero_leaks_little_and_takes_one_round() -> None:
     assert out.bob.rounds == 1
     # Only the top-level parities: k1 = 8192 at the 1e-4 QBER floor.
     blocks = [-(-100_000 // k) for k in out.bob.block_sizes]
-    assert out.bob.leak_bits == blocks[0] + sum(b - 1 for b in blocks[1:]) <= 64
+    assert out.bob.leak_bits == blocks[0] + sum(b - 1 for b in blocks[1:]) <= 80
     assert_accounting(out)
 
 
