@@ -77,3 +77,19 @@ class PeerUnavailable(TransportError):
 
 class PeerTimeout(TransportError):
     """The peer did not answer in time. Expected under faults."""
+
+
+class Unauthorized(QcinodeError):
+    """The caller may not do this (an SAE asking for another SAE's key). Expected; ETSI 014 answers 401."""
+
+
+class RequestError(QcinodeError):
+    """A malformed or out-of-limits request from an application. Expected; ETSI 014 answers 400.
+
+    Attributes:
+        details: further messages for the ``details`` list of the ETSI 014 error body.
+    """
+
+    def __init__(self, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
