@@ -53,6 +53,15 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # tests: deterministic noise AND key bits
     node.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
 
+    keys = sub.add_parser("keys", help="act as two SAEs: enc_keys at the master's node, dec_keys at the slave's, and check the keys match")
+    keys.add_argument("--from", dest="master", required=True, metavar="SAE", help="master SAE (calls enc_keys)")
+    keys.add_argument("--to", dest="slave", required=True, metavar="SAE", help="slave SAE (calls dec_keys)")
+    keys.add_argument("-n", "--number", type=int, default=1)
+    keys.add_argument("--size", type=int, default=256, help="key size in bits")
+    keys.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    keys.add_argument("--show-keys", action="store_true", help="also print the keys (base64); off by default")
+    keys.add_argument("--json", action="store_true")
+
     certs = sub.add_parser("certs", help="make the cluster CA, node and SAE certificates and link bootstrap keys")
     certs.add_argument("--topology", type=Path, required=True)
     certs.add_argument("--out", type=Path, required=True)
@@ -64,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        handler = {"up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs}[args.command]
+        handler = {"up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs, "keys": _keys}[args.command]
         return handler(args)
     except ConfigError as exc:
         print(f"qcinode: {exc}", file=sys.stderr)
@@ -176,3 +185,46 @@ def _certs(args: argparse.Namespace) -> int:
     bundle = make_certificates(plan, args.out, force=args.force)
     print(f"qcinode: certificates and link keys for {len(plan.nodes)} nodes, {len(plan.saes)} SAEs, {len(plan.links)} links in {bundle.directory}")
     return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from .cluster.launcher import read_cluster
+    from .kme.client import EtsiClient
+
+    cluster = read_cluster(args.state_dir)
+    state = args.state_dir
+    saes = cluster["saes"]
+    for role, sae in (("--from", args.master), ("--to", args.slave)):
+        if sae not in saes:
+            raise ConfigError(f"{role}: unknown SAE {sae!r} (known: {', '.join(sorted(saes))})")
+    master, slave = saes[args.master], saes[args.slave]
+    master_url = cluster["nodes"][master["node"]]["etsi014"]
+    slave_url = cluster["nodes"][slave["node"]]["etsi014"]
+    ca = state / cluster["ca"]
+    master_client = EtsiClient(ca, state / master["cert"], state / master["key"])
+    slave_client = EtsiClient(ca, state / slave["cert"], state / slave["key"])
+    started = time.perf_counter()
+    status, enc = master_client.enc_keys(master_url, args.slave, number=args.number, size_bits=args.size)
+    enc_s = time.perf_counter() - started
+    if status != 200:
+        raise QcinodeError(f"enc_keys at {master['node']} answered {status}: {enc.get('message')} {enc.get('details', '')}")
+    key_ids = [k["key_ID"] for k in enc["keys"]]
+    started = time.perf_counter()
+    status, dec = slave_client.dec_keys(slave_url, args.master, key_ids)
+    dec_s = time.perf_counter() - started
+    if status != 200:
+        raise QcinodeError(f"dec_keys at {slave['node']} answered {status}: {dec.get('message')} {dec.get('details', '')}")
+    got = {k["key_ID"]: k["key"] for k in dec["keys"]}
+    rows = []
+    for key in enc["keys"]:
+        ext = key.get("key_ID_extension") or {}
+        rows.append({"key_ID": key["key_ID"], "match": got.get(key["key_ID"]) == key["key"], "path": ext.get("path"), **({"key": key["key"]} if args.show_keys else {})})
+    ok = all(r["match"] for r in rows) and len(got) == len(rows)
+    if args.json:
+        print(json.dumps({"master": args.master, "slave": args.slave, "enc_keys_s": enc_s, "dec_keys_s": dec_s, "keys": rows, "match": ok}, indent=2))
+    else:
+        for r in rows:
+            path = " > ".join(r["path"]) if r["path"] else "?"
+            print(f"{r['key_ID']}  {'match' if r['match'] else 'MISMATCH'}  path {path}" + (f"  {r['key']}" if args.show_keys else ""))
+        print(f"{len(rows)} key(s) of {args.size} bits {args.master} -> {args.slave}: enc_keys {1000 * enc_s:.1f} ms, dec_keys {1000 * dec_s:.1f} ms")
+    return 0 if ok else 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parents[2] / "proto"
 OUT_DIR = Path(__file__).resolve().parent / "pb"
-PROTOS = ("qcinode/v1/link.proto", "qcinode/v1/admin.proto")
+PROTOS = ("qcinode/v1/link.proto", "qcinode/v1/admin.proto", "qcinode/v1/network.proto")
 
 
 def generate(out_dir: Path = OUT_DIR, proto_root: Path = PROTO_ROOT) -> list[Path]:
