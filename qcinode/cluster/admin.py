@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ def node_status(address: str, server_name: str, certs_dir: Path, *, timeout_s: f
     with admin_channel(address, server_name, certs_dir) as channel:
         reply = admin_pb2_grpc.AdminStub(channel).Status(admin_pb2.StatusRequest(include_block_digests=digests), timeout=timeout_s)
     out: dict[str, Any] = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    out["network"] = json.loads(out.pop("network_json", "") or "{}")
     for link in out.get("links", []):
         for key, value in list(link.items()):
             if isinstance(value, str) and key not in ("link_id", "peer", "role", "state") and value.isdigit():

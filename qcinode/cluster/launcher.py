@@ -75,6 +75,7 @@ class Cluster:
         self.seed = seed
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
+        self.kme_ports: dict[str, int] = {}
 
     @property
     def certs_dir(self) -> Path:
@@ -99,6 +100,7 @@ class Cluster:
         self.topology = load_topology(self.state_dir / "topology.yaml")
         make_certificates(_cert_plan(self.topology), self.certs_dir)
         self.ports = {node.name: free_port() for node in self.topology.nodes}
+        self.kme_ports = {node.name: free_port() for node in self.topology.nodes}
 
     def start(self) -> None:
         for node in self.topology.nodes:
@@ -113,6 +115,7 @@ class Cluster:
             "--certs", str(self.certs_dir),
             "--data-dir", str(self.state_dir / "data" / name),
             "--listen", f"127.0.0.1:{self.ports[name]}",
+            "--kme-listen", f"127.0.0.1:{self.kme_ports[name]}",
         ]  # fmt: skip
         for peer in self.topology.neighbours(name):
             args += ["--peer", f"{peer}=127.0.0.1:{self.ports[peer]}"]
@@ -134,8 +137,8 @@ class Cluster:
                 name: {
                     "pid": proc.pid,
                     "grpc": f"127.0.0.1:{self.ports[name]}",
-                    # Key delivery (ETSI GS QKD 014) and metrics are not served yet: see README "Status".
-                    "etsi014": None,
+                    "etsi014": f"https://127.0.0.1:{self.kme_ports[name]}",
+                    # Prometheus metrics are not served yet: see README "Status".
                     "metrics": None,
                     "log": f"logs/{name}.log",
                 }
@@ -202,6 +205,7 @@ def cluster_status(state_dir: Path, digests: bool = False) -> dict[str, Any]:
             status = {"links": []}
         entry["uptime_s"] = status.get("uptime_s")
         entry["links"] = status["links"]
+        entry["network"] = status.get("network", {})
         nodes[name] = entry
         for link in status["links"]:
             view = links.setdefault(link["link_id"], {})
@@ -230,6 +234,15 @@ def render_table(status: dict[str, Any]) -> str:
             f"{float(link.get('secret_key_rate_bps', 0)):>13.4g}{int(link.get('pool_bits', 0)):>12}"
             f"{int(link.get('blocks_done', 0)):>8}{int(link.get('blocks_aborted', 0)):>9}"
             f"{float(link.get('ec_efficiency', 0)):>7.3f}{float(link.get('emulated_s', 0)):>9.1f}"
+        )
+    node_header = f"{'node':<14}{'relays ok':>10}{'failed':>8}{'forwarded':>10}{'ETSI 014 requests (endpoint status: count)'}"
+    rows += ["", node_header, "-" * len(node_header)]
+    for name, info in status["nodes"].items():
+        net = info.get("network") or {}
+        requests = ", ".join(f"{k}: {v}" for k, v in sorted((net.get("etsi014_requests") or {}).items())) or "-"
+        rows.append(
+            f"{name:<14}{int(net.get('relays_delivered', 0)):>10}{int(net.get('relays_failed', 0)):>8}"
+            f"{int(net.get('relays_forwarded', 0)):>10}  {requests}"
         )
     down = [n for n, info in status["nodes"].items() if not info["alive"] or "error" in info]
     if down:

@@ -21,17 +21,20 @@ Rules of the protocol
    needs no seed; every seed in a query introduces the next pass, whose
    permutation is ``numpy.random.default_rng(seed).permutation(n)``.  Bob draws
    the seeds from his injected rng.
-2. **Block sizes** (Martinez-Mateo et al. 2015, Secs. 4-5, options (7)/(8)).
-   Pass 0 uses ``k_1 = 2**ceil(log2(c / Q))`` with ``c = first_block_factor``
-   (0.5 by default, i.e. ``2**ceil(log2(1/(2Q)))``), a power of two so that
-   every bisection halves exactly; pass 1 uses
-   ``k_2 = second_block_factor * k_1``; each later pass (ids 2, 3, ...) is cut
-   into a fixed number of blocks, ``later_pass_blocks`` (default 16, so
-   ``k = ceil(n / 16)``).  ``Q`` is the given QBER estimate, floored at
-   ``min_qber``.  Why fixed counts: what survives passes 0 and 1 is mostly a
-   pair of errors sharing a block in both (about 0.4 such pairs per frame,
-   whatever ``n``); a later pass of ``B`` blocks misses such a pair with
-   probability ``1/B`` and costs ``B - 1`` bits once the key is clean.
+2. **Block sizes** (after Martinez-Mateo et al. 2015, options (7) and (8)).
+   Pass 0 uses ``k_1 = 2**ceil(log2(c_1 / Q))`` and pass 1
+   ``k_2 = max(2 k_1, 2**ceil(log2(c_2 / Q)))``: powers of two, so that every
+   bisection halves exactly, with ``k_1 Q`` in ``[c_1, 2 c_1)`` and ``k_2 Q``
+   in ``[c_2, 2 c_2)`` (``c_1 = first_block_factor = 0.6``, ``c_2 =
+   second_block_factor = 1.7``; so ``k_2`` is ``4 k_1`` where ``k_1 Q`` is
+   small and ``2 k_1`` where it is large, which keeps f flat across the
+   power-of-two saw-tooth and the cascades short).  Each later pass (ids 2,
+   3, ...) is cut into a fixed number of blocks, ``later_pass_blocks``
+   (default 16, so ``k = ceil(n / 16)``).  ``Q`` is the given QBER estimate,
+   floored at ``min_qber``.  Why fixed counts: what survives passes 0 and 1 is
+   mostly a pair of errors sharing a block in both (about 0.4 such pairs per
+   frame, whatever ``n``); a later pass of ``B`` blocks misses such a pair
+   with probability ``1/B`` and costs ``B - 1`` bits once the key is clean.
 3. **First message.**  The first query introduces *all* passes and asks every
    top-level block parity of every pass.  Alice's parities do not depend on
    Bob's corrections, so asking early leaks nothing extra and saves a round
@@ -73,8 +76,9 @@ Rules of the protocol
    or a bad seed.  Bob rejects a reply with the wrong round number or the
    wrong number or values of parities, and answers that contradict earlier
    ones about a single bit (an honest Alice never does that; a lying one
-   would otherwise make Bob flip that bit back and forth forever).  An object that raised a
-   ``ProtocolError`` is failed: every later call raises ``LocalProtocolError``.
+   would otherwise make Bob flip that bit back and forth forever).  An object
+   that raised a ``ProtocolError`` is failed: every later call raises
+   ``LocalProtocolError``.
 
 Leak accounting
 ---------------
@@ -89,12 +93,15 @@ the original Brassard-Salvail protocol (Martinez-Mateo et al., Fig. 1).
 Implementation notes
 --------------------
 Alice answers each batch with two gathers on per-pass prefix-parity arrays:
-``parity(start, end) = cs[end] ^ cs[start]``.  Bob keeps the prefix parities
-of his *initial* key per pass and the sorted set of corrected positions in
-every pass's order, so his current parity of any interval is a gather and two
-``searchsorted`` calls.  The leaves live in flat arrays sorted by the key
-``pass * n + start``.  All per-round work is vectorised over the batch; the
-permutations (one per pass and side) dominate the run time.
+``parity(start, end) = cs[end] ^ cs[start]``.  Bob keeps dense per-pass
+tables indexed by ``key = pass * n + position``: his current key in each
+pass's order (a correction flips one entry per pass), the key of the leaf
+holding each position (rewritten over the right half when a leaf splits),
+and, at each leaf's own key, its end and odd flag; plus the sorted keys of
+the odd leaves.  His parity of a question's interval is a ragged gather and
+``reduceat``; a bisection of a block of ``k`` bits touches ``O(k)`` entries in
+all.  All per-round work is vectorised over the batch; the permutations (one
+per pass and side) dominate the run time.
 
 References
 ----------
@@ -111,7 +118,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -161,12 +167,13 @@ class CascadeParams:
             the first query.  Once the key is clean a later pass costs only
             ``blocks - 1`` bits, so the later passes mainly buy a low frame
             error rate; each costs one permutation per side in CPU time.
-        first_block_factor: ``c`` in ``k_1 = 2**ceil(log2(c / Q))``, so that
-            ``k_1 * Q`` lies in ``[c, 2c)``.  With 0.5, f stays below ~1.09 at
-            Q = 1-10 % with few round trips; the paper's option (8) uses
-            ``2**-0.5`` and option (7) uses 1: f drops by ~0.01 but cascades
-            chain longer and the round trips double or triple.
-        second_block_factor: ``k_2 = second_block_factor * k_1``.
+        first_block_factor: ``c_1`` in ``k_1 = 2**ceil(log2(c_1 / Q))``, so
+            ``k_1 Q`` lies in ``[c_1, 2 c_1)``.  Larger values leak a little
+            less but chain cascades longer (more round trips).  The paper's
+            option (7) uses 1, option (8) ``2**-0.5``; Brassard-Salvail used
+            ``0.73 / Q`` without rounding to a power of two.
+        second_block_factor: ``c_2`` in ``k_2 = max(2 k_1,
+            2**ceil(log2(c_2 / Q)))``.
         later_pass_blocks: Number of top-level blocks of passes 2, 3, ...; the
             last entry repeats for every further pass.  With the defaults the
             four later passes cost 60 bits and leave a frame error rate of
@@ -182,8 +189,8 @@ class CascadeParams:
     """
 
     max_passes: int = 6
-    first_block_factor: float = 0.5
-    second_block_factor: int = 4
+    first_block_factor: float = 0.6
+    second_block_factor: float = 1.7
     later_pass_blocks: tuple[int, ...] = (16,)
     min_qber: float = 1e-4
     waves: tuple[int, ...] = (1,)
@@ -197,8 +204,10 @@ class CascadeParams:
             raise ConfigError(
                 f"first_block_factor must be in (0, 1e6], got {self.first_block_factor}"
             )
-        if self.second_block_factor < 1:
-            raise ConfigError(f"second_block_factor must be >= 1, got {self.second_block_factor}")
+        if not 0.0 < self.second_block_factor <= 1e6:
+            raise ConfigError(
+                f"second_block_factor must be in (0, 1e6], got {self.second_block_factor}"
+            )
         if not self.later_pass_blocks or any(b < 1 for b in self.later_pass_blocks):
             raise ConfigError(f"later_pass_blocks must be ints >= 1, got {self.later_pass_blocks}")
         if not 0.0 < self.min_qber < 0.5:
@@ -222,7 +231,8 @@ def cascade_block_sizes(n: int, qber_estimate: float, params: CascadeParams) -> 
     """
     q = max(qber_estimate, params.min_qber)
     k1 = 2 ** max(0, math.ceil(math.log2(params.first_block_factor / q)))
-    sizes = [k1, k1 * params.second_block_factor]
+    k2 = max(2 * k1, 2 ** max(0, math.ceil(math.log2(params.second_block_factor / q))))
+    sizes = [k1, k2]
     later = params.later_pass_blocks
     for i in range(params.max_passes - 2):
         blocks = later[min(i, len(later) - 1)]
@@ -317,8 +327,8 @@ class CascadeResponder:
     def __init__(self, key: npt.ArrayLike) -> None:
         self._key = _checked_key(key)
         self._n = int(self._key.size)
-        # Row p: prefix parities of the key in pass p's order.  Rows grow by
-        # doubling so that a whole batch is answered by one 2-D gather.
+        # Row p: prefix parities of the key in pass p's order, in one 2-D
+        # array so that a whole batch is answered by one gather.
         self._cs = np.zeros((1, self._n + 1), dtype=np.uint8)
         _prefix_parity(self._key, self._cs[0])
         self._passes = 1
@@ -386,8 +396,13 @@ class CascadeResponder:
             if starts.min() < 0 or ends.max() > self._n or bool((starts >= ends).any()):
                 raise RemoteProtocolError(f"interval outside 0 <= start < end <= {self._n}")
         # Validated: only now change state.
+        if passes > self._cs.shape[0]:
+            grown = np.zeros((max(passes, 2 * self._cs.shape[0]), self._n + 1), dtype=np.uint8)
+            grown[: self._passes] = self._cs[: self._passes]
+            self._cs = grown
         for seed in seeds:
-            self._add_pass(seed)
+            _prefix_parity(self._key[_permutation(seed, self._n)], self._cs[self._passes])
+            self._passes += 1
         parities = self._cs[pass_ids, ends] ^ self._cs[pass_ids, starts]
         parities.setflags(write=False)
         self._leak_bits += int(pass_ids.size)
@@ -408,38 +423,20 @@ class CascadeResponder:
             out.append(value)
         return out
 
-    def _add_pass(self, seed: int) -> None:
-        if self._passes == self._cs.shape[0]:
-            grown = np.zeros((2 * self._passes, self._n + 1), dtype=np.uint8)
-            grown[: self._passes] = self._cs
-            self._cs = grown
-        _prefix_parity(self._key[_permutation(seed, self._n)], self._cs[self._passes])
-        self._passes += 1
+
+def _unique(values: IntArray) -> IntArray:
+    """Sorted distinct values (cheaper than ``numpy.unique`` on small arrays)."""
+    out = np.sort(values)
+    if out.size > 1:
+        out = out[np.concatenate(([True], out[1:] != out[:-1]))]
+    return out
 
 
-_T = TypeVar("_T", bound=np.generic)
-
-
-class _Insertion:
-    """Where sorted new keys go when merged into a sorted key array.
-
-    One plan serves several parallel columns, so a merge costs a few
-    vectorised copies instead of one ``numpy.insert`` per column.
-    """
-
-    __slots__ = ("keep", "slots")
-
-    def __init__(self, keys: IntArray, new_keys: IntArray) -> None:
-        self.slots = np.searchsorted(keys, new_keys) + np.arange(new_keys.size)
-        self.keep = np.ones(keys.size + new_keys.size, dtype=np.bool_)
-        self.keep[self.slots] = False
-
-    def merge(self, old: npt.NDArray[_T], new: npt.NDArray[_T]) -> npt.NDArray[_T]:
-        """The column ``old`` with ``new``'s values inserted at their slots."""
-        merged = np.empty(self.keep.size, dtype=old.dtype)
-        merged[self.keep] = old
-        merged[self.slots] = new
-        return merged
+def _ragged_index(starts: IntArray, lengths: IntArray) -> IntArray:
+    """Concatenation of ``arange(start, start + length)`` for every pair."""
+    total = int(lengths.sum())
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(starts - offsets, lengths) + np.arange(total, dtype=np.int64)
 
 
 class CascadeSession:
@@ -479,19 +476,21 @@ class CascadeSession:
         self._npass = npass = len(self._sizes)
         self._nblocks = [-(-n // k) for k in self._sizes]
         self._waves = [params.waves[min(p, len(params.waves) - 1)] for p in range(npass)]
-        # Per-pass tables (row 0 is the identity pass), filled by start().
+        # Dense per-pass tables, flattened: index ``key = pass * n + position``
+        # (row 0 is the identity pass).  Filled by start().
         self._perm = np.empty((npass, n), dtype=np.int64)
         self._inv = np.empty((npass, n), dtype=np.int64)
-        self._cs0 = np.empty((npass, n + 1), dtype=np.uint8)  # of the *initial* key
-        # Leaves (rule 5), sorted by key = pass * n + start.
-        self._leaf_key: IntArray = np.empty(0, dtype=np.int64)
-        self._leaf_end: IntArray = np.empty(0, dtype=np.int64)
-        self._leaf_odd = np.empty(0, dtype=np.bool_)
-        # Corrected positions, as sorted keys pass * n + position, every pass.
-        self._flip_key: IntArray = np.empty(0, dtype=np.int64)
+        self._yp = np.empty(npass * n, dtype=np.uint8)  # Bob's current key, per pass order
+        # Leaves (rule 5): the key of the leaf holding each position; at a
+        # leaf's own key, its end (pass-local, exclusive) and whether it is odd.
+        self._leaf_of: IntArray = np.empty(npass * n, dtype=np.int64)
+        self._leaf_end: IntArray = np.empty(npass * n, dtype=np.int64)
+        self._leaf_odd = np.zeros(npass * n, dtype=np.bool_)
+        self._odd_keys: IntArray = np.empty(0, dtype=np.int64)  # sorted odd leaves
         # Outstanding questions: the leaves split per level, and their midpoints.
         self._pending: list[tuple[IntArray, IntArray]] = []
         self._outstanding = 0
+        self._top_keys: IntArray = np.empty(0, dtype=np.int64)
         self._top_asked = np.empty(0, dtype=np.bool_)
         self._frontier = 0
         self._wave = 0
@@ -563,7 +562,7 @@ class CascadeSession:
             self._perm[p] = _permutation(seed, n)
         for p in range(npass):
             self._inv[p, self._perm[p]] = positions
-            _prefix_parity(self._y[self._perm[p]], self._cs0[p])
+        self._yp = self._y[self._perm].ravel()
         keys, ends, asked = [], [], []
         for p, k in enumerate(self._sizes):
             starts = np.arange(0, n, k, dtype=np.int64)
@@ -572,13 +571,16 @@ class CascadeSession:
             mask = np.ones(starts.size, dtype=np.bool_)
             mask[-1] = p == 0  # rule 4b: inferred from the whole-key parity
             asked.append(mask)
-        self._leaf_key = np.concatenate(keys)
-        self._leaf_end = np.concatenate(ends)
-        self._leaf_odd = np.zeros(self._leaf_key.size, dtype=np.bool_)
+        top_keys = np.concatenate(keys)
+        top_ends = np.concatenate(ends)
+        top_starts = top_keys % n
+        self._leaf_of = np.repeat(top_keys, top_ends - top_starts)
+        self._leaf_end[top_keys] = top_ends
+        self._top_keys = top_keys
         self._top_asked = np.concatenate(asked)
-        q_keys = self._leaf_key[self._top_asked]
+        q_keys = top_keys[self._top_asked]
         pass_ids = q_keys // n
-        return self._emit(seeds, pass_ids, q_keys - pass_ids * n, self._leaf_end[self._top_asked])
+        return self._emit(seeds, pass_ids, q_keys - pass_ids * n, top_ends[self._top_asked])
 
     def receive(self, reply: ParityReply) -> ParityQuery | None:
         """Take Alice's answers; return the next query, or ``None`` when done.
@@ -637,20 +639,17 @@ class CascadeSession:
             raise RemoteProtocolError("parities must be 0 or 1")
         return par.astype(np.uint8)
 
-    def _bob_parity(self, pass_ids: IntArray, starts: IntArray, ends: IntArray) -> BitArray:
-        """Bob's *current* parity of each interval: initial parity ^ flips inside."""
-        parity = self._cs0[pass_ids, ends] ^ self._cs0[pass_ids, starts]
-        if self._flip_key.size:
-            base = pass_ids * self._n
-            inside = np.searchsorted(self._flip_key, base + ends) - np.searchsorted(
-                self._flip_key, base + starts
-            )
-            parity ^= (inside & 1).astype(np.uint8)
-        return parity
+    def _bob_parity(self, keys: IntArray, ends: IntArray) -> BitArray:
+        """Bob's current parity of each interval ``[key, pass * n + end)``."""
+        lengths = ends - keys % self._n
+        if lengths.size == 0:
+            return np.zeros(0, dtype=np.uint8)
+        bits = self._yp[_ragged_index(keys, lengths)]
+        return np.bitwise_xor.reduceat(bits, np.cumsum(lengths) - lengths)
 
     def _apply_top_level(self, parities: BitArray) -> None:
-        n = self._n
-        alice = np.zeros(self._leaf_key.size, dtype=np.uint8)
+        keys = self._top_keys
+        alice = np.zeros(keys.size, dtype=np.uint8)
         alice[self._top_asked] = parities
         # Rule 4b: whole-key parity from pass 0, then each later pass's last block.
         bounds = np.cumsum([0, *self._nblocks])
@@ -658,66 +657,61 @@ class CascadeSession:
         for p in range(1, self._npass):
             lo, hi = bounds[p], bounds[p + 1]
             alice[hi - 1] = total ^ np.bitwise_xor.reduce(alice[lo : hi - 1])
-        pass_ids = self._leaf_key // n
-        starts = self._leaf_key - pass_ids * n
-        bob = self._bob_parity(pass_ids, starts, self._leaf_end)
-        self._leaf_odd = (alice ^ bob).astype(np.bool_)
-        self._correct_singletons(np.flatnonzero(self._leaf_odd & (self._leaf_end - starts == 1)))
+        ends = self._leaf_end[keys]
+        # The top-level blocks of all passes tile the flat per-pass key array.
+        odd = (alice ^ np.bitwise_xor.reduceat(self._yp, keys)).astype(np.bool_)
+        self._leaf_odd[keys] = odd
+        self._odd_keys = keys[odd]
+        self._correct_singletons(keys[odd & (ends - keys % self._n == 1)])
 
     def _apply_bisection(self, parities: BitArray) -> None:
         n = self._n
         offset = 0
-        single_keys: list[IntArray] = []
+        touched = [self._odd_keys]
+        singles: list[IntArray] = []
         for keys, mid in self._pending:
             answers = parities[offset : offset + keys.size]
             offset += keys.size
-            idx = np.searchsorted(self._leaf_key, keys)
-            pass_ids = keys // n
-            starts = keys - pass_ids * n
-            ends = self._leaf_end[idx]
-            left_odd = (answers ^ self._bob_parity(pass_ids, starts, mid)).astype(np.bool_)
-            right_odd = self._leaf_odd[idx] ^ left_odd  # rule 4a
-            self._leaf_end[idx] = mid
-            self._leaf_odd[idx] = left_odd
-            right_keys = pass_ids * n + mid
-            plan = _Insertion(self._leaf_key, right_keys)
-            self._leaf_key = plan.merge(self._leaf_key, right_keys)
-            self._leaf_end = plan.merge(self._leaf_end, ends)
-            self._leaf_odd = plan.merge(self._leaf_odd, right_odd)
-            single_keys.append(keys[mid - starts == 1])
-            single_keys.append(right_keys[ends - mid == 1])
-        singles = np.searchsorted(self._leaf_key, np.concatenate(single_keys))
-        self._correct_singletons(singles[self._leaf_odd[singles]])
+            base = keys - keys % n
+            ends = self._leaf_end[keys]
+            left_odd = (answers ^ self._bob_parity(keys, mid)).astype(np.bool_)
+            right_odd = self._leaf_odd[keys] ^ left_odd  # rule 4a
+            right_keys = base + mid
+            self._leaf_end[keys] = mid
+            self._leaf_odd[keys] = left_odd
+            self._leaf_end[right_keys] = ends
+            self._leaf_odd[right_keys] = right_odd
+            self._leaf_of[_ragged_index(right_keys, ends - mid)] = np.repeat(right_keys, ends - mid)
+            touched.append(right_keys)
+            singles.append(keys[left_odd & (base + mid - keys == 1)])
+            singles.append(right_keys[right_odd & (ends - mid == 1)])
+        self._odd_keys = _unique(np.concatenate(touched))
+        self._correct_singletons(np.concatenate(singles))
+        self._odd_keys = self._odd_keys[self._leaf_odd[self._odd_keys]]
 
-    def _correct_singletons(self, leaves: IntArray) -> None:
+    def _correct_singletons(self, keys: IntArray) -> None:
         """Flip the bits located by odd one-bit leaves; toggle every pass (rule 5)."""
-        if leaves.size == 0:
+        if keys.size == 0:
             return
         n = self._n
-        keys = self._leaf_key[leaves]
-        pass_ids = keys // n
-        bits = np.sort(self._perm[pass_ids, keys - pass_ids * n])
-        if bits.size > 1:  # the same bit may be located by several passes at once
-            bits = bits[np.concatenate(([True], bits[1:] != bits[:-1]))]
+        bits = _unique(self._perm.ravel()[keys])  # several passes may locate one bit
         self._y[bits] ^= 1
         self._errors_corrected += int(bits.size)
         flips = (np.arange(self._npass, dtype=np.int64)[:, None] * n + self._inv[:, bits]).ravel()
-        flips.sort()
-        self._flip_key = _Insertion(self._flip_key, flips).merge(self._flip_key, flips)
-        hit = np.searchsorted(self._leaf_key, flips, side="right") - 1
+        self._yp[flips] ^= 1
+        hit = self._leaf_of[flips]
         np.logical_xor.at(self._leaf_odd, hit, True)
         # An honest Alice gives every bit one value in all passes, so a flip can
         # only make one-bit leaves even.  An odd one means two of her answers
         # disagree; going on would flip that bit back and forth forever.
-        single = self._leaf_end[hit] - self._leaf_key[hit] % n == 1
-        if bool((single & self._leaf_odd[hit]).any()):
+        if bool((self._leaf_odd[hit] & (self._leaf_end[hit] - hit % n == 1)).any()):
             raise RemoteProtocolError("inconsistent parities: a bit has two values")
+        self._odd_keys = _unique(np.concatenate([self._odd_keys, hit]))
 
     def _next_query(self) -> ParityQuery | None:
         """Select the odd leaves to bisect (rule 6), or finish (rule 7)."""
         n = self._n
-        cand = np.flatnonzero(self._leaf_odd)
-        keys = self._leaf_key[cand]
+        self._odd_keys = keys = self._odd_keys[self._leaf_odd[self._odd_keys]]
         pass_ids = keys // n
         while True:
             frontier = self._frontier
@@ -742,7 +736,7 @@ class CascadeSession:
                 self._frontier += 1
                 self._wave = 0
         keys = keys[sel]
-        ends = self._leaf_end[cand[sel]]
+        ends = self._leaf_end[keys]
         depth = self._params.lookahead_depth if keys.size < self._params.lookahead_below else 1
         self._pending = []
         for level in range(depth):
@@ -755,8 +749,7 @@ class CascadeSession:
             child_keys = np.concatenate([keys, keys - starts + mid])
             child_ends = np.concatenate([mid, ends])
             ok = child_ends - child_keys % n >= 2
-            order = np.argsort(child_keys[ok])
-            keys, ends = child_keys[ok][order], child_ends[ok][order]
+            keys, ends = child_keys[ok], child_ends[ok]
             if keys.size == 0:
                 break
         all_keys = np.concatenate([k for k, _ in self._pending])

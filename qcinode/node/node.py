@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import json
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,13 @@ from ..core.randomness import CsprngGenerator
 from ..errors import ConfigError
 from ..keys.linkstore import LinkStore
 from ..topology import Topology
-from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc
+from ..keys.keystore import SaeKeyStore
+from ..keys.linkstore import StorageKey
+from ..kme.handlers import Kme
+from ..kme.server import make_app, start_kme_server, tls_context
+from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc, network_pb2, network_pb2_grpc
 from .link import AliceWorker, BobEndpoint, peer_common_name
+from .network import NetworkService
 from .runtime import LinkRuntime
 
 log = structlog.get_logger(__name__)
@@ -50,6 +57,8 @@ class NodeSettings:
     peers: dict[str, str] = dataclasses.field(default_factory=dict)  # node name -> host:port
     peer_template: str = "{name}:50051"
     data_dir: Path | None = None
+    kme_listen: str | None = "127.0.0.1:0"  # ETSI 014 HTTPS host:port; None: no KME
+    multipath_shares: int = 1  # >1: relay each key as XOR shares over node-disjoint paths
     seed: int | None = None  # test-only: deterministic channel noise
 
     def __post_init__(self) -> None:
@@ -103,7 +112,7 @@ def status_message(status: dict[str, Any]) -> admin_pb2.NodeStatus:
         for block in link.get("blocks", []):
             msg.blocks.add(block_id=block["block_id"], sha256=bytes.fromhex(block["sha256"]))
         links.append(msg)
-    return admin_pb2.NodeStatus(node=status["node"], uptime_s=status["uptime_s"], links=links)
+    return admin_pb2.NodeStatus(node=status["node"], uptime_s=status["uptime_s"], links=links, network_json=json.dumps(status.get("network", {})))
 
 
 class Node:
@@ -114,11 +123,27 @@ class Node:
         topo = settings.topology
         self.bundle = load_bundle(settings.certs_dir, cert_plan(topo))
         self.store = LinkStore(settings.data_dir, settings.name) if settings.data_dir is not None else None
+        self.keystore = (
+            SaeKeyStore(settings.data_dir, settings.name, StorageKey.load_or_create(settings.data_dir)) if settings.data_dir is not None else None
+        )
         self.links: dict[str, LinkRuntime] = {}
         for link in topo.links_of(settings.name):
             psk = read_bytes(self.bundle.link_key(link.alice, link.bob))
             self.links[link.link_id] = LinkRuntime(link, settings.name, psk, self.store)
         self._seeds = np.random.SeedSequence(settings.seed)
+        self._key_source = CsprngGenerator()
+        self.network = NetworkService(
+            settings.name,
+            topo,
+            self.links,
+            self._channel,
+            self.keystore,
+            random_bytes=self._key_source.bytes,
+            multipath_shares=settings.multipath_shares,
+        )
+        self.kme_requests: Counter[str] = Counter()
+        self.kme_runner: Any = None
+        self.kme_port: int | None = None
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
         self.health = health.aio.HealthServicer()
@@ -163,11 +188,13 @@ class Node:
         link_pb2_grpc.add_QuantumChannelServicer_to_server(servicer, server)
         link_pb2_grpc.add_PostProcessingServicer_to_server(servicer, server)
         admin_pb2_grpc.add_AdminServicer_to_server(_AdminServicer(self), server)
+        network_pb2_grpc.add_NetworkServicer_to_server(self.network, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (
             link_pb2.DESCRIPTOR.services_by_name["QuantumChannel"].full_name,
             link_pb2.DESCRIPTOR.services_by_name["PostProcessing"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+            network_pb2.DESCRIPTOR.services_by_name["Network"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
@@ -184,11 +211,32 @@ class Node:
                 key_rng, noise_rng = self._rngs()
                 worker = AliceWorker(rt, functools.partial(self._channel, rt.peer), speed, key_rng, noise_rng)
                 self._tasks.append(asyncio.create_task(self._guard(worker.run(), rt.link_id)))
+        self._tasks.append(asyncio.create_task(self._guard(self.network.run_adverts(), "routing")))
+        if self.settings.kme_listen is not None and self.keystore is not None:
+            await self._start_kme()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        for service in names[:3]:
+        for service in names[:4]:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.log.info("node.started", port=port, links=len(self.links))
         return int(port)
+
+    async def _start_kme(self) -> None:
+        assert self.keystore is not None and self.settings.kme_listen is not None
+        topo = self.settings.topology
+
+        def sae_node(sae: str) -> str | None:
+            return topo.sae_node(sae).name if topo.has_sae(sae) else None
+
+        def on_request(endpoint: str, status: int, latency_s: float) -> None:
+            self.kme_requests[f"{endpoint} {status}"] += 1
+
+        kme = Kme(self.settings.name, sae_node, self.keystore)
+        app = make_app(kme, self.network, on_request=on_request)
+        b = self.bundle
+        context = tls_context(b.node_cert(self.settings.name), b.node_key(self.settings.name), b.ca_cert)
+        host, _, port = self.settings.kme_listen.rpartition(":")
+        self.kme_runner, self.kme_port = await start_kme_server(app, host.strip("[]") or "0.0.0.0", int(port), context)
+        self.log.info("kme.started", port=self.kme_port)
 
     async def _guard(self, coro: Any, link_id: str) -> None:
         try:
@@ -200,11 +248,16 @@ class Node:
 
     async def stop(self, grace_s: float = 2.0) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.kme_runner is not None:
+            await self.kme_runner.cleanup()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.stop(grace_s)
+        await self.network.aclose()
+        if self.keystore is not None:
+            self.keystore.close()
         for rt in self.links.values():
             rt.persist()
         if self.store is not None:
@@ -216,6 +269,7 @@ class Node:
             "node": self.settings.name,
             "uptime_s": time.monotonic() - self.started,
             "links": [rt.status(include_digests) for rt in self.links.values()],
+            "network": {**self.network.status(), "kme_port": self.kme_port, "etsi014_requests": dict(self.kme_requests)},
         }
 
 

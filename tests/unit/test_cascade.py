@@ -109,9 +109,9 @@ def test_robust_to_a_qber_estimate_off_by_30_percent(qber: float, misestimate: f
         assert out.residual_errors == 0
         assert_accounting(out)
         efficiencies.append(out.efficiency)
-    # Power-of-two block sizes make f saw-toothed in k1*Q; an overestimate
-    # can push k1*Q down to ~0.4, where f rises towards original Cascade's.
-    assert float(np.mean(efficiencies)) <= 1.20
+    # Power-of-two block sizes make f saw-toothed in k1*Q, and a wrong
+    # estimate moves k1*Q off its design range [0.6, 1.2): a little slack.
+    assert float(np.mean(efficiencies)) <= 1.12
 
 
 def test_rounds_are_batched_per_level_not_per_block() -> None:
@@ -141,6 +141,9 @@ def test_first_query_introduces_every_pass_and_infers_last_blocks() -> None:
 def test_block_sizes_are_powers_of_two_then_sixteenths_of_the_key() -> None:
     sizes = cascade_block_sizes(100_000, 0.02, CascadeParams())
     assert sizes[:2] == [32, 128]
+    # k2 follows its own power-of-two ceiling: 4 k1 or 2 k1 depending on k1*Q.
+    assert cascade_block_sizes(100_000, 0.05, CascadeParams())[:2] == [16, 64]
+    assert cascade_block_sizes(100_000, 0.03, CascadeParams())[:2] == [32, 64]
     assert sizes[2:] == [6250] * (len(sizes) - 2)  # 16 blocks each
     assert cascade_block_sizes(100, 0.0, CascadeParams())[:2] == [100, 100]
 

@@ -1,0 +1,640 @@
+"""Link-state routing over key availability (pure; no I/O).
+
+Theory of operation:
+    * **Adverts.** Every node periodically *originates* a
+      :class:`LinkStateAdvert`: one :class:`LinkAdvert` per QKD link it
+      terminates, saying whether the link is up and how many key bytes the
+      node can spend on it on its own initiative (its initiator half of the
+      pool, :mod:`qcinode.keys.pool`). The driver floods each advert to every
+      neighbour over the classical network (DESIGN.md §1, "Routing").
+    * **Flooding.** :meth:`LinkStateDatabase.receive` stores an advert only if
+      its sequence number is higher than the one held for that origin (or the
+      origin is unknown), and answers ``True`` exactly then: the driver
+      forwards it to every neighbour except the one it came from. A copy seen
+      before answers ``False``, so flooding stops once every node holds the
+      newest advert of every origin, whatever the topology (it has cycles).
+      Adverts claiming to come from the local node are never stored: only
+      :meth:`LinkStateDatabase.originate` speaks for it.
+    * **Sequence numbers** strictly increase per origin, also across process
+      restarts, without persisting anything: ``originate`` uses
+      ``max(last + 1, int(now · 1000))`` with ``now`` the wall-clock time in
+      seconds, so a restarted node's first advert beats every advert it sent
+      before the restart (provided it originated fewer than 1000 adverts per
+      second on average and its clock did not step back). If a copy of our
+      own advert comes back with a higher sequence than ours (our clock
+      stepped back), the next ``originate`` jumps past it.
+    * **Ageing.** An advert not refreshed within ``max_age_s`` seconds is
+      dropped by :meth:`LinkStateDatabase.expire`: its origin is taken to be
+      dead. Origins must re-originate well within ``max_age_s`` (e.g. every
+      ``max_age_s / 3``). The highest sequence of a dropped origin is kept
+      as a tombstone, so a stale copy still being flooded cannot resurrect
+      it; a restarted origin beats the tombstone through its clock-based
+      sequence. Our own advert never ages out.
+    * **Edges are directed and need both ends.** A link ``u — v`` is usable
+      from ``u`` to ``v`` only if *both* ``u``'s and ``v``'s current adverts
+      list it (same link ID, naming each other) as up, and ``u`` advertises at
+      least the bytes needed: the sender of a relay hop pays the one-time pad
+      from its own half of the link pool, so ``v``'s half says nothing about
+      the hop ``u → v``. A link that only one end reports, or that one end
+      reports down, is not used: the other end may have lost it.
+    * **Paths.** :meth:`LinkStateDatabase.paths` lists up to ``limit`` loop-free
+      paths ordered by hop count, ties broken by the larger bottleneck (the
+      smallest available byte count along the path), then by node names for
+      determinism. It is Yen's k-shortest simple paths (J. Y. Yen, "Finding
+      the k shortest loopless paths in a network", Management Science 17
+      (1971)) over a widest-shortest-path search; the lexicographic metric
+      (hops, −bottleneck) is isotone, so each spur search is optimal.
+    * **Disjoint paths.** :meth:`LinkStateDatabase.disjoint_paths` finds up
+      to ``count`` node-disjoint paths with the fewest *total* hops by
+      min-cost flow (successive shortest paths with node splitting, the
+      general form of Suurballe's algorithm), not by greedy removal, which
+      can block itself in "trap" topologies. Used with XOR secret sharing
+      (:mod:`qcinode.core.relay`) no single trusted node sees every share.
+    * **Validation.** A received advert with a wrong type, an empty name, a
+      negative or oversized number, a link to the origin itself or two links
+      with the same ID raises :class:`RemoteProtocolError` and changes
+      nothing; the same mistakes in our own links raise
+      :class:`LocalProtocolError`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from qcinode.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+
+__all__ = [
+    "DEFAULT_MAX_AGE_S",
+    "MAX_SEQUENCE",
+    "LinkAdvert",
+    "LinkStateAdvert",
+    "LinkStateDatabase",
+]
+
+#: Default advert lifetime without a refresh.
+DEFAULT_MAX_AGE_S = 6.0
+
+#: Largest sequence number or byte count accepted (fits a signed 64-bit field).
+MAX_SEQUENCE = 2**63 - 1
+
+_MAX_NAME_CHARS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class LinkAdvert:
+    """One link as its advertising node sees it.
+
+    Attributes:
+        link_id: The link's ID, the same at both ends.
+        peer: The node at the other end.
+        up: Whether the link is currently working (both ends must say so).
+        available_out_bytes: Key bytes the *advertising* node can spend on
+            this link on its own initiative (its half of the pool).
+    """
+
+    link_id: str
+    peer: str
+    up: bool
+    available_out_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStateAdvert:
+    """Every link of one node, as flooded through the network.
+
+    Attributes:
+        origin: The advertising node.
+        sequence: Strictly increasing per origin; a higher one replaces a lower.
+        links: The origin's links, each link ID at most once.
+    """
+
+    origin: str
+    sequence: int
+    links: tuple[LinkAdvert, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """An advert in the database and when we last accepted a version of it."""
+
+    advert: LinkStateAdvert
+    received_at: float
+
+
+class LinkStateDatabase:
+    """One node's view of the whole network's links and key availability.
+
+    Feed it our own links (:meth:`originate`) and the peers' adverts
+    (:meth:`receive`); flood what it says to flood; call :meth:`expire`
+    periodically; ask it for :meth:`paths`.
+    """
+
+    __slots__ = ("_local_node", "_max_age_s", "_held", "_tombstones", "_last_sequence")
+
+    def __init__(self, local_node: str, *, max_age_s: float = DEFAULT_MAX_AGE_S) -> None:
+        """Create an empty database.
+
+        Args:
+            local_node: This node's name.
+            max_age_s: An advert not refreshed for longer than this is dropped
+                by :meth:`expire`; must be positive and finite.
+
+        Raises:
+            LocalProtocolError: On an empty name or a bad ``max_age_s``.
+        """
+        _check_name(local_node, "local_node", LocalProtocolError)
+        if not _is_finite_number(max_age_s) or max_age_s <= 0:
+            raise LocalProtocolError(f"max_age_s must be positive and finite, got {max_age_s!r}")
+        self._local_node = local_node
+        self._max_age_s = float(max_age_s)
+        self._held: dict[str, _Held] = {}
+        self._tombstones: dict[str, int] = {}
+        self._last_sequence = -1
+
+    @property
+    def local_node(self) -> str:
+        """This node's name."""
+        return self._local_node
+
+    @property
+    def max_age_s(self) -> float:
+        """Advert lifetime without a refresh."""
+        return self._max_age_s
+
+    @property
+    def adverts(self) -> dict[str, LinkStateAdvert]:
+        """The current advert of every known origin (a copy), our own included once originated."""
+        return {origin: held.advert for origin, held in sorted(self._held.items())}
+
+    # -- adverts ---------------------------------------------------------------
+
+    def originate(self, links: Sequence[LinkAdvert], now: float) -> LinkStateAdvert:
+        """Make, store and return our own advert; flood it to every neighbour.
+
+        Args:
+            links: Our links now.
+            now: Wall-clock time in seconds (e.g. ``time.time()``); it seeds
+                the sequence number so that it keeps increasing across restarts.
+
+        Returns:
+            The new advert, with a sequence higher than any we made before.
+
+        Raises:
+            LocalProtocolError: On malformed links or a bad ``now``.
+        """
+        _check_now(now)
+        if not isinstance(links, Sequence) or isinstance(links, str):
+            raise LocalProtocolError("links must be a sequence of LinkAdvert")
+        advert = LinkStateAdvert(origin=self._local_node, sequence=0, links=tuple(links))
+        _validate_advert(advert, LocalProtocolError)
+        sequence = max(self._last_sequence + 1, int(now * 1000))
+        if sequence > MAX_SEQUENCE:
+            raise LocalProtocolError("sequence number space exhausted")
+        advert = LinkStateAdvert(origin=self._local_node, sequence=sequence, links=advert.links)
+        self._last_sequence = sequence
+        self._held[self._local_node] = _Held(advert, float(now))
+        return advert
+
+    def receive(self, advert: LinkStateAdvert, now: float) -> bool:
+        """Take in an advert from a neighbour.
+
+        Args:
+            advert: The advert as received.
+            now: Current time in seconds, on the clock :meth:`expire` uses.
+
+        Returns:
+            ``True`` if the advert was new and stored: forward it to every
+            neighbour except the sender. ``False`` for a copy we already hold,
+            an older one, or one claiming to be ours.
+
+        Raises:
+            RemoteProtocolError: If the advert is malformed (nothing changes).
+            LocalProtocolError: On a bad ``now``.
+        """
+        _check_now(now)
+        _validate_advert(advert, RemoteProtocolError)
+        if advert.origin == self._local_node:
+            # Only originate() speaks for us, but never fall behind a copy of
+            # ours from before a clock step: the next advert must beat it.
+            self._last_sequence = max(self._last_sequence, advert.sequence)
+            return False
+        held = self._held.get(advert.origin)
+        floor = held.advert.sequence if held is not None else self._tombstones.get(advert.origin, -1)
+        if advert.sequence <= floor:
+            return False
+        self._tombstones.pop(advert.origin, None)
+        self._held[advert.origin] = _Held(
+            LinkStateAdvert(advert.origin, advert.sequence, tuple(advert.links)), float(now)
+        )
+        return True
+
+    def expire(self, now: float) -> list[str]:
+        """Drop the adverts of origins that stopped refreshing them.
+
+        Args:
+            now: Current time in seconds.
+
+        Returns:
+            The dropped origins, sorted.
+        """
+        _check_now(now)
+        dropped = sorted(
+            origin
+            for origin, held in self._held.items()
+            if origin != self._local_node and now - held.received_at > self._max_age_s
+        )
+        for origin in dropped:
+            self._tombstones[origin] = self._held.pop(origin).advert.sequence
+        return dropped
+
+    # -- graph -----------------------------------------------------------------
+
+    def nodes(self) -> set[str]:
+        """The local node and every origin whose advert we hold."""
+        return {self._local_node, *self._held}
+
+    def usable_edges(self, need_bytes: int) -> dict[str, dict[str, int]]:
+        """Directed edges that can carry a hop needing ``need_bytes`` of pad.
+
+        Args:
+            need_bytes: Key bytes the sender of a hop must spend, ``≥ 0``.
+
+        Returns:
+            ``u → {v: available_out_bytes of u}`` for every link ``u — v``
+            that both ``u``'s and ``v``'s adverts list as up and on which
+            ``u`` can spend at least ``need_bytes``. Between two nodes joined
+            by several links, the one with the most bytes counts. Every node
+            with an outgoing edge is a key; others may be missing.
+
+        Raises:
+            LocalProtocolError: If ``need_bytes`` is negative or not an int.
+        """
+        _check_count(need_bytes, "need_bytes")
+        up_links: dict[str, dict[str, str]] = {}  # origin -> {link_id: peer} of up links
+        for origin, held in self._held.items():
+            up_links[origin] = {link.link_id: link.peer for link in held.advert.links if link.up}
+        edges: dict[str, dict[str, int]] = {}
+        for u, held in sorted(self._held.items()):
+            for link in held.advert.links:
+                v = link.peer
+                if not link.up or link.available_out_bytes < need_bytes:
+                    continue
+                if up_links.get(v, {}).get(link.link_id) != u:
+                    continue
+                out = edges.setdefault(u, {})
+                out[v] = max(out.get(v, 0), link.available_out_bytes)
+        return edges
+
+    def paths(self, source: str, destination: str, need_bytes: int, limit: int = 4) -> list[list[str]]:
+        """Up to ``limit`` loop-free paths, shortest first.
+
+        Args:
+            source: First node.
+            destination: Last node.
+            need_bytes: Pad bytes each hop's sender must have on its link.
+            limit: Most paths to return, ``≥ 0``.
+
+        Returns:
+            Distinct simple paths (lists of node names from ``source`` to
+            ``destination``) over :meth:`usable_edges`, ordered by hop count,
+            then larger bottleneck, then node names; ``[[source]]`` if
+            ``source == destination``; ``[]`` if there is none.
+
+        Raises:
+            LocalProtocolError: On a negative ``need_bytes`` or ``limit``.
+        """
+        _check_count(limit, "limit")
+        edges = self.usable_edges(need_bytes)
+        if limit == 0:
+            return []
+        if source == destination:
+            return [[source]]
+        return [list(path) for path in _yen(edges, source, destination, limit)]
+
+    def disjoint_paths(
+        self, source: str, destination: str, need_bytes: int, count: int
+    ) -> list[list[str]]:
+        """Up to ``count`` node-disjoint paths with the fewest total hops.
+
+        Paths share only ``source`` and ``destination``. The number of paths
+        is the largest possible up to ``count`` (by Menger's theorem, the
+        minimum node cut), and among such sets one with the fewest total hops
+        is returned (min-cost flow, not greedy removal). Bottlenecks only
+        order the result; they do not choose between sets of equal total hops.
+
+        Args:
+            source: First node.
+            destination: Last node.
+            need_bytes: Pad bytes each hop's sender must have on its link.
+            count: Most paths to return, ``≥ 0``.
+
+        Returns:
+            The paths ordered by hop count, then larger bottleneck, then node
+            names; ``[[source]]`` if ``source == destination`` (and ``count ≥ 1``);
+            ``[]`` if there is none.
+
+        Raises:
+            LocalProtocolError: On a negative ``need_bytes`` or ``count``.
+        """
+        _check_count(count, "count")
+        edges = self.usable_edges(need_bytes)
+        if count == 0:
+            return []
+        if source == destination:
+            return [[source]]
+        found = _min_cost_disjoint(edges, source, destination, count)
+        found.sort(key=lambda path: _path_key(edges, path))
+        return [list(path) for path in found]
+
+    # -- status ----------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able view for ``qcinode status``."""
+        return {
+            "local_node": self._local_node,
+            "max_age_s": self._max_age_s,
+            "origins": {
+                origin: {
+                    "sequence": held.advert.sequence,
+                    "received_at": held.received_at,
+                    "links": [
+                        {
+                            "link_id": link.link_id,
+                            "peer": link.peer,
+                            "up": link.up,
+                            "available_out_bytes": link.available_out_bytes,
+                        }
+                        for link in held.advert.links
+                    ],
+                }
+                for origin, held in sorted(self._held.items())
+            },
+        }
+
+    def __repr__(self) -> str:
+        return f"LinkStateDatabase(local_node={self._local_node!r}, origins={sorted(self._held)!r})"
+
+
+# -- validation ----------------------------------------------------------------
+
+
+def _validate_advert(advert: object, error: type[ProtocolError]) -> None:
+    if not isinstance(advert, LinkStateAdvert):
+        raise error(f"expected a LinkStateAdvert, got {type(advert).__name__}")
+    _check_name(advert.origin, "origin", error)
+    if not _is_int(advert.sequence) or not 0 <= advert.sequence <= MAX_SEQUENCE:
+        raise error(f"advert of {advert.origin!r}: bad sequence {advert.sequence!r}")
+    if not isinstance(advert.links, (tuple, list)):
+        raise error(f"advert of {advert.origin!r}: links must be a sequence")
+    seen: set[str] = set()
+    for index, link in enumerate(advert.links):
+        where = f"advert of {advert.origin!r}, links[{index}]"
+        if not isinstance(link, LinkAdvert):
+            raise error(f"{where}: expected a LinkAdvert, got {type(link).__name__}")
+        _check_name(link.link_id, f"{where}.link_id", error)
+        _check_name(link.peer, f"{where}.peer", error)
+        if link.peer == advert.origin:
+            raise error(f"{where}: a link to the origin itself")
+        if not isinstance(link.up, bool):
+            raise error(f"{where}.up must be a bool")
+        if not _is_int(link.available_out_bytes) or not 0 <= link.available_out_bytes <= MAX_SEQUENCE:
+            raise error(f"{where}.available_out_bytes must be a non-negative int")
+        if link.link_id in seen:
+            raise error(f"{where}: duplicate link_id {link.link_id!r}")
+        seen.add(link.link_id)
+
+
+def _check_name(value: object, what: str, error: type[ProtocolError]) -> None:
+    if not isinstance(value, str) or not value or len(value) > _MAX_NAME_CHARS:
+        raise error(f"{what} must be a non-empty string of at most {_MAX_NAME_CHARS} characters")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: object) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    )
+
+
+def _check_now(now: float) -> None:
+    if not _is_finite_number(now) or now < 0:
+        raise LocalProtocolError(f"now must be a finite non-negative number of seconds, got {now!r}")
+
+
+def _check_count(value: int, what: str) -> None:
+    if not _is_int(value) or value < 0:
+        raise LocalProtocolError(f"{what} must be a non-negative int, got {value!r}")
+
+
+# -- path search -----------------------------------------------------------------
+
+Edges = dict[str, dict[str, int]]
+PathKey = tuple[int, int, tuple[str, ...]]
+
+
+def _bottleneck(edges: Edges, path: Sequence[str]) -> int:
+    return min(edges[u][v] for u, v in zip(path, path[1:]))
+
+
+def _path_key(edges: Edges, path: Sequence[str]) -> PathKey:
+    """Sort key: fewer hops, then larger bottleneck, then names."""
+    return (len(path) - 1, -_bottleneck(edges, path), tuple(path))
+
+
+def _widest_shortest(
+    edges: Edges,
+    source: str,
+    destination: str,
+    banned_nodes: set[str],
+    banned_edges: set[tuple[str, str]],
+    cap: float = math.inf,
+) -> tuple[str, ...] | None:
+    """The least path under (hops, −min(cap, bottleneck), names) avoiding the bans.
+
+    ``cap`` is the bottleneck of the root a Yen spur path is appended to:
+    widths above it do not improve the whole path, so they must not outrank
+    a path with smaller names (that would break Yen's ordering).
+    """
+
+    def successors(u: str) -> list[tuple[str, int]]:
+        return [
+            (v, available)
+            for v, available in sorted(edges.get(u, {}).items())
+            if v not in banned_nodes and (u, v) not in banned_edges
+        ]
+
+    # 1. Breadth-first layers from the source.
+    hops = {source: 0}
+    order = [source]
+    for u in order:
+        if u == destination:
+            continue
+        for v, _ in successors(u):
+            if v not in hops:
+                hops[v] = hops[u] + 1
+                order.append(v)
+    if destination not in hops:
+        return None
+    # 2. The widest shortest-path width, layer by layer (a node of layer d is
+    #    settled before any node of layer d + 1 is read).
+    width: dict[str, float] = {source: cap}
+    for u in order:
+        if hops[u] >= hops[destination]:
+            break
+        for v, available in successors(u):
+            if hops.get(v) == hops[u] + 1:
+                width[v] = max(width.get(v, -math.inf), min(width[u], available))
+    best = width[destination]
+    # 3. On the edges at least that wide, every shortest path has that width;
+    #    walk the one with the smallest names, steering by distance-to-go.
+    wide: dict[str, list[str]] = {
+        u: [v for v, available in successors(u) if available >= best] for u in order
+    }
+    to_go = {destination: 0}
+    frontier = [destination]
+    reverse: dict[str, list[str]] = {}
+    for u, vs in wide.items():
+        for v in vs:
+            reverse.setdefault(v, []).append(u)
+    for v in frontier:
+        for u in reverse.get(v, []):
+            if u not in to_go:
+                to_go[u] = to_go[v] + 1
+                frontier.append(u)
+    path = [source]
+    while path[-1] != destination:
+        u = path[-1]
+        path.append(next(v for v in wide[u] if to_go.get(v) == to_go[u] - 1))
+    return tuple(path)
+
+
+def _yen(edges: Edges, source: str, destination: str, limit: int) -> list[tuple[str, ...]]:
+    """Yen's k-shortest simple paths under the (hops, −bottleneck, names) order."""
+    first = _widest_shortest(edges, source, destination, set(), set())
+    if first is None:
+        return []
+    accepted: list[tuple[str, ...]] = [first]
+    seen: set[tuple[str, ...]] = {first}
+    candidates: list[tuple[PathKey, tuple[str, ...]]] = []
+    while len(accepted) < limit:
+        last = accepted[-1]
+        for i in range(len(last) - 1):
+            root = last[: i + 1]
+            banned_edges = {(p[i], p[i + 1]) for p in accepted if p[: i + 1] == root}
+            cap = _bottleneck(edges, root) if i > 0 else math.inf
+            spur = _widest_shortest(edges, last[i], destination, set(root[:-1]), banned_edges, cap)
+            if spur is None:
+                continue
+            path = root[:-1] + spur
+            if path not in seen:
+                seen.add(path)
+                heapq.heappush(candidates, (_path_key(edges, path), path))
+        if not candidates:
+            break
+        accepted.append(heapq.heappop(candidates)[1])
+    return accepted
+
+
+class _FlowGraph:
+    """A residual graph with unit capacities for successive shortest paths."""
+
+    __slots__ = ("head", "cap", "cost", "adjacency")
+
+    def __init__(self, n_vertices: int) -> None:
+        self.head: list[int] = []
+        self.cap: list[int] = []
+        self.cost: list[int] = []
+        self.adjacency: list[list[int]] = [[] for _ in range(n_vertices)]
+
+    def add(self, tail: int, head: int, capacity: int, cost: int) -> int:
+        """Add an arc and its residual twin; returns the arc's index (twin = index ^ 1)."""
+        index = len(self.head)
+        self.head += [head, tail]
+        self.cap += [capacity, 0]
+        self.cost += [cost, -cost]
+        self.adjacency[tail].append(index)
+        self.adjacency[head].append(index + 1)
+        return index
+
+    def cheapest_path(self, start: int, goal: int) -> list[int] | None:
+        """Arc indices of a least-cost residual path (Bellman–Ford: costs may be negative)."""
+        n = len(self.adjacency)
+        distance: list[float] = [math.inf] * n
+        via: list[int] = [-1] * n
+        distance[start] = 0
+        for _ in range(n - 1):
+            changed = False
+            for tail in range(n):
+                if distance[tail] == math.inf:
+                    continue
+                for arc in self.adjacency[tail]:
+                    if self.cap[arc] > 0 and distance[tail] + self.cost[arc] < distance[self.head[arc]]:
+                        distance[self.head[arc]] = distance[tail] + self.cost[arc]
+                        via[self.head[arc]] = arc
+                        changed = True
+            if not changed:
+                break
+        if distance[goal] == math.inf:
+            return None
+        arcs: list[int] = []
+        vertex = goal
+        while vertex != start:
+            arc = via[vertex]
+            arcs.append(arc)
+            vertex = self.head[arc ^ 1]
+        arcs.reverse()
+        return arcs
+
+
+def _min_cost_disjoint(
+    edges: Edges, source: str, destination: str, count: int
+) -> list[tuple[str, ...]]:
+    """Node-disjoint paths of least total hops, by min-cost flow with node splitting.
+
+    Node ``x`` becomes ``x_in → x_out`` with capacity 1 (so at most one path
+    crosses it); link ``u → v`` becomes ``u_out → v_in`` with capacity 1 and
+    cost 1. Each augmentation along a cheapest residual path keeps the flow
+    of least cost for its value (Ahuja, Magnanti & Orlin, *Network Flows*,
+    1993, §9.7), and a least-cost flow has no cycles because every cycle
+    costs at least 1.
+    """
+    names = sorted({source, destination, *edges, *(v for out in edges.values() for v in out)})
+    index = {name: i for i, name in enumerate(names)}
+    graph = _FlowGraph(2 * len(names))  # vertex 2i is name i's "in", 2i + 1 its "out"
+    for name in names:
+        if name not in (source, destination):
+            graph.add(2 * index[name], 2 * index[name] + 1, 1, 0)
+    link_arcs: list[tuple[int, str, str]] = []
+    for u, out in sorted(edges.items()):
+        if u == destination:
+            continue
+        for v in sorted(out):
+            if v == source:
+                continue
+            link_arcs.append((graph.add(2 * index[u] + 1, 2 * index[v], 1, 1), u, v))
+    start, goal = 2 * index[source] + 1, 2 * index[destination]
+    for _ in range(count):
+        arcs = graph.cheapest_path(start, goal)
+        if arcs is None:
+            break
+        for arc in arcs:
+            graph.cap[arc] -= 1
+            graph.cap[arc ^ 1] += 1
+    following: dict[str, list[str]] = {}
+    for arc, u, v in link_arcs:
+        if graph.cap[arc] == 0:  # one unit of flow crosses this link
+            following.setdefault(u, []).append(v)
+    found: list[tuple[str, ...]] = []
+    for first in following.get(source, []):
+        path = [source, first]
+        while path[-1] != destination:
+            path.append(following[path[-1]][0])
+        found.append(tuple(path))
+    return found

@@ -1,0 +1,526 @@
+"""The durable, encrypted-at-rest store of keys waiting for their slave SAEs.
+
+Theory of operation:
+    * **What is stored.** When a master SAE gets keys from ``enc_keys``, the
+      same keys must later be handed, once each, to the slave SAE(s) that
+      redeem them with ``dec_keys`` at their own node. Each node keeps the
+      keys meant for its attached slaves here, until every one of those
+      slaves has redeemed them, across restarts of the node.
+    * **Layout.** ``data_dir/sae_keys.sqlite3`` with two tables:
+      ``sae_keys(key_id PRIMARY KEY, master_sae, slave_saes, nonce,
+      ciphertext, created_at)``, one row per key, where ``slave_saes`` is the
+      JSON list of every slave the key was stored for (it never changes); and
+      ``pending(key_id, slave_sae)``, one row per slave that has not yet
+      redeemed the key. A key's row goes when its last pending slave redeems
+      it. ``PRAGMA user_version`` records the schema version.
+    * **Encryption.** Key bytes are ``AES-256-GCM`` encrypted under the
+      node's :class:`~qcinode.keys.linkstore.StorageKey` (the same
+      ``storage.key`` file as the link store), with a fresh random nonce per
+      key. The associated data binds the schema version, the node name, the
+      key ID, the master SAE and the original slave list, so a row edited to
+      name another master or other slaves, or copied to another key ID or
+      another node, fails to decrypt instead of reaching the wrong SAE.
+    * **Redemption rules** (:meth:`SaeKeyStore.take`), all in one
+      ``BEGIN IMMEDIATE`` transaction, all or nothing:
+
+      1. duplicate IDs in one request: :class:`~qcinode.errors.RequestError`;
+      2. any unknown ID (never stored, or already gone): :class:`KeyNotFound`
+         naming every unknown ID;
+      3. a key whose master is not the named master, or whose slaves do not
+         include the requester: :class:`Unauthorized` (the key stays for its
+         rightful owner);
+      4. a key the requester already redeemed while other slaves still wait
+         for it: :class:`KeyNotFound` (for the requester it is gone, as a
+         single-slave key would be);
+      5. otherwise every key is decrypted, the requester leaves each key's
+         pending set, keys with nobody left are deleted, and the transaction
+         commits before anything is returned.
+
+      If any rule fails, or decryption fails (tampering, wrong storage key),
+      the transaction rolls back and the store is exactly as before.
+    * **Crash safety.** WAL mode with ``synchronous=FULL``: a ``put`` or
+      ``take`` is durable once it returns, and a process killed at any moment
+      leaves each key either stored or redeemed, never half of either.
+    * **Failures are loud.** An unwritable or full disk, a corrupt database
+      or a tampered row raises :class:`~qcinode.errors.KeyStoreError` naming
+      the file. Exception messages name key IDs and SAE IDs, never key bytes.
+    * **Bounded growth.** ``put(..., max_waiting=n)`` refuses a key when one
+      of its slaves already has ``n`` keys waiting from that master, so a
+      master whose slaves never redeem cannot fill the slaves' node's disk.
+    * **Threads.** One connection guarded by a lock: callers may use
+      ``asyncio.to_thread``. Separate processes on the same file are
+      serialised by SQLite's write lock (``BEGIN IMMEDIATE``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+
+from qcinode.errors import (
+    InsufficientKeyMaterial,
+    KeyNotFound,
+    KeyStoreError,
+    LocalProtocolError,
+    RequestError,
+    Unauthorized,
+)
+from qcinode.keys.linkstore import StorageKey
+
+__all__ = ["DATABASE_FILE", "SCHEMA_VERSION", "SaeKeyStore"]
+
+#: Database file name in the data directory.
+DATABASE_FILE = "sae_keys.sqlite3"
+
+#: Row format version; part of every row's associated data.
+SCHEMA_VERSION = 1
+
+_NONCE_BYTES = 12
+_AAD_DOMAIN = b"qcinode/saekeystore\x00"
+_BUSY_TIMEOUT_S = 10.0
+# Well under SQLite's default limit of bound parameters per statement.
+_IDS_PER_STATEMENT = 500
+
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS sae_keys (
+        key_id TEXT PRIMARY KEY,
+        master_sae TEXT NOT NULL,
+        slave_saes TEXT NOT NULL,
+        nonce BLOB NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS pending (
+        key_id TEXT NOT NULL REFERENCES sae_keys (key_id) ON DELETE CASCADE,
+        slave_sae TEXT NOT NULL,
+        PRIMARY KEY (key_id, slave_sae)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX IF NOT EXISTS pending_by_slave ON pending (slave_sae, key_id)",
+    "CREATE INDEX IF NOT EXISTS sae_keys_by_master ON sae_keys (master_sae)",
+)
+
+
+class SaeKeyStore:
+    """Keys waiting for slave SAEs at one node, in ``data_dir/sae_keys.sqlite3``, encrypted."""
+
+    __slots__ = ("_node_name", "_path", "_key", "_conn", "_lock", "_clock")
+
+    def __init__(
+        self,
+        data_dir: Path,
+        node_name: str,
+        storage_key: StorageKey,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Open (creating if needed) the node's SAE key store.
+
+        Args:
+            data_dir: The node's data directory; created if missing.
+            node_name: This node's name; bound into every row.
+            storage_key: The node's storage key (``StorageKey.load_or_create``).
+            clock: Wall clock for the ``created_at`` column.
+
+        Raises:
+            KeyStoreError: If the directory or database cannot be created or
+                opened, or the database is corrupt or of a newer schema.
+            LocalProtocolError: If ``node_name`` is not a non-empty str.
+        """
+        _require_name(node_name, "node_name")
+        data_dir = Path(data_dir)
+        self._node_name = node_name
+        self._path = data_dir / DATABASE_FILE
+        self._key = storage_key
+        self._clock = clock
+        self._lock = threading.Lock()
+        _make_dir(data_dir)
+        self._conn: sqlite3.Connection | None = self._open_database()
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    @property
+    def node_name(self) -> str:
+        """The node whose keys this store holds."""
+        return self._node_name
+
+    def put(
+        self,
+        key_id: str,
+        master_sae: str,
+        slave_saes: Sequence[str],
+        key: bytes,
+        *,
+        max_waiting: int | None = None,
+    ) -> None:
+        """Store one key for its slave SAE(s), durably (one transaction).
+
+        Args:
+            key_id: The key's ID (the ETSI ``key_ID``, a UUID string).
+            master_sae: The SAE that got the key from ``enc_keys``.
+            slave_saes: The SAEs attached to this node that may redeem it,
+                each once. Must be non-empty and distinct.
+            key: The key bytes (non-empty).
+            max_waiting: If given, refuse the key when any of its slaves
+                already has this many keys waiting from ``master_sae``.
+
+        Raises:
+            KeyStoreError: ``key_id`` is already stored, or the database
+                cannot be written (full or unwritable disk, closed store).
+            InsufficientKeyMaterial: ``max_waiting`` would be exceeded.
+            LocalProtocolError: Malformed arguments.
+        """
+        _require_name(key_id, "key_id")
+        _require_name(master_sae, "master_sae")
+        if isinstance(slave_saes, str):
+            raise LocalProtocolError("slave_saes must be a sequence of SAE IDs, not a str")
+        slaves = list(slave_saes)
+        if not slaves:
+            raise LocalProtocolError(f"key {key_id!r} has no slave SAE to store it for")
+        for sae in slaves:
+            _require_name(sae, "slave SAE ID")
+        if len(set(slaves)) != len(slaves):
+            raise LocalProtocolError(f"key {key_id!r}: duplicate slave SAE IDs {slaves!r}")
+        if master_sae in slaves:
+            raise LocalProtocolError(f"key {key_id!r}: master SAE {master_sae!r} is also a slave")
+        if not isinstance(key, (bytes, bytearray)) or not key:
+            raise LocalProtocolError(f"key {key_id!r}: key must be non-empty bytes")
+        slaves_json = _encode_slaves(slaves)
+        nonce, ciphertext = self._key.encrypt(
+            bytes(key), self._associated_data(key_id, master_sae, slaves_json)
+        )
+        with self._lock:
+            conn = self._require_open()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if max_waiting is not None:
+                    for sae in slaves:
+                        if self._count(conn, master_sae, sae) >= max_waiting:
+                            raise InsufficientKeyMaterial(
+                                f"SAE {sae!r} already has {max_waiting} keys from {master_sae!r} "
+                                "waiting at node "
+                                f"{self._node_name!r}; it must redeem some before more are stored"
+                            )
+                conn.execute(
+                    "INSERT INTO sae_keys (key_id, master_sae, slave_saes, nonce, ciphertext, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (key_id, master_sae, slaves_json, nonce, ciphertext, float(self._clock())),
+                )
+                conn.executemany(
+                    "INSERT INTO pending (key_id, slave_sae) VALUES (?, ?)",
+                    [(key_id, sae) for sae in slaves],
+                )
+                conn.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                self._rollback(conn)
+                raise KeyStoreError(f"key {key_id!r} is already stored in {self._path}") from None
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise KeyStoreError(f"cannot store key {key_id!r} in {self._path}: {exc}") from exc
+            except BaseException:
+                self._rollback(conn)
+                raise
+
+    def take(
+        self, requester_sae: str, master_sae: str, key_ids: Sequence[str]
+    ) -> list[tuple[str, bytes]]:
+        """Redeem keys for one slave SAE: all of them, or none (see the module rules).
+
+        Args:
+            requester_sae: The slave SAE asking (from its client certificate).
+            master_sae: The master SAE the keys came from (the URL's ``master_SAE_ID``).
+            key_ids: The keys, at least one, no duplicates.
+
+        Returns:
+            ``(key_id, key)`` pairs in the order of ``key_ids``.
+
+        Raises:
+            RequestError: ``key_ids`` is empty or names a key twice.
+            KeyNotFound: Some keys are unknown or already redeemed by the
+                requester; the message names them. Nothing changed.
+            Unauthorized: Some keys are not for the requester or not from
+                ``master_sae``. Nothing changed.
+            KeyStoreError: The database cannot be read or written, or a row
+                fails authentication. Nothing changed.
+        """
+        _require_name(requester_sae, "requester_sae")
+        _require_name(master_sae, "master_sae")
+        if isinstance(key_ids, str):
+            raise LocalProtocolError("key_ids must be a sequence of key IDs, not a str")
+        ids = list(key_ids)
+        for key_id in ids:
+            _require_name(key_id, "key_id")
+        if not ids:
+            raise RequestError("no key_ID given")
+        duplicates = _duplicates(ids)
+        if duplicates:
+            raise RequestError(
+                "a key_ID appears more than once in the request",
+                [f"duplicate key_ID {key_id}" for key_id in duplicates],
+            )
+        with self._lock:
+            conn = self._require_open()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                result = self._take_locked(conn, requester_sae, master_sae, ids)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise KeyStoreError(
+                    f"cannot redeem {len(ids)} key(s) from {self._path}: {exc}"
+                ) from exc
+            except BaseException:
+                self._rollback(conn)
+                raise
+        return result
+
+    def count(self, master_sae: str, slave_sae: str) -> int:
+        """How many keys from ``master_sae`` wait here for ``slave_sae``.
+
+        Raises:
+            KeyStoreError: The database cannot be read or the store is closed.
+        """
+        with self._lock:
+            conn = self._require_open()
+            try:
+                return self._count(conn, master_sae, slave_sae)
+            except sqlite3.Error as exc:
+                raise KeyStoreError(f"cannot read {self._path}: {exc}") from exc
+
+    def total(self) -> int:
+        """How many keys are stored (each counted once, whatever its number of slaves).
+
+        Raises:
+            KeyStoreError: The database cannot be read or the store is closed.
+        """
+        with self._lock:
+            conn = self._require_open()
+            try:
+                n: int = conn.execute("SELECT count(*) FROM sae_keys").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise KeyStoreError(f"cannot read {self._path}: {exc}") from exc
+        return n
+
+    def close(self) -> None:
+        """Close the database. Idempotent; later calls raise KeyStoreError."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error as exc:
+                raise KeyStoreError(f"cannot close {self._path}: {exc}") from exc
+
+    def __enter__(self) -> SaeKeyStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SaeKeyStore(path={str(self._path)!r}, node_name={self._node_name!r})"
+
+    # -- internals -------------------------------------------------------
+
+    def _take_locked(
+        self, conn: sqlite3.Connection, requester: str, master: str, ids: list[str]
+    ) -> list[tuple[str, bytes]]:
+        rows: dict[str, tuple[str, str, bytes, bytes]] = {}
+        pending_for_requester: set[str] = set()
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            for key_id, row_master, slaves_json, nonce, ciphertext in conn.execute(
+                "SELECT key_id, master_sae, slave_saes, nonce, ciphertext FROM sae_keys "
+                f"WHERE key_id IN ({marks})",
+                chunk,
+            ):
+                rows[key_id] = (row_master, slaves_json, nonce, ciphertext)
+            pending_for_requester.update(
+                key_id
+                for (key_id,) in conn.execute(
+                    f"SELECT key_id FROM pending WHERE slave_sae = ? AND key_id IN ({marks})",
+                    (requester, *chunk),
+                )
+            )
+
+        unknown = [key_id for key_id in ids if key_id not in rows]
+        if unknown:
+            raise KeyNotFound(f"unknown key_ID(s): {', '.join(unknown)}")
+
+        foreign: list[str] = []
+        redeemed: list[str] = []
+        for key_id in ids:
+            row_master, slaves_json, _, _ = rows[key_id]
+            slaves = self._decode_slaves(key_id, slaves_json)
+            if row_master != master or requester not in slaves:
+                foreign.append(key_id)
+            elif key_id not in pending_for_requester:
+                redeemed.append(key_id)
+        if foreign:
+            raise Unauthorized(
+                f"SAE {requester!r} may not redeem key_ID(s) {', '.join(foreign)} "
+                f"as keys from master SAE {master!r}"
+            )
+        if redeemed:
+            raise KeyNotFound(
+                f"key_ID(s) already redeemed by SAE {requester!r}: {', '.join(redeemed)}"
+            )
+
+        result: list[tuple[str, bytes]] = []
+        for key_id in ids:
+            row_master, slaves_json, nonce, ciphertext = rows[key_id]
+            if not (isinstance(nonce, bytes) and len(nonce) == _NONCE_BYTES and isinstance(ciphertext, bytes)):
+                raise KeyStoreError(f"row of key {key_id!r} in {self._path} is malformed")
+            try:
+                key = self._key.decrypt(
+                    nonce, ciphertext, self._associated_data(key_id, row_master, slaves_json)
+                )
+            except InvalidTag:
+                raise KeyStoreError(
+                    f"key {key_id!r} in {self._path} failed authentication: the row was altered "
+                    f"or copied from another key or node, or {self._key.path} is not the storage "
+                    "key it was written with"
+                ) from None
+            result.append((key_id, key))
+
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            conn.execute(
+                f"DELETE FROM pending WHERE slave_sae = ? AND key_id IN ({marks})",
+                (requester, *chunk),
+            )
+            conn.execute(
+                f"DELETE FROM sae_keys WHERE key_id IN ({marks}) AND NOT EXISTS "
+                "(SELECT 1 FROM pending WHERE pending.key_id = sae_keys.key_id)",
+                chunk,
+            )
+        return result
+
+    @staticmethod
+    def _count(conn: sqlite3.Connection, master: str, slave: str) -> int:
+        n: int = conn.execute(
+            "SELECT count(*) FROM pending JOIN sae_keys USING (key_id) "
+            "WHERE pending.slave_sae = ? AND sae_keys.master_sae = ?",
+            (slave, master),
+        ).fetchone()[0]
+        return n
+
+    def _decode_slaves(self, key_id: str, slaves_json: Any) -> list[str]:
+        try:
+            slaves = json.loads(slaves_json) if isinstance(slaves_json, str) else None
+        except ValueError:
+            slaves = None
+        if not isinstance(slaves, list) or not all(isinstance(s, str) for s in slaves):
+            raise KeyStoreError(f"row of key {key_id!r} in {self._path} is malformed")
+        return slaves
+
+    def _open_database(self) -> sqlite3.Connection:
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+            conn = sqlite3.connect(
+                self._path,
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,  # serialised by self._lock
+            )
+        except sqlite3.Error as exc:
+            raise KeyStoreError(f"cannot open {self._path}: {exc}") from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise KeyStoreError(f"cannot put {self._path} in WAL mode (got {mode!r})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise KeyStoreError(
+                    f"{self._path} has schema version {version}; this qcinode reads up to "
+                    f"{SCHEMA_VERSION}"
+                )
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise KeyStoreError(f"cannot open {self._path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _require_open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise KeyStoreError(f"SAE key store {self._path} is closed")
+        return self._conn
+
+    def _associated_data(self, key_id: str, master_sae: str, slaves_json: str) -> bytes:
+        # Length-prefixed fields, so ("ab", "c") and ("a", "bc") differ.
+        parts = [_AAD_DOMAIN, struct.pack(">H", SCHEMA_VERSION)]
+        for text in (self._node_name, key_id, master_sae, slaves_json):
+            data = text.encode("utf-8")
+            parts += [struct.pack(">I", len(data)), data]
+        return b"".join(parts)
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        # SQLite may already have rolled back (e.g. on SQLITE_FULL).
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+
+def _encode_slaves(slaves: list[str]) -> str:
+    return json.dumps(slaves, separators=(",", ":"), ensure_ascii=True)
+
+
+def _chunks(ids: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(ids), _IDS_PER_STATEMENT):
+        yield ids[start : start + _IDS_PER_STATEMENT]
+
+
+def _duplicates(ids: list[str]) -> list[str]:
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for key_id in ids:
+        if key_id in seen and key_id not in repeated:
+            repeated.append(key_id)
+        seen.add(key_id)
+    return repeated
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise KeyStoreError(f"cannot create data directory {path}: {reason}") from None
+
+
+def _require_name(value: Any, what: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise LocalProtocolError(f"{what} must be a non-empty str, got {value!r}")
+

@@ -1,0 +1,299 @@
+"""The durable SAE key store: redemption rules, atomicity, encryption at rest, crash safety.
+
+These tests touch the filesystem (``tmp_path``): the store is a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import select
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qcinode.errors import (
+    InsufficientKeyMaterial,
+    KeyNotFound,
+    KeyStoreError,
+    LocalProtocolError,
+    RequestError,
+    Unauthorized,
+)
+from qcinode.keys.keystore import DATABASE_FILE, SaeKeyStore
+from qcinode.keys.linkstore import StorageKey
+
+NODE = "alpha"
+
+
+def _kid() -> str:
+    return str(uuid.uuid4())
+
+
+def _key(i: int, n: int = 32) -> bytes:
+    # Distinctive, incompressible-looking bytes we can search the file for.
+    return bytes((i * 37 + j * 101 + 7) % 256 for j in range(n))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SaeKeyStore]:
+    with SaeKeyStore(tmp_path, NODE, StorageKey.load_or_create(tmp_path)) as s:
+        yield s
+
+
+def _snapshot(data_dir: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    with contextlib.closing(sqlite3.connect(data_dir / DATABASE_FILE)) as conn:
+        keys = conn.execute("SELECT * FROM sae_keys ORDER BY key_id").fetchall()
+        pending = conn.execute("SELECT * FROM pending ORDER BY key_id, slave_sae").fetchall()
+    return keys, pending
+
+
+# -- redemption rules ------------------------------------------------------------
+
+
+def test_put_then_take_returns_the_keys_in_request_order_once(store: SaeKeyStore) -> None:
+    ids = [_kid() for _ in range(3)]
+    for i, key_id in enumerate(ids):
+        store.put(key_id, "m", ["s"], _key(i))
+    assert store.count("m", "s") == 3 and store.total() == 3
+    order = [ids[2], ids[0]]
+    assert store.take("s", "m", order) == [(ids[2], _key(2)), (ids[0], _key(0))]
+    assert store.count("m", "s") == 1 and store.total() == 1
+    with pytest.raises(KeyNotFound, match=ids[0]):
+        store.take("s", "m", [ids[0]])
+
+
+def test_duplicate_key_id_is_refused_and_the_first_key_kept(store: SaeKeyStore) -> None:
+    key_id = _kid()
+    store.put(key_id, "m", ["s"], _key(1))
+    with pytest.raises(KeyStoreError, match="already stored"):
+        store.put(key_id, "m", ["s"], _key(2))
+    assert store.take("s", "m", [key_id]) == [(key_id, _key(1))]
+
+
+def test_multi_slave_key_is_redeemed_once_by_each_slave(store: SaeKeyStore) -> None:
+    key_id = _kid()
+    store.put(key_id, "m", ["s1", "s2"], _key(3))
+    assert store.count("m", "s1") == store.count("m", "s2") == 1
+    assert store.take("s1", "m", [key_id]) == [(key_id, _key(3))]
+    with pytest.raises(KeyNotFound, match="already redeemed"):
+        store.take("s1", "m", [key_id])
+    assert store.count("m", "s1") == 0 and store.count("m", "s2") == 1
+    assert store.take("s2", "m", [key_id]) == [(key_id, _key(3))]
+    assert store.total() == 0
+    with pytest.raises(KeyNotFound):
+        store.take("s2", "m", [key_id])
+
+
+def test_wrong_slave_or_master_is_unauthorized_and_the_key_stays(store: SaeKeyStore, tmp_path: Path) -> None:
+    key_id = _kid()
+    store.put(key_id, "m", ["s"], _key(4))
+    before = _snapshot(tmp_path)
+    with pytest.raises(Unauthorized, match=key_id):
+        store.take("intruder", "m", [key_id])
+    with pytest.raises(Unauthorized):
+        store.take("s", "other-master", [key_id])
+    with pytest.raises(Unauthorized):
+        store.take("m", "m", [key_id])  # the master itself is no slave
+    assert _snapshot(tmp_path) == before
+    assert store.take("s", "m", [key_id]) == [(key_id, _key(4))]
+
+
+def test_duplicate_ids_in_one_request_are_a_request_error(store: SaeKeyStore) -> None:
+    key_id = _kid()
+    store.put(key_id, "m", ["s"], _key(5))
+    with pytest.raises(RequestError, match="more than once"):
+        store.take("s", "m", [key_id, key_id])
+    with pytest.raises(RequestError):
+        store.take("s", "m", [])
+    assert store.count("m", "s") == 1
+
+
+def test_bad_arguments_are_refused(store: SaeKeyStore) -> None:
+    for args in [
+        ("", "m", ["s"], b"k"),
+        (_kid(), "", ["s"], b"k"),
+        (_kid(), "m", [], b"k"),
+        (_kid(), "m", "s", b"k"),
+        (_kid(), "m", ["s", "s"], b"k"),
+        (_kid(), "m", ["m"], b"k"),
+        (_kid(), "m", ["s"], b""),
+    ]:
+        with pytest.raises(LocalProtocolError):
+            store.put(*args)
+    assert store.total() == 0
+
+
+def test_max_waiting_bounds_keys_waiting_per_pair(store: SaeKeyStore) -> None:
+    for i in range(2):
+        store.put(_kid(), "m", ["s"], _key(i), max_waiting=2)
+    with pytest.raises(InsufficientKeyMaterial, match="'s'"):
+        store.put(_kid(), "m", ["s", "t"], _key(9), max_waiting=2)
+    store.put(_kid(), "other", ["s"], _key(9), max_waiting=2)  # another master's pair
+    assert store.count("m", "s") == 2 and store.count("m", "t") == 0 and store.total() == 3
+
+
+# -- atomicity -----------------------------------------------------------------------
+
+
+def test_request_with_one_unknown_id_changes_nothing(store: SaeKeyStore, tmp_path: Path) -> None:
+    ids = [_kid() for _ in range(3)]
+    for i, key_id in enumerate(ids):
+        store.put(key_id, "m", ["s"], _key(i))
+    before = _snapshot(tmp_path)
+    missing = _kid()
+    with pytest.raises(KeyNotFound) as info:
+        store.take("s", "m", [ids[0], missing, ids[1]])
+    assert missing in str(info.value) and ids[0] not in str(info.value)
+    assert _snapshot(tmp_path) == before
+    assert [k for _, k in store.take("s", "m", ids)] == [_key(0), _key(1), _key(2)]
+
+
+def test_request_with_one_foreign_key_changes_nothing(store: SaeKeyStore, tmp_path: Path) -> None:
+    mine, theirs = _kid(), _kid()
+    store.put(mine, "m", ["s"], _key(1))
+    store.put(theirs, "m", ["t"], _key(2))
+    before = _snapshot(tmp_path)
+    with pytest.raises(Unauthorized, match=theirs):
+        store.take("s", "m", [mine, theirs])
+    assert _snapshot(tmp_path) == before
+    assert store.take("t", "m", [theirs]) == [(theirs, _key(2))]
+    assert store.take("s", "m", [mine]) == [(mine, _key(1))]
+
+
+def test_tampered_row_fails_authentication_and_changes_nothing(store: SaeKeyStore, tmp_path: Path) -> None:
+    a, b = _kid(), _kid()
+    store.put(a, "m", ["s"], _key(1))
+    store.put(b, "m", ["s"], _key(2))
+    with contextlib.closing(sqlite3.connect(tmp_path / DATABASE_FILE)) as conn, conn:
+        # Redirect key a to another master: the AEAD binds the master, so it must not decrypt.
+        conn.execute("UPDATE sae_keys SET master_sae = 'mallory' WHERE key_id = ?", (a,))
+        # Move b's ciphertext under a new ID.
+        conn.execute("UPDATE sae_keys SET key_id = ? WHERE key_id = ?", ("x" + b[1:], b))
+        conn.execute("UPDATE pending SET key_id = ? WHERE key_id = ?", ("x" + b[1:], b))
+    before = _snapshot(tmp_path)
+    with pytest.raises(KeyStoreError, match="failed authentication"):
+        store.take("s", "mallory", [a])
+    with pytest.raises(KeyStoreError, match="failed authentication"):
+        store.take("s", "m", ["x" + b[1:]])
+    assert _snapshot(tmp_path) == before
+
+
+# -- encryption at rest ------------------------------------------------------------
+
+
+def test_key_bytes_never_reach_the_disk(tmp_path: Path) -> None:
+    keys = [_key(i, 64) for i in range(20)]
+    with SaeKeyStore(tmp_path, NODE, StorageKey.load_or_create(tmp_path)) as store:
+        for key in keys:
+            store.put(_kid(), "m", ["s"], key)
+        raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith(DATABASE_FILE))
+    assert raw  # something was written
+    for key in keys:
+        for start in range(0, 64, 16):
+            assert key[start : start + 16] not in raw
+
+
+def test_another_node_or_storage_key_cannot_read_the_rows(tmp_path: Path) -> None:
+    key_id = _kid()
+    with SaeKeyStore(tmp_path, NODE, StorageKey.load_or_create(tmp_path)) as store:
+        store.put(key_id, "m", ["s"], _key(1))
+    with SaeKeyStore(tmp_path, "beta", StorageKey.load_or_create(tmp_path)) as other_node:
+        with pytest.raises(KeyStoreError, match="failed authentication"):
+            other_node.take("s", "m", [key_id])
+    with SaeKeyStore(tmp_path, NODE, StorageKey(os.urandom(32))) as other_key:
+        with pytest.raises(KeyStoreError, match="failed authentication"):
+            other_key.take("s", "m", [key_id])
+    with SaeKeyStore(tmp_path, NODE, StorageKey.load_or_create(tmp_path)) as store:
+        assert store.take("s", "m", [key_id]) == [(key_id, _key(1))]
+
+
+def test_repr_of_store_shows_no_key(store: SaeKeyStore, tmp_path: Path) -> None:
+    assert "SaeKeyStore(path=" in repr(store) and str(tmp_path) in repr(store)
+
+
+# -- unwritable, full or closed ------------------------------------------------------
+
+
+def test_data_dir_that_cannot_be_created_names_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "node-data"
+    blocker.write_text("not a directory")
+    key = StorageKey(os.urandom(32))
+    for data_dir in (blocker, blocker / "sub"):
+        with pytest.raises(KeyStoreError, match=re.escape(str(data_dir))):
+            SaeKeyStore(data_dir, NODE, key)
+
+
+def test_full_database_raises_naming_the_path_and_keeps_the_store(store: SaeKeyStore) -> None:
+    first = _kid()
+    store.put(first, "m", ["s"], _key(1))
+    conn = store._conn
+    assert conn is not None
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")  # as on a full disk
+    with pytest.raises(KeyStoreError, match=f"{re.escape(str(store.path))}.*full"):
+        for _ in range(200):
+            store.put(_kid(), "m", ["s"], os.urandom(4096))
+    assert store.take("s", "m", [first]) == [(first, _key(1))]
+
+
+def test_closed_store_raises(tmp_path: Path) -> None:
+    store = SaeKeyStore(tmp_path, NODE, StorageKey.load_or_create(tmp_path))
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(KeyStoreError, match="closed"):
+        store.put(_kid(), "m", ["s"], b"k")
+    with pytest.raises(KeyStoreError, match="closed"):
+        store.count("m", "s")
+
+
+# -- crashes -------------------------------------------------------------------------
+
+_WRITER = """
+import sys, uuid
+from pathlib import Path
+from qcinode.keys.keystore import SaeKeyStore
+from qcinode.keys.linkstore import StorageKey
+
+data_dir = Path(sys.argv[1])
+store = SaeKeyStore(data_dir, "alpha", StorageKey.load_or_create(data_dir))
+i = 0
+while True:
+    key_id = str(uuid.UUID(int=i + 1))
+    store.put(key_id, "m", ["s"], i.to_bytes(4, "big") * 8)
+    print(key_id, flush=True)   # reported only once put() returned: durable
+    i += 1
+"""
+
+
+def test_killed_writer_keeps_every_key_it_reported(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], 20.0)
+            assert ready, "writer did not start"
+            first = proc.stdout.readline()
+            assert first, proc.stderr.read()
+            select.select([], [], [], 0.05)
+        finally:
+            proc.kill()
+        reported = [first.strip(), *proc.stdout.read().split()]
+        proc.wait()
+    assert proc.returncode == -9
+    with SaeKeyStore(tmp_path, NODE, StorageKey.load_or_create(tmp_path)) as store:
+        # Everything reported is there; at most the put in flight is extra.
+        assert store.total() in (len(reported), len(reported) + 1)
+        taken = store.take("s", "m", reported)
+        assert [key for _, key in taken] == [i.to_bytes(4, "big") * 8 for i in range(len(reported))]
+        store.put(_kid(), "m", ["s"], b"still writable")
