@@ -222,13 +222,13 @@ def _keys(args: argparse.Namespace) -> int:
     rows = []
     for key in enc["keys"]:
         ext = key.get("key_ID_extension") or {}
-        rows.append({"key_ID": key["key_ID"], "match": got.get(key["key_ID"]) == key["key"], "path": ext.get("path"), **({"key": key["key"]} if args.show_keys else {})})
+        rows.append({"key_ID": key["key_ID"], "match": got.get(key["key_ID"]) == key["key"], "paths": ext.get("paths") or [], **({"key": key["key"]} if args.show_keys else {})})
     ok = all(r["match"] for r in rows) and len(got) == len(rows)
     if args.json:
         print(json.dumps({"master": args.master, "slave": args.slave, "enc_keys_s": enc_s, "dec_keys_s": dec_s, "keys": rows, "match": ok}, indent=2))
     else:
         for r in rows:
-            path = " > ".join(r["path"]) if r["path"] else "?"
+            path = " | ".join(" > ".join(p) for p in r["paths"]) or "local"
             print(f"{r['key_ID']}  {'match' if r['match'] else 'MISMATCH'}  path {path}" + (f"  {r['key']}" if args.show_keys else ""))
         print(f"{len(rows)} key(s) of {args.size} bits {args.master} -> {args.slave}: enc_keys {1000 * enc_s:.1f} ms, dec_keys {1000 * dec_s:.1f} ms")
     return 0 if ok else 1

@@ -527,7 +527,7 @@ class PostprocessingConfig(_Section):
     block_bits: int = 100_000
     security_epsilon: float = 1.0e-10
     verification_tag_bits: int = 64
-    cascade_max_passes: int = 16
+    cascade_max_passes: int = 6
 
     def __post_init__(self) -> None:
         _integer(self, "block_bits", 1_000, 10_000_000)

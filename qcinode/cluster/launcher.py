@@ -235,7 +235,7 @@ def render_table(status: dict[str, Any]) -> str:
             f"{int(link.get('blocks_done', 0)):>8}{int(link.get('blocks_aborted', 0)):>9}"
             f"{float(link.get('ec_efficiency', 0)):>7.3f}{float(link.get('emulated_s', 0)):>9.1f}"
         )
-    node_header = f"{'node':<14}{'relays ok':>10}{'failed':>8}{'forwarded':>10}{'ETSI 014 requests (endpoint status: count)'}"
+    node_header = f"{'node':<14}{'relays ok':>10}{'failed':>8}{'forwarded':>10}  ETSI 014 requests (endpoint status: count)"
     rows += ["", node_header, "-" * len(node_header)]
     for name, info in status["nodes"].items():
         net = info.get("network") or {}

@@ -54,7 +54,7 @@ from ..errors import AuthenticationFailed, InsufficientKeyMaterial, LocalProtoco
 from . import messages as m
 from .amplification import toeplitz_hash, unpack_bits
 from .authentication import AuthKeyReserve, Direction, Transcript, one_time_tag, verify_one_time_tag
-from .cascade import CascadeResponder, CascadeSession
+from .cascade import CascadeParams, CascadeResponder, CascadeSession
 from .estimation import BlockStatistics, KeyLengthResult, h2, key_length
 from .physics import AliceRecord, Clicks, LinkPhysics, PhotonFrame, detect, transmit
 from .verification import tags_match, verification_tag
@@ -84,6 +84,7 @@ class LinkProtocolConfig:
     verification_tag_bits: int = 64
     auth_low_water_keys: int = 64
     auth_refill_keys: int = 64
+    cascade_max_passes: int = 6
 
     def __post_init__(self) -> None:
         if self.block_bits < 1:
@@ -641,7 +642,12 @@ class BobLink(_LinkEnd):
             self._abort(msg.abort_reason or "aborted_by_peer")
             return []
         qber = sum(block.test_errors) / max(1, sum(block.counts(1)))
-        self._cascade = CascadeSession(block.bits[block.key_mask].copy(), qber_estimate=qber, rng=self.noise_rng)
+        self._cascade = CascadeSession(
+            block.bits[block.key_mask].copy(),
+            qber_estimate=qber,
+            rng=self.noise_rng,
+            params=CascadeParams(max_passes=self.config.cascade_max_passes),
+        )
         query = m.CascadeQuery(block.seq, self._cascade.start())
         self._record_out(query)
         self.state = LinkState.RECONCILING

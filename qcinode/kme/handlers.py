@@ -167,10 +167,14 @@ class DeliveredKey:
     Attributes:
         key_id: The ETSI ``key_ID`` (a UUID4 string).
         key: The key bytes.
+        paths: The node paths the key travelled (one per slave node and
+            share), reported in ``key_ID_extension`` so applications and
+            ``qcinode keys`` can see the route; empty for a same-node key.
     """
 
     key_id: str
     key: bytes = field(repr=False)
+    paths: tuple[tuple[str, ...], ...] = ()
 
 
 class UnsupportedExtension(RequestError):
@@ -426,7 +430,11 @@ class Kme:
                 raise LocalProtocolError(
                     f"supplier delivered key(s) {', '.join(wrong)} of the wrong size ({request.size_bits} bits requested)"
                 )
-        return _key_container((k.key_id, k.key) for k in keys)
+        container = _key_container((k.key_id, k.key) for k in keys)
+        for entry, key in zip(container["keys"], keys):
+            if key.paths:
+                entry["key_ID_extension"] = {"paths": [list(p) for p in key.paths]}
+        return container
 
     # -- Get key with key IDs (clause 5.3) ----------------------------------
 

@@ -300,18 +300,22 @@ class NetworkService(pb_grpc.NetworkServicer):
 
     async def deliver(self, request: EncRequest) -> list[DeliveredKey]:
         destinations = sorted({node for s in request.slave_saes if (node := self._sae_node(s)) is not None})
-        keys = [DeliveredKey(str(uuid.uuid4()), self.random_bytes(request.size_bits // 8)) for _ in range(request.number)]
-        for key in keys:
+        keys = []
+        for _ in range(request.number):
+            key = DeliveredKey(str(uuid.uuid4()), self.random_bytes(request.size_bits // 8))
+            paths: list[tuple[str, ...]] = []
             for destination in destinations:
-                await self._deliver_one(key, request, destination)
+                paths += await self._deliver_one(key, request, destination)
+            keys.append(dataclasses.replace(key, paths=tuple(paths)))
         return keys
 
-    async def _deliver_one(self, key: DeliveredKey, request: EncRequest, destination: str) -> None:
+    async def _deliver_one(self, key: DeliveredKey, request: EncRequest, destination: str) -> list[tuple[str, ...]]:
+        """Carries ``key`` to ``destination`` and stores it there; returns the paths used."""
         self.counters.started += 1
         if destination == self.node_name:
             self._store(key.key_id, request.master_sae, request.slave_saes, key.key)
             self.counters.delivered += 1
-            return
+            return []
         need = pad_bytes_needed(len(key.key))
         errors: list[str] = []
         tried: set[tuple[str, ...]] = set()
@@ -347,7 +351,7 @@ class NetworkService(pb_grpc.NetworkServicer):
             failures = [r for r in results if isinstance(r, BaseException)]
             if not failures:
                 self.counters.delivered += 1
-                return
+                return [tuple(p) for p in paths]
             for failure in failures:
                 if not isinstance(failure, QcinodeError):
                     raise failure

@@ -48,6 +48,7 @@ def protocol_config(link: LinkConfig) -> LinkProtocolConfig:
         block_bits=pp.block_bits,
         security_epsilon=pp.security_epsilon,
         verification_tag_bits=pp.verification_tag_bits,
+        cascade_max_passes=pp.cascade_max_passes,
     )
 
 

@@ -137,7 +137,7 @@ def test_design_example_parses_with_merged_values() -> None:
     assert (source.basis_probabilities.z, source.basis_probabilities.x) == (0.6, 0.4)
     assert source.decoy_states is True
     assert topo.defaults.postprocessing.verification_tag_bits == 64
-    assert topo.defaults.postprocessing.cascade_max_passes == 16
+    assert topo.defaults.postprocessing.cascade_max_passes == 6
 
 
 def test_queries() -> None:
