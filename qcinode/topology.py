@@ -739,6 +739,24 @@ class EmulationConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RelayConfig(_Section):
+    """How keys travel between nodes that are not neighbours.
+
+    Attributes:
+        paths: ``1``: each key travels one path, one-time-pad encrypted hop by
+            hop (every trusted node on it holds the key in memory). ``2``–``4``:
+            the key is split into that many XOR shares sent over node-disjoint
+            paths, so no single trusted node learns it; a key is refused (503)
+            when the network has fewer disjoint paths with key on every hop.
+    """
+
+    paths: int = 1
+
+    def __post_init__(self) -> None:
+        _integer(self, "paths", 1, 4)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Topology(_Section):
     """A whole network: nodes, links, shared defaults and emulation settings.
 
@@ -746,6 +764,7 @@ class Topology(_Section):
         name: DNS-1123 label naming the network.
         defaults: The link settings every link starts from.
         emulation: Emulation speed.
+        relay: Single-path or multi-path (XOR secret sharing) key relay.
         nodes: At least one node; names unique.
         links: Links between distinct, known nodes; at most one per pair of
             nodes (in either direction).
@@ -756,6 +775,7 @@ class Topology(_Section):
     name: str
     defaults: LinkSettings = _section(LinkSettings)
     emulation: EmulationConfig = _section(EmulationConfig)
+    relay: RelayConfig = _section(RelayConfig)
     nodes: tuple[NodeConfig, ...]
     links: tuple[LinkConfig, ...] = ()
 
@@ -763,6 +783,7 @@ class Topology(_Section):
         _dns_label(self.name, "name", "topology name")
         _instance(self, "defaults", LinkSettings)
         _instance(self, "emulation", EmulationConfig)
+        _instance(self, "relay", RelayConfig)
         for name, cls in (("nodes", NodeConfig), ("links", LinkConfig)):
             items = getattr(self, name)
             if not isinstance(items, tuple) or not all(isinstance(x, cls) for x in items):
@@ -845,6 +866,7 @@ class Topology(_Section):
         defaults_raw = _mapping(raw.get("defaults"), defaults_path)
         defaults = LinkSettings.from_mapping(defaults_raw, defaults_path)
         emulation = EmulationConfig.from_mapping(raw.get("emulation"), _join(path, "emulation"))
+        relay = RelayConfig.from_mapping(raw.get("relay"), _join(path, "relay"))
         nodes_path = _join(path, "nodes")
         nodes = tuple(
             NodeConfig.from_mapping(item, f"{nodes_path}[{i}]")
@@ -860,6 +882,7 @@ class Topology(_Section):
                 name=raw["name"],  # type: ignore[arg-type]  # validated in __post_init__
                 defaults=defaults,
                 emulation=emulation,
+                relay=relay,
                 nodes=nodes,
                 links=links,
             )

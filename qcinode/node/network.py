@@ -45,6 +45,7 @@ from ..core.relay import (
 from ..core.routing import LinkAdvert, LinkStateAdvert, LinkStateDatabase
 from ..errors import (
     InsufficientKeyMaterial,
+    KeyStoreError,
     PeerTimeout,
     PeerUnavailable,
     ProtocolError,
@@ -53,7 +54,7 @@ from ..errors import (
 )
 from ..keys.keystore import SaeKeyStore
 from ..keys.pool import KeyRange
-from ..kme.handlers import DeliveredKey, EncRequest
+from ..kme.handlers import DeliveredKey, EncRequest, KmeLimits
 from ..topology import Topology
 from ..transport.pb import network_pb2 as pb
 from ..transport.pb import network_pb2_grpc as pb_grpc
@@ -135,6 +136,7 @@ class NetworkService(pb_grpc.NetworkServicer):
         self.random_bytes = random_bytes
         self.multipath_shares = multipath_shares
         self.clock = clock
+        self.max_waiting_keys = KmeLimits().max_key_count
         self.db = LinkStateDatabase(node_name)
         self.collector = ShareCollector()
         self.counters = RelayCounters()
@@ -273,7 +275,12 @@ class NetworkService(pb_grpc.NetworkServicer):
         if self.keystore is None:
             raise InsufficientKeyMaterial(f"node {self.node_name} has no key store (no data directory)")
         ours = [s for s in slave_saes if self._sae_node(s) == self.node_name]
-        self.keystore.put(key_id, master_sae, ours, key)
+        try:
+            self.keystore.put(key_id, master_sae, ours, key, max_waiting=self.max_waiting_keys)
+        except KeyStoreError as exc:
+            if "already" in str(exc) or "duplicate" in str(exc).lower():
+                return  # the same key arrived again (a retried relay): delivered once is delivered
+            raise
 
     def _sae_node(self, sae: str) -> str | None:
         try:

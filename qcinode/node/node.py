@@ -58,7 +58,7 @@ class NodeSettings:
     peer_template: str = "{name}:50051"
     data_dir: Path | None = None
     kme_listen: str | None = "127.0.0.1:0"  # ETSI 014 HTTPS host:port; None: no KME
-    multipath_shares: int = 1  # >1: relay each key as XOR shares over node-disjoint paths
+    multipath_shares: int | None = None  # override of the topology's relay.paths
     seed: int | None = None  # test-only: deterministic channel noise
 
     def __post_init__(self) -> None:
@@ -139,7 +139,7 @@ class Node:
             self._channel,
             self.keystore,
             random_bytes=self._key_source.bytes,
-            multipath_shares=settings.multipath_shares,
+            multipath_shares=settings.multipath_shares or topo.relay.paths,
         )
         self.kme_requests: Counter[str] = Counter()
         self.kme_runner: Any = None

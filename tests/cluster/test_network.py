@@ -165,3 +165,15 @@ def test_refusals_consume_no_key_material(chain: QciNetwork) -> None:
     assert status in (200, 503)
     if status == 503:
         assert body["message"]
+
+
+def test_multipath_relay_splits_each_key_over_node_disjoint_paths(tmp_path: Path) -> None:
+    for network in _network(tmp_path, RING.replace("name: ring\n", "name: ring\nrelay: {paths: 2}\n")):
+        status, enc, dec = get_keys(network, "app-a", "app-c", number=3)
+        assert status == 200
+        assert [k["key"] for k in enc] == [k["key"] for k in dec]
+        for key in enc:
+            paths = key["key_ID_extension"]["paths"]
+            assert sorted(paths) == [["r1", "r2", "r3"], ["r1", "r4", "r3"]]
+            inner = [set(p[1:-1]) for p in paths]
+            assert not inner[0] & inner[1], "shares must not meet at a trusted node"
