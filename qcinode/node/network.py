@@ -297,13 +297,16 @@ class NetworkService(pb_grpc.NetworkServicer):
         if destination == self.node_name:
             return 10**6
         need = pad_bytes_needed(size_bits // 8)
-        paths = self.db.paths(self.node_name, destination, need, limit=1)
-        if not paths:
-            return 0
+        if self.multipath_shares > 1:
+            paths = self.db.disjoint_paths(self.node_name, destination, need, self.multipath_shares)
+            if len(paths) < self.multipath_shares:
+                return 0
+        else:
+            paths = self.db.paths(self.node_name, destination, need, limit=1)
+            if not paths:
+                return 0
         edges = self.db.usable_edges(need)
-        path = paths[0]
-        bottleneck = min(edges[u][v] for u, v in zip(path, path[1:]))
-        return bottleneck // need
+        return min(min(edges[u][v] for u, v in zip(path, path[1:])) for path in paths) // need
 
     async def deliver(self, request: EncRequest) -> list[DeliveredKey]:
         destinations = sorted({node for s in request.slave_saes if (node := self._sae_node(s)) is not None})
