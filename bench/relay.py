@@ -1,0 +1,628 @@
+"""Key delivery through trusted-node relay, measured through the ETSI 014 API of real node processes.
+
+What is measured
+----------------
+Every figure comes from real node processes started by the real launcher
+(:func:`qcinode.testing.start_network`, i.e. :class:`qcinode.cluster.launcher.Cluster`,
+what ``qcinode up`` runs) in a temporary state directory, and from a client
+that speaks ETSI GS QKD 014 over HTTPS with mutual TLS
+(:class:`qcinode.kme.client.EtsiClient`, standard library only: one new TLS
+connection per request, as that client does). Links are 10 km with the
+topology defaults and ``postprocessing: {block_bits: 50000}``.
+
+1. **Latency per hop count.** A 6-node chain ``n0 - n1 - ... - n5`` at
+   ``emulation: {speed: max}``, SAEs ``sae-n0`` (master) at n0 and
+   ``sae-n1``, ``sae-n3``, ``sae-n5`` (slaves). For 1, 3 and 5 hops: 5
+   warm-up requests, then ``--requests`` sequential requests of one 256-bit
+   key: ``enc_keys`` at n0's KME (the key is relayed hop by hop and stored at
+   the slave's node before the answer), then ``dec_keys`` at the slave's KME.
+   Printed: p50 / p99 of ``enc_keys`` alone, ``dec_keys`` alone and
+   enc_keys -> dec_keys, in milliseconds, over the successful requests; the
+   number of 503 answers (a 503 is not retried; the client waits 50 ms and
+   sends the next request); that enc and dec keys were equal and the path in
+   ``key_ID_extension`` had the expected hop count.
+2. **Keys per second one node serves.** Same cluster, pair n0 -> n1 (one
+   hop): ``--concurrency`` client threads call ``enc_keys`` back to back for
+   ``--seconds`` with ``number`` = 1, then with ``number`` = 16 (keys are not
+   redeemed). Printed: keys/s, requests/s, 503 count (a thread that gets a
+   503 waits 10 ms), request latency p50 / p99, and the n0-n1 link's secret
+   key growth in the same window for comparison. Pools running dry is a
+   result, not an error.
+3. **Delivered rate against the bottleneck link.** A 4-node chain
+   ``m0 - m1 - m2 - m3`` (3 hops, SAEs ``sae-a`` at m0 and ``sae-b`` at m3) at
+   ``emulation.speed`` 1.0 (real time) with ``source.rate_hz`` = ``--rate-hz``.
+   The stock of key that grew while the network started is drained first
+   (requests until the first 503), then one client requests ``--rate-number``
+   keys of ``--key-bits`` per ``enc_keys`` as fast as the network gives them
+   (redeeming each with ``dec_keys``; on 503 it waits 50 ms) for
+   ``--rate-seconds``. Printed: delivered key bits per second; per link the
+   secret key rate over the same window from :func:`cluster_status`
+   (delta ``secret_bits`` / delta ``emulated_s``, and per wall second, so a
+   host that cannot keep real time is visible), the bottleneck, the ratio
+   delivered / bottleneck and the theoretical ceiling
+   ``bottleneck / 2 / (1 + 256 / key_bits)``: each relayed key bit spends one
+   pad bit on every hop plus a 256-bit one-time Poly1305 key per hop
+   (:func:`qcinode.core.relay.pad_bytes_needed`), and a link's pool is split
+   in halves, each end initiating only from its own half
+   (:mod:`qcinode.keys.pool`); every hop of this path is sent by the link's
+   Alice, so only Alice's halves are spent.
+
+After each cluster the node logs are scanned for warnings, errors and
+tracebacks, and the per-node relay counters (``cluster_status``) are printed.
+The clusters are always stopped (``Cluster.stop``) and the temporary
+directories removed, also on Ctrl-C or an exception.
+
+How to run
+----------
+::
+
+    python bench/relay.py --quick        # requests 20, seconds 5, rate-seconds 10: about 2 minutes
+    python bench/relay.py                # requests 100, seconds 10, rate-seconds 30
+    python bench/relay.py --concurrency 8 --rate-hz 1e8 --key-bits 1024
+
+Progress goes to stderr, the tables to stdout. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qcinode.cluster.launcher import cluster_status
+from qcinode.core.relay import MAC_KEY_BYTES
+from qcinode.kme.client import EtsiClient
+from qcinode.testing import QciNetwork, start_network
+
+LENGTH_KM = 10.0
+BLOCK_BITS = 50_000
+HOP_COUNTS = (1, 3, 5)
+WARMUP_REQUESTS = 5
+RETRY_AFTER_503_S = 0.05
+HAMMER_BACKOFF_S = 0.01
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- topologies
+
+
+def chain_topology(name: str, nodes: Sequence[str], saes: dict[str, list[str]], *, speed: float | str, rate_hz: float | None = None) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"postprocessing": {"block_bits": BLOCK_BITS}}
+    if rate_hz is not None:
+        defaults["source"] = {"rate_hz": float(rate_hz)}
+    return {
+        "name": name,
+        "defaults": defaults,
+        "emulation": {"speed": speed},
+        "nodes": [{"name": n, **({"saes": saes[n]} if n in saes else {})} for n in nodes],
+        "links": [{"between": [a, b], "length_km": LENGTH_KM} for a, b in zip(nodes, nodes[1:])],
+    }
+
+
+def launch(work: Path, mapping: dict[str, Any], ready_timeout_s: float) -> QciNetwork:
+    """Writes the topology and starts it; ``speed=None`` keeps the file's emulation speed."""
+    topology = work / "topology-source.yaml"
+    topology.write_text(yaml.safe_dump(mapping, sort_keys=False))
+    return start_network(topology, work / "state", speed=None, ready_timeout_s=ready_timeout_s)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def ms(values: Sequence[float]) -> str:
+    return f"{1e3 * percentile(values, 50):8.1f} {1e3 * percentile(values, 99):8.1f}"
+
+
+def scan_logs(state_dir: Path) -> dict[str, int]:
+    """Warnings, errors, tracebacks and non-JSON lines in the node logs, counted by node and event."""
+    found: Counter[str] = Counter()
+    for path in sorted((state_dir / "logs").glob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                found[f"{path.stem}: {'traceback' if 'Traceback' in line else 'non-JSON line'}"] += 1
+                continue
+            level = entry.get("level", "info")
+            event = entry.get("event", "?")
+            if level in ("warning", "error", "critical") or event in ("link.session_failed", "relay.path_failed", "relay.hop_failed"):
+                found[f"{path.stem}: {event} ({level})"] += 1
+    return dict(found)
+
+
+def print_network_counters(status: dict[str, Any]) -> None:
+    print("  per-node relay counters and ETSI 014 answers (cluster_status):")
+    for name, info in status["nodes"].items():
+        net = info.get("network") or {}
+        if "error" in info:
+            print(f"    {name}: NOT ANSWERING ({info['error']})")
+            continue
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted((net.get("relay_failures_by_reason") or {}).items())) or "-"
+        requests = ", ".join(f"{k}: {v}" for k, v in sorted((net.get("etsi014_requests") or {}).items())) or "-"
+        print(
+            f"    {name}: started {net.get('relays_started', 0)}, delivered {net.get('relays_delivered', 0)}, "
+            f"failed {net.get('relays_failed', 0)} ({reasons}), forwarded {net.get('relays_forwarded', 0)}, "
+            f"hops sent/received {net.get('relay_hops_sent', 0)}/{net.get('relay_hops_received', 0)}; ETSI: {requests}"
+        )
+
+
+def finish_cluster(network: QciNetwork | None, work: Path, keep: bool, label: str) -> None:
+    """Stops the cluster, reports exit codes and log findings, removes the temp dir."""
+    if network is not None:
+        log(f"{label}: stopping the cluster")
+        network.cluster.stop()
+        codes = {name: proc.returncode for name, proc in network.cluster.processes.items()}
+        odd = {n: c for n, c in codes.items() if c not in (0, None)}
+        print(f"  node exit codes after stop: {', '.join(f'{n} {c}' for n, c in codes.items())}" + (f"  (non-zero: {odd})" if odd else ""))
+    state_dir = work / "state"
+    if state_dir.exists():
+        findings = scan_logs(state_dir)
+        print("  log findings: " + (", ".join(f"{k} x{v}" for k, v in sorted(findings.items())) or "none"))
+    if keep:
+        log(f"{label}: state kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- 1. latency
+
+
+@dataclasses.dataclass(slots=True)
+class LatencyResult:
+    hops: int
+    enc_s: list[float] = dataclasses.field(default_factory=list)
+    dec_s: list[float] = dataclasses.field(default_factory=list)
+    total_s: list[float] = dataclasses.field(default_factory=list)
+    enc_503: int = 0
+    dec_503: int = 0
+    other: Counter[str] = dataclasses.field(default_factory=Counter)
+    mismatches: int = 0
+    wrong_paths: Counter[str] = dataclasses.field(default_factory=Counter)
+
+
+def one_key(network: QciNetwork, master: str, slave: str, result: LatencyResult | None, key_bits: int = 256) -> None:
+    """enc_keys at the master's KME then dec_keys at the slave's; timings go to ``result``."""
+    m, s = network.sae(master), network.sae(slave)
+    t0 = time.perf_counter()
+    status, enc = network.client(master).enc_keys(m.kme_url, slave, number=1, size_bits=key_bits)
+    t1 = time.perf_counter()
+    if status != 200:
+        if result is not None:
+            if status == 503:
+                result.enc_503 += 1
+            else:
+                result.other[f"enc {status}: {str(enc)[:120]}"] += 1
+        time.sleep(RETRY_AFTER_503_S)
+        return
+    ids = [k["key_ID"] for k in enc["keys"]]
+    t2 = time.perf_counter()
+    status, dec = network.client(slave).dec_keys(s.kme_url, master, ids)
+    t3 = time.perf_counter()
+    if result is None:
+        return
+    if status != 200:
+        if status == 503:
+            result.dec_503 += 1
+        else:
+            result.other[f"dec {status}: {str(dec)[:120]}"] += 1
+        return
+    result.enc_s.append(t1 - t0)
+    result.dec_s.append(t3 - t2)
+    result.total_s.append((t1 - t0) + (t3 - t2))
+    if [k["key"] for k in enc["keys"]] != [k["key"] for k in dec["keys"]] or [k["key_ID"] for k in dec["keys"]] != ids:
+        result.mismatches += 1
+    for k in enc["keys"]:
+        paths = (k.get("key_ID_extension") or {}).get("paths") or []
+        if [len(p) - 1 for p in paths] != [result.hops]:
+            result.wrong_paths[repr(paths)] += 1
+
+
+def run_latency(network: QciNetwork, requests: int) -> list[LatencyResult]:
+    results = []
+    for hops in HOP_COUNTS:
+        slave = f"sae-n{hops}"
+        log(f"latency: {hops} hop(s), sae-n0 -> {slave}: {WARMUP_REQUESTS} warm-up + {requests} requests")
+        for _ in range(WARMUP_REQUESTS):
+            one_key(network, "sae-n0", slave, None)
+        result = LatencyResult(hops)
+        for _ in range(requests):
+            one_key(network, "sae-n0", slave, result)
+        results.append(result)
+    return results
+
+
+def print_latency(results: Sequence[LatencyResult], requests: int) -> None:
+    print(f"\n== 1. latency, chain n0..n5, 10 km links, speed max; {requests} sequential requests of 1 x 256-bit key (after {WARMUP_REQUESTS} warm-up) ==")
+    print("   (each request opens a new HTTPS+mTLS connection, as EtsiClient does; latencies over successful requests)")
+    header = f"  {'hops':>4} {'pair':<16} {'ok':>4} {'enc p50':>8} {'enc p99':>8} {'dec p50':>8} {'dec p99':>8} {'e+d p50':>8} {'e+d p99':>8} {'503 enc/dec':>12}  checks"
+    print(header)
+    print("  " + "-" * (len(header) - 2))
+    for r in results:
+        checks = []
+        checks.append("keys equal" if not r.mismatches else f"{r.mismatches} KEY MISMATCHES")
+        checks.append("paths ok" if not r.wrong_paths else f"WRONG PATHS {dict(r.wrong_paths)}")
+        if r.other:
+            checks.append(f"other answers {dict(r.other)}")
+        print(
+            f"  {r.hops:>4} {'sae-n0->sae-n' + str(r.hops):<16} {len(r.total_s):>4} {ms(r.enc_s)} {ms(r.dec_s)} {ms(r.total_s)} "
+            f"{r.enc_503:>6}/{r.dec_503:<5}  {'; '.join(checks)}"
+        )
+    print("  milliseconds; p99 is nearest-rank (with fewer than 100 samples it is the maximum or close to it)")
+
+
+# --------------------------------------------------------------------------- 2. throughput
+
+
+@dataclasses.dataclass(slots=True)
+class ThroughputResult:
+    number: int
+    threads: int
+    seconds: float = 0.0
+    keys: int = 0
+    requests_ok: int = 0
+    requests_503: int = 0
+    other: Counter[str] = dataclasses.field(default_factory=Counter)
+    latencies_s: list[float] = dataclasses.field(default_factory=list)
+    link_secret_bits: int = 0
+    link_emulated_s: float = 0.0
+    pool_bits: tuple[int, int] = (0, 0)
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+
+def link_view(state_dir: Path, link_id: str) -> dict[str, Any]:
+    return dict(cluster_status(state_dir)["links"].get(link_id, {}))
+
+
+def run_throughput(network: QciNetwork, number: int, threads: int, seconds: float) -> ThroughputResult:
+    result = ThroughputResult(number, threads)
+    m = network.sae("sae-n0")
+    lock = threading.Lock()
+    start = threading.Barrier(threads + 1)
+    stop_at = [math.inf]
+
+    def worker() -> None:
+        client = network.client("sae-n0")
+        keys = ok = refused = 0
+        other: Counter[str] = Counter()
+        lat: list[float] = []
+        start.wait()
+        try:
+            while time.monotonic() < stop_at[0]:
+                t0 = time.perf_counter()
+                try:
+                    status, body = client.enc_keys(m.kme_url, "sae-n1", number=number, size_bits=256)
+                except OSError as exc:
+                    other[f"{type(exc).__name__}: {exc}"[:120]] += 1
+                    time.sleep(HAMMER_BACKOFF_S)
+                    continue
+                dt = time.perf_counter() - t0
+                if status == 200:
+                    ok += 1
+                    keys += len(body["keys"])
+                    lat.append(dt)
+                elif status == 503:
+                    refused += 1
+                    time.sleep(HAMMER_BACKOFF_S)
+                else:
+                    other[f"{status}: {str(body)[:120]}"] += 1
+        except Exception as exc:  # noqa: BLE001 - reported
+            with lock:
+                result.errors.append(f"{type(exc).__name__}: {exc}")
+        with lock:
+            result.keys += keys
+            result.requests_ok += ok
+            result.requests_503 += refused
+            result.other.update(other)
+            result.latencies_s.extend(lat)
+
+    log(f"throughput: {threads} threads, number={number}, {seconds:g} s, sae-n0 -> sae-n1")
+    before = link_view(network.state_dir, "n0-n1")
+    pool = [tuple_pool(before)]
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    t_start = time.monotonic()
+    stop_at[0] = t_start + seconds
+    start.wait()
+    for t in workers:
+        t.join(timeout=seconds + 120)
+    t_end = time.monotonic()
+    after = link_view(network.state_dir, "n0-n1")
+    result.seconds = t_end - t_start
+    result.link_secret_bits = int(after.get("secret_bits", 0)) - int(before.get("secret_bits", 0))
+    result.link_emulated_s = float(after.get("emulated_s", 0.0)) - float(before.get("emulated_s", 0.0))
+    result.pool_bits = (pool[0][0], tuple_pool(after)[0])
+    if any(t.is_alive() for t in workers):
+        result.errors.append("a client thread was still running 120 s after the window")
+    return result
+
+
+def tuple_pool(view: dict[str, Any]) -> tuple[int, int]:
+    return int(view.get("alice_pool_bits") or 0), int(view.get("bob_pool_bits") or 0)
+
+
+def print_throughput(results: Sequence[ThroughputResult]) -> None:
+    print("\n== 2. keys per second served by one node: enc_keys at n0 for sae-n1 (1 hop), 256-bit keys, concurrent client threads ==")
+    print("   (no dec_keys; a thread that gets 503 waits 10 ms; every request opens a new HTTPS+mTLS connection)")
+    header = (
+        f"  {'number':>6} {'threads':>7} {'window s':>8} {'keys':>7} {'keys/s':>8} {'req ok':>7} {'req/s':>7} {'503':>6} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'key bits/s':>10} {'link n0-n1 secret bit/s':>23} {'pool bits n0 start->end':>24}"
+    )
+    print(header)
+    print("  " + "-" * (len(header) - 2))
+    for r in results:
+        s = r.seconds or math.nan
+        link_rate = r.link_secret_bits / s
+        print(
+            f"  {r.number:>6} {r.threads:>7} {r.seconds:>8.1f} {r.keys:>7} {r.keys / s:>8.1f} {r.requests_ok:>7} "
+            f"{r.requests_ok / s:>7.1f} {r.requests_503:>6} {1e3 * percentile(r.latencies_s, 50):>7.1f} "
+            f"{1e3 * percentile(r.latencies_s, 99):>7.1f} {256 * r.keys / s:>10.4g} {link_rate:>23.4g} "
+            f"{r.pool_bits[0]:>11} -> {r.pool_bits[1]:<10}"
+        )
+        for what, count in r.other.items():
+            print(f"      other answer x{count}: {what}")
+        for error in r.errors:
+            print(f"      ERROR: {error}")
+    print(
+        "  link secret bit/s is per wall second of the window (speed max); a 256-bit key relayed over one hop spends\n"
+        f"  {8 * (MAC_KEY_BYTES + 32)} bits of n0's half of the n0-n1 pool, so the link alone can feed at most\n"
+        f"  (secret bit/s / 2) / {8 * (MAC_KEY_BYTES + 32)} keys/s; pool bits are both halves as n0 sees them."
+    )
+
+
+# --------------------------------------------------------------------------- 3. delivered vs bottleneck
+
+
+@dataclasses.dataclass(slots=True)
+class RateResult:
+    key_bits: int
+    number: int
+    rate_hz: float
+    drain_s: float = 0.0
+    drained_keys: int = 0
+    seconds: float = 0.0
+    keys: int = 0
+    requests_ok: int = 0
+    requests_503: int = 0
+    dec_failures: Counter[str] = dataclasses.field(default_factory=Counter)
+    other: Counter[str] = dataclasses.field(default_factory=Counter)
+    mismatches: int = 0
+    links: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    error: str = ""
+
+
+RATE_NODES = ("m0", "m1", "m2", "m3")
+RATE_LINKS = tuple(f"{a}-{b}" for a, b in zip(RATE_NODES, RATE_NODES[1:]))
+
+
+def rate_client(network: QciNetwork, result: RateResult, until: float, *, count: bool) -> tuple[int, int]:
+    """Requests keys until ``until`` (monotonic) or, when not counting, until the first 503.
+
+    Returns (keys obtained, 503 answers).
+    """
+    m, s = network.sae("sae-a"), network.sae("sae-b")
+    master, slave = network.client("sae-a"), network.client("sae-b")
+    keys = refused = 0
+    while time.monotonic() < until:
+        try:
+            status, enc = master.enc_keys(m.kme_url, "sae-b", number=result.number, size_bits=result.key_bits)
+        except OSError as exc:
+            result.other[f"enc {type(exc).__name__}: {exc}"[:120]] += 1
+            time.sleep(RETRY_AFTER_503_S)
+            continue
+        if status == 503:
+            refused += 1
+            if not count:
+                break
+            time.sleep(RETRY_AFTER_503_S)
+            continue
+        if status != 200:
+            result.other[f"enc {status}: {str(enc)[:120]}"] += 1
+            time.sleep(RETRY_AFTER_503_S)
+            continue
+        keys += len(enc["keys"])
+        if count:
+            result.requests_ok += 1
+        ids = [k["key_ID"] for k in enc["keys"]]
+        try:
+            dstatus, dec = slave.dec_keys(s.kme_url, "sae-a", ids)
+        except OSError as exc:
+            result.dec_failures[f"{type(exc).__name__}: {exc}"[:120]] += 1
+            continue
+        if dstatus != 200:
+            result.dec_failures[f"{dstatus}: {str(dec)[:120]}"] += 1
+        elif [k["key"] for k in dec["keys"]] != [k["key"] for k in enc["keys"]]:
+            result.mismatches += 1
+        elif any(len(base64.b64decode(k["key"])) * 8 != result.key_bits for k in enc["keys"]):
+            result.mismatches += 1
+    return keys, refused
+
+
+def link_snapshot(state_dir: Path) -> tuple[float, dict[str, dict[str, Any]]]:
+    status = cluster_status(state_dir)
+    return time.monotonic(), {lid: dict(status["links"].get(lid, {})) for lid in RATE_LINKS}
+
+
+def run_rate(args: argparse.Namespace, keep: bool) -> RateResult:
+    result = RateResult(key_bits=args.key_bits, number=args.rate_number, rate_hz=args.rate_hz)
+    work = Path(tempfile.mkdtemp(prefix="qcinode-bench-relay-rate-"))
+    network: QciNetwork | None = None
+    mapping = chain_topology("bench-relay-rate", RATE_NODES, {"m0": ["sae-a"], "m3": ["sae-b"]}, speed=1.0, rate_hz=args.rate_hz)
+    print(f"\n== 3. delivered key rate vs the bottleneck link: chain m0..m3 (3 hops), 10 km links, speed 1.0, rate_hz {args.rate_hz:.3g} ==")
+    try:
+        log(f"rate: starting 4 nodes in {work}")
+        t0 = time.monotonic()
+        network = launch(work, mapping, args.ready_timeout)
+        log(f"rate: keys flow after {time.monotonic() - t0:.1f} s; draining the stock")
+        t1 = time.monotonic()
+        result.drained_keys, _ = rate_client(network, result, t1 + args.drain_timeout, count=False)
+        result.drain_s = time.monotonic() - t1
+        log(f"rate: drained {result.drained_keys} keys in {result.drain_s:.1f} s; measuring for {args.rate_seconds:g} s")
+        w0, first = link_snapshot(network.state_dir)
+        keys, refused = rate_client(network, result, w0 + args.rate_seconds, count=True)
+        w1, last = link_snapshot(network.state_dir)
+        result.seconds = w1 - w0
+        result.keys, result.requests_503 = keys, refused
+        for lid in RATE_LINKS:
+            a, b = first.get(lid, {}), last.get(lid, {})
+            result.links[lid] = {
+                "secret_bits": int(b.get("secret_bits", 0)) - int(a.get("secret_bits", 0)),
+                "emulated_s": float(b.get("emulated_s", 0.0)) - float(a.get("emulated_s", 0.0)),
+                "blocks_done": int(b.get("blocks_done", 0)) - int(a.get("blocks_done", 0)),
+                "blocks_aborted": int(b.get("blocks_aborted", 0)) - int(a.get("blocks_aborted", 0)),
+                "pool_start": int(a.get("alice_pool_bits") or 0),
+                "pool_end": int(b.get("alice_pool_bits") or 0),
+                "state": b.get("state", "?"),
+            }
+        print_rate(result)
+        print_network_counters(cluster_status(network.state_dir))
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - printed; the cluster is stopped below
+        result.error = f"{type(exc).__name__}: {exc}"
+        print(f"  ERROR: {result.error}")
+    finally:
+        finish_cluster(network, work, keep, "rate")
+    return result
+
+
+def print_rate(r: RateResult) -> None:
+    s = r.seconds or math.nan
+    delivered = r.keys * r.key_bits / s
+    print(
+        f"  stock drained before the window: {r.drained_keys} keys in {r.drain_s:.1f} s; window {r.seconds:.1f} s wall; "
+        f"requests of {r.number} x {r.key_bits}-bit keys, enc_keys then dec_keys, 50 ms pause after a 503"
+    )
+    print(f"  delivered: {r.keys} keys in {r.requests_ok} requests ({r.requests_503} answers 503) = {delivered:.4g} key bits/s")
+    if r.mismatches or r.dec_failures or r.other:
+        print(f"  PROBLEMS: {r.mismatches} enc/dec key mismatches; dec_keys failures {dict(r.dec_failures)}; other answers {dict(r.other)}")
+    header = f"  {'link':<8} {'state':<6} {'secret bits':>11} {'emul. s':>8} {'emul/wall':>9} {'SKR bit/emul-s':>14} {'SKR bit/wall-s':>14} {'blocks ok/ab':>12} {'Alice pool bits start->end':>27}"
+    print(header)
+    print("  " + "-" * (len(header) - 2))
+    rates_emul: dict[str, float] = {}
+    rates_wall: dict[str, float] = {}
+    for lid, v in r.links.items():
+        emul = v["emulated_s"]
+        rates_emul[lid] = v["secret_bits"] / emul if emul > 0 else 0.0
+        rates_wall[lid] = v["secret_bits"] / s
+        print(
+            f"  {lid:<8} {v['state']:<6} {int(v['secret_bits']):>11} {emul:>8.1f} {emul / s:>9.2f} {rates_emul[lid]:>14.4g} "
+            f"{rates_wall[lid]:>14.4g} {int(v['blocks_done']):>6}/{int(v['blocks_aborted']):<5} {int(v['pool_start']):>13} -> {int(v['pool_end']):<11}"
+        )
+    if not rates_emul:
+        return
+    mac_bits = 8 * MAC_KEY_BYTES
+    overhead = 1 + mac_bits / r.key_bits
+    for label, rates in (("per emulated second", rates_emul), ("per wall second", rates_wall)):
+        link = min(rates, key=lambda k: rates[k])
+        bottleneck = rates[link]
+        ceiling = bottleneck / 2 / overhead
+        ratio = delivered / bottleneck if bottleneck > 0 else math.nan
+        print(
+            f"  bottleneck {label}: {link} {bottleneck:.4g} bit/s; delivered / bottleneck = {ratio:.3f}; "
+            f"ceiling = {bottleneck:.4g} / 2 / (1 + {mac_bits}/{r.key_bits}) = {ceiling:.4g} bit/s "
+            f"(ratio {1 / 2 / overhead:.3f}); delivered / ceiling = {delivered / ceiling if ceiling > 0 else math.nan:.3f}"
+        )
+    print(
+        "  why delivered < bottleneck: a relayed key is sent over EVERY hop as a one-time pad (key_bits of link key) plus a\n"
+        f"  one-time Poly1305 key ({mac_bits} bits) per hop, so each hop's link spends key_bits + {mac_bits} bits per key_bits delivered;\n"
+        "  each link's pool is split in halves and a hop's sender may initiate only from its own half, and on this chain every\n"
+        "  hop is sent by the link's Alice, so only half of each link's secret key can carry relays in this direction.\n"
+        f"  Ceiling = bottleneck / 2 / (1 + {mac_bits} / key_bits). At speed 1.0 emul/wall should be 1.00: a smaller figure\n"
+        "  means the host cannot run the links in real time, and then the per-wall-second line is the one to compare with."
+    )
+
+
+# --------------------------------------------------------------------------- chain of six
+
+
+def run_chain(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="qcinode-bench-relay-chain-"))
+    network: QciNetwork | None = None
+    nodes = [f"n{i}" for i in range(6)]
+    saes = {"n0": ["sae-n0"], "n1": ["sae-n1"], "n3": ["sae-n3"], "n5": ["sae-n5"]}
+    mapping = chain_topology("bench-relay-chain", nodes, saes, speed="max")
+    try:
+        log(f"chain: starting 6 nodes in {work}")
+        t0 = time.monotonic()
+        network = launch(work, mapping, args.ready_timeout)
+        log(f"chain: every SAE pair has key after {time.monotonic() - t0:.1f} s")
+        latency = run_latency(network, args.requests)
+        print_latency(latency, args.requests)
+        throughput = [run_throughput(network, number, args.concurrency, args.seconds) for number in (1, 16)]
+        print_throughput(throughput)
+        print("\n== chain n0..n5 after parts 1 and 2 ==")
+        print_network_counters(cluster_status(network.state_dir))
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - printed; the cluster is stopped below
+        print(f"  ERROR (chain): {type(exc).__name__}: {exc}")
+    finally:
+        finish_cluster(network, work, args.keep, "chain")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests", type=int, default=100, help="part 1: timed requests per hop count (after 5 warm-up)")
+    p.add_argument("--concurrency", type=int, default=4, help="part 2: client threads")
+    p.add_argument("--seconds", type=float, default=10.0, help="part 2: window per request size")
+    p.add_argument("--rate-seconds", type=float, default=30.0, help="part 3: measuring window")
+    p.add_argument("--rate-hz", type=float, default=2e8, help="part 3: source.rate_hz of every link (speed 1.0)")
+    p.add_argument("--key-bits", type=int, default=256, help="part 3: size of the keys requested")
+    p.add_argument("--rate-number", type=int, default=1, help="part 3: keys per enc_keys request")
+    p.add_argument("--drain-timeout", type=float, default=60.0, help="part 3: most seconds spent draining the start-up stock")
+    p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait until every SAE pair can get a key")
+    p.add_argument("--quick", action="store_true", help="requests 20, seconds 5, rate-seconds 10")
+    p.add_argument("--skip", action="append", choices=("chain", "rate"), default=[], help="skip parts 1+2 (chain) or 3 (rate)")
+    p.add_argument("--keep", action="store_true", help="keep the state directories (logs) after the run")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.requests, args.seconds, args.rate_seconds = 20, 5.0, 10.0
+    if args.key_bits % 8 or not 64 <= args.key_bits <= 8192:
+        p.error("--key-bits must be a multiple of 8 within 64..8192 (the KME's limits)")
+    print(
+        f"qcinode relay bench: {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f}; links {LENGTH_KM:g} km, "
+        f"block_bits {BLOCK_BITS}; requests {args.requests}, concurrency {args.concurrency}, seconds {args.seconds:g}, "
+        f"rate-seconds {args.rate_seconds:g}, rate-hz {args.rate_hz:.3g}, key-bits {args.key_bits}"
+    )
+    started = time.monotonic()
+    try:
+        if "chain" not in args.skip:
+            run_chain(args)
+        if "rate" not in args.skip:
+            run_rate(args, args.keep)
+    except KeyboardInterrupt:
+        log("interrupted; clusters were stopped")
+        return 130
+    print(f"\ntotal wall time {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
