@@ -177,3 +177,40 @@ def test_multipath_relay_splits_each_key_over_node_disjoint_paths(tmp_path: Path
             assert sorted(paths) == [["r1", "r2", "r3"], ["r1", "r4", "r3"]]
             inner = [set(p[1:-1]) for p in paths]
             assert not inner[0] & inner[1], "shares must not meet at a trusted node"
+
+
+def test_no_path_with_key_is_503_and_consumes_nothing(tmp_path: Path) -> None:
+    from qcinode.cluster.launcher import cluster_status, running_cluster
+    from qcinode.kme.client import EtsiClient
+
+    topology = tmp_path / "dead-end.yaml"
+    topology.write_text("name: dead-end\n" + LINK_DEFAULTS + """
+nodes:
+  - {name: d1, saes: [app-1]}
+  - {name: d2}
+  - {name: d3, saes: [app-3]}
+links:
+  - {between: [d1, d2], length_km: 10}
+  - {between: [d2, d3], length_km: 400}   # dark counts only: QBER 50 %, never any key
+""")
+    with running_cluster(topology, tmp_path / "state") as cluster:
+        state = cluster.state_dir
+
+        def first_hop_pool() -> int:
+            links = cluster_status(state)["links"]
+            return int(links.get("d1-d2", {}).get("alice_pool_bits") or 0)
+
+        deadline = time.monotonic() + 60
+        while first_hop_pool() == 0 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert first_hop_pool() > 0
+        info = __import__("json").loads((state / "cluster.json").read_text())
+        client = EtsiClient(state / info["ca"], state / info["saes"]["app-1"]["cert"], state / info["saes"]["app-1"]["key"])
+        url = info["nodes"]["d1"]["etsi014"]
+        status, body = client.status(url, "app-3")
+        assert status == 200 and body["stored_key_count"] == 0
+        before = first_hop_pool()
+        status, body = client.enc_keys(url, "app-3", number=1)
+        assert status == 503 and body["message"]
+        assert first_hop_pool() >= before, "a refused request must not spend the first hop's key"
+        assert cluster_status(state)["nodes"]["d1"]["network"]["relay_hops_sent"] == 0
