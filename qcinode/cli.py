@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--peer-template", default=_env("PEER_TEMPLATE", "{name}:50051"), help="address of neighbours not given with --peer")
     node.add_argument("--data-dir", type=Path, default=_env("DATA_DIR"), help="link pools and SAE keys (default ./qcinode-data/NAME)")
     node.add_argument("--kme-listen", default=_env("KME_LISTEN", "0.0.0.0:8443"), help="ETSI GS QKD 014 HTTPS host:port")
+    node.add_argument("--metrics-listen", default=_env("METRICS_LISTEN", "0.0.0.0:9464"), help="Prometheus /metrics HTTP host:port")
     node.add_argument("--multipath", type=int, default=None, help="override the topology's relay.paths")
     node.add_argument("--port-file", type=Path, default=None, help="write the bound gRPC port here once serving")
     node.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # tests: deterministic noise AND key bits
@@ -168,6 +169,7 @@ def _node(args: argparse.Namespace) -> int:
         peer_template=args.peer_template,
         data_dir=args.data_dir or Path("qcinode-data") / args.name,
         kme_listen=args.kme_listen,
+        metrics_listen=args.metrics_listen,
         multipath_shares=args.multipath,
         seed=args.seed,
     )

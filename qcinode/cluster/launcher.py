@@ -76,6 +76,7 @@ class Cluster:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
         self.kme_ports: dict[str, int] = {}
+        self.metrics_ports: dict[str, int] = {}
 
     @property
     def certs_dir(self) -> Path:
@@ -101,6 +102,7 @@ class Cluster:
         make_certificates(_cert_plan(self.topology), self.certs_dir)
         self.ports = {node.name: free_port() for node in self.topology.nodes}
         self.kme_ports = {node.name: free_port() for node in self.topology.nodes}
+        self.metrics_ports = {node.name: free_port() for node in self.topology.nodes}
 
     def start(self) -> None:
         for node in self.topology.nodes:
@@ -116,6 +118,7 @@ class Cluster:
             "--data-dir", str(self.state_dir / "data" / name),
             "--listen", f"127.0.0.1:{self.ports[name]}",
             "--kme-listen", f"127.0.0.1:{self.kme_ports[name]}",
+            "--metrics-listen", f"127.0.0.1:{self.metrics_ports[name]}",
         ]  # fmt: skip
         for peer in self.topology.neighbours(name):
             args += ["--peer", f"{peer}=127.0.0.1:{self.ports[peer]}"]
@@ -138,8 +141,7 @@ class Cluster:
                     "pid": proc.pid,
                     "grpc": f"127.0.0.1:{self.ports[name]}",
                     "etsi014": f"https://127.0.0.1:{self.kme_ports[name]}",
-                    # Prometheus metrics are not served yet: see README "Status".
-                    "metrics": None,
+                    "metrics": f"http://127.0.0.1:{self.metrics_ports[name]}/metrics",
                     "log": f"logs/{name}.log",
                 }
                 for name, proc in self.processes.items()

@@ -37,6 +37,7 @@ from ..kme.handlers import Kme
 from ..kme.server import make_app, start_kme_server, tls_context
 from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc, network_pb2, network_pb2_grpc
 from .link import AliceWorker, BobEndpoint, peer_common_name
+from .metrics import NodeMetrics, start_metrics_server
 from .network import NetworkService
 from .runtime import LinkRuntime
 
@@ -58,6 +59,7 @@ class NodeSettings:
     peer_template: str = "{name}:50051"
     data_dir: Path | None = None
     kme_listen: str | None = "127.0.0.1:0"  # ETSI 014 HTTPS host:port; None: no KME
+    metrics_listen: str | None = "127.0.0.1:0"  # Prometheus /metrics host:port; None: not served
     multipath_shares: int | None = None  # override of the topology's relay.paths
     seed: int | None = None  # test-only: deterministic channel noise
 
@@ -144,6 +146,9 @@ class Node:
         self.kme_requests: Counter[str] = Counter()
         self.kme_runner: Any = None
         self.kme_port: int | None = None
+        self.metrics = NodeMetrics(self.status)
+        self.metrics_runner: Any = None
+        self.metrics_port: int | None = None
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
         self.health = health.aio.HealthServicer()
@@ -214,6 +219,9 @@ class Node:
         self._tasks.append(asyncio.create_task(self._guard(self.network.run_adverts(), "routing")))
         if self.settings.kme_listen is not None and self.keystore is not None:
             await self._start_kme()
+        if self.settings.metrics_listen is not None:
+            host, _, mport = self.settings.metrics_listen.rpartition(":")
+            self.metrics_runner, self.metrics_port = await start_metrics_server(self.metrics, host.strip("[]") or "0.0.0.0", int(mport))
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         for service in names[:4]:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -229,6 +237,7 @@ class Node:
 
         def on_request(endpoint: str, status: int, latency_s: float) -> None:
             self.kme_requests[f"{endpoint} {status}"] += 1
+            self.metrics.observe_request(endpoint, status, latency_s)
 
         kme = Kme(self.settings.name, sae_node, self.keystore)
         app = make_app(kme, self.network, on_request=on_request)
@@ -248,8 +257,9 @@ class Node:
 
     async def stop(self, grace_s: float = 2.0) -> None:
         await self.health.enter_graceful_shutdown()
-        if self.kme_runner is not None:
-            await self.kme_runner.cleanup()
+        for runner in (self.kme_runner, self.metrics_runner):
+            if runner is not None:
+                await runner.cleanup()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -269,7 +279,12 @@ class Node:
             "node": self.settings.name,
             "uptime_s": time.monotonic() - self.started,
             "links": [rt.status(include_digests) for rt in self.links.values()],
-            "network": {**self.network.status(), "kme_port": self.kme_port, "etsi014_requests": dict(self.kme_requests)},
+            "network": {
+                **self.network.status(),
+                "kme_port": self.kme_port,
+                "metrics_port": self.metrics_port,
+                "etsi014_requests": dict(self.kme_requests),
+            },
         }
 
 

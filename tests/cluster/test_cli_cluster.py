@@ -58,6 +58,9 @@ def test_up_detach_status_down(two_node_topology: Path, state_dir: Path) -> None
     seq = lambda block_id: int(block_id.rsplit("/", 1)[1])  # noqa: E731
     assert all(seq(b) > max(map(seq, alice)) for b in set(bob) - set(alice))
 
+    # Prometheus metrics agree with `qcinode status --json`.
+    check_metrics_against_status(state_dir, cluster)
+
     down = qcinode("down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stderr
     after = qcinode("status", "--state-dir", str(state_dir), "--json")
@@ -118,3 +121,32 @@ def test_kill_9_and_restart_keeps_both_ends_identical(two_node_topology: Path, t
             common = set(pools["alice"]) & set(pools["bob"])
             assert len(common) >= grown - 1
             assert all(pools["alice"][b] == pools["bob"][b] for b in common)
+
+
+def check_metrics_against_status(state_dir: Path, cluster: dict) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from qcinode.cluster.launcher import cluster_status
+
+    for name, node in cluster["nodes"].items():
+        assert node["metrics"].startswith("http://127.0.0.1:")
+        for _attempt in range(20):
+            before = cluster_status(state_dir)["nodes"][name]["links"][0]
+            with urllib.request.urlopen(node["metrics"], timeout=5) as response:
+                text = response.read().decode()
+            after = cluster_status(state_dir)["nodes"][name]["links"][0]
+            if before["blocks_done"] == after["blocks_done"]:
+                break  # no block ended while we looked: the figures must be equal
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        labels = (("link", after["link_id"]), ("peer", after["peer"]), ("role", after["role"]))
+        assert samples[("qcinode_link_qber", labels)] == pytest.approx(after["qber"])
+        assert samples[("qcinode_link_secret_bits_total", labels)] == after["secret_bits"]
+        assert samples[("qcinode_link_blocks_done_total", labels)] == after["blocks_done"]
+        assert samples[("qcinode_link_pool_bits", labels)] == after["pool_bits"]
+        assert ("process_resident_memory_bytes", ()) in samples

@@ -91,6 +91,12 @@ def test_chain_of_five_delivers_identical_keys_over_four_hops(chain: QciNetwork)
     # A key is redeemed once.
     again = chain.client("app-5").dec_keys(chain.sae("app-5").kme_url, "app-1", [enc[0]["key_ID"]])
     assert again[0] == 400
+    # No node logged key material: neither the keys' base64 nor their hex.
+    logs = "".join(p.read_text(errors="replace") for p in (chain.state_dir / "logs").glob("*.log"))
+    assert "relay.delivered" in logs
+    for key in enc:
+        raw = base64.b64decode(key["key"])
+        assert key["key"] not in logs and raw.hex() not in logs
 
 
 def test_ring_reroutes_around_a_killed_node_and_never_mismatches(ring: QciNetwork) -> None:

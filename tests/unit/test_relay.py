@@ -241,13 +241,13 @@ _headers = st.builds(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(_headers, _headers)
 def test_header_encoding_is_injective(a: RelayHeader, b: RelayHeader) -> None:
     assert (header_bytes(a) == header_bytes(b)) == (a == b)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(_headers, _headers, st.binary(max_size=4), st.binary(max_size=4))
 def test_header_and_ciphertext_are_bound_unambiguously(
     a: RelayHeader, b: RelayHeader, ca: bytes, cb: bytes
@@ -378,7 +378,7 @@ def _exhaustive_splits(key: bytes, count: int) -> list[list[bytes]]:
 
 @pytest.mark.parametrize("count", [2, 3])
 def test_every_strict_subset_of_shares_is_exactly_uniform(count: int) -> None:
-    for key in (b"\x00", b"\x5a"):
+    for key in (b"\x00", b"\x5a")[: 4 - count]:
         splits = _exhaustive_splits(key, count)
         for size in range(1, count):
             for subset in itertools.combinations(range(count), size):
@@ -392,11 +392,11 @@ def test_every_strict_subset_of_shares_is_exactly_uniform(count: int) -> None:
 @pytest.mark.parametrize("count", [4, 8])
 def test_strict_subsets_look_uniform_statistically(count: int) -> None:
     rng = random.Random(count)
-    n = 256 * 40
+    n = 256 * 24
     for key in (b"\x00", b"\xff"):
         splits = [split_shares(key, count, rng.randbytes) for _ in range(n)]
         subsets = [s for size in range(1, count) for s in itertools.combinations(range(count), size)]
-        for subset in subsets[:: max(1, len(subsets) // 40)] + [tuple(range(count - 1)), tuple(range(1, count))]:
+        for subset in rng.sample(subsets, 10) + [tuple(range(count - 1)), tuple(range(1, count))]:
             # Any linear leak of the key would show in the XOR of the subset.
             seen = collections.Counter(combine_shares([s[i] for i in subset]) for s in splits)
             chi2 = sum((seen.get(bytes([v]), 0) - n / 256) ** 2 / (n / 256) for v in range(256))

@@ -1,0 +1,131 @@
+"""Prometheus metrics of one node, served at ``/metrics`` (``qcinode_`` prefix).
+
+Link, relay and routing figures are read from the node's own counters at
+scrape time (a custom collector), so there is one source of truth and
+``qcinode status`` and ``/metrics`` always agree. ETSI 014 request latencies
+are observed as they happen. Process metrics (CPU, memory, file
+descriptors) come from prometheus-client's process collector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _NodeCollector(Collector):
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Any]:
+        status = self.status()
+        labels = ["link", "peer", "role"]
+
+        def gauge(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"qcinode_link_{name}", doc, labels=labels)
+
+        def counter(name: str, doc: str) -> CounterMetricFamily:
+            return CounterMetricFamily(f"qcinode_link_{name}", doc, labels=labels)
+
+        up = gauge("up", "1 while the link's post-processing session is up")
+        qber = gauge("qber", "Key-basis QBER of the latest block (fraction)")
+        efficiency = gauge("ec_efficiency", "Cascade efficiency f = leak / (n h(QBER)), cumulative")
+        pool = gauge("pool_bits", "Unused key in the link pool, both halves (bits)")
+        rate = gauge("secret_key_rate_bps", "Secret key rate per emulated second")
+        emulated = gauge("emulated_seconds", "Emulated time the link has run")
+        pulses = counter("pulses", "Pulses sent (or received) in finished blocks")
+        detections = counter("detections", "Detector clicks in finished blocks")
+        sifted = counter("sifted_bits", "Sifted bits in finished blocks")
+        secret = counter("secret_bits", "Secret bits added to the pool")
+        leak = counter("ec_leak_bits", "Bits disclosed by error correction")
+        done = counter("blocks_done", "Blocks accepted into the pool")
+        aborted = CounterMetricFamily("qcinode_link_blocks_aborted", "Blocks discarded, by cause", labels=[*labels, "reason"])
+        for link in status["links"]:
+            values = [link["link_id"], link["peer"], link["role"]]
+            up.add_metric(values, 1.0 if link["state"] == "up" else 0.0)
+            qber.add_metric(values, float(link["qber"]))
+            efficiency.add_metric(values, float(link["ec_efficiency"]))
+            pool.add_metric(values, float(link["pool_bits"]))
+            rate.add_metric(values, float(link["secret_key_rate_bps"]))
+            emulated.add_metric(values, float(link["emulated_s"]))
+            pulses.add_metric(values, float(link["pulses_sent"]))
+            detections.add_metric(values, float(link["detections"]))
+            sifted.add_metric(values, float(link["sifted_bits"]))
+            secret.add_metric(values, float(link["secret_bits"]))
+            leak.add_metric(values, float(link["ec_leak_bits"]))
+            done.add_metric(values, float(link["blocks_done"]))
+            for reason, count in link["aborts_by_reason"].items():
+                aborted.add_metric([*values, reason], float(count))
+        yield from (up, qber, efficiency, pool, rate, emulated, pulses, detections, sifted, secret, leak, done, aborted)
+
+        net = status.get("network", {})
+        relays = CounterMetricFamily("qcinode_relay_requests", "End-to-end key relays started at this node, by outcome", labels=["outcome"])
+        relays.add_metric(["delivered"], float(net.get("relays_delivered", 0)))
+        relays.add_metric(["failed"], float(net.get("relays_failed", 0)))
+        yield relays
+        hops = CounterMetricFamily("qcinode_relay_hops", "Relay hops, by direction", labels=["direction"])
+        hops.add_metric(["sent"], float(net.get("relay_hops_sent", 0)))
+        hops.add_metric(["received"], float(net.get("relay_hops_received", 0)))
+        hops.add_metric(["forwarded"], float(net.get("relays_forwarded", 0)))
+        yield hops
+        failures = CounterMetricFamily("qcinode_relay_failures", "Relay failures, by cause", labels=["reason"])
+        for reason, count in (net.get("relay_failures_by_reason") or {}).items():
+            failures.add_metric([reason], float(count))
+        yield failures
+        nodes = GaugeMetricFamily("qcinode_routing_known_nodes", "Nodes in the link-state database (this one included)")
+        nodes.add_metric([], float(len((net.get("routing") or {}).get("origins", {})) + 1))
+        yield nodes
+
+
+class NodeMetrics:
+    """The registry of one node and the hooks that feed it."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)
+        self.registry.register(_NodeCollector(status))
+        self.etsi_requests = Counter(
+            "qcinode_etsi014_requests", "ETSI GS QKD 014 requests, by endpoint and HTTP status", ["endpoint", "status"], registry=self.registry
+        )
+        self.etsi_latency = Histogram(
+            "qcinode_etsi014_request_seconds",
+            "ETSI GS QKD 014 request latency",
+            ["endpoint"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+
+    def observe_request(self, endpoint: str, status: int, latency_s: float) -> None:
+        self.etsi_requests.labels(endpoint, str(status)).inc()
+        self.etsi_latency.labels(endpoint).observe(latency_s)
+
+    def render(self) -> bytes:
+        out: bytes = generate_latest(self.registry)
+        return out
+
+    def app(self) -> web.Application:
+        async def metrics(_request: web.Request) -> web.Response:
+            return web.Response(body=self.render(), headers={"Content-Type": CONTENT_TYPE})
+
+        application = web.Application()
+        application.router.add_get("/metrics", metrics)
+        return application
+
+
+async def start_metrics_server(metrics: NodeMetrics, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serves ``/metrics`` over plain HTTP (Prometheus scrapes inside the cluster network)."""
+    runner = web.AppRunner(metrics.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
+    sockets = getattr(server, "sockets", None) or []
+    bound = int(sockets[0].getsockname()[1]) if sockets else port
+    return runner, bound
