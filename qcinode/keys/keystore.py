@@ -57,11 +57,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -74,6 +72,7 @@ from qcinode.errors import (
     RequestError,
     Unauthorized,
 )
+from qcinode.keys._sqlite import SqliteStore, open_database, require_name
 from qcinode.keys.linkstore import StorageKey
 
 __all__ = ["DATABASE_FILE", "SCHEMA_VERSION", "SaeKeyStore"]
@@ -86,7 +85,6 @@ SCHEMA_VERSION = 1
 
 _NONCE_BYTES = 12
 _AAD_DOMAIN = b"qcinode/saekeystore\x00"
-_BUSY_TIMEOUT_S = 10.0
 # Well under SQLite's default limit of bound parameters per statement.
 _IDS_PER_STATEMENT = 500
 
@@ -113,10 +111,12 @@ _SCHEMA = (
 )
 
 
-class SaeKeyStore:
+class SaeKeyStore(SqliteStore):
     """Keys waiting for slave SAEs at one node, in ``data_dir/sae_keys.sqlite3``, encrypted."""
 
-    __slots__ = ("_node_name", "_path", "_key", "_conn", "_lock", "_clock")
+    __slots__ = ("_key", "_clock")
+
+    _KIND = "SAE key store"
 
     def __init__(
         self,
@@ -139,25 +139,10 @@ class SaeKeyStore:
                 opened, or the database is corrupt or of a newer schema.
             LocalProtocolError: If ``node_name`` is not a non-empty str.
         """
-        _require_name(node_name, "node_name")
-        data_dir = Path(data_dir)
-        self._node_name = node_name
-        self._path = data_dir / DATABASE_FILE
+        super().__init__(data_dir, node_name, DATABASE_FILE)
         self._key = storage_key
         self._clock = clock
-        self._lock = threading.Lock()
-        _make_dir(data_dir)
-        self._conn: sqlite3.Connection | None = self._open_database()
-
-    @property
-    def path(self) -> Path:
-        """The database file."""
-        return self._path
-
-    @property
-    def node_name(self) -> str:
-        """The node whose keys this store holds."""
-        return self._node_name
+        self._conn = open_database(self._path, _SCHEMA, SCHEMA_VERSION, foreign_keys=True)
 
     def put(
         self,
@@ -185,15 +170,15 @@ class SaeKeyStore:
             InsufficientKeyMaterial: ``max_waiting`` would be exceeded.
             LocalProtocolError: Malformed arguments.
         """
-        _require_name(key_id, "key_id")
-        _require_name(master_sae, "master_sae")
+        require_name(key_id, "key_id")
+        require_name(master_sae, "master_sae")
         if isinstance(slave_saes, str):
             raise LocalProtocolError("slave_saes must be a sequence of SAE IDs, not a str")
         slaves = list(slave_saes)
         if not slaves:
             raise LocalProtocolError(f"key {key_id!r} has no slave SAE to store it for")
         for sae in slaves:
-            _require_name(sae, "slave SAE ID")
+            require_name(sae, "slave SAE ID")
         if len(set(slaves)) != len(slaves):
             raise LocalProtocolError(f"key {key_id!r}: duplicate slave SAE IDs {slaves!r}")
         if master_sae in slaves:
@@ -204,37 +189,27 @@ class SaeKeyStore:
         nonce, ciphertext = self._key.encrypt(
             bytes(key), self._associated_data(key_id, master_sae, slaves_json)
         )
-        with self._lock:
-            conn = self._require_open()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                if max_waiting is not None:
-                    for sae in slaves:
-                        if self._count(conn, master_sae, sae) >= max_waiting:
-                            raise InsufficientKeyMaterial(
-                                f"SAE {sae!r} already has {max_waiting} keys from {master_sae!r} "
-                                "waiting at node "
-                                f"{self._node_name!r}; it must redeem some before more are stored"
-                            )
-                conn.execute(
-                    "INSERT INTO sae_keys (key_id, master_sae, slave_saes, nonce, ciphertext, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (key_id, master_sae, slaves_json, nonce, ciphertext, float(self._clock())),
-                )
-                conn.executemany(
-                    "INSERT INTO pending (key_id, slave_sae) VALUES (?, ?)",
-                    [(key_id, sae) for sae in slaves],
-                )
-                conn.execute("COMMIT")
-            except sqlite3.IntegrityError:
-                self._rollback(conn)
-                raise KeyStoreError(f"key {key_id!r} is already stored in {self._path}") from None
-            except sqlite3.Error as exc:
-                self._rollback(conn)
-                raise KeyStoreError(f"cannot store key {key_id!r} in {self._path}: {exc}") from exc
-            except BaseException:
-                self._rollback(conn)
-                raise
+        with self._transaction(
+            f"cannot store key {key_id!r} in {self._path}",
+            integrity_failure=f"key {key_id!r} is already stored in {self._path}",
+        ) as conn:
+            if max_waiting is not None:
+                for sae in slaves:
+                    if self._count(conn, master_sae, sae) >= max_waiting:
+                        raise InsufficientKeyMaterial(
+                            f"SAE {sae!r} already has {max_waiting} keys from {master_sae!r} "
+                            "waiting at node "
+                            f"{self._node_name!r}; it must redeem some before more are stored"
+                        )
+            conn.execute(
+                "INSERT INTO sae_keys (key_id, master_sae, slave_saes, nonce, ciphertext, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (key_id, master_sae, slaves_json, nonce, ciphertext, float(self._clock())),
+            )
+            conn.executemany(
+                "INSERT INTO pending (key_id, slave_sae) VALUES (?, ?)",
+                [(key_id, sae) for sae in slaves],
+            )
 
     def take(
         self, requester_sae: str, master_sae: str, key_ids: Sequence[str]
@@ -258,13 +233,13 @@ class SaeKeyStore:
             KeyStoreError: The database cannot be read or written, or a row
                 fails authentication. Nothing changed.
         """
-        _require_name(requester_sae, "requester_sae")
-        _require_name(master_sae, "master_sae")
+        require_name(requester_sae, "requester_sae")
+        require_name(master_sae, "master_sae")
         if isinstance(key_ids, str):
             raise LocalProtocolError("key_ids must be a sequence of key IDs, not a str")
         ids = list(key_ids)
         for key_id in ids:
-            _require_name(key_id, "key_id")
+            require_name(key_id, "key_id")
         if not ids:
             raise RequestError("no key_ID given")
         duplicates = _duplicates(ids)
@@ -273,20 +248,8 @@ class SaeKeyStore:
                 "a key_ID appears more than once in the request",
                 [f"duplicate key_ID {key_id}" for key_id in duplicates],
             )
-        with self._lock:
-            conn = self._require_open()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                result = self._take_locked(conn, requester_sae, master_sae, ids)
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback(conn)
-                raise KeyStoreError(
-                    f"cannot redeem {len(ids)} key(s) from {self._path}: {exc}"
-                ) from exc
-            except BaseException:
-                self._rollback(conn)
-                raise
+        with self._transaction(f"cannot redeem {len(ids)} key(s) from {self._path}") as conn:
+            result = self._take_locked(conn, requester_sae, master_sae, ids)
         return result
 
     def count(self, master_sae: str, slave_sae: str) -> int:
@@ -295,12 +258,8 @@ class SaeKeyStore:
         Raises:
             KeyStoreError: The database cannot be read or the store is closed.
         """
-        with self._lock:
-            conn = self._require_open()
-            try:
-                return self._count(conn, master_sae, slave_sae)
-            except sqlite3.Error as exc:
-                raise KeyStoreError(f"cannot read {self._path}: {exc}") from exc
+        with self._reading(f"cannot read {self._path}") as conn:
+            return self._count(conn, master_sae, slave_sae)
 
     def total(self) -> int:
         """How many keys are stored (each counted once, whatever its number of slaves).
@@ -308,34 +267,9 @@ class SaeKeyStore:
         Raises:
             KeyStoreError: The database cannot be read or the store is closed.
         """
-        with self._lock:
-            conn = self._require_open()
-            try:
-                n: int = conn.execute("SELECT count(*) FROM sae_keys").fetchone()[0]
-            except sqlite3.Error as exc:
-                raise KeyStoreError(f"cannot read {self._path}: {exc}") from exc
+        with self._reading(f"cannot read {self._path}") as conn:
+            n: int = conn.execute("SELECT count(*) FROM sae_keys").fetchone()[0]
         return n
-
-    def close(self) -> None:
-        """Close the database. Idempotent; later calls raise KeyStoreError."""
-        with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except sqlite3.Error as exc:
-                raise KeyStoreError(f"cannot close {self._path}: {exc}") from exc
-
-    def __enter__(self) -> SaeKeyStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"SaeKeyStore(path={str(self._path)!r}, node_name={self._node_name!r})"
@@ -434,47 +368,6 @@ class SaeKeyStore:
             raise KeyStoreError(f"row of key {key_id!r} in {self._path} is malformed")
         return slaves
 
-    def _open_database(self) -> sqlite3.Connection:
-        try:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-            conn = sqlite3.connect(
-                self._path,
-                timeout=_BUSY_TIMEOUT_S,
-                isolation_level=None,
-                check_same_thread=False,  # serialised by self._lock
-            )
-        except sqlite3.Error as exc:
-            raise KeyStoreError(f"cannot open {self._path}: {exc}") from exc
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise KeyStoreError(f"cannot put {self._path} in WAL mode (got {mode!r})")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise KeyStoreError(
-                    f"{self._path} has schema version {version}; this qcinode reads up to "
-                    f"{SCHEMA_VERSION}"
-                )
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            conn.close()
-            raise KeyStoreError(f"cannot open {self._path}: {exc}") from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _require_open(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise KeyStoreError(f"SAE key store {self._path} is closed")
-        return self._conn
-
     def _associated_data(self, key_id: str, master_sae: str, slaves_json: str) -> bytes:
         # Length-prefixed fields, so ("ab", "c") and ("a", "bc") differ.
         parts = [_AAD_DOMAIN, struct.pack(">H", SCHEMA_VERSION)]
@@ -482,15 +375,6 @@ class SaeKeyStore:
             data = text.encode("utf-8")
             parts += [struct.pack(">I", len(data)), data]
         return b"".join(parts)
-
-    @staticmethod
-    def _rollback(conn: sqlite3.Connection) -> None:
-        # SQLite may already have rolled back (e.g. on SQLITE_FULL).
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
 
 
 def _encode_slaves(slaves: list[str]) -> str:
@@ -510,17 +394,3 @@ def _duplicates(ids: list[str]) -> list[str]:
             repeated.append(key_id)
         seen.add(key_id)
     return repeated
-
-
-def _make_dir(path: Path) -> None:
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise KeyStoreError(f"cannot create data directory {path}: {reason}") from None
-
-
-def _require_name(value: Any, what: str) -> None:
-    if not isinstance(value, str) or not value:
-        raise LocalProtocolError(f"{what} must be a non-empty str, got {value!r}")
-

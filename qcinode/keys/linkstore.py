@@ -44,20 +44,18 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sqlite3
 import struct
-import threading
 import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from qcinode.errors import KeyStoreError, LocalProtocolError
+from qcinode.keys._sqlite import SqliteStore, make_dir, open_database, os_reason, require_name
 
 __all__ = [
     "DATABASE_FILE",
@@ -79,7 +77,6 @@ SCHEMA_VERSION = 1
 _KEY_BYTES = 32
 _NONCE_BYTES = 12
 _AAD_DOMAIN = b"qcinode/linkstore\x00"
-_BUSY_TIMEOUT_S = 10.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS links (
@@ -135,8 +132,8 @@ class StorageKey:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise KeyStoreError(f"cannot read storage key {path}: {_os_reason(exc)}") from None
-        _make_dir(path.parent)
+            raise KeyStoreError(f"cannot read storage key {path}: {os_reason(exc)}") from None
+        make_dir(path.parent)
         return cls._create(path)
 
     @classmethod
@@ -160,7 +157,7 @@ class StorageKey:
                 return cls(path.read_bytes(), path)
             _fsync_dir(path.parent)
         except OSError as exc:
-            raise KeyStoreError(f"cannot create storage key {path}: {_os_reason(exc)}") from None
+            raise KeyStoreError(f"cannot create storage key {path}: {os_reason(exc)}") from None
         finally:
             try:
                 tmp.unlink()
@@ -188,10 +185,12 @@ class StorageKey:
         return f"StorageKey(path={str(self._path)!r})"
 
 
-class LinkStore:
+class LinkStore(SqliteStore):
     """Every link's state at one node, in ``data_dir/links.sqlite3``, encrypted."""
 
-    __slots__ = ("_node_name", "_path", "_key", "_conn", "_lock", "_clock")
+    __slots__ = ("_key", "_clock")
+
+    _KIND = "link store"
 
     def __init__(
         self,
@@ -214,15 +213,11 @@ class LinkStore:
                 rows (a new key could never read them).
             LocalProtocolError: If ``node_name`` is not a non-empty str.
         """
-        _require_name(node_name, "node_name")
         data_dir = Path(data_dir)
-        self._node_name = node_name
-        self._path = data_dir / DATABASE_FILE
+        super().__init__(data_dir, node_name, DATABASE_FILE)
         self._clock = clock
-        self._lock = threading.Lock()
-        _make_dir(data_dir)
         key_existed = (data_dir / KEY_FILE).exists()
-        self._conn: sqlite3.Connection | None = self._open_database()
+        self._conn = open_database(self._path, (_SCHEMA,), SCHEMA_VERSION)
         try:
             if not key_existed:
                 rows = self._row_count()
@@ -235,16 +230,6 @@ class LinkStore:
         except BaseException:
             self.close()
             raise
-
-    @property
-    def path(self) -> Path:
-        """The database file."""
-        return self._path
-
-    @property
-    def node_name(self) -> str:
-        """The node whose links this store holds."""
-        return self._node_name
 
     def save(self, link_id: str, state: dict[str, Any]) -> None:
         """Replace one link's state, atomically and durably (one transaction).
@@ -262,7 +247,7 @@ class LinkStore:
             LocalProtocolError: If ``link_id`` is not a non-empty str or
                 ``state`` is not a JSON-able dict.
         """
-        _require_name(link_id, "link_id")
+        require_name(link_id, "link_id")
         if not isinstance(state, dict):
             raise LocalProtocolError(f"state must be a dict, got {type(state).__name__}")
         try:
@@ -272,25 +257,13 @@ class LinkStore:
             raise LocalProtocolError(f"state of link {link_id!r} is not JSON-able: {exc}") from None
         plaintext = _compress(document.encode("utf-8"))
         nonce, ciphertext = self._key.encrypt(plaintext, self._associated_data(link_id))
-        with self._lock:
-            conn = self._require_open()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute(
-                    "INSERT INTO links (link_id, nonce, ciphertext, updated_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (link_id) DO UPDATE SET nonce = excluded.nonce, "
-                    "ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
-                    (link_id, nonce, ciphertext, float(self._clock())),
-                )
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback(conn)
-                raise KeyStoreError(
-                    f"cannot save link {link_id!r} to {self._path}: {exc}"
-                ) from exc
-            except BaseException:
-                self._rollback(conn)
-                raise
+        with self._transaction(f"cannot save link {link_id!r} to {self._path}") as conn:
+            conn.execute(
+                "INSERT INTO links (link_id, nonce, ciphertext, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (link_id) DO UPDATE SET nonce = excluded.nonce, "
+                "ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
+                (link_id, nonce, ciphertext, float(self._clock())),
+            )
 
     def load(self, link_id: str) -> dict[str, Any] | None:
         """One link's last saved state, or None if it was never saved.
@@ -301,15 +274,11 @@ class LinkStore:
                 database is corrupt, or the store is closed.
             LocalProtocolError: If ``link_id`` is not a non-empty str.
         """
-        _require_name(link_id, "link_id")
-        with self._lock:
-            conn = self._require_open()
-            try:
-                row = conn.execute(
-                    "SELECT nonce, ciphertext FROM links WHERE link_id = ?", (link_id,)
-                ).fetchone()
-            except sqlite3.Error as exc:
-                raise KeyStoreError(f"cannot read link {link_id!r} from {self._path}: {exc}") from exc
+        require_name(link_id, "link_id")
+        with self._reading(f"cannot read link {link_id!r} from {self._path}") as conn:
+            row = conn.execute(
+                "SELECT nonce, ciphertext FROM links WHERE link_id = ?", (link_id,)
+            ).fetchone()
         if row is None:
             return None
         nonce, ciphertext = row
@@ -339,78 +308,15 @@ class LinkStore:
             raise KeyStoreError(f"state of link {link_id!r} in {self._path} is not a JSON object")
         return state
 
-    def close(self) -> None:
-        """Close the database. Idempotent; later saves and loads raise."""
-        with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except sqlite3.Error as exc:
-                raise KeyStoreError(f"cannot close {self._path}: {exc}") from exc
-
-    def __enter__(self) -> LinkStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"LinkStore(path={str(self._path)!r}, node_name={self._node_name!r})"
 
     # -- internals -------------------------------------------------------
 
-    def _open_database(self) -> sqlite3.Connection:
-        try:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-            conn = sqlite3.connect(
-                self._path,
-                timeout=_BUSY_TIMEOUT_S,
-                isolation_level=None,
-                check_same_thread=False,  # serialised by self._lock
-            )
-        except sqlite3.Error as exc:
-            raise KeyStoreError(f"cannot open {self._path}: {exc}") from exc
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise KeyStoreError(f"cannot put {self._path} in WAL mode (got {mode!r})")
-            conn.execute("PRAGMA synchronous = FULL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise KeyStoreError(
-                    f"{self._path} has schema version {version}; this qcinode reads up to "
-                    f"{SCHEMA_VERSION}"
-                )
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(_SCHEMA)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            conn.close()
-            raise KeyStoreError(f"cannot open {self._path}: {exc}") from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
     def _row_count(self) -> int:
-        conn = self._require_open()
-        try:
+        with self._reading(f"cannot read {self._path}") as conn:
             count: int = conn.execute("SELECT count(*) FROM links").fetchone()[0]
-        except sqlite3.Error as exc:
-            raise KeyStoreError(f"cannot read {self._path}: {exc}") from exc
         return count
-
-    def _require_open(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise KeyStoreError(f"link store {self._path} is closed")
-        return self._conn
 
     def _associated_data(self, link_id: str) -> bytes:
         # Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
@@ -426,27 +332,11 @@ class LinkStore:
             )
         )
 
-    @staticmethod
-    def _rollback(conn: sqlite3.Connection) -> None:
-        # SQLite may already have rolled back (e.g. on SQLITE_FULL).
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-
 
 def _compress(data: bytes) -> bytes:
     """Huffman-only deflate in a standard zlib stream (see the module docstring)."""
     compressor = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_HUFFMAN_ONLY)
     return compressor.compress(data) + compressor.flush()
-
-
-def _make_dir(path: Path) -> None:
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KeyStoreError(f"cannot create data directory {path}: {_os_reason(exc)}") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -461,12 +351,3 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _os_reason(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
-
-
-def _require_name(value: Any, what: str) -> None:
-    if not isinstance(value, str) or not value:
-        raise LocalProtocolError(f"{what} must be a non-empty str, got {value!r}")
