@@ -30,8 +30,11 @@ topology defaults and ``postprocessing: {block_bits: 50000}``.
    result, not an error.
 3. **Delivered rate against the bottleneck link.** A 4-node chain
    ``m0 - m1 - m2 - m3`` (3 hops, SAEs ``sae-a`` at m0 and ``sae-b`` at m3) at
-   ``emulation.speed`` 1.0 (real time) with ``source.rate_hz`` = ``--rate-hz``.
-   The stock of key that grew while the network started is drained first
+   ``emulation.speed`` 1.0 (real time) with ``source.rate_hz`` = ``--rate-hz``
+   (default 3e6: at 10 km that is about 2.3 kbit/s of secret key per link,
+   which two busy CPUs emulate in real time; at 2e8 they managed only 5-8 %
+   of real time, and from 1e7 up one sequential client, not the links, is
+   the limit — the printout says so when it happens). The stock of key that grew while the network started is drained first
    (requests until the first 503), then one client requests ``--rate-number``
    keys of ``--key-bits`` per ``enc_keys`` as fast as the network gives them
    (redeeming each with ``dec_keys``; on 503 it waits 50 ms) for
@@ -139,21 +142,38 @@ def ms(values: Sequence[float]) -> str:
     return f"{1e3 * percentile(values, 50):8.1f} {1e3 * percentile(values, 99):8.1f}"
 
 
-def scan_logs(state_dir: Path) -> dict[str, int]:
-    """Warnings, errors, tracebacks and non-JSON lines in the node logs, counted by node and event."""
+def scan_logs(state_dir: Path) -> tuple[dict[str, int], list[str]]:
+    """Warnings, errors, tracebacks and non-JSON lines in the node logs, counted by node and event.
+
+    Also returns, for each traceback, the node and its last line (the exception).
+    """
     found: Counter[str] = Counter()
+    samples: list[str] = []
     for path in sorted((state_dir / "logs").glob("*.log")):
+        in_traceback = False
+        last_plain = ""
         for line in path.read_text(errors="replace").splitlines():
             try:
                 entry = json.loads(line)
             except ValueError:
                 found[f"{path.stem}: {'traceback' if 'Traceback' in line else 'non-JSON line'}"] += 1
+                in_traceback = in_traceback or "Traceback" in line
+                last_plain = line.strip()
+                continue
+            if in_traceback:
+                samples.append(f"{path.stem}: {last_plain[:200]}")
+                in_traceback = False
+            if not isinstance(entry, dict):
                 continue
             level = entry.get("level", "info")
             event = entry.get("event", "?")
             if level in ("warning", "error", "critical") or event in ("link.session_failed", "relay.path_failed", "relay.hop_failed"):
                 found[f"{path.stem}: {event} ({level})"] += 1
-    return dict(found)
+                if level in ("error", "critical") and entry.get("exception"):
+                    samples.append(f"{path.stem}: {event}: {str(entry['exception']).strip().splitlines()[-1][:200]}")
+        if in_traceback:
+            samples.append(f"{path.stem}: {last_plain[:200]}")
+    return dict(found), samples
 
 
 def print_network_counters(status: dict[str, Any]) -> None:
@@ -182,8 +202,10 @@ def finish_cluster(network: QciNetwork | None, work: Path, keep: bool, label: st
         print(f"  node exit codes after stop: {', '.join(f'{n} {c}' for n, c in codes.items())}" + (f"  (non-zero: {odd})" if odd else ""))
     state_dir = work / "state"
     if state_dir.exists():
-        findings = scan_logs(state_dir)
+        findings, samples = scan_logs(state_dir)
         print("  log findings: " + (", ".join(f"{k} x{v}" for k, v in sorted(findings.items())) or "none"))
+        for sample in samples[:10]:
+            print(f"    exception in {sample}")
     if keep:
         log(f"{label}: state kept in {work}")
     else:
@@ -292,11 +314,18 @@ class ThroughputResult:
     link_secret_bits: int = 0
     link_emulated_s: float = 0.0
     pool_bits: tuple[int, int] = (0, 0)
+    total_pool_bits: tuple[int, int] = (0, 0)
+    relays_delivered: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)
 
 
-def link_view(state_dir: Path, link_id: str) -> dict[str, Any]:
-    return dict(cluster_status(state_dir)["links"].get(link_id, {}))
+def own_half_bits(status: dict[str, Any], node: str, link_id: str) -> int:
+    """Bits ``node`` may still initiate from on ``link_id`` (its own half of the pool), from its last routing advert (<= 1 s old)."""
+    origin = (((status["nodes"].get(node) or {}).get("network") or {}).get("routing") or {}).get("origins", {}).get(node) or {}
+    for link in origin.get("links", []):
+        if link.get("link_id") == link_id:
+            return 8 * int(link.get("available_out_bytes", 0))
+    return -1
 
 
 def run_throughput(network: QciNetwork, number: int, threads: int, seconds: float) -> ThroughputResult:
@@ -342,8 +371,8 @@ def run_throughput(network: QciNetwork, number: int, threads: int, seconds: floa
             result.latencies_s.extend(lat)
 
     log(f"throughput: {threads} threads, number={number}, {seconds:g} s, sae-n0 -> sae-n1")
-    before = link_view(network.state_dir, "n0-n1")
-    pool = [tuple_pool(before)]
+    status_before = cluster_status(network.state_dir)
+    before = dict(status_before["links"].get("n0-n1", {}))
     workers = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
     for t in workers:
         t.start()
@@ -353,18 +382,18 @@ def run_throughput(network: QciNetwork, number: int, threads: int, seconds: floa
     for t in workers:
         t.join(timeout=seconds + 120)
     t_end = time.monotonic()
-    after = link_view(network.state_dir, "n0-n1")
+    status_after = cluster_status(network.state_dir)
+    after = dict(status_after["links"].get("n0-n1", {}))
     result.seconds = t_end - t_start
     result.link_secret_bits = int(after.get("secret_bits", 0)) - int(before.get("secret_bits", 0))
     result.link_emulated_s = float(after.get("emulated_s", 0.0)) - float(before.get("emulated_s", 0.0))
-    result.pool_bits = (pool[0][0], tuple_pool(after)[0])
+    result.pool_bits = (own_half_bits(status_before, "n0", "n0-n1"), own_half_bits(status_after, "n0", "n0-n1"))
+    result.total_pool_bits = (int(before.get("alice_pool_bits") or 0), int(after.get("alice_pool_bits") or 0))
+    net0, net1 = (st["nodes"]["n0"].get("network") or {} for st in (status_before, status_after))
+    result.relays_delivered = int(net1.get("relays_delivered", 0)) - int(net0.get("relays_delivered", 0))
     if any(t.is_alive() for t in workers):
         result.errors.append("a client thread was still running 120 s after the window")
     return result
-
-
-def tuple_pool(view: dict[str, Any]) -> tuple[int, int]:
-    return int(view.get("alice_pool_bits") or 0), int(view.get("bob_pool_bits") or 0)
 
 
 def print_throughput(results: Sequence[ThroughputResult]) -> None:
@@ -372,7 +401,7 @@ def print_throughput(results: Sequence[ThroughputResult]) -> None:
     print("   (no dec_keys; a thread that gets 503 waits 10 ms; every request opens a new HTTPS+mTLS connection)")
     header = (
         f"  {'number':>6} {'threads':>7} {'window s':>8} {'keys':>7} {'keys/s':>8} {'req ok':>7} {'req/s':>7} {'503':>6} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'key bits/s':>10} {'link n0-n1 secret bit/s':>23} {'pool bits n0 start->end':>24}"
+        f"{'p50 ms':>7} {'p99 ms':>7} {'key bits/s':>10} {'n0-n1 secret bit/s':>18} {'n0 half start->end':>20} {'both halves start->end':>23}"
     )
     print(header)
     print("  " + "-" * (len(header) - 2))
@@ -382,9 +411,15 @@ def print_throughput(results: Sequence[ThroughputResult]) -> None:
         print(
             f"  {r.number:>6} {r.threads:>7} {r.seconds:>8.1f} {r.keys:>7} {r.keys / s:>8.1f} {r.requests_ok:>7} "
             f"{r.requests_ok / s:>7.1f} {r.requests_503:>6} {1e3 * percentile(r.latencies_s, 50):>7.1f} "
-            f"{1e3 * percentile(r.latencies_s, 99):>7.1f} {256 * r.keys / s:>10.4g} {link_rate:>23.4g} "
-            f"{r.pool_bits[0]:>11} -> {r.pool_bits[1]:<10}"
+            f"{1e3 * percentile(r.latencies_s, 99):>7.1f} {256 * r.keys / s:>10.4g} {link_rate:>18.4g} "
+            f"{r.pool_bits[0]:>9} -> {r.pool_bits[1]:<7} {r.total_pool_bits[0]:>9} -> {r.total_pool_bits[1]:<7}"
         )
+        orphans = r.relays_delivered - r.keys
+        if orphans:
+            print(
+                f"      {r.relays_delivered} keys were relayed to n1 in the window but only {r.keys} handed to the master: {orphans} keys\n"
+                f"      ({orphans * 8 * (MAC_KEY_BYTES + 32)} bits of n0's pad) were spent for requests answered 503 (orphans at n1)"
+            )
         for what, count in r.other.items():
             print(f"      other answer x{count}: {what}")
         for error in r.errors:
@@ -392,7 +427,9 @@ def print_throughput(results: Sequence[ThroughputResult]) -> None:
     print(
         "  link secret bit/s is per wall second of the window (speed max); a 256-bit key relayed over one hop spends\n"
         f"  {8 * (MAC_KEY_BYTES + 32)} bits of n0's half of the n0-n1 pool, so the link alone can feed at most\n"
-        f"  (secret bit/s / 2) / {8 * (MAC_KEY_BYTES + 32)} keys/s; pool bits are both halves as n0 sees them."
+        f"  (secret bit/s / 2) / {8 * (MAC_KEY_BYTES + 32)} keys/s plus what n0's half held at the start. 'n0 half' is what n0 may\n"
+        "  initiate from (its routing advert, <= 1 s old); 'both halves' is the link's pool_bits as n0 sees it (n1's half is\n"
+        "  not spent by traffic from n0, so it only grows). A 16-key request relays its keys one after the other."
     )
 
 
@@ -465,8 +502,15 @@ def rate_client(network: QciNetwork, result: RateResult, until: float, *, count:
 
 
 def link_snapshot(state_dir: Path) -> tuple[float, dict[str, dict[str, Any]]]:
+    """Per link of the path: its merged status plus ``own_half_bits``, what the hop's sender (Alice) may initiate from."""
     status = cluster_status(state_dir)
-    return time.monotonic(), {lid: dict(status["links"].get(lid, {})) for lid in RATE_LINKS}
+    now = time.monotonic()
+    out = {}
+    for lid in RATE_LINKS:
+        view = dict(status["links"].get(lid, {}))
+        view["own_half_bits"] = own_half_bits(status, lid.split("-")[0], lid)
+        out[lid] = view
+    return now, out
 
 
 def run_rate(args: argparse.Namespace, keep: bool) -> RateResult:
@@ -496,8 +540,8 @@ def run_rate(args: argparse.Namespace, keep: bool) -> RateResult:
                 "emulated_s": float(b.get("emulated_s", 0.0)) - float(a.get("emulated_s", 0.0)),
                 "blocks_done": int(b.get("blocks_done", 0)) - int(a.get("blocks_done", 0)),
                 "blocks_aborted": int(b.get("blocks_aborted", 0)) - int(a.get("blocks_aborted", 0)),
-                "pool_start": int(a.get("alice_pool_bits") or 0),
-                "pool_end": int(b.get("alice_pool_bits") or 0),
+                "pool_start": int(a.get("own_half_bits", -1)),
+                "pool_end": int(b.get("own_half_bits", -1)),
                 "state": b.get("state", "?"),
             }
         print_rate(result)
@@ -522,7 +566,7 @@ def print_rate(r: RateResult) -> None:
     print(f"  delivered: {r.keys} keys in {r.requests_ok} requests ({r.requests_503} answers 503) = {delivered:.4g} key bits/s")
     if r.mismatches or r.dec_failures or r.other:
         print(f"  PROBLEMS: {r.mismatches} enc/dec key mismatches; dec_keys failures {dict(r.dec_failures)}; other answers {dict(r.other)}")
-    header = f"  {'link':<8} {'state':<6} {'secret bits':>11} {'emul. s':>8} {'emul/wall':>9} {'SKR bit/emul-s':>14} {'SKR bit/wall-s':>14} {'blocks ok/ab':>12} {'Alice pool bits start->end':>27}"
+    header = f"  {'link':<8} {'state':<6} {'secret bits':>11} {'emul. s':>8} {'emul/wall':>9} {'SKR bit/emul-s':>14} {'SKR bit/wall-s':>14} {'blocks ok/ab':>12} {'Alice half bits start->end':>27}"
     print(header)
     print("  " + "-" * (len(header) - 2))
     rates_emul: dict[str, float] = {}
@@ -537,6 +581,18 @@ def print_rate(r: RateResult) -> None:
         )
     if not rates_emul:
         return
+    pace = sum(v["emulated_s"] for v in r.links.values()) / len(r.links) / s
+    if pace < 0.8:
+        print(
+            f"  WARNING: the links ran at {pace:.2f} x real time, not 1.0: this host cannot emulate rate_hz {r.rate_hz:.3g} in\n"
+            "  real time (try a smaller --rate-hz); compare the delivered rate with the per-wall-second bottleneck."
+        )
+    grew = all(v["pool_end"] > v["pool_start"] >= 0 for v in r.links.values())
+    if r.requests_503 == 0 and grew:
+        print(
+            "  NOTE: no 503 in the window and every hop sender's half of the pool GREW: the links were not the limit;\n"
+            "  delivery was bounded by the request path (client + KME + relay latency), so the ratios below are lower bounds."
+        )
     mac_bits = 8 * MAC_KEY_BYTES
     overhead = 1 + mac_bits / r.key_bits
     for label, rates in (("per emulated second", rates_emul), ("per wall second", rates_wall)):
@@ -555,7 +611,8 @@ def print_rate(r: RateResult) -> None:
         "  each link's pool is split in halves and a hop's sender may initiate only from its own half, and on this chain every\n"
         "  hop is sent by the link's Alice, so only half of each link's secret key can carry relays in this direction.\n"
         f"  Ceiling = bottleneck / 2 / (1 + {mac_bits} / key_bits). At speed 1.0 emul/wall should be 1.00: a smaller figure\n"
-        "  means the host cannot run the links in real time, and then the per-wall-second line is the one to compare with."
+        "  means the host cannot run the links in real time, and then the per-wall-second line is the one to compare with.\n"
+        "  emulated_s advances once per finished block, so emul/wall and the rates are uncertain by about one block per link."
     )
 
 
@@ -593,7 +650,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=4, help="part 2: client threads")
     p.add_argument("--seconds", type=float, default=10.0, help="part 2: window per request size")
     p.add_argument("--rate-seconds", type=float, default=30.0, help="part 3: measuring window")
-    p.add_argument("--rate-hz", type=float, default=2e8, help="part 3: source.rate_hz of every link (speed 1.0)")
+    p.add_argument(
+        "--rate-hz",
+        type=float,
+        default=3e6,
+        help="part 3: source.rate_hz of every link at speed 1.0 (default 3e6: real time on 2 busy CPUs, and the links, not the client, are the limit)",
+    )
     p.add_argument("--key-bits", type=int, default=256, help="part 3: size of the keys requested")
     p.add_argument("--rate-number", type=int, default=1, help="part 3: keys per enc_keys request")
     p.add_argument("--drain-timeout", type=float, default=60.0, help="part 3: most seconds spent draining the start-up stock")

@@ -194,6 +194,7 @@ class _Block:
     key_length: KeyLengthResult | None = None
     secret: bytes = b""
     refill_mac_keys: bool = False
+    _counts: dict[int, tuple[int, int, int]] = dataclasses.field(default_factory=dict)
 
     @property
     def key_mask(self) -> np.ndarray:
@@ -201,8 +202,12 @@ class _Block:
         return mask
 
     def counts(self, basis: int) -> tuple[int, int, int]:
-        sel = self.classes[self.bases == basis]
-        return tuple(int(c) for c in np.bincount(sel, minlength=3)[:3])  # type: ignore[return-value]
+        """Sifted detections per intensity class in ``basis`` (computed once per block)."""
+        cache = self._counts
+        if basis not in cache:
+            sel = self.classes[self.bases == basis]
+            cache[basis] = tuple(int(c) for c in np.bincount(sel, minlength=3)[:3])  # type: ignore[assignment]
+        return cache[basis]
 
     def stats(self, secret_bits: int = 0) -> BlockStats:
         return BlockStats(
