@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import AuthenticationFailed, InsufficientKeyMaterial, LocalProtocolError, RemoteProtocolError
+from ..errors import AuthenticationFailed, ConfigError, InsufficientKeyMaterial, LocalProtocolError, RemoteProtocolError
 from . import messages as m
 from .amplification import toeplitz_hash, unpack_bits
 from .authentication import AuthKeyReserve, Direction, Transcript, one_time_tag, verify_one_time_tag
@@ -305,8 +305,24 @@ class _LinkEnd:
         )
 
     def _key_length(self, block: _Block, leak_bits: int) -> KeyLengthResult:
+        try:
+            stats = self._statistics(block)
+        except ConfigError as exc:
+            # A source without decoy and vacuum classes (decoy_states: false)
+            # gives Lim et al.'s bounds nothing to work with: no key, said why.
+            return KeyLengthResult(
+                length_bits=0,
+                vacuum_bits=0.0,
+                single_photon_bits=0.0,
+                phase_error_bound=0.5,
+                test_single_photon_bits=0.0,
+                test_single_photon_errors=0.0,
+                leak_ec_bits=leak_bits,
+                correction_bits=0.0,
+                reason=f"no_decoy_statistics: {exc}",
+            )
         return key_length(
-            self._statistics(block),
+            stats,
             leak_ec_bits=leak_bits,
             verification_tag_bits=self.config.verification_tag_bits,
             security_epsilon=self.config.security_epsilon,

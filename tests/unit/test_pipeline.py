@@ -201,3 +201,16 @@ def test_cascade_then_verification_ends_identical_or_detected(qber: float, n: in
     same_tag = verification_tag(alice_key, seed_bytes) == verification_tag(session.corrected_key, seed_bytes)
     identical = bool(np.array_equal(alice_key, session.corrected_key))
     assert same_tag == identical
+
+
+def test_a_source_without_decoys_aborts_with_a_reason_instead_of_failing() -> None:
+    cfg = LinkProtocolConfig(
+        link_id="a-b",
+        physics=physics(intensities=(0.05, 0.0, 0.0), class_probabilities=(1.0, 0.0, 0.0)),  # type: ignore[arg-type]
+        block_bits=50_000,
+    )
+    alice, bob = make_pair(cfg, BOOTSTRAP, seed=10)
+    result = pump(alice, bob, frame_slots=frame_slots_for(cfg), blocks=1)
+    (event,) = result.alice_events
+    assert isinstance(event, BlockAborted) and event.reason.startswith("no_decoy_statistics")
+    assert not result.bob_events or isinstance(result.bob_events[0], BlockAborted)
