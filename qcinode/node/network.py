@@ -261,7 +261,10 @@ class NetworkService(pb_grpc.NetworkServicer):
         return pb.RelayResult(delivered=True)
 
     def _arrive(self, header: RelayHeader, share: bytes) -> pb.RelayResult:
-        key = self.collector.add(header, share, self.clock())
+        # Shares are collected per relay attempt: a retried attempt (new
+        # relay_id, same key_id) never mixes with shares of a failed one.
+        attempt = dataclasses.replace(header, key_id=f"{header.key_id}#{header.relay_id}")
+        key = self.collector.add(attempt, share, self.clock())
         if key is None:
             return pb.RelayResult(delivered=True)  # a share; the key completes with the last one
         try:
