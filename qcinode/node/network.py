@@ -313,6 +313,15 @@ class NetworkService(pb_grpc.NetworkServicer):
 
     async def deliver(self, request: EncRequest) -> list[DeliveredKey]:
         destinations = sorted({node for s in request.slave_saes if (node := self._sae_node(s)) is not None})
+        # Refuse up front what the current paths cannot carry, rather than
+        # spending pads on the first keys of a request that then fails (the
+        # answer is all or nothing, so those keys would be stranded).
+        for slave in request.slave_saes:
+            if self.available_keys(request.master_sae, slave, request.size_bits) < request.number:
+                self.counters.failures_by_reason["InsufficientKeyMaterial"] += 1
+                raise InsufficientKeyMaterial(
+                    f"the network cannot carry {request.number} key(s) of {request.size_bits} bits to {slave} now"
+                )
         keys = []
         for _ in range(request.number):
             key = DeliveredKey(str(uuid.uuid4()), self.random_bytes(request.size_bits // 8))
@@ -374,6 +383,7 @@ class NetworkService(pb_grpc.NetworkServicer):
         self.counters.failed += 1
         if errors:
             raise PeerUnavailable(f"no path to {destination} delivered the key: {'; '.join(errors)}")
+        self.counters.failures_by_reason["NoPath"] += 1
         raise InsufficientKeyMaterial(f"no path from {self.node_name} to {destination} has {need} bytes of key on every hop")
 
     def status(self) -> dict[str, Any]:

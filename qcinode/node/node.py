@@ -26,7 +26,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..cluster.certs import CertPlan, load_bundle, read_bytes
+from ..cluster.certs import CertBundle, CertPlan, read_bytes
 from ..core.randomness import CsprngGenerator
 from ..errors import ConfigError
 from ..keys.linkstore import LinkStore
@@ -60,6 +60,7 @@ class NodeSettings:
     data_dir: Path | None = None
     kme_listen: str | None = "127.0.0.1:0"  # ETSI 014 HTTPS host:port; None: no KME
     metrics_listen: str | None = "127.0.0.1:0"  # Prometheus /metrics host:port; None: not served
+    health_listen: str | None = None  # plaintext grpc.health.v1-only host:port (kubelet probes); None: not served
     multipath_shares: int | None = None  # override of the topology's relay.paths
     seed: int | None = None  # test-only: deterministic channel noise
 
@@ -71,6 +72,24 @@ class NodeSettings:
 
     def peer_address(self, peer: str) -> str:
         return self.peers.get(peer) or self.peer_template.format(name=peer)
+
+
+def node_bundle(certs_dir: Path, topology: Topology, name: str) -> CertBundle:
+    """The certificate files of ``qcinode certs``, checking only those node ``name`` reads.
+
+    A node reads ca.pem, its own certificate and key, and its links' bootstrap
+    keys; a pod is not given the CA key, the admin or the SAE credentials.
+
+    Raises:
+        ConfigError: A file this node needs is missing; the message names each.
+    """
+    bundle = CertBundle(directory=Path(certs_dir), plan=cert_plan(topology))
+    needed = [bundle.ca_cert, bundle.node_cert(name), bundle.node_key(name)]
+    needed += [bundle.link_key(link.alice, link.bob) for link in topology.links_of(name)]
+    missing = [str(path) for path in needed if not path.is_file()]
+    if missing:
+        raise ConfigError(f"missing certificate file(s): {', '.join(missing)}")
+    return bundle
 
 
 def cert_plan(topology: Topology) -> CertPlan:
@@ -123,7 +142,7 @@ class Node:
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
         topo = settings.topology
-        self.bundle = load_bundle(settings.certs_dir, cert_plan(topo))
+        self.bundle = node_bundle(settings.certs_dir, topo, settings.name)
         self.store = LinkStore(settings.data_dir, settings.name) if settings.data_dir is not None else None
         self.keystore = (
             SaeKeyStore(settings.data_dir, settings.name, StorageKey.load_or_create(settings.data_dir)) if settings.data_dir is not None else None
@@ -151,6 +170,8 @@ class Node:
         self.metrics_port: int | None = None
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self.started = time.monotonic()
@@ -210,6 +231,18 @@ class Node:
             raise ConfigError(f"--listen: cannot bind {self.settings.listen}")
         await server.start()
         self.server, self.port = server, port
+        if self.settings.health_listen is not None:
+            # Kubelet gRPC probes cannot do TLS: the same health servicer, alone, in plaintext.
+            health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, health_server)
+            try:
+                self.health_port = health_server.add_insecure_port(self.settings.health_listen)
+            except RuntimeError:  # grpcio raises where older versions returned 0
+                self.health_port = 0
+            if self.health_port == 0:
+                raise ConfigError(f"--health-listen: cannot bind {self.settings.health_listen}")
+            await health_server.start()
+            self.health_server = health_server
         speed = None if self.settings.topology.emulation.is_max else float(self.settings.topology.emulation.speed)
         for rt in self.links.values():
             if rt.role.value == "alice":
@@ -265,11 +298,14 @@ class Node:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.stop(grace_s)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.network.aclose()
         if self.keystore is not None:
             self.keystore.close()
         for rt in self.links.values():
             rt.persist()
+            rt.store = None  # a session handler still unwinding must not write to a closed store
         if self.store is not None:
             self.store.close()
         self.log.info("node.stopped")
