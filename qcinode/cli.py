@@ -44,13 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     node = sub.add_parser("node", help="run one node in the foreground (what a pod runs)")
     node.add_argument("--topology", type=Path, default=_env("TOPOLOGY"))
     node.add_argument("--name", default=_env("NAME"))
+    node.add_argument("--name-from-ordinal", action="store_true", help="StatefulSet pod: run the topology's N-th node, N = the pod name's ordinal suffix (QCINODE_POD_NAME, else the hostname)")
     node.add_argument("--certs", type=Path, default=_env("CERTS", "certs"), help="directory made by `qcinode certs`")
     node.add_argument("--listen", default=_env("LISTEN", "0.0.0.0:50051"), help="gRPC host:port")
     node.add_argument("--peer", action="append", default=[], metavar="NAME=HOST:PORT", help="a neighbour's gRPC address (repeatable)")
     node.add_argument("--peer-template", default=_env("PEER_TEMPLATE", "{name}:50051"), help="address of neighbours not given with --peer")
-    node.add_argument("--data-dir", type=Path, default=_env("DATA_DIR"), help="link pools and SAE keys (default ./qcinode-data/NAME)")
+    node.add_argument("--data-dir", type=Path, default=_env("DATA_DIR"), help="link pools and SAE keys; {name} is replaced by the node name (default ./qcinode-data/NAME)")
     node.add_argument("--kme-listen", default=_env("KME_LISTEN", "0.0.0.0:8443"), help="ETSI GS QKD 014 HTTPS host:port")
     node.add_argument("--metrics-listen", default=_env("METRICS_LISTEN", "0.0.0.0:9464"), help="Prometheus /metrics HTTP host:port")
+    node.add_argument("--health-listen", default=_env("HEALTH_LISTEN"), help="plaintext host:port serving only grpc.health.v1 (kubelet gRPC probes); default: none")
     node.add_argument("--multipath", type=int, default=None, help="override the topology's relay.paths")
     node.add_argument("--port-file", type=Path, default=None, help="write the bound gRPC port here once serving")
     node.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # tests: deterministic noise AND key bits
@@ -70,13 +72,23 @@ def _parser() -> argparse.ArgumentParser:
     certs.add_argument("--out", type=Path, required=True)
     certs.add_argument("--dns-suffix", action="append", default=[], help="extra DNS name suffix for node certificates")
     certs.add_argument("--force", action="store_true", help="make a new CA and replace every file")
+
+    deploy = sub.add_parser("deploy", help="render deployment manifests for a topology")
+    targets = deploy.add_subparsers(dest="target", required=True)
+    k8s = targets.add_parser("k8s", help="render a kustomize overlay (docs/kubernetes.md): apply with `kubectl apply -k OUT`")
+    k8s.add_argument("--topology", type=Path, required=True)
+    k8s.add_argument("--out", type=Path, required=True, help="overlay directory (self-contained; holds the CA key: keep it private)")
+    k8s.add_argument("--namespace", default="qcinode")
+    k8s.add_argument("--image", default=None, help="container image, NAME[:TAG] or NAME@sha256:DIGEST (default qcinode:VERSION)")
+    k8s.add_argument("--cluster-domain", default="cluster.local", help="the cluster's DNS domain, for certificate names")
+    k8s.add_argument("--base", type=Path, default=None, help="kustomize base to copy (default: deploy/k8s/base of this source tree)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        handler = {"up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs, "keys": _keys}[args.command]
+        handler = {"up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs, "keys": _keys, "deploy": _deploy}[args.command]
         return handler(args)
     except ConfigError as exc:
         print(f"qcinode: {exc}", file=sys.stderr)
@@ -151,8 +163,15 @@ def _node(args: argparse.Namespace) -> int:
     from .node.node import NodeSettings, run_node
     from .topology import load_topology
 
-    if args.topology is None or args.name is None:
+    if args.topology is None or (args.name is None and not args.name_from_ordinal):
         raise ConfigError("--topology and --name are required (or QCINODE_TOPOLOGY / QCINODE_NAME)")
+    topology = load_topology(args.topology)
+    if args.name_from_ordinal:
+        import socket
+
+        from .cluster.k8s import node_for_pod
+
+        args.name = node_for_pod(topology, _env("POD_NAME") or socket.gethostname())
     logs.configure(args.log_level)
     peers: dict[str, str] = {}
     for item in args.peer:
@@ -161,15 +180,16 @@ def _node(args: argparse.Namespace) -> int:
             raise ConfigError(f"--peer: expected NAME=HOST:PORT, got {item!r}")
         peers[name] = address
     settings = NodeSettings(
-        topology=load_topology(args.topology),
+        topology=topology,
         name=args.name,
         certs_dir=args.certs,
         listen=args.listen,
         peers=peers,
         peer_template=args.peer_template,
-        data_dir=args.data_dir or Path("qcinode-data") / args.name,
+        data_dir=Path(str(args.data_dir).replace("{name}", args.name)) if args.data_dir else Path("qcinode-data") / args.name,
         kme_listen=args.kme_listen,
         metrics_listen=args.metrics_listen,
+        health_listen=args.health_listen,
         multipath_shares=args.multipath,
         seed=args.seed,
     )
@@ -190,6 +210,16 @@ def _certs(args: argparse.Namespace) -> int:
         plan = dataclasses.replace(plan, extra_dns=tuple(args.dns_suffix))
     bundle = make_certificates(plan, args.out, force=args.force)
     print(f"qcinode: certificates and link keys for {len(plan.nodes)} nodes, {len(plan.saes)} SAEs, {len(plan.links)} links in {bundle.directory}")
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from .cluster.k8s import render_overlay
+
+    overlay = render_overlay(
+        args.topology, args.out, namespace=args.namespace, image=args.image, cluster_domain=args.cluster_domain, base_dir=args.base
+    )
+    print(f"qcinode: kustomize overlay for {len(overlay.nodes)} nodes in {overlay.directory}; apply with `kubectl apply -k {overlay.directory}`")
     return 0
 
 

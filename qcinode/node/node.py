@@ -231,18 +231,6 @@ class Node:
             raise ConfigError(f"--listen: cannot bind {self.settings.listen}")
         await server.start()
         self.server, self.port = server, port
-        if self.settings.health_listen is not None:
-            # Kubelet gRPC probes cannot do TLS: the same health servicer, alone, in plaintext.
-            health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, health_server)
-            try:
-                self.health_port = health_server.add_insecure_port(self.settings.health_listen)
-            except RuntimeError:  # grpcio raises where older versions returned 0
-                self.health_port = 0
-            if self.health_port == 0:
-                raise ConfigError(f"--health-listen: cannot bind {self.settings.health_listen}")
-            await health_server.start()
-            self.health_server = health_server
         speed = None if self.settings.topology.emulation.is_max else float(self.settings.topology.emulation.speed)
         for rt in self.links.values():
             if rt.role.value == "alice":
@@ -258,6 +246,19 @@ class Node:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         for service in names[:4]:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self.settings.health_listen is not None:
+            # Kubelet gRPC probes cannot do TLS: the same health servicer, alone, in plaintext;
+            # started last, so a probe's first answer already means the node is up.
+            health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, health_server)
+            try:
+                self.health_port = health_server.add_insecure_port(self.settings.health_listen)
+            except RuntimeError:  # grpcio raises where older versions returned 0
+                self.health_port = 0
+            if self.health_port == 0:
+                raise ConfigError(f"--health-listen: cannot bind {self.settings.health_listen}")
+            await health_server.start()
+            self.health_server = health_server
         self.log.info("node.started", port=port, links=len(self.links))
         return int(port)
 
