@@ -58,7 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ClientAgent", "NetnsKubelet", "netns_unavailable_reason", "parse_quantity"]
+__all__ = ["ClientAgent", "NetnsKubelet", "PodmanClientAgent", "PodmanKubelet", "netns_unavailable_reason", "parse_quantity",
+           "podman_unavailable_reason"]
 
 RUNTIME = "network-namespace fallback"
 _VAR_REF = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
@@ -391,6 +392,285 @@ class ClientAgent:
         for stream in (self.process.stdin, self.process.stdout):
             if stream is not None:
                 stream.close()
+
+
+
+# ---------------------------------------------------------------------- podman
+
+PODMAN_RUNTIME = "podman"
+_PODMAN_CONF = Path(__file__).resolve().parents[2] / "deploy" / "podman" / "containers.conf"
+
+
+def podman(*args: str, check: bool = True, timeout: float = 60.0, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``podman ARGS`` with the project's containers.conf (runc, lowered ulimits) when it exists."""
+    env = dict(os.environ)
+    if _PODMAN_CONF.exists():
+        env["CONTAINERS_CONF"] = str(_PODMAN_CONF)
+    done = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, env=env, input=input)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"podman {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done
+
+
+def podman_unavailable_reason(image: str) -> str | None:
+    """Why podman cannot run ``image`` here, or None."""
+    if shutil.which("podman") is None:
+        return "podman is not installed"
+    try:
+        done = podman("run", "--rm", "--network", "none", "--read-only", image, "--version", check=False, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "podman run timed out"
+    if done.returncode != 0:
+        return f"podman cannot run {image}: {done.stderr.strip().splitlines()[-1:] or done.returncode}"
+    return None
+
+
+class PodmanKubelet(NetnsKubelet):
+    """Runs the pods of one rendered StatefulSet as podman containers of a built image.
+
+    One container per replica, named after the pod (``qcinode-N``), in a podman
+    pod ``qcinode-N-sandbox`` that stands in for the Kubernetes pod sandbox: it
+    holds the network namespace on a podman bridge network made for the run
+    (subnet ``10.218.S.0/24``, pod N at ``.10+N`` via ``--ip``), the hostname
+    and the names, and outlives a killed container as a sandbox does. Names: the pod's and each single-pod headless
+    Service's names (:meth:`pod_names`) are ``--network-alias`` es answered by
+    podman's DNS (aardvark-dns) when the network has DNS, else ``--add-host``
+    entries for every pod in every container. The container gets the
+    manifest's ``command`` (as entrypoint), ``args`` and ``env`` (fieldRefs and
+    ``$(VAR)`` expanded), ConfigMap/Secret/projected volumes written to a
+    per-pod host directory and bind-mounted read-only at their ``mountPath``,
+    the ``data`` claim as a per-pod host directory owned by ``runAsUser`` that
+    outlives the container (the PVC), ``emptyDir`` as a tmpfs (``sizeLimit``),
+    ``--read-only`` (no extra tmpfs), ``--user runAsUser:runAsGroup``,
+    ``--group-add fsGroup``, ``--cap-drop ALL``, ``no-new-privileges``, the
+    default seccomp profile, and ``--memory``/``--cpus`` from the limits.
+    Object handling (Services, volumes, quantities) is inherited from
+    :class:`NetnsKubelet`; nothing there changes.
+    """
+
+    def __init__(self, docs: list[dict[str, Any]], workdir: Path, image: str, *, cluster_domain: str = "cluster.local",
+                 use_dns: bool | None = None) -> None:
+        self.docs = docs
+        self.workdir = Path(workdir)
+        self.cluster_domain = cluster_domain
+        self.image = image
+        sets = [d for d in docs if d["kind"] == "StatefulSet"]
+        if len(sets) != 1:
+            raise ValueError(f"expected one StatefulSet, got {len(sets)}")
+        self.sts = sets[0]
+        self.namespace = self.sts["metadata"]["namespace"]
+        self.template = self.sts["spec"]["template"]
+        self.container = self.template["spec"]["containers"][0]
+        self.replicas = int(self.sts["spec"]["replicas"])
+        self.tag = secrets.token_hex(3)
+        self.network = f"qcinode-test-{self.tag}"
+        self.subnet = ""
+        self.use_dns = use_dns
+        self.pods = [
+            Pod(
+                name=f"{self.sts['metadata']['name']}-{i}",
+                ordinal=i,
+                ip="",
+                netns="",
+                root=self.workdir / "pods" / f"p{i}",
+                pvc=self.workdir / "pvc" / f"data-{self.sts['metadata']['name']}-{i}",
+            )
+            for i in range(self.replicas)
+        ]
+        ctx = {**self.template["spec"].get("securityContext", {}), **self.container.get("securityContext", {})}
+        uid = ctx.get("runAsUser")
+        self.run_as = (int(uid), int(ctx.get("runAsGroup", uid))) if uid is not None else None
+        self.memory_limit = self._memory_limit()
+        self._containers: set[str] = set()
+        self._sandboxes: set[str] = set()
+        self._network_made = False
+
+    # ------------------------------------------------------------------ names and network
+
+    def pod_names(self, pod: Pod) -> list[str]:
+        """Every DNS name of ``pod``: pod hostname names and single-pod headless Services."""
+        suffixes = (f"{self.namespace}.svc", f"{self.namespace}.svc.{self.cluster_domain}")
+        governing = self.sts["spec"]["serviceName"]
+        names = [pod.name] + [f"{pod.name}.{governing}.{s}" for s in suffixes]
+        for name, svc in self.objects("Service").items():
+            target = svc["spec"].get("selector", {}).get("statefulset.kubernetes.io/pod-name")
+            if target == pod.name and svc["spec"].get("clusterIP") == "None":
+                names += [name] + [f"{name}.{s}" for s in suffixes]
+        return names
+
+    def setup_network(self) -> None:
+        last = ""
+        for _ in range(8):
+            subnet = f"10.218.{secrets.randbelow(250) + 1}"
+            done = podman("network", "create", "--subnet", f"{subnet}.0/24", "--gateway", f"{subnet}.1", self.network, check=False)
+            if done.returncode == 0:
+                self.subnet, self._network_made = subnet, True
+                break
+            last = done.stderr.strip()
+        else:
+            raise RuntimeError(f"podman network create failed: {last}")
+        for pod in self.pods:
+            pod.ip = f"{self.subnet}.{10 + pod.ordinal}"
+        if self.use_dns is None:
+            dns = podman("network", "inspect", self.network, "--format", "{{.DNSEnabled}}").stdout.strip()
+            self.use_dns = dns == "true"
+
+    def name_args(self, pod: Pod | None) -> list[str]:
+        """``--network-alias`` (DNS) or ``--add-host`` (no DNS) arguments for a container (``pod`` None: a client)."""
+        if self.use_dns:
+            return [] if pod is None else [a for name in self.pod_names(pod) if name != pod.name for a in ("--network-alias", name)]
+        return [a for other in self.pods for name in self.pod_names(other) for a in ("--add-host", f"{name}:{other.ip}")]
+
+    # ------------------------------------------------------------------ pods
+
+    def _prepare_pod(self, pod: Pod) -> None:
+        if pod.root.exists():
+            shutil.rmtree(pod.root)  # volumes other than the PVC are recreated with the pod
+        pod.root.mkdir(parents=True)
+        pod.pvc.mkdir(parents=True, exist_ok=True)
+        volumes = {v["name"]: v for v in self.template["spec"].get("volumes", [])}
+        claims = {c["metadata"]["name"] for c in self.sts["spec"].get("volumeClaimTemplates", [])}
+        self._mounts: dict[str, list[str]] = getattr(self, "_mounts", {})
+        mounts: list[str] = []
+        for mount in self.container.get("volumeMounts", []):
+            path = mount["mountPath"]
+            volume = volumes.get(mount["name"])
+            if mount["name"] in claims:
+                os.chown(pod.pvc, *(self.run_as or (0, 0)))
+                mounts += ["-v", f"{pod.pvc}:{path}:rw"]
+            elif volume is not None and "emptyDir" in volume:
+                size = volume["emptyDir"].get("sizeLimit")
+                opts = ",".join(["rw", "mode=1777"] + ([f"size={parse_quantity(size)}"] if size else []))
+                mounts += ["--tmpfs", f"{path}:{opts}"]
+            else:
+                host = pod.root / mount["name"]
+                self._write_volume(volumes[mount["name"]], host, pod)
+                for directory in [host, *(d for d in host.rglob("*") if d.is_dir())]:
+                    directory.chmod(0o2755)
+                    os.chown(directory, 0, self._fs_group())
+                mounts += ["-v", f"{host}:{path}:{'ro' if mount.get('readOnly') else 'rw'}"]
+        self._mounts[pod.name] = mounts
+        fields = {"metadata.name": pod.name, "metadata.namespace": self.namespace, "status.podIP": pod.ip}
+        pod.env = expand_env(self.container.get("env", []), fields)
+        pod.argv = [expand_refs(a, pod.env) for a in self.container.get("args", [])]
+
+    def run_args(self, pod: Pod) -> list[str]:
+        """The ``podman run`` arguments for ``pod`` (after :meth:`_prepare_pod`)."""
+        limits = self.container.get("resources", {}).get("limits", {})
+        argv = ["run", "-d", "--name", pod.name, "--pod", self.sandbox(pod), "--read-only", "--read-only-tmpfs=false", "--cap-drop", "ALL",
+                "--security-opt", "no-new-privileges", "--pull", "never",
+                "--label", f"qcinode.test/run={self.tag}"]
+        if self.run_as is not None:
+            argv += ["--user", f"{self.run_as[0]}:{self.run_as[1]}"]
+            if self._fs_group():
+                argv += ["--group-add", str(self._fs_group())]
+        if self.memory_limit is not None:
+            argv += ["--memory", str(self.memory_limit)]
+        if "cpu" in limits:
+            cpu = str(limits["cpu"])
+            argv += ["--cpus", str(int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu))]
+        for key, value in pod.env.items():
+            argv += ["--env", f"{key}={value}"]
+        argv += self._mounts[pod.name]
+        command = self.container.get("command")
+        if command:
+            argv += ["--entrypoint", json.dumps(command)]
+        return argv + [self.image, *pod.argv]
+
+    def sandbox(self, pod: Pod) -> str:
+        """The podman pod standing in for the Kubernetes pod sandbox (network namespace, IP, names, hostname)."""
+        return f"{pod.name}-sandbox"
+
+    def start_pod(self, ordinal: int) -> Pod:
+        """Start the pod's container, creating its sandbox (a podman pod: netns, IP, DNS names) first if needed."""
+        pod = self.pods[ordinal]
+        self._prepare_pod(pod)
+        if self.sandbox(pod) not in self._sandboxes:
+            self._sandboxes.add(self.sandbox(pod))
+            podman("pod", "create", "--name", self.sandbox(pod), "--hostname", pod.name, "--network", self.network, "--ip", pod.ip,
+                   *self.name_args(pod), "--label", f"qcinode.test/run={self.tag}")
+        self._containers.add(pod.name)
+        podman(*self.run_args(pod))
+        return pod
+
+    def kill_pod(self, ordinal: int, sig: int = signal.SIGKILL) -> None:
+        """``podman kill -s SIG`` and remove the container; the sandbox (IP, names) and the PVC directory stay,
+        as when the kubelet restarts a killed container in its pod."""
+        name = self.pods[ordinal].name
+        podman("kill", "-s", signal.Signals(sig).name.removeprefix("SIG"), name, check=False)
+        podman("wait", name, check=False)
+        podman("rm", "-f", "-t", "0", name, check=False)
+
+    def state(self, ordinal: int) -> dict[str, Any]:
+        """``podman inspect`` of the pod's container."""
+        return dict(json.loads(podman("inspect", self.pods[ordinal].name).stdout)[0])
+
+    def running(self, ordinal: int) -> bool:
+        done = podman("inspect", "--format", "{{.State.Running}}", self.pods[ordinal].name, check=False)
+        return done.stdout.strip() == "true"
+
+    def log_tail(self, ordinal: int, lines: int = 30) -> str:
+        done = podman("logs", "--tail", str(lines), self.pods[ordinal].name, check=False)
+        return (done.stdout + done.stderr).strip()
+
+    def close(self) -> None:
+        """Remove every container of this run and the network."""
+        names = set(self._containers)
+        listed = podman("ps", "-a", "--filter", f"label=qcinode.test/run={self.tag}", "--format", "{{.Names}}", check=False)
+        names.update(listed.stdout.split())
+        if names:
+            podman("rm", "-f", "-t", "0", *sorted(names), check=False)
+        self._containers.clear()
+        pods = podman("pod", "ps", "--filter", f"label=qcinode.test/run={self.tag}", "--format", "{{.Name}}", check=False)
+        sandboxes = self._sandboxes | set(pods.stdout.split())
+        if sandboxes:
+            podman("pod", "rm", "-f", "-t", "0", *sorted(sandboxes), check=False)
+        self._sandboxes.clear()
+        if self._network_made:
+            podman("network", "rm", "-f", self.network, check=False)
+            self._network_made = False
+
+    def leftovers(self) -> list[str]:
+        """Containers and the network of this run still present (should be empty after :meth:`close`)."""
+        listed = podman("ps", "-a", "--filter", f"label=qcinode.test/run={self.tag}", "--format", "{{.Names}}", check=False)
+        out = listed.stdout.split()
+        pods = podman("pod", "ps", "--filter", f"label=qcinode.test/run={self.tag}", "--format", "{{.Name}}", check=False)
+        out += [f"pod {name}" for name in pods.stdout.split()]
+        if podman("network", "exists", self.network, check=False).returncode == 0:
+            out.append(f"network {self.network}")
+        return out
+
+
+class PodmanClientAgent(ClientAgent):
+    """:class:`ClientAgent` in a container of ``image`` on the kubelet's network (names resolved as pods resolve them).
+
+    ``mounts`` maps host paths to container paths (mounted read-only).
+    """
+
+    def __init__(self, kubelet: PodmanKubelet, mounts: dict[Path, str]) -> None:
+        self.name = f"qcinode-client-{kubelet.tag}"
+        volumes = [a for host, path in mounts.items() for a in ("-v", f"{host}:{path}:ro")]
+        argv = ["podman", "run", "-i", "--rm", "--name", self.name, "--network", kubelet.network, "--ip", f"{kubelet.subnet}.250",
+                *kubelet.name_args(None), "--read-only", "--user", "0", "--cap-drop", "ALL", "--pull", "never",
+                "--label", f"qcinode.test/run={kubelet.tag}", *volumes, "--entrypoint", "python3", kubelet.image,
+                "-m", "qcinode.cluster.kubelet", "agent"]
+        env = dict(os.environ)
+        if _PODMAN_CONF.exists():
+            env["CONTAINERS_CONF"] = str(_PODMAN_CONF)
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True, env=env)
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            try:
+                self.process.stdin.close()  # the agent exits at EOF, and --rm removes the container
+            except OSError:
+                pass
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        podman("rm", "-f", "-t", "0", self.name, check=False)
+        super().close()
 
 
 def _agent_handle(request: dict[str, Any]) -> Any:

@@ -196,6 +196,11 @@ class Node:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
+            # A neighbour that restarts (maybe at a new address) is found again
+            # within seconds, not after gRPC's default back-off of up to 2 minutes.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2_000),
         ]
         return grpc.aio.secure_channel(self.settings.peer_address(peer), creds, options=options)
 
