@@ -97,6 +97,12 @@ def test_chain_of_five_delivers_identical_keys_over_four_hops(chain: QciNetwork)
     for key in enc:
         raw = base64.b64decode(key["key"])
         assert key["key"] not in logs and raw.hex() not in logs
+    # ... nor link key: the one-time MAC keys of the first blocks come from the bootstrap keys.
+    for path in (chain.state_dir / "certs" / "links").glob("*.key"):
+        bootstrap = path.read_bytes()
+        for offset in range(0, 32 * 16, 32):
+            chunk = bootstrap[offset : offset + 32]
+            assert chunk.hex() not in logs and base64.b64encode(chunk).decode() not in logs
 
 
 def test_ring_reroutes_around_a_killed_node_and_never_mismatches(ring: QciNetwork) -> None:
