@@ -139,7 +139,8 @@ class Pod:
 class NetnsKubelet:
     """Runs the pods of one rendered StatefulSet; :meth:`close` undoes everything."""
 
-    def __init__(self, docs: list[dict[str, Any]], workdir: Path, *, cluster_domain: str = "cluster.local") -> None:
+    def _adopt(self, docs: list[dict[str, Any]], workdir: Path, cluster_domain: str) -> None:
+        """Reads the one StatefulSet of the rendered objects: what every runtime needs."""
         self.docs = docs
         self.workdir = Path(workdir)
         self.cluster_domain = cluster_domain
@@ -151,6 +152,9 @@ class NetnsKubelet:
         self.template = self.sts["spec"]["template"]
         self.container = self.template["spec"]["containers"][0]
         self.replicas = int(self.sts["spec"]["replicas"])
+
+    def __init__(self, docs: list[dict[str, Any]], workdir: Path, *, cluster_domain: str = "cluster.local") -> None:
+        self._adopt(docs, workdir, cluster_domain)
         tag = secrets.token_hex(3)
         self.subnet = f"10.213.{int(tag[:2], 16)}"
         self.client_ns = f"qk{tag}-client"
@@ -450,18 +454,8 @@ class PodmanKubelet(NetnsKubelet):
 
     def __init__(self, docs: list[dict[str, Any]], workdir: Path, image: str, *, cluster_domain: str = "cluster.local",
                  use_dns: bool | None = None) -> None:
-        self.docs = docs
-        self.workdir = Path(workdir)
-        self.cluster_domain = cluster_domain
+        self._adopt(docs, workdir, cluster_domain)
         self.image = image
-        sets = [d for d in docs if d["kind"] == "StatefulSet"]
-        if len(sets) != 1:
-            raise ValueError(f"expected one StatefulSet, got {len(sets)}")
-        self.sts = sets[0]
-        self.namespace = self.sts["metadata"]["namespace"]
-        self.template = self.sts["spec"]["template"]
-        self.container = self.template["spec"]["containers"][0]
-        self.replicas = int(self.sts["spec"]["replicas"])
         self.tag = secrets.token_hex(3)
         self.network = f"qcinode-test-{self.tag}"
         self.subnet = ""
