@@ -67,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--show-keys", action="store_true", help="also print the keys (base64); off by default")
     keys.add_argument("--json", action="store_true")
 
+    eve = sub.add_parser("eve", help="switch an eavesdropper on or off on a running link (needs the admin certificate)")
+    eve.add_argument("--link", required=True, metavar="A-B", help="link ID as in `qcinode status`")
+    group = eve.add_mutually_exclusive_group(required=True)
+    group.add_argument("--attack", help="attack name, as in the topology's eavesdropper.attack")
+    group.add_argument("--off", action="store_true", help="remove the eavesdropper")
+    eve.add_argument("--fraction", type=float, default=1.0, help="share of pulses attacked (0-1)")
+    eve.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+
     certs = sub.add_parser("certs", help="make the cluster CA, node and SAE certificates and link bootstrap keys")
     certs.add_argument("--topology", type=Path, required=True)
     certs.add_argument("--out", type=Path, required=True)
@@ -88,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        handler = {"up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs, "keys": _keys, "deploy": _deploy}[args.command]
+        handler = {"up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs, "keys": _keys, "deploy": _deploy, "eve": _eve}[args.command]
         return handler(args)
     except ConfigError as exc:
         print(f"qcinode: {exc}", file=sys.stderr)
@@ -264,3 +272,29 @@ def _keys(args: argparse.Namespace) -> int:
             print(f"{r['key_ID']}  {'match' if r['match'] else 'MISMATCH'}  path {path}" + (f"  {r['key']}" if args.show_keys else ""))
         print(f"{len(rows)} key(s) of {args.size} bits {args.master} -> {args.slave}: enc_keys {1000 * enc_s:.1f} ms, dec_keys {1000 * dec_s:.1f} ms")
     return 0 if ok else 1
+
+
+def _eve(args: argparse.Namespace) -> int:
+    import grpc
+
+    from .cluster.admin import set_eavesdropper
+    from .cluster.launcher import read_cluster
+    from .topology import load_topology
+
+    cluster = read_cluster(args.state_dir)
+    topology = load_topology(args.state_dir / "topology.yaml")
+    links = {link.link_id: link for link in topology.links}
+    if args.link not in links:
+        raise ConfigError(f"--link: no link {args.link!r} (links: {', '.join(sorted(links))})")
+    alice = links[args.link].alice
+    try:
+        reply = set_eavesdropper(
+            cluster["nodes"][alice]["grpc"], alice, args.state_dir / "certs", args.link, "none" if args.off else args.attack, args.fraction
+        )
+    except grpc.RpcError as exc:
+        raise ConfigError(f"{exc.details()}") from None
+    if reply["attack"] == "none":
+        print(f"qcinode: no eavesdropper on {args.link}")
+    else:
+        print(f"qcinode: {reply['attack']} on {reply['fraction']:.0%} of the pulses of {args.link} (at {alice}, the transmitter)")
+    return 0

@@ -45,3 +45,12 @@ def health_check(address: str, server_name: str, certs_dir: Path, timeout_s: flo
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
     except grpc.RpcError:
         return False
+
+
+def set_eavesdropper(address: str, server_name: str, certs_dir: Path, link_id: str, attack: str, fraction: float) -> dict[str, Any]:
+    """Switches an eavesdropper on (or, with attack "none", off) at the link's transmitting node."""
+    with admin_channel(address, server_name, certs_dir) as channel:
+        reply = admin_pb2_grpc.AdminStub(channel).SetEavesdropper(
+            admin_pb2.EavesdropperRequest(link_id=link_id, attack=attack, fraction=fraction), timeout=5.0
+        )
+    return {"link_id": reply.link_id, "attack": reply.attack, "fraction": reply.fraction}

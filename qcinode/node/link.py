@@ -121,6 +121,7 @@ class AliceWorker:
         acks = asyncio.create_task(self._drain_acks(quantum))
         alice = AliceLink(rt.config, rt.auth, self.key_rng, self.noise_rng, next_block_seq=rt.next_block_seq)
         alice.next_frame_id = rt.next_frame_id
+        rt.alice_session = alice
         rt.state = "up"
         self.log.info("link.session_started", next_block_seq=rt.next_block_seq, auth_cursor=rt.auth.cursor)
         wall_start = time.monotonic()

@@ -30,7 +30,7 @@ from ..cluster.certs import CertBundle, CertPlan, read_bytes
 from ..core.randomness import CsprngGenerator
 from ..errors import ConfigError
 from ..keys.linkstore import LinkStore
-from ..topology import Topology
+from ..topology import EavesdropperConfig, Topology
 from ..keys.keystore import SaeKeyStore
 from ..keys.linkstore import StorageKey
 from ..kme.handlers import Kme
@@ -123,6 +123,21 @@ class _AdminServicer(admin_pb2_grpc.AdminServicer):
         if peer_common_name(context) != ADMIN_COMMON_NAME:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "status needs the admin certificate")
         return status_message(self.node.status(include_digests=request.include_block_digests))
+
+    async def SetEavesdropper(self, request: admin_pb2.EavesdropperRequest, context: grpc.aio.ServicerContext) -> admin_pb2.EavesdropperReply:
+        if peer_common_name(context) != ADMIN_COMMON_NAME:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "eavesdroppers need the admin certificate")
+        rt = self.node.links.get(request.link_id)
+        if rt is None or rt.role.value != "alice":
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"{self.node.settings.name} does not transmit on link {request.link_id!r}")
+        assert rt is not None
+        try:
+            eve = EavesdropperConfig.from_mapping({"attack": request.attack, "fraction": request.fraction}, "eavesdropper")
+        except ConfigError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        rt.set_eavesdropper(eve)
+        self.node.log.warning("eve.changed", link_id=rt.link_id, attack=eve.attack, fraction=eve.fraction)
+        return admin_pb2.EavesdropperReply(link_id=rt.link_id, attack=eve.attack, fraction=eve.fraction if eve.attack != "none" else 0.0)
 
 
 def status_message(status: dict[str, Any]) -> admin_pb2.NodeStatus:

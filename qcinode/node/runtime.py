@@ -20,15 +20,13 @@ from ..core.pipeline import BlockAborted, BlockAccepted, BlockEvent, LinkProtoco
 from ..core.roles import Role
 from ..keys.linkstore import LinkStore
 from ..keys.pool import LinkKeyPool
-from ..topology import LinkConfig
+from ..topology import EavesdropperConfig, LinkConfig
 
 
 def link_physics(link: LinkConfig) -> physics.LinkPhysics:
-    """The physical model of a topology link."""
+    """The physical model of a topology link, with its configured eavesdropper."""
     src, det = link.source, link.detector
-    eve = link.eavesdropper
-    fraction = eve.fraction if eve is not None and eve.attack == "intercept-resend" else 0.0
-    return physics.LinkPhysics(
+    honest = physics.LinkPhysics(
         intensities=(src.intensities.signal, src.intensities.decoy, src.intensities.vacuum),
         class_probabilities=(src.probabilities.signal, src.probabilities.decoy, src.probabilities.vacuum),
         z_basis_probability=src.basis_probabilities.z,
@@ -36,8 +34,15 @@ def link_physics(link: LinkConfig) -> physics.LinkPhysics:
         detector_efficiency=det.efficiency,
         dark_count_probability=det.dark_count_probability,
         misalignment_error=det.misalignment_error,
-        intercept_resend_fraction=fraction,
     )
+    return with_eavesdropper(honest, link.eavesdropper)
+
+
+def with_eavesdropper(phys: physics.LinkPhysics, eve: EavesdropperConfig | None) -> physics.LinkPhysics:
+    """The same link with ``eve`` (None or attack "none": no attacker) acting on its pulses."""
+    attack = "none" if eve is None else eve.attack
+    fraction = eve.fraction if eve is not None else 0.0
+    return dataclasses.replace(phys, intercept_resend_fraction=fraction if attack == "intercept-resend" else 0.0)
 
 
 def protocol_config(link: LinkConfig) -> LinkProtocolConfig:
@@ -94,6 +99,8 @@ class LinkRuntime:
         self.next_frame_id = 0
         self.started_monotonic = time.monotonic()
         self.pending_bob: Any = None  # a BobLink holding a block pending Alice's Commit
+        self.alice_session: Any = None  # the running AliceLink, whose pulses an eavesdropper acts on
+        self.eavesdropper: EavesdropperConfig | None = link.eavesdropper
         self.store = store
         if store is not None:
             saved = store.load(self.link_id)
@@ -109,6 +116,13 @@ class LinkRuntime:
         reasons: Counter[str] = Counter(counters.pop("aborts_by_reason", {}))
         known = {f.name for f in dataclasses.fields(LinkCounters)}
         self.counters = LinkCounters(**{k: v for k, v in counters.items() if k in known}, aborts_by_reason=reasons)
+
+    def set_eavesdropper(self, eve: EavesdropperConfig | None) -> None:
+        """Switches the attacker on this link's quantum channel, from the next frame on."""
+        self.eavesdropper = None if eve is None or eve.attack == "none" else eve
+        self.config = dataclasses.replace(self.config, physics=with_eavesdropper(self.config.physics, self.eavesdropper))
+        if self.alice_session is not None:
+            self.alice_session.config = self.config
 
     def persist(self) -> None:
         """Writes the link's state through, before anything that depends on it leaves the node.
@@ -196,6 +210,7 @@ class LinkRuntime:
             "secret_key_rate_bps": c.secret_bits / emulated if emulated > 0 else 0.0,
             "auth_keys_available": self.auth.available_keys,
             "aborts_by_reason": dict(c.aborts_by_reason),
+            "eavesdropper": f"{self.eavesdropper.attack} {self.eavesdropper.fraction:g}" if self.eavesdropper else "",
             "cascade_rounds_per_block": c.cascade_rounds / max(1, c.blocks_done + c.blocks_aborted),
         }
         if include_digests:

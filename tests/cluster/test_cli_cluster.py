@@ -150,3 +150,38 @@ def check_metrics_against_status(state_dir: Path, cluster: dict) -> None:
         assert samples[("qcinode_link_blocks_done_total", labels)] == after["blocks_done"]
         assert samples[("qcinode_link_pool_bits", labels)] == after["pool_bits"]
         assert ("process_resident_memory_bytes", ()) in samples
+
+
+def test_eve_switched_on_at_runtime_raises_the_qber_and_stops_key(two_node_topology: Path, state_dir: Path) -> None:
+    import time
+
+    from qcinode.cluster.launcher import cluster_status
+
+    up = qcinode("up", str(two_node_topology), "--state-dir", str(state_dir), "--detach", "--timeout", "90")
+    assert up.returncode == 0, up.stderr
+    refused = qcinode("eve", "--state-dir", str(state_dir), "--link", "alpha-beta", "--attack", "teleport")
+    assert refused.returncode == 2 and "attack" in refused.stderr
+    on = qcinode("eve", "--state-dir", str(state_dir), "--link", "alpha-beta", "--attack", "intercept-resend", "--fraction", "1")
+    assert on.returncode == 0, on.stderr
+
+    def link() -> dict:
+        return cluster_status(state_dir)["links"]["alpha-beta"]
+
+    assert link()["eavesdropper"] == "intercept-resend 1"
+    start = link()
+    deadline = time.monotonic() + 60
+    while link()["blocks_aborted"] < start["blocks_aborted"] + 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    attacked = link()
+    assert attacked["blocks_aborted"] >= start["blocks_aborted"] + 2
+    assert attacked["qber"] > 0.2  # 25 % on intercepted pulses, textbook p/4 with p = 1
+    assert any("phase" in reason or "entropy" in reason or "correction" in reason for reason in attacked["aborts_by_reason"])
+    # No key while Eve is on: at most the block in flight when she arrived.
+    assert attacked["blocks_done"] <= start["blocks_done"] + 1
+    off = qcinode("eve", "--state-dir", str(state_dir), "--link", "alpha-beta", "--off")
+    assert off.returncode == 0, off.stderr
+    resumed_from = link()["blocks_done"]
+    deadline = time.monotonic() + 60
+    while link()["blocks_done"] < resumed_from + 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert link()["blocks_done"] >= resumed_from + 2 and link()["qber"] < 0.05

@@ -23,7 +23,7 @@ class BlockDigest(_message.Message):
     def __init__(self, block_id: _Optional[str] = ..., sha256: _Optional[bytes] = ..., bits: _Optional[int] = ...) -> None: ...
 
 class LinkStatus(_message.Message):
-    __slots__ = ("link_id", "peer", "role", "state", "pulses_sent", "detections", "sifted_bits", "qber", "ec_leak_bits", "ec_efficiency", "secret_bits", "blocks_done", "blocks_aborted", "pool_bits", "emulated_s", "secret_key_rate_bps", "auth_keys_available", "aborts_by_reason", "blocks", "cascade_rounds_per_block", "ec_key_bits")
+    __slots__ = ("link_id", "peer", "role", "state", "pulses_sent", "detections", "sifted_bits", "qber", "ec_leak_bits", "ec_efficiency", "secret_bits", "blocks_done", "blocks_aborted", "pool_bits", "emulated_s", "secret_key_rate_bps", "auth_keys_available", "aborts_by_reason", "blocks", "cascade_rounds_per_block", "ec_key_bits", "eavesdropper")
     class AbortsByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class LinkStatus(_message.Message):
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     CASCADE_ROUNDS_PER_BLOCK_FIELD_NUMBER: _ClassVar[int]
     EC_KEY_BITS_FIELD_NUMBER: _ClassVar[int]
+    EAVESDROPPER_FIELD_NUMBER: _ClassVar[int]
     link_id: str
     peer: str
     role: str
@@ -73,7 +74,8 @@ class LinkStatus(_message.Message):
     blocks: _containers.RepeatedCompositeFieldContainer[BlockDigest]
     cascade_rounds_per_block: float
     ec_key_bits: int
-    def __init__(self, link_id: _Optional[str] = ..., peer: _Optional[str] = ..., role: _Optional[str] = ..., state: _Optional[str] = ..., pulses_sent: _Optional[int] = ..., detections: _Optional[int] = ..., sifted_bits: _Optional[int] = ..., qber: _Optional[float] = ..., ec_leak_bits: _Optional[int] = ..., ec_efficiency: _Optional[float] = ..., secret_bits: _Optional[int] = ..., blocks_done: _Optional[int] = ..., blocks_aborted: _Optional[int] = ..., pool_bits: _Optional[int] = ..., emulated_s: _Optional[float] = ..., secret_key_rate_bps: _Optional[float] = ..., auth_keys_available: _Optional[int] = ..., aborts_by_reason: _Optional[_Mapping[str, int]] = ..., blocks: _Optional[_Iterable[_Union[BlockDigest, _Mapping]]] = ..., cascade_rounds_per_block: _Optional[float] = ..., ec_key_bits: _Optional[int] = ...) -> None: ...
+    eavesdropper: str
+    def __init__(self, link_id: _Optional[str] = ..., peer: _Optional[str] = ..., role: _Optional[str] = ..., state: _Optional[str] = ..., pulses_sent: _Optional[int] = ..., detections: _Optional[int] = ..., sifted_bits: _Optional[int] = ..., qber: _Optional[float] = ..., ec_leak_bits: _Optional[int] = ..., ec_efficiency: _Optional[float] = ..., secret_bits: _Optional[int] = ..., blocks_done: _Optional[int] = ..., blocks_aborted: _Optional[int] = ..., pool_bits: _Optional[int] = ..., emulated_s: _Optional[float] = ..., secret_key_rate_bps: _Optional[float] = ..., auth_keys_available: _Optional[int] = ..., aborts_by_reason: _Optional[_Mapping[str, int]] = ..., blocks: _Optional[_Iterable[_Union[BlockDigest, _Mapping]]] = ..., cascade_rounds_per_block: _Optional[float] = ..., ec_key_bits: _Optional[int] = ..., eavesdropper: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("node", "uptime_s", "links", "network_json")
@@ -86,3 +88,23 @@ class NodeStatus(_message.Message):
     links: _containers.RepeatedCompositeFieldContainer[LinkStatus]
     network_json: str
     def __init__(self, node: _Optional[str] = ..., uptime_s: _Optional[float] = ..., links: _Optional[_Iterable[_Union[LinkStatus, _Mapping]]] = ..., network_json: _Optional[str] = ...) -> None: ...
+
+class EavesdropperRequest(_message.Message):
+    __slots__ = ("link_id", "attack", "fraction")
+    LINK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTACK_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    link_id: str
+    attack: str
+    fraction: float
+    def __init__(self, link_id: _Optional[str] = ..., attack: _Optional[str] = ..., fraction: _Optional[float] = ...) -> None: ...
+
+class EavesdropperReply(_message.Message):
+    __slots__ = ("link_id", "attack", "fraction")
+    LINK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTACK_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    link_id: str
+    attack: str
+    fraction: float
+    def __init__(self, link_id: _Optional[str] = ..., attack: _Optional[str] = ..., fraction: _Optional[float] = ...) -> None: ...

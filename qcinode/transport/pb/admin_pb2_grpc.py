@@ -39,12 +39,23 @@ class AdminStub:
                 request_serializer=qcinode_dot_v1_dot_admin__pb2.StatusRequest.SerializeToString,
                 response_deserializer=qcinode_dot_v1_dot_admin__pb2.NodeStatus.FromString,
                 _registered_method=True)
+        self.SetEavesdropper = channel.unary_unary(
+                '/qcinode.v1.Admin/SetEavesdropper',
+                request_serializer=qcinode_dot_v1_dot_admin__pb2.EavesdropperRequest.SerializeToString,
+                response_deserializer=qcinode_dot_v1_dot_admin__pb2.EavesdropperReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetEavesdropper(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +68,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=qcinode_dot_v1_dot_admin__pb2.StatusRequest.FromString,
                     response_serializer=qcinode_dot_v1_dot_admin__pb2.NodeStatus.SerializeToString,
+            ),
+            'SetEavesdropper': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetEavesdropper,
+                    request_deserializer=qcinode_dot_v1_dot_admin__pb2.EavesdropperRequest.FromString,
+                    response_serializer=qcinode_dot_v1_dot_admin__pb2.EavesdropperReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +102,33 @@ class Admin:
             '/qcinode.v1.Admin/Status',
             qcinode_dot_v1_dot_admin__pb2.StatusRequest.SerializeToString,
             qcinode_dot_v1_dot_admin__pb2.NodeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetEavesdropper(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qcinode.v1.Admin/SetEavesdropper',
+            qcinode_dot_v1_dot_admin__pb2.EavesdropperRequest.SerializeToString,
+            qcinode_dot_v1_dot_admin__pb2.EavesdropperReply.FromString,
             options,
             channel_credentials,
             insecure,
