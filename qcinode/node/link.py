@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -28,6 +28,16 @@ from .runtime import LinkRuntime, next_frame_slots
 log = structlog.get_logger(__name__)
 
 STAGE_TIMEOUT_S = 30.0
+
+# A fault injector on the classical channel (tests and `bench/soak.py`): given
+# the direction ("A>B" or "B>A") and an outgoing message, returns what to
+# send instead — the message, a changed copy, nothing (drop), or several
+# (replay). Delays are the injector's to await.
+ClassicalFault = Callable[[str, pb.ClassicalMessage], Awaitable[list[pb.ClassicalMessage]]]
+
+
+async def _no_fault(_direction: str, message: pb.ClassicalMessage) -> list[pb.ClassicalMessage]:
+    return [message]
 HELLO_TIMEOUT_S = 10.0
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 5.0
@@ -79,7 +89,12 @@ class AliceWorker:
         speed: float | None,
         key_rng: Any,
         noise_rng: np.random.Generator,
+        *,
+        fault: ClassicalFault = _no_fault,
+        stage_timeout_s: float = STAGE_TIMEOUT_S,
     ) -> None:
+        self.fault = fault
+        self.stage_timeout_s = stage_timeout_s
         self.rt = rt
         self.channel_factory = channel_factory
         self.speed = speed
@@ -138,7 +153,7 @@ class AliceWorker:
                     frame_id, frame = alice.emit_frame(slots)
                     rt.next_frame_id = alice.next_frame_id
                     await quantum.write(pb.PulseFrame(link_id=rt.link_id, frame_id=frame_id, n_slots=frame.n_slots, payload=frame.to_bytes()))
-                async with asyncio.timeout(STAGE_TIMEOUT_S):
+                async with asyncio.timeout(self.stage_timeout_s):
                     envelope = await call.read()
                 if envelope is grpc.aio.EOF:
                     raise TransportError("peer closed the classical channel")
@@ -150,7 +165,8 @@ class AliceWorker:
                     rt.persist()  # before the tag or the Commit leaves
                 self._log_events(events)
                 for out in outs:
-                    await call.write(codec.encode(out))
+                    for wire in await self.fault("A>B", codec.encode(out)):
+                        await call.write(wire)
         finally:
             self._log_events(rt.record(alice.abandon("session_lost")))
             rt.persist()
@@ -190,7 +206,16 @@ def _log_block(logger: Any, event: Any) -> None:
 class BobEndpoint:
     """Bob's side of every link where this node receives: two gRPC servicers share it."""
 
-    def __init__(self, links: dict[str, LinkRuntime], rng_factory: Callable[[], tuple[Any, np.random.Generator]]) -> None:
+    def __init__(
+        self,
+        links: dict[str, LinkRuntime],
+        rng_factory: Callable[[], tuple[Any, np.random.Generator]],
+        *,
+        fault: ClassicalFault = _no_fault,
+        stage_timeout_s: float = STAGE_TIMEOUT_S,
+    ) -> None:
+        self.fault = fault
+        self.stage_timeout_s = stage_timeout_s
         self.links = links
         self.rng_factory = rng_factory
         self.frames: dict[str, asyncio.Queue[tuple[int, PhotonFrame]]] = {
@@ -288,7 +313,8 @@ class BobEndpoint:
                 for event in events:
                     _log_block(bound, event)
                 for out in outs:
-                    yield codec.encode(out)
+                    for wire in await self.fault("B>A", codec.encode(out)):
+                        yield wire
         finally:
             for task in tasks:
                 task.cancel()

@@ -36,7 +36,7 @@ from ..keys.linkstore import StorageKey
 from ..kme.handlers import Kme
 from ..kme.server import make_app, start_kme_server, tls_context
 from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc, network_pb2, network_pb2_grpc
-from .link import AliceWorker, BobEndpoint, peer_common_name
+from .link import AliceWorker, BobEndpoint, ClassicalFault, peer_common_name
 from .metrics import NodeMetrics, start_metrics_server
 from .network import NetworkService
 from .runtime import LinkRuntime
@@ -63,6 +63,8 @@ class NodeSettings:
     health_listen: str | None = None  # plaintext grpc.health.v1-only host:port (kubelet probes); None: not served
     multipath_shares: int | None = None  # override of the topology's relay.paths
     seed: int | None = None  # test-only: deterministic channel noise
+    stage_timeout_s: float = 30.0  # how long a link waits for its peer's next message
+    classical_fault: ClassicalFault | None = None  # test and soak only: tampers with outgoing classical messages
 
     def __post_init__(self) -> None:
         try:
@@ -229,7 +231,10 @@ class Node:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        endpoint = BobEndpoint({k: v for k, v in self.links.items()}, self._rngs)
+        faults: dict[str, Any] = {"stage_timeout_s": self.settings.stage_timeout_s}
+        if self.settings.classical_fault is not None:
+            faults["fault"] = self.settings.classical_fault
+        endpoint = BobEndpoint({k: v for k, v in self.links.items()}, self._rngs, **faults)
         servicer = _LinkServicer(endpoint)
         link_pb2_grpc.add_QuantumChannelServicer_to_server(servicer, server)
         link_pb2_grpc.add_PostProcessingServicer_to_server(servicer, server)
@@ -255,7 +260,7 @@ class Node:
         for rt in self.links.values():
             if rt.role.value == "alice":
                 key_rng, noise_rng = self._rngs()
-                worker = AliceWorker(rt, functools.partial(self._channel, rt.peer), speed, key_rng, noise_rng)
+                worker = AliceWorker(rt, functools.partial(self._channel, rt.peer), speed, key_rng, noise_rng, **faults)
                 self._tasks.append(asyncio.create_task(self._guard(worker.run(), rt.link_id)))
         self._tasks.append(asyncio.create_task(self._guard(self.network.run_adverts(), "routing")))
         if self.settings.kme_listen is not None and self.keystore is not None:

@@ -1,0 +1,115 @@
+"""A fault injector on the classical channel of a real two-node link: flipped,
+dropped, replayed and delayed post-processing messages. Tampered blocks are
+discarded at both ends, no key is accepted from a tampered transcript, and
+the link recovers with both pools identical."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from qcinode.cluster.certs import make_certificates
+from qcinode.node.node import Node, NodeSettings, cert_plan
+from qcinode.topology import load_topology
+from qcinode.transport.pb import link_pb2 as pb
+
+
+@dataclasses.dataclass
+class Injector:
+    """Does ``action`` once to the first message of ``kind`` going ``direction``, once armed."""
+
+    direction: str
+    kind: str
+    action: str
+    armed: bool = False
+    fired_in_block: int | None = None
+
+    async def __call__(self, direction: str, message: pb.ClassicalMessage) -> list[pb.ClassicalMessage]:
+        if not self.armed or direction != self.direction or message.WhichOneof("body") != self.kind:
+            if self.action == "delay" and self.armed:
+                await asyncio.sleep(0.002)
+            return [message]
+        body = getattr(message, self.kind)
+        if self.action == "delay":
+            await asyncio.sleep(0.002)
+            return [message]
+        self.armed = False
+        self.fired_in_block = getattr(body, "block_seq", None)
+        if self.action == "drop":
+            return []
+        if self.action == "replay":
+            return [message, message]
+        changed = pb.ClassicalMessage()
+        changed.CopyFrom(message)
+        field = {"confirm": "pa_seed", "verdict": "auth_tag", "parity_reply": "parities", "commit": "auth_tag", "sift_reply": "classes"}[self.kind]
+        data = bytearray(getattr(getattr(changed, self.kind), field))
+        data[0] ^= 0x01
+        setattr(getattr(changed, self.kind), field, bytes(data))
+        return [changed]
+
+
+def _digests(node: Node) -> dict[str, str]:
+    (link,) = node.status(include_digests=True)["links"]
+    return {b["block_id"]: b["sha256"] for b in link["blocks"]}
+
+
+async def _until(predicate, timeout_s: float = 45.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("direction", "kind", "action", "discarded_reason"),
+    [
+        ("A>B", "confirm", "flip", ("authentication_failed", "authentication_failed")),  # Bob checks Alice's tag
+        ("B>A", "verdict", "flip", ("authentication_failed", "authentication_failed_at_peer")),  # Alice checks Bob's
+        ("A>B", "parity_reply", "flip", None),  # caught by verification or authentication
+        ("A>B", "commit", "flip", None),  # Bob cannot tell Alice's decision: resynchronised on reconnection
+        ("B>A", "reconciled", "drop", None),
+        ("A>B", "sift_reply", "replay", None),
+        ("A>B", "parity_reply", "delay", None),
+    ],
+)
+async def test_tampered_block_is_discarded_and_the_link_recovers(
+    tmp_path: Path, two_node_topology: Path, direction: str, kind: str, action: str, discarded_reason: tuple[str, str] | None
+) -> None:
+    topology = load_topology(two_node_topology)
+    certs = tmp_path / "certs"
+    make_certificates(cert_plan(topology), certs, bootstrap_key_bytes=8192)
+    injector = Injector(direction, kind, action)
+    common = dict(topology=topology, certs_dir=certs, classical_fault=injector, stage_timeout_s=2.0)
+    beta = Node(NodeSettings(name="beta", seed=21, data_dir=tmp_path / "beta", **common))
+    port = await beta.start()
+    alpha = Node(NodeSettings(name="alpha", seed=22, data_dir=tmp_path / "alpha", peers={"beta": f"127.0.0.1:{port}"}, **common))
+    await alpha.start()
+    a_link, b_link = alpha.links["alpha-beta"], beta.links["alpha-beta"]
+    try:
+        await _until(lambda: b_link.counters.blocks_done >= 1)
+        injector.armed = True
+        await _until(lambda: not injector.armed or action == "delay", timeout_s=30)
+        if action == "delay":
+            done = b_link.counters.blocks_done
+            await _until(lambda: b_link.counters.blocks_done >= done + 2)
+            injector.armed = False
+        done = b_link.counters.blocks_done
+        await _until(lambda: b_link.counters.blocks_done >= done + 2)
+        await _until(lambda: set(_digests(beta)) <= set(_digests(alpha)))
+        a, b = _digests(alpha), _digests(beta)
+        assert all(a[block] == b[block] for block in set(a) & set(b)), "a block differs between the ends"
+        if injector.fired_in_block is not None and action == "flip" and kind in ("confirm", "verdict", "parity_reply"):
+            tampered = f"alpha-beta/{injector.fired_in_block}"
+            assert tampered not in a and tampered not in b, "a block was accepted from a tampered transcript"
+        if discarded_reason is not None:
+            at_alice, at_bob = discarded_reason
+            assert a_link.counters.aborts_by_reason[at_alice] >= 1
+            assert b_link.counters.aborts_by_reason[at_bob] >= 1
+        # Both ends spent the same one-time MAC keys.
+        await _until(lambda: a_link.auth.cursor == b_link.auth.cursor, timeout_s=10)
+    finally:
+        await alpha.stop(0)
+        await beta.stop(0)
