@@ -73,7 +73,7 @@ __all__ = [
     "topology_to_mapping",
 ]
 
-EAVESDROPPER_ATTACKS: Final[tuple[str, ...]] = ("none", "intercept-resend")
+EAVESDROPPER_ATTACKS: Final[tuple[str, ...]] = ("none", "intercept-resend", "photon-number-splitting")
 """Every attack an ``eavesdropper.attack`` may name. New attacks go here."""
 
 PROBABILITY_SUM_TOLERANCE: Final = 1e-9

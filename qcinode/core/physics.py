@@ -37,7 +37,21 @@ Sec. 2, "MQZL" below):
    basis and bit. She acts before the loss, so Bob's gain is unchanged and
    only the polarisation state of the materialised photons changes; the
    sifted error rate on intercepted slots is 1/4 + e/2.
-6. Bob's receiver (:func:`detect`) has one threshold detector per bit value.
+6. Photon-number splitting (Huttner, Imoto, Gisin, Mor, PRA 51, 1863
+   (1995); Brassard, Lütkenhaus, Mor, Sanders, PRL 85, 1330 (2000)), with
+   ``photon_number_splitting=True``: Eve counts the photons at Alice's
+   output, blocks every pulse with 0 or 1 photon, keeps one photon of each
+   multi-photon pulse (she reads its bit once the basis is announced) and,
+   with probability ``s`` (:attr:`LinkPhysics.pns_forwarding`), sends the
+   other ``n - 1`` photons to Bob's receiver over a lossless channel; Bob's
+   efficiency ``eta_Bob`` still thins them. ``s`` is chosen so that Bob's
+   signal gain equals the honest one (1 when that is impossible: the attack
+   is then detectable from the signal gain alone). Under the attack a class
+   ``i`` pulse carries ``k >= 1`` detected photons with probability
+   ``s sum_{n>=2} Poisson(n; mu_i) Binom(k; n - 1, eta_Bob)``; the sampler
+   materialises those slots exactly as in step 3, with this law in place of
+   the zero-truncated Poisson. The states are Alice's (no error is added).
+7. Bob's receiver (:func:`detect`) has one threshold detector per bit value.
    Each detector dark-clicks independently with ``p_d`` where
    ``1 - (1 - p_d)^2 = Y0`` (dark clicks are sampled over the whole frame by
    geometric gaps). Each detected photon goes to the correct detector with
@@ -87,6 +101,7 @@ __all__ = [
     "expected_gain",
     "expected_qber_intercept_resend",
     "fibre_transmittance",
+    "pns_multi_photon_detection",
     "transmit",
 ]
 
@@ -153,6 +168,13 @@ class LinkPhysics:
         misalignment_error: ``e_det``: probability that a photon measured in
             its own basis hits the wrong detector.
         intercept_resend_fraction: Fraction of pulses Eve intercepts and resends.
+        photon_number_splitting: Eve runs the photon-number-splitting attack
+            (module docstring, step 6). Combined with a non-zero
+            ``intercept_resend_fraction`` she also intercept-resends that
+            fraction of the photons she forwards.
+        pns_forwarding_fraction: Override of the forwarding fraction ``s``;
+            None (the default) picks the ``s`` that keeps Bob's signal gain
+            honest (:attr:`pns_forwarding`).
     """
 
     intensities: tuple[float, float, float]
@@ -163,6 +185,8 @@ class LinkPhysics:
     dark_count_probability: float
     misalignment_error: float
     intercept_resend_fraction: float = 0.0
+    photon_number_splitting: bool = False
+    pns_forwarding_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if len(self.intensities) != 3:
@@ -184,6 +208,12 @@ class LinkPhysics:
             raise ConfigError("dark_count_probability: must be below 1")
         _check_range("misalignment_error", self.misalignment_error, 0.0, 1.0)
         _check_range("intercept_resend_fraction", self.intercept_resend_fraction, 0.0, 1.0)
+        if not isinstance(self.photon_number_splitting, (bool, np.bool_)):
+            raise ConfigError(
+                f"photon_number_splitting: expected a bool, got {self.photon_number_splitting!r}"
+            )
+        if self.pns_forwarding_fraction is not None:
+            _check_range("pns_forwarding_fraction", self.pns_forwarding_fraction, 0.0, 1.0)
 
     @property
     def eta(self) -> float:
@@ -198,6 +228,28 @@ class LinkPhysics:
     def detected_mean(self, cls: int) -> float:
         """Mean number of detected photons ``eta * mu_cls`` of class ``cls``."""
         return self.eta * self.intensities[_check_class(cls)]
+
+    @property
+    def pns_forwarding(self) -> float:
+        """Eve's forwarding fraction ``s`` under photon-number splitting (0 without it).
+
+        ``s = (1 - exp(-eta mu)) / D_mu`` for the signal intensity ``mu``, where
+        ``D_mu`` (:func:`pns_multi_photon_detection`) is the chance that a
+        forwarded signal pulse makes Bob detect a photon; clipped to 1 when
+        the multi-photon pulses cannot even match the honest gain
+        (:attr:`pns_feasible` False). An explicit ``pns_forwarding_fraction``
+        wins.
+        """
+        if not self.photon_number_splitting:
+            return 0.0
+        if self.pns_forwarding_fraction is not None:
+            return float(self.pns_forwarding_fraction)
+        return min(_pns_matching_fraction(self), 1.0)
+
+    @property
+    def pns_feasible(self) -> bool:
+        """Whether multi-photon signal pulses alone can reproduce the honest signal gain."""
+        return _pns_matching_fraction(self) <= 1.0
 
 
 def _check_class(cls: int) -> int:
@@ -445,8 +497,103 @@ def _bits(rng: np.random.Generator, size: int) -> UInt8Array:
 
 
 def _detection_probabilities(phys: LinkPhysics) -> NDArray[np.float64]:
-    """``1 - exp(-eta mu_i)`` per class: the chance of >= 1 detected photon."""
+    """Per class, the chance of >= 1 detected photon: ``1 - exp(-eta mu_i)``
+    on an honest channel, ``s D_i`` under photon-number splitting."""
+    if phys.photon_number_splitting:
+        s = phys.pns_forwarding
+        return np.array([s * pns_multi_photon_detection(phys, cls) for cls in range(3)])
     return -np.expm1(-phys.eta * np.asarray(phys.intensities, dtype=np.float64))
+
+
+def _poisson_table(mean: float) -> NDArray[np.float64]:
+    """Poisson(mean) probabilities for n = 0..N, N past the mode with tail < 1e-18."""
+    if mean <= 0.0:
+        return np.array([1.0])
+    log_mean = math.log(mean)
+    probabilities: list[float] = []
+    n = 0
+    while True:
+        p = math.exp(n * log_mean - mean - math.lgamma(n + 1))
+        probabilities.append(p)
+        if n > mean and p * (n + 1) / (n + 1 - mean) < _TAIL_MASS:
+            break
+        n += 1
+    return np.array(probabilities)
+
+
+def _pns_detected_table(mean: float, efficiency: float) -> NDArray[np.float64]:
+    """``P(k)``, k = 0..N-1: Bob detects ``k`` of the ``n - 1`` photons Eve forwards.
+
+    ``P(k) = sum_{n>=2} Poisson(n; mean) Binom(k; n - 1, efficiency)`` (before
+    the forwarding fraction ``s``); the mass of ``n <= 1`` is left out, so the
+    entries sum to ``P(n >= 2)``.
+    """
+    poisson = _poisson_table(mean)
+    size = max(len(poisson) - 1, 1)
+    table = np.zeros(size)
+    if efficiency <= 0.0:
+        table[0] = float(poisson[2:].sum())
+        return table
+    log_eff = math.log(efficiency)
+    log_miss = math.log1p(-efficiency) if efficiency < 1.0 else -math.inf
+    for n in range(2, len(poisson)):
+        m = n - 1
+        k = np.arange(m + 1)
+        log_binom = np.array([math.lgamma(m + 1) - math.lgamma(j + 1) - math.lgamma(m - j + 1) for j in k])
+        with np.errstate(invalid="ignore"):
+            log_terms = log_binom + k * log_eff + np.where(m - k > 0, (m - k) * log_miss, 0.0)
+        table[: m + 1] += poisson[n] * np.exp(log_terms)
+    return table
+
+
+def pns_multi_photon_detection(phys: LinkPhysics, cls: int) -> float:
+    """``D_i``: chance that a class ``i`` pulse has >= 2 photons and Bob detects
+    at least one of the ``n - 1`` that Eve forwards (forwarding fraction aside).
+
+    Closed form, with ``c = 1 - eta_Bob``::
+
+        D_i = sum_{n>=2} e^-mu mu^n / n! (1 - c^(n-1))
+            = 1 - e^-mu - e^-mu (e^(mu c) - 1) / c
+
+    evaluated as the (cancellation-free) series.
+    """
+    mean = phys.intensities[_check_class(cls)]
+    if mean <= 0.0:
+        return 0.0
+    eff = phys.detector_efficiency
+    poisson = _poisson_table(mean)
+    n = np.arange(2, len(poisson))
+    if eff >= 1.0:
+        return float(poisson[2:].sum())
+    if eff <= 0.0:
+        return 0.0
+    return float(np.sum(poisson[2:] * -np.expm1((n - 1) * math.log1p(-eff))))
+
+
+def _pns_matching_fraction(phys: LinkPhysics) -> float:
+    """Unclipped ``s`` with ``s D_mu = 1 - exp(-eta mu)`` (inf when ``D_mu`` is 0)."""
+    honest = -math.expm1(-phys.detected_mean(CLASS_SIGNAL))
+    multi = pns_multi_photon_detection(phys, CLASS_SIGNAL)
+    if honest <= 0.0:
+        return 0.0
+    return honest / multi if multi > 0.0 else math.inf
+
+
+def _pns_photon_counts(
+    rng: np.random.Generator, mean: float, efficiency: float, size: int
+) -> NDArray[np.uint16]:
+    """Detected-photon count of forwarded PNS pulses, conditioned on >= 1."""
+    if size == 0:
+        return np.empty(0, np.uint16)
+    table = _pns_detected_table(mean, efficiency)[1:]
+    cdf = np.cumsum(table)
+    cdf /= cdf[-1]
+    u = rng.random(size)
+    counts = np.ones(size, np.uint16)
+    more = np.flatnonzero(u >= cdf[0])
+    if more.size:
+        counts[more] = np.minimum(np.searchsorted(cdf, u[more], side="right"), len(cdf) - 1) + 1
+    return counts
 
 
 # --------------------------------------------------------------------------- Alice
@@ -458,7 +605,8 @@ class AliceRecord:
     Slots that were materialised (they carry a detected photon) are stored at
     transmission time. Any other slot can only click through a dark count;
     its values are drawn on first :meth:`reveal` from the exact conditional
-    law (class proportional to ``p_i exp(-eta mu_i)``, uniform bit, basis Z
+    law (class proportional to ``p_i exp(-eta mu_i)``, or ``p_i (1 - s D_i)``
+    under photon-number splitting; uniform bit, basis Z
     with ``z_basis_probability``) with Alice's ``key_rng`` and remembered, so
     a repeated reveal answers the same.
     """
@@ -507,9 +655,14 @@ class AliceRecord:
         self.bits = bits
         self._key_rng = key_rng
         self._z_probability = phys.z_basis_probability
-        self._lazy_weights = np.asarray(phys.class_probabilities, dtype=np.float64) * np.exp(
-            -phys.eta * np.asarray(phys.intensities, dtype=np.float64)
-        )
+        if phys.photon_number_splitting:
+            self._lazy_weights = np.asarray(phys.class_probabilities, dtype=np.float64) * (
+                1.0 - _detection_probabilities(phys)
+            )
+        else:
+            self._lazy_weights = np.asarray(phys.class_probabilities, dtype=np.float64) * np.exp(
+                -phys.eta * np.asarray(phys.intensities, dtype=np.float64)
+            )
         self._lazy_slots = np.empty(0, np.int64)
         self._lazy_classes = np.empty(0, np.uint8)
         self._lazy_bases = np.empty(0, np.uint8)
@@ -634,7 +787,11 @@ def transmit(
     for cls in (CLASS_SIGNAL, CLASS_DECOY, CLASS_VACUUM):
         mask = classes == cls
         n_cls = int(np.count_nonzero(mask))
-        if n_cls:
+        if n_cls and phys.photon_number_splitting:
+            photons[mask] = _pns_photon_counts(
+                noise_rng, phys.intensities[cls], phys.detector_efficiency, n_cls
+            )
+        elif n_cls:
             photons[mask] = _zero_truncated_poisson(noise_rng, phys.detected_mean(cls), n_cls)
 
     state_bases, state_bits = bases, bits
@@ -765,8 +922,14 @@ def expected_gain(phys: LinkPhysics, cls: int) -> float:
     """Gain ``Q = 1 - (1 - Y0) exp(-eta mu)`` of class ``cls`` (MQZL Eq. 8).
 
     It equals ``Y0 + 1 - exp(-eta mu)`` to first order, the form MQZL print;
-    the version here is exact for this receiver model.
+    the version here is exact for this receiver model. Under
+    photon-number splitting it is the attacked gain
+    ``Q_i = 1 - (1 - Y0)(1 - s D_i)`` (:func:`pns_multi_photon_detection`);
+    intercept-resend leaves the gain unchanged.
     """
+    if phys.photon_number_splitting:
+        detected = phys.pns_forwarding * pns_multi_photon_detection(phys, cls)
+        return 1.0 - (1.0 - phys.dark_count_probability) * (1.0 - detected)
     x = phys.detected_mean(cls)
     return -math.expm1(-x) + phys.dark_count_probability * math.exp(-x)
 
@@ -797,10 +960,16 @@ def exact_error_rate(phys: LinkPhysics, cls: int) -> float:
     ``c = 1 - (1 - p_d) exp(-a (1 - e_det))``. On an intercepted slot Eve's
     basis differs from Alice's with probability 1/2, and then any slot holding
     a photon errs with probability 1/2. Returns 0 when the gain is 0.
+
+    Under photon-number splitting the slot holds ``k`` detected photons with
+    the forwarded law (module docstring, step 6) and, in Bob's basis, errs
+    with ``1/2 + (1 - p_d)(e_det^k - (1 - e_det)^k) / 2``.
     """
     gain = expected_gain(phys, cls)
     if gain <= 0.0:
         return 0.0
+    if phys.photon_number_splitting:
+        return _pns_error_and_click(phys, cls) / gain
     a = phys.detected_mean(cls)
     e = phys.misalignment_error
     keep = 1.0 - phys.detector_dark_probability
@@ -812,6 +981,25 @@ def exact_error_rate(phys: LinkPhysics, cls: int) -> float:
     half_eve = 0.5 * phys.intercept_resend_fraction
     photon_part = (1.0 - half_eve) * photon_part + half_eve * 0.5 * -math.expm1(-a)
     return (dark_only + photon_part) / gain
+
+
+def _pns_error_and_click(phys: LinkPhysics, cls: int) -> float:
+    """P(click and sifted error) of class ``cls`` under photon-number splitting."""
+    s = phys.pns_forwarding
+    mean = phys.intensities[_check_class(cls)]
+    detected = s * pns_multi_photon_detection(phys, cls)
+    dark_only = BACKGROUND_ERROR * phys.dark_count_probability * (1.0 - detected)
+    photon_part = 0.0
+    if detected > 0.0:
+        table = s * _pns_detected_table(mean, phys.detector_efficiency)[1:]
+        k = np.arange(1, len(table) + 1)
+        e = phys.misalignment_error
+        keep = 1.0 - phys.detector_dark_probability
+        err = 0.5 + 0.5 * keep * (np.power(e, k) - np.power(1.0 - e, k))
+        photon_part = float(np.sum(table * err))
+    half_eve = 0.5 * phys.intercept_resend_fraction
+    photon_part = (1.0 - half_eve) * photon_part + half_eve * 0.5 * detected
+    return dark_only + photon_part
 
 
 def expected_qber_intercept_resend(e_honest: float, fraction: float) -> float:

@@ -42,7 +42,11 @@ def with_eavesdropper(phys: physics.LinkPhysics, eve: EavesdropperConfig | None)
     """The same link with ``eve`` (None or attack "none": no attacker) acting on its pulses."""
     attack = "none" if eve is None else eve.attack
     fraction = eve.fraction if eve is not None else 0.0
-    return dataclasses.replace(phys, intercept_resend_fraction=fraction if attack == "intercept-resend" else 0.0)
+    return dataclasses.replace(
+        phys,
+        intercept_resend_fraction=fraction if attack == "intercept-resend" else 0.0,
+        photon_number_splitting=attack == "photon-number-splitting",
+    )
 
 
 def protocol_config(link: LinkConfig) -> LinkProtocolConfig:
