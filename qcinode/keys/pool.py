@@ -408,19 +408,28 @@ class LinkKeyPool:
                 out of the block, outside the initiator's half, or
                 overlapping another range of the same call.
         """
+        data = self.peek_ranges(ranges, initiator)
+        for r in ranges:
+            self._blocks[r.block_id].mark_used(initiator, r.offset_bytes, r.end_bytes)
+        self._retire_full({r.block_id for r in ranges})
+        return data
+
+    def peek_ranges(self, ranges: Sequence[KeyRange], initiator: Role) -> bytes:
+        """The bytes of ranges the peer named, checked exactly as :meth:`consume_ranges` does, without using them.
+
+        For checking a message's one-time MAC before its pad is marked used:
+        a forged message then leaves both ledgers as they were.
+
+        Raises:
+            The same errors as :meth:`consume_ranges`.
+        """
         if initiator is not self._role.peer:
             raise LocalProtocolError(f"consume_ranges is for the peer's ranges, not {initiator!r}")
         ranges = list(ranges)
         claimed: dict[str, list[Interval]] = {}
         for r in ranges:
             self._check_peer_range(r, initiator, claimed)
-        parts: list[bytes] = []
-        for r in ranges:
-            block = self._blocks[r.block_id]
-            parts.append(block.read(initiator, r.offset_bytes, r.end_bytes))
-            block.mark_used(initiator, r.offset_bytes, r.end_bytes)
-        self._retire_full({r.block_id for r in ranges})
-        return b"".join(parts)
+        return b"".join(self._blocks[r.block_id].read(initiator, r.offset_bytes, r.end_bytes) for r in ranges)
 
     # -- persistence -----------------------------------------------------
 

@@ -305,7 +305,7 @@ class BobEndpoint:
                         outs = bob.receive(codec.decode(item))
                 except ProtocolError as exc:
                     bound.warning("link.protocol_error", details=str(exc))
-                    break
+                    await context.abort(grpc.StatusCode.ABORTED, f"protocol error: {exc}")
                 rt.next_block_seq = bob.next_block_seq
                 events = rt.record(bob.take_events())
                 if events or rt.auth.cursor != cursor:

@@ -11,8 +11,9 @@ Rules that keep every key bit single-use and both ends consistent:
 * A hop's pad is reserved from *our* half of the link pool, committed and
   written to disk before the ciphertext leaves; a failure afterwards
   discards those bits, it never releases them (the peer may have used them).
-* The receiving end consumes exactly the ranges named in the hop, from the
-  sender's half, and writes that through before decrypting.
+* The receiving end checks the hop's tag with the named ranges, then
+  consumes exactly those ranges, from the sender's half, and writes that
+  through before the share goes on; a forged hop uses nothing.
 * The master gets a key only after every slave's node stored it; a failed
   relay leaves at most an orphan at a destination, which nobody can redeem
   because nobody learnt its key ID.
@@ -239,9 +240,11 @@ class NetworkService(pb_grpc.NetworkServicer):
         try:
             validate_header(header, self.node_name, caller)
             ranges = [KeyRange(r.block_id, r.offset_bytes, r.length_bytes) for r in request.pad]
-            pad = rt.pool.consume_ranges(ranges, initiator=rt.role.peer)
+            # Check the tag before using the pad: a forged hop must not make
+            # this end's ledger differ from the sender's.
+            share = open_hop(header, request.ciphertext, request.tag, rt.pool.peek_ranges(ranges, initiator=rt.role.peer))
+            rt.pool.consume_ranges(ranges, initiator=rt.role.peer)
             rt.persist()
-            share = open_hop(header, request.ciphertext, request.tag, pad)
         except (ProtocolError, SecurityAbort, QcinodeError) as exc:
             self.counters.failed += 1
             self.counters.failures_by_reason[type(exc).__name__] += 1

@@ -423,3 +423,17 @@ class TwoEnds(RuleBasedStateMachine):
 
 TwoEnds.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 test_two_ends = TwoEnds.TestCase
+
+
+def test_peek_checks_like_consume_but_uses_nothing() -> None:
+    alice, bob = LinkKeyPool("a-b", Role.ALICE), LinkKeyPool("a-b", Role.BOB)
+    for pool in (alice, bob):
+        pool.add_block("a-b/0", bytes(range(64)))
+    reservation = alice.reserve(16)
+    pad = alice.commit(reservation)
+    assert bob.peek_ranges(reservation.ranges, Role.ALICE) == pad
+    assert bob.used_bytes == 0, "peeking must not use the bytes"
+    assert bob.consume_ranges(reservation.ranges, Role.ALICE) == pad
+    assert bob.used_bytes == 16
+    with pytest.raises(KeyAlreadyUsed):
+        bob.peek_ranges(reservation.ranges, Role.ALICE)
