@@ -21,13 +21,23 @@ def admin_channel(address: str, server_name: str, certs_dir: Path) -> grpc.Chann
     return grpc.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", server_name)])
 
 
-def node_status(address: str, server_name: str, certs_dir: Path, *, timeout_s: float = 5.0, digests: bool = False) -> dict[str, Any]:
-    """One node's status as a plain dict (link fields named as in ``qcinode status --json``)."""
+def node_status(
+    address: str, server_name: str, certs_dir: Path, *, timeout_s: float = 5.0, digests: bool = False, ledger: bool = False
+) -> dict[str, Any]:
+    """One node's status as a plain dict (link fields named as in ``qcinode status --json``).
+
+    ``ledger`` adds each link's ``ledger``: every used pool range as
+    ``[block_id, offset_bytes, length_bytes, initiator]`` (for audits).
+    """
     with admin_channel(address, server_name, certs_dir) as channel:
-        reply = admin_pb2_grpc.AdminStub(channel).Status(admin_pb2.StatusRequest(include_block_digests=digests), timeout=timeout_s)
+        request = admin_pb2.StatusRequest(include_block_digests=digests, include_ledger=ledger)
+        reply = admin_pb2_grpc.AdminStub(channel).Status(request, timeout=timeout_s)
     out: dict[str, Any] = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     out["network"] = json.loads(out.pop("network_json", "") or "{}")
     for link in out.get("links", []):
+        raw = link.pop("ledger_json", "")
+        if ledger:
+            link["ledger"] = json.loads(raw or "[]")
         for key, value in list(link.items()):
             if isinstance(value, str) and key not in ("link_id", "peer", "role", "state") and value.isdigit():
                 link[key] = int(value)  # proto3 JSON writes uint64 as strings

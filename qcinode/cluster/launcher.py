@@ -192,7 +192,7 @@ def stop_processes(pids: dict[str, int], grace_s: float = 10.0) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def cluster_status(state_dir: Path, digests: bool = False) -> dict[str, Any]:
+def cluster_status(state_dir: Path, digests: bool = False, ledger: bool = False) -> dict[str, Any]:
     """Status of every node and link of the cluster in ``state_dir``."""
     cluster = read_cluster(state_dir)
     certs = state_dir / "certs"
@@ -201,7 +201,7 @@ def cluster_status(state_dir: Path, digests: bool = False) -> dict[str, Any]:
     for name, info in cluster["nodes"].items():
         entry: dict[str, Any] = {"pid": info["pid"], "alive": pid_alive(int(info["pid"])), "grpc": info["grpc"]}
         try:
-            status = node_status(info["grpc"], name, certs, timeout_s=3.0, digests=digests)
+            status = node_status(info["grpc"], name, certs, timeout_s=3.0, digests=digests, ledger=ledger)
         except Exception as exc:  # noqa: BLE001 - any failure means "unreachable" here
             entry["error"] = str(getattr(exc, "details", lambda: exc)())
             status = {"links": []}
@@ -218,6 +218,7 @@ def cluster_status(state_dir: Path, digests: bool = False) -> dict[str, Any]:
         main.pop("role", None)
         main.pop("peer", None)
         main.pop("blocks", None)
+        main.pop("ledger", None)
         main["alice_pool_bits"] = views.get("alice", {}).get("pool_bits")
         main["bob_pool_bits"] = views.get("bob", {}).get("pool_bits")
         if "alice" not in views or "bob" not in views:

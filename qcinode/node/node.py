@@ -124,7 +124,7 @@ class _AdminServicer(admin_pb2_grpc.AdminServicer):
     async def Status(self, request: admin_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> admin_pb2.NodeStatus:
         if peer_common_name(context) != ADMIN_COMMON_NAME:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "status needs the admin certificate")
-        return status_message(self.node.status(include_digests=request.include_block_digests))
+        return status_message(self.node.status(include_digests=request.include_block_digests, include_ledger=request.include_ledger))
 
     async def SetEavesdropper(self, request: admin_pb2.EavesdropperRequest, context: grpc.aio.ServicerContext) -> admin_pb2.EavesdropperReply:
         if peer_common_name(context) != ADMIN_COMMON_NAME:
@@ -336,11 +336,11 @@ class Node:
             self.store.close()
         self.log.info("node.stopped")
 
-    def status(self, include_digests: bool = False) -> dict[str, Any]:
+    def status(self, include_digests: bool = False, include_ledger: bool = False) -> dict[str, Any]:
         return {
             "node": self.settings.name,
             "uptime_s": time.monotonic() - self.started,
-            "links": [rt.status(include_digests) for rt in self.links.values()],
+            "links": [rt.status(include_digests, include_ledger) for rt in self.links.values()],
             "network": {
                 **self.network.status(),
                 "kme_port": self.kme_port,

@@ -7,6 +7,7 @@ the status service reads it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections import Counter
 from typing import Any
@@ -190,7 +191,7 @@ class LinkRuntime:
             seqs.append(int(self.pending_bob.pending_block_seq))
         return sorted(seqs)
 
-    def status(self, include_digests: bool = False) -> dict[str, Any]:
+    def status(self, include_digests: bool = False, include_ledger: bool = False) -> dict[str, Any]:
         c = self.counters
         emulated = self.emulated_s
         out: dict[str, Any] = {
@@ -217,6 +218,10 @@ class LinkRuntime:
             "eavesdropper": f"{self.eavesdropper.attack} {self.eavesdropper.fraction:g}" if self.eavesdropper else "",
             "cascade_rounds_per_block": c.cascade_rounds / max(1, c.blocks_done + c.blocks_aborted),
         }
+        if include_ledger:
+            out["ledger_json"] = json.dumps(
+                [[e.block_id, e.offset_bytes, e.length_bytes, e.initiator.value] for e in self.pool.audit()]
+            )
         if include_digests:
             out["blocks"] = [
                 {"block_id": b, "sha256": self.pool.block_digest(b).hex()} for b in self.pool.block_ids

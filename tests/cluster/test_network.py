@@ -91,6 +91,17 @@ def test_chain_of_five_delivers_identical_keys_over_four_hops(chain: QciNetwork)
     # A key is redeemed once.
     again = chain.client("app-5").dec_keys(chain.sae("app-5").kme_url, "app-1", [enc[0]["key_ID"]])
     assert again[0] == 400
+    # Ledger audit: both ends of every hop used exactly the same pool bytes, and some were used.
+    from qcinode.cluster.launcher import cluster_status
+
+    views: dict[str, dict[str, list]] = {}
+    for node in cluster_status(chain.state_dir, ledger=True)["nodes"].values():
+        for link in node["links"]:
+            views.setdefault(link["link_id"], {})[link["role"]] = link["ledger"]
+    assert set(views) == {"n1-n2", "n2-n3", "n3-n4", "n4-n5"}
+    for link_id, ends in views.items():
+        assert ends["alice"] == ends["bob"], f"the two ends of {link_id} disagree on which key bits were used"
+        assert ends["alice"], f"{link_id} carried relays but its ledger is empty"
     # No node logged key material: neither the keys' base64 nor their hex.
     logs = "".join(p.read_text(errors="replace") for p in (chain.state_dir / "logs").glob("*.log"))
     assert "relay.delivered" in logs

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16qcinode/v1/admin.proto\x12\nqcinode.v1\".\n\rStatusRequest\x12\x1d\n\x15include_block_digests\x18\x01 \x01(\x08\"=\n\x0b\x42lockDigest\x12\x10\n\x08\x62lock_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\x12\x0c\n\x04\x62its\x18\x03 \x01(\x04\"\xd7\x04\n\nLinkStatus\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x13\n\x0bpulses_sent\x18\x05 \x01(\x04\x12\x12\n\ndetections\x18\x06 \x01(\x04\x12\x13\n\x0bsifted_bits\x18\x07 \x01(\x04\x12\x0c\n\x04qber\x18\x08 \x01(\x01\x12\x14\n\x0c\x65\x63_leak_bits\x18\t \x01(\x04\x12\x15\n\rec_efficiency\x18\n \x01(\x01\x12\x13\n\x0bsecret_bits\x18\x0b \x01(\x04\x12\x13\n\x0b\x62locks_done\x18\x0c \x01(\x04\x12\x16\n\x0e\x62locks_aborted\x18\r \x01(\x04\x12\x11\n\tpool_bits\x18\x0e \x01(\x04\x12\x12\n\nemulated_s\x18\x0f \x01(\x01\x12\x1b\n\x13secret_key_rate_bps\x18\x10 \x01(\x01\x12\x1b\n\x13\x61uth_keys_available\x18\x11 \x01(\x04\x12\x44\n\x10\x61\x62orts_by_reason\x18\x12 \x03(\x0b\x32*.qcinode.v1.LinkStatus.AbortsByReasonEntry\x12\'\n\x06\x62locks\x18\x13 \x03(\x0b\x32\x17.qcinode.v1.BlockDigest\x12 \n\x18\x63\x61scade_rounds_per_block\x18\x14 \x01(\x01\x12\x13\n\x0b\x65\x63_key_bits\x18\x15 \x01(\x04\x12\x14\n\x0c\x65\x61vesdropper\x18\x16 \x01(\t\x1a\x35\n\x13\x41\x62ortsByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"i\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08uptime_s\x18\x02 \x01(\x01\x12%\n\x05links\x18\x03 \x03(\x0b\x32\x16.qcinode.v1.LinkStatus\x12\x14\n\x0cnetwork_json\x18\x04 \x01(\t\"H\n\x13\x45\x61vesdropperRequest\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61ttack\x18\x02 \x01(\t\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\"F\n\x11\x45\x61vesdropperReply\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61ttack\x18\x02 \x01(\t\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\x32\x97\x01\n\x05\x41\x64min\x12;\n\x06Status\x12\x19.qcinode.v1.StatusRequest\x1a\x16.qcinode.v1.NodeStatus\x12Q\n\x0fSetEavesdropper\x12\x1f.qcinode.v1.EavesdropperRequest\x1a\x1d.qcinode.v1.EavesdropperReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16qcinode/v1/admin.proto\x12\nqcinode.v1\"F\n\rStatusRequest\x12\x1d\n\x15include_block_digests\x18\x01 \x01(\x08\x12\x16\n\x0einclude_ledger\x18\x02 \x01(\x08\"=\n\x0b\x42lockDigest\x12\x10\n\x08\x62lock_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\x12\x0c\n\x04\x62its\x18\x03 \x01(\x04\"\xec\x04\n\nLinkStatus\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x13\n\x0bpulses_sent\x18\x05 \x01(\x04\x12\x12\n\ndetections\x18\x06 \x01(\x04\x12\x13\n\x0bsifted_bits\x18\x07 \x01(\x04\x12\x0c\n\x04qber\x18\x08 \x01(\x01\x12\x14\n\x0c\x65\x63_leak_bits\x18\t \x01(\x04\x12\x15\n\rec_efficiency\x18\n \x01(\x01\x12\x13\n\x0bsecret_bits\x18\x0b \x01(\x04\x12\x13\n\x0b\x62locks_done\x18\x0c \x01(\x04\x12\x16\n\x0e\x62locks_aborted\x18\r \x01(\x04\x12\x11\n\tpool_bits\x18\x0e \x01(\x04\x12\x12\n\nemulated_s\x18\x0f \x01(\x01\x12\x1b\n\x13secret_key_rate_bps\x18\x10 \x01(\x01\x12\x1b\n\x13\x61uth_keys_available\x18\x11 \x01(\x04\x12\x44\n\x10\x61\x62orts_by_reason\x18\x12 \x03(\x0b\x32*.qcinode.v1.LinkStatus.AbortsByReasonEntry\x12\'\n\x06\x62locks\x18\x13 \x03(\x0b\x32\x17.qcinode.v1.BlockDigest\x12 \n\x18\x63\x61scade_rounds_per_block\x18\x14 \x01(\x01\x12\x13\n\x0b\x65\x63_key_bits\x18\x15 \x01(\x04\x12\x14\n\x0c\x65\x61vesdropper\x18\x16 \x01(\t\x12\x13\n\x0bledger_json\x18\x17 \x01(\t\x1a\x35\n\x13\x41\x62ortsByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"i\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08uptime_s\x18\x02 \x01(\x01\x12%\n\x05links\x18\x03 \x03(\x0b\x32\x16.qcinode.v1.LinkStatus\x12\x14\n\x0cnetwork_json\x18\x04 \x01(\t\"H\n\x13\x45\x61vesdropperRequest\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61ttack\x18\x02 \x01(\t\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\"F\n\x11\x45\x61vesdropperReply\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61ttack\x18\x02 \x01(\t\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\x32\x97\x01\n\x05\x41\x64min\x12;\n\x06Status\x12\x19.qcinode.v1.StatusRequest\x1a\x16.qcinode.v1.NodeStatus\x12Q\n\x0fSetEavesdropper\x12\x1f.qcinode.v1.EavesdropperRequest\x1a\x1d.qcinode.v1.EavesdropperReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,19 +34,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LINKSTATUS_ABORTSBYREASONENTRY']._loaded_options = None
   _globals['_LINKSTATUS_ABORTSBYREASONENTRY']._serialized_options = b'8\001'
   _globals['_STATUSREQUEST']._serialized_start=38
-  _globals['_STATUSREQUEST']._serialized_end=84
-  _globals['_BLOCKDIGEST']._serialized_start=86
-  _globals['_BLOCKDIGEST']._serialized_end=147
-  _globals['_LINKSTATUS']._serialized_start=150
-  _globals['_LINKSTATUS']._serialized_end=749
-  _globals['_LINKSTATUS_ABORTSBYREASONENTRY']._serialized_start=696
-  _globals['_LINKSTATUS_ABORTSBYREASONENTRY']._serialized_end=749
-  _globals['_NODESTATUS']._serialized_start=751
-  _globals['_NODESTATUS']._serialized_end=856
-  _globals['_EAVESDROPPERREQUEST']._serialized_start=858
-  _globals['_EAVESDROPPERREQUEST']._serialized_end=930
-  _globals['_EAVESDROPPERREPLY']._serialized_start=932
-  _globals['_EAVESDROPPERREPLY']._serialized_end=1002
-  _globals['_ADMIN']._serialized_start=1005
-  _globals['_ADMIN']._serialized_end=1156
+  _globals['_STATUSREQUEST']._serialized_end=108
+  _globals['_BLOCKDIGEST']._serialized_start=110
+  _globals['_BLOCKDIGEST']._serialized_end=171
+  _globals['_LINKSTATUS']._serialized_start=174
+  _globals['_LINKSTATUS']._serialized_end=794
+  _globals['_LINKSTATUS_ABORTSBYREASONENTRY']._serialized_start=741
+  _globals['_LINKSTATUS_ABORTSBYREASONENTRY']._serialized_end=794
+  _globals['_NODESTATUS']._serialized_start=796
+  _globals['_NODESTATUS']._serialized_end=901
+  _globals['_EAVESDROPPERREQUEST']._serialized_start=903
+  _globals['_EAVESDROPPERREQUEST']._serialized_end=975
+  _globals['_EAVESDROPPERREPLY']._serialized_start=977
+  _globals['_EAVESDROPPERREPLY']._serialized_end=1047
+  _globals['_ADMIN']._serialized_start=1050
+  _globals['_ADMIN']._serialized_end=1201
 # @@protoc_insertion_point(module_scope)
