@@ -60,8 +60,11 @@ class QciNetwork:
         return EtsiClient(self.ca, creds.cert, creds.key)
 
 
+READY_KEYS = 16  # default-size keys every SAE pair must be able to get before the fixture yields
+
+
 def start_network(topology: Path, state_dir: Path, *, speed: str | None = "max", ready_timeout_s: float = 120.0) -> QciNetwork:
-    """Starts the network as real processes and waits until every SAE pair can get a key."""
+    """Starts the network as real processes and waits until every SAE pair can get keys (``READY_KEYS`` of 256 bits)."""
     cluster = Cluster(topology, state_dir, speed=speed)
     cluster.prepare()
     try:
@@ -97,7 +100,7 @@ def _wait_until_keys_flow(network: QciNetwork, timeout_s: float) -> None:
                 status, body = network.client(master).request("GET", url, timeout_s=5)
             except OSError:
                 continue
-            if status == 200 and body.get("stored_key_count", 0) > 0:
+            if status == 200 and body.get("stored_key_count", 0) >= READY_KEYS:
                 pending.discard((master, slave))
         if pending:
             if time.monotonic() > deadline:

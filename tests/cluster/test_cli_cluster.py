@@ -132,23 +132,30 @@ def check_metrics_against_status(state_dir: Path, cluster: dict) -> None:
 
     for name, node in cluster["nodes"].items():
         assert node["metrics"].startswith("http://127.0.0.1:")
-        for _attempt in range(20):
+        stable = False
+        for _attempt in range(60):
             before = cluster_status(state_dir)["nodes"][name]["links"][0]
             with urllib.request.urlopen(node["metrics"], timeout=5) as response:
                 text = response.read().decode()
             after = cluster_status(state_dir)["nodes"][name]["links"][0]
-            if before["blocks_done"] == after["blocks_done"]:
-                break  # no block ended while we looked: the figures must be equal
+            if before["blocks_done"] == after["blocks_done"] and before["blocks_aborted"] == after["blocks_aborted"]:
+                stable = True  # no block ended while we looked: the figures must be equal
+                break
         samples = {
             (s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text)
             for s in family.samples
         }
         labels = (("link", after["link_id"]), ("peer", after["peer"]), ("role", after["role"]))
-        assert samples[("qcinode_link_qber", labels)] == pytest.approx(after["qber"])
-        assert samples[("qcinode_link_secret_bits_total", labels)] == after["secret_bits"]
-        assert samples[("qcinode_link_blocks_done_total", labels)] == after["blocks_done"]
-        assert samples[("qcinode_link_pool_bits", labels)] == after["pool_bits"]
+        # Counters only grow: the scrape lies between the two status reads.
+        assert before["secret_bits"] <= samples[("qcinode_link_secret_bits_total", labels)] <= after["secret_bits"]
+        assert before["blocks_done"] <= samples[("qcinode_link_blocks_done_total", labels)] <= after["blocks_done"]
+        if stable:
+            assert samples[("qcinode_link_qber", labels)] == pytest.approx(after["qber"])
+            assert samples[("qcinode_link_secret_bits_total", labels)] == after["secret_bits"]
+            assert samples[("qcinode_link_pool_bits", labels)] == after["pool_bits"]
+        else:  # blocks end faster than we can look twice: the latest QBER is at least plausible
+            assert 0 < samples[("qcinode_link_qber", labels)] < 0.05
         assert ("process_resident_memory_bytes", ()) in samples
 
 

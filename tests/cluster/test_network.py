@@ -67,9 +67,17 @@ def ring(tmp_path: Path) -> Iterator[QciNetwork]:
     yield from _network(tmp_path, RING)
 
 
-def get_keys(network: QciNetwork, master: str, slave: str, number: int = 1, size: int = 256) -> tuple[int, list[dict], list[dict]]:
+def get_keys(
+    network: QciNetwork, master: str, slave: str, number: int = 1, size: int = 256, retry_s: float = 0.0
+) -> tuple[int, list[dict], list[dict]]:
+    """enc_keys then dec_keys; with ``retry_s``, a 503 (not enough key yet on the path) is retried as an application would."""
     m, s = network.sae(master), network.sae(slave)
-    status, enc = network.client(master).enc_keys(m.kme_url, slave, number=number, size_bits=size)
+    deadline = time.monotonic() + retry_s
+    while True:
+        status, enc = network.client(master).enc_keys(m.kme_url, slave, number=number, size_bits=size)
+        if status != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
     if status != 200:
         return status, [], []
     ids = [k["key_ID"] for k in enc["keys"]]
@@ -79,14 +87,14 @@ def get_keys(network: QciNetwork, master: str, slave: str, number: int = 1, size
 
 
 def test_chain_of_five_delivers_identical_keys_over_four_hops(chain: QciNetwork) -> None:
-    status, enc, dec = get_keys(chain, "app-1", "app-5", number=4, size=512)
+    status, enc, dec = get_keys(chain, "app-1", "app-5", number=4, size=512, retry_s=30)
     assert status == 200
     assert [k["key_ID"] for k in enc] == [k["key_ID"] for k in dec]
     assert [k["key"] for k in enc] == [k["key"] for k in dec]
     assert all(len(base64.b64decode(k["key"])) == 64 for k in enc)
     assert enc[0]["key_ID_extension"]["paths"] == [["n1", "n2", "n3", "n4", "n5"]]
     # And the other way round, from the far end.
-    status, enc, dec = get_keys(chain, "app-5", "app-1")
+    status, enc, dec = get_keys(chain, "app-5", "app-1", retry_s=30)
     assert status == 200 and enc[0]["key"] == dec[0]["key"]
     # A key is redeemed once.
     again = chain.client("app-5").dec_keys(chain.sae("app-5").kme_url, "app-1", [enc[0]["key_ID"]])
@@ -123,7 +131,7 @@ def test_ring_reroutes_around_a_killed_node_and_never_mismatches(ring: QciNetwor
     for i in range(24):
         if i == 6:
             # Kill a node on the path the keys have been taking.
-            status, enc, _ = get_keys(ring, "app-a", "app-c")
+            status, enc, _ = get_keys(ring, "app-a", "app-c", retry_s=30)
             assert status == 200
             via = enc[0]["key_ID_extension"]["paths"][0][1]
             killed = ring.cluster.processes[via]
@@ -147,7 +155,10 @@ def test_ring_reroutes_around_a_killed_node_and_never_mismatches(ring: QciNetwor
 
 def test_slave_node_killed_between_enc_and_dec_still_redeems(chain: QciNetwork) -> None:
     m, s = chain.sae("app-1"), chain.sae("app-5")
-    status, enc = chain.client("app-1").enc_keys(m.kme_url, "app-5", number=2)
+    deadline = time.monotonic() + 30
+    while (result := chain.client("app-1").enc_keys(m.kme_url, "app-5", number=2))[0] == 503 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    status, enc = result
     assert status == 200
     victim = chain.cluster.processes["n5"]
     os.kill(victim.pid, signal.SIGKILL)
@@ -192,7 +203,7 @@ def test_refusals_consume_no_key_material(chain: QciNetwork) -> None:
 
 def test_multipath_relay_splits_each_key_over_node_disjoint_paths(tmp_path: Path) -> None:
     for network in _network(tmp_path, RING.replace("name: ring\n", "name: ring\nrelay: {paths: 2}\n")):
-        status, enc, dec = get_keys(network, "app-a", "app-c", number=3)
+        status, enc, dec = get_keys(network, "app-a", "app-c", number=3, retry_s=30)
         assert status == 200
         assert [k["key"] for k in enc] == [k["key"] for k in dec]
         for key in enc:
