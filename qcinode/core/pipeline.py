@@ -201,6 +201,11 @@ class _Block:
         mask: np.ndarray = self.bases == 0
         return mask
 
+    @property
+    def test_qber(self) -> float:
+        """Error rate of the revealed test-basis bits."""
+        return sum(self.test_errors) / max(1, sum(self.counts(1)))
+
     def counts(self, basis: int) -> tuple[int, int, int]:
         """Sifted detections per intensity class in ``basis`` (computed once per block)."""
         cache = self._counts
@@ -347,6 +352,11 @@ class _LinkEnd:
         block.refill_mac_keys = self.auth.available_keys < self.config.auth_low_water_keys
         return True
 
+    def _optimistic_key_length(self, block: _Block) -> KeyLengthResult:
+        """The key length if error correction reached the Shannon limit: zero means abort before Cascade."""
+        n = int(np.count_nonzero(block.key_mask))
+        return self._key_length(block, leak_bits=math.ceil(n * h2(min(block.test_qber, 0.5))))
+
     def _abort(self, reason: str) -> None:
         block = self.block
         assert block is not None
@@ -485,9 +495,7 @@ class AliceLink(_LinkEnd):
         self._record_in(msg)
         wrong = ours != msg.bits
         block.test_errors = tuple(int(c) for c in np.bincount(block.classes[test_mask][wrong], minlength=3)[:3])  # type: ignore[assignment]
-        n = int(np.count_nonzero(block.key_mask))
-        qber = sum(block.test_errors) / max(1, len(ours))
-        optimistic = self._key_length(block, leak_bits=math.ceil(n * h2(min(qber, 0.5))))
+        optimistic = self._optimistic_key_length(block)
         reason = ""
         if sum(block.counts(1)) == 0:
             reason = "no_test_bits"
@@ -657,15 +665,12 @@ class BobLink(_LinkEnd):
         self._record_in(msg)
         block.test_errors = tuple(int(e) for e in msg.test_errors)  # type: ignore[assignment]
         if not msg.proceed:
-            n = int(np.count_nonzero(block.key_mask))
-            qber = sum(block.test_errors) / max(1, sum(block.counts(1)))
-            block.key_length = self._key_length(block, leak_bits=math.ceil(n * h2(min(qber, 0.5))))
+            block.key_length = self._optimistic_key_length(block)
             self._abort(msg.abort_reason or "aborted_by_peer")
             return []
-        qber = sum(block.test_errors) / max(1, sum(block.counts(1)))
         self._cascade = CascadeSession(
             block.bits[block.key_mask].copy(),
-            qber_estimate=qber,
+            qber_estimate=block.test_qber,
             rng=self.noise_rng,
             params=CascadeParams(max_passes=self.config.cascade_max_passes),
         )
