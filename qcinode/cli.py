@@ -75,6 +75,20 @@ def _parser() -> argparse.ArgumentParser:
     eve.add_argument("--fraction", type=float, default=1.0, help="share of pulses attacked (0-1)")
     eve.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
 
+    fault = sub.add_parser(
+        "fault",
+        help="switch a classical-channel fault (flip, drop, delay, reorder, replay, partition) on or off on a running link (needs the admin certificate)",
+    )
+    fault.add_argument("--link", required=True, metavar="A-B", help="link ID as in `qcinode status`")
+    group = fault.add_mutually_exclusive_group(required=True)
+    group.add_argument("--kind", help="flip | drop | delay | reorder | replay | partition (as the topology's links[i].fault.kind)")
+    group.add_argument("--off", action="store_true", help="remove the fault")
+    fault.add_argument("--probability", type=float, default=1.0, help="share of outgoing messages affected (0-1); ignored by partition")
+    fault.add_argument("--delay-ms", type=float, default=0.0, help="for delay: how late each affected message leaves")
+    fault.add_argument("--channel", default="all", help="all | postprocessing | relay")
+    fault.add_argument("--end", metavar="NODE", help="only at this end of the link (default: both ends)")
+    fault.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+
     certs = sub.add_parser("certs", help="make the cluster CA, node and SAE certificates and link bootstrap keys")
     certs.add_argument("--topology", type=Path, required=True)
     certs.add_argument("--out", type=Path, required=True)
@@ -96,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        handler = {"up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs, "keys": _keys, "deploy": _deploy, "eve": _eve}[args.command]
+        handler = {"up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs, "keys": _keys, "deploy": _deploy, "eve": _eve, "fault": _fault}[args.command]
         return handler(args)
     except ConfigError as exc:
         print(f"qcinode: {exc}", file=sys.stderr)
@@ -272,6 +286,37 @@ def _keys(args: argparse.Namespace) -> int:
             print(f"{r['key_ID']}  {'match' if r['match'] else 'MISMATCH'}  path {path}" + (f"  {r['key']}" if args.show_keys else ""))
         print(f"{len(rows)} key(s) of {args.size} bits {args.master} -> {args.slave}: enc_keys {1000 * enc_s:.1f} ms, dec_keys {1000 * dec_s:.1f} ms")
     return 0 if ok else 1
+
+
+def _fault(args: argparse.Namespace) -> int:
+    import grpc
+
+    from .cluster.admin import set_fault
+    from .cluster.launcher import read_cluster
+    from .topology import load_topology
+
+    cluster = read_cluster(args.state_dir)
+    topology = load_topology(args.state_dir / "topology.yaml")
+    links = {link.link_id: link for link in topology.links}
+    if args.link not in links:
+        raise ConfigError(f"--link: no link {args.link!r} (links: {', '.join(sorted(links))})")
+    ends = links[args.link].between
+    if args.end is not None and args.end not in ends:
+        raise ConfigError(f"--end: {args.end!r} is not an end of {args.link} (ends: {', '.join(ends)})")
+    kind = "none" if args.off else args.kind
+    for end in [args.end] if args.end else list(ends):
+        try:
+            reply = set_fault(
+                cluster["nodes"][end]["grpc"], end, args.state_dir / "certs", args.link, kind, args.probability, args.delay_ms, args.channel
+            )
+        except grpc.RpcError as exc:
+            raise ConfigError(f"{end}: {exc.details()}") from None
+        if reply["kind"] == "none":
+            print(f"qcinode: no fault on {args.link} at {end}")
+        else:
+            what = "partition" if reply["kind"] == "partition" else f"{reply['kind']} on {reply['probability']:.0%} of the {reply['channel']} messages"
+            print(f"qcinode: {what} sent by {end} on {args.link}")
+    return 0
 
 
 def _eve(args: argparse.Namespace) -> int:

@@ -52,12 +52,15 @@ from qcinode.errors import ConfigError
 
 __all__ = [
     "EAVESDROPPER_ATTACKS",
+    "FAULT_CHANNELS",
+    "FAULT_KINDS",
     "PROBABILITY_SUM_TOLERANCE",
     "SETTINGS_SECTIONS",
     "BasisProbabilities",
     "DetectorConfig",
     "EavesdropperConfig",
     "EmulationConfig",
+    "FaultConfig",
     "FibreConfig",
     "Intensities",
     "IntensityProbabilities",
@@ -75,6 +78,14 @@ __all__ = [
 
 EAVESDROPPER_ATTACKS: Final[tuple[str, ...]] = ("none", "intercept-resend", "photon-number-splitting")
 """Every attack an ``eavesdropper.attack`` may name. New attacks go here."""
+
+FAULT_KINDS: Final[tuple[str, ...]] = ("none", "flip", "drop", "delay", "reorder", "replay", "partition")
+"""Every classical-channel fault a ``fault.kind`` may name (see :mod:`qcinode.node.faults`)."""
+
+FAULT_CHANNELS: Final[tuple[str, ...]] = ("all", "postprocessing", "relay")
+"""The messages a ``fault.channel`` may restrict a fault to."""
+
+MAX_FAULT_DELAY_MS: Final = 60_000.0
 
 PROBABILITY_SUM_TOLERANCE: Final = 1e-9
 """How far a set of probabilities may sum from 1 (float rounding in YAML)."""
@@ -537,6 +548,61 @@ class PostprocessingConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FaultConfig(_Section):
+    """A fault on the classical channel of one link, at one or both of its ends.
+
+    Attributes:
+        kind: One of :data:`FAULT_KINDS` (required); ``none`` is no fault.
+        probability: Share of outgoing messages affected, in [0, 1].
+        delay_ms: How late a ``delay`` fault sends each affected message, in ms.
+        channel: One of :data:`FAULT_CHANNELS`: the messages affected.
+    """
+
+    kind: str
+    probability: float = 1.0
+    delay_ms: float = 0.0
+    channel: str = "all"
+
+    def __post_init__(self) -> None:
+        kind = _string(self.kind, "kind", "fault kind")
+        if kind not in FAULT_KINDS:
+            raise _Invalid(
+                "kind", f"unknown fault {kind!r}{_suggest(kind, FAULT_KINDS)} (allowed: {', '.join(FAULT_KINDS)})"
+            )
+        channel = _string(self.channel, "channel", "channel")
+        if channel not in FAULT_CHANNELS:
+            raise _Invalid(
+                "channel", f"unknown channel {channel!r}{_suggest(channel, FAULT_CHANNELS)} (allowed: {', '.join(FAULT_CHANNELS)})"
+            )
+        _real(self, "probability", _Range(0.0, 1.0))
+        _real(self, "delay_ms", _Range(0.0, MAX_FAULT_DELAY_MS))
+        if kind == "delay" and self.delay_ms <= 0:
+            raise _Invalid("delay_ms", "a delay fault needs delay_ms > 0")
+
+    @property
+    def active(self) -> bool:
+        """False for ``kind: none``."""
+        return self.kind != "none"
+
+    def applies_to(self, channel: str) -> bool:
+        """Whether this fault tampers with messages of ``channel``."""
+        return self.active and self.channel in ("all", channel)
+
+    def describe(self) -> str:
+        """Short text for status tables: ``""`` when there is no fault."""
+        if not self.active:
+            return ""
+        if self.kind == "partition":
+            return "partition"
+        text = f"{self.kind} p={self.probability:g}"
+        if self.delay_ms:
+            text += f" {self.delay_ms:g}ms"
+        if self.channel != "all":
+            text += f" on {self.channel}"
+        return text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EavesdropperConfig(_Section):
     """An emulated attacker on the quantum channel of one link.
 
@@ -568,6 +634,7 @@ class LinkSettings(_Section):
 
     _HINTS: ClassVar[Mapping[str, str]] = {
         "eavesdropper": _PER_LINK_HINT,
+        "fault": _PER_LINK_HINT,
         "length_km": _PER_LINK_HINT,
         "between": _PER_LINK_HINT,
     }
@@ -608,6 +675,8 @@ class LinkConfig(_Section):
         detector: Bob's detector.
         postprocessing: Post-processing settings.
         eavesdropper: An emulated attacker, or ``None`` for an honest channel.
+        fault: A classical-channel fault applied at both ends from start-up,
+            or ``None``.
     """
 
     between: tuple[str, str] = field(metadata=_parser(_sequence))
@@ -619,6 +688,7 @@ class LinkConfig(_Section):
     eavesdropper: EavesdropperConfig | None = field(
         default=None, metadata=_parser(_optional(EavesdropperConfig.from_mapping))
     )
+    fault: FaultConfig | None = field(default=None, metadata=_parser(_optional(FaultConfig.from_mapping)))
 
     def __post_init__(self) -> None:
         between = self.between
@@ -638,6 +708,8 @@ class LinkConfig(_Section):
             _instance(self, name, cls)
         if self.eavesdropper is not None:
             _instance(self, "eavesdropper", EavesdropperConfig)
+        if self.fault is not None:
+            _instance(self, "fault", FaultConfig)
 
     @classmethod
     def from_mapping(
@@ -1042,14 +1114,15 @@ def topology_to_mapping(topology: Topology) -> dict[str, Any]:
 
     Every field is written out, so the result does not depend on the
     defaults of this version, and ``parse_topology(yaml.safe_dump(m))``
-    gives back an equal topology. Links without an eavesdropper omit the key.
+    gives back an equal topology. Links without an eavesdropper or a fault
+    omit the key.
     """
 
     def plain(value: object) -> Any:
         if isinstance(value, dict):
             # An honest link omits the key rather than writing `eavesdropper: null`.
             return {
-                k: plain(v) for k, v in value.items() if not (k == "eavesdropper" and v is None)
+                k: plain(v) for k, v in value.items() if not (k in ("eavesdropper", "fault") and v is None)
             }
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]

@@ -64,3 +64,15 @@ def set_eavesdropper(address: str, server_name: str, certs_dir: Path, link_id: s
             admin_pb2.EavesdropperRequest(link_id=link_id, attack=attack, fraction=fraction), timeout=5.0
         )
     return {"link_id": reply.link_id, "attack": reply.attack, "fraction": reply.fraction}
+
+
+def set_fault(
+    address: str, server_name: str, certs_dir: Path, link_id: str, kind: str, probability: float, delay_ms: float, channel: str
+) -> dict[str, Any]:
+    """Switches a classical-channel fault on (or, with kind "none", off) at one end of a link."""
+    with admin_channel(address, server_name, certs_dir) as channel_:
+        reply = admin_pb2_grpc.AdminStub(channel_).SetFault(
+            admin_pb2.FaultRequest(link_id=link_id, kind=kind, probability=probability, delay_ms=delay_ms, channel=channel),
+            timeout=5.0,
+        )
+    return {"link_id": reply.link_id, "kind": reply.kind, "probability": reply.probability, "delay_ms": reply.delay_ms, "channel": reply.channel}

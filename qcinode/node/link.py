@@ -9,6 +9,7 @@ made by :mod:`qcinode.core.pipeline`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -23,21 +24,19 @@ from ..errors import ProtocolError, QcinodeError, RemoteProtocolError, Transport
 from ..transport import codec
 from ..transport.pb import link_pb2 as pb
 from ..transport.pb import link_pb2_grpc as pb_grpc
+from .faults import FaultInjector
 from .runtime import LinkRuntime, next_frame_slots
 
 log = structlog.get_logger(__name__)
 
 STAGE_TIMEOUT_S = 30.0
 
-# A fault injector on the classical channel (tests and `bench/soak.py`): given
-# the direction ("A>B" or "B>A") and an outgoing message, returns what to
-# send instead — the message, a changed copy, nothing (drop), or several
-# (replay). Delays are the injector's to await.
-ClassicalFault = Callable[[str, pb.ClassicalMessage], Awaitable[list[pb.ClassicalMessage]]]
+# A fault hook on the classical channel: given the link, the direction ("A>B"
+# or "B>A") and an outgoing message, returns what to send instead — the
+# message, a changed copy, nothing (drop), or several (replay). Delays are the
+# hook's to await. Nodes use `FaultInjector.classical`; tests may pass their own.
+ClassicalFault = Callable[[str, str, pb.ClassicalMessage], Awaitable[list[pb.ClassicalMessage]]]
 
-
-async def _no_fault(_direction: str, message: pb.ClassicalMessage) -> list[pb.ClassicalMessage]:
-    return [message]
 HELLO_TIMEOUT_S = 10.0
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 5.0
@@ -90,10 +89,12 @@ class AliceWorker:
         key_rng: Any,
         noise_rng: np.random.Generator,
         *,
-        fault: ClassicalFault = _no_fault,
+        faults: FaultInjector | None = None,
+        fault: ClassicalFault | None = None,
         stage_timeout_s: float = STAGE_TIMEOUT_S,
     ) -> None:
-        self.fault = fault
+        self.faults = faults or FaultInjector()
+        self.fault = fault or self.faults.classical
         self.stage_timeout_s = stage_timeout_s
         self.rt = rt
         self.channel_factory = channel_factory
@@ -105,10 +106,16 @@ class AliceWorker:
     async def run(self) -> None:
         backoff = BACKOFF_INITIAL_S
         while True:
+            if self.faults.partitioned(self.rt.link_id):
+                self.rt.state = "down"
+                self.log.warning("link.partitioned", details="classical channel cut by a fault; waiting for it to be restored")
+                while self.faults.partitioned(self.rt.link_id):
+                    await asyncio.sleep(0.2)
+                self.log.info("link.partition_healed")
             self.rt.state = "connecting"
             try:
                 async with self.channel_factory() as channel:
-                    await self._session(channel)
+                    await self._session_until_cut(channel)
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
@@ -122,6 +129,22 @@ class AliceWorker:
             backoff = min(backoff * 2, BACKOFF_MAX_S)
             if self.rt.counters.blocks_done:
                 backoff = min(backoff, 1.0)
+
+    async def _session_until_cut(self, channel: grpc.aio.Channel) -> None:
+        """Runs a session; a partition fault ends it at once, as a cut cable would."""
+        session = asyncio.create_task(self._session(channel))
+        cut = asyncio.create_task(self.faults.cut_event(self.rt.link_id).wait())
+        try:
+            await asyncio.wait({session, cut}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cut.cancel()
+            if not session.done():
+                session.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await session
+        if session.cancelled():
+            raise TransportError("classical channel cut by a partition fault")
+        session.result()
 
     async def _session(self, channel: grpc.aio.Channel) -> None:
         rt = self.rt
@@ -165,7 +188,7 @@ class AliceWorker:
                     rt.persist()  # before the tag or the Commit leaves
                 self._log_events(events)
                 for out in outs:
-                    for wire in await self.fault("A>B", codec.encode(out)):
+                    for wire in await self.fault(rt.link_id, "A>B", codec.encode(out)):
                         await call.write(wire)
         finally:
             self._log_events(rt.record(alice.abandon("session_lost")))
@@ -211,10 +234,12 @@ class BobEndpoint:
         links: dict[str, LinkRuntime],
         rng_factory: Callable[[], tuple[Any, np.random.Generator]],
         *,
-        fault: ClassicalFault = _no_fault,
+        faults: FaultInjector | None = None,
+        fault: ClassicalFault | None = None,
         stage_timeout_s: float = STAGE_TIMEOUT_S,
     ) -> None:
-        self.fault = fault
+        self.faults = faults or FaultInjector()
+        self.fault = fault or self.faults.classical
         self.stage_timeout_s = stage_timeout_s
         self.links = links
         self.rng_factory = rng_factory
@@ -262,6 +287,9 @@ class BobEndpoint:
         if rt is None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer_cn!r} is not the transmitter of link {first.hello.link_id!r}")
             return
+        if self.faults.partitioned(rt.link_id):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"classical channel of {rt.link_id} cut by a partition fault")
+            return
         bound = log.bind(link_id=rt.link_id, peer_id=rt.peer, role="bob")
         old = self.inboxes.get(rt.link_id)
         if old is not None:
@@ -291,12 +319,19 @@ class BobEndpoint:
             while True:
                 await inbox.put(("frame", await frames.get()))
 
-        tasks = [asyncio.create_task(pump_messages()), asyncio.create_task(pump_frames())]
+        async def watch_cut() -> None:
+            await self.faults.cut_event(rt.link_id).wait()
+            inbox.put_nowait(("cut", None))
+
+        tasks = [asyncio.create_task(pump_messages()), asyncio.create_task(pump_frames()), asyncio.create_task(watch_cut())]
         try:
             while True:
                 kind, item = await inbox.get()
                 if kind in ("eof", "superseded"):
                     break
+                if kind == "cut":
+                    bound.warning("link.partitioned", details="classical channel cut by a fault")
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"classical channel of {rt.link_id} cut by a partition fault")
                 cursor = rt.auth.cursor
                 try:
                     if kind == "frame":
@@ -313,7 +348,7 @@ class BobEndpoint:
                 for event in events:
                     _log_block(bound, event)
                 for out in outs:
-                    for wire in await self.fault("B>A", codec.encode(out)):
+                    for wire in await self.fault(rt.link_id, "B>A", codec.encode(out)):
                         yield wire
         finally:
             for task in tasks:

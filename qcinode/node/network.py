@@ -59,6 +59,7 @@ from ..kme.handlers import DeliveredKey, EncRequest, KmeLimits
 from ..topology import Topology
 from ..transport.pb import network_pb2 as pb
 from ..transport.pb import network_pb2_grpc as pb_grpc
+from .faults import FaultInjector
 from .link import peer_common_name
 from .runtime import LinkRuntime
 
@@ -127,7 +128,9 @@ class NetworkService(pb_grpc.NetworkServicer):
         *,
         multipath_shares: int = 1,
         clock: Callable[[], float] = time.time,
+        faults: FaultInjector | None = None,
     ) -> None:
+        self.faults = faults or FaultInjector()
         self.node_name = node_name
         self.topology = topology
         self.links = links
@@ -158,7 +161,12 @@ class NetworkService(pb_grpc.NetworkServicer):
 
     def _local_adverts(self) -> list[LinkAdvert]:
         return [
-            LinkAdvert(link_id=rt.link_id, peer=rt.peer, up=rt.state == "up", available_out_bytes=rt.pool.available_bytes)
+            LinkAdvert(
+                link_id=rt.link_id,
+                peer=rt.peer,
+                up=rt.state == "up" and not self.faults.partitioned(rt.link_id),
+                available_out_bytes=rt.pool.available_bytes,
+            )
             for rt in self.links.values()
         ]
 
@@ -178,12 +186,16 @@ class NetworkService(pb_grpc.NetworkServicer):
             with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError):
                 await self._stub(peer).Advertise(advert, timeout=ADVERT_TIMEOUT_S)
 
-        await asyncio.gather(*(send(peer) for peer in self.by_peer if peer not in exclude))
+        await asyncio.gather(
+            *(send(peer) for peer, rt in self.by_peer.items() if peer not in exclude and not self.faults.partitioned(rt.link_id))
+        )
 
     async def Advertise(self, request: pb.LinkStateAdvert, context: grpc.aio.ServicerContext) -> pb.AdvertAck:
         caller = peer_common_name(context)
         if caller not in self.by_peer:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{caller!r} is not a neighbour of {self.node_name}")
+        if self.faults.partitioned(self.by_peer[caller].link_id):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"link to {caller} cut by a partition fault")
         try:
             is_new = self.db.receive(_advert_from_pb(request), self.clock())
         except ProtocolError as exc:
@@ -199,6 +211,8 @@ class NetworkService(pb_grpc.NetworkServicer):
         rt = self.by_peer.get(nxt)
         if rt is None:
             raise PeerUnavailable(f"{nxt} is not a neighbour of {self.node_name}")
+        if self.faults.partitioned(rt.link_id):
+            raise PeerUnavailable(f"link to {nxt} cut by a partition fault")  # before any pad is spent
         reservation = rt.pool.reserve(pad_bytes_needed(len(share)))
         pad = rt.pool.commit(reservation)  # used from now on, whatever happens next
         rt.persist()
@@ -220,12 +234,20 @@ class NetworkService(pb_grpc.NetworkServicer):
             tag=tag,
         )
         self.counters.hops_total += 1
+        sent = await self.faults.relay(rt.link_id, hop)
+        if not sent:
+            raise PeerTimeout(f"relay hop to {nxt} lost on the way (fault injected)")
+        timeout = HOP_TIMEOUT_S * (len(header.path) - header.hop_index)
         try:
-            result = await self._stub(nxt).RelayKey(hop, timeout=HOP_TIMEOUT_S * (len(header.path) - header.hop_index))
+            result = await self._stub(nxt).RelayKey(sent[0], timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise PeerTimeout(f"relay hop to {nxt} timed out") from None
             raise PeerUnavailable(f"relay hop to {nxt}: {exc.code().name} {exc.details()}") from None
+        for replayed in sent[1:]:  # a replayed hop must be refused downstream
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                again = await self._stub(nxt).RelayKey(replayed, timeout=timeout)
+                self.log.info("relay.replay_answered", relay_id=header.relay_id, peer_id=nxt, delivered=again.delivered, details=again.error)
         if not result.delivered:
             raise PeerUnavailable(f"relay refused downstream of {self.node_name}: {result.error}")
 
@@ -236,6 +258,8 @@ class NetworkService(pb_grpc.NetworkServicer):
         if rt is None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{caller!r} is not a neighbour of {self.node_name}")
         assert rt is not None
+        if self.faults.partitioned(rt.link_id):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"link to {caller} cut by a partition fault")
         header = _header_from_pb(request)
         try:
             validate_header(header, self.node_name, caller)

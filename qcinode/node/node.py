@@ -36,6 +36,7 @@ from ..keys.linkstore import StorageKey
 from ..kme.handlers import Kme
 from ..kme.server import make_app, start_kme_server, tls_context
 from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc, network_pb2, network_pb2_grpc
+from .faults import FaultInjector, fault_from_request
 from .link import AliceWorker, BobEndpoint, ClassicalFault, peer_common_name
 from .metrics import NodeMetrics, start_metrics_server
 from .network import NetworkService
@@ -64,7 +65,7 @@ class NodeSettings:
     multipath_shares: int | None = None  # override of the topology's relay.paths
     seed: int | None = None  # test-only: deterministic channel noise
     stage_timeout_s: float = 30.0  # how long a link waits for its peer's next message
-    classical_fault: ClassicalFault | None = None  # test and soak only: tampers with outgoing classical messages
+    classical_fault: ClassicalFault | None = None  # tests only: a hook in place of the fault injector's
 
     def __post_init__(self) -> None:
         try:
@@ -141,6 +142,19 @@ class _AdminServicer(admin_pb2_grpc.AdminServicer):
         self.node.log.warning("eve.changed", link_id=rt.link_id, attack=eve.attack, fraction=eve.fraction)
         return admin_pb2.EavesdropperReply(link_id=rt.link_id, attack=eve.attack, fraction=eve.fraction if eve.attack != "none" else 0.0)
 
+    async def SetFault(self, request: admin_pb2.FaultRequest, context: grpc.aio.ServicerContext) -> admin_pb2.FaultReply:
+        if peer_common_name(context) != ADMIN_COMMON_NAME:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "faults need the admin certificate")
+        if request.link_id not in self.node.links:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"{self.node.settings.name} is not an end of link {request.link_id!r}")
+        try:
+            spec = fault_from_request(request.kind, request.probability, request.delay_ms, request.channel)
+        except ConfigError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self.node.faults.set(request.link_id, spec)
+        self.node.log.warning("fault.changed", link_id=request.link_id, **FaultInjector.to_mapping(spec))
+        return admin_pb2.FaultReply(link_id=request.link_id, **FaultInjector.to_mapping(spec))
+
 
 def status_message(status: dict[str, Any]) -> admin_pb2.NodeStatus:
     links = []
@@ -170,6 +184,7 @@ class Node:
             self.links[link.link_id] = LinkRuntime(link, settings.name, psk, self.store)
         self._seeds = np.random.SeedSequence(settings.seed)
         self._key_source = CsprngGenerator()
+        self.faults = FaultInjector({link.link_id: link.fault for link in topo.links_of(settings.name) if link.fault is not None}, seed=settings.seed)
         self.network = NetworkService(
             settings.name,
             topo,
@@ -178,6 +193,7 @@ class Node:
             self.keystore,
             random_bytes=self._key_source.bytes,
             multipath_shares=settings.multipath_shares or topo.relay.paths,
+            faults=self.faults,
         )
         self.kme_requests: Counter[str] = Counter()
         self.kme_runner: Any = None
@@ -231,9 +247,7 @@ class Node:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        faults: dict[str, Any] = {"stage_timeout_s": self.settings.stage_timeout_s}
-        if self.settings.classical_fault is not None:
-            faults["fault"] = self.settings.classical_fault
+        faults: dict[str, Any] = {"stage_timeout_s": self.settings.stage_timeout_s, "faults": self.faults, "fault": self.settings.classical_fault}
         endpoint = BobEndpoint({k: v for k, v in self.links.items()}, self._rngs, **faults)
         servicer = _LinkServicer(endpoint)
         link_pb2_grpc.add_QuantumChannelServicer_to_server(servicer, server)
@@ -340,7 +354,7 @@ class Node:
         return {
             "node": self.settings.name,
             "uptime_s": time.monotonic() - self.started,
-            "links": [rt.status(include_digests, include_ledger) for rt in self.links.values()],
+            "links": [{**rt.status(include_digests, include_ledger), **self.faults.status(rt.link_id)} for rt in self.links.values()],
             "network": {
                 **self.network.status(),
                 "kme_port": self.kme_port,

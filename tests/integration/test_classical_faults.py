@@ -27,7 +27,7 @@ class Injector:
     armed: bool = False
     fired_in_block: int | None = None
 
-    async def __call__(self, direction: str, message: pb.ClassicalMessage) -> list[pb.ClassicalMessage]:
+    async def __call__(self, link_id: str, direction: str, message: pb.ClassicalMessage) -> list[pb.ClassicalMessage]:
         if not self.armed or direction != self.direction or message.WhichOneof("body") != self.kind:
             if self.action == "delay" and self.armed:
                 await asyncio.sleep(0.002)

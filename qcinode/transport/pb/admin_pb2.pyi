@@ -25,7 +25,7 @@ class BlockDigest(_message.Message):
     def __init__(self, block_id: _Optional[str] = ..., sha256: _Optional[bytes] = ..., bits: _Optional[int] = ...) -> None: ...
 
 class LinkStatus(_message.Message):
-    __slots__ = ("link_id", "peer", "role", "state", "pulses_sent", "detections", "sifted_bits", "qber", "ec_leak_bits", "ec_efficiency", "secret_bits", "blocks_done", "blocks_aborted", "pool_bits", "emulated_s", "secret_key_rate_bps", "auth_keys_available", "aborts_by_reason", "blocks", "cascade_rounds_per_block", "ec_key_bits", "eavesdropper", "ledger_json")
+    __slots__ = ("link_id", "peer", "role", "state", "pulses_sent", "detections", "sifted_bits", "qber", "ec_leak_bits", "ec_efficiency", "secret_bits", "blocks_done", "blocks_aborted", "pool_bits", "emulated_s", "secret_key_rate_bps", "auth_keys_available", "aborts_by_reason", "blocks", "cascade_rounds_per_block", "ec_key_bits", "eavesdropper", "ledger_json", "fault", "fault_affected")
     class AbortsByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,8 @@ class LinkStatus(_message.Message):
     EC_KEY_BITS_FIELD_NUMBER: _ClassVar[int]
     EAVESDROPPER_FIELD_NUMBER: _ClassVar[int]
     LEDGER_JSON_FIELD_NUMBER: _ClassVar[int]
+    FAULT_FIELD_NUMBER: _ClassVar[int]
+    FAULT_AFFECTED_FIELD_NUMBER: _ClassVar[int]
     link_id: str
     peer: str
     role: str
@@ -79,7 +81,9 @@ class LinkStatus(_message.Message):
     ec_key_bits: int
     eavesdropper: str
     ledger_json: str
-    def __init__(self, link_id: _Optional[str] = ..., peer: _Optional[str] = ..., role: _Optional[str] = ..., state: _Optional[str] = ..., pulses_sent: _Optional[int] = ..., detections: _Optional[int] = ..., sifted_bits: _Optional[int] = ..., qber: _Optional[float] = ..., ec_leak_bits: _Optional[int] = ..., ec_efficiency: _Optional[float] = ..., secret_bits: _Optional[int] = ..., blocks_done: _Optional[int] = ..., blocks_aborted: _Optional[int] = ..., pool_bits: _Optional[int] = ..., emulated_s: _Optional[float] = ..., secret_key_rate_bps: _Optional[float] = ..., auth_keys_available: _Optional[int] = ..., aborts_by_reason: _Optional[_Mapping[str, int]] = ..., blocks: _Optional[_Iterable[_Union[BlockDigest, _Mapping]]] = ..., cascade_rounds_per_block: _Optional[float] = ..., ec_key_bits: _Optional[int] = ..., eavesdropper: _Optional[str] = ..., ledger_json: _Optional[str] = ...) -> None: ...
+    fault: str
+    fault_affected: int
+    def __init__(self, link_id: _Optional[str] = ..., peer: _Optional[str] = ..., role: _Optional[str] = ..., state: _Optional[str] = ..., pulses_sent: _Optional[int] = ..., detections: _Optional[int] = ..., sifted_bits: _Optional[int] = ..., qber: _Optional[float] = ..., ec_leak_bits: _Optional[int] = ..., ec_efficiency: _Optional[float] = ..., secret_bits: _Optional[int] = ..., blocks_done: _Optional[int] = ..., blocks_aborted: _Optional[int] = ..., pool_bits: _Optional[int] = ..., emulated_s: _Optional[float] = ..., secret_key_rate_bps: _Optional[float] = ..., auth_keys_available: _Optional[int] = ..., aborts_by_reason: _Optional[_Mapping[str, int]] = ..., blocks: _Optional[_Iterable[_Union[BlockDigest, _Mapping]]] = ..., cascade_rounds_per_block: _Optional[float] = ..., ec_key_bits: _Optional[int] = ..., eavesdropper: _Optional[str] = ..., ledger_json: _Optional[str] = ..., fault: _Optional[str] = ..., fault_affected: _Optional[int] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("node", "uptime_s", "links", "network_json")
@@ -112,3 +116,31 @@ class EavesdropperReply(_message.Message):
     attack: str
     fraction: float
     def __init__(self, link_id: _Optional[str] = ..., attack: _Optional[str] = ..., fraction: _Optional[float] = ...) -> None: ...
+
+class FaultRequest(_message.Message):
+    __slots__ = ("link_id", "kind", "probability", "delay_ms", "channel")
+    LINK_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    link_id: str
+    kind: str
+    probability: float
+    delay_ms: float
+    channel: str
+    def __init__(self, link_id: _Optional[str] = ..., kind: _Optional[str] = ..., probability: _Optional[float] = ..., delay_ms: _Optional[float] = ..., channel: _Optional[str] = ...) -> None: ...
+
+class FaultReply(_message.Message):
+    __slots__ = ("link_id", "kind", "probability", "delay_ms", "channel")
+    LINK_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    link_id: str
+    kind: str
+    probability: float
+    delay_ms: float
+    channel: str
+    def __init__(self, link_id: _Optional[str] = ..., kind: _Optional[str] = ..., probability: _Optional[float] = ..., delay_ms: _Optional[float] = ..., channel: _Optional[str] = ...) -> None: ...

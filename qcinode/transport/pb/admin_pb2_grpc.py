@@ -44,6 +44,11 @@ class AdminStub:
                 request_serializer=qcinode_dot_v1_dot_admin__pb2.EavesdropperRequest.SerializeToString,
                 response_deserializer=qcinode_dot_v1_dot_admin__pb2.EavesdropperReply.FromString,
                 _registered_method=True)
+        self.SetFault = channel.unary_unary(
+                '/qcinode.v1.Admin/SetFault',
+                request_serializer=qcinode_dot_v1_dot_admin__pb2.FaultRequest.SerializeToString,
+                response_deserializer=qcinode_dot_v1_dot_admin__pb2.FaultReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -61,6 +66,12 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetFault(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +84,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SetEavesdropper,
                     request_deserializer=qcinode_dot_v1_dot_admin__pb2.EavesdropperRequest.FromString,
                     response_serializer=qcinode_dot_v1_dot_admin__pb2.EavesdropperReply.SerializeToString,
+            ),
+            'SetFault': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetFault,
+                    request_deserializer=qcinode_dot_v1_dot_admin__pb2.FaultRequest.FromString,
+                    response_serializer=qcinode_dot_v1_dot_admin__pb2.FaultReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +145,33 @@ class Admin:
             '/qcinode.v1.Admin/SetEavesdropper',
             qcinode_dot_v1_dot_admin__pb2.EavesdropperRequest.SerializeToString,
             qcinode_dot_v1_dot_admin__pb2.EavesdropperReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetFault(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qcinode.v1.Admin/SetFault',
+            qcinode_dot_v1_dot_admin__pb2.FaultRequest.SerializeToString,
+            qcinode_dot_v1_dot_admin__pb2.FaultReply.FromString,
             options,
             channel_credentials,
             insecure,
