@@ -33,28 +33,60 @@ probabilities 0.4 / 0.3 / 0.3, Z-basis probability 0.5.
    the attack (``expected_key_length`` on the attacked closed forms); the
    abort reasons.
 
-Run: ``python bench/attacks.py`` (block 1e6, 2 blocks, ~1-2 min) or
-``--quick`` (block 5e5, 1 block, smaller frames, < 1 min). Nothing is asserted.
+3. **Without decoy states** (signal pulses only, topology
+   ``decoy_states: false``): the full stack with each no-decoy bound
+   (:func:`qcinode.core.estimation.no_decoy_key_length`), honest and under
+   PNS at 50 km, mu = 0.48, plus GLLP at 25 km at its optimal mu (MQZL's
+   no-decoy optimum, mu ~ eta). Printed: QBER; ``s_Z1``, the bound's
+   untagged (``gllp``) or trusted (``single-photon``) key-basis detections
+   per block; measured key per pulse; the finite-size prediction
+   (``expected_no_decoy_key_length`` on the closed forms, f = 1.16); the
+   textbook asymptotic rate (q = 1/2, f = 1.22): GLLP's no-decoy rate
+   (PHYSICS.md §1) for ``gllp``, ``q Q_mu [1 - (1 + f) h(E_mu)]`` for
+   ``single-photon``; and **Eve's known share** of the sifted key-basis bits,
+   from the sampler's ground truth (``AliceRecord.eve_knows_bit``: every
+   forwarded multi-photon pulse, of which she keeps a photon), with the
+   number of sifted key bits she does not hold next to the Cascade leak. The
+   ground truth is read by wrapping the sampler the pipeline calls; nothing
+   of it crosses the wire.
+
+Run: ``python bench/attacks.py`` (block 1e6, 2 blocks, ~2-3 min) or
+``--quick`` (block 5e5, 1 block, smaller frames, ~1 min). Nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import numpy as np
 
-from qcinode.core.estimation import expected_key_length, h2
+from qcinode.core import messages as m
+from qcinode.core import pipeline
+from qcinode.core.estimation import (
+    NO_DECOY_GLLP,
+    NO_DECOY_SINGLE_PHOTON,
+    AsymptoticParams,
+    expected_key_length,
+    expected_no_decoy_key_length,
+    h2,
+    no_decoy_rate,
+    optimise_mu,
+)
 from qcinode.core.pair import make_pair, pump
 from qcinode.core.physics import (
+    AliceRecord,
     CLASS_DECOY,
     CLASS_SIGNAL,
     CLASS_VACUUM,
     LinkPhysics,
+    PhotonFrame,
     detect,
     exact_error_rate,
     expected_gain,
@@ -269,6 +301,119 @@ def stack_table(distances: list[float], ir_distance: float, block_bits: int, blo
     print("    Bob's signal gain drops. s_Z1 hon / predicted: Lim et al. key length of the mean block (closed forms).")
 
 
+# --------------------------------------------------------------------------- without decoys
+
+
+class EveLedger:
+    """Counts the sifted key-basis bits whose value Eve knows, from the sampler's ground truth.
+
+    Alice's records (which carry the ground truth) are collected by wrapping
+    the ``transmit`` the pipeline calls; the sifting messages are read,
+    unchanged, through the pump's tamper hook.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[AliceRecord] = []
+        self.reports: dict[int, m.DetectionReport] = {}
+        self.key_bits = 0
+        self.known = 0
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        def recording(
+            phys: LinkPhysics, n_slots: int, key_rng: np.random.Generator, noise_rng: np.random.Generator
+        ) -> tuple[PhotonFrame, AliceRecord]:
+            frame, record = transmit(phys, n_slots, key_rng, noise_rng)
+            self.records.append(record)
+            return frame, record
+
+        setattr(pipeline, "transmit", recording)
+        try:
+            yield
+        finally:
+            setattr(pipeline, "transmit", transmit)
+
+    def tamper(self, direction: str, msg: m.Message) -> m.Message:
+        if isinstance(msg, m.DetectionReport):
+            self.reports[msg.frame_id] = msg
+        elif isinstance(msg, m.SiftReply):
+            report, record = self.reports.pop(msg.frame_id), self.records[msg.frame_id]
+            key_slots = report.slots[msg.basis_match.astype(bool) & (report.bases == 0)]
+            self.key_bits += len(key_slots)
+            self.known += int(np.count_nonzero(record.eve_knows_bit(key_slots)))
+        return msg
+
+
+def _short(reason: str) -> str:
+    """The parenthesised gist of an estimation reason (``s_Z1<=0, ...``), else its start."""
+    if "(" in reason:
+        return reason[reason.index("(") + 1 :].rstrip(")")
+    return reason.split(":")[0][:50]
+
+
+def gys_no_decoy(length_km: float, mu: float, **attack: object) -> LinkPhysics:
+    return dataclasses.replace(gys(length_km, 0.0, **attack), intensities=(mu, 0.0, 0.0), class_probabilities=(1.0, 0.0, 0.0))
+
+
+def no_decoy_table(block_bits: int, blocks: int, seed: int) -> None:
+    gllp_mu_25, _ = optimise_mu(no_decoy_rate, AsymptoticParams(length_km=25.0))
+    print(f"\n== Without decoy states (signal pulses only; GYS; blocks of {block_bits:.0e} key bits x {blocks}) ==")
+    print(
+        f"{'bound':>13} {'attack':>6} {'L km':>5} {'mu':>7} {'QBER':>7} {'f':>5} {'s_Z1/blk':>9} {'key/pulse':>10} "
+        f"{'predicted':>10} {'textbook':>10} {'secret':>8} {'Eve knows':>10} {'lacks':>7} {'leak':>7}  outcome"
+    )
+    rows = [
+        (NO_DECOY_GLLP, False, 50.0, 0.48),
+        (NO_DECOY_GLLP, True, 50.0, 0.48),
+        (NO_DECOY_GLLP, False, 25.0, gllp_mu_25),
+        (NO_DECOY_SINGLE_PHOTON, False, 50.0, 0.48),
+        (NO_DECOY_SINGLE_PHOTON, True, 50.0, 0.48),
+    ]
+    for bound, pns, length, mu in rows:
+        phys = gys_no_decoy(length, mu, photon_number_splitting=pns)
+        log(f"no decoys, {bound}, {'PNS' if pns else 'honest'} {length} km")
+        cfg = LinkProtocolConfig(link_id="a-b", physics=phys, block_bits=block_bits, no_decoy_bound=bound)
+        alice, bob = make_pair(cfg, BOOTSTRAP, seed=seed)
+        ledger = EveLedger()
+        with ledger.watching():
+            events = pump(
+                alice, bob, frame_slots=int(block_bits / 4 / expected_key_bits_per_slot(phys)),
+                blocks=blocks, tamper=ledger.tamper,
+            ).alice_events
+        pulses = sum(e.stats.pulses for e in events)
+        secret = sum(e.stats.secret_bits for e in events if isinstance(e, BlockAccepted))
+        leak = sum(e.stats.leak_bits for e in events)
+        qber = sum(e.stats.test_errors for e in events) / max(sum(e.stats.test_bits for e in events), 1)
+        s_z1 = [e.stats.estimate.single_photon_bits for e in events if e.stats.estimate is not None]
+        reasons = Counter("accepted" if isinstance(e, BlockAccepted) else _short(e.reason) for e in events)
+        reconciled = [e.stats for e in events if e.stats.cascade_rounds and e.stats.ec_efficiency > 0]
+        f_ec = sum(r.ec_efficiency for r in reconciled) / len(reconciled) if reconciled else 1.16
+        predicted = expected_no_decoy_key_length(phys, block_bits, bound=bound, f_ec=f_ec)
+        per_pulse = predicted.length_bits / block_bits * expected_key_bits_per_slot(phys)
+        gain, error = expected_gain(phys, CLASS_SIGNAL), exact_error_rate(phys, CLASS_SIGNAL)
+        if bound == NO_DECOY_GLLP:
+            textbook = no_decoy_rate(AsymptoticParams(length_km=length, mu=mu))
+        else:
+            textbook = max(Q_SIFT * gain * (1.0 - (1.0 + F_TEXTBOOK) * h2(error)), 0.0)
+        share = ledger.known / ledger.key_bits if ledger.key_bits else 0.0
+        print(
+            f"{bound:>13} {'PNS' if pns else 'none':>6} {length:5.0f} {mu:7.4f} {100 * qber:6.2f}% {f_ec:5.3f} "
+            f"{sum(s_z1) / len(s_z1):9.0f} {secret / pulses:10.2e} {per_pulse:10.2e} {textbook:10.2e} {secret:8d} "
+            f"{100 * share:9.2f}% {ledger.key_bits - ledger.known:7d} {leak:7d}  "
+            + ", ".join(f"{k} x{v}" for k, v in reasons.items())
+        )
+    print("  QBER: test basis; f: measured Cascade efficiency (1.16 assumed when nothing was reconciled).")
+    print("  s_Z1/blk: untagged (gllp) or trusted (single-photon) key-basis detections per block.")
+    print("  predicted: finite-size no-decoy bound on the closed-form mean block at that f; textbook: asymptotic")
+    print("  (q 1/2, f 1.22), GLLP no-decoy rate for gllp, q Q [1 - (1 + f) h(E)] for single-photon. The stack")
+    print("  keys Z-Z matches only (p_Z^2 = 1/4 against q = 1/2), so it sits near half the textbook figure.")
+    print("  secret: secret bits accepted over all blocks. Eve knows: share of the sifted key-basis bits from pulses")
+    print("  Eve kept a photon of (ground truth; a lower bound, dark-count-only clicks count as unknown); lacks: the")
+    print("  other sifted key bits; leak: Cascade's disclosed bits. The final key is a function of the sifted key and")
+    print("  public data, so Eve's uncertainty about it is at most 'lacks' bits, however long 'secret' claims to be.")
+    print(f"  GLLP's optimal mu at 25 km: {gllp_mu_25:.4f} (MQZL no-decoy optimum, mu ~ eta).")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller blocks and frames, < 1 min")
@@ -283,6 +428,7 @@ def main() -> None:
     start = time.monotonic()
     channel_table(distances, slots_at_50km, args.seed)
     stack_table(distances, 25.0, block_bits, blocks, args.seed)
+    no_decoy_table(block_bits, blocks, args.seed)
     print(f"\n(elapsed {time.monotonic() - start:.0f} s)")
 
 

@@ -48,12 +48,14 @@ from typing import Any, ClassVar, Final, Literal, Self
 
 import yaml
 
+from qcinode.core.estimation import NO_DECOY_BOUNDS, NO_DECOY_GLLP, NO_DECOY_SINGLE_PHOTON
 from qcinode.errors import ConfigError
 
 __all__ = [
     "EAVESDROPPER_ATTACKS",
     "FAULT_CHANNELS",
     "FAULT_KINDS",
+    "NO_DECOY_BOUNDS",
     "PROBABILITY_SUM_TOLERANCE",
     "SETTINGS_SECTIONS",
     "BasisProbabilities",
@@ -441,6 +443,13 @@ class SourceConfig(_Section):
             false, only signal pulses are sent: ``probabilities`` must be
             ``{signal: 1, decoy: 0, vacuum: 0}`` and the intensity ordering is
             not required (a no-decoy run wants a small ``signal``).
+        no_decoy_bound: The key-length assumption of a link without decoy
+            states, one of :data:`NO_DECOY_BOUNDS`
+            (:func:`qcinode.core.estimation.no_decoy_key_length`): ``gllp``
+            (secure, every multi-photon pulse tagged) or ``single-photon``
+            (insecure, every detection trusted as a single photon; for
+            demonstrating the photon-number-splitting attack). Only
+            ``gllp`` is accepted with decoy states on, where it is unused.
 
     With decoy states on, the intensities must satisfy μ1 > μ2 + μ3 and
     μ2 > μ3 >= 0 (Lim et al., PRA 89, 022307), and the decoy and vacuum
@@ -453,6 +462,7 @@ class SourceConfig(_Section):
     probabilities: IntensityProbabilities = _section(IntensityProbabilities)
     basis_probabilities: BasisProbabilities = _section(BasisProbabilities)
     decoy_states: bool = True
+    no_decoy_bound: str = NO_DECOY_GLLP
 
     def __post_init__(self) -> None:
         _real(self, "rate_hz", _Range(0.0, low_open=True))
@@ -462,6 +472,21 @@ class SourceConfig(_Section):
         if not isinstance(self.decoy_states, bool):
             raise _Invalid(
                 "decoy_states", f"must be true or false, got {_describe(self.decoy_states)}"
+            )
+        bound = _string(self.no_decoy_bound, "no_decoy_bound", "no-decoy bound")
+        if bound not in NO_DECOY_BOUNDS:
+            raise _Invalid(
+                "no_decoy_bound",
+                f"unknown bound {bound!r}{_suggest(bound, NO_DECOY_BOUNDS)} "
+                f"(allowed: {', '.join(NO_DECOY_BOUNDS)})",
+            )
+        if self.decoy_states and bound == NO_DECOY_SINGLE_PHOTON:
+            raise _Invalid(
+                "no_decoy_bound",
+                f"{NO_DECOY_SINGLE_PHOTON!r} applies only to a link without decoy states; with "
+                "decoy_states: true the key length is the decoy-state bound. Set "
+                f"decoy_states: false (and probabilities: {{signal: 1.0, decoy: 0.0, vacuum: 0.0}}) "
+                f"or leave no_decoy_bound at {NO_DECOY_GLLP!r}",
             )
         mu, p = self.intensities, self.probabilities
         if self.decoy_states:

@@ -26,8 +26,8 @@ docs and as test oracles:
 * :func:`plob_bound` is the repeaterless ceiling ``-log2(1 - eta)``
   (Pirandola, Laurenza, Ottaviani, Banchi, Nat. Commun. 8, 15043 (2017)).
 
-**The finite-size key length** of one block, :func:`key_length`, the one
-documented key-length function of qcinode. It is Eqs. (1)-(5) of Lim, Curty,
+**The finite-size key length** of one block from a decoy-state source,
+:func:`key_length`. It is Eqs. (1)-(5) of Lim, Curty,
 Walenta, Xu, Zbinden, "Concise security bounds for practical decoy-state
 quantum key distribution", PRA 89, 022307 (2014), with the bases renamed:
 their key basis X is our Z and their test basis Z is our X::
@@ -55,6 +55,48 @@ Degenerate inputs (no counts, ``s_1 <= 0``, ``phi >= 1/2``, corrections larger
 than the entropy) give length 0 and a ``reason``; the function never raises
 on statistics and never returns NaN. Bounds that are negative are clipped to
 0 (0 is a valid lower bound on a count).
+
+**The finite-size key length without decoy states**, :func:`no_decoy_key_length`,
+for a source that sends signal pulses only (``decoy_states: false``). Same
+result type, same epsilon conventions and the same last two terms as
+:func:`key_length`; only the single-photon and phase-error bounds change.
+Two assumptions (:data:`NO_DECOY_BOUNDS`):
+
+* ``gllp`` (secure; GLLP, QIC 4, 325 (2004), the no-decoy rate of MQZL
+  Sec. 3 / PHYSICS.md section 1): every multi-photon pulse is tagged, i.e.
+  fully known to Eve. Alice's photon numbers and both parties' basis choices
+  are independent of Eve, so the number of multi-photon pulses that fall in
+  the Z-Z (X-X) sift is exactly ``Binomial(N, p_Z^2 P_multi)``
+  (``Binomial(N, p_X^2 P_multi)``), ``P_multi = 1 - (1 + mu) e^-mu``, ``N``
+  the pulses sent in the block. Eve decides only which pulses are detected,
+  so::
+
+      M^U(N, p) = N p + (L + sqrt(L^2 + 8 L N p)) / 2,   L = ln(21/eps_sec)
+      s_Z = n_Z - M^U(N, p_Z^2 P_multi)      (untagged key-basis detections)
+      s_X = n_X - M^U(N, p_X^2 P_multi)      (untagged test-basis detections)
+      phi = m_X / s_X + gamma(eps_sec, m_X / s_X, s_X, s_Z)
+      l   = floor( s_Z - s_Z h(phi) - leak_EC - 6 log2(21/eps_sec) - log2(2/eps_cor) )
+
+  ``M^U`` is the multiplicative Chernoff bound (H. Chernoff, Ann. Math.
+  Stat. 23, 493 (1952)) in the form ``P[X >= (1 + d) m] <= exp(-d^2 m / (2 + d))``,
+  valid for every ``d > 0``: the basic bound ``(e^d / (1 + d)^(1 + d))^m``
+  (M. Mitzenmacher, E. Upfal, *Probability and Computing* (2005), Thm. 4.4)
+  with ``ln(1 + d) >= 2d / (2 + d)``; solved for ``P <= eps_sec / 21``. It is used instead of
+  Hoeffding's ``sqrt(N/2 ln(1/eps))`` because ``N p`` is tiny against ``N``
+  (Hoeffding would charge ~ ``sqrt(N)``, which swamps a block at these
+  pulse counts). Every test-basis error is charged to the untagged
+  detections; the sampling correction is Lim et al.'s ``gamma``. The two
+  Chernoff bounds and ``gamma`` use 3 of Lim et al.'s 21 shares of
+  ``eps_sec``, so the ``6 log2(21/eps_sec)`` term is kept as in Eq. (1).
+  For ``N -> infinity`` the length per pulse tends to the GLLP rate
+  :func:`no_decoy_rate` with ``q = p_Z^2``:
+  ``p_Z^2 {-Q f h(E) + Q (1 - D) [1 - h(E / (1 - D))]}``, ``D = P_multi / Q``.
+* ``single-photon`` (**insecure**, what pre-decoy systems assumed, for
+  demonstration only): every detection is a single-photon detection,
+  ``s_Z = n_Z``, ``s_X = n_X`` and ``phi = m_X / n_X + gamma(...)``. Under a
+  photon-number-splitting attack (Brassard, Lütkenhaus, Mor, Sanders, PRL 85,
+  1330 (2000)) this length is positive although Eve holds a copy of almost
+  every key bit.
 """
 
 from __future__ import annotations
@@ -73,13 +115,21 @@ __all__ = [
     "BlockStatistics",
     "DecoyBounds",
     "KeyLengthResult",
+    "NO_DECOY_BOUNDS",
+    "NO_DECOY_GLLP",
+    "NO_DECOY_SINGLE_PHOTON",
+    "NoDecoyStatistics",
     "asymptotic_key_fraction",
     "expected_block_statistics",
     "expected_key_length",
+    "expected_no_decoy_key_length",
+    "expected_no_decoy_statistics",
     "h2",
     "infinite_decoy_rate",
     "key_length",
     "max_distance",
+    "multi_photon_upper_bound",
+    "no_decoy_key_length",
     "no_decoy_rate",
     "optimal_mu",
     "optimise_mu",
@@ -102,6 +152,20 @@ REASON_NO_SINGLE_PHOTON_KEY: Final = "no single-photon key-basis events can be b
 REASON_NO_SINGLE_PHOTON_TEST: Final = "no single-photon test-basis events can be bounded (s_X1<=0)"
 REASON_PHASE_ERROR: Final = "phase error bound is 1/2 or more"
 REASON_CORRECTIONS: Final = "error-correction leak and finite-size corrections exceed the entropy"
+REASON_TAGGED_KEY: Final = (
+    "multi-photon pulses can account for every key-basis detection (s_Z1<=0, GLLP without decoys)"
+)
+REASON_TAGGED_TEST: Final = (
+    "multi-photon pulses can account for every test-basis detection (s_X1<=0, GLLP without decoys)"
+)
+
+#: Secure no-decoy bound: every multi-photon pulse is tagged (GLLP).
+NO_DECOY_GLLP: Final = "gllp"
+#: Insecure no-decoy bound: every detection is trusted as a single photon.
+NO_DECOY_SINGLE_PHOTON: Final = "single-photon"
+#: Every assumption :func:`no_decoy_key_length` accepts; the topology's
+#: ``source.no_decoy_bound`` takes its values from here.
+NO_DECOY_BOUNDS: Final[tuple[str, ...]] = (NO_DECOY_GLLP, NO_DECOY_SINGLE_PHOTON)
 
 
 def h2(p: float) -> float:
@@ -519,7 +583,8 @@ class BlockStatistics:
 
 @dataclass(frozen=True, slots=True)
 class KeyLengthResult:
-    """Outcome of :func:`key_length`.
+    """Outcome of :func:`key_length` (or :func:`no_decoy_key_length`, which
+    fills the single-photon fields with its untagged-detection bounds).
 
     Attributes:
         length_bits: Secret key length ``l`` (>= 0).
@@ -607,6 +672,18 @@ def _gamma(epsilon: float, b: float, c: float, d: float) -> float:
     return math.sqrt(spread * log2_argument)
 
 
+def _correction_bits(leak_ec_bits: int, verification_tag_bits: int, security_epsilon: float) -> float:
+    """Checks the arguments both key-length functions share; returns the last two terms of
+    Lim et al. Eq. (1), ``6 log2(21/eps_sec) + log2(2/eps_cor)`` with ``eps_cor = 2^-t``."""
+    _check_count("leak_ec_bits", leak_ec_bits)
+    _check_count("verification_tag_bits", verification_tag_bits)
+    _check_real("security_epsilon", security_epsilon, 0.0, 1.0, open_low=True)
+    if security_epsilon >= 1.0:
+        raise ConfigError(f"security_epsilon: must be below 1, got {security_epsilon!r}")
+    log_term = math.log(_EPSILON_PARTS) - math.log(security_epsilon)
+    return 6.0 * log_term / math.log(2.0) + verification_tag_bits + 1.0
+
+
 def key_length(
     stats: BlockStatistics,
     leak_ec_bits: int,
@@ -634,14 +711,8 @@ def key_length(
     Raises:
         ConfigError: A negative leak or tag length, or ``eps_sec`` outside (0, 1).
     """
-    _check_count("leak_ec_bits", leak_ec_bits)
-    _check_count("verification_tag_bits", verification_tag_bits)
-    _check_real("security_epsilon", security_epsilon, 0.0, 1.0, open_low=True)
-    if security_epsilon >= 1.0:
-        raise ConfigError(f"security_epsilon: must be below 1, got {security_epsilon!r}")
-
+    correction = _correction_bits(leak_ec_bits, verification_tag_bits, security_epsilon)
     log_term = math.log(_EPSILON_PARTS) - math.log(security_epsilon)
-    correction = 6.0 * log_term / math.log(2.0) + verification_tag_bits + 1.0
 
     def zero(
         reason: str,
@@ -698,6 +769,195 @@ def key_length(
         phase_error_bound=phi,
         test_single_photon_bits=s1_test,
         test_single_photon_errors=v1,
+        leak_ec_bits=int(leak_ec_bits),
+        correction_bits=correction,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NoDecoyStatistics:
+    """Sifted detection counts of one block from a source without decoy states.
+
+    Every pulse is a signal pulse of mean photon number ``intensity``.
+
+    Attributes:
+        intensity: ``mu``, the signal mean photon number (> 0).
+        z_basis_probability: ``p_Z``, the probability that Alice (and,
+            independently, Bob) chooses the Z (key) basis, in (0, 1).
+        pulses: ``N``, pulses sent in the block (every frame whose sifted
+            detections are in it; both ends count the same frames).
+        key_bits: ``n_Z``, sifted key-basis (Z) detections.
+        test_bits: ``n_X``, sifted test-basis (X) detections.
+        test_errors: ``m_X``, errors among them.
+    """
+
+    intensity: float
+    z_basis_probability: float
+    pulses: int
+    key_bits: int
+    test_bits: int
+    test_errors: int
+
+    def __post_init__(self) -> None:
+        _check_real("intensity", self.intensity, 0.0, 100.0, open_low=True)
+        _check_real("z_basis_probability", self.z_basis_probability, 0.0, 1.0, open_low=True)
+        if self.z_basis_probability >= 1.0:
+            raise ConfigError(
+                f"z_basis_probability: must be below 1, got {self.z_basis_probability!r}"
+            )
+        for name in ("pulses", "key_bits", "test_bits", "test_errors"):
+            _check_count(name, getattr(self, name))
+        if self.test_errors > self.test_bits:
+            raise ConfigError(
+                f"test_errors: {self.test_errors} errors among {self.test_bits} detections"
+            )
+        if self.key_bits + self.test_bits > self.pulses:
+            raise ConfigError(
+                f"pulses: {self.key_bits + self.test_bits} sifted detections from "
+                f"{self.pulses} pulses (a pulse slot clicks at most once)"
+            )
+
+    @property
+    def multi_photon_probability(self) -> float:
+        """``P_multi = 1 - (1 + mu) e^-mu``, the chance that a pulse has two photons or more."""
+        mu = self.intensity
+        return -math.expm1(-mu) - mu * math.exp(-mu)
+
+    @property
+    def test_qber(self) -> float:
+        """Observed test-basis error rate ``m_X / n_X`` (0 when empty)."""
+        return self.test_errors / self.test_bits if self.test_bits else 0.0
+
+
+def multi_photon_upper_bound(pulses: int, probability: float, epsilon: float) -> float:
+    """Upper bound on a ``Binomial(pulses, probability)`` count, failing with probability <= ``epsilon``.
+
+    Multiplicative Chernoff bound (Chernoff, Ann. Math. Stat. 23, 493
+    (1952)): with ``m = N p``, ``P[X >= (1 + d) m] <= (e^d / (1 + d)^(1 + d))^m
+    <= exp(-d^2 m / (2 + d))`` for every ``d > 0`` (Mitzenmacher and Upfal,
+    *Probability and Computing* (2005), Thm. 4.4, and
+    ``ln(1 + d) >= 2d / (2 + d)``). Setting the right side to ``epsilon`` and
+    solving the quadratic in ``d m`` gives::
+
+        X <= m + (L + sqrt(L^2 + 8 L m)) / 2,   L = ln(1/epsilon)
+
+    which is about ``m + sqrt(2 m L)`` for ``m >> L``, far tighter than
+    Hoeffding's ``m + sqrt(N L / 2)`` when ``p`` is small. Capped at ``N``.
+
+    Args:
+        pulses: Number of trials ``N``.
+        probability: Success probability ``p`` of each trial.
+        epsilon: Failure probability of the bound, in (0, 1).
+
+    Raises:
+        ConfigError: A negative ``pulses``, ``p`` outside [0, 1] or ``epsilon``
+            outside (0, 1).
+    """
+    _check_count("pulses", pulses)
+    _check_real("probability", probability, 0.0, 1.0)
+    _check_real("epsilon", epsilon, 0.0, 1.0, open_low=True)
+    if epsilon >= 1.0:
+        raise ConfigError(f"epsilon: must be below 1, got {epsilon!r}")
+    mean = pulses * probability
+    log_term = -math.log(epsilon)
+    bound = mean + 0.5 * (log_term + math.sqrt(log_term * log_term + 8.0 * log_term * mean))
+    return min(bound, float(pulses))
+
+
+def no_decoy_key_length(
+    stats: NoDecoyStatistics,
+    leak_ec_bits: int,
+    verification_tag_bits: int,
+    security_epsilon: float,
+    bound: str = NO_DECOY_GLLP,
+) -> KeyLengthResult:
+    """Secret key length of one block from a source without decoy states.
+
+    ``l = floor(s_Z - s_Z h(phi) - leak_EC - 6 log2(21/eps_sec) - log2(2/eps_cor))``,
+    clipped to ``[0, n_Z]``, with ``eps_cor = 2^-verification_tag_bits`` as in
+    :func:`key_length`. With ``bound="gllp"`` (GLLP: multi-photon pulses are
+    tagged), ``s_Z = n_Z - M^U(N, p_Z^2 P_multi)``,
+    ``s_X = n_X - M^U(N, p_X^2 P_multi)`` with the Chernoff bound
+    :func:`multi_photon_upper_bound` at ``eps_sec / 21``; with
+    ``bound="single-photon"`` (insecure) ``s_Z = n_Z`` and ``s_X = n_X``.
+    Then ``phi = m_X / s_X + gamma(eps_sec, m_X / s_X, s_X, s_Z)`` (Lim et al.
+    Eq. 5). See the module docstring for the derivation and the limit.
+
+    In the result, ``single_photon_bits`` is ``s_Z`` (untagged key-basis
+    detections), ``test_single_photon_bits`` is ``s_X``,
+    ``test_single_photon_errors`` is ``m_X`` (every error charged to them)
+    and ``vacuum_bits`` is 0 (without decoys vacuum events are not
+    estimated; they are among the untagged ones).
+
+    Args:
+        stats: The block's sifted counts and the pulses sent.
+        leak_ec_bits: Bits revealed by error correction.
+        verification_tag_bits: Length ``t`` of the verification hash.
+        security_epsilon: Secrecy parameter ``eps_sec`` in (0, 1).
+        bound: One of :data:`NO_DECOY_BOUNDS`.
+
+    Returns:
+        The length and the intermediate bounds; length 0 with a ``reason``
+        when the statistics leave no key.
+
+    Raises:
+        ConfigError: An unknown ``bound``, a negative leak or tag length, or
+            ``eps_sec`` outside (0, 1).
+    """
+    if bound not in NO_DECOY_BOUNDS:
+        raise ConfigError(f"bound: expected one of {', '.join(NO_DECOY_BOUNDS)}, got {bound!r}")
+    correction = _correction_bits(leak_ec_bits, verification_tag_bits, security_epsilon)
+
+    def zero(
+        reason: str, s_key: float = 0.0, s_test: float = 0.0, phi: float = 0.5
+    ) -> KeyLengthResult:
+        return KeyLengthResult(
+            length_bits=0,
+            vacuum_bits=0.0,
+            single_photon_bits=max(s_key, 0.0),
+            phase_error_bound=phi,
+            test_single_photon_bits=max(s_test, 0.0),
+            test_single_photon_errors=float(stats.test_errors),
+            leak_ec_bits=int(leak_ec_bits),
+            correction_bits=correction,
+            reason=reason,
+        )
+
+    if stats.key_bits == 0:
+        return zero(REASON_NO_KEY_COUNTS)
+    if stats.test_bits == 0:
+        return zero(REASON_NO_TEST_COUNTS)
+
+    s_key, s_test = float(stats.key_bits), float(stats.test_bits)
+    if bound == NO_DECOY_GLLP:
+        p_multi = stats.multi_photon_probability
+        p_z = stats.z_basis_probability
+        epsilon = security_epsilon / _EPSILON_PARTS
+        s_key -= multi_photon_upper_bound(stats.pulses, p_z * p_z * p_multi, epsilon)
+        s_test -= multi_photon_upper_bound(stats.pulses, (1.0 - p_z) ** 2 * p_multi, epsilon)
+        if s_key <= 0.0:
+            return zero(REASON_TAGGED_KEY, s_key, s_test)
+        if s_test <= 0.0:
+            return zero(REASON_TAGGED_TEST, s_key, s_test)
+
+    observed = stats.test_errors / s_test
+    if observed >= 0.5:
+        return zero(REASON_PHASE_ERROR, s_key, s_test)
+    phi = observed + _gamma(security_epsilon, observed, s_test, s_key)
+    if phi >= 0.5:
+        return zero(REASON_PHASE_ERROR, s_key, s_test)
+
+    raw = s_key * (1.0 - h2(phi)) - leak_ec_bits - correction
+    length = min(math.floor(raw), stats.key_bits) if raw > 0.0 else 0
+    if length <= 0:
+        return zero(REASON_CORRECTIONS, s_key, s_test, phi)
+    return KeyLengthResult(
+        length_bits=int(length),
+        vacuum_bits=0.0,
+        single_photon_bits=s_key,
+        phase_error_bound=phi,
+        test_single_photon_bits=s_test,
+        test_single_photon_errors=float(stats.test_errors),
         leak_ec_bits=int(leak_ec_bits),
         correction_bits=correction,
     )
@@ -787,6 +1047,78 @@ def _key_basis_qber(phys: LinkPhysics) -> float:
     if total <= 0.0:
         return 0.0
     return math.fsum(w * exact_error_rate(phys, k) for k, w in enumerate(weights)) / total
+
+
+def _check_signal_only(phys: LinkPhysics) -> None:
+    if phys.class_probabilities[0] != 1.0:
+        raise ConfigError(
+            "phys: a source without decoy states sends signal pulses only "
+            f"(class_probabilities (1, 0, 0)), got {phys.class_probabilities}"
+        )
+
+
+def expected_no_decoy_statistics(phys: LinkPhysics, n_key_bits: int) -> NoDecoyStatistics:
+    """The mean :class:`NoDecoyStatistics` of a block with ``n_key_bits`` key-basis detections.
+
+    From the closed forms of :mod:`qcinode.core.physics`, Eve included: a
+    pulse lands in the Z-Z sift with probability ``p_Z^2 Q`` and in the X-X
+    sift with ``p_X^2 Q``, ``Q`` = :func:`~qcinode.core.physics.expected_gain`
+    of the signal class; test errors at
+    :func:`~qcinode.core.physics.exact_error_rate`. The block holds
+    ``N = n_key_bits / (p_Z^2 Q)`` pulses; counts are rounded to integers.
+
+    Args:
+        phys: Link parameters of a signal-only source (class probabilities
+            ``(1, 0, 0)``).
+        n_key_bits: Number of sifted key-basis detections in the block.
+
+    Raises:
+        ConfigError: The source sends decoy or vacuum pulses, or no detection
+            is possible.
+    """
+    _check_count("n_key_bits", n_key_bits)
+    _check_signal_only(phys)
+    p_z = phys.z_basis_probability
+    gain = expected_gain(phys, 0)
+    if gain <= 0.0 or p_z <= 0.0:
+        raise ConfigError("phys: no key-basis detections are possible with these parameters")
+    pulses = n_key_bits / (p_z * p_z * gain)
+    test = int(round(pulses * (1.0 - p_z) ** 2 * gain))
+    return NoDecoyStatistics(
+        intensity=phys.intensities[0],
+        z_basis_probability=p_z,
+        pulses=int(round(pulses)),
+        key_bits=n_key_bits,
+        test_bits=test,
+        test_errors=min(int(round(test * exact_error_rate(phys, 0))), test),
+    )
+
+
+def expected_no_decoy_key_length(
+    phys: LinkPhysics,
+    n_key_bits: int,
+    *,
+    bound: str = NO_DECOY_GLLP,
+    f_ec: float = 1.16,
+    verification_tag_bits: int = 64,
+    security_epsilon: float = 1e-10,
+) -> KeyLengthResult:
+    """:func:`no_decoy_key_length` of the mean block with ``n_key_bits`` key-basis detections.
+
+    The leak is :func:`predicted_leak` at the closed-form signal error rate
+    (Eve included). Benches and tests print this next to measured blocks.
+
+    Args:
+        phys: Link parameters of a signal-only source.
+        n_key_bits: Key-basis detections per block.
+        bound: One of :data:`NO_DECOY_BOUNDS`.
+        f_ec: Assumed reconciliation inefficiency.
+        verification_tag_bits: Verification tag length.
+        security_epsilon: Secrecy parameter.
+    """
+    stats = expected_no_decoy_statistics(phys, n_key_bits)
+    leak = predicted_leak(stats.key_bits, exact_error_rate(phys, 0), f_ec)
+    return no_decoy_key_length(stats, leak, verification_tag_bits, security_epsilon, bound)
 
 
 def asymptotic_key_fraction(phys: LinkPhysics, f_ec: float = 1.16) -> float:

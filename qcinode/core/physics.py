@@ -51,6 +51,8 @@ Sec. 2, "MQZL" below):
    ``s sum_{n>=2} Poisson(n; mu_i) Binom(k; n - 1, eta_Bob)``; the sampler
    materialises those slots exactly as in step 3, with this law in place of
    the zero-truncated Poisson. The states are Alice's (no error is added).
+   Alice's record keeps, as ground truth the protocol never reads, which
+   materialised slots Eve holds a photon of (:meth:`AliceRecord.eve_knows_bit`).
 7. Bob's receiver (:func:`detect`) has one threshold detector per bit value.
    Each detector dark-clicks independently with ``p_d`` where
    ``1 - (1 - p_d)^2 = Y0`` (dark clicks are sampled over the whole frame by
@@ -609,9 +611,14 @@ class AliceRecord:
     under photon-number splitting; uniform bit, basis Z
     with ``z_basis_probability``) with Alice's ``key_rng`` and remembered, so
     a repeated reveal answers the same.
+
+    The record also keeps the emulator's ground truth about Eve
+    (:meth:`eve_knows_bit`). It is not Alice's knowledge: the protocol never
+    reads it, and nothing of it crosses the wire.
     """
 
     __slots__ = (
+        "_eve_knows",
         "_key_rng",
         "_lazy_bases",
         "_lazy_bits",
@@ -636,6 +643,7 @@ class AliceRecord:
         bits: UInt8Array,
         phys: LinkPhysics,
         key_rng: np.random.Generator,
+        eve_knows: NDArray[np.bool_] | None = None,
     ) -> None:
         """Build a record; :func:`transmit` is the normal constructor.
 
@@ -647,8 +655,13 @@ class AliceRecord:
             bits: Alice's bit per materialised slot.
             phys: The link parameters the frame was sent with.
             key_rng: Alice's secret generator, kept for lazy draws.
+            eve_knows: Per materialised slot, whether Eve learns Alice's bit
+                once the bases are announced (None: nowhere).
         """
         self._n_slots = n_slots
+        self._eve_knows = np.zeros(len(slots), np.bool_) if eve_knows is None else eve_knows
+        if len(self._eve_knows) != len(slots):
+            raise LocalProtocolError("AliceRecord: eve_knows does not match the slots")
         self.slots = slots
         self.classes = classes
         self.bases = bases
@@ -714,6 +727,35 @@ class AliceRecord:
             bases[missing] = self._lazy_bases[lazy_index]
             bits[missing] = self._lazy_bits[lazy_index]
         return classes, bases, bits
+
+    def eve_knows_bit(self, slots: ArrayLike) -> NDArray[np.bool_]:
+        """Emulator ground truth: does Eve learn Alice's bit of these slots once bases are announced?
+
+        True on a materialised slot (one carrying a photon Bob detects) when
+        Eve kept a photon of that multi-photon pulse (photon-number
+        splitting: every materialised slot) or measured it in Alice's basis
+        (intercept-resend). A slot that clicked through a dark count alone
+        answers False even if Eve held a photon of it, because the sampler
+        never drew that pulse's photon number; shares computed from this are
+        therefore lower bounds on what Eve knows. Draws nothing, so it
+        changes no random stream.
+
+        Args:
+            slots: Slot indices, typically sifted detections.
+
+        Raises:
+            RemoteProtocolError: As :meth:`reveal`.
+        """
+        query = np.asarray(slots)
+        if query.ndim != 1 or (query.size and not np.issubdtype(query.dtype, np.integer)):
+            raise RemoteProtocolError("eve_knows_bit: slots must be a 1-D integer array")
+        query = query.astype(np.int64, copy=False)
+        if query.size and (int(query.min()) < 0 or int(query.max()) >= self._n_slots):
+            raise RemoteProtocolError("eve_knows_bit: slot outside the frame")
+        found, index = _lookup(self.slots, query)
+        known: NDArray[np.bool_] = np.zeros(query.size, np.bool_)
+        known[found] = self._eve_knows[index[found]]
+        return known
 
     def _extend_lazy(self, candidates: Int64Array) -> None:
         """Draw values for the sorted, unique ``candidates`` not yet drawn."""
@@ -794,11 +836,16 @@ def transmit(
         elif n_cls:
             photons[mask] = _zero_truncated_poisson(noise_rng, phys.detected_mean(cls), n_cls)
 
+    # Ground truth for tests and benches (never sent): under photon-number
+    # splitting every materialised slot is a multi-photon pulse Eve kept a
+    # photon of; under intercept-resend she read the bit when her basis matched.
+    eve_knows = np.full(count, bool(phys.photon_number_splitting), np.bool_)
     state_bases, state_bits = bases, bits
     if phys.intercept_resend_fraction > 0.0 and count:
-        state_bases, state_bits = _intercept_resend(
+        state_bases, state_bits, measured = _intercept_resend(
             noise_rng, phys.intercept_resend_fraction, bases, bits
         )
+        eve_knows |= measured
 
     frame = PhotonFrame(
         n_slots=n_slots,
@@ -815,14 +862,20 @@ def transmit(
         bits=bits,
         phys=phys,
         key_rng=key_rng,
+        eve_knows=eve_knows,
     )
     return frame, record
 
 
 def _intercept_resend(
     rng: np.random.Generator, fraction: float, bases: UInt8Array, bits: UInt8Array
-) -> tuple[UInt8Array, UInt8Array]:
-    """Apply intercept-resend to the materialised slots; return the new states."""
+) -> tuple[UInt8Array, UInt8Array, NDArray[np.bool_]]:
+    """Apply intercept-resend to the materialised slots.
+
+    Returns:
+        The new states' bases and bits, and where Eve measured in Alice's
+        basis (she knows Alice's bit there).
+    """
     count = len(bases)
     hit = np.flatnonzero(rng.random(count) < fraction)
     eve_bases = _bits(rng, hit.size)
@@ -831,7 +884,9 @@ def _intercept_resend(
     state_bits = bits.copy()
     state_bases[hit] = eve_bases
     state_bits[hit] = eve_bits
-    return state_bases, state_bits
+    measured = np.zeros(count, np.bool_)
+    measured[hit[eve_bases == bases[hit]]] = True
+    return state_bases, state_bits, measured
 
 
 # --------------------------------------------------------------------------- Bob

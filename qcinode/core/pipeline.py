@@ -14,7 +14,11 @@ Theory of operation (rules both sessions follow):
    from).
 3. Parameter estimation. Bob reveals his test-basis (X) bits; Alice counts the
    errors per intensity class and evaluates THE key-length function
-   (:func:`qcinode.core.estimation.key_length`) at the Shannon limit of error
+   (:meth:`_LinkEnd._key_length`: Lim et al.'s
+   :func:`qcinode.core.estimation.key_length` with decoy states,
+   :func:`qcinode.core.estimation.no_decoy_key_length` under the configured
+   ``no_decoy_bound`` for a signal-only source, fed the pulses both ends
+   counted in the block's frames) at the Shannon limit of error
    correction; if even that leaves no key, the block aborts before Cascade.
 4. Cascade. Bob asks, Alice answers, one bisection level per message. Leak is
    the number of parities Alice disclosed plus the bits needed to disclose
@@ -55,7 +59,16 @@ from . import messages as m
 from .amplification import toeplitz_hash, unpack_bits
 from .authentication import AuthKeyReserve, Direction, Transcript, one_time_tag, verify_one_time_tag
 from .cascade import CascadeParams, CascadeResponder, CascadeSession
-from .estimation import BlockStatistics, KeyLengthResult, h2, key_length
+from .estimation import (
+    NO_DECOY_BOUNDS,
+    NO_DECOY_GLLP,
+    BlockStatistics,
+    KeyLengthResult,
+    NoDecoyStatistics,
+    h2,
+    key_length,
+    no_decoy_key_length,
+)
 from .physics import AliceRecord, Clicks, LinkPhysics, PhotonFrame, detect, transmit
 from .verification import tags_match, verification_tag
 
@@ -75,7 +88,13 @@ class LinkState(enum.Enum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LinkProtocolConfig:
-    """What both ends of a link must agree on."""
+    """What both ends of a link must agree on.
+
+    ``no_decoy_bound`` (topology ``source.no_decoy_bound``) picks the
+    key-length assumption of a source without decoy states (one of
+    :data:`~qcinode.core.estimation.NO_DECOY_BOUNDS`); it is ignored when
+    the source sends decoy and vacuum pulses.
+    """
 
     link_id: str
     physics: LinkPhysics
@@ -85,10 +104,21 @@ class LinkProtocolConfig:
     auth_low_water_keys: int = 64
     auth_refill_keys: int = 64
     cascade_max_passes: int = 6
+    no_decoy_bound: str = NO_DECOY_GLLP
 
     def __post_init__(self) -> None:
         if self.block_bits < 1:
             raise LocalProtocolError("block_bits must be positive")
+        if self.no_decoy_bound not in NO_DECOY_BOUNDS:
+            raise ConfigError(
+                f"no_decoy_bound: expected one of {', '.join(NO_DECOY_BOUNDS)}, got {self.no_decoy_bound!r}"
+            )
+
+    @property
+    def has_decoy_states(self) -> bool:
+        """Whether the source sends decoy or vacuum pulses (else: signal pulses only)."""
+        _, decoy, vacuum = self.physics.class_probabilities
+        return decoy > 0.0 or vacuum > 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -309,12 +339,29 @@ class _LinkEnd:
             test_errors=block.test_errors,
         )
 
+    def _no_decoy_statistics(self, block: _Block) -> NoDecoyStatistics:
+        phys = self.config.physics
+        return NoDecoyStatistics(
+            intensity=phys.intensities[0],
+            z_basis_probability=phys.z_basis_probability,
+            pulses=block.pulses,
+            key_bits=sum(block.counts(0)),
+            test_bits=sum(block.counts(1)),
+            test_errors=sum(block.test_errors),
+        )
+
     def _key_length(self, block: _Block, leak_bits: int) -> KeyLengthResult:
+        """THE key length of a block, computed identically at both ends from what both hold.
+
+        A signal-only source gets the no-decoy bound the config names (GLLP
+        by default); any other source gets Lim et al.'s decoy-state bound.
+        """
+        stats: BlockStatistics | NoDecoyStatistics
         try:
-            stats = self._statistics(block)
+            stats = self._statistics(block) if self.config.has_decoy_states else self._no_decoy_statistics(block)
         except ConfigError as exc:
-            # A source without decoy and vacuum classes (decoy_states: false)
-            # gives Lim et al.'s bounds nothing to work with: no key, said why.
+            # A source the bounds cannot describe (decoy classes that cannot
+            # feed Lim et al.'s bounds, a zero signal intensity): no key, said why.
             return KeyLengthResult(
                 length_bits=0,
                 vacuum_bits=0.0,
@@ -324,7 +371,15 @@ class _LinkEnd:
                 test_single_photon_errors=0.0,
                 leak_ec_bits=leak_bits,
                 correction_bits=0.0,
-                reason=f"no_decoy_statistics: {exc}",
+                reason=f"no_usable_statistics: {exc}",
+            )
+        if isinstance(stats, NoDecoyStatistics):
+            return no_decoy_key_length(
+                stats,
+                leak_ec_bits=leak_bits,
+                verification_tag_bits=self.config.verification_tag_bits,
+                security_epsilon=self.config.security_epsilon,
+                bound=self.config.no_decoy_bound,
             )
         return key_length(
             stats,

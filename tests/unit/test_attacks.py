@@ -5,6 +5,11 @@ Lütkenhaus, Mor, Sanders, PRL 85, 1330 (2000)) on the GYS link of MQZL
 (PRA 72, 012326, Table I): targets from PHYSICS.md §4 (s = 0.44 and
 Q_nu / Q_nu,honest = 0.13 at 50 km, s = 0.039 and 0.20 at 100 km,
 infeasible at 10 and 25 km). Statistical checks: seeded, within 5 sigma.
+
+Why decoy states exist, at 50 km under PNS: the decoy link exposes the
+attack (no key); a link without decoys and the GLLP bound makes no key
+there even without Eve; the same link under the pre-decoy "every click is a
+single photon" assumption makes key that Eve holds a copy of.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from qcinode.core.estimation import expected_key_length
+from qcinode.core import messages as m
+from qcinode.core import pipeline
+from qcinode.core.estimation import NO_DECOY_BOUNDS, expected_key_length, expected_no_decoy_key_length
 from qcinode.core.pair import PairResult, make_pair, pump
 from qcinode.core.physics import (
     CLASS_DECOY,
@@ -31,7 +38,7 @@ from qcinode.core.physics import (
     pns_multi_photon_detection,
     transmit,
 )
-from qcinode.core.pipeline import BlockAccepted, LinkProtocolConfig
+from qcinode.core.pipeline import BlockAborted, BlockAccepted, LinkProtocolConfig
 from qcinode.errors import ConfigError
 from qcinode.node.runtime import expected_key_bits_per_slot, with_eavesdropper
 from qcinode.topology import EAVESDROPPER_ATTACKS, EavesdropperConfig
@@ -188,8 +195,8 @@ def test_pns_and_intercept_resend_combine() -> None:
 # --------------------------------------------------------------------------- full stack
 
 
-def _blocks(phys: LinkPhysics, seed: int, blocks: int = 2) -> PairResult:
-    cfg = LinkProtocolConfig(link_id="a-b", physics=phys, block_bits=200_000)
+def _blocks(phys: LinkPhysics, seed: int, blocks: int = 2, no_decoy_bound: str = "gllp") -> PairResult:
+    cfg = LinkProtocolConfig(link_id="a-b", physics=phys, block_bits=200_000, no_decoy_bound=no_decoy_bound)
     alice, bob = make_pair(cfg, BOOTSTRAP, seed=seed)
     slots = int(cfg.block_bits / 4 / expected_key_bits_per_slot(phys))
     result = pump(alice, bob, frame_slots=slots, blocks=blocks)
@@ -219,3 +226,92 @@ def test_decoy_states_expose_pns_and_no_key_is_produced() -> None:
         within(stats.test_qber, e, math.sqrt(e * (1 - e) / stats.test_bits), "test QBER under PNS")
         assert abs(e - exact_error_rate(gys(50.0, nu=0.1), CLASS_SIGNAL)) < 1e-3
     assert expected_key_length(gys(50.0, nu=0.1, pns=True), 200_000).length_bits == 0
+
+
+# --------------------------------------------------------------------------- without decoy states
+
+
+def gys_no_decoy(length_km: float, *, mu: float = 0.48, pns: bool = False) -> LinkPhysics:
+    """The GYS link with a signal-only source (topology ``decoy_states: false``)."""
+    return gys(length_km, pns=pns, intensities=(mu, 0.0, 0.0), class_probabilities=(1.0, 0.0, 0.0))
+
+
+def test_without_decoys_gllp_makes_no_key_at_50_km_with_or_without_eve() -> None:
+    for pns, seed in ((False, 41), (True, 42)):
+        (event,) = _blocks(gys_no_decoy(50.0, pns=pns), seed=seed, blocks=1).alice_events
+        assert isinstance(event, BlockAborted) and "s_Z1<=0" in event.reason
+        assert event.stats.cascade_rounds == 0  # aborted at estimation
+    # 50 km is beyond GLLP's ~40 km at every mu, not only at 0.48 (PHYSICS.md section 1).
+    for k in range(40):
+        mu = 10 ** (-3.5 + 0.08 * k)  # 3e-4 .. 0.44
+        assert expected_no_decoy_key_length(gys_no_decoy(50.0, mu=mu), 10_000_000).length_bits == 0
+
+
+class _EveLedger:
+    """Ground truth of one pump run: which sifted key-basis bits Eve knows.
+
+    Wraps the pipeline's ``transmit`` to keep Alice's records (the sampler's
+    ground truth rides on them, never on the wire) and reads the sifting
+    messages through the pump's tamper hook, unchanged.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.records: list[Any] = []
+        self.reports: dict[int, m.DetectionReport] = {}
+        self.key_bits = self.known = self.forwarded = self.known_forwarded = 0
+
+        def recording_transmit(*args: Any) -> Any:
+            frame, record = transmit(*args)
+            self.records.append(record)
+            return frame, record
+
+        monkeypatch.setattr(pipeline, "transmit", recording_transmit)
+
+    def tamper(self, direction: str, msg: m.Message) -> m.Message:
+        if isinstance(msg, m.DetectionReport):
+            self.reports[msg.frame_id] = msg
+        elif isinstance(msg, m.SiftReply):
+            report, record = self.reports.pop(msg.frame_id), self.records[msg.frame_id]
+            key_slots = report.slots[msg.basis_match.astype(bool) & (report.bases == 0)]
+            known = record.eve_knows_bit(key_slots)
+            forwarded = np.isin(key_slots, record.slots)  # slots carrying a photon Bob detects
+            self.key_bits += len(key_slots)
+            self.known += int(np.count_nonzero(known))
+            self.forwarded += int(np.count_nonzero(forwarded))
+            self.known_forwarded += int(np.count_nonzero(known & forwarded))
+        return msg
+
+
+def test_without_decoys_the_single_photon_assumption_makes_key_that_eve_knows(monkeypatch: pytest.MonkeyPatch) -> None:
+    phys = gys_no_decoy(50.0, pns=True)
+    assert phys.pns_forwarding == pytest.approx(0.44, abs=0.005)
+    ledger = _EveLedger(monkeypatch)
+    cfg = LinkProtocolConfig(link_id="a-b", physics=phys, block_bits=200_000, no_decoy_bound="single-photon")
+    alice, bob = make_pair(cfg, BOOTSTRAP, seed=43)
+    slots = int(cfg.block_bits / 4 / expected_key_bits_per_slot(phys))
+    result = pump(alice, bob, frame_slots=slots, blocks=1, tamper=ledger.tamper)
+    (a,), (b,) = result.alice_events, result.bob_events
+    assert isinstance(a, BlockAccepted) and isinstance(b, BlockAccepted) and a.key == b.key
+    estimate = a.stats.estimate
+    assert estimate is not None and estimate.length_bits > 0.4 * a.stats.key_bits
+    assert ledger.key_bits == a.stats.key_bits and not ledger.reports
+
+    # Eve holds a photon of every forwarded multi-photon pulse: she knows every such sifted bit.
+    assert ledger.forwarded > 0 and ledger.known_forwarded == ledger.forwarded == ledger.known
+    # Those are all the key bits but the dark-count-only clicks: a share s D / Q of the clicks,
+    # Q = 1 - (1 - Y0)(1 - s D) (closed form, within 5 sigma).
+    multi = phys.pns_forwarding * pns_multi_photon_detection(phys, CLASS_SIGNAL)
+    share = multi / expected_gain(phys, CLASS_SIGNAL)
+    n = ledger.key_bits
+    within(ledger.known / n, share, math.sqrt(share * (1 - share) / n), "Eve's share of the sifted key")
+    assert share > 0.999
+    # The few bits she lacks are far fewer than the bits Cascade disclosed, so her uncertainty
+    # about the final key is at most that handful: the "secret" key is Eve's too.
+    unknown = n - ledger.known
+    assert unknown < a.stats.leak_bits and unknown < 0.01 * estimate.length_bits
+
+
+def test_the_secure_and_insecure_no_decoy_bounds_are_listed_once() -> None:
+    from qcinode.topology import NO_DECOY_BOUNDS as TOPOLOGY_BOUNDS
+
+    assert TOPOLOGY_BOUNDS is NO_DECOY_BOUNDS and NO_DECOY_BOUNDS == ("gllp", "single-photon")

@@ -11,15 +11,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qcinode.core.estimation import (
+    NO_DECOY_BOUNDS,
     AsymptoticParams,
     BlockStatistics,
+    NoDecoyStatistics,
     asymptotic_key_fraction,
     expected_block_statistics,
     expected_key_length,
+    expected_no_decoy_key_length,
+    expected_no_decoy_statistics,
     h2,
     infinite_decoy_rate,
     key_length,
     max_distance,
+    multi_photon_upper_bound,
+    no_decoy_key_length,
     no_decoy_rate,
     optimal_mu,
     optimise_mu,
@@ -441,5 +447,248 @@ def test_key_length_is_total(
         result.test_single_photon_bits,
         result.test_single_photon_errors,
     ):
+        assert math.isfinite(value) and value >= 0.0
+    assert result.phase_error_bound <= 0.5
+
+
+# --------------------------------------------------------------------------- finite size, no decoys
+
+F_GYS = 1.22  # MQZL's f(E), so the finite length converges to no_decoy_rate exactly
+PZ = 0.5
+
+
+def no_decoy_block(params: AsymptoticParams, pulses: int, pz: float = PZ) -> tuple[NoDecoyStatistics, int]:
+    """The mean block of ``pulses`` signal pulses under MQZL's channel model (Eqs. 8, 9), and its
+    leak ``ceil(f n_Z h(E_mu))``: the same inputs :func:`no_decoy_rate` uses."""
+    mu, y0, eta = params.mu, params.dark_count_probability, params.eta
+    gain = y0 + 1.0 - math.exp(-eta * mu)
+    error = (0.5 * y0 + params.misalignment_error * (1.0 - math.exp(-eta * mu))) / gain
+    key = round(pulses * pz * pz * gain)
+    test = round(pulses * (1.0 - pz) ** 2 * gain)
+    stats = NoDecoyStatistics(mu, pz, pulses, key, test, round(test * error))
+    return stats, math.ceil(F_GYS * key * h2(error))
+
+
+def no_decoy_length(params: AsymptoticParams, pulses: int, bound: str = "gllp") -> int:
+    stats, leak = no_decoy_block(params, pulses)
+    return no_decoy_key_length(stats, leak, TAG_BITS, EPSILON, bound).length_bits
+
+
+def test_chernoff_bound_holds_against_the_exact_binomial_tail() -> None:
+    from scipy.stats import binom
+
+    for n, p in ((10**6, 1e-3), (10**9, 4.7e-3 / 4), (10**4, 0.3), (10**12, 1e-7)):
+        for epsilon in (1e-3, 1e-11):
+            bound = multi_photon_upper_bound(n, p, epsilon)
+            assert binom.sf(math.floor(bound), n, p) <= epsilon  # P[X > bound] <= epsilon
+            # ... and not loose: about sqrt(2 m ln(1/eps)) above the mean m.
+            mean = n * p
+            assert bound - mean <= 1.1 * math.sqrt(2 * mean * math.log(1 / epsilon)) + math.log(1 / epsilon)
+    assert multi_photon_upper_bound(0, 0.5, 1e-10) == 0.0
+    assert multi_photon_upper_bound(10, 0.5, 1e-300) == 10.0  # never above N
+    with pytest.raises(ConfigError, match="epsilon"):
+        multi_photon_upper_bound(10, 0.5, 1.0)
+
+
+def test_no_decoy_gllp_matches_a_direct_transcription() -> None:
+    # A block at 10 km, mu 0.1, p_Z 0.6 (the counts need not be a mean block).
+    pulses, mu, pz = 40_000_000, 0.1, 0.6
+    n_z, n_x, m_x = 91_000, 40_300, 410
+    eps_sec, tag_bits, leak = 1e-10, 64, 8_000
+    p_multi = 1 - (1 + mu) * math.exp(-mu)
+    log_eps = math.log(21 / eps_sec)
+
+    def chernoff(m: float) -> float:  # exp(-d^2 m / (2 + d)) = eps_sec / 21, solved for (1 + d) m
+        d = (log_eps + math.sqrt(log_eps**2 + 8 * log_eps * m)) / (2 * m)
+        return (1 + d) * m
+
+    s_z = n_z - chernoff(pulses * pz * pz * p_multi)
+    s_x = n_x - chernoff(pulses * (1 - pz) ** 2 * p_multi)
+    b = m_x / s_x
+    gamma = math.sqrt(
+        (s_x + s_z) * (1 - b) * b / (s_x * s_z * math.log(2))
+        * math.log2((s_x + s_z) / (s_x * s_z * (1 - b) * b) * 21**2 / eps_sec**2)
+    )
+    length = math.floor(
+        s_z * (1 - h2(b + gamma)) - leak - 6 * math.log2(21 / eps_sec) - math.log2(2 / 2.0**-tag_bits)
+    )
+    assert 0 < s_z < n_z and length > 1_000
+
+    stats = NoDecoyStatistics(mu, pz, pulses, n_z, n_x, m_x)
+    result = no_decoy_key_length(stats, leak, tag_bits, eps_sec)
+    assert result.single_photon_bits == pytest.approx(s_z, rel=1e-12)
+    assert result.test_single_photon_bits == pytest.approx(s_x, rel=1e-12)
+    assert result.test_single_photon_errors == m_x
+    assert result.phase_error_bound == pytest.approx(b + gamma, rel=1e-12)
+    assert result.vacuum_bits == 0.0 and result.reason == ""
+    assert result.length_bits == length
+
+    # The insecure assumption trusts every detection and the raw test QBER.
+    naive = no_decoy_key_length(stats, leak, tag_bits, eps_sec, "single-photon")
+    b = m_x / n_x
+    gamma = math.sqrt(
+        (n_x + n_z) * (1 - b) * b / (n_x * n_z * math.log(2))
+        * math.log2((n_x + n_z) / (n_x * n_z * (1 - b) * b) * 21**2 / eps_sec**2)
+    )
+    assert naive.single_photon_bits == n_z and naive.test_single_photon_bits == n_x
+    assert naive.phase_error_bound == pytest.approx(b + gamma, rel=1e-12)
+    assert naive.length_bits == math.floor(
+        n_z * (1 - h2(b + gamma)) - leak - 6 * math.log2(21 / eps_sec) - tag_bits - 1
+    )
+    assert naive.length_bits > result.length_bits
+
+
+@pytest.mark.parametrize("length_km", [0.0, 25.0])
+def test_no_decoy_finite_length_converges_to_the_gllp_rate(length_km: float) -> None:
+    # At the asymptotically optimal mu (0.026 at 0 km, 0.0078 at 25 km; PHYSICS.md section 1),
+    # with q = p_Z^2 because only Z-Z detections make key.
+    mu, _ = optimise_mu(no_decoy_rate, at(length_km))
+    params = at(length_km, mu=mu)
+    asymptotic = no_decoy_rate(replace(params, q=PZ * PZ))
+    assert asymptotic > 0.0
+    sizes = [10**k for k in range(9, 17)]
+    ratios = [no_decoy_length(params, n) / n / asymptotic for n in sizes]
+    # Monotonic in N, always below the asymptote, and within 0.1 % of it by 1e14 pulses.
+    assert ratios == sorted(ratios)
+    assert all(r < 1.0 for r in ratios)
+    assert ratios[sizes.index(10**14)] > 0.997
+    assert ratios[-1] > 0.9998
+
+
+def test_no_decoy_length_is_monotonic_in_block_size_and_below_the_naive_one() -> None:
+    params = at(10.0, mu=0.02)
+    sizes = (10**7, 10**8, 3 * 10**8, 10**9, 10**10, 10**11)
+    lengths = [no_decoy_length(params, n) for n in sizes]
+    assert lengths[0] == 0 and lengths[1] > 0  # a 1e7-pulse block is too small
+    per_pulse = [ell / n for ell, n in zip(lengths, sizes)]
+    assert per_pulse == sorted(per_pulse) and len(set(per_pulse)) == len(sizes)
+    for n in (10**8, 10**10):
+        assert no_decoy_length(params, n, "single-photon") > no_decoy_length(params, n)
+
+
+def _longest_distance_with_key(pulses: int) -> float:
+    """Bisection on L for the largest distance where some mu (log grid 1e-4..1) gives key."""
+    mus = [10 ** (-4 + 0.02 * k) for k in range(201)]
+
+    def has_key(length_km: float) -> bool:
+        return any(no_decoy_length(at(length_km, mu=mu), pulses) > 0 for mu in mus)
+
+    low, high = 0.0, 60.0
+    assert has_key(low) and not has_key(high)
+    while high - low > 0.05:
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if has_key(mid) else (low, mid)
+    return low
+
+
+def test_no_decoy_gys_distance_stays_below_the_40_km_of_gllp() -> None:
+    # PHYSICS.md section 1: 40.2 km asymptotically at the optimal mu (~0.0036 at 40 km).
+    asymptotic = max_distance(no_decoy_rate, GYS, optimise=True)
+    assert 40.0 < asymptotic < 40.4
+    distances = [_longest_distance_with_key(n) for n in (10**10, 10**12, 10**14)]
+    assert distances == sorted(distances)
+    assert 36.0 < distances[0] < distances[-1] <= asymptotic
+    assert distances[-1] > asymptotic - 0.3
+
+
+def test_no_decoy_gys_gives_nothing_at_60_km() -> None:
+    for pulses in (10**8, 10**11, 10**14, 10**17):
+        for k in range(61):
+            mu = 10 ** (-4 + 0.07 * k)  # 1e-4 .. ~1.6
+            assert no_decoy_length(at(60.0, mu=mu), pulses) == 0
+    # At the decoy-state mu the multi-photon pulses alone outnumber the detections.
+    stats, leak = no_decoy_block(at(60.0), 10**12)
+    result = no_decoy_key_length(stats, leak, TAG_BITS, EPSILON)
+    assert result.length_bits == 0 and "s_Z1" in result.reason and result.single_photon_bits == 0.0
+
+
+def _signal_only(length_km: float, mu: float, **changes: Any) -> LinkPhysics:
+    values: dict[str, Any] = dict(
+        intensities=(mu, 0.0, 0.0),
+        class_probabilities=(1.0, 0.0, 0.0),
+        z_basis_probability=0.5,
+        fibre_transmittance=fibre_transmittance(0.2, length_km),
+        detector_efficiency=0.1,
+        dark_count_probability=1e-6,
+        misalignment_error=0.01,
+    )
+    values.update(changes)
+    return LinkPhysics(**values)
+
+
+def test_expected_no_decoy_statistics_follow_the_closed_forms() -> None:
+    phys = _signal_only(10.0, 0.1)
+    stats = expected_no_decoy_statistics(phys, 100_000)
+    gain = expected_gain(phys, 0)
+    assert stats.key_bits == 100_000
+    assert stats.pulses == pytest.approx(100_000 / (0.25 * gain), abs=1)
+    assert stats.test_bits == pytest.approx(100_000, abs=1)  # p_X = p_Z
+    assert stats.test_qber == pytest.approx(0.01, abs=5e-4)
+    assert stats.multi_photon_probability == pytest.approx(1 - 1.1 * math.exp(-0.1))
+    result = expected_no_decoy_key_length(phys, 100_000)
+    assert result.length_bits > 0
+    assert expected_no_decoy_key_length(phys, 100_000, bound="single-photon").length_bits > result.length_bits
+    with pytest.raises(ConfigError, match="signal pulses only"):
+        expected_no_decoy_statistics(finite_link(), 100_000)
+
+
+@pytest.mark.parametrize(
+    ("counts", "reason"),
+    [((10**6, 0, 100, 0), "no key-basis"), ((10**6, 100, 0, 0), "no test-basis"),
+     ((10**6, 100, 100, 60), "phase error")],
+)
+def test_no_decoy_degenerate_blocks(counts: tuple[int, int, int, int], reason: str) -> None:
+    stats = NoDecoyStatistics(0.001, 0.5, *counts)
+    for bound in NO_DECOY_BOUNDS:
+        result = no_decoy_key_length(stats, 0, TAG_BITS, EPSILON, bound)
+        assert result.length_bits == 0 and reason in result.reason
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"intensity": 0.0}, "intensity"),
+        ({"z_basis_probability": 1.0}, "z_basis_probability"),
+        ({"pulses": -1}, "pulses"),
+        ({"key_bits": 1.5}, "key_bits"),
+        ({"test_errors": 11}, "test_errors"),
+        ({"pulses": 15}, "pulses"),
+    ],
+)
+def test_no_decoy_statistics_are_validated(changes: dict[str, Any], field: str) -> None:
+    base = NoDecoyStatistics(0.1, 0.5, 1000, 10, 10, 1)
+    with pytest.raises(ConfigError, match=field):
+        replace(base, **changes)
+    with pytest.raises(ConfigError, match="bound"):
+        no_decoy_key_length(base, 0, TAG_BITS, EPSILON, "decoy")
+    with pytest.raises(ConfigError, match="leak_ec_bits"):
+        no_decoy_key_length(base, -1, TAG_BITS, EPSILON)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    mu=st.floats(1e-6, 5.0),
+    pz=st.floats(0.01, 0.99),
+    pulses=st.integers(0, 10**15),
+    key_share=st.floats(0, 1),
+    test_share=st.floats(0, 1),
+    error_fraction=st.floats(0, 1),
+    leak=st.integers(0, 10**9),
+    tag=st.integers(0, 256),
+    epsilon=st.floats(1e-300, 0.5),
+    bound=st.sampled_from(NO_DECOY_BOUNDS),
+)
+def test_no_decoy_key_length_is_total(
+    mu: float, pz: float, pulses: int, key_share: float, test_share: float,
+    error_fraction: float, leak: int, tag: int, epsilon: float, bound: str,
+) -> None:
+    """Any valid statistics give a finite, bounded length and never raise."""
+    key = int(pulses * key_share)
+    test = int((pulses - key) * test_share)
+    stats = NoDecoyStatistics(mu, pz, pulses, key, test, int(test * error_fraction))
+    result = no_decoy_key_length(stats, leak, tag, epsilon, bound)
+    assert 0 <= result.length_bits <= stats.key_bits
+    assert (result.length_bits == 0) == bool(result.reason)
+    for value in (result.single_photon_bits, result.phase_error_bound, result.test_single_photon_bits):
         assert math.isfinite(value) and value >= 0.0
     assert result.phase_error_bound <= 0.5

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from qcinode.core import messages as m
 from qcinode.core.cascade import CascadeResponder, CascadeSession
-from qcinode.core.estimation import plob_bound
+from qcinode.core.estimation import NoDecoyStatistics, no_decoy_key_length, plob_bound, predicted_leak
 from qcinode.core.pair import make_pair, pump
-from qcinode.core.physics import LinkPhysics, fibre_transmittance
+from qcinode.core.physics import LinkPhysics, exact_error_rate, expected_gain, fibre_transmittance
 from qcinode.core.pipeline import BlockAborted, BlockAccepted, LinkProtocolConfig
 from qcinode.core.verification import verification_tag
 
@@ -203,14 +203,91 @@ def test_cascade_then_verification_ends_identical_or_detected(qber: float, n: in
     assert same_tag == identical
 
 
-def test_a_source_without_decoys_aborts_with_a_reason_instead_of_failing() -> None:
-    cfg = LinkProtocolConfig(
-        link_id="a-b",
-        physics=physics(intensities=(0.05, 0.0, 0.0), class_probabilities=(1.0, 0.0, 0.0)),  # type: ignore[arg-type]
-        block_bits=50_000,
+def no_decoy_config(block_bits: int, mu: float = 0.1, length_km: float = 10.0, **overrides: object) -> LinkProtocolConfig:
+    """A signal-only source (topology ``decoy_states: false``)."""
+    phys = physics(length_km, intensities=(mu, 0.0, 0.0), class_probabilities=(1.0, 0.0, 0.0))  # type: ignore[arg-type]
+    return LinkProtocolConfig(link_id="a-b", physics=phys, block_bits=block_bits, **overrides)  # type: ignore[arg-type]
+
+
+def test_an_honest_no_decoy_gllp_link_grows_identical_keys_of_the_predicted_length() -> None:
+    # mu 0.1 at 10 km: P_multi = 4.7e-3 against a gain of 6.3e-3, so about a quarter of the
+    # detections are provably untagged (GLLP); 4e5-bit blocks leave ~9 % of them as key.
+    cfg = no_decoy_config(block_bits=400_000)
+    assert cfg.no_decoy_bound == "gllp" and not cfg.has_decoy_states
+    alice, bob = make_pair(cfg, BOOTSTRAP, seed=11)
+    result = pump(alice, bob, frame_slots=frame_slots_for(cfg), blocks=1)
+    (a,), (b,) = accepted(result.alice_events), accepted(result.bob_events)
+    assert a.block_id == b.block_id and a.key == b.key and len(a.key) > 0
+    assert a.stats == b.stats  # the same statistics and the same estimate at both ends
+    stats, estimate = a.stats, a.stats.estimate
+    assert estimate is not None and estimate.reason == ""
+    assert 8 * len(a.key) == estimate.length_bits // 8 * 8
+
+    # Exactly the finite-size formula on the block's own counts and measured Cascade leak.
+    phys = cfg.physics
+    measured = NoDecoyStatistics(0.1, phys.z_basis_probability, stats.pulses, stats.key_bits, stats.test_bits, stats.test_errors)
+    assert no_decoy_key_length(measured, stats.leak_bits, cfg.verification_tag_bits, cfg.security_epsilon) == estimate
+
+    # Within 5 sigma of the formula on the closed-form counts of the same pulses (leak at the
+    # measured Cascade f). Sigma: each count moved by one standard deviation, in quadrature.
+    gain, error = expected_gain(phys, 0), exact_error_rate(phys, 0)
+    pz, px = phys.z_basis_probability, 1.0 - phys.z_basis_probability
+    f_ec = stats.ec_efficiency
+    n_z, n_x = stats.pulses * pz * pz * gain, stats.pulses * px * px * gain
+
+    def length(n_z: float, n_x: float, m_x: float, key_error: float) -> int:
+        block = NoDecoyStatistics(0.1, pz, stats.pulses, round(n_z), round(n_x), round(m_x))
+        leak = predicted_leak(block.key_bits, key_error, f_ec)
+        return no_decoy_key_length(block, leak, cfg.verification_tag_bits, cfg.security_epsilon).length_bits
+
+    mean = (n_z, n_x, n_x * error, error)
+    sigmas = (
+        math.sqrt(n_z),
+        math.sqrt(n_x),
+        math.sqrt(n_x * error * (1 - error)),
+        math.sqrt(error * (1 - error) / n_z),
     )
+    expected = length(*mean)
+    spread = math.sqrt(
+        sum((length(*(v + s if i == j else v for j, v in enumerate(mean))) - expected) ** 2 for i, s in enumerate(sigmas))
+    )
+    assert expected > 20_000 and spread < 0.05 * expected
+    assert abs(estimate.length_bits - expected) <= 5 * spread
+    assert 0 < stats.secret_bits / stats.pulses < plob_bound(phys.eta)
+
+
+def test_a_no_decoy_gllp_link_with_a_decoy_state_intensity_makes_no_key() -> None:
+    # mu 0.5 (the decoy-state default): multi-photon pulses (P_multi = 0.09) outnumber the
+    # detections (gain 0.03), so GLLP leaves nothing; the block aborts before Cascade.
+    cfg = no_decoy_config(block_bits=50_000, mu=0.5)
     alice, bob = make_pair(cfg, BOOTSTRAP, seed=10)
     result = pump(alice, bob, frame_slots=frame_slots_for(cfg), blocks=1)
     (event,) = result.alice_events
-    assert isinstance(event, BlockAborted) and event.reason.startswith("no_decoy_statistics")
+    assert isinstance(event, BlockAborted) and "s_Z1<=0" in event.reason
+    assert event.stats.cascade_rounds == 0 and event.stats.estimate is not None
+    assert event.stats.estimate.single_photon_bits == 0.0
+    (bob_event,) = result.bob_events
+    assert isinstance(bob_event, BlockAborted) and bob_event.stats.estimate == event.stats.estimate
+    # The insecure assumption trusts every click and makes key from the same link.
+    naive = no_decoy_config(block_bits=50_000, mu=0.5, no_decoy_bound="single-photon")
+    alice, bob = make_pair(naive, BOOTSTRAP, seed=10)
+    (naive_event,) = pump(alice, bob, frame_slots=frame_slots_for(naive), blocks=1).alice_events
+    assert isinstance(naive_event, BlockAccepted) and naive_event.stats.secret_bits > 0
+
+
+def test_a_source_the_bounds_cannot_describe_aborts_with_a_reason_instead_of_failing() -> None:
+    # Decoy pulses but no vacuum class: Lim et al.'s bounds need all three classes.
+    cfg = config(class_probabilities=(0.8, 0.2, 0.0))  # type: ignore[arg-type]
+    alice, bob = make_pair(cfg, BOOTSTRAP, seed=12)
+    result = pump(alice, bob, frame_slots=frame_slots_for(cfg), blocks=1)
+    (event,) = result.alice_events
+    assert isinstance(event, BlockAborted) and event.reason.startswith("no_usable_statistics")
     assert not result.bob_events or isinstance(result.bob_events[0], BlockAborted)
+
+
+def test_no_decoy_bound_is_validated() -> None:
+    from qcinode.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no_decoy_bound"):
+        no_decoy_config(block_bits=1000, no_decoy_bound="trust-me")
+    assert config().has_decoy_states

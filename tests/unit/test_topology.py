@@ -187,6 +187,24 @@ def test_no_decoy_source() -> None:
     source = parse_mapping(data).links[0].source
     assert source.decoy_states is False
     assert source.intensities.signal == 0.01
+    assert source.no_decoy_bound == "gllp"  # the secure bound unless asked otherwise
+
+
+def test_no_decoy_bound_round_trips() -> None:
+    data = base_mapping()
+    data["links"][0]["source"] = {
+        "decoy_states": False,
+        "no_decoy_bound": "single-photon",
+        "intensities": {"signal": 0.48},
+        "probabilities": {"signal": 1.0, "decoy": 0.0, "vacuum": 0.0},
+    }
+    topo = parse_mapping(data)
+    assert topo.links[0].source.no_decoy_bound == "single-photon"
+    assert topo.links[1].source.no_decoy_bound == "gllp"
+    mapping = topology_to_mapping(topo)
+    assert mapping["links"][0]["source"]["no_decoy_bound"] == "single-photon"
+    assert mapping["links"][1]["source"]["no_decoy_bound"] == "gllp"  # written out explicitly
+    assert parse_topology(yaml.safe_dump(mapping)) == topo
 
 
 def test_integral_float_block_bits_is_an_int() -> None:
@@ -387,6 +405,15 @@ REJECTIONS: list[tuple[str, Mutation, str, str]] = [
      "links[0].source.probabilities", "must be > 0"),
     ("decoy-states-not-bool", _set("links", 0, "source", "decoy_states", value="sometimes"),
      "links[0].source.decoy_states", "true or false"),
+    ("no-decoy-bound-unknown", _set("links", 0, "source", "no_decoy_bound", value="glp"),
+     "links[0].source.no_decoy_bound", "did you mean 'gllp'?"),
+    ("no-decoy-bound-not-string", _set("links", 0, "source", "no_decoy_bound", value=True),
+     "links[0].source.no_decoy_bound", "quote it"),
+    ("single-photon-with-decoys", _set("links", 0, "source", "no_decoy_bound", value="single-photon"),
+     "links[0].source.no_decoy_bound", "only to a link without decoy states"),
+    ("single-photon-with-decoys-defaults",
+     _set("defaults", "source", "no_decoy_bound", value="single-photon"),
+     "defaults.source.no_decoy_bound", "decoy_states: false"),
     ("rate-zero", _set("defaults", "source", "rate_hz", value=0),
      "defaults.source.rate_hz", "> 0"),
     ("rate-string", _set("defaults", "source", "rate_hz", value="fast"),
