@@ -59,10 +59,10 @@ def _flip_one_bit(message: Any, rng: random.Random) -> bool:
 
     def walk(msg: Any) -> None:
         for field, value in msg.ListFields():
-            if field.type == field.TYPE_BYTES and field.label != field.LABEL_REPEATED and value:
+            if field.type == field.TYPE_BYTES and not field.is_repeated and value:
                 candidates.append((msg, field.name))
             elif field.type == field.TYPE_MESSAGE:
-                for item in value if field.label == field.LABEL_REPEATED else [value]:
+                for item in value if field.is_repeated else [value]:
                     walk(item)
 
     walk(message)

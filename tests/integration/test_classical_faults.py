@@ -1,7 +1,7 @@
-"""A fault injector on the classical channel of a real two-node link: flipped,
-dropped, replayed and delayed post-processing messages. Tampered blocks are
-discarded at both ends, no key is accepted from a tampered transcript, and
-the link recovers with both pools identical."""
+"""Faults on the classical channel of a real two-node link: flipped, dropped,
+replayed, reordered and delayed post-processing messages, and a partition.
+Tampered blocks are discarded at both ends, no key is accepted from a tampered
+transcript, and the link recovers with both pools identical."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from qcinode.cluster.certs import make_certificates
+from qcinode.node.faults import NO_FAULT
 from qcinode.node.node import Node, NodeSettings, cert_plan
-from qcinode.topology import load_topology
+from qcinode.topology import FaultConfig, load_topology
 from qcinode.transport.pb import link_pb2 as pb
 
 
@@ -110,6 +111,85 @@ async def test_tampered_block_is_discarded_and_the_link_recovers(
             assert b_link.counters.aborts_by_reason[at_bob] >= 1
         # Both ends spent the same one-time MAC keys.
         await _until(lambda: a_link.auth.cursor == b_link.auth.cursor, timeout_s=10)
+    finally:
+        await alpha.stop(0)
+        await beta.stop(0)
+
+
+async def _two_nodes(tmp_path: Path, two_node_topology: Path, **extra) -> tuple[Node, Node]:  # type: ignore[no-untyped-def]
+    topology = load_topology(two_node_topology)
+    certs = tmp_path / "certs"
+    make_certificates(cert_plan(topology), certs, bootstrap_key_bytes=8192)
+    common = dict(topology=topology, certs_dir=certs, stage_timeout_s=2.0, **extra)
+    beta = Node(NodeSettings(name="beta", seed=31, data_dir=tmp_path / "beta", **common))
+    port = await beta.start()
+    alpha = Node(NodeSettings(name="alpha", seed=32, data_dir=tmp_path / "alpha", peers={"beta": f"127.0.0.1:{port}"}, **common))
+    await alpha.start()
+    return alpha, beta
+
+
+async def _consistent(alpha: Node, beta: Node) -> None:
+    """Both ends hold the same bytes for every block both hold, and spent the same MAC keys."""
+    a_link, b_link = alpha.links["alpha-beta"], beta.links["alpha-beta"]
+    await _until(lambda: set(_digests(beta)) <= set(_digests(alpha)))
+    a, b = _digests(alpha), _digests(beta)
+    assert all(a[block] == b[block] for block in set(a) & set(b)), "a block differs between the ends"
+    await _until(lambda: a_link.auth.cursor == b_link.auth.cursor, timeout_s=10)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "fault",
+    [
+        FaultConfig(kind="reorder", probability=0.05),
+        FaultConfig(kind="flip", probability=0.01),
+        FaultConfig(kind="drop", probability=0.01),
+        FaultConfig(kind="replay", probability=0.02),
+        FaultConfig(kind="delay", delay_ms=20, probability=1.0),  # a slow peer
+    ],
+    ids=lambda f: f.kind,
+)
+async def test_random_faults_at_both_ends_never_fork_the_pools(tmp_path: Path, two_node_topology: Path, fault: FaultConfig) -> None:
+    alpha, beta = await _two_nodes(tmp_path, two_node_topology)
+    a_link, b_link = alpha.links["alpha-beta"], beta.links["alpha-beta"]
+    try:
+        await _until(lambda: b_link.counters.blocks_done >= 1)
+        for node in (alpha, beta):
+            node.faults.set("alpha-beta", fault)
+        # Run until both ends have tampered with messages. A block hit by one
+        # is discarded (or, for a delay, merely slow); a slow peer still makes key.
+        done = b_link.counters.blocks_done
+        await _until(lambda: alpha.faults.affected["alpha-beta"] >= 3 and beta.faults.affected["alpha-beta"] >= 3, timeout_s=60)
+        if fault.kind == "delay":
+            await _until(lambda: b_link.counters.blocks_done >= done + 1, timeout_s=90)
+        for node in (alpha, beta):
+            node.faults.set("alpha-beta", NO_FAULT)
+        done = b_link.counters.blocks_done
+        await _until(lambda: b_link.counters.blocks_done >= done + 2)
+        await _consistent(alpha, beta)
+        assert a_link.pool.used_bytes == b_link.pool.used_bytes
+    finally:
+        await alpha.stop(0)
+        await beta.stop(0)
+
+
+@pytest.mark.asyncio
+async def test_partition_cuts_the_link_and_it_resynchronises_when_restored(tmp_path: Path, two_node_topology: Path) -> None:
+    alpha, beta = await _two_nodes(tmp_path, two_node_topology)
+    a_link, b_link = alpha.links["alpha-beta"], beta.links["alpha-beta"]
+    try:
+        await _until(lambda: b_link.counters.blocks_done >= 1)
+        alpha.faults.set("alpha-beta", FaultConfig(kind="partition"))  # one end's firewall cuts both directions
+        await _until(lambda: a_link.state != "up" and b_link.state != "up", timeout_s=10)
+        assert not any(advert.up for advert in alpha.network._local_adverts())
+        frozen = (a_link.counters.blocks_done, b_link.counters.blocks_done)
+        await asyncio.sleep(1.5)  # no block can complete while the channel is cut
+        assert (a_link.counters.blocks_done, b_link.counters.blocks_done) == frozen
+        assert a_link.state != "up" and b_link.state != "up"
+        alpha.faults.set("alpha-beta", NO_FAULT)
+        await _until(lambda: b_link.counters.blocks_done >= frozen[1] + 2, timeout_s=60)
+        assert a_link.state == "up"
+        await _consistent(alpha, beta)
     finally:
         await alpha.stop(0)
         await beta.stop(0)
