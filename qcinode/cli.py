@@ -182,6 +182,7 @@ def _down(args: argparse.Namespace) -> int:
 
 def _node(args: argparse.Namespace) -> int:
     from . import logs
+    from .keys.keystore import StorageFailure
     from .node.node import NodeSettings, run_node
     from .topology import load_topology
 
@@ -215,7 +216,13 @@ def _node(args: argparse.Namespace) -> int:
         multipath_shares=args.multipath,
         seed=args.seed,
     )
-    asyncio.run(run_node(settings, port_file=args.port_file))
+    try:
+        asyncio.run(run_node(settings, port_file=args.port_file))
+    except StorageFailure as exc:
+        # One line naming the file or directory and the reason; at start-up
+        # this comes before any port is bound (the stores open first).
+        print(f"qcinode: node {args.name}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -43,7 +43,13 @@ Theory of operation:
       leaves each key either stored or redeemed, never half of either.
     * **Failures are loud.** An unwritable or full disk, a corrupt database
       or a tampered row raises :class:`~qcinode.errors.KeyStoreError` naming
-      the file. Exception messages name key IDs and SAE IDs, never key bytes.
+      the file; storage faults (full, read-only, I/O error, no permission,
+      damaged file) raise its subclass :class:`StorageFailure`. Either way
+      the transaction rolled back: a ``put`` that raised stored nothing, and
+      a ``take`` that raised handed out nothing and every key is still
+      there, so a redemption that cannot be recorded never lets a key be
+      handed out twice. Exception messages name key IDs and SAE IDs, never
+      key bytes.
     * **Bounded growth.** ``put(..., max_waiting=n)`` refuses a key when one
       of its slaves already has ``n`` keys waiting from that master, so a
       master whose slaves never redeem cannot fill the slaves' node's disk.
@@ -72,10 +78,10 @@ from qcinode.errors import (
     RequestError,
     Unauthorized,
 )
-from qcinode.keys._sqlite import SqliteStore, open_database, require_name
+from qcinode.keys._sqlite import SqliteStore, StorageFailure, open_database, require_name
 from qcinode.keys.linkstore import StorageKey
 
-__all__ = ["DATABASE_FILE", "SCHEMA_VERSION", "SaeKeyStore"]
+__all__ = ["DATABASE_FILE", "SCHEMA_VERSION", "SaeKeyStore", "StorageFailure"]
 
 #: Database file name in the data directory.
 DATABASE_FILE = "sae_keys.sqlite3"
@@ -135,8 +141,10 @@ class SaeKeyStore(SqliteStore):
             clock: Wall clock for the ``created_at`` column.
 
         Raises:
-            KeyStoreError: If the directory or database cannot be created or
-                opened, or the database is corrupt or of a newer schema.
+            StorageFailure: If the directory or database cannot be created or
+                opened (full, read-only, no permission, I/O error, damaged
+                file), or the directory does not take a probe file.
+            KeyStoreError: If the database is of a newer schema.
             LocalProtocolError: If ``node_name`` is not a non-empty str.
         """
         super().__init__(data_dir, node_name, DATABASE_FILE)
@@ -165,8 +173,9 @@ class SaeKeyStore(SqliteStore):
                 already has this many keys waiting from ``master_sae``.
 
         Raises:
-            KeyStoreError: ``key_id`` is already stored, or the database
-                cannot be written (full or unwritable disk, closed store).
+            StorageFailure: The database cannot be written (full or
+                unwritable disk, I/O error); nothing was stored.
+            KeyStoreError: ``key_id`` is already stored, or the store is closed.
             InsufficientKeyMaterial: ``max_waiting`` would be exceeded.
             LocalProtocolError: Malformed arguments.
         """
@@ -230,8 +239,11 @@ class SaeKeyStore(SqliteStore):
                 requester; the message names them. Nothing changed.
             Unauthorized: Some keys are not for the requester or not from
                 ``master_sae``. Nothing changed.
-            KeyStoreError: The database cannot be read or written, or a row
-                fails authentication. Nothing changed.
+            StorageFailure: The database cannot be read or written (full or
+                unwritable disk, I/O error): the redemption is not recorded,
+                so no key is returned and every key stays. Nothing changed.
+            KeyStoreError: A row fails authentication, or the store is
+                closed. Nothing changed.
         """
         require_name(requester_sae, "requester_sae")
         require_name(master_sae, "master_sae")

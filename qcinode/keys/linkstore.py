@@ -27,9 +27,12 @@ Theory of operation:
     * **Failures are loud.** Anything that stops a state from being saved or
       read back faithfully (unwritable or full directory, corrupt database,
       tampered row, wrong storage key) raises
-      :class:`~qcinode.errors.KeyStoreError` naming the link and the file.
-      The node must stop using a link whose state it cannot persist: key
-      bytes used on the wire but not recorded could be used twice.
+      :class:`~qcinode.errors.KeyStoreError` naming the link and the file;
+      storage faults (full, read-only, I/O error, no permission) raise its
+      subclass :class:`StorageFailure`, which the node retries. A failed
+      save changes nothing on disk, and the node must not send anything that
+      depends on it: key bytes used on the wire but not recorded could be
+      used twice.
     * **Limits.** The key lives next to the database, so this protects copies
       of the database (backups, volume snapshots) and detects tampering, not
       an attacker who can read the whole data directory. Integrity is per
@@ -55,13 +58,21 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from qcinode.errors import KeyStoreError, LocalProtocolError
-from qcinode.keys._sqlite import SqliteStore, make_dir, open_database, os_reason, require_name
+from qcinode.keys._sqlite import (
+    SqliteStore,
+    StorageFailure,
+    make_dir,
+    open_database,
+    os_reason,
+    require_name,
+)
 
 __all__ = [
     "DATABASE_FILE",
     "KEY_FILE",
     "SCHEMA_VERSION",
     "LinkStore",
+    "StorageFailure",
     "StorageKey",
 ]
 
@@ -123,8 +134,8 @@ class StorageKey:
         key file and two processes racing to create it agree on one key.
 
         Raises:
-            KeyStoreError: If the directory or file cannot be created or read,
-                or the file does not hold exactly 32 bytes.
+            StorageFailure: If the directory or file cannot be created or read.
+            KeyStoreError: If the file does not hold exactly 32 bytes.
         """
         path = Path(data_dir) / KEY_FILE
         try:
@@ -132,7 +143,8 @@ class StorageKey:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise KeyStoreError(f"cannot read storage key {path}: {os_reason(exc)}") from None
+            reason = os_reason(exc)
+            raise StorageFailure(f"cannot read storage key {path}: {reason}", path=path, reason=reason) from None
         make_dir(path.parent)
         return cls._create(path)
 
@@ -157,7 +169,8 @@ class StorageKey:
                 return cls(path.read_bytes(), path)
             _fsync_dir(path.parent)
         except OSError as exc:
-            raise KeyStoreError(f"cannot create storage key {path}: {os_reason(exc)}") from None
+            reason = os_reason(exc)
+            raise StorageFailure(f"cannot create storage key {path}: {reason}", path=path, reason=reason) from None
         finally:
             try:
                 tmp.unlink()
@@ -207,10 +220,13 @@ class LinkStore(SqliteStore):
             clock: Wall clock for the ``updated_at`` column.
 
         Raises:
-            KeyStoreError: If the directory, database or storage key cannot be
-                created or opened, the database is corrupt or of a newer
-                schema, or the storage key is missing while the database holds
-                rows (a new key could never read them).
+            StorageFailure: If the directory, database or storage key cannot
+                be created or opened (full, read-only, no permission, I/O
+                error, damaged file), or the directory does not take a probe
+                file.
+            KeyStoreError: If the database is of a newer schema, or the
+                storage key is missing while the database holds rows (a new
+                key could never read them).
             LocalProtocolError: If ``node_name`` is not a non-empty str.
         """
         data_dir = Path(data_dir)
@@ -242,8 +258,9 @@ class LinkStore(SqliteStore):
             state: A JSON-able dict (no NaN or infinities).
 
         Raises:
-            KeyStoreError: If the state could not be written (full or
-                unwritable directory, corrupt database, store closed).
+            StorageFailure: If the state could not be written (full or
+                unwritable directory, I/O error, corrupt database).
+            KeyStoreError: If the store is closed.
             LocalProtocolError: If ``link_id`` is not a non-empty str or
                 ``state`` is not a JSON-able dict.
         """

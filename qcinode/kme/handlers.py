@@ -35,6 +35,11 @@ Theory of operation:
       unexpected errors (as "internal error", hiding internals). ETSI 014 knows
       only 400, 401 and 503. ``details`` follows clause 6.5: objects of
       name/value pairs, ``{"message": ...}`` for each problem found.
+    * **Storage faults.** When the key store cannot be written (full or
+      read-only disk, I/O error), ``enc_keys`` hands out no key and
+      ``dec_keys`` hands out none and keeps every key (a redemption that
+      cannot be recorded could otherwise be handed out twice): both answer
+      503 with a message naming the fault, never the node's file paths.
     * **Names.** ETSI spellings (``key_ID``, ``master_SAE_ID``) only appear in
       wire dictionaries; Python names are snake_case. No key material is ever
       put into an exception message or a repr.
@@ -60,7 +65,7 @@ from qcinode.errors import (
     RequestError,
     Unauthorized,
 )
-from qcinode.keys.keystore import SaeKeyStore
+from qcinode.keys.keystore import SaeKeyStore, StorageFailure
 
 __all__ = [
     "DeliveredKey",
@@ -220,6 +225,7 @@ _ERROR_STATUS: tuple[tuple[type[QcinodeError], int], ...] = (
     (InsufficientKeyMaterial, 503),
     (PeerUnavailable, 503),
     (PeerTimeout, 503),
+    (StorageFailure, 503),
 )
 # Marks a value whose problem is already reported.
 _REPORTED = object()
@@ -459,7 +465,10 @@ class Kme:
             KeyNotFound: A key is unknown or already redeemed by the caller
                 (nothing is consumed).
             RequestError: The request is malformed; ``details`` lists every problem.
-            KeyStoreError: The store failed (answered 503).
+            StorageFailure: The redemption cannot be recorded (full or
+                unwritable disk): no key is handed out and every key stays
+                (answered 503).
+            KeyStoreError: The store failed otherwise (answered 503).
         """
         self._require_local_sae(caller_sae)
         problems = _Problems()
@@ -546,6 +555,13 @@ class Kme:
                 break
         else:
             return _INTERNAL_STATUS, {"message": _INTERNAL_MESSAGE, "details": []}
+        if isinstance(exc, StorageFailure):
+            # The store's own message names its files: not the client's business.
+            message = (
+                f"the key store of this KME cannot be written ({exc.reason}): "
+                "no key was handed out and waiting keys are kept; retry later"
+            )
+            return status, {"message": message, "details": []}
         details: list[dict[str, Any]]
         if isinstance(exc, UnsupportedExtension):
             details = [{"extension_mandatory_unsupported": name} for name in exc.names]

@@ -25,6 +25,7 @@ from ..transport import codec
 from ..transport.pb import link_pb2 as pb
 from ..transport.pb import link_pb2_grpc as pb_grpc
 from .faults import FaultInjector
+from ..keys.linkstore import StorageFailure
 from .runtime import LinkRuntime, next_frame_slots
 
 log = structlog.get_logger(__name__)
@@ -148,6 +149,7 @@ class AliceWorker:
 
     async def _session(self, channel: grpc.aio.Channel) -> None:
         rt = self.rt
+        rt.persist()  # the Hello reveals only saved state (a failed save leaves memory ahead of the disk)
         call = pb_grpc.PostProcessingStub(channel).Session()
         await call.write(_hello(rt))
         async with asyncio.timeout(HELLO_TIMEOUT_S):
@@ -191,8 +193,8 @@ class AliceWorker:
                     for wire in await self.fault(rt.link_id, "A>B", codec.encode(out)):
                         await call.write(wire)
         finally:
-            self._log_events(rt.record(alice.abandon("session_lost")))
-            rt.persist()
+            self._log_events(rt.record(alice.abandon(_lost_reason(rt))))
+            rt.try_persist()
             acks.cancel()
             quantum.cancel()
             call.cancel()
@@ -207,6 +209,16 @@ class AliceWorker:
     def _log_events(self, events: list[Any]) -> None:
         for event in events:
             _log_block(self.log, event)
+
+
+def _lost_reason(rt: LinkRuntime) -> str:
+    """Why a session's open block is abandoned: its state could not be saved, or the session broke."""
+    return "storage_write_failed" if rt.storage_failure is not None else "session_lost"
+
+
+def _storage_refusal(rt: LinkRuntime, exc: StorageFailure) -> str:
+    local = rt.link.bob if rt.role.value == "bob" else rt.link.alice
+    return f"{local} cannot save the state of link {rt.link_id}: {exc.reason}"
 
 
 def _log_block(logger: Any, event: Any) -> None:
@@ -294,7 +306,11 @@ class BobEndpoint:
         old = self.inboxes.get(rt.link_id)
         if old is not None:
             old.put_nowait(("superseded", None))
-        synchronise(rt, first.hello)
+        try:
+            synchronise(rt, first.hello)
+        except StorageFailure as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _storage_refusal(rt, exc))
+            return
         frames = self.frames[rt.link_id]
         while not frames.empty():  # frames of a previous session are stale
             frames.get_nowait()
@@ -344,7 +360,11 @@ class BobEndpoint:
                 rt.next_block_seq = bob.next_block_seq
                 events = rt.record(bob.take_events())
                 if events or rt.auth.cursor != cursor:
-                    rt.persist()  # before the tag leaves
+                    try:
+                        rt.persist()  # before the tag leaves
+                    except StorageFailure as exc:
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, _storage_refusal(rt, exc))
+                        return  # (abort raises) nothing that depends on the unsaved state is sent
                 for event in events:
                     _log_block(bound, event)
                 for out in outs:
@@ -353,9 +373,9 @@ class BobEndpoint:
         finally:
             for task in tasks:
                 task.cancel()
-            for event in rt.record(bob.abandon("session_lost")):
+            for event in rt.record(bob.abandon(_lost_reason(rt))):
                 _log_block(bound, event)
-            rt.persist()
+            rt.try_persist()
             if bob.pending_block_seq is not None:
                 rt.pending_bob = bob
             if self.inboxes.get(rt.link_id) is inbox:

@@ -82,6 +82,18 @@ class _NodeCollector(Collector):
         nodes = GaugeMetricFamily("qcinode_routing_known_nodes", "Nodes in the link-state database (this one included)")
         nodes.add_metric([], float(len((net.get("routing") or {}).get("origins", {})) + 1))
         yield nodes
+        healthy = GaugeMetricFamily(
+            "qcinode_storage_healthy",
+            "1 while the database file takes reads and writes, 0 from a failed one (full or unwritable disk, I/O error) until one succeeds",
+            labels=["file"],
+        )
+        storage_failures = CounterMetricFamily(
+            "qcinode_storage_failures", "Failed reads and writes of the database file (full or unwritable disk, I/O errors)", labels=["file"]
+        )
+        for name, store in (net.get("storage") or {}).items():
+            healthy.add_metric([name], 1.0 if store.get("healthy") else 0.0)
+            storage_failures.add_metric([name], float(store.get("failures", 0)))
+        yield from (healthy, storage_failures)
 
 
 class NodeMetrics:

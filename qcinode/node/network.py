@@ -53,7 +53,8 @@ from ..errors import (
     QcinodeError,
     SecurityAbort,
 )
-from ..keys.keystore import SaeKeyStore
+from ..keys.keystore import SaeKeyStore, StorageFailure
+from ..keys.linkstore import LinkStore
 from ..keys.pool import KeyRange
 from ..kme.handlers import DeliveredKey, EncRequest, KmeLimits
 from ..topology import Topology
@@ -214,8 +215,9 @@ class NetworkService(pb_grpc.NetworkServicer):
         if self.faults.partitioned(rt.link_id):
             raise PeerUnavailable(f"link to {nxt} cut by a partition fault")  # before any pad is spent
         reservation = rt.pool.reserve(pad_bytes_needed(len(share)))
-        pad = rt.pool.commit(reservation)  # used from now on, whatever happens next
-        rt.persist()
+        # Used from now on, whatever happens next; if it cannot be saved, the
+        # pool is as before and nothing is sent (StorageFailure).
+        pad = rt.commit_and_persist(reservation)
         ciphertext, tag = seal_hop(header, share, pad)
         hop = pb.RelayHop(
             relay_id=header.relay_id,
@@ -273,7 +275,7 @@ class NetworkService(pb_grpc.NetworkServicer):
             self.counters.failed += 1
             self.counters.failures_by_reason[type(exc).__name__] += 1
             self.log.warning("relay.hop_refused", relay_id=header.relay_id, key_id=header.key_id, peer_id=caller, error=type(exc).__name__, details=str(exc))
-            return pb.RelayResult(delivered=False, error=f"{type(exc).__name__}: {exc}")
+            return pb.RelayResult(delivered=False, error=self._refusal(exc))
         self.counters.received += 1
         if header.destination == self.node_name:
             return self._arrive(header, share)
@@ -283,7 +285,7 @@ class NetworkService(pb_grpc.NetworkServicer):
             self.counters.failed += 1
             self.counters.failures_by_reason[type(exc).__name__] += 1
             self.log.info("relay.hop_failed", relay_id=header.relay_id, key_id=header.key_id, error=type(exc).__name__, details=str(exc))
-            return pb.RelayResult(delivered=False, error=f"{type(exc).__name__}: {exc}")
+            return pb.RelayResult(delivered=False, error=self._refusal(exc))
         self.counters.forwarded += 1
         return pb.RelayResult(delivered=True)
 
@@ -297,7 +299,7 @@ class NetworkService(pb_grpc.NetworkServicer):
         try:
             self._store(header.key_id, header.master_sae, header.slave_saes, key)
         except QcinodeError as exc:
-            return pb.RelayResult(delivered=False, error=f"{type(exc).__name__}: {exc}")
+            return pb.RelayResult(delivered=False, error=self._refusal(exc))
         self.log.info("relay.delivered", key_id=header.key_id, source=header.source, hops=len(header.path) - 1)
         return pb.RelayResult(delivered=True)
 
@@ -308,9 +310,20 @@ class NetworkService(pb_grpc.NetworkServicer):
         try:
             self.keystore.put(key_id, master_sae, ours, key, max_waiting=self.max_waiting_keys)
         except KeyStoreError as exc:
-            if "already" in str(exc) or "duplicate" in str(exc).lower():
+            if not isinstance(exc, StorageFailure) and ("already" in str(exc) or "duplicate" in str(exc).lower()):
                 return  # the same key arrived again (a retried relay): delivered once is delivered
             raise
+
+    def _refusal(self, exc: QcinodeError) -> str:
+        """The error text of a refused hop; a storage fault names this node and the reason, not its files."""
+        if isinstance(exc, StorageFailure):
+            return f"StorageFailure: node {self.node_name} cannot save key material: {exc.reason}"
+        return f"{type(exc).__name__}: {exc}"
+
+    def _storage_note(self) -> str:
+        """Why this node's own links cannot carry key now, if their state cannot be saved ("" otherwise)."""
+        reasons = sorted({rt.storage_failure for rt in self.links.values() if rt.storage_failure is not None})
+        return f" (node {self.node_name} cannot save its link state: {'; '.join(reasons)})" if reasons else ""
 
     def _sae_node(self, sae: str) -> str | None:
         try:
@@ -348,6 +361,7 @@ class NetworkService(pb_grpc.NetworkServicer):
                 self.counters.failures_by_reason["InsufficientKeyMaterial"] += 1
                 raise InsufficientKeyMaterial(
                     f"the network cannot carry {request.number} key(s) of {request.size_bits} bits to {slave} now"
+                    + self._storage_note()
                 )
         keys = []
         for _ in range(request.number):
@@ -404,7 +418,7 @@ class NetworkService(pb_grpc.NetworkServicer):
             for failure in failures:
                 if not isinstance(failure, QcinodeError):
                     raise failure
-                errors.append(str(failure))
+                errors.append(self._refusal(failure) if isinstance(failure, StorageFailure) else str(failure))
                 self.counters.failures_by_reason[type(failure).__name__] += 1
             self.log.info("relay.path_failed", key_id=key.key_id, paths=[list(p) for p in paths], errors=errors[-len(failures):])
         self.counters.failed += 1
@@ -424,4 +438,20 @@ class NetworkService(pb_grpc.NetworkServicer):
             "relay_hops_sent": c.hops_total,
             "relay_failures_by_reason": dict(c.failures_by_reason),
             "routing": self.db.snapshot(),
+            "storage": self._storage_status(),
+        }
+
+    def _storage_status(self) -> dict[str, Any]:
+        """Per database file: healthy (its last read or write worked), the last failure's reason, failures so far."""
+        stores: list[LinkStore | SaeKeyStore] = []
+        for store in [rt.store for rt in self.links.values()] + [self.keystore]:
+            if store is not None and all(store is not seen for seen in stores):
+                stores.append(store)
+        return {
+            store.path.name: {
+                "healthy": store.failure is None,
+                "error": store.failure.reason if store.failure is not None else "",
+                "failures": store.failure_count,
+            }
+            for store in stores
         }

@@ -31,7 +31,7 @@ from ..core.randomness import CsprngGenerator
 from ..errors import ConfigError
 from ..keys.linkstore import LinkStore
 from ..topology import EavesdropperConfig, Topology
-from ..keys.keystore import SaeKeyStore
+from ..keys.keystore import SaeKeyStore, StorageFailure
 from ..keys.linkstore import StorageKey
 from ..kme.handlers import Kme
 from ..kme.server import make_app, start_kme_server, tls_context
@@ -46,6 +46,19 @@ log = structlog.get_logger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 ADMIN_COMMON_NAME = "qcinode-admin"
+# grpc.health.v1 service name of the ETSI 014 KME: NOT_SERVING while the data
+# directory fails (the KME then refuses keys); "" stays SERVING, as a restart
+# would not give the disk space back.
+KME_HEALTH_SERVICE = "qcinode.etsi014"
+STORAGE_CHECK_INTERVAL_S = 1.0
+
+
+def _log_storage_health(path: Path, failure: StorageFailure | None) -> None:
+    """The stores' health listener: one event when a store starts failing (or fails otherwise), one when it recovers."""
+    if failure is None:
+        log.info("storage.recovered", path=str(path))
+    else:
+        log.warning("storage.write_failed", path=str(failure.path), reason=failure.reason)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,6 +191,9 @@ class Node:
         self.keystore = (
             SaeKeyStore(settings.data_dir, settings.name, StorageKey.load_or_create(settings.data_dir)) if settings.data_dir is not None else None
         )
+        for store in (self.store, self.keystore):
+            if store is not None:
+                store.on_health = _log_storage_health
         self.links: dict[str, LinkRuntime] = {}
         for link in topo.links_of(settings.name):
             psk = read_bytes(self.bundle.link_key(link.alice, link.bob))
@@ -319,6 +335,26 @@ class Node:
         host, _, port = self.settings.kme_listen.rpartition(":")
         self.kme_runner, self.kme_port = await start_kme_server(app, host.strip("[]") or "0.0.0.0", int(port), context)
         self.log.info("kme.started", port=self.kme_port)
+        self._tasks.append(asyncio.create_task(self._guard(self._watch_storage(), "storage")))
+
+    async def _watch_storage(self) -> None:
+        """Keeps the KME's health (``KME_HEALTH_SERVICE``) NOT_SERVING while a store of the data directory fails.
+
+        A failing store is probed again every ``STORAGE_CHECK_INTERVAL_S``
+        (link saves retry on their own; the key store writes only when asked).
+        """
+        stores = [store for store in (self.store, self.keystore) if store is not None]
+        serving: bool | None = None
+        while True:
+            for store in stores:
+                if store.failure is not None:
+                    await asyncio.to_thread(store.check_writable)
+            healthy = all(store.failure is None for store in stores)
+            if healthy is not serving:
+                status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
+                await self.health.set(KME_HEALTH_SERVICE, status)
+                serving = healthy
+            await asyncio.sleep(STORAGE_CHECK_INTERVAL_S)
 
     async def _guard(self, coro: Any, link_id: str) -> None:
         try:
@@ -344,7 +380,7 @@ class Node:
         if self.keystore is not None:
             self.keystore.close()
         for rt in self.links.values():
-            rt.persist()
+            rt.try_persist()  # on a full disk the last saved state stands: nothing sent depends on the rest
             rt.store = None  # a session handler still unwinding must not write to a closed store
         if self.store is not None:
             self.store.close()

@@ -1,7 +1,11 @@
 """Per-link state a node keeps across sessions: pool, MAC-key reserve, counters.
 
-This is plain bookkeeping (no I/O): the link workers feed it block events and
-the status service reads it.
+This is plain bookkeeping: the link workers feed it block events, the status
+service reads it, and :meth:`LinkRuntime.persist` writes it through to the
+node's link store. A save that fails (full or unwritable disk) leaves the
+disk as it was and memory ahead of it; nothing that depends on the unsaved
+state may leave the node, so the link shows state ``storage_failed`` until a
+save succeeds, and the link workers end the session and retry.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from ..core.authentication import AuthKeyReserve
 from ..core.estimation import h2
 from ..core.pipeline import BlockAborted, BlockAccepted, BlockEvent, LinkProtocolConfig
 from ..core.roles import Role
-from ..keys.linkstore import LinkStore
-from ..keys.pool import LinkKeyPool
+from ..keys.linkstore import LinkStore, StorageFailure
+from ..keys.pool import LinkKeyPool, Reservation
 from ..topology import EavesdropperConfig, LinkConfig
 
 
@@ -59,6 +63,7 @@ def protocol_config(link: LinkConfig) -> LinkProtocolConfig:
         security_epsilon=pp.security_epsilon,
         verification_tag_bits=pp.verification_tag_bits,
         cascade_max_passes=pp.cascade_max_passes,
+        no_decoy_bound=link.source.no_decoy_bound,
     )
 
 
@@ -99,7 +104,9 @@ class LinkRuntime:
         self.pool = LinkKeyPool(link.link_id, self.role)
         self.auth = AuthKeyReserve(bootstrap_key)
         self.counters = LinkCounters()
-        self.state = "connecting"
+        self._state = "connecting"
+        #: Why the last save failed (None once a save succeeds): the link is then "storage_failed".
+        self.storage_failure: str | None = None
         self.next_block_seq = 0
         self.next_frame_id = 0
         self.started_monotonic = time.monotonic()
@@ -129,27 +136,84 @@ class LinkRuntime:
         if self.alice_session is not None:
             self.alice_session.config = self.config
 
+    @property
+    def state(self) -> str:
+        """``connecting``, ``up`` or ``down`` as the link workers set it; ``storage_failed`` while saves fail.
+
+        A link whose state cannot be saved is not ``up`` for routing either:
+        no relay hop can be sent over it.
+        """
+        return "storage_failed" if self.storage_failure is not None else self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._state = value
+
     def persist(self) -> None:
         """Writes the link's state through, before anything that depends on it leaves the node.
 
         The rule that keeps the two ends consistent across crashes: a used
         MAC key, an accepted block or a resynchronisation is on disk before
         the message that reveals it is sent.
+
+        Raises:
+            StorageFailure: The state is not on disk (full or unwritable data
+                directory); the disk holds the last saved state. Send nothing
+                that depends on the unsaved state. ``storage_failure`` says
+                why until a later save succeeds.
         """
         if self.store is None:
             return
         counters = dataclasses.asdict(self.counters)
         counters["aborts_by_reason"] = dict(self.counters.aborts_by_reason)
-        self.store.save(
-            self.link_id,
-            {
-                "pool": self.pool.to_state(),
-                "auth": self.auth.to_state(),
-                "next_block_seq": self.next_block_seq,
-                "next_frame_id": self.next_frame_id,
-                "counters": counters,
-            },
-        )
+        try:
+            self.store.save(
+                self.link_id,
+                {
+                    "pool": self.pool.to_state(),
+                    "auth": self.auth.to_state(),
+                    "next_block_seq": self.next_block_seq,
+                    "next_frame_id": self.next_frame_id,
+                    "counters": counters,
+                },
+            )
+        except StorageFailure as exc:
+            self.storage_failure = exc.reason
+            raise
+        self.storage_failure = None
+
+    def try_persist(self) -> bool:
+        """:meth:`persist` for cleanup paths: False instead of StorageFailure (the store reports it)."""
+        try:
+            self.persist()
+        except StorageFailure:
+            return False
+        return True
+
+    def commit_and_persist(self, reservation: Reservation) -> bytes:
+        """Commits one of our own reservations and saves it, before the bytes are used on the wire.
+
+        If the save fails, nothing has used the bytes yet, so the pool goes
+        back to how it was before the commit (the bytes are available again
+        and the two ends' ledgers stay equal) and StorageFailure is raised:
+        send nothing.
+
+        Raises:
+            StorageFailure: The state could not be saved; the pool is as before.
+            KeyNotFound, LocalProtocolError: As :meth:`LinkKeyPool.commit`.
+        """
+        if self.store is None:
+            return self.pool.commit(reservation)
+        # The commit, the save and the undo run without an await between
+        # them, so no other task sees the pool in between.
+        before = self.pool.to_state()
+        pad = self.pool.commit(reservation)
+        try:
+            self.persist()
+        except StorageFailure:
+            self.pool = LinkKeyPool.from_state(before)
+            raise
+        return pad
 
     @property
     def link_id(self) -> str:

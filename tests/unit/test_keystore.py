@@ -1,4 +1,4 @@
-"""The durable SAE key store: redemption rules, atomicity, encryption at rest, crash safety.
+"""The durable SAE key store: redemption rules, atomicity, encryption at rest, crash safety, storage faults.
 
 These tests touch the filesystem (``tmp_path``): the store is a file.
 """
@@ -26,7 +26,7 @@ from qcinode.errors import (
     RequestError,
     Unauthorized,
 )
-from qcinode.keys.keystore import DATABASE_FILE, SaeKeyStore
+from qcinode.keys.keystore import DATABASE_FILE, SaeKeyStore, StorageFailure
 from qcinode.keys.linkstore import StorageKey
 
 NODE = "alpha"
@@ -241,6 +241,77 @@ def test_full_database_raises_naming_the_path_and_keeps_the_store(store: SaeKeyS
         for _ in range(200):
             store.put(_kid(), "m", ["s"], os.urandom(4096))
     assert store.take("s", "m", [first]) == [(first, _key(1))]
+
+
+def _set_read_only(store: SaeKeyStore, read_only: bool) -> None:
+    """Every write now fails as on a read-only file system (SQLITE_READONLY), or works again."""
+    conn = store._conn
+    assert conn is not None
+    conn.execute(f"PRAGMA query_only = {'ON' if read_only else 'OFF'}")
+
+
+def test_full_disk_stores_nothing_and_says_why(store: SaeKeyStore) -> None:
+    stored = [_kid()]
+    store.put(stored[0], "m", ["s"], _key(1))
+    conn = store._conn
+    assert conn is not None
+    conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")  # as on a full disk
+    refused = None
+    for _ in range(200):
+        key_id = _kid()
+        try:
+            store.put(key_id, "m", ["s"], os.urandom(4096))
+        except StorageFailure as exc:
+            refused = (key_id, exc)
+            break
+        stored.append(key_id)
+    assert refused is not None, "the capped database never filled up"
+    key_id, exc = refused
+    assert exc.reason == "database or disk is full" and exc.path == store.path
+    assert store.failure is exc
+    # Exactly the keys put() reported as stored are there; the refused one is not.
+    assert sorted(row[0] for row in _snapshot(store.path.parent)[0]) == sorted(stored)
+    conn.execute("PRAGMA max_page_count = 1000000")
+    store.put(key_id, "m", ["s"], _key(2))  # once there is room the same key can be stored
+    assert store.failure is None
+
+
+def test_redemption_that_cannot_be_recorded_hands_out_nothing_and_keeps_the_keys(
+    store: SaeKeyStore, tmp_path: Path
+) -> None:
+    ids = [_kid(), _kid()]
+    for i, key_id in enumerate(ids):
+        store.put(key_id, "m", ["s"], _key(i))
+    before = _snapshot(tmp_path)
+    _set_read_only(store, True)  # as on a read-only or failing disk
+    with pytest.raises(StorageFailure, match=f"{re.escape(str(store.path))}.*readonly"):
+        store.take("s", "m", ids)
+    assert _snapshot(tmp_path) == before
+    _set_read_only(store, False)
+    assert store.take("s", "m", ids) == [(ids[0], _key(0)), (ids[1], _key(1))]
+    with pytest.raises(KeyNotFound):
+        store.take("s", "m", ids)  # once only
+
+
+def test_kme_answers_503_naming_the_fault_and_the_key_stays(store: SaeKeyStore) -> None:
+    from qcinode.kme.handlers import Kme
+
+    kme = Kme(NODE, lambda sae: NODE if sae in ("master-app", "slave-app") else None, store)
+    key_id = _kid()
+    store.put(key_id, "master-app", ["slave-app"], _key(7))
+    _set_read_only(store, True)
+    with pytest.raises(StorageFailure) as info:
+        kme.dec_keys("slave-app", "master-app", {}, {"key_IDs": [{"key_ID": key_id}]})
+    status, body = Kme.error_body(info.value)
+    assert status == 503
+    assert body["message"] == (
+        "the key store of this KME cannot be written (attempt to write a readonly database): "
+        "no key was handed out and waiting keys are kept; retry later"
+    )
+    assert str(store.path) not in body["message"]  # the node's files are not the client's business
+    _set_read_only(store, False)
+    answer = kme.dec_keys("slave-app", "master-app", {}, {"key_IDs": [{"key_ID": key_id}]})
+    assert [k["key_ID"] for k in answer["keys"]] == [key_id]
 
 
 def test_closed_store_raises(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The durable link-state store: round trip, encryption at rest, tamper and crash safety.
+"""The durable link-state store: round trip, encryption at rest, tamper and crash safety, storage faults.
 
 These tests touch the filesystem (``tmp_path``): the store is a file.
 """
@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from qcinode.core.authentication import AuthKeyReserve
 from qcinode.core.roles import Role
 from qcinode.errors import KeyStoreError, LocalProtocolError
-from qcinode.keys.linkstore import DATABASE_FILE, KEY_FILE, LinkStore, StorageKey
+from qcinode.keys._sqlite import probe_data_dir, sqlite_error
+from qcinode.keys.linkstore import DATABASE_FILE, KEY_FILE, LinkStore, StorageFailure, StorageKey
 from qcinode.keys.pool import KeyRange, LinkKeyPool
 
 LINK = "alpha-beta"
@@ -345,3 +346,182 @@ def test_killed_writer_leaves_old_or_new_state_of_each_link(tmp_path: Path) -> N
             # The store stays writable after recovery.
             store.save("alpha-delta", {"round": round_no})
             assert store.load("alpha-delta") == {"round": round_no}
+
+
+
+# -- storage faults: mapping, health, what a failed save leaves behind ------------------
+
+
+def _sqlite_exc(kind: type[sqlite3.Error], message: str, code: int | None) -> sqlite3.Error:
+    exc = kind(message)
+    if code is not None:
+        exc.sqlite_errorcode = code
+    return exc
+
+
+def _disk_full(fd: int, data: Any) -> int:
+    raise OSError(28, "No space left on device")
+
+
+def _set_read_only(store: LinkStore, read_only: bool) -> None:
+    """Every write now fails as on a read-only file system (SQLITE_READONLY), or works again."""
+    conn = store._conn
+    assert conn is not None
+    conn.execute(f"PRAGMA query_only = {'ON' if read_only else 'OFF'}")
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        (sqlite3.SQLITE_FULL, "database or disk is full"),  # ENOSPC
+        (sqlite3.SQLITE_IOERR_WRITE, "disk I/O error"),  # an extended code: EIO on write
+        (sqlite3.SQLITE_IOERR_FSYNC, "disk I/O error"),
+        (sqlite3.SQLITE_READONLY, "attempt to write a readonly database"),  # EROFS
+        (sqlite3.SQLITE_CANTOPEN, "unable to open database file"),
+        (sqlite3.SQLITE_CORRUPT, "database disk image is malformed"),
+    ],
+)
+def test_storage_faults_become_storage_failure_naming_file_and_reason(tmp_path: Path, code: int, message: str) -> None:
+    path = tmp_path / DATABASE_FILE
+    error = sqlite_error(path, f"cannot save link 'a-b' to {path}", _sqlite_exc(sqlite3.OperationalError, message, code))
+    assert isinstance(error, StorageFailure)
+    assert error.path == path and error.reason == message
+    assert str(error) == f"cannot save link 'a-b' to {path}: {message}"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        _sqlite_exc(sqlite3.IntegrityError, "UNIQUE constraint failed: links.link_id", sqlite3.SQLITE_CONSTRAINT),
+        _sqlite_exc(sqlite3.ProgrammingError, "Cannot operate on a closed database.", None),
+        _sqlite_exc(sqlite3.OperationalError, "no such table: links", sqlite3.SQLITE_ERROR),
+    ],
+)
+def test_other_sqlite_errors_stay_plain_keystore_errors(tmp_path: Path, exc: sqlite3.Error) -> None:
+    error = sqlite_error(tmp_path / DATABASE_FILE, "cannot save", exc)
+    assert type(error) is KeyStoreError  # a bug or a rule, not a fault to wait out
+
+
+def test_full_database_is_a_storage_failure_reported_once_until_a_save_succeeds(tmp_path: Path) -> None:
+    events: list[tuple[Path, str | None]] = []
+    with LinkStore(tmp_path, "alpha") as store:
+        store.on_health = lambda path, failure: events.append((path, failure.reason if failure else None))
+        store.save(LINK, {"v": 1})
+        conn = store._conn
+        assert conn is not None
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")  # as on a full disk
+        big = {"v": 2, "pad": _random_bytes(5, 100_000).hex()}
+        for _ in range(3):
+            with pytest.raises(StorageFailure) as info:
+                store.save(LINK, big)
+            assert info.value.reason == "database or disk is full" and info.value.path == store.path
+        assert store.failure is not None and store.failure.reason == "database or disk is full"
+        assert store.failure_count == 3
+        assert events == [(store.path, "database or disk is full")]  # one event while it keeps failing
+        assert store.load(LINK) == {"v": 1}  # the disk holds the last saved state
+        conn.execute("PRAGMA max_page_count = 1000000")  # space again
+        store.save(LINK, big)
+        assert store.failure is None
+        assert events[-1] == (store.path, None)
+        assert store.load(LINK) == big
+
+
+def test_probe_refuses_a_data_dir_that_takes_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir = tmp_path / "node-data"
+    data_dir.mkdir()
+    monkeypatch.setattr(os, "write", _disk_full)
+    with pytest.raises(StorageFailure) as info:
+        LinkStore(data_dir, "alpha")
+    monkeypatch.undo()
+    assert str(info.value) == f"data directory {data_dir} is not writable: No space left on device"
+    assert info.value.path == data_dir and info.value.reason == "No space left on device"
+    assert list(data_dir.iterdir()) == [], "the probe file is removed and no database was created"
+
+
+def test_probe_leaves_nothing_and_check_writable_clears_a_failure(tmp_path: Path) -> None:
+    probe_data_dir(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    events: list[str | None] = []
+    with LinkStore(tmp_path, "alpha") as store:
+        store.on_health = lambda path, failure: events.append(failure.reason if failure else None)
+        _set_read_only(store, True)
+        with pytest.raises(StorageFailure):
+            store.save(LINK, {"v": 1})
+        assert store.check_writable() is True  # the directory takes files again
+        assert store.failure is None
+        assert events == ["attempt to write a readonly database", None]
+
+
+def test_check_writable_keeps_the_recorded_reason_while_the_dir_still_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str | None] = []
+    with LinkStore(tmp_path, "alpha") as store:
+        store.on_health = lambda path, failure: events.append(failure.reason if failure else None)
+        _set_read_only(store, True)
+        with pytest.raises(StorageFailure):
+            store.save(LINK, {"v": 1})
+        monkeypatch.setattr(os, "write", _disk_full)
+        assert store.check_writable() is False
+        monkeypatch.undo()
+        assert store.failure is not None and store.failure.reason == "attempt to write a readonly database"
+        assert events == ["attempt to write a readonly database"]
+
+
+# -- a link whose state cannot be saved ------------------------------------------------
+
+_TOPOLOGY = """
+name: pair
+nodes: [{name: alpha}, {name: beta}]
+links: [{between: [alpha, beta], length_km: 10}]
+"""
+
+
+def _runtime(tmp_path: Path) -> Any:
+    from qcinode.node.runtime import LinkRuntime
+    from qcinode.topology import parse_topology
+
+    link = parse_topology(_TOPOLOGY).links_of("alpha")[0]
+    rt = LinkRuntime(link, "alpha", _random_bytes(9, 32 * 16), LinkStore(tmp_path, "alpha"))
+    for i, size in enumerate((4096, 2048)):
+        rt.pool.add_block(f"{link.link_id}/{i}", _random_bytes(20 + i, size))
+    rt.state = "up"
+    rt.persist()
+    return rt
+
+
+def test_failed_save_of_a_relay_pad_leaves_the_pool_as_before(tmp_path: Path) -> None:
+    rt = _runtime(tmp_path)
+    store = rt.store
+    available, ledger = rt.pool.available_bytes, rt.pool.audit()
+    _set_read_only(store, True)
+    with pytest.raises(StorageFailure):
+        rt.commit_and_persist(rt.pool.reserve(1000))
+    # Nothing was sent, so nothing is used: the bytes are free again and the
+    # ledger is still the peer's.
+    assert rt.pool.available_bytes == available and rt.pool.audit() == ledger
+    assert rt.state == "storage_failed" and rt.storage_failure == "attempt to write a readonly database"
+    assert rt.try_persist() is False
+    _set_read_only(store, False)
+    pad = rt.commit_and_persist(rt.pool.reserve(1000))
+    assert len(pad) == 1000 and rt.state == "up" and rt.storage_failure is None
+    saved = LinkKeyPool.from_state(store.load(rt.link_id)["pool"])
+    assert saved.audit() == rt.pool.audit() != ledger
+    assert saved.available_bytes == available - 1000
+
+
+def test_failed_save_keeps_the_disk_at_the_last_saved_state(tmp_path: Path) -> None:
+    rt = _runtime(tmp_path)
+    store = rt.store
+    before = store.load(rt.link_id)
+    rt.pool.add_block(f"{rt.link_id}/2", _random_bytes(30, 300))  # accepted in memory only
+    _set_read_only(store, True)
+    with pytest.raises(StorageFailure, match=f"link '{rt.link_id}'.*{DATABASE_FILE}.*readonly"):
+        rt.persist()
+    assert store.load(rt.link_id) == before
+    assert rt.status()["state"] == "storage_failed"
+    _set_read_only(store, False)
+    rt.persist()
+    assert rt.status()["state"] == "up"
+    assert f"{rt.link_id}/2" in LinkKeyPool.from_state(store.load(rt.link_id)["pool"]).block_ids
