@@ -35,6 +35,7 @@ from ..keys.keystore import SaeKeyStore, StorageFailure
 from ..keys.linkstore import StorageKey
 from ..kme.handlers import Kme
 from ..kme.server import make_app, start_kme_server, tls_context
+from ..transport.guard import MalformedRequestGuard
 from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc, network_pb2, network_pb2_grpc
 from .faults import FaultInjector, fault_from_request
 from .link import AliceWorker, BobEndpoint, ClassicalFault, peer_common_name
@@ -257,6 +258,7 @@ class Node:
         """Starts the server and the link workers; returns the bound gRPC port."""
         key, cert, ca = self._credentials()
         server = grpc.aio.server(
+            interceptors=[MalformedRequestGuard()],
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -304,7 +306,7 @@ class Node:
         if self.settings.health_listen is not None:
             # Kubelet gRPC probes cannot do TLS: the same health servicer, alone, in plaintext;
             # started last, so a probe's first answer already means the node is up.
-            health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_server = grpc.aio.server(interceptors=[MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)])
             health_pb2_grpc.add_HealthServicer_to_server(self.health, health_server)
             try:
                 self.health_port = health_server.add_insecure_port(self.settings.health_listen)

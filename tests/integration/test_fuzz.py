@@ -236,8 +236,12 @@ def test_grpc_oversized_requests_are_bounded(nodes: Any, loop: asyncio.AbstractE
 
 
 def test_grpc_status_codes_are_statuses_not_crashes(nodes: Any, loop: asyncio.AbstractEventLoop) -> None:
-    """Unparseable protobuf: grpc.aio answers UNKNOWN (its deserializer failed), never a hang."""
+    """Unparseable protobuf is INVALID_ARGUMENT (unary and streamed), never UNKNOWN or a hang."""
     code = loop.run_until_complete(nodes.call("admin", "beta", "/qcinode.v1.Admin/Status", [b"\xff" * 10]))
-    assert code in ("UNKNOWN", "INTERNAL", "INVALID_ARGUMENT")
+    assert code == "INVALID_ARGUMENT"
+    code = loop.run_until_complete(nodes.call("alpha", "beta", "/qcinode.v1.Network/RelayKey", [b"\xff" * 10]))
+    assert code == "INVALID_ARGUMENT"
+    code = loop.run_until_complete(nodes.call("admin", "beta", "/grpc.health.v1.Health/Check", [b"\xff" * 10]))
+    assert code == "INVALID_ARGUMENT"
     assert loop.run_until_complete(nodes.call("admin", "beta", "/qcinode.v1.Nope/Nothing", [b""])) == "UNIMPLEMENTED"
     assert loop.run_until_complete(nodes.healthy("beta"))

@@ -586,3 +586,28 @@ def test_out_of_range_efficiency_rejected_at_its_path(efficiency: float) -> None
     data["links"][1]["detector"]["efficiency"] = efficiency
     with pytest.raises(ConfigError, match=r"links\[1\]\.detector\.efficiency: "):
         Topology.from_mapping(data)
+
+
+def test_link_fault_is_parsed_validated_and_round_tripped() -> None:
+    from qcinode.topology import FaultConfig, parse_topology, topology_to_mapping
+
+    text = """
+name: f
+nodes: [{name: a}, {name: b}]
+links:
+  - {between: [a, b], length_km: 10, fault: {kind: delay, delay_ms: 25, channel: postprocessing}}
+"""
+    topology = parse_topology(text)
+    assert topology.links[0].fault == FaultConfig(kind="delay", delay_ms=25.0, channel="postprocessing")
+    assert parse_topology(yaml.safe_dump(topology_to_mapping(topology))) == topology
+    for fault, message in [
+        ("{kind: flp}", "links[0].fault.kind: unknown fault 'flp'; did you mean 'flip'?"),
+        ("{kind: delay}", "links[0].fault.delay_ms: a delay fault needs delay_ms > 0"),
+        ("{kind: drop, probability: 2}", "links[0].fault.probability"),
+        ("{probability: 0.5}", "links[0].fault.kind: required field is missing"),
+        ("{kind: drop, channel: quantum}", "links[0].fault.channel: unknown channel 'quantum'"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_topology(text.replace("{kind: delay, delay_ms: 25, channel: postprocessing}", fault))
+    with pytest.raises(ConfigError, match=re.escape("defaults.fault: unknown field; it is set per link")):
+        parse_topology(text + "defaults: {fault: {kind: drop}}\n")
