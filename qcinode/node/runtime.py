@@ -193,26 +193,19 @@ class LinkRuntime:
     def commit_and_persist(self, reservation: Reservation) -> bytes:
         """Commits one of our own reservations and saves it, before the bytes are used on the wire.
 
-        If the save fails, nothing has used the bytes yet, so the pool goes
-        back to how it was before the commit (the bytes are available again
-        and the two ends' ledgers stay equal) and StorageFailure is raised:
-        send nothing.
+        If the save fails the bytes stay used in memory and StorageFailure
+        is raised: send nothing. They are wasted, never reused — memory and
+        every later save say used; only the disk's older state says free,
+        and bytes that never left the node are harmless to use after a
+        restart. The peer never consumes them, which the ledger audit counts
+        as pad spent by the initiator alone (as for a lost hop).
 
         Raises:
-            StorageFailure: The state could not be saved; the pool is as before.
+            StorageFailure: The state could not be saved.
             KeyNotFound, LocalProtocolError: As :meth:`LinkKeyPool.commit`.
         """
-        if self.store is None:
-            return self.pool.commit(reservation)
-        # The commit, the save and the undo run without an await between
-        # them, so no other task sees the pool in between.
-        before = self.pool.to_state()
         pad = self.pool.commit(reservation)
-        try:
-            self.persist()
-        except StorageFailure:
-            self.pool = LinkKeyPool.from_state(before)
-            raise
+        self.persist()
         return pad
 
     @property

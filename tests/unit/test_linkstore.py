@@ -491,24 +491,26 @@ def _runtime(tmp_path: Path) -> Any:
     return rt
 
 
-def test_failed_save_of_a_relay_pad_leaves_the_pool_as_before(tmp_path: Path) -> None:
+def test_failed_save_of_a_relay_pad_wastes_it_and_never_reuses_it(tmp_path: Path) -> None:
     rt = _runtime(tmp_path)
     store = rt.store
     available, ledger = rt.pool.available_bytes, rt.pool.audit()
     _set_read_only(store, True)
+    lost = rt.pool.reserve(1000)
     with pytest.raises(StorageFailure):
-        rt.commit_and_persist(rt.pool.reserve(1000))
-    # Nothing was sent, so nothing is used: the bytes are free again and the
-    # ledger is still the peer's.
-    assert rt.pool.available_bytes == available and rt.pool.audit() == ledger
+        rt.commit_and_persist(lost)
+    # Nothing was sent (the caller sends only after a save); the bytes stay
+    # used in memory, so no later reservation can hand them out again.
+    assert rt.pool.available_bytes == available - 1000
     assert rt.state == "storage_failed" and rt.storage_failure == "attempt to write a readonly database"
     assert rt.try_persist() is False
+    assert LinkKeyPool.from_state(store.load(rt.link_id)["pool"]).audit() == ledger  # the disk holds the last saved state
     _set_read_only(store, False)
     pad = rt.commit_and_persist(rt.pool.reserve(1000))
     assert len(pad) == 1000 and rt.state == "up" and rt.storage_failure is None
     saved = LinkKeyPool.from_state(store.load(rt.link_id)["pool"])
     assert saved.audit() == rt.pool.audit() != ledger
-    assert saved.available_bytes == available - 1000
+    assert saved.available_bytes == available - 2000
 
 
 def test_failed_save_keeps_the_disk_at_the_last_saved_state(tmp_path: Path) -> None:
