@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .errors import ConfigError, QcinodeError
@@ -295,19 +296,25 @@ def _keys(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _running_link(state_dir: Path, link_id: str) -> tuple[dict[str, Any], Any]:
+    """The running cluster's description and its link ``link_id`` (ConfigError naming --link if unknown)."""
+    from .cluster.launcher import read_cluster
+    from .topology import load_topology
+
+    cluster = read_cluster(state_dir)
+    links = {link.link_id: link for link in load_topology(state_dir / "topology.yaml").links}
+    if link_id not in links:
+        raise ConfigError(f"--link: no link {link_id!r} (links: {', '.join(sorted(links))})")
+    return cluster, links[link_id]
+
+
 def _fault(args: argparse.Namespace) -> int:
     import grpc
 
     from .cluster.admin import set_fault
-    from .cluster.launcher import read_cluster
-    from .topology import load_topology
 
-    cluster = read_cluster(args.state_dir)
-    topology = load_topology(args.state_dir / "topology.yaml")
-    links = {link.link_id: link for link in topology.links}
-    if args.link not in links:
-        raise ConfigError(f"--link: no link {args.link!r} (links: {', '.join(sorted(links))})")
-    ends = links[args.link].between
+    cluster, link = _running_link(args.state_dir, args.link)
+    ends = link.between
     if args.end is not None and args.end not in ends:
         raise ConfigError(f"--end: {args.end!r} is not an end of {args.link} (ends: {', '.join(ends)})")
     kind = "none" if args.off else args.kind
@@ -330,15 +337,9 @@ def _eve(args: argparse.Namespace) -> int:
     import grpc
 
     from .cluster.admin import set_eavesdropper
-    from .cluster.launcher import read_cluster
-    from .topology import load_topology
 
-    cluster = read_cluster(args.state_dir)
-    topology = load_topology(args.state_dir / "topology.yaml")
-    links = {link.link_id: link for link in topology.links}
-    if args.link not in links:
-        raise ConfigError(f"--link: no link {args.link!r} (links: {', '.join(sorted(links))})")
-    alice = links[args.link].alice
+    cluster, link = _running_link(args.state_dir, args.link)
+    alice = link.alice
     try:
         reply = set_eavesdropper(
             cluster["nodes"][alice]["grpc"], alice, args.state_dir / "certs", args.link, "none" if args.off else args.attack, args.fraction

@@ -15,21 +15,29 @@ Parametrise with a topology file through indirect parametrisation
 (``@pytest.mark.parametrize("qci_network", ["my.yaml"], indirect=True)``) or
 the ``qci_topology`` fixture; default: the built-in topology at
 ``emulation.speed: max``.
+
+For failover and attack tests the network can be hurt:
+``qci_network.kill(node)`` / ``restart(node)``,
+``set_eavesdropper(link_id, attack)`` and ``set_fault(link_id, kind, ...)``
+(``"none"`` removes either), as ``qcinode eve`` and ``qcinode fault`` do.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ..cluster.admin import set_eavesdropper, set_fault
 from ..cluster.launcher import Cluster
 from ..kme.client import EtsiClient
-from ..topology import builtin_topology_path
+from ..topology import LinkConfig, builtin_topology_path
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -58,6 +66,43 @@ class QciNetwork:
         """An ETSI 014 client presenting ``sae_id``'s certificate."""
         creds = self.saes[sae_id]
         return EtsiClient(self.ca, creds.cert, creds.key)
+
+    # -- failures, for failover and attack tests --------------------------
+    def kill(self, node: str) -> None:
+        """SIGKILLs ``node``'s process (no clean shutdown) and waits until it is gone."""
+        proc = self.cluster.processes[node]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def restart(self, node: str, timeout_s: float = 30.0) -> None:
+        """Starts ``node`` again on its ports and data directory and waits until it is healthy."""
+        proc = self.cluster.processes[node]
+        if proc.poll() is None:
+            self.kill(node)
+        self.cluster.start_node(node)
+        self.cluster.write_cluster_file()
+        self.cluster.wait_healthy(timeout_s)
+
+    def _link(self, link_id: str) -> LinkConfig:
+        for link in self.cluster.topology.links:
+            if link.link_id == link_id:
+                return link
+        raise KeyError(f"no link {link_id!r} (links: {', '.join(sorted(lk.link_id for lk in self.cluster.topology.links))})")
+
+    def _admin_address(self, node: str) -> str:
+        return f"127.0.0.1:{self.cluster.ports[node]}"
+
+    def set_eavesdropper(self, link_id: str, attack: str, fraction: float = 1.0) -> None:
+        """Puts an eavesdropper on ``link_id`` (``attack="none"`` removes it), as ``qcinode eve`` does."""
+        alice = self._link(link_id).alice
+        set_eavesdropper(self._admin_address(alice), alice, self.cluster.certs_dir, link_id, attack, fraction)
+
+    def set_fault(
+        self, link_id: str, kind: str, *, probability: float = 1.0, delay_ms: float = 0.0, channel: str = "all", end: str | None = None
+    ) -> None:
+        """Switches a classical-channel fault on ``link_id`` (``kind="none"`` removes it), at both ends or at ``end``, as ``qcinode fault`` does."""
+        for node in [end] if end else self._link(link_id).between:
+            set_fault(self._admin_address(node), node, self.cluster.certs_dir, link_id, kind, probability, delay_ms, channel)
 
 
 READY_KEYS = 16  # default-size keys every SAE pair must be able to get before the fixture yields

@@ -18,23 +18,7 @@ from qcinode.cluster.audit import audit_ledgers
 from qcinode.cluster.launcher import cluster_status
 from qcinode.testing import QciNetwork, start_network
 
-RING = """
-name: ring
-defaults:
-  postprocessing: {block_bits: 50000}
-emulation: {speed: max}
-nodes:
-  - {name: r1, saes: [app-a]}
-  - {name: r2}
-  - {name: r3, saes: [app-c]}
-  - {name: r4}
-links:
-  - {between: [r1, r2], length_km: 10}
-  - {between: [r2, r3], length_km: 10}
-  - {between: [r3, r4], length_km: 10}
-  - {between: [r4, r1], length_km: 10}
-"""
-
+from .test_network import RING
 
 @pytest.fixture
 def ring(tmp_path: Path) -> Iterator[QciNetwork]:
@@ -47,11 +31,14 @@ def ring(tmp_path: Path) -> Iterator[QciNetwork]:
         network.cluster.stop()
 
 
-def qcinode_fault(network: QciNetwork, *args: str) -> str:
+def qcinode_fault(network: QciNetwork, *args: str, ok: bool = True) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "qcinode", "fault", "--state-dir", str(network.state_dir), *args],
         capture_output=True, text=True, timeout=60, check=False,
     )
+    if not ok:
+        assert result.returncode != 0, result.stdout
+        return result.stderr
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -106,6 +93,13 @@ def _until(predicate, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyp
 
 
 def test_forged_lost_and_replayed_hops_and_a_partition(ring: QciNetwork) -> None:
+    # Bad requests name what is wrong and change nothing.
+    assert "--link: no link 'r1-r3'" in qcinode_fault(ring, "--link", "r1-r3", "--kind", "drop", ok=False)
+    assert "unknown fault 'explode'" in qcinode_fault(ring, "--link", "r1-r2", "--kind", "explode", ok=False)
+    assert "fault.probability" in qcinode_fault(ring, "--link", "r1-r2", "--kind", "drop", "--probability", "3", ok=False)
+    assert "--end: 'r3' is not an end of r1-r2" in qcinode_fault(ring, "--link", "r1-r2", "--kind", "drop", "--end", "r3", ok=False)
+    assert all(not link["fault"] for node in cluster_status(ring.state_dir)["nodes"].values() for link in node["links"])
+
     keys = Ledger(ring)
     first = keys.get()
     via = first[1]

@@ -47,3 +47,32 @@ async def test_users_application_gets_the_same_key_at_both_ends(qci_network) -> 
             assert r.status == 200
             received = (await r.json())["keys"]
     assert [k["key"] for k in received] == [k["key"] for k in sent]
+
+
+def test_users_failover_test_can_cut_kill_and_restore_the_network(qci_network) -> None:
+    """The fixture's failure helpers: a partitioned or dead trusted node means 503, and keys come back after."""
+    import time
+
+    alice = qci_network.sae("alice-app")
+    client = qci_network.client("alice-app")
+
+    def enc_status() -> int:
+        return int(client.enc_keys(alice.kme_url, "carol-app", number=1)[0])
+
+    def eventually(expected: int, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while enc_status() != expected:
+            assert time.monotonic() < deadline, f"enc_keys never answered {expected}"
+            time.sleep(0.3)
+
+    assert enc_status() == 200
+    qci_network.set_fault("hub-gamma", "partition")
+    eventually(503)
+    qci_network.set_fault("hub-gamma", "none")
+    eventually(200)
+    qci_network.kill("hub")
+    eventually(503)
+    qci_network.restart("hub")
+    eventually(200, timeout_s=60)
+    with pytest.raises(KeyError, match="no link 'alpha-gamma'"):
+        qci_network.set_eavesdropper("alpha-gamma", "intercept-resend")
