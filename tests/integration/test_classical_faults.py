@@ -159,7 +159,9 @@ async def test_random_faults_at_both_ends_never_fork_the_pools(tmp_path: Path, t
         # Run until both ends have tampered with messages. A block hit by one
         # is discarded (or, for a delay, merely slow); a slow peer still makes key.
         done = b_link.counters.blocks_done
-        await _until(lambda: alpha.faults.affected["alpha-beta"] >= 3 and beta.faults.affected["alpha-beta"] >= 3, timeout_s=60)
+        # (A dropped or held message stalls its session until the stage
+        # timeout, so one hit per end is enough to wait for.)
+        await _until(lambda: alpha.faults.affected["alpha-beta"] >= 1 and beta.faults.affected["alpha-beta"] >= 1, timeout_s=60)
         if fault.kind == "delay":
             await _until(lambda: b_link.counters.blocks_done >= done + 1, timeout_s=90)
         for node in (alpha, beta):
