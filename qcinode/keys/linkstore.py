@@ -5,8 +5,17 @@ Theory of operation:
       from :meth:`LinkKeyPool.to_state`, :meth:`AuthKeyReserve.to_state` and
       its counters. It holds secret key material (hex), so it never reaches
       the disk in the clear and never appears in an exception message.
-    * **Layout.** ``data_dir/links.sqlite3``, table
-      ``links(link_id TEXT PRIMARY KEY, nonce BLOB, ciphertext BLOB, updated_at REAL)``.
+    * **Blobs.** The parts of a state that never change once written — a
+      pool's key halves and closed-block summaries
+      (:meth:`LinkKeyPool.to_state` with ``inline=False``) — are stored apart,
+      one row per named blob, written once and deleted when the state no
+      longer names them, in the same transaction as the state. A save then
+      costs what the open blocks' ledgers cost, not what the pool holds
+      (measured, 12.5 kB blocks: 800 blocks 283 ms per save inline, 9.8 ms
+      with blobs; 100 blocks 35 ms and 1.6 ms).
+    * **Layout.** ``data_dir/links.sqlite3``, tables
+      ``links(link_id TEXT PRIMARY KEY, nonce BLOB, ciphertext BLOB, updated_at REAL)``
+      and ``link_blobs(link_id, name, nonce, ciphertext)``.
       ``PRAGMA user_version`` records the schema version.
     * **Encryption.** Each row is ``AES-256-GCM(zlib(json(state)))`` under the
       node's :class:`StorageKey`, with a fresh random 96-bit nonce per write
@@ -14,7 +23,8 @@ Theory of operation:
       node's lifetime would ever need, NIST SP 800-38D §8.3). The associated
       data binds the schema version, the node name and the link ID, so a row
       copied to another link, another node or another schema fails to
-      decrypt instead of loading the wrong link's ledger.
+      decrypt instead of loading the wrong link's ledger. A blob's associated
+      data adds its name, so a blob moved to another name fails too.
     * **Compression.** The JSON is compressed before encryption (ciphertext
       does not compress). Pools are mostly hex, which has no repeats for
       LZ77 to find but only 16 symbols, so Huffman-only deflate halves it at
@@ -50,7 +60,7 @@ import secrets
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +107,20 @@ CREATE TABLE IF NOT EXISTS links (
     updated_at REAL NOT NULL
 )
 """
+
+# Immutable named parts of a link's state (a pool's key halves, closed-block
+# summaries), written once each rather than with every save. Added without a
+# schema bump: CREATE IF NOT EXISTS brings an older file up.
+_BLOB_SCHEMA = """
+CREATE TABLE IF NOT EXISTS link_blobs (
+    link_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    PRIMARY KEY (link_id, name)
+)
+"""
+_BLOB_AAD_DOMAIN = b"qcinode/linkstore/blob\x00"
 
 
 class StorageKey:
@@ -201,7 +225,7 @@ class StorageKey:
 class LinkStore(SqliteStore):
     """Every link's state at one node, in ``data_dir/links.sqlite3``, encrypted."""
 
-    __slots__ = ("_key", "_clock")
+    __slots__ = ("_key", "_clock", "_blob_names")
 
     _KIND = "link store"
 
@@ -232,8 +256,9 @@ class LinkStore(SqliteStore):
         data_dir = Path(data_dir)
         super().__init__(data_dir, node_name, DATABASE_FILE)
         self._clock = clock
+        self._blob_names: dict[str, set[str]] = {}  # per link: the blobs on disk, once known
         key_existed = (data_dir / KEY_FILE).exists()
-        self._conn = open_database(self._path, (_SCHEMA,), SCHEMA_VERSION)
+        self._conn = open_database(self._path, (_SCHEMA, _BLOB_SCHEMA), SCHEMA_VERSION)
         try:
             if not key_existed:
                 rows = self._row_count()
@@ -247,15 +272,30 @@ class LinkStore(SqliteStore):
             self.close()
             raise
 
-    def save(self, link_id: str, state: dict[str, Any]) -> None:
+    def save(
+        self,
+        link_id: str,
+        state: dict[str, Any],
+        *,
+        blob_names: Collection[str] | None = None,
+        blob: Callable[[str], bytes] | None = None,
+    ) -> None:
         """Replace one link's state, atomically and durably (one transaction).
 
         When this returns the state is on disk; if it raises, the previous
         state of the link is unchanged.
 
+        With ``blob_names``, the link's blobs become exactly those names in
+        the same transaction: a name not on disk yet is written once, with
+        the bytes ``blob(name)`` gives, and a blob on disk whose name is not
+        listed is deleted. A blob's bytes never change under its name.
+
         Args:
             link_id: The link.
             state: A JSON-able dict (no NaN or infinities).
+            blob_names: The names of the link's immutable parts, or None to
+                leave its blobs as they are.
+            blob: The bytes of a named part (required with ``blob_names``).
 
         Raises:
             StorageFailure: If the state could not be written (full or
@@ -274,13 +314,53 @@ class LinkStore(SqliteStore):
             raise LocalProtocolError(f"state of link {link_id!r} is not JSON-able: {exc}") from None
         plaintext = _compress(document.encode("utf-8"))
         nonce, ciphertext = self._key.encrypt(plaintext, self._associated_data(link_id))
+        names = set(blob_names) if blob_names is not None else None
+        added: list[tuple[str, str, bytes, bytes]] = []
+        gone: list[tuple[str, str]] = []
+        if names is not None:
+            if blob is None:
+                raise LocalProtocolError("save: blob_names needs blob")
+            on_disk = self._stored_blob_names(link_id)
+            for name in sorted(names - on_disk):
+                require_name(name, "blob name")
+                added.append((link_id, name, *self._key.encrypt(blob(name), self._blob_associated_data(link_id, name))))
+            gone = [(link_id, name) for name in on_disk - names]
         with self._transaction(f"cannot save link {link_id!r} to {self._path}") as conn:
+            conn.executemany("INSERT INTO link_blobs (link_id, name, nonce, ciphertext) VALUES (?, ?, ?, ?)", added)
+            conn.executemany("DELETE FROM link_blobs WHERE link_id = ? AND name = ?", gone)
             conn.execute(
                 "INSERT INTO links (link_id, nonce, ciphertext, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (link_id) DO UPDATE SET nonce = excluded.nonce, "
                 "ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
                 (link_id, nonce, ciphertext, float(self._clock())),
             )
+        if names is not None:
+            self._blob_names[link_id] = names
+
+    def load_blobs(self, link_id: str) -> dict[str, bytes]:
+        """Every blob of one link, by name (see :meth:`save`); empty if none.
+
+        Raises:
+            KeyStoreError: If a blob fails authentication (altered, or moved
+                from another name, link or node), the database is corrupt, or
+                the store is closed.
+        """
+        require_name(link_id, "link_id")
+        with self._reading(f"cannot read the blobs of link {link_id!r} from {self._path}") as conn:
+            rows = conn.execute("SELECT name, nonce, ciphertext FROM link_blobs WHERE link_id = ?", (link_id,)).fetchall()
+        blobs: dict[str, bytes] = {}
+        for name, nonce, ciphertext in rows:
+            if not (isinstance(name, str) and isinstance(nonce, bytes) and len(nonce) == _NONCE_BYTES and isinstance(ciphertext, bytes)):
+                raise KeyStoreError(f"a blob row of link {link_id!r} in {self._path} is malformed")
+            try:
+                blobs[name] = self._key.decrypt(nonce, ciphertext, self._blob_associated_data(link_id, name))
+            except InvalidTag:
+                raise KeyStoreError(
+                    f"blob {name!r} of link {link_id!r} in {self._path} failed authentication: it was altered "
+                    f"or moved from another name, link or node, or {self._key.path} is not the storage key it was written with"
+                ) from None
+        self._blob_names[link_id] = set(blobs)
+        return blobs
 
     def load(self, link_id: str) -> dict[str, Any] | None:
         """One link's last saved state, or None if it was never saved.
@@ -334,6 +414,18 @@ class LinkStore(SqliteStore):
         with self._reading(f"cannot read {self._path}") as conn:
             count: int = conn.execute("SELECT count(*) FROM links").fetchone()[0]
         return count
+
+    def _stored_blob_names(self, link_id: str) -> set[str]:
+        known = self._blob_names.get(link_id)
+        if known is None:
+            with self._reading(f"cannot read the blobs of link {link_id!r} from {self._path}") as conn:
+                rows = conn.execute("SELECT name FROM link_blobs WHERE link_id = ?", (link_id,)).fetchall()
+            known = self._blob_names[link_id] = {str(name) for (name,) in rows}
+        return known
+
+    def _blob_associated_data(self, link_id: str, name: str) -> bytes:
+        encoded = name.encode("utf-8")
+        return b"".join((_BLOB_AAD_DOMAIN, self._associated_data(link_id), struct.pack(">I", len(encoded)), encoded))
 
     def _associated_data(self, link_id: str) -> bytes:
         # Length-prefixed, so ("ab", "c") and ("a", "bc") differ.

@@ -42,7 +42,11 @@ Theory of operation:
     * **Persistence.** :meth:`LinkKeyPool.to_state` is a JSON-able dict (key
       bytes as hex; it holds secrets). Open reservations are not persisted: a
       process that stops before committing never sent the bytes (see above),
-      so they come back as available.
+      so they come back as available. ``to_state(inline=False)`` leaves out
+      the parts that never change once written — each half's key bytes and
+      each closed block's summary — and names them; :meth:`blob_names` and
+      :meth:`blob` hand them to a store that writes each once, so a save
+      costs what the open blocks' ledgers cost, not what the pool holds.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import heapq
-from collections.abc import Collection, Iterator, Sequence
+import json
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +71,12 @@ from qcinode.errors import (
 
 __all__ = ["KeyRange", "LedgerEntry", "LinkKeyPool", "Reservation"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: halves and closed blocks may be stored apart (to_state(inline=False))
+_READABLE_STATE_VERSIONS = (1, 2)
+_EXTERNAL = "blob"  # a half's "data" kept by the store as a blob
+_DATA_BLOB = "data/"  # + block_id + "/" + role
+_CLOSED_BLOB = "closed/"  # + block_id
+_ROLE_VALUES = frozenset(role.value for role in Role)
 
 Interval = tuple[int, int]
 
@@ -433,8 +443,18 @@ class LinkKeyPool:
 
     # -- persistence -----------------------------------------------------
 
-    def to_state(self) -> dict[str, Any]:
-        """A JSON-able snapshot, ledger included (key bytes hex; holds secrets).
+    def to_state(self, *, inline: bool = True) -> dict[str, Any]:
+        """A JSON-able snapshot, ledger included.
+
+        With ``inline`` (the default) the snapshot holds everything, key
+        bytes as hex (it holds secrets). With ``inline=False`` it holds only
+        what changes as key is used — each open block's used ranges — and
+        names the immutable parts instead: each half's key bytes
+        (``"data": {"alice": "blob", ...}``) and each closed block's summary
+        (``"closed": [block_id, ...]``), which :meth:`blob_names` and
+        :meth:`blob` provide, so a store writes them once (see
+        :class:`~qcinode.keys.linkstore.LinkStore`). Its size then grows with
+        the open blocks' ledgers, not with the key they hold.
 
         Open reservations are not included: restored, their bytes are available.
         """
@@ -446,7 +466,7 @@ class LinkKeyPool:
                     "size": block.size,
                     "digest": block.digest.hex(),
                     "data": {
-                        role.value: (None if (d := block.data[role]) is None else d.hex())
+                        role.value: (None if (d := block.data[role]) is None else d.hex() if inline else _EXTERNAL)
                         for role in Role
                     },
                     "used": {
@@ -454,16 +474,9 @@ class LinkKeyPool:
                     },
                 }
             )
-        closed = [
-            {
-                "block_id": block_id,
-                "size": c.size,
-                "digest": c.digest.hex(),
-                "discarded": c.discarded,
-                "used": [[s, e, role.value] for s, e, role in c.used],
-            }
-            for block_id, c in self._closed.items()
-        ]
+        closed: list[Any] = (
+            [_closed_to_state(block_id, c) for block_id, c in self._closed.items()] if inline else list(self._closed)
+        )
         return {
             "version": _STATE_VERSION,
             "link_id": self._link_id,
@@ -472,23 +485,53 @@ class LinkKeyPool:
             "closed": closed,
         }
 
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> LinkKeyPool:
-        """Rebuild a pool from :meth:`to_state` output.
+    def blob_names(self) -> set[str]:
+        """The names of the immutable parts :meth:`to_state` (``inline=False``) leaves out."""
+        names = {
+            f"{_DATA_BLOB}{block.block_id}/{role.value}"
+            for block in self._blocks.values()
+            for role in Role
+            if block.data[role] is not None
+        }
+        names.update(f"{_CLOSED_BLOB}{block_id}" for block_id in self._closed)
+        return names
+
+    def blob(self, name: str) -> bytes:
+        """One immutable part, by a name from :meth:`blob_names` (key bytes: secret).
 
         Raises:
-            KeyStoreError: If the state is malformed or inconsistent.
+            KeyNotFound: No such part (any more).
+        """
+        if name.startswith(_CLOSED_BLOB):
+            block_id = name[len(_CLOSED_BLOB) :]
+            closed = self._closed.get(block_id)
+            if closed is not None:
+                return json.dumps(_closed_to_state(block_id, closed), separators=(",", ":")).encode()
+        elif name.startswith(_DATA_BLOB):
+            block_id, _, role = name[len(_DATA_BLOB) :].rpartition("/")
+            block = self._blocks.get(block_id)
+            if block is not None and role in _ROLE_VALUES and (data := block.data[Role(role)]) is not None:
+                return data
+        raise KeyNotFound(f"no stored part {name!r} in the pool of link {self._link_id!r}")
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], blobs: Mapping[str, bytes] | None = None) -> LinkKeyPool:
+        """Rebuild a pool from :meth:`to_state` output (and, if it was not inline, its blobs).
+
+        Raises:
+            KeyStoreError: If the state is malformed or inconsistent, or names
+                a blob that ``blobs`` lacks.
         """
         try:
-            return cls._from_state(state)
+            return cls._from_state(state, blobs or {})
         except KeyStoreError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise KeyStoreError(f"malformed key pool state: {exc!r}") from None
 
     @classmethod
-    def _from_state(cls, state: dict[str, Any]) -> LinkKeyPool:
-        if state["version"] != _STATE_VERSION:
+    def _from_state(cls, state: dict[str, Any], blobs: Mapping[str, bytes]) -> LinkKeyPool:
+        if state["version"] not in _READABLE_STATE_VERSIONS:
             raise KeyStoreError(f"unsupported key pool state version {state['version']!r}")
         pool = cls(str(state["link_id"]), Role(state["role"]))
         for item in state["blocks"]:
@@ -511,7 +554,7 @@ class LinkKeyPool:
                         raise KeyStoreError(f"block {block_id}: bytes missing for a half in use")
                     block.data[role] = None
                 else:
-                    data = bytes.fromhex(raw)
+                    data = _blob(blobs, f"{_DATA_BLOB}{block_id}/{role.value}") if raw == _EXTERNAL else bytes.fromhex(raw)
                     if len(data) != hi - lo:
                         raise KeyStoreError(f"block {block_id}: half has the wrong length")
                     block.data[role] = data
@@ -523,7 +566,8 @@ class LinkKeyPool:
             if block_id in pool._blocks:
                 raise KeyStoreError(f"duplicate block {block_id!r} in state")
             pool._blocks[block_id] = block
-        for item in state["closed"]:
+        for entry in state["closed"]:
+            item = json.loads(_blob(blobs, f"{_CLOSED_BLOB}{entry}")) if isinstance(entry, str) else entry
             block_id = str(item["block_id"])
             if block_id in pool._blocks or block_id in pool._closed:
                 raise KeyStoreError(f"duplicate block {block_id!r} in state")
@@ -698,3 +742,20 @@ def _intervals_from_state(raw: Any, lo: int, hi: int) -> list[Interval]:
             raise KeyStoreError(f"ledger ranges overlap at [{start}, {end})")
         _add(intervals, start, end)
     return intervals
+
+
+def _closed_to_state(block_id: str, closed: _ClosedBlock) -> dict[str, Any]:
+    return {
+        "block_id": block_id,
+        "size": closed.size,
+        "digest": closed.digest.hex(),
+        "discarded": closed.discarded,
+        "used": [[s, e, role.value] for s, e, role in closed.used],
+    }
+
+
+def _blob(blobs: Mapping[str, bytes], name: str) -> bytes:
+    data = blobs.get(name)
+    if data is None:
+        raise KeyStoreError(f"key pool state names stored part {name!r}, which is missing")
+    return data

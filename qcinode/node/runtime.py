@@ -117,10 +117,10 @@ class LinkRuntime:
         if store is not None:
             saved = store.load(self.link_id)
             if saved is not None:
-                self._restore(saved)
+                self._restore(saved, store.load_blobs(self.link_id))
 
-    def _restore(self, saved: dict[str, Any]) -> None:
-        self.pool = LinkKeyPool.from_state(saved["pool"])
+    def _restore(self, saved: dict[str, Any], blobs: dict[str, bytes]) -> None:
+        self.pool = LinkKeyPool.from_state(saved["pool"], blobs)
         self.auth = AuthKeyReserve.from_state(saved["auth"])
         self.next_block_seq = int(saved["next_block_seq"])
         self.next_frame_id = int(saved["next_frame_id"])
@@ -170,12 +170,15 @@ class LinkRuntime:
             self.store.save(
                 self.link_id,
                 {
-                    "pool": self.pool.to_state(),
+                    "pool": self.pool.to_state(inline=False),
                     "auth": self.auth.to_state(),
                     "next_block_seq": self.next_block_seq,
                     "next_frame_id": self.next_frame_id,
                     "counters": counters,
                 },
+                # The pool's key halves and closed blocks never change: each is written once.
+                blob_names=self.pool.blob_names(),
+                blob=self.pool.blob,
             )
         except StorageFailure as exc:
             self.storage_failure = exc.reason

@@ -504,11 +504,11 @@ def test_failed_save_of_a_relay_pad_wastes_it_and_never_reuses_it(tmp_path: Path
     assert rt.pool.available_bytes == available - 1000
     assert rt.state == "storage_failed" and rt.storage_failure == "attempt to write a readonly database"
     assert rt.try_persist() is False
-    assert LinkKeyPool.from_state(store.load(rt.link_id)["pool"]).audit() == ledger  # the disk holds the last saved state
+    assert LinkKeyPool.from_state(store.load(rt.link_id)["pool"], store.load_blobs(rt.link_id)).audit() == ledger  # the disk holds the last saved state
     _set_read_only(store, False)
     pad = rt.commit_and_persist(rt.pool.reserve(1000))
     assert len(pad) == 1000 and rt.state == "up" and rt.storage_failure is None
-    saved = LinkKeyPool.from_state(store.load(rt.link_id)["pool"])
+    saved = LinkKeyPool.from_state(store.load(rt.link_id)["pool"], store.load_blobs(rt.link_id))
     assert saved.audit() == rt.pool.audit() != ledger
     assert saved.available_bytes == available - 2000
 
@@ -526,4 +526,76 @@ def test_failed_save_keeps_the_disk_at_the_last_saved_state(tmp_path: Path) -> N
     _set_read_only(store, False)
     rt.persist()
     assert rt.status()["state"] == "up"
-    assert f"{rt.link_id}/2" in LinkKeyPool.from_state(store.load(rt.link_id)["pool"]).block_ids
+    assert f"{rt.link_id}/2" in LinkKeyPool.from_state(store.load(rt.link_id)["pool"], store.load_blobs(rt.link_id)).block_ids
+
+
+# -- blobs: the immutable parts, written once ---------------------------------
+
+
+def test_blobs_are_written_once_deleted_when_unnamed_and_round_trip(tmp_path: Path) -> None:
+    pool, reserve, _, block0 = _realistic()
+    asked: list[str] = []
+
+    def blob(name: str) -> bytes:
+        asked.append(name)
+        return pool.blob(name)
+
+    def save() -> None:
+        state = {"pool": pool.to_state(inline=False), "auth": reserve.to_state(), "next_block_seq": 7, "next_frame_id": 3}
+        store.save(LINK, state, blob_names=pool.blob_names(), blob=blob)
+
+    with LinkStore(tmp_path, "alpha") as store:
+        save()
+        first = sorted(asked)
+        assert first == sorted(pool.blob_names()) and "data/alpha-beta/0/alice" in first
+        asked.clear()
+        pool.commit(pool.reserve(10))
+        save()
+        assert asked == [], "an unchanged blob was written again"
+        # Using up our halves drops their bytes: those blobs go; blocks 1 and 2,
+        # whose other halves the peer used up, close, and their summaries come.
+        pool.commit(pool.reserve(pool.available_bytes))
+        save()
+        assert sorted(asked) == [f"closed/{LINK}/1", f"closed/{LINK}/2"]
+    assert block0.hex() not in _raw_files(tmp_path).hex(), "key bytes reached the disk in the clear"
+
+    with LinkStore(tmp_path, "alpha") as reopened:
+        blobs = reopened.load_blobs(LINK)
+        loaded = reopened.load(LINK)
+    assert set(blobs) == pool.blob_names()
+    assert loaded is not None
+    restored = LinkKeyPool.from_state(loaded["pool"], blobs)
+    assert restored.audit() == pool.audit() and restored.block_ids == pool.block_ids
+    assert restored.available_bytes == pool.available_bytes == 0
+    # The peer's half of block 0 is still there, byte for byte.
+    peer_range = [KeyRange(f"{LINK}/0", 2348, 100)]
+    assert restored.consume_ranges(peer_range, Role.BOB) == pool.consume_ranges(peer_range, Role.BOB) == block0[2348:2448]
+
+
+def test_a_failed_save_leaves_blobs_as_they_were(tmp_path: Path) -> None:
+    pool, reserve, _, _ = _realistic()
+    with LinkStore(tmp_path, "alpha") as store:
+        store.save(LINK, {"pool": pool.to_state(inline=False)}, blob_names=pool.blob_names(), blob=pool.blob)
+        before = store.load_blobs(LINK)
+        pool.commit(pool.reserve(pool.available_bytes))  # blobs go, others come
+        _set_read_only(store, True)
+        with pytest.raises(StorageFailure):
+            store.save(LINK, {"pool": pool.to_state(inline=False)}, blob_names=pool.blob_names(), blob=pool.blob)
+        _set_read_only(store, False)
+        assert store.load_blobs(LINK) == before
+        # The next save still writes what the failed one could not.
+        store.save(LINK, {"pool": pool.to_state(inline=False)}, blob_names=pool.blob_names(), blob=pool.blob)
+        assert set(store.load_blobs(LINK)) == pool.blob_names() != set(before)
+
+
+def test_a_blob_moved_to_another_name_or_link_fails_authentication(tmp_path: Path) -> None:
+    pool, _, _, _ = _realistic()
+    with LinkStore(tmp_path, "alpha") as store:
+        store.save(LINK, {"pool": pool.to_state(inline=False)}, blob_names=pool.blob_names(), blob=pool.blob)
+    with contextlib.closing(sqlite3.connect(tmp_path / DATABASE_FILE)) as conn, conn:
+        conn.execute("UPDATE link_blobs SET name = 'data/alpha-beta/9/alice' WHERE name = 'data/alpha-beta/0/alice'")
+    with LinkStore(tmp_path, "alpha") as store, pytest.raises(KeyStoreError, match="failed authentication"):
+        store.load_blobs(LINK)
+    with pytest.raises(LocalProtocolError, match="needs blob"):
+        with LinkStore(tmp_path, "alpha") as store:
+            store.save(LINK, {}, blob_names=["x"])

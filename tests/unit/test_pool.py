@@ -290,8 +290,9 @@ def test_from_state_rejects_corrupt_state() -> None:
         return state
 
     cases = [
-        broken(lambda s: s.update(version=2)),
+        broken(lambda s: s.update(version=3)),
         broken(lambda s: s.update(role="carol")),
+        broken(lambda s: s["blocks"][0]["data"].update(alice="blob")),  # stored apart, but no blobs given
         broken(lambda s: s["blocks"][0]["used"]["alice"].append([3, 8])),  # overlap
         broken(lambda s: s["blocks"][0]["used"]["alice"].append([18, 25])),  # wrong half
         broken(lambda s: s["blocks"][0]["data"].update(alice="00")),  # wrong length
@@ -437,3 +438,34 @@ def test_peek_checks_like_consume_but_uses_nothing() -> None:
     assert bob.used_bytes == 16
     with pytest.raises(KeyAlreadyUsed):
         bob.peek_ranges(reservation.ranges, Role.ALICE)
+
+
+def test_state_without_key_bytes_round_trips_with_its_blobs() -> None:
+    """``to_state(inline=False)`` names the immutable parts; a store keeps them
+    once and the pool comes back the same, retired blocks included."""
+    alice, bob = _pair(("b1", bytes(range(40))), ("b2", bytes(range(100, 164))), ("b3", bytes(64)))
+    for _ in range(7):  # Alice's half of b1 and a byte of b2
+        reservation = alice.reserve(3)
+        alice.commit(reservation)
+        bob.consume_ranges(reservation.ranges, initiator=Role.ALICE)
+    reservation = bob.reserve(20)  # Bob's half of b1: b1 is used up and retired
+    bob.commit(reservation)
+    alice.consume_ranges(reservation.ranges, initiator=Role.BOB)
+    alice.retain_only(["b1", "b2"])  # b3 discarded at resync: closed, its bytes gone
+    state = json.loads(json.dumps(alice.to_state(inline=False)))
+    assert "b1" in state["closed"] and "b3" in state["closed"]
+    assert all(v in (None, "blob") for block in state["blocks"] for v in block["data"].values())
+    names = alice.blob_names()
+    assert names == {"data/b2/alice", "data/b2/bob", "closed/b1", "closed/b3"}
+    blobs = {name: alice.blob(name) for name in names}
+    assert blobs["data/b2/alice"] == bytes(range(100, 132))
+    assert _snapshot(LinkKeyPool.from_state(state, blobs)) == _snapshot(alice) == _snapshot(_roundtrip(alice))
+    # Version 1 states (everything inline) still load.
+    legacy = json.loads(json.dumps(alice.to_state()))
+    legacy["version"] = 1
+    assert _snapshot(LinkKeyPool.from_state(legacy)) == _snapshot(alice)
+    # A named part that is missing is an error naming it, never a silent hole.
+    with pytest.raises(KeyStoreError, match="closed/b3"):
+        LinkKeyPool.from_state(state, {k: v for k, v in blobs.items() if k != "closed/b3"})
+    with pytest.raises(KeyNotFound):
+        alice.blob("data/b3/alice")
