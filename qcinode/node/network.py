@@ -69,6 +69,7 @@ log = structlog.get_logger(__name__)
 ADVERT_INTERVAL_S = 1.0
 ADVERT_TIMEOUT_S = 2.0
 HOP_TIMEOUT_S = 5.0
+RELAY_CONCURRENCY = 8  # keys of one request relayed at the same time
 PATH_ATTEMPTS = 3
 
 
@@ -363,14 +364,32 @@ class NetworkService(pb_grpc.NetworkServicer):
                     f"the network cannot carry {request.number} key(s) of {request.size_bits} bits to {slave} now"
                     + self._storage_note()
                 )
-        keys = []
-        for _ in range(request.number):
-            key = DeliveredKey(str(uuid.uuid4()), self.random_bytes(request.size_bits // 8))
-            paths: list[tuple[str, ...]] = []
-            for destination in destinations:
-                paths += await self._deliver_one(key, request, destination)
-            keys.append(dataclasses.replace(key, paths=tuple(paths)))
-        return keys
+        # The keys of one request travel concurrently (up to RELAY_CONCURRENCY
+        # at a time): each hop's pad is reserved, committed and saved without
+        # an await in between, so concurrent relays never share a byte.
+        # Once one key fails, keys not yet started are not sent: the answer is
+        # all or nothing (ETSI 014), so they would only spend pads.
+        slots = asyncio.Semaphore(RELAY_CONCURRENCY)
+        failures: list[BaseException] = []
+
+        async def carry(key: DeliveredKey) -> DeliveredKey | None:
+            async with slots:
+                if failures:
+                    return None
+                paths: list[tuple[str, ...]] = []
+                try:
+                    for destination in destinations:
+                        paths += await self._deliver_one(key, request, destination)
+                except BaseException as exc:
+                    failures.append(exc)
+                    raise
+                return dataclasses.replace(key, paths=tuple(paths))
+
+        keys = [DeliveredKey(str(uuid.uuid4()), self.random_bytes(request.size_bits // 8)) for _ in range(request.number)]
+        results = await asyncio.gather(*(carry(key) for key in keys), return_exceptions=True)
+        if failures:
+            raise failures[0]  # the first failure says why
+        return [r for r in results if isinstance(r, DeliveredKey)]
 
     async def _deliver_one(self, key: DeliveredKey, request: EncRequest, destination: str) -> list[tuple[str, ...]]:
         """Carries ``key`` to ``destination`` and stores it there; returns the paths used."""
