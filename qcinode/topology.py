@@ -845,12 +845,18 @@ class RelayConfig(_Section):
             the key is split into that many XOR shares sent over node-disjoint
             paths, so no single trusted node learns it; a key is refused (503)
             when the network has fewer disjoint paths with key on every hop.
+        key_ttl_s: How long a key stored for a slave SAE waits to be redeemed
+            before its node deletes it (seconds). It bounds what keys nobody
+            can redeem cost: those of a request that failed part-way, whose
+            IDs the master never got.
     """
 
     paths: int = 1
+    key_ttl_s: float = 86_400.0
 
     def __post_init__(self) -> None:
         _integer(self, "paths", 1, 4)
+        _real(self, "key_ttl_s", _Range(1.0, 365 * 86_400.0))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

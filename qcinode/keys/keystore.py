@@ -52,7 +52,9 @@ Theory of operation:
       key bytes.
     * **Bounded growth.** ``put(..., max_waiting=n)`` refuses a key when one
       of its slaves already has ``n`` keys waiting from that master, so a
-      master whose slaves never redeem cannot fill the slaves' node's disk.
+      master whose slaves never redeem cannot fill the slaves' node's disk;
+      :meth:`SaeKeyStore.expire` deletes keys older than the topology's
+      ``relay.key_ttl_s``, so keys nobody can redeem do not stay forever.
     * **Threads.** One connection guarded by a lock: callers may use
       ``asyncio.to_thread``. Separate processes on the same file are
       serialised by SQLite's write lock (``BEGIN IMMEDIATE``).
@@ -263,6 +265,21 @@ class SaeKeyStore(SqliteStore):
         with self._transaction(f"cannot redeem {len(ids)} key(s) from {self._path}") as conn:
             result = self._take_locked(conn, requester_sae, master_sae, ids)
         return result
+
+    def expire(self, older_than: float) -> int:
+        """Deletes every key stored before ``older_than`` (a ``clock`` time); returns how many.
+
+        Keys no slave redeemed in time, among them keys whose IDs no master
+        ever got (a request that failed after some of its keys arrived),
+        go; their pending rows go with them. One transaction.
+
+        Raises:
+            StorageFailure: The deletion could not be written (nothing was deleted).
+            KeyStoreError: The store is closed.
+        """
+        with self._transaction(f"cannot expire keys in {self._path}") as conn:
+            cursor = conn.execute("DELETE FROM sae_keys WHERE created_at < ?", (float(older_than),))
+            return int(cursor.rowcount)
 
     def count(self, master_sae: str, slave_sae: str) -> int:
         """How many keys from ``master_sae`` wait here for ``slave_sae``.

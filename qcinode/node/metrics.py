@@ -79,6 +79,11 @@ class _NodeCollector(Collector):
         for reason, count in (net.get("relay_failures_by_reason") or {}).items():
             failures.add_metric([reason], float(count))
         yield failures
+        expired = CounterMetricFamily(
+            "qcinode_kme_keys_expired", "Keys deleted unredeemed after relay.key_ttl_s (their slave never asked, or their IDs never reached a master)"
+        )
+        expired.add_metric([], float(net.get("keys_expired", 0)))
+        yield expired
         nodes = GaugeMetricFamily("qcinode_routing_known_nodes", "Nodes in the link-state database (this one included)")
         nodes.add_metric([], float(len((net.get("routing") or {}).get("origins", {})) + 1))
         yield nodes

@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..cluster.certs import CertBundle, CertPlan, read_bytes
 from ..core.randomness import CsprngGenerator
-from ..errors import ConfigError
+from ..errors import ConfigError, KeyStoreError
 from ..keys.linkstore import LinkStore
 from ..topology import EavesdropperConfig, Topology
 from ..keys.keystore import SaeKeyStore, StorageFailure
@@ -52,6 +52,7 @@ ADMIN_COMMON_NAME = "qcinode-admin"
 # would not give the disk space back.
 KME_HEALTH_SERVICE = "qcinode.etsi014"
 STORAGE_CHECK_INTERVAL_S = 1.0
+KEY_EXPIRY_CHECK_MAX_S = 60.0
 
 
 def _log_storage_health(path: Path, failure: StorageFailure | None) -> None:
@@ -213,6 +214,7 @@ class Node:
             faults=self.faults,
         )
         self.kme_requests: Counter[str] = Counter()
+        self.keys_expired = 0
         self.kme_runner: Any = None
         self.kme_port: int | None = None
         self.metrics = NodeMetrics(self.status)
@@ -338,6 +340,22 @@ class Node:
         self.kme_runner, self.kme_port = await start_kme_server(app, host.strip("[]") or "0.0.0.0", int(port), context)
         self.log.info("kme.started", port=self.kme_port)
         self._tasks.append(asyncio.create_task(self._guard(self._watch_storage(), "storage")))
+        self._tasks.append(asyncio.create_task(self._guard(self._expire_keys(), "kme")))
+
+    async def _expire_keys(self) -> None:
+        """Deletes keys that waited longer than ``relay.key_ttl_s`` for their slave, checking every ``ttl / 10`` (at most a minute)."""
+        assert self.keystore is not None
+        ttl = self.settings.topology.relay.key_ttl_s
+        while True:
+            await asyncio.sleep(min(KEY_EXPIRY_CHECK_MAX_S, ttl / 10))
+            try:
+                expired = await asyncio.to_thread(self.keystore.expire, time.time() - ttl)
+            except KeyStoreError as exc:  # a full disk: tried again next time (and reported by the store)
+                self.log.warning("kme.expiry_failed", details=str(exc))
+                continue
+            if expired:
+                self.keys_expired += expired
+                self.log.info("kme.keys_expired", count=expired, ttl_s=ttl)
 
     async def _watch_storage(self) -> None:
         """Keeps the KME's health (``KME_HEALTH_SERVICE``) NOT_SERVING while a store of the data directory fails.
@@ -398,6 +416,7 @@ class Node:
                 "kme_port": self.kme_port,
                 "metrics_port": self.metrics_port,
                 "etsi014_requests": dict(self.kme_requests),
+                "keys_expired": self.keys_expired,
             },
         }
 

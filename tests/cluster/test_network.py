@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import time
@@ -249,3 +250,30 @@ links:
         assert status == 503 and body["message"]
         assert first_hop_pool() >= before, "a refused request must not spend the first hop's key"
         assert cluster_status(state)["nodes"]["d1"]["network"]["relay_hops_sent"] == 0
+
+
+def test_keys_nobody_redeems_expire_after_the_ttl(tmp_path: Path) -> None:
+    text = "name: ttl\n" + LINK_DEFAULTS + """
+relay: {key_ttl_s: 2}
+nodes:
+  - {name: a, saes: [app-a]}
+  - {name: b, saes: [app-b]}
+links:
+  - {between: [a, b], length_km: 10}
+"""
+    from qcinode.cluster.launcher import cluster_status
+
+    for network in _network(tmp_path, text):
+        m, s = network.sae("app-a"), network.sae("app-b")
+        status, enc = network.client("app-a").enc_keys(m.kme_url, "app-b", number=2)
+        assert status == 200
+        kept, left = enc["keys"]
+        # Redeemed in time: fine.
+        status, dec = network.client("app-b").dec_keys(s.kme_url, "app-a", [kept["key_ID"]])
+        assert status == 200 and dec["keys"][0]["key"] == kept["key"]
+        deadline = time.monotonic() + 15
+        while cluster_status(network.state_dir)["nodes"]["b"]["network"].get("keys_expired", 0) < 1:
+            assert time.monotonic() < deadline, "the unredeemed key never expired"
+            time.sleep(0.3)
+        status, body = network.client("app-b").dec_keys(s.kme_url, "app-a", [left["key_ID"]])
+        assert status == 400 and left["key_ID"] in json.dumps(body)

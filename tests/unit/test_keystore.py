@@ -368,3 +368,24 @@ def test_killed_writer_keeps_every_key_it_reported(tmp_path: Path) -> None:
         taken = store.take("s", "m", reported)
         assert [key for _, key in taken] == [i.to_bytes(4, "big") * 8 for i in range(len(reported))]
         store.put(_kid(), "m", ["s"], b"still writable")
+
+
+def test_expire_deletes_only_keys_stored_before_the_cut_with_their_pending_rows(tmp_path: Path) -> None:
+    now = [1000.0]
+    with SaeKeyStore(tmp_path, NODE, StorageKey.load_or_create(tmp_path), clock=lambda: now[0]) as store:
+        old, multi, fresh = _kid(), _kid(), _kid()
+        store.put(old, "m", ["s"], _key(1))
+        store.put(multi, "m", ["s", "t"], _key(2))
+        store.take("s", "m", [multi])  # t still waits for it
+        now[0] = 2000.0
+        store.put(fresh, "m", ["s"], _key(3))
+        assert store.expire(older_than=1500.0) == 2
+        assert store.total() == 1 and store.count("m", "s") == 1 and store.count("m", "t") == 0
+        with pytest.raises(KeyNotFound, match=old):
+            store.take("s", "m", [old])
+        with pytest.raises(KeyNotFound, match=multi):
+            store.take("t", "m", [multi])
+        assert store.expire(older_than=1500.0) == 0
+        assert store.take("s", "m", [fresh]) == [(fresh, _key(3))]
+    keys, pending = _snapshot(tmp_path)
+    assert keys == [] and pending == []

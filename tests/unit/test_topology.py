@@ -611,3 +611,19 @@ links:
             parse_topology(text.replace("{kind: delay, delay_ms: 25, channel: postprocessing}", fault))
     with pytest.raises(ConfigError, match=re.escape("defaults.fault: unknown field; it is set per link")):
         parse_topology(text + "defaults: {fault: {kind: drop}}\n")
+
+
+def test_relay_key_ttl_default_validation_and_round_trip() -> None:
+    from qcinode.topology import parse_topology, topology_to_mapping
+
+    text = """
+name: r
+nodes: [{name: a}, {name: b}]
+links: [{between: [a, b], length_km: 10}]
+"""
+    assert parse_topology(text).relay.key_ttl_s == 86_400.0
+    topology = parse_topology(text + "relay: {key_ttl_s: 30}\n")
+    assert topology.relay.key_ttl_s == 30.0
+    assert parse_topology(yaml.safe_dump(topology_to_mapping(topology))) == topology
+    with pytest.raises(ConfigError, match=re.escape("relay.key_ttl_s")):
+        parse_topology(text + "relay: {key_ttl_s: 0.5}\n")
