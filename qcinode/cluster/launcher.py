@@ -219,6 +219,7 @@ def cluster_status(state_dir: Path, digests: bool = False, ledger: bool = False)
         main.pop("peer", None)
         main.pop("blocks", None)
         main.pop("ledger", None)
+        main["attacks"] = _attacks(views)
         main["alice_pool_bits"] = views.get("alice", {}).get("pool_bits")
         main["bob_pool_bits"] = views.get("bob", {}).get("pool_bits")
         if "alice" not in views or "bob" not in views:
@@ -227,9 +228,25 @@ def cluster_status(state_dir: Path, digests: bool = False, ledger: bool = False)
     return {"topology": cluster["topology"], "nodes": nodes, "links": merged}
 
 
+def _attacks(views: dict[str, Any]) -> str:
+    """What is switched on against a link: its eavesdropper and each end's classical fault ("" if nothing)."""
+    parts = []
+    eve = (views.get("alice") or {}).get("eavesdropper", "")
+    if eve and not eve.startswith("none"):
+        parts.append(f"eve {eve}")
+    for role in ("alice", "bob"):
+        view = views.get(role) or {}
+        if view.get("fault"):
+            parts.append(f"{view['fault']} at {role}")
+    return "; ".join(parts)
+
+
 def render_table(status: dict[str, Any]) -> str:
     """The live status table: one row per link."""
-    header = f"{'link':<26}{'state':<12}{'QBER':>8}{'SKR bit/s':>13}{'pool bits':>12}{'blocks':>8}{'aborted':>9}{'f_EC':>7}{'emul. s':>9}"
+    header = (
+        f"{'link':<26}{'state':<12}{'QBER':>8}{'SKR bit/s':>13}{'pool bits':>12}{'blocks':>8}{'aborted':>9}{'f_EC':>7}{'emul. s':>9}"
+        "  attacks"
+    )
     rows = [f"topology {status['topology']}", header, "-" * len(header)]
     for link_id, link in sorted(status["links"].items()):
         rows.append(
@@ -237,6 +254,7 @@ def render_table(status: dict[str, Any]) -> str:
             f"{float(link.get('secret_key_rate_bps', 0)):>13.4g}{int(link.get('pool_bits', 0)):>12}"
             f"{int(link.get('blocks_done', 0)):>8}{int(link.get('blocks_aborted', 0)):>9}"
             f"{float(link.get('ec_efficiency', 0)):>7.3f}{float(link.get('emulated_s', 0)):>9.1f}"
+            f"  {link.get('attacks') or '-'}"
         )
     node_header = f"{'node':<14}{'relays ok':>10}{'failed':>8}{'forwarded':>10}  ETSI 014 requests (endpoint status: count)"
     rows += ["", node_header, "-" * len(node_header)]

@@ -175,6 +175,11 @@ def test_eve_switched_on_at_runtime_raises_the_qber_and_stops_key(two_node_topol
         return cluster_status(state_dir)["links"]["alpha-beta"]
 
     assert link()["eavesdropper"] == "intercept-resend 1"
+    # The operator sees it in the status table too, with a fault switched on at one end.
+    assert qcinode("fault", "--state-dir", str(state_dir), "--link", "alpha-beta", "--kind", "delay", "--delay-ms", "1", "--end", "beta").returncode == 0
+    table = qcinode("status", "--state-dir", str(state_dir)).stdout
+    assert "eve intercept-resend 1; delay p=1 1ms at bob" in table, table
+    assert qcinode("fault", "--state-dir", str(state_dir), "--link", "alpha-beta", "--off").returncode == 0
     start = link()
     deadline = time.monotonic() + 60
     while link()["blocks_aborted"] < start["blocks_aborted"] + 2 and time.monotonic() < deadline:
