@@ -20,9 +20,11 @@ for ``--minutes``:
 * **Attacks.** Every ``--attack-every`` seconds the attacks toggle: on, one
   link (in turn) gets an eavesdropper (intercept-resend on every pulse and
   photon-number splitting, alternately; the decoy estimate exposes either and
-  the link makes no key) and another link a classical fault on its relay hops
-  (flip, drop or replay on 30 % of them, in turn, at both ends); off, both are
-  removed. A restarted node forgets runtime attacks, as a real one would.
+  the link makes no key) and another link a classical fault at both ends, in
+  turn (``FAULTS``): flip, drop or replay of 30 % of its relay hops, a
+  partition, or flip, drop or reorder of 1 % of its post-processing messages;
+  off, both are removed. A restarted node forgets runtime attacks, as a real
+  one would.
 
 At the end every attack is switched off, every node is running, the keys not
 yet redeemed are redeemed (for up to ``--settle-s`` seconds), and these are
@@ -69,6 +71,19 @@ from qcinode.cluster.audit import audit_ledgers
 from qcinode.cluster.launcher import cluster_status
 from qcinode.testing import QciNetwork, start_network
 from qcinode.topology import builtin_topology_path, load_topology
+
+
+# The classical faults the soak switches on, in turn: (kind, channel, probability).
+FAULTS: list[tuple[str, str, float]] = [
+    ("flip", "relay", 0.3),
+    ("drop", "relay", 0.3),
+    ("replay", "relay", 0.3),
+    ("partition", "all", 1.0),
+    ("flip", "postprocessing", 0.01),
+    ("drop", "postprocessing", 0.01),
+    ("reorder", "postprocessing", 0.01),
+]
+NO_FAULT = ("none", "all", 1.0)
 
 
 @dataclasses.dataclass
@@ -190,18 +205,19 @@ class Soak:
         with contextlib.suppress(Exception):  # the node may be down: it then has no attack anyway
             set_eavesdropper(address, alice, certs, link_id, attack, 1.0)
 
-    def _fault(self, link_id: str, kind: str) -> None:
+    def _fault(self, link_id: str, fault: tuple[str, str, float]) -> None:
+        kind, channel, probability = fault
         link = next(lk for lk in self.topology.links if lk.link_id == link_id)
         for end in link.between:
             address, certs = self._admin(end)
             with contextlib.suppress(Exception):
-                set_fault(address, end, certs, link_id, kind, 0.3, 0.0, "relay")
+                set_fault(address, end, certs, link_id, kind, probability, 0.0, channel)
 
     def chaos(self) -> None:
         nodes = [n.name for n in self.topology.nodes]
         links = [lk.link_id for lk in self.topology.links]
         attacks = ["intercept-resend", "photon-number-splitting"]
-        faults = ["flip", "drop", "replay"]
+        faults = FAULTS
         next_kill = self.started + self.args.kill_every
         next_attack = self.started + self.args.attack_every
         kills = toggles = 0
@@ -215,24 +231,26 @@ class Soak:
                 next_kill = now + self.args.kill_every
             if self.args.attack_every and now >= next_attack:
                 if attacked is None:
-                    eve_link = links[toggles % len(links)]
-                    fault_link = links[(toggles + 1) % len(links)]
-                    attack, fault = attacks[toggles % len(attacks)], faults[toggles % len(faults)]
+                    turn = toggles // 2  # the how-manieth time attacks go on
+                    eve_link = links[turn % len(links)]
+                    fault_link = links[(turn + 1) % len(links)]
+                    attack, fault = attacks[turn % len(attacks)], faults[turn % len(faults)]
                     self._eve(eve_link, attack)
                     self._fault(fault_link, fault)
                     attacked = (eve_link, fault_link)
-                    self.note(f"attack on: {attack} on {eve_link}, relay {fault} 30% on {fault_link}")
+                    kind, channel, probability = fault
+                    self.note(f"attack on: {attack} on {eve_link}; {kind} ({channel}, p={probability:g}) on {fault_link}")
                     self.count("attacks switched on")
                 else:
                     self._eve(attacked[0], "none")
-                    self._fault(attacked[1], "none")
+                    self._fault(attacked[1], NO_FAULT)
                     self.note(f"attack off: {attacked[0]}, {attacked[1]}")
                     attacked = None
                 toggles += 1
                 next_attack = now + self.args.attack_every
         if attacked is not None:
             self._eve(attacked[0], "none")
-            self._fault(attacked[1], "none")
+            self._fault(attacked[1], NO_FAULT)
 
     def _kill_and_restart(self, name: str) -> None:
         cluster = self.net.cluster
