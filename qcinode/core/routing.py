@@ -59,6 +59,8 @@ Theory of operation:
 
 from __future__ import annotations
 
+import dataclasses
+
 import heapq
 import math
 from collections.abc import Iterable, Sequence
@@ -250,6 +252,33 @@ class LinkStateDatabase:
         for origin in dropped:
             self._tombstones[origin] = self._held.pop(origin).advert.sequence
         return dropped
+
+    def debit(self, path: Sequence[str], need_bytes: int) -> None:
+        """Lowers, in our copy, what each hop of ``path`` can spend, by ``need_bytes``.
+
+        A relay we send spends pad on every hop of its path long before the
+        nodes' next adverts say so; debiting our copy at once keeps the next
+        requests (and the keys of the same request) from counting the same
+        bytes twice. The next advert of each origin replaces the debit with
+        what it really has. Hops whose link we do not know are skipped.
+
+        Raises:
+            LocalProtocolError: If ``need_bytes`` is negative or not an int.
+        """
+        _check_count(need_bytes, "need_bytes")
+        for u, v in zip(path, path[1:]):
+            held = self._held.get(u)
+            if held is None:
+                continue
+            candidates = [link for link in held.advert.links if link.peer == v and link.up]
+            if not candidates:
+                continue
+            spent = max(candidates, key=lambda link: link.available_out_bytes)  # the one usable_edges counts
+            links = tuple(
+                dataclasses.replace(link, available_out_bytes=max(0, link.available_out_bytes - need_bytes)) if link is spent else link
+                for link in held.advert.links
+            )
+            self._held[u] = _Held(dataclasses.replace(held.advert, links=links), held.received_at)
 
     # -- graph -----------------------------------------------------------------
 

@@ -429,6 +429,8 @@ class NetworkService(pb_grpc.NetworkServicer):
                 for index, path in enumerate(paths)
             ]
             tried.update(tuple(p) for p in paths)
+            for path in paths:  # count these bytes as spent now, not at the hops' next adverts
+                self.db.debit(path, need)
             results = await asyncio.gather(*(self._send_hop(h, s) for h, s in zip(headers, shares)), return_exceptions=True)
             failures = [r for r in results if isinstance(r, BaseException)]
             if not failures:

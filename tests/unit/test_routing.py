@@ -450,3 +450,21 @@ def test_snapshot_is_json() -> None:
     assert snap["origins"]["n1"]["links"][0] == {
         "link_id": "l0", "peer": "n0", "up": True, "available_out_bytes": 1000,
     }
+
+
+def test_debit_spends_each_hop_until_the_next_advert() -> None:
+    net = _Network(_chain(3), max_age_s=6.0)  # n0 - n1 - n2, 1000 bytes each way
+    net.round(T0)
+    db = net.dbs["n0"]
+    assert db.usable_edges(1) == {"n0": {"n1": 1000}, "n1": {"n0": 1000, "n2": 1000}, "n2": {"n1": 1000}}
+    db.debit(["n0", "n1", "n2"], 600)
+    edges = db.usable_edges(1)
+    assert edges["n0"]["n1"] == 400 and edges["n1"]["n2"] == 400 and edges["n1"]["n0"] == 1000
+    assert db.paths("n0", "n2", 401) == []  # the same bytes are not counted twice
+    db.debit(["n0", "n1"], 10_000)  # never below zero
+    assert "n0" not in db.usable_edges(1)
+    db.debit(["n0", "n9", "n1"], 5)  # unknown hops are skipped
+    net.round(T0 + 1.0)  # fresh adverts say what the nodes really have
+    assert db.usable_edges(1)["n0"]["n1"] == 1000 and db.usable_edges(1)["n1"]["n2"] == 1000
+    with pytest.raises(LocalProtocolError):
+        db.debit(["n0", "n1"], -1)
