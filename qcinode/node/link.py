@@ -39,6 +39,7 @@ STAGE_TIMEOUT_S = 30.0
 ClassicalFault = Callable[[str, str, pb.ClassicalMessage], Awaitable[list[pb.ClassicalMessage]]]
 
 HELLO_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 10.0
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 5.0
 
@@ -116,6 +117,7 @@ class AliceWorker:
             self.rt.state = "connecting"
             try:
                 async with self.channel_factory() as channel:
+                    await self._connect(channel)
                     await self._session_until_cut(channel)
             except asyncio.CancelledError:
                 raise
@@ -130,6 +132,20 @@ class AliceWorker:
             backoff = min(backoff * 2, BACKOFF_MAX_S)
             if self.rt.counters.blocks_done:
                 backoff = min(backoff, 1.0)
+
+    async def _connect(self, channel: grpc.aio.Channel) -> None:
+        """Waits until the channel is connected, name resolution included.
+
+        The channel retries resolution and connection on its own back-off
+        while we wait; a call made at once would fail fast instead, and a new
+        channel would start resolving from scratch (a peer whose DNS name
+        appears only once its pod is ready could then stay unreachable).
+        """
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await channel.channel_ready()
+        except TimeoutError:
+            raise TransportError(f"cannot connect to {self.rt.peer} within {CONNECT_TIMEOUT_S:g} s") from None
 
     async def _session_until_cut(self, channel: grpc.aio.Channel) -> None:
         """Runs a session; a partition fault ends it at once, as a cut cable would."""

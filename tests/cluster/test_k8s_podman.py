@@ -171,7 +171,14 @@ def test_rendered_statefulset_runs_in_podman(kubelet: tuple[PodmanKubelet, Path,
             ends = [(a, b) for a, b in links] + [(b, a) for a, b in links]
             return bits if all(bits.get(end, 0) > baseline.get(end, 0) for end in ends) else None
 
-        grown = wait_until(lambda: every_link_grows({}), KEY_TIMEOUT_S, "every link end has secret bits")
+        def links_grow(baseline: dict[tuple[str, str], int], what: str) -> dict[tuple[str, str], int]:
+            try:
+                return wait_until(lambda: every_link_grows(baseline), KEY_TIMEOUT_S, what)  # type: ignore[no-any-return]
+            except TimeoutError as exc:  # say which end is stuck and what its pod logged
+                logs = "\n".join(f"--- {pod.name}:\n{runner.log_tail(pod.ordinal, 15)}" for pod in runner.pods)
+                raise TimeoutError(f"{exc}; link ends answering: {_secret_bits(agent, runner, nodes, grpc_port)}\n{logs}") from None
+
+        grown = links_grow({}, "every link end has secret bits")
         print(f"every link grew key after {time.monotonic() - started:.1f} s: {grown}")
 
         # ETSI 014 across pods by Service DNS name: alpha-app (pod of alpha) -> charlie-app (pod of charlie).
@@ -215,7 +222,7 @@ def test_rendered_statefulset_runs_in_podman(kubelet: tuple[PodmanKubelet, Path,
         runner.start_pod(victim)
         wait_until(all_serving, START_TIMEOUT_S, f"{runner.pods[victim].name} SERVING again after SIGKILL")
         baseline = {end: (0 if end[0] == "bravo" else bits) for end, bits in baseline.items()}
-        grown = wait_until(lambda: every_link_grows(baseline), KEY_TIMEOUT_S, "every link grows key after the restart")
+        grown = links_grow(baseline, "every link grows key after the restart")
         assert (runner.pods[victim].pvc / "bravo").is_dir(), "the restarted node did not use its data directory"
         print(f"{runner.pods[victim].name} rejoined; links grew again after {time.monotonic() - started:.1f} s: {grown}")
     finally:
