@@ -200,15 +200,14 @@ class Soak:
         return info["nodes"][node]["grpc"], self.net.state_dir / "certs"
 
     def _eve(self, link_id: str, attack: str) -> None:
-        alice = next(lk.alice for lk in self.topology.links if lk.link_id == link_id)
+        alice = self.topology.link(link_id).alice
         address, certs = self._admin(alice)
         with contextlib.suppress(Exception):  # the node may be down: it then has no attack anyway
             set_eavesdropper(address, alice, certs, link_id, attack, 1.0)
 
     def _fault(self, link_id: str, fault: tuple[str, str, float]) -> None:
         kind, channel, probability = fault
-        link = next(lk for lk in self.topology.links if lk.link_id == link_id)
-        for end in link.between:
+        for end in self.topology.link(link_id).between:
             address, certs = self._admin(end)
             with contextlib.suppress(Exception):
                 set_fault(address, end, certs, link_id, kind, probability, 0.0, channel)

@@ -302,10 +302,10 @@ def _running_link(state_dir: Path, link_id: str) -> tuple[dict[str, Any], Any]:
     from .topology import load_topology
 
     cluster = read_cluster(state_dir)
-    links = {link.link_id: link for link in load_topology(state_dir / "topology.yaml").links}
-    if link_id not in links:
-        raise ConfigError(f"--link: no link {link_id!r} (links: {', '.join(sorted(links))})")
-    return cluster, links[link_id]
+    try:
+        return cluster, load_topology(state_dir / "topology.yaml").link(link_id)
+    except ConfigError as exc:
+        raise ConfigError(f"--link: {exc}") from None
 
 
 def _fault(args: argparse.Namespace) -> int:

@@ -1015,6 +1015,17 @@ class Topology(_Section):
             f"(topology {self.name!r} has: {', '.join(names)})"
         )
 
+    def link(self, link_id: str) -> LinkConfig:
+        """The link with ID ``link_id`` (``"alice-bob"``).
+
+        Raises:
+            ConfigError: No such link; the message lists the topology's links.
+        """
+        for link in self.links:
+            if link.link_id == link_id:
+                return link
+        raise ConfigError(f"no link {link_id!r} (links: {', '.join(sorted(link.link_id for link in self.links))})")
+
     def links_of(self, name: str) -> tuple[LinkConfig, ...]:
         """The links with node ``name`` at either end, in file order.
 

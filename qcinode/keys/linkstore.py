@@ -10,8 +10,8 @@ Theory of operation:
       (:meth:`LinkKeyPool.to_state` with ``inline=False``) — are stored apart,
       one row per named blob, written once and deleted when the state no
       longer names them, in the same transaction as the state. A save then
-      costs what the open blocks' ledgers cost, not what the pool holds
-      (measured, 12.5 kB blocks: 800 blocks 283 ms per save inline, 9.8 ms
+      costs what the open blocks' ledgers and the closed blocks' IDs cost, not
+      what the pool holds (measured, 12.5 kB blocks: 800 blocks 283 ms per save inline, 9.8 ms
       with blobs; 100 blocks 35 ms and 1.6 ms).
     * **Layout.** ``data_dir/links.sqlite3``, tables
       ``links(link_id TEXT PRIMARY KEY, nonce BLOB, ciphertext BLOB, updated_at REAL)``

@@ -46,7 +46,8 @@ Theory of operation:
       the parts that never change once written — each half's key bytes and
       each closed block's summary — and names them; :meth:`blob_names` and
       :meth:`blob` hand them to a store that writes each once, so a save
-      costs what the open blocks' ledgers cost, not what the pool holds.
+      costs what the open blocks' ledgers and the closed blocks' IDs cost,
+      not what the pool holds.
 """
 
 from __future__ import annotations
@@ -454,7 +455,8 @@ class LinkKeyPool:
         (``"closed": [block_id, ...]``), which :meth:`blob_names` and
         :meth:`blob` provide, so a store writes them once (see
         :class:`~qcinode.keys.linkstore.LinkStore`). Its size then grows with
-        the open blocks' ledgers, not with the key they hold.
+        the open blocks' ledgers and one ID per closed block, not with the
+        key they hold.
 
         Open reservations are not included: restored, their bytes are available.
         """

@@ -181,7 +181,3 @@ class FaultInjector:
 
     def status(self, link_id: str) -> dict[str, Any]:
         return {"fault": self.get(link_id).describe(), "fault_affected": self.affected[link_id]}
-
-    @staticmethod
-    def to_mapping(spec: FaultConfig) -> dict[str, Any]:
-        return {"kind": spec.kind, "probability": spec.probability, "delay_ms": spec.delay_ms, "channel": spec.channel}

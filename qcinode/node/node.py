@@ -167,8 +167,8 @@ class _AdminServicer(admin_pb2_grpc.AdminServicer):
         except ConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         self.node.faults.set(request.link_id, spec)
-        self.node.log.warning("fault.changed", link_id=request.link_id, **FaultInjector.to_mapping(spec))
-        return admin_pb2.FaultReply(link_id=request.link_id, **FaultInjector.to_mapping(spec))
+        self.node.log.warning("fault.changed", link_id=request.link_id, **dataclasses.asdict(spec))
+        return admin_pb2.FaultReply(link_id=request.link_id, **dataclasses.asdict(spec))
 
 
 def status_message(status: dict[str, Any]) -> admin_pb2.NodeStatus:

@@ -37,6 +37,7 @@ import pytest
 from ..cluster.admin import set_eavesdropper, set_fault
 from ..cluster.launcher import Cluster
 from ..kme.client import EtsiClient
+from ..errors import ConfigError
 from ..topology import LinkConfig, builtin_topology_path
 
 
@@ -84,10 +85,10 @@ class QciNetwork:
         self.cluster.wait_healthy(timeout_s)
 
     def _link(self, link_id: str) -> LinkConfig:
-        for link in self.cluster.topology.links:
-            if link.link_id == link_id:
-                return link
-        raise KeyError(f"no link {link_id!r} (links: {', '.join(sorted(lk.link_id for lk in self.cluster.topology.links))})")
+        try:
+            return self.cluster.topology.link(link_id)
+        except ConfigError as exc:
+            raise KeyError(str(exc)) from None  # a lookup by name, as in a dict
 
     def _admin_address(self, node: str) -> str:
         return f"127.0.0.1:{self.cluster.ports[node]}"

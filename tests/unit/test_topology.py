@@ -627,3 +627,16 @@ links: [{between: [a, b], length_km: 10}]
     assert parse_topology(yaml.safe_dump(topology_to_mapping(topology))) == topology
     with pytest.raises(ConfigError, match=re.escape("relay.key_ttl_s")):
         parse_topology(text + "relay: {key_ttl_s: 0.5}\n")
+
+
+def test_link_by_id_names_the_links_when_unknown() -> None:
+    from qcinode.topology import parse_topology
+
+    topology = parse_topology("""
+name: l
+nodes: [{name: a}, {name: b}, {name: c}]
+links: [{between: [a, b], length_km: 10}, {between: [c, b], length_km: 5}]
+""")
+    assert topology.link("c-b").length_km == 5.0
+    with pytest.raises(ConfigError, match=re.escape("no link 'b-c' (links: a-b, c-b)")):
+        topology.link("b-c")
