@@ -28,10 +28,19 @@ from .certs import make_certificates
 CLUSTER_FILE = "cluster.json"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports.
+
+    The sockets are held open until all are bound, so the kernel cannot hand
+    the same port out twice (one at a time, a port released by one call could
+    come back from the next, and a node's KME and metrics servers then
+    collided on it).
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def _cert_plan(topology: Topology) -> Any:
@@ -100,9 +109,11 @@ class Cluster:
         (self.state_dir / "topology.yaml").write_text(topo_text)
         self.topology = load_topology(self.state_dir / "topology.yaml")
         make_certificates(_cert_plan(self.topology), self.certs_dir)
-        self.ports = {node.name: free_port() for node in self.topology.nodes}
-        self.kme_ports = {node.name: free_port() for node in self.topology.nodes}
-        self.metrics_ports = {node.name: free_port() for node in self.topology.nodes}
+        names = [node.name for node in self.topology.nodes]
+        ports = iter(free_ports(3 * len(names)))
+        self.ports = {name: next(ports) for name in names}
+        self.kme_ports = {name: next(ports) for name in names}
+        self.metrics_ports = {name: next(ports) for name in names}
 
     def start(self) -> None:
         for node in self.topology.nodes:

@@ -640,3 +640,12 @@ links: [{between: [a, b], length_km: 10}, {between: [c, b], length_km: 5}]
     assert topology.link("c-b").length_km == 5.0
     with pytest.raises(ConfigError, match=re.escape("no link 'b-c' (links: a-b, c-b)")):
         topology.link("b-c")
+
+
+def test_cluster_ports_are_distinct() -> None:
+    """The launcher picks every gRPC, KME and metrics port of a cluster at once: no two may collide."""
+    from qcinode.cluster.launcher import free_ports
+
+    for _ in range(50):
+        ports = free_ports(3 * 8)
+        assert len(set(ports)) == len(ports)
