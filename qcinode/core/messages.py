@@ -48,6 +48,7 @@ class SiftReply:
     frame_id: int
     basis_match: np.ndarray  # uint8 0/1 per reported slot
     classes: np.ndarray  # uint8 per reported slot
+    close_block: bool = False  # the channel stops after this frame (end of a pass): close the open block now
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

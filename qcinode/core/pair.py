@@ -18,7 +18,8 @@ import numpy as np
 from . import messages as m
 from .authentication import AuthKeyReserve
 from .physics import PhotonFrame
-from ..errors import ProtocolError
+from ..errors import LocalProtocolError, ProtocolError
+from .channel import Idle, next_frame
 from .pipeline import AliceLink, BlockEvent, BobLink, LinkProtocolConfig, LinkState
 
 Tamper = Callable[[str, m.Message], m.Message | None]
@@ -90,6 +91,53 @@ def pump(
     return PairResult(alice_events, bob_events, frames, messages)
 
 
+def pump_timeline(
+    alice: AliceLink,
+    bob: BobLink,
+    *,
+    rate_hz: float,
+    start_utc: float,
+    end_utc: float,
+    frame_slots: int,
+    max_frames: int = 1_000_000,
+) -> PairResult:
+    """Runs the link over emulated time ``[start_utc, end_utc)`` through its channel model.
+
+    The in-process twin of the node's paced link worker: frames follow the
+    channel's windows (:func:`qcinode.core.channel.next_frame`), are sampled
+    at their midpoints, and the frame that ends a window (a pass sets)
+    closes the open block. Needs ``alice.config.channel``.
+
+    Args:
+        rate_hz: The source's pulse rate.
+        start_utc: Where the link starts, emulated UTC (POSIX seconds).
+        end_utc: Where it stops; a block still open then is left unfinished.
+        frame_slots: Most pulse slots per frame.
+        max_frames: Safety bound on frames sent.
+    """
+    channel = alice.config.channel
+    if channel is None:
+        raise LocalProtocolError("pump_timeline needs a link whose config has a channel model")
+    alice_events: list[BlockEvent] = []
+    bob_events: list[BlockEvent] = []
+    frames = messages = 0
+    t = start_utc
+    while t < end_utc and frames < max_frames:
+        if not alice.is_ready_for_frame:
+            break  # protocol stalled
+        plan = next_frame(channel, t, rate_hz, frame_slots)
+        if isinstance(plan, Idle):
+            t = plan.until_utc
+            continue
+        frame_id, frame = alice.emit_frame(plan.n_slots, at_utc=plan.at_utc, close_block=plan.close_block)
+        frames += 1
+        t = plan.end_utc
+        messages += _exchange(alice, bob, frame_id, frame, None, at_utc=plan.at_utc)
+        alice_events.extend(alice.take_events())
+        bob_events.extend(bob.take_events())
+    return PairResult(alice_events, bob_events, frames, messages)
+
+
 def _reconnect(end: _End) -> _End:
     fresh = type(end)(end.config, end.auth, end.key_rng, end.noise_rng, next_block_seq=end.next_block_seq)
     if isinstance(end, AliceLink) and isinstance(fresh, AliceLink):
@@ -97,14 +145,17 @@ def _reconnect(end: _End) -> _End:
     return fresh
 
 
-def _exchange(alice: AliceLink, bob: BobLink, frame_id: int, frame: PhotonFrame, tamper: Tamper | None) -> int:
+def _exchange(
+    alice: AliceLink, bob: BobLink, frame_id: int, frame: PhotonFrame, tamper: Tamper | None, at_utc: float | None = None
+) -> int:
     """Delivers one frame and every classical message that follows it; returns the message count.
 
     A message the tamper hook drops ends the exchange, as a lost message
     would stall the real link until its deadline.
     """
     messages = 0
-    pending: list[tuple[str, m.Message]] = [("B>A", msg) for msg in bob.receive_frame(frame_id, PhotonFrame.from_bytes(frame.to_bytes()))]
+    wire = PhotonFrame.from_bytes(frame.to_bytes())
+    pending: list[tuple[str, m.Message]] = [("B>A", msg) for msg in bob.receive_frame(frame_id, wire, at_utc)]
     while pending:
         direction, msg = pending.pop(0)
         messages += 1

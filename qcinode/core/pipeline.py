@@ -69,6 +69,7 @@ from .estimation import (
     key_length,
     no_decoy_key_length,
 )
+from .channel import QuantumChannelModel, physics_at
 from .physics import AliceRecord, Clicks, LinkPhysics, PhotonFrame, detect, transmit
 from .verification import tags_match, verification_tag
 
@@ -105,6 +106,7 @@ class LinkProtocolConfig:
     auth_refill_keys: int = 64
     cascade_max_passes: int = 6
     no_decoy_bound: str = NO_DECOY_GLLP
+    channel: QuantumChannelModel | None = None
 
     def __post_init__(self) -> None:
         if self.block_bits < 1:
@@ -113,6 +115,17 @@ class LinkProtocolConfig:
             raise ConfigError(
                 f"no_decoy_bound: expected one of {', '.join(NO_DECOY_BOUNDS)}, got {self.no_decoy_bound!r}"
             )
+
+    def physics_at(self, at_utc: float | None) -> LinkPhysics:
+        """The optical layer of a frame sampled at emulated instant ``at_utc``.
+
+        Without a channel model (or without an instant) it is ``physics``;
+        with one, ``physics`` with the channel's transmittance and
+        background at that instant (:func:`qcinode.core.channel.physics_at`).
+        """
+        if self.channel is None or at_utc is None:
+            return self.physics
+        return physics_at(self.physics, self.channel.conditions(at_utc))
 
     @property
     def has_decoy_states(self) -> bool:
@@ -224,6 +237,7 @@ class _Block:
     key_length: KeyLengthResult | None = None
     secret: bytes = b""
     refill_mac_keys: bool = False
+    short: bool = False  # closed early (end of a pass) with fewer key bits than block_bits
     _counts: dict[int, tuple[int, int, int]] = dataclasses.field(default_factory=dict)
 
     @property
@@ -308,8 +322,14 @@ class _LinkEnd:
         self._pulses += pulses
         self._detections += detections
 
-    def _maybe_close_block(self) -> bool:
-        if self._buffer.z_bits < self.config.block_bits:
+    def _maybe_close_block(self, force: bool = False) -> bool:
+        """Closes the block once it holds ``block_bits`` key bits, or now if ``force`` (end of a pass).
+
+        Both ends call it after the same ``SiftReply``, with the same
+        ``force`` (the reply's ``close_block``), so they close the same block.
+        """
+        short = self._buffer.z_bits < self.config.block_bits
+        if short and not (force and self._frames > 0):
             return False
         classes, bases, bits = self._buffer.take()
         self.block = _Block(
@@ -322,6 +342,7 @@ class _LinkEnd:
             frames=self._frames,
             pulses=self._pulses,
             detections=self._detections,
+            short=short,
         )
         self.next_block_seq += 1
         self._transcript = Transcript()
@@ -412,6 +433,11 @@ class _LinkEnd:
         n = int(np.count_nonzero(block.key_mask))
         return self._key_length(block, leak_bits=math.ceil(n * h2(min(block.test_qber, 0.5))))
 
+    @staticmethod
+    def _no_key_reason(block: _Block, reason: str) -> str:
+        """Why ``block`` makes no key: a block cut short by the end of a pass says so."""
+        return "pass_too_short" if block.short else reason
+
     def _abort(self, reason: str) -> None:
         block = self.block
         assert block is not None
@@ -478,9 +504,11 @@ class AliceLink(_LinkEnd):
         self._outstanding: tuple[int, int, AliceRecord] | None = None
         self._responder: CascadeResponder | None = None
         self._confirm: m.Confirm | None = None
+        self._close_after_frame = False
 
     def _reset_session(self) -> None:
         self._outstanding = None
+        self._close_after_frame = False
         self._responder = None
         self._confirm = None
 
@@ -493,14 +521,26 @@ class AliceLink(_LinkEnd):
         """Sifted key-basis bits still missing before the open block closes."""
         return max(0, self.config.block_bits - self._buffer.z_bits)
 
-    def emit_frame(self, n_slots: int) -> tuple[int, PhotonFrame]:
-        """Sends ``n_slots`` pulses into the fibre; returns (frame_id, what reaches Bob)."""
+    def emit_frame(self, n_slots: int, *, at_utc: float | None = None, close_block: bool = False) -> tuple[int, PhotonFrame]:
+        """Sends ``n_slots`` pulses into the channel; returns (frame_id, what reaches Bob).
+
+        Args:
+            n_slots: Pulse slots in the frame.
+            at_utc: The emulated instant whose channel conditions the frame is
+                sampled with (its midpoint); Bob's detector must be given the
+                same instant. None: the link's fixed physics.
+            close_block: This is the last frame before the channel stops
+                carrying light (the end of a pass): the sifting reply tells
+                Bob, and both ends close the open block after it, however
+                few key bits it holds.
+        """
         if not self.is_ready_for_frame:
             raise LocalProtocolError("a frame is already in flight or a block is being processed")
-        frame, record = transmit(self.config.physics, n_slots, self.key_rng, self.noise_rng)
+        frame, record = transmit(self.config.physics_at(at_utc), n_slots, self.key_rng, self.noise_rng)
         frame_id = self.next_frame_id
         self.next_frame_id += 1
         self._outstanding = (frame_id, n_slots, record)
+        self._close_after_frame = bool(close_block)
         return frame_id, frame
 
     def receive(self, msg: m.Message) -> list[m.Message]:
@@ -533,11 +573,12 @@ class AliceLink(_LinkEnd):
         self._record_in(msg)
         classes, bases, bits = record.reveal(msg.slots)
         match = (bases == msg.bases).astype(np.uint8)
-        reply = m.SiftReply(frame_id, match, classes.astype(np.uint8))
+        close, self._close_after_frame = self._close_after_frame, False
+        reply = m.SiftReply(frame_id, match, classes.astype(np.uint8), close_block=close)
         self._record_out(reply)
         keep = match.astype(bool)
         self._add_sifted(classes[keep].astype(np.uint8), bases[keep].astype(np.uint8), bits[keep].astype(np.uint8), n_slots, len(msg.slots))
-        self._maybe_close_block()
+        self._maybe_close_block(force=close)
         return [reply]
 
     def _on_test_bits(self, msg: m.TestBits) -> list[m.Message]:
@@ -553,9 +594,9 @@ class AliceLink(_LinkEnd):
         optimistic = self._optimistic_key_length(block)
         reason = ""
         if sum(block.counts(1)) == 0:
-            reason = "no_test_bits"
+            reason = self._no_key_reason(block, "no_test_bits")
         elif optimistic.length_bits <= 0:
-            reason = optimistic.reason or "insufficient_entropy"
+            reason = self._no_key_reason(block, optimistic.reason or "insufficient_entropy")
         reply = m.Estimate(block.seq, block.test_errors, proceed=not reason, abort_reason=reason)
         self._record_out(reply)
         if reason:
@@ -595,7 +636,7 @@ class AliceLink(_LinkEnd):
         block.key_length = self._key_length(block, block.leak_bits)
         length = block.key_length.length_bits // 8 * 8
         if length <= 0:
-            reason = block.key_length.reason or "insufficient_entropy"
+            reason = self._no_key_reason(block, block.key_length.reason or "insufficient_entropy")
             reply = m.Confirm(block.seq, False, reason, b"", 0, block.leak_bits)
             self._record_out(reply)
             self._abort(reason)
@@ -645,7 +686,7 @@ class BobLink(_LinkEnd):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._pending_frames: list[tuple[int, PhotonFrame]] = []
+        self._pending_frames: list[tuple[int, PhotonFrame, float | None]] = []
         self._reported: tuple[int, Clicks] | None = None
         self._cascade: CascadeSession | None = None
         self._corrected: np.ndarray | None = None
@@ -660,16 +701,20 @@ class BobLink(_LinkEnd):
     def _is_pending(self) -> bool:
         return self._awaiting_commit
 
-    def receive_frame(self, frame_id: int, frame: PhotonFrame) -> list[m.Message]:
-        """A frame arrived from the fibre. Measured now if the link is sifting, else queued."""
-        self._pending_frames.append((frame_id, frame))
+    def receive_frame(self, frame_id: int, frame: PhotonFrame, at_utc: float | None = None) -> list[m.Message]:
+        """A frame arrived from the channel. Measured now if the link is sifting, else queued.
+
+        ``at_utc`` is the instant Alice sampled it at (:meth:`AliceLink.emit_frame`):
+        the detector sees the background of that instant.
+        """
+        self._pending_frames.append((frame_id, frame, at_utc))
         return self._drain_frames()
 
     def _drain_frames(self) -> list[m.Message]:
         if self.state is not LinkState.QUANTUM or self._reported is not None or not self._pending_frames:
             return []
-        frame_id, frame = self._pending_frames.pop(0)
-        clicks = detect(self.config.physics, frame, self.key_rng, self.noise_rng)
+        frame_id, frame, at_utc = self._pending_frames.pop(0)
+        clicks = detect(self.config.physics_at(at_utc), frame, self.key_rng, self.noise_rng)
         self._reported = (frame_id, clicks)
         report = m.DetectionReport(frame_id, frame.n_slots, clicks.slots, clicks.bases)
         self._record_out(report)
@@ -704,7 +749,7 @@ class BobLink(_LinkEnd):
         self._record_in(msg)
         keep = msg.basis_match.astype(bool)
         self._add_sifted(msg.classes[keep].astype(np.uint8), clicks.bases[keep], clicks.bits[keep], clicks.n_slots, len(clicks.slots))
-        if self._maybe_close_block():
+        if self._maybe_close_block(force=msg.close_block):
             block = self.block
             assert block is not None
             reveal = m.TestBits(block.seq, block.bits[block.bases == 1].copy())

@@ -59,6 +59,7 @@ def encode(msg: m.Message) -> pb.ClassicalMessage:
                     basis_match=_pack(msg.basis_match),
                     classes=msg.classes.astype(np.uint8).tobytes(),
                     count=len(msg.classes),
+                    close_block=msg.close_block,
                 )
             )
         case m.TestBits():
@@ -131,7 +132,7 @@ def decode(envelope: pb.ClassicalMessage) -> m.Message:
             classes = _array(body.classes, "u1", "sift_reply.classes")
             if len(classes) != body.count:
                 raise RemoteProtocolError("sift_reply: count does not match classes")
-            return m.SiftReply(body.frame_id, _unpack(body.basis_match, body.count, "sift_reply.basis_match"), classes)
+            return m.SiftReply(body.frame_id, _unpack(body.basis_match, body.count, "sift_reply.basis_match"), classes, body.close_block)
         case "test_bits":
             return m.TestBits(body.block_seq, _unpack(body.bits, body.count, "test_bits.bits"))
         case "estimate":

@@ -7,16 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PulseFrame(_message.Message):
-    __slots__ = ("link_id", "frame_id", "n_slots", "payload")
+    __slots__ = ("link_id", "frame_id", "n_slots", "payload", "at_utc")
     LINK_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     N_SLOTS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    AT_UTC_FIELD_NUMBER: _ClassVar[int]
     link_id: str
     frame_id: int
     n_slots: int
     payload: bytes
-    def __init__(self, link_id: _Optional[str] = ..., frame_id: _Optional[int] = ..., n_slots: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    at_utc: float
+    def __init__(self, link_id: _Optional[str] = ..., frame_id: _Optional[int] = ..., n_slots: _Optional[int] = ..., payload: _Optional[bytes] = ..., at_utc: _Optional[float] = ...) -> None: ...
 
 class FrameAck(_message.Message):
     __slots__ = ("frame_id",)
@@ -57,16 +59,18 @@ class DetectionReport(_message.Message):
     def __init__(self, frame_id: _Optional[int] = ..., n_slots: _Optional[int] = ..., slot_gaps: _Optional[bytes] = ..., bases: _Optional[bytes] = ..., count: _Optional[int] = ..., gap_bytes: _Optional[int] = ...) -> None: ...
 
 class SiftReply(_message.Message):
-    __slots__ = ("frame_id", "basis_match", "classes", "count")
+    __slots__ = ("frame_id", "basis_match", "classes", "count", "close_block")
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     BASIS_MATCH_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_BLOCK_FIELD_NUMBER: _ClassVar[int]
     frame_id: int
     basis_match: bytes
     classes: bytes
     count: int
-    def __init__(self, frame_id: _Optional[int] = ..., basis_match: _Optional[bytes] = ..., classes: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
+    close_block: bool
+    def __init__(self, frame_id: _Optional[int] = ..., basis_match: _Optional[bytes] = ..., classes: _Optional[bytes] = ..., count: _Optional[int] = ..., close_block: _Optional[bool] = ...) -> None: ...
 
 class TestBits(_message.Message):
     __slots__ = ("block_seq", "bits", "count")
