@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import difflib
 import io
 import math
@@ -42,13 +43,15 @@ import numbers
 import os
 import pathlib
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal, Self
 
 import yaml
 
 from qcinode.core.estimation import NO_DECOY_BOUNDS, NO_DECOY_GLLP, NO_DECOY_SINGLE_PHOTON
+from qcinode.core.clock import NetworkClock
+from qcinode.core.orbit import TleSatellite, format_utc, parse_utc
 from qcinode.errors import ConfigError
 
 __all__ = [
@@ -76,6 +79,7 @@ __all__ = [
     "load_topology",
     "parse_topology",
     "topology_to_mapping",
+    "with_clock_anchor",
 ]
 
 EAVESDROPPER_ATTACKS: Final[tuple[str, ...]] = ("none", "intercept-resend", "photon-number-splitting")
@@ -650,6 +654,125 @@ class EavesdropperConfig(_Section):
         _real(self, "fraction", _Range(0.0, 1.0))
 
 
+FREE_SPACE_CLASSICAL: Final[tuple[str, ...]] = ("always", "contact")
+"""How a free-space link's classical channel runs: ``always`` (a ground or RF
+network carries the satellite's classical traffic) or ``contact`` (only
+during passes)."""
+
+RECEIVER_MODES: Final[tuple[str, ...]] = ("multimode", "single-mode")
+"""A free-space receiver's coupling: a multimode detector behind a field stop, or single-mode fibre."""
+
+BUILTIN_TRACES: Final[tuple[str, ...]] = ("micius-2017",)
+"""Loss traces shipped with qcinode (``free_space.loss_trace: micius-2017``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SkyRadianceConfig(_Section):
+    """Spectral radiance of the sky in the receiver's field of view, by sky condition.
+
+    In W m⁻² sr⁻¹ nm⁻¹ at the link's wavelength; a value left out takes the
+    default for that wavelength (:mod:`qcinode.core.freespace`). Twilight is
+    the Sun between 0° and −12° (civil and nautical), night below −12°.
+
+    Attributes:
+        night: Moonless night, >= 0.
+        twilight: Twilight, >= 0.
+        day: Clear day, >= 0.
+    """
+
+    night: float | None = None
+    twilight: float | None = None
+    day: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("night", "twilight", "day"):
+            if getattr(self, name) is not None:
+                _real(self, name, _Range(0.0, 1.0e3))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FreeSpaceConfig(_Section):
+    """A satellite-to-ground downlink: geometry, optics, atmosphere, background.
+
+    The link's transmittance at each instant is the product of the
+    diffraction-limited Gaussian beam caught by the receiver aperture, the
+    pointing loss, the atmosphere at that elevation, the receiver optics and
+    ``extra_loss_db`` (:mod:`qcinode.core.freespace`); or, with
+    ``loss_trace``, the loss a CSV gives. Bob's ``detector`` section still
+    gives the detector efficiency, dark counts and misalignment.
+
+    Attributes:
+        elevation_mask_deg: Lowest elevation at which the link runs, in [0, 89] degrees.
+        classical: One of :data:`FREE_SPACE_CLASSICAL`.
+        wavelength_nm: Wavelength, in [400, 2000] nm.
+        transmitter_aperture_m: Satellite telescope diameter, in (0, 10] m.
+        beam_divergence_urad: Full-angle far-field divergence at 1/e² (µrad),
+            in (0, 10000]; 0 or left out: diffraction-limited for the aperture.
+        receiver_aperture_m: Ground telescope diameter, in (0, 20] m.
+        pointing_jitter_urad: RMS pointing error per axis, in [0, 1000] µrad.
+        zenith_transmittance: Clear-sky atmospheric transmittance at the zenith, in (0, 1].
+        receiver_efficiency: Ground receiver optics (telescope to detectors), in (0, 1].
+        extra_loss_db: Losses the model leaves out (calibration), in [0, 100] dB.
+        receiver_mode: One of :data:`RECEIVER_MODES`.
+        field_of_view_urad: Full-angle field of view of a multimode receiver, in (0, 100000] µrad.
+        filter_bandwidth_nm: Spectral filter width, in (0, 100] nm.
+        gate_width_ns: Detection window per pulse slot, in (0, 1000] ns.
+        sky_radiance: Sky background by sky condition.
+        scintillation_index: σ_I² of log-normal turbulence fading, in [0, 4]; 0: none.
+        loss_trace: A CSV of loss against time or range replacing the optical
+            model: a file path (relative to the topology file) or a name from
+            :data:`BUILTIN_TRACES`; see docs/topology.md.
+    """
+
+    elevation_mask_deg: float = 10.0
+    classical: str = "always"
+    wavelength_nm: float = 850.0
+    transmitter_aperture_m: float = 0.3
+    beam_divergence_urad: float = 10.0
+    receiver_aperture_m: float = 1.0
+    pointing_jitter_urad: float = 1.5
+    zenith_transmittance: float = 0.895
+    receiver_efficiency: float = 0.16
+    extra_loss_db: float = 0.0
+    receiver_mode: str = "multimode"
+    field_of_view_urad: float = 100.0
+    filter_bandwidth_nm: float = 1.0
+    gate_width_ns: float = 1.0
+    sky_radiance: SkyRadianceConfig = _section(SkyRadianceConfig)
+    scintillation_index: float = 0.0
+    loss_trace: str | None = None
+
+    def __post_init__(self) -> None:
+        _real(self, "elevation_mask_deg", _Range(0.0, 89.0))
+        classical = _string(self.classical, "classical", "classical channel mode")
+        if classical not in FREE_SPACE_CLASSICAL:
+            raise _Invalid(
+                "classical",
+                f"unknown mode {classical!r}{_suggest(classical, FREE_SPACE_CLASSICAL)} (allowed: {', '.join(FREE_SPACE_CLASSICAL)})",
+            )
+        _real(self, "wavelength_nm", _Range(400.0, 2000.0))
+        _real(self, "transmitter_aperture_m", _Range(0.0, 10.0, low_open=True))
+        _real(self, "beam_divergence_urad", _Range(0.0, 10_000.0))
+        _real(self, "receiver_aperture_m", _Range(0.0, 20.0, low_open=True))
+        _real(self, "pointing_jitter_urad", _Range(0.0, 1000.0))
+        _real(self, "zenith_transmittance", _Range(0.0, 1.0, low_open=True))
+        _real(self, "receiver_efficiency", _Range(0.0, 1.0, low_open=True))
+        _real(self, "extra_loss_db", _Range(0.0, 100.0))
+        mode = _string(self.receiver_mode, "receiver_mode", "receiver mode")
+        if mode not in RECEIVER_MODES:
+            raise _Invalid(
+                "receiver_mode",
+                f"unknown mode {mode!r}{_suggest(mode, RECEIVER_MODES)} (allowed: {', '.join(RECEIVER_MODES)})",
+            )
+        _real(self, "field_of_view_urad", _Range(0.0, 100_000.0, low_open=True))
+        _real(self, "filter_bandwidth_nm", _Range(0.0, 100.0, low_open=True))
+        _real(self, "gate_width_ns", _Range(0.0, 1000.0, low_open=True))
+        _instance(self, "sky_radiance", SkyRadianceConfig)
+        _real(self, "scintillation_index", _Range(0.0, 4.0))
+        if self.loss_trace is not None:
+            _string(self.loss_trace, "loss_trace", "CSV file path or built-in trace name")
+
+
 _PER_LINK_HINT: Final = "it is set per link, under links[i], not in defaults"
 
 
@@ -668,10 +791,12 @@ class LinkSettings(_Section):
     fibre: FibreConfig = _section(FibreConfig)
     detector: DetectorConfig = _section(DetectorConfig)
     postprocessing: PostprocessingConfig = _section(PostprocessingConfig)
+    free_space: FreeSpaceConfig = _section(FreeSpaceConfig)
 
     def __post_init__(self) -> None:
         for name, cls in _SETTINGS_TYPES.items():
             _instance(self, name, cls)
+        _instance(self, "free_space", FreeSpaceConfig)
 
 
 _SETTINGS_TYPES: Final[Mapping[str, type[_Section]]] = {
@@ -690,11 +815,13 @@ SETTINGS_SECTIONS: Final[tuple[str, ...]] = tuple(_SETTINGS_TYPES)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinkConfig(_Section):
-    """One QKD link: a fibre between two nodes, with its merged settings.
+    """One QKD link: a fibre between two nodes, or a satellite's downlink, with its merged settings.
 
     Attributes:
-        between: ``(alice, bob)``: the transmitting node, then the receiving node.
-        length_km: Fibre length in km (>= 0).
+        between: ``(alice, bob)``: the transmitting node, then the receiving
+            node. A satellite is always first: it carries the source (a downlink).
+        length_km: Fibre length in km (>= 0); required for a fibre link, absent
+            for a free-space one (its distance is the slant range).
         source: Alice's source.
         fibre: The fibre.
         detector: Bob's detector.
@@ -702,10 +829,12 @@ class LinkConfig(_Section):
         eavesdropper: An emulated attacker, or ``None`` for an honest channel.
         fault: A classical-channel fault applied at both ends from start-up,
             or ``None``.
+        free_space: The downlink's optics and geometry (``defaults.free_space``
+            merged under the link's own); ``None`` for a fibre link.
     """
 
     between: tuple[str, str] = field(metadata=_parser(_sequence))
-    length_km: float
+    length_km: float | None = None
     source: SourceConfig = _section(SourceConfig)
     fibre: FibreConfig = _section(FibreConfig)
     detector: DetectorConfig = _section(DetectorConfig)
@@ -714,6 +843,7 @@ class LinkConfig(_Section):
         default=None, metadata=_parser(_optional(EavesdropperConfig.from_mapping))
     )
     fault: FaultConfig | None = field(default=None, metadata=_parser(_optional(FaultConfig.from_mapping)))
+    free_space: FreeSpaceConfig | None = field(default=None, metadata=_parser(_optional(FreeSpaceConfig.from_mapping)))
 
     def __post_init__(self) -> None:
         between = self.between
@@ -728,7 +858,17 @@ class LinkConfig(_Section):
             raise _Invalid(
                 "between", f"a link needs two different nodes, got [{between[0]}, {between[1]}]"
             )
-        _real(self, "length_km", _Range(0.0))
+        if self.free_space is not None:
+            _instance(self, "free_space", FreeSpaceConfig)
+            if self.length_km is not None:
+                raise _Invalid(
+                    "length_km",
+                    "a free-space link has no length: its distance is the satellite's slant range, computed at every instant",
+                )
+        elif self.length_km is None:
+            raise _Invalid("length_km", "required field is missing (the fibre's length in km)")
+        else:
+            _real(self, "length_km", _Range(0.0))
         for name, cls in _SETTINGS_TYPES.items():
             _instance(self, name, cls)
         if self.eavesdropper is not None:
@@ -738,7 +878,11 @@ class LinkConfig(_Section):
 
     @classmethod
     def from_mapping(
-        cls, data: object, path: str, defaults: Mapping[str, object] | None = None
+        cls,
+        data: object,
+        path: str,
+        defaults: Mapping[str, object] | None = None,
+        satellites: Collection[str] = (),
     ) -> Self:
         """Builds a link from YAML data, merged over the raw ``defaults:`` mapping.
 
@@ -746,7 +890,9 @@ class LinkConfig(_Section):
             data: The link's YAML mapping.
             path: Its path, e.g. ``links[1]``.
             defaults: The raw ``defaults:`` mapping (already validated on its
-                own); each of its sections is deep-merged under the link's.
+                own); each of its sections is deep-merged under the link's
+                (``free_space`` only under a link from a satellite).
+            satellites: The names of the topology's satellite nodes.
 
         Returns:
             The validated link.
@@ -762,6 +908,15 @@ class LinkConfig(_Section):
             value = _deep_merge((defaults or {}).get(name), raw.get(name))
             if value is not None:
                 merged[name] = value
+        between = raw.get("between")
+        first = between[0] if isinstance(between, (list, tuple)) and between else None
+        if isinstance(first, str) and first in satellites:
+            merged["free_space"] = _deep_merge(_deep_merge({}, (defaults or {}).get("free_space")), raw.get("free_space")) or {}
+        elif "free_space" in raw:
+            raise ConfigError(
+                f"{_join(path, 'free_space')}: only a link from a satellite (first in between) is a free-space link"
+                + (f"; {first!r} is not a satellite" if isinstance(first, str) else "")
+            )
         return super(LinkConfig, cls).from_mapping(merged, path)
 
     @property
@@ -780,9 +935,149 @@ class LinkConfig(_Section):
         return f"{self.alice}-{self.bob}"
 
     @property
+    def is_free_space(self) -> bool:
+        """Whether this is a satellite downlink."""
+        return self.free_space is not None
+
+    @property
     def fibre_transmittance(self) -> float:
-        """η_channel = 10^(−α L / 10), the fibre's transmittance (MQZL Sec. II)."""
+        """η_channel = 10^(−α L / 10), the fibre's transmittance (MQZL Sec. II); 1 for a free-space link.
+
+        A free-space link's transmittance changes along each pass
+        (:mod:`qcinode.core.freespace`); its base physics carries 1 and the
+        channel model sets the value of every frame.
+        """
+        if self.length_km is None:
+            return 1.0
         return math.pow(10.0, -self.fibre.attenuation_db_per_km * self.length_km / 10.0)
+
+
+def _utc(obj: object, name: str) -> float | None:
+    """Checks that ``obj.name`` is None or an ISO 8601 UTC instant; returns POSIX seconds."""
+    raw = getattr(obj, name)
+    if raw is None:
+        return None
+    if isinstance(raw, datetime.datetime):  # YAML reads an unquoted timestamp as a datetime
+        raw = raw.isoformat()
+        object.__setattr__(obj, name, raw)
+    text = _string(raw, name, 'UTC instant, e.g. "2027-03-21T18:00:00Z"')
+    try:
+        return parse_utc(text)
+    except ValueError as exc:
+        raise _Invalid(name, str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocationConfig(_Section):
+    """Where a site is on the Earth (geodetic, WGS84).
+
+    Attributes:
+        latitude_deg: Geodetic latitude in degrees, in [-90, 90] (north positive).
+        longitude_deg: Longitude in degrees, in [-180, 180] (east positive).
+        altitude_m: Height above the WGS84 ellipsoid in metres, in [-500, 9000].
+    """
+
+    latitude_deg: float
+    longitude_deg: float
+    altitude_m: float = 0.0
+
+    def __post_init__(self) -> None:
+        _real(self, "latitude_deg", _Range(-90.0, 90.0))
+        _real(self, "longitude_deg", _Range(-180.0, 180.0))
+        _real(self, "altitude_m", _Range(-500.0, 9000.0))
+
+
+_LTAN: Final = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrbitConfig(_Section):
+    """A circular orbit of a planned satellite (Keplerian, with the J2 drift).
+
+    Attributes:
+        altitude_km: Height above the Earth's mean radius, in [160, 40000] km.
+        inclination_deg: Inclination in degrees, in [0, 180]; or leave it out
+            and set ``sun_synchronous: true``.
+        sun_synchronous: Pick the inclination that makes the orbit's plane
+            follow the Sun (J2 precession of 360° a year).
+        raan_deg: Right ascension of the ascending node at ``epoch``, in
+            [0, 360); or leave it out and give ``ltan``.
+        ltan: Local time of the ascending node, ``"HH:MM"`` (mean solar time),
+            e.g. ``"10:30"`` for a dawn–dusk-free morning orbit.
+        argument_of_latitude_deg: Where the satellite is on its orbit at
+            ``epoch``, degrees from the ascending node, in [0, 360).
+        epoch: UTC instant those elements hold at (default: the emulation's start).
+    """
+
+    altitude_km: float
+    inclination_deg: float | None = None
+    sun_synchronous: bool = False
+    raan_deg: float | None = None
+    ltan: str | None = None
+    argument_of_latitude_deg: float = 0.0
+    epoch: str | None = None
+
+    def __post_init__(self) -> None:
+        _real(self, "altitude_km", _Range(160.0, 40_000.0))
+        if not isinstance(self.sun_synchronous, bool):
+            raise _Invalid("sun_synchronous", f"must be true or false, got {_describe(self.sun_synchronous)}")
+        if (self.inclination_deg is None) == (not self.sun_synchronous):
+            raise _Invalid("inclination_deg", "give either inclination_deg or sun_synchronous: true (one of them)")
+        if self.inclination_deg is not None:
+            _real(self, "inclination_deg", _Range(0.0, 180.0))
+        if (self.raan_deg is None) == (self.ltan is None):
+            raise _Invalid("raan_deg", 'give either raan_deg or ltan ("HH:MM"), one of them')
+        if self.raan_deg is not None:
+            _real(self, "raan_deg", _Range(0.0, 360.0, high_open=True))
+        if self.ltan is not None:
+            text = _string(self.ltan, "ltan", 'local time of the ascending node, "HH:MM"')
+            if not _LTAN.match(text):
+                raise _Invalid("ltan", f'must be a time of day "HH:MM" (00:00 to 23:59), got {text!r}')
+        _real(self, "argument_of_latitude_deg", _Range(0.0, 360.0, high_open=True))
+        _utc(self, "epoch")
+
+    @property
+    def ltan_hours(self) -> float | None:
+        """``ltan`` in hours, or None."""
+        if self.ltan is None:
+            return None
+        hours, minutes = self.ltan.split(":")
+        return int(hours) + int(minutes) / 60.0
+
+
+def _tle_lines(data: object, path: str) -> tuple[object, ...]:
+    lines = _sequence(data, path)
+    return lines
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SatelliteConfig(_Section):
+    """A satellite node: a real one by its two-line elements, or a planned one by its orbit.
+
+    Attributes:
+        tle: The two lines of a NORAD two-line element set (propagated with SGP4).
+        orbit: Circular-orbit elements (:class:`OrbitConfig`).
+
+    Exactly one of them.
+    """
+
+    tle: tuple[str, str] | None = field(default=None, metadata=_parser(_optional(_tle_lines)))
+    orbit: OrbitConfig | None = field(default=None, metadata=_parser(_optional(OrbitConfig.from_mapping)))
+
+    def __post_init__(self) -> None:
+        if (self.tle is None) == (self.orbit is None):
+            raise _Invalid("", "give either tle: [line1, line2] or orbit: {...}, one of them")
+        if self.tle is not None:
+            if not isinstance(self.tle, tuple) or len(self.tle) != 2:
+                raise _Invalid("tle", f"must be a list of the two TLE lines, got {_describe(self.tle)}")
+            for i, line in enumerate(self.tle):
+                _string(line, f"tle[{i}]", "TLE line")
+            try:
+                TleSatellite(self.tle[0], self.tle[1])
+            except ValueError as exc:
+                raise _Invalid("tle", str(exc)) from None
+        if self.orbit is not None:
+            _instance(self, "orbit", OrbitConfig)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -792,12 +1087,26 @@ class NodeConfig(_Section):
     Attributes:
         name: DNS-1123 label (lowercase letters, digits, '-'; at most 63).
         saes: IDs of the SAEs (applications) attached to this node's KME.
+        location: Where the site is (a ground station, or any terrestrial
+            site); needed at the ground end of a free-space link.
+        satellite: This node is a satellite (a trusted node in orbit).
+
+    A node has at most one of ``location`` and ``satellite``.
     """
 
     name: str
     saes: tuple[str, ...] = field(default=(), metadata=_parser(_sequence))
+    location: LocationConfig | None = field(default=None, metadata=_parser(_optional(LocationConfig.from_mapping)))
+    satellite: SatelliteConfig | None = field(default=None, metadata=_parser(_optional(SatelliteConfig.from_mapping)))
+
+    @property
+    def is_satellite(self) -> bool:
+        """Whether this node is in orbit."""
+        return self.satellite is not None
 
     def __post_init__(self) -> None:
+        if self.location is not None and self.satellite is not None:
+            raise _Invalid("satellite", "a node is either on the ground (location) or in orbit (satellite), not both")
         _dns_label(self.name, "name", "node name")
         if not isinstance(self.saes, tuple):
             raise _Invalid("saes", f"must be a list of SAE IDs, got {_describe(self.saes)}")
@@ -813,21 +1122,74 @@ class NodeConfig(_Section):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EmulationConfig(_Section):
-    """How emulated time relates to wall-clock time.
+    """How emulated time relates to wall-clock time: one network clock.
+
+    Emulated UTC = ``start`` + ``speed`` × (wall-clock UTC − ``wall_start``)
+    (:class:`qcinode.core.clock.NetworkClock`).
 
     Attributes:
         speed: Emulated seconds per wall-clock second (> 0), or ``"max"`` to
-            run as fast as the CPU allows.
+            run as fast as the CPU allows (fibre only: each link then keeps its
+            own emulated time; satellites need the clock).
+        start: The emulated UTC instant the network starts at (ISO 8601, e.g.
+            ``"2027-03-21T18:00:00Z"``); default: the cluster's start
+            (``wall_start``), so emulated UTC is the real one at speed 1.
+        wall_start: The wall-clock UTC instant at which emulated time was
+            ``start``. ``qcinode up`` and ``qcinode deploy k8s`` fill it in
+            when the file leaves it out, so every node — restarted ones
+            included — derives the same emulated UTC.
     """
 
     speed: float | Literal["max"] = 1.0
+    start: str | None = None
+    wall_start: str | None = None
 
     def __post_init__(self) -> None:
+        _utc(self, "start")
+        _utc(self, "wall_start")
         if self.speed == "max":
             return
         if isinstance(self.speed, bool) or not isinstance(self.speed, numbers.Real):
             raise _Invalid("speed", f'must be a number > 0 or "max", got {_describe(self.speed)}')
         _real(self, "speed", _Range(0.0, low_open=True))
+
+    @property
+    def start_utc(self) -> float | None:
+        """``start`` as POSIX seconds, or None."""
+        return None if self.start is None else parse_utc(self.start)
+
+    @property
+    def wall_start_utc(self) -> float | None:
+        """``wall_start`` as POSIX seconds, or None."""
+        return None if self.wall_start is None else parse_utc(self.wall_start)
+
+    @property
+    def is_anchored(self) -> bool:
+        """Whether every node derives the same clock from this section alone.
+
+        True with ``wall_start``, or at speed 1 without ``start`` (emulated
+        UTC is then the wall clock's); always for ``max`` (no clock).
+        """
+        return self.is_max or self.wall_start is not None or (self.start is None and self.speed == 1.0)
+
+    def clock(self, fallback_wall_start_utc: float) -> NetworkClock | None:
+        """The network clock (None for ``max``).
+
+        Args:
+            fallback_wall_start_utc: The anchor when the section does not fix
+                one (:attr:`is_anchored` False): processes started from such a
+                file agree only if they are given the same value.
+        """
+        if self.is_max:
+            return None
+        speed = float(self.speed)
+        wall = self.wall_start_utc
+        if wall is None:
+            if self.start is None and speed == 1.0:
+                return NetworkClock(0.0, 0.0, 1.0)  # emulated UTC is the wall clock's
+            wall = fallback_wall_start_utc
+        start = self.start_utc
+        return NetworkClock(wall if start is None else start, wall, speed)
 
     @property
     def is_max(self) -> bool:
@@ -895,6 +1257,7 @@ class Topology(_Section):
             raise _Invalid("nodes", "a topology needs at least one node")
         self._check_nodes()
         self._check_links()
+        self._check_clock()
 
     def _check_nodes(self) -> None:
         first_node: dict[str, int] = {}
@@ -927,6 +1290,7 @@ class Topology(_Section):
                         f"links[{i}].between[{j}]",
                         f"unknown node {end!r}{_suggest(end, names)} (nodes: {', '.join(names)})",
                     )
+            self._check_link_ends(i, link)
             pair = frozenset(link.between)
             if pair in first_pair:
                 raise _Invalid(
@@ -944,6 +1308,39 @@ class Topology(_Section):
                     "has the same ID; rename a node",
                 )
             first_id[link.link_id] = i
+
+    def _check_link_ends(self, i: int, link: LinkConfig) -> None:
+        """A satellite is only ever the first end of a free-space link to a site with a location."""
+        alice, bob = self.node(link.alice), self.node(link.bob)
+        if bob.is_satellite:
+            raise _Invalid(
+                f"links[{i}].between",
+                f"{bob.name!r} is a satellite: put it first, [{bob.name}, {alice.name}] "
+                "(a satellite carries the source; its links are downlinks)"
+                + ("; links between two satellites are not supported" if alice.is_satellite else ""),
+            )
+        if alice.is_satellite and bob.location is None:
+            index = next(j for j, node in enumerate(self.nodes) if node.name == bob.name)
+            raise _Invalid(
+                f"nodes[{index}].location",
+                f"{bob.name!r} is the ground end of the free-space link links[{i}]: give its location "
+                "{latitude_deg, longitude_deg, altitude_m}",
+            )
+
+    def _check_clock(self) -> None:
+        """Satellites need one network clock: ``speed: max`` has none."""
+        satellites = [i for i, node in enumerate(self.nodes) if node.is_satellite]
+        if satellites and self.emulation.is_max:
+            raise _Invalid(
+                "emulation.speed",
+                f"'max' cannot run a topology with satellites (nodes[{satellites[0]}].satellite): passes "
+                "follow one network clock, and 'max' has none; give emulated seconds per wall second, e.g. speed: 60",
+            )
+
+    @property
+    def has_satellites(self) -> bool:
+        """Whether any node is a satellite."""
+        return any(node.is_satellite for node in self.nodes)
 
     @classmethod
     def from_mapping(cls, data: object, path: str = "") -> Self:
@@ -976,8 +1373,9 @@ class Topology(_Section):
             for i, item in enumerate(_sequence(raw["nodes"], nodes_path))
         )
         links_path = _join(path, "links")
+        satellites = {node.name for node in nodes if node.is_satellite}
         links = tuple(
-            LinkConfig.from_mapping(item, f"{links_path}[{i}]", defaults_raw)
+            LinkConfig.from_mapping(item, f"{links_path}[{i}]", defaults_raw, satellites)
             for i, item in enumerate(_sequence(raw.get("links"), links_path))
         )
         with _at(path):
@@ -1146,6 +1544,18 @@ def load_topology(path: str | os.PathLike[str]) -> Topology:
     return parse_topology(text, os.fspath(path))
 
 
+def with_clock_anchor(topology: Topology, wall_utc: float) -> Topology:
+    """``topology`` with ``emulation.wall_start`` set to ``wall_utc`` if it has none (and a clock).
+
+    ``qcinode up`` and ``qcinode deploy k8s`` give the nodes such a file, so
+    that all of them — restarted ones included — share one network clock.
+    """
+    emulation = topology.emulation
+    if emulation.is_max or emulation.wall_start is not None:
+        return topology
+    return dataclasses.replace(topology, emulation=dataclasses.replace(emulation, wall_start=format_utc(wall_utc)))
+
+
 def builtin_topology_path() -> pathlib.Path:
     """The topology ``qcinode up`` runs when given none."""
     return pathlib.Path(__file__).with_name("cluster") / "builtin.yaml"
@@ -1162,10 +1572,10 @@ def topology_to_mapping(topology: Topology) -> dict[str, Any]:
 
     def plain(value: object) -> Any:
         if isinstance(value, dict):
-            # An honest link omits the key rather than writing `eavesdropper: null`.
-            return {
-                k: plain(v) for k, v in value.items() if not (k in ("eavesdropper", "fault") and v is None)
-            }
+            # An unset optional field is left out rather than written as null
+            # (an honest link has no `eavesdropper: null`, a fibre link no
+            # `free_space: null`, which would make it a free-space link).
+            return {k: plain(v) for k, v in value.items() if v is not None}
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
         return value

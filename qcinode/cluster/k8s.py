@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ import yaml
 
 from .. import __version__
 from ..errors import ConfigError
-from ..topology import Topology, load_topology, topology_to_mapping
+from ..topology import Topology, load_topology, topology_to_mapping, with_clock_anchor
 
 __all__ = [
     "GRPC_PORT",
@@ -181,7 +182,8 @@ def render_overlay(
     from ..node.node import cert_plan  # the node's own plan: the pods read these files
     from .certs import make_certificates
 
-    topology = load_topology(topology_path)
+    # The pods' network clock starts at render time (re-render for a fresh one).
+    topology = with_clock_anchor(load_topology(topology_path), time.time())
     _check_names(topology, namespace, cluster_domain)
     image = image or f"qcinode:{__version__}"
     image_entry = _image_entry(image)

@@ -8,6 +8,7 @@ where everything is (DESIGN.md §2 fixes its field names).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..topology import Topology, load_topology, topology_to_mapping
+from ..topology import Topology, load_topology, topology_to_mapping, with_clock_anchor
 from .admin import health_check, node_status
 from .certs import make_certificates
 
@@ -100,12 +101,17 @@ class Cluster:
                 raise ConfigError(f"--state-dir: a cluster is already running in {self.state_dir} (nodes {', '.join(alive)}); `qcinode down` first")
         (self.state_dir / "logs").mkdir(exist_ok=True)
         topo_text = self.topology_path.read_text()
+        topology = self.topology
         if self.speed is not None:
+            emulation = dataclasses.replace(topology.emulation, speed=self.speed if self.speed == "max" else float(self.speed))
+            topology = dataclasses.replace(topology, emulation=emulation)
+        # One network clock for every node, restarts included: the emulation
+        # stood at its start when the cluster started.
+        topology = with_clock_anchor(topology, time.time())
+        if topology != self.topology:
             import yaml
 
-            data = topology_to_mapping(self.topology)
-            data["emulation"]["speed"] = self.speed if self.speed == "max" else float(self.speed)
-            topo_text = yaml.safe_dump(data, sort_keys=False)
+            topo_text = yaml.safe_dump(topology_to_mapping(topology), sort_keys=False)
         (self.state_dir / "topology.yaml").write_text(topo_text)
         self.topology = load_topology(self.state_dir / "topology.yaml")
         make_certificates(_cert_plan(self.topology), self.certs_dir)

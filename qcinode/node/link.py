@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,6 +19,8 @@ import grpc
 import numpy as np
 import structlog
 
+from ..core.channel import Idle, next_frame
+from ..core.clock import NetworkClock
 from ..core.physics import PhotonFrame
 from ..core.pipeline import AliceLink, BobLink
 from ..errors import ProtocolError, QcinodeError, RemoteProtocolError, TransportError
@@ -87,7 +90,7 @@ class AliceWorker:
         self,
         rt: LinkRuntime,
         channel_factory: Callable[[], grpc.aio.Channel],
-        speed: float | None,
+        clock: NetworkClock | None,
         key_rng: Any,
         noise_rng: np.random.Generator,
         *,
@@ -100,7 +103,8 @@ class AliceWorker:
         self.stage_timeout_s = stage_timeout_s
         self.rt = rt
         self.channel_factory = channel_factory
-        self.speed = speed
+        self.clock = clock
+        self.speed = clock.speed if clock is not None else None
         self.key_rng = key_rng
         self.noise_rng = noise_rng
         self.log = log.bind(link_id=rt.link_id, peer_id=rt.peer, role="alice")
@@ -180,20 +184,35 @@ class AliceWorker:
         rt.alice_session = alice
         rt.state = "up"
         self.log.info("link.session_started", next_block_seq=rt.next_block_seq, auth_cursor=rt.auth.cursor)
-        wall_start = time.monotonic()
-        emulated = 0.0
+        rate_hz = rt.link.source.rate_hz
+        # The link's emulated position: it starts where the network clock stands
+        # (nothing crossed the channel while the session was down) and never runs
+        # ahead of it; without a clock (speed max) it is the time its pulses took.
+        t = self.clock.now(time.time()) if self.clock is not None else rt.emulated_s
         try:
             while True:
                 if alice.is_ready_for_frame:
-                    slots = next_frame_slots(rt.config, rt.link.source.rate_hz, self.speed, alice.key_bits_needed)
-                    emulated += slots / rt.link.source.rate_hz
-                    if self.speed is not None:
-                        delay = wall_start + emulated / self.speed - time.monotonic()
+                    want = next_frame_slots(rt.config, rate_hz, self.speed, alice.key_bits_needed, at_utc=t)
+                    plan = next_frame(rt.channel, t, rate_hz, want)
+                    if isinstance(plan, Idle):
+                        t = await self._idle(plan, t)
+                        continue
+                    rt.channel_idle = None
+                    if self.clock is not None:
+                        rt.link_utc = plan.end_utc
+                        delay = self.clock.wall_delay_s(plan.end_utc, time.time())
+                        rt.lag_s = max(0.0, -delay * self.clock.speed)
                         if delay > 0:
                             await asyncio.sleep(delay)
-                    frame_id, frame = alice.emit_frame(slots)
+                    at_utc = plan.at_utc if rt.config.channel is not None else None
+                    frame_id, frame = alice.emit_frame(plan.n_slots, at_utc=at_utc, close_block=plan.close_block)
+                    t = plan.end_utc
                     rt.next_frame_id = alice.next_frame_id
-                    await quantum.write(pb.PulseFrame(link_id=rt.link_id, frame_id=frame_id, n_slots=frame.n_slots, payload=frame.to_bytes()))
+                    await quantum.write(
+                        pb.PulseFrame(
+                            link_id=rt.link_id, frame_id=frame_id, n_slots=frame.n_slots, payload=frame.to_bytes(), at_utc=at_utc or 0.0
+                        )
+                    )
                 async with asyncio.timeout(self.stage_timeout_s):
                     envelope = await call.read()
                 if envelope is grpc.aio.EOF:
@@ -214,6 +233,27 @@ class AliceWorker:
             acks.cancel()
             quantum.cancel()
             call.cancel()
+
+    async def _idle(self, idle: Idle, t: float) -> float:
+        """The channel carries nothing until ``idle.until_utc`` (between passes): wait for the clock.
+
+        Returns the link's new emulated position. A link that lags the clock
+        skips the idle stretch at once (no pulse crossed it); one that keeps
+        pace sleeps until the clock reaches the next window.
+        """
+        rt = self.rt
+        rt.channel_idle = idle
+        rt.lag_s = 0.0
+        if self.clock is None or not math.isfinite(idle.until_utc):
+            # No clock, or no window ever again: nothing more will cross this channel.
+            self.log.info("link.channel_idle", note=idle.note, until="never")
+            await asyncio.Event().wait()
+        assert self.clock is not None
+        delay = self.clock.wall_delay_s(idle.until_utc, time.time())
+        if delay > 0:
+            await asyncio.sleep(delay)
+        rt.link_utc = max(t, idle.until_utc)
+        return rt.link_utc
 
     async def _drain_acks(self, quantum: Any) -> None:
         try:
@@ -271,7 +311,7 @@ class BobEndpoint:
         self.stage_timeout_s = stage_timeout_s
         self.links = links
         self.rng_factory = rng_factory
-        self.frames: dict[str, asyncio.Queue[tuple[int, PhotonFrame]]] = {
+        self.frames: dict[str, asyncio.Queue[tuple[int, PhotonFrame, float | None]]] = {
             link_id: asyncio.Queue(maxsize=4) for link_id, rt in links.items()
         }
         self.inboxes: dict[str, asyncio.Queue[tuple[str, Any]]] = {}
@@ -297,7 +337,7 @@ class BobEndpoint:
             if photons.n_slots != frame.n_slots:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "pulse frame n_slots does not match its payload")
                 return
-            await self.frames[rt.link_id].put((frame.frame_id, photons))
+            await self.frames[rt.link_id].put((frame.frame_id, photons, frame.at_utc or None))
             yield pb.FrameAck(frame_id=frame.frame_id)
 
     async def session(self, request_iterator: AsyncIterator[pb.ClassicalMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ClassicalMessage]:

@@ -47,6 +47,12 @@ class _NodeCollector(Collector):
         leak = counter("ec_leak_bits", "Bits disclosed by error correction")
         done = counter("blocks_done", "Blocks accepted into the pool")
         aborted = CounterMetricFamily("qcinode_link_blocks_aborted", "Blocks discarded, by cause", labels=[*labels, "reason"])
+        lag = gauge("lag_seconds", "Emulated seconds the transmitter is behind the network clock (the CPU cannot keep up)")
+        in_pass = gauge("in_pass", "Free-space link: 1 while the satellite is above the elevation mask")
+        elevation = gauge("elevation_degrees", "Free-space link: the satellite's elevation seen from the ground station")
+        slant = gauge("range_km", "Free-space link: slant range from the ground station to the satellite")
+        loss = gauge("loss_db", "Free-space link: channel loss now, detector excluded (absent outside passes)")
+        next_pass = gauge("next_pass_seconds", "Free-space link: emulated seconds until the next pass rises (absent during a pass)")
         for link in status["links"]:
             values = [link["link_id"], link["peer"], link["role"]]
             up.add_metric(values, 1.0 if link["state"] == "up" else 0.0)
@@ -63,7 +69,16 @@ class _NodeCollector(Collector):
             done.add_metric(values, float(link["blocks_done"]))
             for reason, count in link["aborts_by_reason"].items():
                 aborted.add_metric([*values, reason], float(count))
+            channel = link.get("channel") or {}
+            if "lag_s" in channel:
+                lag.add_metric(values, float(channel["lag_s"]))
+            if "in_pass" in channel:
+                in_pass.add_metric(values, 1.0 if channel["in_pass"] else 0.0)
+                for family, key in ((elevation, "elevation_deg"), (slant, "range_km"), (loss, "loss_db"), (next_pass, "next_pass_in_s")):
+                    if key in channel:
+                        family.add_metric(values, float(channel[key]))
         yield from (up, qber, efficiency, pool, rate, emulated, pulses, detections, sifted, secret, leak, done, aborted)
+        yield from (lag, in_pass, elevation, slant, loss, next_pass)
 
         net = status.get("network", {})
         relays = CounterMetricFamily("qcinode_relay_requests", "End-to-end key relays started at this node, by outcome", labels=["outcome"])

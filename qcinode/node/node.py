@@ -41,7 +41,7 @@ from .faults import FaultInjector, fault_from_request
 from .link import AliceWorker, BobEndpoint, ClassicalFault, peer_common_name
 from .metrics import NodeMetrics, start_metrics_server
 from .network import NetworkService
-from .runtime import LinkRuntime
+from .runtime import LinkRuntime, link_channel
 
 log = structlog.get_logger(__name__)
 
@@ -196,10 +196,14 @@ class Node:
         for store in (self.store, self.keystore):
             if store is not None:
                 store.on_health = _log_storage_health
+        # One network clock: every node derives the same emulated UTC from the topology.
+        self.clock = topo.emulation.clock(fallback_wall_start_utc=time.time())
         self.links: dict[str, LinkRuntime] = {}
         for link in topo.links_of(settings.name):
             psk = read_bytes(self.bundle.link_key(link.alice, link.bob))
-            self.links[link.link_id] = LinkRuntime(link, settings.name, psk, self.store)
+            self.links[link.link_id] = LinkRuntime(
+                link, settings.name, psk, self.store, channel=link_channel(topo, link), clock=self.clock
+            )
         self._seeds = np.random.SeedSequence(settings.seed)
         self._key_source = CsprngGenerator()
         self.faults = FaultInjector({link.link_id: link.fault for link in topo.links_of(settings.name) if link.fault is not None}, seed=settings.seed)
@@ -290,11 +294,16 @@ class Node:
             raise ConfigError(f"--listen: cannot bind {self.settings.listen}")
         await server.start()
         self.server, self.port = server, port
-        speed = None if self.settings.topology.emulation.is_max else float(self.settings.topology.emulation.speed)
+        if not self.settings.topology.emulation.is_anchored:
+            self.log.warning(
+                "clock.unanchored",
+                details="emulation.wall_start is not set: this node's network clock starts when it does; "
+                "give every node the same wall_start (qcinode up and qcinode deploy k8s set it) so that they agree",
+            )
         for rt in self.links.values():
             if rt.role.value == "alice":
                 key_rng, noise_rng = self._rngs()
-                worker = AliceWorker(rt, functools.partial(self._channel, rt.peer), speed, key_rng, noise_rng, **faults)
+                worker = AliceWorker(rt, functools.partial(self._channel, rt.peer), self.clock, key_rng, noise_rng, **faults)
                 self._tasks.append(asyncio.create_task(self._guard(worker.run(), rt.link_id)))
         self._tasks.append(asyncio.create_task(self._guard(self.network.run_adverts(), "routing")))
         if self.settings.kme_listen is not None and self.keystore is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections import Counter
 from typing import Any
@@ -20,12 +21,16 @@ import numpy as np
 
 from ..core import physics
 from ..core.authentication import AuthKeyReserve
+from ..core.channel import FibreChannel, Idle, QuantumChannelModel
+from ..core.clock import NetworkClock
 from ..core.estimation import h2
+from ..core.orbit import format_utc
+from ..space import downlink_channel
 from ..core.pipeline import BlockAborted, BlockAccepted, BlockEvent, LinkProtocolConfig
 from ..core.roles import Role
 from ..keys.linkstore import LinkStore, StorageFailure
 from ..keys.pool import LinkKeyPool, Reservation
-from ..topology import EavesdropperConfig, LinkConfig
+from ..topology import EavesdropperConfig, LinkConfig, Topology
 
 
 def link_physics(link: LinkConfig) -> physics.LinkPhysics:
@@ -54,7 +59,15 @@ def with_eavesdropper(phys: physics.LinkPhysics, eve: EavesdropperConfig | None)
     )
 
 
-def protocol_config(link: LinkConfig) -> LinkProtocolConfig:
+def link_channel(topology: Topology, link: LinkConfig) -> QuantumChannelModel | None:
+    """The quantum channel of a free-space link over time (None for a fibre, whose channel is fixed)."""
+    if link.free_space is None:
+        return None
+    return downlink_channel(topology, link)
+
+
+def protocol_config(link: LinkConfig, channel: QuantumChannelModel | None = None) -> LinkProtocolConfig:
+    """What both ends of ``link`` agree on; ``channel`` for a link whose channel changes with time."""
     pp = link.postprocessing
     return LinkProtocolConfig(
         link_id=link.link_id,
@@ -64,6 +77,7 @@ def protocol_config(link: LinkConfig) -> LinkProtocolConfig:
         verification_tag_bits=pp.verification_tag_bits,
         cascade_max_passes=pp.cascade_max_passes,
         no_decoy_bound=link.source.no_decoy_bound,
+        channel=channel,
     )
 
 
@@ -96,11 +110,35 @@ class LinkCounters:
 class LinkRuntime:
     """One link as seen by one node."""
 
-    def __init__(self, link: LinkConfig, local_node: str, bootstrap_key: bytes, store: LinkStore | None = None) -> None:
+    def __init__(
+        self,
+        link: LinkConfig,
+        local_node: str,
+        bootstrap_key: bytes,
+        store: LinkStore | None = None,
+        *,
+        channel: QuantumChannelModel | None = None,
+        clock: NetworkClock | None = None,
+    ) -> None:
+        """One end of ``link``.
+
+        Args:
+            channel: The link's quantum channel over time (a free-space
+                downlink); None for a fibre, whose channel never changes.
+            clock: The network clock (None at speed max).
+        """
         self.link = link
         self.role = Role.ALICE if link.alice == local_node else Role.BOB
         self.peer = link.bob if self.role is Role.ALICE else link.alice
-        self.config = protocol_config(link)
+        self.config = protocol_config(link, channel)
+        #: What plans the frames: the time-varying channel, or the fibre's constant one.
+        self.channel: QuantumChannelModel = channel if channel is not None else FibreChannel(link.fibre_transmittance)
+        self.clock = clock
+        #: The transmitter's emulated position (UTC) and how far it lags the clock.
+        self.link_utc: float | None = None
+        self.lag_s = 0.0
+        #: Set while the channel carries nothing (between passes).
+        self.channel_idle: Idle | None = None
         self.pool = LinkKeyPool(link.link_id, self.role)
         self.auth = AuthKeyReserve(bootstrap_key)
         self.counters = LinkCounters()
@@ -245,6 +283,30 @@ class LinkRuntime:
                 c.aborts_by_reason[event.reason] += 1
         return events
 
+    def _channel_status(self) -> dict[str, Any]:
+        """The clock and, for a free-space link, the channel now: in a pass or not, and why."""
+        out: dict[str, Any] = {}
+        if self.clock is None:
+            return out
+        now = self.clock.now(time.time())
+        if self.role is Role.ALICE:
+            out["lag_s"] = self.lag_s
+            if self.link_utc is not None:
+                out["emulated_utc"] = format_utc(self.link_utc)
+        if self.config.channel is None:
+            return out
+        conditions = self.channel.conditions(now)
+        out.update(in_pass=conditions.transmitting, note=conditions.note)
+        if math.isfinite(conditions.loss_db):
+            out["loss_db"] = conditions.loss_db
+        out.update({k: v for k, v in conditions.details.items() if k in _CHANNEL_DETAILS})
+        if not conditions.transmitting and math.isfinite(conditions.until_utc):
+            out["next_pass_utc"] = format_utc(conditions.until_utc)
+            out["next_pass_in_s"] = conditions.until_utc - now
+        elif conditions.transmitting and math.isfinite(conditions.until_utc):
+            out["pass_ends_utc"] = format_utc(conditions.until_utc)
+        return out
+
     def held_block_seqs(self) -> list[int]:
         seqs = [int(block_id.rsplit("/", 1)[1]) for block_id in self.pool.block_ids]
         if self.pending_bob is not None and self.pending_bob.pending_block_seq is not None:
@@ -278,6 +340,9 @@ class LinkRuntime:
             "eavesdropper": f"{self.eavesdropper.attack} {self.eavesdropper.fraction:g}" if self.eavesdropper else "",
             "cascade_rounds_per_block": c.cascade_rounds / max(1, c.blocks_done + c.blocks_aborted),
         }
+        channel = self._channel_status()
+        if channel:
+            out["channel"] = channel
         if include_ledger:
             out["ledger_json"] = json.dumps(
                 [[e.block_id, e.offset_bytes, e.length_bytes, e.initiator.value] for e in self.pool.audit()]
@@ -289,9 +354,18 @@ class LinkRuntime:
         return out
 
 
-def next_frame_slots(config: LinkProtocolConfig, rate_hz: float, speed: float | None, key_bits_needed: int) -> int:
-    """Slots for the next frame: no more than the block still needs (+5 %), so blocks stay near ``block_bits``."""
-    per_slot = max(expected_key_bits_per_slot(config.physics), 1e-15)
+#: The figures of a channel's conditions that status reports (admin.proto ChannelStatus).
+_CHANNEL_DETAILS = ("elevation_deg", "azimuth_deg", "range_km", "sky", "sun_elevation_deg")
+
+
+def next_frame_slots(
+    config: LinkProtocolConfig, rate_hz: float, speed: float | None, key_bits_needed: int, at_utc: float | None = None
+) -> int:
+    """Slots for the next frame: no more than the block still needs (+5 %), so blocks stay near ``block_bits``.
+
+    ``at_utc``: where the link stands, for a channel whose loss changes with time.
+    """
+    per_slot = max(expected_key_bits_per_slot(config.physics_at(at_utc)), 1e-15)
     just_enough = int(key_bits_needed * 1.05 / per_slot) + 1_000
     return min(frame_slots(config, rate_hz, speed), just_enough)
 

@@ -25,7 +25,7 @@ class BlockDigest(_message.Message):
     def __init__(self, block_id: _Optional[str] = ..., sha256: _Optional[bytes] = ..., bits: _Optional[int] = ...) -> None: ...
 
 class LinkStatus(_message.Message):
-    __slots__ = ("link_id", "peer", "role", "state", "pulses_sent", "detections", "sifted_bits", "qber", "ec_leak_bits", "ec_efficiency", "secret_bits", "blocks_done", "blocks_aborted", "pool_bits", "emulated_s", "secret_key_rate_bps", "auth_keys_available", "aborts_by_reason", "blocks", "cascade_rounds_per_block", "ec_key_bits", "eavesdropper", "ledger_json", "fault", "fault_affected")
+    __slots__ = ("link_id", "peer", "role", "state", "pulses_sent", "detections", "sifted_bits", "qber", "ec_leak_bits", "ec_efficiency", "secret_bits", "blocks_done", "blocks_aborted", "pool_bits", "emulated_s", "secret_key_rate_bps", "auth_keys_available", "aborts_by_reason", "blocks", "cascade_rounds_per_block", "ec_key_bits", "eavesdropper", "ledger_json", "fault", "fault_affected", "channel")
     class AbortsByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class LinkStatus(_message.Message):
     LEDGER_JSON_FIELD_NUMBER: _ClassVar[int]
     FAULT_FIELD_NUMBER: _ClassVar[int]
     FAULT_AFFECTED_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
     link_id: str
     peer: str
     role: str
@@ -83,7 +84,38 @@ class LinkStatus(_message.Message):
     ledger_json: str
     fault: str
     fault_affected: int
-    def __init__(self, link_id: _Optional[str] = ..., peer: _Optional[str] = ..., role: _Optional[str] = ..., state: _Optional[str] = ..., pulses_sent: _Optional[int] = ..., detections: _Optional[int] = ..., sifted_bits: _Optional[int] = ..., qber: _Optional[float] = ..., ec_leak_bits: _Optional[int] = ..., ec_efficiency: _Optional[float] = ..., secret_bits: _Optional[int] = ..., blocks_done: _Optional[int] = ..., blocks_aborted: _Optional[int] = ..., pool_bits: _Optional[int] = ..., emulated_s: _Optional[float] = ..., secret_key_rate_bps: _Optional[float] = ..., auth_keys_available: _Optional[int] = ..., aborts_by_reason: _Optional[_Mapping[str, int]] = ..., blocks: _Optional[_Iterable[_Union[BlockDigest, _Mapping]]] = ..., cascade_rounds_per_block: _Optional[float] = ..., ec_key_bits: _Optional[int] = ..., eavesdropper: _Optional[str] = ..., ledger_json: _Optional[str] = ..., fault: _Optional[str] = ..., fault_affected: _Optional[int] = ...) -> None: ...
+    channel: ChannelStatus
+    def __init__(self, link_id: _Optional[str] = ..., peer: _Optional[str] = ..., role: _Optional[str] = ..., state: _Optional[str] = ..., pulses_sent: _Optional[int] = ..., detections: _Optional[int] = ..., sifted_bits: _Optional[int] = ..., qber: _Optional[float] = ..., ec_leak_bits: _Optional[int] = ..., ec_efficiency: _Optional[float] = ..., secret_bits: _Optional[int] = ..., blocks_done: _Optional[int] = ..., blocks_aborted: _Optional[int] = ..., pool_bits: _Optional[int] = ..., emulated_s: _Optional[float] = ..., secret_key_rate_bps: _Optional[float] = ..., auth_keys_available: _Optional[int] = ..., aborts_by_reason: _Optional[_Mapping[str, int]] = ..., blocks: _Optional[_Iterable[_Union[BlockDigest, _Mapping]]] = ..., cascade_rounds_per_block: _Optional[float] = ..., ec_key_bits: _Optional[int] = ..., eavesdropper: _Optional[str] = ..., ledger_json: _Optional[str] = ..., fault: _Optional[str] = ..., fault_affected: _Optional[int] = ..., channel: _Optional[_Union[ChannelStatus, _Mapping]] = ...) -> None: ...
+
+class ChannelStatus(_message.Message):
+    __slots__ = ("emulated_utc", "lag_s", "in_pass", "note", "loss_db", "elevation_deg", "azimuth_deg", "range_km", "sky", "sun_elevation_deg", "next_pass_utc", "next_pass_in_s", "pass_ends_utc")
+    EMULATED_UTC_FIELD_NUMBER: _ClassVar[int]
+    LAG_S_FIELD_NUMBER: _ClassVar[int]
+    IN_PASS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    LOSS_DB_FIELD_NUMBER: _ClassVar[int]
+    ELEVATION_DEG_FIELD_NUMBER: _ClassVar[int]
+    AZIMUTH_DEG_FIELD_NUMBER: _ClassVar[int]
+    RANGE_KM_FIELD_NUMBER: _ClassVar[int]
+    SKY_FIELD_NUMBER: _ClassVar[int]
+    SUN_ELEVATION_DEG_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PASS_UTC_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PASS_IN_S_FIELD_NUMBER: _ClassVar[int]
+    PASS_ENDS_UTC_FIELD_NUMBER: _ClassVar[int]
+    emulated_utc: str
+    lag_s: float
+    in_pass: bool
+    note: str
+    loss_db: float
+    elevation_deg: float
+    azimuth_deg: float
+    range_km: float
+    sky: str
+    sun_elevation_deg: float
+    next_pass_utc: str
+    next_pass_in_s: float
+    pass_ends_utc: str
+    def __init__(self, emulated_utc: _Optional[str] = ..., lag_s: _Optional[float] = ..., in_pass: _Optional[bool] = ..., note: _Optional[str] = ..., loss_db: _Optional[float] = ..., elevation_deg: _Optional[float] = ..., azimuth_deg: _Optional[float] = ..., range_km: _Optional[float] = ..., sky: _Optional[str] = ..., sun_elevation_deg: _Optional[float] = ..., next_pass_utc: _Optional[str] = ..., next_pass_in_s: _Optional[float] = ..., pass_ends_utc: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("node", "uptime_s", "links", "network_json")
