@@ -758,9 +758,11 @@ def find_passes(
 
     Coarse scan every ``step_s`` (vectorised), then rise and set by bisection
     and culmination and minimum range by golden-section search, all to 0.01 s.
-    Sampled local maxima up to ``1° + 0.5°/s · step_s`` below the mask are
-    refined as well (the elevation of a LEO satellite changes by less than
-    1°/s), so a grazing pass is found even when no sample lies above the mask.
+    Sampled local maxima up to ``1° + 1°/s · step_s`` below the mask are
+    refined as well: the sample nearest a peak is within step_s/2 of it and
+    a satellite above 250 km changes elevation by less than 2°/s (0.9°/s
+    overhead at 500 km), so a grazing pass is found even when no sample lies
+    above the mask.
 
     Args:
         sat: The satellite.
@@ -820,7 +822,7 @@ def find_passes(
         passes.append(Pass(rise, culmination, set_, max_elevation, closest, rise_clipped, set_clipped))
 
     # Grazing passes: sampled local maxima just below the mask whose true peak may clear it.
-    margin = 1.0 + 0.5 * step
+    margin = 1.0 + step
     interior = np.arange(1, count - 1)
     peaks = interior[
         (elevations[interior] >= elevations[interior - 1])
