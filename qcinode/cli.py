@@ -15,6 +15,7 @@ from . import __version__
 from .errors import ConfigError, QcinodeError
 
 DEFAULT_STATE_DIR = Path(".qcinode")
+EXAMPLES = ("euroqci",)  # shipped topologies (qcinode/cluster/examples)
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -28,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start every node of a topology on loopback and show a live status table")
     up.add_argument("topology", nargs="?", type=Path, help="topology YAML (default: the built-in topology)")
+    up.add_argument("--example", choices=EXAMPLES, help="a shipped example topology instead of a file (euroqci: fibre and a satellite across the EU)")
     up.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     up.add_argument("--detach", action="store_true", help="return once every link has produced key, leave the cluster running")
     up.add_argument("--speed", help="override emulation.speed (a number or 'max')")
@@ -90,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     fault.add_argument("--end", metavar="NODE", help="only at this end of the link (default: both ends)")
     fault.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
 
+    passes = sub.add_parser("passes", help="list the passes of every satellite over each of its ground stations")
+    passes.add_argument("topology", nargs="?", type=Path, help="topology YAML (default: the built-in topology)")
+    passes.add_argument("--example", choices=EXAMPLES, help="a shipped example topology instead of a file")
+    passes.add_argument("--hours", type=float, default=24.0, help="how far ahead to look (default 24)")
+    passes.add_argument("--start", metavar="UTC", help="ISO 8601 UTC start, e.g. 2027-03-21T18:00:00Z (default: emulation.start, else now)")
+    passes.add_argument("--json", action="store_true", help="one JSON object per pass")
+
     certs = sub.add_parser("certs", help="make the cluster CA, node and SAE certificates and link bootstrap keys")
     certs.add_argument("--topology", type=Path, required=True)
     certs.add_argument("--out", type=Path, required=True)
@@ -111,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        handler = {"up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs, "keys": _keys, "deploy": _deploy, "eve": _eve, "fault": _fault}[args.command]
+        handler = {"passes": _passes, "up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs, "keys": _keys, "deploy": _deploy, "eve": _eve, "fault": _fault}[args.command]
         return handler(args)
     except ConfigError as exc:
         print(f"qcinode: {exc}", file=sys.stderr)
@@ -121,16 +130,59 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _topology_path(path: Path | None) -> Path:
-    from .topology import builtin_topology_path
+def _topology_path(path: Path | None, example: str | None = None) -> Path:
+    from .topology import builtin_topology_path, example_topology_path
 
+    if example is not None:
+        if path is not None:
+            raise ConfigError(f"--example: give either a topology file ({path}) or --example {example}, not both")
+        return example_topology_path(example)
     return path if path is not None else builtin_topology_path()
+
+
+def _passes(args: argparse.Namespace) -> int:
+    from .core.orbit import format_utc, parse_utc
+    from .space import link_passes
+    from .topology import load_topology
+
+    topology = load_topology(_topology_path(args.topology, args.example))
+    if args.hours <= 0 or args.hours > 24 * 366:
+        raise ConfigError(f"--hours: must be in (0, {24 * 366}], got {args.hours:g}")
+    if args.start is not None:
+        try:
+            start = parse_utc(args.start)
+        except ConfigError as exc:
+            raise ConfigError(f"--start: {exc}") from None
+    else:
+        start = topology.emulation.start_utc if topology.emulation.start_utc is not None else time.time()
+    found = link_passes(topology, start, start + 3600.0 * args.hours)
+    if not found:
+        raise ConfigError(f"topology {topology.name!r} has no satellite-to-ground (free-space) link")
+    rows = [
+        {"link": lp.link_id, "satellite": lp.satellite, "station": lp.station, **p.to_mapping()}
+        for lp in found
+        for p in lp.passes
+    ]
+    rows.sort(key=lambda r: (str(r["rise_utc"]), str(r["link"])))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"passes from {format_utc(round(start))} for {args.hours:g} h (above each link's elevation mask)")
+    print(f"{'link':<28} {'rise (UTC)':<21} {'culmination':<21} {'set':<21} {'max el':>7} {'min range':>10}")
+    for r in rows:
+        print(
+            f"{r['link']:<28} {str(r['rise_utc'])[:19]:<21} {str(r['culmination_utc'])[:19]:<21} {str(r['set_utc'])[:19]:<21} "
+            f"{r['max_elevation_deg']:>6.1f}° {r['min_range_km']:>7.0f} km"
+        )
+    if not rows:
+        print("(no pass in this window)")
+    return 0
 
 
 def _up(args: argparse.Namespace) -> int:
     from .cluster.launcher import Cluster, all_links_have_key, cluster_status, render_table
 
-    cluster = Cluster(_topology_path(args.topology), args.state_dir, speed=args.speed)
+    cluster = Cluster(_topology_path(args.topology, args.example), args.state_dir, speed=args.speed)
     cluster.prepare()
     cluster.start()
     try:

@@ -51,6 +51,7 @@ import yaml
 
 from qcinode.core.estimation import NO_DECOY_BOUNDS, NO_DECOY_GLLP, NO_DECOY_SINGLE_PHOTON
 from qcinode.core.clock import NetworkClock
+from qcinode.core.freespace import FreeSpaceOptics, SkyRadiance
 from qcinode.core.orbit import TleSatellite, format_utc, parse_utc
 from qcinode.errors import ConfigError
 
@@ -670,107 +671,137 @@ BUILTIN_TRACES: Final[tuple[str, ...]] = ("micius-2017",)
 class SkyRadianceConfig(_Section):
     """Spectral radiance of the sky in the receiver's field of view, by sky condition.
 
-    In W m⁻² sr⁻¹ nm⁻¹ at the link's wavelength; a value left out takes the
-    default for that wavelength (:mod:`qcinode.core.freespace`). Twilight is
-    the Sun between 0° and −12° (civil and nautical), night below −12°.
+    In W m⁻² sr⁻¹ nm⁻¹ at the link's wavelength. Left out entirely, the
+    wavelength band's default applies (780–1000 nm and 1450–1650 nm have
+    one, :mod:`qcinode.core.freespace`); ``day`` and ``night`` alone set the
+    twilights between them; any value given wins.
 
     Attributes:
-        night: Moonless night, >= 0.
-        twilight: Twilight, >= 0.
-        day: Clear day, >= 0.
+        day: Sun above −0.833°.
+        civil_twilight: Sun in (−6°, −0.833°].
+        nautical_twilight: Sun in (−12°, −6°].
+        astronomical_twilight: Sun in (−18°, −12°].
+        night: Sun at or below −18° (moonless).
     """
 
-    night: float | None = None
-    twilight: float | None = None
     day: float | None = None
+    civil_twilight: float | None = None
+    nautical_twilight: float | None = None
+    astronomical_twilight: float | None = None
+    night: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("night", "twilight", "day"):
+        for name in ("day", "civil_twilight", "nautical_twilight", "astronomical_twilight", "night"):
             if getattr(self, name) is not None:
-                _real(self, name, _Range(0.0, 1.0e3))
+                _real(self, name, _Range(0.0))
+
+    def resolve(self, band_default: SkyRadiance) -> SkyRadiance:
+        """The radiances to use: the band default, overridden by what is given."""
+        day = band_default.day if self.day is None else self.day
+        night = band_default.night if self.night is None else self.night
+        base = SkyRadiance.from_day_and_night(day=day, night=night)
+        given = {k: getattr(self, k) for k in ("civil_twilight", "nautical_twilight", "astronomical_twilight")}
+        return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FreeSpaceConfig(_Section):
     """A satellite-to-ground downlink: geometry, optics, atmosphere, background.
 
-    The link's transmittance at each instant is the product of the
-    diffraction-limited Gaussian beam caught by the receiver aperture, the
-    pointing loss, the atmosphere at that elevation, the receiver optics and
-    ``extra_loss_db`` (:mod:`qcinode.core.freespace`); or, with
-    ``loss_trace``, the loss a CSV gives. Bob's ``detector`` section still
-    gives the detector efficiency, dark counts and misalignment.
+    The link's transmittance at each instant is the product of a Gaussian
+    beam caught by the receiver aperture, the pointing loss, the atmosphere
+    at that elevation, the receiver optics and ``extra_loss_db``
+    (:mod:`qcinode.core.freespace`); or, with ``loss_trace``, the loss a CSV
+    gives. Bob's ``detector`` section still gives the detector efficiency,
+    dark counts and misalignment.
 
     Attributes:
-        elevation_mask_deg: Lowest elevation at which the link runs, in [0, 89] degrees.
+        elevation_mask_deg: Lowest elevation at which the link runs, degrees, in [0, 89].
         classical: One of :data:`FREE_SPACE_CLASSICAL`.
-        wavelength_nm: Wavelength, in [400, 2000] nm.
-        transmitter_aperture_m: Satellite telescope diameter, in (0, 10] m.
-        beam_divergence_urad: Full-angle far-field divergence at 1/e² (µrad),
-            in (0, 10000]; 0 or left out: diffraction-limited for the aperture.
-        receiver_aperture_m: Ground telescope diameter, in (0, 20] m.
-        pointing_jitter_urad: RMS pointing error per axis, in [0, 1000] µrad.
-        zenith_transmittance: Clear-sky atmospheric transmittance at the zenith, in (0, 1].
-        receiver_efficiency: Ground receiver optics (telescope to detectors), in (0, 1].
-        extra_loss_db: Losses the model leaves out (calibration), in [0, 100] dB.
-        receiver_mode: One of :data:`RECEIVER_MODES`.
-        field_of_view_urad: Full-angle field of view of a multimode receiver, in (0, 100000] µrad.
-        filter_bandwidth_nm: Spectral filter width, in (0, 100] nm.
-        gate_width_ns: Detection window per pulse slot, in (0, 1000] ns.
+        wavelength_nm: Wavelength, nm.
+        transmitter_aperture_m: Satellite telescope diameter, m (> 0); the beam waist is half of it.
+        beam_divergence_urad: Far-field HALF-angle at 1/e² intensity, µrad;
+            left out: diffraction-limited for the aperture (λ/(π D_T/2)).
+        receiver_aperture_m: Ground telescope diameter, m (> 0).
+        pointing_jitter_urad: RMS pointing error per axis, µrad (>= 0).
+        zenith_transmittance: Clear-sky atmospheric transmittance at the zenith, in (0, 1];
+            left out: the wavelength band's default (0.895 at 850 nm).
+        receiver_optics_efficiency: Ground receiver optics, telescope to detectors, in (0, 1].
+        receiver_fov_urad: Full-angle field of view of a multimode receiver, µrad (> 0).
+        filter_bandwidth_nm: Spectral filter width, nm (> 0).
+        single_mode: A single-mode fibre receiver (étendue λ²) instead of a multimode one.
+        gate_width_ns: Detection window per pulse slot, ns (> 0).
         sky_radiance: Sky background by sky condition.
-        scintillation_index: σ_I² of log-normal turbulence fading, in [0, 4]; 0: none.
-        loss_trace: A CSV of loss against time or range replacing the optical
-            model: a file path (relative to the topology file) or a name from
-            :data:`BUILTIN_TRACES`; see docs/topology.md.
+        scintillation_index: σ_I² of log-normal turbulence fading at the zenith, in [0, 10].
+        fading: Sample the pointing error and the turbulence frame by frame
+            (deterministically per instant) instead of using their means.
+        extra_loss_db: Losses the model leaves out (calibration), dB, in [0, 100].
+        loss_trace: A CSV of loss against time into each pass (``time_s,loss_db``)
+            or against slant range (``slant_range_km,loss_db``) replacing the
+            optical model: a file path (relative to the topology file) or a
+            name from :data:`BUILTIN_TRACES`.
     """
 
     elevation_mask_deg: float = 10.0
     classical: str = "always"
     wavelength_nm: float = 850.0
     transmitter_aperture_m: float = 0.3
-    beam_divergence_urad: float = 10.0
+    beam_divergence_urad: float | None = None
     receiver_aperture_m: float = 1.0
-    pointing_jitter_urad: float = 1.5
-    zenith_transmittance: float = 0.895
-    receiver_efficiency: float = 0.16
-    extra_loss_db: float = 0.0
-    receiver_mode: str = "multimode"
-    field_of_view_urad: float = 100.0
+    pointing_jitter_urad: float = 2.0
+    zenith_transmittance: float | None = None
+    receiver_optics_efficiency: float = 0.16
+    receiver_fov_urad: float = 100.0
     filter_bandwidth_nm: float = 1.0
+    single_mode: bool = False
     gate_width_ns: float = 1.0
     sky_radiance: SkyRadianceConfig = _section(SkyRadianceConfig)
     scintillation_index: float = 0.0
+    fading: bool = False
+    extra_loss_db: float = 0.0
     loss_trace: str | None = None
 
+    _OPTICS: ClassVar[tuple[str, ...]] = (
+        "elevation_mask_deg", "wavelength_nm", "transmitter_aperture_m", "beam_divergence_urad",
+        "receiver_aperture_m", "pointing_jitter_urad", "zenith_transmittance", "receiver_optics_efficiency",
+        "receiver_fov_urad", "filter_bandwidth_nm", "single_mode", "gate_width_ns", "scintillation_index",
+    )
+
     def __post_init__(self) -> None:
-        _real(self, "elevation_mask_deg", _Range(0.0, 89.0))
         classical = _string(self.classical, "classical", "classical channel mode")
         if classical not in FREE_SPACE_CLASSICAL:
             raise _Invalid(
                 "classical",
                 f"unknown mode {classical!r}{_suggest(classical, FREE_SPACE_CLASSICAL)} (allowed: {', '.join(FREE_SPACE_CLASSICAL)})",
             )
-        _real(self, "wavelength_nm", _Range(400.0, 2000.0))
-        _real(self, "transmitter_aperture_m", _Range(0.0, 10.0, low_open=True))
-        _real(self, "beam_divergence_urad", _Range(0.0, 10_000.0))
-        _real(self, "receiver_aperture_m", _Range(0.0, 20.0, low_open=True))
-        _real(self, "pointing_jitter_urad", _Range(0.0, 1000.0))
-        _real(self, "zenith_transmittance", _Range(0.0, 1.0, low_open=True))
-        _real(self, "receiver_efficiency", _Range(0.0, 1.0, low_open=True))
+        for name in ("single_mode", "fading"):
+            if not isinstance(getattr(self, name), bool):
+                raise _Invalid(name, f"must be true or false, got {_describe(getattr(self, name))}")
+        for name in self._OPTICS:
+            if name != "single_mode" and getattr(self, name) is not None:
+                _real(self, name, _Range())
         _real(self, "extra_loss_db", _Range(0.0, 100.0))
-        mode = _string(self.receiver_mode, "receiver_mode", "receiver mode")
-        if mode not in RECEIVER_MODES:
-            raise _Invalid(
-                "receiver_mode",
-                f"unknown mode {mode!r}{_suggest(mode, RECEIVER_MODES)} (allowed: {', '.join(RECEIVER_MODES)})",
-            )
-        _real(self, "field_of_view_urad", _Range(0.0, 100_000.0, low_open=True))
-        _real(self, "filter_bandwidth_nm", _Range(0.0, 100.0, low_open=True))
-        _real(self, "gate_width_ns", _Range(0.0, 1000.0, low_open=True))
         _instance(self, "sky_radiance", SkyRadianceConfig)
-        _real(self, "scintillation_index", _Range(0.0, 4.0))
         if self.loss_trace is not None:
             _string(self.loss_trace, "loss_trace", "CSV file path or built-in trace name")
+        self.optics()  # the optics' own ranges, reported at this section's field
+
+    def optics(self) -> FreeSpaceOptics:
+        """The core's optics parameters for this link.
+
+        Raises:
+            _Invalid: A value the optics refuse; the message names the field.
+        """
+        kwargs: dict[str, Any] = {name: getattr(self, name) for name in self._OPTICS}
+        try:
+            band = FreeSpaceOptics(**{**kwargs, "sky_radiance": None}) if self.sky_radiance != SkyRadianceConfig() else None
+            if band is not None:
+                kwargs["sky_radiance"] = self.sky_radiance.resolve(band.resolved_sky_radiance)
+            return FreeSpaceOptics(**kwargs)
+        except ConfigError as exc:
+            name, sep, problem = str(exc).partition(": ")
+            field_name = name if sep and name.split(".")[0] in {f.name for f in dataclasses.fields(self)} else ""
+            raise _Invalid(field_name, problem if field_name else str(exc)) from None
 
 
 _PER_LINK_HINT: Final = "it is set per link, under links[i], not in defaults"
@@ -963,7 +994,7 @@ def _utc(obj: object, name: str) -> float | None:
     text = _string(raw, name, 'UTC instant, e.g. "2027-03-21T18:00:00Z"')
     try:
         return parse_utc(text)
-    except ValueError as exc:
+    except ConfigError as exc:
         raise _Invalid(name, str(exc)) from None
 
 
@@ -1037,6 +1068,11 @@ class OrbitConfig(_Section):
         _utc(self, "epoch")
 
     @property
+    def epoch_utc(self) -> float | None:
+        """``epoch`` as POSIX seconds, or None."""
+        return None if self.epoch is None else parse_utc(self.epoch)
+
+    @property
     def ltan_hours(self) -> float | None:
         """``ltan`` in hours, or None."""
         if self.ltan is None:
@@ -1074,7 +1110,7 @@ class SatelliteConfig(_Section):
                 _string(line, f"tle[{i}]", "TLE line")
             try:
                 TleSatellite(self.tle[0], self.tle[1])
-            except ValueError as exc:
+            except ConfigError as exc:
                 raise _Invalid("tle", str(exc)) from None
         if self.orbit is not None:
             _instance(self, "orbit", OrbitConfig)
@@ -1541,7 +1577,27 @@ def load_topology(path: str | os.PathLike[str]) -> Topology:
         text = pathlib.Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{os.fspath(path)}: cannot read topology file: {exc}") from None
-    return parse_topology(text, os.fspath(path))
+    return _resolve_traces(parse_topology(text, os.fspath(path)), pathlib.Path(path).resolve().parent, os.fspath(path))
+
+
+def _resolve_traces(topology: Topology, base_dir: pathlib.Path, source: str) -> Topology:
+    """Makes every free-space ``loss_trace`` path absolute (relative to the topology file) and checks it exists."""
+    links = list(topology.links)
+    for i, link in enumerate(links):
+        trace = link.free_space.loss_trace if link.free_space is not None else None
+        if trace is None or trace in BUILTIN_TRACES:
+            continue
+        path = pathlib.Path(trace)
+        if not path.is_absolute():
+            path = base_dir / path
+        if not path.is_file():
+            raise ConfigError(
+                f"{source}: links[{i}].free_space.loss_trace: no file {str(path)!r} "
+                f"(a CSV path, relative to the topology file, or one of: {', '.join(BUILTIN_TRACES)})"
+            )
+        assert link.free_space is not None
+        links[i] = dataclasses.replace(link, free_space=dataclasses.replace(link.free_space, loss_trace=str(path)))
+    return topology if links == list(topology.links) else dataclasses.replace(topology, links=tuple(links))
 
 
 def with_clock_anchor(topology: Topology, wall_utc: float) -> Topology:
@@ -1554,6 +1610,14 @@ def with_clock_anchor(topology: Topology, wall_utc: float) -> Topology:
     if emulation.is_max or emulation.wall_start is not None:
         return topology
     return dataclasses.replace(topology, emulation=dataclasses.replace(emulation, wall_start=format_utc(wall_utc)))
+
+
+def example_topology_path(name: str) -> pathlib.Path:
+    """A shipped example topology (``qcinode up --example NAME``)."""
+    path = pathlib.Path(__file__).with_name("cluster") / "examples" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"--example: no example {name!r}")
+    return path
 
 
 def builtin_topology_path() -> pathlib.Path:

@@ -32,7 +32,9 @@ class CsprngGenerator:
 
     def bytes(self, length: int) -> bytes:
         """Returns ``length`` uniformly random bytes."""
-        if self._produced + length > _RESEED_BYTES:
+        if length <= 0:
+            return b""  # (a frame in which nothing was detected asks for none)
+        if self._encryptor is None or self._produced + length > _RESEED_BYTES:
             cipher = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16)))
             self._encryptor = cipher.encryptor()
             self._produced = 0

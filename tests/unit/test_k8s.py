@@ -41,7 +41,7 @@ import qcinode
 from qcinode import cli
 from qcinode.cluster import k8s
 from qcinode.errors import ConfigError
-from qcinode.topology import Topology, builtin_topology_path, load_topology, parse_topology
+from qcinode.topology import Topology, builtin_topology_path, load_topology, parse_topology, with_clock_anchor
 
 SUPPORTED_KUBERNETES = ("1.27.0", "1.37.0")  # oldest and newest minor; docs/kubernetes.md says why
 NAMESPACE = "qkd-test"
@@ -379,7 +379,10 @@ def manifest_problems(docs: list[dict[str, Any]], topology: Topology, namespace:
         cm = objects.get(("ConfigMap", topo_volume["configMap"]["name"]))
         if cm is None or topo_file.name not in cm.get("data", {}):
             problems.append(f"topology ConfigMap has no {topo_file.name}")
-        elif parse_topology(cm["data"][topo_file.name]) != topology:
+        elif (shipped := parse_topology(cm["data"][topo_file.name])) != with_clock_anchor(
+            topology, shipped.emulation.wall_start_utc or 0.0
+        ) or (shipped.emulation.wall_start is None and not topology.emulation.is_max):
+            # The overlay pins the network clock (emulation.wall_start) at render time.
             problems.append("topology ConfigMap holds a different topology")
     if not str(env.get("QCINODE_DATA_DIR", "")).startswith(mount_paths.get("data", "//") + "/"):
         problems.append(f"QCINODE_DATA_DIR={env.get('QCINODE_DATA_DIR')!r} is not on the data volume")
