@@ -41,6 +41,7 @@ __all__ = [
     "FibreChannel",
     "FramePlan",
     "Idle",
+    "SlotClock",
     "QuantumChannelModel",
     "combine_background",
     "next_frame",
@@ -175,3 +176,33 @@ def next_frame(channel: QuantumChannelModel, t_utc: float, rate_hz: float, want_
     end = t_utc + slots / rate_hz
     close = math.isfinite(window_s) and (conditions.until_utc - end) * rate_hz < 1.0 - 1e-6
     return FramePlan(start_utc=t_utc, n_slots=slots, at_utc=t_utc + slots / rate_hz / 2, end_utc=end, close_block=close)
+
+
+@dataclass(slots=True)
+class SlotClock:
+    """A transmitter's emulated position, counted in whole pulse slots.
+
+    Emulated UTC is around 1.8e9 s, where a float resolves only ~0.24 µs:
+    adding a frame's duration to it, frame after frame, drifts by up to a
+    few slots per frame at tens of MHz, so the position would run ahead of
+    the pulses actually sent. Counting slots from an anchor (reset when the
+    link jumps over an idle stretch) rounds once, not once per frame.
+    """
+
+    anchor_utc: float
+    rate_hz: float
+    slots: int = 0
+
+    @property
+    def now_utc(self) -> float:
+        """Where the transmitter stands: the instant after its last slot."""
+        return self.anchor_utc + self.slots / self.rate_hz
+
+    def advance(self, n_slots: int) -> None:
+        """``n_slots`` more pulses were sent."""
+        self.slots += n_slots
+
+    def jump_to(self, t_utc: float) -> None:
+        """Skip to ``t_utc`` (nothing was sent in between)."""
+        if t_utc > self.now_utc:
+            self.anchor_utc, self.slots = t_utc, 0

@@ -19,7 +19,7 @@ from . import messages as m
 from .authentication import AuthKeyReserve
 from .physics import PhotonFrame
 from ..errors import LocalProtocolError, ProtocolError
-from .channel import Idle, next_frame
+from .channel import Idle, SlotClock, next_frame
 from .pipeline import AliceLink, BlockEvent, BobLink, LinkProtocolConfig, LinkState
 
 Tamper = Callable[[str, m.Message], m.Message | None]
@@ -121,17 +121,17 @@ def pump_timeline(
     alice_events: list[BlockEvent] = []
     bob_events: list[BlockEvent] = []
     frames = messages = 0
-    t = start_utc
-    while t < end_utc and frames < max_frames:
+    position = SlotClock(start_utc, rate_hz)
+    while position.now_utc < end_utc and frames < max_frames:
         if not alice.is_ready_for_frame:
             break  # protocol stalled
-        plan = next_frame(channel, t, rate_hz, frame_slots)
+        plan = next_frame(channel, position.now_utc, rate_hz, frame_slots)
         if isinstance(plan, Idle):
-            t = plan.until_utc
+            position.jump_to(plan.until_utc)
             continue
         frame_id, frame = alice.emit_frame(plan.n_slots, at_utc=plan.at_utc, close_block=plan.close_block)
         frames += 1
-        t = plan.end_utc
+        position.advance(plan.n_slots)
         messages += _exchange(alice, bob, frame_id, frame, None, at_utc=plan.at_utc)
         alice_events.extend(alice.take_events())
         bob_events.extend(bob.take_events())

@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 import structlog
 
-from ..core.channel import Idle, next_frame
+from ..core.channel import Idle, SlotClock, next_frame
 from ..core.clock import NetworkClock
 from ..core.physics import PhotonFrame
 from ..core.pipeline import AliceLink, BobLink
@@ -188,14 +188,15 @@ class AliceWorker:
         # The link's emulated position: it starts where the network clock stands
         # (nothing crossed the channel while the session was down) and never runs
         # ahead of it; without a clock (speed max) it is the time its pulses took.
-        t = self.clock.now(time.time()) if self.clock is not None else rt.emulated_s
+        position = SlotClock(self.clock.now(time.time()) if self.clock is not None else rt.emulated_s, rate_hz)
         try:
             while True:
                 if alice.is_ready_for_frame:
+                    t = position.now_utc
                     want = next_frame_slots(rt.config, rate_hz, self.speed, alice.key_bits_needed, at_utc=t)
                     plan = next_frame(rt.channel, t, rate_hz, want)
                     if isinstance(plan, Idle):
-                        t = await self._idle(plan, t)
+                        position.jump_to(await self._idle(plan, t))
                         continue
                     rt.channel_idle = None
                     if self.clock is not None:
@@ -206,7 +207,7 @@ class AliceWorker:
                             await asyncio.sleep(delay)
                     at_utc = plan.at_utc if rt.config.channel is not None else None
                     frame_id, frame = alice.emit_frame(plan.n_slots, at_utc=at_utc, close_block=plan.close_block)
-                    t = plan.end_utc
+                    position.advance(plan.n_slots)
                     rt.next_frame_id = alice.next_frame_id
                     await quantum.write(
                         pb.PulseFrame(

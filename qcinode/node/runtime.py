@@ -367,15 +367,17 @@ def next_frame_slots(
     """
     per_slot = max(expected_key_bits_per_slot(config.physics_at(at_utc)), 1e-15)
     just_enough = int(key_bits_needed * 1.05 / per_slot) + 1_000
-    return min(frame_slots(config, rate_hz, speed), just_enough)
+    return min(frame_slots(config, rate_hz, speed, per_slot), just_enough)
 
 
-def frame_slots(config: LinkProtocolConfig, rate_hz: float, speed: float | None) -> int:
+def frame_slots(config: LinkProtocolConfig, rate_hz: float, speed: float | None, per_slot: float | None = None) -> int:
     """Pulse slots per frame: about a quarter block, and at most a quarter second of wall time.
 
-    ``speed`` None means "max".
+    ``speed`` None means "max"; ``per_slot`` is the expected key bits per slot
+    (default: from the link's fixed physics).
     """
-    per_slot = max(expected_key_bits_per_slot(config.physics), 1e-15)
+    if per_slot is None:
+        per_slot = max(expected_key_bits_per_slot(config.physics), 1e-15)
     quarter_block = config.block_bits / 4 / per_slot
     slots = quarter_block if speed is None else min(quarter_block, rate_hz * 0.25 * speed)
     return int(np.clip(slots, 1_000, 1 << 40))

@@ -38,7 +38,7 @@ from ..cluster.admin import set_eavesdropper, set_fault
 from ..cluster.launcher import Cluster
 from ..kme.client import EtsiClient
 from ..errors import ConfigError
-from ..topology import LinkConfig, builtin_topology_path
+from ..topology import LinkConfig, builtin_topology_path, load_topology
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -110,7 +110,13 @@ READY_KEYS = 16  # default-size keys every SAE pair must be able to get before t
 
 
 def start_network(topology: Path, state_dir: Path, *, speed: str | None = "max", ready_timeout_s: float = 120.0) -> QciNetwork:
-    """Starts the network as real processes and waits until every SAE pair can get keys (``READY_KEYS`` of 256 bits)."""
+    """Starts the network as real processes and waits until every SAE pair can get keys (``READY_KEYS`` of 256 bits).
+
+    ``speed`` overrides the topology's ``emulation.speed`` (default ``max``),
+    except for a topology with satellites, whose passes need its own clock.
+    """
+    if speed == "max" and load_topology(topology).has_satellites:
+        speed = None
     cluster = Cluster(topology, state_dir, speed=speed)
     cluster.prepare()
     try:

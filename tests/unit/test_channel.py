@@ -118,3 +118,22 @@ def test_daylight_background_drives_the_qber_to_one_half_and_no_key() -> None:
     alice_events, _, _ = _run(channel, 20_000, end=20.0)
     assert alice_events and all(isinstance(e, BlockAborted) for e in alice_events)
     assert np.mean([e.stats.test_qber for e in alice_events]) == pytest.approx(0.5, abs=0.02)
+
+
+def test_the_position_counts_slots_without_drifting_at_today_s_utc() -> None:
+    # At 1.8e9 s a float resolves ~0.24 us: adding frame durations frame after frame drifts by
+    # slots per frame, counting slots from an anchor does not.
+    from qcinode.core.channel import SlotClock
+
+    rate = 2.0e7
+    clock = SlotClock(1.8e9, rate)
+    drifting = 1.8e9
+    for _ in range(10_000):
+        clock.advance(593_393)
+        drifting += 593_393 / rate
+    assert clock.now_utc == pytest.approx(1.8e9 + 10_000 * 593_393 / rate, abs=3e-7)
+    assert abs(drifting - clock.now_utc) * rate > 1_000  # what the naive sum gets wrong
+    clock.jump_to(1.9e9)
+    assert (clock.anchor_utc, clock.slots) == (1.9e9, 0)
+    clock.jump_to(1.0e9)  # never backwards
+    assert clock.now_utc == 1.9e9
