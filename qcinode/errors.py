@@ -93,3 +93,7 @@ class RequestError(QcinodeError):
     def __init__(self, message: str, details: list[str] | None = None) -> None:
         super().__init__(message)
         self.details = details or []
+
+
+class NotRunning(QcinodeError):
+    """The cluster, or the node, a command talks to is not running. Expected (after Ctrl-C or ``qcinode down``)."""

@@ -633,7 +633,8 @@ class EavesdropperConfig(_Section):
 
     Attributes:
         attack: One of :data:`EAVESDROPPER_ATTACKS` (required).
-        fraction: Fraction of pulses attacked, in [0, 1].
+        fraction: Fraction of pulses attacked, in [0, 1] (intercept-resend;
+            photon-number splitting acts on every pulse, so it must be 1).
     """
 
     attack: str
@@ -648,6 +649,9 @@ class EavesdropperConfig(_Section):
                 f"(allowed: {', '.join(EAVESDROPPER_ATTACKS)})",
             )
         _real(self, "fraction", _Range(0.0, 1.0))
+        if attack == "photon-number-splitting" and self.fraction != 1.0:
+            # The model (qcinode.core.physics) splits every multi-photon pulse; a share is not modelled.
+            raise _Invalid("fraction", f"photon-number splitting acts on every pulse: only 1 is allowed, got {self.fraction:g}")
 
 
 _PER_LINK_HINT: Final = "it is set per link, under links[i], not in defaults"

@@ -193,6 +193,7 @@ class AliceWorker:
                             await asyncio.sleep(delay)
                     frame_id, frame = alice.emit_frame(slots)
                     rt.next_frame_id = alice.next_frame_id
+                    rt.note_frame(slots)
                     await quantum.write(pb.PulseFrame(link_id=rt.link_id, frame_id=frame_id, n_slots=frame.n_slots, payload=frame.to_bytes()))
                 async with asyncio.timeout(self.stage_timeout_s):
                     envelope = await call.read()
@@ -298,6 +299,7 @@ class BobEndpoint:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "pulse frame n_slots does not match its payload")
                 return
             await self.frames[rt.link_id].put((frame.frame_id, photons))
+            rt.note_frame(photons.n_slots)
             yield pb.FrameAck(frame_id=frame.frame_id)
 
     async def session(self, request_iterator: AsyncIterator[pb.ClassicalMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ClassicalMessage]:
