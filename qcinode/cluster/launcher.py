@@ -385,11 +385,17 @@ def _fit(text: str, width: int) -> str:
 
 
 def link_notes(link: dict[str, Any], speed: Any) -> list[str]:
-    """What the table says about a link beyond its numbers: lag, attacks, why blocks abort."""
+    """What the table says about a link beyond its numbers, most urgent first.
+
+    ``behind: 0.18x``: emulated seconds per wall second over the last minute,
+    when below :data:`LAG_THRESHOLD` of ``speed``; what is switched on against
+    the link (eavesdropper, faults); the reason of its last abort, while
+    blocks abort (in the last minute).
+    """
     notes = []
     behind = lag(link, speed)
     if behind is not None:
-        notes.append(f"behind: {behind:.2f}x of speed {speed:g}")
+        notes.append(f"behind: {behind:.2f}x")
     if link.get("attacks"):
         notes.append(str(link["attacks"]))
     recent = link.get("recent_aborts") or []
@@ -401,34 +407,37 @@ def link_notes(link: dict[str, Any], speed: Any) -> list[str]:
 def render_table(status: dict[str, Any], *, wide: bool = False, width: int = TABLE_WIDTH) -> str:
     """The live status table: one row per link, then one per node.
 
-    It fits ``width`` columns (notes are cut with "…"); ``wide`` adds the
-    lifetime rate, emulated time and speed, both pools and every abort
-    reason, and cuts nothing. Key rates are secret bits per emulated second,
+    It fits ``width`` columns (long names and notes are cut with "…");
+    ``wide`` adds Cascade's f, the lifetime rate, emulated time and speed,
+    both pools and every abort reason, and cuts nothing. Key rates are secret bits per emulated second,
     over the blocks of the last minute.
     """
     speed = status.get("speed")
     links = sorted(status["links"].items())
     name_w = max([len("link"), *(len(link_id) for link_id, _ in links)])
+    if not wide:
+        name_w = min(name_w, 24)  # node names may have 63 characters: long link IDs are cut
     state_w = max([len("state"), *(len(str(link.get("state", "?"))) for _, link in links)])
-    head = f"{'link':<{name_w}}  {'state':<{state_w}} {'QBER':>6} {'key bit/s':>9} {'pool bits':>9} {'blocks':>6} {'aborts':>6} {'f_EC':>5}"
+    head = f"{'link':<{name_w}}  {'state':<{state_w}} {'QBER':>6} {'key bit/s':>9} {'pool bits':>9} {'blocks':>6} {'aborts':>6}"
     if wide:
-        head += f" {'avg bit/s':>9} {'emul. s':>8} {'emul/wall':>9} {'alice pool':>10} {'bob pool':>9}"
+        head += f" {'f_EC':>5} {'avg bit/s':>9} {'emul. s':>8} {'emul/wall':>9} {'alice pool':>10} {'bob pool':>9}"
     head += "  notes"
     speed_text = "as fast as the CPU allows" if speed == "max" else f"speed {speed:g} (emulated s per wall s)" if speed else "speed ?"
-    rows = [f"topology {status['topology']}, {speed_text}; key rates per emulated s over the last minute", head]
+    title = f"topology {status['topology']}, {speed_text}; key rates per emulated s over the last minute"
+    rows = [title if wide else _fit(title, width), head]
     for link_id, link in links:
         done, aborted = int(link.get("blocks_done") or 0), int(link.get("blocks_aborted") or 0)
         f_ec = float(link.get("ec_efficiency") or 0.0)
         row = (
-            f"{link_id:<{name_w}}  {link.get('state', '?'):<{state_w}} {100 * float(link.get('qber') or 0.0):>5.2f}%"
+            f"{_fit(link_id, name_w):<{name_w}}  {link.get('state', '?'):<{state_w}} {100 * float(link.get('qber') or 0.0):>5.2f}%"
             f" {_si(float(link.get('current_key_rate_bps') or 0.0)):>9} {_si(float(link.get('pool_bits') or 0)):>9}"
-            f" {done:>6} {aborted:>6} {f'{f_ec:.3f}' if f_ec else '-':>5}"
+            f" {done:>6} {aborted:>6}"
         )
         notes = link_notes(link, speed)
         if wide:
             pools = [link.get("alice_pool_bits"), link.get("bob_pool_bits")]
             row += (
-                f" {_si(float(link.get('secret_key_rate_bps') or 0.0)):>9} {float(link.get('emulated_s') or 0.0):>8.1f}"
+                f" {f'{f_ec:.3f}' if f_ec else '-':>5} {_si(float(link.get('secret_key_rate_bps') or 0.0)):>9} {float(link.get('emulated_s') or 0.0):>8.1f}"
                 f" {float(link.get('emulation_rate') or 0.0):>9.3f} {_si(float(pools[0] or 0)) if pools[0] is not None else '-':>10}"
                 f" {_si(float(pools[1] or 0)) if pools[1] is not None else '-':>9}"
             )
@@ -439,6 +448,8 @@ def render_table(status: dict[str, Any], *, wide: bool = False, width: int = TAB
         else:
             rows.append(row + "  " + _fit("; ".join(notes) or "-", width - len(row) - 2))
     name_w = max([len("node"), *(len(n) for n in status["nodes"])])
+    if not wide:
+        name_w = min(name_w, 24)
     node_head = f"{'node':<{name_w}}  {'relays ok':>9} {'failed':>6} {'forwarded':>9}  ETSI 014 requests (endpoint status: count)"
     rows += ["", node_head]
     for name, info in status["nodes"].items():
@@ -449,7 +460,7 @@ def render_table(status: dict[str, Any], *, wide: bool = False, width: int = TAB
         elif "error" in info:
             requests = f"not answering: {info['error']}"
         row = (
-            f"{name:<{name_w}}  {int(net.get('relays_delivered', 0)):>9} {int(net.get('relays_failed', 0)):>6}"
+            f"{_fit(name, name_w):<{name_w}}  {int(net.get('relays_delivered', 0)):>9} {int(net.get('relays_failed', 0)):>6}"
             f" {int(net.get('relays_forwarded', 0)):>9}  "
         )
         rows.append(row + (requests if wide else _fit(requests, width - len(row))))
