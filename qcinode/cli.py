@@ -132,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     k8s.add_argument("--topology", type=Path, required=True)
     k8s.add_argument("--out", type=Path, required=True, help="overlay directory (self-contained; holds the CA key: keep it private)")
     k8s.add_argument("--namespace", default="qcinode")
-    k8s.add_argument("--image", default=None, help="container image, NAME[:TAG] or NAME@sha256:DIGEST (default qcinode:VERSION)")
+    k8s.add_argument("--image", default=None, help="container image, NAME[:TAG] or NAME@sha256:DIGEST (default localhost/qcinode:VERSION, what deploy/build-image.sh builds)")
     k8s.add_argument("--cluster-domain", default="cluster.local", help="the cluster's DNS domain, for certificate names")
     k8s.add_argument("--base", type=Path, default=None, help="kustomize base to copy (default: deploy/k8s/base of this source tree)")
     return p

@@ -78,6 +78,9 @@ TOPOLOGY_CONFIGMAP = "qcinode-topology"
 SELECTOR = {"app.kubernetes.io/name": "qcinode", "app.kubernetes.io/component": "node"}
 
 _MARKER = "# Made by `qcinode deploy k8s`"
+#: The image an overlay runs unless ``--image`` names another: the tag
+#: ``deploy/build-image.sh`` builds (push it, or any other build, and pass ``--image``).
+DEFAULT_IMAGE = f"localhost/qcinode:{__version__}"
 _DNS_1035 = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # The repository part of an image reference (distribution/reference grammar, simplified).
@@ -166,7 +169,7 @@ def render_overlay(
             overlay made by this function (then updated in place).
         namespace: Namespace of every object (a DNS-1123 label).
         image: Container image ``NAME[:TAG]`` or ``NAME@DIGEST``; default
-            ``qcinode:VERSION``.
+            :data:`DEFAULT_IMAGE`, what ``deploy/build-image.sh`` tags.
         cluster_domain: The cluster's DNS domain, for certificate SANs.
         base_dir: The kustomize base to copy; default :func:`default_base_dir`.
 
@@ -183,7 +186,7 @@ def render_overlay(
 
     topology = load_topology(topology_path)
     _check_names(topology, namespace, cluster_domain)
-    image = image or f"qcinode:{__version__}"
+    image = image or DEFAULT_IMAGE
     image_entry = _image_entry(image)
     base = Path(base_dir) if base_dir is not None else default_base_dir()
     if not (base / "kustomization.yaml").is_file():

@@ -664,7 +664,7 @@ def test_deploy_command_renders_and_refuses_foreign_directories(tmp_path: Path, 
     assert "kubectl apply -k" in capsys.readouterr().out
     kustomization = yaml.safe_load((out / "kustomization.yaml").read_text())
     assert kustomization["namespace"] == "qkd" and kustomization["replicas"] == [{"name": "qcinode", "count": 5}]
-    assert kustomization["images"] == [{"name": "qcinode", "newName": "qcinode", "newTag": qcinode.__version__}]
+    assert kustomization["images"] == [{"name": "qcinode", "newName": "localhost/qcinode", "newTag": qcinode.__version__}]
     ca = (out / "certs" / "ca.pem").read_bytes()
     # Re-running updates in place and keeps the CA (running pods keep trusting each other).
     assert cli.main(["deploy", "k8s", "--topology", str(topology), "--out", str(out), "--namespace", "qkd2"]) == 0
@@ -689,6 +689,12 @@ def test_topologies_that_cannot_be_deployed_are_refused(change: Callable[[str], 
     topology = _write(tmp_path / "t.yaml", change(CHAIN5))
     with pytest.raises(ConfigError, match=message):
         k8s.render_overlay(topology, tmp_path / "out")
+
+
+def test_the_default_image_is_the_one_build_image_sh_builds() -> None:
+    script = Path(__file__).resolve().parents[2] / "deploy" / "build-image.sh"
+    done = subprocess.run(["bash", str(script), "--print-tag"], capture_output=True, text=True, timeout=30, check=True)
+    assert done.stdout.strip() == k8s.DEFAULT_IMAGE == f"localhost/qcinode:{qcinode.__version__}"
 
 
 @pytest.mark.parametrize(
