@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A topology file (DESIGN.md §2, docs/topology.md) is a user-facing contract:
+A topology file (docs/design.md §2, docs/topology.md) is a user-facing contract:
 the YAML keys are exactly the dataclass field names below, so
 ``topology_to_mapping`` is little more than ``dataclasses.asdict``.
 

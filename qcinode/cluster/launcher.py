@@ -2,7 +2,7 @@
 
 Each node runs as its own OS process (``python -m qcinode node ...``) on a
 loopback port chosen here; ``cluster.json`` in the state directory records
-where everything is (DESIGN.md §2 fixes its field names).
+where everything is (docs/design.md §2 fixes its field names).
 """
 
 from __future__ import annotations

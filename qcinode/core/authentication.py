@@ -8,7 +8,7 @@ Theory of operation:
       authenticated with a Wegman–Carter one-time MAC (Wegman & Carter,
       "New hash functions and their use in authentication and set
       equality", JCSS 22 (1981)); a tag that fails discards the block
-      (DESIGN.md §1 step 7).
+      (docs/design.md §1 step 7).
     * **Transcript.** :class:`Transcript` frames every message as
       ``direction (3 ASCII bytes, "A>B" or "B>A") ‖ length (8 bytes,
       big-endian) ‖ payload`` after a fixed domain header. The framing is

@@ -1,7 +1,7 @@
 """Trusted-node key relay: one-time-pad hops and XOR secret sharing (pure; no I/O).
 
 Theory of operation:
-    * **Hop by hop** (ITU-T Y.3803 trusted-node relay; DESIGN.md §1). To give
+    * **Hop by hop** (ITU-T Y.3803 trusted-node relay; docs/design.md §1). To give
       nodes ``source`` and ``destination`` a shared key, ``source`` draws the
       key and sends it along ``path``. Hop ``i`` goes from ``path[i]`` to
       ``path[i + 1]`` and is protected with key from that link's pool: the

@@ -6,7 +6,7 @@ Theory of operation:
       terminates, saying whether the link is up and how many key bytes the
       node can spend on it on its own initiative (its initiator half of the
       pool, :mod:`qcinode.keys.pool`). The driver floods each advert to every
-      neighbour over the classical network (DESIGN.md §1, "Routing").
+      neighbour over the classical network (docs/design.md §1, "Routing").
     * **Flooding.** :meth:`LinkStateDatabase.receive` stores an advert only if
       its sequence number is higher than the one held for that origin (or the
       origin is unknown), and answers ``True`` exactly then: the driver
