@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start every node of a topology on loopback and show a live status table")
     up.add_argument("topology", nargs="?", type=Path, help="topology YAML (default: the built-in topology)")
     up.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help=STATE_DIR_HELP)
-    up.add_argument("--detach", action="store_true", help="return once every link has produced key, leave the cluster running")
+    up.add_argument("--detach", action="store_true", help="return once every link has key and every node knows it, leave the cluster running")
     up.add_argument("--speed", type=_speed, help="override emulation.speed: emulated seconds per wall second (> 0), or 'max'")
     up.add_argument("--timeout", type=float, default=300.0, help="--detach: seconds to wait for key on every link")
     up.add_argument("--refresh", type=float, default=1.0, help="seconds between table refreshes")
@@ -174,7 +174,7 @@ def _topology_path(path: Path | None) -> Path:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from .cluster.launcher import Cluster, cluster_status, links_without_key, render_table
+    from .cluster.launcher import Cluster, cluster_status, links_without_key, nodes_without_routes, render_table
 
     cluster = Cluster(_topology_path(args.topology), args.state_dir, speed=args.speed)
     cluster.prepare()
@@ -187,16 +187,15 @@ def _up(args: argparse.Namespace) -> int:
             while True:
                 status = cluster_status(cluster.state_dir)
                 missing = links_without_key(status, cluster.topology)
-                if not missing:
+                unrouted = [] if missing else nodes_without_routes(status, cluster.topology)
+                if not missing and not unrouted:
                     print(render_table(status, wide=args.wide))
                     print(f"qcinode: every link has key; stop with `qcinode down --state-dir {args.state_dir}`", file=sys.stderr)
                     return 0
                 if time.monotonic() > deadline:
                     print(render_table(status, wide=args.wide))
-                    raise QcinodeError(
-                        f"--timeout: no key within {args.timeout:g} s on {'; '.join(missing)}; "
-                        f"cluster stopped, node logs in {cluster.state_dir / 'logs'}"
-                    )
+                    what = f"no key on {'; '.join(missing)}" if missing else f"nodes {', '.join(unrouted)} have not learnt every link's key"
+                    raise QcinodeError(f"--timeout: within {args.timeout:g} s, {what}; cluster stopped, node logs in {cluster.state_dir / 'logs'}")
                 time.sleep(1.0)
         tty = sys.stdout.isatty()
         while True:

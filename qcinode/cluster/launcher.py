@@ -384,6 +384,18 @@ def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
+def _wrap(parts: list[str], width: int, max_lines: int = 3) -> list[str]:
+    """Notes joined with "; " into lines of ``width`` (a part too long is cut, never split)."""
+    width = max(width, 12)
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += "; " + part
+        else:
+            lines.append(_fit(part, width))
+    return lines[:max_lines]
+
+
 def link_notes(link: dict[str, Any], speed: Any) -> list[str]:
     """What the table says about a link beyond its numbers, most urgent first.
 
@@ -407,7 +419,8 @@ def link_notes(link: dict[str, Any], speed: Any) -> list[str]:
 def render_table(status: dict[str, Any], *, wide: bool = False, width: int = TABLE_WIDTH) -> str:
     """The live status table: one row per link, then one per node.
 
-    It fits ``width`` columns (long names and notes are cut with "…");
+    It fits ``width`` columns (long names are cut with "…", notes continue
+    on a second line under the notes column);
     ``wide`` adds Cascade's f, the lifetime rate, emulated time and speed,
     both pools and every abort reason, and cuts nothing. Key rates are secret bits per emulated second,
     over the blocks of the last minute.
@@ -446,7 +459,9 @@ def render_table(status: dict[str, Any], *, wide: bool = False, width: int = TAB
                 notes.append("aborted: " + ", ".join(f"{short_reason(r)} x{n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])))
             rows.append(row + "  " + ("; ".join(notes) or "-"))
         else:
-            rows.append(row + "  " + _fit("; ".join(notes) or "-", width - len(row) - 2))
+            lines = _wrap(notes or ["-"], width - len(row) - 2)
+            rows.append(row + "  " + lines[0])
+            rows += [" " * (len(row) + 2) + line for line in lines[1:]]
     name_w = max([len("node"), *(len(n) for n in status["nodes"])])
     if not wide:
         name_w = min(name_w, 24)
@@ -485,6 +500,27 @@ def links_without_key(status: dict[str, Any], topology: Topology) -> list[str]:
 
 def all_links_have_key(status: dict[str, Any], topology: Topology) -> bool:
     return not links_without_key(status, topology)
+
+
+def nodes_without_routes(status: dict[str, Any], topology: Topology) -> list[str]:
+    """Nodes whose routing database does not yet show key on every link, in both directions.
+
+    Key in the pools is not enough for ``enc_keys``: a node routes on the
+    adverts it has received (one a second per node), so right after the
+    first blocks a request can still be refused for want of a path.
+    """
+    waiting = []
+    for name, info in status["nodes"].items():
+        origins = ((info.get("network") or {}).get("routing") or {}).get("origins") or {}
+        known = {
+            (origin, entry.get("link_id"))
+            for origin, advert in origins.items()
+            for entry in advert.get("links") or []
+            if entry.get("up") and int(entry.get("available_out_bytes") or 0) > 0
+        }
+        if any((end, link.link_id) not in known for link in topology.links for end in link.between):
+            waiting.append(name)
+    return waiting
 
 
 @contextlib.contextmanager

@@ -102,3 +102,16 @@ def test_every_link_of_the_full_example_makes_key(index: int) -> None:
     assert len(event.key) > 0
     (bob_event,) = result.bob_events
     assert isinstance(bob_event, BlockAccepted) and bob_event.key == event.key
+
+
+def test_ci_runs_the_readme_commands() -> None:
+    """.ci/run installs with the README's first command (without its `&& ... qcinode up`) and tests with its second."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Two commands.*?```sh\n(.*?)```", readme, re.S)
+    assert block is not None
+    install, test = (line.split("  #")[0].strip() for line in block.group(1).strip().splitlines())
+    install_part = install.rsplit(" && ", 1)[0]
+    assert install.endswith("qcinode up") and install_part.startswith("python3 -m venv .venv && ")
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert install_part in ci and test in ci
+    assert ci.index(install_part) < ci.index(test)

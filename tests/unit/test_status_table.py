@@ -10,6 +10,7 @@ from qcinode.cluster.launcher import (
     TABLE_WIDTH,
     lag,
     links_without_key,
+    nodes_without_routes,
     parse_speed,
     render_table,
     short_reason,
@@ -173,3 +174,18 @@ def test_a_speed_must_be_positive_or_max(text: str) -> None:
     with pytest.raises(ConfigError, match="--speed"):
         parse_speed(text)
     assert parse_speed("max") == "max" and parse_speed("2.5") == 2.5
+
+
+def test_detach_waits_until_every_node_can_route_over_every_link() -> None:
+    topology = parse_topology("name: t\nnodes: [{name: a}, {name: b}, {name: c}]\nlinks: [{between: [a, b], length_km: 1}, {between: [b, c], length_km: 1}]\n")
+
+    def advert(*links: tuple[str, int]) -> dict:
+        return {"links": [{"link_id": link_id, "up": True, "available_out_bytes": available} for link_id, available in links]}
+
+    full = {"a": advert(("a-b", 10)), "b": advert(("a-b", 10), ("b-c", 10)), "c": advert(("b-c", 10))}
+    status = {"nodes": {
+        "a": {"network": {"routing": {"origins": full}}},
+        "b": {"network": {"routing": {"origins": {**full, "c": advert(("b-c", 0))}}}},  # c's half of b-c still empty
+        "c": {"network": {"routing": {"origins": {k: v for k, v in full.items() if k != "a"}}}},  # no advert from a yet
+    }}  # fmt: skip
+    assert nodes_without_routes(status, topology) == ["b", "c"]
