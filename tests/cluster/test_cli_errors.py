@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,7 @@ def files(directory: Path) -> set[str]:
 
 
 @pytest.fixture
-def state_dir(tmp_path: Path):
+def state_dir(tmp_path: Path) -> Iterator[Path]:
     state = tmp_path / "state"
     yield state
     if (state / "cluster.json").exists():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from qcinode.cluster.admin import message_to_dict
@@ -18,7 +20,7 @@ from qcinode.cluster.launcher import (
 from qcinode.core import estimation
 from qcinode.core.pipeline import BlockAborted, BlockAccepted, BlockStats
 from qcinode.errors import ConfigError
-from qcinode.node.runtime import RecentRates, LinkRuntime
+from qcinode.node.runtime import LinkRuntime, RecentRates
 from qcinode.topology import parse_topology
 from qcinode.transport.pb import admin_pb2
 
@@ -119,7 +121,7 @@ def test_lag_is_flagged_below_95_percent_of_speed_and_never_at_max() -> None:
     assert lag({**link, "emulation_window_s": LAG_MIN_WINDOW_S / 2}, 1.0) is None  # a session that just began
 
 
-def _status() -> dict:
+def _status() -> dict[str, Any]:
     link = {
         "state": "up", "qber": 0.2512, "current_key_rate_bps": 0.0, "secret_key_rate_bps": 3456.7, "pool_bits": 123_456_789,
         "blocks_done": 12_345, "blocks_aborted": 678, "ec_efficiency": 1.061, "emulated_s": 3600.0, "emulation_rate": 0.18,
@@ -179,7 +181,7 @@ def test_a_speed_must_be_positive_or_max(text: str) -> None:
 def test_detach_waits_until_every_node_can_route_over_every_link() -> None:
     topology = parse_topology("name: t\nnodes: [{name: a}, {name: b}, {name: c}]\nlinks: [{between: [a, b], length_km: 1}, {between: [b, c], length_km: 1}]\n")
 
-    def advert(*links: tuple[str, int]) -> dict:
+    def advert(*links: tuple[str, int]) -> dict[str, Any]:
         return {"links": [{"link_id": link_id, "up": True, "available_out_bytes": available} for link_id, available in links]}
 
     full = {"a": advert(("a-b", 10)), "b": advert(("a-b", 10), ("b-c", 10)), "c": advert(("b-c", 10))}
