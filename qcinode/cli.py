@@ -372,16 +372,16 @@ def _etsi_message(body: dict[str, Any]) -> str:
 
 
 def _running_link(state_dir: Path, link_id: str) -> tuple[dict[str, Any], Any]:
-    """The running cluster's description and its link ``link_id`` (ConfigError naming --link if unknown)."""
+    """The cluster's description and its link ``link_id`` (ConfigError naming --link if unknown; NotRunning if stopped)."""
     from .cluster.launcher import read_cluster, require_running
     from .topology import load_topology
 
-    cluster = read_cluster(state_dir)
+    read_cluster(state_dir)  # no cluster.json: say so before anything else
     try:
         link = load_topology(state_dir / "topology.yaml").link(link_id)
     except ConfigError as exc:
         raise ConfigError(f"--link: {exc}") from None
-    return require_running(state_dir, link.between), link
+    return require_running(state_dir), link
 
 
 def _admin_error(node: str, address: str, exc: Any) -> QcinodeError:
@@ -397,12 +397,14 @@ def _fault(args: argparse.Namespace) -> int:
     import grpc
 
     from .cluster.admin import set_fault
+    from .cluster.launcher import require_running
 
     cluster, link = _running_link(args.state_dir, args.link)
     ends = link.between
     if args.end is not None and args.end not in ends:
         raise ConfigError(f"--end: {args.end!r} is not an end of {args.link} (ends: {', '.join(ends)})")
     kind = "none" if args.off else args.kind
+    require_running(args.state_dir, [args.end] if args.end else list(ends))
     for end in [args.end] if args.end else list(ends):
         address = cluster["nodes"][end]["grpc"]
         try:
@@ -422,11 +424,13 @@ def _eve(args: argparse.Namespace) -> int:
     import grpc
 
     from .cluster.admin import set_eavesdropper
+    from .cluster.launcher import require_running
 
     if args.attack == "photon-number-splitting" and args.fraction != 1.0:
         raise ConfigError(f"--fraction: photon-number splitting acts on every pulse; leave --fraction at 1 (got {args.fraction:g})")
     cluster, link = _running_link(args.state_dir, args.link)
     alice = link.alice
+    require_running(args.state_dir, [alice])
     address = cluster["nodes"][alice]["grpc"]
     try:
         reply = set_eavesdropper(address, alice, args.state_dir / "certs", args.link, "none" if args.off else args.attack, args.fraction)
