@@ -115,3 +115,58 @@ def test_ci_runs_the_readme_commands() -> None:
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert install_part in ci and test in ci
     assert ci.index(install_part) < ci.index(test)
+
+
+# Pointers outside the repository: design notes, physics notes and style notes
+# that only the developers had, and issue numbers. Built from pieces so this
+# file does not match itself.
+OUTSIDE = re.compile("|".join([r"DESIGN\.md", r"PHYSICS\.md", r"STYLE\.md", r"\.\./" + "shared", "issue" + r" [0-9]"]))
+SKIP_DIRS = {".git", ".venv", "build", "dist", "__pycache__", ".hypothesis", ".pytest_cache", ".mypy_cache", ".qcinode"}
+TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".proto", ".sh", ".json", ".txt", ".csv", ".pyi", ".svg", ""}
+
+
+def repository_files() -> list[Path]:
+    out = []
+    for path in ROOT.rglob("*"):
+        parts = set(path.relative_to(ROOT).parts)
+        if path.is_file() and not parts & SKIP_DIRS and not any(p.endswith(".egg-info") for p in parts) and path.suffix in TEXT_SUFFIXES:
+            out.append(path)
+    return out
+
+
+def test_nothing_in_the_repository_points_outside_it() -> None:
+    offenders = []
+    for path in repository_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            if OUTSIDE.search(line):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == []
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def test_links_between_the_docs_resolve() -> None:
+    broken = []
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://", target):
+                continue
+            file_part, _, anchor = target.partition("#")
+            linked = (path.parent / file_part).resolve() if file_part else path
+            if not linked.exists():
+                broken.append(f"{path.relative_to(ROOT)}: {target} (no such file)")
+                continue
+            if anchor and linked.suffix == ".md":
+                headings = {_slug(h) for h in re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), re.M)}
+                if anchor not in headings:
+                    broken.append(f"{path.relative_to(ROOT)}: {target} (no such heading)")
+    assert broken == []
