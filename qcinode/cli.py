@@ -228,8 +228,7 @@ def _node(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from .cluster.certs import make_certificates
-    from .node.node import cert_plan
+    from .pki import cert_plan, make_certificates
     from .topology import load_topology
 
     topology = load_topology(args.topology)

@@ -52,6 +52,7 @@ import yaml
 
 from .. import __version__
 from ..errors import ConfigError
+from ..pki import cert_plan, make_certificates
 from ..topology import Topology, load_topology, topology_to_mapping
 
 __all__ = [
@@ -178,9 +179,6 @@ def render_overlay(
             Service, a bad namespace, image or domain, a missing base, or an
             output directory that is not an overlay of ours.
     """
-    from ..node.node import cert_plan  # the node's own plan: the pods read these files
-    from .certs import make_certificates
-
     topology = load_topology(topology_path)
     _check_names(topology, namespace, cluster_domain)
     image = image or f"qcinode:{__version__}"

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..pki import cert_plan, make_certificates
 from ..topology import Topology, load_topology, topology_to_mapping
 from .admin import health_check, node_status
-from .certs import make_certificates
 
 CLUSTER_FILE = "cluster.json"
 
@@ -41,12 +41,6 @@ def free_ports(count: int) -> list[int]:
         for sock in socks:
             sock.bind(("127.0.0.1", 0))
         return [int(sock.getsockname()[1]) for sock in socks]
-
-
-def _cert_plan(topology: Topology) -> Any:
-    from ..node.node import cert_plan
-
-    return cert_plan(topology)
 
 
 def read_cluster(state_dir: Path) -> dict[str, Any]:
@@ -108,7 +102,7 @@ class Cluster:
             topo_text = yaml.safe_dump(data, sort_keys=False)
         (self.state_dir / "topology.yaml").write_text(topo_text)
         self.topology = load_topology(self.state_dir / "topology.yaml")
-        make_certificates(_cert_plan(self.topology), self.certs_dir)
+        make_certificates(cert_plan(self.topology), self.certs_dir)
         names = [node.name for node in self.topology.nodes]
         ports = iter(free_ports(3 * len(names)))
         self.ports = {name: next(ports) for name in names}

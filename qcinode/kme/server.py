@@ -47,9 +47,9 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
-from qcinode.cluster.certs import common_name_of
 from qcinode.errors import ConfigError, PeerTimeout, QcinodeError, RequestError, Unauthorized
 from qcinode.kme.handlers import DeliveredKey, EncRequest, Kme
+from qcinode.pki import common_name_of
 
 __all__ = ["KeySupplier", "make_app", "start_kme_server", "tls_context"]
 

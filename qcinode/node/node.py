@@ -26,7 +26,6 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..cluster.certs import CertBundle, CertPlan, read_bytes
 from ..core.randomness import CsprngGenerator
 from ..errors import ConfigError, KeyStoreError
 from ..keys.linkstore import LinkStore
@@ -35,6 +34,7 @@ from ..keys.keystore import SaeKeyStore, StorageFailure
 from ..keys.linkstore import StorageKey
 from ..kme.handlers import Kme
 from ..kme.server import make_app, start_kme_server, tls_context
+from ..pki import ADMIN_COMMON_NAME, node_bundle, read_bytes
 from ..transport.guard import MalformedRequestGuard
 from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc, network_pb2, network_pb2_grpc
 from .faults import FaultInjector, fault_from_request
@@ -46,7 +46,6 @@ from .runtime import LinkRuntime
 log = structlog.get_logger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-ADMIN_COMMON_NAME = "qcinode-admin"
 # grpc.health.v1 service name of the ETSI 014 KME: NOT_SERVING while the data
 # directory fails (the KME then refuses keys); "" stays SERVING, as a restart
 # would not give the disk space back.
@@ -90,33 +89,6 @@ class NodeSettings:
 
     def peer_address(self, peer: str) -> str:
         return self.peers.get(peer) or self.peer_template.format(name=peer)
-
-
-def node_bundle(certs_dir: Path, topology: Topology, name: str) -> CertBundle:
-    """The certificate files of ``qcinode certs``, checking only those node ``name`` reads.
-
-    A node reads ca.pem, its own certificate and key, and its links' bootstrap
-    keys; a pod is not given the CA key, the admin or the SAE credentials.
-
-    Raises:
-        ConfigError: A file this node needs is missing; the message names each.
-    """
-    bundle = CertBundle(directory=Path(certs_dir), plan=cert_plan(topology))
-    needed = [bundle.ca_cert, bundle.node_cert(name), bundle.node_key(name)]
-    needed += [bundle.link_key(link.alice, link.bob) for link in topology.links_of(name)]
-    missing = [str(path) for path in needed if not path.is_file()]
-    if missing:
-        raise ConfigError(f"missing certificate file(s): {', '.join(missing)}")
-    return bundle
-
-
-def cert_plan(topology: Topology) -> CertPlan:
-    return CertPlan(
-        cluster_name=topology.name,
-        nodes=tuple(n.name for n in topology.nodes),
-        saes=tuple(s for n in topology.nodes for s in n.saes),
-        links=tuple((link.alice, link.bob) for link in topology.links),
-    )
 
 
 class _LinkServicer(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.PostProcessingServicer):

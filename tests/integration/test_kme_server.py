@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from qcinode.cluster.certs import CertBundle, CertPlan, make_certificates
+from qcinode.pki import CertBundle, CertPlan, make_certificates
 from qcinode.errors import InsufficientKeyMaterial, QcinodeError
 from qcinode.keys.keystore import SaeKeyStore
 from qcinode.keys.linkstore import StorageKey

@@ -1,4 +1,10 @@
-"""Certificates and bootstrap keys for one emulated cluster.
+"""Identity for the whole cluster: certificates, common names, bootstrap keys.
+
+Every layer that needs to know who someone is imports this module, and it
+imports nothing of theirs (only :mod:`qcinode.topology` and
+:mod:`qcinode.errors`): the node authenticates peers and adverts with it, the
+KME maps client certificates to SAE IDs with it, and the cluster launcher,
+``qcinode certs`` and the Kubernetes renderer issue files with it.
 
 Theory of operation
 -------------------
@@ -49,14 +55,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from qcinode.errors import ConfigError
+from qcinode.topology import Topology
 
 __all__ = [
     "ADMIN_COMMON_NAME",
     "CertBundle",
     "CertPlan",
+    "cert_plan",
     "common_name_of",
     "load_bundle",
     "make_certificates",
+    "node_bundle",
     "read_bytes",
     "server_credentials_material",
 ]
@@ -378,6 +387,34 @@ def load_bundle(out_dir: Path, plan: CertPlan) -> CertBundle:
     """
     bundle = CertBundle(directory=Path(out_dir), plan=plan)
     missing = [str(path) for path in bundle.all_files() if not path.is_file()]
+    if missing:
+        raise ConfigError(f"missing certificate file(s): {', '.join(missing)}")
+    return bundle
+
+
+def cert_plan(topology: Topology) -> CertPlan:
+    """What ``qcinode certs`` issues for a topology: every node, every SAE, every link."""
+    return CertPlan(
+        cluster_name=topology.name,
+        nodes=tuple(n.name for n in topology.nodes),
+        saes=tuple(s for n in topology.nodes for s in n.saes),
+        links=tuple((link.alice, link.bob) for link in topology.links),
+    )
+
+
+def node_bundle(certs_dir: Path, topology: Topology, name: str) -> CertBundle:
+    """The certificate files of ``qcinode certs``, checking only those node ``name`` reads.
+
+    A node reads ca.pem, its own certificate and key, and its links' bootstrap
+    keys; a pod is not given the CA key, the admin or the SAE credentials.
+
+    Raises:
+        ConfigError: A file this node needs is missing; the message names each.
+    """
+    bundle = CertBundle(directory=Path(certs_dir), plan=cert_plan(topology))
+    needed = [bundle.ca_cert, bundle.node_cert(name), bundle.node_key(name)]
+    needed += [bundle.link_key(link.alice, link.bob) for link in topology.links_of(name)]
+    missing = [str(path) for path in needed if not path.is_file()]
     if missing:
         raise ConfigError(f"missing certificate file(s): {', '.join(missing)}")
     return bundle
