@@ -87,6 +87,14 @@ class _NodeCollector(Collector):
         nodes = GaugeMetricFamily("qcinode_routing_known_nodes", "Nodes in the link-state database (this one included)")
         nodes.add_metric([], float(len((net.get("routing") or {}).get("origins", {})) + 1))
         yield nodes
+        rejected = CounterMetricFamily(
+            "qcinode_routing_adverts_rejected",
+            "Routing adverts refused (forged, altered, replayed, unsigned, out of the sequence window), by reason",
+            labels=["reason"],
+        )
+        for reason, count in ((net.get("routing") or {}).get("rejected") or {}).items():
+            rejected.add_metric([reason], float(count))
+        yield rejected
         healthy = GaugeMetricFamily(
             "qcinode_storage_healthy",
             "1 while the database file takes reads and writes, 0 from a failed one (full or unwritable disk, I/O error) until one succeeds",

@@ -34,7 +34,7 @@ from ..keys.keystore import SaeKeyStore, StorageFailure
 from ..keys.linkstore import StorageKey
 from ..kme.handlers import Kme
 from ..kme.server import make_app, start_kme_server, tls_context
-from ..pki import ADMIN_COMMON_NAME, node_bundle, read_bytes
+from ..pki import ADMIN_COMMON_NAME, NodeAdvertSigner, NodeCertificateVerifier, node_bundle, read_bytes
 from ..transport.guard import MalformedRequestGuard
 from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc, network_pb2, network_pb2_grpc
 from .faults import FaultInjector, fault_from_request
@@ -184,6 +184,10 @@ class Node:
             random_bytes=self._key_source.bytes,
             multipath_shares=settings.multipath_shares or topo.relay.paths,
             faults=self.faults,
+            # Adverts are signed with this node's certificate key and believed
+            # only when signed by their origin's node certificate.
+            advert_signer=NodeAdvertSigner.from_bundle(self.bundle, settings.name),
+            advert_verifier=NodeCertificateVerifier(read_bytes(self.bundle.ca_cert)),
         )
         self.kme_requests: Counter[str] = Counter()
         self.keys_expired = 0
