@@ -11,9 +11,23 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from qcinode.core.routing import AdvertRejected, LinkAdvert, LinkStateAdvert, LinkStateDatabase, RejectReason, advert_bytes
+from qcinode.core.routing import (
+    AdvertRejected,
+    LinkAdvert,
+    LinkStateAdvert,
+    LinkStateDatabase,
+    RejectReason,
+    advert_bytes,
+)
 from qcinode.errors import ConfigError
-from qcinode.pki import CertBundle, CertPlan, NodeAdvertSigner, NodeCertificateVerifier, make_certificates, read_bytes
+from qcinode.pki import (
+    CertBundle,
+    CertPlan,
+    NodeAdvertSigner,
+    NodeCertificateVerifier,
+    make_certificates,
+    read_bytes,
+)
 
 PLAN = CertPlan(cluster_name="t", nodes=("alpha", "beta", "gamma"), saes=("alpha-app",), links=(("alpha", "beta"),))
 
@@ -80,7 +94,7 @@ def test_forgeries_get_their_reason(bundle: CertBundle, other_bundle: CertBundle
 
 
 def test_validity_is_checked_on_every_use(bundle: CertBundle) -> None:
-    now = [dt.datetime.now(dt.timezone.utc).timestamp()]
+    now = [dt.datetime.now(dt.UTC).timestamp()]
     verifier = NodeCertificateVerifier(read_bytes(bundle.ca_cert), clock=lambda: now[0])
     alpha = NodeAdvertSigner.from_bundle(bundle, "alpha")
     payload = advert_bytes(LinkStateAdvert("alpha", 5, ()))
@@ -127,7 +141,7 @@ def test_the_signer_refuses_a_key_that_is_not_its_certificates(bundle: CertBundl
 
 def test_databases_with_real_keys_flood_and_refuse(bundle: CertBundle) -> None:
     ca = read_bytes(bundle.ca_cert)
-    now = dt.datetime.now(dt.timezone.utc).timestamp()
+    now = dt.datetime.now(dt.UTC).timestamp()
     dbs = {
         name: LinkStateDatabase(name, signer=NodeAdvertSigner.from_bundle(bundle, name), verifier=NodeCertificateVerifier(ca))
         for name in ("alpha", "beta")
