@@ -364,7 +364,7 @@ def make_certificates(
     try:
         for sub in (bundle.directory, bundle.directory / "nodes", bundle.directory / "saes",
                     bundle.directory / "links"):
-            sub.mkdir(parents=True, exist_ok=True)
+            sub.mkdir(mode=0o700, parents=True, exist_ok=True)  # private keys live here
 
         authority = _ensure_ca(bundle, plan, now=now, days=days, force=force)
 

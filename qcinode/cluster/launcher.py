@@ -43,6 +43,13 @@ def free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in socks]
 
 
+def _private_log(path: Path) -> Any:
+    """Open a node's log for appending, mode 0600 whatever the umask (logs hold key IDs)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)  # also an older log created with looser permissions
+    return os.fdopen(fd, "ab")  # owned by the child once passed to Popen
+
+
 def read_cluster(state_dir: Path) -> dict[str, Any]:
     path = state_dir / CLUSTER_FILE
     try:
@@ -86,13 +93,17 @@ class Cluster:
         return self.state_dir / "certs"
 
     def prepare(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Private: certificates and keys, node data and logs (which hold key IDs) live here.
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
         if (self.state_dir / CLUSTER_FILE).exists():
             old = read_cluster(self.state_dir)
             alive = [n for n, info in old.get("nodes", {}).items() if pid_alive(int(info.get("pid", 0)))]
             if alive:
                 raise ConfigError(f"--state-dir: a cluster is already running in {self.state_dir} (nodes {', '.join(alive)}); `qcinode down` first")
-        (self.state_dir / "logs").mkdir(exist_ok=True)
+        for private in (self.state_dir / "logs", self.state_dir / "data"):
+            private.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(private, 0o700)
         topo_text = self.topology_path.read_text()
         if self.speed is not None:
             import yaml
@@ -129,7 +140,7 @@ class Cluster:
             args += ["--peer", f"{peer}=127.0.0.1:{self.ports[peer]}"]
         if self.seed is not None:
             args += ["--seed", str(self.seed + sorted(self.ports).index(name))]
-        log_file = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        log_file = _private_log(self.state_dir / "logs" / f"{name}.log")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         log_file.close()
