@@ -79,6 +79,14 @@ class _NodeCollector(Collector):
         for reason, count in (net.get("relay_failures_by_reason") or {}).items():
             failures.add_metric([reason], float(count))
         yield failures
+        kme_refused = CounterMetricFamily(
+            "qcinode_kme_refusals",
+            "enc_keys requests refused by the per-SAE limits before any key was spent, by reason (rate_limit, fair_share)",
+            labels=["reason"],
+        )
+        for reason, count in (net.get("kme_refusals_by_reason") or {}).items():
+            kme_refused.add_metric([reason], float(count))
+        yield kme_refused
         expired = CounterMetricFamily(
             "qcinode_kme_keys_expired", "Keys deleted unredeemed after relay.key_ttl_s (their slave never asked, or their IDs never reached a master)"
         )
