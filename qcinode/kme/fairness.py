@@ -10,14 +10,22 @@ Theory of operation:
       network could give.
     * **Fair share when a path runs short** (``kme.fair_share``): the KME
       remembers, per destination node (the path's far end), which master
-      SAEs asked for key there in the last ``window_s`` seconds and how many
-      keys each was admitted. When the key the path could carry now, less
-      what admitted requests have not delivered yet, would not give every
-      one of those SAEs a request of this size, a master SAE that was
-      admitted more than an equal share (``1/n`` of the window's total for
-      ``n`` SAEs) is refused: the key that regrows is left for the others.
-      While the path has plenty, nobody is refused, and an SAE alone on a
-      path may take all of it.
+      SAEs asked for key there in the last ``window_s`` seconds, how many
+      keys each asked for (refused requests too), the size of each one's
+      last request, and how many keys each was admitted. Each other SAE
+      ``X`` asking there is owed a *reserve*: its last request, or what it
+      asks in ``window_s / 2`` at the rate it asked in the window, whichever
+      is more (key grows in blocks, seconds apart: the reserve carries it
+      over the gap). A request of ``k`` keys from SAE ``M`` is *short* when
+      the key the path could carry now, less what admitted requests have
+      not delivered yet, less ``k``, would not leave every other SAE its
+      reserve. Then ``M`` is admitted only if it is not ahead of anyone
+      waiting: ``used(M) + k <= used(X) + last(X)`` for every other SAE
+      ``X``. So an SAE that asks little is always served (the others are
+      ahead of it), a looping SAE gets what the others leave, and two SAEs
+      that both want more than the path grows end up with equal shares
+      (max-min fairness over the window). While the path has plenty,
+      nobody is refused, and an SAE alone on a path may take all of it.
     * **Nothing is consumed by a refusal**: no tokens, no share. An admitted
       request whose delivery then fails gives its tokens and its share
       back (:meth:`Ticket.release`), so failures elsewhere do not count
@@ -73,7 +81,7 @@ class Ticket:
 class Admission:
     """Admission of ``enc_keys`` requests by master SAE: token bucket and fair share (see the module docstring)."""
 
-    __slots__ = ("_buckets", "_burst", "_clock", "_fair_share", "_rate", "_seen", "_uses", "_window_s", "refusals")
+    __slots__ = ("_asked", "_buckets", "_burst", "_clock", "_fair_share", "_last", "_rate", "_seen", "_uses", "_window_s", "refusals")
 
     def __init__(
         self,
@@ -100,7 +108,10 @@ class Admission:
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
         self._uses: dict[str, deque[_Use]] = {}
-        self._seen: dict[str, dict[str, float]] = {}
+        self._seen: dict[str, dict[str, float]] = {}  # destination -> master -> when it last asked
+        self._last: dict[str, dict[str, int]] = {}  # destination -> master -> keys it last asked for
+        # destination -> master -> [second, keys asked in it], the window's seconds only
+        self._asked: dict[str, dict[str, deque[list[float]]]] = {}
         #: Refused requests so far, by reason (``rate_limit``, ``fair_share``).
         self.refusals: Counter[str] = Counter()
 
@@ -125,6 +136,13 @@ class Admission:
         self._forget_before(now - self._window_s)
         for destination in destinations:
             self._seen.setdefault(destination, {})[master] = now
+            self._last.setdefault(destination, {})[master] = keys
+            seconds = self._asked.setdefault(destination, {}).setdefault(master, deque())
+            second = float(int(now))
+            if seconds and seconds[-1][0] == second:
+                seconds[-1][1] += keys
+            else:
+                seconds.append([second, float(keys)])
         tokens = 0
         if self._rate is not None:
             bucket = self._bucket(master, now)
@@ -152,20 +170,34 @@ class Admission:
         return Ticket(self, master, tokens, uses)
 
     def _check_share(self, master: str, slaves: Sequence[str], destination: str, keys: int, available: int) -> None:
-        active = len(self._seen.get(destination, {}))
-        if active <= 1:
-            return
+        others = [x for x in self._seen.get(destination, {}) if x != master]
+        if not others:
+            return  # alone on the path: it may take all of it
+        last = self._last[destination]
+        asked = self._asked[destination]
         uses = self._uses.get(destination, deque())
         undelivered = sum(u.keys for u in uses if not u.delivered)
-        if available - undelivered >= keys * active:
-            return  # plenty for everyone
-        total = sum(u.keys for u in uses)
-        mine = sum(u.keys for u in uses if u.master == master)
-        if mine * active > total:
+        horizon_s = self._window_s / 2
+        now = self._clock()
+
+        def rate(x: str) -> float:
+            """Keys per second ``x`` asked for, over the window (or since it started asking, if later)."""
+            seconds = asked[x]
+            span = min(self._window_s, max(1.0, now - seconds[0][0])) if seconds else self._window_s
+            return sum(keys for _, keys in seconds) / span
+
+        reserve = sum(max(last[x], rate(x) * horizon_s) for x in others)
+        if available - undelivered - keys >= reserve:
+            return  # plenty: every other SAE keeps its reserve
+        used: Counter[str] = Counter()
+        for use in uses:
+            used[use.master] += use.keys
+        ahead_of = [x for x in others if used[master] + keys > used[x] + last[x]]
+        if ahead_of:
             self._refuse(
                 RefusalReason.FAIR_SHARE,
-                f"the network is short of key to {', '.join(slaves)} and {master} took more than its fair share "
-                f"(1/{active} of it in the last {self._window_s:g} s, kme.fair_share); retry later",
+                f"the network is short of key to {', '.join(slaves)} and {master} has had more than its fair share of it "
+                f"in the last {self._window_s:g} s, with {len(others)} other application(s) waiting (kme.fair_share); retry later",
                 master,
             )
 
@@ -186,9 +218,15 @@ class Admission:
         for uses in self._uses.values():
             while uses and uses[0].at < cutoff and uses[0].delivered:
                 uses.popleft()
-        for seen in self._seen.values():
+        for destination, seen in self._seen.items():
             for master in [m for m, at in seen.items() if at < cutoff]:
                 del seen[master]
+                self._last[destination].pop(master, None)
+                self._asked[destination].pop(master, None)
+        for by_master in self._asked.values():
+            for seconds in by_master.values():
+                while seconds and seconds[0][0] < cutoff - 1:
+                    seconds.popleft()
 
     def _settle(self, ticket: Ticket, delivered: bool) -> None:
         if delivered:
