@@ -282,6 +282,17 @@ class AuthKeyReserve:
         twin._promoted_before = self._promoted_before
         return twin
 
+    def adopt(self, changed: AuthKeyReserve) -> None:
+        """Become ``changed`` (a :meth:`copy` on which a change worked), in place.
+
+        The link's sessions hold this object; adopting keeps them pointing at
+        the one reserve. ``changed`` must not be used afterwards.
+        """
+        self._buffer = changed._buffer
+        self._cursor = changed._cursor
+        self._staged = changed._staged
+        self._promoted_before = changed._promoted_before
+
     def retain_staged(self, block_seqs: set[int]) -> None:
         """Drops staged refills of blocks the peer does not hold (resynchronisation)."""
         for seq in [s for s in self._staged if s not in block_seqs]:

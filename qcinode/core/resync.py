@@ -445,5 +445,4 @@ def _apply_refills(reserve: AuthKeyReserve, plan: Reconciliation) -> None:
 
 def _replace_reserve(reserve: AuthKeyReserve, changed: AuthKeyReserve) -> None:
     """Make ``reserve`` (the object the link's sessions share) equal to ``changed``, a private copy, in place."""
-    for name in AuthKeyReserve.__slots__:
-        setattr(reserve, name, getattr(changed, name))
+    reserve.adopt(changed)
