@@ -74,9 +74,11 @@ class Server:
 
     async def enc_keys(self, sae: str = "alice-app", number: int = 1) -> tuple[int, Any]:
         connector = aiohttp.TCPConnector(ssl=self.context(sae))
-        async with aiohttp.ClientSession(f"https://127.0.0.1:{self.port}", connector=connector) as session:
-            async with session.post("/api/v1/keys/bob-app/enc_keys", json={"number": number}) as response:
-                return response.status, await response.json()
+        async with (
+            aiohttp.ClientSession(f"https://127.0.0.1:{self.port}", connector=connector) as session,
+            session.post("/api/v1/keys/bob-app/enc_keys", json={"number": number}) as response,
+        ):
+            return response.status, await response.json()
 
 
 async def _server(tmp_path: Path, config: KmeConfig) -> AsyncIterator[Server]:
@@ -137,9 +139,11 @@ async def test_failed_client_authentication_is_logged_with_the_peer_and_the_reas
     with capture_logs() as logs:
         with pytest.raises((ssl.SSLError, ConnectionError, aiohttp.ClientError)):
             connector = aiohttp.TCPConnector(ssl=context)
-            async with aiohttp.ClientSession(f"https://127.0.0.1:{server.port}", connector=connector) as session:
-                async with session.get("/api/v1/keys/bob-app/status") as response:
-                    await response.read()
+            async with (
+                aiohttp.ClientSession(f"https://127.0.0.1:{server.port}", connector=connector) as session,
+                session.get("/api/v1/keys/bob-app/status") as response,
+            ):
+                await response.read()
         async with asyncio.timeout(DEADLINE_S):
             while not _events(logs, "kme.tls_refused"):
                 await asyncio.sleep(0.02)
