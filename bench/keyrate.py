@@ -100,7 +100,7 @@ INTENSITIES = (0.48, 0.2, 0.0)
 CLASS_PROBABILITIES = (0.4, 0.3, 0.3)
 #: f assumed by the formulas when no block was reconciled.
 DEFAULT_F_EC = 1.1
-#: Same size as a node's bootstrap key (cluster.certs default): 2048 one-time MAC keys.
+#: Same size as a node's bootstrap key (qcinode.pki default): 2048 one-time MAC keys.
 BOOTSTRAP_KEY_BYTES = 65536
 RATE_HZ = 1e9  # only sets emulated time; frame size at speed "max" does not depend on it
 PROBE_STEP_KM = 25.0

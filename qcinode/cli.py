@@ -79,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--peer", action="append", default=[], metavar="NAME=HOST:PORT", help="a neighbour's gRPC address (repeatable)")
     node.add_argument("--peer-template", default=_env("PEER_TEMPLATE", "{name}:50051"), help="address of neighbours not given with --peer")
     node.add_argument("--data-dir", type=Path, default=_env("DATA_DIR"), help="link pools and SAE keys; {name} is replaced by the node name (default ./qcinode-data/NAME)")
+    node.add_argument("--storage-key-file", type=Path, default=_env("STORAGE_KEY_FILE"), help="the key encrypting the data directory, kept outside it (created 0600 if absent); {name} is replaced by the node name (default: DATA_DIR/storage.key)")
     node.add_argument("--kme-listen", default=_env("KME_LISTEN", "0.0.0.0:8443"), help="ETSI GS QKD 014 HTTPS host:port")
     node.add_argument("--metrics-listen", default=_env("METRICS_LISTEN", "0.0.0.0:9464"), help="Prometheus /metrics HTTP host:port")
     node.add_argument("--health-listen", default=_env("HEALTH_LISTEN"), help="plaintext host:port serving only grpc.health.v1 (kubelet gRPC probes); default: none")
@@ -269,6 +270,7 @@ def _node(args: argparse.Namespace) -> int:
         peers=peers,
         peer_template=args.peer_template,
         data_dir=Path(str(args.data_dir).replace("{name}", args.name)) if args.data_dir else Path("qcinode-data") / args.name,
+        storage_key_file=Path(str(args.storage_key_file).replace("{name}", args.name)) if args.storage_key_file else None,
         kme_listen=args.kme_listen,
         metrics_listen=args.metrics_listen,
         health_listen=args.health_listen,
@@ -286,8 +288,7 @@ def _node(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from .cluster.certs import make_certificates
-    from .node.node import cert_plan
+    from .pki import cert_plan, make_certificates
     from .topology import load_topology
 
     topology = load_topology(args.topology)

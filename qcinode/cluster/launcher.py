@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError, NotRunning
+from ..pki import cert_plan, make_certificates
 from ..topology import Topology, load_topology, parse_topology, topology_to_mapping
 from .admin import health_check, node_status
-from .certs import make_certificates
 
 CLUSTER_FILE = "cluster.json"
 
@@ -45,10 +45,11 @@ def free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in socks]
 
 
-def _cert_plan(topology: Topology) -> Any:
-    from ..node.node import cert_plan
-
-    return cert_plan(topology)
+def _private_log(path: Path) -> Any:
+    """Open a node's log for appending, mode 0600 whatever the umask (logs hold key IDs)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)  # also an older log created with looser permissions
+    return os.fdopen(fd, "ab")  # owned by the child once passed to Popen
 
 
 def read_cluster(state_dir: Path) -> dict[str, Any]:
@@ -160,7 +161,8 @@ class Cluster:
         """Writes the state directory: topology, certificates, log directory; picks the ports.
 
         A state directory this call creates is removed again if it fails, so a
-        failed ``qcinode up`` leaves nothing half-made.
+        failed ``qcinode up`` leaves nothing half-made. It is private (0700):
+        certificates and keys, node data and logs (which hold key IDs) live here.
         """
         if (self.state_dir / CLUSTER_FILE).exists():
             old = read_cluster(self.state_dir)
@@ -169,11 +171,14 @@ class Cluster:
                 raise ConfigError(f"--state-dir: a cluster is already running in {self.state_dir} (nodes {', '.join(alive)}); `qcinode down` first")
         created = not self.state_dir.exists()
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            (self.state_dir / "logs").mkdir(exist_ok=True)
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.state_dir, 0o700)
+            for private in (self.state_dir / "logs", self.state_dir / "data"):
+                private.mkdir(mode=0o700, exist_ok=True)
+                os.chmod(private, 0o700)
             (self.state_dir / "topology.yaml").write_text(self.topology_text)
             self.topology = load_topology(self.state_dir / "topology.yaml")
-            make_certificates(_cert_plan(self.topology), self.certs_dir)
+            make_certificates(cert_plan(self.topology), self.certs_dir)
         except BaseException:
             if created:
                 shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -204,7 +209,7 @@ class Cluster:
             args += ["--peer", f"{peer}=127.0.0.1:{self.ports[peer]}"]
         if self.seed is not None:
             args += ["--seed", str(self.seed + sorted(self.ports).index(name))]
-        log_file = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        log_file = _private_log(self.state_dir / "logs" / f"{name}.log")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         log_file.close()

@@ -43,7 +43,7 @@ from ..core.relay import (
     split_shares,
     validate_header,
 )
-from ..core.routing import LinkAdvert, LinkStateAdvert, LinkStateDatabase
+from ..core.routing import AdvertRejected, AdvertSigner, AdvertVerifier, LinkAdvert, LinkStateAdvert, LinkStateDatabase, RejectReason
 from ..errors import (
     InsufficientKeyMaterial,
     KeyStoreError,
@@ -78,6 +78,8 @@ def _advert_to_pb(advert: LinkStateAdvert) -> pb.LinkStateAdvert:
         origin=advert.origin,
         sequence=advert.sequence,
         links=[pb.LinkAdvert(link_id=a.link_id, peer=a.peer, up=a.up, available_out_bytes=a.available_out_bytes) for a in advert.links],
+        signature=advert.signature,
+        origin_certificate=advert.certificate,
     )
 
 
@@ -86,7 +88,14 @@ def _advert_from_pb(msg: pb.LinkStateAdvert) -> LinkStateAdvert:
         origin=msg.origin,
         sequence=msg.sequence,
         links=tuple(LinkAdvert(link_id=a.link_id, peer=a.peer, up=a.up, available_out_bytes=a.available_out_bytes) for a in msg.links),
+        signature=msg.signature,
+        certificate=msg.origin_certificate,
     )
+
+
+# Rejections a healthy network also meets (an older copy overtaken in a flood
+# race) are logged at info; the others mean a forged, altered or broken advert.
+_ROUTINE_REJECTIONS = frozenset({RejectReason.STALE})
 
 
 def _header_from_pb(msg: pb.RelayHop) -> RelayHeader:
@@ -131,6 +140,8 @@ class NetworkService(pb_grpc.NetworkServicer):
         multipath_shares: int = 1,
         clock: Callable[[], float] = time.time,
         faults: FaultInjector | None = None,
+        advert_signer: AdvertSigner | None = None,
+        advert_verifier: AdvertVerifier | None = None,
     ) -> None:
         self.faults = faults or FaultInjector()
         self.node_name = node_name
@@ -143,7 +154,7 @@ class NetworkService(pb_grpc.NetworkServicer):
         self.multipath_shares = multipath_shares
         self.clock = clock
         self.max_waiting_keys = KmeLimits().max_key_count
-        self.db = LinkStateDatabase(node_name)
+        self.db = LinkStateDatabase(node_name, signer=advert_signer, verifier=advert_verifier)
         self.collector = ShareCollector()
         self.counters = RelayCounters()
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -200,6 +211,17 @@ class NetworkService(pb_grpc.NetworkServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"link to {caller} cut by a partition fault")
         try:
             is_new = self.db.receive(_advert_from_pb(request), self.clock())
+        except AdvertRejected as exc:
+            emit = self.log.info if exc.reason in _ROUTINE_REJECTIONS else self.log.warning
+            emit(
+                "routing.advert_rejected",
+                reason=exc.reason.value,
+                origin=request.origin[:80],
+                sequence=request.sequence,
+                peer_id=caller,
+                details=str(exc)[:300],
+            )
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"advert rejected: {exc.reason.value}")
         except ProtocolError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if is_new:

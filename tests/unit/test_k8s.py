@@ -362,7 +362,7 @@ def manifest_problems(docs: list[dict[str, Any]], topology: Topology, namespace:
             ):
                 problems.append(f"volumeMount {mount['name']}: no such volume or claim template")
 
-    # The certificate volume: what each node reads (node.node_bundle), and no CA key, admin or SAE key.
+    # The certificate volume: what each node reads (pki.node_bundle), and no CA key, admin or SAE key.
     certs = set(mounted.get("certs", []))
     wanted = {"ca.pem"} | {f"nodes/{n}.{ext}" for n in node_names for ext in ("pem", "key")}
     wanted |= {f"links/{link.alice}-{link.bob}.key" for link in topology.links}
@@ -551,7 +551,7 @@ def test_certificate_names_are_what_peers_and_saes_dial(overlay: tuple[Path, Top
 
 def test_each_pod_finds_its_node_files_in_the_mounted_volume(overlay: tuple[Path, Topology], tmp_path: Path) -> None:
     """Materialise the projected volume as the kubelet would; every node's file check passes."""
-    from qcinode.node.node import node_bundle
+    from qcinode.pki import node_bundle
 
     directory, topology = overlay
     docs = _compose(directory)
