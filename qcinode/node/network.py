@@ -33,7 +33,7 @@ from typing import Any
 import grpc
 import structlog
 
-from ..core.relay import (
+from ..core.relay.hop import (
     RelayHeader,
     ShareCollector,
     next_header,
@@ -55,7 +55,7 @@ from ..errors import (
 )
 from ..keys.keystore import SaeKeyStore, StorageFailure
 from ..keys.linkstore import LinkStore
-from ..keys.pool import KeyRange
+from ..core.pool import KeyRange
 from ..kme.handlers import DeliveredKey, EncRequest, KmeLimits
 from ..topology import Topology
 from ..transport.pb import network_pb2 as pb

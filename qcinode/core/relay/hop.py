@@ -1,12 +1,12 @@
-"""Trusted-node key relay: one-time-pad hops and XOR secret sharing (pure; no I/O).
+"""Trusted-node key relay, one hop: one-time-pad hops and XOR secret sharing (pure; no I/O).
 
 Theory of operation:
-    * **Hop by hop** (ITU-T Y.3803 trusted-node relay; DESIGN.md §1). To give
+    * **Hop by hop** (ITU-T Y.3803 trusted-node relay; docs/relay.md). To give
       nodes ``source`` and ``destination`` a shared key, ``source`` draws the
       key and sends it along ``path``. Hop ``i`` goes from ``path[i]`` to
       ``path[i + 1]`` and is protected with key from that link's pool: the
       sender spends :func:`pad_bytes_needed` bytes of its own initiator half
-      (:mod:`qcinode.keys.pool`), names the ranges to the receiver, and the
+      (:mod:`qcinode.core.pool`), names the ranges to the receiver, and the
       receiver takes the same bytes. Each intermediate node opens the hop it
       received and seals the next one with a different link's pad, so the
       key exists in clear only inside the memory of the trusted nodes on the
