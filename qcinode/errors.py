@@ -63,6 +63,21 @@ class KeyNotFound(KeyStoreError):
     """No such key / block / range. Expected."""
 
 
+class DuplicateKey(KeyStoreError):
+    """A key ID that is already stored was stored again. Expected when a relay is retried.
+
+    Attributes:
+        identical: Whether the stored key has the same bytes, master and slave
+            SAEs: then the second arrival is the same key delivered twice (a
+            retried relay) and storing it is done already; otherwise it is a
+            conflict and the stored key stays as it is.
+    """
+
+    def __init__(self, message: str, *, identical: bool) -> None:
+        super().__init__(message)
+        self.identical = identical
+
+
 class KeyAlreadyUsed(KeyStoreError):
     """A range that was already consumed was named again. Unexpected."""
 
