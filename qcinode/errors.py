@@ -31,6 +31,10 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol does not allow."""
 
 
+class DuplicateShare(RemoteProtocolError):
+    """A relay share arrived twice, or after its key was completed: refused, nothing changes."""
+
+
 class SecurityAbort(QcinodeError):
     """A block was abandoned for a security reason. Expected."""
 
