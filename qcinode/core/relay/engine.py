@@ -36,6 +36,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from qcinode.core.relay.context import Neighbours, RelayContext, RelaySettings, RelayStats, RouteView
@@ -63,7 +64,7 @@ __all__ = ["RelayEngine"]
 class RelayEngine:
     """The relay decisions of one node (see the module docstring)."""
 
-    __slots__ = ("_ctx", "_collector", "_sources")
+    __slots__ = ("_ctx", "_collector", "_sources", "_next_expiry")
 
     def __init__(
         self,
@@ -88,6 +89,7 @@ class RelayEngine:
         self._ctx = RelayContext(node, neighbours, routes, random_bytes, settings)
         self._collector = ShareCollector(settings.share_ttl_s)
         self._sources: dict[str, SourceRelay] = {}
+        self._next_expiry = -math.inf
 
     @property
     def node(self) -> str:
@@ -139,7 +141,9 @@ class RelayEngine:
                 self._sources[event.request_id] = source
                 return self._forget_answered(source.start())
             case HopArrived():
-                self._collector.expire(event.now)
+                if event.now >= self._next_expiry:  # a scan of every held key: not on every hop
+                    self._collector.expire(event.now)
+                    self._next_expiry = event.now + min(1.0, self._collector.ttl_s / 10)
                 return receive_hop(self._ctx, self._collector, event)
             case LinkSaved() | HopAnswered() | KeyStored():
                 return self._forget_answered(self._ctx.resume(event))
