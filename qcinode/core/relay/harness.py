@@ -53,7 +53,7 @@ from qcinode.core.roles import Role
 from qcinode.core.routing import LinkAdvert, LinkStateDatabase
 from qcinode.errors import LocalProtocolError
 
-__all__ = ["HopFault", "RelayNetwork", "relay_network"]
+__all__ = ["HarnessLink", "HarnessNode", "HopFault", "RelayNetwork", "SentHop", "relay_network"]
 
 
 class HopFault(enum.Enum):
@@ -78,7 +78,9 @@ class _Fault:
 
 
 @dataclass(slots=True)
-class _Link:
+class HarnessLink:
+    """One link of the harness: its two ends' pools, and whether it is cut."""
+
     link_id: str
     alice: str
     bob: str
@@ -156,7 +158,7 @@ class RelayNetwork:
         names = sorted({n for link in links for n in link} | set(saes.values()))
         seeds = np.random.SeedSequence(seed).spawn(len(names) + 2)
         pool_rng, self._order_rng = np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1])
-        self._links: dict[frozenset[str], _Link] = {}
+        self._links: dict[frozenset[str], HarnessLink] = {}
         for alice, bob in links:
             if alice == bob or frozenset((alice, bob)) in self._links:
                 raise LocalProtocolError(f"link {alice}-{bob}: a link joins two different nodes, once")
@@ -166,7 +168,7 @@ class RelayNetwork:
                 data = pool_rng.bytes(block_bytes)
                 for pool in pools.values():
                     pool.add_block(f"{link_id}/{index}", data)
-            self._links[frozenset((alice, bob))] = _Link(link_id, alice, bob, pools)
+            self._links[frozenset((alice, bob))] = HarnessLink(link_id, alice, bob, pools)
         self.saes = dict(saes)
         self.shuffle = shuffle
         self.nodes: dict[str, HarnessNode] = {}
@@ -187,10 +189,10 @@ class RelayNetwork:
 
     # -- the network -------------------------------------------------------------
 
-    def _link_between(self, a: str, b: str) -> _Link | None:
+    def _link_between(self, a: str, b: str) -> HarnessLink | None:
         return self._links.get(frozenset((a, b)))
 
-    def link(self, a: str, b: str) -> _Link:
+    def link(self, a: str, b: str) -> HarnessLink:
         """The link between ``a`` and ``b``."""
         link = self._link_between(a, b)
         if link is None:
