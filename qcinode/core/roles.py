@@ -4,7 +4,7 @@ Theory of operation:
     Every link has a transmitting end (Alice, who owns the source) and a
     receiving end (Bob, who owns the detector). The topology file names
     Alice first (docs/design.md §1). Roles also decide who may *initiate* the use
-    of which half of each shared key block (see ``qcinode.keys.pool``), so
+    of which half of each shared key block (see ``qcinode.core.pool``), so
     they are an ``enum.Enum``, never ints or booleans (docs/design.md §4).
 """
 

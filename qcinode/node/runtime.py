@@ -24,7 +24,7 @@ from ..core.estimation import h2
 from ..core.pipeline import BlockAborted, BlockAccepted, BlockEvent, LinkProtocolConfig
 from ..core.roles import Role
 from ..keys.linkstore import LinkStore, StorageFailure
-from ..keys.pool import LinkKeyPool, Reservation
+from ..core.pool import LinkKeyPool, Reservation
 from ..topology import EavesdropperConfig, LinkConfig
 
 
