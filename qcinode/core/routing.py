@@ -5,7 +5,7 @@ Theory of operation:
       :class:`LinkStateAdvert`: one :class:`LinkAdvert` per QKD link it
       terminates, saying whether the link is up and how many key bytes the
       node can spend on it on its own initiative (its initiator half of the
-      pool, :mod:`qcinode.keys.pool`). The driver floods each advert to every
+      pool, :mod:`qcinode.core.pool`). The driver floods each advert to every
       neighbour over the classical network (docs/design.md, "Routing").
     * **Signed by their origin.** An advert carries an ECDSA signature
       made by its origin over :func:`advert_bytes` (origin, sequence and
@@ -78,7 +78,7 @@ Theory of operation:
       min-cost flow (successive shortest paths with node splitting, the
       general form of Suurballe's algorithm), not by greedy removal, which
       can block itself in "trap" topologies. Used with XOR secret sharing
-      (:mod:`qcinode.core.relay`) no single trusted node sees every share.
+      (:mod:`qcinode.core.relay.hop`) no single trusted node sees every share.
     * **Validation.** A received advert with a wrong type, an empty name, a
       negative or oversized number, a link to the origin itself or two links
       with the same ID raises :class:`RemoteProtocolError` and changes
