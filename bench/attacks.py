@@ -5,7 +5,7 @@ eta_Bob 0.045, Y0 1.7e-6, e_det 0.033), signal mu = 0.48, class
 probabilities 0.4 / 0.3 / 0.3, Z-basis probability 0.5.
 
 1. **Channel level** (photon-number splitting, decoy nu = 0.05, vacuum 0, as in
-   PHYSICS.md §4): one large frame per distance through
+   docs/physics.md §4): one large frame per distance through
    :func:`qcinode.core.physics.transmit` / :func:`~qcinode.core.physics.detect`
    with and without the attack. Printed: Eve's forwarding fraction ``s``;
    measured gain ratios ``Q_mu / Q_mu,honest`` and ``Q_nu / Q_nu,honest``
@@ -15,7 +15,7 @@ probabilities 0.4 / 0.3 / 0.3, Z-basis probability 0.5.
    it); the asymptotic decoy rate (MQZL Eq. 1 with Eqs. 34-37, q = 1/2,
    f = 1.22) from the measured figures; the "naive" rate that trusts every
    click as a single photon, ``q Q_mu [1 - (1 + f) h(E_mu)]`` (what a link
-   without decoys is fooled into). ``ref`` is PHYSICS.md §4's worked example.
+   without decoys is fooled into). ``ref`` is docs/physics.md §4's worked example.
 
 2. **Full stack** (decoy nu = 0.1, the finite-size-friendly choice): both
    ends through :func:`qcinode.core.pair.pump` (sifting, Lim et al. 2014
@@ -42,7 +42,7 @@ probabilities 0.4 / 0.3 / 0.3, Z-basis probability 0.5.
    per block; measured key per pulse; the finite-size prediction
    (``expected_no_decoy_key_length`` on the closed forms, f = 1.16); the
    textbook asymptotic rate (q = 1/2, f = 1.22): GLLP's no-decoy rate
-   (PHYSICS.md §1) for ``gllp``, ``q Q_mu [1 - (1 + f) h(E_mu)]`` for
+   (docs/physics.md §1) for ``gllp``, ``q Q_mu [1 - (1 + f) h(E_mu)]`` for
    ``single-photon``; and **Eve's known share** of the sifted key-basis bits,
    from the sampler's ground truth (``AliceRecord.eve_knows_bit``: every
    forwarded multi-photon pulse, of which she keeps a photon), with the
@@ -100,7 +100,7 @@ from qcinode.node.runtime import expected_key_bits_per_slot
 BOOTSTRAP = bytes(range(256)) * 64
 F_TEXTBOOK = 1.22
 Q_SIFT = 0.5
-# PHYSICS.md §4 worked example (nu = 0.05): s, Q_nu ratio, Y1^L; None = infeasible.
+# docs/physics.md §4 worked example (nu = 0.05): s, Q_nu ratio, Y1^L; None = infeasible.
 REFERENCE = {25.0: None, 50.0: (0.44, 0.13, -1.9e-4), 100.0: (0.039, 0.20, -1.5e-5)}
 
 
@@ -174,7 +174,7 @@ def channel_table(distances: list[float], slots_at_50km: float, seed: int) -> No
     print(f"\n== Photon-number splitting, channel level (mu 0.48, nu {nu}, vacuum 0; GYS) ==")
     print(
         f"{'L km':>5} {'s':>6} {'feasible':>8} {'Qmu/hon':>16} {'Qnu/hon':>16} {'E_mu':>14} "
-        f"{'Y1^L':>10} {'Y1 hon':>8} {'R decoy':>9} {'R naive':>9} {'R hon':>9} {'clicks':>8}  ref (PHYSICS.md §4)"
+        f"{'Y1^L':>10} {'Y1 hon':>8} {'R decoy':>9} {'R naive':>9} {'R hon':>9} {'clicks':>8}  ref (docs/physics.md §4)"
     )
     for length in distances:
         honest = gys(length, nu)

@@ -52,7 +52,7 @@ import grpc  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from qcinode.cluster.certs import CertBundle, CertPlan, make_certificates
+from qcinode.pki import CertBundle, CertPlan, cert_plan, make_certificates
 from qcinode.errors import InsufficientKeyMaterial
 from qcinode.keys.keystore import SaeKeyStore
 from qcinode.keys.linkstore import StorageKey
@@ -534,7 +534,7 @@ class GrpcTarget:
         self.channels: dict[tuple[str, str], grpc.aio.Channel] = {}
 
     async def start(self, min_pool_bytes: int = 1) -> None:
-        from qcinode.node.node import Node, NodeSettings, cert_plan
+        from qcinode.node.node import Node, NodeSettings
         from qcinode.topology import load_topology
 
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,7 @@ How to run
     python bench/keyrate.py --quick            # block 2e5, 0/50/100 km, < 2 min
     python bench/keyrate.py                    # block 1e6, 0..150 km, 2 blocks each
     python bench/keyrate.py --blocks 10 --block-bits 4e6 --distances 0,50,100,140
+    python bench/keyrate.py --csv docs/data/keyrate-measured.csv   # the points of docs/keyrate.svg
 
 Progress goes to stderr, the tables to stdout. Nothing is asserted.
 """
@@ -63,12 +64,14 @@ Progress goes to stderr, the tables to stdout. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import math
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -97,7 +100,7 @@ INTENSITIES = (0.48, 0.2, 0.0)
 CLASS_PROBABILITIES = (0.4, 0.3, 0.3)
 #: f assumed by the formulas when no block was reconciled.
 DEFAULT_F_EC = 1.1
-#: Same size as a node's bootstrap key (cluster.certs default): 2048 one-time MAC keys.
+#: Same size as a node's bootstrap key (qcinode.pki default): 2048 one-time MAC keys.
 BOOTSTRAP_KEY_BYTES = 65536
 RATE_HZ = 1e9  # only sets emulated time; frame size at speed "max" does not depend on it
 PROBE_STEP_KM = 25.0
@@ -333,6 +336,22 @@ def print_table(runs: Sequence[DistanceRun], pz: float) -> None:
         print("\n".join(notes))
 
 
+def write_csv(path: Path, runs: Sequence[DistanceRun], pz: float) -> None:
+    """The measured rows, with the finite-size formula on the same block size and measured f."""
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["length_km", "pz", "blocks_accepted", "blocks_aborted", "pulses", "block_key_bits", "secret_bits",
+                         "measured_bits_per_pulse", "qber", "f_ec", "finite_formula_bits_per_pulse"])  # fmt: skip
+        for run in runs:
+            f_use = formula_f(run.f_ec)
+            writer.writerow([
+                f"{run.length_km:g}", f"{pz:g}", run.accepted, run.aborted, run.pulses, run.mean_block_key_bits, run.secret_bits,
+                f"{run.rate:.6e}", f"{run.qber[0]:.6f}", f"{run.f_ec:.4f}" if run.f_ec else "",
+                f"{finite_rate(run.length_km, pz, run.mean_block_key_bits, f_use):.6e}",
+            ])  # fmt: skip
+    log(f"measured rows written to {path}")
+
+
 def stack_max_distance(
     runs: Sequence[DistanceRun], *, pz: float, block_bits: int, seed: int, steps: int
 ) -> tuple[float | None, float | None, list[DistanceRun]]:
@@ -380,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--bisect-steps", type=int, default=5, help="single-block probes refining the stack's maximum distance (0: table only; negative: skip)")
     p.add_argument("--quick", action="store_true", help="smoke run: block 2e5, distances 0,50,100")
+    p.add_argument("--csv", type=Path, help="also write the measured rows here (docs/figures.py plots docs/data/keyrate-measured.csv)")
     args = p.parse_args(argv)
     if args.quick:
         args.block_bits = 2e5
@@ -401,6 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("rates in secret bits per pulse; measured = sum secret / sum pulses (aborted blocks' pulses included)")
     print_table(runs, args.pz)
+    if args.csv is not None:
+        write_csv(args.csv, runs, args.pz)
     print(
         "n/blk = key bits per closed block (nominal + up to one frame); "
         "finite = Lim et al. key length / n of the mean block of n/blk bits (f = measured, 1.1 if none) x pz^2 sum p_k Q_k; "

@@ -45,9 +45,9 @@ topology defaults and ``postprocessing: {block_bits: 50000}``.
    delivered / bottleneck and the theoretical ceiling
    ``bottleneck / 2 / (1 + 256 / key_bits)``: each relayed key bit spends one
    pad bit on every hop plus a 256-bit one-time Poly1305 key per hop
-   (:func:`qcinode.core.relay.pad_bytes_needed`), and a link's pool is split
+   (:func:`qcinode.core.relay.hop.pad_bytes_needed`), and a link's pool is split
    in halves, each end initiating only from its own half
-   (:mod:`qcinode.keys.pool`); every hop of this path is sent by the link's
+   (:mod:`qcinode.core.pool`); every hop of this path is sent by the link's
    Alice, so only Alice's halves are spent.
 
 After each cluster the node logs are scanned for warnings, errors and
@@ -87,7 +87,7 @@ from typing import Any
 import yaml
 
 from qcinode.cluster.launcher import cluster_status
-from qcinode.core.relay import MAC_KEY_BYTES
+from qcinode.core.relay.hop import MAC_KEY_BYTES
 from qcinode.kme.client import EtsiClient
 from qcinode.testing import QciNetwork, start_network
 

@@ -2,13 +2,20 @@
 # Builds the qcinode image with podman on a locally made Debian base, with no
 # container registry: Debian packages and PyPI wheels only.
 #
-#   deploy/build-image.sh [TAG]        (default localhost/qcinode:test)
+#   deploy/build-image.sh [TAG]        (default localhost/qcinode:VERSION, the
+#                                       image `qcinode deploy k8s` names by default)
+#   deploy/build-image.sh --print-tag  (print the default tag and exit)
 #
 # Writes the outcome to build/image-status ("built TAG", "unavailable: why" or
 # "failed: why") so tests can tell "podman cannot run here" from "the build broke".
+# Exits 0 only when the image was built: 1 when the build failed, 2 when
+# podman cannot run here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-tag=${1:-localhost/qcinode:test}
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)
+default_tag=localhost/qcinode:$version
+if [ "${1:-}" = "--print-tag" ]; then echo "$default_tag"; exit 0; fi
+tag=${1:-$default_tag}
 base=localhost/qcinode-base:bookworm
 status_file=build/image-status
 mkdir -p build
@@ -20,13 +27,13 @@ if ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null && apt-get install -y -qq podman runc mmdebstrap uidmap >/dev/null \
-      || { say "unavailable: apt-get could not install podman, runc, mmdebstrap"; exit 0; }
+      || { say "unavailable: apt-get could not install podman, runc, mmdebstrap"; exit 2; }
   else
-    say "unavailable: podman and mmdebstrap are not installed and this is not a root Debian machine"; exit 0
+    say "unavailable: podman and mmdebstrap are not installed and this is not a root Debian machine"; exit 2
   fi
 fi
 if ! podman info >/dev/null 2>&1; then
-  say "unavailable: podman info fails here: $(podman info 2>&1 | tail -1)"; exit 0
+  say "unavailable: podman info fails here: $(podman info 2>&1 | tail -1)"; exit 2
 fi
 if ! podman image exists "$base"; then
   rootfs=$(mktemp -d)/rootfs.tar

@@ -1,4 +1,11 @@
-"""The ``qcinode`` command line (DESIGN.md §2 fixes the command names)."""
+"""The ``qcinode`` command line (docs/design.md, "Contracts", fixes the command names).
+
+Every error a user can cause ends the command with one line on stderr,
+``qcinode: WHAT (what to do)``, and a non-zero exit code: 2 for bad input
+(options, topology), 1 for everything else (a cluster that is not running, a
+KME that refuses), 130 for Ctrl-C; a closed pipe (``qcinode status | head``)
+ends it silently with 141, as for any command killed by SIGPIPE.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +13,35 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .errors import ConfigError, QcinodeError
+from .topology import EAVESDROPPER_ATTACKS, FAULT_CHANNELS, FAULT_KINDS
 
 DEFAULT_STATE_DIR = Path(".qcinode")
 EXAMPLES = ("euroqci",)  # shipped topologies (qcinode/cluster/examples)
+STATE_DIR_HELP = "the cluster's directory: cluster.json, topology, certificates, logs, node data (default ./.qcinode)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _speed(text: str) -> float | str:
+    from .cluster.launcher import parse_speed
+
+    try:
+        return parse_speed(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--speed: ")) from None
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -23,26 +49,28 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qcinode", description="Emulated QKD network node and local cluster.")
+    p = _Parser(prog="qcinode", description="Emulated QKD network node and local cluster.")
     p.add_argument("--version", action="version", version=f"qcinode {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start every node of a topology on loopback and show a live status table")
     up.add_argument("topology", nargs="?", type=Path, help="topology YAML (default: the built-in topology)")
     up.add_argument("--example", choices=EXAMPLES, help="a shipped example topology instead of a file (euroqci: fibre and a satellite across the EU)")
-    up.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-    up.add_argument("--detach", action="store_true", help="return once every link has produced key, leave the cluster running")
-    up.add_argument("--speed", help="override emulation.speed (a number or 'max')")
+    up.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help=STATE_DIR_HELP)
+    up.add_argument("--detach", action="store_true", help="return once every link has key and every node knows it, leave the cluster running")
+    up.add_argument("--speed", type=_speed, help="override emulation.speed: emulated seconds per wall second (> 0), or 'max'")
     up.add_argument("--timeout", type=float, default=300.0, help="--detach: seconds to wait for key on every link")
     up.add_argument("--refresh", type=float, default=1.0, help="seconds between table refreshes")
+    up.add_argument("--wide", action="store_true", help="table with every column (wider than 100 characters)")
 
     st = sub.add_parser("status", help="status of a detached cluster")
-    st.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    st.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help=STATE_DIR_HELP)
     st.add_argument("--json", action="store_true", help="print one JSON document")
+    st.add_argument("--wide", action="store_true", help="table with every column (wider than 100 characters)")
     st.add_argument("--digests", action="store_true", help=argparse.SUPPRESS)
 
     down = sub.add_parser("down", help="stop a detached cluster")
-    down.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    down.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help=STATE_DIR_HELP)
 
     node = sub.add_parser("node", help="run one node in the foreground (what a pod runs)")
     node.add_argument("--topology", type=Path, default=_env("TOPOLOGY"))
@@ -53,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--peer", action="append", default=[], metavar="NAME=HOST:PORT", help="a neighbour's gRPC address (repeatable)")
     node.add_argument("--peer-template", default=_env("PEER_TEMPLATE", "{name}:50051"), help="address of neighbours not given with --peer")
     node.add_argument("--data-dir", type=Path, default=_env("DATA_DIR"), help="link pools and SAE keys; {name} is replaced by the node name (default ./qcinode-data/NAME)")
+    node.add_argument("--storage-key-file", type=Path, default=_env("STORAGE_KEY_FILE"), help="the key encrypting the data directory, kept outside it (created 0600 if absent); {name} is replaced by the node name (default: DATA_DIR/storage.key)")
     node.add_argument("--kme-listen", default=_env("KME_LISTEN", "0.0.0.0:8443"), help="ETSI GS QKD 014 HTTPS host:port")
     node.add_argument("--metrics-listen", default=_env("METRICS_LISTEN", "0.0.0.0:9464"), help="Prometheus /metrics HTTP host:port")
     node.add_argument("--health-listen", default=_env("HEALTH_LISTEN"), help="plaintext host:port serving only grpc.health.v1 (kubelet gRPC probes); default: none")
@@ -66,17 +95,18 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--to", dest="slave", required=True, metavar="SAE", help="slave SAE (calls dec_keys)")
     keys.add_argument("-n", "--number", type=int, default=1)
     keys.add_argument("--size", type=int, default=256, help="key size in bits")
-    keys.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    keys.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help=STATE_DIR_HELP)
     keys.add_argument("--show-keys", action="store_true", help="also print the keys (base64); off by default")
     keys.add_argument("--json", action="store_true")
 
     eve = sub.add_parser("eve", help="switch an eavesdropper on or off on a running link (needs the admin certificate)")
     eve.add_argument("--link", required=True, metavar="A-B", help="link ID as in `qcinode status`")
     group = eve.add_mutually_exclusive_group(required=True)
-    group.add_argument("--attack", help="attack name, as in the topology's eavesdropper.attack")
+    attacks = [a for a in EAVESDROPPER_ATTACKS if a != "none"]
+    group.add_argument("--attack", choices=attacks, help="the attack (as the topology's eavesdropper.attack)")
     group.add_argument("--off", action="store_true", help="remove the eavesdropper")
-    eve.add_argument("--fraction", type=float, default=1.0, help="share of pulses attacked (0-1)")
-    eve.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    eve.add_argument("--fraction", type=float, default=1.0, help="share of pulses attacked (0-1; intercept-resend only)")
+    eve.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help=STATE_DIR_HELP)
 
     fault = sub.add_parser(
         "fault",
@@ -84,13 +114,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     fault.add_argument("--link", required=True, metavar="A-B", help="link ID as in `qcinode status`")
     group = fault.add_mutually_exclusive_group(required=True)
-    group.add_argument("--kind", help="flip | drop | delay | reorder | replay | partition (as the topology's links[i].fault.kind)")
+    kinds = [k for k in FAULT_KINDS if k != "none"]
+    group.add_argument("--kind", help=f"{' | '.join(kinds)} (as the topology's links[i].fault.kind)")
     group.add_argument("--off", action="store_true", help="remove the fault")
     fault.add_argument("--probability", type=float, default=1.0, help="share of outgoing messages affected (0-1); ignored by partition")
     fault.add_argument("--delay-ms", type=float, default=0.0, help="for delay: how late each affected message leaves")
-    fault.add_argument("--channel", default="all", help="all | postprocessing | relay")
+    fault.add_argument("--channel", default="all", help=" | ".join(FAULT_CHANNELS))
     fault.add_argument("--end", metavar="NODE", help="only at this end of the link (default: both ends)")
-    fault.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    fault.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help=STATE_DIR_HELP)
 
     passes = sub.add_parser("passes", help="list the passes of every satellite over each of its ground stations")
     passes.add_argument("topology", nargs="?", type=Path, help="topology YAML (default: the built-in topology)")
@@ -111,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     k8s.add_argument("--topology", type=Path, required=True)
     k8s.add_argument("--out", type=Path, required=True, help="overlay directory (self-contained; holds the CA key: keep it private)")
     k8s.add_argument("--namespace", default="qcinode")
-    k8s.add_argument("--image", default=None, help="container image, NAME[:TAG] or NAME@sha256:DIGEST (default qcinode:VERSION)")
+    k8s.add_argument("--image", default=None, help="container image, NAME[:TAG] or NAME@sha256:DIGEST (default localhost/qcinode:VERSION, what deploy/build-image.sh builds)")
     k8s.add_argument("--cluster-domain", default="cluster.local", help="the cluster's DNS domain, for certificate names")
     k8s.add_argument("--base", type=Path, default=None, help="kustomize base to copy (default: deploy/k8s/base of this source tree)")
     return p
@@ -119,15 +150,31 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    handler = {"passes": _passes, "up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs, "keys": _keys, "deploy": _deploy, "eve": _eve, "fault": _fault}[args.command]
     try:
-        handler = {"passes": _passes, "up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs, "keys": _keys, "deploy": _deploy, "eve": _eve, "fault": _fault}[args.command]
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+        return code
     except ConfigError as exc:
-        print(f"qcinode: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), 2)
     except QcinodeError as exc:
-        print(f"qcinode: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc), 1)
+    except BrokenPipeError:
+        # `qcinode status | head`: the reader has gone. Nothing more to say,
+        # and nothing for the interpreter to flush into the closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:
+        return _fail("interrupted", 128 + signal.SIGINT)
+    except OSError as exc:  # a file or directory the user named cannot be used
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}", 1)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"qcinode: {message}", file=sys.stderr)
+    return code
 
 
 def _topology_path(path: Path | None, example: str | None = None) -> Path:
@@ -180,56 +227,68 @@ def _passes(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from .cluster.launcher import Cluster, all_links_have_key, cluster_status, render_table
+    from .cluster.launcher import Cluster, cluster_status, links_without_key, nodes_without_routes, render_table
 
     cluster = Cluster(_topology_path(args.topology, args.example), args.state_dir, speed=args.speed)
     cluster.prepare()
-    cluster.start()
     try:
+        cluster.start()
         cluster.wait_healthy()
         print(f"qcinode: {len(cluster.processes)} nodes of topology {cluster.topology.name!r} running; state in {cluster.state_dir}", file=sys.stderr)
         if args.detach:
             deadline = time.monotonic() + args.timeout
             while True:
                 status = cluster_status(cluster.state_dir)
-                if all_links_have_key(status, cluster.topology):
-                    print(render_table(status))
+                missing = links_without_key(status, cluster.topology)
+                unrouted = [] if missing else nodes_without_routes(status, cluster.topology)
+                if not missing and not unrouted:
+                    print(render_table(status, wide=args.wide))
                     print(f"qcinode: every link has key; stop with `qcinode down --state-dir {args.state_dir}`", file=sys.stderr)
                     return 0
                 if time.monotonic() > deadline:
-                    print(render_table(status))
-                    raise ConfigError(f"--timeout: not every link produced key within {args.timeout:.0f} s")
+                    print(render_table(status, wide=args.wide))
+                    what = f"no key on {'; '.join(missing)}" if missing else f"nodes {', '.join(unrouted)} have not learnt every link's key"
+                    raise QcinodeError(f"--timeout: within {args.timeout:g} s, {what}; cluster stopped, node logs in {cluster.state_dir / 'logs'}")
                 time.sleep(1.0)
         tty = sys.stdout.isatty()
         while True:
-            table = render_table(cluster_status(cluster.state_dir))
+            table = render_table(cluster_status(cluster.state_dir), wide=args.wide)
             print(("\x1b[H\x1b[2J" if tty else "") + table + ("\n(Ctrl-C stops the cluster)" if tty else "\n"), flush=True)
             time.sleep(args.refresh)
     except KeyboardInterrupt:
         print("\nqcinode: stopping", file=sys.stderr)
-        cluster.stop()
+        _stop(cluster)
         return 0
     except BaseException:
-        cluster.stop()
+        _stop(cluster)
         raise
 
 
-def _status(args: argparse.Namespace) -> int:
-    from .cluster.launcher import cluster_status, render_table
+def _stop(cluster: Any) -> None:
+    """Stops every node; a second Ctrl-C does not cut that short (the nodes save their state on SIGTERM)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        cluster.stop()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
+
+def _status(args: argparse.Namespace) -> int:
+    from .cluster.launcher import cluster_status, render_table, require_running
+
+    require_running(args.state_dir)
     status = cluster_status(args.state_dir, digests=args.digests)
-    print(json.dumps(status, indent=2) if args.json else render_table(status))
+    print(json.dumps(status, indent=2) if args.json else render_table(status, wide=args.wide))
     return 0
 
 
 def _down(args: argparse.Namespace) -> int:
-    from .cluster.launcher import pid_alive, read_cluster, stop_processes
+    from .cluster.launcher import node_running, read_cluster, stop_processes
 
     cluster = read_cluster(args.state_dir)
-    pids = {name: int(info["pid"]) for name, info in cluster["nodes"].items()}
-    alive = {name: pid for name, pid in pids.items() if pid_alive(pid)}
+    alive = {name: int(info["pid"]) for name, info in cluster["nodes"].items() if node_running(info)}
     stop_processes(alive)
-    print(f"qcinode: stopped {len(alive)} node(s)", file=sys.stderr)
+    print(f"qcinode: stopped {len(alive)} node(s)" if alive else f"qcinode: no node of the cluster in {args.state_dir.resolve()} was running", file=sys.stderr)
     return 0
 
 
@@ -263,6 +322,7 @@ def _node(args: argparse.Namespace) -> int:
         peers=peers,
         peer_template=args.peer_template,
         data_dir=Path(str(args.data_dir).replace("{name}", args.name)) if args.data_dir else Path("qcinode-data") / args.name,
+        storage_key_file=Path(str(args.storage_key_file).replace("{name}", args.name)) if args.storage_key_file else None,
         kme_listen=args.kme_listen,
         metrics_listen=args.metrics_listen,
         health_listen=args.health_listen,
@@ -280,8 +340,7 @@ def _node(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from .cluster.certs import make_certificates
-    from .node.node import cert_plan
+    from .pki import cert_plan, make_certificates
     from .topology import load_topology
 
     topology = load_topology(args.topology)
@@ -306,7 +365,7 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from .cluster.launcher import read_cluster
+    from .cluster.launcher import read_cluster, require_running
     from .kme.client import EtsiClient
 
     cluster = read_cluster(args.state_dir)
@@ -316,22 +375,23 @@ def _keys(args: argparse.Namespace) -> int:
         if sae not in saes:
             raise ConfigError(f"{role}: unknown SAE {sae!r} (known: {', '.join(sorted(saes))})")
     master, slave = saes[args.master], saes[args.slave]
+    require_running(state, (master["node"], slave["node"]))
     master_url = cluster["nodes"][master["node"]]["etsi014"]
     slave_url = cluster["nodes"][slave["node"]]["etsi014"]
     ca = state / cluster["ca"]
     master_client = EtsiClient(ca, state / master["cert"], state / master["key"])
     slave_client = EtsiClient(ca, state / slave["cert"], state / slave["key"])
     started = time.perf_counter()
-    status, enc = master_client.enc_keys(master_url, args.slave, number=args.number, size_bits=args.size)
+    status, enc = _kme_call(master["node"], master_url, lambda: master_client.enc_keys(master_url, args.slave, number=args.number, size_bits=args.size))
     enc_s = time.perf_counter() - started
     if status != 200:
-        raise QcinodeError(f"enc_keys at {master['node']} answered {status}: {enc.get('message')} {enc.get('details', '')}")
+        raise QcinodeError(f"enc_keys at {master['node']} answered {status}: {_etsi_message(enc)}")
     key_ids = [k["key_ID"] for k in enc["keys"]]
     started = time.perf_counter()
-    status, dec = slave_client.dec_keys(slave_url, args.master, key_ids)
+    status, dec = _kme_call(slave["node"], slave_url, lambda: slave_client.dec_keys(slave_url, args.master, key_ids))
     dec_s = time.perf_counter() - started
     if status != 200:
-        raise QcinodeError(f"dec_keys at {slave['node']} answered {status}: {dec.get('message')} {dec.get('details', '')}")
+        raise QcinodeError(f"dec_keys at {slave['node']} answered {status}: {_etsi_message(dec)}")
     got = {k["key_ID"]: k["key"] for k in dec["keys"]}
     rows = []
     for key in enc["keys"]:
@@ -348,39 +408,67 @@ def _keys(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _kme_call(node: str, url: str, call: Any) -> Any:
+    """Runs one ETSI 014 call; a KME that cannot be reached is a one-line QcinodeError."""
+    try:
+        return call()
+    except OSError as exc:  # urllib's URLError, a refused or reset connection, a TLS failure
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        raise QcinodeError(f"cannot reach the KME of node {node} at {url}: {reason}") from None
+
+
+def _etsi_message(body: dict[str, Any]) -> str:
+    """An ETSI 014 error body as one line: its message, then any details that add to it."""
+    message = str(body.get("message") or "no message")
+    details = [str(d) for d in body.get("details") or [] if str(d) and str(d) not in message]
+    return "; ".join([message, *details])
+
+
 def _running_link(state_dir: Path, link_id: str) -> tuple[dict[str, Any], Any]:
-    """The running cluster's description and its link ``link_id`` (ConfigError naming --link if unknown)."""
-    from .cluster.launcher import read_cluster
+    """The cluster's description and its link ``link_id`` (ConfigError naming --link if unknown; NotRunning if stopped)."""
+    from .cluster.launcher import read_cluster, require_running
     from .topology import load_topology
 
-    cluster = read_cluster(state_dir)
+    read_cluster(state_dir)  # no cluster.json: say so before anything else
     try:
-        return cluster, load_topology(state_dir / "topology.yaml").link(link_id)
+        link = load_topology(state_dir / "topology.yaml").link(link_id)
     except ConfigError as exc:
         raise ConfigError(f"--link: {exc}") from None
+    return require_running(state_dir), link
+
+
+def _admin_error(node: str, address: str, exc: Any) -> QcinodeError:
+    """A refused or failed admin call as one line naming the node."""
+    import grpc
+
+    if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+        return ConfigError(str(exc.details()))
+    return QcinodeError(f"node {node} at {address} did not answer: {exc.details()}")
 
 
 def _fault(args: argparse.Namespace) -> int:
     import grpc
 
     from .cluster.admin import set_fault
+    from .cluster.launcher import require_running
 
     cluster, link = _running_link(args.state_dir, args.link)
     ends = link.between
     if args.end is not None and args.end not in ends:
         raise ConfigError(f"--end: {args.end!r} is not an end of {args.link} (ends: {', '.join(ends)})")
     kind = "none" if args.off else args.kind
+    require_running(args.state_dir, [args.end] if args.end else list(ends))
     for end in [args.end] if args.end else list(ends):
+        address = cluster["nodes"][end]["grpc"]
         try:
-            reply = set_fault(
-                cluster["nodes"][end]["grpc"], end, args.state_dir / "certs", args.link, kind, args.probability, args.delay_ms, args.channel
-            )
+            reply = set_fault(address, end, args.state_dir / "certs", args.link, kind, args.probability, args.delay_ms, args.channel)
         except grpc.RpcError as exc:
-            raise ConfigError(f"{end}: {exc.details()}") from None
+            raise _admin_error(end, address, exc) from None
         if reply["kind"] == "none":
             print(f"qcinode: no fault on {args.link} at {end}")
         else:
-            what = "partition" if reply["kind"] == "partition" else f"{reply['kind']} on {reply['probability']:.0%} of the {reply['channel']} messages"
+            channel = {"all": "post-processing and relay", "postprocessing": "post-processing"}.get(reply["channel"], reply["channel"])
+            what = "partition" if reply["kind"] == "partition" else f"{reply['kind']} on {reply['probability']:.0%} of the {channel} messages"
             print(f"qcinode: {what} sent by {end} on {args.link}")
     return 0
 
@@ -389,17 +477,22 @@ def _eve(args: argparse.Namespace) -> int:
     import grpc
 
     from .cluster.admin import set_eavesdropper
+    from .cluster.launcher import require_running
 
+    if args.attack == "photon-number-splitting" and args.fraction != 1.0:
+        raise ConfigError(f"--fraction: photon-number splitting acts on every pulse; leave --fraction at 1 (got {args.fraction:g})")
     cluster, link = _running_link(args.state_dir, args.link)
     alice = link.alice
+    require_running(args.state_dir, [alice])
+    address = cluster["nodes"][alice]["grpc"]
     try:
-        reply = set_eavesdropper(
-            cluster["nodes"][alice]["grpc"], alice, args.state_dir / "certs", args.link, "none" if args.off else args.attack, args.fraction
-        )
+        reply = set_eavesdropper(address, alice, args.state_dir / "certs", args.link, "none" if args.off else args.attack, args.fraction)
     except grpc.RpcError as exc:
-        raise ConfigError(f"{exc.details()}") from None
+        raise _admin_error(alice, address, exc) from None
     if reply["attack"] == "none":
         print(f"qcinode: no eavesdropper on {args.link}")
+    elif reply["attack"] == "photon-number-splitting":
+        print(f"qcinode: photon-number splitting on every pulse of {args.link} (at {alice}, the transmitter)")
     else:
         print(f"qcinode: {reply['attack']} on {reply['fraction']:.0%} of the pulses of {args.link} (at {alice}, the transmitter)")
     return 0

@@ -31,6 +31,10 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol does not allow."""
 
 
+class DuplicateShare(RemoteProtocolError):
+    """A relay share arrived twice, or after its key was completed: refused, nothing changes."""
+
+
 class SecurityAbort(QcinodeError):
     """A block was abandoned for a security reason. Expected."""
 
@@ -63,6 +67,21 @@ class KeyNotFound(KeyStoreError):
     """No such key / block / range. Expected."""
 
 
+class DuplicateKey(KeyStoreError):
+    """A key ID that is already stored was stored again. Expected when a relay is retried.
+
+    Attributes:
+        identical: Whether the stored key has the same bytes, master and slave
+            SAEs: then the second arrival is the same key delivered twice (a
+            retried relay) and storing it is done already; otherwise it is a
+            conflict and the stored key stays as it is.
+    """
+
+    def __init__(self, message: str, *, identical: bool) -> None:
+        super().__init__(message)
+        self.identical = identical
+
+
 class KeyAlreadyUsed(KeyStoreError):
     """A range that was already consumed was named again. Unexpected."""
 
@@ -93,3 +112,7 @@ class RequestError(QcinodeError):
     def __init__(self, message: str, details: list[str] | None = None) -> None:
         super().__init__(message)
         self.details = details or []
+
+
+class NotRunning(QcinodeError):
+    """The cluster, or the node, a command talks to is not running. Expected (after Ctrl-C or ``qcinode down``)."""

@@ -2,7 +2,10 @@
 
 Configure once per process with :func:`configure`. Key material is never
 logged: :func:`redact_secrets` replaces any field whose name says it holds a
-key or a secret, whatever a caller passes.
+key or a secret, whatever a caller passes. Records of the standard
+``logging`` module (aiohttp, asyncio, grpc's Python side) go through the same
+renderer, so every line of a node's log is one JSON object: a traceback is a
+field of its line, never lines of its own.
 """
 
 from __future__ import annotations
@@ -36,6 +39,27 @@ def configure(level: str = "info", json: bool | None = None) -> None:
     if json is None:
         json = not sys.stderr.isatty()
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
+    # The standard library's loggers: the same renderer, exceptions formatted into the line.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                redact_secrets,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(numeric_level, logging.WARNING))  # libraries say little worth a line below that
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

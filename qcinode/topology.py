@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A topology file (DESIGN.md §2, docs/topology.md) is a user-facing contract:
+A topology file (docs/design.md §2, docs/topology.md) is a user-facing contract:
 the YAML keys are exactly the dataclass field names below, so
 ``topology_to_mapping`` is little more than ``dataclasses.asdict``.
 
@@ -638,7 +638,8 @@ class EavesdropperConfig(_Section):
 
     Attributes:
         attack: One of :data:`EAVESDROPPER_ATTACKS` (required).
-        fraction: Fraction of pulses attacked, in [0, 1].
+        fraction: Fraction of pulses attacked, in [0, 1] (intercept-resend;
+            photon-number splitting acts on every pulse, so it must be 1).
     """
 
     attack: str
@@ -653,6 +654,9 @@ class EavesdropperConfig(_Section):
                 f"(allowed: {', '.join(EAVESDROPPER_ATTACKS)})",
             )
         _real(self, "fraction", _Range(0.0, 1.0))
+        if attack == "photon-number-splitting" and self.fraction != 1.0:
+            # The model (qcinode.core.physics) splits every multi-photon pulse; a share is not modelled.
+            raise _Invalid("fraction", f"photon-number splitting acts on every pulse: only 1 is allowed, got {self.fraction:g}")
 
 
 FREE_SPACE_CLASSICAL: Final[tuple[str, ...]] = ("always", "contact")
@@ -1258,6 +1262,51 @@ class RelayConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class KmeConfig(_Section):
+    """How each node's ETSI GS QKD 014 KME shares keys between SAEs and guards its connections.
+
+    Attributes:
+        max_keys_per_sae_per_s: A token bucket per master SAE: keys its
+            ``enc_keys`` calls may take per second, on average; ``None``
+            (default): no cap. A request over it is refused with 503 naming
+            the limit and consumes nothing.
+        burst: The bucket's size in keys: what a master SAE may take at once
+            after a pause (a request for more is always refused).
+        fair_share: When the key a path could carry now would not give every
+            master SAE using it (in the last ``fair_share_window_s``) a
+            request of this size, refuse the SAEs that took more than an
+            equal share of it in that window (503), so one looping client
+            cannot drain a path for everyone.
+        fair_share_window_s: How far back "using a path" and "its share" look.
+        tls_handshake_timeout_s: A client that has not finished the TLS
+            handshake by then is dropped.
+        header_timeout_s: A request's line and headers must arrive within
+            this after its first byte (slow-header clients are dropped).
+        body_timeout_s: A request body must arrive within this (400, connection closed).
+        idle_timeout_s: An idle keep-alive connection (no request under way) is closed after this.
+    """
+
+    max_keys_per_sae_per_s: float | None = None
+    burst: int = 256
+    fair_share: bool = True
+    fair_share_window_s: float = 10.0
+    tls_handshake_timeout_s: float = 5.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    idle_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_keys_per_sae_per_s is not None:
+            _real(self, "max_keys_per_sae_per_s", _Range(0.0, 1e6, low_open=True))
+        _integer(self, "burst", 1, 1_000_000)
+        if not isinstance(self.fair_share, bool):
+            raise _Invalid("fair_share", f"must be true or false, got {_describe(self.fair_share)}")
+        _real(self, "fair_share_window_s", _Range(0.1, 3600.0))
+        for name in ("tls_handshake_timeout_s", "header_timeout_s", "body_timeout_s", "idle_timeout_s"):
+            _real(self, name, _Range(0.1, 3600.0))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Topology(_Section):
     """A whole network: nodes, links, shared defaults and emulation settings.
 
@@ -1266,6 +1315,7 @@ class Topology(_Section):
         defaults: The link settings every link starts from.
         emulation: Emulation speed.
         relay: Single-path or multi-path (XOR secret sharing) key relay.
+        kme: Per-SAE fairness and connection limits of every node's ETSI 014 KME.
         nodes: At least one node; names unique.
         links: Links between distinct, known nodes; at most one per pair of
             nodes (in either direction).
@@ -1277,6 +1327,7 @@ class Topology(_Section):
     defaults: LinkSettings = _section(LinkSettings)
     emulation: EmulationConfig = _section(EmulationConfig)
     relay: RelayConfig = _section(RelayConfig)
+    kme: KmeConfig = _section(KmeConfig)
     nodes: tuple[NodeConfig, ...]
     links: tuple[LinkConfig, ...] = ()
 
@@ -1285,6 +1336,7 @@ class Topology(_Section):
         _instance(self, "defaults", LinkSettings)
         _instance(self, "emulation", EmulationConfig)
         _instance(self, "relay", RelayConfig)
+        _instance(self, "kme", KmeConfig)
         for name, cls in (("nodes", NodeConfig), ("links", LinkConfig)):
             items = getattr(self, name)
             if not isinstance(items, tuple) or not all(isinstance(x, cls) for x in items):
@@ -1403,6 +1455,7 @@ class Topology(_Section):
         defaults = LinkSettings.from_mapping(defaults_raw, defaults_path)
         emulation = EmulationConfig.from_mapping(raw.get("emulation"), _join(path, "emulation"))
         relay = RelayConfig.from_mapping(raw.get("relay"), _join(path, "relay"))
+        kme = KmeConfig.from_mapping(raw.get("kme"), _join(path, "kme"))
         nodes_path = _join(path, "nodes")
         nodes = tuple(
             NodeConfig.from_mapping(item, f"{nodes_path}[{i}]")
@@ -1420,6 +1473,7 @@ class Topology(_Section):
                 defaults=defaults,
                 emulation=emulation,
                 relay=relay,
+                kme=kme,
                 nodes=nodes,
                 links=links,
             )

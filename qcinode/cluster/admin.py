@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
 from ..transport.pb import admin_pb2, admin_pb2_grpc
 
@@ -32,18 +32,40 @@ def node_status(
     with admin_channel(address, server_name, certs_dir) as channel:
         request = admin_pb2.StatusRequest(include_block_digests=digests, include_ledger=ledger)
         reply = admin_pb2_grpc.AdminStub(channel).Status(request, timeout=timeout_s)
-    out: dict[str, Any] = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    out = message_to_dict(reply)
     out["network"] = json.loads(out.pop("network_json", "") or "{}")
     for link in out.get("links", []):
         raw = link.pop("ledger_json", "")
         if ledger:
             link["ledger"] = json.loads(raw or "[]")
-        for key, value in list(link.items()):
-            if isinstance(value, str) and key not in ("link_id", "peer", "role", "state") and value.isdigit():
-                link[key] = int(value)  # proto3 JSON writes uint64 as strings
-        for block in link.get("blocks", []):
-            block["bits"] = int(block.get("bits", 0))
     return out
+
+
+def message_to_dict(message: Message) -> dict[str, Any]:
+    """A protobuf message as plain Python values, every field present.
+
+    Not ``json_format.MessageToDict``: the proto3 JSON mapping writes 64-bit
+    integers as strings, so every count would reach ``qcinode status --json``
+    as a string. Here integers stay ints, bytes become hex.
+    """
+    out: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            out[field.name] = {key: _plain(item) for key, item in value.items()}
+        elif field.is_repeated:
+            out[field.name] = [_plain(item) for item in value]
+        else:
+            out[field.name] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Message):
+        return message_to_dict(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
 
 
 def health_check(address: str, server_name: str, certs_dir: Path, timeout_s: float = 2.0) -> bool:

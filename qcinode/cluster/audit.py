@@ -1,7 +1,7 @@
 """Ledger audit across both ends of every link (pure: works on status data).
 
 Each end of a link keeps a ledger of the pool bytes it used, per block and per
-initiating half (:mod:`qcinode.keys.pool`). The initiator of a range (the end
+initiating half (:mod:`qcinode.core.pool`). The initiator of a range (the end
 that chose it, for a relay hop's pad) marks it used and saves that before
 anything leaves; the other end consumes exactly the ranges the message names.
 So, across the two ends:

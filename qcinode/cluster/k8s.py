@@ -15,6 +15,7 @@ self-contained directory (``kubectl apply -k DIR`` needs nothing else)::
     DIR/statefulset-patch.yaml   the certificate volume's file list, node order
     DIR/topology.yaml            the topology, every link fully merged
     DIR/certs/                   `qcinode certs` output; holds the CA key
+    DIR/certs/storage/NODE.key   each node's storage key (encrypts its data volume)
 
 Rules:
 
@@ -37,11 +38,19 @@ Rules:
 5. Re-running on the same directory keeps the CA, the certificates and the
    link keys (``make_certificates`` is idempotent) and rewrites everything
    else; a directory that this function did not make is refused.
+6. Each node's storage key (which encrypts the link pools and waiting SAE
+   keys on its data volume) lives in the Secret ``qcinode-storage-keys``,
+   mounted read-only at ``/etc/qcinode/storage`` and named by
+   ``QCINODE_STORAGE_KEY_FILE``, never on the data volume: a copy of the
+   volume alone reveals nothing. It is made once (32 random bytes, 0600)
+   and kept on re-runs, like the link keys: a new one could not read the
+   volume any more.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 import time
@@ -53,6 +62,7 @@ import yaml
 
 from .. import __version__
 from ..errors import ConfigError
+from ..pki import cert_plan, make_certificates
 from ..topology import Topology, load_topology, topology_to_mapping, with_clock_anchor
 
 __all__ = [
@@ -75,10 +85,15 @@ HEALTH_PORT = 50052
 ETSI014_PORT = 8443
 METRICS_PORT = 9464
 NODE_CERTS_SECRET = "qcinode-node-certs"
+STORAGE_KEYS_SECRET = "qcinode-storage-keys"
+STORAGE_KEY_BYTES = 32
 TOPOLOGY_CONFIGMAP = "qcinode-topology"
 SELECTOR = {"app.kubernetes.io/name": "qcinode", "app.kubernetes.io/component": "node"}
 
 _MARKER = "# Made by `qcinode deploy k8s`"
+#: The image an overlay runs unless ``--image`` names another: the tag
+#: ``deploy/build-image.sh`` builds (push it, or any other build, and pass ``--image``).
+DEFAULT_IMAGE = f"localhost/qcinode:{__version__}"
 _DNS_1035 = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # The repository part of an image reference (distribution/reference grammar, simplified).
@@ -167,7 +182,7 @@ def render_overlay(
             overlay made by this function (then updated in place).
         namespace: Namespace of every object (a DNS-1123 label).
         image: Container image ``NAME[:TAG]`` or ``NAME@DIGEST``; default
-            ``qcinode:VERSION``.
+            :data:`DEFAULT_IMAGE`, what ``deploy/build-image.sh`` tags.
         cluster_domain: The cluster's DNS domain, for certificate SANs.
         base_dir: The kustomize base to copy; default :func:`default_base_dir`.
 
@@ -179,13 +194,10 @@ def render_overlay(
             Service, a bad namespace, image or domain, a missing base, or an
             output directory that is not an overlay of ours.
     """
-    from ..node.node import cert_plan  # the node's own plan: the pods read these files
-    from .certs import make_certificates
-
     # The pods' network clock starts at render time (re-render for a fresh one).
     topology = with_clock_anchor(load_topology(topology_path), time.time())
     _check_names(topology, namespace, cluster_domain)
-    image = image or f"qcinode:{__version__}"
+    image = image or DEFAULT_IMAGE
     image_entry = _image_entry(image)
     base = Path(base_dir) if base_dir is not None else default_base_dir()
     if not (base / "kustomization.yaml").is_file():
@@ -200,6 +212,7 @@ def render_overlay(
     suffixes = (f"{namespace}.svc", f"{namespace}.svc.{cluster_domain}")
     plan = dataclasses.replace(cert_plan(topology), extra_dns=suffixes)
     make_certificates(plan, out / "certs")
+    _make_storage_keys(out / "certs" / "storage", [node.name for node in topology.nodes])
 
     nodes = tuple(node.name for node in topology.nodes)
     copied = out / "base"
@@ -340,11 +353,26 @@ def _node_service(node: str, ordinal: int) -> dict[str, Any]:
     }
 
 
+def _make_storage_keys(directory: Path, nodes: list[str]) -> None:
+    """One 32-byte storage key per node (0600, directory 0700), made once and kept (rule 6)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for node in nodes:
+        path = directory / f"{node}.key"
+        if path.exists():
+            continue
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, os.urandom(STORAGE_KEY_BYTES))
+        finally:
+            os.close(fd)
+
+
 def _secret_generators(topology: Topology) -> list[dict[str, Any]]:
     node_files = ["ca.pem=certs/ca.pem"]
     for node in topology.nodes:
         node_files += [f"node.{node.name}.pem=certs/nodes/{node.name}.pem", f"node.{node.name}.key=certs/nodes/{node.name}.key"]
     generators: list[dict[str, Any]] = [{"name": NODE_CERTS_SECRET, "files": node_files}]
+    generators.append({"name": STORAGE_KEYS_SECRET, "files": [f"{node.name}.key=certs/storage/{node.name}.key" for node in topology.nodes]})
     for link in topology.links:
         generators.append({"name": link_secret_name(link.alice, link.bob), "files": [f"bootstrap.key=certs/links/{link.alice}-{link.bob}.key"]})
     for sae in (s for node in topology.nodes for s in node.saes):

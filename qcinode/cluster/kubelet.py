@@ -1,6 +1,6 @@
 """Play the kubelet for a rendered StatefulSet with plain processes in network namespaces.
 
-The fallback of issue 4 item 4, for machines where no container runtime runs:
+The fallback for machines where no container runtime runs (docs/kubernetes.md):
 tests read the *rendered* objects (``kubectl kustomize`` output, or the same
 objects assembled in Python) and :class:`NetnsKubelet` runs each pod as a
 process in its own Linux network namespace.
@@ -30,8 +30,10 @@ What is emulated, and how:
   prefix in ``args`` and ``env`` values is rewritten to the directory.
 * **Security context.** ``setpriv --no-new-privs`` with every capability
   dropped (``allowPrivilegeEscalation: false``, ``drop: [ALL]``). The user:
-  ``runAsUser``/``runAsGroup`` when that user can execute the interpreter,
-  else uid 0 *without capabilities* (see :attr:`NetnsKubelet.run_as`).
+  ``runAsUser``/``runAsGroup`` when that user can run the pod command (tried
+  for real, through the same ``setpriv``/``prlimit`` chain), else uid 0
+  *without capabilities* (see :attr:`NetnsKubelet.run_as`); if neither can,
+  :attr:`NetnsKubelet.unusable` says why and the tests skip.
   ``readOnlyRootFilesystem`` and seccomp are not applied.
 * **Resources.** ``limits.memory`` becomes ``RLIMIT_AS`` via ``prlimit``
   (an address-space cap, coarser than a cgroup memory limit); CPU is not
@@ -173,8 +175,12 @@ class NetnsKubelet:
         command = self.container.get("command", [])[0]
         local = Path(sys.executable).parent / command
         self.executable = str(local) if local.exists() else (shutil.which(command) or command)
-        self.run_as = self._pick_user()
         self.memory_limit = self._memory_limit()
+        #: Why the manifest's user is not used, or why no pod can start here (see :attr:`unusable`).
+        self.user_note = ""
+        #: Set when neither the manifest's user nor uid 0 without capabilities can run the pod command.
+        self.unusable: str | None = None
+        self.run_as = self._pick_user()
 
     # ------------------------------------------------------------------ objects
 
@@ -207,15 +213,51 @@ class NetnsKubelet:
     # ------------------------------------------------------------------ setup
 
     def _pick_user(self) -> tuple[int, int] | None:
-        """(uid, gid) from the securityContext if that user can run our interpreter, else None (root)."""
+        """(uid, gid) from the securityContext if that user can run the pod command, else None (uid 0).
+
+        Checked by running it: the pod's command (the console script, through
+        its interpreter) with ``--version``, under the same ``setpriv`` and
+        ``prlimit`` chain a pod gets. Only that is conclusive: a uid may pass
+        a direct ``setpriv`` of the interpreter and still fail one ``exec``
+        later (an interpreter under a 0700 home, e.g. pyenv's under /root).
+        If neither that user nor uid 0 without capabilities can, ``unusable``
+        says why.
+        """
         ctx = {**self.template["spec"].get("securityContext", {}), **self.container.get("securityContext", {})}
         uid = ctx.get("runAsUser")
-        if uid is None:
+        if uid is not None:
+            user = (int(uid), int(ctx.get("runAsGroup", uid)))
+            failure = self._cannot_run(user)
+            if failure is None:
+                return user
+            self.user_note = f"uid {user[0]} cannot run {self.executable}: {failure}"
+        failure = self._cannot_run(None)
+        if failure is not None:
+            self.unusable = f"{self.user_note + '; ' if self.user_note else ''}uid 0 without capabilities cannot run {self.executable} either: {failure}"
+        return None
+
+    def _wrapper(self, run_as: tuple[int, int] | None) -> list[str]:
+        """What runs the pod command: no new privileges, no capabilities, the user, the memory limit."""
+        wrapper = ["setpriv", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
+        if run_as is not None:
+            uid, gid = run_as
+            wrapper[1:1] = [f"--reuid={uid}", f"--regid={gid}", f"--groups={self._fs_group()}"]
+        if self.memory_limit is not None:
+            wrapper += ["prlimit", f"--as={self.memory_limit}", "--"]
+        return wrapper
+
+    def _cannot_run(self, run_as: tuple[int, int] | None) -> str | None:
+        """Why the pod command cannot run as ``run_as`` (None: it can)."""
+        try:
+            check = subprocess.run(
+                [*self._wrapper(run_as), self.executable, "--version"], capture_output=True, text=True, timeout=60, cwd="/", check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return str(exc)
+        if check.returncode == 0 and check.stdout.startswith("qcinode "):
             return None
-        gid = ctx.get("runAsGroup", uid)
-        probe = "import sys, qcinode; open(sys.argv[1], 'rb').close()"  # the interpreter, the package and the script
-        check = _run("setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", sys.executable, "-c", probe, self.executable, check=False)
-        return (int(uid), int(gid)) if check.returncode == 0 else None
+        lines = (check.stderr or check.stdout).strip().splitlines()
+        return lines[-1] if lines else f"exit code {check.returncode}"
 
     def _memory_limit(self) -> int | None:
         limit = self.container.get("resources", {}).get("limits", {}).get("memory")
@@ -319,12 +361,7 @@ class NetnsKubelet:
     def start_pod(self, ordinal: int) -> Pod:
         pod = self.pods[ordinal]
         self._prepare_pod(pod)
-        wrapper = ["ip", "netns", "exec", pod.netns, "setpriv", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
-        if self.run_as is not None:
-            uid, gid = self.run_as
-            wrapper[5:5] = [f"--reuid={uid}", f"--regid={gid}", f"--groups={self._fs_group()}"]
-        if self.memory_limit is not None:
-            wrapper += ["prlimit", f"--as={self.memory_limit}", "--"]
+        wrapper = ["ip", "netns", "exec", pod.netns, *self._wrapper(self.run_as)]
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("QCINODE_")}
         base_env.update(HOME=str(pod.root), HOSTNAME=pod.name)
         pod.log = self.workdir / f"{pod.name}.log"

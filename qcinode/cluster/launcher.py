@@ -2,7 +2,7 @@
 
 Each node runs as its own OS process (``python -m qcinode node ...``) on a
 loopback port chosen here; ``cluster.json`` in the state directory records
-where everything is (DESIGN.md §2 fixes its field names).
+where everything is (docs/design.md §2 fixes its field names).
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,12 +21,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from ..errors import ConfigError
-from ..topology import Topology, load_topology, topology_to_mapping, with_clock_anchor
+from ..errors import ConfigError, NotRunning
+from ..pki import cert_plan, make_certificates
+from ..topology import Topology, load_topology, parse_topology, topology_to_mapping, with_clock_anchor
 from .admin import health_check, node_status
-from .certs import make_certificates
 
 CLUSTER_FILE = "cluster.json"
 
@@ -44,10 +46,11 @@ def free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in socks]
 
 
-def _cert_plan(topology: Topology) -> Any:
-    from ..node.node import cert_plan
-
-    return cert_plan(topology)
+def _private_log(path: Path) -> Any:
+    """Open a node's log for appending, mode 0600 whatever the umask (logs hold key IDs)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)  # also an older log created with looser permissions
+    return os.fdopen(fd, "ab")  # owned by the child once passed to Popen
 
 
 def read_cluster(state_dir: Path) -> dict[str, Any]:
@@ -56,7 +59,61 @@ def read_cluster(state_dir: Path) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"--state-dir: no cluster at {path} (start one with `qcinode up --detach`)") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--state-dir: cannot read {path}: {exc}") from None
     return data
+
+
+def node_running(info: dict[str, Any]) -> bool:
+    """Whether the node process recorded in ``cluster.json`` still runs.
+
+    A PID reused by another program after the node died does not count: on
+    Linux its command line must name qcinode.
+    """
+    pid = int(info.get("pid", 0))
+    if pid <= 0 or not pid_alive(pid):
+        return False
+    try:
+        return b"qcinode" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc: trust the PID
+
+
+def require_running(state_dir: Path, nodes: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """``cluster.json`` of a cluster that runs, with ``nodes`` among its running nodes.
+
+    Raises:
+        ConfigError: No ``cluster.json`` in ``state_dir``.
+        NotRunning: Every node has stopped (after Ctrl-C or ``qcinode down``
+            the file stays), or one of ``nodes`` has.
+    """
+    cluster = read_cluster(state_dir)
+    running = {name for name, info in cluster.get("nodes", {}).items() if node_running(info)}
+    where = state_dir.resolve()
+    if not running:
+        raise NotRunning(f"the cluster in {where} is not running (its nodes have stopped); start it with `qcinode up`")
+    stopped = [name for name in nodes if name not in running]
+    if stopped:
+        logs = ", ".join(str(where / "logs" / f"{name}.log") for name in stopped)
+        raise NotRunning(f"node {', '.join(stopped)} of the cluster in {where} is not running (see {logs})")
+    return cluster
+
+
+def parse_speed(text: str) -> float | Literal["max"]:
+    """``--speed``: ``max`` or a finite number > 0.
+
+    Raises:
+        ConfigError: Naming ``--speed`` and what was given.
+    """
+    if text.strip().lower() == "max":
+        return "max"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"--speed: expected a number > 0 (emulated seconds per wall second) or 'max', got {text!r}")
+    return value
 
 
 def pid_alive(pid: int) -> bool:
@@ -77,10 +134,19 @@ def pid_alive(pid: int) -> bool:
 class Cluster:
     """A running local cluster: node processes plus the state directory describing them."""
 
-    def __init__(self, topology_path: Path, state_dir: Path, *, speed: str | None = None, seed: int | None = None) -> None:
+    def __init__(self, topology_path: Path, state_dir: Path, *, speed: str | float | None = None, seed: int | None = None) -> None:
         self.state_dir = state_dir.resolve()
-        self.topology = load_topology(topology_path)
         self.topology_path = topology_path
+        self.topology = load_topology(topology_path)
+        self.topology_text = Path(topology_path).read_text()
+        if speed is not None:
+            # Checked here, before prepare() makes anything in the state directory.
+            import yaml
+
+            data = topology_to_mapping(self.topology)
+            data["emulation"]["speed"] = parse_speed(str(speed))
+            self.topology_text = yaml.safe_dump(data, sort_keys=False)
+            self.topology = parse_topology(self.topology_text, "--speed")
         self.speed = speed
         self.seed = seed
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -92,29 +158,47 @@ class Cluster:
     def certs_dir(self) -> Path:
         return self.state_dir / "certs"
 
+    def _anchored_text(self) -> str:
+        """The topology the nodes read: one network clock for all of them, restarts included.
+
+        The emulation stands at its start when the cluster starts
+        (``emulation.wall_start``, unless the file fixes it); loss-trace paths
+        are absolute, as the file moves into the state directory.
+        """
+        anchored = with_clock_anchor(self.topology, time.time())
+        traces = any(link.free_space is not None and link.free_space.loss_trace for link in anchored.links)
+        if anchored == self.topology and not traces:
+            return self.topology_text
+        import yaml
+
+        return yaml.safe_dump(topology_to_mapping(anchored), sort_keys=False)
+
     def prepare(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        """Writes the state directory: topology, certificates, log directory; picks the ports.
+
+        A state directory this call creates is removed again if it fails, so a
+        failed ``qcinode up`` leaves nothing half-made. It is private (0700):
+        certificates and keys, node data and logs (which hold key IDs) live here.
+        """
         if (self.state_dir / CLUSTER_FILE).exists():
             old = read_cluster(self.state_dir)
-            alive = [n for n, info in old.get("nodes", {}).items() if pid_alive(int(info.get("pid", 0)))]
+            alive = [n for n, info in old.get("nodes", {}).items() if node_running(info)]
             if alive:
                 raise ConfigError(f"--state-dir: a cluster is already running in {self.state_dir} (nodes {', '.join(alive)}); `qcinode down` first")
-        (self.state_dir / "logs").mkdir(exist_ok=True)
-        topo_text = self.topology_path.read_text()
-        topology = self.topology
-        if self.speed is not None:
-            emulation = dataclasses.replace(topology.emulation, speed=self.speed if self.speed == "max" else float(self.speed))
-            topology = dataclasses.replace(topology, emulation=emulation)
-        # One network clock for every node, restarts included: the emulation
-        # stood at its start when the cluster started.
-        topology = with_clock_anchor(topology, time.time())
-        if topology != self.topology:
-            import yaml
-
-            topo_text = yaml.safe_dump(topology_to_mapping(topology), sort_keys=False)
-        (self.state_dir / "topology.yaml").write_text(topo_text)
-        self.topology = load_topology(self.state_dir / "topology.yaml")
-        make_certificates(_cert_plan(self.topology), self.certs_dir)
+        created = not self.state_dir.exists()
+        try:
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.state_dir, 0o700)
+            for private in (self.state_dir / "logs", self.state_dir / "data"):
+                private.mkdir(mode=0o700, exist_ok=True)
+                os.chmod(private, 0o700)
+            (self.state_dir / "topology.yaml").write_text(self._anchored_text())
+            self.topology = load_topology(self.state_dir / "topology.yaml")
+            make_certificates(cert_plan(self.topology), self.certs_dir)
+        except BaseException:
+            if created:
+                shutil.rmtree(self.state_dir, ignore_errors=True)
+            raise
         names = [node.name for node in self.topology.nodes]
         ports = iter(free_ports(3 * len(names)))
         self.ports = {name: next(ports) for name in names}
@@ -141,7 +225,7 @@ class Cluster:
             args += ["--peer", f"{peer}=127.0.0.1:{self.ports[peer]}"]
         if self.seed is not None:
             args += ["--seed", str(self.seed + sorted(self.ports).index(name))]
-        log_file = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        log_file = _private_log(self.state_dir / "logs" / f"{name}.log")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         log_file.close()
@@ -210,18 +294,26 @@ def stop_processes(pids: dict[str, int], grace_s: float = 10.0) -> None:
 
 
 def cluster_status(state_dir: Path, digests: bool = False, ledger: bool = False) -> dict[str, Any]:
-    """Status of every node and link of the cluster in ``state_dir``."""
+    """Status of every node and link of the cluster in ``state_dir``.
+
+    Nodes whose process has stopped are not asked (``error`` says so); a
+    link of the topology that no running node reports is listed as ``down``.
+    ``speed`` is the cluster's ``emulation.speed`` (a number or ``"max"``).
+    """
     cluster = read_cluster(state_dir)
     certs = state_dir / "certs"
     nodes: dict[str, Any] = {}
     links: dict[str, Any] = {}
     for name, info in cluster["nodes"].items():
-        entry: dict[str, Any] = {"pid": info["pid"], "alive": pid_alive(int(info["pid"])), "grpc": info["grpc"]}
-        try:
-            status = node_status(info["grpc"], name, certs, timeout_s=3.0, digests=digests, ledger=ledger)
-        except Exception as exc:  # noqa: BLE001 - any failure means "unreachable" here
-            entry["error"] = str(getattr(exc, "details", lambda: exc)())
-            status = {"links": []}
+        entry: dict[str, Any] = {"pid": info["pid"], "alive": node_running(info), "grpc": info["grpc"]}
+        status: dict[str, Any] = {"links": []}
+        if not entry["alive"]:
+            entry["error"] = "not running"
+        else:
+            try:
+                status = node_status(info["grpc"], name, certs, timeout_s=3.0, digests=digests, ledger=ledger)
+            except Exception as exc:  # noqa: BLE001 - any failure means "unreachable" here
+                entry["error"] = str(getattr(exc, "details", lambda: exc)())
         entry["uptime_s"] = status.get("uptime_s")
         entry["links"] = status["links"]
         entry["network"] = status.get("network", {})
@@ -242,7 +334,13 @@ def cluster_status(state_dir: Path, digests: bool = False, ledger: bool = False)
         if "alice" not in views or "bob" not in views:
             main["state"] = "down"
         merged[link_id] = main
-    return {"topology": cluster["topology"], "nodes": nodes, "links": merged}
+    speed: float | str | None = None
+    with contextlib.suppress(ConfigError):
+        topology = load_topology(state_dir / "topology.yaml")
+        speed = topology.emulation.speed
+        for link in topology.links:
+            merged.setdefault(link.link_id, {"state": "down", "attacks": "", "alice_pool_bits": None, "bob_pool_bits": None})
+    return {"topology": cluster["topology"], "speed": speed, "nodes": nodes, "links": merged}
 
 
 def _attacks(views: dict[str, Any]) -> str:
@@ -258,42 +356,192 @@ def _attacks(views: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def render_table(status: dict[str, Any]) -> str:
-    """The live status table: one row per link."""
-    header = (
-        f"{'link':<26}{'state':<12}{'QBER':>8}{'SKR bit/s':>13}{'pool bits':>12}{'blocks':>8}{'aborted':>9}{'f_EC':>7}{'emul. s':>9}"
-        "  attacks"
-    )
-    rows = [f"topology {status['topology']}", header, "-" * len(header)]
-    for link_id, link in sorted(status["links"].items()):
-        rows.append(
-            f"{link_id:<26}{link.get('state', '?'):<12}{100 * float(link.get('qber', 0)):>7.2f}%"
-            f"{float(link.get('secret_key_rate_bps', 0)):>13.4g}{int(link.get('pool_bits', 0)):>12}"
-            f"{int(link.get('blocks_done', 0)):>8}{int(link.get('blocks_aborted', 0)):>9}"
-            f"{float(link.get('ec_efficiency', 0)):>7.3f}{float(link.get('emulated_s', 0)):>9.1f}"
-            f"  {link.get('attacks') or '-'}"
+#: Abort reasons as the table shows them (the full text is in ``--json``).
+_SHORT_REASONS = {
+    "phase error bound is 1/2 or more": "phase error >= 1/2",
+    "error-correction leak and finite-size corrections exceed the entropy": "no entropy left",
+    "no key-basis detections": "no key-basis clicks",
+    "no test-basis detections": "no test-basis clicks",
+}
+#: A link whose emulated time runs below this share of ``emulation.speed`` is flagged as behind.
+LAG_THRESHOLD = 0.95
+#: Seconds of a session before its emulation speed is judged (the first frames come in a burst).
+LAG_MIN_WINDOW_S = 10.0
+TABLE_WIDTH = 100
+
+
+def short_reason(reason: str) -> str:
+    """An abort reason in a few characters: ``s_Z1<=0``, ``session_lost``, ``phase error >= 1/2``."""
+    code = re.search(r"\((s_[ZX]1<=0)", reason)
+    if code:
+        return code.group(1)
+    head = reason.split(":", 1)[0]
+    return _SHORT_REASONS.get(reason, head if len(head) <= 24 else head[:23] + "…")
+
+
+def lag(link: dict[str, Any], speed: Any) -> float | None:
+    """The link's emulated seconds per wall second when it runs behind ``speed``, else None.
+
+    Judged over the last minute of an ``up`` session (at least
+    :data:`LAG_MIN_WINDOW_S` of it); never at ``speed: max``.
+    """
+    if not isinstance(speed, (int, float)) or link.get("state") != "up":
+        return None
+    if float(link.get("emulation_window_s") or 0.0) < LAG_MIN_WINDOW_S:
+        return None
+    rate = float(link.get("emulation_rate") or 0.0)
+    return rate if rate < LAG_THRESHOLD * speed else None
+
+
+def _si(value: float) -> str:
+    """A count or rate in at most 6 characters: 812, 23.1k, 1.20M."""
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{suffix}"
+    return f"{value:.3g}" if value else "0"
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def _wrap(parts: list[str], width: int, max_lines: int = 3) -> list[str]:
+    """Notes joined with "; " into lines of ``width`` (a part too long is cut, never split)."""
+    width = max(width, 12)
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += "; " + part
+        else:
+            lines.append(_fit(part, width))
+    return lines[:max_lines]
+
+
+def link_notes(link: dict[str, Any], speed: Any) -> list[str]:
+    """What the table says about a link beyond its numbers, most urgent first.
+
+    ``behind: 0.18x``: emulated seconds per wall second over the last minute,
+    when below :data:`LAG_THRESHOLD` of ``speed``; what is switched on against
+    the link (eavesdropper, faults); the reason of its last abort, while
+    blocks abort (in the last minute).
+    """
+    notes = []
+    behind = lag(link, speed)
+    if behind is not None:
+        notes.append(f"behind: {behind:.2f}x")
+    if link.get("attacks"):
+        notes.append(str(link["attacks"]))
+    recent = link.get("recent_aborts") or []
+    if recent and int(link.get("aborted_last_minute") or 0) > 0:
+        notes.append(f"aborts: {short_reason(recent[-1])}")
+    return notes
+
+
+def render_table(status: dict[str, Any], *, wide: bool = False, width: int = TABLE_WIDTH) -> str:
+    """The live status table: one row per link, then one per node.
+
+    It fits ``width`` columns (long names are cut with "…", notes continue
+    on a second line under the notes column);
+    ``wide`` adds Cascade's f, the lifetime rate, emulated time and speed,
+    both pools and every abort reason, and cuts nothing. Key rates are secret bits per emulated second,
+    over the blocks of the last minute.
+    """
+    speed = status.get("speed")
+    links = sorted(status["links"].items())
+    name_w = max([len("link"), *(len(link_id) for link_id, _ in links)])
+    if not wide:
+        name_w = min(name_w, 24)  # node names may have 63 characters: long link IDs are cut
+    state_w = max([len("state"), *(len(str(link.get("state", "?"))) for _, link in links)])
+    head = f"{'link':<{name_w}}  {'state':<{state_w}} {'QBER':>6} {'key bit/s':>9} {'pool bits':>9} {'blocks':>6} {'aborts':>6}"
+    if wide:
+        head += f" {'f_EC':>5} {'avg bit/s':>9} {'emul. s':>8} {'emul/wall':>9} {'alice pool':>10} {'bob pool':>9}"
+    head += "  notes"
+    speed_text = "as fast as the CPU allows" if speed == "max" else f"speed {speed:g} (emulated s per wall s)" if speed else "speed ?"
+    title = f"topology {status['topology']}, {speed_text}; key rates per emulated s over the last minute"
+    rows = [title if wide else _fit(title, width), head]
+    for link_id, link in links:
+        done, aborted = int(link.get("blocks_done") or 0), int(link.get("blocks_aborted") or 0)
+        f_ec = float(link.get("ec_efficiency") or 0.0)
+        row = (
+            f"{_fit(link_id, name_w):<{name_w}}  {link.get('state', '?'):<{state_w}} {100 * float(link.get('qber') or 0.0):>5.2f}%"
+            f" {_si(float(link.get('current_key_rate_bps') or 0.0)):>9} {_si(float(link.get('pool_bits') or 0)):>9}"
+            f" {done:>6} {aborted:>6}"
         )
-    node_header = f"{'node':<14}{'relays ok':>10}{'failed':>8}{'forwarded':>10}  ETSI 014 requests (endpoint status: count)"
-    rows += ["", node_header, "-" * len(node_header)]
+        notes = link_notes(link, speed)
+        if wide:
+            pools = [link.get("alice_pool_bits"), link.get("bob_pool_bits")]
+            row += (
+                f" {f'{f_ec:.3f}' if f_ec else '-':>5} {_si(float(link.get('secret_key_rate_bps') or 0.0)):>9} {float(link.get('emulated_s') or 0.0):>8.1f}"
+                f" {float(link.get('emulation_rate') or 0.0):>9.3f} {_si(float(pools[0] or 0)) if pools[0] is not None else '-':>10}"
+                f" {_si(float(pools[1] or 0)) if pools[1] is not None else '-':>9}"
+            )
+            reasons = link.get("aborts_by_reason") or {}
+            if reasons:
+                notes.append("aborted: " + ", ".join(f"{short_reason(r)} x{n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])))
+            rows.append(row + "  " + ("; ".join(notes) or "-"))
+        else:
+            lines = _wrap(notes or ["-"], width - len(row) - 2)
+            rows.append(row + "  " + lines[0])
+            rows += [" " * (len(row) + 2) + line for line in lines[1:]]
+    name_w = max([len("node"), *(len(n) for n in status["nodes"])])
+    if not wide:
+        name_w = min(name_w, 24)
+    node_head = f"{'node':<{name_w}}  {'relays ok':>9} {'failed':>6} {'forwarded':>9}  ETSI 014 requests (endpoint status: count)"
+    rows += ["", node_head]
     for name, info in status["nodes"].items():
         net = info.get("network") or {}
         requests = ", ".join(f"{k}: {v}" for k, v in sorted((net.get("etsi014_requests") or {}).items())) or "-"
-        rows.append(
-            f"{name:<14}{int(net.get('relays_delivered', 0)):>10}{int(net.get('relays_failed', 0)):>8}"
-            f"{int(net.get('relays_forwarded', 0)):>10}  {requests}"
+        if not info.get("alive"):
+            requests = "not running"
+        elif "error" in info:
+            requests = f"not answering: {info['error']}"
+        row = (
+            f"{_fit(name, name_w):<{name_w}}  {int(net.get('relays_delivered', 0)):>9} {int(net.get('relays_failed', 0)):>6}"
+            f" {int(net.get('relays_forwarded', 0)):>9}  "
         )
-    down = [n for n, info in status["nodes"].items() if not info["alive"] or "error" in info]
-    if down:
-        rows.append(f"nodes not answering: {', '.join(sorted(down))}")
+        rows.append(row + (requests if wide else _fit(requests, width - len(row))))
     return "\n".join(rows)
 
 
-def all_links_have_key(status: dict[str, Any], topology: Topology) -> bool:
+def links_without_key(status: dict[str, Any], topology: Topology) -> list[str]:
+    """One phrase per link that has no key yet: its state, blocks and the reasons of its last aborts."""
+    out = []
     for link in topology.links:
-        view = status["links"].get(link.link_id)
-        if not view or int(view.get("blocks_done", 0)) < 1 or not view.get("bob_pool_bits"):
-            return False
-    return True
+        view = status["links"].get(link.link_id) or {}
+        if int(view.get("blocks_done") or 0) >= 1 and view.get("bob_pool_bits"):
+            continue
+        aborted = int(view.get("blocks_aborted") or 0)
+        reasons = [short_reason(r) for r in view.get("recent_aborts") or []]
+        counted = dict.fromkeys(reasons)
+        why = ", ".join(r if len(counted) == 1 else f"{r} x{reasons.count(r)}" for r in counted)
+        last = f"; the last {len(reasons)}: {why}" if len(reasons) > 1 else f"; the last: {why}" if why else ""
+        out.append(f"{link.link_id} ({view.get('state', 'down')}, {int(view.get('blocks_done') or 0)} blocks done, {aborted} aborted{last})")
+    return out
+
+
+def all_links_have_key(status: dict[str, Any], topology: Topology) -> bool:
+    return not links_without_key(status, topology)
+
+
+def nodes_without_routes(status: dict[str, Any], topology: Topology) -> list[str]:
+    """Nodes whose routing database does not yet show key on every link, in both directions.
+
+    Key in the pools is not enough for ``enc_keys``: a node routes on the
+    adverts it has received (one a second per node), so right after the
+    first blocks a request can still be refused for want of a path.
+    """
+    waiting = []
+    for name, info in status["nodes"].items():
+        origins = ((info.get("network") or {}).get("routing") or {}).get("origins") or {}
+        known = {
+            (origin, entry.get("link_id"))
+            for origin, advert in origins.items()
+            for entry in advert.get("links") or []
+            if entry.get("up") and int(entry.get("available_out_bytes") or 0) > 0
+        }
+        if any((end, link.link_id) not in known for link in topology.links for end in link.between):
+            waiting.append(name)
+    return waiting
 
 
 @contextlib.contextmanager

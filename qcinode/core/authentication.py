@@ -8,7 +8,7 @@ Theory of operation:
       authenticated with a Wegman–Carter one-time MAC (Wegman & Carter,
       "New hash functions and their use in authentication and set
       equality", JCSS 22 (1981)); a tag that fails discards the block
-      (DESIGN.md §1 step 7).
+      (docs/design.md §1 step 7).
     * **Transcript.** :class:`Transcript` frames every message as
       ``direction (3 ASCII bytes, "A>B" or "B>A") ‖ length (8 bytes,
       big-endian) ‖ payload`` after a fixed domain header. The framing is
@@ -36,7 +36,10 @@ Theory of operation:
       grown secret blocks, so the link needs pre-shared material only once
       ("key growing"). Both ends hold identical reserves and take keys in the
       same order; :meth:`AuthKeyReserve.skip_to` lets the ends resynchronise
-      forward after a failure, never backward.
+      forward after a failure, never backward. :attr:`AuthKeyReserve.promoted_before`
+      records how far staged refills were promoted, so that the other end can
+      reproduce the same key indices after a crash
+      (:mod:`qcinode.core.resync`).
 """
 
 from __future__ import annotations
@@ -167,7 +170,7 @@ class AuthKeyReserve:
     next refill.
     """
 
-    __slots__ = ("_buffer", "_cursor", "_staged")
+    __slots__ = ("_buffer", "_cursor", "_staged", "_promoted_before")
 
     def __init__(self, bootstrap: bytes) -> None:
         """Create the reserve from the link's pre-shared bootstrap key.
@@ -181,6 +184,7 @@ class AuthKeyReserve:
         self._buffer = bytearray(bootstrap)
         self._cursor = 0
         self._staged: dict[int, bytes] = {}
+        self._promoted_before = 0
 
     @property
     def available_keys(self) -> int:
@@ -243,6 +247,51 @@ class AuthKeyReserve:
         """Appends, in block order, every staged refill of a block older than ``block_seq``."""
         for seq in sorted(s for s in self._staged if s < block_seq):
             self.refill(self._staged.pop(seq))
+        self._promoted_before = max(self._promoted_before, block_seq)
+
+    @property
+    def promoted_before(self) -> int:
+        """The highest ``block_seq`` :meth:`promote_before` was called with (0 if never)."""
+        return self._promoted_before
+
+    def peek(self, cursor: int, n_keys: int) -> list[bytes]:
+        """The keys at indices ``[cursor, cursor + n_keys)``, without taking them.
+
+        Raises:
+            LocalProtocolError: If ``cursor`` is behind :attr:`cursor` (those
+                keys are gone) or a count is negative.
+            InsufficientKeyMaterial: If the reserve does not reach that far.
+        """
+        _require_count(cursor, "cursor")
+        _require_count(n_keys, "n_keys")
+        if cursor < self._cursor:
+            raise LocalProtocolError(f"key {cursor} was already used (cursor {self._cursor})")
+        start = (cursor - self._cursor) * KEY_BYTES
+        end = start + n_keys * KEY_BYTES
+        if end > len(self._buffer) - len(self._buffer) % KEY_BYTES:
+            raise InsufficientKeyMaterial(
+                f"keys {cursor}..{cursor + n_keys - 1} requested, the reserve reaches key {self._cursor + self.available_keys - 1}"
+            )
+        return [bytes(self._buffer[i : i + KEY_BYTES]) for i in range(start, end, KEY_BYTES)]
+
+    def copy(self) -> AuthKeyReserve:
+        """An independent copy (to try a change and keep it only if it works)."""
+        twin = AuthKeyReserve(bytes(self._buffer))
+        twin._cursor = self._cursor
+        twin._staged = dict(self._staged)
+        twin._promoted_before = self._promoted_before
+        return twin
+
+    def adopt(self, changed: AuthKeyReserve) -> None:
+        """Become ``changed`` (a :meth:`copy` on which a change worked), in place.
+
+        The link's sessions hold this object; adopting keeps them pointing at
+        the one reserve. ``changed`` must not be used afterwards.
+        """
+        self._buffer = changed._buffer
+        self._cursor = changed._cursor
+        self._staged = changed._staged
+        self._promoted_before = changed._promoted_before
 
     def retain_staged(self, block_seqs: set[int]) -> None:
         """Drops staged refills of blocks the peer does not hold (resynchronisation)."""
@@ -279,6 +328,7 @@ class AuthKeyReserve:
             "cursor": self._cursor,
             "buffer": self._buffer.hex(),
             "staged": {str(seq): data.hex() for seq, data in sorted(self._staged.items())},
+            "promoted_before": self._promoted_before,
         }
 
     @classmethod
@@ -294,13 +344,16 @@ class AuthKeyReserve:
             cursor = state["cursor"]
             buffer = bytes.fromhex(state["buffer"])
             staged = {int(seq): bytes.fromhex(data) for seq, data in state.get("staged", {}).items()}
-        except (KeyError, TypeError, ValueError) as exc:
+            promoted_before = state.get("promoted_before", 0)  # absent in states saved before it existed
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise KeyStoreError(f"malformed auth reserve state: {exc}") from None
-        if isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 0:
-            raise KeyStoreError("malformed auth reserve state: bad cursor")
+        for name, value in (("cursor", cursor), ("promoted_before", promoted_before)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise KeyStoreError(f"malformed auth reserve state: bad {name}")
         reserve = cls(buffer)
         reserve._cursor = cursor
         reserve._staged = staged
+        reserve._promoted_before = promoted_before
         return reserve
 
     def __repr__(self) -> str:

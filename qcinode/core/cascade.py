@@ -86,7 +86,7 @@ Every parity Alice discloses is one bit of information about the key, so
 ``leak_bits`` on both sides is exactly the number of questions Alice answered;
 inferred parities are free (Eve infers them too).  Privacy amplification must
 subtract this figure.  The reconciliation efficiency is
-``f = leak_bits / (n * h2(Q))`` (PHYSICS.md §5).  With the defaults, on
+``f = leak_bits / (n * h2(Q))`` (docs/physics.md §5).  With the defaults, on
 10^5-bit blocks, f is about 1.05-1.08 at Q = 1-10 %, against 1.13-1.21 for
 the original Brassard-Salvail protocol (Martinez-Mateo et al., Fig. 1).
 

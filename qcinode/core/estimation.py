@@ -63,7 +63,7 @@ result type, same epsilon conventions and the same last two terms as
 Two assumptions (:data:`NO_DECOY_BOUNDS`):
 
 * ``gllp`` (secure; GLLP, QIC 4, 325 (2004), the no-decoy rate of MQZL
-  Sec. 3 / PHYSICS.md section 1): every multi-photon pulse is tagged, i.e.
+  Sec. 3 / docs/physics.md section 1): every multi-photon pulse is tagged, i.e.
   fully known to Eve. Alice's photon numbers and both parties' basis choices
   are independent of Eve, so the number of multi-photon pulses that fall in
   the Z-Z (X-X) sift is exactly ``Binomial(N, p_Z^2 P_multi)``

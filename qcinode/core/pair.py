@@ -4,26 +4,41 @@
 from Alice to Bob through their byte encoding (as the gRPC stream does) and
 delivers classical messages in order until each side is quiet. Tests and
 benches use it to run the full protocol with seeded randomness; an optional
-``tamper`` hook lets tests change a message in transit.
+``tamper`` hook lets tests change a message in transit. When a session
+breaks, :func:`reconnect` resynchronises the two ends exactly as the node's
+link workers do, with the authenticated Hello of :mod:`qcinode.core.resync`
+(the ``tamper`` hook sees those Hellos too).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import numpy as np
 
+from ..errors import LocalProtocolError, ProtocolError
 from . import messages as m
 from .authentication import AuthKeyReserve
 from .physics import PhotonFrame
-from ..errors import LocalProtocolError, ProtocolError
 from .channel import Idle, SlotClock, next_frame
-from .pipeline import AliceLink, BlockEvent, BobLink, LinkProtocolConfig, LinkState
+from .pipeline import (
+    AliceLink,
+    BlockAccepted,
+    BlockEvent,
+    BobLink,
+    LinkProtocolConfig,
+    LinkState,
+)
+from .resync import CursorBehind, Hello, HelloExchange, LinkSnapshot, Reconciliation
+from .roles import Role
 
-Tamper = Callable[[str, m.Message], m.Message | None]
+Tamper = Callable[[str, m.Message | Hello], m.Message | Hello | None]
 _End = TypeVar("_End", AliceLink, BobLink)
+
+#: Hello exchanges one reconnection tries before giving up (one may only move a cursor that was behind).
+RECONNECT_ATTEMPTS = 2
 
 
 @dataclasses.dataclass(slots=True)
@@ -32,6 +47,80 @@ class PairResult:
     bob_events: list[BlockEvent]
     frames: int
     classical_messages: int
+    resyncs: list[Resynced] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Resynced:
+    """What one reconnection agreed: the fresh sessions and each end's reconciliation."""
+
+    alice: AliceLink
+    bob: BobLink
+    alice_plan: Reconciliation
+    bob_plan: Reconciliation
+    bob_events: list[BlockEvent]
+
+
+def snapshot(end: AliceLink | BobLink, held_block_seqs: Iterable[int]) -> LinkSnapshot:
+    """What ``end`` would say in its Hello, given the blocks its pool holds."""
+    is_alice = isinstance(end, AliceLink)
+    return LinkSnapshot(
+        link_id=end.config.link_id,
+        role=Role.ALICE if is_alice else Role.BOB,
+        next_block_seq=end.next_block_seq,
+        next_frame_id=end.next_frame_id if isinstance(end, AliceLink) else 0,
+        auth_cursor=end.auth.cursor,
+        promoted_before=end.auth.promoted_before,
+        held_block_seqs=tuple(held_block_seqs),
+        staged_block_seqs=end.auth.staged_block_seqs,
+        pending_block_seq=None if isinstance(end, AliceLink) else end.pending_block_seq,
+    )
+
+
+def reconnect(
+    alice: AliceLink,
+    bob: BobLink,
+    *,
+    alice_holds: Iterable[int],
+    bob_holds: Iterable[int],
+    tamper: Tamper | None = None,
+) -> Resynced:
+    """Resynchronise two ends whose session broke, then start fresh sessions.
+
+    Runs the Hello exchange (again, if Alice's cursor turned out behind);
+    settles the block Bob holds pending; returns fresh sessions over the same
+    reserves, each end's reconciliation (drop the blocks not in
+    ``keep_block_seqs`` from its pool) and Bob's settled block, if any.
+
+    Raises:
+        HelloRefused: A Hello was refused (tampered in transit): nothing
+            changed at the refusing end; call again to retry.
+        InsufficientKeyMaterial: Alice has no two MAC keys left.
+    """
+    for _attempt in range(RECONNECT_ATTEMPTS):
+        ends = HelloExchange(snapshot(alice, alice_holds), alice.auth), HelloExchange(snapshot(bob, bob_holds), bob.auth)
+        a_side, b_side = ends
+        opening = a_side.start()
+        delivered = tamper("A>B", opening) if tamper else opening
+        if not isinstance(delivered, Hello):
+            continue  # lost on the way: Alice's two keys are spent, she dials again
+        answers = b_side.receive(delivered)
+        for answer in answers:
+            back = tamper("B>A", answer) if tamper else answer
+            if isinstance(back, Hello):
+                a_side.receive(back)
+        if isinstance(a_side.result, CursorBehind) or not isinstance(a_side.result, Reconciliation):
+            continue
+        if not isinstance(b_side.result, Reconciliation):
+            continue
+        bob_events: list[BlockEvent] = []
+        if b_side.result.accept_pending is not None:
+            bob_events = bob.settle_pending(b_side.result.accept_pending)
+        fresh_alice, fresh_bob = _reconnect(alice), _reconnect(bob)
+        fresh_alice.next_block_seq = fresh_bob.next_block_seq = a_side.result.next_block_seq
+        fresh_alice.next_frame_id = a_side.result.next_frame_id
+        return Resynced(fresh_alice, fresh_bob, a_side.result, b_side.result, bob_events)
+    raise ProtocolError(f"no Hello exchange succeeded in {RECONNECT_ATTEMPTS} attempts")
 
 
 def make_pair(
@@ -69,12 +158,21 @@ def pump(
     """
     alice_events: list[BlockEvent] = []
     bob_events: list[BlockEvent] = []
+    resyncs: list[Resynced] = []
+    holds: dict[Role, set[int]] = {Role.ALICE: set(), Role.BOB: set()}
     frames = 0
     messages = 0
     while len(alice_events) < blocks and frames < max_frames:
         if alice.state is LinkState.FAILED:
-            # What a reconnection does: fresh sessions over the same reserves.
-            alice, bob = _reconnect(alice), _reconnect(bob)
+            # What a reconnection does: the authenticated Hello, then fresh
+            # sessions over the same reserves.
+            done = reconnect(alice, bob, alice_holds=holds[Role.ALICE], bob_holds=holds[Role.BOB], tamper=tamper)
+            alice, bob = done.alice, done.bob
+            bob_events.extend(done.bob_events)
+            _hold(holds[Role.BOB], done.bob_events)
+            holds[Role.ALICE] &= done.alice_plan.keep_block_seqs
+            holds[Role.BOB] &= done.bob_plan.keep_block_seqs
+            resyncs.append(done)
         if not alice.is_ready_for_frame:
             break  # protocol stalled (a dropped message)
         frame_id, frame = alice.emit_frame(frame_slots)
@@ -83,12 +181,18 @@ def pump(
             messages += _exchange(alice, bob, frame_id, frame, tamper)
         except ProtocolError as exc:
             reason = f"protocol_error: {exc}"
-            alice_events.extend(alice.take_events() + alice.abandon(reason))
-            bob_events.extend(bob.take_events() + bob.abandon(reason))
-            continue
-        alice_events.extend(alice.take_events())
-        bob_events.extend(bob.take_events())
-    return PairResult(alice_events, bob_events, frames, messages)
+            a_new, b_new = alice.take_events() + alice.abandon(reason), bob.take_events() + bob.abandon(reason)
+        else:
+            a_new, b_new = alice.take_events(), bob.take_events()
+        alice_events.extend(a_new)
+        bob_events.extend(b_new)
+        _hold(holds[Role.ALICE], a_new)
+        _hold(holds[Role.BOB], b_new)
+    return PairResult(alice_events, bob_events, frames, messages, resyncs)
+
+
+def _hold(held: set[int], events: list[BlockEvent]) -> None:
+    held.update(e.block_seq for e in events if isinstance(e, BlockAccepted) and e.key)
 
 
 def pump_timeline(
@@ -162,6 +266,8 @@ def _exchange(
         delivered = tamper(direction, msg) if tamper else msg
         if delivered is None:
             break
+        if isinstance(delivered, Hello):
+            raise ProtocolError("a Hello in the middle of a session")
         if direction == "B>A":
             pending.extend(("A>B", out) for out in alice.receive(delivered))
         else:

@@ -3,9 +3,9 @@
 Theory of operation:
     Every link has a transmitting end (Alice, who owns the source) and a
     receiving end (Bob, who owns the detector). The topology file names
-    Alice first (DESIGN.md §2). Roles also decide who may *initiate* the use
-    of which half of each shared key block (see ``qcinode.keys.pool``), so
-    they are an ``enum.Enum``, never ints or booleans (STYLE.md §3).
+    Alice first (docs/design.md §1). Roles also decide who may *initiate* the use
+    of which half of each shared key block (see ``qcinode.core.pool``), so
+    they are an ``enum.Enum``, never ints or booleans (docs/design.md §4).
 """
 
 from __future__ import annotations

@@ -5,31 +5,60 @@ Theory of operation:
       :class:`LinkStateAdvert`: one :class:`LinkAdvert` per QKD link it
       terminates, saying whether the link is up and how many key bytes the
       node can spend on it on its own initiative (its initiator half of the
-      pool, :mod:`qcinode.keys.pool`). The driver floods each advert to every
-      neighbour over the classical network (DESIGN.md §1, "Routing").
-    * **Flooding.** :meth:`LinkStateDatabase.receive` stores an advert only if
-      its sequence number is higher than the one held for that origin (or the
-      origin is unknown), and answers ``True`` exactly then: the driver
-      forwards it to every neighbour except the one it came from. A copy seen
-      before answers ``False``, so flooding stops once every node holds the
-      newest advert of every origin, whatever the topology (it has cycles).
-      Adverts claiming to come from the local node are never stored: only
+      pool, :mod:`qcinode.core.pool`). The driver floods each advert to every
+      neighbour over the classical network (docs/design.md, "Routing").
+    * **Signed by their origin.** An advert carries an ECDSA signature
+      made by its origin over :func:`advert_bytes` (origin, sequence and
+      links in a prefix-free encoding; nothing else), and the origin's
+      certificate. :meth:`LinkStateDatabase.receive` asks the injected
+      :class:`AdvertVerifier` whether that certificate is a node certificate
+      of the cluster naming the origin and whether the signature verifies,
+      *before* it believes or floods anything: a neighbour can relay an
+      advert but can neither forge one for another origin nor alter one.
+      Without a verifier (in-process tests only) adverts are not checked.
+    * **Flooding.** An advert is stored only if its sequence number is
+      higher than the one held for that origin (or the origin is unknown),
+      and ``receive`` answers ``True`` exactly then: the driver forwards it
+      to every neighbour except the one it came from. The copy we hold
+      answers ``False``, so flooding stops once every node holds the newest
+      advert of every origin, whatever the topology (it has cycles). An
+      advert claiming to come from the local node is never stored: only
       :meth:`LinkStateDatabase.originate` speaks for it.
+    * **Refusals** raise :class:`AdvertRejected` with a reason from the
+      closed vocabulary :class:`RejectReason` and change nothing but the
+      per-reason count (:attr:`LinkStateDatabase.rejections`): a malformed
+      advert, an unsigned one, a certificate that is not a cluster node's or
+      does not name the origin, a bad signature, a sequence too far in the
+      future or too far in the past, or one older than what we hold (a
+      replay). The cheap checks (shape, sequence window, the copy we hold)
+      come first, so a steady flood costs one signature check per new
+      advert and junk costs none.
     * **Sequence numbers** strictly increase per origin, also across process
       restarts, without persisting anything: ``originate`` uses
       ``max(last + 1, int(now · 1000))`` with ``now`` the wall-clock time in
       seconds, so a restarted node's first advert beats every advert it sent
       before the restart (provided it originated fewer than 1000 adverts per
-      second on average and its clock did not step back). If a copy of our
-      own advert comes back with a higher sequence than ours (our clock
-      stepped back), the next ``originate`` jumps past it.
+      second on average and its clock did not step back).
+    * **Sequence window.** A received sequence must lie within
+      ``max_skew_s`` (60 s) of our wall clock in the future and within
+      ``max_age_s + max_skew_s`` in the past. Nothing can push a floor ahead
+      of where the real origin will be a minute later (a huge sequence is
+      refused, it never becomes the floor), and an old signed advert
+      replayed after every copy aged out is refused too. If a genuine copy of
+      our own advert comes back with a higher sequence than ours (our clock
+      stepped back), the next ``originate`` jumps past it; the window keeps
+      that jump within a minute of the clock, so the sequence space can
+      never be exhausted by it.
     * **Ageing.** An advert not refreshed within ``max_age_s`` seconds is
       dropped by :meth:`LinkStateDatabase.expire`: its origin is taken to be
       dead. Origins must re-originate well within ``max_age_s`` (e.g. every
       ``max_age_s / 3``). The highest sequence of a dropped origin is kept
-      as a tombstone, so a stale copy still being flooded cannot resurrect
-      it; a restarted origin beats the tombstone through its clock-based
-      sequence. Our own advert never ages out.
+      as a tombstone for another ``max_age_s``, so a stale copy still being
+      flooded cannot resurrect it; after that every node has aged the copy
+      out and the sequence window refuses it anyway. A restarted origin
+      beats the tombstone through its clock-based sequence, and since a
+      tombstone is a sequence we accepted inside the window, the real origin
+      passes it within ``max_skew_s`` at worst. Our own advert never ages out.
     * **Edges are directed and need both ends.** A link ``u — v`` is usable
       from ``u`` to ``v`` only if *both* ``u``'s and ``v``'s current adverts
       list it (same link ID, naming each other) as up, and ``u`` advertises at
@@ -49,7 +78,7 @@ Theory of operation:
       min-cost flow (successive shortest paths with node splitting, the
       general form of Suurballe's algorithm), not by greedy removal, which
       can block itself in "trap" topologies. Used with XOR secret sharing
-      (:mod:`qcinode.core.relay`) no single trusted node sees every share.
+      (:mod:`qcinode.core.relay.hop`) no single trusted node sees every share.
     * **Validation.** A received advert with a wrong type, an empty name, a
       negative or oversized number, a link to the origin itself or two links
       with the same ID raises :class:`RemoteProtocolError` and changes
@@ -60,25 +89,37 @@ Theory of operation:
 from __future__ import annotations
 
 import dataclasses
-
+import enum
 import heapq
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from qcinode.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
     "DEFAULT_MAX_AGE_S",
+    "DEFAULT_MAX_SKEW_S",
     "MAX_SEQUENCE",
+    "AdvertRejected",
+    "AdvertSigner",
+    "AdvertVerifier",
     "LinkAdvert",
     "LinkStateAdvert",
     "LinkStateDatabase",
+    "RejectReason",
+    "advert_bytes",
 ]
 
 #: Default advert lifetime without a refresh.
 DEFAULT_MAX_AGE_S = 6.0
+
+#: How far a received sequence may lie ahead of our wall clock (seconds of the ms scheme).
+DEFAULT_MAX_SKEW_S = 60.0
+
+_ADVERT_DOMAIN = b"qcinode/advert/v1\x00"
 
 #: Largest sequence number or byte count accepted (fits a signed 64-bit field).
 MAX_SEQUENCE = 2**63 - 1
@@ -112,19 +153,124 @@ class LinkStateAdvert:
         origin: The advertising node.
         sequence: Strictly increasing per origin; a higher one replaces a lower.
         links: The origin's links, each link ID at most once.
+        signature: The origin's signature over :func:`advert_bytes` (empty: unsigned).
+        certificate: The origin's certificate (DER), which the signature
+            verifies against; carried so that a node that never met the
+            origin can check it against the cluster CA.
     """
 
     origin: str
     sequence: int
     links: tuple[LinkAdvert, ...]
+    signature: bytes = field(default=b"", repr=False)
+    certificate: bytes = field(default=b"", repr=False)
+
+
+class RejectReason(enum.Enum):
+    """Why an advert was refused: a closed vocabulary (log field and metric label)."""
+
+    MALFORMED = "malformed"
+    """Wrong types, empty or oversized names, a link to the origin itself, duplicate link IDs."""
+    UNSIGNED = "unsigned"
+    """No signature or no certificate."""
+    UNTRUSTED_CERTIFICATE = "untrusted_certificate"
+    """The certificate does not parse, is not issued by the cluster CA, or is not valid now."""
+    NOT_A_NODE_CERTIFICATE = "not_a_node_certificate"
+    """A certificate of the cluster, but an SAE's or the admin's, not a node's."""
+    WRONG_ORIGIN = "wrong_origin"
+    """A node certificate, but of another node than the advert's origin."""
+    BAD_SIGNATURE = "bad_signature"
+    """The signature does not verify over the advert's bytes: forged or altered."""
+    FUTURE_SEQUENCE = "future_sequence"
+    """The sequence lies more than the allowed skew ahead of our clock."""
+    EXPIRED_SEQUENCE = "expired_sequence"
+    """The sequence is older than any live advert could be: a replay."""
+    STALE = "stale"
+    """Older than (or a different advert with the same sequence as) the one held: a replay."""
+
+
+class AdvertRejected(RemoteProtocolError):
+    """An advert was refused; nothing changed but the rejection count. Expected from a misbehaving neighbour.
+
+    Attributes:
+        reason: Why, from :class:`RejectReason`.
+        origin: The origin the advert claimed (may be garbage for a malformed one).
+    """
+
+    def __init__(self, reason: RejectReason, origin: object, detail: str) -> None:
+        super().__init__(f"advert of {str(origin)[:80]!r} rejected ({reason.value}): {detail}")
+        self.reason = reason
+        self.origin = origin
+
+
+class AdvertVerifier(Protocol):
+    """Checks that an advert was signed by its origin (the seam to the PKI)."""
+
+    def verify(self, origin: str, payload: bytes, signature: bytes, certificate: bytes) -> RejectReason | None:
+        """Whether ``signature`` over ``payload`` was made by node ``origin``.
+
+        Args:
+            origin: The node the advert claims to come from.
+            payload: :func:`advert_bytes` of the advert.
+            signature: The signature it carries.
+            certificate: The certificate (DER) it carries.
+
+        Returns:
+            None if ``certificate`` is a node certificate of the cluster
+            naming ``origin`` and the signature verifies; otherwise why not.
+        """
+        ...
+
+
+class AdvertSigner(Protocol):
+    """Signs the local node's adverts with its node key."""
+
+    @property
+    def certificate(self) -> bytes:
+        """The local node's certificate (DER), carried in every advert."""
+        ...
+
+    def sign(self, payload: bytes) -> bytes:
+        """The signature of ``payload`` (:func:`advert_bytes`)."""
+        ...
+
+
+def advert_bytes(advert: LinkStateAdvert) -> bytes:
+    """The canonical bytes of an advert, which its origin signs.
+
+    Layout: a domain string; ``origin`` as a 4-byte big-endian length and
+    UTF-8 bytes; ``sequence`` as 8 bytes; the number of links (4 bytes);
+    then per link ``link_id`` and ``peer`` (length-prefixed UTF-8), ``up``
+    (one byte, 0 or 1) and ``available_out_bytes`` (8 bytes). Every field
+    is length-prefixed or of fixed size, so distinct adverts give distinct
+    bytes and no encoding is a prefix of another. The signature and the
+    certificate are not part of it.
+
+    Raises:
+        LocalProtocolError: If a field cannot be encoded (validate received
+            adverts first).
+    """
+    try:
+        parts = [_ADVERT_DOMAIN, _text(advert.origin), advert.sequence.to_bytes(8, "big"), len(advert.links).to_bytes(4, "big")]
+        for link in advert.links:
+            parts += [_text(link.link_id), _text(link.peer), b"\x01" if link.up else b"\x00", link.available_out_bytes.to_bytes(8, "big")]
+    except (AttributeError, TypeError, ValueError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
+        raise LocalProtocolError(f"advert cannot be encoded: {exc}") from None
+    return b"".join(parts)
+
+
+def _text(value: str) -> bytes:
+    data = value.encode("utf-8")
+    return len(data).to_bytes(4, "big") + data
 
 
 @dataclass(frozen=True, slots=True)
 class _Held:
-    """An advert in the database and when we last accepted a version of it."""
+    """An advert in the database, its bytes as its origin signed them, and when we last accepted a version of it."""
 
     advert: LinkStateAdvert
     received_at: float
+    payload: bytes  # advert_bytes as received: our own debits change the links we hold, not this
 
 
 class LinkStateDatabase:
@@ -135,27 +281,56 @@ class LinkStateDatabase:
     periodically; ask it for :meth:`paths`.
     """
 
-    __slots__ = ("_local_node", "_max_age_s", "_held", "_tombstones", "_last_sequence")
+    __slots__ = (
+        "_local_node",
+        "_max_age_s",
+        "_max_skew_s",
+        "_held",
+        "_tombstones",
+        "_last_sequence",
+        "_verifier",
+        "_signer",
+        "_rejections",
+    )
 
-    def __init__(self, local_node: str, *, max_age_s: float = DEFAULT_MAX_AGE_S) -> None:
+    def __init__(
+        self,
+        local_node: str,
+        *,
+        max_age_s: float = DEFAULT_MAX_AGE_S,
+        max_skew_s: float = DEFAULT_MAX_SKEW_S,
+        verifier: AdvertVerifier | None = None,
+        signer: AdvertSigner | None = None,
+    ) -> None:
         """Create an empty database.
 
         Args:
             local_node: This node's name.
             max_age_s: An advert not refreshed for longer than this is dropped
                 by :meth:`expire`; must be positive and finite.
+            max_skew_s: How far ahead of our clock a received sequence may lie
+                (seconds); positive and finite.
+            verifier: Checks every received advert's signature and
+                certificate. None accepts unsigned adverts: for in-process
+                tests and tools only, never in a running node.
+            signer: Signs our own adverts; None leaves them unsigned.
 
         Raises:
-            LocalProtocolError: On an empty name or a bad ``max_age_s``.
+            LocalProtocolError: On an empty name or a bad ``max_age_s`` or ``max_skew_s``.
         """
         _check_name(local_node, "local_node", LocalProtocolError)
-        if not _is_finite_number(max_age_s) or max_age_s <= 0:
-            raise LocalProtocolError(f"max_age_s must be positive and finite, got {max_age_s!r}")
+        for name, value in (("max_age_s", max_age_s), ("max_skew_s", max_skew_s)):
+            if not _is_finite_number(value) or value <= 0:
+                raise LocalProtocolError(f"{name} must be positive and finite, got {value!r}")
         self._local_node = local_node
         self._max_age_s = float(max_age_s)
+        self._max_skew_s = float(max_skew_s)
         self._held: dict[str, _Held] = {}
-        self._tombstones: dict[str, int] = {}
+        self._tombstones: dict[str, tuple[int, float]] = {}  # origin -> (sequence, dropped at)
         self._last_sequence = -1
+        self._verifier = verifier
+        self._signer = signer
+        self._rejections: Counter[RejectReason] = Counter()
 
     @property
     def local_node(self) -> str:
@@ -166,6 +341,11 @@ class LinkStateDatabase:
     def max_age_s(self) -> float:
         """Advert lifetime without a refresh."""
         return self._max_age_s
+
+    @property
+    def rejections(self) -> dict[RejectReason, int]:
+        """How many received adverts were refused so far, by reason (a copy)."""
+        return dict(self._rejections)
 
     @property
     def adverts(self) -> dict[str, LinkStateAdvert]:
@@ -197,8 +377,12 @@ class LinkStateDatabase:
         if sequence > MAX_SEQUENCE:
             raise LocalProtocolError("sequence number space exhausted")
         advert = LinkStateAdvert(origin=self._local_node, sequence=sequence, links=advert.links)
+        if self._signer is not None:
+            advert = dataclasses.replace(
+                advert, signature=self._signer.sign(advert_bytes(advert)), certificate=self._signer.certificate
+            )
         self._last_sequence = sequence
-        self._held[self._local_node] = _Held(advert, float(now))
+        self._held[self._local_node] = _Held(advert, float(now), advert_bytes(advert))
         return advert
 
     def receive(self, advert: LinkStateAdvert, now: float) -> bool:
@@ -206,33 +390,88 @@ class LinkStateDatabase:
 
         Args:
             advert: The advert as received.
-            now: Current time in seconds, on the clock :meth:`expire` uses.
+            now: Current wall-clock time in seconds (``time.time()``): the
+                sequence window is checked against it, and :meth:`expire`
+                must use the same clock.
 
         Returns:
             ``True`` if the advert was new and stored: forward it to every
-            neighbour except the sender. ``False`` for a copy we already hold,
-            an older one, or one claiming to be ours.
+            neighbour except the sender. ``False`` for the copy we already
+            hold, or a genuine copy of our own advert.
 
         Raises:
-            RemoteProtocolError: If the advert is malformed (nothing changes).
+            AdvertRejected: The advert is refused (the reason says why;
+                nothing changes but :attr:`rejections`).
             LocalProtocolError: On a bad ``now``.
         """
         _check_now(now)
-        _validate_advert(advert, RemoteProtocolError)
-        if advert.origin == self._local_node:
-            # Only originate() speaks for us, but never fall behind a copy of
-            # ours from before a clock step: the next advert must beat it.
-            self._last_sequence = max(self._last_sequence, advert.sequence)
+        try:
+            return self._receive(advert, now)
+        except AdvertRejected as exc:
+            self._rejections[exc.reason] += 1
+            raise
+
+    def _receive(self, advert: LinkStateAdvert, now: float) -> bool:
+        try:
+            _validate_advert(advert, RemoteProtocolError)
+            payload = advert_bytes(advert)
+        except ProtocolError as exc:
+            origin = getattr(advert, "origin", None)
+            raise AdvertRejected(RejectReason.MALFORMED, origin, str(exc)) from None
+        origin, sequence = advert.origin, advert.sequence
+        now_ms = int(now * 1000)
+        if sequence > now_ms + int(self._max_skew_s * 1000):
+            raise AdvertRejected(
+                RejectReason.FUTURE_SEQUENCE, origin, f"sequence {sequence} is more than {self._max_skew_s:g} s ahead of {now_ms}"
+            )
+        if sequence < now_ms - int((self._max_age_s + self._max_skew_s) * 1000):
+            raise AdvertRejected(
+                RejectReason.EXPIRED_SEQUENCE,
+                origin,
+                f"sequence {sequence} is more than {self._max_age_s + self._max_skew_s:g} s behind {now_ms}",
+            )
+        if origin == self._local_node:
+            # Only originate() speaks for us; a genuine copy of ours from
+            # before a clock step makes the next advert beat it (the window
+            # above keeps that jump within a minute of the clock).
+            self._authenticate(advert, payload)
+            self._last_sequence = max(self._last_sequence, sequence)
             return False
-        held = self._held.get(advert.origin)
-        floor = held.advert.sequence if held is not None else self._tombstones.get(advert.origin, -1)
-        if advert.sequence <= floor:
-            return False
-        self._tombstones.pop(advert.origin, None)
-        self._held[advert.origin] = _Held(
-            LinkStateAdvert(advert.origin, advert.sequence, tuple(advert.links)), float(now)
-        )
+        held = self._held.get(origin)
+        if held is not None and sequence == held.advert.sequence:
+            if held.payload == payload:
+                return False  # the copy we hold, from another neighbour: nothing to check
+            self._authenticate(advert, payload)  # a different advert under the same number
+            raise AdvertRejected(RejectReason.STALE, origin, f"sequence {sequence} is already held with other links")
+        floor = held.advert.sequence if held is not None else self._tombstone(origin, now)
+        if sequence <= floor:
+            raise AdvertRejected(RejectReason.STALE, origin, f"sequence {sequence} is not newer than {floor}")
+        self._authenticate(advert, payload)
+        self._tombstones.pop(origin, None)
+        stored = LinkStateAdvert(origin, sequence, tuple(advert.links), advert.signature, advert.certificate)
+        self._held[origin] = _Held(stored, float(now), payload)
         return True
+
+    def _authenticate(self, advert: LinkStateAdvert, payload: bytes) -> None:
+        if self._verifier is None:
+            return
+        if not advert.signature or not advert.certificate:
+            raise AdvertRejected(RejectReason.UNSIGNED, advert.origin, "no signature or no certificate")
+        reason = self._verifier.verify(advert.origin, payload, bytes(advert.signature), bytes(advert.certificate))
+        if reason is not None:
+            raise AdvertRejected(reason, advert.origin, f"the signature or certificate does not prove {advert.origin!r} made it")
+
+    def _tombstone(self, origin: str, now: float) -> int:
+        """The floor a dropped origin's tombstone still holds (-1 once it is forgotten)."""
+        found = self._tombstones.get(origin)
+        if found is None:
+            return -1
+        sequence, dropped_at = found
+        if now - dropped_at > self._max_age_s:
+            # Every node has aged its copy out by now: nothing can resurrect it.
+            del self._tombstones[origin]
+            return -1
+        return sequence
 
     def expire(self, now: float) -> list[str]:
         """Drop the adverts of origins that stopped refreshing them.
@@ -250,7 +489,9 @@ class LinkStateDatabase:
             if origin != self._local_node and now - held.received_at > self._max_age_s
         )
         for origin in dropped:
-            self._tombstones[origin] = self._held.pop(origin).advert.sequence
+            self._tombstones[origin] = (self._held.pop(origin).advert.sequence, float(now))
+        for origin in [o for o, (_, at) in self._tombstones.items() if now - at > self._max_age_s]:
+            del self._tombstones[origin]
         return dropped
 
     def debit(self, path: Sequence[str], need_bytes: int) -> None:
@@ -278,7 +519,7 @@ class LinkStateDatabase:
                 dataclasses.replace(link, available_out_bytes=max(0, link.available_out_bytes - need_bytes)) if link is spent else link
                 for link in held.advert.links
             )
-            self._held[u] = _Held(dataclasses.replace(held.advert, links=links), held.received_at)
+            self._held[u] = dataclasses.replace(held, advert=dataclasses.replace(held.advert, links=links))
 
     # -- graph -----------------------------------------------------------------
 
@@ -386,6 +627,7 @@ class LinkStateDatabase:
         return {
             "local_node": self._local_node,
             "max_age_s": self._max_age_s,
+            "rejected": {reason.value: count for reason, count in sorted(self._rejections.items(), key=lambda item: item[0].value)},
             "origins": {
                 origin: {
                     "sequence": held.advert.sequence,

@@ -6,7 +6,7 @@ Theory of operation:
       correction has finished, so the keys are fixed before the hash is
       chosen) and both compute a short tag of their key with the hash the
       seed selects; the tags are exchanged over the authenticated channel and
-      the block is discarded if they differ (DESIGN.md §1 step 5).
+      the block is discarded if they differ (docs/design.md §1 step 5).
     * The hash is a random ``tag_bits × n`` Toeplitz matrix
       (:func:`qcinode.core.amplification.toeplitz_hash`). Random Toeplitz
       matrices form a universal family (Krawczyk, CRYPTO '94), so for two

@@ -3,7 +3,7 @@
 :class:`~qcinode.keys.linkstore.LinkStore` and
 :class:`~qcinode.keys.keystore.SaeKeyStore` keep their rows the same way: one
 file in the node's data directory (created mode 0700), in WAL mode with
-``synchronous=FULL``, schema created under ``BEGIN IMMEDIATE`` and versioned
+``synchronous=FULL``, created mode 0600 (its WAL files follow), schema created under ``BEGIN IMMEDIATE`` and versioned
 by ``PRAGMA user_version`` (a newer version is refused), one connection
 guarded by a lock, and every SQLite failure raised as
 :class:`~qcinode.errors.KeyStoreError` naming the file. What the rows hold,
@@ -280,6 +280,7 @@ def open_database(
         KeyStoreError: If the file cannot be opened or put in WAL mode, is
             corrupt, or has a ``user_version`` above ``schema_version``.
     """
+    _create_private(path)
     try:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.
         conn = sqlite3.connect(
@@ -315,6 +316,21 @@ def open_database(
         conn.close()
         raise
     return conn
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 if it does not exist yet.
+
+    SQLite creates a new file with the process umask (often 0644) and its
+    ``-wal`` and ``-shm`` files with the database file's mode: made 0600
+    first, none of them is readable by other users. A failure is left to
+    SQLite's own open to report.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return
+    os.close(fd)
 
 
 def sqlite_error(path: Path, failure: str, exc: sqlite3.Error) -> KeyStoreError:

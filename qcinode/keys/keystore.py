@@ -50,6 +50,12 @@ Theory of operation:
       there, so a redemption that cannot be recorded never lets a key be
       handed out twice. Exception messages name key IDs and SAE IDs, never
       key bytes.
+    * **Idempotent arrival.** Storing a key ID that is already stored
+      raises :class:`~qcinode.errors.DuplicateKey` and changes nothing; its
+      ``identical`` says whether the stored row holds the same key for the
+      same master and slaves (a retried relay delivered it twice: storing it
+      is done) or another one (a conflict). Callers tell the two apart by
+      type and attribute, never by message text.
     * **Bounded growth.** ``put(..., max_waiting=n)`` refuses a key when one
       of its slaves already has ``n`` keys waiting from that master, so a
       master whose slaves never redeem cannot fill the slaves' node's disk;
@@ -62,6 +68,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import hmac
 import json
 import sqlite3
 import struct
@@ -73,6 +80,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 
 from qcinode.errors import (
+    DuplicateKey,
     InsufficientKeyMaterial,
     KeyNotFound,
     KeyStoreError,
@@ -177,7 +185,9 @@ class SaeKeyStore(SqliteStore):
         Raises:
             StorageFailure: The database cannot be written (full or
                 unwritable disk, I/O error); nothing was stored.
-            KeyStoreError: ``key_id`` is already stored, or the store is closed.
+            DuplicateKey: ``key_id`` is already stored (``identical`` says
+                whether with the same key, master and slaves); nothing changed.
+            KeyStoreError: The store is closed.
             InsufficientKeyMaterial: ``max_waiting`` would be exceeded.
             LocalProtocolError: Malformed arguments.
         """
@@ -204,6 +214,15 @@ class SaeKeyStore(SqliteStore):
             f"cannot store key {key_id!r} in {self._path}",
             integrity_failure=f"key {key_id!r} is already stored in {self._path}",
         ) as conn:
+            # Under BEGIN IMMEDIATE: no other writer can store the ID between this check and the insert.
+            stored = conn.execute(
+                "SELECT master_sae, slave_saes, nonce, ciphertext FROM sae_keys WHERE key_id = ?", (key_id,)
+            ).fetchone()
+            if stored is not None:
+                raise DuplicateKey(
+                    f"key {key_id!r} is already stored in {self._path}",
+                    identical=self._holds(key_id, stored, master_sae, slaves_json, bytes(key)),
+                )
             if max_waiting is not None:
                 for sae in slaves:
                     if self._count(conn, master_sae, sae) >= max_waiting:
@@ -378,6 +397,17 @@ class SaeKeyStore(SqliteStore):
                 chunk,
             )
         return result
+
+    def _holds(self, key_id: str, row: tuple[Any, ...], master_sae: str, slaves_json: str, key: bytes) -> bool:
+        """Whether a stored ``row`` of ``key_id`` is this key, for this master and these slaves."""
+        row_master, row_slaves, nonce, ciphertext = row
+        if row_master != master_sae or row_slaves != slaves_json:
+            return False
+        try:
+            stored = self._key.decrypt(nonce, ciphertext, self._associated_data(key_id, row_master, row_slaves))
+        except (InvalidTag, ValueError, TypeError):
+            return False  # an altered row is not the key we have
+        return hmac.compare_digest(stored, key)
 
     @staticmethod
     def _count(conn: sqlite3.Connection, master: str, slave: str) -> int:

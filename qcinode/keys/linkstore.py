@@ -43,9 +43,12 @@ Theory of operation:
       save changes nothing on disk, and the node must not send anything that
       depends on it: key bytes used on the wire but not recorded could be
       used twice.
-    * **Limits.** The key lives next to the database, so this protects copies
-      of the database (backups, volume snapshots) and detects tampering, not
-      an attacker who can read the whole data directory. Integrity is per
+    * **Limits.** By default the key lives next to the database, so this
+      protects copies of the database file (backups) and detects tampering,
+      not an attacker who can read the whole data directory. With the key
+      outside the data directory (``qcinode node --storage-key-file``, a
+      Kubernetes Secret in the rendered manifests) a copy of the data
+      volume alone reveals nothing. Integrity is per
       row, not freshness: replacing the whole file with an older copy of
       itself is not detectable from inside it.
     * **Threads.** One connection, guarded by a lock, so a node may call
@@ -173,9 +176,32 @@ class StorageKey:
         return cls._create(path)
 
     @classmethod
+    def load_or_create_file(cls, path: Path) -> StorageKey:
+        """Read the key file ``path`` (anywhere, e.g. a mounted Kubernetes Secret), creating it (mode 0600) if absent.
+
+        Keeping the key outside the data directory means a copy of the data
+        volume alone reveals nothing. Creation is atomic as in
+        :meth:`load_or_create`; a missing parent directory is created 0700.
+
+        Raises:
+            StorageFailure: If the file cannot be read or created.
+            KeyStoreError: If the file does not hold exactly 32 bytes.
+        """
+        path = Path(path)
+        try:
+            return cls(path.read_bytes(), path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            reason = os_reason(exc)
+            raise StorageFailure(f"cannot read storage key {path}: {reason}", path=path, reason=reason) from None
+        make_dir(path.parent)
+        return cls._create(path)
+
+    @classmethod
     def _create(cls, path: Path) -> StorageKey:
         key = os.urandom(_KEY_BYTES)
-        tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -235,6 +261,7 @@ class LinkStore(SqliteStore):
         node_name: str,
         *,
         clock: Callable[[], float] = time.time,
+        storage_key: StorageKey | None = None,
     ) -> None:
         """Open (creating if needed) the node's link store.
 
@@ -242,6 +269,9 @@ class LinkStore(SqliteStore):
             data_dir: The node's data directory; created if missing.
             node_name: This node's name; bound into every row.
             clock: Wall clock for the ``updated_at`` column.
+            storage_key: The node's storage key, if it lives outside the
+                data directory; None: ``data_dir/storage.key`` (created if
+                absent and the database holds no rows).
 
         Raises:
             StorageFailure: If the directory, database or storage key cannot
@@ -257,9 +287,12 @@ class LinkStore(SqliteStore):
         super().__init__(data_dir, node_name, DATABASE_FILE)
         self._clock = clock
         self._blob_names: dict[str, set[str]] = {}  # per link: the blobs on disk, once known
-        key_existed = (data_dir / KEY_FILE).exists()
+        key_existed = storage_key is not None or (data_dir / KEY_FILE).exists()
         self._conn = open_database(self._path, (_SCHEMA, _BLOB_SCHEMA), SCHEMA_VERSION)
         try:
+            if storage_key is not None:
+                self._key = storage_key
+                return
             if not key_existed:
                 rows = self._row_count()
                 if rows:

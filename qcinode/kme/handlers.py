@@ -35,6 +35,11 @@ Theory of operation:
       unexpected errors (as "internal error", hiding internals). ETSI 014 knows
       only 400, 401 and 503. ``details`` follows clause 6.5: objects of
       name/value pairs, ``{"message": ...}`` for each problem found.
+    * **What a 503 may say.** A request the network cannot serve now is a
+      :class:`DeliveryRefused` with a reason from :class:`RefusalReason` and
+      a message the caller can act on (which SAEs, how many keys, which
+      limit, "retry later"); what went wrong inside (which node, which
+      address, which gRPC error) is its ``internal`` text, for the log only.
     * **Storage faults.** When the key store cannot be written (full or
       read-only disk, I/O error), ``enc_keys`` hands out no key and
       ``dec_keys`` hands out none and keeps every key (a redemption that
@@ -48,6 +53,7 @@ Theory of operation:
 from __future__ import annotations
 
 import base64
+import enum
 import re
 import reprlib
 from collections.abc import Callable, Mapping, Sequence
@@ -69,9 +75,11 @@ from qcinode.keys.keystore import SaeKeyStore, StorageFailure
 
 __all__ = [
     "DeliveredKey",
+    "DeliveryRefused",
     "EncRequest",
     "Kme",
     "KmeLimits",
+    "RefusalReason",
     "UnsupportedExtension",
 ]
 
@@ -197,6 +205,36 @@ class UnsupportedExtension(RequestError):
         )
 
 
+class RefusalReason(enum.Enum):
+    """Why ``enc_keys`` was refused with 503: a closed vocabulary (log field and metric label)."""
+
+    RATE_LIMIT = "rate_limit"
+    """The master SAE's token bucket (``kme.max_keys_per_sae_per_s``) cannot cover the request."""
+    FAIR_SHARE = "fair_share"
+    """The path is short of key and the master SAE took more than its share of it (``kme.fair_share``)."""
+    NO_KEY = "no_key"
+    """No path to a slave's node has enough key on every hop now."""
+    UNREACHABLE = "unreachable"
+    """A path failed on the way (a node down, a hop refused)."""
+    TIMEOUT = "timeout"
+    """Delivery took longer than the deadline."""
+
+
+class DeliveryRefused(QcinodeError):
+    """``enc_keys`` cannot be served now. Expected; ETSI 014 answers 503 and nothing is handed out.
+
+    Attributes:
+        reason: Why, from :class:`RefusalReason`.
+        internal: What went wrong inside the network, for the log only
+            (node names, addresses, gRPC errors are never in the message).
+    """
+
+    def __init__(self, reason: RefusalReason, message: str, *, internal: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.internal = internal
+
+
 class _Problems:
     """Collects what is wrong with one request, to report it all at once."""
 
@@ -222,6 +260,7 @@ _ERROR_STATUS: tuple[tuple[type[QcinodeError], int], ...] = (
     (RequestError, 400),
     (KeyNotFound, 400),
     (Unauthorized, 401),
+    (DeliveryRefused, 503),
     (InsufficientKeyMaterial, 503),
     (PeerUnavailable, 503),
     (PeerTimeout, 503),
@@ -271,6 +310,10 @@ class Kme:
     def limits(self) -> KmeLimits:
         """What this KME allows."""
         return self._limits
+
+    def node_of(self, sae_id: str) -> str | None:
+        """The KME (node) an SAE is attached to, or None for an unknown SAE."""
+        return self._sae_node(sae_id)
 
     # -- Get status (clause 5.1) --------------------------------------------
 

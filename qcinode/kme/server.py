@@ -28,18 +28,46 @@ Theory of operation:
     * **Deadlines.** ``deliver`` runs under ``asyncio.timeout(deliver_timeout_s)``;
       expiry is :class:`~qcinode.errors.PeerTimeout` (503). Cleaning up a
       cancelled delivery is the supplier's job (reserve, then commit or release).
+    * **Who gets key** when a path runs short is decided before the
+      supplier is asked: :class:`~qcinode.kme.fairness.Admission` (token
+      bucket per master SAE, fair share per destination). A refusal is 503
+      naming the limit and consumes nothing; a request whose delivery fails
+      gives its share back.
+    * **What a 503 says.** A failed delivery becomes
+      :class:`~qcinode.kme.handlers.DeliveryRefused`: the body says which
+      SAEs and how many keys, and "retry later"; which node, address or gRPC
+      error failed is logged only. This KME's own storage fault is named
+      (the operator of this KME can act on it).
+    * **Strict JSON.** A body with a duplicate key (at any depth) is 400.
+    * **Slow and idle clients** are dropped (topology ``kme:``): a TLS
+      handshake not done in ``tls_handshake_timeout_s``; a request whose
+      line and headers have not all arrived ``header_timeout_s`` after its
+      first byte (or after the connection opened); a body not read within
+      ``body_timeout_s`` (400, then the connection closes); a keep-alive
+      connection idle for ``idle_timeout_s``. The site does its own TLS
+      accept (:class:`asyncio.sslproto.SSLProtocol` with a handshake
+      timeout) so that a failed handshake — no client certificate, another
+      CA's, a timeout — is logged with the peer address and the reason.
     * **Metrics and logs.** ``on_request(endpoint, status, latency_s)`` is
       called once per answered request (``endpoint`` is ``status``,
-      ``enc_keys``, ``dec_keys`` or ``other``). Logs carry key IDs and counts,
-      never key bytes.
+      ``enc_keys``, ``dec_keys`` or ``other``). Every refused request is
+      logged (``kme.request_refused``) with the caller's identity (its
+      certificate's CN, or its address) and the reason; so is every dropped
+      connection (``kme.connection_dropped``) and failed handshake
+      (``kme.tls_refused``). aiohttp's own refusals of unparseable HTTP
+      (an over-long URL, a bad header) are turned into one
+      ``kme.request_refused`` line too, never a traceback. Logs carry key
+      IDs and counts, never key bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 import time
+from asyncio import sslproto
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,9 +75,21 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
-from qcinode.cluster.certs import common_name_of
-from qcinode.errors import ConfigError, PeerTimeout, QcinodeError, RequestError, Unauthorized
-from qcinode.kme.handlers import DeliveredKey, EncRequest, Kme
+from qcinode.errors import (
+    ConfigError,
+    InsufficientKeyMaterial,
+    KeyNotFound,
+    PeerTimeout,
+    PeerUnavailable,
+    QcinodeError,
+    RequestError,
+    Unauthorized,
+)
+from qcinode.keys.keystore import StorageFailure
+from qcinode.kme.fairness import Admission, Ticket
+from qcinode.kme.handlers import DeliveredKey, DeliveryRefused, EncRequest, Kme, RefusalReason
+from qcinode.pki import common_name_of
+from qcinode.topology import KmeConfig
 
 __all__ = ["KeySupplier", "make_app", "start_kme_server", "tls_context"]
 
@@ -59,6 +99,8 @@ _API = "/api/v1/keys"
 _JSON = "application/json"
 _ENDPOINTS = frozenset({"status", "enc_keys", "dec_keys"})
 _KME_KEY: web.AppKey[Kme] = web.AppKey("qcinode_kme", Kme)
+_CONFIG_KEY: web.AppKey[KmeConfig] = web.AppKey("qcinode_kme_config", KmeConfig)
+_WATCH_KEY: web.AppKey[dict[int, "_Watchdog"]] = web.AppKey("qcinode_kme_watchdogs", dict)
 
 
 class KeySupplier(Protocol):
@@ -117,6 +159,9 @@ def make_app(
     max_body_bytes: int = 64 * 1024,
     on_request: Callable[[str, int, float], None] | None = None,
     deliver_timeout_s: float = 30.0,
+    config: KmeConfig | None = None,
+    admission: Admission | None = None,
+    storage_problem: Callable[[], str | None] | None = None,
 ) -> web.Application:
     """The ETSI GS QKD 014 web application of one KME.
 
@@ -128,13 +173,37 @@ def make_app(
             after each request (for metrics); its exceptions are logged and
             otherwise ignored.
         deliver_timeout_s: Deadline for one ``supplier.deliver`` call.
+        config: The topology's ``kme`` section (fairness and connection
+            limits); default: its defaults.
+        admission: Who gets key (default: made from ``config``).
+        storage_problem: Why this node cannot save its state now (None if
+            it can): named in 503 bodies, since the operator of this KME can act on it.
 
     Returns:
         The application; serve it with :func:`start_kme_server`.
     """
-    api = _Api(kme, supplier, max_body_bytes=max_body_bytes, deliver_timeout_s=deliver_timeout_s)
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[_middleware(on_request)])
+    config = config if config is not None else KmeConfig()
+    if admission is None:
+        admission = Admission(
+            rate_per_s=config.max_keys_per_sae_per_s,
+            burst=config.burst,
+            fair_share=config.fair_share,
+            window_s=config.fair_share_window_s,
+        )
+    api = _Api(
+        kme,
+        supplier,
+        max_body_bytes=max_body_bytes,
+        deliver_timeout_s=deliver_timeout_s,
+        body_timeout_s=config.body_timeout_s,
+        admission=admission,
+        storage_problem=storage_problem or (lambda: None),
+    )
+    watchdogs: dict[int, _Watchdog] = {}
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[_middleware(on_request, watchdogs)])
     app[_KME_KEY] = kme
+    app[_CONFIG_KEY] = config
+    app[_WATCH_KEY] = watchdogs
     app.router.add_get(f"{_API}/{{slave_SAE_ID}}/status", api.status, name="status", allow_head=False)
     app.router.add_get(f"{_API}/{{slave_SAE_ID}}/enc_keys", api.enc_keys, name="enc_keys", allow_head=False)
     app.router.add_post(f"{_API}/{{slave_SAE_ID}}/enc_keys", api.enc_keys, name="enc_keys")
@@ -160,10 +229,13 @@ async def start_kme_server(
     Raises:
         ConfigError: The address cannot be bound.
     """
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    _bridge_aiohttp_logs()
+    config = app[_CONFIG_KEY]
+    # aiohttp's own keep-alive timer is a backstop; the watchdog enforces the configured limits.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=config.idle_timeout_s + config.header_timeout_s)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        site = _GuardedSite(runner, host, port, ssl_context, config, app[_WATCH_KEY])
         await site.start()
         bound = runner.addresses[0][1]
     except OSError as exc:
@@ -184,13 +256,26 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class _Api:
     """The route handlers: translate, call, translate back."""
 
-    __slots__ = ("_kme", "_supplier", "_max_body_bytes", "_deliver_timeout_s")
+    __slots__ = ("_admission", "_body_timeout_s", "_deliver_timeout_s", "_kme", "_max_body_bytes", "_storage_problem", "_supplier")
 
-    def __init__(self, kme: Kme, supplier: KeySupplier, *, max_body_bytes: int, deliver_timeout_s: float) -> None:
+    def __init__(
+        self,
+        kme: Kme,
+        supplier: KeySupplier,
+        *,
+        max_body_bytes: int,
+        deliver_timeout_s: float,
+        body_timeout_s: float,
+        admission: Admission,
+        storage_problem: Callable[[], str | None],
+    ) -> None:
         self._kme = kme
         self._supplier = supplier
         self._max_body_bytes = max_body_bytes
         self._deliver_timeout_s = deliver_timeout_s
+        self._body_timeout_s = body_timeout_s
+        self._admission = admission
+        self._storage_problem = storage_problem
 
     async def status(self, request: web.Request) -> web.Response:
         caller = _caller(request)
@@ -206,11 +291,22 @@ class _Api:
         query = _query(request)
         body = await self._body(request) if request.method == "POST" else None
         enc = self._kme.enc_request(caller, slave, query, body)  # every check before any key
+        ticket = self._admit(enc)  # fairness before any key
+        delivered = False
         try:
             async with asyncio.timeout(self._deliver_timeout_s):
                 keys = await self._supplier.deliver(enc)
+            delivered = True
         except TimeoutError:
-            raise PeerTimeout(f"key delivery took longer than {self._deliver_timeout_s:g} s") from None
+            raise self._refusal(enc, RefusalReason.TIMEOUT, f"delivery took longer than {self._deliver_timeout_s:g} s") from None
+        except InsufficientKeyMaterial as exc:
+            raise self._refusal(enc, RefusalReason.NO_KEY, str(exc)) from exc
+        except PeerTimeout as exc:
+            raise self._refusal(enc, RefusalReason.TIMEOUT, str(exc)) from exc
+        except PeerUnavailable as exc:
+            raise self._refusal(enc, RefusalReason.UNREACHABLE, str(exc)) from exc
+        finally:
+            ticket.release(delivered)
         answer = self._kme.enc_response(keys, enc)
         log.info(
             "kme.enc_keys_delivered",
@@ -220,6 +316,25 @@ class _Api:
             size_bits=enc.size_bits,
         )
         return web.json_response(answer)
+
+    def _admit(self, enc: EncRequest) -> Ticket:
+        destinations = sorted({node for sae in enc.slave_saes if (node := self._kme.node_of(sae)) is not None})
+        available = min(self._supplier.available_keys(enc.master_sae, sae, enc.size_bits) for sae in enc.slave_saes)
+        return self._admission.admit(enc.master_sae, enc.slave_saes, destinations, enc.number, available)
+
+    def _refusal(self, enc: EncRequest, reason: RefusalReason, internal: str) -> DeliveryRefused:
+        """What the caller is told when the network cannot deliver: SAEs, counts, "retry later"; the rest is logged."""
+        slaves = ", ".join(enc.slave_saes)
+        what = f"{enc.number} key(s) of {enc.size_bits} bits to {slaves}"
+        message = {
+            RefusalReason.NO_KEY: f"the network cannot carry {what} now; retry later",
+            RefusalReason.UNREACHABLE: f"the network could not deliver {what} (a path failed on the way); retry later",
+            RefusalReason.TIMEOUT: f"the network did not deliver {what} in time; retry later",
+        }.get(reason, f"the network cannot deliver {what} now; retry later")
+        problem = self._storage_problem()
+        if problem:
+            message += f" (this KME cannot save its state: {problem})"
+        return DeliveryRefused(reason, message, internal=internal)
 
     async def dec_keys(self, request: web.Request) -> web.Response:
         caller = _caller(request)
@@ -249,15 +364,20 @@ class _Api:
         if request.content_length is not None and request.content_length > self._max_body_bytes:
             raise too_big
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self._body_timeout_s):
+                raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise too_big from None
+        except TimeoutError:
+            raise _SlowBody(f"the request body did not arrive within {self._body_timeout_s:g} s") from None
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise RequestError("malformed JSON body: not UTF-8") from None
         try:
-            body = json.loads(text, parse_constant=_reject_constant)
+            body = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as exc:
+            raise RequestError("malformed JSON body: a key is repeated", [f"key {exc.key[:80]!r} appears more than once in one object"]) from None
         except RecursionError:
             raise RequestError("malformed JSON body: nested too deeply") from None
         except ValueError as exc:
@@ -295,11 +415,73 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _middleware(on_request: Callable[[str, int, float], None] | None) -> Any:
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (json.loads would silently keep the last)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _SlowBody(RequestError):
+    """The body did not arrive within ``body_timeout_s``: 400, and the connection is closed."""
+
+
+def _identity(request: web.Request) -> str:
+    """Who is calling, for logs: the certificate's CN, else the peer address."""
+    transport = request.transport
+    return _transport_identity(transport) if transport is not None else "unknown"
+
+
+def _transport_identity(transport: asyncio.BaseTransport) -> str:
+    ssl_object = transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if der:
+        try:
+            return common_name_of(der)
+        except ConfigError:
+            pass
+    return _address(transport.get_extra_info("peername"))
+
+
+def _address(peername: Any) -> str:
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        return f"{peername[0]}:{peername[1]}"
+    return str(peername) if peername else "unknown"
+
+
+def _refusal_reason(exc: BaseException) -> str:
+    """The log reason of a refused request (a closed vocabulary)."""
+    if isinstance(exc, DeliveryRefused):
+        return exc.reason.value
+    if isinstance(exc, _SlowBody):
+        return "body_timeout"
+    for kind, reason in ((RequestError, "bad_request"), (KeyNotFound, "unknown_key"), (Unauthorized, "unauthorized"), (StorageFailure, "storage")):
+        if isinstance(exc, kind):
+            return reason
+    return "internal"
+
+
+def _middleware(on_request: Callable[[str, int, float], None] | None, watchdogs: dict[int, _Watchdog]) -> Any:
     @web.middleware
     async def etsi_errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        response = await _answer(request, handler)
+        watchdog = watchdogs.get(id(request.protocol))
+        if watchdog is not None:
+            watchdog.request_started()
+        try:
+            response = await _answer(request, handler)
+        finally:
+            if watchdog is not None:
+                watchdog.request_finished()
         if on_request is not None:
             name = request.match_info.route.name  # None for aiohttp's 404/405 routes
             endpoint = name if name in _ENDPOINTS else "other"
@@ -320,26 +502,193 @@ async def _answer(request: web.Request, handler: _Handler) -> web.StreamResponse
         raise
     except QcinodeError as exc:
         status, body = Kme.error_body(exc)
+        internal = exc.internal if isinstance(exc, DeliveryRefused) else str(exc)
         log.info(
             "kme.request_refused",
+            caller=_identity(request),
             method=request.method,
             path=request.path[:200],
             status=status,
+            reason=_refusal_reason(exc),
             error=type(exc).__name__,
-            details=body["message"],
+            details=internal[:500],
         )
-        return web.json_response(body, status=status)
+        response = web.json_response(body, status=status)
+        if isinstance(exc, _SlowBody):
+            response.force_close()  # the rest of a slow body is not waited for
+        return response
     except web.HTTPRequestEntityTooLarge:
         status, body = Kme.error_body(RequestError("request body too large"))
+        log.info("kme.request_refused", caller=_identity(request), method=request.method, path=request.path[:200], status=status, reason="bad_request", error="RequestEntityTooLarge", details=body["message"])
         return web.json_response(body, status=status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        log.info("kme.request_refused", caller=_identity(request), method=request.method, path=request.path[:200], status=exc.status, reason="bad_request", error=type(exc).__name__, details=exc.reason)
         # aiohttp's own answers (404 unknown path, 405 wrong method): keep the
         # status and headers such as Allow, but speak JSON like the rest.
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
         return web.json_response({"message": exc.reason, "details": []}, status=exc.status, headers=headers)
     except Exception:
-        log.exception("kme.request_crashed", method=request.method, path=request.path[:200])
+        log.exception("kme.request_crashed", caller=_identity(request), method=request.method, path=request.path[:200])
         status, body = Kme.error_body(RuntimeError())
         return web.json_response(body, status=status)
+
+
+# -- connections: TLS accept, slow and idle clients ---------------------------------
+
+
+class _Watchdog(asyncio.Protocol):
+    """Sits in front of aiohttp's per-connection protocol and drops slow-header and idle connections.
+
+    Phases: *headers* (from the connection's start, or from the first byte
+    after a response, until the middleware sees the request: at most
+    ``header_timeout_s``), *busy* (a request is being handled: no timer; the
+    body has its own deadline), *idle* (after a response, until a byte of
+    the next request: at most ``idle_timeout_s``).
+    """
+
+    def __init__(self, inner: asyncio.Protocol, config: KmeConfig, registry: dict[int, _Watchdog]) -> None:
+        self._inner = inner
+        self._config = config
+        self._registry = registry
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._phase = "headers"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._registry[id(self._inner)] = self
+        self._inner.connection_made(transport)
+        self._arm("headers", self._config.header_timeout_s)
+
+    def data_received(self, data: bytes) -> None:
+        if self._phase == "idle" and data:
+            self._arm("headers", self._config.header_timeout_s)
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel()
+        self._registry.pop(id(self._inner), None)
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    # -- told by the middleware --------------------------------------------
+    def request_started(self) -> None:
+        self._cancel()
+        self._phase = "busy"
+
+    def request_finished(self) -> None:
+        self._arm("idle", self._config.idle_timeout_s)
+
+    # -- timers -----------------------------------------------------------
+    def _arm(self, phase: str, seconds: float) -> None:
+        self._cancel()
+        self._phase = phase
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._expire, phase, seconds)
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self, phase: str, seconds: float) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        reason = "header_timeout" if phase == "headers" else "idle_timeout"
+        log.info("kme.connection_dropped", caller=_transport_identity(transport), reason=reason, timeout_s=seconds)
+        transport.abort()
+
+
+class _TlsAccept(sslproto.SSLProtocol):
+    """asyncio's server-side TLS, with the peer address kept for the log of a failed handshake."""
+
+    peer = "unknown"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.peer = _address(transport.get_extra_info("peername"))
+        super().connection_made(transport)
+
+
+def _log_handshake(peer: Callable[[], str], timeout_s: float, waiter: asyncio.Future[None]) -> None:
+    if waiter.cancelled():
+        return
+    exc = waiter.exception()
+    if exc is None:
+        return
+    if isinstance(exc, ConnectionAbortedError) and "handshake" in str(exc):
+        reason = "tls_handshake_timeout"
+    elif isinstance(exc, ssl.SSLError) and any(
+        marker in str(exc).upper() for marker in ("CERTIFICATE", "PEER_DID_NOT_RETURN", "UNKNOWN_CA", "CERT")
+    ):
+        reason = "tls_client_auth_failed"
+    else:
+        reason = "tls_failed"
+    log.info("kme.tls_refused", caller=peer(), reason=reason, error=type(exc).__name__, details=str(exc)[:300], timeout_s=timeout_s)
+
+
+class _GuardedSite(web.BaseSite):
+    """A TCP site doing its own TLS accept (with a handshake timeout and a log of failures) and watching every connection."""
+
+    __slots__ = ("_config", "_host", "_port", "_watchdogs")
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, ssl_context: ssl.SSLContext, config: KmeConfig, watchdogs: dict[int, _Watchdog]
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context)
+        self._host = host
+        self._port = port
+        self._config = config
+        self._watchdogs = watchdogs
+
+    @property
+    def name(self) -> str:
+        return f"https://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None and self._ssl_context is not None
+        context, config, watchdogs = self._ssl_context, self._config, self._watchdogs
+
+        def accept() -> asyncio.BaseProtocol:
+            app = _Watchdog(server(), config, watchdogs)
+            waiter: asyncio.Future[None] = loop.create_future()
+            tls = _TlsAccept(loop, app, context, waiter, server_side=True, ssl_handshake_timeout=config.tls_handshake_timeout_s)  # type: ignore[arg-type]  # a float works
+            waiter.add_done_callback(lambda w: _log_handshake(lambda: tls.peer, config.tls_handshake_timeout_s, w))
+            return tls
+
+        self._server = await loop.create_server(accept, self._host, self._port, backlog=self._backlog)
+
+
+class _AiohttpServerLogs(logging.Handler):
+    """aiohttp's own refusals of unparseable HTTP, as one structured ``kme.request_refused`` line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            caller = str(record.args[0]) if isinstance(record.args, tuple) and record.args else "unknown"
+            exc = record.exc_info[1] if record.exc_info else None
+            details = (getattr(exc, "message", None) or str(exc) if exc is not None else record.getMessage())
+            log.info("kme.request_refused", caller=caller, status=400, reason="malformed_http", error=type(exc).__name__ if exc else "", details=str(details).replace("\n", " ")[:300])
+        except Exception:  # a log handler must never raise
+            self.handleError(record)
+
+
+def _bridge_aiohttp_logs() -> None:
+    """Route the ``aiohttp.server`` logger (tracebacks of malformed requests) into one JSON line per refusal."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(h, _AiohttpServerLogs) for h in logger.handlers):
+        logger.addHandler(_AiohttpServerLogs())
+    logger.propagate = False

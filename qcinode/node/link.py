@@ -3,7 +3,9 @@
 Alice's end is a client task with reconnection and back-off; Bob's end is two
 servicer methods (the quantum-channel stream and the classical session).
 They translate, pace, enforce deadlines and log; every protocol decision is
-made by :mod:`qcinode.core.pipeline`.
+made by :mod:`qcinode.core.pipeline`, and the reconnection Hello (what the two
+ends keep after a break, and the one-time MAC keys that authenticate it) by
+:mod:`qcinode.core.resync`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..core.channel import Idle, SlotClock, next_frame
 from ..core.clock import NetworkClock
 from ..core.physics import PhotonFrame
 from ..core.pipeline import AliceLink, BobLink
+from ..core.resync import CursorBehind, HelloExchange, HelloRefused, LinkSnapshot, Reconciliation
 from ..errors import ProtocolError, QcinodeError, RemoteProtocolError, TransportError
 from ..transport import codec
 from ..transport.pb import link_pb2 as pb
@@ -42,6 +45,7 @@ STAGE_TIMEOUT_S = 30.0
 ClassicalFault = Callable[[str, str, pb.ClassicalMessage], Awaitable[list[pb.ClassicalMessage]]]
 
 HELLO_TIMEOUT_S = 10.0
+SUPERSEDE_WAIT_S = 2.0  # how long a new session waits for the one it replaces to clean up
 CONNECT_TIMEOUT_S = 10.0
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 5.0
@@ -54,33 +58,36 @@ def peer_common_name(context: grpc.aio.ServicerContext) -> str:
     return values[0].decode() if values else ""
 
 
-def _hello(rt: LinkRuntime) -> pb.ClassicalMessage:
-    return pb.ClassicalMessage(
-        hello=pb.Hello(
-            link_id=rt.link_id,
-            role=rt.role.value,
-            next_block_seq=rt.next_block_seq,
-            auth_cursor=rt.auth.cursor,
-            held_block_seqs=rt.held_block_seqs(),
-            next_frame_id=rt.next_frame_id,
-        )
+def link_snapshot(rt: LinkRuntime) -> LinkSnapshot:
+    """What this end of the link holds, as its Hello says (everything in it is saved first)."""
+    pending = rt.pending_bob.pending_block_seq if rt.pending_bob is not None else None
+    return LinkSnapshot(
+        link_id=rt.link_id,
+        role=rt.role,
+        next_block_seq=rt.next_block_seq,
+        next_frame_id=rt.next_frame_id,
+        auth_cursor=rt.auth.cursor,
+        promoted_before=rt.auth.promoted_before,
+        held_block_seqs=tuple(int(block_id.rsplit("/", 1)[1]) for block_id in rt.pool.block_ids),
+        staged_block_seqs=rt.auth.staged_block_seqs,
+        pending_block_seq=None if pending is None else int(pending),
     )
 
 
-def synchronise(rt: LinkRuntime, peer: pb.Hello) -> None:
-    """Both ends keep only the blocks both hold and skip to the later MAC key."""
+def apply_reconciliation(rt: LinkRuntime, plan: Reconciliation) -> None:
+    """This end's side of an authenticated Hello exchange (its MAC-key reserve is already done).
+
+    Settles the block held pending Alice's Commit, keeps only the blocks both
+    ends hold, and moves the sequence numbers on; the caller saves.
+    """
     if rt.pending_bob is not None:
-        rt.record(rt.pending_bob.settle_pending(rt.pending_bob.pending_block_seq in set(peer.held_block_seqs)))
+        if plan.accept_pending is not None:
+            rt.record(rt.pending_bob.settle_pending(plan.accept_pending))
         rt.pending_bob = None
-    held = set(peer.held_block_seqs)
-    theirs = {f"{rt.link_id}/{seq}" for seq in held}
-    rt.pool.retain_only(theirs & set(rt.pool.block_ids))
-    rt.auth.retain_staged(held)
-    if peer.auth_cursor > rt.auth.cursor:
-        rt.auth.skip_to(min(peer.auth_cursor, rt.auth.cursor + rt.auth.available_keys))
-    rt.next_block_seq = max(rt.next_block_seq, peer.next_block_seq)
-    rt.next_frame_id = max(rt.next_frame_id, peer.next_frame_id)
-    rt.persist()
+    keep = {f"{rt.link_id}/{seq}" for seq in plan.keep_block_seqs}
+    rt.pool.retain_only(keep & set(rt.pool.block_ids))
+    rt.next_block_seq = max(rt.next_block_seq, plan.next_block_seq)
+    rt.next_frame_id = max(rt.next_frame_id, plan.next_frame_id)
 
 
 class AliceWorker:
@@ -169,14 +176,36 @@ class AliceWorker:
 
     async def _session(self, channel: grpc.aio.Channel) -> None:
         rt = self.rt
-        rt.persist()  # the Hello reveals only saved state (a failed save leaves memory ahead of the disk)
+        exchange = HelloExchange(link_snapshot(rt), rt.auth)
+        opening = exchange.start()
+        # The Hello reveals only saved state, and its two MAC keys are saved
+        # as used before it leaves (a failed save leaves memory ahead of the disk).
+        rt.persist()
         call = pb_grpc.PostProcessingStub(channel).Session()
-        await call.write(_hello(rt))
-        async with asyncio.timeout(HELLO_TIMEOUT_S):
-            first = await call.read()
-        if first is grpc.aio.EOF or first.WhichOneof("body") != "hello":
-            raise RemoteProtocolError("peer did not answer with hello")
-        synchronise(rt, first.hello)
+        try:
+            for wire in await self.fault(rt.link_id, "A>B", codec.encode_hello(opening)):
+                await call.write(wire)
+            async with asyncio.timeout(HELLO_TIMEOUT_S):
+                first = await call.read()
+            if first is grpc.aio.EOF or first.WhichOneof("body") != "hello":
+                raise RemoteProtocolError("peer did not answer with hello")
+            try:
+                exchange.receive(codec.decode_hello(first.hello))
+            except HelloRefused as exc:
+                self.log.warning("link.hello_refused", reason=exc.reason.value, details=str(exc))
+                raise
+        except BaseException:
+            call.cancel()
+            raise
+        result = exchange.result
+        if isinstance(result, CursorBehind):
+            rt.persist()
+            call.cancel()
+            self.log.warning("link.cursor_behind", auth_cursor=result.auth_cursor, details="our MAC-key cursor was behind the peer's (state lost or rolled back): skipped forward, dialling again")
+            raise TransportError("MAC-key cursor was behind the peer's; dialling again")
+        assert isinstance(result, Reconciliation)
+        apply_reconciliation(rt, result)
+        rt.persist()
         quantum = pb_grpc.QuantumChannelStub(channel).Transmit()
         acks = asyncio.create_task(self._drain_acks(quantum))
         alice = AliceLink(rt.config, rt.auth, self.key_rng, self.noise_rng, next_block_seq=rt.next_block_seq)
@@ -209,6 +238,7 @@ class AliceWorker:
                     frame_id, frame = alice.emit_frame(plan.n_slots, at_utc=at_utc, close_block=plan.close_block)
                     position.advance(plan.n_slots)
                     rt.next_frame_id = alice.next_frame_id
+                    rt.note_frame(plan.n_slots)
                     await quantum.write(
                         pb.PulseFrame(
                             link_id=rt.link_id, frame_id=frame_id, n_slots=frame.n_slots, payload=frame.to_bytes(), at_utc=at_utc or 0.0
@@ -316,6 +346,7 @@ class BobEndpoint:
             link_id: asyncio.Queue(maxsize=4) for link_id, rt in links.items()
         }
         self.inboxes: dict[str, asyncio.Queue[tuple[str, Any]]] = {}
+        self.ended: dict[str, asyncio.Event] = {}  # per link: set once its current session has cleaned up
 
     def _runtime(self, link_id: str, peer_cn: str) -> LinkRuntime | None:
         rt = self.links.get(link_id)
@@ -339,6 +370,7 @@ class BobEndpoint:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "pulse frame n_slots does not match its payload")
                 return
             await self.frames[rt.link_id].put((frame.frame_id, photons, frame.at_utc or None))
+            rt.note_frame(photons.n_slots)
             yield pb.FrameAck(frame_id=frame.frame_id)
 
     async def session(self, request_iterator: AsyncIterator[pb.ClassicalMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ClassicalMessage]:
@@ -360,20 +392,53 @@ class BobEndpoint:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"classical channel of {rt.link_id} cut by a partition fault")
             return
         bound = log.bind(link_id=rt.link_id, peer_id=rt.peer, role="bob")
+        try:
+            hello = codec.decode_hello(first.hello)
+            # Checked on a copy first: a Hello that fails (tampered, forged,
+            # replayed) changes nothing, not even the session that is running.
+            HelloExchange(link_snapshot(rt), rt.auth.copy()).receive(hello)
+        except (HelloRefused, RemoteProtocolError) as exc:
+            reason = exc.reason.value if isinstance(exc, HelloRefused) else "malformed"
+            bound.warning("link.hello_refused", reason=reason, details=str(exc))
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"hello refused: {reason}")
+            return
         old = self.inboxes.get(rt.link_id)
         if old is not None:
             old.put_nowait(("superseded", None))
+            ended = self.ended.get(rt.link_id)
+            if ended is not None:
+                # The old session settles its open block (and may leave one
+                # pending) before this one takes the link's state.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SUPERSEDE_WAIT_S):
+                        await ended.wait()
+        exchange = HelloExchange(link_snapshot(rt), rt.auth)
         try:
-            synchronise(rt, first.hello)
+            answers = exchange.receive(hello)
+        except HelloRefused as exc:  # the old session moved the cursor past the Hello's keys
+            bound.warning("link.hello_refused", reason=exc.reason.value, details=str(exc))
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"hello refused: {exc.reason.value}")
+            return
+        result = exchange.result
+        if isinstance(result, Reconciliation):
+            apply_reconciliation(rt, result)
+        try:
+            rt.persist()  # before the answer, whose tag uses a key this saves as used
         except StorageFailure as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, _storage_refusal(rt, exc))
+            return
+        if isinstance(result, CursorBehind):
+            bound.warning("link.peer_cursor_behind", auth_cursor=result.auth_cursor, details="the peer's MAC-key cursor is behind ours: told it where we are")
+            for answer in answers:
+                for wire in await self.fault(rt.link_id, "B>A", codec.encode_hello(answer)):
+                    yield wire
             return
         frames = self.frames[rt.link_id]
         while not frames.empty():  # frames of a previous session are stale
             frames.get_nowait()
         inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.inboxes[rt.link_id] = inbox
-        yield _hello(rt)
+        ended_event = self.ended[rt.link_id] = asyncio.Event()
         key_rng, noise_rng = self.rng_factory()
         bob = BobLink(rt.config, rt.auth, key_rng, noise_rng, next_block_seq=rt.next_block_seq)
         rt.state = "up"
@@ -398,6 +463,9 @@ class BobEndpoint:
 
         tasks = [asyncio.create_task(pump_messages()), asyncio.create_task(pump_frames()), asyncio.create_task(watch_cut())]
         try:
+            for answer in answers:
+                for wire in await self.fault(rt.link_id, "B>A", codec.encode_hello(answer)):
+                    yield wire
             while True:
                 kind, item = await inbox.get()
                 if kind in ("eof", "superseded"):
@@ -438,4 +506,5 @@ class BobEndpoint:
             if self.inboxes.get(rt.link_id) is inbox:
                 del self.inboxes[rt.link_id]
                 rt.state = "down"
+            ended_event.set()
             bound.info("link.session_ended")

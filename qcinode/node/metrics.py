@@ -94,6 +94,14 @@ class _NodeCollector(Collector):
         for reason, count in (net.get("relay_failures_by_reason") or {}).items():
             failures.add_metric([reason], float(count))
         yield failures
+        kme_refused = CounterMetricFamily(
+            "qcinode_kme_refusals",
+            "enc_keys requests refused by the per-SAE limits before any key was spent, by reason (rate_limit, fair_share)",
+            labels=["reason"],
+        )
+        for reason, count in (net.get("kme_refusals_by_reason") or {}).items():
+            kme_refused.add_metric([reason], float(count))
+        yield kme_refused
         expired = CounterMetricFamily(
             "qcinode_kme_keys_expired", "Keys deleted unredeemed after relay.key_ttl_s (their slave never asked, or their IDs never reached a master)"
         )
@@ -102,6 +110,14 @@ class _NodeCollector(Collector):
         nodes = GaugeMetricFamily("qcinode_routing_known_nodes", "Nodes in the link-state database (this one included)")
         nodes.add_metric([], float(len((net.get("routing") or {}).get("origins", {})) + 1))
         yield nodes
+        rejected = CounterMetricFamily(
+            "qcinode_routing_adverts_rejected",
+            "Routing adverts refused (forged, altered, replayed, unsigned, out of the sequence window), by reason",
+            labels=["reason"],
+        )
+        for reason, count in ((net.get("routing") or {}).get("rejected") or {}).items():
+            rejected.add_metric([reason], float(count))
+        yield rejected
         healthy = GaugeMetricFamily(
             "qcinode_storage_healthy",
             "1 while the database file takes reads and writes, 0 from a failed one (full or unwritable disk, I/O error) until one succeeds",

@@ -1,12 +1,16 @@
 """Routing adverts and trusted-node key relay, wired to grpc.aio.
 
-The link-state database, path computation and hop cryptography are pure
-(:mod:`qcinode.core.routing`, :mod:`qcinode.core.relay`); this module floods
-adverts to the neighbours, forwards relay hops, and implements the KME's
-key supplier: generate a key, carry it to each slave SAE's node, and only
-then hand it to the master SAE.
+The link-state database and every relay decision are pure
+(:mod:`qcinode.core.routing`, :class:`qcinode.core.relay.engine.RelayEngine`);
+this module floods adverts to the neighbours and drives the relay engine: it
+turns ``RelayKey`` calls and the KME's requests into engine events, performs
+the actions the engine returns — save a link's state, store a key, send a
+hop over gRPC — and feeds each result back, until the engine answers the hop
+or the request. It makes no relay decision of its own; it awaits, saves,
+converts between protobuf and core types, and logs the engine's notices.
 
-Rules that keep every key bit single-use and both ends consistent:
+Rules that keep every key bit single-use and both ends consistent (the
+engine decides them; the driver performs the actions in the order given):
 
 * A hop's pad is reserved from *our* half of the link pool, committed and
   written to disk before the ciphertext leaves; a failure afterwards
@@ -17,45 +21,68 @@ Rules that keep every key bit single-use and both ends consistent:
 * The master gets a key only after every slave's node stored it; a failed
   relay leaves at most an orphan at a destination, which nobody can redeem
   because nobody learnt its key ID.
+
+How the driver performs each action: ``SaveLink`` and ``StoreKey`` at once,
+synchronously (a failed save or store is fed back as such, so nothing that
+depends on it happens); the ``SendHop`` actions of one step concurrently,
+each in a task of one :class:`asyncio.TaskGroup` that feeds the hop's answer
+back and performs what follows. A caller that goes away (the KME's deadline,
+an upstream hop's deadline) cancels its tasks, and the engine is told to
+forget what they waited for; pad already committed stays used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import itertools
 import time
-import uuid
-from collections import Counter
+from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import structlog
 
-from ..core.relay import (
-    RelayHeader,
-    ShareCollector,
-    next_header,
-    open_hop,
-    pad_bytes_needed,
-    seal_hop,
-    split_shares,
-    validate_header,
+from ..core.pool import KeyRange
+from ..core.relay.context import LinkEnd, RelaySettings
+from ..core.relay.engine import RelayEngine
+from ..core.relay.hop import RelayHeader
+from ..core.relay.messages import (
+    AnswerHop,
+    DeliverKeys,
+    FailRequest,
+    ForwardFailed,
+    HopAbandoned,
+    HopAnswered,
+    HopArrived,
+    HopRefused,
+    KeyArrived,
+    KeysRequested,
+    KeyStored,
+    LinkSaved,
+    PathFailed,
+    Refusal,
+    RefusalReason,
+    RelayAction,
+    RequestAbandoned,
+    SaveLink,
+    SealedHop,
+    SendHop,
+    StoreKey,
 )
-from ..core.routing import LinkAdvert, LinkStateAdvert, LinkStateDatabase
+from ..core.routing import AdvertRejected, AdvertSigner, AdvertVerifier, LinkAdvert, LinkStateAdvert, LinkStateDatabase, RejectReason
 from ..errors import (
+    DuplicateKey,
     InsufficientKeyMaterial,
-    KeyStoreError,
     PeerTimeout,
     PeerUnavailable,
     ProtocolError,
     QcinodeError,
-    SecurityAbort,
 )
 from ..keys.keystore import SaeKeyStore, StorageFailure
 from ..keys.linkstore import LinkStore
-from ..keys.pool import KeyRange
 from ..kme.handlers import DeliveredKey, EncRequest, KmeLimits
 from ..topology import Topology
 from ..transport.pb import network_pb2 as pb
@@ -78,6 +105,8 @@ def _advert_to_pb(advert: LinkStateAdvert) -> pb.LinkStateAdvert:
         origin=advert.origin,
         sequence=advert.sequence,
         links=[pb.LinkAdvert(link_id=a.link_id, peer=a.peer, up=a.up, available_out_bytes=a.available_out_bytes) for a in advert.links],
+        signature=advert.signature,
+        origin_certificate=advert.certificate,
     )
 
 
@@ -86,11 +115,38 @@ def _advert_from_pb(msg: pb.LinkStateAdvert) -> LinkStateAdvert:
         origin=msg.origin,
         sequence=msg.sequence,
         links=tuple(LinkAdvert(link_id=a.link_id, peer=a.peer, up=a.up, available_out_bytes=a.available_out_bytes) for a in msg.links),
+        signature=msg.signature,
+        certificate=msg.origin_certificate,
     )
 
 
-def _header_from_pb(msg: pb.RelayHop) -> RelayHeader:
-    return RelayHeader(
+# Rejections a healthy network also meets (an older copy overtaken in a flood
+# race) are logged at info; the others mean a forged, altered or broken advert.
+_ROUTINE_REJECTIONS = frozenset({RejectReason.STALE})
+
+
+def _hop_to_pb(hop: SealedHop) -> pb.RelayHop:
+    header = hop.header
+    return pb.RelayHop(
+        relay_id=header.relay_id,
+        key_id=header.key_id,
+        master_sae=header.master_sae,
+        slave_saes=list(header.slave_saes),
+        source=header.source,
+        destination=header.destination,
+        path=list(header.path),
+        hop_index=header.hop_index,
+        share_index=header.share_index,
+        share_count=header.share_count,
+        key_bytes=header.key_bytes,
+        pad=[pb.KeyRange(block_id=r.block_id, offset_bytes=r.offset_bytes, length_bytes=r.length_bytes) for r in hop.pad],
+        ciphertext=hop.ciphertext,
+        tag=hop.tag,
+    )
+
+
+def _hop_from_pb(msg: pb.RelayHop) -> SealedHop:
+    header = RelayHeader(
         relay_id=msg.relay_id,
         key_id=msg.key_id,
         master_sae=msg.master_sae,
@@ -103,17 +159,23 @@ def _header_from_pb(msg: pb.RelayHop) -> RelayHeader:
         share_count=msg.share_count,
         key_bytes=msg.key_bytes,
     )
+    pad = tuple(KeyRange(r.block_id, r.offset_bytes, r.length_bytes) for r in msg.pad)
+    return SealedHop(header, pad, bytes(msg.ciphertext), bytes(msg.tag))
 
 
-@dataclasses.dataclass(slots=True)
-class RelayCounters:
-    started: int = 0
-    delivered: int = 0
-    failed: int = 0
-    forwarded: int = 0
-    received: int = 0
-    hops_total: int = 0
-    failures_by_reason: Counter[str] = dataclasses.field(default_factory=Counter)
+class _Links:
+    """The relay engine's view of this node's links: each neighbour's pool, and whether a partition cuts it."""
+
+    def __init__(self, by_peer: dict[str, LinkRuntime], faults: FaultInjector) -> None:
+        self._by_peer = by_peer
+        self._faults = faults
+
+    def link_to(self, peer: str) -> LinkEnd | None:
+        rt = self._by_peer.get(peer)
+        if rt is None:
+            return None
+        # rt.pool is read at each use: a restored or resynchronised link may hold a new pool object.
+        return LinkEnd(rt.link_id, rt.peer, rt.pool, cut=self._faults.partitioned(rt.link_id))
 
 
 class NetworkService(pb_grpc.NetworkServicer):
@@ -131,6 +193,8 @@ class NetworkService(pb_grpc.NetworkServicer):
         multipath_shares: int = 1,
         clock: Callable[[], float] = time.time,
         faults: FaultInjector | None = None,
+        advert_signer: AdvertSigner | None = None,
+        advert_verifier: AdvertVerifier | None = None,
     ) -> None:
         self.faults = faults or FaultInjector()
         self.node_name = node_name
@@ -143,9 +207,15 @@ class NetworkService(pb_grpc.NetworkServicer):
         self.multipath_shares = multipath_shares
         self.clock = clock
         self.max_waiting_keys = KmeLimits().max_key_count
-        self.db = LinkStateDatabase(node_name)
-        self.collector = ShareCollector()
-        self.counters = RelayCounters()
+        self.db = LinkStateDatabase(node_name, signer=advert_signer, verifier=advert_verifier)
+        self.engine = RelayEngine(
+            node_name,
+            neighbours=_Links(self.by_peer, self.faults),
+            routes=self.db,
+            random_bytes=random_bytes,
+            settings=RelaySettings(multipath_shares=multipath_shares, concurrency=RELAY_CONCURRENCY, path_attempts=PATH_ATTEMPTS),
+        )
+        self._ids = itertools.count(1)  # request IDs and incoming hops' tokens
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.log = log.bind(node_id=node_name)
 
@@ -200,59 +270,120 @@ class NetworkService(pb_grpc.NetworkServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"link to {caller} cut by a partition fault")
         try:
             is_new = self.db.receive(_advert_from_pb(request), self.clock())
+        except AdvertRejected as exc:
+            emit = self.log.info if exc.reason in _ROUTINE_REJECTIONS else self.log.warning
+            emit(
+                "routing.advert_rejected",
+                reason=exc.reason.value,
+                origin=request.origin[:80],
+                sequence=request.sequence,
+                peer_id=caller,
+                details=str(exc)[:300],
+            )
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"advert rejected: {exc.reason.value}")
         except ProtocolError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if is_new:
             asyncio.get_running_loop().create_task(self._flood(request, exclude={caller, request.origin}))
         return pb.AdvertAck()
 
-    # -- relay: sending ------------------------------------------------
-    async def _send_hop(self, header: RelayHeader, share: bytes) -> None:
-        """Encrypts ``share`` for hop ``header.hop_index`` and waits for the rest of the path."""
-        nxt = header.path[header.hop_index + 1]
-        rt = self.by_peer.get(nxt)
-        if rt is None:
-            raise PeerUnavailable(f"{nxt} is not a neighbour of {self.node_name}")
-        if self.faults.partitioned(rt.link_id):
-            raise PeerUnavailable(f"link to {nxt} cut by a partition fault")  # before any pad is spent
-        reservation = rt.pool.reserve(pad_bytes_needed(len(share)))
-        # Used from now on, whatever happens next; if it cannot be saved, the
-        # pool is as before and nothing is sent (StorageFailure).
-        pad = rt.commit_and_persist(reservation)
-        ciphertext, tag = seal_hop(header, share, pad)
-        hop = pb.RelayHop(
-            relay_id=header.relay_id,
-            key_id=header.key_id,
-            master_sae=header.master_sae,
-            slave_saes=list(header.slave_saes),
-            source=header.source,
-            destination=header.destination,
-            path=list(header.path),
-            hop_index=header.hop_index,
-            share_index=header.share_index,
-            share_count=header.share_count,
-            key_bytes=header.key_bytes,
-            pad=[pb.KeyRange(block_id=r.block_id, offset_bytes=r.offset_bytes, length_bytes=r.length_bytes) for r in reservation.ranges],
-            ciphertext=ciphertext,
-            tag=tag,
-        )
-        self.counters.hops_total += 1
-        sent = await self.faults.relay(rt.link_id, hop)
+    # -- relay: driving the engine ------------------------------------
+    async def _drive(self, actions: list[RelayAction]) -> list[RelayAction]:
+        """Performs the engine's actions and everything that follows from them; returns the final answers.
+
+        The answers are the :class:`AnswerHop`, :class:`DeliverKeys` and
+        :class:`FailRequest` actions reached from ``actions``.
+        """
+        answers: list[RelayAction] = []
+        sends: list[SendHop] = []
+        todo = deque(actions)
+        while todo:
+            action = todo.popleft()
+            match action:
+                case SaveLink():
+                    todo.extend(self.engine.receive(LinkSaved(action.ref, self._save(action.link_id))))
+                case StoreKey():
+                    todo.extend(self.engine.receive(self._store(action)))
+                case SendHop():
+                    sends.append(action)
+                case AnswerHop() | DeliverKeys() | FailRequest():
+                    answers.append(action)
+                case _:
+                    self._note(action)
+        if sends:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._send(action)) for action in sends]
+            for task in tasks:
+                answers += task.result()
+        return answers
+
+    async def _send(self, action: SendHop) -> list[RelayAction]:
+        refusal = await self._transmit(action)
+        return await self._drive(self.engine.receive(HopAnswered(action.ref, refusal)))
+
+    def _save(self, link_id: str) -> str | None:
+        """Writes the link's state through; why not, if it could not be (then nothing depending on it is sent)."""
+        try:
+            self.links[link_id].persist()
+        except StorageFailure as exc:
+            return exc.reason
+        return None
+
+    def _store(self, action: StoreKey) -> KeyStored:
+        """Stores a key for the slaves attached here; the key store's outcome as the engine's vocabulary."""
+        if self.keystore is None:
+            return KeyStored(action.ref, Refusal(RefusalReason.STORE_REFUSED, f"node {self.node_name} has no key store (no data directory)"))
+        ours = [s for s in action.slave_saes if self._sae_node(s) == self.node_name]
+        try:
+            self.keystore.put(action.key_id, action.master_sae, ours, action.key, max_waiting=self.max_waiting_keys)
+        except DuplicateKey as exc:
+            if exc.identical:  # the same key again (a retried relay): delivered once is delivered
+                return KeyStored(action.ref, duplicate=True)
+            detail = f"key {action.key_id} is already stored at node {self.node_name} with another key"
+            return KeyStored(action.ref, Refusal(RefusalReason.DUPLICATE, detail))
+        except StorageFailure as exc:  # its message names our files: the reason only
+            return KeyStored(action.ref, Refusal(RefusalReason.STORAGE_FAILED, exc.reason))
+        except InsufficientKeyMaterial as exc:
+            return KeyStored(action.ref, Refusal(RefusalReason.INSUFFICIENT_KEY, str(exc)))
+        except QcinodeError as exc:
+            return KeyStored(action.ref, Refusal(RefusalReason.STORE_REFUSED, str(exc)))
+        return KeyStored(action.ref)
+
+    async def _transmit(self, action: SendHop) -> Refusal | None:
+        """Sends one hop (through the link's fault injector) and waits for the rest of its path; None if delivered."""
+        peer, header = action.peer, action.hop.header
+        sent = await self.faults.relay(action.link_id, _hop_to_pb(action.hop))
         if not sent:
-            raise PeerTimeout(f"relay hop to {nxt} lost on the way (fault injected)")
+            return Refusal(RefusalReason.LOST, f"relay hop to {peer} lost on the way (fault injected)")
         timeout = HOP_TIMEOUT_S * (len(header.path) - header.hop_index)
         try:
-            result = await self._stub(nxt).RelayKey(sent[0], timeout=timeout)
+            result = await self._stub(peer).RelayKey(sent[0], timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise PeerTimeout(f"relay hop to {nxt} timed out") from None
-            raise PeerUnavailable(f"relay hop to {nxt}: {exc.code().name} {exc.details()}") from None
+                return Refusal(RefusalReason.TIMEOUT, f"relay hop to {peer} timed out")
+            return Refusal(RefusalReason.PEER_UNAVAILABLE, f"relay hop to {peer}: {exc.code().name} {exc.details()}")
         for replayed in sent[1:]:  # a replayed hop must be refused downstream
             with contextlib.suppress(grpc.aio.AioRpcError):
-                again = await self._stub(nxt).RelayKey(replayed, timeout=timeout)
-                self.log.info("relay.replay_answered", relay_id=header.relay_id, peer_id=nxt, delivered=again.delivered, details=again.error)
+                again = await self._stub(peer).RelayKey(replayed, timeout=timeout)
+                self.log.info("relay.replay_answered", relay_id=header.relay_id, peer_id=peer, delivered=again.delivered, details=again.error)
         if not result.delivered:
-            raise PeerUnavailable(f"relay refused downstream of {self.node_name}: {result.error}")
+            return Refusal(RefusalReason.PEER_REFUSED, f"relay refused downstream of {self.node_name}: {result.error}")
+        return None
+
+    def _note(self, notice: RelayAction) -> None:
+        """Logs one of the engine's notices."""
+        match notice:
+            case HopRefused(header=header, previous_node=previous, refusal=refusal):
+                self.log.warning(
+                    "relay.hop_refused", relay_id=header.relay_id, key_id=header.key_id, peer_id=previous,
+                    error=refusal.reason.value, details=refusal.detail,
+                )  # fmt: skip
+            case ForwardFailed(header=header, refusal=refusal):
+                self.log.info("relay.hop_failed", relay_id=header.relay_id, key_id=header.key_id, error=refusal.reason.value, details=refusal.detail)
+            case PathFailed(key_id=key_id, paths=paths, refusals=refusals):
+                self.log.info("relay.path_failed", key_id=key_id, paths=[list(p) for p in paths], errors=[str(r) for r in refusals])
+            case KeyArrived(key_id=key_id, source=source, hops=hops, duplicate=duplicate):
+                self.log.info("relay.delivered", key_id=key_id, source=source, hops=hops, duplicate=duplicate)
 
     # -- relay: receiving ----------------------------------------------
     async def RelayKey(self, request: pb.RelayHop, context: grpc.aio.ServicerContext) -> pb.RelayResult:
@@ -263,63 +394,54 @@ class NetworkService(pb_grpc.NetworkServicer):
         assert rt is not None
         if self.faults.partitioned(rt.link_id):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"link to {caller} cut by a partition fault")
-        header = _header_from_pb(request)
+        token = next(self._ids)
         try:
-            validate_header(header, self.node_name, caller)
-            ranges = [KeyRange(r.block_id, r.offset_bytes, r.length_bytes) for r in request.pad]
-            # Check the tag before using the pad: a forged hop must not make
-            # this end's ledger differ from the sender's.
-            share = open_hop(header, request.ciphertext, request.tag, rt.pool.peek_ranges(ranges, initiator=rt.role.peer))
-            rt.pool.consume_ranges(ranges, initiator=rt.role.peer)
-            rt.persist()
-        except (ProtocolError, SecurityAbort, QcinodeError) as exc:
-            self.counters.failed += 1
-            self.counters.failures_by_reason[type(exc).__name__] += 1
-            self.log.warning("relay.hop_refused", relay_id=header.relay_id, key_id=header.key_id, peer_id=caller, error=type(exc).__name__, details=str(exc))
-            return pb.RelayResult(delivered=False, error=self._refusal(exc))
-        self.counters.received += 1
-        if header.destination == self.node_name:
-            return self._arrive(header, share)
-        try:
-            await self._send_hop(next_header(header), share)
-        except QcinodeError as exc:
-            self.counters.failed += 1
-            self.counters.failures_by_reason[type(exc).__name__] += 1
-            self.log.info("relay.hop_failed", relay_id=header.relay_id, key_id=header.key_id, error=type(exc).__name__, details=str(exc))
-            return pb.RelayResult(delivered=False, error=self._refusal(exc))
-        self.counters.forwarded += 1
-        return pb.RelayResult(delivered=True)
-
-    def _arrive(self, header: RelayHeader, share: bytes) -> pb.RelayResult:
-        # Shares are collected per relay attempt: a retried attempt (new
-        # relay_id, same key_id) never mixes with shares of a failed one.
-        attempt = dataclasses.replace(header, key_id=f"{header.key_id}#{header.relay_id}")
-        key = self.collector.add(attempt, share, self.clock())
-        if key is None:
-            return pb.RelayResult(delivered=True)  # a share; the key completes with the last one
-        try:
-            self._store(header.key_id, header.master_sae, header.slave_saes, key)
-        except QcinodeError as exc:
-            return pb.RelayResult(delivered=False, error=self._refusal(exc))
-        self.log.info("relay.delivered", key_id=header.key_id, source=header.source, hops=len(header.path) - 1)
-        return pb.RelayResult(delivered=True)
-
-    def _store(self, key_id: str, master_sae: str, slave_saes: tuple[str, ...], key: bytes) -> None:
-        if self.keystore is None:
-            raise InsufficientKeyMaterial(f"node {self.node_name} has no key store (no data directory)")
-        ours = [s for s in slave_saes if self._sae_node(s) == self.node_name]
-        try:
-            self.keystore.put(key_id, master_sae, ours, key, max_waiting=self.max_waiting_keys)
-        except KeyStoreError as exc:
-            if not isinstance(exc, StorageFailure) and ("already" in str(exc) or "duplicate" in str(exc).lower()):
-                return  # the same key arrived again (a retried relay): delivered once is delivered
+            answers = await self._drive(self.engine.receive(HopArrived(token, caller, _hop_from_pb(request), self.clock())))
+        except BaseException:
+            self.engine.receive(HopAbandoned(token))  # pad it consumed stays used
             raise
+        (answer,) = [a for a in answers if isinstance(a, AnswerHop) and a.token == token]
+        if answer.refusal is None:
+            return pb.RelayResult(delivered=True)
+        return pb.RelayResult(delivered=False, error=str(answer.refusal))
 
-    def _refusal(self, exc: QcinodeError) -> str:
-        """The error text of a refused hop; a storage fault names this node and the reason, not its files."""
-        if isinstance(exc, StorageFailure):
-            return f"StorageFailure: node {self.node_name} cannot save key material: {exc.reason}"
-        return f"{type(exc).__name__}: {exc}"
+    # -- the KME's key supplier ----------------------------------------
+    def available_keys(self, master_sae: str, slave_sae: str, size_bits: int) -> int:
+        """How many keys of ``size_bits`` the best current path could carry now."""
+        return self.engine.capacity(self._sae_node(slave_sae), size_bits // 8)
+
+    async def deliver(self, request: EncRequest) -> list[DeliveredKey]:
+        request_id = f"{self.node_name}/{next(self._ids)}"
+        event = KeysRequested(
+            request_id=request_id,
+            master_sae=request.master_sae,
+            slave_saes=request.slave_saes,
+            destinations=tuple((slave, self._sae_node(slave)) for slave in request.slave_saes),
+            number=request.number,
+            key_bytes=request.size_bits // 8,
+        )
+        try:
+            answers = await self._drive(self.engine.receive(event))
+        except BaseException:
+            self.engine.receive(RequestAbandoned(request_id))  # pads already committed stay used
+            raise
+        (answer,) = [a for a in answers if isinstance(a, (DeliverKeys, FailRequest)) and a.request_id == request_id]
+        if isinstance(answer, FailRequest):
+            raise self._request_error(answer.refusal)
+        return [DeliveredKey(key.key_id, key.key, key.paths) for key in answer.keys]
+
+    def _request_error(self, refusal: Refusal) -> QcinodeError:
+        """The KME's error for a failed request (the one table; every one of them is a 503)."""
+        match refusal.reason:
+            case RefusalReason.INSUFFICIENT_KEY | RefusalReason.NO_PATH:
+                return InsufficientKeyMaterial(refusal.detail + self._storage_note())
+            case RefusalReason.STORAGE_FAILED:  # our own key store: the KME says so, without file names
+                path = self.keystore.path if self.keystore is not None else Path(".")
+                return StorageFailure(f"node {self.node_name} cannot store the key: {refusal.detail}", path=path, reason=refusal.detail)
+            case RefusalReason.TIMEOUT:
+                return PeerTimeout(refusal.detail)
+            case _:
+                return PeerUnavailable(refusal.detail or refusal.reason.value)
 
     def _storage_note(self) -> str:
         """Why this node's own links cannot carry key now, if their state cannot be saved ("" otherwise)."""
@@ -332,132 +454,17 @@ class NetworkService(pb_grpc.NetworkServicer):
         except (KeyError, QcinodeError):
             return None
 
-    # -- the KME's key supplier ----------------------------------------
-    def available_keys(self, master_sae: str, slave_sae: str, size_bits: int) -> int:
-        """How many keys of ``size_bits`` the best current path could carry now."""
-        destination = self._sae_node(slave_sae)
-        if destination is None:
-            return 0
-        if destination == self.node_name:
-            return 10**6
-        need = pad_bytes_needed(size_bits // 8)
-        if self.multipath_shares > 1:
-            paths = self.db.disjoint_paths(self.node_name, destination, need, self.multipath_shares)
-            if len(paths) < self.multipath_shares:
-                return 0
-        else:
-            paths = self.db.paths(self.node_name, destination, need, limit=1)
-            if not paths:
-                return 0
-        edges = self.db.usable_edges(need)
-        return min(min(edges[u][v] for u, v in zip(path, path[1:])) for path in paths) // need
-
-    async def deliver(self, request: EncRequest) -> list[DeliveredKey]:
-        destinations = sorted({node for s in request.slave_saes if (node := self._sae_node(s)) is not None})
-        # Refuse up front what the current paths cannot carry, rather than
-        # spending pads on the first keys of a request that then fails (the
-        # answer is all or nothing, so those keys would be stranded).
-        for slave in request.slave_saes:
-            if self.available_keys(request.master_sae, slave, request.size_bits) < request.number:
-                self.counters.failures_by_reason["InsufficientKeyMaterial"] += 1
-                raise InsufficientKeyMaterial(
-                    f"the network cannot carry {request.number} key(s) of {request.size_bits} bits to {slave} now"
-                    + self._storage_note()
-                )
-        # The keys of one request travel concurrently (up to RELAY_CONCURRENCY
-        # at a time): each hop's pad is reserved, committed and saved without
-        # an await in between, so concurrent relays never share a byte.
-        # Once one key fails, keys not yet started are not sent: the answer is
-        # all or nothing (ETSI 014), so they would only spend pads.
-        slots = asyncio.Semaphore(RELAY_CONCURRENCY)
-        failures: list[BaseException] = []
-
-        async def carry(key: DeliveredKey) -> DeliveredKey | None:
-            async with slots:
-                if failures:
-                    return None
-                paths: list[tuple[str, ...]] = []
-                try:
-                    for destination in destinations:
-                        paths += await self._deliver_one(key, request, destination)
-                except BaseException as exc:
-                    failures.append(exc)
-                    raise
-                return dataclasses.replace(key, paths=tuple(paths))
-
-        keys = [DeliveredKey(str(uuid.uuid4()), self.random_bytes(request.size_bits // 8)) for _ in range(request.number)]
-        results = await asyncio.gather(*(carry(key) for key in keys), return_exceptions=True)
-        if failures:
-            raise failures[0]  # the first failure says why
-        return [r for r in results if isinstance(r, DeliveredKey)]
-
-    async def _deliver_one(self, key: DeliveredKey, request: EncRequest, destination: str) -> list[tuple[str, ...]]:
-        """Carries ``key`` to ``destination`` and stores it there; returns the paths used."""
-        self.counters.started += 1
-        if destination == self.node_name:
-            self._store(key.key_id, request.master_sae, request.slave_saes, key.key)
-            self.counters.delivered += 1
-            return []
-        need = pad_bytes_needed(len(key.key))
-        errors: list[str] = []
-        tried: set[tuple[str, ...]] = set()
-        for _attempt in range(PATH_ATTEMPTS):
-            if self.multipath_shares > 1:
-                paths = self.db.disjoint_paths(self.node_name, destination, need, self.multipath_shares)
-                if len(paths) < self.multipath_shares:
-                    paths = []
-            else:
-                paths = [p for p in self.db.paths(self.node_name, destination, need, limit=PATH_ATTEMPTS + 1) if tuple(p) not in tried][:1]
-            if not paths:
-                break
-            relay_id = str(uuid.uuid4())
-            shares = split_shares(key.key, len(paths), self.random_bytes)
-            headers = [
-                RelayHeader(
-                    relay_id=relay_id,
-                    key_id=key.key_id,
-                    master_sae=request.master_sae,
-                    slave_saes=request.slave_saes,
-                    source=self.node_name,
-                    destination=destination,
-                    path=tuple(path),
-                    hop_index=0,
-                    share_index=index,
-                    share_count=len(paths),
-                    key_bytes=len(key.key),
-                )
-                for index, path in enumerate(paths)
-            ]
-            tried.update(tuple(p) for p in paths)
-            for path in paths:  # count these bytes as spent now, not at the hops' next adverts
-                self.db.debit(path, need)
-            results = await asyncio.gather(*(self._send_hop(h, s) for h, s in zip(headers, shares)), return_exceptions=True)
-            failures = [r for r in results if isinstance(r, BaseException)]
-            if not failures:
-                self.counters.delivered += 1
-                return [tuple(p) for p in paths]
-            for failure in failures:
-                if not isinstance(failure, QcinodeError):
-                    raise failure
-                errors.append(self._refusal(failure) if isinstance(failure, StorageFailure) else str(failure))
-                self.counters.failures_by_reason[type(failure).__name__] += 1
-            self.log.info("relay.path_failed", key_id=key.key_id, paths=[list(p) for p in paths], errors=errors[-len(failures):])
-        self.counters.failed += 1
-        if errors:
-            raise PeerUnavailable(f"no path to {destination} delivered the key: {'; '.join(errors)}")
-        self.counters.failures_by_reason["NoPath"] += 1
-        raise InsufficientKeyMaterial(f"no path from {self.node_name} to {destination} has {need} bytes of key on every hop")
-
     def status(self) -> dict[str, Any]:
-        c = self.counters
+        s = self.engine.stats
         return {
-            "relays_started": c.started,
-            "relays_delivered": c.delivered,
-            "relays_failed": c.failed,
-            "relays_forwarded": c.forwarded,
-            "relay_hops_received": c.received,
-            "relay_hops_sent": c.hops_total,
-            "relay_failures_by_reason": dict(c.failures_by_reason),
+            "relays_started": s.started,
+            "relays_delivered": s.delivered,
+            "relays_failed": s.failed,
+            "relays_forwarded": s.forwarded,
+            "relay_hops_received": s.received,
+            "relay_hops_sent": s.hops_sent,
+            # Label values from a closed vocabulary (RefusalReason), so /metrics stays bounded.
+            "relay_failures_by_reason": {reason.value: n for reason, n in sorted(s.failures_by_reason.items(), key=lambda i: i[0].value)},
             "routing": self.db.snapshot(),
             "storage": self._storage_status(),
         }

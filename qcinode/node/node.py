@@ -26,17 +26,19 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..cluster.certs import CertBundle, CertPlan, read_bytes
 from ..core.randomness import CsprngGenerator
 from ..errors import ConfigError, KeyStoreError
 from ..keys.linkstore import LinkStore
 from ..topology import EavesdropperConfig, Topology
 from ..keys.keystore import SaeKeyStore, StorageFailure
 from ..keys.linkstore import StorageKey
+from ..kme.fairness import Admission
 from ..kme.handlers import Kme
 from ..kme.server import make_app, start_kme_server, tls_context
+from ..pki import ADMIN_COMMON_NAME, NodeAdvertSigner, NodeCertificateVerifier, node_bundle, read_bytes
 from ..transport.guard import MalformedRequestGuard
 from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc, network_pb2, network_pb2_grpc
+from .access import ReflectionAccess
 from .faults import FaultInjector, fault_from_request
 from .link import AliceWorker, BobEndpoint, ClassicalFault, peer_common_name
 from .metrics import NodeMetrics, start_metrics_server
@@ -46,7 +48,6 @@ from .runtime import LinkRuntime, link_channel
 log = structlog.get_logger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-ADMIN_COMMON_NAME = "qcinode-admin"
 # grpc.health.v1 service name of the ETSI 014 KME: NOT_SERVING while the data
 # directory fails (the KME then refuses keys); "" stays SERVING, as a restart
 # would not give the disk space back.
@@ -74,6 +75,7 @@ class NodeSettings:
     peers: dict[str, str] = dataclasses.field(default_factory=dict)  # node name -> host:port
     peer_template: str = "{name}:50051"
     data_dir: Path | None = None
+    storage_key_file: Path | None = None  # the storage key outside the data directory; None: data_dir/storage.key
     kme_listen: str | None = "127.0.0.1:0"  # ETSI 014 HTTPS host:port; None: no KME
     metrics_listen: str | None = "127.0.0.1:0"  # Prometheus /metrics host:port; None: not served
     health_listen: str | None = None  # plaintext grpc.health.v1-only host:port (kubelet probes); None: not served
@@ -90,33 +92,6 @@ class NodeSettings:
 
     def peer_address(self, peer: str) -> str:
         return self.peers.get(peer) or self.peer_template.format(name=peer)
-
-
-def node_bundle(certs_dir: Path, topology: Topology, name: str) -> CertBundle:
-    """The certificate files of ``qcinode certs``, checking only those node ``name`` reads.
-
-    A node reads ca.pem, its own certificate and key, and its links' bootstrap
-    keys; a pod is not given the CA key, the admin or the SAE credentials.
-
-    Raises:
-        ConfigError: A file this node needs is missing; the message names each.
-    """
-    bundle = CertBundle(directory=Path(certs_dir), plan=cert_plan(topology))
-    needed = [bundle.ca_cert, bundle.node_cert(name), bundle.node_key(name)]
-    needed += [bundle.link_key(link.alice, link.bob) for link in topology.links_of(name)]
-    missing = [str(path) for path in needed if not path.is_file()]
-    if missing:
-        raise ConfigError(f"missing certificate file(s): {', '.join(missing)}")
-    return bundle
-
-
-def cert_plan(topology: Topology) -> CertPlan:
-    return CertPlan(
-        cluster_name=topology.name,
-        nodes=tuple(n.name for n in topology.nodes),
-        saes=tuple(s for n in topology.nodes for s in n.saes),
-        links=tuple((link.alice, link.bob) for link in topology.links),
-    )
 
 
 class _LinkServicer(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.PostProcessingServicer):
@@ -189,9 +164,13 @@ class Node:
         self.settings = settings
         topo = settings.topology
         self.bundle = node_bundle(settings.certs_dir, topo, settings.name)
-        self.store = LinkStore(settings.data_dir, settings.name) if settings.data_dir is not None else None
+        self.log = log.bind(node_id=settings.name)
+        storage_key = self._storage_key()
+        self.store = LinkStore(settings.data_dir, settings.name, storage_key=storage_key) if settings.data_dir is not None else None
         self.keystore = (
-            SaeKeyStore(settings.data_dir, settings.name, StorageKey.load_or_create(settings.data_dir)) if settings.data_dir is not None else None
+            SaeKeyStore(settings.data_dir, settings.name, storage_key or StorageKey.load_or_create(settings.data_dir))
+            if settings.data_dir is not None
+            else None
         )
         for store in (self.store, self.keystore):
             if store is not None:
@@ -216,8 +195,16 @@ class Node:
             random_bytes=self._key_source.bytes,
             multipath_shares=settings.multipath_shares or topo.relay.paths,
             faults=self.faults,
+            # Adverts are signed with this node's certificate key and believed
+            # only when signed by their origin's node certificate.
+            advert_signer=NodeAdvertSigner.from_bundle(self.bundle, settings.name),
+            advert_verifier=NodeCertificateVerifier(read_bytes(self.bundle.ca_cert)),
         )
         self.kme_requests: Counter[str] = Counter()
+        kme = topo.kme
+        self.kme_admission = Admission(
+            rate_per_s=kme.max_keys_per_sae_per_s, burst=kme.burst, fair_share=kme.fair_share, window_s=kme.fair_share_window_s
+        )
         self.keys_expired = 0
         self.kme_runner: Any = None
         self.kme_port: int | None = None
@@ -231,7 +218,24 @@ class Node:
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self.started = time.monotonic()
-        self.log = log.bind(node_id=settings.name)
+
+    def _storage_key(self) -> StorageKey | None:
+        """The storage key from ``storage_key_file`` (None: the stores use data_dir/storage.key)."""
+        path = self.settings.storage_key_file
+        if path is None or self.settings.data_dir is None:
+            return None
+        key = StorageKey.load_or_create_file(path)
+        left_behind = self.settings.data_dir / "storage.key"
+        if left_behind.exists():
+            # A copy of the data directory would still carry the key.
+            self.log.warning("storage.key_in_data_dir", path=str(left_behind), details="the storage key is also in the data directory; remove it")
+        return key
+
+    def _storage_problem(self) -> str | None:
+        """Why this node cannot save its state now (None if it can): named in the KME's 503 bodies."""
+        reasons = {rt.storage_failure for rt in self.links.values() if rt.storage_failure is not None}
+        reasons |= {store.failure.reason for store in (self.store, self.keystore) if store is not None and store.failure is not None}
+        return "; ".join(sorted(reasons)) or None
 
     def _rngs(self) -> tuple[Any, np.random.Generator]:
         noise = np.random.default_rng(self._seeds.spawn(1)[0])
@@ -263,8 +267,10 @@ class Node:
     async def start(self) -> int:
         """Starts the server and the link workers; returns the bound gRPC port."""
         key, cert, ca = self._credentials()
+        # Reflection describes the API to node and admin certificates only, not to SAEs.
+        reflection_readers = [node.name for node in self.settings.topology.nodes] + [ADMIN_COMMON_NAME]
         server = grpc.aio.server(
-            interceptors=[MalformedRequestGuard()],
+            interceptors=[MalformedRequestGuard(), ReflectionAccess(reflection_readers)],
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -342,7 +348,9 @@ class Node:
             self.metrics.observe_request(endpoint, status, latency_s)
 
         kme = Kme(self.settings.name, sae_node, self.keystore)
-        app = make_app(kme, self.network, on_request=on_request)
+        app = make_app(
+            kme, self.network, on_request=on_request, config=topo.kme, admission=self.kme_admission, storage_problem=self._storage_problem
+        )
         b = self.bundle
         context = tls_context(b.node_cert(self.settings.name), b.node_key(self.settings.name), b.ca_cert)
         host, _, port = self.settings.kme_listen.rpartition(":")
@@ -425,6 +433,7 @@ class Node:
                 "kme_port": self.kme_port,
                 "metrics_port": self.metrics_port,
                 "etsi014_requests": dict(self.kme_requests),
+                "kme_refusals_by_reason": dict(self.kme_admission.refusals),
                 "keys_expired": self.keys_expired,
             },
         }

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 import numpy as np
@@ -29,8 +29,85 @@ from ..space import downlink_channel
 from ..core.pipeline import BlockAborted, BlockAccepted, BlockEvent, LinkProtocolConfig
 from ..core.roles import Role
 from ..keys.linkstore import LinkStore, StorageFailure
-from ..keys.pool import LinkKeyPool, Reservation
+from ..core.pool import LinkKeyPool, Reservation
 from ..topology import EavesdropperConfig, LinkConfig, Topology
+
+
+#: Wall-clock seconds over which the "current" key rate and emulation speed are measured.
+RATE_WINDOW_S = 60.0
+#: How many abort reasons a link remembers for ``qcinode status`` (the newest last).
+RECENT_ABORTS = 5
+
+
+class RecentRates:
+    """What a link did over the last minute of wall time: its current key rate and emulation speed.
+
+    Lifetime averages hide what a link does now (under an attack that freezes
+    the pool, the average stays high for hours). This keeps two short
+    histories:
+
+    * one entry per finished block (done or aborted): wall time, the
+      block's pulses and its secret bits. The current key rate is the secret
+      bits of the blocks that ended in the last minute over their emulated
+      seconds (pulses / rate); if none ended, the last block's.
+    * samples of the pulses in frames this end sent or received, at most
+      one per :attr:`SAMPLE_EVERY_S`: the emulated seconds per wall second
+      since the sample just before the window, or since the session started
+      (a session that just began after a partition is not "behind").
+    """
+
+    SAMPLE_EVERY_S = 0.5
+
+    def __init__(self, rate_hz: float, window_s: float = RATE_WINDOW_S) -> None:
+        self.rate_hz = rate_hz
+        self.window_s = window_s
+        self.blocks: deque[tuple[float, int, int, bool]] = deque(maxlen=1024)
+        self.frames: deque[tuple[float, int]] = deque()
+        self.frame_pulses = 0
+
+    def block(self, pulses: int, secret_bits: int, *, aborted: bool = False, now: float | None = None) -> None:
+        self.blocks.append((time.monotonic() if now is None else now, pulses, secret_bits, aborted))
+
+    def frame(self, n_slots: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.frame_pulses += n_slots
+        if not self.frames or now - self.frames[-1][0] >= self.SAMPLE_EVERY_S:
+            self.frames.append((now, self.frame_pulses))
+        self._prune(now)
+
+    def session_started(self, now: float | None = None) -> None:
+        """Restarts the emulation-speed window: time spent disconnected is not lag."""
+        self.frames.clear()
+        self.frames.append((time.monotonic() if now is None else now, self.frame_pulses))
+
+    def _prune(self, now: float) -> None:
+        # Keep one sample at or before the window's start: the window is then a full minute.
+        while len(self.frames) > 1 and self.frames[1][0] <= now - self.window_s:
+            self.frames.popleft()
+
+    def key_rate_bps(self, now: float | None = None) -> float:
+        """Secret bits per emulated second of the blocks that ended in the last window (else of the last block)."""
+        now = time.monotonic() if now is None else now
+        recent = [block for block in self.blocks if block[0] >= now - self.window_s] or list(self.blocks)[-1:]
+        pulses = sum(block[1] for block in recent)
+        return sum(block[2] for block in recent) * self.rate_hz / pulses if pulses else 0.0
+
+    def aborted(self, now: float | None = None) -> int:
+        """Blocks aborted in the last window."""
+        now = time.monotonic() if now is None else now
+        return sum(1 for t, _, _, aborted in self.blocks if aborted and t >= now - self.window_s)
+
+    def emulation_rate(self, now: float | None = None) -> tuple[float, float]:
+        """(emulated seconds per wall second, wall seconds covered) since the window's first sample."""
+        now = time.monotonic() if now is None else now
+        self._prune(now)
+        if not self.frames:
+            return 0.0, 0.0
+        start, pulses = self.frames[0]
+        covered = now - start
+        if covered <= 0:
+            return 0.0, 0.0
+        return (self.frame_pulses - pulses) / self.rate_hz / covered, min(covered, self.window_s)
 
 
 def link_physics(link: LinkConfig) -> physics.LinkPhysics:
@@ -142,6 +219,9 @@ class LinkRuntime:
         self.pool = LinkKeyPool(link.link_id, self.role)
         self.auth = AuthKeyReserve(bootstrap_key)
         self.counters = LinkCounters()
+        self.recent = RecentRates(link.source.rate_hz)
+        #: Reasons of the last aborted blocks, oldest first (for ``qcinode status``).
+        self.recent_aborts: deque[str] = deque(maxlen=RECENT_ABORTS)
         self._state = "connecting"
         #: Why the last save failed (None once a save succeeds): the link is then "storage_failed".
         self.storage_failure: str | None = None
@@ -185,7 +265,13 @@ class LinkRuntime:
 
     @state.setter
     def state(self, value: str) -> None:
+        if value == "up" and self._state != "up":
+            self.recent.session_started()
         self._state = value
+
+    def note_frame(self, n_slots: int) -> None:
+        """A pulse frame of ``n_slots`` was sent (Alice) or received (Bob): emulated time moved on."""
+        self.recent.frame(n_slots)
 
     def persist(self) -> None:
         """Writes the link's state through, before anything that depends on it leaves the node.
@@ -278,9 +364,12 @@ class LinkRuntime:
                 c.secret_bits += 8 * len(event.key)
                 if event.key:
                     self.pool.add_block(event.block_id, event.key)
+                self.recent.block(stats.pulses, 8 * len(event.key))
             elif isinstance(event, BlockAborted):
                 c.blocks_aborted += 1
                 c.aborts_by_reason[event.reason] += 1
+                self.recent_aborts.append(event.reason)
+                self.recent.block(stats.pulses, 0, aborted=True)
         return events
 
     def _channel_status(self) -> dict[str, Any]:
@@ -316,6 +405,7 @@ class LinkRuntime:
     def status(self, include_digests: bool = False, include_ledger: bool = False) -> dict[str, Any]:
         c = self.counters
         emulated = self.emulated_s
+        emulation_rate, window_s = self.recent.emulation_rate()
         out: dict[str, Any] = {
             "link_id": self.link_id,
             "peer": self.peer,
@@ -335,6 +425,11 @@ class LinkRuntime:
             "pool_bits": 8 * self.pool.total_available_bytes,
             "emulated_s": emulated,
             "secret_key_rate_bps": c.secret_bits / emulated if emulated > 0 else 0.0,
+            "current_key_rate_bps": self.recent.key_rate_bps(),
+            "emulation_rate": emulation_rate,
+            "emulation_window_s": window_s,
+            "recent_aborts": list(self.recent_aborts),
+            "aborted_last_minute": self.recent.aborted(),
             "auth_keys_available": self.auth.available_keys,
             "aborts_by_reason": dict(c.aborts_by_reason),
             "eavesdropper": f"{self.eavesdropper.attack} {self.eavesdropper.fraction:g}" if self.eavesdropper else "",

@@ -13,6 +13,8 @@ import numpy as np
 
 from ..core import messages as m
 from ..core.cascade import ParityQuery, ParityReply
+from ..core.resync import Hello, HelloKind, LinkSnapshot
+from ..core.roles import Role
 from ..errors import RemoteProtocolError
 from .pb import link_pb2 as pb
 
@@ -159,3 +161,54 @@ def decode(envelope: pb.ClassicalMessage) -> m.Message:
         case "commit":
             return m.Commit(body.block_seq, body.accepted, body.auth_tag)
     raise RemoteProtocolError(f"unexpected classical message {kind!r}")
+
+
+_MAX_HELLO_SEQS = 1 << 20
+
+
+def encode_hello(hello: Hello) -> pb.ClassicalMessage:
+    """A reconnection Hello as the protobuf envelope."""
+    s = hello.snapshot
+    return pb.ClassicalMessage(
+        hello=pb.Hello(
+            link_id=s.link_id,
+            role=s.role.value,
+            next_block_seq=s.next_block_seq,
+            auth_cursor=s.auth_cursor,
+            held_block_seqs=list(s.held_block_seqs),
+            next_frame_id=s.next_frame_id,
+            kind=hello.kind.value,
+            promoted_before=s.promoted_before,
+            staged_block_seqs=list(s.staged_block_seqs),
+            has_pending=s.pending_block_seq is not None,
+            pending_block_seq=s.pending_block_seq or 0,
+            auth_tag=hello.auth_tag,
+        )
+    )
+
+
+def decode_hello(body: pb.Hello) -> Hello:
+    """The Hello in a protobuf ``hello`` body.
+
+    Raises:
+        RemoteProtocolError: An unknown kind or role, or absurdly many block numbers.
+    """
+    try:
+        kind = HelloKind(body.kind)
+        role = Role(body.role)
+    except ValueError:
+        raise RemoteProtocolError(f"hello: unknown kind {body.kind[:20]!r} or role {body.role[:20]!r}") from None
+    if len(body.held_block_seqs) > _MAX_HELLO_SEQS or len(body.staged_block_seqs) > _MAX_HELLO_SEQS:
+        raise RemoteProtocolError("hello: too many block numbers")
+    snapshot = LinkSnapshot(
+        link_id=body.link_id,
+        role=role,
+        next_block_seq=body.next_block_seq,
+        next_frame_id=body.next_frame_id,
+        auth_cursor=body.auth_cursor,
+        promoted_before=body.promoted_before,
+        held_block_seqs=tuple(int(x) for x in body.held_block_seqs),
+        staged_block_seqs=tuple(int(x) for x in body.staged_block_seqs),
+        pending_block_seq=int(body.pending_block_seq) if body.has_pending else None,
+    )
+    return Hello(kind, snapshot, bytes(body.auth_tag))

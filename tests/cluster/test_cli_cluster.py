@@ -64,7 +64,7 @@ def test_up_detach_status_down(two_node_topology: Path, state_dir: Path) -> None
     down = qcinode("down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stderr
     after = qcinode("status", "--state-dir", str(state_dir), "--json")
-    assert all(not n["alive"] for n in json.loads(after.stdout)["nodes"].values())
+    assert after.returncode == 1 and "not running" in after.stderr and after.stdout == ""
 
 
 def test_bad_topology_is_reported_by_field(tmp_path: Path) -> None:
@@ -177,7 +177,7 @@ def test_eve_switched_on_at_runtime_raises_the_qber_and_stops_key(two_node_topol
     assert link()["eavesdropper"] == "intercept-resend 1"
     # The operator sees it in the status table too, with a fault switched on at one end.
     assert qcinode("fault", "--state-dir", str(state_dir), "--link", "alpha-beta", "--kind", "delay", "--delay-ms", "1", "--end", "beta").returncode == 0
-    table = qcinode("status", "--state-dir", str(state_dir)).stdout
+    table = qcinode("status", "--state-dir", str(state_dir), "--wide").stdout  # the 100-column table may cut the notes
     assert "eve intercept-resend 1; delay p=1 1ms at bob" in table, table
     assert qcinode("fault", "--state-dir", str(state_dir), "--link", "alpha-beta", "--off").returncode == 0
     start = link()

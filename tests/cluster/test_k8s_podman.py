@@ -1,4 +1,4 @@
-"""The rendered Kubernetes manifests really run (issue 4 item 4), podman path.
+"""The rendered Kubernetes manifests really run (docs/kubernetes.md), podman path.
 
 ``qcinode deploy k8s`` renders an overlay for a 3-node chain; the rendered
 objects (``kubectl kustomize`` output when kubectl is installed, else the

@@ -1,4 +1,4 @@
-"""The rendered Kubernetes manifests really run (issue 4 item 4), network-namespace fallback.
+"""The rendered Kubernetes manifests really run (docs/kubernetes.md), network-namespace fallback.
 
 ``qcinode deploy k8s`` renders an overlay for a 3-node chain; the rendered
 objects (``kubectl kustomize`` output when kubectl is installed, else the
@@ -13,7 +13,10 @@ enc_keys/dec_keys exchange must succeed between SAEs on different pods, and
 a pod killed with SIGKILL and restarted under the same name on the same data
 directory must rejoin.
 
-Skipped (with the reason) when not root or when ``ip netns add`` fails.
+Skipped (with the reason) when not root, when ``ip netns add`` fails, or
+when neither the manifest's user nor uid 0 without capabilities can run the
+pod command (tried for real; an interpreter under a 0700 home stops the
+manifest's uid, and the pods then run as uid 0 without capabilities).
 """
 
 from __future__ import annotations
@@ -77,6 +80,9 @@ def kubelet(request: pytest.FixtureRequest, workdir: Path) -> Iterator[tuple[Net
         docs, source = _compose(overlay.directory), "python assembly of tests/unit/test_k8s.py"
     runner = NetnsKubelet(docs, workdir / "run")
     request.addfinalizer(runner.close)  # also if the body's finally never runs
+    if runner.unusable is not None:
+        print(f"\nSKIP: {runner.unusable}")
+        pytest.skip(runner.unusable)
     try:
         yield runner, docs, overlay.certs, source
     finally:
@@ -104,7 +110,7 @@ def _secret_bits(agent: ClientAgent, runner: NetnsKubelet, certs: Path, nodes: l
 def test_rendered_statefulset_runs_in_network_namespaces(kubelet: tuple[NetnsKubelet, list[dict[str, Any]], Path, str]) -> None:
     runner, docs, certs, source = kubelet
     started = time.monotonic()
-    user = f"uid {runner.run_as[0]}" if runner.run_as else "uid 0 without capabilities (the manifest's user cannot execute this interpreter)"
+    user = f"uid {runner.run_as[0]}" if runner.run_as else f"uid 0 without capabilities ({runner.user_note or 'the manifest sets no user'})"
     print(f"\nruntime: {RUNTIME}; manifests from {source}; {runner.replicas} pods as {user}; "
           f"memory limit {runner.memory_limit} bytes as RLIMIT_AS")
     nodes = runner.sts["metadata"]["annotations"]["qcinode.io/nodes"].split()

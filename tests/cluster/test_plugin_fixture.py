@@ -1,4 +1,4 @@
-"""The ``qci_network`` fixture, used exactly as the README shows a user's test."""
+"""The ``qci_network`` fixture, used exactly as docs/operations.md shows a user's test."""
 
 from __future__ import annotations
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from qcinode.cluster.certs import make_certificates
 from qcinode.node.faults import NO_FAULT
-from qcinode.node.node import Node, NodeSettings, cert_plan
+from qcinode.node.node import Node, NodeSettings
+from qcinode.pki import cert_plan, make_certificates
 from qcinode.topology import FaultConfig, load_topology
 from qcinode.transport.pb import link_pb2 as pb
 

@@ -196,17 +196,14 @@ def test_grpc_protocol_garbage_after_a_genuine_hello_consumes_no_key(nodes: Any,
     rt = nodes.rt("alpha")
 
     def hello() -> bytes:
-        message = link_pb2.ClassicalMessage(
-            hello=link_pb2.Hello(
-                link_id=fuzz.LINK,
-                role="alice",
-                next_block_seq=rt.next_block_seq,
-                auth_cursor=rt.auth.cursor,
-                held_block_seqs=rt.held_block_seqs(),
-                next_frame_id=rt.next_frame_id,
-            )
-        )
-        return bytes(message.SerializeToString())
+        # A genuine, authenticated Hello: alpha's own next MAC keys (taken from its
+        # reserve, so alpha's real session stays in step with what beta accepts).
+        from qcinode.core.resync import HelloExchange
+        from qcinode.node.link import link_snapshot
+        from qcinode.transport.codec import encode_hello
+
+        rt.persist()
+        return bytes(encode_hello(HelloExchange(link_snapshot(rt), rt.auth).start()).SerializeToString())
 
     garbage: list[Callable[[], list[bytes]]] = [
         lambda: [hello(), link_pb2.ClassicalMessage(sift_reply=link_pb2.SiftReply(frame_id=10**12, basis_match=b"\xff", count=8)).SerializeToString()],

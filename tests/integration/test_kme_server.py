@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from qcinode.cluster.certs import CertBundle, CertPlan, make_certificates
+from qcinode.pki import CertBundle, CertPlan, make_certificates
 from qcinode.errors import InsufficientKeyMaterial, QcinodeError
 from qcinode.keys.keystore import SaeKeyStore
 from qcinode.keys.linkstore import StorageKey
@@ -229,11 +229,12 @@ async def test_bad_bodies_are_400_with_a_json_message(server: Server, kwargs: di
 
 @pytest.mark.asyncio
 async def test_supplier_out_of_key_is_503_and_nothing_is_stored(server: Server) -> None:
-    server.supplier.fail = InsufficientKeyMaterial("no path with enough key to bob-app")
+    server.supplier.fail = InsufficientKeyMaterial("no path from alpha to beta has 64 bytes of key on every hop")
     async with server.session("alice-app") as alice:
         status, body = await _call(alice, "POST", "/api/v1/keys/bob-app/enc_keys", json={"number": 4})
         _assert_error(status, body, 503)
-        assert "no path with enough key" in body["message"]
+        # What the caller can act on; which node lacks key is for the log.
+        assert body["message"] == "the network cannot carry 4 key(s) of 256 bits to bob-app now; retry later"
         # Limits are checked before availability: too many keys is a 400, and the supplier is not asked.
         status, body = await _call(alice, "POST", "/api/v1/keys/bob-app/enc_keys", json={"number": 129})
         _assert_error(status, body, 400)

@@ -8,8 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from qcinode.cluster.certs import make_certificates
-from qcinode.node.node import Node, NodeSettings, cert_plan
+from qcinode.node.node import Node, NodeSettings
+from qcinode.pki import cert_plan, make_certificates
 from qcinode.topology import load_topology
 from qcinode.transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc
 
@@ -96,7 +96,7 @@ async def test_a_node_that_is_not_the_transmitter_is_refused(certs) -> None:
 
 @pytest.mark.asyncio
 async def test_client_without_a_cluster_certificate_cannot_connect(certs, tmp_path: Path) -> None:
-    from qcinode.cluster.certs import CertPlan
+    from qcinode.pki import CertPlan
 
     certs_dir, topology = certs
     other = make_certificates(CertPlan("other", ("alpha",), (), ()), tmp_path / "other")

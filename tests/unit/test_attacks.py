@@ -2,7 +2,7 @@
 
 Photon-number splitting (Huttner et al., PRA 51, 1863 (1995); Brassard,
 Lütkenhaus, Mor, Sanders, PRL 85, 1330 (2000)) on the GYS link of MQZL
-(PRA 72, 012326, Table I): targets from PHYSICS.md §4 (s = 0.44 and
+(PRA 72, 012326, Table I): targets from docs/physics.md §4 (s = 0.44 and
 Q_nu / Q_nu,honest = 0.13 at 50 km, s = 0.039 and 0.20 at 100 km,
 infeasible at 10 and 25 km). Statistical checks: seeded, within 5 sigma.
 
@@ -241,7 +241,7 @@ def test_without_decoys_gllp_makes_no_key_at_50_km_with_or_without_eve() -> None
         (event,) = _blocks(gys_no_decoy(50.0, pns=pns), seed=seed, blocks=1).alice_events
         assert isinstance(event, BlockAborted) and "s_Z1<=0" in event.reason
         assert event.stats.cascade_rounds == 0  # aborted at estimation
-    # 50 km is beyond GLLP's ~40 km at every mu, not only at 0.48 (PHYSICS.md section 1).
+    # 50 km is beyond GLLP's ~40 km at every mu, not only at 0.48 (docs/physics.md section 1).
     for k in range(40):
         mu = 10 ** (-3.5 + 0.08 * k)  # 3e-4 .. 0.44
         assert expected_no_decoy_key_length(gys_no_decoy(50.0, mu=mu), 10_000_000).length_bits == 0

@@ -6,7 +6,7 @@ import random
 
 from qcinode.cluster.audit import audit_ledgers, audit_link
 from qcinode.core.roles import Role
-from qcinode.keys.pool import LinkKeyPool
+from qcinode.core.pool import LinkKeyPool
 
 
 def _entries(pool: LinkKeyPool) -> list[list[object]]:

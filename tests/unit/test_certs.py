@@ -19,7 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from qcinode.cluster.certs import (
+from qcinode.pki import (
     ADMIN_COMMON_NAME,
     CertBundle,
     CertPlan,

@@ -1,4 +1,4 @@
-"""Decoy-state rates against PHYSICS.md's GYS figures, and the finite-size key length."""
+"""Decoy-state rates against docs/physics.md's GYS figures, and the finite-size key length."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_plob_bound() -> None:
     assert plob_bound(1.0) == math.inf
     assert plob_bound(1e-6) == pytest.approx(1.44e-6, rel=1e-2)  # ~1.44 eta at high loss
     assert at(100.0).eta == pytest.approx(3.57e-4, rel=1e-2)
-    assert plob_bound(at(100.0).eta) == pytest.approx(5.16e-4, rel=1e-2)  # PHYSICS.md section 3
+    assert plob_bound(at(100.0).eta) == pytest.approx(5.16e-4, rel=1e-2)  # docs/physics.md section 3
 
 
 # --------------------------------------------------------------------------- asymptotic GYS figures
@@ -83,7 +83,7 @@ def test_infinite_decoy_rate_gys(length_km: float, expected: float, rel: float) 
     mu, rate = optimise_mu(infinite_decoy_rate, at(length_km))
     assert rate == pytest.approx(expected, rel=rel)
     assert 0.45 < mu < 0.5
-    # With mu fixed at the Eq. (12) value the rate moves by < 0.1 % (PHYSICS.md).
+    # With mu fixed at the Eq. (12) value the rate moves by < 0.1 % (docs/physics.md section 1).
     assert infinite_decoy_rate(at(length_km)) == pytest.approx(rate, rel=1e-3)
 
 
@@ -124,7 +124,7 @@ def test_max_distances_gys() -> None:
     # mu fixed at the Eq. (12) optimum, as in MQZL Fig. 2 (142.05 / 140.55 km published).
     assert 142.0 <= max_distance(infinite_decoy_rate, GYS) <= 142.2
     assert 140.5 <= max_distance(vacuum_weak_decoy_rate, GYS) <= 141.0
-    # Re-optimising mu at every length gains a little (PHYSICS.md: 142.21 / 141.01 km).
+    # Re-optimising mu at every length gains a little (docs/physics.md section 1: 142.21 / 141.01 km).
     optimised = max_distance(infinite_decoy_rate, GYS, optimise=True)
     assert 142.0 <= optimised <= 142.3
     assert max_distance(vacuum_weak_decoy_rate, GYS, optimise=True) <= optimised
@@ -327,7 +327,7 @@ def test_empty_bases_leave_no_key(
 
 
 def test_pns_like_statistics_leave_no_key() -> None:
-    # PHYSICS.md section 4: at 50 km an idealised PNS attack keeps Bob's signal gain
+    # docs/physics.md section 4: at 50 km an idealised PNS attack keeps Bob's signal gain
     # and QBER honest but cuts the decoy gain to 0.13 of its honest value.
     phys = LinkPhysics(
         intensities=(0.48, 0.05, 0.0),
@@ -474,13 +474,41 @@ def no_decoy_length(params: AsymptoticParams, pulses: int, bound: str = "gllp") 
     return no_decoy_key_length(stats, leak, TAG_BITS, EPSILON, bound).length_bits
 
 
-def test_chernoff_bound_holds_against_the_exact_binomial_tail() -> None:
-    from scipy.stats import binom
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P[X > k] for X ~ Binomial(n, p), summed exactly in log space (k at or above the mean).
 
+    The first term's log needs log(n!/(n-k-1)!). For large n it is the
+    Stirling difference with log1p (error ~1/m^3), which keeps full precision
+    at n = 10^12 where lgamma(n + 1), about 2.6e13, would lose the last few
+    digits; for small n lgamma is exact enough. The later terms follow from
+    the ratio P[k+1]/P[k] = (n-k)/(k+1) * p/(1-p).
+    """
+    j = k + 1
+    m = n - j
+    if m < 10**6:
+        log_falling = math.lgamma(n + 1) - math.lgamma(m + 1)
+    else:
+        log_falling = (m + 0.5) * -math.log1p(-j / n) + j * math.log(n) - j + 1 / (12 * n) - 1 / (12 * m)
+    log_term = log_falling - math.lgamma(j + 1) + j * math.log(p) + m * math.log1p(-p)
+    total, term = 0.0, 1.0  # relative to the first term
+    while term > 1e-18 * total and j <= n:
+        total += term
+        term *= (n - j) / (j + 1) * p / (1 - p)
+        j += 1
+    return math.exp(log_term) * total
+
+
+def test_the_exact_binomial_tail_matches_integer_arithmetic() -> None:
+    for n, p, k in ((40, 0.3, 12), (1_000, 0.01, 25), (200, 0.5, 100), (10, 0.5, 9)):
+        exact = sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1, n + 1))
+        assert binomial_tail(k, n, p) == pytest.approx(exact, rel=1e-9)
+
+
+def test_chernoff_bound_holds_against_the_exact_binomial_tail() -> None:
     for n, p in ((10**6, 1e-3), (10**9, 4.7e-3 / 4), (10**4, 0.3), (10**12, 1e-7)):
         for epsilon in (1e-3, 1e-11):
             bound = multi_photon_upper_bound(n, p, epsilon)
-            assert binom.sf(math.floor(bound), n, p) <= epsilon  # P[X > bound] <= epsilon
+            assert binomial_tail(math.floor(bound), n, p) <= epsilon  # P[X > bound] <= epsilon
             # ... and not loose: about sqrt(2 m ln(1/eps)) above the mean m.
             mean = n * p
             assert bound - mean <= 1.1 * math.sqrt(2 * mean * math.log(1 / epsilon)) + math.log(1 / epsilon)
@@ -540,7 +568,7 @@ def test_no_decoy_gllp_matches_a_direct_transcription() -> None:
 
 @pytest.mark.parametrize("length_km", [0.0, 25.0])
 def test_no_decoy_finite_length_converges_to_the_gllp_rate(length_km: float) -> None:
-    # At the asymptotically optimal mu (0.026 at 0 km, 0.0078 at 25 km; PHYSICS.md section 1),
+    # At the asymptotically optimal mu (0.026 at 0 km, 0.0078 at 25 km; docs/physics.md section 1),
     # with q = p_Z^2 because only Z-Z detections make key.
     mu, _ = optimise_mu(no_decoy_rate, at(length_km))
     params = at(length_km, mu=mu)
@@ -582,7 +610,7 @@ def _longest_distance_with_key(pulses: int) -> float:
 
 
 def test_no_decoy_gys_distance_stays_below_the_40_km_of_gllp() -> None:
-    # PHYSICS.md section 1: 40.2 km asymptotically at the optimal mu (~0.0036 at 40 km).
+    # docs/physics.md section 1: 40.2 km asymptotically at the optimal mu (~0.0036 at 40 km).
     asymptotic = max_distance(no_decoy_rate, GYS, optimise=True)
     assert 40.0 < asymptotic < 40.4
     distances = [_longest_distance_with_key(n) for n in (10**10, 10**12, 10**14)]

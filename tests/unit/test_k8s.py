@@ -362,7 +362,7 @@ def manifest_problems(docs: list[dict[str, Any]], topology: Topology, namespace:
             ):
                 problems.append(f"volumeMount {mount['name']}: no such volume or claim template")
 
-    # The certificate volume: what each node reads (node.node_bundle), and no CA key, admin or SAE key.
+    # The certificate volume: what each node reads (pki.node_bundle), and no CA key, admin or SAE key.
     certs = set(mounted.get("certs", []))
     wanted = {"ca.pem"} | {f"nodes/{n}.{ext}" for n in node_names for ext in ("pem", "key")}
     wanted |= {f"links/{link.alice}-{link.bob}.key" for link in topology.links}
@@ -554,7 +554,7 @@ def test_certificate_names_are_what_peers_and_saes_dial(overlay: tuple[Path, Top
 
 def test_each_pod_finds_its_node_files_in_the_mounted_volume(overlay: tuple[Path, Topology], tmp_path: Path) -> None:
     """Materialise the projected volume as the kubelet would; every node's file check passes."""
-    from qcinode.node.node import node_bundle
+    from qcinode.pki import node_bundle
 
     directory, topology = overlay
     docs = _compose(directory)
@@ -667,7 +667,7 @@ def test_deploy_command_renders_and_refuses_foreign_directories(tmp_path: Path, 
     assert "kubectl apply -k" in capsys.readouterr().out
     kustomization = yaml.safe_load((out / "kustomization.yaml").read_text())
     assert kustomization["namespace"] == "qkd" and kustomization["replicas"] == [{"name": "qcinode", "count": 5}]
-    assert kustomization["images"] == [{"name": "qcinode", "newName": "qcinode", "newTag": qcinode.__version__}]
+    assert kustomization["images"] == [{"name": "qcinode", "newName": "localhost/qcinode", "newTag": qcinode.__version__}]
     ca = (out / "certs" / "ca.pem").read_bytes()
     # Re-running updates in place and keeps the CA (running pods keep trusting each other).
     assert cli.main(["deploy", "k8s", "--topology", str(topology), "--out", str(out), "--namespace", "qkd2"]) == 0
@@ -692,6 +692,12 @@ def test_topologies_that_cannot_be_deployed_are_refused(change: Callable[[str], 
     topology = _write(tmp_path / "t.yaml", change(CHAIN5))
     with pytest.raises(ConfigError, match=message):
         k8s.render_overlay(topology, tmp_path / "out")
+
+
+def test_the_default_image_is_the_one_build_image_sh_builds() -> None:
+    script = Path(__file__).resolve().parents[2] / "deploy" / "build-image.sh"
+    done = subprocess.run(["bash", str(script), "--print-tag"], capture_output=True, text=True, timeout=30, check=True)
+    assert done.stdout.strip() == k8s.DEFAULT_IMAGE == f"localhost/qcinode:{qcinode.__version__}"
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from qcinode.errors import (
+    DuplicateKey,
     InsufficientKeyMaterial,
     KeyNotFound,
     KeyStoreError,
@@ -72,9 +73,21 @@ def test_put_then_take_returns_the_keys_in_request_order_once(store: SaeKeyStore
 def test_duplicate_key_id_is_refused_and_the_first_key_kept(store: SaeKeyStore) -> None:
     key_id = _kid()
     store.put(key_id, "m", ["s"], _key(1))
-    with pytest.raises(KeyStoreError, match="already stored"):
-        store.put(key_id, "m", ["s"], _key(2))
+    for master, slaves, key in (("m", ["s"], _key(2)), ("m2", ["s"], _key(1)), ("m", ["s", "t"], _key(1))):
+        with pytest.raises(DuplicateKey, match="already stored") as info:
+            store.put(key_id, master, slaves, key)
+        assert info.value.identical is False, (master, slaves)
     assert store.take("s", "m", [key_id]) == [(key_id, _key(1))]
+
+
+def test_the_same_key_stored_twice_is_a_typed_identical_duplicate(store: SaeKeyStore) -> None:
+    # A retried relay delivers the same key again: the caller learns it by type, not by message text.
+    key_id = _kid()
+    store.put(key_id, "m", ["s"], _key(1))
+    with pytest.raises(DuplicateKey) as info:
+        store.put(key_id, "m", ["s"], _key(1))
+    assert info.value.identical is True
+    assert store.total() == 1 and store.take("s", "m", [key_id]) == [(key_id, _key(1))]
 
 
 def test_multi_slave_key_is_redeemed_once_by_each_slave(store: SaeKeyStore) -> None:

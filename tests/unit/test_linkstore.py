@@ -28,7 +28,7 @@ from qcinode.core.roles import Role
 from qcinode.errors import KeyStoreError, LocalProtocolError
 from qcinode.keys._sqlite import probe_data_dir, sqlite_error
 from qcinode.keys.linkstore import DATABASE_FILE, KEY_FILE, LinkStore, StorageFailure, StorageKey
-from qcinode.keys.pool import KeyRange, LinkKeyPool
+from qcinode.core.pool import KeyRange, LinkKeyPool
 
 LINK = "alpha-beta"
 

@@ -117,7 +117,7 @@ def test_closed_forms_match_mqzl_first_order() -> None:
     assert abs(exact - (1.7e-6 + 1.0 - math.exp(-x))) <= 1.7e-6 * x
     assert expected_gain(phys, CLASS_VACUUM) == pytest.approx(1.7e-6)
     assert expected_error_rate(phys, CLASS_VACUUM) == pytest.approx(0.5)
-    assert expected_error_rate(phys, CLASS_SIGNAL) == pytest.approx(0.0330, abs=1e-4)  # PHYSICS.md
+    assert expected_error_rate(phys, CLASS_SIGNAL) == pytest.approx(0.0330, abs=1e-4)  # docs/physics.md section 1
     assert exact_error_rate(phys, CLASS_SIGNAL) == pytest.approx(
         expected_error_rate(phys, CLASS_SIGNAL), rel=1e-3
     )

@@ -26,7 +26,7 @@ from qcinode.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from qcinode.keys.pool import KeyRange, LedgerEntry, LinkKeyPool, Reservation
+from qcinode.core.pool import KeyRange, LedgerEntry, LinkKeyPool, Reservation
 
 ALICE, BOB = Role.ALICE, Role.BOB
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcinode.core.relay import (
+from qcinode.core.relay.hop import (
     MAC_KEY_BYTES,
     MAX_KEY_BYTES,
     RelayHeader,

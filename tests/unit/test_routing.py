@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from qcinode.core.routing import LinkAdvert, LinkStateAdvert, LinkStateDatabase
+from qcinode.core.routing import AdvertRejected, LinkAdvert, LinkStateAdvert, LinkStateDatabase, RejectReason
 from qcinode.errors import LocalProtocolError, RemoteProtocolError
 
 T0 = 1_700_000_000.0  # a wall-clock time, seconds
+S0 = int(T0 * 1000)  # the sequence an origin makes at T0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +131,15 @@ def test_flooding_converges_on_a_mesh_with_rounds_in_the_same_millisecond() -> N
 
 def test_a_copy_already_held_or_older_is_not_flooded() -> None:
     db = LinkStateDatabase("b")
-    new = LinkStateAdvert("a", 10, (LinkAdvert("l", "b", True, 5),))
-    old = LinkStateAdvert("a", 9, (LinkAdvert("l", "b", False, 0),))
+    new = LinkStateAdvert("a", S0 + 10, (LinkAdvert("l", "b", True, 5),))
+    old = LinkStateAdvert("a", S0 + 9, (LinkAdvert("l", "b", False, 0),))
     assert db.receive(new, T0) is True
     assert db.receive(new, T0) is False
-    assert db.receive(old, T0) is False
+    with pytest.raises(AdvertRejected) as refused:
+        db.receive(old, T0)
+    assert refused.value.reason is RejectReason.STALE
     assert db.adverts["a"] == new
+    assert db.rejections == {RejectReason.STALE: 1}
 
 
 def test_own_adverts_are_ignored_but_never_beaten() -> None:
@@ -190,12 +194,13 @@ def test_restarted_origin_beats_its_old_adverts() -> None:
 
 def test_a_stale_copy_does_not_resurrect_an_expired_origin() -> None:
     db = LinkStateDatabase("b", max_age_s=6.0)
-    advert = LinkStateAdvert("a", 5, ())
+    advert = LinkStateAdvert("a", S0 + 5, ())
     assert db.receive(advert, T0)
     assert db.expire(T0 + 7) == ["a"]
-    assert db.receive(advert, T0 + 8) is False  # still circulating somewhere
+    with pytest.raises(AdvertRejected, match="stale"):
+        db.receive(advert, T0 + 8)  # still circulating somewhere
     assert "a" not in db.nodes()
-    assert db.receive(LinkStateAdvert("a", 6, ()), T0 + 9) is True
+    assert db.receive(LinkStateAdvert("a", S0 + 6, ()), T0 + 9) is True
 
 
 # -- usable edges ----------------------------------------------------------------
@@ -204,7 +209,7 @@ def test_a_stale_copy_does_not_resurrect_an_expired_origin() -> None:
 def _pair_db(a_link: LinkAdvert | None, b_link: LinkAdvert | None) -> LinkStateDatabase:
     db = LinkStateDatabase("a")
     db.originate([a_link] if a_link else [], T0)
-    db.receive(LinkStateAdvert("b", 1, (b_link,) if b_link else ()), T0)
+    db.receive(LinkStateAdvert("b", S0 + 1, (b_link,) if b_link else ()), T0)
     return db
 
 
@@ -243,7 +248,7 @@ def test_direction_matters() -> None:
 def test_parallel_links_keep_the_best() -> None:
     db = _pair_db(LinkAdvert("l", "b", True, 100), LinkAdvert("l", "a", True, 1))
     db.originate([LinkAdvert("l", "b", True, 100), LinkAdvert("m", "b", True, 300)], T0)
-    db.receive(LinkStateAdvert("b", 2, (LinkAdvert("l", "a", True, 1), LinkAdvert("m", "a", True, 2))), T0)
+    db.receive(LinkStateAdvert("b", S0 + 2, (LinkAdvert("l", "a", True, 1), LinkAdvert("m", "a", True, 2))), T0)
     assert db.usable_edges(0) == {"a": {"b": 300}, "b": {"a": 2}}
 
 
@@ -394,21 +399,21 @@ def test_disjoint_paths_are_optimal(seed: int) -> None:
 _GOOD = LinkAdvert("l", "b", True, 10)
 
 _MALFORMED: list[tuple[str, Callable[[], object]]] = [
-    ("empty origin", lambda: LinkStateAdvert("", 1, ())),
-    ("origin not str", lambda: LinkStateAdvert(7, 1, ())),  # type: ignore[arg-type]
+    ("empty origin", lambda: LinkStateAdvert("", S0 + 1, ())),
+    ("origin not str", lambda: LinkStateAdvert(7, S0 + 1, ())),  # type: ignore[arg-type]
     ("negative sequence", lambda: LinkStateAdvert("a", -1, ())),
     ("bool sequence", lambda: LinkStateAdvert("a", True, ())),
     ("huge sequence", lambda: LinkStateAdvert("a", 2**63, ())),
     ("float sequence", lambda: LinkStateAdvert("a", 1.5, ())),  # type: ignore[arg-type]
-    ("links not a sequence", lambda: LinkStateAdvert("a", 1, None)),  # type: ignore[arg-type]
-    ("not a LinkAdvert", lambda: LinkStateAdvert("a", 1, (("l", "b", True, 1),))),  # type: ignore[arg-type]
-    ("negative bytes", lambda: LinkStateAdvert("a", 1, (LinkAdvert("l", "b", True, -1),))),
-    ("bool bytes", lambda: LinkStateAdvert("a", 1, (LinkAdvert("l", "b", True, True),))),
-    ("up not bool", lambda: LinkStateAdvert("a", 1, (LinkAdvert("l", "b", 1, 5),))),  # type: ignore[arg-type]
-    ("empty link id", lambda: LinkStateAdvert("a", 1, (LinkAdvert("", "b", True, 5),))),
-    ("empty peer", lambda: LinkStateAdvert("a", 1, (LinkAdvert("l", "", True, 5),))),
-    ("link to itself", lambda: LinkStateAdvert("a", 1, (LinkAdvert("l", "a", True, 5),))),
-    ("duplicate link id", lambda: LinkStateAdvert("a", 1, (_GOOD, LinkAdvert("l", "c", True, 5)))),
+    ("links not a sequence", lambda: LinkStateAdvert("a", S0 + 1, None)),  # type: ignore[arg-type]
+    ("not a LinkAdvert", lambda: LinkStateAdvert("a", S0 + 1, (("l", "b", True, 1),))),  # type: ignore[arg-type]
+    ("negative bytes", lambda: LinkStateAdvert("a", S0 + 1, (LinkAdvert("l", "b", True, -1),))),
+    ("bool bytes", lambda: LinkStateAdvert("a", S0 + 1, (LinkAdvert("l", "b", True, True),))),
+    ("up not bool", lambda: LinkStateAdvert("a", S0 + 1, (LinkAdvert("l", "b", 1, 5),))),  # type: ignore[arg-type]
+    ("empty link id", lambda: LinkStateAdvert("a", S0 + 1, (LinkAdvert("", "b", True, 5),))),
+    ("empty peer", lambda: LinkStateAdvert("a", S0 + 1, (LinkAdvert("l", "", True, 5),))),
+    ("link to itself", lambda: LinkStateAdvert("a", S0 + 1, (LinkAdvert("l", "a", True, 5),))),
+    ("duplicate link id", lambda: LinkStateAdvert("a", S0 + 1, (_GOOD, LinkAdvert("l", "c", True, 5)))),
     ("not an advert", lambda: {"origin": "a"}),
 ]
 
@@ -416,11 +421,13 @@ _MALFORMED: list[tuple[str, Callable[[], object]]] = [
 @pytest.mark.parametrize("make", [m for _, m in _MALFORMED], ids=[i for i, _ in _MALFORMED])
 def test_malformed_adverts_are_rejected(make: Callable[[], object]) -> None:
     db = LinkStateDatabase("b")
-    db.receive(LinkStateAdvert("a", 0, (_GOOD,)), T0)
+    db.receive(LinkStateAdvert("a", S0, (_GOOD,)), T0)
     before = db.snapshot()
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(RemoteProtocolError) as refused:
         db.receive(make(), T0)  # type: ignore[arg-type]
-    assert db.snapshot() == before
+    assert isinstance(refused.value, AdvertRejected) and refused.value.reason is RejectReason.MALFORMED
+    assert db.snapshot()["origins"] == before["origins"]
+    assert db.snapshot()["rejected"] == {"malformed": 1}
 
 
 def test_malformed_own_links_are_local_errors() -> None:

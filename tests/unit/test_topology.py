@@ -30,7 +30,7 @@ from qcinode.topology import (
     topology_to_mapping,
 )
 
-# The example of DESIGN.md §2 "Topology file (YAML)", verbatim.
+# A topology in the style of the contract (docs/design.md §2): an 80 % signal source, every section.
 DESIGN_EXAMPLE = """\
 name: demo
 defaults:                       # any link setting, applied to every link

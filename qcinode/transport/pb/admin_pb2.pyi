@@ -25,7 +25,7 @@ class BlockDigest(_message.Message):
     def __init__(self, block_id: _Optional[str] = ..., sha256: _Optional[bytes] = ..., bits: _Optional[int] = ...) -> None: ...
 
 class LinkStatus(_message.Message):
-    __slots__ = ("link_id", "peer", "role", "state", "pulses_sent", "detections", "sifted_bits", "qber", "ec_leak_bits", "ec_efficiency", "secret_bits", "blocks_done", "blocks_aborted", "pool_bits", "emulated_s", "secret_key_rate_bps", "auth_keys_available", "aborts_by_reason", "blocks", "cascade_rounds_per_block", "ec_key_bits", "eavesdropper", "ledger_json", "fault", "fault_affected", "channel")
+    __slots__ = ("link_id", "peer", "role", "state", "pulses_sent", "detections", "sifted_bits", "qber", "ec_leak_bits", "ec_efficiency", "secret_bits", "blocks_done", "blocks_aborted", "pool_bits", "emulated_s", "secret_key_rate_bps", "auth_keys_available", "aborts_by_reason", "blocks", "cascade_rounds_per_block", "ec_key_bits", "eavesdropper", "ledger_json", "fault", "fault_affected", "current_key_rate_bps", "emulation_rate", "emulation_window_s", "recent_aborts", "aborted_last_minute", "channel")
     class AbortsByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,11 @@ class LinkStatus(_message.Message):
     LEDGER_JSON_FIELD_NUMBER: _ClassVar[int]
     FAULT_FIELD_NUMBER: _ClassVar[int]
     FAULT_AFFECTED_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_KEY_RATE_BPS_FIELD_NUMBER: _ClassVar[int]
+    EMULATION_RATE_FIELD_NUMBER: _ClassVar[int]
+    EMULATION_WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    RECENT_ABORTS_FIELD_NUMBER: _ClassVar[int]
+    ABORTED_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     link_id: str
     peer: str
@@ -84,8 +89,13 @@ class LinkStatus(_message.Message):
     ledger_json: str
     fault: str
     fault_affected: int
+    current_key_rate_bps: float
+    emulation_rate: float
+    emulation_window_s: float
+    recent_aborts: _containers.RepeatedScalarFieldContainer[str]
+    aborted_last_minute: int
     channel: ChannelStatus
-    def __init__(self, link_id: _Optional[str] = ..., peer: _Optional[str] = ..., role: _Optional[str] = ..., state: _Optional[str] = ..., pulses_sent: _Optional[int] = ..., detections: _Optional[int] = ..., sifted_bits: _Optional[int] = ..., qber: _Optional[float] = ..., ec_leak_bits: _Optional[int] = ..., ec_efficiency: _Optional[float] = ..., secret_bits: _Optional[int] = ..., blocks_done: _Optional[int] = ..., blocks_aborted: _Optional[int] = ..., pool_bits: _Optional[int] = ..., emulated_s: _Optional[float] = ..., secret_key_rate_bps: _Optional[float] = ..., auth_keys_available: _Optional[int] = ..., aborts_by_reason: _Optional[_Mapping[str, int]] = ..., blocks: _Optional[_Iterable[_Union[BlockDigest, _Mapping]]] = ..., cascade_rounds_per_block: _Optional[float] = ..., ec_key_bits: _Optional[int] = ..., eavesdropper: _Optional[str] = ..., ledger_json: _Optional[str] = ..., fault: _Optional[str] = ..., fault_affected: _Optional[int] = ..., channel: _Optional[_Union[ChannelStatus, _Mapping]] = ...) -> None: ...
+    def __init__(self, link_id: _Optional[str] = ..., peer: _Optional[str] = ..., role: _Optional[str] = ..., state: _Optional[str] = ..., pulses_sent: _Optional[int] = ..., detections: _Optional[int] = ..., sifted_bits: _Optional[int] = ..., qber: _Optional[float] = ..., ec_leak_bits: _Optional[int] = ..., ec_efficiency: _Optional[float] = ..., secret_bits: _Optional[int] = ..., blocks_done: _Optional[int] = ..., blocks_aborted: _Optional[int] = ..., pool_bits: _Optional[int] = ..., emulated_s: _Optional[float] = ..., secret_key_rate_bps: _Optional[float] = ..., auth_keys_available: _Optional[int] = ..., aborts_by_reason: _Optional[_Mapping[str, int]] = ..., blocks: _Optional[_Iterable[_Union[BlockDigest, _Mapping]]] = ..., cascade_rounds_per_block: _Optional[float] = ..., ec_key_bits: _Optional[int] = ..., eavesdropper: _Optional[str] = ..., ledger_json: _Optional[str] = ..., fault: _Optional[str] = ..., fault_affected: _Optional[int] = ..., current_key_rate_bps: _Optional[float] = ..., emulation_rate: _Optional[float] = ..., emulation_window_s: _Optional[float] = ..., recent_aborts: _Optional[_Iterable[str]] = ..., aborted_last_minute: _Optional[int] = ..., channel: _Optional[_Union[ChannelStatus, _Mapping]] = ...) -> None: ...
 
 class ChannelStatus(_message.Message):
     __slots__ = ("emulated_utc", "lag_s", "in_pass", "note", "loss_db", "elevation_deg", "azimuth_deg", "range_km", "sky", "sun_elevation_deg", "next_pass_utc", "next_pass_in_s", "pass_ends_utc")

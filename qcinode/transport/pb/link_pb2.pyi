@@ -27,20 +27,32 @@ class FrameAck(_message.Message):
     def __init__(self, frame_id: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("link_id", "role", "next_block_seq", "auth_cursor", "held_block_seqs", "next_frame_id")
+    __slots__ = ("link_id", "role", "next_block_seq", "auth_cursor", "held_block_seqs", "next_frame_id", "kind", "promoted_before", "staged_block_seqs", "has_pending", "pending_block_seq", "auth_tag")
     LINK_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     NEXT_BLOCK_SEQ_FIELD_NUMBER: _ClassVar[int]
     AUTH_CURSOR_FIELD_NUMBER: _ClassVar[int]
     HELD_BLOCK_SEQS_FIELD_NUMBER: _ClassVar[int]
     NEXT_FRAME_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    STAGED_BLOCK_SEQS_FIELD_NUMBER: _ClassVar[int]
+    HAS_PENDING_FIELD_NUMBER: _ClassVar[int]
+    PENDING_BLOCK_SEQ_FIELD_NUMBER: _ClassVar[int]
+    AUTH_TAG_FIELD_NUMBER: _ClassVar[int]
     link_id: str
     role: str
     next_block_seq: int
     auth_cursor: int
     held_block_seqs: _containers.RepeatedScalarFieldContainer[int]
     next_frame_id: int
-    def __init__(self, link_id: _Optional[str] = ..., role: _Optional[str] = ..., next_block_seq: _Optional[int] = ..., auth_cursor: _Optional[int] = ..., held_block_seqs: _Optional[_Iterable[int]] = ..., next_frame_id: _Optional[int] = ...) -> None: ...
+    kind: str
+    promoted_before: int
+    staged_block_seqs: _containers.RepeatedScalarFieldContainer[int]
+    has_pending: bool
+    pending_block_seq: int
+    auth_tag: bytes
+    def __init__(self, link_id: _Optional[str] = ..., role: _Optional[str] = ..., next_block_seq: _Optional[int] = ..., auth_cursor: _Optional[int] = ..., held_block_seqs: _Optional[_Iterable[int]] = ..., next_frame_id: _Optional[int] = ..., kind: _Optional[str] = ..., promoted_before: _Optional[int] = ..., staged_block_seqs: _Optional[_Iterable[int]] = ..., has_pending: _Optional[bool] = ..., pending_block_seq: _Optional[int] = ..., auth_tag: _Optional[bytes] = ...) -> None: ...
 
 class DetectionReport(_message.Message):
     __slots__ = ("frame_id", "n_slots", "slot_gaps", "bases", "count", "gap_bytes")

@@ -19,14 +19,18 @@ class LinkAdvert(_message.Message):
     def __init__(self, link_id: _Optional[str] = ..., peer: _Optional[str] = ..., up: _Optional[bool] = ..., available_out_bytes: _Optional[int] = ...) -> None: ...
 
 class LinkStateAdvert(_message.Message):
-    __slots__ = ("origin", "sequence", "links")
+    __slots__ = ("origin", "sequence", "links", "signature", "origin_certificate")
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     origin: str
     sequence: int
     links: _containers.RepeatedCompositeFieldContainer[LinkAdvert]
-    def __init__(self, origin: _Optional[str] = ..., sequence: _Optional[int] = ..., links: _Optional[_Iterable[_Union[LinkAdvert, _Mapping]]] = ...) -> None: ...
+    signature: bytes
+    origin_certificate: bytes
+    def __init__(self, origin: _Optional[str] = ..., sequence: _Optional[int] = ..., links: _Optional[_Iterable[_Union[LinkAdvert, _Mapping]]] = ..., signature: _Optional[bytes] = ..., origin_certificate: _Optional[bytes] = ...) -> None: ...
 
 class AdvertAck(_message.Message):
     __slots__ = ()

@@ -2,7 +2,7 @@
 
 Theory of operation:
     * **Blocks.** Each post-processed block of secret key enters the pools at
-      both ends of its link with the same ID and bytes (DESIGN.md §1 step 8).
+      both ends of its link with the same ID and bytes (docs/design.md §1 step 8).
       Blocks are kept oldest first.
     * **Halves.** Both ends draw from the same blocks, possibly at the same
       time, with no lock between them. To make collisions impossible, each
@@ -11,13 +11,13 @@ Theory of operation:
       Alice, bytes ``[boundary, size)`` only by Bob. An end reserves only from
       its own half; the peer's half is consumed only when the peer names the
       ranges it used (:meth:`LinkKeyPool.consume_ranges`). This is the
-      "initiator split" of DESIGN.md §1 (Key pool ledger).
+      "initiator split" of docs/design.md §1 (Key pool ledger).
     * **Every consuming message names its ranges** (block, offset, length), so
       the receiving end takes exactly the same bytes and both ledgers stay
       equal. :meth:`LinkKeyPool.consume_ranges` is all-or-nothing: a range in
       the wrong half, out of bounds, already used, overlapping another range
       of the same call, or in an unknown block raises and consumes nothing.
-    * **Reserve → commit / release** (STYLE.md §5). :meth:`LinkKeyPool.reserve`
+    * **Reserve → commit / release** (docs/design.md §4). :meth:`LinkKeyPool.reserve`
       sets bytes aside (our half, oldest block first, lowest offset first,
       possibly spanning blocks); :meth:`LinkKeyPool.commit` marks them used
       and returns them; :meth:`LinkKeyPool.release` returns them to the pool.

@@ -1,4 +1,10 @@
-"""Certificates and bootstrap keys for one emulated cluster.
+"""Identity for the whole cluster: certificates, common names, bootstrap keys.
+
+Every layer that needs to know who someone is imports this module, and it
+imports nothing of theirs (only :mod:`qcinode.topology` and
+:mod:`qcinode.errors`): the node authenticates peers and adverts with it, the
+KME maps client certificates to SAE IDs with it, and the cluster launcher,
+``qcinode certs`` and the Kubernetes renderer issue files with it.
 
 Theory of operation
 -------------------
@@ -29,16 +35,28 @@ Rules:
    explicit mode: 0600 for private and bootstrap keys, 0644 for certificates,
    whatever the umask. A crash never leaves a half-written key behind.
 5. Leaf validity never extends past the CA's.
+6. A node certificate is the only one that may speak for a node in routing:
+   :class:`NodeCertificateVerifier` accepts an advert's certificate only if
+   the cluster CA issued it, it is valid now, it is an end-entity
+   certificate with both serverAuth and clientAuth (SAE and admin
+   certificates carry clientAuth only), its SANs name its common name, and
+   its key is EC P-256; then the common name must be the advert's origin and
+   the ECDSA P-256 / SHA-256 signature must verify. A certificate that
+   passed is cached by its SHA-256 fingerprint (its validity dates are
+   re-checked on every use), so a steady flood costs one signature check per
+   advert, not a chain validation.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,15 +66,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from qcinode.core.routing import RejectReason
 from qcinode.errors import ConfigError
+from qcinode.topology import Topology
 
 __all__ = [
     "ADMIN_COMMON_NAME",
     "CertBundle",
     "CertPlan",
+    "NodeAdvertSigner",
+    "NodeCertificateVerifier",
+    "cert_plan",
     "common_name_of",
     "load_bundle",
     "make_certificates",
+    "node_bundle",
     "read_bytes",
     "server_credentials_material",
 ]
@@ -340,7 +364,7 @@ def make_certificates(
     try:
         for sub in (bundle.directory, bundle.directory / "nodes", bundle.directory / "saes",
                     bundle.directory / "links"):
-            sub.mkdir(parents=True, exist_ok=True)
+            sub.mkdir(mode=0o700, parents=True, exist_ok=True)  # private keys live here
 
         authority = _ensure_ca(bundle, plan, now=now, days=days, force=force)
 
@@ -378,6 +402,34 @@ def load_bundle(out_dir: Path, plan: CertPlan) -> CertBundle:
     """
     bundle = CertBundle(directory=Path(out_dir), plan=plan)
     missing = [str(path) for path in bundle.all_files() if not path.is_file()]
+    if missing:
+        raise ConfigError(f"missing certificate file(s): {', '.join(missing)}")
+    return bundle
+
+
+def cert_plan(topology: Topology) -> CertPlan:
+    """What ``qcinode certs`` issues for a topology: every node, every SAE, every link."""
+    return CertPlan(
+        cluster_name=topology.name,
+        nodes=tuple(n.name for n in topology.nodes),
+        saes=tuple(s for n in topology.nodes for s in n.saes),
+        links=tuple((link.alice, link.bob) for link in topology.links),
+    )
+
+
+def node_bundle(certs_dir: Path, topology: Topology, name: str) -> CertBundle:
+    """The certificate files of ``qcinode certs``, checking only those node ``name`` reads.
+
+    A node reads ca.pem, its own certificate and key, and its links' bootstrap
+    keys; a pod is not given the CA key, the admin or the SAE credentials.
+
+    Raises:
+        ConfigError: A file this node needs is missing; the message names each.
+    """
+    bundle = CertBundle(directory=Path(certs_dir), plan=cert_plan(topology))
+    needed = [bundle.ca_cert, bundle.node_cert(name), bundle.node_key(name)]
+    needed += [bundle.link_key(link.alice, link.bob) for link in topology.links_of(name)]
+    missing = [str(path) for path in needed if not path.is_file()]
     if missing:
         raise ConfigError(f"missing certificate file(s): {', '.join(missing)}")
     return bundle
@@ -650,3 +702,151 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+# --- signing and verifying adverts (rule 6) ------------------------------------
+
+_SIGNATURE = ec.ECDSA(hashes.SHA256())
+_NODE_USAGES = frozenset({ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH})
+
+
+class NodeAdvertSigner:
+    """Signs the local node's routing adverts with its node certificate's key.
+
+    Satisfies :class:`qcinode.core.routing.AdvertSigner`.
+    """
+
+    __slots__ = ("_key", "_certificate")
+
+    def __init__(self, key_pem: bytes, cert_pem: bytes) -> None:
+        """Load the node's key and certificate.
+
+        Raises:
+            ConfigError: Not a PEM EC P-256 key, not a certificate, or the
+                key does not match the certificate.
+        """
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+            cert = x509.load_pem_x509_certificate(cert_pem)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise ConfigError(f"cannot load the node key and certificate for signing adverts: {exc}") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+            raise ConfigError("the node key must be an EC P-256 key to sign adverts")
+        if key.public_key() != cert.public_key():
+            raise ConfigError("the node key does not match the node certificate")
+        self._key = key
+        self._certificate = cert.public_bytes(serialization.Encoding.DER)
+
+    @classmethod
+    def from_bundle(cls, bundle: CertBundle, node: str) -> NodeAdvertSigner:
+        """The signer of node ``node`` from its ``qcinode certs`` files.
+
+        Raises:
+            ConfigError: Unknown node, unreadable or unusable files.
+        """
+        return cls(read_bytes(bundle.node_key(node)), read_bytes(bundle.node_cert(node)))
+
+    @property
+    def certificate(self) -> bytes:
+        """The node certificate, DER-encoded, as carried in every advert."""
+        return self._certificate
+
+    def sign(self, payload: bytes) -> bytes:
+        """An ECDSA P-256 / SHA-256 signature (DER) of ``payload``."""
+        return self._key.sign(payload, _SIGNATURE)
+
+    def __repr__(self) -> str:
+        return "NodeAdvertSigner(<node key>)"  # never show key material
+
+
+@dataclass(frozen=True, slots=True)
+class _TrustedNode:
+    common_name: str
+    public_key: ec.EllipticCurvePublicKey
+    not_before: float
+    not_after: float
+
+
+class NodeCertificateVerifier:
+    """Checks that an advert was signed by a node certificate of this cluster naming its origin.
+
+    Satisfies :class:`qcinode.core.routing.AdvertVerifier` (rule 6 above).
+    """
+
+    __slots__ = ("_ca", "_clock", "_cache", "_cache_size")
+
+    def __init__(self, ca_pem: bytes, *, clock: Callable[[], float] = time.time, cache_size: int = 1024) -> None:
+        """Trust certificates issued by the CA in ``ca_pem``.
+
+        Args:
+            ca_pem: The cluster CA certificate (PEM).
+            clock: Wall-clock seconds, for certificate validity.
+            cache_size: Most certificates remembered as verified (the oldest
+                is forgotten first).
+
+        Raises:
+            ConfigError: ``ca_pem`` is not a certificate.
+        """
+        try:
+            self._ca = x509.load_pem_x509_certificate(ca_pem)
+        except ValueError as exc:
+            raise ConfigError(f"the CA certificate does not parse: {exc}") from None
+        self._clock = clock
+        self._cache: dict[bytes, _TrustedNode] = {}
+        self._cache_size = max(1, int(cache_size))
+
+    @property
+    def cached(self) -> int:
+        """How many verified certificates are remembered."""
+        return len(self._cache)
+
+    def verify(self, origin: str, payload: bytes, signature: bytes, certificate: bytes) -> RejectReason | None:
+        """None if ``signature`` over ``payload`` was made by node ``origin``; otherwise why not."""
+        fingerprint = hashlib.sha256(certificate).digest()
+        trusted = self._cache.get(fingerprint)
+        if trusted is None:
+            checked = self._check(certificate)
+            if isinstance(checked, RejectReason):
+                return checked
+            trusted = checked
+            if len(self._cache) >= self._cache_size:
+                del self._cache[next(iter(self._cache))]
+            self._cache[fingerprint] = trusted
+        now = self._clock()
+        if not trusted.not_before <= now < trusted.not_after:
+            return RejectReason.UNTRUSTED_CERTIFICATE
+        if trusted.common_name != origin:
+            return RejectReason.WRONG_ORIGIN
+        try:
+            trusted.public_key.verify(signature, payload, _SIGNATURE)
+        except (InvalidSignature, ValueError):
+            return RejectReason.BAD_SIGNATURE
+        return None
+
+    def _check(self, der: bytes) -> _TrustedNode | RejectReason:
+        """Chain, validity, node profile; the certificate's identity if it passes."""
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            cert.verify_directly_issued_by(self._ca)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            return RejectReason.UNTRUSTED_CERTIFICATE
+        now = self._clock()
+        not_before = cert.not_valid_before_utc.timestamp()
+        not_after = cert.not_valid_after_utc.timestamp()
+        if not not_before <= now < not_after:
+            return RejectReason.UNTRUSTED_CERTIFICATE
+        public_key = cert.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP256R1):
+            return RejectReason.UNTRUSTED_CERTIFICATE
+        try:
+            common_name = common_name_of(der)
+            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+            usages = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except (ConfigError, x509.ExtensionNotFound, ValueError):
+            return RejectReason.NOT_A_NODE_CERTIFICATE
+        if constraints.ca or not _NODE_USAGES <= usages or common_name == ADMIN_COMMON_NAME:
+            return RejectReason.NOT_A_NODE_CERTIFICATE
+        if common_name not in sans.get_values_for_type(x509.DNSName):
+            return RejectReason.NOT_A_NODE_CERTIFICATE
+        return _TrustedNode(common_name, public_key, not_before, not_after)

@@ -1,12 +1,12 @@
-"""Trusted-node key relay: one-time-pad hops and XOR secret sharing (pure; no I/O).
+"""Trusted-node key relay, one hop: one-time-pad hops and XOR secret sharing (pure; no I/O).
 
 Theory of operation:
-    * **Hop by hop** (ITU-T Y.3803 trusted-node relay; DESIGN.md §1). To give
+    * **Hop by hop** (ITU-T Y.3803 trusted-node relay; docs/relay.md). To give
       nodes ``source`` and ``destination`` a shared key, ``source`` draws the
       key and sends it along ``path``. Hop ``i`` goes from ``path[i]`` to
       ``path[i + 1]`` and is protected with key from that link's pool: the
       sender spends :func:`pad_bytes_needed` bytes of its own initiator half
-      (:mod:`qcinode.keys.pool`), names the ranges to the receiver, and the
+      (:mod:`qcinode.core.pool`), names the ranges to the receiver, and the
       receiver takes the same bytes. Each intermediate node opens the hop it
       received and seals the next one with a different link's pad, so the
       key exists in clear only inside the memory of the trusted nodes on the
@@ -62,7 +62,7 @@ from dataclasses import dataclass, replace
 
 from qcinode.core.authentication import KEY_BYTES as _POLY1305_KEY_BYTES
 from qcinode.core.authentication import one_time_tag, verify_one_time_tag
-from qcinode.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from qcinode.errors import DuplicateShare, LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
     "MAC_KEY_BYTES",
@@ -459,8 +459,10 @@ class ShareCollector:
             forgotten here), else ``None``.
 
         Raises:
-            RemoteProtocolError: If the share index arrived before, the key was
-                already completed, the header disagrees with earlier shares of
+            DuplicateShare: If the share index arrived before or the key was
+                already completed (a :class:`RemoteProtocolError`). Nothing
+                changes.
+            RemoteProtocolError: If the header disagrees with earlier shares of
                 the same key (other relay, SAEs, endpoints, count or length),
                 the hop does not end at the destination, or the share has the
                 wrong length. Nothing changes.
@@ -482,7 +484,7 @@ class ShareCollector:
             raise RemoteProtocolError("share length differs from key_bytes")
         key_id = header.key_id
         if key_id in self._completed:
-            raise RemoteProtocolError(f"key {key_id!r} was already completed")
+            raise DuplicateShare(f"key {key_id!r} was already completed")
         identity = _KeyIdentity.of(header)
         pending = self._pending.get(key_id)
         if pending is not None:
@@ -491,7 +493,7 @@ class ShareCollector:
                     f"share {header.share_index} of key {key_id!r} disagrees with earlier shares"
                 )
             if header.share_index in pending.shares:
-                raise RemoteProtocolError(f"share {header.share_index} of key {key_id!r} arrived twice")
+                raise DuplicateShare(f"share {header.share_index} of key {key_id!r} arrived twice")
         else:
             pending = _Pending(identity, float(now))
         pending.shares[header.share_index] = bytes(share)

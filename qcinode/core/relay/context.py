@@ -1,0 +1,275 @@
+"""What every relay machine of one node shares, and sending one share over one hop (pure).
+
+Theory of operation:
+    * **The node's view** (:class:`RelayContext`): its name, its links
+      (:class:`Neighbours`: the pool of each link, looked up at each use
+      because the driver may replace a pool object), the routing database
+      (:class:`RouteView`), a source of random bytes, the settings, the
+      counters, and the table of actions waiting for a result. Every action
+      that expects a result gets a fresh ``ref`` from :meth:`RelayContext.wait`,
+      registered with the continuation that handles the result and the owner
+      (a request or an incoming hop) it belongs to, so an abandoned owner's
+      waits can be dropped together.
+    * **One outgoing hop** (:func:`send_share`), the same at the source and
+      at a transit node, in this order:
+
+      1. the link to the next node must exist and not be cut — else refused
+         before any pad is spent;
+      2. the pad is reserved from *our* half of the link pool and committed at
+         once: from here on it is used, whatever happens (the peer may use
+         it), never released;
+      3. the hop is sealed (one-time pad and tag, :mod:`~qcinode.core.relay.hop`);
+      4. :class:`~.messages.SaveLink`: the link's ledger goes to disk; a save
+         that fails ends the hop (``STORAGE_FAILED``) and nothing is sent —
+         the pad stays used in memory, wasted, never reused;
+      5. only then :class:`~.messages.SendHop`; its answer ends the hop.
+
+      Steps 1-3 run without the driver in between, so concurrent hops never
+      reserve the same byte.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from qcinode.core.pool import LinkKeyPool
+from qcinode.core.relay.hop import MAX_SHARES, RelayHeader, pad_bytes_needed, seal_hop
+from qcinode.core.relay.messages import (
+    HopAnswered,
+    KeyStored,
+    LinkSaved,
+    Refusal,
+    RefusalReason,
+    RelayAction,
+    SaveLink,
+    SealedHop,
+    SendHop,
+)
+from qcinode.errors import InsufficientKeyMaterial, LocalProtocolError
+
+__all__ = ["LinkEnd", "Neighbours", "RelayContext", "RelaySettings", "RelayStats", "RouteView", "send_share"]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEnd:
+    """Our end of the link to one neighbour, as it is now.
+
+    Attributes:
+        link_id: The link.
+        peer: The neighbour.
+        pool: Our end's key pool of the link (its role says which half is ours).
+        cut: No hop may cross the link now (a partition): refused before any
+            pad is spent.
+    """
+
+    link_id: str
+    peer: str
+    pool: LinkKeyPool
+    cut: bool = False
+
+
+class Neighbours(Protocol):
+    """The node's links, looked up by neighbour at each use."""
+
+    def link_to(self, peer: str) -> LinkEnd | None:
+        """Our end of the link to ``peer``, or None if ``peer`` is not a neighbour."""
+        ...
+
+
+class RouteView(Protocol):
+    """What the relay needs of the link-state database (:class:`~qcinode.core.routing.LinkStateDatabase`)."""
+
+    def paths(self, source: str, destination: str, need_bytes: int, limit: int = 4) -> list[list[str]]:
+        """Up to ``limit`` loop-free paths able to carry ``need_bytes`` per hop, best first."""
+        ...
+
+    def disjoint_paths(self, source: str, destination: str, need_bytes: int, count: int) -> list[list[str]]:
+        """Up to ``count`` node-disjoint such paths."""
+        ...
+
+    def usable_edges(self, need_bytes: int) -> dict[str, dict[str, int]]:
+        """``u → {v: bytes u can spend towards v}`` for every edge able to carry ``need_bytes``."""
+        ...
+
+    def debit(self, path: Sequence[str], need_bytes: int) -> None:
+        """Count ``need_bytes`` as spent on every hop of ``path`` until the next adverts."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """How the node relays.
+
+    Attributes:
+        multipath_shares: XOR shares per key, each over its own node-disjoint
+            path (1: one path, no split), ``1..8``.
+        concurrency: Keys of one request in flight at the same time, ``≥ 1``.
+        path_attempts: Attempts per key and destination, each over paths not
+            tried before (with shares: the best disjoint set again), ``≥ 1``.
+        share_ttl_s: How long a destination waits for the other shares of a
+            key, and remembers a completed one; positive.
+    """
+
+    multipath_shares: int = 1
+    concurrency: int = 8
+    path_attempts: int = 3
+    share_ttl_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name, low, high in (("multipath_shares", 1, MAX_SHARES), ("concurrency", 1, None), ("path_attempts", 1, None)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+                bound = f"{low}..{high}" if high is not None else f">= {low}"
+                raise LocalProtocolError(f"{name}: must be an int {bound}, got {value!r}")
+        ttl = self.share_ttl_s
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl <= 0:
+            raise LocalProtocolError(f"share_ttl_s: must be positive and finite, got {ttl!r}")
+
+
+@dataclass(slots=True)
+class RelayStats:
+    """The node's relay counters (``qcinode status`` and ``/metrics`` read them).
+
+    Attributes:
+        started: Keys (per destination node) this node started to relay as source.
+        delivered: Of those, delivered.
+        failed: Of those, failed; plus hops refused here and hops this node
+            could not forward.
+        forwarded: Hops this node carried on to the next node, delivered.
+        received: Hops accepted here (tag verified, pad consumed and saved).
+        hops_sent: Hops sent by this node (source and transit).
+        failures_by_reason: Every failure counted in ``failed``, and every
+            failed hop of the source's attempts, by reason.
+    """
+
+    started: int = 0
+    delivered: int = 0
+    failed: int = 0
+    forwarded: int = 0
+    received: int = 0
+    hops_sent: int = 0
+    failures_by_reason: Counter[RefusalReason] = field(default_factory=Counter)
+
+
+Continuation = Callable[[LinkSaved | HopAnswered | KeyStored], list[RelayAction]]
+
+
+@dataclass(slots=True)
+class _Wait:
+    owner: Hashable
+    expects: type[LinkSaved | HopAnswered | KeyStored]
+    then: Continuation
+
+
+class RelayContext:
+    """The node's view shared by its relay machines (see the module docstring)."""
+
+    __slots__ = ("node", "neighbours", "routes", "random_bytes", "settings", "stats", "_waits", "_next_ref")
+
+    def __init__(
+        self,
+        node: str,
+        neighbours: Neighbours,
+        routes: RouteView,
+        random_bytes: Callable[[int], bytes],
+        settings: RelaySettings,
+    ) -> None:
+        self.node = node
+        self.neighbours = neighbours
+        self.routes = routes
+        self.random_bytes = random_bytes
+        self.settings = settings
+        self.stats = RelayStats()
+        self._waits: dict[int, _Wait] = {}
+        self._next_ref = 1
+
+    def new_id(self) -> str:
+        """A fresh UUID4 string from the injected random bytes (key and relay IDs)."""
+        raw = self.random_bytes(16)
+        if not isinstance(raw, (bytes, bytearray)) or len(raw) != 16:
+            raise LocalProtocolError("random_bytes(16) returned the wrong length or type")
+        return str(uuid.UUID(bytes=bytes(raw), version=4))
+
+    def wait(self, owner: Hashable, expects: type[LinkSaved | HopAnswered | KeyStored], then: Continuation) -> int:
+        """A fresh ref for an action of ``owner`` whose result (of type ``expects``) goes to ``then``."""
+        ref = self._next_ref
+        self._next_ref += 1
+        self._waits[ref] = _Wait(owner, expects, then)
+        return ref
+
+    def resume(self, event: LinkSaved | HopAnswered | KeyStored) -> list[RelayAction]:
+        """Hands a result to the continuation waiting for its ref.
+
+        Raises:
+            LocalProtocolError: Nothing waits for this ref (never issued,
+                answered already, or its owner abandoned), or the result is of
+                the wrong kind.
+        """
+        waiting = self._waits.get(event.ref)
+        if waiting is None:
+            raise LocalProtocolError(f"no action waits for a result with ref {event.ref}")
+        if not isinstance(event, waiting.expects):
+            raise LocalProtocolError(
+                f"ref {event.ref} waits for {waiting.expects.__name__}, got {type(event).__name__}"
+            )
+        del self._waits[event.ref]
+        return waiting.then(event)
+
+    def abandon(self, owner: Hashable) -> int:
+        """Drops every wait of ``owner``; returns how many. Their results must not be fed any more."""
+        refs = [ref for ref, w in self._waits.items() if w.owner == owner]
+        for ref in refs:
+            del self._waits[ref]
+        return len(refs)
+
+    @property
+    def waiting(self) -> int:
+        """Actions whose result is still due."""
+        return len(self._waits)
+
+
+def send_share(
+    ctx: RelayContext,
+    owner: Hashable,
+    header: RelayHeader,
+    share: bytes,
+    done: Callable[[Refusal | None], list[RelayAction]],
+) -> list[RelayAction]:
+    """Carries ``share`` over hop ``header.hop_index`` (see the module docstring); ``done`` gets the outcome.
+
+    ``done(None)`` once the rest of the path delivered it, ``done(refusal)``
+    on any failure — possibly at once, within this call, if nothing could be
+    sent.
+    """
+    peer = header.path[header.hop_index + 1]
+    link = ctx.neighbours.link_to(peer)
+    if link is None:
+        return done(Refusal(RefusalReason.PEER_UNAVAILABLE, f"{peer} is not a neighbour of {ctx.node}"))
+    if link.cut:
+        return done(Refusal(RefusalReason.PEER_UNAVAILABLE, f"link {link.link_id} to {peer} is cut"))
+    try:
+        reservation = link.pool.reserve(pad_bytes_needed(len(share)))
+    except InsufficientKeyMaterial as exc:
+        return done(Refusal(RefusalReason.INSUFFICIENT_KEY, str(exc)))
+    # Used from now on, whatever happens next (see the module docstring).
+    pad = link.pool.commit(reservation)
+    ciphertext, tag = seal_hop(header, share, pad)
+    hop = SealedHop(header, reservation.ranges, ciphertext, tag)
+
+    def saved(event: LinkSaved | HopAnswered | KeyStored) -> list[RelayAction]:
+        assert isinstance(event, LinkSaved)
+        if event.failure is not None:
+            return done(Refusal(RefusalReason.STORAGE_FAILED, f"node {ctx.node} cannot save key material: {event.failure}"))
+        ctx.stats.hops_sent += 1
+        return [SendHop(ctx.wait(owner, HopAnswered, answered), link.link_id, link.peer, hop)]
+
+    def answered(event: LinkSaved | HopAnswered | KeyStored) -> list[RelayAction]:
+        assert isinstance(event, HopAnswered)
+        return done(event.refusal)
+
+    return [SaveLink(ctx.wait(owner, LinkSaved, saved), link.link_id)]

@@ -1,0 +1,81 @@
+"""The node's relay driver over real grpc.aio: a relayed key, and a request cancelled mid-relay.
+
+The relay engine's decisions are tested without sockets (tests/unit/test_relay_engine.py);
+here the driver performs them: saves, gRPC hops, the key store, and cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from qcinode.cluster.audit import audit_link
+from qcinode.pki import cert_plan, make_certificates
+from qcinode.kme.handlers import EncRequest
+from qcinode.node.node import Node, NodeSettings
+from qcinode.topology import FaultConfig, load_topology
+
+
+async def _until(predicate, timeout_s: float = 45.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+def _audit(alpha: Node, beta: Node) -> tuple[int, int]:
+    """(bytes used at both ends, bytes spent by their initiator alone) on the link; fails on any violation."""
+    ledgers = {}
+    for node in (alpha, beta):
+        (link,) = node.status(include_ledger=True)["links"]
+        ledgers[link["role"]] = json.loads(link["ledger_json"])
+    audit = audit_link("alpha-beta", ledgers)
+    assert audit.violations == [], audit.violations
+    return audit.bytes_both, audit.bytes_initiator_only
+
+
+@pytest.mark.asyncio
+async def test_a_relayed_key_is_stored_and_a_cancelled_request_leaves_nothing_waiting(
+    tmp_path: Path, two_node_topology: Path
+) -> None:
+    topology = load_topology(two_node_topology)
+    certs = tmp_path / "certs"
+    make_certificates(cert_plan(topology), certs, bootstrap_key_bytes=8192)
+    common = dict(topology=topology, certs_dir=certs, stage_timeout_s=2.0)
+    beta_peers: dict[str, str] = {}
+    beta = Node(NodeSettings(name="beta", seed=41, data_dir=tmp_path / "beta", peers=beta_peers, **common))  # type: ignore[arg-type]
+    port = await beta.start()
+    alpha = Node(NodeSettings(name="alpha", seed=42, data_dir=tmp_path / "alpha", peers={"beta": f"127.0.0.1:{port}"}, **common))  # type: ignore[arg-type]
+    alpha_port = await alpha.start()
+    # Beta's adverts must reach alpha, for alpha to route: give beta alpha's port, and drop the
+    # channel it may have opened to the default address meanwhile.
+    beta_peers["alpha"] = f"127.0.0.1:{alpha_port}"
+    await beta.network.aclose()
+    request = EncRequest(master_sae="alpha-app", slave_saes=("beta-app",), number=2, size_bits=256)
+    try:
+        await _until(lambda: alpha.network.available_keys("alpha-app", "beta-app", 256) >= 4, timeout_s=90)
+        keys = await alpha.network.deliver(request)
+        assert [k.paths for k in keys] == [(("alpha", "beta"),)] * 2
+        assert beta.keystore is not None and beta.keystore.take("beta-app", "alpha-app", [k.key_id for k in keys]) == [
+            (k.key_id, k.key) for k in keys
+        ]
+        assert _audit(alpha, beta) == (2 * 64, 0)
+
+        # The hop waits at alpha (a slow relay channel) when the KME's caller gives up.
+        alpha.faults.set("alpha-beta", FaultConfig(kind="delay", delay_ms=5000, probability=1.0, channel="relay"))
+        task = asyncio.create_task(alpha.network.deliver(request))
+        await _until(lambda: alpha.network.engine.stats.hops_sent >= 4, timeout_s=10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        engine = alpha.network.engine
+        assert engine.open_requests == () and engine.waiting == 0, "the engine forgot the cancelled request"
+        # Its two pads stay used at alpha (committed and saved before the hops would have left); beta never saw them.
+        assert _audit(alpha, beta) == (2 * 64, 2 * 64)
+        assert beta.keystore.total() == 0
+        assert beta.network.engine.waiting == 0
+    finally:
+        await alpha.stop(0)
+        await beta.stop(0)
