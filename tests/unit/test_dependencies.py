@@ -27,6 +27,7 @@ IMPORT_NAMES = {
     "PyYAML": {"yaml"},
     "aiohttp": {"aiohttp"},
     "prometheus-client": {"prometheus_client"},
+    "sgp4": {"sgp4"},
 }
 # Modules that run only where the extra is installed: the pytest plugin, the code generator.
 EXTRA_USERS = {"testing/__init__.py": {"pytest"}, "transport/generate.py": {"grpc_tools"}}
