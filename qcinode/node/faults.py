@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from ..topology import FaultConfig
@@ -84,6 +85,7 @@ class FaultInjector:
         self._rng = random.Random(seed)  # which messages are hit; never key material
         self._held: dict[tuple[str, str], list[Any]] = {}
         self._cuts: dict[str, asyncio.Event] = {}
+        self._contact: dict[str, Callable[[], bool]] = {}
         self.affected: Counter[str] = Counter()  # per link: messages tampered with
 
     # -- configuration --------------------------------------------------
@@ -97,15 +99,34 @@ class FaultInjector:
         else:
             self._specs.pop(link_id, None)
         self._held = {k: v for k, v in self._held.items() if k[0] != link_id}
+        self.refresh_cut(link_id)
+
+    def set_contact(self, link_id: str, in_contact: Callable[[], bool]) -> None:
+        """``link_id``'s classical channel exists only while ``in_contact()`` (a satellite link in ``contact`` mode).
+
+        Outside contact the link behaves as partitioned; call
+        :meth:`refresh_cut` when contact begins or ends.
+        """
+        self._contact[link_id] = in_contact
+        self.refresh_cut(link_id)
+
+    def out_of_contact(self, link_id: str) -> bool:
+        """Whether ``link_id`` has a contact schedule and is outside it now."""
+        in_contact = self._contact.get(link_id)
+        return in_contact is not None and not in_contact()
+
+    def refresh_cut(self, link_id: str) -> None:
+        """Sets the link's cut event while it is partitioned; gives later waiters a fresh one once it is not."""
         event = self._cuts.get(link_id)
-        if spec.kind == "partition":
+        if self.partitioned(link_id):
             if event is not None:
                 event.set()
         elif event is not None and event.is_set():
             del self._cuts[link_id]  # later waiters get a fresh, unset event
 
     def partitioned(self, link_id: str) -> bool:
-        return self.get(link_id).kind == "partition"
+        """A partition fault, or a contact-mode link outside its contact: nothing crosses the classical channel."""
+        return self.get(link_id).kind == "partition" or self.out_of_contact(link_id)
 
     def cut_event(self, link_id: str) -> asyncio.Event:
         """An event set when ``link_id`` is partitioned (already set if it is)."""

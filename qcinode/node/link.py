@@ -259,7 +259,7 @@ class AliceWorker:
                     for wire in await self.fault(rt.link_id, "A>B", codec.encode(out)):
                         await call.write(wire)
         finally:
-            self._log_events(rt.record(alice.abandon(_lost_reason(rt))))
+            self._log_events(rt.record(alice.abandon(_lost_reason(rt, self.faults))))
             rt.try_persist()
             acks.cancel()
             quantum.cancel()
@@ -298,9 +298,11 @@ class AliceWorker:
             _log_block(self.log, event)
 
 
-def _lost_reason(rt: LinkRuntime) -> str:
-    """Why a session's open block is abandoned: its state could not be saved, or the session broke."""
-    return "storage_write_failed" if rt.storage_failure is not None else "session_lost"
+def _lost_reason(rt: LinkRuntime, faults: FaultInjector) -> str:
+    """Why a session's open block is abandoned: its state could not be saved, the satellite's contact ended, or the session broke."""
+    if rt.storage_failure is not None:
+        return "storage_write_failed"
+    return "contact_ended" if faults.out_of_contact(rt.link_id) else "session_lost"
 
 
 def _storage_refusal(rt: LinkRuntime, exc: StorageFailure) -> str:
@@ -498,7 +500,7 @@ class BobEndpoint:
         finally:
             for task in tasks:
                 task.cancel()
-            for event in rt.record(bob.abandon(_lost_reason(rt))):
+            for event in rt.record(bob.abandon(_lost_reason(rt, self.faults))):
                 _log_block(bound, event)
             rt.try_persist()
             if bob.pending_block_seq is not None:

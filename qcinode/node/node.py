@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import functools
 import json
+import math
 import os
 import signal
 import time
@@ -26,6 +27,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ..core.clock import NetworkClock
 from ..core.randomness import CsprngGenerator
 from ..errors import ConfigError, KeyStoreError
 from ..keys.linkstore import LinkStore
@@ -155,6 +157,12 @@ def status_message(status: dict[str, Any]) -> admin_pb2.NodeStatus:
             msg.blocks.add(block_id=block["block_id"], sha256=bytes.fromhex(block["sha256"]))
         links.append(msg)
     return admin_pb2.NodeStatus(node=status["node"], uptime_s=status["uptime_s"], links=links, network_json=json.dumps(status.get("network", {})))
+
+
+def _in_contact(rt: LinkRuntime, clock: NetworkClock | None) -> bool:
+    """Whether the satellite of free-space link ``rt`` is in a pass now (its classical channel is up in ``contact`` mode)."""
+    assert clock is not None
+    return rt.channel.conditions(clock.now(time.time())).transmitting
 
 
 class Node:
@@ -300,6 +308,8 @@ class Node:
             raise ConfigError(f"--listen: cannot bind {self.settings.listen}")
         await server.start()
         self.server, self.port = server, port
+        for rt in self._contact_links():  # before any link worker dials or answers
+            self.faults.set_contact(rt.link_id, functools.partial(_in_contact, rt, self.clock))
         if not self.settings.topology.emulation.is_anchored:
             self.log.warning(
                 "clock.unanchored",
@@ -312,6 +322,9 @@ class Node:
                 worker = AliceWorker(rt, functools.partial(self._channel, rt.peer), self.clock, key_rng, noise_rng, **faults)
                 self._tasks.append(asyncio.create_task(self._guard(worker.run(), rt.link_id)))
         self._tasks.append(asyncio.create_task(self._guard(self.network.run_adverts(), "routing")))
+        for rt in self._contact_links():
+            assert self.clock is not None
+            self._tasks.append(asyncio.create_task(self._guard(self._follow_contact(rt, self.clock), rt.link_id)))
         if self.settings.kme_listen is not None and self.keystore is not None:
             await self._start_kme()
         if self.settings.metrics_listen is not None:
@@ -392,6 +405,29 @@ class Node:
                 await self.health.set(KME_HEALTH_SERVICE, status)
                 serving = healthy
             await asyncio.sleep(STORAGE_CHECK_INTERVAL_S)
+
+    def _contact_links(self) -> list[LinkRuntime]:
+        """The free-space links whose classical channel runs only during passes."""
+        if self.clock is None:
+            return []
+        return [rt for rt in self.links.values() if rt.link.free_space is not None and rt.link.free_space.classical == "contact"]
+
+    async def _follow_contact(self, rt: LinkRuntime, clock: NetworkClock) -> None:
+        """A ``classical: contact`` link's classical channel exists only during passes.
+
+        Outside them the link is cut as by a partition (sessions end, adverts
+        say down, relay hops are refused); at each pass's rise and set the
+        cut is lifted or made, at the wall-clock instant the network clock
+        reaches it.
+        """
+
+        while True:
+            conditions = rt.channel.conditions(clock.now(time.time()))
+            self.faults.refresh_cut(rt.link_id)
+            self.log.info("link.contact", link_id=rt.link_id, in_contact=conditions.transmitting)
+            if not math.isfinite(conditions.until_utc):
+                return
+            await asyncio.sleep(max(0.0, clock.wall_delay_s(conditions.until_utc, time.time())) + 0.01)
 
     async def _guard(self, coro: Any, link_id: str) -> None:
         try:

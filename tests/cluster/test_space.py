@@ -10,6 +10,7 @@ travel through the satellite and match.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,3 +147,34 @@ def _routing_ready(network: QciNetwork) -> bool:
     sae = network.sae("malta-app")
     status, body = network.client("malta-app").request("GET", f"{sae.kme_url}/api/v1/keys/redu-app/status", timeout_s=5)
     return status == 200 and body.get("stored_key_count", 0) >= 2
+
+
+@pytest.mark.slow
+def test_in_contact_mode_the_classical_channel_runs_only_during_passes(tmp_path: Path) -> None:
+    """``classical: contact``: no ground network carries the satellite's traffic between passes."""
+    from qcinode.cluster.launcher import running_cluster
+    from qcinode.kme.client import EtsiClient
+
+    topology_path = tmp_path / "sat.yaml"
+    topology_path.write_text(SATELLITE.replace("beam_divergence_urad: 5.0}", "beam_divergence_urad: 5.0, classical: contact}"))
+    with running_cluster(topology_path, tmp_path / "state") as cluster:
+        # Before the pass there is no contact: the link is down, however long we wait.
+        links = cluster_status(cluster.state_dir)["links"]
+        assert links["eagle-malta"]["state"] != "up" and links["eagle-malta"]["channel"]["note"] == "below mask"
+        # During its pass the link comes up and makes key ...
+        _wait(lambda: cluster_status(cluster.state_dir)["links"]["eagle-malta"]["blocks_done"] >= 1, 120, "a block during the pass")
+        # ... and after it the link is cut again, its pools kept.
+        def after_pass() -> bool:
+            link = cluster_status(cluster.state_dir)["links"]["eagle-malta"]
+            return link["state"] != "up" and link["channel"].get("next_pass_utc", "") > "2027-03-21T21"
+        _wait(after_pass, 120, "the end of the pass")
+        link = cluster_status(cluster.state_dir)["links"]["eagle-malta"]
+        assert link["alice_pool_bits"] > 0 and link["bob_pool_bits"] > 0
+        log = (cluster.state_dir / "logs" / "eagle.log").read_text()
+        assert '"in_contact": true' in log and '"in_contact": false' in log
+        # Between passes no key crosses the satellite: the KME says the network cannot carry it.
+        info = json.loads((cluster.state_dir / "cluster.json").read_text())
+        sae = info["saes"]["malta-app"]
+        client = EtsiClient(cluster.state_dir / info["ca"], cluster.state_dir / sae["cert"], cluster.state_dir / sae["key"])
+        status, body = client.enc_keys(info["nodes"]["malta"]["etsi014"], "redu-app", number=1, size_bits=256)
+        assert status == 503, body
