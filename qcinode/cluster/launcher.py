@@ -367,6 +367,8 @@ _SHORT_REASONS = {
 LAG_THRESHOLD = 0.95
 #: Seconds of a session before its emulation speed is judged (the first frames come in a burst).
 LAG_MIN_WINDOW_S = 10.0
+#: With a network clock, a transmitter more than this many wall seconds of emulated time behind it is "behind".
+LAG_BEHIND_WALL_S = 5.0
 TABLE_WIDTH = 100
 
 
@@ -426,15 +428,51 @@ def link_notes(link: dict[str, Any], speed: Any) -> list[str]:
     blocks abort (in the last minute).
     """
     notes = []
-    behind = lag(link, speed)
-    if behind is not None:
-        notes.append(f"behind: {behind:.2f}x")
+    channel = link.get("channel") or {}
+    if "lag_s" in channel:
+        # The network clock says exactly how far the transmitter is behind.
+        if isinstance(speed, (int, float)) and float(channel["lag_s"]) > LAG_BEHIND_WALL_S * speed:
+            notes.append(f"behind: {_duration(float(channel['lag_s']))}")
+    else:
+        behind = lag(link, speed)
+        if behind is not None:
+            notes.append(f"behind: {behind:.2f}x")
+    if "in_pass" in channel:
+        notes.append(space_note(channel))
     if link.get("attacks"):
         notes.append(str(link["attacks"]))
     recent = link.get("recent_aborts") or []
     if recent and int(link.get("aborted_last_minute") or 0) > 0:
         notes.append(f"aborts: {short_reason(recent[-1])}")
     return notes
+
+
+def space_note(channel: dict[str, Any]) -> str:
+    """A free-space link's pass in a few words: ``pass el 36° 812 km 26.4 dB`` or ``below mask, next pass 21:22Z (in 37 min)``."""
+    if channel.get("in_pass"):
+        parts = ["pass"]
+        if "elevation_deg" in channel:
+            parts.append(f"el {float(channel['elevation_deg']):.0f}°")
+        if "range_km" in channel:
+            parts.append(f"{float(channel['range_km']):.0f} km")
+        if "loss_db" in channel:
+            parts.append(f"{float(channel['loss_db']):.1f} dB")
+        if channel.get("note"):
+            parts.append(str(channel["note"]))
+        return " ".join(parts)
+    text = str(channel.get("note") or "no pass")
+    if channel.get("next_pass_utc"):
+        text += f", next pass {str(channel['next_pass_utc'])[11:16]}Z (in {_duration(float(channel.get('next_pass_in_s') or 0.0))})"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    """Emulated seconds as ``42 s``, ``37 min`` or ``13.2 h``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def render_table(status: dict[str, Any], *, wide: bool = False, width: int = TABLE_WIDTH) -> str:
