@@ -42,14 +42,18 @@ def node_status(
 
 
 def message_to_dict(message: Message) -> dict[str, Any]:
-    """A protobuf message as plain Python values, every field present.
+    """A protobuf message as plain Python values, every field present but the unset ones that have presence.
 
     Not ``json_format.MessageToDict``: the proto3 JSON mapping writes 64-bit
     integers as strings, so every count would reach ``qcinode status --json``
-    as a string. Here integers stay ints, bytes become hex.
+    as a string. Here integers stay ints, bytes become hex. An ``optional``
+    field or a sub-message left unset is left out (a fibre link has no
+    ``channel.in_pass``; a link at speed max no ``channel`` at all).
     """
     out: dict[str, Any] = {}
     for field in message.DESCRIPTOR.fields:
+        if field.has_presence and not field.is_repeated and not message.HasField(field.name):
+            continue
         value = getattr(message, field.name)
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             out[field.name] = {key: _plain(item) for key, item in value.items()}
