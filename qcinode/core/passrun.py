@@ -194,13 +194,9 @@ class PassRun:
             if isinstance(a.event, BlockAccepted) and isinstance(b, BlockAccepted)
         )
 
-    def window(self, start_utc: float, end_utc: float) -> tuple[FrameRecord, ...]:
-        """The frames whose midpoint lies in ``[start_utc, end_utc)``."""
-        return tuple(f for f in self.frames if start_utc <= f.at_utc < end_utc)
-
     @staticmethod
     def rates(frames: tuple[FrameRecord, ...] | list[FrameRecord]) -> tuple[float, float]:
-        """(detections, sifted bits) per second over ``frames``."""
+        """(detections, sifted bits) per second over ``frames`` (NaN for no frames)."""
         duration = sum(f.duration_s for f in frames)
         if duration <= 0.0:
             return math.nan, math.nan

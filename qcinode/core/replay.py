@@ -1,4 +1,4 @@
-"""A recorded satellite pass replayed as a quantum channel (pure).
+"""A recorded satellite pass replayed as a quantum channel (pure; the only I/O reads the CSVs it is pointed at).
 
 Theory of operation:
     * A :class:`ReplayChannel` is a :class:`~qcinode.core.channel.QuantumChannelModel`

@@ -32,7 +32,7 @@ from qcinode.core.replay import (
     micius_2017_channel,
     micius_2017_physics,
 )
-from qcinode.errors import ConfigError
+from qcinode.errors import ConfigError, LocalProtocolError
 
 START = MICIUS_2017_TRACK_START_UTC
 
@@ -111,11 +111,18 @@ def test_the_packaged_pass_spans_274_s_from_1196_km_down_to_645_km() -> None:
 # --------------------------------------------------------------------------- through the stack
 
 
+def test_a_recorded_run_needs_a_channel_model() -> None:
+    config = LinkProtocolConfig("fibre", micius_2017_physics())
+    with pytest.raises(LocalProtocolError, match="channel model"):
+        run_pass(config, rate_hz=1e6, start_utc=0.0, end_utc=1.0, frame_slots=1000, seed=1)
+
+
 def test_the_replayed_pass_lands_within_the_published_figures() -> None:
     run = _replay()
     assert run.pulses == 274 * 10**8  # every slot of the 274 s window at 100 MHz, none outside it
     (block,) = run.blocks
     assert isinstance(block.event, BlockAccepted) and run.keys_match
+    assert block.closed_utc == pytest.approx(START + 274.0)  # the pass's end closed it
     assert block.event.stats.sifted_bits == run.sifted_bits  # the frame record and the block agree
     assert _within_published("detections", run.detections), run.detections
     assert _within_published("sifted_bits", run.sifted_bits), run.sifted_bits
