@@ -64,6 +64,8 @@ def protocol_config(link: LinkConfig) -> LinkProtocolConfig:
         verification_tag_bits=pp.verification_tag_bits,
         cascade_max_passes=pp.cascade_max_passes,
         no_decoy_bound=link.source.no_decoy_bound,
+        finite_key=pp.finite_key,
+        error_correction=pp.error_correction,
     )
 
 
