@@ -21,10 +21,12 @@ Rules of the construction (``rows`` = base rows ``m_b``):
    has rank ``M - 1``; its only dependency is the sum of all its columns, so
    any ``p < M`` of them are linearly independent.
 2. **Information part: irregular.** Of the other ``128 - m_b`` columns,
-   three quarters have degree 3 and one quarter degree ``min(12, m_b)``
-   (interleaved). A small share of high-degree variables speeds belief
-   propagation up at high rates (measured: at rate 3/4, QBER 3.6 % succeeded
-   in 53 % of frames against 3 % for all-degree-3 columns). Each column takes
+   two thirds have degree 3 and one third degree ``min(13, m_b)``
+   (interleaved). The share of high-degree variables was chosen by
+   measurement (16384-bit frames, rate 0.80, product-sum decoding): with a
+   third at degree 13, 92 % of frames decoded at ``f = 1.15``, against 42 %
+   with a quarter at degree 12 and 0-8 % with an eighth at degree 11 or with
+   every column of degree 3. Each column takes
    the base rows of lowest degree so far (ties broken by a seeded
    generator), so the check degrees differ by at most one.
 3. **Shifts.** Chosen in column order by a seeded generator, rejecting any
@@ -47,17 +49,17 @@ from qcinode.errors import ConfigError
 __all__ = ["BASE_COLUMNS", "CHECK_ROW_FAMILY", "FRAME_BITS", "LIFT", "base_matrix", "parity_check_matrix"]
 
 #: Columns of every base matrix.
-BASE_COLUMNS: Final = 64
+BASE_COLUMNS: Final = 128
 #: Circulant size (lifting factor).
-LIFT: Final = 256
+LIFT: Final = 128
 #: Code length ``N`` in bits: every frame is one codeword of this length.
 FRAME_BITS: Final = BASE_COLUMNS * LIFT
 #: Base rows of the codes in the family: rates ``1 - rows/128`` from 0.9375 to 0.5.
 CHECK_ROW_FAMILY: Final[tuple[int, ...]] = (
-    4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 20, 22, 24, 27, 30, 32,
+    8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 33, 36, 40, 44, 48, 53, 58, 64,
 )
-_HIGH_DEGREE: Final = 12
-_HIGH_EVERY: Final = 4
+_HIGH_DEGREE: Final = 13
+_HIGH_EVERY: Final = 3
 _SEED: Final = 20_240_101
 _SHIFT_TRIES: Final = 200
 

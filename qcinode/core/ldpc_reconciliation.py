@@ -24,9 +24,11 @@ data only (the block's key-bit count ``n`` and the test-basis error rate
    ``K = floor(M/(f_end h))``, ``p = round((f_end - f_start) K h)``, and the
    rest is shortened. Frames split ``n`` as evenly as possible.
 2. **Placement** (public, seeded permutations per code): punctured columns
-   are the first ``p`` of a permutation of the staircase columns, shortened
-   ones the first ``s`` of a permutation of the other columns, key bit ``j``
-   the ``j``-th of the remaining columns in that permutation's order.
+   are the first ``p`` of a permutation of the information (non-staircase)
+   columns, shortened ones the next ``s``, and key bit ``j`` the ``j``-th of
+   the remaining information columns followed by the staircase columns in a
+   second permutation's order. (Puncturing staircase columns instead was
+   measured far worse: 8 % of frames decoded at ``f = 1.15`` against 58 %.)
 3. **First attempt, no extra round trip.** Right after ``Estimate`` Alice
    sends every frame's syndrome ``H w`` (:class:`~qcinode.core.messages.LdpcSyndromes`).
    Bob decodes ``H e = H w + H w'`` with prior ``q'`` on key columns, 1/2 on
@@ -42,16 +44,17 @@ data only (the block's key-bit count ``n`` and the test-basis error rate
    attempts, so at most two retries: three round trips per block in all.
 5. **Discard.** Frames still failing after the last attempt are dropped at
    both ends; Bob lists them in ``Reconciled``.
-6. **Leak**, counted exactly and identically at both ends. A frame's
-   syndrome is ``H_K x + H_P r`` with ``r`` the still-punctured filler, which
-   is uniform and secret: it tells at most ``M - rank(H_P)`` bits about the
-   key, and ``rank(H_P)`` is exactly the number of punctured columns since
-   they are fewer than ``M`` columns of the staircase
-   (:mod:`qcinode.core.ldpc_codes`, rule 1). Revealed
-   filler bits are not key bits; revealing one shrinks ``H_P`` by a column.
-   So a kept frame leaks ``M - p + t``; a discarded frame additionally all
-   its ``K`` key bits; plus ``ceil(log2(n_kept + 1))`` for the announced
-   error count.
+6. **Leak**, counted identically at both ends. A frame's syndrome is
+   ``H_K x + H_P r`` with ``r`` the still-punctured filler, uniform and
+   secret, so it tells at most ``M - rank(H_P)`` bits about the key; revealed
+   filler bits are not key bits, and revealing one removes its column from
+   ``H_P``. ``rank(H_P)`` is bounded below by *peeling* (:func:`masking_rank`:
+   repeatedly remove a punctured column that is the only one left in some
+   check; the removed columns are linearly independent, being triangular);
+   when every punctured column peels, as it does for the plans here, the
+   bound is the rank and the count is exact: a kept frame leaks
+   ``M - (p - t)``. A discarded frame additionally leaks all its ``K`` key
+   bits; ``ceil(log2(n_kept + 1))`` is added for the announced error count.
 """
 
 from __future__ import annotations
@@ -75,16 +78,17 @@ __all__ = [
     "FramePlan",
     "LdpcAlice",
     "LdpcBob",
+    "masking_rank",
     "plan_frames",
 ]
 
 #: Efficiency ``f`` of a frame's first, second and last attempt (rule 1). The last
 #: is made almost sure, since a discarded frame costs all its key bits.
-EFFICIENCY_SCHEDULE: Final[tuple[float, float, float]] = (1.12, 1.25, 1.45)
+EFFICIENCY_SCHEDULE: Final[tuple[float, float, float]] = (1.10, 1.20, 1.40)
 #: Smallest error rate a frame is planned for (a block with no test errors).
 QBER_FLOOR: Final = 0.005
 #: Belief-propagation iterations per attempt.
-DECODER_MAX_ITERATIONS: Final = 80
+DECODER_MAX_ITERATIONS: Final = 60
 #: Prior error probability of a column both ends know (shortened or revealed).
 _KNOWN: Final = 1e-12
 
@@ -132,7 +136,7 @@ def plan_frames(n: int, qber: float) -> FramePlan:
     rows = max(fitting) if fitting else CHECK_ROW_FAMILY[0]
     checks = rows * LIFT
     per_frame = max(1, math.floor(checks / (f_end * h)))
-    punctured = min(checks - 1, round((f_end - f_start) * per_frame * h))
+    punctured = min(FRAME_BITS - checks - 1, round((f_end - f_start) * per_frame * h))
     per_frame = min(per_frame, FRAME_BITS - punctured)
     frames = math.ceil(n / per_frame) if n > 0 else 0
     base, extra = divmod(n, frames) if frames else (0, 0)
@@ -143,23 +147,57 @@ def plan_frames(n: int, qber: float) -> FramePlan:
 
 @functools.lru_cache(maxsize=None)
 def _orders(rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rule 2's public permutations: (staircase columns, other columns) of the code."""
+    """Rule 2's public permutations: (information columns, staircase columns) of the code."""
     rng = np.random.default_rng([20_240_101, rows, 3])
     checks = rows * LIFT
+    info = rng.permutation(FRAME_BITS - checks)
     staircase = FRAME_BITS - checks + rng.permutation(checks)
-    others = rng.permutation(FRAME_BITS - checks)
+    info.setflags(write=False)
     staircase.setflags(write=False)
-    others.setflags(write=False)
-    return staircase, others
+    return info, staircase
 
 
 def _layout(plan: FramePlan, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(punctured columns in revealing order, shortened columns, key columns) of a frame of ``size`` key bits."""
-    staircase, others = _orders(plan.rows)
-    punctured = staircase[: plan.punctured]
-    rest = np.concatenate((others, staircase[plan.punctured :]))
+    info, staircase = _orders(plan.rows)
     shortened = FRAME_BITS - plan.punctured - size
-    return punctured, rest[:shortened], rest[shortened:]
+    punctured = info[: plan.punctured]
+    key_columns = np.concatenate((info[plan.punctured + shortened :], staircase))
+    return punctured, info[plan.punctured : plan.punctured + shortened], key_columns
+
+
+@functools.lru_cache(maxsize=256)
+def masking_rank(rows: int, first: int, last: int) -> int:
+    """A lower bound, by peeling, on the GF(2) rank of the punctured columns ``first:last`` (rule 6).
+
+    Peeling removes, while it can, a column that is the only remaining one in
+    some check; the removed columns form a triangular, hence independent, set.
+    """
+    columns = _orders(rows)[0][first:last]
+    if columns.size == 0:
+        return 0
+    matrix = parity_check_matrix(rows).tocsc()[:, columns].tocoo()
+    checks_of: list[list[int]] = [[] for _ in range(columns.size)]
+    columns_of: dict[int, list[int]] = {}
+    for check, column in zip(matrix.row.tolist(), matrix.col.tolist()):
+        checks_of[column].append(check)
+        columns_of.setdefault(check, []).append(column)
+    degree = {check: len(cols) for check, cols in columns_of.items()}
+    ready = [check for check, d in degree.items() if d == 1]
+    removed = np.zeros(columns.size, dtype=bool)
+    peeled = 0
+    while ready:
+        check = ready.pop()
+        if degree[check] != 1:
+            continue
+        column = next(c for c in columns_of[check] if not removed[c])
+        removed[column] = True
+        peeled += 1
+        for other in checks_of[column]:
+            degree[other] -= 1
+            if degree[other] == 1:
+                ready.append(other)
+    return peeled
 
 
 @functools.lru_cache(maxsize=None)
@@ -246,7 +284,7 @@ def _kept_and_leak(plan: FramePlan, discarded: tuple[int, ...], revealed: np.nda
     starts = plan.starts
     for frame in discarded:
         kept[starts[frame] : starts[frame] + plan.key_bits[frame]] = False
-    masked = plan.punctured * len(plan.key_bits) - int(revealed.sum())
+    masked = sum(masking_rank(plan.rows, int(t), plan.punctured) for t in revealed)
     leak = plan.checks * len(plan.key_bits) - masked + sum(plan.key_bits[f] for f in discarded)
     return kept, leak + error_count_leak_bits(int(kept.sum()))
 

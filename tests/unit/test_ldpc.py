@@ -11,7 +11,14 @@ pytest.importorskip("ldpc")
 
 from qcinode.core import messages as m  # noqa: E402
 from qcinode.core.ldpc_codes import CHECK_ROW_FAMILY, FRAME_BITS, LIFT, base_matrix, parity_check_matrix  # noqa: E402
-from qcinode.core.ldpc_reconciliation import EFFICIENCY_SCHEDULE, LdpcAlice, LdpcBob, plan_frames  # noqa: E402
+from qcinode.core.ldpc_reconciliation import (  # noqa: E402
+    EFFICIENCY_SCHEDULE,
+    LdpcAlice,
+    LdpcBob,
+    _orders,
+    masking_rank,
+    plan_frames,
+)
 from qcinode.core.pair import make_pair, pump  # noqa: E402
 from qcinode.core.physics import LinkPhysics, fibre_transmittance  # noqa: E402
 from qcinode.core.pipeline import BlockAccepted, LinkProtocolConfig  # noqa: E402
@@ -51,22 +58,28 @@ def test_codes_are_deterministic_and_shaped_as_documented() -> None:
     base = base_matrix(16)
     info = base.shape[1] - 16
     # Staircase with wrap-around: every parity column has degree 2; information
-    # columns 3 or min(12, rows); check degrees differ by at most 1 in the info part.
+    # columns 3 or min(13, rows), a third of them high; check degrees within one.
     assert set(base[:, info:].sum(axis=0)) == {2}
-    assert set(base[:, :info].sum(axis=0)) == {3, 12}
+    degrees = base[:, :info].sum(axis=0)
+    assert set(degrees) == {3, 13} and np.count_nonzero(degrees == 13) == info // 3
+    assert np.ptp(base[:, :info].sum(axis=1)) <= 1
     lifted = parity_check_matrix(16)
-    assert set(np.asarray(lifted.sum(axis=0)).ravel()) == {2, 3, 12}
+    assert set(np.asarray(lifted.sum(axis=0)).ravel()) == {2, 3, 13}
 
 
-def test_staircase_columns_are_independent_except_all_of_them() -> None:
-    # The leak rule needs rank(H_P) = p for any p < M punctured staircase columns.
+def test_peeling_bounds_the_rank_of_the_punctured_columns() -> None:
+    # The leak rule subtracts rank(H_P); peeling must never claim more than the rank.
     rows = CHECK_ROW_FAMILY[0]
-    checks = rows * LIFT
-    staircase = parity_check_matrix(rows)[:, FRAME_BITS - checks :].toarray()
-    assert gf2_rank(staircase) == checks - 1
-    assert not (staircase.sum(axis=1) % 2).any()  # their sum is the only dependency
-    drop_one = np.delete(staircase, 17, axis=1)
-    assert gf2_rank(drop_one) == checks - 1
+    info_order = _orders(rows)[0]
+    matrix = parity_check_matrix(rows).tocsc()
+    for first, last in [(0, 300), (100, 300), (0, 700)]:
+        exact = gf2_rank(matrix[:, info_order[first:last]].toarray().T)
+        assert masking_rank(rows, first, last) <= exact <= last - first
+    # For the plans actually used every punctured column peels: the count is exact.
+    for qber in (0.01, 0.02, 0.03, 0.05, 0.08):
+        plan = plan_frames(1_000_000, qber)
+        for revealed in (0, *plan.revealed_after):
+            assert masking_rank(plan.rows, revealed, plan.punctured) == plan.punctured - revealed
 
 
 @pytest.mark.parametrize("qber", [0.01, 0.03, 0.05])
@@ -109,7 +122,7 @@ def test_exchange_corrects_the_key_and_both_ends_count_the_same_leak() -> None:
     assert np.array_equal(alice_kept, kept) and alice_leak == leak
     # Exactly: syndromes less the filler still punctured, discarded frames, error count.
     plan = bob.plan
-    still_masked = sum(plan.punctured - int(r) for r in bob._revealed)
+    still_masked = sum(masking_rank(plan.rows, int(r), plan.punctured) for r in bob._revealed)
     expected = plan.checks * len(plan.key_bits) - still_masked
     expected += sum(plan.key_bits[f] for f in discarded) + error_count_leak_bits(int(kept.sum()))
     assert leak == expected
