@@ -81,7 +81,8 @@ from typing import Any
 import yaml
 
 from qcinode.cluster.launcher import Cluster, cluster_status, read_cluster
-from qcinode.node.runtime import frame_slots, protocol_config
+from qcinode.core.estimation import asymptotic_key_fraction, expected_key_length
+from qcinode.node.runtime import expected_key_bits_per_slot, frame_slots, link_physics, protocol_config
 from qcinode.topology import load_topology
 
 TARGET_BITS_PER_CPU_S = 1e6
@@ -221,10 +222,18 @@ class LinkResult:
     exit_codes: dict[str, int | None] = dataclasses.field(default_factory=dict)
     log_findings: dict[str, int] = dataclasses.field(default_factory=dict)
     error: str = ""
+    #: Secret bits per pulse of the finite-key formula (configured analysis, measured f, nominal block).
+    formula_per_pulse: float = math.nan
+    #: Infinite-block, infinite-decoy rate of the same source and f, per pulse.
+    asymptotic_per_pulse: float = math.nan
 
     @property
     def blocks(self) -> int:
         return self.blocks_done + self.blocks_aborted
+
+    @property
+    def measured_per_pulse(self) -> float:
+        return self.secret_bits / self.pulses if self.pulses else math.nan
 
     @property
     def total_cpu_s(self) -> float:
@@ -282,6 +291,7 @@ def run_link(
     source.write_text(yaml.safe_dump(topology_mapping(length_km, block_bits, gys, variant), sort_keys=False))
     link = load_topology(source).links[0]
     result.frame_slots = frame_slots(protocol_config(link), link.source.rate_hz, None)
+    physics = link_physics(link)
     state_dir = work / "state"
     cluster = Cluster(source, state_dir)
     log(f"{length_km:g} km: starting two nodes in {state_dir}")
@@ -310,6 +320,11 @@ def run_link(
         last = snapshot(state_dir, pids)
         result.peak_rss_mib = {name: peak_rss_mib(pid) for name, pid in pids.items()}
         fill(result, first, last)
+        f_ec = max(1.0, result.ec_efficiency or 1.1)
+        per_slot = expected_key_bits_per_slot(physics)
+        formula = expected_key_length(physics, block_bits, f_ec=f_ec, analysis=variant.finite_key)
+        result.formula_per_pulse = formula.length_bits / block_bits * per_slot
+        result.asymptotic_per_pulse = asymptotic_key_fraction(physics, f_ec) * per_slot
     except KeyboardInterrupt:
         result.error = "interrupted"
         raise
@@ -368,6 +383,12 @@ def print_result(r: LinkResult) -> None:
         ("secret bits per CPU-second", f"{r.bits_per_cpu_s:.4g}"),
         ("secret bits per wall second", f"{r.secret_bits / r.seconds:.4g}" if r.seconds else "-"),
         ("secret bits per emulated s", f"{r.secret_bits / r.emulated_s:.4g}" if r.emulated_s else "-"),
+        (
+            "secret bits per pulse: measured / formula / asymptotic",
+            f"{r.measured_per_pulse:.4g} / {r.formula_per_pulse:.4g} / {r.asymptotic_per_pulse:.4g}  "
+            f"(measured/formula {r.measured_per_pulse / r.formula_per_pulse if r.formula_per_pulse else math.nan:.3f}; "
+            f"formula: {r.variant.finite_key} on a nominal block, measured f; asymptotic: infinite block and decoys)",
+        ),
         ("blocks done / aborted (window)", f"{r.blocks_done} / {r.blocks_aborted}"),
         ("blocks done / aborted (total)", f"{r.total_done} / {r.total_aborted}"),
         ("abort reasons (total)", ", ".join(f"{k}: {v}" for k, v in r.aborts_by_reason.items()) or "none"),

@@ -20,10 +20,13 @@ photons came from class k).
   correction larger than its own count, and the block leaves no key.
 * ``chernoff`` (:func:`chernoff_key_length`, the default): each class's
   count is bounded by the multiplicative Chernoff bound on ITS OWN count,
-  which scales as ``sqrt(2 n_k ln(1/eps))``. This is the per-intensity
-  treatment of Lucamarini et al., Opt. Express 21, 24550 (2013), Zhang,
-  Zhao, Razavi, Ma, PRA 95, 012333 (2017) and Yin et al., Sci. Rep. 10,
-  14312 (2020), applied inside Lim et al.'s estimators.
+  which scales as ``sqrt(2 n_k ln(1/eps))``. Bounding each intensity's count
+  by a multiplicative Chernoff bound on its own expected value is the
+  approach of Lucamarini et al., Opt. Express 21, 24550 (2013), Zhang, Zhao,
+  Razavi, Ma, PRA 95, 012333 (2017) and Yin et al., Sci. Rep. 10, 14312
+  (2020); those papers derive tighter variants of the bound. The bounds
+  here are the textbook ones, derived below from Chernoff's theorem, and
+  are used inside Lim et al.'s estimators unchanged.
 
 The Chernoff confidence bounds (the rule this module adds)
 ----------------------------------------------------------
