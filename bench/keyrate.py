@@ -27,11 +27,14 @@ Columns of the table (all rates are secret bits per emitted pulse):
   closes at the first frame boundary past ``--block-bits`` and a frame is
   about a quarter block (``qcinode.node.runtime.frame_slots``, as in a node),
   so blocks run 0-25 % over the nominal size.
-* ``finite``: the finite-size formula on the same parameters and block size:
-  ``expected_key_length(phys, n, f_ec=f).length_bits / n`` (Lim et al. 2014
-  on the mean block, ``n`` = ``n/blk``) times the expected key-basis bits per
+* ``finite``: the finite-size formula of the link's analysis
+  (``--finite-key``, default ``chernoff``) on the same parameters and block
+  size: ``expected_key_length(phys, n, f_ec=f, analysis=...).length_bits / n``
+  on the mean block (``n`` = ``n/blk``) times the expected key-basis bits per
   pulse ``pz^2 sum_k p_k Q_k`` (closed-form gains). ``f`` is the measured f
   of that distance, or 1.1 when nothing was reconciled.
+* ``other``: the same with the other analysis (``lim2014`` when the link
+  runs ``chernoff`` and vice versa), for comparison; not run.
 * ``Lim-inf``: the block-size -> infinity limit of the same formula,
   ``asymptotic_key_fraction(phys, f) * pz^2 sum_k p_k Q_k`` (every class
   contributes, vacuum emissions count as secure, true Y_1 and e_1).
@@ -57,6 +60,8 @@ How to run
     python bench/keyrate.py                    # block 1e6, 0..150 km, 2 blocks each
     python bench/keyrate.py --blocks 10 --block-bits 4e6 --distances 0,50,100,140
     python bench/keyrate.py --csv docs/data/keyrate-measured.csv   # the points of docs/keyrate.svg
+    python bench/keyrate.py --textbook-source --distances 10,25 --block-bits 1e6   # 0.48/0.1/0, 0.8/0.1/0.1
+    python bench/keyrate.py --finite-key lim2014 --error-correction ldpc
 
 Progress goes to stderr, the tables to stdout. Nothing is asserted.
 """
@@ -75,6 +80,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qcinode.core.finite_key import FINITE_KEY_ANALYSES
 from qcinode.core.estimation import (
     AsymptoticParams,
     asymptotic_key_fraction,
@@ -98,6 +104,12 @@ GYS_MISALIGNMENT_ERROR = 0.033
 # Finite-size-friendly source (Lim et al. bounds need decoy and vacuum statistics).
 INTENSITIES = (0.48, 0.2, 0.0)
 CLASS_PROBABILITIES = (0.4, 0.3, 0.3)
+#: MQZL-style source of most commercial systems (``--textbook-source``).
+TEXTBOOK_INTENSITIES = (0.48, 0.1, 0.0)
+TEXTBOOK_CLASS_PROBABILITIES = (0.8, 0.1, 0.1)
+#: The finite-key analysis and reconciliation of the runs (set from the command line).
+ANALYSIS = "chernoff"
+ERROR_CORRECTION = "cascade"
 #: f assumed by the formulas when no block was reconciled.
 DEFAULT_F_EC = 1.1
 #: Same size as a node's bootstrap key (qcinode.pki default): 2048 one-time MAC keys.
@@ -220,7 +232,9 @@ class DistanceRun:
 def run_distance(length_km: float, *, pz: float, block_bits: int, blocks: int, seed: int, label: str = "") -> DistanceRun:
     """Runs ``blocks`` blocks of the real stack at ``length_km``."""
     phys = gys_physics(length_km, pz)
-    config = LinkProtocolConfig(link_id="alice-bob", physics=phys, block_bits=block_bits)
+    config = LinkProtocolConfig(
+        link_id="alice-bob", physics=phys, block_bits=block_bits, finite_key=ANALYSIS, error_correction=ERROR_CORRECTION
+    )
     bootstrap = np.random.default_rng(seed).bytes(BOOTSTRAP_KEY_BYTES)
     alice, bob = make_pair(config, bootstrap, seed=seed)
     run = DistanceRun(length_km=length_km, block_bits=block_bits, frame_slots=frame_slots(config, RATE_HZ, None))
@@ -251,9 +265,9 @@ def formula_f(f_measured: float | None) -> float:
     return max(1.0, f_measured) if f_measured is not None else DEFAULT_F_EC
 
 
-def finite_rate(length_km: float, pz: float, block_bits: int, f_ec: float) -> float:
+def finite_rate(length_km: float, pz: float, block_bits: int, f_ec: float, analysis: str | None = None) -> float:
     phys = gys_physics(length_km, pz)
-    result = expected_key_length(phys, block_bits, f_ec=f_ec)
+    result = expected_key_length(phys, block_bits, f_ec=f_ec, analysis=analysis or ANALYSIS)
     return result.length_bits / block_bits * expected_key_bits_per_slot(phys)
 
 
@@ -285,7 +299,7 @@ def bisect_km(has_key: Callable[[float], bool], low: float, high: float, toleran
 
 def formula_max_distance(pz: float, block_bits: int, f_ec: float) -> float:
     def has_key(length_km: float) -> bool:
-        return expected_key_length(gys_physics(length_km, pz), block_bits, f_ec=f_ec).length_bits > 0
+        return expected_key_length(gys_physics(length_km, pz), block_bits, f_ec=f_ec, analysis=ANALYSIS).length_bits > 0
 
     if not has_key(0.0):
         return 0.0
@@ -304,7 +318,7 @@ def fmt(x: float) -> str:
 def print_table(runs: Sequence[DistanceRun], pz: float) -> None:
     header = (
         f"{'L km':>6} {'ok/ab':>6} {'pulses':>9} {'n/blk':>8} {'measured':>10} {'QBER':>7} {'f':>6} "
-        f"{'finite':>10} {'meas/fin':>8} {'Lim-inf':>10} {'GLLP-src':>10} {'MQZL':>10} {'mu*':>5} {'PLOB':>10} {'wall s':>7}"
+        f"{'finite':>10} {'meas/fin':>8} {'other':>10} {'Lim-inf':>10} {'GLLP-src':>10} {'MQZL':>10} {'mu*':>5} {'PLOB':>10} {'wall s':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -316,10 +330,11 @@ def print_table(runs: Sequence[DistanceRun], pz: float) -> None:
         mu_star, mqzl = mqzl_rate(run.length_km)
         eta = gys_physics(run.length_km, pz).eta
         ratio = f"{run.rate / finite:8.3f}" if finite > 0 else f"{'-':>8}"
+        other = finite_rate(run.length_km, pz, run.mean_block_key_bits, f_use, next(a for a in FINITE_KEY_ANALYSES if a != ANALYSIS))
         print(
             f"{run.length_km:6.1f} {run.accepted:>3}/{run.aborted:<2} {run.pulses:9.2e} {run.mean_block_key_bits:8d} {fmt(run.rate):>10} "
             f"{100 * qber:6.2f}{'%' if by_cascade else 't'} {(f'{f_meas:.3f}' if f_meas else '-'):>6} "
-            f"{fmt(finite):>10} {ratio} {fmt(lim_asymptotic_rate(run.length_km, pz, f_use)):>10} "
+            f"{fmt(finite):>10} {ratio} {fmt(other):>10} {fmt(lim_asymptotic_rate(run.length_km, pz, f_use)):>10} "
             f"{fmt(gllp_same_source_rate(run.length_km, pz, f_use)):>10} {fmt(mqzl):>10} {(f'{mu_star:.3f}' if mqzl > 0 else '-'):>5} "
             f"{fmt(plob_bound(eta)):>10} {run.wall_s:7.1f}"
         )
@@ -400,7 +415,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bisect-steps", type=int, default=5, help="single-block probes refining the stack's maximum distance (0: table only; negative: skip)")
     p.add_argument("--quick", action="store_true", help="smoke run: block 2e5, distances 0,50,100")
     p.add_argument("--csv", type=Path, help="also write the measured rows here (docs/figures.py plots docs/data/keyrate-measured.csv)")
+    p.add_argument("--finite-key", default="chernoff", choices=list(FINITE_KEY_ANALYSES))
+    p.add_argument("--error-correction", default="cascade", choices=["cascade", "ldpc"])
+    p.add_argument("--textbook-source", action="store_true", help="source mu 0.48/0.1/0, p 0.8/0.1/0.1 instead of 0.48/0.2/0, 0.4/0.3/0.3")
     args = p.parse_args(argv)
+    global ANALYSIS, ERROR_CORRECTION, INTENSITIES, CLASS_PROBABILITIES
+    ANALYSIS, ERROR_CORRECTION = args.finite_key, args.error_correction
+    if args.textbook_source:
+        INTENSITIES, CLASS_PROBABILITIES = TEXTBOOK_INTENSITIES, TEXTBOOK_CLASS_PROBABILITIES
     if args.quick:
         args.block_bits = 2e5
         args.distances = "0,50,100"
@@ -417,7 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"GYS link (alpha {GYS_ATTENUATION_DB_PER_KM} dB/km, eta_Bob {GYS_DETECTOR_EFFICIENCY}, Y0 {GYS_DARK_COUNT_PROBABILITY:g}, "
         f"e_det {GYS_MISALIGNMENT_ERROR}); source mu {INTENSITIES}, p {CLASS_PROBABILITIES}, pz {args.pz}; "
-        f"block {block_bits:.3g} key bits, {args.blocks} blocks per distance, seed {args.seed}; eps_sec 1e-10, 64-bit tag"
+        f"block {block_bits:.3g} key bits, {args.blocks} blocks per distance, seed {args.seed}; eps_sec 1e-10, 64-bit tag; "
+        f"finite-key analysis {ANALYSIS}, reconciliation {ERROR_CORRECTION}"
     )
     print("rates in secret bits per pulse; measured = sum secret / sum pulses (aborted blocks' pulses included)")
     print_table(runs, args.pz)
@@ -425,7 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_csv(args.csv, runs, args.pz)
     print(
         "n/blk = key bits per closed block (nominal + up to one frame); "
-        "finite = Lim et al. key length / n of the mean block of n/blk bits (f = measured, 1.1 if none) x pz^2 sum p_k Q_k; "
+        f"finite = {ANALYSIS} key length / n of the mean block of n/blk bits (f = measured, 1.1 if none) x pz^2 sum p_k Q_k; "
+        "other = the same with the other finite-key analysis; "
         "Lim-inf = its infinite-block limit;\n"
         "GLLP-src = p_signal pz^2 {Q1[1-h(e1)] - Q_mu f h(E_mu)} at mu 0.48 (infinite decoys); "
         "MQZL = q 1/2, mu optimised (mu*), f 1.22; PLOB = -log2(1-eta), eta incl. eta_Bob"

@@ -53,6 +53,14 @@ from qcinode.core.estimation import NO_DECOY_BOUNDS, NO_DECOY_GLLP, NO_DECOY_SIN
 from qcinode.core.clock import NetworkClock
 from qcinode.core.freespace import FreeSpaceOptics, SkyRadiance
 from qcinode.core.orbit import TleSatellite, format_utc, parse_utc
+from qcinode.core.finite_key import DEFAULT_FINITE_KEY, FINITE_KEY_ANALYSES
+from qcinode.core.reconciliation import (
+    DEFAULT_ERROR_CORRECTION,
+    ERROR_CORRECTION_LDPC,
+    ERROR_CORRECTION_METHODS,
+    LDPC_EXTRA_HINT,
+    ldpc_available,
+)
 from qcinode.errors import ConfigError
 
 __all__ = [
@@ -563,18 +571,43 @@ class PostprocessingConfig(_Section):
         security_epsilon: ε_sec of the finite-size key length, in (0, 1e-3].
         verification_tag_bits: Length of the universal-hash verification tag, in [32, 256].
         cascade_max_passes: Most Cascade passes before a block is given up, in [1, 64].
+        finite_key: The finite-key analysis of a decoy-state block, one of
+            :data:`FINITE_KEY_ANALYSES` (:func:`qcinode.core.finite_key.decoy_key_length`):
+            ``chernoff`` (per-class Chernoff bounds, the default) or ``lim2014``.
+        error_correction: The reconciliation method, one of
+            :data:`ERROR_CORRECTION_METHODS`: ``cascade`` (interactive, the
+            default) or ``ldpc`` (one-way syndrome decoding; needs the
+            ``ldpc`` extra).
     """
 
     block_bits: int = 100_000
     security_epsilon: float = 1.0e-10
     verification_tag_bits: int = 64
     cascade_max_passes: int = 6
+    finite_key: str = DEFAULT_FINITE_KEY
+    error_correction: str = DEFAULT_ERROR_CORRECTION
 
     def __post_init__(self) -> None:
         _integer(self, "block_bits", 1_000, 10_000_000)
         _real(self, "security_epsilon", _Range(0.0, 1.0e-3, low_open=True))
         _integer(self, "verification_tag_bits", 32, 256)
         _integer(self, "cascade_max_passes", 1, 64)
+        analysis = _string(self.finite_key, "finite_key", "finite-key analysis")
+        if analysis not in FINITE_KEY_ANALYSES:
+            raise _Invalid(
+                "finite_key",
+                f"unknown analysis {analysis!r}{_suggest(analysis, FINITE_KEY_ANALYSES)} "
+                f"(allowed: {', '.join(FINITE_KEY_ANALYSES)})",
+            )
+        method = _string(self.error_correction, "error_correction", "reconciliation method")
+        if method not in ERROR_CORRECTION_METHODS:
+            raise _Invalid(
+                "error_correction",
+                f"unknown method {method!r}{_suggest(method, ERROR_CORRECTION_METHODS)} "
+                f"(allowed: {', '.join(ERROR_CORRECTION_METHODS)})",
+            )
+        if method == ERROR_CORRECTION_LDPC and not ldpc_available():
+            raise _Invalid("error_correction", LDPC_EXTRA_HINT)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1022,11 +1022,17 @@ def expected_key_length(
     f_ec: float = 1.16,
     verification_tag_bits: int = 64,
     security_epsilon: float = 1e-10,
+    analysis: str | None = None,
 ) -> KeyLengthResult:
-    """:func:`key_length` of the mean block with ``n_key_bits`` key-basis detections.
+    """The key length of the mean block with ``n_key_bits`` key-basis detections.
 
     The leak is :func:`predicted_leak` at the expected key-basis error rate.
-    Benches print this next to measured block results.
+    Benches print this next to measured block results. The length is that of
+    the finite-key analysis ``analysis`` names
+    (:data:`qcinode.core.finite_key.FINITE_KEY_ANALYSES`; None: the default,
+    the per-class Chernoff analysis; ``"lim2014"``: :func:`key_length`),
+    through :func:`qcinode.core.finite_key.decoy_key_length`, the function the
+    pipeline calls.
 
     Args:
         phys: Link parameters (intensities must satisfy the Lim et al. conditions).
@@ -1034,11 +1040,18 @@ def expected_key_length(
         f_ec: Assumed reconciliation inefficiency.
         verification_tag_bits: Verification tag length.
         security_epsilon: Secrecy parameter.
+        analysis: Finite-key analysis name, or None for the default.
     """
-    stats = expected_block_statistics(phys, n_key_bits)
-    key_qber = _key_basis_qber(phys)
-    leak = predicted_leak(stats.key_bits, key_qber, f_ec)
-    return key_length(stats, leak, verification_tag_bits, security_epsilon)
+    from qcinode.core.finite_key import DEFAULT_FINITE_KEY, expected_decoy_key_length  # noqa: PLC0415 - cycle
+
+    return expected_decoy_key_length(
+        phys,
+        n_key_bits,
+        analysis=DEFAULT_FINITE_KEY if analysis is None else analysis,
+        f_ec=f_ec,
+        verification_tag_bits=verification_tag_bits,
+        security_epsilon=security_epsilon,
+    )
 
 
 def _key_basis_qber(phys: LinkPhysics) -> float:

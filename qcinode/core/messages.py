@@ -15,9 +15,14 @@ B>A   DetectionReport    slots that clicked in a frame, and Bob's bases
 A>B   SiftReply          per reported slot: bases matched?, Alice's class
 B>A   TestBits           (block closed) Bob's test-basis (X) bits
 A>B   Estimate           test errors per class; proceed or abort
-B>A   CascadeQuery       one bisection level of parity questions
-A>B   CascadeReply       Alice's parities
-B>A   Reconciled         Bob's verification hash, errors corrected
+B>A   CascadeQuery       one bisection level of parity questions    (Cascade)
+A>B   CascadeReply       Alice's parities                           (Cascade)
+A>B   LdpcSyndromes      every frame's syndrome, right after        (LDPC)
+                         Estimate
+B>A   LdpcRetry          frames that did not decode                 (LDPC)
+A>B   LdpcReveal         more key bits of those frames, revealed    (LDPC)
+B>A   Reconciled         Bob's verification hash, errors corrected,
+                         LDPC frames discarded
 A>B   Confirm            verdict, privacy amplification seed and length, A's MAC
 B>A   Verdict            B accepts (block pending) or rejects; B's MAC
 A>B   Commit             A accepted (B's MAC verified) or dropped the block
@@ -78,11 +83,32 @@ class CascadeReply:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class LdpcSyndromes:
+    block_seq: int
+    syndromes: np.ndarray  # uint8 bits: every frame's syndrome, frame after frame
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LdpcRetry:
+    block_seq: int
+    attempt: int  # 1 for the first retry
+    frames: tuple[int, ...]  # frames that did not decode, ascending
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LdpcReveal:
+    block_seq: int
+    attempt: int
+    bits: np.ndarray  # uint8: the next key bits of each retried frame, frame after frame
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Reconciled:
     block_seq: int
     verify_seed: bytes
     verify_tag: bytes
     errors_corrected: int
+    discarded_frames: tuple[int, ...] = ()  # LDPC frames that never decoded, dropped at both ends
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,7 +138,19 @@ class Commit:
 
 
 Message = (
-    DetectionReport | SiftReply | TestBits | Estimate | CascadeQuery | CascadeReply | Reconciled | Confirm | Verdict | Commit
+    DetectionReport
+    | SiftReply
+    | TestBits
+    | Estimate
+    | CascadeQuery
+    | CascadeReply
+    | LdpcSyndromes
+    | LdpcRetry
+    | LdpcReveal
+    | Reconciled
+    | Confirm
+    | Verdict
+    | Commit
 )
 
 

@@ -14,15 +14,19 @@ Theory of operation (rules both sessions follow):
    from).
 3. Parameter estimation. Bob reveals his test-basis (X) bits; Alice counts the
    errors per intensity class and evaluates THE key-length function
-   (:meth:`_LinkEnd._key_length`: Lim et al.'s
-   :func:`qcinode.core.estimation.key_length` with decoy states,
+   (:meth:`_LinkEnd._key_length`: :func:`qcinode.core.finite_key.decoy_key_length`
+   under the configured ``finite_key`` analysis with decoy states,
    :func:`qcinode.core.estimation.no_decoy_key_length` under the configured
    ``no_decoy_bound`` for a signal-only source, fed the pulses both ends
    counted in the block's frames) at the Shannon limit of error
    correction; if even that leaves no key, the block aborts before Cascade.
-4. Cascade. Bob asks, Alice answers, one bisection level per message. Leak is
-   the number of parities Alice disclosed plus the bits needed to disclose
-   the error count.
+4. Reconciliation, behind :mod:`qcinode.core.reconciliation`'s interface
+   (``error_correction``): Cascade (Bob asks, Alice answers, one bisection
+   level per message) or one-way LDPC (Alice's syndromes follow her
+   ``Estimate``; Bob asks for more bits of frames that fail, at most twice,
+   then drops them). Leak is every bit disclosed (parities, syndromes,
+   revealed and discarded bits) plus the bits needed to disclose the error
+   count; the key bits kept are those of the frames both ends kept.
 5. Verification. Bob sends a universal-hash tag of his corrected key; Alice
    compares it with hers. Mismatch: the block is discarded.
 6. Privacy amplification and authentication. Alice computes the key length
@@ -58,7 +62,6 @@ from ..errors import AuthenticationFailed, ConfigError, InsufficientKeyMaterial,
 from . import messages as m
 from .amplification import toeplitz_hash, unpack_bits
 from .authentication import AuthKeyReserve, Direction, Transcript, one_time_tag, verify_one_time_tag
-from .cascade import CascadeParams, CascadeResponder, CascadeSession
 from .estimation import (
     NO_DECOY_BOUNDS,
     NO_DECOY_GLLP,
@@ -66,10 +69,19 @@ from .estimation import (
     KeyLengthResult,
     NoDecoyStatistics,
     h2,
-    key_length,
     no_decoy_key_length,
 )
 from .channel import QuantumChannelModel, physics_at
+from .finite_key import DEFAULT_FINITE_KEY, check_finite_key, decoy_key_length
+from .reconciliation import (
+    DEFAULT_ERROR_CORRECTION,
+    ERROR_CORRECTION_METHODS,
+    AliceReconciler,
+    BobReconciler,
+    make_alice_reconciler,
+    make_bob_reconciler,
+)
+from .reconciliation import error_count_leak_bits as error_count_leak_bits
 from .physics import AliceRecord, Clicks, LinkPhysics, PhotonFrame, detect, transmit
 from .verification import tags_match, verification_tag
 
@@ -94,7 +106,11 @@ class LinkProtocolConfig:
     ``no_decoy_bound`` (topology ``source.no_decoy_bound``) picks the
     key-length assumption of a source without decoy states (one of
     :data:`~qcinode.core.estimation.NO_DECOY_BOUNDS`); it is ignored when
-    the source sends decoy and vacuum pulses.
+    the source sends decoy and vacuum pulses. ``finite_key`` names the
+    analysis of a decoy-state block
+    (:data:`~qcinode.core.finite_key.FINITE_KEY_ANALYSES`) and
+    ``error_correction`` the reconciliation method
+    (:data:`~qcinode.core.reconciliation.ERROR_CORRECTION_METHODS`).
     """
 
     link_id: str
@@ -107,10 +123,17 @@ class LinkProtocolConfig:
     cascade_max_passes: int = 6
     no_decoy_bound: str = NO_DECOY_GLLP
     channel: QuantumChannelModel | None = None
+    finite_key: str = DEFAULT_FINITE_KEY
+    error_correction: str = DEFAULT_ERROR_CORRECTION
 
     def __post_init__(self) -> None:
         if self.block_bits < 1:
             raise LocalProtocolError("block_bits must be positive")
+        check_finite_key(self.finite_key)
+        if self.error_correction not in ERROR_CORRECTION_METHODS:
+            raise ConfigError(
+                f"error_correction: expected one of {', '.join(ERROR_CORRECTION_METHODS)}, got {self.error_correction!r}"
+            )
         if self.no_decoy_bound not in NO_DECOY_BOUNDS:
             raise ConfigError(
                 f"no_decoy_bound: expected one of {', '.join(NO_DECOY_BOUNDS)}, got {self.no_decoy_bound!r}"
@@ -147,6 +170,7 @@ class BlockStats:
     test_errors: int
     errors_corrected: int
     leak_bits: int
+    #: Reconciliation round trips (Cascade query/reply pairs; LDPC attempts).
     cascade_rounds: int
     secret_bits: int
     estimate: KeyLengthResult | None
@@ -191,11 +215,6 @@ BlockEvent = BlockAccepted | BlockAborted
 
 def block_id_for(link_id: str, block_seq: int) -> str:
     return f"{link_id}/{block_seq}"
-
-
-def error_count_leak_bits(n: int) -> int:
-    """Bits disclosed by announcing how many errors Cascade corrected in n bits."""
-    return math.ceil(math.log2(n + 1)) if n > 0 else 0
 
 
 class _SiftBuffer:
@@ -402,11 +421,12 @@ class _LinkEnd:
                 security_epsilon=self.config.security_epsilon,
                 bound=self.config.no_decoy_bound,
             )
-        return key_length(
+        return decoy_key_length(
             stats,
             leak_ec_bits=leak_bits,
             verification_tag_bits=self.config.verification_tag_bits,
             security_epsilon=self.config.security_epsilon,
+            analysis=self.config.finite_key,
         )
 
     def _take_mac_keys(self, block: _Block) -> bool:
@@ -502,14 +522,14 @@ class AliceLink(_LinkEnd):
         super().__init__(*args, **kwargs)
         self.next_frame_id = 0
         self._outstanding: tuple[int, int, AliceRecord] | None = None
-        self._responder: CascadeResponder | None = None
+        self._reconciler: AliceReconciler | None = None
         self._confirm: m.Confirm | None = None
         self._close_after_frame = False
 
     def _reset_session(self) -> None:
         self._outstanding = None
         self._close_after_frame = False
-        self._responder = None
+        self._reconciler = None
         self._confirm = None
 
     @property
@@ -549,7 +569,7 @@ class AliceLink(_LinkEnd):
                 return self._on_detections(msg)
             case m.TestBits():
                 return self._on_test_bits(msg)
-            case m.CascadeQuery():
+            case m.CascadeQuery() | m.LdpcRetry():
                 return self._on_query(msg)
             case m.Reconciled():
                 return self._on_reconciled(msg)
@@ -602,31 +622,38 @@ class AliceLink(_LinkEnd):
         if reason:
             block.key_length = optimistic
             self._abort(reason)
-        else:
-            self._responder = CascadeResponder(block.bits[block.key_mask])
-            self.state = LinkState.RECONCILING
-        return [reply]
+            return [reply]
+        self._reconciler = make_alice_reconciler(
+            self.config.error_correction, block.seq, block.bits[block.key_mask], block.test_qber, self.key_rng
+        )
+        self.state = LinkState.RECONCILING
+        out: list[m.Message] = [reply, *self._reconciler.opening()]
+        for sent in out[1:]:
+            self._record_out(sent)
+        block.cascade_rounds = self._reconciler.rounds
+        return out
 
-    def _on_query(self, msg: m.CascadeQuery) -> list[m.Message]:
+    def _on_query(self, msg: m.CascadeQuery | m.LdpcRetry) -> list[m.Message]:
         block = self._expect(LinkState.RECONCILING, msg)
-        assert block is not None and self._responder is not None
+        assert block is not None and self._reconciler is not None
         self._record_in(msg)
-        reply = m.CascadeReply(block.seq, self._responder.receive(msg.query))
-        block.cascade_rounds += 1
-        self._record_out(reply)
-        return [reply]
+        replies = self._reconciler.receive(msg)
+        block.cascade_rounds = self._reconciler.rounds
+        for reply in replies:
+            self._record_out(reply)
+        return replies
 
     def _on_reconciled(self, msg: m.Reconciled) -> list[m.Message]:
         block = self._expect(LinkState.RECONCILING, msg)
-        assert block is not None and self._responder is not None
+        assert block is not None and self._reconciler is not None
         self._record_in(msg)
-        key = block.bits[block.key_mask]
+        kept, block.leak_bits = self._reconciler.finish(msg)
+        key = block.bits[block.key_mask][kept]
         n = len(key)
         if not 0 <= msg.errors_corrected <= n:
             raise RemoteProtocolError("errors_corrected out of range")
         block.errors_corrected = msg.errors_corrected
-        block.leak_bits = self._responder.leak_bits + error_count_leak_bits(n)
-        self._responder = None
+        self._reconciler = None
         ours = verification_tag(key, msg.verify_seed, self.config.verification_tag_bits)
         if not tags_match(ours, msg.verify_tag):
             reply = m.Confirm(block.seq, False, "verification_failed", b"", 0, block.leak_bits)
@@ -634,7 +661,7 @@ class AliceLink(_LinkEnd):
             self._abort("verification_failed")
             return [reply]
         block.key_length = self._key_length(block, block.leak_bits)
-        length = block.key_length.length_bits // 8 * 8
+        length = min(block.key_length.length_bits, n) // 8 * 8
         if length <= 0:
             reason = self._no_key_reason(block, block.key_length.reason or "insufficient_entropy")
             reply = m.Confirm(block.seq, False, reason, b"", 0, block.leak_bits)
@@ -688,14 +715,14 @@ class BobLink(_LinkEnd):
         super().__init__(*args, **kwargs)
         self._pending_frames: list[tuple[int, PhotonFrame, float | None]] = []
         self._reported: tuple[int, Clicks] | None = None
-        self._cascade: CascadeSession | None = None
+        self._reconciler: BobReconciler | None = None
         self._corrected: np.ndarray | None = None
         self._awaiting_commit = False
 
     def _reset_session(self) -> None:
         self._pending_frames.clear()
         self._reported = None
-        self._cascade = None
+        self._reconciler = None
         self._corrected = None
 
     def _is_pending(self) -> bool:
@@ -726,7 +753,7 @@ class BobLink(_LinkEnd):
                 out = self._on_sift(msg)
             case m.Estimate():
                 out = self._on_estimate(msg)
-            case m.CascadeReply():
+            case m.CascadeReply() | m.LdpcSyndromes() | m.LdpcReveal():
                 out = self._on_reply(msg)
             case m.Confirm():
                 out = self._on_confirm(msg)
@@ -768,36 +795,39 @@ class BobLink(_LinkEnd):
             block.key_length = self._optimistic_key_length(block)
             self._abort(msg.abort_reason or "aborted_by_peer")
             return []
-        self._cascade = CascadeSession(
+        self._reconciler = make_bob_reconciler(
+            self.config.error_correction,
+            block.seq,
             block.bits[block.key_mask].copy(),
-            qber_estimate=block.test_qber,
-            rng=self.noise_rng,
-            params=CascadeParams(max_passes=self.config.cascade_max_passes),
+            block.test_qber,
+            self.noise_rng,
+            self.config.cascade_max_passes,
         )
-        query = m.CascadeQuery(block.seq, self._cascade.start())
-        self._record_out(query)
         self.state = LinkState.RECONCILING
-        return [query]
+        return self._reconciliation_step(block, self._reconciler.opening())
 
-    def _on_reply(self, msg: m.CascadeReply) -> list[m.Message]:
+    def _on_reply(self, msg: m.CascadeReply | m.LdpcSyndromes | m.LdpcReveal) -> list[m.Message]:
         block = self._expect(LinkState.RECONCILING, msg)
         assert block is not None
-        if self._cascade is None or self._cascade.is_done:
-            raise RemoteProtocolError("parity reply after reconciliation finished")
+        if self._reconciler is None or self._reconciler.is_done:
+            raise RemoteProtocolError("reconciliation reply after reconciliation finished")
         self._record_in(msg)
-        block.cascade_rounds += 1
-        nxt = self._cascade.receive(msg.reply)
-        if nxt is not None:
-            query = m.CascadeQuery(block.seq, nxt)
-            self._record_out(query)
-            return [query]
-        cascade = self._cascade
-        self._corrected = cascade.corrected_key
-        n = len(self._corrected)
-        block.errors_corrected = int(cascade.errors_corrected)
-        block.leak_bits = int(cascade.leak_bits) + error_count_leak_bits(n)
+        return self._reconciliation_step(block, self._reconciler.receive(msg))
+
+    def _reconciliation_step(self, block: _Block, out: list[m.Message]) -> list[m.Message]:
+        """Sends the reconciler's next messages, or ``Reconciled`` once it is done."""
+        reconciler = self._reconciler
+        assert reconciler is not None
+        block.cascade_rounds = reconciler.rounds
+        if out or not reconciler.is_done:
+            for sent in out:
+                self._record_out(sent)
+            return out
+        self._corrected, _, errors, block.leak_bits, discarded = reconciler.result()
+        block.errors_corrected = errors
         seed = bytes(self.key_rng.bytes(32))
-        done = m.Reconciled(block.seq, seed, verification_tag(self._corrected, seed, self.config.verification_tag_bits), block.errors_corrected)
+        tag = verification_tag(self._corrected, seed, self.config.verification_tag_bits)
+        done = m.Reconciled(block.seq, seed, tag, block.errors_corrected, discarded)
         self._record_out(done)
         return [done]
 
@@ -807,7 +837,7 @@ class BobLink(_LinkEnd):
         if self._corrected is None:
             raise RemoteProtocolError("confirmation before reconciliation finished")
         self._record_in(dataclasses.replace(msg, auth_tag=b""))
-        corrected, self._corrected, self._cascade = self._corrected, None, None
+        corrected, self._corrected, self._reconciler = self._corrected, None, None
         if not msg.accepted:
             block.key_length = self._key_length(block, block.leak_bits)
             self._abort(msg.reason or "rejected_by_peer")
@@ -819,8 +849,8 @@ class BobLink(_LinkEnd):
         except AuthenticationFailed:
             return self._reject(block, "authentication_failed")
         block.key_length = self._key_length(block, block.leak_bits)
-        length = block.key_length.length_bits // 8 * 8
         n = len(corrected)
+        length = min(block.key_length.length_bits, n) // 8 * 8
         if msg.key_bits != length or msg.leak_bits != block.leak_bits:
             return self._reject(block, "key_length_mismatch")
         if len(msg.pa_seed) != (n + length - 1 + 7) // 8:

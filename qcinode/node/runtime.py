@@ -155,6 +155,8 @@ def protocol_config(link: LinkConfig, channel: QuantumChannelModel | None = None
         cascade_max_passes=pp.cascade_max_passes,
         no_decoy_bound=link.source.no_decoy_bound,
         channel=channel,
+        finite_key=pp.finite_key,
+        error_correction=pp.error_correction,
     )
 
 

@@ -87,10 +87,24 @@ def encode(msg: m.Message) -> pb.ClassicalMessage:
             return pb.ClassicalMessage(
                 parity_reply=pb.ParityReply(block_seq=msg.block_seq, round=r.round, parities=_pack(r.parities), count=len(r.parities))
             )
+        case m.LdpcSyndromes():
+            return pb.ClassicalMessage(
+                ldpc_syndromes=pb.LdpcSyndromes(block_seq=msg.block_seq, syndromes=_pack(msg.syndromes), count=len(msg.syndromes))
+            )
+        case m.LdpcRetry():
+            return pb.ClassicalMessage(ldpc_retry=pb.LdpcRetry(block_seq=msg.block_seq, attempt=msg.attempt, frames=list(msg.frames)))
+        case m.LdpcReveal():
+            return pb.ClassicalMessage(
+                ldpc_reveal=pb.LdpcReveal(block_seq=msg.block_seq, attempt=msg.attempt, bits=_pack(msg.bits), count=len(msg.bits))
+            )
         case m.Reconciled():
             return pb.ClassicalMessage(
                 reconciled=pb.Reconciled(
-                    block_seq=msg.block_seq, verify_seed=msg.verify_seed, verify_tag=msg.verify_tag, errors_corrected=msg.errors_corrected
+                    block_seq=msg.block_seq,
+                    verify_seed=msg.verify_seed,
+                    verify_tag=msg.verify_tag,
+                    errors_corrected=msg.errors_corrected,
+                    discarded_frames=list(msg.discarded_frames),
                 )
             )
         case m.Confirm():
@@ -152,8 +166,16 @@ def decode(envelope: pb.ClassicalMessage) -> m.Message:
             return m.CascadeQuery(body.block_seq, query)
         case "parity_reply":
             return m.CascadeReply(body.block_seq, ParityReply(round=body.round, parities=_unpack(body.parities, body.count, "parity_reply.parities")))
+        case "ldpc_syndromes":
+            return m.LdpcSyndromes(body.block_seq, _unpack(body.syndromes, body.count, "ldpc_syndromes.syndromes"))
+        case "ldpc_retry":
+            return m.LdpcRetry(body.block_seq, body.attempt, tuple(int(f) for f in body.frames))
+        case "ldpc_reveal":
+            return m.LdpcReveal(body.block_seq, body.attempt, _unpack(body.bits, body.count, "ldpc_reveal.bits"))
         case "reconciled":
-            return m.Reconciled(body.block_seq, body.verify_seed, body.verify_tag, body.errors_corrected)
+            return m.Reconciled(
+                body.block_seq, body.verify_seed, body.verify_tag, body.errors_corrected, tuple(int(f) for f in body.discarded_frames)
+            )
         case "confirm":
             return m.Confirm(body.block_seq, body.accepted, body.reason, body.pa_seed, body.key_bits, body.leak_bits, body.auth_tag)
         case "verdict":

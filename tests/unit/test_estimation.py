@@ -185,7 +185,7 @@ def test_honest_block_of_1e5_bits_gives_key_below_the_asymptote() -> None:
 def test_key_fraction_grows_with_block_size_towards_the_asymptote() -> None:
     phys = finite_link()
     sizes = [10**4, 10**5, 10**6, 10**7, 10**9]
-    fractions = [expected_key_length(phys, n).length_bits / n for n in sizes]
+    fractions = [expected_key_length(phys, n, analysis="lim2014").length_bits / n for n in sizes]
     assert fractions == sorted(fractions) and fractions[1] > fractions[0]
     assert fractions[1] > 0.0
     asymptote = asymptotic_key_fraction(phys, 1.16)
@@ -295,9 +295,9 @@ def test_key_length_decreases_with_tag_and_stricter_epsilon() -> None:
 
 
 def test_high_qber_leaves_no_key() -> None:
-    result = expected_key_length(finite_link(misalignment_error=0.11), 10_000_000)
+    result = expected_key_length(finite_link(misalignment_error=0.11), 10_000_000, analysis="lim2014")
     assert result.length_bits == 0 and result.reason
-    worse = expected_key_length(finite_link(misalignment_error=0.5), 10_000_000)
+    worse = expected_key_length(finite_link(misalignment_error=0.5), 10_000_000, analysis="lim2014")
     assert worse.length_bits == 0 and "phase error" in worse.reason
     assert worse.phase_error_bound == 0.5
 

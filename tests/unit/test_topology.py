@@ -369,6 +369,10 @@ REJECTIONS: list[tuple[str, Mutation, str, str]] = [
      "defaults.source.intensities.signl", "did you mean 'signal'?"),
     ("unknown-node-key", _set("nodes", 0, "sae", value=["x"]),
      "nodes[0].sae", "did you mean 'saes'?"),
+    ("unknown-finite-key", _set("links", 0, "postprocessing", "finite_key", value="lim2015"),
+     "links[0].postprocessing.finite_key", "did you mean 'lim2014'?"),
+    ("unknown-error-correction", _set("defaults", "postprocessing", "error_correction", value="cascad"),
+     "defaults.postprocessing.error_correction", "did you mean 'cascade'?"),
     ("negative-length", _set("links", 0, "length_km", value=-5),
      "links[0].length_km", ">= 0"),
     ("length-not-number", _set("links", 0, "length_km", value="40 km"),
@@ -649,3 +653,31 @@ def test_cluster_ports_are_distinct() -> None:
     for _ in range(50):
         ports = free_ports(3 * 8)
         assert len(set(ports)) == len(ports)
+
+
+# --------------------------------------------------------------------------
+# Finite-key analysis and reconciliation method
+
+
+def test_finite_key_and_error_correction_default_and_round_trip() -> None:
+    topo = parse_topology(DESIGN_EXAMPLE)
+    pp = topo.defaults.postprocessing
+    assert (pp.finite_key, pp.error_correction) == ("chernoff", "cascade")
+    data = yaml.safe_load(DESIGN_EXAMPLE)
+    data["defaults"]["postprocessing"] = {"finite_key": "lim2014", "error_correction": "ldpc"}
+    link = parse_mapping(data).links[0]
+    assert (link.postprocessing.finite_key, link.postprocessing.error_correction) == ("lim2014", "ldpc")
+    from qcinode.node.runtime import protocol_config
+
+    config = protocol_config(link)
+    assert (config.finite_key, config.error_correction) == ("lim2014", "ldpc")
+
+
+def test_ldpc_without_the_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import qcinode.topology as topology_module
+
+    monkeypatch.setattr(topology_module, "ldpc_available", lambda: False)
+    data = yaml.safe_load(DESIGN_EXAMPLE)
+    data["links"][0]["postprocessing"] = {"error_correction": "ldpc"}
+    with pytest.raises(ConfigError, match=r"links\[0\]\.postprocessing\.error_correction: .*qcinode\[ldpc\]"):
+        parse_mapping(data)

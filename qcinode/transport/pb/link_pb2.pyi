@@ -134,17 +134,51 @@ class ParityReply(_message.Message):
     count: int
     def __init__(self, block_seq: _Optional[int] = ..., round: _Optional[int] = ..., parities: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
 
+class LdpcSyndromes(_message.Message):
+    __slots__ = ("block_seq", "syndromes", "count")
+    BLOCK_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SYNDROMES_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    block_seq: int
+    syndromes: bytes
+    count: int
+    def __init__(self, block_seq: _Optional[int] = ..., syndromes: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
+
+class LdpcRetry(_message.Message):
+    __slots__ = ("block_seq", "attempt", "frames")
+    BLOCK_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    block_seq: int
+    attempt: int
+    frames: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, block_seq: _Optional[int] = ..., attempt: _Optional[int] = ..., frames: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class LdpcReveal(_message.Message):
+    __slots__ = ("block_seq", "attempt", "bits", "count")
+    BLOCK_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    block_seq: int
+    attempt: int
+    bits: bytes
+    count: int
+    def __init__(self, block_seq: _Optional[int] = ..., attempt: _Optional[int] = ..., bits: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
+
 class Reconciled(_message.Message):
-    __slots__ = ("block_seq", "verify_seed", "verify_tag", "errors_corrected")
+    __slots__ = ("block_seq", "verify_seed", "verify_tag", "errors_corrected", "discarded_frames")
     BLOCK_SEQ_FIELD_NUMBER: _ClassVar[int]
     VERIFY_SEED_FIELD_NUMBER: _ClassVar[int]
     VERIFY_TAG_FIELD_NUMBER: _ClassVar[int]
     ERRORS_CORRECTED_FIELD_NUMBER: _ClassVar[int]
+    DISCARDED_FRAMES_FIELD_NUMBER: _ClassVar[int]
     block_seq: int
     verify_seed: bytes
     verify_tag: bytes
     errors_corrected: int
-    def __init__(self, block_seq: _Optional[int] = ..., verify_seed: _Optional[bytes] = ..., verify_tag: _Optional[bytes] = ..., errors_corrected: _Optional[int] = ...) -> None: ...
+    discarded_frames: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, block_seq: _Optional[int] = ..., verify_seed: _Optional[bytes] = ..., verify_tag: _Optional[bytes] = ..., errors_corrected: _Optional[int] = ..., discarded_frames: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Confirm(_message.Message):
     __slots__ = ("block_seq", "accepted", "reason", "pa_seed", "key_bits", "leak_bits", "auth_tag")
@@ -187,7 +221,7 @@ class Commit(_message.Message):
     def __init__(self, block_seq: _Optional[int] = ..., accepted: _Optional[bool] = ..., auth_tag: _Optional[bytes] = ...) -> None: ...
 
 class ClassicalMessage(_message.Message):
-    __slots__ = ("hello", "detection_report", "sift_reply", "test_bits", "estimate", "parity_query", "parity_reply", "reconciled", "confirm", "verdict", "commit")
+    __slots__ = ("hello", "detection_report", "sift_reply", "test_bits", "estimate", "parity_query", "parity_reply", "reconciled", "confirm", "verdict", "commit", "ldpc_syndromes", "ldpc_retry", "ldpc_reveal")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     DETECTION_REPORT_FIELD_NUMBER: _ClassVar[int]
     SIFT_REPLY_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +233,9 @@ class ClassicalMessage(_message.Message):
     CONFIRM_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
+    LDPC_SYNDROMES_FIELD_NUMBER: _ClassVar[int]
+    LDPC_RETRY_FIELD_NUMBER: _ClassVar[int]
+    LDPC_REVEAL_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     detection_report: DetectionReport
     sift_reply: SiftReply
@@ -210,4 +247,7 @@ class ClassicalMessage(_message.Message):
     confirm: Confirm
     verdict: Verdict
     commit: Commit
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., detection_report: _Optional[_Union[DetectionReport, _Mapping]] = ..., sift_reply: _Optional[_Union[SiftReply, _Mapping]] = ..., test_bits: _Optional[_Union[TestBits, _Mapping]] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ..., parity_query: _Optional[_Union[ParityQuery, _Mapping]] = ..., parity_reply: _Optional[_Union[ParityReply, _Mapping]] = ..., reconciled: _Optional[_Union[Reconciled, _Mapping]] = ..., confirm: _Optional[_Union[Confirm, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ...) -> None: ...
+    ldpc_syndromes: LdpcSyndromes
+    ldpc_retry: LdpcRetry
+    ldpc_reveal: LdpcReveal
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., detection_report: _Optional[_Union[DetectionReport, _Mapping]] = ..., sift_reply: _Optional[_Union[SiftReply, _Mapping]] = ..., test_bits: _Optional[_Union[TestBits, _Mapping]] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ..., parity_query: _Optional[_Union[ParityQuery, _Mapping]] = ..., parity_reply: _Optional[_Union[ParityReply, _Mapping]] = ..., reconciled: _Optional[_Union[Reconciled, _Mapping]] = ..., confirm: _Optional[_Union[Confirm, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ..., ldpc_syndromes: _Optional[_Union[LdpcSyndromes, _Mapping]] = ..., ldpc_retry: _Optional[_Union[LdpcRetry, _Mapping]] = ..., ldpc_reveal: _Optional[_Union[LdpcReveal, _Mapping]] = ...) -> None: ...
