@@ -29,8 +29,14 @@ IMPORT_NAMES = {
     "prometheus-client": {"prometheus_client"},
     "sgp4": {"sgp4"},
 }
-# Modules that run only where the extra is installed: the pytest plugin, the code generator.
-EXTRA_USERS = {"testing/__init__.py": {"pytest"}, "transport/generate.py": {"grpc_tools"}}
+# Modules that run only where the extra is installed: the pytest plugin, the code generator,
+# LDPC reconciliation (imported inside the functions that need it: error_correction: ldpc).
+EXTRA_USERS = {
+    "testing/__init__.py": {"pytest"},
+    "transport/generate.py": {"grpc_tools"},
+    "core/ldpc_codes.py": {"scipy"},
+    "core/ldpc_reconciliation.py": {"ldpc"},
+}
 
 
 def _requirement_name(requirement: str) -> str:
