@@ -170,3 +170,10 @@ def test_links_between_the_docs_resolve() -> None:
                 if anchor not in headings:
                     broken.append(f"{path.relative_to(ROOT)}: {target} (no such heading)")
     assert broken == []
+
+
+def test_the_readme_reads_in_five_minutes() -> None:
+    # What it is, the two commands, a picture, the demos, troubleshooting; the rest lives in docs/.
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    assert re.search(r"!\[[^\]]+\]\(docs/[^)]+\.(png|svg)\)", text)
