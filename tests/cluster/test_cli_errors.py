@@ -26,7 +26,7 @@ defaults:
     intensities: {signal: 0.5, decoy: 0.1, vacuum: 0.0}
     probabilities: {signal: 0.8, decoy: 0.1, vacuum: 0.1}
     basis_probabilities: {z: 0.8, x: 0.2}
-  postprocessing: {block_bits: 10000}
+  postprocessing: {block_bits: 10000, finite_key: lim2014}
 emulation: {speed: max}
 nodes:
   - {name: alpha, saes: [alpha-app]}
