@@ -216,6 +216,7 @@ class Node:
         self.keys_expired = 0
         self.kme_runner: Any = None
         self.kme_port: int | None = None
+        self.interfaces: Any = None  # node/interfaces.py: interworking, 004, SKIP
         self.metrics = NodeMetrics(self.status)
         self.metrics_runner: Any = None
         self.metrics_port: int | None = None
@@ -327,6 +328,7 @@ class Node:
             self._tasks.append(asyncio.create_task(self._guard(self._follow_contact(rt, self.clock), rt.link_id)))
         if self.settings.kme_listen is not None and self.keystore is not None:
             await self._start_kme()
+        await self._start_interfaces()
         if self.settings.metrics_listen is not None:
             host, _, mport = self.settings.metrics_listen.rpartition(":")
             self.metrics_runner, self.metrics_port = await start_metrics_server(self.metrics, host.strip("[]") or "0.0.0.0", int(mport))
@@ -354,7 +356,7 @@ class Node:
         topo = self.settings.topology
 
         def sae_node(sae: str) -> str | None:
-            return topo.sae_node(sae).name if topo.has_sae(sae) else None
+            return topo.sae_site(sae)  # another network's SAE: the interworking node that hands keys over
 
         def on_request(endpoint: str, status: int, latency_s: float) -> None:
             self.kme_requests[f"{endpoint} {status}"] += 1
@@ -371,6 +373,12 @@ class Node:
         self.log.info("kme.started", port=self.kme_port)
         self._tasks.append(asyncio.create_task(self._guard(self._watch_storage(), "storage")))
         self._tasks.append(asyncio.create_task(self._guard(self._expire_keys(), "kme")))
+
+    async def _start_interfaces(self) -> None:
+        """The interworking KME (ETSI 020) of an interworking node, and the 004 and SKIP servers (kme/etsi004.py, kme/skip.py)."""
+        from .interfaces import start_interfaces
+
+        self.interfaces = await start_interfaces(self)
 
     async def _expire_keys(self) -> None:
         """Deletes keys that waited longer than ``relay.key_ttl_s`` for their slave, checking every ``ttl / 10`` (at most a minute)."""
@@ -439,6 +447,8 @@ class Node:
 
     async def stop(self, grace_s: float = 2.0) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.interfaces is not None:
+            await self.interfaces.stop()
         for runner in (self.kme_runner, self.metrics_runner):
             if runner is not None:
                 await runner.cleanup()
@@ -471,6 +481,7 @@ class Node:
                 "etsi014_requests": dict(self.kme_requests),
                 "kme_refusals_by_reason": dict(self.kme_admission.refusals),
                 "keys_expired": self.keys_expired,
+                **(self.interfaces.status() if self.interfaces is not None else {}),
             },
         }
 
