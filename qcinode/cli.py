@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--kme-listen", default=_env("KME_LISTEN", "0.0.0.0:8443"), help="ETSI GS QKD 014 HTTPS host:port")
     node.add_argument("--metrics-listen", default=_env("METRICS_LISTEN", "0.0.0.0:9464"), help="Prometheus /metrics HTTP host:port")
     node.add_argument("--health-listen", default=_env("HEALTH_LISTEN"), help="plaintext host:port serving only grpc.health.v1 (kubelet gRPC probes); default: none")
+    node.add_argument("--etsi004-listen", default=_env("ETSI004_LISTEN"), help="ETSI GS QKD 004 key streams (JSON over mutual TLS) host:port; default: none")
+    node.add_argument("--skip-listen", default=_env("SKIP_LISTEN"), help="SKIP (draft-cisco-skip, HTTPS with mutual TLS) host:port; default: none")
     node.add_argument("--multipath", type=int, default=None, help="override the topology's relay.paths")
     node.add_argument("--port-file", type=Path, default=None, help="write the bound gRPC port here once serving")
     node.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # tests: deterministic noise AND key bits
@@ -326,6 +328,8 @@ def _node(args: argparse.Namespace) -> int:
         kme_listen=args.kme_listen,
         metrics_listen=args.metrics_listen,
         health_listen=args.health_listen,
+        etsi004_listen=args.etsi004_listen,
+        skip_listen=args.skip_listen,
         multipath_shares=args.multipath,
         seed=args.seed,
     )

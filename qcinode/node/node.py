@@ -35,7 +35,7 @@ from ..topology import EavesdropperConfig, Topology
 from ..keys.keystore import SaeKeyStore, StorageFailure
 from ..keys.linkstore import StorageKey
 from ..kme.fairness import Admission
-from ..kme.handlers import Kme
+from ..kme.handlers import Kme, KmeLimits
 from ..kme.server import make_app, start_kme_server, tls_context
 from ..pki import ADMIN_COMMON_NAME, NodeAdvertSigner, NodeCertificateVerifier, node_bundle, read_bytes
 from ..transport.guard import MalformedRequestGuard
@@ -81,6 +81,8 @@ class NodeSettings:
     kme_listen: str | None = "127.0.0.1:0"  # ETSI 014 HTTPS host:port; None: no KME
     metrics_listen: str | None = "127.0.0.1:0"  # Prometheus /metrics host:port; None: not served
     health_listen: str | None = None  # plaintext grpc.health.v1-only host:port (kubelet probes); None: not served
+    etsi004_listen: str | None = None  # ETSI GS QKD 004 (JSON over TLS) host:port; None: not served
+    skip_listen: str | None = None  # SKIP (HTTPS) host:port; None: not served
     multipath_shares: int | None = None  # override of the topology's relay.paths
     seed: int | None = None  # test-only: deterministic channel noise
     stage_timeout_s: float = 30.0  # how long a link waits for its peer's next message
@@ -213,6 +215,7 @@ class Node:
         self.kme_admission = Admission(
             rate_per_s=kme.max_keys_per_sae_per_s, burst=kme.burst, fair_share=kme.fair_share, window_s=kme.fair_share_window_s
         )
+        self.kme_limits = KmeLimits()
         self.keys_expired = 0
         self.kme_runner: Any = None
         self.kme_port: int | None = None
@@ -362,7 +365,7 @@ class Node:
             self.kme_requests[f"{endpoint} {status}"] += 1
             self.metrics.observe_request(endpoint, status, latency_s)
 
-        kme = Kme(self.settings.name, sae_node, self.keystore)
+        kme = Kme(self.settings.name, sae_node, self.keystore, self.kme_limits)
         app = make_app(
             kme, self.network, on_request=on_request, config=topo.kme, admission=self.kme_admission, storage_problem=self._storage_problem
         )
