@@ -39,8 +39,8 @@ Theory of operation:
       pad that is key (``chunk / (chunk + 32)``), less what other open
       streams over that link reserved. If not, 7 with the counter-proposal
       (the QoS that could be granted); if only ``max_bps`` is too high, it
-      is lowered and the stream opens. A stream reserves its granted
-      ``max_bps`` until it is closed or expires.
+      is lowered and the stream opens. A stream reserves its guaranteed
+      ``min_bps`` on that link until it is closed or expires.
     * **TTL.** A stream expires ``ttl`` seconds after it was opened; its
       chunks not yet delivered at the generator are dropped, and a GET_KEY
       then answers 4.
@@ -233,7 +233,7 @@ class StreamService:
                 log.info("etsi004.stream_expired", key_stream_id=stream.ksid, sae=stream.local_sae)
 
     def reserved_bps(self, link_id: str) -> int:
-        return sum(s.qos.max_bps for s in self.streams.values() if s.link_id == link_id and s.generator)
+        return sum(s.qos.min_bps for s in self.streams.values() if s.link_id == link_id and s.generator)
 
     # -- OPEN_CONNECT -----------------------------------------------------------
 
@@ -357,12 +357,13 @@ class StreamService:
     async def _receive(self, stream: _Stream, index: int, timeout_s: float) -> bytes | None:
         """At the other node: wait for chunk ``index`` to arrive, then take it."""
         key_id = chunk_key_id(stream.ksid, index)
-        deadline = self.clock() + timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s  # the event loop's clock: a wait is real time, the TTL is the injected clock's
         while True:
             key = self.backend.take(stream.local_sae, stream.peer_sae, key_id)
             if key is not None:
                 return key
-            if self.clock() >= deadline:
+            if loop.time() >= deadline:
                 raise TimeoutError
             await asyncio.sleep(_POLL_S)
 
