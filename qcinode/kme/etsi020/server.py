@@ -32,6 +32,7 @@ from typing import Protocol
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from qcinode.errors import ConfigError
 from qcinode.kme.etsi020.protocol import (
@@ -167,7 +168,7 @@ async def start_server(app: web.Application, listen: str, context: ssl.SSLContex
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _problems(backend: Backend) -> object:
+def _problems(backend: Backend) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
         try:
@@ -184,8 +185,8 @@ def _problems(backend: Backend) -> object:
             if exc.status < 400:
                 raise
             kind = "not-found" if exc.status == 404 else "invalid-request"
-            problem = Problem(exc.status if exc.status in (404, 405, 413) else 400, kind, exc.reason.lower(), {"request": exc.reason})
-            return web.json_response(problem.body(), status=problem.status)
+            refusal = Problem(exc.status if exc.status in (404, 405, 413) else 400, kind, exc.reason.lower(), {"request": exc.reason})
+            return web.json_response(refusal.body(), status=refusal.status)
         except Exception:
             log.exception("etsi020.request_crashed", path=request.path[:200])
             return web.json_response(Problem.server_error("the KME cannot process the request now").body(), status=503)
