@@ -169,8 +169,8 @@ class Cluster:
         """
         anchored = with_clock_anchor(self.topology, time.time())
         traces = any(link.free_space is not None and link.free_space.loss_trace for link in anchored.links)
-        if anchored == self.topology and not traces:
-            return self.topology_text
+        if anchored == self.topology and not traces and not self.topology.interworking:
+            return self.topology_text  # (the other operator's CA paths, too, must not stay relative)
         import yaml
 
         return yaml.safe_dump(topology_to_mapping(anchored), sort_keys=False)

@@ -94,6 +94,8 @@ RELAY_CONCURRENCY = 8
 RETRY_DELAY_S = 0.5
 #: Most hand-offs and incoming keys remembered at once (oldest finished ones go first).
 MAX_RECORDS = 100_000
+#: How often a gateway started before the other operator's CA file existed looks for it.
+CA_POLL_S = 1.0
 
 
 @dataclass(slots=True)
@@ -166,12 +168,29 @@ class Gateway:
     async def start(self) -> None:
         """Serves the 020 API on ``listen`` and prepares the client of the peer.
 
+        The other operator's CA may not be there yet (the two networks start
+        independently): then the interface waits for the file, checking every
+        :data:`CA_POLL_S`, and hand-offs are refused until it is up.
+
         Raises:
             ConfigError: The peer's CA cannot be read, or the address cannot be bound.
         """
         ca = Path(self.site.peer.ca)
-        if not ca.is_file():
-            raise ConfigError(f"interworking.peer.ca: no file {str(ca)!r} (the CA certificate of network {self.site.peer.network!r})")
+        if not ca.exists():
+            self.log.warning("interworking.peer_ca_missing", path=str(ca), details=f"the 020 interface starts once the CA certificate of network {self.site.peer.network!r} is there")
+            self._spawn(self._start_when_ca_exists(ca))
+            return
+        await self._start(ca)
+
+    async def _start_when_ca_exists(self, ca: Path) -> None:
+        while not ca.exists():
+            await asyncio.sleep(CA_POLL_S)
+        try:
+            await self._start(ca)
+        except ConfigError as exc:
+            self.log.error("interworking.start_failed", details=str(exc)[:300])
+
+    async def _start(self, ca: Path) -> None:
         self._client = Etsi020Client(self.site.peer.url, self.peer_kme, client_tls_context(self._cert, self._key, ca))
         app = make_app(self)
         self._runner, self.port = await start_server(app, self.site.listen, server_tls_context(self._cert, self._key, ca))
@@ -199,6 +218,8 @@ class Gateway:
 
     async def hand_off(self, key_id: str, master_sae: str, targets: tuple[str, ...], key: bytes) -> Refusal | None:
         """Hands ``key`` to the peer network for ``targets``; None once the peer acknowledged it ``relayed``."""
+        if self._client is None:
+            return Refusal(RefusalReason.PEER_UNAVAILABLE, f"the 020 interface to network {self.site.peer.network} is not up (waiting for its CA certificate)")
         self._prune()
         record = self._outgoing.get(key_id)
         if record is not None:

@@ -497,7 +497,11 @@ async def run_node(settings: NodeSettings, port_file: Path | None = None) -> Non
         loop.add_signal_handler(sig, stop.set)
     node = Node(settings)
     with structlog.contextvars.bound_contextvars(node_id=settings.name):
-        port = await node.start()
+        try:
+            port = await node.start()
+        except BaseException:
+            await node.stop(0)  # what did start (gRPC server, KME) is shut down before the error is reported
+            raise
         if port_file is not None:
             tmp = port_file.with_suffix(".tmp")
             tmp.write_text(f"{port}\n")
