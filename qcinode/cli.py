@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--kme-listen", default=_env("KME_LISTEN", "0.0.0.0:8443"), help="ETSI GS QKD 014 HTTPS host:port")
     node.add_argument("--metrics-listen", default=_env("METRICS_LISTEN", "0.0.0.0:9464"), help="Prometheus /metrics HTTP host:port")
     node.add_argument("--health-listen", default=_env("HEALTH_LISTEN"), help="plaintext host:port serving only grpc.health.v1 (kubelet gRPC probes); default: none")
+    node.add_argument("--etsi004-listen", default=_env("ETSI004_LISTEN"), help="ETSI GS QKD 004 key streams (JSON over mutual TLS) host:port; default: none")
+    node.add_argument("--skip-listen", default=_env("SKIP_LISTEN"), help="SKIP (draft-cisco-skip, HTTPS with mutual TLS) host:port; default: none")
     node.add_argument("--multipath", type=int, default=None, help="override the topology's relay.paths")
     node.add_argument("--port-file", type=Path, default=None, help="write the bound gRPC port here once serving")
     node.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # tests: deterministic noise AND key bits
@@ -96,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("-n", "--number", type=int, default=1)
     keys.add_argument("--size", type=int, default=256, help="key size in bits")
     keys.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help=STATE_DIR_HELP)
+    keys.add_argument("--to-state-dir", type=Path, default=None, help="the slave's cluster when it is another network (interworking, docs/interworking.md); default: --state-dir")
     keys.add_argument("--show-keys", action="store_true", help="also print the keys (base64); off by default")
     keys.add_argument("--json", action="store_true")
 
@@ -326,6 +329,8 @@ def _node(args: argparse.Namespace) -> int:
         kme_listen=args.kme_listen,
         metrics_listen=args.metrics_listen,
         health_listen=args.health_listen,
+        etsi004_listen=args.etsi004_listen,
+        skip_listen=args.skip_listen,
         multipath_shares=args.multipath,
         seed=args.seed,
     )
@@ -370,17 +375,20 @@ def _keys(args: argparse.Namespace) -> int:
 
     cluster = read_cluster(args.state_dir)
     state = args.state_dir
-    saes = cluster["saes"]
-    for role, sae in (("--from", args.master), ("--to", args.slave)):
-        if sae not in saes:
-            raise ConfigError(f"{role}: unknown SAE {sae!r} (known: {', '.join(sorted(saes))})")
-    master, slave = saes[args.master], saes[args.slave]
-    require_running(state, (master["node"], slave["node"]))
+    # The slave may live in another network, started independently (its own state directory and CA).
+    slave_state = args.to_state_dir or state
+    slave_cluster = cluster if slave_state == state else read_cluster(slave_state)
+    for role, sae, where in (("--from", args.master, cluster), ("--to", args.slave, slave_cluster)):
+        if sae not in where["saes"]:
+            raise ConfigError(f"{role}: unknown SAE {sae!r} (known: {', '.join(sorted(where['saes']))})")
+    master, slave = cluster["saes"][args.master], slave_cluster["saes"][args.slave]
+    require_running(state, (master["node"],) if slave_state != state else (master["node"], slave["node"]))
+    if slave_state != state:
+        require_running(slave_state, (slave["node"],))
     master_url = cluster["nodes"][master["node"]]["etsi014"]
-    slave_url = cluster["nodes"][slave["node"]]["etsi014"]
-    ca = state / cluster["ca"]
-    master_client = EtsiClient(ca, state / master["cert"], state / master["key"])
-    slave_client = EtsiClient(ca, state / slave["cert"], state / slave["key"])
+    slave_url = slave_cluster["nodes"][slave["node"]]["etsi014"]
+    master_client = EtsiClient(state / cluster["ca"], state / master["cert"], state / master["key"])
+    slave_client = EtsiClient(slave_state / slave_cluster["ca"], slave_state / slave["cert"], slave_state / slave["key"])
     started = time.perf_counter()
     status, enc = _kme_call(master["node"], master_url, lambda: master_client.enc_keys(master_url, args.slave, number=args.number, size_bits=args.size))
     enc_s = time.perf_counter() - started

@@ -76,7 +76,10 @@ __all__ = [
     "EmulationConfig",
     "FaultConfig",
     "FibreConfig",
+    "InterfacesConfig",
     "Intensities",
+    "InterworkingConfig",
+    "InterworkingPeerConfig",
     "IntensityProbabilities",
     "LinkConfig",
     "LinkSettings",
@@ -107,6 +110,7 @@ PROBABILITY_SUM_TOLERANCE: Final = 1e-9
 
 _DNS_LABEL: Final = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _SAE_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_HTTPS_BASE: Final = re.compile(r"^https://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
 
 
 # --------------------------------------------------------------------------
@@ -1339,6 +1343,128 @@ class KmeConfig(_Section):
             _real(self, name, _Range(0.1, 3600.0))
 
 
+def _host_port(value: object, name: str) -> str:
+    """Checks ``HOST:PORT`` (an IPv6 host in brackets); returns it unchanged."""
+    text = _string(value, name, "HOST:PORT")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise _Invalid(name, f"must be HOST:PORT with a port in [1, 65535], got {text!r}")
+    return text
+
+
+def _https_url(value: object, name: str) -> str:
+    """Checks an ``https://host[:port]`` URL with nothing after the authority."""
+    text = _string(value, name, "URL")
+    if not _HTTPS_BASE.match(text):
+        raise _Invalid(name, f"must be https://HOST[:PORT] (no path), got {text!r}")
+    return text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InterworkingPeerConfig(_Section):
+    """The other network at an interworking site, as this network's operator knows it.
+
+    Attributes:
+        network: The other network's name (its topology's ``name``); shown in logs and status.
+        kme: The common name of the peer interworking KME's certificate (its
+            node name in the other network); a peer whose certificate names
+            another is refused.
+        url: ``https://HOST:PORT`` of the peer KME's ETSI GS QKD 020 API.
+        ca: The other operator's CA certificate (PEM). The 020 interface
+            trusts this CA only, in both directions. A relative path is
+            relative to the topology file; the file is read when the node
+            starts (so two operators can exchange CA files after writing
+            their topologies).
+        saes: The SAE IDs the other network serves: a key for one of them is
+            handed over at this site. SAE IDs are unique across connected
+            networks (ETSI GS QKD 020).
+    """
+
+    network: str
+    kme: str
+    url: str
+    ca: str
+    saes: tuple[str, ...] = field(default=(), metadata=_parser(_sequence))
+
+    def __post_init__(self) -> None:
+        _dns_label(self.network, "network", "network name")
+        _dns_label(self.kme, "kme", "peer KME (node) name")
+        _https_url(self.url, "url")
+        if not _string(self.ca, "ca", "CA certificate path"):
+            raise _Invalid("ca", "must name the other operator's CA certificate file")
+        if not isinstance(self.saes, tuple) or not self.saes:
+            raise _Invalid("saes", "must list at least one SAE ID of the other network")
+        for i, sae_id in enumerate(self.saes):
+            text = _string(sae_id, f"saes[{i}]", "SAE ID")
+            if not _SAE_ID.match(text):
+                raise _Invalid(f"saes[{i}]", f"{text!r} is not a valid SAE ID (1-63 characters of letters, digits, '.', '_', '-')")
+        if len(set(self.saes)) != len(self.saes):
+            raise _Invalid("saes", "an SAE ID is listed twice")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InterworkingConfig(_Section):
+    """One interworking site: a node of this network whose KME exchanges keys with another network's (ETSI GS QKD 020).
+
+    Attributes:
+        node: This network's node at the site.
+        listen: ``HOST:PORT`` of this KME's ETSI 020 server (mutual TLS, the peer's CA only).
+        url: How the peer reaches that server (the base of the
+            ``ack_callback_url`` this KME sends); default ``https://LISTEN``.
+        peer: The other network's KME at the site.
+        ack_timeout_s: How long a handed-over key waits for the peer's
+            acknowledgement before it is voided.
+        retries: How many times an ``ext_keys`` or ``ext_keys/ack`` call
+            that failed (no answer, 408, 503) is sent again before the keys are voided.
+    """
+
+    node: str
+    listen: str
+    url: str | None = None
+    peer: InterworkingPeerConfig = field(metadata=_parser(InterworkingPeerConfig.from_mapping))
+    ack_timeout_s: float = 20.0
+    retries: int = 2
+
+    def __post_init__(self) -> None:
+        _dns_label(self.node, "node", "node name")
+        _host_port(self.listen, "listen")
+        if self.url is not None:
+            _https_url(self.url, "url")
+        _instance(self, "peer", InterworkingPeerConfig)
+        _real(self, "ack_timeout_s", _Range(0.1, 3600.0))
+        _integer(self, "retries", 0, 10)
+
+    @property
+    def callback_base(self) -> str:
+        """The URL the peer uses to reach this KME's 020 server."""
+        return self.url if self.url is not None else f"https://{self.listen}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InterfacesConfig(_Section):
+    """Which key-delivery interfaces besides ETSI GS QKD 014 every node serves.
+
+    Attributes:
+        etsi004: Serve ETSI GS QKD 004 key streams (JSON over mutual TLS).
+        skip: Serve SKIP (draft-cisco-skip) over HTTPS with mutual TLS.
+        stream_ttl_max_s: The longest TTL a 004 stream may ask for (seconds).
+    """
+
+    etsi004: bool = True
+    skip: bool = True
+    stream_ttl_max_s: float = 86_400.0
+
+    def __post_init__(self) -> None:
+        for name in ("etsi004", "skip"):
+            if not isinstance(getattr(self, name), bool):
+                raise _Invalid(name, f"must be true or false, got {_describe(getattr(self, name))}")
+        _real(self, "stream_ttl_max_s", _Range(1.0, 365 * 86_400.0))
+
+
+def _interworking(data: object, path: str) -> tuple[InterworkingConfig, ...]:
+    return tuple(InterworkingConfig.from_mapping(item, f"{path}[{i}]") for i, item in enumerate(_sequence(data, path)))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Topology(_Section):
     """A whole network: nodes, links, shared defaults and emulation settings.
@@ -1363,6 +1489,8 @@ class Topology(_Section):
     kme: KmeConfig = _section(KmeConfig)
     nodes: tuple[NodeConfig, ...]
     links: tuple[LinkConfig, ...] = ()
+    interfaces: InterfacesConfig = _section(InterfacesConfig)
+    interworking: tuple[InterworkingConfig, ...] = ()
 
     def __post_init__(self) -> None:
         _dns_label(self.name, "name", "topology name")
@@ -1379,6 +1507,8 @@ class Topology(_Section):
         self._check_nodes()
         self._check_links()
         self._check_clock()
+        _instance(self, "interfaces", InterfacesConfig)
+        self._check_interworking()
 
     def _check_nodes(self) -> None:
         first_node: dict[str, int] = {}
@@ -1458,6 +1588,47 @@ class Topology(_Section):
                 "follow one network clock, and 'max' has none; give emulated seconds per wall second, e.g. speed: 60",
             )
 
+    def _check_interworking(self) -> None:
+        """Interworking sites name nodes of this network; remote SAE IDs are not local names."""
+        if not isinstance(self.interworking, tuple) or not all(isinstance(x, InterworkingConfig) for x in self.interworking):
+            raise _Invalid("interworking", f"must be a tuple of InterworkingConfig, got {_describe(self.interworking)}")
+        names = [node.name for node in self.nodes]
+        local = {sae for node in self.nodes for sae in node.saes} | set(names)
+        listens: dict[str, int] = {}
+        remote: dict[str, int] = {}
+        for i, site in enumerate(self.interworking):
+            if site.node not in names:
+                raise _Invalid(f"interworking[{i}].node", f"unknown node {site.node!r}{_suggest(site.node, names)} (nodes: {', '.join(names)})")
+            if site.listen in listens:
+                raise _Invalid(f"interworking[{i}].listen", f"{site.listen} is also interworking[{listens[site.listen]}].listen")
+            listens[site.listen] = i
+            for j, sae in enumerate(site.peer.saes):
+                where = f"interworking[{i}].peer.saes[{j}]"
+                if sae in local:
+                    raise _Invalid(where, f"{sae!r} is a node or SAE of this network: SAE IDs are unique across connected networks")
+                if sae in remote:
+                    raise _Invalid(where, f"{sae!r} is also served through interworking[{remote[sae]}]")
+                remote[sae] = i
+
+    def interworking_for(self, sae_id: str) -> InterworkingConfig | None:
+        """The interworking site through which the other network's SAE ``sae_id`` is reached, or None."""
+        for site in self.interworking:
+            if sae_id in site.peer.saes:
+                return site
+        return None
+
+    def knows_sae(self, sae_id: str) -> bool:
+        """Whether ``sae_id`` is an SAE of this network or of a network it interworks with."""
+        return self.has_sae(sae_id) or self.interworking_for(sae_id) is not None
+
+    def sae_site(self, sae_id: str) -> str | None:
+        """The node that serves ``sae_id`` here: its own node, or the interworking node for another network's SAE; None if unknown."""
+        for node in self.nodes:
+            if sae_id in node.saes:
+                return node.name
+        site = self.interworking_for(sae_id)
+        return site.node if site is not None else None
+
     @property
     def has_satellites(self) -> bool:
         """Whether any node is a satellite."""
@@ -1500,6 +1671,8 @@ class Topology(_Section):
             LinkConfig.from_mapping(item, f"{links_path}[{i}]", defaults_raw, satellites)
             for i, item in enumerate(_sequence(raw.get("links"), links_path))
         )
+        interfaces = InterfacesConfig.from_mapping(raw.get("interfaces"), _join(path, "interfaces"))
+        interworking = _interworking(raw.get("interworking"), _join(path, "interworking"))
         with _at(path):
             return cls(
                 name=raw["name"],  # type: ignore[arg-type]  # validated in __post_init__
@@ -1509,6 +1682,8 @@ class Topology(_Section):
                 kme=kme,
                 nodes=nodes,
                 links=links,
+                interfaces=interfaces,
+                interworking=interworking,
             )
 
     # Queries ---------------------------------------------------------------
@@ -1664,7 +1839,23 @@ def load_topology(path: str | os.PathLike[str]) -> Topology:
         text = pathlib.Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{os.fspath(path)}: cannot read topology file: {exc}") from None
-    return _resolve_traces(parse_topology(text, os.fspath(path)), pathlib.Path(path).resolve().parent, os.fspath(path))
+    base_dir = pathlib.Path(path).resolve().parent
+    return _resolve_peer_cas(_resolve_traces(parse_topology(text, os.fspath(path)), base_dir, os.fspath(path)), base_dir)
+
+
+def _resolve_peer_cas(topology: Topology, base_dir: pathlib.Path) -> Topology:
+    """Makes every ``interworking[i].peer.ca`` absolute (relative to the topology file).
+
+    The file is not read here: ``qcinode certs`` and ``qcinode up`` of one
+    network must work before the other operator's CA exists.
+    """
+    sites = []
+    for site in topology.interworking:
+        ca = pathlib.Path(site.peer.ca)
+        if not ca.is_absolute():
+            site = dataclasses.replace(site, peer=dataclasses.replace(site.peer, ca=str(base_dir / ca)))
+        sites.append(site)
+    return topology if tuple(sites) == topology.interworking else dataclasses.replace(topology, interworking=tuple(sites))
 
 
 def _resolve_traces(topology: Topology, base_dir: pathlib.Path, source: str) -> Topology:

@@ -153,6 +153,8 @@ class Cluster:
         self.ports: dict[str, int] = {}
         self.kme_ports: dict[str, int] = {}
         self.metrics_ports: dict[str, int] = {}
+        self.etsi004_ports: dict[str, int] = {}
+        self.skip_ports: dict[str, int] = {}
 
     @property
     def certs_dir(self) -> Path:
@@ -167,8 +169,8 @@ class Cluster:
         """
         anchored = with_clock_anchor(self.topology, time.time())
         traces = any(link.free_space is not None and link.free_space.loss_trace for link in anchored.links)
-        if anchored == self.topology and not traces:
-            return self.topology_text
+        if anchored == self.topology and not traces and not self.topology.interworking:
+            return self.topology_text  # (the other operator's CA paths, too, must not stay relative)
         import yaml
 
         return yaml.safe_dump(topology_to_mapping(anchored), sort_keys=False)
@@ -200,10 +202,12 @@ class Cluster:
                 shutil.rmtree(self.state_dir, ignore_errors=True)
             raise
         names = [node.name for node in self.topology.nodes]
-        ports = iter(free_ports(3 * len(names)))
+        ports = iter(free_ports(5 * len(names)))
         self.ports = {name: next(ports) for name in names}
         self.kme_ports = {name: next(ports) for name in names}
         self.metrics_ports = {name: next(ports) for name in names}
+        self.etsi004_ports = {name: next(ports) for name in names}
+        self.skip_ports = {name: next(ports) for name in names}
 
     def start(self) -> None:
         for node in self.topology.nodes:
@@ -221,6 +225,10 @@ class Cluster:
             "--kme-listen", f"127.0.0.1:{self.kme_ports[name]}",
             "--metrics-listen", f"127.0.0.1:{self.metrics_ports[name]}",
         ]  # fmt: skip
+        if self.topology.interfaces.etsi004:
+            args += ["--etsi004-listen", f"127.0.0.1:{self.etsi004_ports[name]}"]
+        if self.topology.interfaces.skip:
+            args += ["--skip-listen", f"127.0.0.1:{self.skip_ports[name]}"]
         for peer in self.topology.neighbours(name):
             args += ["--peer", f"{peer}=127.0.0.1:{self.ports[peer]}"]
         if self.seed is not None:
@@ -244,6 +252,9 @@ class Cluster:
                     "etsi014": f"https://127.0.0.1:{self.kme_ports[name]}",
                     "metrics": f"http://127.0.0.1:{self.metrics_ports[name]}/metrics",
                     "log": f"logs/{name}.log",
+                    **({"etsi004": f"127.0.0.1:{self.etsi004_ports[name]}"} if self.topology.interfaces.etsi004 else {}),
+                    **({"skip": f"https://127.0.0.1:{self.skip_ports[name]}"} if self.topology.interfaces.skip else {}),
+                    **{"etsi020": f"https://{site.listen}" for site in self.topology.interworking if site.node == name},
                 }
                 for name, proc in self.processes.items()
             },

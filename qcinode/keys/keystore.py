@@ -300,6 +300,35 @@ class SaeKeyStore(SqliteStore):
             cursor = conn.execute("DELETE FROM sae_keys WHERE created_at < ?", (float(older_than),))
             return int(cursor.rowcount)
 
+    def discard(self, key_ids: Sequence[str]) -> list[str]:
+        """Deletes keys by ID whoever they wait for (a key voided before anyone redeemed it); returns those that were here.
+
+        One transaction; unknown IDs are ignored.
+
+        Raises:
+            StorageFailure: The deletion could not be written (nothing was deleted).
+            KeyStoreError: The store is closed.
+        """
+        ids = list(key_ids)
+        for key_id in ids:
+            require_name(key_id, "key_id")
+        deleted: list[str] = []
+        with self._transaction(f"cannot discard keys in {self._path}") as conn:
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                deleted += [k for (k,) in conn.execute(f"SELECT key_id FROM sae_keys WHERE key_id IN ({marks})", chunk)]
+                conn.execute(f"DELETE FROM sae_keys WHERE key_id IN ({marks})", chunk)
+        return deleted
+
+    def contains(self, key_id: str) -> bool:
+        """Whether a key with this ID waits here.
+
+        Raises:
+            KeyStoreError: The database cannot be read or the store is closed.
+        """
+        with self._reading(f"cannot read {self._path}") as conn:
+            return conn.execute("SELECT 1 FROM sae_keys WHERE key_id = ?", (key_id,)).fetchone() is not None
+
     def count(self, master_sae: str, slave_sae: str) -> int:
         """How many keys from ``master_sae`` wait here for ``slave_sae``.
 

@@ -38,7 +38,7 @@ import contextlib
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,9 @@ from .link import peer_common_name
 from .runtime import LinkRuntime
 
 log = structlog.get_logger(__name__)
+
+#: Hands a key over to another network: ``(key_id, master_sae, remote_slaves, key) -> refusal or None``.
+HandOff = Callable[[str, str, tuple[str, ...], bytes], Awaitable["Refusal | None"]]
 
 ADVERT_INTERVAL_S = 1.0
 ADVERT_TIMEOUT_S = 2.0
@@ -215,6 +218,9 @@ class NetworkService(pb_grpc.NetworkServicer):
             random_bytes=random_bytes,
             settings=RelaySettings(multipath_shares=multipath_shares, concurrency=RELAY_CONCURRENCY, path_attempts=PATH_ATTEMPTS),
         )
+        # The interworking driver (node/interworking.py) at a node serving another
+        # network's SAEs: a StoreKey for them is handed over instead of stored.
+        self.hand_off: HandOff | None = None
         self._ids = itertools.count(1)  # request IDs and incoming hops' tokens
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.log = log.bind(node_id=node_name)
@@ -296,12 +302,15 @@ class NetworkService(pb_grpc.NetworkServicer):
         """
         answers: list[RelayAction] = []
         sends: list[SendHop] = []
+        handoffs: list[StoreKey] = []
         todo = deque(actions)
         while todo:
             action = todo.popleft()
             match action:
                 case SaveLink():
                     todo.extend(self.engine.receive(LinkSaved(action.ref, self._save(action.link_id))))
+                case StoreKey() if self._remote_slaves(action.slave_saes):
+                    handoffs.append(action)
                 case StoreKey():
                     todo.extend(self.engine.receive(self._store(action)))
                 case SendHop():
@@ -310,12 +319,32 @@ class NetworkService(pb_grpc.NetworkServicer):
                     answers.append(action)
                 case _:
                     self._note(action)
-        if sends:
+        if sends or handoffs:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(self._send(action)) for action in sends]
+                tasks += [group.create_task(self._hand_off(action)) for action in handoffs]
             for task in tasks:
                 answers += task.result()
         return answers
+
+    def _remote_slaves(self, slaves: tuple[str, ...]) -> tuple[str, ...]:
+        """The slaves another network serves (handed over at an interworking node)."""
+        if not self.topology.interworking:
+            return ()
+        return tuple(s for s in slaves if not self.topology.has_sae(s) and self.topology.interworking_for(s) is not None)
+
+    async def _hand_off(self, action: StoreKey) -> list[RelayAction]:
+        """Stores the key for our own slaves, then hands it to the other network for its slaves; feeds the outcome back."""
+        remote = self._remote_slaves(action.slave_saes)
+        result = self._store(action) if len(remote) < len(action.slave_saes) else KeyStored(action.ref)
+        if result.refusal is None:
+            if self.hand_off is None:
+                refusal: Refusal | None = Refusal(RefusalReason.STORE_REFUSED, f"node {self.node_name} does not interwork with the network of {', '.join(remote)}")
+            else:
+                refusal = await self.hand_off(action.key_id, action.master_sae, remote, action.key)
+            if refusal is not None:
+                result = KeyStored(action.ref, refusal)
+        return await self._drive(self.engine.receive(result))
 
     async def _send(self, action: SendHop) -> list[RelayAction]:
         refusal = await self._transmit(action)
@@ -333,7 +362,7 @@ class NetworkService(pb_grpc.NetworkServicer):
         """Stores a key for the slaves attached here; the key store's outcome as the engine's vocabulary."""
         if self.keystore is None:
             return KeyStored(action.ref, Refusal(RefusalReason.STORE_REFUSED, f"node {self.node_name} has no key store (no data directory)"))
-        ours = [s for s in action.slave_saes if self._sae_node(s) == self.node_name]
+        ours = [s for s in action.slave_saes if self.topology.has_sae(s) and self._sae_node(s) == self.node_name]
         try:
             self.keystore.put(action.key_id, action.master_sae, ours, action.key, max_waiting=self.max_waiting_keys)
         except DuplicateKey as exc:
@@ -355,7 +384,7 @@ class NetworkService(pb_grpc.NetworkServicer):
         sent = await self.faults.relay(action.link_id, _hop_to_pb(action.hop))
         if not sent:
             return Refusal(RefusalReason.LOST, f"relay hop to {peer} lost on the way (fault injected)")
-        timeout = HOP_TIMEOUT_S * (len(header.path) - header.hop_index)
+        timeout = HOP_TIMEOUT_S * (len(header.path) - header.hop_index) + self._interworking_wait_s(header.destination, header.slave_saes)
         try:
             result = await self._stub(peer).RelayKey(sent[0], timeout=timeout)
         except grpc.aio.AioRpcError as exc:
@@ -411,14 +440,20 @@ class NetworkService(pb_grpc.NetworkServicer):
         return self.engine.capacity(self._sae_node(slave_sae), size_bits // 8)
 
     async def deliver(self, request: EncRequest) -> list[DeliveredKey]:
+        return await self._request(request.master_sae, request.slave_saes, request.number, request.size_bits // 8, ())
+
+    async def _request(
+        self, master_sae: str, slave_saes: tuple[str, ...], number: int, key_bytes: int, keys: tuple[tuple[str, bytes], ...]
+    ) -> list[DeliveredKey]:
         request_id = f"{self.node_name}/{next(self._ids)}"
         event = KeysRequested(
             request_id=request_id,
-            master_sae=request.master_sae,
-            slave_saes=request.slave_saes,
-            destinations=tuple((slave, self._sae_node(slave)) for slave in request.slave_saes),
-            number=request.number,
-            key_bytes=request.size_bits // 8,
+            master_sae=master_sae,
+            slave_saes=slave_saes,
+            destinations=tuple((slave, self._sae_node(slave)) for slave in slave_saes),
+            number=number,
+            key_bytes=key_bytes,
+            keys=keys,
         )
         try:
             answers = await self._drive(self.engine.receive(event))
@@ -449,10 +484,34 @@ class NetworkService(pb_grpc.NetworkServicer):
         return f" (node {self.node_name} cannot save its link state: {'; '.join(reasons)})" if reasons else ""
 
     def _sae_node(self, sae: str) -> str | None:
-        try:
-            return self.topology.sae_node(sae).name
-        except (KeyError, QcinodeError):
-            return None
+        """The node serving ``sae``: its own, or the interworking node for another network's SAE."""
+        return self.topology.sae_site(sae)
+
+    def _interworking_wait_s(self, destination: str, slaves: tuple[str, ...]) -> float:
+        """Extra time a hop may take when its destination hands the key to another network (0 otherwise)."""
+        waits = [
+            site.ack_timeout_s * (site.retries + 2)
+            for s in self._remote_slaves(slaves)
+            if (site := self.topology.interworking_for(s)) is not None and site.node == destination
+        ]
+        return max(waits, default=0.0)
+
+    async def relay_keys(self, master_sae: str, slave_saes: tuple[str, ...], keys: list[tuple[str, bytes]]) -> list[DeliveredKey]:
+        """Relays given keys (IDs and bytes chosen by the caller) from this node to every slave's node.
+
+        The master SAE may live in another network (a key handed over at this
+        interworking node) or be a key stream's initiator. All or nothing, as
+        :meth:`deliver`.
+
+        Raises:
+            InsufficientKeyMaterial, PeerUnavailable, PeerTimeout, StorageFailure: As :meth:`deliver`.
+        """
+        if not keys:
+            return []
+        sizes = {len(key) for _, key in keys}
+        if len(sizes) != 1:
+            raise ProtocolError("relay_keys: every key of one request has the same size")
+        return await self._request(master_sae, slave_saes, len(keys), sizes.pop(), tuple(keys))
 
     def status(self) -> dict[str, Any]:
         s = self.engine.stats

@@ -35,7 +35,7 @@ from ..topology import EavesdropperConfig, Topology
 from ..keys.keystore import SaeKeyStore, StorageFailure
 from ..keys.linkstore import StorageKey
 from ..kme.fairness import Admission
-from ..kme.handlers import Kme
+from ..kme.handlers import Kme, KmeLimits
 from ..kme.server import make_app, start_kme_server, tls_context
 from ..pki import ADMIN_COMMON_NAME, NodeAdvertSigner, NodeCertificateVerifier, node_bundle, read_bytes
 from ..transport.guard import MalformedRequestGuard
@@ -81,6 +81,8 @@ class NodeSettings:
     kme_listen: str | None = "127.0.0.1:0"  # ETSI 014 HTTPS host:port; None: no KME
     metrics_listen: str | None = "127.0.0.1:0"  # Prometheus /metrics host:port; None: not served
     health_listen: str | None = None  # plaintext grpc.health.v1-only host:port (kubelet probes); None: not served
+    etsi004_listen: str | None = None  # ETSI GS QKD 004 (JSON over TLS) host:port; None: not served
+    skip_listen: str | None = None  # SKIP (HTTPS) host:port; None: not served
     multipath_shares: int | None = None  # override of the topology's relay.paths
     seed: int | None = None  # test-only: deterministic channel noise
     stage_timeout_s: float = 30.0  # how long a link waits for its peer's next message
@@ -213,9 +215,11 @@ class Node:
         self.kme_admission = Admission(
             rate_per_s=kme.max_keys_per_sae_per_s, burst=kme.burst, fair_share=kme.fair_share, window_s=kme.fair_share_window_s
         )
+        self.kme_limits = KmeLimits()
         self.keys_expired = 0
         self.kme_runner: Any = None
         self.kme_port: int | None = None
+        self.interfaces: Any = None  # node/interfaces.py: interworking, 004, SKIP
         self.metrics = NodeMetrics(self.status)
         self.metrics_runner: Any = None
         self.metrics_port: int | None = None
@@ -327,6 +331,7 @@ class Node:
             self._tasks.append(asyncio.create_task(self._guard(self._follow_contact(rt, self.clock), rt.link_id)))
         if self.settings.kme_listen is not None and self.keystore is not None:
             await self._start_kme()
+        await self._start_interfaces()
         if self.settings.metrics_listen is not None:
             host, _, mport = self.settings.metrics_listen.rpartition(":")
             self.metrics_runner, self.metrics_port = await start_metrics_server(self.metrics, host.strip("[]") or "0.0.0.0", int(mport))
@@ -354,13 +359,13 @@ class Node:
         topo = self.settings.topology
 
         def sae_node(sae: str) -> str | None:
-            return topo.sae_node(sae).name if topo.has_sae(sae) else None
+            return topo.sae_site(sae)  # another network's SAE: the interworking node that hands keys over
 
         def on_request(endpoint: str, status: int, latency_s: float) -> None:
             self.kme_requests[f"{endpoint} {status}"] += 1
             self.metrics.observe_request(endpoint, status, latency_s)
 
-        kme = Kme(self.settings.name, sae_node, self.keystore)
+        kme = Kme(self.settings.name, sae_node, self.keystore, self.kme_limits)
         app = make_app(
             kme, self.network, on_request=on_request, config=topo.kme, admission=self.kme_admission, storage_problem=self._storage_problem
         )
@@ -371,6 +376,12 @@ class Node:
         self.log.info("kme.started", port=self.kme_port)
         self._tasks.append(asyncio.create_task(self._guard(self._watch_storage(), "storage")))
         self._tasks.append(asyncio.create_task(self._guard(self._expire_keys(), "kme")))
+
+    async def _start_interfaces(self) -> None:
+        """The interworking KME (ETSI 020) of an interworking node, and the 004 and SKIP servers (kme/etsi004.py, kme/skip.py)."""
+        from .interfaces import start_interfaces
+
+        self.interfaces = await start_interfaces(self)
 
     async def _expire_keys(self) -> None:
         """Deletes keys that waited longer than ``relay.key_ttl_s`` for their slave, checking every ``ttl / 10`` (at most a minute)."""
@@ -439,6 +450,8 @@ class Node:
 
     async def stop(self, grace_s: float = 2.0) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.interfaces is not None:
+            await self.interfaces.stop()
         for runner in (self.kme_runner, self.metrics_runner):
             if runner is not None:
                 await runner.cleanup()
@@ -471,6 +484,7 @@ class Node:
                 "etsi014_requests": dict(self.kme_requests),
                 "kme_refusals_by_reason": dict(self.kme_admission.refusals),
                 "keys_expired": self.keys_expired,
+                **(self.interfaces.status() if self.interfaces is not None else {}),
             },
         }
 
@@ -483,7 +497,11 @@ async def run_node(settings: NodeSettings, port_file: Path | None = None) -> Non
         loop.add_signal_handler(sig, stop.set)
     node = Node(settings)
     with structlog.contextvars.bound_contextvars(node_id=settings.name):
-        port = await node.start()
+        try:
+            port = await node.start()
+        except BaseException:
+            await node.stop(0)  # what did start (gRPC server, KME) is shut down before the error is reported
+            raise
         if port_file is not None:
             tmp = port_file.with_suffix(".tmp")
             tmp.write_text(f"{port}\n")

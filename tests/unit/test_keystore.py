@@ -402,3 +402,15 @@ def test_expire_deletes_only_keys_stored_before_the_cut_with_their_pending_rows(
         assert store.take("s", "m", [fresh]) == [(fresh, _key(3))]
     keys, pending = _snapshot(tmp_path)
     assert keys == [] and pending == []
+
+
+def test_discard_deletes_keys_whoever_waits_for_them_and_ignores_unknown_ids(store: SaeKeyStore) -> None:
+    kept, voided, other = _kid(), _kid(), _kid()
+    store.put(kept, "m", ["s"], _key(1))
+    store.put(voided, "m", ["s", "t"], _key(2))
+    assert store.contains(voided) and not store.contains(other)
+    assert store.discard([voided, other]) == [voided]
+    assert not store.contains(voided) and store.contains(kept)
+    with pytest.raises(KeyNotFound):
+        store.take("s", "m", [voided])
+    assert store.take("s", "m", [kept]) == [(kept, _key(1))]

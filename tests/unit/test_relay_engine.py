@@ -140,6 +140,35 @@ def test_a_key_for_slaves_at_the_masters_node_and_elsewhere_reaches_all_of_them(
     assert [p[-1] for p in outcome.keys[0].paths] == ["b", "c"]
 
 
+def test_given_keys_are_relayed_under_their_own_ids_from_another_source() -> None:
+    # An interworking node relays a key that arrived from another network: the
+    # master SAE lives elsewhere, the key and its ID are given.
+    net = relay_network(CHAIN, {"app-1": "n1", "app-5": "n5"}, seed=4)
+    given = [("6f1c0f5e-0000-4000-8000-000000000001", bytes(range(32))), ("6f1c0f5e-0000-4000-8000-000000000002", bytes(32))]
+    request_id = net.request("app-1", ["app-5"], number=2, key_bits=256, keys=given, source="n2")
+    net.run()
+    outcome = delivered(net.outcomes[request_id])
+    assert [(k.key_id, k.key) for k in outcome.keys] == given
+    assert [k.paths for k in outcome.keys] == [(("n2", "n3", "n4", "n5"),)] * 2
+    for key_id, key in given:
+        assert net.stored("n5")[key_id] == ("app-1", ("app-5",), key)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        [("k1", bytes(32))],  # one key for a request of two
+        [("k1", bytes(32)), ("k1", bytes(32))],  # the same ID twice
+        [("k1", bytes(32)), ("k2", bytes(31))],  # the wrong length
+    ],
+)
+def test_given_keys_that_do_not_match_the_request_are_a_local_error(keys: list[tuple[str, bytes]]) -> None:
+    engine = ring(seed=1).nodes["a"].engine
+    event = KeysRequested("r", "app-a", ("app-c",), (("app-c", "c"),), number=2, key_bytes=32, keys=tuple(keys))
+    with pytest.raises(LocalProtocolError, match="given keys"):
+        engine.receive(event)
+
+
 # -- retries and failures -------------------------------------------------------------------
 
 

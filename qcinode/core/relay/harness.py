@@ -247,8 +247,22 @@ class RelayNetwork:
 
     # -- requests ----------------------------------------------------------------
 
-    def request(self, master_sae: str, slave_saes: Sequence[str], *, number: int = 1, key_bits: int = 256) -> str:
-        """Queues an ``enc_keys`` request at the master's node; returns its ID (see :meth:`run`)."""
+    def request(
+        self,
+        master_sae: str,
+        slave_saes: Sequence[str],
+        *,
+        number: int = 1,
+        key_bits: int = 256,
+        keys: Sequence[tuple[str, bytes]] = (),
+        source: str | None = None,
+    ) -> str:
+        """Queues an ``enc_keys`` request at the master's node (or ``source``); returns its ID (see :meth:`run`).
+
+        ``keys`` are given ``(key ID, key)`` pairs to relay instead of new
+        ones; ``source`` starts the relay at another node than the
+        master's (an interworking node relaying a key from another network).
+        """
         self._next_request += 1
         request_id = f"request-{self._next_request}"
         slaves = tuple(slave_saes)
@@ -259,8 +273,9 @@ class RelayNetwork:
             destinations=tuple((s, self.saes.get(s)) for s in slaves),
             number=number,
             key_bytes=key_bits // 8,
+            keys=tuple(keys),
         )
-        self._queue.append((self.saes[master_sae], event))
+        self._queue.append((source if source is not None else self.saes[master_sae], event))
         return request_id
 
     def relay(self, master_sae: str, slave_saes: Sequence[str], *, number: int = 1, key_bits: int = 256) -> DeliverKeys | FailRequest:

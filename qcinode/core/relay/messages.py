@@ -159,6 +159,10 @@ class KeysRequested:
             None if unknown (the request is then refused).
         number: How many keys.
         key_bytes: Length of each key.
+        keys: ``(key ID, key)`` pairs to relay instead of drawing new ones
+            (``number`` of them, each ``key_bytes`` long): keys that arrived
+            from another network (ETSI GS QKD 020) or a key stream's chunks
+            with agreed IDs. Empty: the engine draws the keys and their IDs.
     """
 
     request_id: str
@@ -167,6 +171,7 @@ class KeysRequested:
     destinations: tuple[tuple[str, str | None], ...]
     number: int
     key_bytes: int
+    keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,9 @@ Theory of operation (rules of :class:`SourceRelay`):
       later one is refused would only strand pad.
     * **Keys.** ``number`` keys of ``key_bytes`` random bytes, each with a
       fresh UUID4 key ID, from the injected random source (a CSPRNG in a
-      running node).
+      running node) — or, when the request carries ``keys``, exactly those
+      (IDs and bytes given by the caller: a key handed over by another
+      network, a key stream's chunk).
     * **Concurrency.** Up to ``settings.concurrency`` keys travel at the same
       time; the next starts when one ends. Once a key has failed, keys not
       yet started are not started (they would only spend pad); keys in
@@ -129,6 +131,15 @@ class SourceRelay:
     def __init__(self, ctx: RelayContext, request: KeysRequested) -> None:
         if request.number < 1 or request.key_bytes < 1:
             raise LocalProtocolError(f"a request needs number >= 1 and key_bytes >= 1, got {request!r}")
+        if request.keys and (
+            len(request.keys) != request.number
+            or any(len(key) != request.key_bytes for _, key in request.keys)
+            or len({key_id for key_id, _ in request.keys}) != request.number
+        ):
+            raise LocalProtocolError(
+                f"request {request.request_id!r}: given keys must be {request.number} distinct IDs "
+                f"with {request.key_bytes}-byte keys"
+            )
         self._ctx = ctx
         self.request = request
         #: The final answer, once given.
@@ -156,9 +167,12 @@ class SourceRelay:
                     f"the network cannot carry {request.number} key(s) of {8 * request.key_bytes} bits to {slave} now",
                 )
                 return self._finish()
-        for _ in range(request.number):
-            key_id = ctx.new_id()
-            self._keys.append(_Key(key_id, ctx.random_bytes(request.key_bytes)))
+        if request.keys:
+            self._keys.extend(_Key(key_id, key) for key_id, key in request.keys)
+        else:
+            for _ in range(request.number):
+                key_id = ctx.new_id()
+                self._keys.append(_Key(key_id, ctx.random_bytes(request.key_bytes)))
         self._queue.extend(self._keys)
         return self._fill() + self._finish()
 
