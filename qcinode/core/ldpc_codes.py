@@ -4,10 +4,12 @@ Theory of operation
 -------------------
 Every code is a lifted protograph (quasi-cyclic LDPC; R. M. Tanner et al.,
 IEEE Trans. Inf. Theory 50, 2966 (2004)): a ``rows x 128`` base matrix of
-0/1 entries, each 1 replaced by a ``128 x 128`` circulant permutation
+0/1 entries, each 1 replaced by a ``512 x 512`` circulant permutation
 matrix (the identity shifted by ``S[i, j]``), each 0 by the zero matrix. So
-every code has ``N = 16384`` columns and ``M = 128 rows`` checks: rate
-``1 - rows/128``. Nothing but :data:`CHECK_ROW_FAMILY` and the rules below is
+every code has ``N = 65536`` columns and ``M = 512 rows`` checks: rate
+``1 - rows/128``. (The same base matrices lifted by 128, 16,384-bit frames,
+need about 4 % more syndrome for the same frame error rate: at QBER 3 %,
+75 % of frames decoded at f = 1.12 against 42-58 %.) Nothing but :data:`CHECK_ROW_FAMILY` and the rules below is
 shipped; the matrices are rebuilt deterministically (seeded) on first use
 and cached, so both ends of a link hold the same codes.
 
@@ -23,7 +25,8 @@ Rules of the construction (``rows`` = base rows ``m_b``):
 2. **Information part: irregular.** Of the other ``128 - m_b`` columns,
    two thirds have degree 3 and one third degree ``min(13, m_b)``
    (interleaved). The share of high-degree variables was chosen by
-   measurement (16384-bit frames, rate 0.80, product-sum decoding): with a
+   measurement (16384-bit frames, rate 0.80, product-sum decoding; at
+   65,536 bits a third at degree 16 or a quarter at 20 did worse again): with a
    third at degree 13, 92 % of frames decoded at ``f = 1.15``, against 42 %
    with a quarter at degree 12 and 0-8 % with an eighth at degree 11 or with
    every column of degree 3. Each column takes
@@ -51,7 +54,7 @@ __all__ = ["BASE_COLUMNS", "CHECK_ROW_FAMILY", "FRAME_BITS", "LIFT", "base_matri
 #: Columns of every base matrix.
 BASE_COLUMNS: Final = 128
 #: Circulant size (lifting factor).
-LIFT: Final = 128
+LIFT: Final = 512
 #: Code length ``N`` in bits: every frame is one codeword of this length.
 FRAME_BITS: Final = BASE_COLUMNS * LIFT
 #: Base rows of the codes in the family: rates ``1 - rows/128`` from 0.9375 to 0.5.

@@ -51,6 +51,8 @@ the open block.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
+
 import dataclasses
 import enum
 import math
@@ -711,8 +713,11 @@ class BobLink(_LinkEnd):
     direction_out = B2A
     direction_in = A2B
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, decode_executor: Executor | None = None, **kwargs: Any) -> None:
+        """As :class:`_LinkEnd`; ``decode_executor``, if given, runs the LDPC frame decodes of a
+        block in parallel (a process pool: the decoder holds the GIL); results are the same."""
         super().__init__(*args, **kwargs)
+        self._decode_executor = decode_executor
         self._pending_frames: list[tuple[int, PhotonFrame, float | None]] = []
         self._reported: tuple[int, Clicks] | None = None
         self._reconciler: BobReconciler | None = None
@@ -802,6 +807,7 @@ class BobLink(_LinkEnd):
             block.test_qber,
             self.noise_rng,
             self.config.cascade_max_passes,
+            executor=self._decode_executor,
         )
         self.state = LinkState.RECONCILING
         return self._reconciliation_step(block, self._reconciler.opening())

@@ -41,6 +41,8 @@ Method names are :data:`ERROR_CORRECTION_METHODS` (topology
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
+
 import importlib.util
 import math
 from typing import Any, Final, Protocol
@@ -192,12 +194,21 @@ def make_alice_reconciler(method: str, block_seq: int, key: np.ndarray, qber_est
 
 
 def make_bob_reconciler(
-    method: str, block_seq: int, key: np.ndarray, qber_estimate: float, rng: np.random.Generator, cascade_max_passes: int
+    method: str,
+    block_seq: int,
+    key: np.ndarray,
+    qber_estimate: float,
+    rng: np.random.Generator,
+    cascade_max_passes: int,
+    executor: Executor | None = None,
 ) -> BobReconciler:
-    """Bob's reconciler for ``method`` over his key bits of the block."""
+    """Bob's reconciler for ``method`` over his key bits of the block.
+
+    ``executor`` (LDPC only) decodes the block's frames in parallel; the result is the same.
+    """
     _check_method(method)
     if method == ERROR_CORRECTION_LDPC:
         from qcinode.core.ldpc_reconciliation import LdpcBob  # noqa: PLC0415 - optional extra
 
-        return LdpcBob(block_seq, key, qber_estimate)
+        return LdpcBob(block_seq, key, qber_estimate, executor=executor)
     return CascadeBob(block_seq, key, qber_estimate, rng, cascade_max_passes)

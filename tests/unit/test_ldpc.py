@@ -131,7 +131,7 @@ def test_exchange_corrects_the_key_and_both_ends_count_the_same_leak() -> None:
 
 def test_bad_retries_and_reveals_are_remote_protocol_errors() -> None:
     rng = np.random.default_rng(1)
-    key = rng.integers(0, 2, 40_000).astype(np.uint8)
+    key = rng.integers(0, 2, 150_000).astype(np.uint8)
     alice = LdpcAlice(3, key, 0.03, rng)
     alice.opening()
     frames = len(alice.plan.key_bits)
@@ -169,3 +169,20 @@ def test_the_pipeline_reconciles_with_ldpc_in_at_most_three_round_trips() -> Non
     stats = accepted[0].stats
     assert 1 <= stats.cascade_rounds <= LDPC_MAX_ATTEMPTS
     assert stats.secret_bits > 0 and stats.leak_bits > stats.key_bits * h2(stats.qber)
+
+
+def test_frames_decoded_by_an_executor_give_the_same_result() -> None:
+    # Rule 7: frame decodes are independent and pure, so a pool (a node uses processes)
+    # changes nothing but the wall time.
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    key = rng.integers(0, 2, 150_000).astype(np.uint8)
+    noisy = key ^ (rng.random(key.size) < 0.03).astype(np.uint8)
+    syndromes = LdpcAlice(0, key, 0.03, np.random.default_rng(5)).opening()
+    serial = LdpcBob(0, noisy, 0.03)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pooled = LdpcBob(0, noisy, 0.03, executor=pool)
+        assert [type(x) for x in pooled.receive(syndromes[0])] == [type(x) for x in serial.receive(syndromes[0])]
+    assert len(serial.plan.key_bits) > 1
+    assert np.array_equal(pooled._words, serial._words) and pooled._failed == serial._failed
