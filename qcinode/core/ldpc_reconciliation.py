@@ -19,7 +19,8 @@ data only (the block's key-bit count ``n`` and the test-basis error rate
    ``K + p + s = N``. Its leak after ``t`` filler bits are revealed is
    ``M - p + t`` (rule 6), so its efficiency runs from
    ``f_start = (M - p)/(K h)`` to ``f_end = M/(K h)``
-   (:data:`EFFICIENCY_SCHEDULE`). A code fits if it has at most
+   (:func:`efficiency_schedule`: :data:`EFFICIENCY_SCHEDULE`, or
+   :data:`LOW_QBER_SCHEDULE` below :data:`LOW_QBER`). A code fits if it has at most
    ``f_end h N / (1 + (f_end - f_start) h)`` checks; with it a frame holds
    ``K = floor(M/(f_end h))`` key bits, ``p = round((f_end - f_start) K h)``
    punctured columns, the rest shortened, and the block needs
@@ -42,7 +43,7 @@ data only (the block's key-bit count ``n`` and the test-basis error rate
    (2012)). Bob names the frames that failed
    (:class:`~qcinode.core.messages.LdpcRetry`); Alice reveals the next
    filler bits of each, in puncturing order, enough to reach the next
-   efficiency of :data:`EFFICIENCY_SCHEDULE` (the last retry reveals all of
+   efficiency of the schedule (the last retry reveals all of
    them) (:class:`~qcinode.core.messages.LdpcReveal`); Bob sets them and
    decodes again. At most :data:`~qcinode.core.reconciliation.LDPC_MAX_ATTEMPTS`
    attempts, so at most two retries: three round trips per block in all.
@@ -86,11 +87,14 @@ from qcinode.errors import RemoteProtocolError
 __all__ = [
     "DECODER_MAX_ITERATIONS",
     "EFFICIENCY_SCHEDULE",
+    "LOW_QBER",
+    "LOW_QBER_SCHEDULE",
     "QBER_FLOOR",
     "FramePlan",
     "LdpcAlice",
     "LdpcBob",
     "masking_rank",
+    "efficiency_schedule",
     "plan_frames",
 ]
 
@@ -101,6 +105,12 @@ __all__ = [
 #: at 1.25, for f 1.145 and about 25 CPU-seconds per 10^6 bits; starting at 1.12 /
 #: 1.16 gave the same f at 3 % (two round trips, 22 CPU-s) but 1.158 at 2 %.
 EFFICIENCY_SCHEDULE: Final[tuple[float, float, float]] = (1.10, 1.14, 1.25)
+#: The schedule below :data:`LOW_QBER` (rule 1). The high-rate codes (rate 0.9 and
+#: up) are the family's weakest: with the main schedule at QBER 1 % most frames failed
+#: every attempt and 7.5 % were discarded (f 2.1); lone frames needed f 1.3 to decode.
+LOW_QBER_SCHEDULE: Final[tuple[float, float, float]] = (1.22, 1.32, 1.50)
+#: Error rate below which frames are planned with :data:`LOW_QBER_SCHEDULE`.
+LOW_QBER: Final = 0.015
 #: Smallest error rate a frame is planned for (a block with no test errors).
 QBER_FLOOR: Final = 0.005
 #: Belief-propagation iterations per attempt.
@@ -142,10 +152,15 @@ class FramePlan:
         return np.concatenate(([0], np.cumsum(self.key_bits)[:-1])).astype(np.int64) if self.key_bits else np.zeros(0, np.int64)
 
 
+def efficiency_schedule(qber: float) -> tuple[float, float, float]:
+    """``(f_start, f_mid, f_end)`` of the frames of a block planned for error rate ``qber`` (rule 1)."""
+    return LOW_QBER_SCHEDULE if qber < LOW_QBER else EFFICIENCY_SCHEDULE
+
+
 def plan_frames(n: int, qber: float) -> FramePlan:
     """The frame plan of a block of ``n`` key bits with test-basis error rate ``qber`` (rule 1)."""
-    f_start, f_mid, f_end = EFFICIENCY_SCHEDULE
     q = min(max(qber, QBER_FLOOR), 0.45)
+    f_start, f_mid, f_end = efficiency_schedule(q)
     h = _h2(q)
     target = f_end * h * FRAME_BITS / (1.0 + (f_end - f_start) * h)
     fitting = [rows for rows in CHECK_ROW_FAMILY if rows * LIFT <= target] or [CHECK_ROW_FAMILY[0]]

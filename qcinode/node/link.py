@@ -26,7 +26,7 @@ import structlog
 from ..core.channel import Idle, SlotClock, next_frame
 from ..core.clock import NetworkClock
 from ..core.physics import PhotonFrame
-from ..core.pipeline import AliceLink, BobLink
+from ..core.pipeline import AliceLink, BobLink, LinkState
 from ..core.resync import CursorBehind, HelloExchange, HelloRefused, LinkSnapshot, Reconciliation
 from ..errors import ProtocolError, QcinodeError, RemoteProtocolError, TransportError
 from ..transport import codec
@@ -41,6 +41,9 @@ log = structlog.get_logger(__name__)
 STAGE_TIMEOUT_S = 30.0
 #: Worker processes of the LDPC decoding pool (the machines qcinode targets have 2+ cores).
 LDPC_DECODE_WORKERS = 2
+#: How long Alice waits for Bob's answer while he decodes LDPC frames: a block's
+#: decoding is tens of CPU-seconds on a loaded machine, past the stage timeout.
+LDPC_DECODE_TIMEOUT_S = 120.0
 
 # A fault hook on the classical channel: given the link, the direction ("A>B"
 # or "B>A") and an outgoing message, returns what to send instead — the
@@ -248,7 +251,10 @@ class AliceWorker:
                             link_id=rt.link_id, frame_id=frame_id, n_slots=frame.n_slots, payload=frame.to_bytes(), at_utc=at_utc or 0.0
                         )
                     )
-                async with asyncio.timeout(self.stage_timeout_s):
+                waiting = self.stage_timeout_s
+                if rt.config.error_correction == "ldpc" and alice.state is LinkState.RECONCILING:
+                    waiting = max(waiting, LDPC_DECODE_TIMEOUT_S)  # Bob is decoding
+                async with asyncio.timeout(waiting):
                     envelope = await call.read()
                 if envelope is grpc.aio.EOF:
                     raise TransportError("peer closed the classical channel")
@@ -366,6 +372,12 @@ class BobEndpoint:
                 max_workers=LDPC_DECODE_WORKERS, mp_context=multiprocessing.get_context("spawn")
             )
         return self._decode_pool
+
+    def close(self) -> None:
+        """Stops the decoding pool: queued frames are dropped, workers exit after their frame."""
+        if self._decode_pool is not None:
+            self._decode_pool.shutdown(wait=False, cancel_futures=True)
+            self._decode_pool = None
 
     def _runtime(self, link_id: str, peer_cn: str) -> LinkRuntime | None:
         rt = self.links.get(link_id)

@@ -12,7 +12,7 @@ pytest.importorskip("ldpc")
 from qcinode.core import messages as m  # noqa: E402
 from qcinode.core.ldpc_codes import CHECK_ROW_FAMILY, FRAME_BITS, LIFT, base_matrix, parity_check_matrix  # noqa: E402
 from qcinode.core.ldpc_reconciliation import (  # noqa: E402
-    EFFICIENCY_SCHEDULE,
+    efficiency_schedule,
     LdpcAlice,
     LdpcBob,
     _orders,
@@ -92,9 +92,11 @@ def test_frame_plan_runs_the_efficiency_schedule(qber: float) -> None:
     f_start, f_mid, f_end = ((plan.checks - plan.punctured + t) / (k * h) for t in (0, *plan.revealed_after))
     # Frames split n evenly, so K sits up to one frame in n below the planned size.
     tolerance = 1.0 / len(plan.key_bits) + 0.002
-    assert f_start == pytest.approx(EFFICIENCY_SCHEDULE[0], rel=tolerance)
-    assert f_mid == pytest.approx(EFFICIENCY_SCHEDULE[1], rel=tolerance)
-    assert f_end == pytest.approx(EFFICIENCY_SCHEDULE[2], rel=tolerance)
+    schedule = efficiency_schedule(qber)
+    assert schedule[0] < schedule[1] < schedule[2]
+    assert f_start == pytest.approx(schedule[0], rel=tolerance)
+    assert f_mid == pytest.approx(schedule[1], rel=tolerance)
+    assert f_end == pytest.approx(schedule[2], rel=tolerance)
 
 
 def run_exchange(n: int, qber: float, seed: int) -> tuple[np.ndarray, np.ndarray, LdpcAlice, LdpcBob, int]:
