@@ -573,7 +573,8 @@ class PostprocessingConfig(_Section):
         cascade_max_passes: Most Cascade passes before a block is given up, in [1, 64].
         finite_key: The finite-key analysis of a decoy-state block, one of
             :data:`FINITE_KEY_ANALYSES` (:func:`qcinode.core.finite_key.decoy_key_length`):
-            ``chernoff`` (per-class Chernoff bounds, the default) or ``lim2014``.
+            ``chernoff`` (per-class Chernoff bounds, the default), ``yin2020``
+            (Yin et al. 2020's statistics) or ``lim2014``.
         error_correction: The reconciliation method, one of
             :data:`ERROR_CORRECTION_METHODS`: ``cascade`` (interactive, the
             default) or ``ldpc`` (one-way syndrome decoding; needs the

@@ -25,9 +25,10 @@ data only (the block's key-bit count ``n`` and the test-basis error rate
    ``K = floor(M/(f_end h))`` key bits, ``p = round((f_end - f_start) K h)``
    punctured columns, the rest shortened, and the block needs
    ``ceil(n/K)`` frames, which split ``n`` as evenly as possible. Of the
-   fitting codes the plan takes the one whose frames send the fewest
-   syndrome bits in all (a block rarely fills its last frame; ties go to
-   the largest code).
+   three largest fitting codes the plan takes the one whose frames send the
+   fewest syndrome bits in all (a block rarely fills its last frame; ties
+   go to the largest code; smaller codes would leave frames mostly
+   shortened, decoder time spent on known bits).
 2. **Placement** (public, seeded permutations per code): punctured columns
    are the first ``p`` of a permutation of the information (non-staircase)
    columns, shortened ones the next ``s``, and key bit ``j`` the ``j``-th of
@@ -168,10 +169,11 @@ def plan_frames(n: int, qber: float) -> FramePlan:
     def per_frame(rows: int) -> int:
         return min(max(1, math.floor(rows * LIFT / (f_end * h))), FRAME_BITS - 1)
 
-    # Of the codes that fit, the one whose frames carry the block for the fewest
-    # syndrome bits: n rarely fills its last frame, and frames split n evenly, so
-    # the largest code is not always the cheapest (ties: the largest, fewest frames).
-    rows = min(reversed(fitting), key=lambda r: math.ceil(n / per_frame(r)) * r if n > 0 else -r)
+    # Of the three largest codes that fit, the one whose frames carry the block for
+    # the fewest syndrome bits: n rarely fills its last frame, and frames split n
+    # evenly, so the largest code is not always the cheapest (ties: the largest).
+    # Smaller codes would leave most of each frame shortened: decoder time for nothing.
+    rows = min(reversed(fitting[-3:]), key=lambda r: math.ceil(n / per_frame(r)) * r if n > 0 else -r)
     checks = rows * LIFT
     largest = per_frame(rows)
     punctured = min(FRAME_BITS - checks - 1, round((f_end - f_start) * largest * h))
