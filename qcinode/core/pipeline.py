@@ -77,7 +77,9 @@ from .channel import QuantumChannelModel, physics_at
 from .finite_key import DEFAULT_FINITE_KEY, check_finite_key, decoy_key_length
 from .reconciliation import (
     DEFAULT_ERROR_CORRECTION,
+    DEFAULT_LDPC_PROFILE,
     ERROR_CORRECTION_METHODS,
+    LDPC_PROFILES,
     AliceReconciler,
     BobReconciler,
     make_alice_reconciler,
@@ -112,7 +114,9 @@ class LinkProtocolConfig:
     analysis of a decoy-state block
     (:data:`~qcinode.core.finite_key.FINITE_KEY_ANALYSES`) and
     ``error_correction`` the reconciliation method
-    (:data:`~qcinode.core.reconciliation.ERROR_CORRECTION_METHODS`).
+    (:data:`~qcinode.core.reconciliation.ERROR_CORRECTION_METHODS`), and
+    ``ldpc_profile`` the LDPC codes and schedule when it is ``ldpc``
+    (:data:`~qcinode.core.reconciliation.LDPC_PROFILES`).
     """
 
     link_id: str
@@ -127,6 +131,7 @@ class LinkProtocolConfig:
     channel: QuantumChannelModel | None = None
     finite_key: str = DEFAULT_FINITE_KEY
     error_correction: str = DEFAULT_ERROR_CORRECTION
+    ldpc_profile: str = DEFAULT_LDPC_PROFILE
 
     def __post_init__(self) -> None:
         if self.block_bits < 1:
@@ -136,6 +141,8 @@ class LinkProtocolConfig:
             raise ConfigError(
                 f"error_correction: expected one of {', '.join(ERROR_CORRECTION_METHODS)}, got {self.error_correction!r}"
             )
+        if self.ldpc_profile not in LDPC_PROFILES:
+            raise ConfigError(f"ldpc_profile: expected one of {', '.join(LDPC_PROFILES)}, got {self.ldpc_profile!r}")
         if self.no_decoy_bound not in NO_DECOY_BOUNDS:
             raise ConfigError(
                 f"no_decoy_bound: expected one of {', '.join(NO_DECOY_BOUNDS)}, got {self.no_decoy_bound!r}"
@@ -626,7 +633,12 @@ class AliceLink(_LinkEnd):
             self._abort(reason)
             return [reply]
         self._reconciler = make_alice_reconciler(
-            self.config.error_correction, block.seq, block.bits[block.key_mask], block.test_qber, self.key_rng
+            self.config.error_correction,
+            block.seq,
+            block.bits[block.key_mask],
+            block.test_qber,
+            self.key_rng,
+            self.config.ldpc_profile,
         )
         self.state = LinkState.RECONCILING
         out: list[m.Message] = [reply, *self._reconciler.opening()]
@@ -808,6 +820,7 @@ class BobLink(_LinkEnd):
             self.noise_rng,
             self.config.cascade_max_passes,
             executor=self._decode_executor,
+            ldpc_profile=self.config.ldpc_profile,
         )
         self.state = LinkState.RECONCILING
         return self._reconciliation_step(block, self._reconciler.opening())
