@@ -4,7 +4,11 @@ Theory of operation
 -------------------
 Alice's key bits of a block are cut into frames, each carried by one
 codeword of a quasi-cyclic LDPC code of :mod:`qcinode.core.ldpc_codes`
-(``N = 16384`` columns, ``M`` checks, the last ``M`` columns a staircase).
+(``N`` columns, ``M`` checks, the last ``M`` columns a staircase). The
+link's profile (``postprocessing.ldpc_profile``, the same at both ends)
+fixes ``N`` and the efficiency schedule: ``efficient``, 65,536-bit frames
+starting at f 1.10; ``fast``, 16,384-bit frames starting at f 1.20, for a
+third of the decoder CPU.
 Bob decodes each frame with the belief-propagation decoder of the ``ldpc``
 package (C++, syndrome input, product-sum, parallel schedule), correcting his
 key to Alice's (direct reconciliation). Rules both ends follow, from public
@@ -19,8 +23,9 @@ data only (the block's key-bit count ``n`` and the test-basis error rate
    ``K + p + s = N``. Its leak after ``t`` filler bits are revealed is
    ``M - p + t`` (rule 6), so its efficiency runs from
    ``f_start = (M - p)/(K h)`` to ``f_end = M/(K h)``
-   (:func:`efficiency_schedule`: :data:`EFFICIENCY_SCHEDULE`, or
-   :data:`LOW_QBER_SCHEDULE` below :data:`LOW_QBER`). A code fits if it has at most
+   (:func:`efficiency_schedule`: for ``efficient`` :data:`EFFICIENCY_SCHEDULE`,
+   or :data:`LOW_QBER_SCHEDULE` below :data:`LOW_QBER`; for ``fast``
+   :data:`FAST_SCHEDULE`). A code fits if it has at most
    ``f_end h N / (1 + (f_end - f_start) h)`` checks; with it a frame holds
    ``K = floor(M/(f_end h))`` key bits, ``p = round((f_end - f_start) K h)``
    punctured columns, the rest shortened, and the block needs
