@@ -28,6 +28,7 @@ How to run
 
     python bench/reconciliation.py                    # 1, 2, 3, 5 %, 3 blocks of 1e6 bits
     python bench/reconciliation.py --qber 0.02 --blocks 10 --bits 2e5
+    python bench/reconciliation.py --methods ldpc --ldpc-profile fast
 
 Nothing is asserted.
 """
@@ -44,7 +45,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from qcinode.core import messages as m
-from qcinode.core.reconciliation import ERROR_CORRECTION_METHODS, make_alice_reconciler, make_bob_reconciler
+from qcinode.core.reconciliation import (
+    ERROR_CORRECTION_METHODS,
+    LDPC_PROFILES,
+    make_alice_reconciler,
+    make_bob_reconciler,
+)
 
 
 def h2(p: float) -> float:
@@ -71,12 +77,12 @@ class Run:
         return self.leak / self.ideal if self.ideal else math.nan
 
 
-def one_block(method: str, qber: float, n: int, rng: np.random.Generator, run: Run) -> None:
+def one_block(method: str, qber: float, n: int, rng: np.random.Generator, run: Run, profile: str = "efficient") -> None:
     key = rng.integers(0, 2, n).astype(np.uint8)
     noisy = key ^ (rng.random(n) < qber).astype(np.uint8)
     start = time.process_time()
-    alice = make_alice_reconciler(method, 0, key, qber, rng)
-    bob = make_bob_reconciler(method, 0, noisy, qber, rng, 6)
+    alice = make_alice_reconciler(method, 0, key, qber, rng, profile)
+    bob = make_bob_reconciler(method, 0, noisy, qber, rng, 6, ldpc_profile=profile)
     to_bob: list[m.Message] = alice.opening()
     to_alice: list[m.Message] = bob.opening()
     first_failed: int | None = None
@@ -110,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--blocks", type=int, default=3, help="blocks per QBER and method")
     p.add_argument("--methods", default=",".join(ERROR_CORRECTION_METHODS))
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--ldpc-profile", default="efficient", choices=list(LDPC_PROFILES), help="postprocessing.ldpc_profile")
     args = p.parse_args(argv)
     rates = [float(q) for q in args.qber.split(",") if q.strip()]
     methods = [x for x in args.methods.split(",") if x.strip()]
@@ -120,10 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for method in methods:
             run = Run(method, qber)
             for index in range(args.blocks):
-                one_block(method, qber, n, rng, run)
+                one_block(method, qber, n, rng, run, args.ldpc_profile)
                 print(f"QBER {100 * qber:.1f} % {method}: block {index + 1}/{args.blocks}, f so far {run.f:.3f}", file=sys.stderr, flush=True)
             runs.append(run)
-    print(f"{args.blocks} blocks of {n:.3g} key bits per row; binary symmetric channel; estimate = true QBER")
+    print(
+        f"{args.blocks} blocks of {n:.3g} key bits per row; binary symmetric channel; estimate = true QBER; "
+        f"LDPC profile {args.ldpc_profile}"
+    )
     header = f"{'QBER':>5} {'method':>8} {'f':>6} {'rounds':>7} {'FER first/final':>16} {'residual':>9} {'CPU s/1e6':>10}"
     print(header)
     print("-" * len(header))

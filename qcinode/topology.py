@@ -56,9 +56,11 @@ from qcinode.core.orbit import TleSatellite, format_utc, parse_utc
 from qcinode.core.finite_key import DEFAULT_FINITE_KEY, FINITE_KEY_ANALYSES
 from qcinode.core.reconciliation import (
     DEFAULT_ERROR_CORRECTION,
+    DEFAULT_LDPC_PROFILE,
     ERROR_CORRECTION_LDPC,
     ERROR_CORRECTION_METHODS,
     LDPC_EXTRA_HINT,
+    LDPC_PROFILES,
     ldpc_available,
 )
 from qcinode.errors import ConfigError
@@ -577,11 +579,16 @@ class PostprocessingConfig(_Section):
         cascade_max_passes: Most Cascade passes before a block is given up, in [1, 64].
         finite_key: The finite-key analysis of a decoy-state block, one of
             :data:`FINITE_KEY_ANALYSES` (:func:`qcinode.core.finite_key.decoy_key_length`):
-            ``chernoff`` (per-class Chernoff bounds, the default) or ``lim2014``.
+            ``chernoff`` (per-class Chernoff bounds, the default), ``yin2020``
+            (Yin et al. 2020's statistics) or ``lim2014``.
         error_correction: The reconciliation method, one of
             :data:`ERROR_CORRECTION_METHODS`: ``cascade`` (interactive, the
             default) or ``ldpc`` (one-way syndrome decoding; needs the
             ``ldpc`` extra).
+        ldpc_profile: The LDPC codes and efficiency schedule, one of
+            :data:`LDPC_PROFILES`: ``efficient`` (65,536-bit frames, the
+            default) or ``fast`` (16,384-bit frames, a third of the decoder
+            CPU, a worse efficiency). Ignored with ``cascade``.
     """
 
     block_bits: int = 100_000
@@ -590,6 +597,7 @@ class PostprocessingConfig(_Section):
     cascade_max_passes: int = 6
     finite_key: str = DEFAULT_FINITE_KEY
     error_correction: str = DEFAULT_ERROR_CORRECTION
+    ldpc_profile: str = DEFAULT_LDPC_PROFILE
 
     def __post_init__(self) -> None:
         _integer(self, "block_bits", 1_000, 10_000_000)
@@ -612,6 +620,12 @@ class PostprocessingConfig(_Section):
             )
         if method == ERROR_CORRECTION_LDPC and not ldpc_available():
             raise _Invalid("error_correction", LDPC_EXTRA_HINT)
+        profile = _string(self.ldpc_profile, "ldpc_profile", "LDPC profile")
+        if profile not in LDPC_PROFILES:
+            raise _Invalid(
+                "ldpc_profile",
+                f"unknown profile {profile!r}{_suggest(profile, LDPC_PROFILES)} (allowed: {', '.join(LDPC_PROFILES)})",
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,7 +4,11 @@ Theory of operation
 -------------------
 Alice's key bits of a block are cut into frames, each carried by one
 codeword of a quasi-cyclic LDPC code of :mod:`qcinode.core.ldpc_codes`
-(``N = 16384`` columns, ``M`` checks, the last ``M`` columns a staircase).
+(``N`` columns, ``M`` checks, the last ``M`` columns a staircase). The
+link's profile (``postprocessing.ldpc_profile``, the same at both ends)
+fixes ``N`` and the efficiency schedule: ``efficient``, 65,536-bit frames
+starting at f 1.10; ``fast``, 16,384-bit frames starting at f 1.20, for a
+third of the decoder CPU.
 Bob decodes each frame with the belief-propagation decoder of the ``ldpc``
 package (C++, syndrome input, product-sum, parallel schedule), correcting his
 key to Alice's (direct reconciliation). Rules both ends follow, from public
@@ -19,10 +23,17 @@ data only (the block's key-bit count ``n`` and the test-basis error rate
    ``K + p + s = N``. Its leak after ``t`` filler bits are revealed is
    ``M - p + t`` (rule 6), so its efficiency runs from
    ``f_start = (M - p)/(K h)`` to ``f_end = M/(K h)``
-   (:data:`EFFICIENCY_SCHEDULE`). The code is the family member with the
-   most checks not above ``f_end h N / (1 + (f_end - f_start) h)``; then
-   ``K = floor(M/(f_end h))``, ``p = round((f_end - f_start) K h)``, and the
-   rest is shortened. Frames split ``n`` as evenly as possible.
+   (:func:`efficiency_schedule`: for ``efficient`` :data:`EFFICIENCY_SCHEDULE`,
+   or :data:`LOW_QBER_SCHEDULE` below :data:`LOW_QBER`; for ``fast``
+   :data:`FAST_SCHEDULE`). A code fits if it has at most
+   ``f_end h N / (1 + (f_end - f_start) h)`` checks; with it a frame holds
+   ``K = floor(M/(f_end h))`` key bits, ``p = round((f_end - f_start) K h)``
+   punctured columns, the rest shortened, and the block needs
+   ``ceil(n/K)`` frames, which split ``n`` as evenly as possible. Of the
+   three largest fitting codes the plan takes the one whose frames send the
+   fewest syndrome bits in all (a block rarely fills its last frame; ties
+   go to the largest code; smaller codes would leave frames mostly
+   shortened, decoder time spent on known bits).
 2. **Placement** (public, seeded permutations per code): punctured columns
    are the first ``p`` of a permutation of the information (non-staircase)
    columns, shortened ones the next ``s``, and key bit ``j`` the ``j``-th of
@@ -38,7 +49,7 @@ data only (the block's key-bit count ``n`` and the test-basis error rate
    (2012)). Bob names the frames that failed
    (:class:`~qcinode.core.messages.LdpcRetry`); Alice reveals the next
    filler bits of each, in puncturing order, enough to reach the next
-   efficiency of :data:`EFFICIENCY_SCHEDULE` (the last retry reveals all of
+   efficiency of the schedule (the last retry reveals all of
    them) (:class:`~qcinode.core.messages.LdpcReveal`); Bob sets them and
    decodes again. At most :data:`~qcinode.core.reconciliation.LDPC_MAX_ATTEMPTS`
    attempts, so at most two retries: three round trips per block in all.
@@ -55,9 +66,17 @@ data only (the block's key-bit count ``n`` and the test-basis error rate
    bound is the rank and the count is exact: a kept frame leaks
    ``M - (p - t)``. A discarded frame additionally leaks all its ``K`` key
    bits; ``ceil(log2(n_kept + 1))`` is added for the announced error count.
+7. **Parallel decoding.** The frames of an attempt are independent
+   (:func:`decode_frame` is a pure function of the code, the priors and the
+   syndrome difference), so Bob may hand them to an executor -- a process
+   pool, since the decoder holds the GIL -- and gets the same result in
+   either order; a running node does (``qcinode.node``), tests and benches
+   decode in process.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import Executor
 
 import dataclasses
 import functools
@@ -67,28 +86,67 @@ from typing import Any, Final
 import numpy as np
 
 from qcinode.core import messages as m
-from qcinode.core.ldpc_codes import CHECK_ROW_FAMILY, FRAME_BITS, LIFT, parity_check_matrix
-from qcinode.core.reconciliation import LDPC_MAX_ATTEMPTS, error_count_leak_bits
-from qcinode.errors import RemoteProtocolError
+from qcinode.core.ldpc_codes import BASE_COLUMNS, CHECK_ROW_FAMILY, LIFT, parity_check_matrix
+from qcinode.core.reconciliation import (
+    DEFAULT_LDPC_PROFILE,
+    LDPC_MAX_ATTEMPTS,
+    LDPC_PROFILE_EFFICIENT,
+    LDPC_PROFILE_FAST,
+    LDPC_PROFILES,
+    error_count_leak_bits,
+)
+from qcinode.errors import ConfigError, RemoteProtocolError
 
 __all__ = [
     "DECODER_MAX_ITERATIONS",
     "EFFICIENCY_SCHEDULE",
+    "FAST_SCHEDULE",
+    "LOW_QBER",
+    "LOW_QBER_SCHEDULE",
     "QBER_FLOOR",
     "FramePlan",
     "LdpcAlice",
     "LdpcBob",
+    "check_ldpc_profile",
+    "decode_frame",
+    "efficiency_schedule",
     "masking_rank",
     "plan_frames",
 ]
 
 #: Efficiency ``f`` of a frame's first, second and last attempt (rule 1). The last
-#: is made almost sure, since a discarded frame costs all its key bits. The first is
-#: a trade between leak and decoder CPU, measured at QBER 3.3 % on 3e5 bits: starting
-#: at 1.10 / 1.15 / 1.20 / 1.25 gave f 1.21 / 1.20 / 1.25 / 1.30 for 23 / 12 / 8.5 /
-#: 5.5 CPU-seconds per 10^6 bits; a link that chooses LDPC has expensive round trips,
-#: where the decoder's time is what the block waits for.
-EFFICIENCY_SCHEDULE: Final[tuple[float, float, float]] = (1.20, 1.30, 1.50)
+#: is made almost sure, since a discarded frame costs all its key bits. Measured on
+#: 65,536-bit frames at QBER 3 % (10^6-bit blocks, product-sum decoding): the codes
+#: decode about a quarter of the frames at 1.10, nearly all at 1.14 and every one
+#: at 1.25, for f 1.145 and about 25 CPU-seconds per 10^6 bits; starting at 1.12 /
+#: 1.16 gave the same f at 3 % (two round trips, 22 CPU-s) but 1.158 at 2 %.
+EFFICIENCY_SCHEDULE: Final[tuple[float, float, float]] = (1.10, 1.14, 1.25)
+#: The schedule below :data:`LOW_QBER` (rule 1). The high-rate codes (rate 0.9 and
+#: up) are the family's weakest: with the main schedule at QBER 1 % most frames failed
+#: every attempt and 7.5 % were discarded (f 2.1); lone frames needed f 1.3 to decode.
+LOW_QBER_SCHEDULE: Final[tuple[float, float, float]] = (1.22, 1.32, 1.50)
+#: Error rate below which frames are planned with :data:`LOW_QBER_SCHEDULE`.
+LOW_QBER: Final = 0.015
+#: The ``fast`` profile's schedule at every error rate, on 16,384-bit frames: f 1.20-1.24
+#: at QBER 2-5 %, about a third of the ``efficient`` profile's decoder CPU.
+FAST_SCHEDULE: Final[tuple[float, float, float]] = (1.20, 1.30, 1.50)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Profile:
+    lift: int
+    schedule: tuple[float, float, float]
+    low_qber_schedule: tuple[float, float, float]
+
+
+#: ``efficient``: 65,536-bit frames and :data:`EFFICIENCY_SCHEDULE` (f 1.13-1.15 at
+#: QBER 2-5 %, 25-50 CPU-seconds per 10^6 bits at Bob). ``fast``: 16,384-bit frames and
+#: :data:`FAST_SCHEDULE` (f 1.20-1.24, 8-12 CPU-seconds): for links where the block
+#: waits on the decoder, a long classical delay on a busy machine.
+_PROFILES: Final[dict[str, _Profile]] = {
+    LDPC_PROFILE_EFFICIENT: _Profile(512, EFFICIENCY_SCHEDULE, LOW_QBER_SCHEDULE),
+    LDPC_PROFILE_FAST: _Profile(128, FAST_SCHEDULE, FAST_SCHEDULE),
+}
 #: Smallest error rate a frame is planned for (a block with no test errors).
 QBER_FLOOR: Final = 0.005
 #: Belief-propagation iterations per attempt.
@@ -106,7 +164,7 @@ class FramePlan:
     """How a block's key bits are cut into frames (rule 1).
 
     Attributes:
-        rows: Base rows of the code (its ``M = rows * LIFT`` checks).
+        rows: Base rows of the code (its ``M = rows * lift`` checks).
         qber: ``q'``, the error rate the frames are planned and decoded for.
         key_bits: Key bits ``K`` of each frame.
         punctured: ``p``, punctured columns per frame.
@@ -118,11 +176,17 @@ class FramePlan:
     key_bits: tuple[int, ...]
     punctured: int
     revealed_after: tuple[int, ...]
+    lift: int = LIFT
+
+    @property
+    def frame_bits(self) -> int:
+        """``N``, the code length: columns of every frame."""
+        return BASE_COLUMNS * self.lift
 
     @property
     def checks(self) -> int:
         """``M``, syndrome bits per frame."""
-        return self.rows * LIFT
+        return self.rows * self.lift
 
     @property
     def starts(self) -> np.ndarray:
@@ -130,32 +194,62 @@ class FramePlan:
         return np.concatenate(([0], np.cumsum(self.key_bits)[:-1])).astype(np.int64) if self.key_bits else np.zeros(0, np.int64)
 
 
-def plan_frames(n: int, qber: float) -> FramePlan:
+def efficiency_schedule(qber: float, profile: str = DEFAULT_LDPC_PROFILE) -> tuple[float, float, float]:
+    """``(f_start, f_mid, f_end)`` of the frames of a block planned for error rate ``qber`` (rule 1)."""
+    settings = _PROFILES[check_ldpc_profile(profile)]
+    return settings.low_qber_schedule if qber < LOW_QBER else settings.schedule
+
+
+def check_ldpc_profile(profile: str) -> str:
+    """Returns ``profile`` if it is one of :data:`LDPC_PROFILES`.
+
+    Raises:
+        ConfigError: An unknown profile (the message lists the known ones).
+    """
+    if profile not in _PROFILES:
+        raise ConfigError(f"ldpc_profile: expected one of {', '.join(LDPC_PROFILES)}, got {profile!r}")
+    return profile
+
+
+def plan_frames(n: int, qber: float, profile: str = DEFAULT_LDPC_PROFILE) -> FramePlan:
     """The frame plan of a block of ``n`` key bits with test-basis error rate ``qber`` (rule 1)."""
-    f_start, f_mid, f_end = EFFICIENCY_SCHEDULE
     q = min(max(qber, QBER_FLOOR), 0.45)
+    f_start, f_mid, f_end = efficiency_schedule(q, profile)
+    lift = _PROFILES[profile].lift
+    frame_bits = BASE_COLUMNS * lift
     h = _h2(q)
-    target = f_end * h * FRAME_BITS / (1.0 + (f_end - f_start) * h)
-    fitting = [rows for rows in CHECK_ROW_FAMILY if rows * LIFT <= target]
-    rows = max(fitting) if fitting else CHECK_ROW_FAMILY[0]
-    checks = rows * LIFT
-    per_frame = max(1, math.floor(checks / (f_end * h)))
-    punctured = min(FRAME_BITS - checks - 1, round((f_end - f_start) * per_frame * h))
-    per_frame = min(per_frame, FRAME_BITS - punctured)
-    frames = math.ceil(n / per_frame) if n > 0 else 0
+    target = f_end * h * frame_bits / (1.0 + (f_end - f_start) * h)
+    fitting = [rows for rows in CHECK_ROW_FAMILY if rows * lift <= target] or [CHECK_ROW_FAMILY[0]]
+
+    def per_frame(rows: int) -> int:
+        return min(max(1, math.floor(rows * lift / (f_end * h))), frame_bits - 1)
+
+    # Of the three largest codes that fit, the one whose frames carry the block for
+    # the fewest syndrome bits: n rarely fills its last frame, and frames split n
+    # evenly, so the largest code is not always the cheapest (ties: the largest).
+    # Smaller codes would leave most of each frame shortened: decoder time for nothing.
+    rows = min(reversed(fitting[-3:]), key=lambda r: math.ceil(n / per_frame(r)) * r if n > 0 else -r)
+    checks = rows * lift
+    largest = per_frame(rows)
+    punctured = min(frame_bits - checks - 1, round((f_end - f_start) * largest * h))
+    largest = min(largest, frame_bits - punctured)
+    frames = math.ceil(n / largest) if n > 0 else 0
     base, extra = divmod(n, frames) if frames else (0, 0)
     sizes = tuple(base + (1 if index < extra else 0) for index in range(frames))
-    first_retry = min(punctured, round((f_mid - f_start) * per_frame * h))
-    return FramePlan(rows=rows, qber=q, key_bits=sizes, punctured=punctured, revealed_after=(first_retry, punctured))
+    first_retry = min(punctured, round((f_mid - f_start) * largest * h))
+    return FramePlan(
+        rows=rows, qber=q, key_bits=sizes, punctured=punctured, revealed_after=(first_retry, punctured), lift=lift
+    )
 
 
 @functools.lru_cache(maxsize=None)
-def _orders(rows: int) -> tuple[np.ndarray, np.ndarray]:
+def _orders(rows: int, lift: int = LIFT) -> tuple[np.ndarray, np.ndarray]:
     """Rule 2's public permutations: (information columns, staircase columns) of the code."""
     rng = np.random.default_rng([20_240_101, rows, 3])
-    checks = rows * LIFT
-    info = rng.permutation(FRAME_BITS - checks)
-    staircase = FRAME_BITS - checks + rng.permutation(checks)
+    checks = rows * lift
+    frame_bits = BASE_COLUMNS * lift
+    info = rng.permutation(frame_bits - checks)
+    staircase = frame_bits - checks + rng.permutation(checks)
     info.setflags(write=False)
     staircase.setflags(write=False)
     return info, staircase
@@ -163,24 +257,24 @@ def _orders(rows: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _layout(plan: FramePlan, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(punctured columns in revealing order, shortened columns, key columns) of a frame of ``size`` key bits."""
-    info, staircase = _orders(plan.rows)
-    shortened = FRAME_BITS - plan.punctured - size
+    info, staircase = _orders(plan.rows, plan.lift)
+    shortened = plan.frame_bits - plan.punctured - size
     punctured = info[: plan.punctured]
     key_columns = np.concatenate((info[plan.punctured + shortened :], staircase))
     return punctured, info[plan.punctured : plan.punctured + shortened], key_columns
 
 
 @functools.lru_cache(maxsize=256)
-def masking_rank(rows: int, first: int, last: int) -> int:
+def masking_rank(rows: int, first: int, last: int, lift: int = LIFT) -> int:
     """A lower bound, by peeling, on the GF(2) rank of the punctured columns ``first:last`` (rule 6).
 
     Peeling removes, while it can, a column that is the only remaining one in
     some check; the removed columns form a triangular, hence independent, set.
     """
-    columns = _orders(rows)[0][first:last]
+    columns = _orders(rows, lift)[0][first:last]
     if columns.size == 0:
         return 0
-    matrix = parity_check_matrix(rows).tocsc()[:, columns].tocoo()
+    matrix = parity_check_matrix(rows, lift).tocsc()[:, columns].tocoo()
     checks_of: list[list[int]] = [[] for _ in range(columns.size)]
     columns_of: dict[int, list[int]] = {}
     for check, column in zip(matrix.row.tolist(), matrix.col.tolist()):
@@ -205,13 +299,13 @@ def masking_rank(rows: int, first: int, last: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _int_matrix(rows: int) -> Any:
-    return parity_check_matrix(rows).astype(np.int32)
+def _int_matrix(rows: int, lift: int) -> Any:
+    return parity_check_matrix(rows, lift).astype(np.int32)
 
 
 def _words(plan: FramePlan, key: np.ndarray, filler: np.ndarray | None = None) -> np.ndarray:
     """Every frame's word, an ``(N, frames)`` uint8 array (rule 2); punctured columns get ``filler``."""
-    words = np.zeros((FRAME_BITS, len(plan.key_bits)), dtype=np.uint8)
+    words = np.zeros((plan.frame_bits, len(plan.key_bits)), dtype=np.uint8)
     for index, (start, size) in enumerate(zip(plan.starts, plan.key_bits)):
         punctured, _, key_columns = _layout(plan, size)
         words[key_columns, index] = key[start : start + size]
@@ -222,17 +316,19 @@ def _words(plan: FramePlan, key: np.ndarray, filler: np.ndarray | None = None) -
 
 def _syndromes(plan: FramePlan, words: np.ndarray) -> np.ndarray:
     """``H w mod 2`` of every column of ``words``: an ``(M, frames)`` uint8 array."""
-    product = _int_matrix(plan.rows) @ words.astype(np.int32)
+    product = _int_matrix(plan.rows, plan.lift) @ words.astype(np.int32)
     return (np.asarray(product) & 1).astype(np.uint8)
 
 
 class LdpcAlice:
     """Alice's end: sends syndromes, reveals bits of frames Bob could not decode."""
 
-    def __init__(self, block_seq: int, key: np.ndarray, qber_estimate: float, rng: Any) -> None:
+    def __init__(
+        self, block_seq: int, key: np.ndarray, qber_estimate: float, rng: Any, profile: str = DEFAULT_LDPC_PROFILE
+    ) -> None:
         self.block_seq = block_seq
         self._key = np.asarray(key, dtype=np.uint8)
-        self.plan = plan_frames(len(self._key), qber_estimate)
+        self.plan = plan_frames(len(self._key), qber_estimate, profile)
         frames = len(self.plan.key_bits)
         # Secret filler of the punctured columns, from the key generator (a CSPRNG in a node).
         self._filler = np.asarray(rng.integers(0, 2, size=self.plan.punctured * frames, dtype=np.uint8)).reshape(
@@ -288,17 +384,17 @@ def _kept_and_leak(plan: FramePlan, discarded: tuple[int, ...], revealed: np.nda
     starts = plan.starts
     for frame in discarded:
         kept[starts[frame] : starts[frame] + plan.key_bits[frame]] = False
-    masked = sum(masking_rank(plan.rows, int(t), plan.punctured) for t in revealed)
+    masked = sum(masking_rank(plan.rows, int(t), plan.punctured, plan.lift) for t in revealed)
     leak = plan.checks * len(plan.key_bits) - masked + sum(plan.key_bits[f] for f in discarded)
     return kept, leak + error_count_leak_bits(int(kept.sum()))
 
 
 @functools.lru_cache(maxsize=None)
-def _decoder(rows: int) -> Any:
+def _decoder(rows: int, lift: int) -> Any:
     from ldpc import BpDecoder  # noqa: PLC0415 - the ldpc extra
 
     return BpDecoder(
-        parity_check_matrix(rows),
+        parity_check_matrix(rows, lift),
         error_rate=0.01,
         max_iter=DECODER_MAX_ITERATIONS,
         bp_method="product_sum",
@@ -307,13 +403,33 @@ def _decoder(rows: int) -> Any:
     )
 
 
+def decode_frame(rows: int, lift: int, priors: np.ndarray, syndrome: np.ndarray) -> np.ndarray | None:
+    """One frame's belief-propagation decode: the error pattern meeting ``syndrome``, or None.
+
+    A pure function of its arguments (the decoder of each code is built once
+    per process), so a process pool may run it (rule 7).
+    """
+    decoder = _decoder(rows, lift)
+    decoder.update_channel_probs(priors)
+    error = decoder.decode(np.ascontiguousarray(syndrome, dtype=np.uint8))
+    return np.asarray(error, dtype=np.uint8) if decoder.converge else None
+
+
 class LdpcBob:
     """Bob's end: decodes every frame, asks for more bits of those that fail, then discards."""
 
-    def __init__(self, block_seq: int, key: np.ndarray, qber_estimate: float) -> None:
+    def __init__(
+        self,
+        block_seq: int,
+        key: np.ndarray,
+        qber_estimate: float,
+        executor: Executor | None = None,
+        profile: str = DEFAULT_LDPC_PROFILE,
+    ) -> None:
         self.block_seq = block_seq
+        self._executor = executor
         self._original = np.asarray(key, dtype=np.uint8)
-        self.plan = plan_frames(len(self._original), qber_estimate)
+        self.plan = plan_frames(len(self._original), qber_estimate, profile)
         self._words = _words(self.plan, self._original)
         self._priors = np.full(self._words.shape, self.plan.qber)
         for index, size in enumerate(self.plan.key_bits):
@@ -374,22 +490,26 @@ class LdpcBob:
             offset += len(columns)
 
     def _decode(self, frames: Any) -> list[int]:
-        """Decodes ``frames`` in place; returns those that did not converge."""
+        """Decodes ``frames`` in place (rule 7); returns those that did not converge."""
         assert self._target is not None
         frames = list(frames)
         if not frames:
             return []
-        decoder = _decoder(self.plan.rows)
         ours = _syndromes(self.plan, self._words[:, frames])
+        jobs = [
+            (self.plan.rows, self.plan.lift, self._priors[:, frame], self._target[:, frame] ^ ours[:, position])
+            for position, frame in enumerate(frames)
+        ]
+        if self._executor is None or len(jobs) == 1:
+            errors = [decode_frame(*job) for job in jobs]
+        else:
+            errors = list(self._executor.map(decode_frame, *zip(*jobs)))
         failed = []
-        for position, frame in enumerate(frames):
-            difference = self._target[:, frame] ^ ours[:, position]
-            decoder.update_channel_probs(self._priors[:, frame])
-            error = decoder.decode(difference)
-            if decoder.converge:
-                self._words[:, frame] ^= np.asarray(error, dtype=np.uint8)
-            else:
+        for frame, error in zip(frames, errors):
+            if error is None:
                 failed.append(frame)
+            else:
+                self._words[:, frame] ^= error
         return failed
 
     def result(self) -> tuple[np.ndarray, np.ndarray, int, int, tuple[int, ...]]:

@@ -51,6 +51,8 @@ the open block.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
+
 import dataclasses
 import enum
 import math
@@ -75,7 +77,9 @@ from .channel import QuantumChannelModel, physics_at
 from .finite_key import DEFAULT_FINITE_KEY, check_finite_key, decoy_key_length
 from .reconciliation import (
     DEFAULT_ERROR_CORRECTION,
+    DEFAULT_LDPC_PROFILE,
     ERROR_CORRECTION_METHODS,
+    LDPC_PROFILES,
     AliceReconciler,
     BobReconciler,
     make_alice_reconciler,
@@ -110,7 +114,9 @@ class LinkProtocolConfig:
     analysis of a decoy-state block
     (:data:`~qcinode.core.finite_key.FINITE_KEY_ANALYSES`) and
     ``error_correction`` the reconciliation method
-    (:data:`~qcinode.core.reconciliation.ERROR_CORRECTION_METHODS`).
+    (:data:`~qcinode.core.reconciliation.ERROR_CORRECTION_METHODS`), and
+    ``ldpc_profile`` the LDPC codes and schedule when it is ``ldpc``
+    (:data:`~qcinode.core.reconciliation.LDPC_PROFILES`).
     """
 
     link_id: str
@@ -125,6 +131,7 @@ class LinkProtocolConfig:
     channel: QuantumChannelModel | None = None
     finite_key: str = DEFAULT_FINITE_KEY
     error_correction: str = DEFAULT_ERROR_CORRECTION
+    ldpc_profile: str = DEFAULT_LDPC_PROFILE
 
     def __post_init__(self) -> None:
         if self.block_bits < 1:
@@ -134,6 +141,8 @@ class LinkProtocolConfig:
             raise ConfigError(
                 f"error_correction: expected one of {', '.join(ERROR_CORRECTION_METHODS)}, got {self.error_correction!r}"
             )
+        if self.ldpc_profile not in LDPC_PROFILES:
+            raise ConfigError(f"ldpc_profile: expected one of {', '.join(LDPC_PROFILES)}, got {self.ldpc_profile!r}")
         if self.no_decoy_bound not in NO_DECOY_BOUNDS:
             raise ConfigError(
                 f"no_decoy_bound: expected one of {', '.join(NO_DECOY_BOUNDS)}, got {self.no_decoy_bound!r}"
@@ -624,7 +633,12 @@ class AliceLink(_LinkEnd):
             self._abort(reason)
             return [reply]
         self._reconciler = make_alice_reconciler(
-            self.config.error_correction, block.seq, block.bits[block.key_mask], block.test_qber, self.key_rng
+            self.config.error_correction,
+            block.seq,
+            block.bits[block.key_mask],
+            block.test_qber,
+            self.key_rng,
+            self.config.ldpc_profile,
         )
         self.state = LinkState.RECONCILING
         out: list[m.Message] = [reply, *self._reconciler.opening()]
@@ -711,8 +725,11 @@ class BobLink(_LinkEnd):
     direction_out = B2A
     direction_in = A2B
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, decode_executor: Executor | None = None, **kwargs: Any) -> None:
+        """As :class:`_LinkEnd`; ``decode_executor``, if given, runs the LDPC frame decodes of a
+        block in parallel (a process pool: the decoder holds the GIL); results are the same."""
         super().__init__(*args, **kwargs)
+        self._decode_executor = decode_executor
         self._pending_frames: list[tuple[int, PhotonFrame, float | None]] = []
         self._reported: tuple[int, Clicks] | None = None
         self._reconciler: BobReconciler | None = None
@@ -802,6 +819,8 @@ class BobLink(_LinkEnd):
             block.test_qber,
             self.noise_rng,
             self.config.cascade_max_passes,
+            executor=self._decode_executor,
+            ldpc_profile=self.config.ldpc_profile,
         )
         self.state = LinkState.RECONCILING
         return self._reconciliation_step(block, self._reconciler.opening())

@@ -41,6 +41,8 @@ Method names are :data:`ERROR_CORRECTION_METHODS` (topology
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
+
 import importlib.util
 import math
 from typing import Any, Final, Protocol
@@ -52,6 +54,10 @@ from qcinode.core.cascade import CascadeParams, CascadeResponder, CascadeSession
 from qcinode.errors import ConfigError, RemoteProtocolError
 
 __all__ = [
+    "DEFAULT_LDPC_PROFILE",
+    "LDPC_PROFILES",
+    "LDPC_PROFILE_EFFICIENT",
+    "LDPC_PROFILE_FAST",
     "DEFAULT_ERROR_CORRECTION",
     "ERROR_CORRECTION_CASCADE",
     "ERROR_CORRECTION_LDPC",
@@ -74,6 +80,13 @@ ERROR_CORRECTION_METHODS: Final[tuple[str, ...]] = (ERROR_CORRECTION_CASCADE, ER
 DEFAULT_ERROR_CORRECTION: Final = ERROR_CORRECTION_CASCADE
 #: Decoding attempts per LDPC frame: the first, then two blind retries.
 LDPC_MAX_ATTEMPTS: Final = 3
+#: LDPC code profiles (topology ``postprocessing.ldpc_profile``; the default first), defined in
+#: :mod:`qcinode.core.ldpc_reconciliation`: ``efficient`` (65,536-bit frames, f about 1.14) and
+#: ``fast`` (16,384-bit frames, f about 1.22, a third of the decoder CPU).
+LDPC_PROFILE_EFFICIENT: Final = "efficient"
+LDPC_PROFILE_FAST: Final = "fast"
+LDPC_PROFILES: Final[tuple[str, ...]] = (LDPC_PROFILE_EFFICIENT, LDPC_PROFILE_FAST)
+DEFAULT_LDPC_PROFILE: Final = LDPC_PROFILE_EFFICIENT
 LDPC_EXTRA_HINT: Final = (
     "error_correction 'ldpc' needs the ldpc package (belief-propagation decoder): "
     "pip install 'qcinode[ldpc]'"
@@ -181,23 +194,35 @@ def _check_method(method: str) -> None:
         raise ConfigError(f"error_correction: expected one of {', '.join(ERROR_CORRECTION_METHODS)}, got {method!r}")
 
 
-def make_alice_reconciler(method: str, block_seq: int, key: np.ndarray, qber_estimate: float, rng: Any) -> AliceReconciler:
+def make_alice_reconciler(
+    method: str, block_seq: int, key: np.ndarray, qber_estimate: float, rng: Any, ldpc_profile: str = DEFAULT_LDPC_PROFILE
+) -> AliceReconciler:
     """Alice's reconciler for ``method`` over her key bits of the block (``rng``: her secret randomness)."""
     _check_method(method)
     if method == ERROR_CORRECTION_LDPC:
         from qcinode.core.ldpc_reconciliation import LdpcAlice  # noqa: PLC0415 - optional extra
 
-        return LdpcAlice(block_seq, key, qber_estimate, rng)
+        return LdpcAlice(block_seq, key, qber_estimate, rng, ldpc_profile)
     return CascadeAlice(block_seq, key)
 
 
 def make_bob_reconciler(
-    method: str, block_seq: int, key: np.ndarray, qber_estimate: float, rng: np.random.Generator, cascade_max_passes: int
+    method: str,
+    block_seq: int,
+    key: np.ndarray,
+    qber_estimate: float,
+    rng: np.random.Generator,
+    cascade_max_passes: int,
+    executor: Executor | None = None,
+    ldpc_profile: str = DEFAULT_LDPC_PROFILE,
 ) -> BobReconciler:
-    """Bob's reconciler for ``method`` over his key bits of the block."""
+    """Bob's reconciler for ``method`` over his key bits of the block.
+
+    ``executor`` (LDPC only) decodes the block's frames in parallel; the result is the same.
+    """
     _check_method(method)
     if method == ERROR_CORRECTION_LDPC:
         from qcinode.core.ldpc_reconciliation import LdpcBob  # noqa: PLC0415 - optional extra
 
-        return LdpcBob(block_seq, key, qber_estimate)
+        return LdpcBob(block_seq, key, qber_estimate, executor=executor, profile=ldpc_profile)
     return CascadeBob(block_seq, key, qber_estimate, rng, cascade_max_passes)

@@ -11,8 +11,10 @@ ends keep after a break, and the one-time MAC keys that authenticate it) by
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import math
+import multiprocessing
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -24,7 +26,7 @@ import structlog
 from ..core.channel import Idle, SlotClock, next_frame
 from ..core.clock import NetworkClock
 from ..core.physics import PhotonFrame
-from ..core.pipeline import AliceLink, BobLink
+from ..core.pipeline import AliceLink, BobLink, LinkState
 from ..core.resync import CursorBehind, HelloExchange, HelloRefused, LinkSnapshot, Reconciliation
 from ..errors import ProtocolError, QcinodeError, RemoteProtocolError, TransportError
 from ..transport import codec
@@ -37,6 +39,11 @@ from .runtime import LinkRuntime, next_frame_slots
 log = structlog.get_logger(__name__)
 
 STAGE_TIMEOUT_S = 30.0
+#: Worker processes of the LDPC decoding pool (the machines qcinode targets have 2+ cores).
+LDPC_DECODE_WORKERS = 2
+#: How long Alice waits for Bob's answer while he decodes LDPC frames: a block's
+#: decoding is tens of CPU-seconds on a loaded machine, past the stage timeout.
+LDPC_DECODE_TIMEOUT_S = 120.0
 
 # A fault hook on the classical channel: given the link, the direction ("A>B"
 # or "B>A") and an outgoing message, returns what to send instead — the
@@ -244,7 +251,10 @@ class AliceWorker:
                             link_id=rt.link_id, frame_id=frame_id, n_slots=frame.n_slots, payload=frame.to_bytes(), at_utc=at_utc or 0.0
                         )
                     )
-                async with asyncio.timeout(self.stage_timeout_s):
+                waiting = self.stage_timeout_s
+                if rt.config.error_correction == "ldpc" and alice.state is LinkState.RECONCILING:
+                    waiting = max(waiting, LDPC_DECODE_TIMEOUT_S)  # Bob is decoding
+                async with asyncio.timeout(waiting):
                     envelope = await call.read()
                 if envelope is grpc.aio.EOF:
                     raise TransportError("peer closed the classical channel")
@@ -349,6 +359,25 @@ class BobEndpoint:
         }
         self.inboxes: dict[str, asyncio.Queue[tuple[str, Any]]] = {}
         self.ended: dict[str, asyncio.Event] = {}  # per link: set once its current session has cleaned up
+        self._decode_pool: concurrent.futures.Executor | None = None
+
+    def decode_pool(self) -> concurrent.futures.Executor:
+        """The process pool that decodes LDPC frames, shared by this node's links (made on first use).
+
+        Processes, since the decoder holds the GIL; spawned, not forked, since
+        grpc's threads make fork unsafe. Its workers end with the process.
+        """
+        if self._decode_pool is None:
+            self._decode_pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=LDPC_DECODE_WORKERS, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._decode_pool
+
+    def close(self) -> None:
+        """Stops the decoding pool: queued frames are dropped, workers exit after their frame."""
+        if self._decode_pool is not None:
+            self._decode_pool.shutdown(wait=False, cancel_futures=True)
+            self._decode_pool = None
 
     def _runtime(self, link_id: str, peer_cn: str) -> LinkRuntime | None:
         rt = self.links.get(link_id)
@@ -442,7 +471,10 @@ class BobEndpoint:
         self.inboxes[rt.link_id] = inbox
         ended_event = self.ended[rt.link_id] = asyncio.Event()
         key_rng, noise_rng = self.rng_factory()
-        bob = BobLink(rt.config, rt.auth, key_rng, noise_rng, next_block_seq=rt.next_block_seq)
+        ldpc = rt.config.error_correction == "ldpc"
+        bob = BobLink(
+            rt.config, rt.auth, key_rng, noise_rng, next_block_seq=rt.next_block_seq, decode_executor=self.decode_pool() if ldpc else None
+        )
         rt.state = "up"
         bound.info("link.session_started", next_block_seq=rt.next_block_seq, auth_cursor=rt.auth.cursor)
 
@@ -479,6 +511,10 @@ class BobEndpoint:
                 try:
                     if kind == "frame":
                         outs = bob.receive_frame(*item)
+                    elif ldpc:
+                        # LDPC decoding takes seconds (in the pool): meanwhile the loop
+                        # keeps taking frames of the next block off the quantum stream.
+                        outs = await asyncio.to_thread(bob.receive, codec.decode(item))
                     else:
                         outs = bob.receive(codec.decode(item))
                 except ProtocolError as exc:

@@ -224,6 +224,7 @@ class Node:
         self.metrics_runner: Any = None
         self.metrics_port: int | None = None
         self.server: grpc.aio.Server | None = None
+        self._bob_endpoint: BobEndpoint | None = None
         self.port: int | None = None
         self.health_server: grpc.aio.Server | None = None
         self.health_port: int | None = None
@@ -290,7 +291,7 @@ class Node:
             ]
         )
         faults: dict[str, Any] = {"stage_timeout_s": self.settings.stage_timeout_s, "faults": self.faults, "fault": self.settings.classical_fault}
-        endpoint = BobEndpoint({k: v for k, v in self.links.items()}, self._rngs, **faults)
+        endpoint = self._bob_endpoint = BobEndpoint({k: v for k, v in self.links.items()}, self._rngs, **faults)
         servicer = _LinkServicer(endpoint)
         link_pb2_grpc.add_QuantumChannelServicer_to_server(servicer, server)
         link_pb2_grpc.add_PostProcessingServicer_to_server(servicer, server)
@@ -460,6 +461,8 @@ class Node:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.stop(grace_s)
+        if self._bob_endpoint is not None:
+            self._bob_endpoint.close()
         if self.health_server is not None:
             await self.health_server.stop(0)
         await self.network.aclose()

@@ -157,6 +157,7 @@ def protocol_config(link: LinkConfig, channel: QuantumChannelModel | None = None
         channel=channel,
         finite_key=pp.finite_key,
         error_correction=pp.error_correction,
+        ldpc_profile=pp.ldpc_profile,
     )
 
 

@@ -21,7 +21,11 @@ from qcinode.core.finite_key import (
     chernoff_expected_bounds,
     chernoff_key_length,
     decoy_key_length,
+    observed_bounds,
+    yin_key_length,
+    yin_phase_error_gap,
 )
+from qcinode.core.estimation import _gamma as lim_gamma
 from qcinode.core.pair import make_pair, pump
 from qcinode.core.physics import LinkPhysics, fibre_transmittance
 from qcinode.core.pipeline import BlockAccepted, LinkProtocolConfig
@@ -87,8 +91,62 @@ def test_bad_arguments_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="epsilon"):
         chernoff_expected_bounds(1.0, 1.0)
     stats = expected_block_statistics(gys_source(10.0), 10**6)
-    with pytest.raises(ConfigError, match="finite_key: expected one of chernoff, lim2014, got 'tomamichel'"):
+    with pytest.raises(ConfigError, match="finite_key: expected one of chernoff, yin2020, lim2014, got 'tomamichel'"):
         decoy_key_length(stats, 0, TAG_BITS, EPSILON, "tomamichel")
+
+
+# --------------------------------------------------------------------------- Yin et al. (2020)
+
+
+@pytest.mark.parametrize("mean", [0.0, 7.0, 900.0, 3.0e6])
+def test_observed_bounds_are_the_chernoff_bounds_solved_the_other_way(mean: float) -> None:
+    epsilon = 1e-8
+    low, high = observed_bounds(mean, epsilon)
+    # The upper bound on the mean of an observation at the lower edge is the mean again, and
+    # the lower bound on the mean of an observation at the upper edge too.
+    if low > 0:
+        assert chernoff_expected_bounds(low, epsilon)[1] == pytest.approx(mean, rel=1e-9)
+    assert chernoff_expected_bounds(high, epsilon)[0] == pytest.approx(mean, rel=1e-9, abs=1e-9)
+    assert low <= mean <= high
+
+
+def _split_failure(n: int, k: int, epsilon: float, rates: tuple[float, ...]) -> float:
+    """Worst chance, over total error counts near ``rates``, that the unobserved part's rate exceeds
+    the observed part's plus Yin's gap: ``n + k`` events split at random, errors hypergeometric."""
+    stats = pytest.importorskip("scipy.stats")
+    worst = 0.0
+    for rate in rates:
+        errors = int((n + k) * rate)
+        spread = 9 * math.sqrt(k * rate)
+        xs = np.arange(max(0, int(k * rate - spread)), int(k * rate + spread))
+        pmf = stats.hypergeom.pmf(xs, n + k, errors, k)
+        gaps = np.array([yin_phase_error_gap(n, k, x / k, epsilon) for x in xs])
+        worst = max(worst, float(pmf[(errors - xs) / n > xs / k + gaps].sum()))
+    return worst
+
+
+def test_yin_gap_is_tighter_than_lim2014_and_its_coverage_is_what_the_docs_say() -> None:
+    # Tighter than Lim et al.'s Eq. (5) gamma at the same failure probability.
+    for n, k, rate in ((10**6, 10**6, 0.03), (5e5, 2e5, 0.05), (3e3, 1e3, 0.1)):
+        assert 0 < yin_phase_error_gap(n, k, rate, 1e-10) < lim_gamma(21e-10, rate, k, n)
+    # Against the exact hypergeometric tail: within eps for small samples, and the
+    # factor by which it overshoots eps grows with the sample (the module docstring).
+    assert _split_failure(2_000, 1_000, 1e-6, (0.03, 0.1)) < 1e-6
+    assert 3e-6 < _split_failure(20_000, 20_000, 1e-6, (0.05, 0.1)) < 1e-5
+
+
+@pytest.mark.parametrize("length_km", [10.0, 25.0])
+def test_yin2020_keeps_key_of_the_gys_source_a_little_below_chernoff(length_km: float) -> None:
+    phys = gys_source(length_km)
+    yin = expected_key_length(phys, 10**6, f_ec=1.1, analysis="yin2020")
+    chernoff = expected_key_length(phys, 10**6, f_ec=1.1)
+    assert 0.9 * chernoff.length_bits < yin.length_bits < chernoff.length_bits
+    stats = expected_block_statistics(phys, 10**6)
+    leak = predicted_leak(stats.key_bits, 0.033, 1.1)
+    assert decoy_key_length(stats, leak, TAG_BITS, EPSILON, "yin2020") == yin_key_length(stats, leak, TAG_BITS, EPSILON)
+    # What it loses is the expected-to-observed step: fewer single photons, more of their errors.
+    assert yin.single_photon_bits < chernoff.single_photon_bits
+    assert yin.test_single_photon_errors > chernoff.test_single_photon_errors
 
 
 # --------------------------------------------------------------------------- the key length

@@ -12,7 +12,7 @@ pytest.importorskip("ldpc")
 from qcinode.core import messages as m  # noqa: E402
 from qcinode.core.ldpc_codes import CHECK_ROW_FAMILY, FRAME_BITS, LIFT, base_matrix, parity_check_matrix  # noqa: E402
 from qcinode.core.ldpc_reconciliation import (  # noqa: E402
-    EFFICIENCY_SCHEDULE,
+    efficiency_schedule,
     LdpcAlice,
     LdpcBob,
     _orders,
@@ -23,7 +23,7 @@ from qcinode.core.pair import make_pair, pump  # noqa: E402
 from qcinode.core.physics import LinkPhysics, fibre_transmittance  # noqa: E402
 from qcinode.core.pipeline import BlockAccepted, LinkProtocolConfig  # noqa: E402
 from qcinode.core.reconciliation import LDPC_MAX_ATTEMPTS, error_count_leak_bits  # noqa: E402
-from qcinode.errors import RemoteProtocolError  # noqa: E402
+from qcinode.errors import ConfigError, RemoteProtocolError  # noqa: E402
 from qcinode.node.runtime import expected_key_bits_per_slot  # noqa: E402
 
 
@@ -82,19 +82,23 @@ def test_peeling_bounds_the_rank_of_the_punctured_columns() -> None:
             assert masking_rank(plan.rows, revealed, plan.punctured) == plan.punctured - revealed
 
 
+@pytest.mark.parametrize("profile", ["efficient", "fast"])
 @pytest.mark.parametrize("qber", [0.01, 0.03, 0.05])
-def test_frame_plan_runs_the_efficiency_schedule(qber: float) -> None:
-    plan = plan_frames(1_000_000, qber)
+def test_frame_plan_runs_the_efficiency_schedule(qber: float, profile: str) -> None:
+    plan = plan_frames(1_000_000, qber, profile)
+    assert plan.frame_bits == {"efficient": 65_536, "fast": 16_384}[profile]
     assert sum(plan.key_bits) == 1_000_000 and max(plan.key_bits) - min(plan.key_bits) <= 1
     k = plan.key_bits[0]
-    assert k + plan.punctured <= FRAME_BITS
+    assert k + plan.punctured <= plan.frame_bits
     h = h2(qber)
     f_start, f_mid, f_end = ((plan.checks - plan.punctured + t) / (k * h) for t in (0, *plan.revealed_after))
     # Frames split n evenly, so K sits up to one frame in n below the planned size.
     tolerance = 1.0 / len(plan.key_bits) + 0.002
-    assert f_start == pytest.approx(EFFICIENCY_SCHEDULE[0], rel=tolerance)
-    assert f_mid == pytest.approx(EFFICIENCY_SCHEDULE[1], rel=tolerance)
-    assert f_end == pytest.approx(EFFICIENCY_SCHEDULE[2], rel=tolerance)
+    schedule = efficiency_schedule(qber, profile)
+    assert schedule[0] < schedule[1] < schedule[2]
+    assert f_start == pytest.approx(schedule[0], rel=tolerance)
+    assert f_mid == pytest.approx(schedule[1], rel=tolerance)
+    assert f_end == pytest.approx(schedule[2], rel=tolerance)
 
 
 def run_exchange(n: int, qber: float, seed: int) -> tuple[np.ndarray, np.ndarray, LdpcAlice, LdpcBob, int]:
@@ -131,7 +135,7 @@ def test_exchange_corrects_the_key_and_both_ends_count_the_same_leak() -> None:
 
 def test_bad_retries_and_reveals_are_remote_protocol_errors() -> None:
     rng = np.random.default_rng(1)
-    key = rng.integers(0, 2, 40_000).astype(np.uint8)
+    key = rng.integers(0, 2, 150_000).astype(np.uint8)
     alice = LdpcAlice(3, key, 0.03, rng)
     alice.opening()
     frames = len(alice.plan.key_bits)
@@ -169,3 +173,48 @@ def test_the_pipeline_reconciles_with_ldpc_in_at_most_three_round_trips() -> Non
     stats = accepted[0].stats
     assert 1 <= stats.cascade_rounds <= LDPC_MAX_ATTEMPTS
     assert stats.secret_bits > 0 and stats.leak_bits > stats.key_bits * h2(stats.qber)
+
+
+def test_frames_decoded_by_an_executor_give_the_same_result() -> None:
+    # Rule 7: frame decodes are independent and pure, so a pool (a node uses processes)
+    # changes nothing but the wall time.
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    key = rng.integers(0, 2, 150_000).astype(np.uint8)
+    noisy = key ^ (rng.random(key.size) < 0.03).astype(np.uint8)
+    syndromes = LdpcAlice(0, key, 0.03, np.random.default_rng(5)).opening()
+    serial = LdpcBob(0, noisy, 0.03)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pooled = LdpcBob(0, noisy, 0.03, executor=pool)
+        assert [type(x) for x in pooled.receive(syndromes[0])] == [type(x) for x in serial.receive(syndromes[0])]
+    assert len(serial.plan.key_bits) > 1
+    assert np.array_equal(pooled._words, serial._words) and pooled._failed == serial._failed
+
+
+PHYS = LinkPhysics(
+    intensities=(0.5, 0.2, 0.0),
+    class_probabilities=(0.4, 0.3, 0.3),
+    z_basis_probability=0.6,
+    fibre_transmittance=fibre_transmittance(0.2, 10.0),
+    detector_efficiency=0.1,
+    dark_count_probability=1e-6,
+    misalignment_error=0.02,
+)
+
+
+def test_the_fast_profile_keeps_the_16384_bit_codes_and_both_ends_must_name_a_known_profile() -> None:
+    key, noisy = np.zeros(50_000, np.uint8), np.zeros(50_000, np.uint8)
+    noisy[::40] = 1
+    alice = LdpcAlice(0, key, 0.025, np.random.default_rng(3), "fast")
+    bob = LdpcBob(0, noisy, 0.025, profile="fast")
+    assert alice.plan == bob.plan and alice.plan.lift == 128
+    replies = bob.receive(alice.opening()[0])
+    while replies:
+        replies = [out for msg in replies for reply in alice.receive(msg) for out in bob.receive(reply)]
+    corrected, kept, *_ = bob.result()
+    assert np.array_equal(corrected, key[kept])
+    with pytest.raises(ConfigError, match="ldpc_profile: expected one of efficient, fast, got 'tight'"):
+        plan_frames(1000, 0.03, "tight")
+    with pytest.raises(ConfigError, match="ldpc_profile"):
+        LinkProtocolConfig(link_id="a-b", physics=PHYS, error_correction="ldpc", ldpc_profile="tight")

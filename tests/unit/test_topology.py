@@ -373,6 +373,8 @@ REJECTIONS: list[tuple[str, Mutation, str, str]] = [
      "links[0].postprocessing.finite_key", "did you mean 'lim2014'?"),
     ("unknown-error-correction", _set("defaults", "postprocessing", "error_correction", value="cascad"),
      "defaults.postprocessing.error_correction", "did you mean 'cascade'?"),
+    ("unknown-ldpc-profile", _set("defaults", "postprocessing", "ldpc_profile", value="fastest"),
+     "defaults.postprocessing.ldpc_profile", "did you mean 'fast'?"),
     ("negative-length", _set("links", 0, "length_km", value=-5),
      "links[0].length_km", ">= 0"),
     ("length-not-number", _set("links", 0, "length_km", value="40 km"),
@@ -664,13 +666,14 @@ def test_finite_key_and_error_correction_default_and_round_trip() -> None:
     pp = topo.defaults.postprocessing
     assert (pp.finite_key, pp.error_correction) == ("chernoff", "cascade")
     data = yaml.safe_load(DESIGN_EXAMPLE)
-    data["defaults"]["postprocessing"] = {"finite_key": "lim2014", "error_correction": "ldpc"}
+    assert pp.ldpc_profile == "efficient"
+    data["defaults"]["postprocessing"] = {"finite_key": "yin2020", "error_correction": "ldpc", "ldpc_profile": "fast"}
     link = parse_mapping(data).links[0]
-    assert (link.postprocessing.finite_key, link.postprocessing.error_correction) == ("lim2014", "ldpc")
+    assert (link.postprocessing.finite_key, link.postprocessing.error_correction) == ("yin2020", "ldpc")
     from qcinode.node.runtime import protocol_config
 
     config = protocol_config(link)
-    assert (config.finite_key, config.error_correction) == ("lim2014", "ldpc")
+    assert (config.finite_key, config.error_correction, config.ldpc_profile) == ("yin2020", "ldpc", "fast")
 
 
 def test_ldpc_without_the_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
