@@ -81,10 +81,9 @@ from qcinode.core.estimation import (
 )
 from qcinode.core.pair import make_pair, pump
 from qcinode.core.physics import (
-    AliceRecord,
     CLASS_DECOY,
     CLASS_SIGNAL,
-    CLASS_VACUUM,
+    AliceRecord,
     LinkPhysics,
     PhotonFrame,
     detect,
@@ -327,11 +326,11 @@ class EveLedger:
             self.records.append(record)
             return frame, record
 
-        setattr(pipeline, "transmit", recording)
+        pipeline.transmit = recording
         try:
             yield
         finally:
-            setattr(pipeline, "transmit", transmit)
+            pipeline.transmit = transmit
 
     def tamper(self, direction: str, msg: m.Message) -> m.Message:
         if isinstance(msg, m.DetectionReport):

@@ -52,12 +52,12 @@ import grpc  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from qcinode.pki import CertBundle, CertPlan, cert_plan, make_certificates
 from qcinode.errors import InsufficientKeyMaterial
 from qcinode.keys.keystore import SaeKeyStore
 from qcinode.keys.linkstore import StorageKey
 from qcinode.kme.handlers import DeliveredKey, EncRequest, Kme
 from qcinode.kme.server import make_app, start_kme_server, tls_context
+from qcinode.pki import CertBundle, CertPlan, cert_plan, make_certificates
 
 # ============================================================== ETSI 014 ====
 
@@ -646,7 +646,9 @@ class GrpcTarget:
 
 def _seed_messages() -> dict[str, list[bytes]]:
     """Valid-looking messages for each method, to mutate."""
-    from qcinode.transport.pb import admin_pb2, link_pb2 as lp, network_pb2 as np_
+    from qcinode.transport.pb import admin_pb2
+    from qcinode.transport.pb import link_pb2 as lp
+    from qcinode.transport.pb import network_pb2 as np_
 
     hop = np_.RelayHop(
         relay_id="r1", key_id=str(uuid.uuid4()), master_sae="alpha-app", slave_saes=["beta-app"], source="alpha",
@@ -666,7 +668,9 @@ def _seed_messages() -> dict[str, list[bytes]]:
     ]
     return {
         "/qcinode.v1.Network/Advertise": [
-            np_.LinkStateAdvert(origin="ghost", sequence=1, links=[np_.LinkAdvert(link_id="ghost-x", peer="x", up=True, available_out_bytes=10**9)]).SerializeToString()
+            np_.LinkStateAdvert(
+                origin="ghost", sequence=1, links=[np_.LinkAdvert(link_id="ghost-x", peer="x", up=True, available_out_bytes=10**9)]
+            ).SerializeToString()
         ],
         "/qcinode.v1.Network/RelayKey": [hop.SerializeToString()],
         "/qcinode.v1.Admin/Status": [admin_pb2.StatusRequest(include_block_digests=True).SerializeToString()],
@@ -755,7 +759,10 @@ def out_of_order_sessions() -> st.SearchStrategy[list[bytes]]:
 
 
 ACCEPTED_GRPC = frozenset(
-    {ENDED_WHILE_WRITING, "OK", "INVALID_ARGUMENT", "PERMISSION_DENIED", "UNAUTHENTICATED", "UNIMPLEMENTED", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "NOT_FOUND", "ABORTED"}
+    {
+        ENDED_WHILE_WRITING, "OK", "INVALID_ARGUMENT", "PERMISSION_DENIED", "UNAUTHENTICATED", "UNIMPLEMENTED",
+        "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "NOT_FOUND", "ABORTED",
+    }
 )
 
 
@@ -859,9 +866,15 @@ def main(argv: list[str] | None = None) -> int:
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     stats = asyncio.run(run_bench(args.etsi, args.grpc, args.seed))
-    print(f"ETSI 014: {stats['etsi_tried']} examples in {stats['etsi_s']:.1f} s; supplier.deliver called {stats['etsi_supplier_calls']} time(s) (all answered 503)")
+    print(
+        f"ETSI 014: {stats['etsi_tried']} examples in {stats['etsi_s']:.1f} s; "
+        f"supplier.deliver called {stats['etsi_supplier_calls']} time(s) (all answered 503)"
+    )
     print("  statuses: " + ", ".join(f"{k}: {v}" for k, v in sorted(stats["etsi"].items(), key=lambda kv: str(kv[0]))))
-    print(f"  no client certificate: {stats['etsi_tls_no-cert']}; certificate of another CA: {stats['etsi_tls_other-ca']}; server alive after: {stats['etsi_alive']}")
+    print(
+        f"  no client certificate: {stats['etsi_tls_no-cert']}; certificate of another CA: {stats['etsi_tls_other-ca']};"
+        f" server alive after: {stats['etsi_alive']}"
+    )
     print(f"  rule violations: {len(stats['etsi_problems'])}")
     for request, problem in stats["etsi_problems"][:10]:
         print(f"    {problem}\n      {request!r}"[:600])

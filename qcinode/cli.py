@@ -75,16 +75,30 @@ def _parser() -> argparse.ArgumentParser:
     node = sub.add_parser("node", help="run one node in the foreground (what a pod runs)")
     node.add_argument("--topology", type=Path, default=_env("TOPOLOGY"))
     node.add_argument("--name", default=_env("NAME"))
-    node.add_argument("--name-from-ordinal", action="store_true", help="StatefulSet pod: run the topology's N-th node, N = the pod name's ordinal suffix (QCINODE_POD_NAME, else the hostname)")
+    node.add_argument(
+        "--name-from-ordinal",
+        action="store_true",
+        help="StatefulSet pod: run the topology's N-th node, N = the pod name's ordinal suffix (QCINODE_POD_NAME, else the hostname)",
+    )
     node.add_argument("--certs", type=Path, default=_env("CERTS", "certs"), help="directory made by `qcinode certs`")
     node.add_argument("--listen", default=_env("LISTEN", "0.0.0.0:50051"), help="gRPC host:port")
     node.add_argument("--peer", action="append", default=[], metavar="NAME=HOST:PORT", help="a neighbour's gRPC address (repeatable)")
     node.add_argument("--peer-template", default=_env("PEER_TEMPLATE", "{name}:50051"), help="address of neighbours not given with --peer")
-    node.add_argument("--data-dir", type=Path, default=_env("DATA_DIR"), help="link pools and SAE keys; {name} is replaced by the node name (default ./qcinode-data/NAME)")
-    node.add_argument("--storage-key-file", type=Path, default=_env("STORAGE_KEY_FILE"), help="the key encrypting the data directory, kept outside it (created 0600 if absent); {name} is replaced by the node name (default: DATA_DIR/storage.key)")
+    node.add_argument(
+        "--data-dir", type=Path, default=_env("DATA_DIR"), help="link pools and SAE keys; {name} is replaced by the node name (default ./qcinode-data/NAME)"
+    )
+    node.add_argument(
+        "--storage-key-file",
+        type=Path,
+        default=_env("STORAGE_KEY_FILE"),
+        help="the key encrypting the data directory, kept outside it (created 0600 if absent); "
+        "{name} is replaced by the node name (default: DATA_DIR/storage.key)",
+    )
     node.add_argument("--kme-listen", default=_env("KME_LISTEN", "0.0.0.0:8443"), help="ETSI GS QKD 014 HTTPS host:port")
     node.add_argument("--metrics-listen", default=_env("METRICS_LISTEN", "0.0.0.0:9464"), help="Prometheus /metrics HTTP host:port")
-    node.add_argument("--health-listen", default=_env("HEALTH_LISTEN"), help="plaintext host:port serving only grpc.health.v1 (kubelet gRPC probes); default: none")
+    node.add_argument(
+        "--health-listen", default=_env("HEALTH_LISTEN"), help="plaintext host:port serving only grpc.health.v1 (kubelet gRPC probes); default: none"
+    )
     node.add_argument("--multipath", type=int, default=None, help="override the topology's relay.paths")
     node.add_argument("--port-file", type=Path, default=None, help="write the bound gRPC port here once serving")
     node.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # tests: deterministic noise AND key bits
@@ -142,7 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     k8s.add_argument("--topology", type=Path, required=True)
     k8s.add_argument("--out", type=Path, required=True, help="overlay directory (self-contained; holds the CA key: keep it private)")
     k8s.add_argument("--namespace", default="qcinode")
-    k8s.add_argument("--image", default=None, help="container image, NAME[:TAG] or NAME@sha256:DIGEST (default localhost/qcinode:VERSION, what deploy/build-image.sh builds)")
+    k8s.add_argument(
+        "--image", default=None, help="container image, NAME[:TAG] or NAME@sha256:DIGEST (default localhost/qcinode:VERSION, what deploy/build-image.sh builds)"
+    )
     k8s.add_argument("--cluster-domain", default="cluster.local", help="the cluster's DNS domain, for certificate names")
     k8s.add_argument("--base", type=Path, default=None, help="kustomize base to copy (default: deploy/k8s/base of this source tree)")
     return p
@@ -150,7 +166,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"passes": _passes, "up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs, "keys": _keys, "deploy": _deploy, "eve": _eve, "fault": _fault}[args.command]
+    handlers = {"passes": _passes, "up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs, "keys": _keys, "deploy": _deploy}
+    handler = {**handlers, "eve": _eve, "fault": _fault}[args.command]
     try:
         code = handler(args)
         sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
@@ -396,7 +413,8 @@ def _keys(args: argparse.Namespace) -> int:
     rows = []
     for key in enc["keys"]:
         ext = key.get("key_ID_extension") or {}
-        rows.append({"key_ID": key["key_ID"], "match": got.get(key["key_ID"]) == key["key"], "paths": ext.get("paths") or [], **({"key": key["key"]} if args.show_keys else {})})
+        row = {"key_ID": key["key_ID"], "match": got.get(key["key_ID"]) == key["key"], "paths": ext.get("paths") or []}
+        rows.append({**row, **({"key": key["key"]} if args.show_keys else {})})
     ok = all(r["match"] for r in rows) and len(got) == len(rows)
     if args.json:
         print(json.dumps({"master": args.master, "slave": args.slave, "enc_keys_s": enc_s, "dec_keys_s": dec_s, "keys": rows, "match": ok}, indent=2))

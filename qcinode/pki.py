@@ -360,7 +360,7 @@ def make_certificates(
         raise ConfigError(f"days: must be a positive integer, got {days!r}")
 
     bundle = CertBundle(directory=Path(out_dir), plan=plan)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     try:
         for sub in (bundle.directory, bundle.directory / "nodes", bundle.directory / "saes",
                     bundle.directory / "links"):

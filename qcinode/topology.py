@@ -49,11 +49,11 @@ from typing import Any, ClassVar, Final, Literal, Self
 
 import yaml
 
-from qcinode.core.estimation import NO_DECOY_BOUNDS, NO_DECOY_GLLP, NO_DECOY_SINGLE_PHOTON
 from qcinode.core.clock import NetworkClock
+from qcinode.core.estimation import NO_DECOY_BOUNDS, NO_DECOY_GLLP, NO_DECOY_SINGLE_PHOTON
+from qcinode.core.finite_key import DEFAULT_FINITE_KEY, FINITE_KEY_ANALYSES
 from qcinode.core.freespace import FreeSpaceOptics, SkyRadiance
 from qcinode.core.orbit import TleSatellite, format_utc, parse_utc
-from qcinode.core.finite_key import DEFAULT_FINITE_KEY, FINITE_KEY_ANALYSES
 from qcinode.core.reconciliation import (
     DEFAULT_ERROR_CORRECTION,
     ERROR_CORRECTION_LDPC,

@@ -8,7 +8,6 @@ where everything is (docs/design.md §2 fixes its field names).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -171,7 +170,7 @@ class Cluster:
             return self.topology_text
         import yaml
 
-        return yaml.safe_dump(topology_to_mapping(anchored), sort_keys=False)
+        return str(yaml.safe_dump(topology_to_mapping(anchored), sort_keys=False))
 
     def prepare(self) -> None:
         """Writes the state directory: topology, certificates, log directory; picks the ports.
@@ -313,7 +312,8 @@ def cluster_status(state_dir: Path, digests: bool = False, ledger: bool = False)
             try:
                 status = node_status(info["grpc"], name, certs, timeout_s=3.0, digests=digests, ledger=ledger)
             except Exception as exc:  # noqa: BLE001 - any failure means "unreachable" here
-                entry["error"] = str(getattr(exc, "details", lambda: exc)())
+                details = getattr(exc, "details", None)
+                entry["error"] = str(details() if callable(details) else exc)
         entry["uptime_s"] = status.get("uptime_s")
         entry["links"] = status["links"]
         entry["network"] = status.get("network", {})

@@ -21,8 +21,8 @@ import numpy as np
 from ..errors import LocalProtocolError, ProtocolError
 from . import messages as m
 from .authentication import AuthKeyReserve
-from .physics import PhotonFrame
 from .channel import Idle, SlotClock, next_frame
+from .physics import PhotonFrame
 from .pipeline import (
     AliceLink,
     BlockAccepted,

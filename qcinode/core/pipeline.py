@@ -62,6 +62,7 @@ from ..errors import AuthenticationFailed, ConfigError, InsufficientKeyMaterial,
 from . import messages as m
 from .amplification import toeplitz_hash, unpack_bits
 from .authentication import AuthKeyReserve, Direction, Transcript, one_time_tag, verify_one_time_tag
+from .channel import QuantumChannelModel, physics_at
 from .estimation import (
     NO_DECOY_BOUNDS,
     NO_DECOY_GLLP,
@@ -71,8 +72,8 @@ from .estimation import (
     h2,
     no_decoy_key_length,
 )
-from .channel import QuantumChannelModel, physics_at
 from .finite_key import DEFAULT_FINITE_KEY, check_finite_key, decoy_key_length
+from .physics import AliceRecord, Clicks, LinkPhysics, PhotonFrame, detect, transmit
 from .reconciliation import (
     DEFAULT_ERROR_CORRECTION,
     ERROR_CORRECTION_METHODS,
@@ -82,7 +83,6 @@ from .reconciliation import (
     make_bob_reconciler,
 )
 from .reconciliation import error_count_leak_bits as error_count_leak_bits
-from .physics import AliceRecord, Clicks, LinkPhysics, PhotonFrame, detect, transmit
 from .verification import tags_match, verification_tag
 
 A2B: Direction = "A>B"
@@ -330,7 +330,7 @@ class _LinkEnd:
             raise RemoteProtocolError(f"{type(msg).__name__} not expected in state {self.state.value}")
         if state is not LinkState.QUANTUM:
             assert self.block is not None
-            seq = getattr(msg, "block_seq")
+            seq = getattr(msg, "block_seq")  # noqa: B009 - past QUANTUM only block messages arrive; mypy cannot tell
             if seq != self.block.seq:
                 raise RemoteProtocolError(f"{type(msg).__name__} for block {seq}, open block is {self.block.seq}")
         return self.block

@@ -593,7 +593,7 @@ class Kme:
             401 or 503. Unexpected exceptions give 503 "internal error" and
             reveal nothing of themselves.
         """
-        for error_type, status in _ERROR_STATUS:
+        for error_type, status in _ERROR_STATUS:  # noqa: B007 - the loop finds the status
             if isinstance(exc, error_type):
                 break
         else:

@@ -27,11 +27,11 @@ from ..core.physics import PhotonFrame
 from ..core.pipeline import AliceLink, BobLink
 from ..core.resync import CursorBehind, HelloExchange, HelloRefused, LinkSnapshot, Reconciliation
 from ..errors import ProtocolError, QcinodeError, RemoteProtocolError, TransportError
+from ..keys.linkstore import StorageFailure
 from ..transport import codec
 from ..transport.pb import link_pb2 as pb
 from ..transport.pb import link_pb2_grpc as pb_grpc
 from .faults import FaultInjector
-from ..keys.linkstore import StorageFailure
 from .runtime import LinkRuntime, next_frame_slots
 
 log = structlog.get_logger(__name__)
@@ -201,7 +201,11 @@ class AliceWorker:
         if isinstance(result, CursorBehind):
             rt.persist()
             call.cancel()
-            self.log.warning("link.cursor_behind", auth_cursor=result.auth_cursor, details="our MAC-key cursor was behind the peer's (state lost or rolled back): skipped forward, dialling again")
+            self.log.warning(
+                "link.cursor_behind",
+                auth_cursor=result.auth_cursor,
+                details="our MAC-key cursor was behind the peer's (state lost or rolled back): skipped forward, dialling again",
+            )
             raise TransportError("MAC-key cursor was behind the peer's; dialling again")
         assert isinstance(result, Reconciliation)
         apply_reconciliation(rt, result)

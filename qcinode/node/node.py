@@ -30,14 +30,13 @@ from grpc_reflection.v1alpha import reflection
 from ..core.clock import NetworkClock
 from ..core.randomness import CsprngGenerator
 from ..errors import ConfigError, KeyStoreError
-from ..keys.linkstore import LinkStore
-from ..topology import EavesdropperConfig, Topology
 from ..keys.keystore import SaeKeyStore, StorageFailure
-from ..keys.linkstore import StorageKey
+from ..keys.linkstore import LinkStore, StorageKey
 from ..kme.fairness import Admission
 from ..kme.handlers import Kme
 from ..kme.server import make_app, start_kme_server, tls_context
 from ..pki import ADMIN_COMMON_NAME, NodeAdvertSigner, NodeCertificateVerifier, node_bundle, read_bytes
+from ..topology import EavesdropperConfig, Topology
 from ..transport.guard import MalformedRequestGuard
 from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc, network_pb2, network_pb2_grpc
 from .access import ReflectionAccess

@@ -25,13 +25,12 @@ from ..core.channel import FibreChannel, Idle, QuantumChannelModel
 from ..core.clock import NetworkClock
 from ..core.estimation import h2
 from ..core.orbit import format_utc
-from ..space import downlink_channel
 from ..core.pipeline import BlockAborted, BlockAccepted, BlockEvent, LinkProtocolConfig
+from ..core.pool import LinkKeyPool, Reservation
 from ..core.roles import Role
 from ..keys.linkstore import LinkStore, StorageFailure
-from ..core.pool import LinkKeyPool, Reservation
+from ..space import downlink_channel
 from ..topology import EavesdropperConfig, LinkConfig, Topology
-
 
 #: Wall-clock seconds over which the "current" key rate and emulation speed are measured.
 RATE_WINDOW_S = 60.0

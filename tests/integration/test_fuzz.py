@@ -72,7 +72,10 @@ def test_etsi014_fuzzed_requests_get_json_errors_and_never_reach_the_supplier(et
 def test_etsi014_oversized_bodies_are_refused_before_the_supplier(etsi: Any, loop: asyncio.AbstractEventLoop, chunked: bool) -> None:
     body = b'{"number": 1, "pad": "' + b"x" * (8 * 1024 * 1024) + b'"}'
     if chunked:
-        head = b"POST /api/v1/keys/bob-app/enc_keys HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        head = (
+            b"POST /api/v1/keys/bob-app/enc_keys HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         step = 64 * 1024
         chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + step]), body[i : i + step]) for i in range(0, len(body), step))
         answer = loop.run_until_complete(etsi.send_bytes("alice-app", head + chunks + b"0\r\n\r\n"))
@@ -207,8 +210,14 @@ def test_grpc_protocol_garbage_after_a_genuine_hello_consumes_no_key(nodes: Any,
 
     garbage: list[Callable[[], list[bytes]]] = [
         lambda: [hello(), link_pb2.ClassicalMessage(sift_reply=link_pb2.SiftReply(frame_id=10**12, basis_match=b"\xff", count=8)).SerializeToString()],
-        lambda: [hello(), link_pb2.ClassicalMessage(commit=link_pb2.Commit(block_seq=rt.next_block_seq, accepted=True, auth_tag=b"\0" * 16)).SerializeToString()],
-        lambda: [hello(), link_pb2.ClassicalMessage(confirm=link_pb2.Confirm(block_seq=rt.next_block_seq, accepted=True, key_bits=10**6, auth_tag=b"x")).SerializeToString()],
+        lambda: [
+            hello(),
+            link_pb2.ClassicalMessage(commit=link_pb2.Commit(block_seq=rt.next_block_seq, accepted=True, auth_tag=b"\0" * 16)).SerializeToString(),
+        ],
+        lambda: [
+            hello(),
+            link_pb2.ClassicalMessage(confirm=link_pb2.Confirm(block_seq=rt.next_block_seq, accepted=True, key_bits=10**6, auth_tag=b"x")).SerializeToString(),
+        ],
         lambda: [hello(), b"\xff\xff\xff"],
     ]
     for make in garbage:

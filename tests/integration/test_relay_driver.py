@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from qcinode.cluster.audit import audit_link
-from qcinode.pki import cert_plan, make_certificates
 from qcinode.kme.handlers import EncRequest
 from qcinode.node.node import Node, NodeSettings
+from qcinode.pki import cert_plan, make_certificates
 from qcinode.topology import FaultConfig, load_topology
 
 

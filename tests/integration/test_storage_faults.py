@@ -327,7 +327,7 @@ def test_full_disk_refuses_keys_loses_none_and_resumes(small_disk: SmallDiskNetw
 
     pairs = [(f1, f2), (f1, o1), (o1, f1)]
     for master, slave in pairs:  # keys flow every way before the fault
-        until(f"a key {master} -> {slave}", lambda: enc(master, slave)[0] == 200)
+        until(f"a key {master} -> {slave}", lambda: enc(master, slave)[0] == 200)  # noqa: B023 - called at once
     waiting_here = [k for k, (_, slave, _) in handed_out.items() if slave in (f1, f2)]
 
     # -- the disk fills ----------------------------------------------------------
@@ -380,7 +380,7 @@ def test_full_disk_refuses_keys_loses_none_and_resumes(small_disk: SmallDiskNetw
     until("new blocks at both ends", lambda: min(int(end["blocks_done"]) for end in net.links().values()) > blocks_when_full + 2)
     until("the KME's health to be SERVING", lambda: net.kme_health() == "SERVING", timeout_s=10)
     for master, slave in pairs:
-        until(f"keys {master} -> {slave} again", lambda: enc(master, slave)[0] == 200, timeout_s=30)
+        until(f"keys {master} -> {slave} again", lambda: enc(master, slave)[0] == 200, timeout_s=30)  # noqa: B023 - called at once
     assert all(store["healthy"] for store in net.storage().values())
 
     # Every key handed out is redeemed once, by its slave, with the same bytes.

@@ -58,7 +58,7 @@ def reconcile(
     bob_key: Bits,
     qber_estimate: float,
     seed: int,
-    params: CascadeParams = CascadeParams(),
+    params: CascadeParams = CascadeParams(),  # noqa: B008 - frozen: one shared default is safe
     max_rounds: int = 100_000,
 ) -> Outcome:
     """Pump queries and replies between the two sides until Bob is done."""

@@ -24,11 +24,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qcinode.core.authentication import AuthKeyReserve
+from qcinode.core.pool import KeyRange, LinkKeyPool
 from qcinode.core.roles import Role
 from qcinode.errors import KeyStoreError, LocalProtocolError
 from qcinode.keys._sqlite import probe_data_dir, sqlite_error
 from qcinode.keys.linkstore import DATABASE_FILE, KEY_FILE, LinkStore, StorageFailure, StorageKey
-from qcinode.core.pool import KeyRange, LinkKeyPool
 
 LINK = "alpha-beta"
 
