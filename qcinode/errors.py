@@ -36,23 +36,15 @@ class DuplicateShare(RemoteProtocolError):
 
 
 class SecurityAbort(QcinodeError):
-    """A block was abandoned for a security reason. Expected."""
+    """Something was refused for a security reason. Expected under attack.
 
-
-class QberTooHigh(SecurityAbort):
-    """The estimated phase error rate leaves no secret key."""
+    A block that makes no key is not an error: it ends as
+    :class:`~qcinode.core.pipeline.BlockAborted`, its reason saying why.
+    """
 
 
 class AuthenticationFailed(SecurityAbort):
-    """A transcript tag did not verify: the block is discarded."""
-
-
-class InsufficientEntropy(SecurityAbort):
-    """Finite-size estimates leave no extractable key for this block."""
-
-
-class VerificationFailed(SecurityAbort):
-    """The corrected keys' hashes differ: error correction failed."""
+    """A one-time tag did not verify (a block's transcript, a Hello, a relay hop): what it covers is refused."""
 
 
 class KeyStoreError(QcinodeError):

@@ -105,8 +105,10 @@ MAX_FAULT_DELAY_MS: Final = 60_000.0
 PROBABILITY_SUM_TOLERANCE: Final = 1e-9
 """How far a set of probabilities may sum from 1 (float rounding in YAML)."""
 
-_DNS_LABEL: Final = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_SAE_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+#: A node name (and any other DNS-1123 label): 1-63 lowercase letters, digits and '-'. Use ``fullmatch``.
+DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+#: An SAE ID: it becomes a file name and a certificate's common name, so a portable set. Use ``fullmatch``.
+SAE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 # --------------------------------------------------------------------------
@@ -227,7 +229,7 @@ def _string(value: object, name: str, what: str) -> str:
 def _dns_label(value: object, name: str, what: str) -> str:
     """Checks a DNS-1123 label: lowercase letters, digits and '-', at most 63."""
     text = _string(value, name, what)
-    if not _DNS_LABEL.match(text):
+    if not DNS_LABEL.fullmatch(text):
         raise _Invalid(
             name,
             f"{text!r} is not a valid {what}: use a DNS-1123 label, 1-63 characters of "
@@ -1185,7 +1187,7 @@ class NodeConfig(_Section):
             raise _Invalid("saes", f"must be a list of SAE IDs, got {_describe(self.saes)}")
         for i, sae_id in enumerate(self.saes):
             text = _string(sae_id, f"saes[{i}]", "SAE ID")
-            if not _SAE_ID.match(text):
+            if not SAE_ID.fullmatch(text):
                 raise _Invalid(
                     f"saes[{i}]",
                     f"{text!r} is not a valid SAE ID: 1-63 characters of letters, digits, "

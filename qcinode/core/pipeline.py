@@ -61,7 +61,7 @@ import numpy as np
 from ..errors import AuthenticationFailed, ConfigError, InsufficientKeyMaterial, LocalProtocolError, RemoteProtocolError
 from . import messages as m
 from .amplification import toeplitz_hash, unpack_bits
-from .authentication import AuthKeyReserve, Direction, Transcript, one_time_tag, verify_one_time_tag
+from .authentication import KEY_BYTES, AuthKeyReserve, Direction, Transcript, one_time_tag, verify_one_time_tag
 from .channel import QuantumChannelModel, physics_at
 from .estimation import (
     NO_DECOY_BOUNDS,
@@ -88,7 +88,7 @@ from .verification import tags_match, verification_tag
 A2B: Direction = "A>B"
 B2A: Direction = "B>A"
 MAC_KEYS_PER_BLOCK = 3
-MAC_KEY_BYTES = 32
+MAC_KEY_BYTES = KEY_BYTES  # one Poly1305 one-time key
 
 
 class LinkState(enum.Enum):

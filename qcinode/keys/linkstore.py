@@ -84,6 +84,7 @@ __all__ = [
     "DATABASE_FILE",
     "KEY_FILE",
     "SCHEMA_VERSION",
+    "STORAGE_KEY_BYTES",
     "LinkStore",
     "StorageFailure",
     "StorageKey",
@@ -98,7 +99,7 @@ DATABASE_FILE = "links.sqlite3"
 #: Row format version; part of every row's associated data.
 SCHEMA_VERSION = 1
 
-_KEY_BYTES = 32
+STORAGE_KEY_BYTES = 32  # AES-256-GCM
 _NONCE_BYTES = 12
 _AAD_DOMAIN = b"qcinode/linkstore\x00"
 
@@ -141,9 +142,9 @@ class StorageKey:
         Raises:
             KeyStoreError: If ``key`` is not 32 bytes.
         """
-        if not isinstance(key, (bytes, bytearray)) or len(key) != _KEY_BYTES:
+        if not isinstance(key, (bytes, bytearray)) or len(key) != STORAGE_KEY_BYTES:
             where = f" in {path}" if path is not None else ""
-            raise KeyStoreError(f"storage key{where} must be {_KEY_BYTES} bytes")
+            raise KeyStoreError(f"storage key{where} must be {STORAGE_KEY_BYTES} bytes")
         self._aead = AESGCM(bytes(key))
         self._path = path
 
@@ -200,7 +201,7 @@ class StorageKey:
 
     @classmethod
     def _create(cls, path: Path) -> StorageKey:
-        key = os.urandom(_KEY_BYTES)
+        key = os.urandom(STORAGE_KEY_BYTES)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

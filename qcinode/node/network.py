@@ -96,8 +96,6 @@ log = structlog.get_logger(__name__)
 ADVERT_INTERVAL_S = 1.0
 ADVERT_TIMEOUT_S = 2.0
 HOP_TIMEOUT_S = 5.0
-RELAY_CONCURRENCY = 8  # keys of one request relayed at the same time
-PATH_ATTEMPTS = 3
 
 
 def _advert_to_pb(advert: LinkStateAdvert) -> pb.LinkStateAdvert:
@@ -213,7 +211,7 @@ class NetworkService(pb_grpc.NetworkServicer):
             neighbours=_Links(self.by_peer, self.faults),
             routes=self.db,
             random_bytes=random_bytes,
-            settings=RelaySettings(multipath_shares=multipath_shares, concurrency=RELAY_CONCURRENCY, path_attempts=PATH_ATTEMPTS),
+            settings=RelaySettings(multipath_shares=multipath_shares),
         )
         self._ids = itertools.count(1)  # request IDs and incoming hops' tokens
         self._channels: dict[str, grpc.aio.Channel] = {}

@@ -41,7 +41,7 @@ from ..transport.guard import MalformedRequestGuard
 from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc, network_pb2, network_pb2_grpc
 from .access import ReflectionAccess
 from .faults import FaultInjector, fault_from_request
-from .link import AliceWorker, BobEndpoint, ClassicalFault, peer_common_name
+from .link import STAGE_TIMEOUT_S, AliceWorker, BobEndpoint, ClassicalFault, peer_common_name
 from .metrics import NodeMetrics, start_metrics_server
 from .network import NetworkService
 from .runtime import LinkRuntime, link_channel
@@ -82,7 +82,7 @@ class NodeSettings:
     health_listen: str | None = None  # plaintext grpc.health.v1-only host:port (kubelet probes); None: not served
     multipath_shares: int | None = None  # override of the topology's relay.paths
     seed: int | None = None  # test-only: deterministic channel noise
-    stage_timeout_s: float = 30.0  # how long a link waits for its peer's next message
+    stage_timeout_s: float = STAGE_TIMEOUT_S  # how long a link waits for its peer's next message
     classical_fault: ClassicalFault | None = None  # tests only: a hook in place of the fault injector's
 
     def __post_init__(self) -> None:

@@ -26,7 +26,7 @@ from ..core.clock import NetworkClock
 from ..core.estimation import h2
 from ..core.orbit import format_utc
 from ..core.pipeline import BlockAborted, BlockAccepted, BlockEvent, LinkProtocolConfig
-from ..core.pool import LinkKeyPool, Reservation
+from ..core.pool import LinkKeyPool
 from ..core.roles import Role
 from ..keys.linkstore import LinkStore, StorageFailure
 from ..space import downlink_channel
@@ -317,24 +317,6 @@ class LinkRuntime:
         except StorageFailure:
             return False
         return True
-
-    def commit_and_persist(self, reservation: Reservation) -> bytes:
-        """Commits one of our own reservations and saves it, before the bytes are used on the wire.
-
-        If the save fails the bytes stay used in memory and StorageFailure
-        is raised: send nothing. They are wasted, never reused — memory and
-        every later save say used; only the disk's older state says free,
-        and bytes that never left the node are harmless to use after a
-        restart. The peer never consumes them, which the ledger audit counts
-        as pad spent by the initiator alone (as for a lost hop).
-
-        Raises:
-            StorageFailure: The state could not be saved.
-            KeyNotFound, LocalProtocolError: As :meth:`LinkKeyPool.commit`.
-        """
-        pad = self.pool.commit(reservation)
-        self.persist()
-        return pad
 
     @property
     def link_id(self) -> str:

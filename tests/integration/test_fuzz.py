@@ -1,7 +1,7 @@
 """Bad input never hurts: fuzzing the ETSI 014 API and every gRPC method of real nodes.
 
-The generators and targets are those of ``bench/fuzz.py`` (which runs them for
-many more examples); here each test drives its own event loop around a
+The generators and targets are those of ``tests/support/fuzz.py`` (which
+``bench/fuzz.py`` runs for many more examples); here each test drives its own event loop around a
 hypothesis test with a bounded number of examples, so that one server (or
 one pair of linked nodes) serves every example of a test.
 """
@@ -9,8 +9,6 @@ one pair of linked nodes) serves every example of a test.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-_BENCH = Path(__file__).resolve().parents[2] / "bench" / "fuzz.py"
-_spec = importlib.util.spec_from_file_location("qcinode_bench_fuzz", _BENCH)
-assert _spec is not None and _spec.loader is not None
-fuzz = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = fuzz  # dataclasses resolve their module through sys.modules
-_spec.loader.exec_module(fuzz)
+from tests.support import fuzz
 
 FUZZ = settings(
     deadline=None,

@@ -17,9 +17,9 @@ from qcinode.core.cascade import (
     CascadeSession,
     ParityQuery,
     ParityReply,
-    binary_entropy,
     cascade_block_sizes,
 )
+from qcinode.core.estimation import h2
 from qcinode.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
 Bits = npt.NDArray[np.uint8]
@@ -38,7 +38,7 @@ class Outcome:
 
     @property
     def efficiency(self) -> float:
-        return self.bob.leak_bits / (self.alice_key_bits * binary_entropy(self.actual_qber))
+        return self.bob.leak_bits / (self.alice_key_bits * h2(self.actual_qber))
 
     @property
     def alice_key_bits(self) -> int:

@@ -496,9 +496,9 @@ def test_failed_save_of_a_relay_pad_wastes_it_and_never_reuses_it(tmp_path: Path
     store = rt.store
     available, ledger = rt.pool.available_bytes, rt.pool.audit()
     _set_read_only(store, True)
-    lost = rt.pool.reserve(1000)
+    rt.pool.commit(rt.pool.reserve(1000))  # the relay engine commits a hop's pad, then asks for the save
     with pytest.raises(StorageFailure):
-        rt.commit_and_persist(lost)
+        rt.persist()
     # Nothing was sent (the caller sends only after a save); the bytes stay
     # used in memory, so no later reservation can hand them out again.
     assert rt.pool.available_bytes == available - 1000
@@ -506,7 +506,8 @@ def test_failed_save_of_a_relay_pad_wastes_it_and_never_reuses_it(tmp_path: Path
     assert rt.try_persist() is False
     assert LinkKeyPool.from_state(store.load(rt.link_id)["pool"], store.load_blobs(rt.link_id)).audit() == ledger  # the disk holds the last saved state
     _set_read_only(store, False)
-    pad = rt.commit_and_persist(rt.pool.reserve(1000))
+    pad = rt.pool.commit(rt.pool.reserve(1000))
+    rt.persist()
     assert len(pad) == 1000 and rt.state == "up" and rt.storage_failure is None
     saved = LinkKeyPool.from_state(store.load(rt.link_id)["pool"], store.load_blobs(rt.link_id))
     assert saved.audit() == rt.pool.audit() != ledger
