@@ -311,7 +311,7 @@ def _down(args: argparse.Namespace) -> int:
 
 def _node(args: argparse.Namespace) -> int:
     from . import logs
-    from .keys.keystore import StorageFailure
+    from .errors import StorageFailure
     from .node.node import NodeSettings, run_node
     from .topology import load_topology
 

@@ -7,6 +7,8 @@ bug or a misbehaving peer.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class QcinodeError(Exception):
     """Root of every error qcinode raises on purpose."""
@@ -72,6 +74,26 @@ class DuplicateKey(KeyStoreError):
     def __init__(self, message: str, *, identical: bool) -> None:
         super().__init__(message)
         self.identical = identical
+
+
+class StorageFailure(KeyStoreError):
+    """The node's data directory cannot take a write (or read) now. Expected under faults.
+
+    A full disk (``SQLITE_FULL``, ``ENOSPC``), a read-only file system
+    (``EROFS``), missing permission, an I/O error (``EIO``) or a damaged
+    database. Nothing was changed by the operation that raised it. Callers
+    refuse what depends on it (the KME answers 503) and retry later.
+
+    Attributes:
+        path: The file or directory that failed.
+        reason: What the operating system or SQLite said, e.g.
+            ``"database or disk is full"`` (never key material).
+    """
+
+    def __init__(self, message: str, *, path: Path, reason: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
 
 
 class KeyAlreadyUsed(KeyStoreError):

@@ -86,9 +86,10 @@ from qcinode.errors import (
     KeyStoreError,
     LocalProtocolError,
     RequestError,
+    StorageFailure,
     Unauthorized,
 )
-from qcinode.keys._sqlite import SqliteStore, StorageFailure, open_database, require_name
+from qcinode.keys._sqlite import SqliteStore, open_database, require_name
 from qcinode.keys.linkstore import StorageKey
 
 __all__ = ["DATABASE_FILE", "SCHEMA_VERSION", "SaeKeyStore", "StorageFailure"]

@@ -70,10 +70,9 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from qcinode.errors import KeyStoreError, LocalProtocolError
+from qcinode.errors import KeyStoreError, LocalProtocolError, StorageFailure
 from qcinode.keys._sqlite import (
     SqliteStore,
-    StorageFailure,
     make_dir,
     open_database,
     os_reason,

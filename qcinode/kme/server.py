@@ -83,9 +83,9 @@ from qcinode.errors import (
     PeerUnavailable,
     QcinodeError,
     RequestError,
+    StorageFailure,
     Unauthorized,
 )
-from qcinode.keys.keystore import StorageFailure
 from qcinode.kme.fairness import Admission, Ticket
 from qcinode.kme.handlers import DeliveredKey, DeliveryRefused, EncRequest, Kme, RefusalReason
 from qcinode.pki import common_name_of

@@ -26,8 +26,7 @@ from ..core.clock import NetworkClock
 from ..core.physics import PhotonFrame
 from ..core.pipeline import AliceLink, BobLink
 from ..core.resync import CursorBehind, HelloExchange, HelloRefused, LinkSnapshot, Reconciliation
-from ..errors import ProtocolError, QcinodeError, RemoteProtocolError, TransportError
-from ..keys.linkstore import StorageFailure
+from ..errors import ProtocolError, QcinodeError, RemoteProtocolError, StorageFailure, TransportError
 from ..transport import codec
 from ..transport.pb import link_pb2 as pb
 from ..transport.pb import link_pb2_grpc as pb_grpc

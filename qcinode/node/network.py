@@ -80,8 +80,9 @@ from ..errors import (
     PeerUnavailable,
     ProtocolError,
     QcinodeError,
+    StorageFailure,
 )
-from ..keys.keystore import SaeKeyStore, StorageFailure
+from ..keys.keystore import SaeKeyStore
 from ..keys.linkstore import LinkStore
 from ..kme.handlers import DeliveredKey, EncRequest, KmeLimits
 from ..topology import Topology

@@ -29,8 +29,8 @@ from grpc_reflection.v1alpha import reflection
 
 from ..core.clock import NetworkClock
 from ..core.randomness import CsprngGenerator
-from ..errors import ConfigError, KeyStoreError
-from ..keys.keystore import SaeKeyStore, StorageFailure
+from ..errors import ConfigError, KeyStoreError, StorageFailure
+from ..keys.keystore import SaeKeyStore
 from ..keys.linkstore import LinkStore, StorageKey
 from ..kme.fairness import Admission
 from ..kme.handlers import Kme

@@ -28,7 +28,8 @@ from ..core.orbit import format_utc
 from ..core.pipeline import BlockAborted, BlockAccepted, BlockEvent, LinkProtocolConfig
 from ..core.pool import LinkKeyPool
 from ..core.roles import Role
-from ..keys.linkstore import LinkStore, StorageFailure
+from ..errors import StorageFailure
+from ..keys.linkstore import LinkStore
 from ..space import downlink_channel
 from ..topology import EavesdropperConfig, LinkConfig, Topology
 
