@@ -73,7 +73,8 @@ from .estimation import (
     no_decoy_key_length,
 )
 from .finite_key import DEFAULT_FINITE_KEY, check_finite_key, decoy_key_length
-from .physics import AliceRecord, Clicks, LinkPhysics, PhotonFrame, detect, transmit
+from .physics import EMULATED_CHANNEL, AliceRecord, Clicks, LinkPhysics, PhotonFrame, QuantumChannel
+from .randomness import KeyRandomness
 from .reconciliation import (
     DEFAULT_ERROR_CORRECTION,
     ERROR_CORRECTION_METHODS,
@@ -300,11 +301,32 @@ class _LinkEnd:
     direction_out: Direction
     direction_in: Direction
 
-    def __init__(self, config: LinkProtocolConfig, auth: AuthKeyReserve, key_rng: Any, noise_rng: np.random.Generator, next_block_seq: int = 0) -> None:
+    def __init__(
+        self,
+        config: LinkProtocolConfig,
+        auth: AuthKeyReserve,
+        key_rng: KeyRandomness,
+        noise_rng: np.random.Generator,
+        next_block_seq: int = 0,
+        *,
+        quantum: QuantumChannel = EMULATED_CHANNEL,
+    ) -> None:
+        """One end of a link.
+
+        Args:
+            config: What both ends agree on.
+            auth: The link's one-time MAC keys (shared with the link's runtime, which saves them).
+            key_rng: This end's secret randomness (a CSPRNG in a running node).
+            noise_rng: Channel and detector noise.
+            next_block_seq: The first block's number.
+            quantum: Carries the pulses from Alice's source to Bob's detectors
+                (the emulated physics; a test may wrap it to see every frame's ground truth).
+        """
         self.config = config
         self.auth = auth
         self.key_rng = key_rng
         self.noise_rng = noise_rng
+        self.quantum = quantum
         self.state = LinkState.QUANTUM
         self.next_block_seq = next_block_seq
         self.events: list[BlockEvent] = []
@@ -556,7 +578,7 @@ class AliceLink(_LinkEnd):
         """
         if not self.is_ready_for_frame:
             raise LocalProtocolError("a frame is already in flight or a block is being processed")
-        frame, record = transmit(self.config.physics_at(at_utc), n_slots, self.key_rng, self.noise_rng)
+        frame, record = self.quantum.transmit(self.config.physics_at(at_utc), n_slots, self.key_rng, self.noise_rng)
         frame_id = self.next_frame_id
         self.next_frame_id += 1
         self._outstanding = (frame_id, n_slots, record)
@@ -741,7 +763,7 @@ class BobLink(_LinkEnd):
         if self.state is not LinkState.QUANTUM or self._reported is not None or not self._pending_frames:
             return []
         frame_id, frame, at_utc = self._pending_frames.pop(0)
-        clicks = detect(self.config.physics_at(at_utc), frame, self.key_rng, self.noise_rng)
+        clicks = self.quantum.detect(self.config.physics_at(at_utc), frame, self.key_rng, self.noise_rng)
         self._reported = (frame_id, clicks)
         report = m.DetectionReport(frame_id, frame.n_slots, clicks.slots, clicks.bases)
         self._record_out(report)

@@ -25,6 +25,7 @@ from ..core.channel import Idle, SlotClock, next_frame
 from ..core.clock import NetworkClock
 from ..core.physics import PhotonFrame
 from ..core.pipeline import AliceLink, BobLink
+from ..core.randomness import KeyRandomness
 from ..core.resync import CursorBehind, HelloExchange, HelloRefused, LinkSnapshot, Reconciliation
 from ..errors import ProtocolError, QcinodeError, RemoteProtocolError, StorageFailure, TransportError
 from ..transport import codec
@@ -97,7 +98,7 @@ class AliceWorker:
         rt: LinkRuntime,
         channel_factory: Callable[[], grpc.aio.Channel],
         clock: NetworkClock | None,
-        key_rng: Any,
+        key_rng: KeyRandomness,
         noise_rng: np.random.Generator,
         *,
         faults: FaultInjector | None = None,
@@ -336,7 +337,7 @@ class BobEndpoint:
     def __init__(
         self,
         links: dict[str, LinkRuntime],
-        rng_factory: Callable[[], tuple[Any, np.random.Generator]],
+        rng_factory: Callable[[], tuple[KeyRandomness, np.random.Generator]],
         *,
         faults: FaultInjector | None = None,
         fault: ClassicalFault | None = None,

@@ -28,7 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..core.clock import NetworkClock
-from ..core.randomness import CsprngGenerator
+from ..core.randomness import CsprngGenerator, KeyRandomness
 from ..errors import ConfigError, KeyStoreError, StorageFailure
 from ..keys.keystore import SaeKeyStore
 from ..keys.linkstore import LinkStore, StorageKey
@@ -244,9 +244,10 @@ class Node:
         reasons |= {store.failure.reason for store in (self.store, self.keystore) if store is not None and store.failure is not None}
         return "; ".join(sorted(reasons)) or None
 
-    def _rngs(self) -> tuple[Any, np.random.Generator]:
+    def _rngs(self) -> tuple[KeyRandomness, np.random.Generator]:
+        """A session's (key randomness, channel noise): a CSPRNG for keys, unless a test seeds the node."""
         noise = np.random.default_rng(self._seeds.spawn(1)[0])
-        key: Any = np.random.default_rng(self._seeds.spawn(1)[0]) if self.settings.seed is not None else CsprngGenerator()
+        key: KeyRandomness = np.random.default_rng(self._seeds.spawn(1)[0]) if self.settings.seed is not None else CsprngGenerator()
         return key, noise
 
     def _credentials(self) -> tuple[bytes, bytes, bytes]:
