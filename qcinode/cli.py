@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .errors import ConfigError, QcinodeError
+from .errors import ConfigError, QcinodeError, TransportError
 from .topology import EAVESDROPPER_ATTACKS, FAULT_CHANNELS, FAULT_KINDS
 
 DEFAULT_STATE_DIR = Path(".qcinode")
@@ -455,18 +455,14 @@ def _running_link(state_dir: Path, link_id: str) -> tuple[dict[str, Any], Any]:
     return require_running(state_dir), link
 
 
-def _admin_error(node: str, address: str, exc: Any) -> QcinodeError:
+def _admin_error(node: str, address: str, exc: TransportError) -> QcinodeError:
     """A refused or failed admin call as one line naming the node."""
-    import grpc
-
-    if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
-        return ConfigError(str(exc.details()))
-    return QcinodeError(f"node {node} at {address} did not answer: {exc.details()}")
+    if exc.code in ("INVALID_ARGUMENT", "NOT_FOUND"):
+        return ConfigError(exc.details)
+    return QcinodeError(f"node {node} at {address} did not answer: {exc.details}")
 
 
 def _fault(args: argparse.Namespace) -> int:
-    import grpc
-
     from .cluster.admin import set_fault
     from .cluster.launcher import require_running
 
@@ -480,7 +476,7 @@ def _fault(args: argparse.Namespace) -> int:
         address = cluster["nodes"][end]["grpc"]
         try:
             reply = set_fault(address, end, args.state_dir / "certs", args.link, kind, args.probability, args.delay_ms, args.channel)
-        except grpc.RpcError as exc:
+        except TransportError as exc:
             raise _admin_error(end, address, exc) from None
         if reply["kind"] == "none":
             print(f"qcinode: no fault on {args.link} at {end}")
@@ -492,8 +488,6 @@ def _fault(args: argparse.Namespace) -> int:
 
 
 def _eve(args: argparse.Namespace) -> int:
-    import grpc
-
     from .cluster.admin import set_eavesdropper
     from .cluster.launcher import require_running
 
@@ -505,7 +499,7 @@ def _eve(args: argparse.Namespace) -> int:
     address = cluster["nodes"][alice]["grpc"]
     try:
         reply = set_eavesdropper(address, alice, args.state_dir / "certs", args.link, "none" if args.off else args.attack, args.fraction)
-    except grpc.RpcError as exc:
+    except TransportError as exc:
         raise _admin_error(alice, address, exc) from None
     if reply["attack"] == "none":
         print(f"qcinode: no eavesdropper on {args.link}")

@@ -33,6 +33,14 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol does not allow."""
 
 
+class OutOfSequence(RemoteProtocolError):
+    """The peer sent a message the protocol does not allow at this point (a session that does not open with Hello)."""
+
+
+class SessionAborted(ProtocolError):
+    """A running post-processing session ended on a protocol error (either end's); the ends start over with a Hello."""
+
+
 class DuplicateShare(RemoteProtocolError):
     """A relay share arrived twice, or after its key was completed: refused, nothing changes."""
 
@@ -101,19 +109,40 @@ class KeyAlreadyUsed(KeyStoreError):
 
 
 class TransportError(QcinodeError):
-    """The classical channel failed."""
+    """The classical channel failed.
+
+    Attributes:
+        code: The gRPC status code's name when a call failed (``"UNAVAILABLE"``), else "".
+        details: What the peer or gRPC said about it ("" if nothing).
+    """
+
+    def __init__(self, message: str, *, code: str = "", details: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
 
 
 class PeerUnavailable(TransportError):
-    """The peer could not be reached. Expected while a neighbour is down."""
+    """The peer could not be reached, or the link to it is cut. Expected while a neighbour is down."""
 
 
 class PeerTimeout(TransportError):
     """The peer did not answer in time. Expected under faults."""
 
 
+class PeerRefused(TransportError):
+    """The peer answered and refused the call (a bad argument, no permission, the wrong state). Expected."""
+
+
 class Unauthorized(QcinodeError):
-    """The caller may not do this (an SAE asking for another SAE's key). Expected; ETSI 014 answers 401."""
+    """The caller may not do this (an SAE asking for another SAE's key, a node calling as a neighbour it is not).
+
+    Expected; ETSI 014 answers 401, gRPC PERMISSION_DENIED.
+    """
+
+
+class NotFound(QcinodeError):
+    """What a request names does not exist here (a link this node is not an end of). Expected."""
 
 
 class RequestError(QcinodeError):

@@ -1,4 +1,10 @@
-"""Admin client: asks running nodes for their status over mTLS gRPC."""
+"""Admin client: asks running nodes for their status over mTLS gRPC.
+
+Every call goes through :func:`~qcinode.transport.errors.rpc_errors`: a
+failed call raises :class:`~qcinode.errors.PeerUnavailable`,
+:class:`~qcinode.errors.PeerTimeout` or :class:`~qcinode.errors.PeerRefused`
+(with the status code's name and the node's details), never a gRPC error.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
+from ..errors import TransportError
+from ..transport.errors import rpc_errors
 from ..transport.pb import admin_pb2, admin_pb2_grpc
 
 
@@ -29,7 +37,7 @@ def node_status(
     ``ledger`` adds each link's ``ledger``: every used pool range as
     ``[block_id, offset_bytes, length_bytes, initiator]`` (for audits).
     """
-    with admin_channel(address, server_name, certs_dir) as channel:
+    with admin_channel(address, server_name, certs_dir) as channel, rpc_errors(f"status of {server_name} at {address}"):
         request = admin_pb2.StatusRequest(include_block_digests=digests, include_ledger=ledger)
         reply = admin_pb2_grpc.AdminStub(channel).Status(request, timeout=timeout_s)
     out = message_to_dict(reply)
@@ -76,16 +84,16 @@ def health_check(address: str, server_name: str, certs_dir: Path, timeout_s: flo
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     try:
-        with admin_channel(address, server_name, certs_dir) as channel:
+        with admin_channel(address, server_name, certs_dir) as channel, rpc_errors(f"health of {server_name} at {address}"):
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-    except grpc.RpcError:
+    except TransportError:
         return False
 
 
 def set_eavesdropper(address: str, server_name: str, certs_dir: Path, link_id: str, attack: str, fraction: float) -> dict[str, Any]:
     """Switches an eavesdropper on (or, with attack "none", off) at the link's transmitting node."""
-    with admin_channel(address, server_name, certs_dir) as channel:
+    with admin_channel(address, server_name, certs_dir) as channel, rpc_errors(f"eavesdropper at {server_name} at {address}"):
         reply = admin_pb2_grpc.AdminStub(channel).SetEavesdropper(
             admin_pb2.EavesdropperRequest(link_id=link_id, attack=attack, fraction=fraction), timeout=5.0
         )
@@ -96,7 +104,7 @@ def set_fault(
     address: str, server_name: str, certs_dir: Path, link_id: str, kind: str, probability: float, delay_ms: float, channel: str
 ) -> dict[str, Any]:
     """Switches a classical-channel fault on (or, with kind "none", off) at one end of a link."""
-    with admin_channel(address, server_name, certs_dir) as channel_:
+    with admin_channel(address, server_name, certs_dir) as channel_, rpc_errors(f"fault at {server_name} at {address}"):
         reply = admin_pb2_grpc.AdminStub(channel_).SetFault(
             admin_pb2.FaultRequest(link_id=link_id, kind=kind, probability=probability, delay_ms=delay_ms, channel=channel),
             timeout=5.0,

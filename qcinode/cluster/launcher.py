@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import ConfigError, NotRunning
+from ..errors import ConfigError, NotRunning, TransportError
 from ..pki import cert_plan, make_certificates
 from ..topology import Topology, load_topology, parse_topology, topology_to_mapping, with_clock_anchor
 from .admin import health_check, node_status
@@ -311,9 +311,10 @@ def cluster_status(state_dir: Path, digests: bool = False, ledger: bool = False)
         else:
             try:
                 status = node_status(info["grpc"], name, certs, timeout_s=3.0, digests=digests, ledger=ledger)
+            except TransportError as exc:
+                entry["error"] = exc.details or str(exc)
             except Exception as exc:  # noqa: BLE001 - any failure means "unreachable" here
-                details = getattr(exc, "details", None)
-                entry["error"] = str(details() if callable(details) else exc)
+                entry["error"] = str(exc)
         entry["uptime_s"] = status.get("uptime_s")
         entry["links"] = status["links"]
         entry["network"] = status.get("network", {})

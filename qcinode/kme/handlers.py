@@ -65,11 +65,10 @@ from qcinode.errors import (
     InsufficientKeyMaterial,
     KeyNotFound,
     LocalProtocolError,
-    PeerTimeout,
-    PeerUnavailable,
     QcinodeError,
     RequestError,
     StorageFailure,
+    TransportError,
     Unauthorized,
 )
 
@@ -277,8 +276,7 @@ _ERROR_STATUS: tuple[tuple[type[QcinodeError], int], ...] = (
     (Unauthorized, 401),
     (DeliveryRefused, 503),
     (InsufficientKeyMaterial, 503),
-    (PeerUnavailable, 503),
-    (PeerTimeout, 503),
+    (TransportError, 503),  # a slave's node unreachable, refusing, or too slow
     (StorageFailure, 503),
 )
 # Marks a value whose problem is already reported.

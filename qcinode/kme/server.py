@@ -80,10 +80,10 @@ from qcinode.errors import (
     InsufficientKeyMaterial,
     KeyNotFound,
     PeerTimeout,
-    PeerUnavailable,
     QcinodeError,
     RequestError,
     StorageFailure,
+    TransportError,
     Unauthorized,
 )
 from qcinode.kme.fairness import Admission, Ticket
@@ -303,7 +303,7 @@ class _Api:
             raise self._refusal(enc, RefusalReason.NO_KEY, str(exc)) from exc
         except PeerTimeout as exc:
             raise self._refusal(enc, RefusalReason.TIMEOUT, str(exc)) from exc
-        except PeerUnavailable as exc:
+        except TransportError as exc:  # unreachable, or refused on the way
             raise self._refusal(enc, RefusalReason.UNREACHABLE, str(exc)) from exc
         finally:
             ticket.release(delivered)

@@ -27,10 +27,24 @@ from ..core.physics import PhotonFrame
 from ..core.pipeline import AliceLink, BobLink
 from ..core.randomness import KeyRandomness
 from ..core.resync import CursorBehind, HelloExchange, HelloRefused, LinkSnapshot, Reconciliation
-from ..errors import ProtocolError, QcinodeError, RemoteProtocolError, StorageFailure, TransportError
+from ..core.roles import Role
+from ..errors import (
+    AuthenticationFailed,
+    OutOfSequence,
+    PeerUnavailable,
+    ProtocolError,
+    QcinodeError,
+    RemoteProtocolError,
+    SessionAborted,
+    StorageFailure,
+    TransportError,
+    Unauthorized,
+)
 from ..transport import codec
+from ..transport.errors import rpc_errors
 from ..transport.pb import link_pb2 as pb
 from ..transport.pb import link_pb2_grpc as pb_grpc
+from .access import caller_common_name
 from .faults import FaultInjector
 from .runtime import LinkRuntime, next_frame_slots
 
@@ -49,13 +63,6 @@ SUPERSEDE_WAIT_S = 2.0  # how long a new session waits for the one it replaces t
 CONNECT_TIMEOUT_S = 10.0
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 5.0
-
-
-def peer_common_name(context: grpc.aio.ServicerContext) -> str:
-    """The CN of the mTLS client certificate (empty if none)."""
-    auth = context.auth_context()
-    values = auth.get("x509_common_name") or []
-    return values[0].decode() if values else ""
 
 
 def link_snapshot(rt: LinkRuntime) -> LinkSnapshot:
@@ -127,13 +134,17 @@ class AliceWorker:
                 self.log.info("link.partition_healed")
             self.rt.state = "connecting"
             try:
-                async with self.channel_factory() as channel:
-                    await self._connect(channel)
-                    await self._session_until_cut(channel)
+                with rpc_errors(f"session with {self.rt.peer}"):
+                    async with self.channel_factory() as channel:
+                        await self._connect(channel)
+                        await self._session_until_cut(channel)
             except asyncio.CancelledError:
                 raise
-            except grpc.aio.AioRpcError as exc:
-                self.log.info("link.session_failed", code=exc.code().name, details=exc.details())
+            except TransportError as exc:
+                if exc.code:  # a failed call: the peer went away, refused, or timed out
+                    self.log.info("link.session_failed", code=exc.code, details=exc.details)
+                else:
+                    self.log.warning("link.session_failed", error=type(exc).__name__, details=str(exc))
             except (QcinodeError, TimeoutError) as exc:
                 self.log.warning("link.session_failed", error=type(exc).__name__, details=str(exc))
             except Exception:
@@ -309,9 +320,10 @@ def _lost_reason(rt: LinkRuntime, faults: FaultInjector) -> str:
     return "contact_ended" if faults.out_of_contact(rt.link_id) else "session_lost"
 
 
-def _storage_refusal(rt: LinkRuntime, exc: StorageFailure) -> str:
-    local = rt.link.bob if rt.role.value == "bob" else rt.link.alice
-    return f"{local} cannot save the state of link {rt.link_id}: {exc.reason}"
+def _storage_refusal(rt: LinkRuntime, exc: StorageFailure) -> StorageFailure:
+    """What the peer is told when this end cannot save the link's state (UNAVAILABLE): which node and why, no file names."""
+    local = rt.link.bob if rt.role is Role.BOB else rt.link.alice
+    return StorageFailure(f"{local} cannot save the state of link {rt.link_id}: {exc.reason}", path=exc.path, reason=exc.reason)
 
 
 def _log_block(logger: Any, event: Any) -> None:
@@ -361,26 +373,23 @@ class BobEndpoint:
         return rt
 
     async def transmit(self, request_iterator: AsyncIterator[pb.PulseFrame], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.FrameAck]:
-        peer_cn = peer_common_name(context)
+        peer_cn = caller_common_name(context)
         async for frame in request_iterator:
             rt = self._runtime(frame.link_id, peer_cn)
             if rt is None:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer_cn!r} is not the transmitter of link {frame.link_id!r}")
-                return
+                raise Unauthorized(f"{peer_cn!r} is not the transmitter of link {frame.link_id!r}")
             try:
                 photons = PhotonFrame.from_bytes(frame.payload)
             except ProtocolError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed pulse frame: {exc}")
-                return
+                raise RemoteProtocolError(f"malformed pulse frame: {exc}") from exc
             if photons.n_slots != frame.n_slots:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "pulse frame n_slots does not match its payload")
-                return
+                raise RemoteProtocolError("pulse frame n_slots does not match its payload")
             await self.frames[rt.link_id].put((frame.frame_id, photons, frame.at_utc or None))
             rt.note_frame(photons.n_slots)
             yield pb.FrameAck(frame_id=frame.frame_id)
 
     async def session(self, request_iterator: AsyncIterator[pb.ClassicalMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ClassicalMessage]:
-        peer_cn = peer_common_name(context)
+        peer_cn = caller_common_name(context)
         iterator = request_iterator.__aiter__()
         try:
             async with asyncio.timeout(HELLO_TIMEOUT_S):
@@ -388,15 +397,12 @@ class BobEndpoint:
         except (StopAsyncIteration, TimeoutError):
             return
         if first.WhichOneof("body") != "hello":
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "a session starts with hello")
-            return
+            raise OutOfSequence("a session starts with hello")
         rt = self._runtime(first.hello.link_id, peer_cn)
         if rt is None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer_cn!r} is not the transmitter of link {first.hello.link_id!r}")
-            return
+            raise Unauthorized(f"{peer_cn!r} is not the transmitter of link {first.hello.link_id!r}")
         if self.faults.partitioned(rt.link_id):
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"classical channel of {rt.link_id} cut by a partition fault")
-            return
+            raise PeerUnavailable(f"classical channel of {rt.link_id} cut by a partition fault")
         bound = log.bind(link_id=rt.link_id, peer_id=rt.peer, role="bob")
         try:
             hello = codec.decode_hello(first.hello)
@@ -406,8 +412,7 @@ class BobEndpoint:
         except (HelloRefused, RemoteProtocolError) as exc:
             reason = exc.reason.value if isinstance(exc, HelloRefused) else "malformed"
             bound.warning("link.hello_refused", reason=reason, details=str(exc))
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"hello refused: {reason}")
-            return
+            raise AuthenticationFailed(f"hello refused: {reason}") from None
         old = self.inboxes.get(rt.link_id)
         if old is not None:
             old.put_nowait(("superseded", None))
@@ -423,16 +428,14 @@ class BobEndpoint:
             answers = exchange.receive(hello)
         except HelloRefused as exc:  # the old session moved the cursor past the Hello's keys
             bound.warning("link.hello_refused", reason=exc.reason.value, details=str(exc))
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"hello refused: {exc.reason.value}")
-            return
+            raise AuthenticationFailed(f"hello refused: {exc.reason.value}") from None
         result = exchange.result
         if isinstance(result, Reconciliation):
             apply_reconciliation(rt, result)
         try:
             rt.persist()  # before the answer, whose tag uses a key this saves as used
         except StorageFailure as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, _storage_refusal(rt, exc))
-            return
+            raise _storage_refusal(rt, exc) from exc
         if isinstance(result, CursorBehind):
             bound.warning("link.peer_cursor_behind", auth_cursor=result.auth_cursor, details="the peer's MAC-key cursor is behind ours: told it where we are")
             for answer in answers:
@@ -478,7 +481,7 @@ class BobEndpoint:
                     break
                 if kind == "cut":
                     bound.warning("link.partitioned", details="classical channel cut by a fault")
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"classical channel of {rt.link_id} cut by a partition fault")
+                    raise PeerUnavailable(f"classical channel of {rt.link_id} cut by a partition fault")
                 cursor = rt.auth.cursor
                 try:
                     if kind == "frame":
@@ -487,15 +490,14 @@ class BobEndpoint:
                         outs = bob.receive(codec.decode(item))
                 except ProtocolError as exc:
                     bound.warning("link.protocol_error", details=str(exc))
-                    await context.abort(grpc.StatusCode.ABORTED, f"protocol error: {exc}")
+                    raise SessionAborted(f"protocol error: {exc}") from exc
                 rt.next_block_seq = bob.next_block_seq
                 events = rt.record(bob.take_events())
                 if events or rt.auth.cursor != cursor:
                     try:
                         rt.persist()  # before the tag leaves
                     except StorageFailure as exc:
-                        await context.abort(grpc.StatusCode.UNAVAILABLE, _storage_refusal(rt, exc))
-                        return  # (abort raises) nothing that depends on the unsaved state is sent
+                        raise _storage_refusal(rt, exc) from exc  # nothing that depends on the unsaved state is sent
                 for event in events:
                     _log_block(bound, event)
                 for out in outs:

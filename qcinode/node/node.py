@@ -29,7 +29,8 @@ from grpc_reflection.v1alpha import reflection
 
 from ..core.clock import NetworkClock
 from ..core.randomness import CsprngGenerator, KeyRandomness
-from ..errors import ConfigError, KeyStoreError, StorageFailure
+from ..core.roles import Role
+from ..errors import ConfigError, KeyStoreError, NotFound, StorageFailure, Unauthorized
 from ..keys.keystore import SaeKeyStore
 from ..keys.linkstore import LinkStore, StorageKey
 from ..kme.fairness import Admission
@@ -37,11 +38,12 @@ from ..kme.handlers import Kme
 from ..kme.server import make_app, start_kme_server, tls_context
 from ..pki import ADMIN_COMMON_NAME, NodeAdvertSigner, NodeCertificateVerifier, node_bundle, read_bytes
 from ..topology import EavesdropperConfig, Topology
+from ..transport.errors import DomainErrors
 from ..transport.guard import MalformedRequestGuard
 from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc, network_pb2, network_pb2_grpc
-from .access import ReflectionAccess
+from .access import ReflectionAccess, caller_common_name
 from .faults import FaultInjector, fault_from_request
-from .link import STAGE_TIMEOUT_S, AliceWorker, BobEndpoint, ClassicalFault, peer_common_name
+from .link import STAGE_TIMEOUT_S, AliceWorker, BobEndpoint, ClassicalFault
 from .metrics import NodeMetrics, start_metrics_server
 from .network import NetworkService
 from .runtime import LinkRuntime, link_channel
@@ -109,39 +111,36 @@ class _LinkServicer(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.PostProc
             yield message
 
 
+def _require_admin(context: grpc.aio.ServicerContext, what: str) -> None:
+    if caller_common_name(context) != ADMIN_COMMON_NAME:
+        raise Unauthorized(f"{what} the admin certificate")
+
+
 class _AdminServicer(admin_pb2_grpc.AdminServicer):
+    """``qcinode status``, ``eve`` and ``fault``: admin certificate only (errors: :data:`~qcinode.transport.errors.SERVER_STATUS`)."""
+
     def __init__(self, node: Node) -> None:
         self.node = node
 
     async def Status(self, request: admin_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> admin_pb2.NodeStatus:
-        if peer_common_name(context) != ADMIN_COMMON_NAME:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "status needs the admin certificate")
+        _require_admin(context, "status needs")
         return status_message(self.node.status(include_digests=request.include_block_digests, include_ledger=request.include_ledger))
 
     async def SetEavesdropper(self, request: admin_pb2.EavesdropperRequest, context: grpc.aio.ServicerContext) -> admin_pb2.EavesdropperReply:
-        if peer_common_name(context) != ADMIN_COMMON_NAME:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "eavesdroppers need the admin certificate")
+        _require_admin(context, "eavesdroppers need")
         rt = self.node.links.get(request.link_id)
-        if rt is None or rt.role.value != "alice":
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"{self.node.settings.name} does not transmit on link {request.link_id!r}")
-        assert rt is not None
-        try:
-            eve = EavesdropperConfig.from_mapping({"attack": request.attack, "fraction": request.fraction}, "eavesdropper")
-        except ConfigError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if rt is None or rt.role is not Role.ALICE:
+            raise NotFound(f"{self.node.settings.name} does not transmit on link {request.link_id!r}")
+        eve = EavesdropperConfig.from_mapping({"attack": request.attack, "fraction": request.fraction}, "eavesdropper")
         rt.set_eavesdropper(eve)
         self.node.log.warning("eve.changed", link_id=rt.link_id, attack=eve.attack, fraction=eve.fraction)
         return admin_pb2.EavesdropperReply(link_id=rt.link_id, attack=eve.attack, fraction=eve.fraction if eve.attack != "none" else 0.0)
 
     async def SetFault(self, request: admin_pb2.FaultRequest, context: grpc.aio.ServicerContext) -> admin_pb2.FaultReply:
-        if peer_common_name(context) != ADMIN_COMMON_NAME:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "faults need the admin certificate")
+        _require_admin(context, "faults need")
         if request.link_id not in self.node.links:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"{self.node.settings.name} is not an end of link {request.link_id!r}")
-        try:
-            spec = fault_from_request(request.kind, request.probability, request.delay_ms, request.channel)
-        except ConfigError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise NotFound(f"{self.node.settings.name} is not an end of link {request.link_id!r}")
+        spec = fault_from_request(request.kind, request.probability, request.delay_ms, request.channel)
         self.node.faults.set(request.link_id, spec)
         self.node.log.warning("fault.changed", link_id=request.link_id, **dataclasses.asdict(spec))
         return admin_pb2.FaultReply(link_id=request.link_id, **dataclasses.asdict(spec))
@@ -278,7 +277,8 @@ class Node:
         # Reflection describes the API to node and admin certificates only, not to SAEs.
         reflection_readers = [node.name for node in self.settings.topology.nodes] + [ADMIN_COMMON_NAME]
         server = grpc.aio.server(
-            interceptors=[MalformedRequestGuard(), ReflectionAccess(reflection_readers)],
+            # DomainErrors first: it answers what the servicers and the other interceptors raise.
+            interceptors=[DomainErrors(), MalformedRequestGuard(), ReflectionAccess(reflection_readers)],
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -336,7 +336,7 @@ class Node:
         if self.settings.health_listen is not None:
             # Kubelet gRPC probes cannot do TLS: the same health servicer, alone, in plaintext;
             # started last, so a probe's first answer already means the node is up.
-            health_server = grpc.aio.server(interceptors=[MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)])
+            health_server = grpc.aio.server(interceptors=[DomainErrors(), MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)])
             health_pb2_grpc.add_HealthServicer_to_server(self.health, health_server)
             try:
                 self.health_port = health_server.add_insecure_port(self.settings.health_listen)
