@@ -244,7 +244,7 @@ def _passes(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from .cluster.launcher import Cluster, cluster_status, links_without_key, nodes_without_routes, render_table
+    from .cluster.launcher import Cluster, cluster_view, links_without_key, nodes_without_routes, render_table
 
     cluster = Cluster(_topology_path(args.topology, args.example), args.state_dir, speed=args.speed)
     cluster.prepare()
@@ -255,7 +255,7 @@ def _up(args: argparse.Namespace) -> int:
         if args.detach:
             deadline = time.monotonic() + args.timeout
             while True:
-                status = cluster_status(cluster.state_dir)
+                status = cluster_view(cluster.state_dir)
                 missing = links_without_key(status, cluster.topology)
                 unrouted = [] if missing else nodes_without_routes(status, cluster.topology)
                 if not missing and not unrouted:
@@ -269,7 +269,7 @@ def _up(args: argparse.Namespace) -> int:
                 time.sleep(1.0)
         tty = sys.stdout.isatty()
         while True:
-            table = render_table(cluster_status(cluster.state_dir), wide=args.wide)
+            table = render_table(cluster_view(cluster.state_dir), wide=args.wide)
             print(("\x1b[H\x1b[2J" if tty else "") + table + ("\n(Ctrl-C stops the cluster)" if tty else "\n"), flush=True)
             time.sleep(args.refresh)
     except KeyboardInterrupt:
@@ -291,11 +291,11 @@ def _stop(cluster: Any) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .cluster.launcher import cluster_status, render_table, require_running
+    from .cluster.launcher import cluster_view, render_table, require_running
 
     require_running(args.state_dir)
-    status = cluster_status(args.state_dir, digests=args.digests)
-    print(json.dumps(status, indent=2) if args.json else render_table(status, wide=args.wide))
+    status = cluster_view(args.state_dir, digests=args.digests)
+    print(json.dumps(status.to_json(), indent=2) if args.json else render_table(status, wide=args.wide))
     return 0
 
 

@@ -40,6 +40,7 @@ from ..errors import (
     TransportError,
     Unauthorized,
 )
+from ..status import LinkState
 from ..transport import codec
 from ..transport.errors import rpc_errors
 from ..transport.pb import link_pb2 as pb
@@ -127,12 +128,12 @@ class AliceWorker:
         backoff = BACKOFF_INITIAL_S
         while True:
             if self.faults.partitioned(self.rt.link_id):
-                self.rt.state = "down"
+                self.rt.state = LinkState.DOWN
                 self.log.warning("link.partitioned", details="classical channel cut by a fault; waiting for it to be restored")
                 while self.faults.partitioned(self.rt.link_id):
                     await asyncio.sleep(0.2)
                 self.log.info("link.partition_healed")
-            self.rt.state = "connecting"
+            self.rt.state = LinkState.CONNECTING
             try:
                 with rpc_errors(f"session with {self.rt.peer}"):
                     async with self.channel_factory() as channel:
@@ -149,7 +150,7 @@ class AliceWorker:
                 self.log.warning("link.session_failed", error=type(exc).__name__, details=str(exc))
             except Exception:
                 self.log.exception("link.session_crashed")
-            self.rt.state = "down"
+            self.rt.state = LinkState.DOWN
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
             if self.rt.counters.blocks_done:
@@ -226,7 +227,7 @@ class AliceWorker:
         alice = AliceLink(rt.config, rt.auth, self.key_rng, self.noise_rng, next_block_seq=rt.next_block_seq)
         alice.next_frame_id = rt.next_frame_id
         rt.alice_session = alice
-        rt.state = "up"
+        rt.state = LinkState.UP
         self.log.info("link.session_started", next_block_seq=rt.next_block_seq, auth_cursor=rt.auth.cursor)
         rate_hz = rt.link.source.rate_hz
         # The link's emulated position: it starts where the network clock stands
@@ -450,7 +451,7 @@ class BobEndpoint:
         ended_event = self.ended[rt.link_id] = asyncio.Event()
         key_rng, noise_rng = self.rng_factory()
         bob = BobLink(rt.config, rt.auth, key_rng, noise_rng, next_block_seq=rt.next_block_seq)
-        rt.state = "up"
+        rt.state = LinkState.UP
         bound.info("link.session_started", next_block_seq=rt.next_block_seq, auth_cursor=rt.auth.cursor)
 
         async def pump_messages() -> None:
@@ -513,6 +514,6 @@ class BobEndpoint:
                 rt.pending_bob = bob
             if self.inboxes.get(rt.link_id) is inbox:
                 del self.inboxes[rt.link_id]
-                rt.state = "down"
+                rt.state = LinkState.DOWN
             ended_event.set()
             bound.info("link.session_ended")

@@ -40,7 +40,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 import structlog
@@ -84,6 +83,7 @@ from ..errors import (
 from ..keys.keystore import SaeKeyStore
 from ..keys.linkstore import LinkStore
 from ..kme.handlers import DeliveredKey, EncRequest, KmeLimits
+from ..status import AdvertisedLink, HeldAdvert, LinkState, NetworkStatus, RoutingStatus, StorageStatus
 from ..topology import Topology
 from ..transport.errors import rpc_errors
 from ..transport.network import advert_from_pb, advert_to_pb, answer_from_pb, answer_to_pb, hop_from_pb, hop_to_pb
@@ -178,7 +178,7 @@ class NetworkService(pb_grpc.NetworkServicer):
             LinkAdvert(
                 link_id=rt.link_id,
                 peer=rt.peer,
-                up=rt.state == "up" and not self.faults.partitioned(rt.link_id),
+                up=rt.state is LinkState.UP and not self.faults.partitioned(rt.link_id),
                 available_out_bytes=rt.pool.available_bytes,
             )
             for rt in self.links.values()
@@ -400,32 +400,47 @@ class NetworkService(pb_grpc.NetworkServicer):
         except (KeyError, QcinodeError):
             return None
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> NetworkStatus:
+        """Relay counters, the routing database and storage health (the node adds its KME's figures)."""
         s = self.engine.stats
-        return {
-            "relays_started": s.started,
-            "relays_delivered": s.delivered,
-            "relays_failed": s.failed,
-            "relays_forwarded": s.forwarded,
-            "relay_hops_received": s.received,
-            "relay_hops_sent": s.hops_sent,
+        db = self.db
+        received = db.received_at
+        return NetworkStatus(
+            relays_started=s.started,
+            relays_delivered=s.delivered,
+            relays_failed=s.failed,
+            relays_forwarded=s.forwarded,
+            relay_hops_received=s.received,
+            relay_hops_sent=s.hops_sent,
             # Label values from a closed vocabulary (RefusalReason), so /metrics stays bounded.
-            "relay_failures_by_reason": {reason.value: n for reason, n in sorted(s.failures_by_reason.items(), key=lambda i: i[0].value)},
-            "routing": self.db.snapshot(),
-            "storage": self._storage_status(),
-        }
+            relay_failures_by_reason=dict(s.failures_by_reason),
+            routing=RoutingStatus(
+                local_node=db.local_node,
+                max_age_s=db.max_age_s,
+                rejected=db.rejections,
+                origins={
+                    origin: HeldAdvert(
+                        sequence=advert.sequence,
+                        received_at=received[origin],
+                        links=tuple(AdvertisedLink(a.link_id, a.peer, a.up, a.available_out_bytes) for a in advert.links),
+                    )
+                    for origin, advert in db.adverts.items()
+                },
+            ),
+            storage=self._storage_status(),
+        )
 
-    def _storage_status(self) -> dict[str, Any]:
+    def _storage_status(self) -> dict[str, StorageStatus]:
         """Per database file: healthy (its last read or write worked), the last failure's reason, failures so far."""
         stores: list[LinkStore | SaeKeyStore] = []
         for store in [rt.store for rt in self.links.values()] + [self.keystore]:
             if store is not None and all(store is not seen for seen in stores):
                 stores.append(store)
         return {
-            store.path.name: {
-                "healthy": store.failure is None,
-                "error": store.failure.reason if store.failure is not None else "",
-                "failures": store.failure_count,
-            }
+            store.path.name: StorageStatus(
+                healthy=store.failure is None,
+                error=store.failure.reason if store.failure is not None else "",
+                failures=store.failure_count,
+            )
             for store in stores
         }

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
 import math
 import os
 import signal
@@ -37,7 +36,9 @@ from ..kme.fairness import Admission
 from ..kme.handlers import Kme
 from ..kme.server import make_app, start_kme_server, tls_context
 from ..pki import ADMIN_COMMON_NAME, NodeAdvertSigner, NodeCertificateVerifier, node_bundle, read_bytes
+from ..status import NodeStatus
 from ..topology import EavesdropperConfig, Topology
+from ..transport.admin import status_to_pb
 from ..transport.errors import DomainErrors
 from ..transport.guard import MalformedRequestGuard
 from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc, network_pb2, network_pb2_grpc
@@ -124,7 +125,7 @@ class _AdminServicer(admin_pb2_grpc.AdminServicer):
 
     async def Status(self, request: admin_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> admin_pb2.NodeStatus:
         _require_admin(context, "status needs")
-        return status_message(self.node.status(include_digests=request.include_block_digests, include_ledger=request.include_ledger))
+        return status_to_pb(self.node.status(include_digests=request.include_block_digests, include_ledger=request.include_ledger))
 
     async def SetEavesdropper(self, request: admin_pb2.EavesdropperRequest, context: grpc.aio.ServicerContext) -> admin_pb2.EavesdropperReply:
         _require_admin(context, "eavesdroppers need")
@@ -144,17 +145,6 @@ class _AdminServicer(admin_pb2_grpc.AdminServicer):
         self.node.faults.set(request.link_id, spec)
         self.node.log.warning("fault.changed", link_id=request.link_id, **dataclasses.asdict(spec))
         return admin_pb2.FaultReply(link_id=request.link_id, **dataclasses.asdict(spec))
-
-
-def status_message(status: dict[str, Any]) -> admin_pb2.NodeStatus:
-    links = []
-    for link in status["links"]:
-        fields = {k: v for k, v in link.items() if k not in ("blocks", "length_km")}
-        msg = admin_pb2.LinkStatus(**fields)
-        for block in link.get("blocks", []):
-            msg.blocks.add(block_id=block["block_id"], sha256=bytes.fromhex(block["sha256"]))
-        links.append(msg)
-    return admin_pb2.NodeStatus(node=status["node"], uptime_s=status["uptime_s"], links=links, network_json=json.dumps(status.get("network", {})))
 
 
 def _in_contact(rt: LinkRuntime, clock: NetworkClock | None) -> bool:
@@ -459,20 +449,23 @@ class Node:
             self.store.close()
         self.log.info("node.stopped")
 
-    def status(self, include_digests: bool = False, include_ledger: bool = False) -> dict[str, Any]:
-        return {
-            "node": self.settings.name,
-            "uptime_s": time.monotonic() - self.started,
-            "links": [{**rt.status(include_digests, include_ledger), **self.faults.status(rt.link_id)} for rt in self.links.values()],
-            "network": {
-                **self.network.status(),
-                "kme_port": self.kme_port,
-                "metrics_port": self.metrics_port,
-                "etsi014_requests": dict(self.kme_requests),
-                "kme_refusals_by_reason": dict(self.kme_admission.refusals),
-                "keys_expired": self.keys_expired,
-            },
-        }
+    def status(self, include_digests: bool = False, include_ledger: bool = False) -> NodeStatus:
+        """What this node reports: ``Admin.Status``, ``/metrics`` and the logs read this one model."""
+        links = tuple(
+            dataclasses.replace(
+                rt.status(include_digests, include_ledger), fault=self.faults.get(rt.link_id).describe(), fault_affected=self.faults.affected[rt.link_id]
+            )
+            for rt in self.links.values()
+        )
+        network = dataclasses.replace(
+            self.network.status(),
+            kme_port=self.kme_port,
+            metrics_port=self.metrics_port,
+            etsi014_requests=dict(self.kme_requests),
+            kme_refusals_by_reason=dict(self.kme_admission.refusals),
+            keys_expired=self.keys_expired,
+        )
+        return NodeStatus(node=self.settings.name, uptime_s=time.monotonic() - self.started, links=links, network=network)
 
 
 async def run_node(settings: NodeSettings, port_file: Path | None = None) -> None:

@@ -7,7 +7,6 @@ here the driver performs them: saves, gRPC hops, the key store, and cancellation
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
@@ -29,8 +28,8 @@ def _audit(alpha: Node, beta: Node) -> tuple[int, int]:
     """(bytes used at both ends, bytes spent by their initiator alone) on the link; fails on any violation."""
     ledgers = {}
     for node in (alpha, beta):
-        (link,) = node.status(include_ledger=True)["links"]
-        ledgers[link["role"]] = json.loads(link["ledger_json"])
+        (link,) = node.status(include_ledger=True).links
+        ledgers[link.role.value] = [entry.to_json() for entry in link.ledger or ()]
     audit = audit_link("alpha-beta", ledgers)
     assert audit.violations == [], audit.violations
     return audit.bytes_both, audit.bytes_initiator_only

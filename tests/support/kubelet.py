@@ -726,7 +726,7 @@ def _agent_handle(request: dict[str, Any]) -> Any:
     if op == "status":
         from qcinode.cluster.admin import node_status
 
-        return node_status(request["target"], request["server_name"], Path(request["certs"]), timeout_s=5.0)
+        return node_status(request["target"], request["server_name"], Path(request["certs"]), timeout_s=5.0).to_json()
     if op == "etsi":
         from qcinode.kme.client import EtsiClient
 

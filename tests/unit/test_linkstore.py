@@ -523,10 +523,10 @@ def test_failed_save_keeps_the_disk_at_the_last_saved_state(tmp_path: Path) -> N
     with pytest.raises(StorageFailure, match=f"link '{rt.link_id}'.*{DATABASE_FILE}.*readonly"):
         rt.persist()
     assert store.load(rt.link_id) == before
-    assert rt.status()["state"] == "storage_failed"
+    assert rt.status().state == "storage_failed"
     _set_read_only(store, False)
     rt.persist()
-    assert rt.status()["state"] == "up"
+    assert rt.status().state == "up"
     assert f"{rt.link_id}/2" in LinkKeyPool.from_state(store.load(rt.link_id)["pool"], store.load_blobs(rt.link_id)).block_ids
 
 
