@@ -48,6 +48,7 @@ from ..transport.pb import link_pb2_grpc as pb_grpc
 from .access import caller_common_name
 from .faults import FaultInjector
 from .runtime import LinkRuntime, next_frame_slots
+from .tasks import Companions, cancelled_when
 
 log = structlog.get_logger(__name__)
 
@@ -171,20 +172,10 @@ class AliceWorker:
             raise TransportError(f"cannot connect to {self.rt.peer} within {CONNECT_TIMEOUT_S:g} s") from None
 
     async def _session_until_cut(self, channel: grpc.aio.Channel) -> None:
-        """Runs a session; a partition fault ends it at once, as a cut cable would."""
-        session = asyncio.create_task(self._session(channel))
-        cut = asyncio.create_task(self.faults.cut_event(self.rt.link_id).wait())
-        try:
-            await asyncio.wait({session, cut}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cut.cancel()
-            if not session.done():
-                session.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await session
-        if session.cancelled():
-            raise TransportError("classical channel cut by a partition fault")
-        session.result()
+        """Runs a session; a partition fault ends it at once, as a cut cable would (its clean-up runs first)."""
+        cut = self.faults.cut_event(self.rt.link_id)
+        async with cancelled_when(cut, lambda: PeerUnavailable("classical channel cut by a partition fault")):
+            await self._session(channel)
 
     async def _session(self, channel: grpc.aio.Channel) -> None:
         rt = self.rt
@@ -223,7 +214,6 @@ class AliceWorker:
         apply_reconciliation(rt, result)
         rt.persist()
         quantum = pb_grpc.QuantumChannelStub(channel).Transmit()
-        acks = asyncio.create_task(self._drain_acks(quantum))
         alice = AliceLink(rt.config, rt.auth, self.key_rng, self.noise_rng, next_block_seq=rt.next_block_seq)
         alice.next_frame_id = rt.next_frame_id
         rt.alice_session = alice
@@ -235,51 +225,58 @@ class AliceWorker:
         # ahead of it; without a clock (speed max) it is the time its pulses took.
         position = SlotClock(self.clock.now(time.time()) if self.clock is not None else rt.emulated_s, rate_hz)
         try:
-            while True:
-                if alice.is_ready_for_frame:
-                    t = position.now_utc
-                    want = next_frame_slots(rt.config, rate_hz, self.speed, alice.key_bits_needed, at_utc=t)
-                    plan = next_frame(rt.channel, t, rate_hz, want)
-                    if isinstance(plan, Idle):
-                        position.jump_to(await self._idle(plan, t))
-                        continue
-                    rt.channel_idle = None
-                    if self.clock is not None:
-                        rt.link_utc = plan.end_utc
-                        delay = self.clock.wall_delay_s(plan.end_utc, time.time())
-                        rt.lag_s = max(0.0, -delay * self.clock.speed)
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                    at_utc = plan.at_utc if rt.config.channel is not None else None
-                    frame_id, frame = alice.emit_frame(plan.n_slots, at_utc=at_utc, close_block=plan.close_block)
-                    position.advance(plan.n_slots)
-                    rt.next_frame_id = alice.next_frame_id
-                    rt.note_frame(plan.n_slots)
-                    await quantum.write(
-                        pb.PulseFrame(
-                            link_id=rt.link_id, frame_id=frame_id, n_slots=frame.n_slots, payload=frame.to_bytes(), at_utc=at_utc or 0.0
-                        )
-                    )
-                async with asyncio.timeout(self.stage_timeout_s):
-                    envelope = await call.read()
-                if envelope is grpc.aio.EOF:
-                    raise TransportError("peer closed the classical channel")
-                cursor = rt.auth.cursor
-                outs = alice.receive(codec.decode(envelope))
-                rt.next_block_seq = alice.next_block_seq
-                events = rt.record(alice.take_events())
-                if events or rt.auth.cursor != cursor:
-                    rt.persist()  # before the tag or the Commit leaves
-                self._log_events(events)
-                for out in outs:
-                    for wire in await self.fault(rt.link_id, "A>B", codec.encode(out)):
-                        await call.write(wire)
+            async with Companions() as companions:
+                companions.start(self._drain_acks(quantum), name=f"{rt.link_id} acks")
+                await self._run_blocks(alice, call, quantum, position)
         finally:
             self._log_events(rt.record(alice.abandon(_lost_reason(rt, self.faults))))
             rt.try_persist()
-            acks.cancel()
             quantum.cancel()
             call.cancel()
+
+    async def _run_blocks(self, alice: AliceLink, call: Any, quantum: Any, position: SlotClock) -> None:
+        """The session's loop: frames out, classical messages in and out, until the session breaks."""
+        rt = self.rt
+        rate_hz = rt.link.source.rate_hz
+        while True:
+            if alice.is_ready_for_frame:
+                t = position.now_utc
+                want = next_frame_slots(rt.config, rate_hz, self.speed, alice.key_bits_needed, at_utc=t)
+                plan = next_frame(rt.channel, t, rate_hz, want)
+                if isinstance(plan, Idle):
+                    position.jump_to(await self._idle(plan, t))
+                    continue
+                rt.channel_idle = None
+                if self.clock is not None:
+                    rt.link_utc = plan.end_utc
+                    delay = self.clock.wall_delay_s(plan.end_utc, time.time())
+                    rt.lag_s = max(0.0, -delay * self.clock.speed)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                at_utc = plan.at_utc if rt.config.channel is not None else None
+                frame_id, frame = alice.emit_frame(plan.n_slots, at_utc=at_utc, close_block=plan.close_block)
+                position.advance(plan.n_slots)
+                rt.next_frame_id = alice.next_frame_id
+                rt.note_frame(plan.n_slots)
+                await quantum.write(
+                    pb.PulseFrame(
+                        link_id=rt.link_id, frame_id=frame_id, n_slots=frame.n_slots, payload=frame.to_bytes(), at_utc=at_utc or 0.0
+                    )
+                )
+            async with asyncio.timeout(self.stage_timeout_s):
+                envelope = await call.read()
+            if envelope is grpc.aio.EOF:
+                raise TransportError("peer closed the classical channel")
+            cursor = rt.auth.cursor
+            outs = alice.receive(codec.decode(envelope))
+            rt.next_block_seq = alice.next_block_seq
+            events = rt.record(alice.take_events())
+            if events or rt.auth.cursor != cursor:
+                rt.persist()  # before the tag or the Commit leaves
+            self._log_events(events)
+            for out in outs:
+                for wire in await self.fault(rt.link_id, "A>B", codec.encode(out)):
+                    await call.write(wire)
 
     async def _idle(self, idle: Idle, t: float) -> float:
         """The channel carries nothing until ``idle.until_utc`` (between passes): wait for the clock.
@@ -303,11 +300,10 @@ class AliceWorker:
         return rt.link_utc
 
     async def _drain_acks(self, quantum: Any) -> None:
-        try:
+        """Reads the quantum stream's acknowledgements (flow control) until it ends; a broken stream ends the session elsewhere."""
+        with contextlib.suppress(grpc.aio.AioRpcError):
             async for _ack in quantum:
                 pass
-        except (asyncio.CancelledError, grpc.aio.AioRpcError):
-            pass
 
     def _log_events(self, events: list[Any]) -> None:
         for event in events:
@@ -458,8 +454,8 @@ class BobEndpoint:
             try:
                 async for envelope in iterator:
                     await inbox.put(("message", envelope))
-            except (grpc.aio.AioRpcError, asyncio.CancelledError):
-                pass
+            except grpc.aio.AioRpcError:
+                pass  # the peer's stream broke: the session ends at the eof below
             finally:
                 inbox.put_nowait(("eof", None))
 
@@ -471,42 +467,43 @@ class BobEndpoint:
             await self.faults.cut_event(rt.link_id).wait()
             inbox.put_nowait(("cut", None))
 
-        tasks = [asyncio.create_task(pump_messages()), asyncio.create_task(pump_frames()), asyncio.create_task(watch_cut())]
         try:
-            for answer in answers:
-                for wire in await self.fault(rt.link_id, "B>A", codec.encode_hello(answer)):
-                    yield wire
-            while True:
-                kind, item = await inbox.get()
-                if kind in ("eof", "superseded"):
-                    break
-                if kind == "cut":
-                    bound.warning("link.partitioned", details="classical channel cut by a fault")
-                    raise PeerUnavailable(f"classical channel of {rt.link_id} cut by a partition fault")
-                cursor = rt.auth.cursor
-                try:
-                    if kind == "frame":
-                        outs = bob.receive_frame(*item)
-                    else:
-                        outs = bob.receive(codec.decode(item))
-                except ProtocolError as exc:
-                    bound.warning("link.protocol_error", details=str(exc))
-                    raise SessionAborted(f"protocol error: {exc}") from exc
-                rt.next_block_seq = bob.next_block_seq
-                events = rt.record(bob.take_events())
-                if events or rt.auth.cursor != cursor:
-                    try:
-                        rt.persist()  # before the tag leaves
-                    except StorageFailure as exc:
-                        raise _storage_refusal(rt, exc) from exc  # nothing that depends on the unsaved state is sent
-                for event in events:
-                    _log_block(bound, event)
-                for out in outs:
-                    for wire in await self.fault(rt.link_id, "B>A", codec.encode(out)):
+            async with Companions() as companions:
+                companions.start(pump_messages(), name=f"{rt.link_id} messages")
+                companions.start(pump_frames(), name=f"{rt.link_id} frames")
+                companions.start(watch_cut(), name=f"{rt.link_id} cut")
+                for answer in answers:
+                    for wire in await self.fault(rt.link_id, "B>A", codec.encode_hello(answer)):
                         yield wire
+                while True:
+                    kind, item = await inbox.get()
+                    if kind in ("eof", "superseded"):
+                        break
+                    if kind == "cut":
+                        bound.warning("link.partitioned", details="classical channel cut by a fault")
+                        raise PeerUnavailable(f"classical channel of {rt.link_id} cut by a partition fault")
+                    cursor = rt.auth.cursor
+                    try:
+                        if kind == "frame":
+                            outs = bob.receive_frame(*item)
+                        else:
+                            outs = bob.receive(codec.decode(item))
+                    except ProtocolError as exc:
+                        bound.warning("link.protocol_error", details=str(exc))
+                        raise SessionAborted(f"protocol error: {exc}") from exc
+                    rt.next_block_seq = bob.next_block_seq
+                    events = rt.record(bob.take_events())
+                    if events or rt.auth.cursor != cursor:
+                        try:
+                            rt.persist()  # before the tag leaves
+                        except StorageFailure as exc:
+                            raise _storage_refusal(rt, exc) from exc  # nothing that depends on the unsaved state is sent
+                    for event in events:
+                        _log_block(bound, event)
+                    for out in outs:
+                        for wire in await self.fault(rt.link_id, "B>A", codec.encode(out)):
+                            yield wire
         finally:
-            for task in tasks:
-                task.cancel()
             for event in rt.record(bob.abandon(_lost_reason(rt, self.faults))):
                 _log_block(bound, event)
             rt.try_persist()

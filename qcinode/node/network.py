@@ -159,6 +159,7 @@ class NetworkService(pb_grpc.NetworkServicer):
         )
         self._ids = itertools.count(1)  # request IDs and incoming hops' tokens
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._forwarding: asyncio.TaskGroup | None = None  # run_adverts' group, while it runs
         self.log = log.bind(node_id=node_name)
 
     # -- plumbing ------------------------------------------------------
@@ -186,24 +187,43 @@ class NetworkService(pb_grpc.NetworkServicer):
 
     # -- routing -------------------------------------------------------
     async def run_adverts(self) -> None:
-        """Originates our advert every second, floods it, and ages out dead nodes."""
-        while True:
-            now = self.clock()
-            advert = self.db.originate(self._local_adverts(), now)
-            await self._flood(advert_to_pb(advert), exclude=set())
-            for origin in self.db.expire(now):
-                self.log.info("routing.origin_expired", origin=origin)
-            await asyncio.sleep(ADVERT_INTERVAL_S)
+        """Originates our advert every second, floods it, and ages out dead nodes.
+
+        The new adverts neighbours send are forwarded by tasks of this loop's
+        group (:meth:`Advertise` must answer at once), so they end with it.
+        """
+        async with asyncio.TaskGroup() as forwarding:
+            self._forwarding = forwarding
+            try:
+                while True:
+                    now = self.clock()
+                    advert = self.db.originate(self._local_adverts(), now)
+                    await self._flood(advert_to_pb(advert), exclude=set())
+                    for origin in self.db.expire(now):
+                        self.log.info("routing.origin_expired", origin=origin)
+                    await asyncio.sleep(ADVERT_INTERVAL_S)
+            finally:
+                self._forwarding = None
 
     async def _flood(self, advert: pb.LinkStateAdvert, exclude: set[str]) -> None:
+        """Sends ``advert`` to every neighbour not in ``exclude`` whose link is not cut, all at once."""
+
         async def send(peer: str) -> None:
             # A neighbour that is down misses this advert and gets the next: nothing to do.
             with contextlib.suppress(TransportError, TimeoutError), rpc_errors(f"advert to {peer}"):
                 await self._stub(peer).Advertise(advert, timeout=ADVERT_TIMEOUT_S)
 
-        await asyncio.gather(
-            *(send(peer) for peer, rt in self.by_peer.items() if peer not in exclude and not self.faults.partitioned(rt.link_id))
-        )
+        async with asyncio.TaskGroup() as group:
+            for peer, rt in self.by_peer.items():
+                if peer not in exclude and not self.faults.partitioned(rt.link_id):
+                    group.create_task(send(peer))
+
+    async def _forward(self, advert: pb.LinkStateAdvert, exclude: set[str]) -> None:
+        """Floods a neighbour's new advert on (a task of the routing loop's group; a bug is logged, routing goes on)."""
+        try:
+            await self._flood(advert, exclude)
+        except Exception:
+            self.log.exception("routing.forward_failed", origin=advert.origin[:80])
 
     def _neighbour(self, context: grpc.aio.ServicerContext) -> LinkRuntime:
         """The link to the caller, a neighbour whose link is not cut.
@@ -235,8 +255,8 @@ class NetworkService(pb_grpc.NetworkServicer):
                 details=str(exc)[:300],
             )
             raise RemoteProtocolError(f"advert rejected: {exc.reason.value}") from None
-        if is_new:
-            asyncio.get_running_loop().create_task(self._flood(request, exclude={caller, request.origin}))
+        if is_new and self._forwarding is not None:  # not yet routing (starting) or no longer (stopping): the next advert will do
+            self._forwarding.create_task(self._forward(request, exclude={caller, request.origin}))
         return pb.AdvertAck()
 
     # -- relay: driving the engine ------------------------------------

@@ -1,9 +1,24 @@
-"""The node process: one asyncio TaskGroup holding the gRPC server and link workers.
+"""The node process: its servers, and one asyncio TaskGroup holding every worker.
 
-``Node.start()`` builds the mTLS gRPC server (link channels, admin status,
-standard health and reflection) and one Alice worker per link this node
-transmits on; ``Node.stop(grace_s)`` shuts it down. ``run_node`` adds signal
-handling for ``qcinode node``.
+Theory of operation:
+    * :meth:`Node.run` is the node. It opens the servers (the mTLS gRPC
+      server with the link, network, admin, health and reflection services;
+      the ETSI 014 KME; ``/metrics``; the plaintext health listener), then
+      runs one :class:`asyncio.TaskGroup` whose children are all the node
+      does on its own: an Alice worker per link this node transmits on,
+      routing (:meth:`NetworkService.run_adverts`, which owns the forwarding
+      of neighbours' adverts), a contact follower per satellite link that
+      has one, and the KME's storage watch and key expiry. RPC handlers are
+      gRPC's and aiohttp's tasks, bounded by their calls.
+    * A child that fails is logged (``node.worker_crashed``) and the rest go
+      on; cancellation always propagates.
+    * :meth:`Node.stop` (or cancelling :meth:`Node.run`) stops taking
+      requests (health NOT_SERVING, the web servers closed), cancels the
+      children and waits for every one, then closes the gRPC servers, the
+      channels and the stores, saving each link's state once more.
+    * :meth:`Node.start` runs :meth:`Node.run` as the node's one task, owned
+      by the object and awaited by :meth:`Node.stop` (tests and embedders);
+      :func:`run_node` (``qcinode node``) awaits :meth:`Node.run` itself.
 """
 
 from __future__ import annotations
@@ -16,7 +31,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +227,10 @@ class Node:
         self.health_server: grpc.aio.Server | None = None
         self.health_port: int | None = None
         self.health = health.aio.HealthServicer()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the children of run()'s TaskGroup
+        self._stopping = asyncio.Event()
+        self._grace_s = 2.0
+        self._runner: asyncio.Task[None] | None = None  # start()'s task
         self.started = time.monotonic()
 
     def _storage_key(self) -> StorageKey | None:
@@ -261,8 +279,8 @@ class Node:
         ]
         return grpc.aio.secure_channel(self.settings.peer_address(peer), creds, options=options)
 
-    async def start(self) -> int:
-        """Starts the server and the link workers; returns the bound gRPC port."""
+    async def _open(self) -> int:
+        """Opens the servers (gRPC, KME, metrics, health listener); returns the bound gRPC port."""
         key, cert, ca = self._credentials()
         # Reflection describes the API to node and admin certificates only, not to SAEs.
         reflection_readers = [node.name for node in self.settings.topology.nodes] + [ADMIN_COMMON_NAME]
@@ -275,8 +293,7 @@ class Node:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        faults: dict[str, Any] = {"stage_timeout_s": self.settings.stage_timeout_s, "faults": self.faults, "fault": self.settings.classical_fault}
-        endpoint = BobEndpoint({k: v for k, v in self.links.items()}, self._rngs, **faults)
+        endpoint = BobEndpoint({k: v for k, v in self.links.items()}, self._rngs, **self._link_options())
         servicer = _LinkServicer(endpoint)
         link_pb2_grpc.add_QuantumChannelServicer_to_server(servicer, server)
         link_pb2_grpc.add_PostProcessingServicer_to_server(servicer, server)
@@ -306,15 +323,6 @@ class Node:
                 details="emulation.wall_start is not set: this node's network clock starts when it does; "
                 "give every node the same wall_start (qcinode up and qcinode deploy k8s set it) so that they agree",
             )
-        for rt in self.links.values():
-            if rt.role.value == "alice":
-                key_rng, noise_rng = self._rngs()
-                worker = AliceWorker(rt, functools.partial(self._channel, rt.peer), self.clock, key_rng, noise_rng, **faults)
-                self._tasks.append(asyncio.create_task(self._guard(worker.run(), rt.link_id)))
-        self._tasks.append(asyncio.create_task(self._guard(self.network.run_adverts(), "routing")))
-        for rt in self._contact_links():
-            assert self.clock is not None
-            self._tasks.append(asyncio.create_task(self._guard(self._follow_contact(rt, self.clock), rt.link_id)))
         if self.settings.kme_listen is not None and self.keystore is not None:
             await self._start_kme()
         if self.settings.metrics_listen is not None:
@@ -336,8 +344,66 @@ class Node:
                 raise ConfigError(f"--health-listen: cannot bind {self.settings.health_listen}")
             await health_server.start()
             self.health_server = health_server
-        self.log.info("node.started", port=port, links=len(self.links))
         return int(port)
+
+    def _link_options(self) -> dict[str, Any]:
+        return {"stage_timeout_s": self.settings.stage_timeout_s, "faults": self.faults, "fault": self.settings.classical_fault}
+
+    def _workers(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """What the node does on its own, as (name, coroutine): the children of its TaskGroup."""
+        workers: list[tuple[str, Coroutine[Any, Any, None]]] = []
+        for rt in self.links.values():
+            if rt.role is Role.ALICE:
+                key_rng, noise_rng = self._rngs()
+                worker = AliceWorker(rt, functools.partial(self._channel, rt.peer), self.clock, key_rng, noise_rng, **self._link_options())
+                workers.append((f"link {rt.link_id}", worker.run()))
+        workers.append(("routing", self.network.run_adverts()))
+        for rt in self._contact_links():
+            assert self.clock is not None
+            workers.append((f"contact {rt.link_id}", self._follow_contact(rt, self.clock)))
+        if self.kme_runner is not None:
+            workers += [("storage", self._watch_storage()), ("key expiry", self._expire_keys())]
+        return workers
+
+    async def run(self, *, ready: Callable[[int], None] | None = None) -> None:
+        """Runs the node until :meth:`stop` is called or this is cancelled (the module docstring).
+
+        Args:
+            ready: Called with the gRPC port once the servers and every worker run.
+
+        Raises:
+            ConfigError: A listen address cannot be bound.
+        """
+        try:
+            port = await self._open()
+            async with asyncio.TaskGroup() as group:
+                for name, coro in self._workers():
+                    self._tasks.append(group.create_task(self._guard(coro, name), name=f"{self.settings.name}: {name}"))
+                self.log.info("node.started", port=port, links=len(self.links))
+                if ready is not None:
+                    ready(port)
+                await self._stopping.wait()
+                await self._stop_serving()
+                for task in self._tasks:
+                    task.cancel()
+        finally:
+            await self._close()
+
+    async def start(self) -> int:
+        """Runs :meth:`run` as the node's own task (stop it with :meth:`stop`); returns the bound gRPC port once it serves."""
+        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        runner = self._runner = asyncio.create_task(self.run(ready=ready.set_result), name=f"node {self.settings.name}")
+        try:
+            waiting: list[asyncio.Future[Any]] = [ready, runner]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            runner.cancel()
+            await asyncio.wait({runner})
+            raise
+        if not ready.done():
+            runner.result()  # the reason it could not start
+            raise RuntimeError(f"node {self.settings.name} ended before it served")  # pragma: no cover
+        return ready.result()
 
     async def _start_kme(self) -> None:
         assert self.keystore is not None and self.settings.kme_listen is not None
@@ -359,8 +425,6 @@ class Node:
         host, _, port = self.settings.kme_listen.rpartition(":")
         self.kme_runner, self.kme_port = await start_kme_server(app, host.strip("[]") or "0.0.0.0", int(port), context)
         self.log.info("kme.started", port=self.kme_port)
-        self._tasks.append(asyncio.create_task(self._guard(self._watch_storage(), "storage")))
-        self._tasks.append(asyncio.create_task(self._guard(self._expire_keys(), "kme")))
 
     async def _expire_keys(self) -> None:
         """Deletes keys that waited longer than ``relay.key_ttl_s`` for their slave, checking every ``ttl / 10`` (at most a minute)."""
@@ -419,24 +483,39 @@ class Node:
                 return
             await asyncio.sleep(max(0.0, clock.wall_delay_s(conditions.until_utc, time.time())) + 0.01)
 
-    async def _guard(self, coro: Any, link_id: str) -> None:
+    async def _guard(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """A child of the node's group: a crash is logged and the rest of the node goes on; cancellation propagates."""
         try:
             await coro
         except asyncio.CancelledError:
             raise
         except Exception:
-            self.log.exception("link.worker_crashed", link_id=link_id)
+            self.log.exception("node.worker_crashed", worker=name)
+
+    def request_stop(self, grace_s: float = 2.0) -> None:
+        """Asks :meth:`run` to stop (a signal handler may call this)."""
+        self._grace_s = grace_s
+        self._stopping.set()
 
     async def stop(self, grace_s: float = 2.0) -> None:
+        """Stops the node :meth:`start` started and waits until it has (the module docstring)."""
+        self.request_stop(grace_s)
+        if self._runner is not None:
+            await self._runner
+
+    async def _stop_serving(self) -> None:
+        """Stops taking requests: health NOT_SERVING, the KME and /metrics closed."""
         await self.health.enter_graceful_shutdown()
         for runner in (self.kme_runner, self.metrics_runner):
             if runner is not None:
                 await runner.cleanup()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.kme_runner = self.metrics_runner = None
+
+    async def _close(self) -> None:
+        """After the workers ended: the gRPC servers, the channels and the stores, each link's state saved once more."""
+        await self._stop_serving()
         if self.server is not None:
-            await self.server.stop(grace_s)
+            await self.server.stop(self._grace_s)
         if self.health_server is not None:
             await self.health_server.stop(0)
         await self.network.aclose()
@@ -470,18 +549,16 @@ class Node:
 
 async def run_node(settings: NodeSettings, port_file: Path | None = None) -> None:
     """Runs a node until SIGTERM or SIGINT, then stops it cleanly."""
-    stop = asyncio.Event()
+    node = Node(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    node = Node(settings)
-    with structlog.contextvars.bound_contextvars(node_id=settings.name):
-        port = await node.start()
+        loop.add_signal_handler(sig, node.request_stop)
+
+    def ready(port: int) -> None:
         if port_file is not None:
             tmp = port_file.with_suffix(".tmp")
             tmp.write_text(f"{port}\n")
             os.replace(tmp, port_file)
-        try:
-            await stop.wait()
-        finally:
-            await node.stop()
+
+    with structlog.contextvars.bound_contextvars(node_id=settings.name):
+        await node.run(ready=ready)
