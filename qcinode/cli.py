@@ -16,12 +16,16 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import ConfigError, QcinodeError, TransportError
 from .topology import EAVESDROPPER_ATTACKS, FAULT_CHANNELS, FAULT_KINDS
+
+if TYPE_CHECKING:  # the node's modules load only when a node runs (the CLI starts fast)
+    from .node.node import NodeSettings
 
 DEFAULT_STATE_DIR = Path(".qcinode")
 EXAMPLES = ("euroqci",)  # shipped topologies (qcinode/cluster/examples)
@@ -309,49 +313,73 @@ def _down(args: argparse.Namespace) -> int:
     return 0
 
 
-def _node(args: argparse.Namespace) -> int:
-    from . import logs
-    from .errors import StorageFailure
-    from .node.node import NodeSettings, run_node
+def node_settings(argv: Sequence[str], *, pod_name: str | None = None) -> NodeSettings:
+    """The settings ``qcinode node ARGV...`` runs a node with (what a pod runs), without running it.
+
+    Args:
+        argv: The arguments after ``qcinode`` (``["node", "--topology", ...]``).
+        pod_name: For ``--name-from-ordinal``: the pod's name (default:
+            ``QCINODE_POD_NAME``, else the hostname).
+
+    Raises:
+        ConfigError: A missing or impossible option, naming it.
+    """
+    args = _parser().parse_args(list(argv))
+    if args.command != "node":
+        raise ConfigError(f"node_settings: expected the node command, got {args.command!r}")
+    return _node_settings(args, pod_name)
+
+
+def _node_settings(args: argparse.Namespace, pod_name: str | None) -> NodeSettings:
+    from .node.node import NodeSettings
     from .topology import load_topology
 
     if args.topology is None or (args.name is None and not args.name_from_ordinal):
         raise ConfigError("--topology and --name are required (or QCINODE_TOPOLOGY / QCINODE_NAME)")
     topology = load_topology(args.topology)
+    name = args.name
     if args.name_from_ordinal:
         import socket
 
         from .cluster.k8s import node_for_pod
 
-        args.name = node_for_pod(topology, _env("POD_NAME") or socket.gethostname())
-    logs.configure(args.log_level)
+        name = node_for_pod(topology, pod_name or _env("POD_NAME") or socket.gethostname())
     peers: dict[str, str] = {}
     for item in args.peer:
-        name, sep, address = item.partition("=")
-        if not sep or not name or not address:
+        peer, sep, address = item.partition("=")
+        if not sep or not peer or not address:
             raise ConfigError(f"--peer: expected NAME=HOST:PORT, got {item!r}")
-        peers[name] = address
-    settings = NodeSettings(
+        peers[peer] = address
+    return NodeSettings(
         topology=topology,
-        name=args.name,
+        name=name,
         certs_dir=args.certs,
         listen=args.listen,
         peers=peers,
         peer_template=args.peer_template,
-        data_dir=Path(str(args.data_dir).replace("{name}", args.name)) if args.data_dir else Path("qcinode-data") / args.name,
-        storage_key_file=Path(str(args.storage_key_file).replace("{name}", args.name)) if args.storage_key_file else None,
+        data_dir=Path(str(args.data_dir).replace("{name}", name)) if args.data_dir else Path("qcinode-data") / name,
+        storage_key_file=Path(str(args.storage_key_file).replace("{name}", name)) if args.storage_key_file else None,
         kme_listen=args.kme_listen,
         metrics_listen=args.metrics_listen,
         health_listen=args.health_listen,
         multipath_shares=args.multipath,
         seed=args.seed,
     )
+
+
+def _node(args: argparse.Namespace) -> int:
+    from . import logs
+    from .errors import StorageFailure
+    from .node.node import run_node
+
+    settings = _node_settings(args, None)
+    logs.configure(args.log_level)
     try:
         asyncio.run(run_node(settings, port_file=args.port_file))
     except StorageFailure as exc:
         # One line naming the file or directory and the reason; at start-up
         # this comes before any port is bound (the stores open first).
-        print(f"qcinode: node {args.name}: {exc}", file=sys.stderr)
+        print(f"qcinode: node {settings.name}: {exc}", file=sys.stderr)
         return 1
     return 0
 

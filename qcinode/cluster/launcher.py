@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -154,6 +154,9 @@ class Cluster:
         self.ports: dict[str, int] = {}
         self.kme_ports: dict[str, int] = {}
         self.metrics_ports: dict[str, int] = {}
+        #: Rewrites a node's command line before it starts (``(name, argv) -> argv``): a test runs
+        #: one node inside a mount namespace on a small disk. None: as it is.
+        self.command_wrapper: Callable[[str, list[str]], list[str]] | None = None
 
     @property
     def certs_dir(self) -> Path:
@@ -226,6 +229,8 @@ class Cluster:
             args += ["--peer", f"{peer}=127.0.0.1:{self.ports[peer]}"]
         if self.seed is not None:
             args += ["--seed", str(self.seed + sorted(self.ports).index(name))]
+        if self.command_wrapper is not None:
+            args = self.command_wrapper(name, args)
         log_file = _private_log(self.state_dir / "logs" / f"{name}.log")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)

@@ -31,7 +31,6 @@ from typing import Any, TypeVar
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from qcinode.cluster import launcher
 from qcinode.cluster.admin import admin_channel
 from qcinode.cluster.launcher import Cluster, cluster_status
 from qcinode.kme.client import EtsiClient
@@ -263,26 +262,20 @@ class SmallDiskNetwork:
 
 
 @pytest.fixture(params=["alpha", "beta"], ids=["transmitter-full", "receiver-full"])
-def small_disk(
-    request: pytest.FixtureRequest, tmp_path: Path, mount_form: MountForm, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[SmallDiskNetwork]:
+def small_disk(request: pytest.FixtureRequest, tmp_path: Path, mount_form: MountForm) -> Iterator[SmallDiskNetwork]:
     full_node = str(request.param)
     cluster = _prepare(tmp_path)
     data_dir = cluster.state_dir / "data" / full_node
     options = "size=32m,mode=0700"
-    real_popen = subprocess.Popen
 
-    def popen(argv: list[str], **kwargs: Any) -> Any:
+    def on_small_disk(name: str, argv: list[str]) -> list[str]:
         # The launcher's own command line for the node, run on its small disk.
-        if "node" in argv and argv[argv.index("--name") + 1] == full_node:
-            argv = mount_form.wrap(list(argv), data_dir, options)
-        return real_popen(argv, **kwargs)
+        return mount_form.wrap(list(argv), data_dir, options) if name == full_node else argv
 
+    cluster.command_wrapper = on_small_disk
     with mount_form.host_mount(data_dir, options):
         try:
-            with monkeypatch.context() as patch:
-                patch.setattr(launcher.subprocess, "Popen", popen)
-                cluster.start()
+            cluster.start()
             cluster.wait_healthy(timeout_s=60)
             info = json.loads((cluster.state_dir / "cluster.json").read_text())
             yield SmallDiskNetwork(cluster, full_node, data_dir, mount_form, info)

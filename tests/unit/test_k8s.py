@@ -644,22 +644,16 @@ def test_pod_ordinal_selects_the_node_in_topology_order() -> None:
 
 
 def test_node_command_takes_its_name_from_the_pod(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import qcinode.node.node as node_module
-
-    seen: list[Any] = []
-
-    async def fake_run(settings: Any, port_file: Any = None) -> None:
-        seen.append(settings)
-
-    monkeypatch.setattr(node_module, "run_node", fake_run)
-    monkeypatch.setenv("QCINODE_POD_NAME", "qcinode-2")
-    monkeypatch.setattr("qcinode.logs.configure", lambda level: None)
     argv = ["node", "--topology", str(builtin_topology_path()), "--name-from-ordinal", "--data-dir", str(tmp_path / "{name}"), "--health-listen", "127.0.0.1:0"]
-    assert cli.main(argv) == 0
-    (settings,) = seen
+    settings = cli.node_settings(argv, pod_name="qcinode-2")
     assert settings.name == "ghent" and settings.data_dir == tmp_path / "ghent" and settings.health_listen == "127.0.0.1:0"
+    monkeypatch.setenv("QCINODE_POD_NAME", "qcinode-2")  # what a StatefulSet pod sets, when no name is given
+    assert cli.node_settings(argv).name == "ghent"
 
+    # A pod beyond the topology's nodes: one line, exit code 2, before any node runs.
     monkeypatch.setenv("QCINODE_POD_NAME", "qcinode-9")
+    with pytest.raises(ConfigError, match="qcinode-9"):
+        cli.node_settings(argv)
     assert cli.main(argv) == 2
 
 
