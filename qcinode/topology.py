@@ -54,6 +54,7 @@ from qcinode.core.estimation import NO_DECOY_BOUNDS, NO_DECOY_GLLP, NO_DECOY_SIN
 from qcinode.core.finite_key import DEFAULT_FINITE_KEY, FINITE_KEY_ANALYSES
 from qcinode.core.freespace import FreeSpaceOptics, SkyRadiance
 from qcinode.core.orbit import TleSatellite, format_utc, parse_utc
+from qcinode.core.physics import PROBABILITY_SUM_TOLERANCE
 from qcinode.core.reconciliation import (
     DEFAULT_ERROR_CORRECTION,
     ERROR_CORRECTION_LDPC,
@@ -102,7 +103,6 @@ FAULT_CHANNELS: Final[tuple[str, ...]] = ("all", "postprocessing", "relay")
 
 MAX_FAULT_DELAY_MS: Final = 60_000.0
 
-PROBABILITY_SUM_TOLERANCE: Final = 1e-9
 """How far a set of probabilities may sum from 1 (float rounding in YAML)."""
 
 #: A node name (and any other DNS-1123 label): 1-63 lowercase letters, digits and '-'. Use ``fullmatch``.
@@ -1003,11 +1003,6 @@ class LinkConfig(_Section):
     def link_id(self) -> str:
         """``"alice-bob"``; unique within a topology."""
         return f"{self.alice}-{self.bob}"
-
-    @property
-    def is_free_space(self) -> bool:
-        """Whether this is a satellite downlink."""
-        return self.free_space is not None
 
     @property
     def fibre_transmittance(self) -> float:

@@ -561,10 +561,6 @@ def links_without_key(status: ClusterStatus, topology: Topology) -> list[str]:
     return out
 
 
-def all_links_have_key(status: ClusterStatus, topology: Topology) -> bool:
-    return not links_without_key(status, topology)
-
-
 def nodes_without_routes(status: ClusterStatus, topology: Topology) -> list[str]:
     """Nodes whose routing database does not yet show key on every link, in both directions.
 
@@ -599,6 +595,3 @@ def running_cluster(topology_path: Path, state_dir: Path, **kwargs: Any) -> Iter
     finally:
         cluster.stop()
 
-
-def remove_state(state_dir: Path) -> None:
-    shutil.rmtree(state_dir, ignore_errors=True)

@@ -126,7 +126,8 @@ MAX_INTENSITY: Final = 100.0
 MAX_SLOTS: Final = 1 << 52
 #: Tail mass ignored by the zero-truncated Poisson table.
 _TAIL_MASS: Final = 1e-18
-_PROBABILITY_SUM_TOLERANCE: Final = 1e-9
+#: How far from 1 a set of probabilities may sum (the topology checks with the same tolerance).
+PROBABILITY_SUM_TOLERANCE: Final = 1e-9
 #: Below this success probability positions are not drawn as geometric gaps.
 _GEOMETRIC_MIN_P: Final = 1e-9
 
@@ -204,7 +205,7 @@ class LinkPhysics:
         for index, p in enumerate(self.class_probabilities):
             _check_range(f"class_probabilities[{index}]", p, 0.0, 1.0)
         total = math.fsum(self.class_probabilities)
-        if abs(total - 1.0) > _PROBABILITY_SUM_TOLERANCE:
+        if abs(total - 1.0) > PROBABILITY_SUM_TOLERANCE:
             raise ConfigError(f"class_probabilities: must sum to 1, got {total!r}")
         _check_range("z_basis_probability", self.z_basis_probability, 0.0, 1.0)
         _check_range("fibre_transmittance", self.fibre_transmittance, 0.0, 1.0)

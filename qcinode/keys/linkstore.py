@@ -99,7 +99,7 @@ DATABASE_FILE = "links.sqlite3"
 SCHEMA_VERSION = 1
 
 STORAGE_KEY_BYTES = 32  # AES-256-GCM
-_NONCE_BYTES = 12
+NONCE_BYTES = 12  # AES-GCM, one random nonce per row
 _AAD_DOMAIN = b"qcinode/linkstore\x00"
 
 _SCHEMA = """
@@ -230,7 +230,7 @@ class StorageKey:
 
     def encrypt(self, plaintext: bytes, associated_data: bytes) -> tuple[bytes, bytes]:
         """Encrypt under a fresh random nonce; returns ``(nonce, ciphertext)``."""
-        nonce = os.urandom(_NONCE_BYTES)
+        nonce = os.urandom(NONCE_BYTES)
         return nonce, self._aead.encrypt(nonce, plaintext, associated_data)
 
     def decrypt(self, nonce: bytes, ciphertext: bytes, associated_data: bytes) -> bytes:
@@ -383,7 +383,7 @@ class LinkStore(SqliteStore):
             rows = conn.execute("SELECT name, nonce, ciphertext FROM link_blobs WHERE link_id = ?", (link_id,)).fetchall()
         blobs: dict[str, bytes] = {}
         for name, nonce, ciphertext in rows:
-            if not (isinstance(name, str) and isinstance(nonce, bytes) and len(nonce) == _NONCE_BYTES and isinstance(ciphertext, bytes)):
+            if not (isinstance(name, str) and isinstance(nonce, bytes) and len(nonce) == NONCE_BYTES and isinstance(ciphertext, bytes)):
                 raise KeyStoreError(f"a blob row of link {link_id!r} in {self._path} is malformed")
             try:
                 blobs[name] = self._key.decrypt(nonce, ciphertext, self._blob_associated_data(link_id, name))
@@ -414,7 +414,7 @@ class LinkStore(SqliteStore):
         nonce, ciphertext = row
         if not (
             isinstance(nonce, bytes)
-            and len(nonce) == _NONCE_BYTES
+            and len(nonce) == NONCE_BYTES
             and isinstance(ciphertext, bytes)
         ):
             raise KeyStoreError(f"row of link {link_id!r} in {self._path} is malformed")
