@@ -441,7 +441,9 @@ class ClientAgent:
 # ---------------------------------------------------------------------- podman
 
 PODMAN_RUNTIME = "podman"
-_PODMAN_CONF = Path(__file__).resolve().parents[2] / "deploy" / "podman" / "containers.conf"
+# The checkout's podman configuration (tests/support/ -> the repository root). The client agent
+# runs this file alone in a container, where no checkout surrounds it: nothing is read there.
+_PODMAN_CONF = AGENT_SCRIPT.parent.parent.parent / "deploy" / "podman" / "containers.conf"
 #: Where the client agent's container finds this file (mounted read-only; the image holds only qcinode).
 _AGENT_IN_CONTAINER = "/qcinode-test/agent.py"
 
