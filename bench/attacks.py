@@ -57,18 +57,16 @@ Run: ``python bench/attacks.py`` (block 1e6, 2 blocks, ~2-3 min) or
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from qcinode.core import messages as m
-from qcinode.core import pipeline
 from qcinode.core.estimation import (
     NO_DECOY_GLLP,
     NO_DECOY_SINGLE_PHOTON,
@@ -81,10 +79,11 @@ from qcinode.core.estimation import (
 )
 from qcinode.core.pair import make_pair, pump
 from qcinode.core.physics import (
-    AliceRecord,
     CLASS_DECOY,
     CLASS_SIGNAL,
-    CLASS_VACUUM,
+    EMULATED_CHANNEL,
+    AliceRecord,
+    Clicks,
     LinkPhysics,
     PhotonFrame,
     detect,
@@ -307,9 +306,9 @@ def stack_table(distances: list[float], ir_distance: float, block_bits: int, blo
 class EveLedger:
     """Counts the sifted key-basis bits whose value Eve knows, from the sampler's ground truth.
 
-    Alice's records (which carry the ground truth) are collected by wrapping
-    the ``transmit`` the pipeline calls; the sifting messages are read,
-    unchanged, through the pump's tamper hook.
+    It is the pair's quantum channel (``make_pair(..., quantum=ledger)``): the
+    emulated one, collecting Alice's records, which carry the ground truth;
+    the sifting messages are read, unchanged, through the pump's tamper hook.
     """
 
     def __init__(self) -> None:
@@ -318,20 +317,13 @@ class EveLedger:
         self.key_bits = 0
         self.known = 0
 
-    @contextlib.contextmanager
-    def watching(self) -> Iterator[None]:
-        def recording(
-            phys: LinkPhysics, n_slots: int, key_rng: np.random.Generator, noise_rng: np.random.Generator
-        ) -> tuple[PhotonFrame, AliceRecord]:
-            frame, record = transmit(phys, n_slots, key_rng, noise_rng)
-            self.records.append(record)
-            return frame, record
+    def transmit(self, phys: LinkPhysics, n_slots: int, key_rng: Any, noise_rng: np.random.Generator) -> tuple[PhotonFrame, AliceRecord]:
+        frame, record = EMULATED_CHANNEL.transmit(phys, n_slots, key_rng, noise_rng)
+        self.records.append(record)
+        return frame, record
 
-        setattr(pipeline, "transmit", recording)
-        try:
-            yield
-        finally:
-            setattr(pipeline, "transmit", transmit)
+    def detect(self, phys: LinkPhysics, frame: PhotonFrame, key_rng: Any, noise_rng: np.random.Generator) -> Clicks:
+        return EMULATED_CHANNEL.detect(phys, frame, key_rng, noise_rng)
 
     def tamper(self, direction: str, msg: m.Message) -> m.Message:
         if isinstance(msg, m.DetectionReport):
@@ -373,13 +365,12 @@ def no_decoy_table(block_bits: int, blocks: int, seed: int) -> None:
         phys = gys_no_decoy(length, mu, photon_number_splitting=pns)
         log(f"no decoys, {bound}, {'PNS' if pns else 'honest'} {length} km")
         cfg = LinkProtocolConfig(link_id="a-b", physics=phys, block_bits=block_bits, no_decoy_bound=bound)
-        alice, bob = make_pair(cfg, BOOTSTRAP, seed=seed)
         ledger = EveLedger()
-        with ledger.watching():
-            events = pump(
-                alice, bob, frame_slots=int(block_bits / 4 / expected_key_bits_per_slot(phys)),
-                blocks=blocks, tamper=ledger.tamper,
-            ).alice_events
+        alice, bob = make_pair(cfg, BOOTSTRAP, seed=seed, quantum=ledger)
+        events = pump(
+            alice, bob, frame_slots=int(block_bits / 4 / expected_key_bits_per_slot(phys)),
+            blocks=blocks, tamper=ledger.tamper,
+        ).alice_events
         pulses = sum(e.stats.pulses for e in events)
         secret = sum(e.stats.secret_bits for e in events if isinstance(e, BlockAccepted))
         leak = sum(e.stats.leak_bits for e in events)

@@ -71,7 +71,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import math
 import sys
 import time
 from collections import Counter
@@ -80,7 +79,6 @@ from pathlib import Path
 
 import numpy as np
 
-from qcinode.core.finite_key import FINITE_KEY_ANALYSES
 from qcinode.core.estimation import (
     AsymptoticParams,
     asymptotic_key_fraction,
@@ -91,6 +89,7 @@ from qcinode.core.estimation import (
     optimise_mu,
     plob_bound,
 )
+from qcinode.core.finite_key import FINITE_KEY_ANALYSES
 from qcinode.core.pair import make_pair, pump
 from qcinode.core.physics import LinkPhysics, fibre_transmittance
 from qcinode.core.pipeline import BlockAborted, BlockAccepted, BlockEvent, LinkProtocolConfig

@@ -35,12 +35,12 @@ import time
 
 import numpy as np
 
+from qcinode.core.channel import QuantumChannelModel
 from qcinode.core.downlink import DownlinkChannel
 from qcinode.core.freespace import FreeSpaceLink, FreeSpaceOptics, LossTrace, channel_state, micius_2017_paths
 from qcinode.core.orbit import GroundStation, TleSatellite, find_passes, format_utc, look_angles, parse_utc
 from qcinode.core.passrun import FrameRecord, PassRun, run_pass
 from qcinode.core.pipeline import BlockAccepted, LinkProtocolConfig
-from qcinode.core.channel import QuantumChannelModel
 from qcinode.core.replay import (
     MICIUS_2017_PUBLISHED,
     MICIUS_2017_RATE_HZ,

@@ -88,7 +88,6 @@ import yaml
 
 from qcinode.cluster.launcher import cluster_status
 from qcinode.core.relay.hop import MAC_KEY_BYTES
-from qcinode.kme.client import EtsiClient
 from qcinode.testing import QciNetwork, start_network
 
 LENGTH_KM = 10.0
@@ -282,7 +281,10 @@ def run_latency(network: QciNetwork, requests: int) -> list[LatencyResult]:
 def print_latency(results: Sequence[LatencyResult], requests: int) -> None:
     print(f"\n== 1. latency, chain n0..n5, 10 km links, speed max; {requests} sequential requests of 1 x 256-bit key (after {WARMUP_REQUESTS} warm-up) ==")
     print("   (each request opens a new HTTPS+mTLS connection, as EtsiClient does; latencies over successful requests)")
-    header = f"  {'hops':>4} {'pair':<16} {'ok':>4} {'enc p50':>8} {'enc p99':>8} {'dec p50':>8} {'dec p99':>8} {'e+d p50':>8} {'e+d p99':>8} {'503 enc/dec':>12}  checks"
+    header = (
+        f"  {'hops':>4} {'pair':<16} {'ok':>4} {'enc p50':>8} {'enc p99':>8} {'dec p50':>8} {'dec p99':>8}"
+        f" {'e+d p50':>8} {'e+d p99':>8} {'503 enc/dec':>12}  checks"
+    )
     print(header)
     print("  " + "-" * (len(header) - 2))
     for r in results:
@@ -566,7 +568,10 @@ def print_rate(r: RateResult) -> None:
     print(f"  delivered: {r.keys} keys in {r.requests_ok} requests ({r.requests_503} answers 503) = {delivered:.4g} key bits/s")
     if r.mismatches or r.dec_failures or r.other:
         print(f"  PROBLEMS: {r.mismatches} enc/dec key mismatches; dec_keys failures {dict(r.dec_failures)}; other answers {dict(r.other)}")
-    header = f"  {'link':<8} {'state':<6} {'secret bits':>11} {'emul. s':>8} {'emul/wall':>9} {'SKR bit/emul-s':>14} {'SKR bit/wall-s':>14} {'blocks ok/ab':>12} {'Alice half bits start->end':>27}"
+    header = (
+        f"  {'link':<8} {'state':<6} {'secret bits':>11} {'emul. s':>8} {'emul/wall':>9} {'SKR bit/emul-s':>14}"
+        f" {'SKR bit/wall-s':>14} {'blocks ok/ab':>12} {'Alice half bits start->end':>27}"
+    )
     print(header)
     print("  " + "-" * (len(header) - 2))
     rates_emul: dict[str, float] = {}

@@ -72,7 +72,6 @@ from qcinode.cluster.launcher import cluster_status
 from qcinode.testing import QciNetwork, start_network
 from qcinode.topology import builtin_topology_path, load_topology
 
-
 # The classical faults the soak switches on, in turn: (kind, channel, probability).
 FAULTS: list[tuple[str, str, float]] = [
     ("flip", "relay", 0.3),

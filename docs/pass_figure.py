@@ -37,12 +37,12 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from qcinode.core.channel import QuantumChannelModel  # noqa: E402
 from qcinode.core.downlink import DownlinkChannel  # noqa: E402
 from qcinode.core.freespace import FreeSpaceLink, FreeSpaceOptics  # noqa: E402
 from qcinode.core.orbit import GroundStation, TleSatellite, format_utc, look_angles  # noqa: E402
 from qcinode.core.passrun import PassRun, run_pass  # noqa: E402
 from qcinode.core.pipeline import LinkProtocolConfig  # noqa: E402
-from qcinode.core.channel import QuantumChannelModel  # noqa: E402
 from qcinode.core.replay import (  # noqa: E402
     MICIUS_2017_PUBLISHED,
     MICIUS_2017_RATE_HZ,

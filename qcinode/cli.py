@@ -16,12 +16,16 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
-from .errors import ConfigError, QcinodeError
+from .errors import ConfigError, QcinodeError, TransportError
 from .topology import EAVESDROPPER_ATTACKS, FAULT_CHANNELS, FAULT_KINDS
+
+if TYPE_CHECKING:  # the node's modules load only when a node runs (the CLI starts fast)
+    from .node.node import NodeSettings
 
 DEFAULT_STATE_DIR = Path(".qcinode")
 EXAMPLES = ("euroqci",)  # shipped topologies (qcinode/cluster/examples)
@@ -75,16 +79,30 @@ def _parser() -> argparse.ArgumentParser:
     node = sub.add_parser("node", help="run one node in the foreground (what a pod runs)")
     node.add_argument("--topology", type=Path, default=_env("TOPOLOGY"))
     node.add_argument("--name", default=_env("NAME"))
-    node.add_argument("--name-from-ordinal", action="store_true", help="StatefulSet pod: run the topology's N-th node, N = the pod name's ordinal suffix (QCINODE_POD_NAME, else the hostname)")
+    node.add_argument(
+        "--name-from-ordinal",
+        action="store_true",
+        help="StatefulSet pod: run the topology's N-th node, N = the pod name's ordinal suffix (QCINODE_POD_NAME, else the hostname)",
+    )
     node.add_argument("--certs", type=Path, default=_env("CERTS", "certs"), help="directory made by `qcinode certs`")
     node.add_argument("--listen", default=_env("LISTEN", "0.0.0.0:50051"), help="gRPC host:port")
     node.add_argument("--peer", action="append", default=[], metavar="NAME=HOST:PORT", help="a neighbour's gRPC address (repeatable)")
     node.add_argument("--peer-template", default=_env("PEER_TEMPLATE", "{name}:50051"), help="address of neighbours not given with --peer")
-    node.add_argument("--data-dir", type=Path, default=_env("DATA_DIR"), help="link pools and SAE keys; {name} is replaced by the node name (default ./qcinode-data/NAME)")
-    node.add_argument("--storage-key-file", type=Path, default=_env("STORAGE_KEY_FILE"), help="the key encrypting the data directory, kept outside it (created 0600 if absent); {name} is replaced by the node name (default: DATA_DIR/storage.key)")
+    node.add_argument(
+        "--data-dir", type=Path, default=_env("DATA_DIR"), help="link pools and SAE keys; {name} is replaced by the node name (default ./qcinode-data/NAME)"
+    )
+    node.add_argument(
+        "--storage-key-file",
+        type=Path,
+        default=_env("STORAGE_KEY_FILE"),
+        help="the key encrypting the data directory, kept outside it (created 0600 if absent); "
+        "{name} is replaced by the node name (default: DATA_DIR/storage.key)",
+    )
     node.add_argument("--kme-listen", default=_env("KME_LISTEN", "0.0.0.0:8443"), help="ETSI GS QKD 014 HTTPS host:port")
     node.add_argument("--metrics-listen", default=_env("METRICS_LISTEN", "0.0.0.0:9464"), help="Prometheus /metrics HTTP host:port")
-    node.add_argument("--health-listen", default=_env("HEALTH_LISTEN"), help="plaintext host:port serving only grpc.health.v1 (kubelet gRPC probes); default: none")
+    node.add_argument(
+        "--health-listen", default=_env("HEALTH_LISTEN"), help="plaintext host:port serving only grpc.health.v1 (kubelet gRPC probes); default: none"
+    )
     node.add_argument("--etsi004-listen", default=_env("ETSI004_LISTEN"), help="ETSI GS QKD 004 key streams (JSON over mutual TLS) host:port; default: none")
     node.add_argument("--skip-listen", default=_env("SKIP_LISTEN"), help="SKIP (draft-cisco-skip, HTTPS with mutual TLS) host:port; default: none")
     node.add_argument("--multipath", type=int, default=None, help="override the topology's relay.paths")
@@ -98,7 +116,12 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("-n", "--number", type=int, default=1)
     keys.add_argument("--size", type=int, default=256, help="key size in bits")
     keys.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help=STATE_DIR_HELP)
-    keys.add_argument("--to-state-dir", type=Path, default=None, help="the slave's cluster when it is another network (interworking, docs/interworking.md); default: --state-dir")
+    keys.add_argument(
+        "--to-state-dir",
+        type=Path,
+        default=None,
+        help="the slave's cluster when it is another network (interworking, docs/interworking.md); default: --state-dir",
+    )
     keys.add_argument("--show-keys", action="store_true", help="also print the keys (base64); off by default")
     keys.add_argument("--json", action="store_true")
 
@@ -145,7 +168,9 @@ def _parser() -> argparse.ArgumentParser:
     k8s.add_argument("--topology", type=Path, required=True)
     k8s.add_argument("--out", type=Path, required=True, help="overlay directory (self-contained; holds the CA key: keep it private)")
     k8s.add_argument("--namespace", default="qcinode")
-    k8s.add_argument("--image", default=None, help="container image, NAME[:TAG] or NAME@sha256:DIGEST (default localhost/qcinode:VERSION, what deploy/build-image.sh builds)")
+    k8s.add_argument(
+        "--image", default=None, help="container image, NAME[:TAG] or NAME@sha256:DIGEST (default localhost/qcinode:VERSION, what deploy/build-image.sh builds)"
+    )
     k8s.add_argument("--cluster-domain", default="cluster.local", help="the cluster's DNS domain, for certificate names")
     k8s.add_argument("--base", type=Path, default=None, help="kustomize base to copy (default: deploy/k8s/base of this source tree)")
     return p
@@ -153,7 +178,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"passes": _passes, "up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs, "keys": _keys, "deploy": _deploy, "eve": _eve, "fault": _fault}[args.command]
+    handlers = {"passes": _passes, "up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs, "keys": _keys, "deploy": _deploy}
+    handler = {**handlers, "eve": _eve, "fault": _fault}[args.command]
     try:
         code = handler(args)
         sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
@@ -208,11 +234,7 @@ def _passes(args: argparse.Namespace) -> int:
     found = link_passes(topology, start, start + 3600.0 * args.hours)
     if not found:
         raise ConfigError(f"topology {topology.name!r} has no satellite-to-ground (free-space) link")
-    rows = [
-        {"link": lp.link_id, "satellite": lp.satellite, "station": lp.station, **p.to_mapping()}
-        for lp in found
-        for p in lp.passes
-    ]
+    rows = [{"link": lp.link_id, "satellite": lp.satellite, "station": lp.station, **p.to_mapping()} for lp in found for p in lp.passes]
     rows.sort(key=lambda r: (str(r["rise_utc"]), str(r["link"])))
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -230,7 +252,7 @@ def _passes(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from .cluster.launcher import Cluster, cluster_status, links_without_key, nodes_without_routes, render_table
+    from .cluster.launcher import Cluster, cluster_view, links_without_key, nodes_without_routes, render_table
 
     cluster = Cluster(_topology_path(args.topology, args.example), args.state_dir, speed=args.speed)
     cluster.prepare()
@@ -241,7 +263,7 @@ def _up(args: argparse.Namespace) -> int:
         if args.detach:
             deadline = time.monotonic() + args.timeout
             while True:
-                status = cluster_status(cluster.state_dir)
+                status = cluster_view(cluster.state_dir)
                 missing = links_without_key(status, cluster.topology)
                 unrouted = [] if missing else nodes_without_routes(status, cluster.topology)
                 if not missing and not unrouted:
@@ -255,7 +277,7 @@ def _up(args: argparse.Namespace) -> int:
                 time.sleep(1.0)
         tty = sys.stdout.isatty()
         while True:
-            table = render_table(cluster_status(cluster.state_dir), wide=args.wide)
+            table = render_table(cluster_view(cluster.state_dir), wide=args.wide)
             print(("\x1b[H\x1b[2J" if tty else "") + table + ("\n(Ctrl-C stops the cluster)" if tty else "\n"), flush=True)
             time.sleep(args.refresh)
     except KeyboardInterrupt:
@@ -277,11 +299,11 @@ def _stop(cluster: Any) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .cluster.launcher import cluster_status, render_table, require_running
+    from .cluster.launcher import cluster_view, render_table, require_running
 
     require_running(args.state_dir)
-    status = cluster_status(args.state_dir, digests=args.digests)
-    print(json.dumps(status, indent=2) if args.json else render_table(status, wide=args.wide))
+    status = cluster_view(args.state_dir, digests=args.digests)
+    print(json.dumps(status.to_json(), indent=2) if args.json else render_table(status, wide=args.wide))
     return 0
 
 
@@ -295,37 +317,52 @@ def _down(args: argparse.Namespace) -> int:
     return 0
 
 
-def _node(args: argparse.Namespace) -> int:
-    from . import logs
-    from .keys.keystore import StorageFailure
-    from .node.node import NodeSettings, run_node
+def node_settings(argv: Sequence[str], *, pod_name: str | None = None) -> NodeSettings:
+    """The settings ``qcinode node ARGV...`` runs a node with (what a pod runs), without running it.
+
+    Args:
+        argv: The arguments after ``qcinode`` (``["node", "--topology", ...]``).
+        pod_name: For ``--name-from-ordinal``: the pod's name (default:
+            ``QCINODE_POD_NAME``, else the hostname).
+
+    Raises:
+        ConfigError: A missing or impossible option, naming it.
+    """
+    args = _parser().parse_args(list(argv))
+    if args.command != "node":
+        raise ConfigError(f"node_settings: expected the node command, got {args.command!r}")
+    return _node_settings(args, pod_name)
+
+
+def _node_settings(args: argparse.Namespace, pod_name: str | None) -> NodeSettings:
+    from .node.node import NodeSettings
     from .topology import load_topology
 
     if args.topology is None or (args.name is None and not args.name_from_ordinal):
         raise ConfigError("--topology and --name are required (or QCINODE_TOPOLOGY / QCINODE_NAME)")
     topology = load_topology(args.topology)
+    name = args.name
     if args.name_from_ordinal:
         import socket
 
         from .cluster.k8s import node_for_pod
 
-        args.name = node_for_pod(topology, _env("POD_NAME") or socket.gethostname())
-    logs.configure(args.log_level)
+        name = node_for_pod(topology, pod_name or _env("POD_NAME") or socket.gethostname())
     peers: dict[str, str] = {}
     for item in args.peer:
-        name, sep, address = item.partition("=")
-        if not sep or not name or not address:
+        peer, sep, address = item.partition("=")
+        if not sep or not peer or not address:
             raise ConfigError(f"--peer: expected NAME=HOST:PORT, got {item!r}")
-        peers[name] = address
-    settings = NodeSettings(
+        peers[peer] = address
+    return NodeSettings(
         topology=topology,
-        name=args.name,
+        name=name,
         certs_dir=args.certs,
         listen=args.listen,
         peers=peers,
         peer_template=args.peer_template,
-        data_dir=Path(str(args.data_dir).replace("{name}", args.name)) if args.data_dir else Path("qcinode-data") / args.name,
-        storage_key_file=Path(str(args.storage_key_file).replace("{name}", args.name)) if args.storage_key_file else None,
+        data_dir=Path(str(args.data_dir).replace("{name}", name)) if args.data_dir else Path("qcinode-data") / name,
+        storage_key_file=Path(str(args.storage_key_file).replace("{name}", name)) if args.storage_key_file else None,
         kme_listen=args.kme_listen,
         metrics_listen=args.metrics_listen,
         health_listen=args.health_listen,
@@ -334,12 +371,21 @@ def _node(args: argparse.Namespace) -> int:
         multipath_shares=args.multipath,
         seed=args.seed,
     )
+
+
+def _node(args: argparse.Namespace) -> int:
+    from . import logs
+    from .errors import StorageFailure
+    from .node.node import run_node
+
+    settings = _node_settings(args, None)
+    logs.configure(args.log_level)
     try:
         asyncio.run(run_node(settings, port_file=args.port_file))
     except StorageFailure as exc:
         # One line naming the file or directory and the reason; at start-up
         # this comes before any port is bound (the stores open first).
-        print(f"qcinode: node {args.name}: {exc}", file=sys.stderr)
+        print(f"qcinode: node {settings.name}: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -362,9 +408,7 @@ def _certs(args: argparse.Namespace) -> int:
 def _deploy(args: argparse.Namespace) -> int:
     from .cluster.k8s import render_overlay
 
-    overlay = render_overlay(
-        args.topology, args.out, namespace=args.namespace, image=args.image, cluster_domain=args.cluster_domain, base_dir=args.base
-    )
+    overlay = render_overlay(args.topology, args.out, namespace=args.namespace, image=args.image, cluster_domain=args.cluster_domain, base_dir=args.base)
     print(f"qcinode: kustomize overlay for {len(overlay.nodes)} nodes in {overlay.directory}; apply with `kubectl apply -k {overlay.directory}`")
     return 0
 
@@ -404,7 +448,8 @@ def _keys(args: argparse.Namespace) -> int:
     rows = []
     for key in enc["keys"]:
         ext = key.get("key_ID_extension") or {}
-        rows.append({"key_ID": key["key_ID"], "match": got.get(key["key_ID"]) == key["key"], "paths": ext.get("paths") or [], **({"key": key["key"]} if args.show_keys else {})})
+        row = {"key_ID": key["key_ID"], "match": got.get(key["key_ID"]) == key["key"], "paths": ext.get("paths") or []}
+        rows.append({**row, **({"key": key["key"]} if args.show_keys else {})})
     ok = all(r["match"] for r in rows) and len(got) == len(rows)
     if args.json:
         print(json.dumps({"master": args.master, "slave": args.slave, "enc_keys_s": enc_s, "dec_keys_s": dec_s, "keys": rows, "match": ok}, indent=2))
@@ -445,18 +490,14 @@ def _running_link(state_dir: Path, link_id: str) -> tuple[dict[str, Any], Any]:
     return require_running(state_dir), link
 
 
-def _admin_error(node: str, address: str, exc: Any) -> QcinodeError:
+def _admin_error(node: str, address: str, exc: TransportError) -> QcinodeError:
     """A refused or failed admin call as one line naming the node."""
-    import grpc
-
-    if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
-        return ConfigError(str(exc.details()))
-    return QcinodeError(f"node {node} at {address} did not answer: {exc.details()}")
+    if exc.code in ("INVALID_ARGUMENT", "NOT_FOUND"):
+        return ConfigError(exc.details)
+    return QcinodeError(f"node {node} at {address} did not answer: {exc.details}")
 
 
 def _fault(args: argparse.Namespace) -> int:
-    import grpc
-
     from .cluster.admin import set_fault
     from .cluster.launcher import require_running
 
@@ -470,7 +511,7 @@ def _fault(args: argparse.Namespace) -> int:
         address = cluster["nodes"][end]["grpc"]
         try:
             reply = set_fault(address, end, args.state_dir / "certs", args.link, kind, args.probability, args.delay_ms, args.channel)
-        except grpc.RpcError as exc:
+        except TransportError as exc:
             raise _admin_error(end, address, exc) from None
         if reply["kind"] == "none":
             print(f"qcinode: no fault on {args.link} at {end}")
@@ -482,8 +523,6 @@ def _fault(args: argparse.Namespace) -> int:
 
 
 def _eve(args: argparse.Namespace) -> int:
-    import grpc
-
     from .cluster.admin import set_eavesdropper
     from .cluster.launcher import require_running
 
@@ -495,7 +534,7 @@ def _eve(args: argparse.Namespace) -> int:
     address = cluster["nodes"][alice]["grpc"]
     try:
         reply = set_eavesdropper(address, alice, args.state_dir / "certs", args.link, "none" if args.off else args.attack, args.fraction)
-    except grpc.RpcError as exc:
+    except TransportError as exc:
         raise _admin_error(alice, address, exc) from None
     if reply["attack"] == "none":
         print(f"qcinode: no eavesdropper on {args.link}")

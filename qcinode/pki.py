@@ -53,7 +53,6 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -68,7 +67,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from qcinode.core.routing import RejectReason
 from qcinode.errors import ConfigError
-from qcinode.topology import Topology
+from qcinode.topology import DNS_LABEL, SAE_ID, Topology
 
 __all__ = [
     "ADMIN_COMMON_NAME",
@@ -96,9 +95,6 @@ _MIN_BOOTSTRAP_KEY_BYTES = 32
 # X.509 upper bound for a common name (RFC 5280 ub-common-name).
 _MAX_CN_CHARS = 64
 
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-# SAE IDs become file names and common names: keep them to a portable set.
-_SAE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def _ca_common_name(cluster_name: str) -> str:
@@ -148,7 +144,7 @@ class CertPlan:
 
         nodes: set[str] = set()
         for i, node in enumerate(self.nodes):
-            if not isinstance(node, str) or not _DNS_LABEL.fullmatch(node):
+            if not isinstance(node, str) or not DNS_LABEL.fullmatch(node):
                 raise ConfigError(f"nodes[{i}]: {node!r} is not a DNS-1123 label")
             if node in nodes:
                 raise ConfigError(f"nodes[{i}]: duplicate node name {node!r}")
@@ -158,9 +154,9 @@ class CertPlan:
 
         sae_keys: set[str] = set()
         for i, sae in enumerate(self.saes):
-            if not isinstance(sae, str) or not _SAE_ID.fullmatch(sae):
+            if not isinstance(sae, str) or not SAE_ID.fullmatch(sae):
                 raise ConfigError(
-                    f"saes[{i}]: {sae!r} must be 1-64 characters of [A-Za-z0-9._-], "
+                    f"saes[{i}]: {sae!r} must be 1-63 characters of [A-Za-z0-9._-], "
                     "starting with a letter or digit"
                 )
             # Case-folded: saes/Foo.pem and saes/foo.pem are one file on some file systems.
@@ -194,7 +190,7 @@ class CertPlan:
 
         for i, suffix in enumerate(self.extra_dns):
             labels = suffix.split(".") if isinstance(suffix, str) else [""]
-            if not all(_DNS_LABEL.fullmatch(label) for label in labels):
+            if not all(DNS_LABEL.fullmatch(label) for label in labels):
                 raise ConfigError(f"extra_dns[{i}]: {suffix!r} is not a DNS-1123 subdomain")
             longest = max((len(n) for n in nodes), default=0)
             if longest + 1 + len(suffix) > 253:
@@ -360,7 +356,7 @@ def make_certificates(
         raise ConfigError(f"days: must be a positive integer, got {days!r}")
 
     bundle = CertBundle(directory=Path(out_dir), plan=plan)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     try:
         for sub in (bundle.directory, bundle.directory / "nodes", bundle.directory / "saes",
                     bundle.directory / "links"):

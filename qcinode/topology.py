@@ -49,11 +49,12 @@ from typing import Any, ClassVar, Final, Literal, Self
 
 import yaml
 
-from qcinode.core.estimation import NO_DECOY_BOUNDS, NO_DECOY_GLLP, NO_DECOY_SINGLE_PHOTON
 from qcinode.core.clock import NetworkClock
+from qcinode.core.estimation import NO_DECOY_BOUNDS, NO_DECOY_GLLP, NO_DECOY_SINGLE_PHOTON
+from qcinode.core.finite_key import DEFAULT_FINITE_KEY, FINITE_KEY_ANALYSES
 from qcinode.core.freespace import FreeSpaceOptics, SkyRadiance
 from qcinode.core.orbit import TleSatellite, format_utc, parse_utc
-from qcinode.core.finite_key import DEFAULT_FINITE_KEY, FINITE_KEY_ANALYSES
+from qcinode.core.physics import PROBABILITY_SUM_TOLERANCE
 from qcinode.core.reconciliation import (
     DEFAULT_ERROR_CORRECTION,
     DEFAULT_LDPC_PROFILE,
@@ -107,12 +108,14 @@ FAULT_CHANNELS: Final[tuple[str, ...]] = ("all", "postprocessing", "relay")
 
 MAX_FAULT_DELAY_MS: Final = 60_000.0
 
-PROBABILITY_SUM_TOLERANCE: Final = 1e-9
 """How far a set of probabilities may sum from 1 (float rounding in YAML)."""
 
-_DNS_LABEL: Final = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_SAE_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_HTTPS_BASE: Final = re.compile(r"^https://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
+#: A node name (and any other DNS-1123 label): 1-63 lowercase letters, digits and '-'. Use ``fullmatch``.
+DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+#: An SAE ID: it becomes a file name and a certificate's common name, so a portable set. Use ``fullmatch``.
+SAE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+#: An https base URL (scheme, host, optional port; no path). Use ``fullmatch``.
+_HTTPS_BASE: Final = re.compile(r"https://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 
 
 # --------------------------------------------------------------------------
@@ -233,7 +236,7 @@ def _string(value: object, name: str, what: str) -> str:
 def _dns_label(value: object, name: str, what: str) -> str:
     """Checks a DNS-1123 label: lowercase letters, digits and '-', at most 63."""
     text = _string(value, name, what)
-    if not _DNS_LABEL.match(text):
+    if not DNS_LABEL.fullmatch(text):
         raise _Invalid(
             name,
             f"{text!r} is not a valid {what}: use a DNS-1123 label, 1-63 characters of "
@@ -1021,11 +1024,6 @@ class LinkConfig(_Section):
         return f"{self.alice}-{self.bob}"
 
     @property
-    def is_free_space(self) -> bool:
-        """Whether this is a satellite downlink."""
-        return self.free_space is not None
-
-    @property
     def fibre_transmittance(self) -> float:
         """η_channel = 10^(−α L / 10), the fibre's transmittance (MQZL Sec. II); 1 for a free-space link.
 
@@ -1203,7 +1201,7 @@ class NodeConfig(_Section):
             raise _Invalid("saes", f"must be a list of SAE IDs, got {_describe(self.saes)}")
         for i, sae_id in enumerate(self.saes):
             text = _string(sae_id, f"saes[{i}]", "SAE ID")
-            if not _SAE_ID.match(text):
+            if not SAE_ID.fullmatch(text):
                 raise _Invalid(
                     f"saes[{i}]",
                     f"{text!r} is not a valid SAE ID: 1-63 characters of letters, digits, "
@@ -1369,7 +1367,7 @@ def _host_port(value: object, name: str) -> str:
 def _https_url(value: object, name: str) -> str:
     """Checks an ``https://host[:port]`` URL with nothing after the authority."""
     text = _string(value, name, "URL")
-    if not _HTTPS_BASE.match(text):
+    if not _HTTPS_BASE.fullmatch(text):
         raise _Invalid(name, f"must be https://HOST[:PORT] (no path), got {text!r}")
     return text
 
@@ -1410,7 +1408,7 @@ class InterworkingPeerConfig(_Section):
             raise _Invalid("saes", "must list at least one SAE ID of the other network")
         for i, sae_id in enumerate(self.saes):
             text = _string(sae_id, f"saes[{i}]", "SAE ID")
-            if not _SAE_ID.match(text):
+            if not SAE_ID.fullmatch(text):
                 raise _Invalid(f"saes[{i}]", f"{text!r} is not a valid SAE ID (1-63 characters of letters, digits, '.', '_', '-')")
         if len(set(self.saes)) != len(self.saes):
             raise _Invalid("saes", "an SAE ID is listed twice")

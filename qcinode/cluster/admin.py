@@ -1,14 +1,22 @@
-"""Admin client: asks running nodes for their status over mTLS gRPC."""
+"""Admin client: asks running nodes for their status over mTLS gRPC.
+
+Every call goes through :func:`~qcinode.transport.errors.rpc_errors`: a
+failed call raises :class:`~qcinode.errors.PeerUnavailable`,
+:class:`~qcinode.errors.PeerTimeout` or :class:`~qcinode.errors.PeerRefused`
+(with the status code's name and the node's details), never a gRPC error.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf.message import Message
 
+from ..errors import TransportError
+from ..status import NodeStatus
+from ..transport.admin import status_from_pb
+from ..transport.errors import rpc_errors
 from ..transport.pb import admin_pb2, admin_pb2_grpc
 
 
@@ -23,69 +31,36 @@ def admin_channel(address: str, server_name: str, certs_dir: Path) -> grpc.Chann
 
 def node_status(
     address: str, server_name: str, certs_dir: Path, *, timeout_s: float = 5.0, digests: bool = False, ledger: bool = False
-) -> dict[str, Any]:
-    """One node's status as a plain dict (link fields named as in ``qcinode status --json``).
+) -> NodeStatus:
+    """One node's report (:class:`~qcinode.status.NodeStatus`).
 
-    ``ledger`` adds each link's ``ledger``: every used pool range as
-    ``[block_id, offset_bytes, length_bytes, initiator]`` (for audits).
+    ``digests`` adds each pool block's SHA-256; ``ledger`` each link's
+    ledger: every used pool range and which end initiated it (for audits).
+
+    Raises:
+        TransportError: The call failed (PeerUnavailable, PeerTimeout or PeerRefused).
+        RemoteProtocolError: The answer names a state or reason this version does not know.
     """
-    with admin_channel(address, server_name, certs_dir) as channel:
+    with admin_channel(address, server_name, certs_dir) as channel, rpc_errors(f"status of {server_name} at {address}"):
         request = admin_pb2.StatusRequest(include_block_digests=digests, include_ledger=ledger)
         reply = admin_pb2_grpc.AdminStub(channel).Status(request, timeout=timeout_s)
-    out = message_to_dict(reply)
-    out["network"] = json.loads(out.pop("network_json", "") or "{}")
-    for link in out.get("links", []):
-        raw = link.pop("ledger_json", "")
-        if ledger:
-            link["ledger"] = json.loads(raw or "[]")
-    return out
-
-
-def message_to_dict(message: Message) -> dict[str, Any]:
-    """A protobuf message as plain Python values, every field present but the unset ones that have presence.
-
-    Not ``json_format.MessageToDict``: the proto3 JSON mapping writes 64-bit
-    integers as strings, so every count would reach ``qcinode status --json``
-    as a string. Here integers stay ints, bytes become hex. An ``optional``
-    field or a sub-message left unset is left out (a fibre link has no
-    ``channel.in_pass``; a link at speed max no ``channel`` at all).
-    """
-    out: dict[str, Any] = {}
-    for field in message.DESCRIPTOR.fields:
-        if field.has_presence and not field.is_repeated and not message.HasField(field.name):
-            continue
-        value = getattr(message, field.name)
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            out[field.name] = {key: _plain(item) for key, item in value.items()}
-        elif field.is_repeated:
-            out[field.name] = [_plain(item) for item in value]
-        else:
-            out[field.name] = _plain(value)
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Message):
-        return message_to_dict(value)
-    if isinstance(value, bytes):
-        return value.hex()
-    return value
+    return status_from_pb(reply)
 
 
 def health_check(address: str, server_name: str, certs_dir: Path, timeout_s: float = 2.0) -> bool:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     try:
-        with admin_channel(address, server_name, certs_dir) as channel:
+        with admin_channel(address, server_name, certs_dir) as channel, rpc_errors(f"health of {server_name} at {address}"):
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-    except grpc.RpcError:
+    except TransportError:
         return False
 
 
 def set_eavesdropper(address: str, server_name: str, certs_dir: Path, link_id: str, attack: str, fraction: float) -> dict[str, Any]:
     """Switches an eavesdropper on (or, with attack "none", off) at the link's transmitting node."""
-    with admin_channel(address, server_name, certs_dir) as channel:
+    with admin_channel(address, server_name, certs_dir) as channel, rpc_errors(f"eavesdropper at {server_name} at {address}"):
         reply = admin_pb2_grpc.AdminStub(channel).SetEavesdropper(
             admin_pb2.EavesdropperRequest(link_id=link_id, attack=attack, fraction=fraction), timeout=5.0
         )
@@ -96,7 +71,7 @@ def set_fault(
     address: str, server_name: str, certs_dir: Path, link_id: str, kind: str, probability: float, delay_ms: float, channel: str
 ) -> dict[str, Any]:
     """Switches a classical-channel fault on (or, with kind "none", off) at one end of a link."""
-    with admin_channel(address, server_name, certs_dir) as channel_:
+    with admin_channel(address, server_name, certs_dir) as channel_, rpc_errors(f"fault at {server_name} at {address}"):
         reply = admin_pb2_grpc.AdminStub(channel_).SetFault(
             admin_pb2.FaultRequest(link_id=link_id, kind=kind, probability=probability, delay_ms=delay_ms, channel=channel),
             timeout=5.0,

@@ -62,8 +62,9 @@ import yaml
 
 from .. import __version__
 from ..errors import ConfigError
+from ..keys.linkstore import STORAGE_KEY_BYTES
 from ..pki import cert_plan, make_certificates
-from ..topology import Topology, load_topology, topology_to_mapping, with_clock_anchor
+from ..topology import DNS_LABEL, Topology, load_topology, topology_to_mapping, with_clock_anchor
 
 __all__ = [
     "GRPC_PORT",
@@ -86,7 +87,6 @@ ETSI014_PORT = 8443
 METRICS_PORT = 9464
 NODE_CERTS_SECRET = "qcinode-node-certs"
 STORAGE_KEYS_SECRET = "qcinode-storage-keys"
-STORAGE_KEY_BYTES = 32
 TOPOLOGY_CONFIGMAP = "qcinode-topology"
 SELECTOR = {"app.kubernetes.io/name": "qcinode", "app.kubernetes.io/component": "node"}
 
@@ -95,7 +95,6 @@ _MARKER = "# Made by `qcinode deploy k8s`"
 #: ``deploy/build-image.sh`` builds (push it, or any other build, and pass ``--image``).
 DEFAULT_IMAGE = f"localhost/qcinode:{__version__}"
 _DNS_1035 = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
-_DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # The repository part of an image reference (distribution/reference grammar, simplified).
 _IMAGE_NAME = re.compile(r"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*")
 _ORDINAL = re.compile(r"(?P<set>.+)-(?P<ordinal>0|[1-9][0-9]*)")
@@ -251,10 +250,10 @@ def render_overlay(
 
 
 def _check_names(topology: Topology, namespace: str, cluster_domain: str) -> None:
-    if not isinstance(namespace, str) or not _DNS_1123_LABEL.fullmatch(namespace):
+    if not isinstance(namespace, str) or not DNS_LABEL.fullmatch(namespace):
         raise ConfigError(f"--namespace: {namespace!r} is not a DNS-1123 label (lower case letters, digits, '-', at most 63)")
     labels = cluster_domain.split(".") if isinstance(cluster_domain, str) else [""]
-    if not all(_DNS_1123_LABEL.fullmatch(label) for label in labels):
+    if not all(DNS_LABEL.fullmatch(label) for label in labels):
         raise ConfigError(f"--cluster-domain: {cluster_domain!r} is not a DNS name")
     for i, node in enumerate(topology.nodes):
         if not _DNS_1035.fullmatch(node.name):

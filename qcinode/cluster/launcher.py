@@ -8,23 +8,24 @@ where everything is (docs/design.md §2 fixes its field names).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import ConfigError, NotRunning
+from ..core.aborts import AbortReason, abort_reason
+from ..core.roles import Role
+from ..errors import ConfigError, NotRunning, TransportError
 from ..pki import cert_plan, make_certificates
+from ..status import ChannelStatus, ClusterLink, ClusterNode, ClusterStatus, LinkState, LinkStatus, NetworkStatus, NodeStatus
 from ..topology import Topology, load_topology, parse_topology, topology_to_mapping, with_clock_anchor
 from .admin import health_check, node_status
 
@@ -155,6 +156,9 @@ class Cluster:
         self.metrics_ports: dict[str, int] = {}
         self.etsi004_ports: dict[str, int] = {}
         self.skip_ports: dict[str, int] = {}
+        #: Rewrites a node's command line before it starts (``(name, argv) -> argv``): a test runs
+        #: one node inside a mount namespace on a small disk. None: as it is.
+        self.command_wrapper: Callable[[str, list[str]], list[str]] | None = None
 
     @property
     def certs_dir(self) -> Path:
@@ -173,7 +177,7 @@ class Cluster:
             return self.topology_text  # (the other operator's CA paths, too, must not stay relative)
         import yaml
 
-        return yaml.safe_dump(topology_to_mapping(anchored), sort_keys=False)
+        return str(yaml.safe_dump(topology_to_mapping(anchored), sort_keys=False))
 
     def prepare(self) -> None:
         """Writes the state directory: topology, certificates, log directory; picks the ports.
@@ -233,6 +237,8 @@ class Cluster:
             args += ["--peer", f"{peer}=127.0.0.1:{self.ports[peer]}"]
         if self.seed is not None:
             args += ["--seed", str(self.seed + sorted(self.ports).index(name))]
+        if self.command_wrapper is not None:
+            args = self.command_wrapper(name, args)
         log_file = _private_log(self.state_dir / "logs" / f"{name}.log")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -254,7 +260,7 @@ class Cluster:
                     "log": f"logs/{name}.log",
                     **({"etsi004": f"127.0.0.1:{self.etsi004_ports[name]}"} if self.topology.interfaces.etsi004 else {}),
                     **({"skip": f"https://127.0.0.1:{self.skip_ports[name]}"} if self.topology.interfaces.skip else {}),
-                    **{"etsi020": f"https://{site.listen}" for site in self.topology.interworking if site.node == name},
+                    **next(({"etsi020": f"https://{site.listen}"} for site in self.topology.interworking if site.node == name), {}),
                 }
                 for name, proc in self.processes.items()
             },
@@ -304,7 +310,7 @@ def stop_processes(pids: dict[str, int], grace_s: float = 10.0) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def cluster_status(state_dir: Path, digests: bool = False, ledger: bool = False) -> dict[str, Any]:
+def cluster_view(state_dir: Path, digests: bool = False, ledger: bool = False) -> ClusterStatus:
     """Status of every node and link of the cluster in ``state_dir``.
 
     Nodes whose process has stopped are not asked (``error`` says so); a
@@ -313,67 +319,61 @@ def cluster_status(state_dir: Path, digests: bool = False, ledger: bool = False)
     """
     cluster = read_cluster(state_dir)
     certs = state_dir / "certs"
-    nodes: dict[str, Any] = {}
-    links: dict[str, Any] = {}
+    nodes: dict[str, ClusterNode] = {}
+    views: dict[str, dict[Role, LinkStatus]] = {}
     for name, info in cluster["nodes"].items():
-        entry: dict[str, Any] = {"pid": info["pid"], "alive": node_running(info), "grpc": info["grpc"]}
-        status: dict[str, Any] = {"links": []}
-        if not entry["alive"]:
-            entry["error"] = "not running"
-        else:
+        alive = node_running(info)
+        status: NodeStatus | None = None
+        error: str | None = None if alive else "not running"
+        if alive:
             try:
                 status = node_status(info["grpc"], name, certs, timeout_s=3.0, digests=digests, ledger=ledger)
+            except TransportError as exc:
+                error = exc.details or str(exc)
             except Exception as exc:  # noqa: BLE001 - any failure means "unreachable" here
-                entry["error"] = str(getattr(exc, "details", lambda: exc)())
-        entry["uptime_s"] = status.get("uptime_s")
-        entry["links"] = status["links"]
-        entry["network"] = status.get("network", {})
-        nodes[name] = entry
-        for link in status["links"]:
-            view = links.setdefault(link["link_id"], {})
-            view[link["role"]] = link
-    merged: dict[str, Any] = {}
-    for link_id, views in links.items():
-        main = dict(views.get("alice") or views.get("bob") or {})
-        main.pop("role", None)
-        main.pop("peer", None)
-        main.pop("blocks", None)
-        main.pop("ledger", None)
-        main["attacks"] = _attacks(views)
-        main["alice_pool_bits"] = views.get("alice", {}).get("pool_bits")
-        main["bob_pool_bits"] = views.get("bob", {}).get("pool_bits")
-        if "alice" not in views or "bob" not in views:
-            main["state"] = "down"
-        merged[link_id] = main
+                error = str(exc)
+        nodes[name] = ClusterNode(pid=int(info["pid"]), alive=alive, grpc=str(info["grpc"]), error=error, status=status)
+        for reported in status.links if status is not None else ():
+            views.setdefault(reported.link_id, {})[reported.role] = reported
+    links: dict[str, ClusterLink] = {}
+    for link_id, ends in views.items():
+        shown = ends.get(Role.ALICE) or ends[Role.BOB]
+        alice, bob = ends.get(Role.ALICE), ends.get(Role.BOB)
+        links[link_id] = ClusterLink(
+            view=shown,
+            state=shown.state if alice is not None and bob is not None else LinkState.DOWN,
+            attacks=_attacks(ends),
+            alice_pool_bits=alice.pool_bits if alice is not None else None,
+            bob_pool_bits=bob.pool_bits if bob is not None else None,
+        )
     speed: float | str | None = None
     with contextlib.suppress(ConfigError):
         topology = load_topology(state_dir / "topology.yaml")
         speed = topology.emulation.speed
         for link in topology.links:
-            merged.setdefault(link.link_id, {"state": "down", "attacks": "", "alice_pool_bits": None, "bob_pool_bits": None})
-    return {"topology": cluster["topology"], "speed": speed, "nodes": nodes, "links": merged}
+            links.setdefault(link.link_id, ClusterLink(view=None, state=LinkState.DOWN))
+    return ClusterStatus(topology=str(cluster["topology"]), speed=speed, nodes=nodes, links=links)
 
 
-def _attacks(views: dict[str, Any]) -> str:
+def cluster_status(state_dir: Path, digests: bool = False, ledger: bool = False) -> dict[str, Any]:
+    """:func:`cluster_view` as the ``qcinode status --json`` document (its field names are a contract)."""
+    return cluster_view(state_dir, digests=digests, ledger=ledger).to_json()
+
+
+def _attacks(ends: dict[Role, LinkStatus]) -> str:
     """What is switched on against a link: its eavesdropper and each end's classical fault ("" if nothing)."""
     parts = []
-    eve = (views.get("alice") or {}).get("eavesdropper", "")
+    alice = ends.get(Role.ALICE)
+    eve = alice.eavesdropper if alice is not None else ""
     if eve and not eve.startswith("none"):
         parts.append(f"eve {eve}")
-    for role in ("alice", "bob"):
-        view = views.get(role) or {}
-        if view.get("fault"):
-            parts.append(f"{view['fault']} at {role}")
+    for role in (Role.ALICE, Role.BOB):
+        view = ends.get(role)
+        if view is not None and view.fault:
+            parts.append(f"{view.fault} at {role.value}")
     return "; ".join(parts)
 
 
-#: Abort reasons as the table shows them (the full text is in ``--json``).
-_SHORT_REASONS = {
-    "phase error bound is 1/2 or more": "phase error >= 1/2",
-    "error-correction leak and finite-size corrections exceed the entropy": "no entropy left",
-    "no key-basis detections": "no key-basis clicks",
-    "no test-basis detections": "no test-basis clicks",
-}
 #: A link whose emulated time runs below this share of ``emulation.speed`` is flagged as behind.
 LAG_THRESHOLD = 0.95
 #: Seconds of a session before its emulation speed is judged (the first frames come in a burst).
@@ -384,26 +384,30 @@ TABLE_WIDTH = 100
 
 
 def short_reason(reason: str) -> str:
-    """An abort reason in a few characters: ``s_Z1<=0``, ``session_lost``, ``phase error >= 1/2``."""
-    code = re.search(r"\((s_[ZX]1<=0)", reason)
-    if code:
-        return code.group(1)
+    """An abort reason's text in a few characters: ``s_Z1<=0``, ``session_lost``, ``phase error >= 1/2``.
+
+    A reason this version knows is spelled as its :class:`~qcinode.core.aborts.AbortReason`
+    says; another (a peer's words) is cut at its first colon, or at 24 characters.
+    """
+    kind = abort_reason(reason)
+    if kind is not AbortReason.OTHER:
+        return kind.short
     head = reason.split(":", 1)[0]
-    return _SHORT_REASONS.get(reason, head if len(head) <= 24 else head[:23] + "…")
+    return head if len(head) <= 24 else head[:23] + "…"
 
 
-def lag(link: dict[str, Any], speed: Any) -> float | None:
+def lag(link: ClusterLink, speed: float | str | None) -> float | None:
     """The link's emulated seconds per wall second when it runs behind ``speed``, else None.
 
     Judged over the last minute of an ``up`` session (at least
     :data:`LAG_MIN_WINDOW_S` of it); never at ``speed: max``.
     """
-    if not isinstance(speed, (int, float)) or link.get("state") != "up":
+    view = link.view
+    if not isinstance(speed, (int, float)) or link.state is not LinkState.UP or view is None:
         return None
-    if float(link.get("emulation_window_s") or 0.0) < LAG_MIN_WINDOW_S:
+    if view.emulation_window_s < LAG_MIN_WINDOW_S:
         return None
-    rate = float(link.get("emulation_rate") or 0.0)
-    return rate if rate < LAG_THRESHOLD * speed else None
+    return view.emulation_rate if view.emulation_rate < LAG_THRESHOLD * speed else None
 
 
 def _si(value: float) -> str:
@@ -430,7 +434,7 @@ def _wrap(parts: list[str], width: int, max_lines: int = 3) -> list[str]:
     return lines[:max_lines]
 
 
-def link_notes(link: dict[str, Any], speed: Any) -> list[str]:
+def link_notes(link: ClusterLink, speed: float | str | None) -> list[str]:
     """What the table says about a link beyond its numbers, most urgent first.
 
     ``behind: 0.18x``: emulated seconds per wall second over the last minute,
@@ -439,41 +443,41 @@ def link_notes(link: dict[str, Any], speed: Any) -> list[str]:
     blocks abort (in the last minute).
     """
     notes = []
-    channel = link.get("channel") or {}
-    if "lag_s" in channel:
+    view = link.view
+    channel = view.channel if view is not None else None
+    if channel is not None and channel.lag_s is not None:
         # The network clock says exactly how far the transmitter is behind.
-        if isinstance(speed, (int, float)) and float(channel["lag_s"]) > LAG_BEHIND_WALL_S * speed:
-            notes.append(f"behind: {_duration(float(channel['lag_s']))}")
+        if isinstance(speed, (int, float)) and channel.lag_s > LAG_BEHIND_WALL_S * speed:
+            notes.append(f"behind: {_duration(channel.lag_s)}")
     else:
         behind = lag(link, speed)
         if behind is not None:
             notes.append(f"behind: {behind:.2f}x")
-    if "in_pass" in channel:
+    if channel is not None and channel.in_pass is not None:
         notes.append(space_note(channel))
-    if link.get("attacks"):
-        notes.append(str(link["attacks"]))
-    recent = link.get("recent_aborts") or []
-    if recent and int(link.get("aborted_last_minute") or 0) > 0:
-        notes.append(f"aborts: {short_reason(recent[-1])}")
+    if link.attacks:
+        notes.append(link.attacks)
+    if view is not None and view.recent_aborts and view.aborted_last_minute > 0:
+        notes.append(f"aborts: {short_reason(view.recent_aborts[-1])}")
     return notes
 
 
-def space_note(channel: dict[str, Any]) -> str:
+def space_note(channel: ChannelStatus) -> str:
     """A free-space link's pass in a few words: ``pass el 36° 812 km 26.4 dB`` or ``below mask, next pass 21:22Z (in 37 min)``."""
-    if channel.get("in_pass"):
+    if channel.in_pass:
         parts = ["pass"]
-        if "elevation_deg" in channel:
-            parts.append(f"el {float(channel['elevation_deg']):.0f}°")
-        if "range_km" in channel:
-            parts.append(f"{float(channel['range_km']):.0f} km")
-        if "loss_db" in channel:
-            parts.append(f"{float(channel['loss_db']):.1f} dB")
-        if channel.get("note"):
-            parts.append(str(channel["note"]))
+        if channel.elevation_deg is not None:
+            parts.append(f"el {channel.elevation_deg:.0f}°")
+        if channel.range_km is not None:
+            parts.append(f"{channel.range_km:.0f} km")
+        if channel.loss_db is not None:
+            parts.append(f"{channel.loss_db:.1f} dB")
+        if channel.note:
+            parts.append(channel.note)
         return " ".join(parts)
-    text = str(channel.get("note") or "no pass")
-    if channel.get("next_pass_utc"):
-        text += f", next pass {str(channel['next_pass_utc'])[11:16]}Z (in {_duration(float(channel.get('next_pass_in_s') or 0.0))})"
+    text = channel.note or "no pass"
+    if channel.next_pass_utc:
+        text += f", next pass {channel.next_pass_utc[11:16]}Z (in {_duration(channel.next_pass_in_s or 0.0)})"
     return text
 
 
@@ -486,7 +490,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def render_table(status: dict[str, Any], *, wide: bool = False, width: int = TABLE_WIDTH) -> str:
+def render_table(status: ClusterStatus, *, wide: bool = False, width: int = TABLE_WIDTH) -> str:
     """The live status table: one row per link, then one per node.
 
     It fits ``width`` columns (long names are cut with "…", notes continue
@@ -495,84 +499,80 @@ def render_table(status: dict[str, Any], *, wide: bool = False, width: int = TAB
     both pools and every abort reason, and cuts nothing. Key rates are secret bits per emulated second,
     over the blocks of the last minute.
     """
-    speed = status.get("speed")
-    links = sorted(status["links"].items())
+    speed = status.speed
+    links = sorted(status.links.items())
     name_w = max([len("link"), *(len(link_id) for link_id, _ in links)])
     if not wide:
         name_w = min(name_w, 24)  # node names may have 63 characters: long link IDs are cut
-    state_w = max([len("state"), *(len(str(link.get("state", "?"))) for _, link in links)])
+    state_w = max([len("state"), *(len(link.state.value) for _, link in links)])
     head = f"{'link':<{name_w}}  {'state':<{state_w}} {'QBER':>6} {'key bit/s':>9} {'pool bits':>9} {'blocks':>6} {'aborts':>6}"
     if wide:
         head += f" {'f_EC':>5} {'avg bit/s':>9} {'emul. s':>8} {'emul/wall':>9} {'alice pool':>10} {'bob pool':>9}"
     head += "  notes"
     speed_text = "as fast as the CPU allows" if speed == "max" else f"speed {speed:g} (emulated s per wall s)" if speed else "speed ?"
-    title = f"topology {status['topology']}, {speed_text}; key rates per emulated s over the last minute"
+    title = f"topology {status.topology}, {speed_text}; key rates per emulated s over the last minute"
     rows = [title if wide else _fit(title, width), head]
     for link_id, link in links:
-        done, aborted = int(link.get("blocks_done") or 0), int(link.get("blocks_aborted") or 0)
-        f_ec = float(link.get("ec_efficiency") or 0.0)
+        view = link.view or LinkStatus(link_id=link_id, peer="", role=Role.ALICE, state=link.state)
         row = (
-            f"{_fit(link_id, name_w):<{name_w}}  {link.get('state', '?'):<{state_w}} {100 * float(link.get('qber') or 0.0):>5.2f}%"
-            f" {_si(float(link.get('current_key_rate_bps') or 0.0)):>9} {_si(float(link.get('pool_bits') or 0)):>9}"
-            f" {done:>6} {aborted:>6}"
+            f"{_fit(link_id, name_w):<{name_w}}  {link.state.value:<{state_w}} {100 * view.qber:>5.2f}%"
+            f" {_si(view.current_key_rate_bps):>9} {_si(float(view.pool_bits)):>9}"
+            f" {view.blocks_done:>6} {view.blocks_aborted:>6}"
         )
         notes = link_notes(link, speed)
         if wide:
-            pools = [link.get("alice_pool_bits"), link.get("bob_pool_bits")]
+            pools = [link.alice_pool_bits, link.bob_pool_bits]
+            f_ec = view.ec_efficiency
             row += (
-                f" {f'{f_ec:.3f}' if f_ec else '-':>5} {_si(float(link.get('secret_key_rate_bps') or 0.0)):>9} {float(link.get('emulated_s') or 0.0):>8.1f}"
-                f" {float(link.get('emulation_rate') or 0.0):>9.3f} {_si(float(pools[0] or 0)) if pools[0] is not None else '-':>10}"
-                f" {_si(float(pools[1] or 0)) if pools[1] is not None else '-':>9}"
+                f" {f'{f_ec:.3f}' if f_ec else '-':>5} {_si(view.secret_key_rate_bps):>9} {view.emulated_s:>8.1f}"
+                f" {view.emulation_rate:>9.3f} {_si(float(pools[0])) if pools[0] is not None else '-':>10}"
+                f" {_si(float(pools[1])) if pools[1] is not None else '-':>9}"
             )
-            reasons = link.get("aborts_by_reason") or {}
+            reasons = view.aborts_by_reason
             if reasons:
-                notes.append("aborted: " + ", ".join(f"{short_reason(r)} x{n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])))
+                notes.append("aborted: " + ", ".join(f"{r.short} x{n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])))
             rows.append(row + "  " + ("; ".join(notes) or "-"))
         else:
             lines = _wrap(notes or ["-"], width - len(row) - 2)
             rows.append(row + "  " + lines[0])
             rows += [" " * (len(row) + 2) + line for line in lines[1:]]
-    name_w = max([len("node"), *(len(n) for n in status["nodes"])])
+    name_w = max([len("node"), *(len(n) for n in status.nodes)])
     if not wide:
         name_w = min(name_w, 24)
     node_head = f"{'node':<{name_w}}  {'relays ok':>9} {'failed':>6} {'forwarded':>9}  ETSI 014 requests (endpoint status: count)"
     rows += ["", node_head]
-    for name, info in status["nodes"].items():
-        net = info.get("network") or {}
-        requests = ", ".join(f"{k}: {v}" for k, v in sorted((net.get("etsi014_requests") or {}).items())) or "-"
-        if not info.get("alive"):
+    for name, info in status.nodes.items():
+        net = info.status.network if info.status is not None else NetworkStatus()
+        requests = ", ".join(f"{k}: {v}" for k, v in sorted(net.etsi014_requests.items())) or "-"
+        if not info.alive:
             requests = "not running"
-        elif "error" in info:
-            requests = f"not answering: {info['error']}"
-        row = (
-            f"{_fit(name, name_w):<{name_w}}  {int(net.get('relays_delivered', 0)):>9} {int(net.get('relays_failed', 0)):>6}"
-            f" {int(net.get('relays_forwarded', 0)):>9}  "
-        )
+        elif info.error is not None:
+            requests = f"not answering: {info.error}"
+        row = f"{_fit(name, name_w):<{name_w}}  {net.relays_delivered:>9} {net.relays_failed:>6} {net.relays_forwarded:>9}  "
         rows.append(row + (requests if wide else _fit(requests, width - len(row))))
     return "\n".join(rows)
 
 
-def links_without_key(status: dict[str, Any], topology: Topology) -> list[str]:
+def links_without_key(status: ClusterStatus, topology: Topology) -> list[str]:
     """One phrase per link that has no key yet: its state, blocks and the reasons of its last aborts."""
     out = []
     for link in topology.links:
-        view = status["links"].get(link.link_id) or {}
-        if int(view.get("blocks_done") or 0) >= 1 and view.get("bob_pool_bits"):
+        merged = status.links.get(link.link_id)
+        view = merged.view if merged is not None else None
+        done = view.blocks_done if view is not None else 0
+        if done >= 1 and merged is not None and merged.bob_pool_bits:
             continue
-        aborted = int(view.get("blocks_aborted") or 0)
-        reasons = [short_reason(r) for r in view.get("recent_aborts") or []]
+        aborted = view.blocks_aborted if view is not None else 0
+        reasons = [short_reason(r) for r in (view.recent_aborts if view is not None else ())]
         counted = dict.fromkeys(reasons)
         why = ", ".join(r if len(counted) == 1 else f"{r} x{reasons.count(r)}" for r in counted)
         last = f"; the last {len(reasons)}: {why}" if len(reasons) > 1 else f"; the last: {why}" if why else ""
-        out.append(f"{link.link_id} ({view.get('state', 'down')}, {int(view.get('blocks_done') or 0)} blocks done, {aborted} aborted{last})")
+        state = merged.state.value if merged is not None else LinkState.DOWN.value
+        out.append(f"{link.link_id} ({state}, {done} blocks done, {aborted} aborted{last})")
     return out
 
 
-def all_links_have_key(status: dict[str, Any], topology: Topology) -> bool:
-    return not links_without_key(status, topology)
-
-
-def nodes_without_routes(status: dict[str, Any], topology: Topology) -> list[str]:
+def nodes_without_routes(status: ClusterStatus, topology: Topology) -> list[str]:
     """Nodes whose routing database does not yet show key on every link, in both directions.
 
     Key in the pools is not enough for ``enc_keys``: a node routes on the
@@ -580,13 +580,14 @@ def nodes_without_routes(status: dict[str, Any], topology: Topology) -> list[str
     first blocks a request can still be refused for want of a path.
     """
     waiting = []
-    for name, info in status["nodes"].items():
-        origins = ((info.get("network") or {}).get("routing") or {}).get("origins") or {}
+    for name, info in status.nodes.items():
+        routing = info.status.network.routing if info.status is not None else None
+        origins = routing.origins if routing is not None else {}
         known = {
-            (origin, entry.get("link_id"))
+            (origin, entry.link_id)
             for origin, advert in origins.items()
-            for entry in advert.get("links") or []
-            if entry.get("up") and int(entry.get("available_out_bytes") or 0) > 0
+            for entry in advert.links
+            if entry.up and entry.available_out_bytes > 0
         }
         if any((end, link.link_id) not in known for link in topology.links for end in link.between):
             waiting.append(name)
@@ -605,6 +606,3 @@ def running_cluster(topology_path: Path, state_dir: Path, **kwargs: Any) -> Iter
     finally:
         cluster.stop()
 
-
-def remove_state(state_dir: Path) -> None:
-    shutil.rmtree(state_dir, ignore_errors=True)

@@ -130,7 +130,6 @@ __all__ = [
     "CascadeSession",
     "ParityQuery",
     "ParityReply",
-    "binary_entropy",
     "cascade_block_sizes",
 ]
 
@@ -142,20 +141,6 @@ _SEED_LIMIT = 2**64
 
 IntArray = npt.NDArray[np.int64]
 BitArray = npt.NDArray[np.uint8]
-
-
-def binary_entropy(p: float) -> float:
-    """Binary entropy ``h2(p)`` in bits.
-
-    Args:
-        p: A probability in ``[0, 1]``.
-
-    Returns:
-        ``-p log2 p - (1 - p) log2 (1 - p)``, with ``h2(0) = h2(1) = 0``.
-    """
-    if p <= 0.0 or p >= 1.0:
-        return 0.0
-    return -p * math.log2(p) - (1.0 - p) * math.log2(1.0 - p)
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,7 +107,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final
 
-from qcinode.core.physics import LinkPhysics, exact_error_rate, expected_gain
+from qcinode.core.physics import BACKGROUND_ERROR, LinkPhysics, exact_error_rate, expected_gain
 from qcinode.errors import ConfigError
 
 __all__ = [
@@ -139,8 +139,6 @@ __all__ = [
     "vacuum_weak_decoy_rate",
 ]
 
-#: Error probability of a background click (MQZL ``e0``).
-BACKGROUND_ERROR: Final = 0.5
 #: Lim et al. split the secrecy parameter into 21 equal parts.
 _EPSILON_PARTS: Final = 21.0
 

@@ -76,11 +76,10 @@ data only (the block's key-bit count ``n`` and the test-basis error rate
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
-
 import dataclasses
 import functools
 import math
+from concurrent.futures import Executor
 from typing import Any, Final
 
 import numpy as np

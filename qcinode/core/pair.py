@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from ..errors import LocalProtocolError, ProtocolError
 from . import messages as m
 from .authentication import AuthKeyReserve
-from .physics import PhotonFrame
 from .channel import Idle, SlotClock, next_frame
+from .physics import EMULATED_CHANNEL, PhotonFrame, QuantumChannel
 from .pipeline import (
     AliceLink,
     BlockAccepted,
@@ -31,6 +31,7 @@ from .pipeline import (
     LinkProtocolConfig,
     LinkState,
 )
+from .randomness import KeyRandomness
 from .resync import CursorBehind, Hello, HelloExchange, LinkSnapshot, Reconciliation
 from .roles import Role
 
@@ -127,13 +128,20 @@ def make_pair(
     config: LinkProtocolConfig,
     bootstrap_key: bytes,
     seed: int,
-    key_rngs: tuple[Any, Any] | None = None,
+    key_rngs: tuple[KeyRandomness, KeyRandomness] | None = None,
+    *,
+    quantum: QuantumChannel = EMULATED_CHANNEL,
 ) -> tuple[AliceLink, BobLink]:
-    """Two seeded ends sharing a bootstrap MAC key."""
+    """Two seeded ends sharing a bootstrap MAC key.
+
+    Args:
+        key_rngs: Alice's and Bob's key randomness (default: seeded from ``seed``).
+        quantum: The channel between them (default: the emulated physics).
+    """
     seeds = np.random.SeedSequence(seed).spawn(4)
     a_key, b_key = key_rngs or (np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1]))
-    alice = AliceLink(config, AuthKeyReserve(bootstrap_key), a_key, np.random.default_rng(seeds[2]))
-    bob = BobLink(config, AuthKeyReserve(bootstrap_key), b_key, np.random.default_rng(seeds[3]))
+    alice = AliceLink(config, AuthKeyReserve(bootstrap_key), a_key, np.random.default_rng(seeds[2]), quantum=quantum)
+    bob = BobLink(config, AuthKeyReserve(bootstrap_key), b_key, np.random.default_rng(seeds[3]), quantum=quantum)
     return alice, bob
 
 

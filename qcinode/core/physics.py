@@ -80,11 +80,12 @@ import math
 import numbers
 import struct
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from qcinode.core.randomness import KeyRandomness
 from qcinode.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -94,9 +95,12 @@ __all__ = [
     "CLASS_DECOY",
     "CLASS_SIGNAL",
     "CLASS_VACUUM",
+    "EMULATED_CHANNEL",
     "Clicks",
+    "EmulatedChannel",
     "LinkPhysics",
     "PhotonFrame",
+    "QuantumChannel",
     "detect",
     "exact_error_rate",
     "expected_error_rate",
@@ -122,7 +126,8 @@ MAX_INTENSITY: Final = 100.0
 MAX_SLOTS: Final = 1 << 52
 #: Tail mass ignored by the zero-truncated Poisson table.
 _TAIL_MASS: Final = 1e-18
-_PROBABILITY_SUM_TOLERANCE: Final = 1e-9
+#: How far from 1 a set of probabilities may sum (the topology checks with the same tolerance).
+PROBABILITY_SUM_TOLERANCE: Final = 1e-9
 #: Below this success probability positions are not drawn as geometric gaps.
 _GEOMETRIC_MIN_P: Final = 1e-9
 
@@ -200,7 +205,7 @@ class LinkPhysics:
         for index, p in enumerate(self.class_probabilities):
             _check_range(f"class_probabilities[{index}]", p, 0.0, 1.0)
         total = math.fsum(self.class_probabilities)
-        if abs(total - 1.0) > _PROBABILITY_SUM_TOLERANCE:
+        if abs(total - 1.0) > PROBABILITY_SUM_TOLERANCE:
             raise ConfigError(f"class_probabilities: must sum to 1, got {total!r}")
         _check_range("z_basis_probability", self.z_basis_probability, 0.0, 1.0)
         _check_range("fibre_transmittance", self.fibre_transmittance, 0.0, 1.0)
@@ -479,7 +484,7 @@ def _zero_truncated_poisson(rng: np.random.Generator, mean: float, size: int) ->
     return counts
 
 
-def _categorical(rng: np.random.Generator, weights: NDArray[np.float64], size: int) -> UInt8Array:
+def _categorical(rng: KeyRandomness, weights: NDArray[np.float64], size: int) -> UInt8Array:
     """Draw ``size`` values in ``0..len(weights)-1`` with probability ∝ ``weights``."""
     cdf = np.cumsum(weights / weights.sum())
     u = rng.random(size)
@@ -489,13 +494,13 @@ def _categorical(rng: np.random.Generator, weights: NDArray[np.float64], size: i
     return values
 
 
-def _bases(rng: np.random.Generator, z_probability: float, size: int) -> UInt8Array:
+def _bases(rng: KeyRandomness, z_probability: float, size: int) -> UInt8Array:
     """Basis choices: Z (0) with probability ``z_probability``, X (1) otherwise."""
-    return (rng.random(size) >= z_probability).astype(np.uint8)
+    return (np.asarray(rng.random(size)) >= z_probability).astype(np.uint8)
 
 
-def _bits(rng: np.random.Generator, size: int) -> UInt8Array:
-    return rng.integers(0, 2, size=size, dtype=np.uint8)
+def _bits(rng: KeyRandomness, size: int) -> UInt8Array:
+    return np.asarray(rng.integers(0, 2, size=size, dtype=np.uint8), dtype=np.uint8)
 
 
 def _detection_probabilities(phys: LinkPhysics) -> NDArray[np.float64]:
@@ -642,7 +647,7 @@ class AliceRecord:
         bases: UInt8Array,
         bits: UInt8Array,
         phys: LinkPhysics,
-        key_rng: np.random.Generator,
+        key_rng: KeyRandomness,
         eve_knows: NDArray[np.bool_] | None = None,
     ) -> None:
         """Build a record; :func:`transmit` is the normal constructor.
@@ -789,7 +794,7 @@ def _lookup(sorted_slots: Int64Array, query: Int64Array) -> tuple[NDArray[np.boo
 def transmit(
     phys: LinkPhysics,
     n_slots: int,
-    key_rng: np.random.Generator,
+    key_rng: KeyRandomness,
     noise_rng: np.random.Generator,
 ) -> tuple[PhotonFrame, AliceRecord]:
     """Emit one frame of ``n_slots`` pulses through the fibre (and Eve).
@@ -895,7 +900,7 @@ def _intercept_resend(
 def detect(
     phys: LinkPhysics,
     frame: PhotonFrame,
-    key_rng: np.random.Generator,
+    key_rng: KeyRandomness,
     noise_rng: np.random.Generator,
 ) -> Clicks:
     """Measure one frame with Bob's two-detector receiver.
@@ -1065,3 +1070,39 @@ def expected_qber_intercept_resend(e_honest: float, fraction: float) -> float:
         fraction: Intercepted fraction ``p``.
     """
     return e_honest + 0.25 * fraction * (1.0 - 2.0 * e_honest)
+
+
+# --------------------------------------------------------------------------- the seam
+
+
+class QuantumChannel(Protocol):
+    """What carries a frame of pulses from Alice's source to Bob's detectors: the pipeline's seam to the physics.
+
+    :class:`~qcinode.core.pipeline.AliceLink` calls :meth:`transmit` for each
+    frame and :class:`~qcinode.core.pipeline.BobLink` :meth:`detect`. A
+    running node and most tests use :data:`EMULATED_CHANNEL` (this module's
+    sampler); a test that needs the ground truth of every frame (what Eve
+    learnt) wraps it.
+    """
+
+    def transmit(self, phys: LinkPhysics, n_slots: int, key_rng: KeyRandomness, noise_rng: np.random.Generator) -> tuple[PhotonFrame, AliceRecord]:
+        """One frame of ``n_slots`` pulses, as :func:`transmit`."""
+        ...
+
+    def detect(self, phys: LinkPhysics, frame: PhotonFrame, key_rng: KeyRandomness, noise_rng: np.random.Generator) -> Clicks:
+        """Bob's receiver on one frame, as :func:`detect`."""
+        ...
+
+
+class EmulatedChannel:
+    """The channel this module samples: :func:`transmit` and :func:`detect`."""
+
+    def transmit(self, phys: LinkPhysics, n_slots: int, key_rng: KeyRandomness, noise_rng: np.random.Generator) -> tuple[PhotonFrame, AliceRecord]:
+        return transmit(phys, n_slots, key_rng, noise_rng)
+
+    def detect(self, phys: LinkPhysics, frame: PhotonFrame, key_rng: KeyRandomness, noise_rng: np.random.Generator) -> Clicks:
+        return detect(phys, frame, key_rng, noise_rng)
+
+
+#: The emulated channel every link uses unless told otherwise.
+EMULATED_CHANNEL: Final[QuantumChannel] = EmulatedChannel()

@@ -51,11 +51,10 @@ the open block.
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
-
 import dataclasses
 import enum
 import math
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -63,7 +62,8 @@ import numpy as np
 from ..errors import AuthenticationFailed, ConfigError, InsufficientKeyMaterial, LocalProtocolError, RemoteProtocolError
 from . import messages as m
 from .amplification import toeplitz_hash, unpack_bits
-from .authentication import AuthKeyReserve, Direction, Transcript, one_time_tag, verify_one_time_tag
+from .authentication import KEY_BYTES, AuthKeyReserve, Direction, Transcript, one_time_tag, verify_one_time_tag
+from .channel import QuantumChannelModel, physics_at
 from .estimation import (
     NO_DECOY_BOUNDS,
     NO_DECOY_GLLP,
@@ -73,8 +73,9 @@ from .estimation import (
     h2,
     no_decoy_key_length,
 )
-from .channel import QuantumChannelModel, physics_at
 from .finite_key import DEFAULT_FINITE_KEY, check_finite_key, decoy_key_length
+from .physics import EMULATED_CHANNEL, AliceRecord, Clicks, LinkPhysics, PhotonFrame, QuantumChannel
+from .randomness import KeyRandomness
 from .reconciliation import (
     DEFAULT_ERROR_CORRECTION,
     DEFAULT_LDPC_PROFILE,
@@ -86,13 +87,12 @@ from .reconciliation import (
     make_bob_reconciler,
 )
 from .reconciliation import error_count_leak_bits as error_count_leak_bits
-from .physics import AliceRecord, Clicks, LinkPhysics, PhotonFrame, detect, transmit
 from .verification import tags_match, verification_tag
 
 A2B: Direction = "A>B"
 B2A: Direction = "B>A"
 MAC_KEYS_PER_BLOCK = 3
-MAC_KEY_BYTES = 32
+MAC_KEY_BYTES = KEY_BYTES  # one Poly1305 one-time key
 
 
 class LinkState(enum.Enum):
@@ -309,11 +309,32 @@ class _LinkEnd:
     direction_out: Direction
     direction_in: Direction
 
-    def __init__(self, config: LinkProtocolConfig, auth: AuthKeyReserve, key_rng: Any, noise_rng: np.random.Generator, next_block_seq: int = 0) -> None:
+    def __init__(
+        self,
+        config: LinkProtocolConfig,
+        auth: AuthKeyReserve,
+        key_rng: KeyRandomness,
+        noise_rng: np.random.Generator,
+        next_block_seq: int = 0,
+        *,
+        quantum: QuantumChannel = EMULATED_CHANNEL,
+    ) -> None:
+        """One end of a link.
+
+        Args:
+            config: What both ends agree on.
+            auth: The link's one-time MAC keys (shared with the link's runtime, which saves them).
+            key_rng: This end's secret randomness (a CSPRNG in a running node).
+            noise_rng: Channel and detector noise.
+            next_block_seq: The first block's number.
+            quantum: Carries the pulses from Alice's source to Bob's detectors
+                (the emulated physics; a test may wrap it to see every frame's ground truth).
+        """
         self.config = config
         self.auth = auth
         self.key_rng = key_rng
         self.noise_rng = noise_rng
+        self.quantum = quantum
         self.state = LinkState.QUANTUM
         self.next_block_seq = next_block_seq
         self.events: list[BlockEvent] = []
@@ -339,7 +360,7 @@ class _LinkEnd:
             raise RemoteProtocolError(f"{type(msg).__name__} not expected in state {self.state.value}")
         if state is not LinkState.QUANTUM:
             assert self.block is not None
-            seq = getattr(msg, "block_seq")
+            seq = getattr(msg, "block_seq")  # noqa: B009 - past QUANTUM only block messages arrive; mypy cannot tell
             if seq != self.block.seq:
                 raise RemoteProtocolError(f"{type(msg).__name__} for block {seq}, open block is {self.block.seq}")
         return self.block
@@ -565,7 +586,7 @@ class AliceLink(_LinkEnd):
         """
         if not self.is_ready_for_frame:
             raise LocalProtocolError("a frame is already in flight or a block is being processed")
-        frame, record = transmit(self.config.physics_at(at_utc), n_slots, self.key_rng, self.noise_rng)
+        frame, record = self.quantum.transmit(self.config.physics_at(at_utc), n_slots, self.key_rng, self.noise_rng)
         frame_id = self.next_frame_id
         self.next_frame_id += 1
         self._outstanding = (frame_id, n_slots, record)
@@ -758,7 +779,7 @@ class BobLink(_LinkEnd):
         if self.state is not LinkState.QUANTUM or self._reported is not None or not self._pending_frames:
             return []
         frame_id, frame, at_utc = self._pending_frames.pop(0)
-        clicks = detect(self.config.physics_at(at_utc), frame, self.key_rng, self.noise_rng)
+        clicks = self.quantum.detect(self.config.physics_at(at_utc), frame, self.key_rng, self.noise_rng)
         self._reported = (frame_id, clicks)
         report = m.DetectionReport(frame_id, frame.n_slots, clicks.slots, clicks.bases)
         self._record_out(report)

@@ -256,11 +256,6 @@ class LinkKeyPool:
         """IDs of the blocks still holding unused bytes, oldest first."""
         return tuple(self._blocks)
 
-    def has_block(self, block_id: str) -> bool:
-        """Whether ``block_id`` was ever added and not discarded (live or retired)."""
-        closed = self._closed.get(block_id)
-        return block_id in self._blocks or (closed is not None and not closed.discarded)
-
     def block_digest(self, block_id: str) -> bytes:
         """SHA-256 of a block's bytes (for tests and resync diagnostics).
 

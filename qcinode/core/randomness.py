@@ -15,12 +15,34 @@ subset of the ``numpy.random.Generator`` interface that the core uses.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 _RESEED_BYTES = 1 << 30  # fresh AES key after 1 GiB of output
+
+
+class KeyRandomness(Protocol):
+    """Where a party's secret choices come from (bits, bases, classes, public seeds): the seam for key randomness.
+
+    A running node passes a :class:`CsprngGenerator`; tests and benchmarks a
+    seeded ``numpy.random.Generator``. The core uses only these three
+    methods, with numpy's meaning (``random(size)``, ``integers(low, high,
+    size=, dtype=)``).
+    """
+
+    def bytes(self, length: int) -> bytes:
+        """``length`` uniformly random bytes."""
+        ...
+
+    def random(self, *args: Any, **kwargs: Any) -> Any:
+        """Uniform floats in [0, 1): a float, or an array of ``size``."""
+        ...
+
+    def integers(self, *args: Any, **kwargs: Any) -> Any:
+        """Uniform integers in [low, high): an int, or an array of ``size``."""
+        ...
 
 
 class CsprngGenerator:

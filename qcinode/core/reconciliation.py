@@ -41,10 +41,9 @@ Method names are :data:`ERROR_CORRECTION_METHODS` (topology
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
-
 import importlib.util
 import math
+from concurrent.futures import Executor
 from typing import Any, Final, Protocol
 
 import numpy as np

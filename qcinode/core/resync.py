@@ -413,7 +413,8 @@ class HelloExchange:
         if theirs.link_id != self._snapshot.link_id:
             raise HelloRefused(HelloRefusal.MALFORMED, f"hello for link {str(theirs.link_id)[:80]!r}, this is {self._snapshot.link_id!r}")
         if theirs.role is not self._snapshot.role.peer:
-            raise HelloRefused(HelloRefusal.MALFORMED, f"hello from the {getattr(theirs.role, 'value', theirs.role)!r} end, expected {self._snapshot.role.peer.value!r}")
+            role = getattr(theirs.role, "value", theirs.role)
+            raise HelloRefused(HelloRefusal.MALFORMED, f"hello from the {role!r} end, expected {self._snapshot.role.peer.value!r}")
         numbers = (theirs.next_block_seq, theirs.next_frame_id, theirs.auth_cursor, theirs.promoted_before, *theirs.held_block_seqs, *theirs.staged_block_seqs)
         if not _check_numbers(numbers) or (theirs.pending_block_seq is not None and not _check_numbers((theirs.pending_block_seq,))):
             raise HelloRefused(HelloRefusal.MALFORMED, "hello numbers out of range")

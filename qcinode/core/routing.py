@@ -352,6 +352,11 @@ class LinkStateDatabase:
         """The current advert of every known origin (a copy), our own included once originated."""
         return {origin: held.advert for origin, held in sorted(self._held.items())}
 
+    @property
+    def received_at(self) -> dict[str, float]:
+        """When (the ``now`` given) the current advert of every known origin arrived (a copy)."""
+        return {origin: held.received_at for origin, held in sorted(self._held.items())}
+
     # -- adverts ---------------------------------------------------------------
 
     def originate(self, links: Sequence[LinkAdvert], now: float) -> LinkStateAdvert:

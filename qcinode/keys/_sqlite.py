@@ -38,7 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
-from qcinode.errors import KeyStoreError, LocalProtocolError
+from qcinode.errors import KeyStoreError, LocalProtocolError, StorageFailure
 
 _BUSY_TIMEOUT_S = 10.0
 
@@ -63,26 +63,6 @@ _STORAGE_CODES = frozenset(
         sqlite3.SQLITE_PROTOCOL,
     }
 )
-
-
-class StorageFailure(KeyStoreError):
-    """The node's data directory cannot take a write (or read) now. Expected under faults.
-
-    A full disk (``SQLITE_FULL``, ``ENOSPC``), a read-only file system
-    (``EROFS``), missing permission, an I/O error (``EIO``) or a damaged
-    database. Nothing was changed by the operation that raised it. Callers
-    refuse what depends on it (the KME answers 503) and retry later.
-
-    Attributes:
-        path: The file or directory that failed.
-        reason: What the operating system or SQLite said, e.g.
-            ``"database or disk is full"`` (never key material).
-    """
-
-    def __init__(self, message: str, *, path: Path, reason: str) -> None:
-        super().__init__(message)
-        self.path = path
-        self.reason = reason
 
 
 #: Told of every change of a store's health: the database file, and the failure or None (recovered).

@@ -86,10 +86,11 @@ from qcinode.errors import (
     KeyStoreError,
     LocalProtocolError,
     RequestError,
+    StorageFailure,
     Unauthorized,
 )
-from qcinode.keys._sqlite import SqliteStore, StorageFailure, open_database, require_name
-from qcinode.keys.linkstore import StorageKey
+from qcinode.keys._sqlite import SqliteStore, open_database, require_name
+from qcinode.keys.linkstore import NONCE_BYTES, StorageKey
 
 __all__ = ["DATABASE_FILE", "SCHEMA_VERSION", "SaeKeyStore", "StorageFailure"]
 
@@ -99,7 +100,6 @@ DATABASE_FILE = "sae_keys.sqlite3"
 #: Row format version; part of every row's associated data.
 SCHEMA_VERSION = 1
 
-_NONCE_BYTES = 12
 _AAD_DOMAIN = b"qcinode/saekeystore\x00"
 # Well under SQLite's default limit of bound parameters per statement.
 _IDS_PER_STATEMENT = 500
@@ -400,7 +400,7 @@ class SaeKeyStore(SqliteStore):
         result: list[tuple[str, bytes]] = []
         for key_id in ids:
             row_master, slaves_json, nonce, ciphertext = rows[key_id]
-            if not (isinstance(nonce, bytes) and len(nonce) == _NONCE_BYTES and isinstance(ciphertext, bytes)):
+            if not (isinstance(nonce, bytes) and len(nonce) == NONCE_BYTES and isinstance(ciphertext, bytes)):
                 raise KeyStoreError(f"row of key {key_id!r} in {self._path} is malformed")
             try:
                 key = self._key.decrypt(

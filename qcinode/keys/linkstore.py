@@ -70,10 +70,9 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from qcinode.errors import KeyStoreError, LocalProtocolError
+from qcinode.errors import KeyStoreError, LocalProtocolError, StorageFailure
 from qcinode.keys._sqlite import (
     SqliteStore,
-    StorageFailure,
     make_dir,
     open_database,
     os_reason,
@@ -84,6 +83,7 @@ __all__ = [
     "DATABASE_FILE",
     "KEY_FILE",
     "SCHEMA_VERSION",
+    "STORAGE_KEY_BYTES",
     "LinkStore",
     "StorageFailure",
     "StorageKey",
@@ -98,8 +98,8 @@ DATABASE_FILE = "links.sqlite3"
 #: Row format version; part of every row's associated data.
 SCHEMA_VERSION = 1
 
-_KEY_BYTES = 32
-_NONCE_BYTES = 12
+STORAGE_KEY_BYTES = 32  # AES-256-GCM
+NONCE_BYTES = 12  # AES-GCM, one random nonce per row
 _AAD_DOMAIN = b"qcinode/linkstore\x00"
 
 _SCHEMA = """
@@ -141,9 +141,9 @@ class StorageKey:
         Raises:
             KeyStoreError: If ``key`` is not 32 bytes.
         """
-        if not isinstance(key, (bytes, bytearray)) or len(key) != _KEY_BYTES:
+        if not isinstance(key, (bytes, bytearray)) or len(key) != STORAGE_KEY_BYTES:
             where = f" in {path}" if path is not None else ""
-            raise KeyStoreError(f"storage key{where} must be {_KEY_BYTES} bytes")
+            raise KeyStoreError(f"storage key{where} must be {STORAGE_KEY_BYTES} bytes")
         self._aead = AESGCM(bytes(key))
         self._path = path
 
@@ -200,7 +200,7 @@ class StorageKey:
 
     @classmethod
     def _create(cls, path: Path) -> StorageKey:
-        key = os.urandom(_KEY_BYTES)
+        key = os.urandom(STORAGE_KEY_BYTES)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -230,7 +230,7 @@ class StorageKey:
 
     def encrypt(self, plaintext: bytes, associated_data: bytes) -> tuple[bytes, bytes]:
         """Encrypt under a fresh random nonce; returns ``(nonce, ciphertext)``."""
-        nonce = os.urandom(_NONCE_BYTES)
+        nonce = os.urandom(NONCE_BYTES)
         return nonce, self._aead.encrypt(nonce, plaintext, associated_data)
 
     def decrypt(self, nonce: bytes, ciphertext: bytes, associated_data: bytes) -> bytes:
@@ -383,7 +383,7 @@ class LinkStore(SqliteStore):
             rows = conn.execute("SELECT name, nonce, ciphertext FROM link_blobs WHERE link_id = ?", (link_id,)).fetchall()
         blobs: dict[str, bytes] = {}
         for name, nonce, ciphertext in rows:
-            if not (isinstance(name, str) and isinstance(nonce, bytes) and len(nonce) == _NONCE_BYTES and isinstance(ciphertext, bytes)):
+            if not (isinstance(name, str) and isinstance(nonce, bytes) and len(nonce) == NONCE_BYTES and isinstance(ciphertext, bytes)):
                 raise KeyStoreError(f"a blob row of link {link_id!r} in {self._path} is malformed")
             try:
                 blobs[name] = self._key.decrypt(nonce, ciphertext, self._blob_associated_data(link_id, name))
@@ -414,7 +414,7 @@ class LinkStore(SqliteStore):
         nonce, ciphertext = row
         if not (
             isinstance(nonce, bytes)
-            and len(nonce) == _NONCE_BYTES
+            and len(nonce) == NONCE_BYTES
             and isinstance(ciphertext, bytes)
         ):
             raise KeyStoreError(f"row of link {link_id!r} in {self._path} is malformed")

@@ -267,7 +267,12 @@ class StreamService:
         if not ok:
             self._count("qos_refused")
             log.info("etsi004.qos_refused", sae=local, peer_sae=peer, requested=qos.to_json(), counter=granted.to_json())
-            return {"status": int(Status.QOS_NOT_MET), "key_stream_id": ksid, "qos": granted.to_json(), "error": "the requested QoS cannot be met; see the counter-proposal"}
+            return {
+                "status": int(Status.QOS_NOT_MET),
+                "key_stream_id": ksid,
+                "qos": granted.to_json(),
+                "error": "the requested QoS cannot be met; see the counter-proposal",
+            }
         try:
             await self.backend.relay(local, peer, [(_token_key_id(ksid, local), self._token())])
         except QcinodeError as exc:
@@ -390,14 +395,14 @@ class StreamService:
     async def handle(self, caller: str, message: object) -> dict[str, Any]:
         """One request of the JSON dialect."""
         if not isinstance(message, dict) or not isinstance(message.get("data", {}), dict):
-            return _fail(Status.NO_QKD_CONNECTION, "a request is {\"command\": ..., \"data\": {...}}")
+            return _fail(Status.NO_QKD_CONNECTION, 'a request is {"command": ..., "data": {...}}')
         command, data = message.get("command"), message.get("data", {})
         handler = {"OPEN_CONNECT": self.open_connect, "GET_KEY": self.get_key, "CLOSE": self.close}.get(str(command))
         if handler is None:
             return _fail(Status.NO_QKD_CONNECTION, f"unknown command {str(command)[:40]!r}; OPEN_CONNECT, GET_KEY or CLOSE")
         return await handler(caller, data)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, int]:
         self._expire()
         return {"streams_open": len(self.streams), **self.counters}
 

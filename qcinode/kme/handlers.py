@@ -58,26 +58,26 @@ import re
 import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from qcinode.errors import (
     ConfigError,
     InsufficientKeyMaterial,
     KeyNotFound,
     LocalProtocolError,
-    PeerTimeout,
-    PeerUnavailable,
     QcinodeError,
     RequestError,
+    StorageFailure,
+    TransportError,
     Unauthorized,
 )
-from qcinode.keys.keystore import SaeKeyStore, StorageFailure
 
 __all__ = [
     "DeliveredKey",
     "DeliveryRefused",
     "EncRequest",
     "Kme",
+    "KeyRedeemer",
     "KmeLimits",
     "RefusalReason",
     "UnsupportedExtension",
@@ -110,6 +110,20 @@ _short.maxlevel = 2
 def _show(value: object) -> str:
     """A short repr of client input for messages (never of key material)."""
     return _short.repr(value)
+
+
+class KeyRedeemer(Protocol):
+    """Where keys wait for their slave SAE: the node's :class:`~qcinode.keys.keystore.SaeKeyStore`, or a test fake."""
+
+    def take(self, requester_sae: str, master_sae: str, key_ids: Sequence[str]) -> list[tuple[str, bytes]]:
+        """Redeem ``key_ids`` for ``requester_sae``: all of them in order, or none.
+
+        Raises:
+            KeyNotFound: Some are unknown or already redeemed; nothing changed.
+            Unauthorized: Some are not for ``requester_sae`` or not from ``master_sae``; nothing changed.
+            StorageFailure: The redemption cannot be recorded; nothing changed.
+        """
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,8 +276,7 @@ _ERROR_STATUS: tuple[tuple[type[QcinodeError], int], ...] = (
     (Unauthorized, 401),
     (DeliveryRefused, 503),
     (InsufficientKeyMaterial, 503),
-    (PeerUnavailable, 503),
-    (PeerTimeout, 503),
+    (TransportError, 503),  # a slave's node unreachable, refusing, or too slow
     (StorageFailure, 503),
 )
 # Marks a value whose problem is already reported.
@@ -284,7 +297,7 @@ class Kme:
         self,
         kme_id: str,
         sae_node: Callable[[str], str | None],
-        store: SaeKeyStore,
+        store: KeyRedeemer,
         limits: KmeLimits = KmeLimits(),
     ) -> None:
         """Create the KME of one node.
@@ -593,7 +606,7 @@ class Kme:
             401 or 503. Unexpected exceptions give 503 "internal error" and
             reveal nothing of themselves.
         """
-        for error_type, status in _ERROR_STATUS:
+        for error_type, status in _ERROR_STATUS:  # noqa: B007 - the loop finds the status
             if isinstance(exc, error_type):
                 break
         else:

@@ -80,12 +80,12 @@ from qcinode.errors import (
     InsufficientKeyMaterial,
     KeyNotFound,
     PeerTimeout,
-    PeerUnavailable,
     QcinodeError,
     RequestError,
+    StorageFailure,
+    TransportError,
     Unauthorized,
 )
-from qcinode.keys.keystore import StorageFailure
 from qcinode.kme.fairness import Admission, Ticket
 from qcinode.kme.handlers import DeliveredKey, DeliveryRefused, EncRequest, Kme, RefusalReason
 from qcinode.pki import common_name_of
@@ -100,7 +100,7 @@ _JSON = "application/json"
 _ENDPOINTS = frozenset({"status", "enc_keys", "dec_keys"})
 _KME_KEY: web.AppKey[Kme] = web.AppKey("qcinode_kme", Kme)
 _CONFIG_KEY: web.AppKey[KmeConfig] = web.AppKey("qcinode_kme_config", KmeConfig)
-_WATCH_KEY: web.AppKey[dict[int, "_Watchdog"]] = web.AppKey("qcinode_kme_watchdogs", dict)
+_WATCH_KEY: web.AppKey[dict[int, _Watchdog]] = web.AppKey("qcinode_kme_watchdogs", dict)
 
 
 class KeySupplier(Protocol):
@@ -303,7 +303,7 @@ class _Api:
             raise self._refusal(enc, RefusalReason.NO_KEY, str(exc)) from exc
         except PeerTimeout as exc:
             raise self._refusal(enc, RefusalReason.TIMEOUT, str(exc)) from exc
-        except PeerUnavailable as exc:
+        except TransportError as exc:  # unreachable, or refused on the way
             raise self._refusal(enc, RefusalReason.UNREACHABLE, str(exc)) from exc
         finally:
             ticket.release(delivered)
@@ -519,12 +519,18 @@ async def _answer(request: web.Request, handler: _Handler) -> web.StreamResponse
         return response
     except web.HTTPRequestEntityTooLarge:
         status, body = Kme.error_body(RequestError("request body too large"))
-        log.info("kme.request_refused", caller=_identity(request), method=request.method, path=request.path[:200], status=status, reason="bad_request", error="RequestEntityTooLarge", details=body["message"])
+        log.info(
+            "kme.request_refused", caller=_identity(request), method=request.method, path=request.path[:200], status=status,
+            reason="bad_request", error="RequestEntityTooLarge", details=body["message"],
+        )  # fmt: skip
         return web.json_response(body, status=status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        log.info("kme.request_refused", caller=_identity(request), method=request.method, path=request.path[:200], status=exc.status, reason="bad_request", error=type(exc).__name__, details=exc.reason)
+        log.info(
+            "kme.request_refused", caller=_identity(request), method=request.method, path=request.path[:200], status=exc.status,
+            reason="bad_request", error=type(exc).__name__, details=exc.reason,
+        )  # fmt: skip
         # aiohttp's own answers (404 unknown path, 405 wrong method): keep the
         # status and headers such as Allow, but speak JSON like the rest.
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
@@ -681,7 +687,8 @@ class _AiohttpServerLogs(logging.Handler):
             caller = str(record.args[0]) if isinstance(record.args, tuple) and record.args else "unknown"
             exc = record.exc_info[1] if record.exc_info else None
             details = (getattr(exc, "message", None) or str(exc) if exc is not None else record.getMessage())
-            log.info("kme.request_refused", caller=caller, status=400, reason="malformed_http", error=type(exc).__name__ if exc else "", details=str(details).replace("\n", " ")[:300])
+            error = type(exc).__name__ if exc else ""
+            log.info("kme.request_refused", caller=caller, status=400, reason="malformed_http", error=error, details=str(details).replace("\n", " ")[:300])
         except Exception:  # a log handler must never raise
             self.handleError(record)
 

@@ -50,9 +50,9 @@ from qcinode.errors import (
     PeerUnavailable,
     QcinodeError,
     RequestError,
+    StorageFailure,
     Unauthorized,
 )
-from qcinode.keys.keystore import StorageFailure
 from qcinode.kme.handlers import DeliveryRefused, Kme
 from qcinode.kme.server import KeySupplier
 from qcinode.pki import common_name_of

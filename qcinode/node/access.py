@@ -7,8 +7,8 @@ reflection is the exception: it is a generic service that would describe
 every method to any certificate holder, SAEs included. SAEs speak ETSI 014
 to the KME and have no business on the gRPC port, so
 :class:`ReflectionAccess` answers reflection only for node and admin
-certificates and refuses every other caller with PERMISSION_DENIED before
-the reflection servicer runs.
+certificates and refuses every other caller (:class:`~qcinode.errors.Unauthorized`,
+PERMISSION_DENIED) before the reflection servicer runs.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
 import grpc
+
+from ..errors import Unauthorized
 
 __all__ = ["REFLECTION_PREFIX", "ReflectionAccess", "caller_common_name"]
 
@@ -48,7 +50,7 @@ class ReflectionAccess(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
 
         async def check(context: grpc.aio.ServicerContext) -> None:
             if caller_common_name(context) not in allowed:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "reflection answers node and admin certificates only")
+                raise Unauthorized("reflection answers node and admin certificates only")
 
         if handler.stream_stream is not None:
             inner = handler.stream_stream

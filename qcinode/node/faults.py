@@ -199,6 +199,3 @@ class FaultInjector:
         changed.CopyFrom(hop)
         _flip_one_bit(changed, self._rng)
         return [changed]
-
-    def status(self, link_id: str) -> dict[str, Any]:
-        return {"fault": self.get(link_id).describe(), "fault_affected": self.affected[link_id]}

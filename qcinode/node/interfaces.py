@@ -11,37 +11,42 @@ import asyncio
 import math
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from aiohttp import web
 
 from ..errors import ConfigError, KeyNotFound, KeyStoreError
 from ..kme.etsi004 import StreamService, serve
-from ..kme.handlers import Kme
+from ..kme.handlers import Kme, KmeLimits
 from ..kme.server import tls_context
 from ..kme.skip import make_app as skip_app
+from ..status import StreamsStatus
 from .interworking import Interworking
 
 if TYPE_CHECKING:
-    from .node import Node
+    from ..keys.keystore import SaeKeyStore
+    from ..pki import CertBundle
+    from ..topology import Topology
+    from .network import NetworkService
 
 __all__ = ["Interfaces", "start_interfaces"]
+
+log = structlog.get_logger(__name__)
 
 
 class _NodeStreams:
     """The :class:`~qcinode.kme.etsi004.StreamBackend` of a node: its relay and key store."""
 
-    def __init__(self, node: Node) -> None:
-        self._node = node
+    def __init__(self, topology: Topology, network: NetworkService, keystore: SaeKeyStore) -> None:
+        self._topology, self._network, self._keystore = topology, network, keystore
 
     def node_of(self, sae: str) -> str | None:
-        return self._node.settings.topology.sae_site(sae) if self._node.settings.topology.has_sae(sae) else None
+        return self._topology.sae_site(sae) if self._topology.has_sae(sae) else None
 
     async def relay(self, master_sae: str, slave_sae: str, keys: list[tuple[str, bytes]]) -> None:
-        await self._node.network.relay_keys(master_sae, (slave_sae,), keys)
+        await self._network.relay_keys(master_sae, (slave_sae,), keys)
 
     def take(self, slave_sae: str, master_sae: str, key_id: str) -> bytes | None:
-        store = self._node.keystore
-        if store is None:
-            return None
+        store = self._keystore
         try:
             return store.take(slave_sae, master_sae, [key_id])[0][1]
         except KeyNotFound:
@@ -50,7 +55,7 @@ class _NodeStreams:
             return None
 
     def capacity_bps(self, master_sae: str, slave_sae: str) -> tuple[str, float]:
-        network = self._node.network
+        network = self._network
         destination = self.node_of(slave_sae)
         if destination is None:
             return "", 0.0
@@ -86,54 +91,68 @@ class Interfaces:
             await self.interworking.stop()
 
     def status(self) -> dict[str, Any]:
+        """This node's interfaces, as fields of :class:`qcinode.status.NetworkStatus`."""
         out: dict[str, Any] = {"etsi004_port": self.etsi004_port, "skip_port": self.skip_port}
         if self.streams is not None:
-            out["etsi004"] = self.streams.status()
+            streams = self.streams.status()
+            out["etsi004"] = StreamsStatus(streams_open=streams.pop("streams_open"), counters=streams)
         if self.interworking is not None:
-            out["interworking"] = self.interworking.status()
+            out["interworking"] = tuple(self.interworking.status())
         return out
 
 
-async def start_interfaces(node: Node) -> Interfaces:
-    """Starts the interworking KME (at an interworking node) and the 004 and SKIP servers the settings ask for.
+async def start_interfaces(
+    name: str,
+    topo: Topology,
+    bundle: CertBundle,
+    network: NetworkService,
+    keystore: SaeKeyStore | None,
+    kme_limits: KmeLimits,
+    *,
+    etsi004_listen: str | None,
+    skip_listen: str | None,
+) -> Interfaces:
+    """Starts the interworking KME (at an interworking node) and the 004 and SKIP servers node ``name`` is asked for.
 
     Raises:
         ConfigError: A certificate or the other operator's CA cannot be read, or an address cannot be bound.
     """
-    settings, topo = node.settings, node.settings.topology
-    bundle, name = node.bundle, settings.name
     out = Interfaces()
-    if node.keystore is None:
+    if keystore is None:
         return out
     try:
-        interworking = Interworking.for_node(name, topo, node.network, node.keystore, bundle.node_cert(name), bundle.node_key(name))
+        interworking = Interworking.for_node(name, topo, network, keystore, bundle.node_cert(name), bundle.node_key(name))
         if interworking is not None:
             await interworking.start()
             out.interworking = interworking
-            node.network.hand_off = interworking.hand_off
-        kme = Kme(name, lambda sae: topo.sae_site(sae), node.keystore, node.kme_limits)
+            network.hand_off = interworking.hand_off
+        kme = Kme(name, lambda sae: topo.sae_site(sae), keystore, kme_limits)
         context = tls_context(bundle.node_cert(name), bundle.node_key(name), bundle.ca_cert)
-        if settings.etsi004_listen is not None and topo.interfaces.etsi004:
+        if etsi004_listen is not None and topo.interfaces.etsi004:
             limits = kme.limits
             out.streams = StreamService(
-                name, _NodeStreams(node), min_chunk_bytes=limits.min_key_size // 8, max_chunk_bytes=limits.max_key_size // 8, ttl_max_s=topo.interfaces.stream_ttl_max_s
+                name,
+                _NodeStreams(topo, network, keystore),
+                min_chunk_bytes=limits.min_key_size // 8,
+                max_chunk_bytes=limits.max_key_size // 8,
+                ttl_max_s=topo.interfaces.stream_ttl_max_s,
             )
-            out.etsi004_server, out.etsi004_port = await serve(out.streams, settings.etsi004_listen, context)
-        if settings.skip_listen is not None and topo.interfaces.skip:
-            app = skip_app(kme, node.network, remote_systems=lambda caller: sorted(s for s in _all_saes(topo) if s != caller))
+            out.etsi004_server, out.etsi004_port = await serve(out.streams, etsi004_listen, context)
+        if skip_listen is not None and topo.interfaces.skip:
+            app = skip_app(kme, network, remote_systems=lambda caller: sorted(s for s in _all_saes(topo) if s != caller))
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
-            host, _, port = settings.skip_listen.rpartition(":")
+            host, _, port = skip_listen.rpartition(":")
             try:
                 await web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port), ssl_context=context).start()
             except OSError as exc:
                 await runner.cleanup()
-                raise ConfigError(f"--skip-listen: cannot serve SKIP on {settings.skip_listen}: {exc.strerror or exc}") from exc
+                raise ConfigError(f"--skip-listen: cannot serve SKIP on {skip_listen}: {exc.strerror or exc}") from exc
             out.skip_runner, out.skip_port = runner, int(runner.addresses[0][1])
     except BaseException:
         await out.stop()
         raise
-    node.log.info("interfaces.started", etsi004_port=out.etsi004_port, skip_port=out.skip_port, interworking=out.interworking is not None)
+    log.info("interfaces.started", etsi004_port=out.etsi004_port, skip_port=out.skip_port, interworking=out.interworking is not None)
     return out
 
 

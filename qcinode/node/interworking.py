@@ -81,6 +81,7 @@ from ..kme.etsi020.protocol import (
     void_body,
 )
 from ..kme.etsi020.server import make_app, server_tls_context, start_server
+from ..status import GatewayStatus
 from ..topology import InterworkingConfig, Topology
 from .network import NetworkService
 
@@ -177,7 +178,11 @@ class Gateway:
         """
         ca = Path(self.site.peer.ca)
         if not ca.exists():
-            self.log.warning("interworking.peer_ca_missing", path=str(ca), details=f"the 020 interface starts once the CA certificate of network {self.site.peer.network!r} is there")
+            self.log.warning(
+                "interworking.peer_ca_missing",
+                path=str(ca),
+                details=f"the 020 interface starts once the CA certificate of network {self.site.peer.network!r} is there",
+            )
             self._spawn(self._start_when_ca_exists(ca))
             return
         await self._start(ca)
@@ -253,7 +258,10 @@ class Gateway:
                     self._resolve_from_answer(record, answer)
                 break
             if status in (400, 401):  # the peer kept nothing: no void needed
-                self._finish(record, Refusal(RefusalReason.PEER_REFUSED, f"network {self.site.peer.network} refused key {record.key_id}: {status} {_problem_text(answer)}"))
+                self._finish(
+                    record,
+                    Refusal(RefusalReason.PEER_REFUSED, f"network {self.site.peer.network} refused key {record.key_id}: {status} {_problem_text(answer)}"),
+                )
                 return
             why = f"{status} {_problem_text(answer)}"
         if not accepted:
@@ -265,7 +273,12 @@ class Gateway:
                 ack = await asyncio.shield(record.acked)
         except TimeoutError:
             await self._void(record, "no acknowledgement in time")
-            self._finish(record, Refusal(RefusalReason.TIMEOUT, f"network {self.site.peer.network} did not acknowledge key {record.key_id} within {self.site.ack_timeout_s:g} s"))
+            self._finish(
+                record,
+                Refusal(
+                    RefusalReason.TIMEOUT, f"network {self.site.peer.network} did not acknowledge key {record.key_id} within {self.site.ack_timeout_s:g} s"
+                ),
+            )
             return
         if ack.status is AckStatus.RELAYED and not record.voided:
             self.counters["keys_relayed"] += 1
@@ -323,7 +336,9 @@ class Gateway:
                     record.acked.set_result(ack)
         self.log.info("interworking.acks_received", key_ids=[k for a in acks for k in a.key_ids][:100], statuses=sorted({a.status.value for a in acks}))
         if unknown:
-            raise Problem.bad_request({"key_not_present": f"key ID(s) not handed over by this KME: {', '.join(unknown[:20])}"}, "key-not-present", "key not present")
+            raise Problem.bad_request(
+                {"key_not_present": f"key ID(s) not handed over by this KME: {', '.join(unknown[:20])}"}, "key-not-present", "key not present"
+            )
 
     # -- incoming: the peer network's keys for this network's SAEs -------------
 
@@ -344,16 +359,28 @@ class Gateway:
             known = self._incoming.get(key.key_id)
             if known is None:
                 fresh.append(key)
-            elif known.initiator == request.initiator_sae_id and known.targets == request.target_sae_ids and hmac.compare_digest(known.key, key.value) and not known.voided:
+            elif (
+                known.initiator == request.initiator_sae_id
+                and known.targets == request.target_sae_ids
+                and hmac.compare_digest(known.key, key.value)
+                and not known.voided
+            ):
                 joined.append(known)  # a retried ext_keys: its outcome is the first one's
             else:
-                raise Problem(503, "key-id-conflict", "key ID conflict", {"key_id_conflict": f"key {key.key_id} is known here with another key, other SAEs or as voided"})
+                raise Problem(
+                    503, "key-id-conflict", "key ID conflict", {"key_id_conflict": f"key {key.key_id} is known here with another key, other SAEs or as voided"}
+                )
         if fresh:
             sizes = {len(k.value) for k in fresh}
             for target in request.target_sae_ids:
                 for size in sizes:
                     if self.network.available_keys(request.initiator_sae_id, target, size * 8) < len(fresh):
-                        raise Problem(503, "insufficient-key-material", "insufficient key material", {"insufficient_key_material": f"network {self.topology.name} cannot carry {len(fresh)} key(s) to {target} now"})
+                        raise Problem(
+                            503,
+                            "insufficient-key-material",
+                            "insufficient key material",
+                            {"insufficient_key_material": f"network {self.topology.name} cannot carry {len(fresh)} key(s) to {target} now"},
+                        )
         now = time.time()
         records = joined + [
             self._incoming.setdefault(k.key_id, _Incoming(k.key_id, request.initiator_sae_id, request.target_sae_ids, k.value, now)) for k in fresh
@@ -495,15 +522,15 @@ class Gateway:
                 for key_id in [k for k, r in table.items() if _finished(r)][:excess]:
                     del table[key_id]
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "peer_network": self.site.peer.network,
-            "peer_kme": self.peer_kme,
-            "port": self.port,
-            "handing_off": sum(1 for r in self._outgoing.values() if not r.outcome.done()),
-            "relaying_in": sum(1 for r in self._incoming.values() if r.status is None),
-            "counters": dict(sorted(self.counters.items())),
-        }
+    def status(self) -> GatewayStatus:
+        return GatewayStatus(
+            peer_network=self.site.peer.network,
+            peer_kme=self.peer_kme,
+            port=self.port,
+            handing_off=sum(1 for r in self._outgoing.values() if not r.outcome.done()),
+            relaying_in=sum(1 for r in self._incoming.values() if r.status is None),
+            counters=dict(sorted(self.counters.items())),
+        )
 
 
 def _finished(record: _Outgoing | _Incoming) -> bool:
@@ -524,9 +551,7 @@ class Interworking:
         self.gateways = gateways
 
     @classmethod
-    def for_node(
-        cls, node_name: str, topology: Topology, network: NetworkService, keystore: SaeKeyStore | None, cert: Path, key: Path
-    ) -> Interworking | None:
+    def for_node(cls, node_name: str, topology: Topology, network: NetworkService, keystore: SaeKeyStore | None, cert: Path, key: Path) -> Interworking | None:
         """The sites at ``node_name``, or None if it is no interworking node."""
         sites = [site for site in topology.interworking if site.node == node_name]
         if not sites:
@@ -554,6 +579,5 @@ class Interworking:
         outcomes = await asyncio.gather(*(self.gateways[i].hand_off(key_id, master_sae, tuple(ts), key) for i, ts in by_site.items()))
         return next((o for o in outcomes if o is not None), None)
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[GatewayStatus]:
         return [gateway.status() for gateway in self.gateways]
-

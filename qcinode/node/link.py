@@ -26,15 +26,32 @@ import structlog
 from ..core.channel import Idle, SlotClock, next_frame
 from ..core.clock import NetworkClock
 from ..core.physics import PhotonFrame
-from ..core.pipeline import AliceLink, BobLink, LinkState
+from ..core.pipeline import AliceLink, BobLink
+from ..core.pipeline import LinkState as Phase
+from ..core.randomness import KeyRandomness
 from ..core.resync import CursorBehind, HelloExchange, HelloRefused, LinkSnapshot, Reconciliation
-from ..errors import ProtocolError, QcinodeError, RemoteProtocolError, TransportError
+from ..core.roles import Role
+from ..errors import (
+    AuthenticationFailed,
+    OutOfSequence,
+    PeerUnavailable,
+    ProtocolError,
+    QcinodeError,
+    RemoteProtocolError,
+    SessionAborted,
+    StorageFailure,
+    TransportError,
+    Unauthorized,
+)
+from ..status import LinkState
 from ..transport import codec
+from ..transport.errors import rpc_errors
 from ..transport.pb import link_pb2 as pb
 from ..transport.pb import link_pb2_grpc as pb_grpc
+from .access import caller_common_name
 from .faults import FaultInjector
-from ..keys.linkstore import StorageFailure
 from .runtime import LinkRuntime, next_frame_slots
+from .tasks import Companions, cancelled_when
 
 log = structlog.get_logger(__name__)
 
@@ -56,13 +73,6 @@ SUPERSEDE_WAIT_S = 2.0  # how long a new session waits for the one it replaces t
 CONNECT_TIMEOUT_S = 10.0
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 5.0
-
-
-def peer_common_name(context: grpc.aio.ServicerContext) -> str:
-    """The CN of the mTLS client certificate (empty if none)."""
-    auth = context.auth_context()
-    values = auth.get("x509_common_name") or []
-    return values[0].decode() if values else ""
 
 
 def link_snapshot(rt: LinkRuntime) -> LinkSnapshot:
@@ -105,7 +115,7 @@ class AliceWorker:
         rt: LinkRuntime,
         channel_factory: Callable[[], grpc.aio.Channel],
         clock: NetworkClock | None,
-        key_rng: Any,
+        key_rng: KeyRandomness,
         noise_rng: np.random.Generator,
         *,
         faults: FaultInjector | None = None,
@@ -127,25 +137,29 @@ class AliceWorker:
         backoff = BACKOFF_INITIAL_S
         while True:
             if self.faults.partitioned(self.rt.link_id):
-                self.rt.state = "down"
+                self.rt.state = LinkState.DOWN
                 self.log.warning("link.partitioned", details="classical channel cut by a fault; waiting for it to be restored")
                 while self.faults.partitioned(self.rt.link_id):
                     await asyncio.sleep(0.2)
                 self.log.info("link.partition_healed")
-            self.rt.state = "connecting"
+            self.rt.state = LinkState.CONNECTING
             try:
-                async with self.channel_factory() as channel:
-                    await self._connect(channel)
-                    await self._session_until_cut(channel)
+                with rpc_errors(f"session with {self.rt.peer}"):
+                    async with self.channel_factory() as channel:
+                        await self._connect(channel)
+                        await self._session_until_cut(channel)
             except asyncio.CancelledError:
                 raise
-            except grpc.aio.AioRpcError as exc:
-                self.log.info("link.session_failed", code=exc.code().name, details=exc.details())
+            except TransportError as exc:
+                if exc.code:  # a failed call: the peer went away, refused, or timed out
+                    self.log.info("link.session_failed", code=exc.code, details=exc.details)
+                else:
+                    self.log.warning("link.session_failed", error=type(exc).__name__, details=str(exc))
             except (QcinodeError, TimeoutError) as exc:
                 self.log.warning("link.session_failed", error=type(exc).__name__, details=str(exc))
             except Exception:
                 self.log.exception("link.session_crashed")
-            self.rt.state = "down"
+            self.rt.state = LinkState.DOWN
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
             if self.rt.counters.blocks_done:
@@ -166,20 +180,10 @@ class AliceWorker:
             raise TransportError(f"cannot connect to {self.rt.peer} within {CONNECT_TIMEOUT_S:g} s") from None
 
     async def _session_until_cut(self, channel: grpc.aio.Channel) -> None:
-        """Runs a session; a partition fault ends it at once, as a cut cable would."""
-        session = asyncio.create_task(self._session(channel))
-        cut = asyncio.create_task(self.faults.cut_event(self.rt.link_id).wait())
-        try:
-            await asyncio.wait({session, cut}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cut.cancel()
-            if not session.done():
-                session.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await session
-        if session.cancelled():
-            raise TransportError("classical channel cut by a partition fault")
-        session.result()
+        """Runs a session; a partition fault ends it at once, as a cut cable would (its clean-up runs first)."""
+        cut = self.faults.cut_event(self.rt.link_id)
+        async with cancelled_when(cut, lambda: PeerUnavailable("classical channel cut by a partition fault")):
+            await self._session(channel)
 
     async def _session(self, channel: grpc.aio.Channel) -> None:
         rt = self.rt
@@ -208,17 +212,20 @@ class AliceWorker:
         if isinstance(result, CursorBehind):
             rt.persist()
             call.cancel()
-            self.log.warning("link.cursor_behind", auth_cursor=result.auth_cursor, details="our MAC-key cursor was behind the peer's (state lost or rolled back): skipped forward, dialling again")
+            self.log.warning(
+                "link.cursor_behind",
+                auth_cursor=result.auth_cursor,
+                details="our MAC-key cursor was behind the peer's (state lost or rolled back): skipped forward, dialling again",
+            )
             raise TransportError("MAC-key cursor was behind the peer's; dialling again")
         assert isinstance(result, Reconciliation)
         apply_reconciliation(rt, result)
         rt.persist()
         quantum = pb_grpc.QuantumChannelStub(channel).Transmit()
-        acks = asyncio.create_task(self._drain_acks(quantum))
         alice = AliceLink(rt.config, rt.auth, self.key_rng, self.noise_rng, next_block_seq=rt.next_block_seq)
         alice.next_frame_id = rt.next_frame_id
         rt.alice_session = alice
-        rt.state = "up"
+        rt.state = LinkState.UP
         self.log.info("link.session_started", next_block_seq=rt.next_block_seq, auth_cursor=rt.auth.cursor)
         rate_hz = rt.link.source.rate_hz
         # The link's emulated position: it starts where the network clock stands
@@ -226,54 +233,61 @@ class AliceWorker:
         # ahead of it; without a clock (speed max) it is the time its pulses took.
         position = SlotClock(self.clock.now(time.time()) if self.clock is not None else rt.emulated_s, rate_hz)
         try:
-            while True:
-                if alice.is_ready_for_frame:
-                    t = position.now_utc
-                    want = next_frame_slots(rt.config, rate_hz, self.speed, alice.key_bits_needed, at_utc=t)
-                    plan = next_frame(rt.channel, t, rate_hz, want)
-                    if isinstance(plan, Idle):
-                        position.jump_to(await self._idle(plan, t))
-                        continue
-                    rt.channel_idle = None
-                    if self.clock is not None:
-                        rt.link_utc = plan.end_utc
-                        delay = self.clock.wall_delay_s(plan.end_utc, time.time())
-                        rt.lag_s = max(0.0, -delay * self.clock.speed)
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                    at_utc = plan.at_utc if rt.config.channel is not None else None
-                    frame_id, frame = alice.emit_frame(plan.n_slots, at_utc=at_utc, close_block=plan.close_block)
-                    position.advance(plan.n_slots)
-                    rt.next_frame_id = alice.next_frame_id
-                    rt.note_frame(plan.n_slots)
-                    await quantum.write(
-                        pb.PulseFrame(
-                            link_id=rt.link_id, frame_id=frame_id, n_slots=frame.n_slots, payload=frame.to_bytes(), at_utc=at_utc or 0.0
-                        )
-                    )
-                waiting = self.stage_timeout_s
-                if rt.config.error_correction == "ldpc" and alice.state is LinkState.RECONCILING:
-                    waiting = max(waiting, LDPC_DECODE_TIMEOUT_S)  # Bob is decoding
-                async with asyncio.timeout(waiting):
-                    envelope = await call.read()
-                if envelope is grpc.aio.EOF:
-                    raise TransportError("peer closed the classical channel")
-                cursor = rt.auth.cursor
-                outs = alice.receive(codec.decode(envelope))
-                rt.next_block_seq = alice.next_block_seq
-                events = rt.record(alice.take_events())
-                if events or rt.auth.cursor != cursor:
-                    rt.persist()  # before the tag or the Commit leaves
-                self._log_events(events)
-                for out in outs:
-                    for wire in await self.fault(rt.link_id, "A>B", codec.encode(out)):
-                        await call.write(wire)
+            async with Companions() as companions:
+                companions.start(self._drain_acks(quantum), name=f"{rt.link_id} acks")
+                await self._run_blocks(alice, call, quantum, position)
         finally:
             self._log_events(rt.record(alice.abandon(_lost_reason(rt, self.faults))))
             rt.try_persist()
-            acks.cancel()
             quantum.cancel()
             call.cancel()
+
+    async def _run_blocks(self, alice: AliceLink, call: Any, quantum: Any, position: SlotClock) -> None:
+        """The session's loop: frames out, classical messages in and out, until the session breaks."""
+        rt = self.rt
+        rate_hz = rt.link.source.rate_hz
+        while True:
+            if alice.is_ready_for_frame:
+                t = position.now_utc
+                want = next_frame_slots(rt.config, rate_hz, self.speed, alice.key_bits_needed, at_utc=t)
+                plan = next_frame(rt.channel, t, rate_hz, want)
+                if isinstance(plan, Idle):
+                    position.jump_to(await self._idle(plan, t))
+                    continue
+                rt.channel_idle = None
+                if self.clock is not None:
+                    rt.link_utc = plan.end_utc
+                    delay = self.clock.wall_delay_s(plan.end_utc, time.time())
+                    rt.lag_s = max(0.0, -delay * self.clock.speed)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                at_utc = plan.at_utc if rt.config.channel is not None else None
+                frame_id, frame = alice.emit_frame(plan.n_slots, at_utc=at_utc, close_block=plan.close_block)
+                position.advance(plan.n_slots)
+                rt.next_frame_id = alice.next_frame_id
+                rt.note_frame(plan.n_slots)
+                await quantum.write(
+                    pb.PulseFrame(
+                        link_id=rt.link_id, frame_id=frame_id, n_slots=frame.n_slots, payload=frame.to_bytes(), at_utc=at_utc or 0.0
+                    )
+                )
+            waiting = self.stage_timeout_s
+            if rt.config.error_correction == "ldpc" and alice.state is Phase.RECONCILING:
+                waiting = max(waiting, LDPC_DECODE_TIMEOUT_S)  # Bob is decoding
+            async with asyncio.timeout(waiting):
+                envelope = await call.read()
+            if envelope is grpc.aio.EOF:
+                raise TransportError("peer closed the classical channel")
+            cursor = rt.auth.cursor
+            outs = alice.receive(codec.decode(envelope))
+            rt.next_block_seq = alice.next_block_seq
+            events = rt.record(alice.take_events())
+            if events or rt.auth.cursor != cursor:
+                rt.persist()  # before the tag or the Commit leaves
+            self._log_events(events)
+            for out in outs:
+                for wire in await self.fault(rt.link_id, "A>B", codec.encode(out)):
+                    await call.write(wire)
 
     async def _idle(self, idle: Idle, t: float) -> float:
         """The channel carries nothing until ``idle.until_utc`` (between passes): wait for the clock.
@@ -297,11 +311,10 @@ class AliceWorker:
         return rt.link_utc
 
     async def _drain_acks(self, quantum: Any) -> None:
-        try:
+        """Reads the quantum stream's acknowledgements (flow control) until it ends; a broken stream ends the session elsewhere."""
+        with contextlib.suppress(grpc.aio.AioRpcError):
             async for _ack in quantum:
                 pass
-        except (asyncio.CancelledError, grpc.aio.AioRpcError):
-            pass
 
     def _log_events(self, events: list[Any]) -> None:
         for event in events:
@@ -315,9 +328,10 @@ def _lost_reason(rt: LinkRuntime, faults: FaultInjector) -> str:
     return "contact_ended" if faults.out_of_contact(rt.link_id) else "session_lost"
 
 
-def _storage_refusal(rt: LinkRuntime, exc: StorageFailure) -> str:
-    local = rt.link.bob if rt.role.value == "bob" else rt.link.alice
-    return f"{local} cannot save the state of link {rt.link_id}: {exc.reason}"
+def _storage_refusal(rt: LinkRuntime, exc: StorageFailure) -> StorageFailure:
+    """What the peer is told when this end cannot save the link's state (UNAVAILABLE): which node and why, no file names."""
+    local = rt.link.bob if rt.role is Role.BOB else rt.link.alice
+    return StorageFailure(f"{local} cannot save the state of link {rt.link_id}: {exc.reason}", path=exc.path, reason=exc.reason)
 
 
 def _log_block(logger: Any, event: Any) -> None:
@@ -343,7 +357,7 @@ class BobEndpoint:
     def __init__(
         self,
         links: dict[str, LinkRuntime],
-        rng_factory: Callable[[], tuple[Any, np.random.Generator]],
+        rng_factory: Callable[[], tuple[KeyRandomness, np.random.Generator]],
         *,
         faults: FaultInjector | None = None,
         fault: ClassicalFault | None = None,
@@ -386,26 +400,23 @@ class BobEndpoint:
         return rt
 
     async def transmit(self, request_iterator: AsyncIterator[pb.PulseFrame], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.FrameAck]:
-        peer_cn = peer_common_name(context)
+        peer_cn = caller_common_name(context)
         async for frame in request_iterator:
             rt = self._runtime(frame.link_id, peer_cn)
             if rt is None:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer_cn!r} is not the transmitter of link {frame.link_id!r}")
-                return
+                raise Unauthorized(f"{peer_cn!r} is not the transmitter of link {frame.link_id!r}")
             try:
                 photons = PhotonFrame.from_bytes(frame.payload)
             except ProtocolError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed pulse frame: {exc}")
-                return
+                raise RemoteProtocolError(f"malformed pulse frame: {exc}") from exc
             if photons.n_slots != frame.n_slots:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "pulse frame n_slots does not match its payload")
-                return
+                raise RemoteProtocolError("pulse frame n_slots does not match its payload")
             await self.frames[rt.link_id].put((frame.frame_id, photons, frame.at_utc or None))
             rt.note_frame(photons.n_slots)
             yield pb.FrameAck(frame_id=frame.frame_id)
 
     async def session(self, request_iterator: AsyncIterator[pb.ClassicalMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ClassicalMessage]:
-        peer_cn = peer_common_name(context)
+        peer_cn = caller_common_name(context)
         iterator = request_iterator.__aiter__()
         try:
             async with asyncio.timeout(HELLO_TIMEOUT_S):
@@ -413,15 +424,12 @@ class BobEndpoint:
         except (StopAsyncIteration, TimeoutError):
             return
         if first.WhichOneof("body") != "hello":
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "a session starts with hello")
-            return
+            raise OutOfSequence("a session starts with hello")
         rt = self._runtime(first.hello.link_id, peer_cn)
         if rt is None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer_cn!r} is not the transmitter of link {first.hello.link_id!r}")
-            return
+            raise Unauthorized(f"{peer_cn!r} is not the transmitter of link {first.hello.link_id!r}")
         if self.faults.partitioned(rt.link_id):
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"classical channel of {rt.link_id} cut by a partition fault")
-            return
+            raise PeerUnavailable(f"classical channel of {rt.link_id} cut by a partition fault")
         bound = log.bind(link_id=rt.link_id, peer_id=rt.peer, role="bob")
         try:
             hello = codec.decode_hello(first.hello)
@@ -431,8 +439,7 @@ class BobEndpoint:
         except (HelloRefused, RemoteProtocolError) as exc:
             reason = exc.reason.value if isinstance(exc, HelloRefused) else "malformed"
             bound.warning("link.hello_refused", reason=reason, details=str(exc))
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"hello refused: {reason}")
-            return
+            raise AuthenticationFailed(f"hello refused: {reason}") from None
         old = self.inboxes.get(rt.link_id)
         if old is not None:
             old.put_nowait(("superseded", None))
@@ -448,16 +455,14 @@ class BobEndpoint:
             answers = exchange.receive(hello)
         except HelloRefused as exc:  # the old session moved the cursor past the Hello's keys
             bound.warning("link.hello_refused", reason=exc.reason.value, details=str(exc))
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"hello refused: {exc.reason.value}")
-            return
+            raise AuthenticationFailed(f"hello refused: {exc.reason.value}") from None
         result = exchange.result
         if isinstance(result, Reconciliation):
             apply_reconciliation(rt, result)
         try:
             rt.persist()  # before the answer, whose tag uses a key this saves as used
         except StorageFailure as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, _storage_refusal(rt, exc))
-            return
+            raise _storage_refusal(rt, exc) from exc
         if isinstance(result, CursorBehind):
             bound.warning("link.peer_cursor_behind", auth_cursor=result.auth_cursor, details="the peer's MAC-key cursor is behind ours: told it where we are")
             for answer in answers:
@@ -475,15 +480,15 @@ class BobEndpoint:
         bob = BobLink(
             rt.config, rt.auth, key_rng, noise_rng, next_block_seq=rt.next_block_seq, decode_executor=self.decode_pool() if ldpc else None
         )
-        rt.state = "up"
+        rt.state = LinkState.UP
         bound.info("link.session_started", next_block_seq=rt.next_block_seq, auth_cursor=rt.auth.cursor)
 
         async def pump_messages() -> None:
             try:
                 async for envelope in iterator:
                     await inbox.put(("message", envelope))
-            except (grpc.aio.AioRpcError, asyncio.CancelledError):
-                pass
+            except grpc.aio.AioRpcError:
+                pass  # the peer's stream broke: the session ends at the eof below
             finally:
                 inbox.put_nowait(("eof", None))
 
@@ -495,47 +500,47 @@ class BobEndpoint:
             await self.faults.cut_event(rt.link_id).wait()
             inbox.put_nowait(("cut", None))
 
-        tasks = [asyncio.create_task(pump_messages()), asyncio.create_task(pump_frames()), asyncio.create_task(watch_cut())]
         try:
-            for answer in answers:
-                for wire in await self.fault(rt.link_id, "B>A", codec.encode_hello(answer)):
-                    yield wire
-            while True:
-                kind, item = await inbox.get()
-                if kind in ("eof", "superseded"):
-                    break
-                if kind == "cut":
-                    bound.warning("link.partitioned", details="classical channel cut by a fault")
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"classical channel of {rt.link_id} cut by a partition fault")
-                cursor = rt.auth.cursor
-                try:
-                    if kind == "frame":
-                        outs = bob.receive_frame(*item)
-                    elif ldpc:
-                        # LDPC decoding takes seconds (in the pool): meanwhile the loop
-                        # keeps taking frames of the next block off the quantum stream.
-                        outs = await asyncio.to_thread(bob.receive, codec.decode(item))
-                    else:
-                        outs = bob.receive(codec.decode(item))
-                except ProtocolError as exc:
-                    bound.warning("link.protocol_error", details=str(exc))
-                    await context.abort(grpc.StatusCode.ABORTED, f"protocol error: {exc}")
-                rt.next_block_seq = bob.next_block_seq
-                events = rt.record(bob.take_events())
-                if events or rt.auth.cursor != cursor:
-                    try:
-                        rt.persist()  # before the tag leaves
-                    except StorageFailure as exc:
-                        await context.abort(grpc.StatusCode.UNAVAILABLE, _storage_refusal(rt, exc))
-                        return  # (abort raises) nothing that depends on the unsaved state is sent
-                for event in events:
-                    _log_block(bound, event)
-                for out in outs:
-                    for wire in await self.fault(rt.link_id, "B>A", codec.encode(out)):
+            async with Companions() as companions:
+                companions.start(pump_messages(), name=f"{rt.link_id} messages")
+                companions.start(pump_frames(), name=f"{rt.link_id} frames")
+                companions.start(watch_cut(), name=f"{rt.link_id} cut")
+                for answer in answers:
+                    for wire in await self.fault(rt.link_id, "B>A", codec.encode_hello(answer)):
                         yield wire
+                while True:
+                    kind, item = await inbox.get()
+                    if kind in ("eof", "superseded"):
+                        break
+                    if kind == "cut":
+                        bound.warning("link.partitioned", details="classical channel cut by a fault")
+                        raise PeerUnavailable(f"classical channel of {rt.link_id} cut by a partition fault")
+                    cursor = rt.auth.cursor
+                    try:
+                        if kind == "frame":
+                            outs = bob.receive_frame(*item)
+                        elif ldpc:
+                            # LDPC decoding takes seconds (in the pool): meanwhile the loop
+                            # keeps taking frames of the next block off the quantum stream.
+                            outs = await asyncio.to_thread(bob.receive, codec.decode(item))
+                        else:
+                            outs = bob.receive(codec.decode(item))
+                    except ProtocolError as exc:
+                        bound.warning("link.protocol_error", details=str(exc))
+                        raise SessionAborted(f"protocol error: {exc}") from exc
+                    rt.next_block_seq = bob.next_block_seq
+                    events = rt.record(bob.take_events())
+                    if events or rt.auth.cursor != cursor:
+                        try:
+                            rt.persist()  # before the tag leaves
+                        except StorageFailure as exc:
+                            raise _storage_refusal(rt, exc) from exc  # nothing that depends on the unsaved state is sent
+                    for event in events:
+                        _log_block(bound, event)
+                    for out in outs:
+                        for wire in await self.fault(rt.link_id, "B>A", codec.encode(out)):
+                            yield wire
         finally:
-            for task in tasks:
-                task.cancel()
             for event in rt.record(bob.abandon(_lost_reason(rt, self.faults))):
                 _log_block(bound, event)
             rt.try_persist()
@@ -543,6 +548,6 @@ class BobEndpoint:
                 rt.pending_bob = bob
             if self.inboxes.get(rt.link_id) is inbox:
                 del self.inboxes[rt.link_id]
-                rt.state = "down"
+                rt.state = LinkState.DOWN
             ended_event.set()
             bound.info("link.session_ended")

@@ -1,8 +1,10 @@
 """Prometheus metrics of one node, served at ``/metrics`` (``qcinode_`` prefix).
 
-Link, relay and routing figures are read from the node's own counters at
-scrape time (a custom collector), so there is one source of truth and
-``qcinode status`` and ``/metrics`` always agree. ETSI 014 request latencies
+Link, relay and routing figures are read at scrape time (a custom
+collector) from :class:`~qcinode.status.NodeStatus`, the model ``qcinode
+status`` reads too, so the two always agree. Label values come from closed
+vocabularies (link state, role, :class:`~qcinode.core.aborts.AbortReason`,
+relay refusal and advert rejection reasons), so label sets stay bounded. ETSI 014 request latencies
 are observed as they happen. Process metrics (CPU, memory, file
 descriptors) come from prometheus-client's process collector.
 """
@@ -17,11 +19,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..status import LinkState, NodeStatus
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _NodeCollector(Collector):
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, status: Callable[[], NodeStatus]) -> None:
         self.status = status
 
     def collect(self) -> Iterator[Any]:
@@ -46,77 +50,81 @@ class _NodeCollector(Collector):
         secret = counter("secret_bits", "Secret bits added to the pool")
         leak = counter("ec_leak_bits", "Bits disclosed by error correction")
         done = counter("blocks_done", "Blocks accepted into the pool")
-        aborted = CounterMetricFamily("qcinode_link_blocks_aborted", "Blocks discarded, by cause", labels=[*labels, "reason"])
+        aborted = CounterMetricFamily(
+            "qcinode_link_blocks_aborted", "Blocks discarded, by cause (qcinode.core.aborts.AbortReason)", labels=[*labels, "reason"]
+        )
         lag = gauge("lag_seconds", "Emulated seconds the transmitter is behind the network clock (the CPU cannot keep up)")
         in_pass = gauge("in_pass", "Free-space link: 1 while the satellite is above the elevation mask")
         elevation = gauge("elevation_degrees", "Free-space link: the satellite's elevation seen from the ground station")
         slant = gauge("range_km", "Free-space link: slant range from the ground station to the satellite")
         loss = gauge("loss_db", "Free-space link: channel loss now, detector excluded (absent outside passes)")
         next_pass = gauge("next_pass_seconds", "Free-space link: emulated seconds until the next pass rises (absent during a pass)")
-        for link in status["links"]:
-            values = [link["link_id"], link["peer"], link["role"]]
-            up.add_metric(values, 1.0 if link["state"] == "up" else 0.0)
-            qber.add_metric(values, float(link["qber"]))
-            efficiency.add_metric(values, float(link["ec_efficiency"]))
-            pool.add_metric(values, float(link["pool_bits"]))
-            rate.add_metric(values, float(link["secret_key_rate_bps"]))
-            emulated.add_metric(values, float(link["emulated_s"]))
-            pulses.add_metric(values, float(link["pulses_sent"]))
-            detections.add_metric(values, float(link["detections"]))
-            sifted.add_metric(values, float(link["sifted_bits"]))
-            secret.add_metric(values, float(link["secret_bits"]))
-            leak.add_metric(values, float(link["ec_leak_bits"]))
-            done.add_metric(values, float(link["blocks_done"]))
-            for reason, count in link["aborts_by_reason"].items():
-                aborted.add_metric([*values, reason], float(count))
-            channel = link.get("channel") or {}
-            if "lag_s" in channel:
-                lag.add_metric(values, float(channel["lag_s"]))
-            if "in_pass" in channel:
-                in_pass.add_metric(values, 1.0 if channel["in_pass"] else 0.0)
-                for family, key in ((elevation, "elevation_deg"), (slant, "range_km"), (loss, "loss_db"), (next_pass, "next_pass_in_s")):
-                    if key in channel:
-                        family.add_metric(values, float(channel[key]))
+        for link in status.links:
+            values = [link.link_id, link.peer, link.role.value]
+            up.add_metric(values, 1.0 if link.state is LinkState.UP else 0.0)
+            qber.add_metric(values, link.qber)
+            efficiency.add_metric(values, link.ec_efficiency)
+            pool.add_metric(values, float(link.pool_bits))
+            rate.add_metric(values, link.secret_key_rate_bps)
+            emulated.add_metric(values, link.emulated_s)
+            pulses.add_metric(values, float(link.pulses_sent))
+            detections.add_metric(values, float(link.detections))
+            sifted.add_metric(values, float(link.sifted_bits))
+            secret.add_metric(values, float(link.secret_bits))
+            leak.add_metric(values, float(link.ec_leak_bits))
+            done.add_metric(values, float(link.blocks_done))
+            for reason, count in sorted(link.aborts_by_reason.items()):
+                aborted.add_metric([*values, reason.value], float(count))
+            channel = link.channel
+            if channel is not None and channel.lag_s is not None:
+                lag.add_metric(values, channel.lag_s)
+            if channel is not None and channel.in_pass is not None:
+                in_pass.add_metric(values, 1.0 if channel.in_pass else 0.0)
+                figures = ((elevation, channel.elevation_deg), (slant, channel.range_km), (loss, channel.loss_db), (next_pass, channel.next_pass_in_s))
+                for family, value in figures:
+                    if value is not None:
+                        family.add_metric(values, value)
         yield from (up, qber, efficiency, pool, rate, emulated, pulses, detections, sifted, secret, leak, done, aborted)
         yield from (lag, in_pass, elevation, slant, loss, next_pass)
 
-        net = status.get("network", {})
+        net = status.network
         relays = CounterMetricFamily("qcinode_relay_requests", "End-to-end key relays started at this node, by outcome", labels=["outcome"])
-        relays.add_metric(["delivered"], float(net.get("relays_delivered", 0)))
-        relays.add_metric(["failed"], float(net.get("relays_failed", 0)))
+        relays.add_metric(["delivered"], float(net.relays_delivered))
+        relays.add_metric(["failed"], float(net.relays_failed))
         yield relays
         hops = CounterMetricFamily("qcinode_relay_hops", "Relay hops, by direction", labels=["direction"])
-        hops.add_metric(["sent"], float(net.get("relay_hops_sent", 0)))
-        hops.add_metric(["received"], float(net.get("relay_hops_received", 0)))
-        hops.add_metric(["forwarded"], float(net.get("relays_forwarded", 0)))
+        hops.add_metric(["sent"], float(net.relay_hops_sent))
+        hops.add_metric(["received"], float(net.relay_hops_received))
+        hops.add_metric(["forwarded"], float(net.relays_forwarded))
         yield hops
         failures = CounterMetricFamily("qcinode_relay_failures", "Relay failures, by cause", labels=["reason"])
-        for reason, count in (net.get("relay_failures_by_reason") or {}).items():
-            failures.add_metric([reason], float(count))
+        for refusal, count in sorted(net.relay_failures_by_reason.items(), key=lambda item: item[0].value):
+            failures.add_metric([refusal.value], float(count))
         yield failures
         kme_refused = CounterMetricFamily(
             "qcinode_kme_refusals",
             "enc_keys requests refused by the per-SAE limits before any key was spent, by reason (rate_limit, fair_share)",
             labels=["reason"],
         )
-        for reason, count in (net.get("kme_refusals_by_reason") or {}).items():
-            kme_refused.add_metric([reason], float(count))
+        for name, count in sorted(net.kme_refusals_by_reason.items()):
+            kme_refused.add_metric([name], float(count))
         yield kme_refused
         expired = CounterMetricFamily(
             "qcinode_kme_keys_expired", "Keys deleted unredeemed after relay.key_ttl_s (their slave never asked, or their IDs never reached a master)"
         )
-        expired.add_metric([], float(net.get("keys_expired", 0)))
+        expired.add_metric([], float(net.keys_expired))
         yield expired
+        routing = net.routing
         nodes = GaugeMetricFamily("qcinode_routing_known_nodes", "Nodes in the link-state database (this one included)")
-        nodes.add_metric([], float(len((net.get("routing") or {}).get("origins", {})) + 1))
+        nodes.add_metric([], float(len(routing.origins) if routing is not None else 0) + 1)
         yield nodes
         rejected = CounterMetricFamily(
             "qcinode_routing_adverts_rejected",
             "Routing adverts refused (forged, altered, replayed, unsigned, out of the sequence window), by reason",
             labels=["reason"],
         )
-        for reason, count in ((net.get("routing") or {}).get("rejected") or {}).items():
-            rejected.add_metric([reason], float(count))
+        for rejection, count in sorted((routing.rejected if routing is not None else {}).items(), key=lambda item: item[0].value):
+            rejected.add_metric([rejection.value], float(count))
         yield rejected
         healthy = GaugeMetricFamily(
             "qcinode_storage_healthy",
@@ -126,16 +134,16 @@ class _NodeCollector(Collector):
         storage_failures = CounterMetricFamily(
             "qcinode_storage_failures", "Failed reads and writes of the database file (full or unwritable disk, I/O errors)", labels=["file"]
         )
-        for name, store in (net.get("storage") or {}).items():
-            healthy.add_metric([name], 1.0 if store.get("healthy") else 0.0)
-            storage_failures.add_metric([name], float(store.get("failures", 0)))
+        for file, store in net.storage.items():
+            healthy.add_metric([file], 1.0 if store.healthy else 0.0)
+            storage_failures.add_metric([file], float(store.failures))
         yield from (healthy, storage_failures)
 
 
 class NodeMetrics:
     """The registry of one node and the hooks that feed it."""
 
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, status: Callable[[], NodeStatus]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
         self.registry.register(_NodeCollector(status))

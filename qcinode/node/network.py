@@ -40,15 +40,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 import structlog
 
-from ..core.pool import KeyRange
 from ..core.relay.context import LinkEnd, RelaySettings
 from ..core.relay.engine import RelayEngine
-from ..core.relay.hop import RelayHeader
 from ..core.relay.messages import (
     AnswerHop,
     DeliverKeys,
@@ -68,11 +65,10 @@ from ..core.relay.messages import (
     RelayAction,
     RequestAbandoned,
     SaveLink,
-    SealedHop,
     SendHop,
     StoreKey,
 )
-from ..core.routing import AdvertRejected, AdvertSigner, AdvertVerifier, LinkAdvert, LinkStateAdvert, LinkStateDatabase, RejectReason
+from ..core.routing import AdvertRejected, AdvertSigner, AdvertVerifier, LinkAdvert, LinkStateDatabase, RejectReason
 from ..errors import (
     DuplicateKey,
     InsufficientKeyMaterial,
@@ -80,15 +76,22 @@ from ..errors import (
     PeerUnavailable,
     ProtocolError,
     QcinodeError,
+    RemoteProtocolError,
+    StorageFailure,
+    TransportError,
+    Unauthorized,
 )
-from ..keys.keystore import SaeKeyStore, StorageFailure
+from ..keys.keystore import SaeKeyStore
 from ..keys.linkstore import LinkStore
 from ..kme.handlers import DeliveredKey, EncRequest, KmeLimits
+from ..status import AdvertisedLink, HeldAdvert, LinkState, NetworkStatus, RoutingStatus, StorageStatus
 from ..topology import Topology
+from ..transport.errors import rpc_errors
+from ..transport.network import advert_from_pb, advert_to_pb, answer_from_pb, answer_to_pb, hop_from_pb, hop_to_pb
 from ..transport.pb import network_pb2 as pb
 from ..transport.pb import network_pb2_grpc as pb_grpc
+from .access import caller_common_name
 from .faults import FaultInjector
-from .link import peer_common_name
 from .runtime import LinkRuntime
 
 log = structlog.get_logger(__name__)
@@ -99,71 +102,11 @@ HandOff = Callable[[str, str, tuple[str, ...], bytes], Awaitable["Refusal | None
 ADVERT_INTERVAL_S = 1.0
 ADVERT_TIMEOUT_S = 2.0
 HOP_TIMEOUT_S = 5.0
-RELAY_CONCURRENCY = 8  # keys of one request relayed at the same time
-PATH_ATTEMPTS = 3
-
-
-def _advert_to_pb(advert: LinkStateAdvert) -> pb.LinkStateAdvert:
-    return pb.LinkStateAdvert(
-        origin=advert.origin,
-        sequence=advert.sequence,
-        links=[pb.LinkAdvert(link_id=a.link_id, peer=a.peer, up=a.up, available_out_bytes=a.available_out_bytes) for a in advert.links],
-        signature=advert.signature,
-        origin_certificate=advert.certificate,
-    )
-
-
-def _advert_from_pb(msg: pb.LinkStateAdvert) -> LinkStateAdvert:
-    return LinkStateAdvert(
-        origin=msg.origin,
-        sequence=msg.sequence,
-        links=tuple(LinkAdvert(link_id=a.link_id, peer=a.peer, up=a.up, available_out_bytes=a.available_out_bytes) for a in msg.links),
-        signature=msg.signature,
-        certificate=msg.origin_certificate,
-    )
 
 
 # Rejections a healthy network also meets (an older copy overtaken in a flood
 # race) are logged at info; the others mean a forged, altered or broken advert.
 _ROUTINE_REJECTIONS = frozenset({RejectReason.STALE})
-
-
-def _hop_to_pb(hop: SealedHop) -> pb.RelayHop:
-    header = hop.header
-    return pb.RelayHop(
-        relay_id=header.relay_id,
-        key_id=header.key_id,
-        master_sae=header.master_sae,
-        slave_saes=list(header.slave_saes),
-        source=header.source,
-        destination=header.destination,
-        path=list(header.path),
-        hop_index=header.hop_index,
-        share_index=header.share_index,
-        share_count=header.share_count,
-        key_bytes=header.key_bytes,
-        pad=[pb.KeyRange(block_id=r.block_id, offset_bytes=r.offset_bytes, length_bytes=r.length_bytes) for r in hop.pad],
-        ciphertext=hop.ciphertext,
-        tag=hop.tag,
-    )
-
-
-def _hop_from_pb(msg: pb.RelayHop) -> SealedHop:
-    header = RelayHeader(
-        relay_id=msg.relay_id,
-        key_id=msg.key_id,
-        master_sae=msg.master_sae,
-        slave_saes=tuple(msg.slave_saes),
-        source=msg.source,
-        destination=msg.destination,
-        path=tuple(msg.path),
-        hop_index=msg.hop_index,
-        share_index=msg.share_index,
-        share_count=msg.share_count,
-        key_bytes=msg.key_bytes,
-    )
-    pad = tuple(KeyRange(r.block_id, r.offset_bytes, r.length_bytes) for r in msg.pad)
-    return SealedHop(header, pad, bytes(msg.ciphertext), bytes(msg.tag))
 
 
 class _Links:
@@ -216,13 +159,14 @@ class NetworkService(pb_grpc.NetworkServicer):
             neighbours=_Links(self.by_peer, self.faults),
             routes=self.db,
             random_bytes=random_bytes,
-            settings=RelaySettings(multipath_shares=multipath_shares, concurrency=RELAY_CONCURRENCY, path_attempts=PATH_ATTEMPTS),
+            settings=RelaySettings(multipath_shares=multipath_shares),
         )
         # The interworking driver (node/interworking.py) at a node serving another
         # network's SAEs: a StoreKey for them is handed over instead of stored.
         self.hand_off: HandOff | None = None
         self._ids = itertools.count(1)  # request IDs and incoming hops' tokens
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._forwarding: asyncio.TaskGroup | None = None  # run_adverts' group, while it runs
         self.log = log.bind(node_id=node_name)
 
     # -- plumbing ------------------------------------------------------
@@ -242,7 +186,7 @@ class NetworkService(pb_grpc.NetworkServicer):
             LinkAdvert(
                 link_id=rt.link_id,
                 peer=rt.peer,
-                up=rt.state == "up" and not self.faults.partitioned(rt.link_id),
+                up=rt.state is LinkState.UP and not self.faults.partitioned(rt.link_id),
                 available_out_bytes=rt.pool.available_bytes,
             )
             for rt in self.links.values()
@@ -250,32 +194,63 @@ class NetworkService(pb_grpc.NetworkServicer):
 
     # -- routing -------------------------------------------------------
     async def run_adverts(self) -> None:
-        """Originates our advert every second, floods it, and ages out dead nodes."""
-        while True:
-            now = self.clock()
-            advert = self.db.originate(self._local_adverts(), now)
-            await self._flood(_advert_to_pb(advert), exclude=set())
-            for origin in self.db.expire(now):
-                self.log.info("routing.origin_expired", origin=origin)
-            await asyncio.sleep(ADVERT_INTERVAL_S)
+        """Originates our advert every second, floods it, and ages out dead nodes.
+
+        The new adverts neighbours send are forwarded by tasks of this loop's
+        group (:meth:`Advertise` must answer at once), so they end with it.
+        """
+        async with asyncio.TaskGroup() as forwarding:
+            self._forwarding = forwarding
+            try:
+                while True:
+                    now = self.clock()
+                    advert = self.db.originate(self._local_adverts(), now)
+                    await self._flood(advert_to_pb(advert), exclude=set())
+                    for origin in self.db.expire(now):
+                        self.log.info("routing.origin_expired", origin=origin)
+                    await asyncio.sleep(ADVERT_INTERVAL_S)
+            finally:
+                self._forwarding = None
 
     async def _flood(self, advert: pb.LinkStateAdvert, exclude: set[str]) -> None:
+        """Sends ``advert`` to every neighbour not in ``exclude`` whose link is not cut, all at once."""
+
         async def send(peer: str) -> None:
-            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError):
+            # A neighbour that is down misses this advert and gets the next: nothing to do.
+            with contextlib.suppress(TransportError, TimeoutError), rpc_errors(f"advert to {peer}"):
                 await self._stub(peer).Advertise(advert, timeout=ADVERT_TIMEOUT_S)
 
-        await asyncio.gather(
-            *(send(peer) for peer, rt in self.by_peer.items() if peer not in exclude and not self.faults.partitioned(rt.link_id))
-        )
+        async with asyncio.TaskGroup() as group:
+            for peer, rt in self.by_peer.items():
+                if peer not in exclude and not self.faults.partitioned(rt.link_id):
+                    group.create_task(send(peer))
+
+    async def _forward(self, advert: pb.LinkStateAdvert, exclude: set[str]) -> None:
+        """Floods a neighbour's new advert on (a task of the routing loop's group; a bug is logged, routing goes on)."""
+        try:
+            await self._flood(advert, exclude)
+        except Exception:
+            self.log.exception("routing.forward_failed", origin=advert.origin[:80])
+
+    def _neighbour(self, context: grpc.aio.ServicerContext) -> LinkRuntime:
+        """The link to the caller, a neighbour whose link is not cut.
+
+        Raises:
+            Unauthorized: The caller is not a neighbour.
+            PeerUnavailable: The link to it is cut (a partition, or a satellite out of contact).
+        """
+        caller = caller_common_name(context)
+        rt = self.by_peer.get(caller)
+        if rt is None:
+            raise Unauthorized(f"{caller!r} is not a neighbour of {self.node_name}")
+        if self.faults.partitioned(rt.link_id):
+            raise PeerUnavailable(f"link to {caller} cut by a partition fault")
+        return rt
 
     async def Advertise(self, request: pb.LinkStateAdvert, context: grpc.aio.ServicerContext) -> pb.AdvertAck:
-        caller = peer_common_name(context)
-        if caller not in self.by_peer:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{caller!r} is not a neighbour of {self.node_name}")
-        if self.faults.partitioned(self.by_peer[caller].link_id):
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"link to {caller} cut by a partition fault")
+        caller = self._neighbour(context).peer
         try:
-            is_new = self.db.receive(_advert_from_pb(request), self.clock())
+            is_new = self.db.receive(advert_from_pb(request), self.clock())
         except AdvertRejected as exc:
             emit = self.log.info if exc.reason in _ROUTINE_REJECTIONS else self.log.warning
             emit(
@@ -286,11 +261,9 @@ class NetworkService(pb_grpc.NetworkServicer):
                 peer_id=caller,
                 details=str(exc)[:300],
             )
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"advert rejected: {exc.reason.value}")
-        except ProtocolError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if is_new:
-            asyncio.get_running_loop().create_task(self._flood(request, exclude={caller, request.origin}))
+            raise RemoteProtocolError(f"advert rejected: {exc.reason.value}") from None
+        if is_new and self._forwarding is not None:  # not yet routing (starting) or no longer (stopping): the next advert will do
+            self._forwarding.create_task(self._forward(request, exclude={caller, request.origin}))
         return pb.AdvertAck()
 
     # -- relay: driving the engine ------------------------------------
@@ -339,7 +312,9 @@ class NetworkService(pb_grpc.NetworkServicer):
         result = self._store(action) if len(remote) < len(action.slave_saes) else KeyStored(action.ref)
         if result.refusal is None:
             if self.hand_off is None:
-                refusal: Refusal | None = Refusal(RefusalReason.STORE_REFUSED, f"node {self.node_name} does not interwork with the network of {', '.join(remote)}")
+                refusal: Refusal | None = Refusal(
+                    RefusalReason.STORE_REFUSED, f"node {self.node_name} does not interwork with the network of {', '.join(remote)}"
+                )
             else:
                 refusal = await self.hand_off(action.key_id, action.master_sae, remote, action.key)
             if refusal is not None:
@@ -381,22 +356,24 @@ class NetworkService(pb_grpc.NetworkServicer):
     async def _transmit(self, action: SendHop) -> Refusal | None:
         """Sends one hop (through the link's fault injector) and waits for the rest of its path; None if delivered."""
         peer, header = action.peer, action.hop.header
-        sent = await self.faults.relay(action.link_id, _hop_to_pb(action.hop))
+        sent = await self.faults.relay(action.link_id, hop_to_pb(action.hop))
         if not sent:
             return Refusal(RefusalReason.LOST, f"relay hop to {peer} lost on the way (fault injected)")
         timeout = HOP_TIMEOUT_S * (len(header.path) - header.hop_index) + self._interworking_wait_s(header.destination, header.slave_saes)
+        what = f"relay hop to {peer}"
         try:
-            result = await self._stub(peer).RelayKey(sent[0], timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                return Refusal(RefusalReason.TIMEOUT, f"relay hop to {peer} timed out")
-            return Refusal(RefusalReason.PEER_UNAVAILABLE, f"relay hop to {peer}: {exc.code().name} {exc.details()}")
+            with rpc_errors(what):
+                refused = answer_from_pb(await self._stub(peer).RelayKey(sent[0], timeout=timeout))
+        except PeerTimeout as exc:
+            return Refusal(RefusalReason.TIMEOUT, str(exc))
+        except TransportError as exc:
+            return Refusal(RefusalReason.PEER_UNAVAILABLE, str(exc))
         for replayed in sent[1:]:  # a replayed hop must be refused downstream
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                again = await self._stub(peer).RelayKey(replayed, timeout=timeout)
-                self.log.info("relay.replay_answered", relay_id=header.relay_id, peer_id=peer, delivered=again.delivered, details=again.error)
-        if not result.delivered:
-            return Refusal(RefusalReason.PEER_REFUSED, f"relay refused downstream of {self.node_name}: {result.error}")
+            with contextlib.suppress(TransportError), rpc_errors(what):
+                again = answer_from_pb(await self._stub(peer).RelayKey(replayed, timeout=timeout))
+                self.log.info("relay.replay_answered", relay_id=header.relay_id, peer_id=peer, delivered=again is None, details=again or "")
+        if refused is not None:
+            return Refusal(RefusalReason.PEER_REFUSED, f"relay refused downstream of {self.node_name}: {refused}")
         return None
 
     def _note(self, notice: RelayAction) -> None:
@@ -416,23 +393,15 @@ class NetworkService(pb_grpc.NetworkServicer):
 
     # -- relay: receiving ----------------------------------------------
     async def RelayKey(self, request: pb.RelayHop, context: grpc.aio.ServicerContext) -> pb.RelayResult:
-        caller = peer_common_name(context)
-        rt = self.by_peer.get(caller)
-        if rt is None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{caller!r} is not a neighbour of {self.node_name}")
-        assert rt is not None
-        if self.faults.partitioned(rt.link_id):
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"link to {caller} cut by a partition fault")
+        caller = self._neighbour(context).peer
         token = next(self._ids)
         try:
-            answers = await self._drive(self.engine.receive(HopArrived(token, caller, _hop_from_pb(request), self.clock())))
+            answers = await self._drive(self.engine.receive(HopArrived(token, caller, hop_from_pb(request), self.clock())))
         except BaseException:
             self.engine.receive(HopAbandoned(token))  # pad it consumed stays used
             raise
         (answer,) = [a for a in answers if isinstance(a, AnswerHop) and a.token == token]
-        if answer.refusal is None:
-            return pb.RelayResult(delivered=True)
-        return pb.RelayResult(delivered=False, error=str(answer.refusal))
+        return answer_to_pb(answer.refusal)
 
     # -- the KME's key supplier ----------------------------------------
     def available_keys(self, master_sae: str, slave_sae: str, size_bits: int) -> int:
@@ -513,32 +482,47 @@ class NetworkService(pb_grpc.NetworkServicer):
             raise ProtocolError("relay_keys: every key of one request has the same size")
         return await self._request(master_sae, slave_saes, len(keys), sizes.pop(), tuple(keys))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> NetworkStatus:
+        """Relay counters, the routing database and storage health (the node adds its KME's figures)."""
         s = self.engine.stats
-        return {
-            "relays_started": s.started,
-            "relays_delivered": s.delivered,
-            "relays_failed": s.failed,
-            "relays_forwarded": s.forwarded,
-            "relay_hops_received": s.received,
-            "relay_hops_sent": s.hops_sent,
+        db = self.db
+        received = db.received_at
+        return NetworkStatus(
+            relays_started=s.started,
+            relays_delivered=s.delivered,
+            relays_failed=s.failed,
+            relays_forwarded=s.forwarded,
+            relay_hops_received=s.received,
+            relay_hops_sent=s.hops_sent,
             # Label values from a closed vocabulary (RefusalReason), so /metrics stays bounded.
-            "relay_failures_by_reason": {reason.value: n for reason, n in sorted(s.failures_by_reason.items(), key=lambda i: i[0].value)},
-            "routing": self.db.snapshot(),
-            "storage": self._storage_status(),
-        }
+            relay_failures_by_reason=dict(s.failures_by_reason),
+            routing=RoutingStatus(
+                local_node=db.local_node,
+                max_age_s=db.max_age_s,
+                rejected=db.rejections,
+                origins={
+                    origin: HeldAdvert(
+                        sequence=advert.sequence,
+                        received_at=received[origin],
+                        links=tuple(AdvertisedLink(a.link_id, a.peer, a.up, a.available_out_bytes) for a in advert.links),
+                    )
+                    for origin, advert in db.adverts.items()
+                },
+            ),
+            storage=self._storage_status(),
+        )
 
-    def _storage_status(self) -> dict[str, Any]:
+    def _storage_status(self) -> dict[str, StorageStatus]:
         """Per database file: healthy (its last read or write worked), the last failure's reason, failures so far."""
         stores: list[LinkStore | SaeKeyStore] = []
         for store in [rt.store for rt in self.links.values()] + [self.keystore]:
             if store is not None and all(store is not seen for seen in stores):
                 stores.append(store)
         return {
-            store.path.name: {
-                "healthy": store.failure is None,
-                "error": store.failure.reason if store.failure is not None else "",
-                "failures": store.failure_count,
-            }
+            store.path.name: StorageStatus(
+                healthy=store.failure is None,
+                error=store.failure.reason if store.failure is not None else "",
+                failures=store.failure_count,
+            )
             for store in stores
         }

@@ -1,9 +1,24 @@
-"""The node process: one asyncio TaskGroup holding the gRPC server and link workers.
+"""The node process: its servers, and one asyncio TaskGroup holding every worker.
 
-``Node.start()`` builds the mTLS gRPC server (link channels, admin status,
-standard health and reflection) and one Alice worker per link this node
-transmits on; ``Node.stop(grace_s)`` shuts it down. ``run_node`` adds signal
-handling for ``qcinode node``.
+Theory of operation:
+    * :meth:`Node.run` is the node. It opens the servers (the mTLS gRPC
+      server with the link, network, admin, health and reflection services;
+      the ETSI 014 KME; ``/metrics``; the plaintext health listener), then
+      runs one :class:`asyncio.TaskGroup` whose children are all the node
+      does on its own: an Alice worker per link this node transmits on,
+      routing (:meth:`NetworkService.run_adverts`, which owns the forwarding
+      of neighbours' adverts), a contact follower per satellite link that
+      has one, and the KME's storage watch and key expiry. RPC handlers are
+      gRPC's and aiohttp's tasks, bounded by their calls.
+    * A child that fails is logged (``node.worker_crashed``) and the rest go
+      on; cancellation always propagates.
+    * :meth:`Node.stop` (or cancelling :meth:`Node.run`) stops taking
+      requests (health NOT_SERVING, the web servers closed), cancels the
+      children and waits for every one, then closes the gRPC servers, the
+      channels and the stores, saving each link's state once more.
+    * :meth:`Node.start` runs :meth:`Node.run` as the node's one task, owned
+      by the object and awaited by :meth:`Node.stop` (tests and embedders);
+      :func:`run_node` (``qcinode node``) awaits :meth:`Node.run` itself.
 """
 
 from __future__ import annotations
@@ -11,13 +26,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
 import math
 import os
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +42,24 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..core.clock import NetworkClock
-from ..core.randomness import CsprngGenerator
-from ..errors import ConfigError, KeyStoreError
-from ..keys.linkstore import LinkStore
-from ..topology import EavesdropperConfig, Topology
-from ..keys.keystore import SaeKeyStore, StorageFailure
-from ..keys.linkstore import StorageKey
+from ..core.randomness import CsprngGenerator, KeyRandomness
+from ..core.roles import Role
+from ..errors import ConfigError, KeyStoreError, NotFound, StorageFailure, Unauthorized
+from ..keys.keystore import SaeKeyStore
+from ..keys.linkstore import LinkStore, StorageKey
 from ..kme.fairness import Admission
 from ..kme.handlers import Kme, KmeLimits
 from ..kme.server import make_app, start_kme_server, tls_context
 from ..pki import ADMIN_COMMON_NAME, NodeAdvertSigner, NodeCertificateVerifier, node_bundle, read_bytes
+from ..status import NodeStatus
+from ..topology import EavesdropperConfig, Topology
+from ..transport.admin import status_to_pb
+from ..transport.errors import DomainErrors
 from ..transport.guard import MalformedRequestGuard
 from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc, network_pb2, network_pb2_grpc
-from .access import ReflectionAccess
+from .access import ReflectionAccess, caller_common_name
 from .faults import FaultInjector, fault_from_request
-from .link import AliceWorker, BobEndpoint, ClassicalFault, peer_common_name
+from .link import STAGE_TIMEOUT_S, AliceWorker, BobEndpoint, ClassicalFault
 from .metrics import NodeMetrics, start_metrics_server
 from .network import NetworkService
 from .runtime import LinkRuntime, link_channel
@@ -85,7 +102,7 @@ class NodeSettings:
     skip_listen: str | None = None  # SKIP (HTTPS) host:port; None: not served
     multipath_shares: int | None = None  # override of the topology's relay.paths
     seed: int | None = None  # test-only: deterministic channel noise
-    stage_timeout_s: float = 30.0  # how long a link waits for its peer's next message
+    stage_timeout_s: float = STAGE_TIMEOUT_S  # how long a link waits for its peer's next message
     classical_fault: ClassicalFault | None = None  # tests only: a hook in place of the fault injector's
 
     def __post_init__(self) -> None:
@@ -112,53 +129,39 @@ class _LinkServicer(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.PostProc
             yield message
 
 
+def _require_admin(context: grpc.aio.ServicerContext, what: str) -> None:
+    if caller_common_name(context) != ADMIN_COMMON_NAME:
+        raise Unauthorized(f"{what} the admin certificate")
+
+
 class _AdminServicer(admin_pb2_grpc.AdminServicer):
+    """``qcinode status``, ``eve`` and ``fault``: admin certificate only (errors: :data:`~qcinode.transport.errors.SERVER_STATUS`)."""
+
     def __init__(self, node: Node) -> None:
         self.node = node
 
     async def Status(self, request: admin_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> admin_pb2.NodeStatus:
-        if peer_common_name(context) != ADMIN_COMMON_NAME:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "status needs the admin certificate")
-        return status_message(self.node.status(include_digests=request.include_block_digests, include_ledger=request.include_ledger))
+        _require_admin(context, "status needs")
+        return status_to_pb(self.node.status(include_digests=request.include_block_digests, include_ledger=request.include_ledger))
 
     async def SetEavesdropper(self, request: admin_pb2.EavesdropperRequest, context: grpc.aio.ServicerContext) -> admin_pb2.EavesdropperReply:
-        if peer_common_name(context) != ADMIN_COMMON_NAME:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "eavesdroppers need the admin certificate")
+        _require_admin(context, "eavesdroppers need")
         rt = self.node.links.get(request.link_id)
-        if rt is None or rt.role.value != "alice":
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"{self.node.settings.name} does not transmit on link {request.link_id!r}")
-        assert rt is not None
-        try:
-            eve = EavesdropperConfig.from_mapping({"attack": request.attack, "fraction": request.fraction}, "eavesdropper")
-        except ConfigError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if rt is None or rt.role is not Role.ALICE:
+            raise NotFound(f"{self.node.settings.name} does not transmit on link {request.link_id!r}")
+        eve = EavesdropperConfig.from_mapping({"attack": request.attack, "fraction": request.fraction}, "eavesdropper")
         rt.set_eavesdropper(eve)
         self.node.log.warning("eve.changed", link_id=rt.link_id, attack=eve.attack, fraction=eve.fraction)
         return admin_pb2.EavesdropperReply(link_id=rt.link_id, attack=eve.attack, fraction=eve.fraction if eve.attack != "none" else 0.0)
 
     async def SetFault(self, request: admin_pb2.FaultRequest, context: grpc.aio.ServicerContext) -> admin_pb2.FaultReply:
-        if peer_common_name(context) != ADMIN_COMMON_NAME:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "faults need the admin certificate")
+        _require_admin(context, "faults need")
         if request.link_id not in self.node.links:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"{self.node.settings.name} is not an end of link {request.link_id!r}")
-        try:
-            spec = fault_from_request(request.kind, request.probability, request.delay_ms, request.channel)
-        except ConfigError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise NotFound(f"{self.node.settings.name} is not an end of link {request.link_id!r}")
+        spec = fault_from_request(request.kind, request.probability, request.delay_ms, request.channel)
         self.node.faults.set(request.link_id, spec)
         self.node.log.warning("fault.changed", link_id=request.link_id, **dataclasses.asdict(spec))
         return admin_pb2.FaultReply(link_id=request.link_id, **dataclasses.asdict(spec))
-
-
-def status_message(status: dict[str, Any]) -> admin_pb2.NodeStatus:
-    links = []
-    for link in status["links"]:
-        fields = {k: v for k, v in link.items() if k not in ("blocks", "length_km")}
-        msg = admin_pb2.LinkStatus(**fields)
-        for block in link.get("blocks", []):
-            msg.blocks.add(block_id=block["block_id"], sha256=bytes.fromhex(block["sha256"]))
-        links.append(msg)
-    return admin_pb2.NodeStatus(node=status["node"], uptime_s=status["uptime_s"], links=links, network_json=json.dumps(status.get("network", {})))
 
 
 def _in_contact(rt: LinkRuntime, clock: NetworkClock | None) -> bool:
@@ -215,10 +218,10 @@ class Node:
         self.kme_admission = Admission(
             rate_per_s=kme.max_keys_per_sae_per_s, burst=kme.burst, fair_share=kme.fair_share, window_s=kme.fair_share_window_s
         )
-        self.kme_limits = KmeLimits()
         self.keys_expired = 0
         self.kme_runner: Any = None
         self.kme_port: int | None = None
+        self.kme_limits = KmeLimits()
         self.interfaces: Any = None  # node/interfaces.py: interworking, 004, SKIP
         self.metrics = NodeMetrics(self.status)
         self.metrics_runner: Any = None
@@ -229,7 +232,10 @@ class Node:
         self.health_server: grpc.aio.Server | None = None
         self.health_port: int | None = None
         self.health = health.aio.HealthServicer()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the children of run()'s TaskGroup
+        self._stopping = asyncio.Event()
+        self._grace_s = 2.0
+        self._runner: asyncio.Task[None] | None = None  # start()'s task
         self.started = time.monotonic()
 
     def _storage_key(self) -> StorageKey | None:
@@ -250,9 +256,10 @@ class Node:
         reasons |= {store.failure.reason for store in (self.store, self.keystore) if store is not None and store.failure is not None}
         return "; ".join(sorted(reasons)) or None
 
-    def _rngs(self) -> tuple[Any, np.random.Generator]:
+    def _rngs(self) -> tuple[KeyRandomness, np.random.Generator]:
+        """A session's (key randomness, channel noise): a CSPRNG for keys, unless a test seeds the node."""
         noise = np.random.default_rng(self._seeds.spawn(1)[0])
-        key: Any = np.random.default_rng(self._seeds.spawn(1)[0]) if self.settings.seed is not None else CsprngGenerator()
+        key: KeyRandomness = np.random.default_rng(self._seeds.spawn(1)[0]) if self.settings.seed is not None else CsprngGenerator()
         return key, noise
 
     def _credentials(self) -> tuple[bytes, bytes, bytes]:
@@ -277,21 +284,21 @@ class Node:
         ]
         return grpc.aio.secure_channel(self.settings.peer_address(peer), creds, options=options)
 
-    async def start(self) -> int:
-        """Starts the server and the link workers; returns the bound gRPC port."""
+    async def _open(self) -> int:
+        """Opens the servers (gRPC, KME, metrics, health listener); returns the bound gRPC port."""
         key, cert, ca = self._credentials()
         # Reflection describes the API to node and admin certificates only, not to SAEs.
         reflection_readers = [node.name for node in self.settings.topology.nodes] + [ADMIN_COMMON_NAME]
         server = grpc.aio.server(
-            interceptors=[MalformedRequestGuard(), ReflectionAccess(reflection_readers)],
+            # DomainErrors first: it answers what the servicers and the other interceptors raise.
+            interceptors=[DomainErrors(), MalformedRequestGuard(), ReflectionAccess(reflection_readers)],
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ]
         )
-        faults: dict[str, Any] = {"stage_timeout_s": self.settings.stage_timeout_s, "faults": self.faults, "fault": self.settings.classical_fault}
-        endpoint = self._bob_endpoint = BobEndpoint({k: v for k, v in self.links.items()}, self._rngs, **faults)
+        endpoint = self._bob_endpoint = BobEndpoint({k: v for k, v in self.links.items()}, self._rngs, **self._link_options())
         servicer = _LinkServicer(endpoint)
         link_pb2_grpc.add_QuantumChannelServicer_to_server(servicer, server)
         link_pb2_grpc.add_PostProcessingServicer_to_server(servicer, server)
@@ -321,15 +328,6 @@ class Node:
                 details="emulation.wall_start is not set: this node's network clock starts when it does; "
                 "give every node the same wall_start (qcinode up and qcinode deploy k8s set it) so that they agree",
             )
-        for rt in self.links.values():
-            if rt.role.value == "alice":
-                key_rng, noise_rng = self._rngs()
-                worker = AliceWorker(rt, functools.partial(self._channel, rt.peer), self.clock, key_rng, noise_rng, **faults)
-                self._tasks.append(asyncio.create_task(self._guard(worker.run(), rt.link_id)))
-        self._tasks.append(asyncio.create_task(self._guard(self.network.run_adverts(), "routing")))
-        for rt in self._contact_links():
-            assert self.clock is not None
-            self._tasks.append(asyncio.create_task(self._guard(self._follow_contact(rt, self.clock), rt.link_id)))
         if self.settings.kme_listen is not None and self.keystore is not None:
             await self._start_kme()
         await self._start_interfaces()
@@ -342,7 +340,7 @@ class Node:
         if self.settings.health_listen is not None:
             # Kubelet gRPC probes cannot do TLS: the same health servicer, alone, in plaintext;
             # started last, so a probe's first answer already means the node is up.
-            health_server = grpc.aio.server(interceptors=[MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)])
+            health_server = grpc.aio.server(interceptors=[DomainErrors(), MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)])
             health_pb2_grpc.add_HealthServicer_to_server(self.health, health_server)
             try:
                 self.health_port = health_server.add_insecure_port(self.settings.health_listen)
@@ -352,8 +350,66 @@ class Node:
                 raise ConfigError(f"--health-listen: cannot bind {self.settings.health_listen}")
             await health_server.start()
             self.health_server = health_server
-        self.log.info("node.started", port=port, links=len(self.links))
         return int(port)
+
+    def _link_options(self) -> dict[str, Any]:
+        return {"stage_timeout_s": self.settings.stage_timeout_s, "faults": self.faults, "fault": self.settings.classical_fault}
+
+    def _workers(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """What the node does on its own, as (name, coroutine): the children of its TaskGroup."""
+        workers: list[tuple[str, Coroutine[Any, Any, None]]] = []
+        for rt in self.links.values():
+            if rt.role is Role.ALICE:
+                key_rng, noise_rng = self._rngs()
+                worker = AliceWorker(rt, functools.partial(self._channel, rt.peer), self.clock, key_rng, noise_rng, **self._link_options())
+                workers.append((f"link {rt.link_id}", worker.run()))
+        workers.append(("routing", self.network.run_adverts()))
+        for rt in self._contact_links():
+            assert self.clock is not None
+            workers.append((f"contact {rt.link_id}", self._follow_contact(rt, self.clock)))
+        if self.kme_runner is not None:
+            workers += [("storage", self._watch_storage()), ("key expiry", self._expire_keys())]
+        return workers
+
+    async def run(self, *, ready: Callable[[int], None] | None = None) -> None:
+        """Runs the node until :meth:`stop` is called or this is cancelled (the module docstring).
+
+        Args:
+            ready: Called with the gRPC port once the servers and every worker run.
+
+        Raises:
+            ConfigError: A listen address cannot be bound.
+        """
+        try:
+            port = await self._open()
+            async with asyncio.TaskGroup() as group:
+                for name, coro in self._workers():
+                    self._tasks.append(group.create_task(self._guard(coro, name), name=f"{self.settings.name}: {name}"))
+                self.log.info("node.started", port=port, links=len(self.links))
+                if ready is not None:
+                    ready(port)
+                await self._stopping.wait()
+                await self._stop_serving()
+                for task in self._tasks:
+                    task.cancel()
+        finally:
+            await self._close()
+
+    async def start(self) -> int:
+        """Runs :meth:`run` as the node's own task (stop it with :meth:`stop`); returns the bound gRPC port once it serves."""
+        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        runner = self._runner = asyncio.create_task(self.run(ready=ready.set_result), name=f"node {self.settings.name}")
+        try:
+            waiting: list[asyncio.Future[Any]] = [ready, runner]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            runner.cancel()
+            await asyncio.wait({runner})
+            raise
+        if not ready.done():
+            runner.result()  # the reason it could not start
+            raise RuntimeError(f"node {self.settings.name} ended before it served")  # pragma: no cover
+        return ready.result()
 
     async def _start_kme(self) -> None:
         assert self.keystore is not None and self.settings.kme_listen is not None
@@ -375,14 +431,21 @@ class Node:
         host, _, port = self.settings.kme_listen.rpartition(":")
         self.kme_runner, self.kme_port = await start_kme_server(app, host.strip("[]") or "0.0.0.0", int(port), context)
         self.log.info("kme.started", port=self.kme_port)
-        self._tasks.append(asyncio.create_task(self._guard(self._watch_storage(), "storage")))
-        self._tasks.append(asyncio.create_task(self._guard(self._expire_keys(), "kme")))
 
     async def _start_interfaces(self) -> None:
         """The interworking KME (ETSI 020) of an interworking node, and the 004 and SKIP servers (kme/etsi004.py, kme/skip.py)."""
         from .interfaces import start_interfaces
 
-        self.interfaces = await start_interfaces(self)
+        self.interfaces = await start_interfaces(
+            self.settings.name,
+            self.settings.topology,
+            self.bundle,
+            self.network,
+            self.keystore,
+            self.kme_limits,
+            etsi004_listen=self.settings.etsi004_listen,
+            skip_listen=self.settings.skip_listen,
+        )
 
     async def _expire_keys(self) -> None:
         """Deletes keys that waited longer than ``relay.key_ttl_s`` for their slave, checking every ``ttl / 10`` (at most a minute)."""
@@ -441,26 +504,42 @@ class Node:
                 return
             await asyncio.sleep(max(0.0, clock.wall_delay_s(conditions.until_utc, time.time())) + 0.01)
 
-    async def _guard(self, coro: Any, link_id: str) -> None:
+    async def _guard(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """A child of the node's group: a crash is logged and the rest of the node goes on; cancellation propagates."""
         try:
             await coro
         except asyncio.CancelledError:
             raise
         except Exception:
-            self.log.exception("link.worker_crashed", link_id=link_id)
+            self.log.exception("node.worker_crashed", worker=name)
+
+    def request_stop(self, grace_s: float = 2.0) -> None:
+        """Asks :meth:`run` to stop (a signal handler may call this)."""
+        self._grace_s = grace_s
+        self._stopping.set()
 
     async def stop(self, grace_s: float = 2.0) -> None:
+        """Stops the node :meth:`start` started and waits until it has (the module docstring)."""
+        self.request_stop(grace_s)
+        if self._runner is not None:
+            await self._runner
+
+    async def _stop_serving(self) -> None:
+        """Stops taking requests: health NOT_SERVING, the KME and /metrics closed."""
         await self.health.enter_graceful_shutdown()
         if self.interfaces is not None:
             await self.interfaces.stop()
+            self.interfaces = None
         for runner in (self.kme_runner, self.metrics_runner):
             if runner is not None:
                 await runner.cleanup()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.kme_runner = self.metrics_runner = None
+
+    async def _close(self) -> None:
+        """After the workers ended: the gRPC servers, the channels and the stores, each link's state saved once more."""
+        await self._stop_serving()
         if self.server is not None:
-            await self.server.stop(grace_s)
+            await self.server.stop(self._grace_s)
         if self._bob_endpoint is not None:
             self._bob_endpoint.close()
         if self.health_server is not None:
@@ -475,41 +554,38 @@ class Node:
             self.store.close()
         self.log.info("node.stopped")
 
-    def status(self, include_digests: bool = False, include_ledger: bool = False) -> dict[str, Any]:
-        return {
-            "node": self.settings.name,
-            "uptime_s": time.monotonic() - self.started,
-            "links": [{**rt.status(include_digests, include_ledger), **self.faults.status(rt.link_id)} for rt in self.links.values()],
-            "network": {
-                **self.network.status(),
-                "kme_port": self.kme_port,
-                "metrics_port": self.metrics_port,
-                "etsi014_requests": dict(self.kme_requests),
-                "kme_refusals_by_reason": dict(self.kme_admission.refusals),
-                "keys_expired": self.keys_expired,
-                **(self.interfaces.status() if self.interfaces is not None else {}),
-            },
-        }
+    def status(self, include_digests: bool = False, include_ledger: bool = False) -> NodeStatus:
+        """What this node reports: ``Admin.Status``, ``/metrics`` and the logs read this one model."""
+        links = tuple(
+            dataclasses.replace(
+                rt.status(include_digests, include_ledger), fault=self.faults.get(rt.link_id).describe(), fault_affected=self.faults.affected[rt.link_id]
+            )
+            for rt in self.links.values()
+        )
+        network = dataclasses.replace(
+            self.network.status(),
+            kme_port=self.kme_port,
+            metrics_port=self.metrics_port,
+            etsi014_requests=dict(self.kme_requests),
+            kme_refusals_by_reason=dict(self.kme_admission.refusals),
+            keys_expired=self.keys_expired,
+            **(self.interfaces.status() if self.interfaces is not None else {}),
+        )
+        return NodeStatus(node=self.settings.name, uptime_s=time.monotonic() - self.started, links=links, network=network)
 
 
 async def run_node(settings: NodeSettings, port_file: Path | None = None) -> None:
     """Runs a node until SIGTERM or SIGINT, then stops it cleanly."""
-    stop = asyncio.Event()
+    node = Node(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    node = Node(settings)
-    with structlog.contextvars.bound_contextvars(node_id=settings.name):
-        try:
-            port = await node.start()
-        except BaseException:
-            await node.stop(0)  # what did start (gRPC server, KME) is shut down before the error is reported
-            raise
+        loop.add_signal_handler(sig, node.request_stop)
+
+    def ready(port: int) -> None:
         if port_file is not None:
             tmp = port_file.with_suffix(".tmp")
             tmp.write_text(f"{port}\n")
             os.replace(tmp, port_file)
-        try:
-            await stop.wait()
-        finally:
-            await node.stop()
+
+    with structlog.contextvars.bound_contextvars(node_id=settings.name):
+        await node.run(ready=ready)

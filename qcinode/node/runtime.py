@@ -11,7 +11,6 @@ save succeeds, and the link workers end the session and retry.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections import Counter, deque
@@ -20,18 +19,20 @@ from typing import Any
 import numpy as np
 
 from ..core import physics
+from ..core.aborts import AbortReason, abort_reason
 from ..core.authentication import AuthKeyReserve
 from ..core.channel import FibreChannel, Idle, QuantumChannelModel
 from ..core.clock import NetworkClock
 from ..core.estimation import h2
 from ..core.orbit import format_utc
-from ..space import downlink_channel
 from ..core.pipeline import BlockAborted, BlockAccepted, BlockEvent, LinkProtocolConfig
+from ..core.pool import LinkKeyPool
 from ..core.roles import Role
-from ..keys.linkstore import LinkStore, StorageFailure
-from ..core.pool import LinkKeyPool, Reservation
+from ..errors import StorageFailure
+from ..keys.linkstore import LinkStore
+from ..space import downlink_channel
+from ..status import BlockDigest, ChannelStatus, LedgerEntry, LinkState, LinkStatus
 from ..topology import EavesdropperConfig, LinkConfig, Topology
-
 
 #: Wall-clock seconds over which the "current" key rate and emulation speed are measured.
 RATE_WINDOW_S = 60.0
@@ -180,7 +181,7 @@ class LinkCounters:
     blocks_done: int = 0
     blocks_aborted: int = 0
     cascade_rounds: int = 0
-    aborts_by_reason: Counter[str] = dataclasses.field(default_factory=Counter)
+    aborts_by_reason: Counter[AbortReason] = dataclasses.field(default_factory=Counter)
 
     @property
     def ec_efficiency(self) -> float:
@@ -225,7 +226,7 @@ class LinkRuntime:
         self.recent = RecentRates(link.source.rate_hz)
         #: Reasons of the last aborted blocks, oldest first (for ``qcinode status``).
         self.recent_aborts: deque[str] = deque(maxlen=RECENT_ABORTS)
-        self._state = "connecting"
+        self._state = LinkState.CONNECTING
         #: Why the last save failed (None once a save succeeds): the link is then "storage_failed".
         self.storage_failure: str | None = None
         self.next_block_seq = 0
@@ -246,7 +247,10 @@ class LinkRuntime:
         self.next_block_seq = int(saved["next_block_seq"])
         self.next_frame_id = int(saved["next_frame_id"])
         counters = dict(saved.get("counters", {}))
-        reasons: Counter[str] = Counter(counters.pop("aborts_by_reason", {}))
+        # Saved by this version: reason codes; by an older one: reason texts. Both classify.
+        reasons: Counter[AbortReason] = Counter()
+        for reason, count in dict(counters.pop("aborts_by_reason", {})).items():
+            reasons[abort_reason(str(reason))] += int(count)
         known = {f.name for f in dataclasses.fields(LinkCounters)}
         self.counters = LinkCounters(**{k: v for k, v in counters.items() if k in known}, aborts_by_reason=reasons)
 
@@ -258,17 +262,18 @@ class LinkRuntime:
             self.alice_session.config = self.config
 
     @property
-    def state(self) -> str:
+    def state(self) -> LinkState:
         """``connecting``, ``up`` or ``down`` as the link workers set it; ``storage_failed`` while saves fail.
 
         A link whose state cannot be saved is not ``up`` for routing either:
         no relay hop can be sent over it.
         """
-        return "storage_failed" if self.storage_failure is not None else self._state
+        return LinkState.STORAGE_FAILED if self.storage_failure is not None else self._state
 
     @state.setter
-    def state(self, value: str) -> None:
-        if value == "up" and self._state != "up":
+    def state(self, value: LinkState) -> None:
+        value = LinkState(value)
+        if value is LinkState.UP and self._state is not LinkState.UP:
             self.recent.session_started()
         self._state = value
 
@@ -292,7 +297,7 @@ class LinkRuntime:
         if self.store is None:
             return
         counters = dataclasses.asdict(self.counters)
-        counters["aborts_by_reason"] = dict(self.counters.aborts_by_reason)
+        counters["aborts_by_reason"] = {reason.value: n for reason, n in self.counters.aborts_by_reason.items()}
         try:
             self.store.save(
                 self.link_id,
@@ -319,24 +324,6 @@ class LinkRuntime:
         except StorageFailure:
             return False
         return True
-
-    def commit_and_persist(self, reservation: Reservation) -> bytes:
-        """Commits one of our own reservations and saves it, before the bytes are used on the wire.
-
-        If the save fails the bytes stay used in memory and StorageFailure
-        is raised: send nothing. They are wasted, never reused — memory and
-        every later save say used; only the disk's older state says free,
-        and bytes that never left the node are harmless to use after a
-        restart. The peer never consumes them, which the ledger audit counts
-        as pad spent by the initiator alone (as for a lost hop).
-
-        Raises:
-            StorageFailure: The state could not be saved.
-            KeyNotFound, LocalProtocolError: As :meth:`LinkKeyPool.commit`.
-        """
-        pad = self.pool.commit(reservation)
-        self.persist()
-        return pad
 
     @property
     def link_id(self) -> str:
@@ -370,34 +357,35 @@ class LinkRuntime:
                 self.recent.block(stats.pulses, 8 * len(event.key))
             elif isinstance(event, BlockAborted):
                 c.blocks_aborted += 1
-                c.aborts_by_reason[event.reason] += 1
-                self.recent_aborts.append(event.reason)
+                c.aborts_by_reason[abort_reason(event.reason)] += 1  # the closed vocabulary: bounded labels
+                self.recent_aborts.append(event.reason)  # the reason's own words, for people
                 self.recent.block(stats.pulses, 0, aborted=True)
         return events
 
-    def _channel_status(self) -> dict[str, Any]:
-        """The clock and, for a free-space link, the channel now: in a pass or not, and why."""
-        out: dict[str, Any] = {}
+    def _channel_status(self) -> ChannelStatus | None:
+        """The clock and, for a free-space link, the channel now: in a pass or not, and why (None: no clock)."""
         if self.clock is None:
-            return out
+            return None
         now = self.clock.now(time.time())
+        out: dict[str, Any] = {}
         if self.role is Role.ALICE:
-            out["lag_s"] = self.lag_s
+            out["lag_s"] = float(self.lag_s)
             if self.link_utc is not None:
                 out["emulated_utc"] = format_utc(self.link_utc)
-        if self.config.channel is None:
-            return out
-        conditions = self.channel.conditions(now)
-        out.update(in_pass=conditions.transmitting, note=conditions.note)
-        if math.isfinite(conditions.loss_db):
-            out["loss_db"] = conditions.loss_db
-        out.update({k: v for k, v in conditions.details.items() if k in _CHANNEL_DETAILS})
-        if not conditions.transmitting and math.isfinite(conditions.until_utc):
-            out["next_pass_utc"] = format_utc(conditions.until_utc)
-            out["next_pass_in_s"] = conditions.until_utc - now
-        elif conditions.transmitting and math.isfinite(conditions.until_utc):
-            out["pass_ends_utc"] = format_utc(conditions.until_utc)
-        return out
+        if self.config.channel is not None:
+            conditions = self.channel.conditions(now)
+            out.update(in_pass=bool(conditions.transmitting), note=conditions.note)
+            if math.isfinite(conditions.loss_db):
+                out["loss_db"] = float(conditions.loss_db)
+            for name, value in conditions.details.items():
+                if name in _CHANNEL_DETAILS:
+                    out[name] = value if isinstance(value, str) else float(value)
+            if not conditions.transmitting and math.isfinite(conditions.until_utc):
+                out["next_pass_utc"] = format_utc(conditions.until_utc)
+                out["next_pass_in_s"] = float(conditions.until_utc - now)
+            elif conditions.transmitting and math.isfinite(conditions.until_utc):
+                out["pass_ends_utc"] = format_utc(conditions.until_utc)
+        return ChannelStatus(**out) if out else None
 
     def held_block_seqs(self) -> list[int]:
         seqs = [int(block_id.rsplit("/", 1)[1]) for block_id in self.pool.block_ids]
@@ -405,51 +393,49 @@ class LinkRuntime:
             seqs.append(int(self.pending_bob.pending_block_seq))
         return sorted(seqs)
 
-    def status(self, include_digests: bool = False, include_ledger: bool = False) -> dict[str, Any]:
+    def status(self, include_digests: bool = False, include_ledger: bool = False) -> LinkStatus:
+        """This end of the link now (the node adds its fault).
+
+        Args:
+            include_digests: Each pool block's SHA-256 (test-only comparisons of the ends).
+            include_ledger: Every used range of the pool (the ledger audit).
+        """
         c = self.counters
         emulated = self.emulated_s
         emulation_rate, window_s = self.recent.emulation_rate()
-        out: dict[str, Any] = {
-            "link_id": self.link_id,
-            "peer": self.peer,
-            "role": self.role.value,
-            "state": self.state,
-            "length_km": self.link.length_km,
-            "pulses_sent": c.pulses_sent,
-            "detections": c.detections,
-            "sifted_bits": c.sifted_bits,
-            "qber": c.qber,
-            "ec_leak_bits": c.ec_leak_bits,
-            "ec_key_bits": c.ec_key_bits,
-            "ec_efficiency": c.ec_efficiency,
-            "secret_bits": c.secret_bits,
-            "blocks_done": c.blocks_done,
-            "blocks_aborted": c.blocks_aborted,
-            "pool_bits": 8 * self.pool.total_available_bytes,
-            "emulated_s": emulated,
-            "secret_key_rate_bps": c.secret_bits / emulated if emulated > 0 else 0.0,
-            "current_key_rate_bps": self.recent.key_rate_bps(),
-            "emulation_rate": emulation_rate,
-            "emulation_window_s": window_s,
-            "recent_aborts": list(self.recent_aborts),
-            "aborted_last_minute": self.recent.aborted(),
-            "auth_keys_available": self.auth.available_keys,
-            "aborts_by_reason": dict(c.aborts_by_reason),
-            "eavesdropper": f"{self.eavesdropper.attack} {self.eavesdropper.fraction:g}" if self.eavesdropper else "",
-            "cascade_rounds_per_block": c.cascade_rounds / max(1, c.blocks_done + c.blocks_aborted),
-        }
-        channel = self._channel_status()
-        if channel:
-            out["channel"] = channel
-        if include_ledger:
-            out["ledger_json"] = json.dumps(
-                [[e.block_id, e.offset_bytes, e.length_bytes, e.initiator.value] for e in self.pool.audit()]
-            )
-        if include_digests:
-            out["blocks"] = [
-                {"block_id": b, "sha256": self.pool.block_digest(b).hex()} for b in self.pool.block_ids
-            ]
-        return out
+        return LinkStatus(
+            link_id=self.link_id,
+            peer=self.peer,
+            role=self.role,
+            state=self.state,
+            pulses_sent=c.pulses_sent,
+            detections=c.detections,
+            sifted_bits=c.sifted_bits,
+            qber=float(c.qber),
+            ec_leak_bits=c.ec_leak_bits,
+            ec_efficiency=float(c.ec_efficiency),
+            secret_bits=c.secret_bits,
+            blocks_done=c.blocks_done,
+            blocks_aborted=c.blocks_aborted,
+            pool_bits=8 * self.pool.total_available_bytes,
+            emulated_s=float(emulated),
+            secret_key_rate_bps=c.secret_bits / emulated if emulated > 0 else 0.0,
+            auth_keys_available=self.auth.available_keys,
+            aborts_by_reason=dict(c.aborts_by_reason),
+            blocks=tuple(BlockDigest(b, self.pool.block_digest(b)) for b in self.pool.block_ids) if include_digests else None,
+            cascade_rounds_per_block=c.cascade_rounds / max(1, c.blocks_done + c.blocks_aborted),
+            ec_key_bits=c.ec_key_bits,
+            eavesdropper=f"{self.eavesdropper.attack} {self.eavesdropper.fraction:g}" if self.eavesdropper else "",
+            current_key_rate_bps=float(self.recent.key_rate_bps()),
+            emulation_rate=float(emulation_rate),
+            emulation_window_s=float(window_s),
+            recent_aborts=tuple(self.recent_aborts),
+            aborted_last_minute=self.recent.aborted(),
+            channel=self._channel_status(),
+            ledger=(
+                tuple(LedgerEntry(e.block_id, e.offset_bytes, e.length_bytes, e.initiator) for e in self.pool.audit()) if include_ledger else None
+            ),
+        )
 
 
 #: The figures of a channel's conditions that status reports (admin.proto ChannelStatus).

@@ -36,8 +36,8 @@ import pytest
 
 from ..cluster.admin import set_eavesdropper, set_fault
 from ..cluster.launcher import Cluster
-from ..kme.client import EtsiClient
 from ..errors import ConfigError
+from ..kme.client import EtsiClient
 from ..topology import LinkConfig, builtin_topology_path, load_topology
 
 

@@ -23,9 +23,8 @@ def generate(out_dir: Path = OUT_DIR, proto_root: Path = PROTO_ROOT) -> list[Pat
     Returns:
         The generated files.
     """
-    from grpc_tools import protoc  # imported lazily: a build-time dependency only
-
     import grpc_tools
+    from grpc_tools import protoc  # imported lazily: a build-time dependency only
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     with_tmp = out_dir / "_gen"

@@ -7,8 +7,9 @@ input: a clear status naming what was wrong, and no error in its logs. This
 interceptor swaps each method's request deserializer for one that returns a
 :class:`Malformed` marker instead of raising, and wraps the method so that
 
-* a unary request that is malformed is refused with INVALID_ARGUMENT before
-  the servicer runs;
+* a unary request that is malformed is refused before the servicer runs
+  (:class:`~qcinode.errors.RemoteProtocolError`, INVALID_ARGUMENT through
+  :class:`~qcinode.transport.errors.DomainErrors`);
 * a request stream ends at the first malformed message, and the call ends
   with INVALID_ARGUMENT once the servicer has seen the end of the stream
   (the servicer handles an ended stream like a peer that hung up).
@@ -22,6 +23,8 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+
+from ..errors import RemoteProtocolError
 
 __all__ = ["Malformed", "MalformedRequestGuard"]
 
@@ -79,7 +82,7 @@ class MalformedRequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  
 
             async def refuse_malformed(request: Any, context: grpc.aio.ServicerContext) -> None:
                 if isinstance(request, Malformed):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refusal(method, request))
+                    raise RemoteProtocolError(_refusal(method, request))
 
             if handler.unary_unary is not None:
 

@@ -20,6 +20,7 @@ from qcinode.testing import QciNetwork, start_network
 
 from .test_network import RING
 
+
 @pytest.fixture
 def ring(tmp_path: Path) -> Iterator[QciNetwork]:
     topology = tmp_path / "topology.yaml"

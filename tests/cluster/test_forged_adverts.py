@@ -35,9 +35,9 @@ import pytest
 
 from qcinode.cluster.launcher import cluster_status
 from qcinode.core.routing import MAX_SEQUENCE, LinkAdvert, LinkStateAdvert, advert_bytes
-from qcinode.node.network import _advert_from_pb, _advert_to_pb
 from qcinode.pki import NodeAdvertSigner
 from qcinode.testing import QciNetwork, start_network
+from qcinode.transport.network import advert_from_pb, advert_to_pb
 from qcinode.transport.pb import network_pb2 as pb
 from qcinode.transport.pb import network_pb2_grpc as pb_grpc
 
@@ -144,20 +144,20 @@ def test_forged_adverts_are_refused_and_keys_keep_flowing(network: QciNetwork, t
             async with asyncio.timeout(60):
                 while len(impostor.of("gamma")) < 3:  # alpha floods gamma's real, signed adverts to "mallory"
                     await asyncio.sleep(0.2)
-            first = _advert_from_pb(impostor.of("gamma")[0])
-            latest = _advert_from_pb(impostor.of("gamma")[-1])
+            first = advert_from_pb(impostor.of("gamma")[0])
+            latest = advert_from_pb(impostor.of("gamma")[-1])
             assert first.signature and first.certificate and latest.sequence > first.sequence
             now_ms = int(time.time() * 1000)
 
             def signed(advert: LinkStateAdvert) -> pb.LinkStateAdvert:
-                return _advert_to_pb(dataclasses.replace(advert, signature=signer.sign(advert_bytes(advert)), certificate=signer.certificate))
+                return advert_to_pb(dataclasses.replace(advert, signature=signer.sign(advert_bytes(advert)), certificate=signer.certificate))
 
             lure = (LinkAdvert("gamma-mallory", "mallory", True, 10**12),)
             forged = {
                 "wrong_origin": signed(LinkStateAdvert("gamma", now_ms + 5_000, lure)),
-                "unsigned": _advert_to_pb(LinkStateAdvert("gamma", now_ms + 5_000, lure)),
+                "unsigned": advert_to_pb(LinkStateAdvert("gamma", now_ms + 5_000, lure)),
                 "future_sequence": signed(LinkStateAdvert("gamma", MAX_SEQUENCE, ())),
-                "bad_signature": _advert_to_pb(dataclasses.replace(latest, sequence=latest.sequence + 5_000, links=())),
+                "bad_signature": advert_to_pb(dataclasses.replace(latest, sequence=latest.sequence + 5_000, links=())),
                 "stale": impostor.of("gamma")[0],
                 "future_sequence_own": signed(LinkStateAdvert("mallory", MAX_SEQUENCE, ())),
             }

@@ -110,7 +110,9 @@ class Recorder:
             session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx))
             sessions.append(session)
 
-            async def forward(request: web.Request, target: str = target, session: aiohttp.ClientSession = session, server_name: str = server_name) -> web.Response:
+            async def forward(
+                request: web.Request, target: str = target, session: aiohttp.ClientSession = session, server_name: str = server_name
+            ) -> web.Response:
                 body = await request.read()
                 headers = {"Content-Type": request.headers["Content-Type"]} if "Content-Type" in request.headers else {}
                 async with session.request(request.method, target + request.path_qs, data=body or None, headers=headers, server_hostname=server_name) as answer:
@@ -172,8 +174,17 @@ def two_networks(tmp_path: Path) -> Iterator[dict[str, Any]]:
         path = tmp_path / f"{name}.yaml"
         path.write_text(
             NETWORK.format(
-                name=name, inner=inner, gateway=gateway, app=app, listen=listen, callback=callback, peer_name=peer_name,
-                peer_gateway=peer_gateway, peer_url=peer_url, peer_ca=peer_state / "certs" / "ca.pem", peer_app=peer_app,
+                name=name,
+                inner=inner,
+                gateway=gateway,
+                app=app,
+                listen=listen,
+                callback=callback,
+                peer_name=peer_name,
+                peer_gateway=peer_gateway,
+                peer_url=peer_url,
+                peer_ca=peer_state / "certs" / "ca.pem",
+                peer_app=peer_app,
             )  # fmt: skip
         )
         files[name] = path
@@ -190,7 +201,12 @@ def two_networks(tmp_path: Path) -> Iterator[dict[str, Any]]:
         ]
     )
     ups = [
-        subprocess.Popen([sys.executable, "-m", "qcinode", "up", str(files[name]), "--state-dir", str(state), "--detach", "--timeout", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "qcinode", "up", str(files[name]), "--state-dir", str(state), "--detach", "--timeout", "120"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for name, state in (("alpha", alpha), ("beta", beta))
     ]
     try:
@@ -268,7 +284,9 @@ def test_a_key_crosses_two_independent_networks_and_a_failure_in_the_second_is_v
     voids = _wait_for(lambda: [e for e in recorder.exchanges[before:] if e["path"] == "/kmapi/v1/ext_keys/void"])
     failed_key = voids[0]["request"]["key_ids"][0]
     assert voids[0]["status"] == 202
-    new_acks = _wait_for(lambda: [e for e in recorder.exchanges[before:] if e["path"] == "/kmapi/v1/ext_keys/ack" and e["request"][0]["ack_status"] == "voided"])
+    new_acks = _wait_for(
+        lambda: [e for e in recorder.exchanges[before:] if e["path"] == "/kmapi/v1/ext_keys/ack" and e["request"][0]["ack_status"] == "voided"]
+    )
     assert new_acks[0]["request"][0]["key_id_container"] == [{"key_id": failed_key}]
     statuses = [e["request"][0]["ack_status"] for e in recorder.exchanges[before:] if e["path"] == "/kmapi/v1/ext_keys/ack"]
     assert statuses[0] == "failed"

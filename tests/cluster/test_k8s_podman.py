@@ -3,13 +3,13 @@
 ``qcinode deploy k8s`` renders an overlay for a 3-node chain; the rendered
 objects (``kubectl kustomize`` output when kubectl is installed, else the
 Python assembly of tests/unit/test_k8s.py) go to
-:class:`qcinode.cluster.kubelet.PodmanKubelet`, which runs each pod of the
+:class:`tests.support.kubelet.PodmanKubelet`, which runs each pod of the
 StatefulSet as a container of the image deploy/build-image.sh built: the
 manifest's name, command, args, env, read-only ConfigMap/Secret mounts, data
 volume, user, memory limit, read-only root, no capabilities, on a podman
 network made for the test where every pod answers to its headless-Service
 names. A helper container on the same network (the same image, running
-:class:`qcinode.cluster.kubelet.PodmanClientAgent`) runs the manifest's gRPC
+:class:`tests.support.kubelet.PodmanClientAgent`) runs the manifest's gRPC
 readiness probe against every pod IP, reads link status over mTLS with the
 rendered admin certificate, and makes one ETSI 014 enc_keys/dec_keys exchange
 between SAEs on different pods by Service DNS name. Then a pod is killed
@@ -33,8 +33,8 @@ from typing import Any
 import pytest
 
 from qcinode.cluster import k8s
-from qcinode.cluster.kubelet import PODMAN_RUNTIME, PodmanClientAgent, PodmanKubelet, podman_unavailable_reason, wait_until
 from tests.cluster.test_k8s_run import CHAIN3, KEY_TIMEOUT_S, NAMESPACE, START_TIMEOUT_S
+from tests.support.kubelet import PODMAN_RUNTIME, PodmanClientAgent, PodmanKubelet, podman_unavailable_reason, wait_until
 from tests.unit.test_k8s import KUBECTL, _compose, kustomize
 
 ROOT = Path(__file__).resolve().parents[2]

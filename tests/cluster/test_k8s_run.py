@@ -3,7 +3,7 @@
 ``qcinode deploy k8s`` renders an overlay for a 3-node chain; the rendered
 objects (``kubectl kustomize`` output when kubectl is installed, else the
 Python assembly of tests/unit/test_k8s.py) go to
-:class:`qcinode.cluster.kubelet.NetnsKubelet`, which runs each pod of the
+:class:`tests.support.kubelet.NetnsKubelet`, which runs each pod of the
 StatefulSet as a process in its own network namespace (see that module for
 exactly what is and is not emulated: paths are rewritten instead of mounted,
 the memory limit is an RLIMIT_AS, the user is the manifest's only if it can
@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from qcinode.cluster import k8s
-from qcinode.cluster.kubelet import RUNTIME, ClientAgent, NetnsKubelet, netns_unavailable_reason, wait_until
+from tests.support.kubelet import RUNTIME, ClientAgent, NetnsKubelet, netns_unavailable_reason, wait_until
 from tests.unit.test_k8s import KUBECTL, _compose, kustomize
 
 NAMESPACE = "qkd-run"

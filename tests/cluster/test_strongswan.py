@@ -112,7 +112,7 @@ def namespaces(tmp_path: Path) -> Iterator[dict[str, Any]]:
     names = {side: f"{tag}{side}" for side in ("a", "b")}
     daemons: list[subprocess.Popen[bytes]] = []
     try:
-        for side, ns in names.items():
+        for ns in names.values():
             run("ip", "netns", "add", ns)
         run("ip", "link", "add", f"{tag}va", "type", "veth", "peer", "name", f"{tag}vb")
         for side, ns in names.items():
@@ -161,7 +161,13 @@ def cluster(tmp_path: Path) -> Iterator[Path]:
     topology = tmp_path / "pair.yaml"
     topology.write_text(TWO_NODES)
     state = tmp_path / "state"
-    up = subprocess.run([sys.executable, "-m", "qcinode", "up", str(topology), "--state-dir", str(state), "--detach", "--timeout", "120"], capture_output=True, text=True, timeout=180, check=False)
+    up = subprocess.run(
+        [sys.executable, "-m", "qcinode", "up", str(topology), "--state-dir", str(state), "--detach", "--timeout", "120"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert up.returncode == 0, up.stderr
     try:
         yield state

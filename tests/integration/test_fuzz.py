@@ -1,7 +1,7 @@
 """Bad input never hurts: fuzzing the ETSI 014 API and every gRPC method of real nodes.
 
-The generators and targets are those of ``bench/fuzz.py`` (which runs them for
-many more examples); here each test drives its own event loop around a
+The generators and targets are those of ``tests/support/fuzz.py`` (which
+``bench/fuzz.py`` runs for many more examples); here each test drives its own event loop around a
 hypothesis test with a bounded number of examples, so that one server (or
 one pair of linked nodes) serves every example of a test.
 """
@@ -9,8 +9,6 @@ one pair of linked nodes) serves every example of a test.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-_BENCH = Path(__file__).resolve().parents[2] / "bench" / "fuzz.py"
-_spec = importlib.util.spec_from_file_location("qcinode_bench_fuzz", _BENCH)
-assert _spec is not None and _spec.loader is not None
-fuzz = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = fuzz  # dataclasses resolve their module through sys.modules
-_spec.loader.exec_module(fuzz)
+from tests.support import fuzz
 
 FUZZ = settings(
     deadline=None,
@@ -72,7 +65,10 @@ def test_etsi014_fuzzed_requests_get_json_errors_and_never_reach_the_supplier(et
 def test_etsi014_oversized_bodies_are_refused_before_the_supplier(etsi: Any, loop: asyncio.AbstractEventLoop, chunked: bool) -> None:
     body = b'{"number": 1, "pad": "' + b"x" * (8 * 1024 * 1024) + b'"}'
     if chunked:
-        head = b"POST /api/v1/keys/bob-app/enc_keys HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        head = (
+            b"POST /api/v1/keys/bob-app/enc_keys HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         step = 64 * 1024
         chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + step]), body[i : i + step]) for i in range(0, len(body), step))
         answer = loop.run_until_complete(etsi.send_bytes("alice-app", head + chunks + b"0\r\n\r\n"))
@@ -207,8 +203,14 @@ def test_grpc_protocol_garbage_after_a_genuine_hello_consumes_no_key(nodes: Any,
 
     garbage: list[Callable[[], list[bytes]]] = [
         lambda: [hello(), link_pb2.ClassicalMessage(sift_reply=link_pb2.SiftReply(frame_id=10**12, basis_match=b"\xff", count=8)).SerializeToString()],
-        lambda: [hello(), link_pb2.ClassicalMessage(commit=link_pb2.Commit(block_seq=rt.next_block_seq, accepted=True, auth_tag=b"\0" * 16)).SerializeToString()],
-        lambda: [hello(), link_pb2.ClassicalMessage(confirm=link_pb2.Confirm(block_seq=rt.next_block_seq, accepted=True, key_bits=10**6, auth_tag=b"x")).SerializeToString()],
+        lambda: [
+            hello(),
+            link_pb2.ClassicalMessage(commit=link_pb2.Commit(block_seq=rt.next_block_seq, accepted=True, auth_tag=b"\0" * 16)).SerializeToString(),
+        ],
+        lambda: [
+            hello(),
+            link_pb2.ClassicalMessage(confirm=link_pb2.Confirm(block_seq=rt.next_block_seq, accepted=True, key_bits=10**6, auth_tag=b"x")).SerializeToString(),
+        ],
         lambda: [hello(), b"\xff\xff\xff"],
     ]
     for make in garbage:

@@ -20,12 +20,12 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from qcinode.pki import CertBundle, CertPlan, make_certificates
 from qcinode.errors import InsufficientKeyMaterial, QcinodeError
 from qcinode.keys.keystore import SaeKeyStore
 from qcinode.keys.linkstore import StorageKey
 from qcinode.kme.handlers import DeliveredKey, EncRequest, Kme
 from qcinode.kme.server import make_app, start_kme_server, tls_context
+from qcinode.pki import CertBundle, CertPlan, make_certificates
 
 NODE = "alpha"
 SAES = ("alice-app", "bob-app", "carol-app")

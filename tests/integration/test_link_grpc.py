@@ -21,8 +21,8 @@ async def _until(predicate, timeout_s: float = 60.0) -> None:
 
 
 def _digests(node: Node) -> dict[str, str]:
-    (link,) = node.status(include_digests=True)["links"]
-    return {b["block_id"]: b["sha256"] for b in link["blocks"]}
+    (link,) = node.status(include_digests=True).links
+    return {b.block_id: b.sha256.hex() for b in link.blocks or ()}
 
 
 @pytest.fixture

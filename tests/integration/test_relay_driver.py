@@ -7,15 +7,14 @@ here the driver performs them: saves, gRPC hops, the key store, and cancellation
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
 
 from qcinode.cluster.audit import audit_link
-from qcinode.pki import cert_plan, make_certificates
 from qcinode.kme.handlers import EncRequest
 from qcinode.node.node import Node, NodeSettings
+from qcinode.pki import cert_plan, make_certificates
 from qcinode.topology import FaultConfig, load_topology
 
 
@@ -29,8 +28,8 @@ def _audit(alpha: Node, beta: Node) -> tuple[int, int]:
     """(bytes used at both ends, bytes spent by their initiator alone) on the link; fails on any violation."""
     ledgers = {}
     for node in (alpha, beta):
-        (link,) = node.status(include_ledger=True)["links"]
-        ledgers[link["role"]] = json.loads(link["ledger_json"])
+        (link,) = node.status(include_ledger=True).links
+        ledgers[link.role.value] = [entry.to_json() for entry in link.ledger or ()]
     audit = audit_link("alpha-beta", ledgers)
     assert audit.violations == [], audit.violations
     return audit.bytes_both, audit.bytes_initiator_only

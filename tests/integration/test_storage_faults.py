@@ -31,7 +31,6 @@ from typing import Any, TypeVar
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from qcinode.cluster import launcher
 from qcinode.cluster.admin import admin_channel
 from qcinode.cluster.launcher import Cluster, cluster_status
 from qcinode.kme.client import EtsiClient
@@ -263,26 +262,20 @@ class SmallDiskNetwork:
 
 
 @pytest.fixture(params=["alpha", "beta"], ids=["transmitter-full", "receiver-full"])
-def small_disk(
-    request: pytest.FixtureRequest, tmp_path: Path, mount_form: MountForm, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[SmallDiskNetwork]:
+def small_disk(request: pytest.FixtureRequest, tmp_path: Path, mount_form: MountForm) -> Iterator[SmallDiskNetwork]:
     full_node = str(request.param)
     cluster = _prepare(tmp_path)
     data_dir = cluster.state_dir / "data" / full_node
     options = "size=32m,mode=0700"
-    real_popen = subprocess.Popen
 
-    def popen(argv: list[str], **kwargs: Any) -> Any:
+    def on_small_disk(name: str, argv: list[str]) -> list[str]:
         # The launcher's own command line for the node, run on its small disk.
-        if "node" in argv and argv[argv.index("--name") + 1] == full_node:
-            argv = mount_form.wrap(list(argv), data_dir, options)
-        return real_popen(argv, **kwargs)
+        return mount_form.wrap(list(argv), data_dir, options) if name == full_node else argv
 
+    cluster.command_wrapper = on_small_disk
     with mount_form.host_mount(data_dir, options):
         try:
-            with monkeypatch.context() as patch:
-                patch.setattr(launcher.subprocess, "Popen", popen)
-                cluster.start()
+            cluster.start()
             cluster.wait_healthy(timeout_s=60)
             info = json.loads((cluster.state_dir / "cluster.json").read_text())
             yield SmallDiskNetwork(cluster, full_node, data_dir, mount_form, info)
@@ -327,7 +320,7 @@ def test_full_disk_refuses_keys_loses_none_and_resumes(small_disk: SmallDiskNetw
 
     pairs = [(f1, f2), (f1, o1), (o1, f1)]
     for master, slave in pairs:  # keys flow every way before the fault
-        until(f"a key {master} -> {slave}", lambda: enc(master, slave)[0] == 200)
+        until(f"a key {master} -> {slave}", lambda: enc(master, slave)[0] == 200)  # noqa: B023 - called at once
     waiting_here = [k for k, (_, slave, _) in handed_out.items() if slave in (f1, f2)]
 
     # -- the disk fills ----------------------------------------------------------
@@ -380,7 +373,7 @@ def test_full_disk_refuses_keys_loses_none_and_resumes(small_disk: SmallDiskNetw
     until("new blocks at both ends", lambda: min(int(end["blocks_done"]) for end in net.links().values()) > blocks_when_full + 2)
     until("the KME's health to be SERVING", lambda: net.kme_health() == "SERVING", timeout_s=10)
     for master, slave in pairs:
-        until(f"keys {master} -> {slave} again", lambda: enc(master, slave)[0] == 200, timeout_s=30)
+        until(f"keys {master} -> {slave} again", lambda: enc(master, slave)[0] == 200, timeout_s=30)  # noqa: B023 - called at once
     assert all(store["healthy"] for store in net.storage().values())
 
     # Every key handed out is redeemed once, by its slave, with the same bytes.

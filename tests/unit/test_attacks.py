@@ -22,14 +22,17 @@ import numpy as np
 import pytest
 
 from qcinode.core import messages as m
-from qcinode.core import pipeline
 from qcinode.core.estimation import NO_DECOY_BOUNDS, expected_key_length, expected_no_decoy_key_length
 from qcinode.core.pair import PairResult, make_pair, pump
 from qcinode.core.physics import (
     CLASS_DECOY,
     CLASS_SIGNAL,
     CLASS_VACUUM,
+    EMULATED_CHANNEL,
+    AliceRecord,
+    Clicks,
     LinkPhysics,
+    PhotonFrame,
     detect,
     exact_error_rate,
     expected_gain,
@@ -250,22 +253,23 @@ def test_without_decoys_gllp_makes_no_key_at_50_km_with_or_without_eve() -> None
 class _EveLedger:
     """Ground truth of one pump run: which sifted key-basis bits Eve knows.
 
-    Wraps the pipeline's ``transmit`` to keep Alice's records (the sampler's
-    ground truth rides on them, never on the wire) and reads the sifting
-    messages through the pump's tamper hook, unchanged.
+    It is the pair's quantum channel: the emulated one, keeping Alice's
+    records (the sampler's ground truth rides on them, never on the wire);
+    it reads the sifting messages through the pump's tamper hook, unchanged.
     """
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.records: list[Any] = []
+    def __init__(self) -> None:
+        self.records: list[AliceRecord] = []
         self.reports: dict[int, m.DetectionReport] = {}
         self.key_bits = self.known = self.forwarded = self.known_forwarded = 0
 
-        def recording_transmit(*args: Any) -> Any:
-            frame, record = transmit(*args)
-            self.records.append(record)
-            return frame, record
+    def transmit(self, phys: LinkPhysics, n_slots: int, key_rng: Any, noise_rng: np.random.Generator) -> tuple[PhotonFrame, AliceRecord]:
+        frame, record = EMULATED_CHANNEL.transmit(phys, n_slots, key_rng, noise_rng)
+        self.records.append(record)
+        return frame, record
 
-        monkeypatch.setattr(pipeline, "transmit", recording_transmit)
+    def detect(self, phys: LinkPhysics, frame: PhotonFrame, key_rng: Any, noise_rng: np.random.Generator) -> Clicks:
+        return EMULATED_CHANNEL.detect(phys, frame, key_rng, noise_rng)
 
     def tamper(self, direction: str, msg: m.Message) -> m.Message:
         if isinstance(msg, m.DetectionReport):
@@ -282,12 +286,12 @@ class _EveLedger:
         return msg
 
 
-def test_without_decoys_the_single_photon_assumption_makes_key_that_eve_knows(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_decoys_the_single_photon_assumption_makes_key_that_eve_knows() -> None:
     phys = gys_no_decoy(50.0, pns=True)
     assert phys.pns_forwarding == pytest.approx(0.44, abs=0.005)
-    ledger = _EveLedger(monkeypatch)
+    ledger = _EveLedger()
     cfg = LinkProtocolConfig(link_id="a-b", physics=phys, block_bits=200_000, no_decoy_bound="single-photon")
-    alice, bob = make_pair(cfg, BOOTSTRAP, seed=43)
+    alice, bob = make_pair(cfg, BOOTSTRAP, seed=43, quantum=ledger)
     slots = int(cfg.block_bits / 4 / expected_key_bits_per_slot(phys))
     result = pump(alice, bob, frame_slots=slots, blocks=1, tamper=ledger.tamper)
     (a,), (b,) = result.alice_events, result.bob_events

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 from qcinode.cluster.audit import audit_ledgers, audit_link
-from qcinode.core.roles import Role
 from qcinode.core.pool import LinkKeyPool
+from qcinode.core.roles import Role
 
 
 def _entries(pool: LinkKeyPool) -> list[list[object]]:

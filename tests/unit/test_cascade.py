@@ -17,9 +17,9 @@ from qcinode.core.cascade import (
     CascadeSession,
     ParityQuery,
     ParityReply,
-    binary_entropy,
     cascade_block_sizes,
 )
+from qcinode.core.estimation import h2
 from qcinode.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
 Bits = npt.NDArray[np.uint8]
@@ -38,7 +38,7 @@ class Outcome:
 
     @property
     def efficiency(self) -> float:
-        return self.bob.leak_bits / (self.alice_key_bits * binary_entropy(self.actual_qber))
+        return self.bob.leak_bits / (self.alice_key_bits * h2(self.actual_qber))
 
     @property
     def alice_key_bits(self) -> int:
@@ -58,7 +58,7 @@ def reconcile(
     bob_key: Bits,
     qber_estimate: float,
     seed: int,
-    params: CascadeParams = CascadeParams(),
+    params: CascadeParams = CascadeParams(),  # noqa: B008 - frozen: one shared default is safe
     max_rounds: int = 100_000,
 ) -> Outcome:
     """Pump queries and replies between the two sides until Bob is done."""

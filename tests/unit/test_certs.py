@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509 import DNSName, IPAddress
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from qcinode.errors import ConfigError
 from qcinode.pki import (
     ADMIN_COMMON_NAME,
     CertBundle,
@@ -29,7 +30,6 @@ from qcinode.pki import (
     read_bytes,
     server_credentials_material,
 )
-from qcinode.errors import ConfigError
 
 KEY_BYTES = 96
 

@@ -19,7 +19,9 @@ SAMPLES = [
     m.TestBits(7, np.array([1, 0, 0, 1, 1, 0, 1, 0, 1], np.uint8)),
     m.Estimate(7, (1, 2, 0), True, ""),
     m.Estimate(7, (9, 9, 9), False, "phase_error_too_high"),
-    m.CascadeQuery(7, ParityQuery(round=2, seeds=(11, 2**63), pass_ids=np.array([0, 1], np.int32), starts=np.array([0, 8], np.int64), ends=np.array([4, 16], np.int64))),
+    m.CascadeQuery(
+        7, ParityQuery(round=2, seeds=(11, 2**63), pass_ids=np.array([0, 1], np.int32), starts=np.array([0, 8], np.int64), ends=np.array([4, 16], np.int64))
+    ),
     m.CascadeReply(7, ParityReply(round=2, parities=np.array([1, 0, 1], np.uint8))),
     m.Reconciled(7, b"s" * 32, b"t" * 8, 12),
     m.Reconciled(7, b"s" * 32, b"t" * 8, 12, (3, 17)),

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from qcinode.core.estimation import _gamma as lim_gamma
 from qcinode.core.estimation import (
     asymptotic_key_fraction,
     expected_block_statistics,
@@ -25,7 +26,6 @@ from qcinode.core.finite_key import (
     yin_key_length,
     yin_phase_error_gap,
 )
-from qcinode.core.estimation import _gamma as lim_gamma
 from qcinode.core.pair import make_pair, pump
 from qcinode.core.physics import LinkPhysics, fibre_transmittance
 from qcinode.core.pipeline import BlockAccepted, LinkProtocolConfig

@@ -144,9 +144,7 @@ def test_the_same_key_handed_over_twice_is_sent_once_and_another_key_under_its_i
         client = FakeClient([202])
         g = gateway(client)
         client.on_accept = ack(AckStatus.RELAYED)(g)
-        first, second = await asyncio.gather(
-            g.hand_off(KEY_ID, "alpha-app", ("beta-app",), KEY), g.hand_off(KEY_ID, "alpha-app", ("beta-app",), KEY)
-        )
+        first, second = await asyncio.gather(g.hand_off(KEY_ID, "alpha-app", ("beta-app",), KEY), g.hand_off(KEY_ID, "alpha-app", ("beta-app",), KEY))
         assert first is None and second is None and client.names() == ["ext_keys"]
         other = await g.hand_off(KEY_ID, "alpha-app", ("beta-app",), bytes(32))
         assert other is not None and other.reason is RefusalReason.DUPLICATE
@@ -164,7 +162,9 @@ def test_an_ack_for_a_key_never_handed_over_is_400_key_not_present() -> None:
 # -- incoming: the other network's keys for this network's SAEs -------------------------------
 
 
-def incoming(targets: tuple[str, ...] = ("alpha-app",), initiator: str = "beta-app", callback: str | None = "https://127.0.0.1:28020/kmapi/v1/ext_keys/ack") -> ExtKeysRequest:
+def incoming(
+    targets: tuple[str, ...] = ("alpha-app",), initiator: str = "beta-app", callback: str | None = "https://127.0.0.1:28020/kmapi/v1/ext_keys/ack"
+) -> ExtKeysRequest:
     return ExtKeysRequest((ExtKey(KEY_ID, KEY),), initiator, targets, callback)
 
 

@@ -397,7 +397,7 @@ def manifest_problems(docs: list[dict[str, Any]], topology: Topology, namespace:
     for c in containers + pod.get("initContainers", []):
         sc = c.get("securityContext", {})
         where = f"container {c['name']}"
-        if not (sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True):
+        if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
             problems.append(f"{where}: runAsNonRoot must be true")
         if sc.get("runAsUser", psc.get("runAsUser")) == 0:
             problems.append(f"{where}: runAsUser 0")
@@ -429,7 +429,9 @@ def manifest_problems(docs: list[dict[str, Any]], topology: Topology, namespace:
                 if port["port"] not in declared and port["port"] not in declared.values():
                     problems.append(f"NetworkPolicy {policy['metadata']['name']}: port {port['port']!r} is not a container port")
             if any(p["port"] in ("grpc", declared.get("grpc")) for p in rule.get("ports", [])):
-                if not all(_selects(peer.get("podSelector", {}).get("matchLabels", {"-": "-"}), pod_labels) and "namespaceSelector" not in peer for peer in rule.get("from", [{}])):
+                peers = rule.get("from", [{}])
+                selected = [_selects(peer.get("podSelector", {}).get("matchLabels", {"-": "-"}), pod_labels) for peer in peers]
+                if not all(ok and "namespaceSelector" not in peer for ok, peer in zip(selected, peers)):
                     problems.append("NetworkPolicy: gRPC admits more than the node pods")
     pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
     if not any(_selects(p["spec"]["selector"]["matchLabels"], pod_labels) and p["spec"].get("maxUnavailable") == 1 for p in pdbs):
@@ -620,7 +622,8 @@ def test_the_validator_rejects_an_unknown_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump_all(docs))
     for version in SUPPORTED_KUBERNETES:
-        done = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, "--quiet", str(bad)], capture_output=True, text=True, timeout=300)
+        argv = [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, "--quiet", str(bad)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
         assert done.returncode != 0 and "probes" in done.stdout + done.stderr
 
 
@@ -641,22 +644,16 @@ def test_pod_ordinal_selects_the_node_in_topology_order() -> None:
 
 
 def test_node_command_takes_its_name_from_the_pod(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import qcinode.node.node as node_module
-
-    seen: list[Any] = []
-
-    async def fake_run(settings: Any, port_file: Any = None) -> None:
-        seen.append(settings)
-
-    monkeypatch.setattr(node_module, "run_node", fake_run)
-    monkeypatch.setenv("QCINODE_POD_NAME", "qcinode-2")
-    monkeypatch.setattr("qcinode.logs.configure", lambda level: None)
     argv = ["node", "--topology", str(builtin_topology_path()), "--name-from-ordinal", "--data-dir", str(tmp_path / "{name}"), "--health-listen", "127.0.0.1:0"]
-    assert cli.main(argv) == 0
-    (settings,) = seen
+    settings = cli.node_settings(argv, pod_name="qcinode-2")
     assert settings.name == "ghent" and settings.data_dir == tmp_path / "ghent" and settings.health_listen == "127.0.0.1:0"
+    monkeypatch.setenv("QCINODE_POD_NAME", "qcinode-2")  # what a StatefulSet pod sets, when no name is given
+    assert cli.node_settings(argv).name == "ghent"
 
+    # A pod beyond the topology's nodes: one line, exit code 2, before any node runs.
     monkeypatch.setenv("QCINODE_POD_NAME", "qcinode-9")
+    with pytest.raises(ConfigError, match="qcinode-9"):
+        cli.node_settings(argv)
     assert cli.main(argv) == 2
 
 

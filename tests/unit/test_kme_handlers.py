@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import qcinode.kme.handlers as handlers_module
 from qcinode.errors import (
+    AuthenticationFailed,
     ConfigError,
     InsufficientKeyMaterial,
     KeyNotFound,
@@ -22,7 +23,6 @@ from qcinode.errors import (
     LocalProtocolError,
     PeerTimeout,
     PeerUnavailable,
-    QberTooHigh,
     RequestError,
     Unauthorized,
 )
@@ -435,7 +435,7 @@ def test_error_table(exc: Exception, status: int) -> None:
     assert body["details"] == expected
 
 
-@pytest.mark.parametrize("exc", [KeyStoreError("/data/sae_keys.sqlite3 full"), QberTooHigh("x"), ValueError("secret"), KeyError()])
+@pytest.mark.parametrize("exc", [KeyStoreError("/data/sae_keys.sqlite3 full"), AuthenticationFailed("x"), ValueError("secret"), KeyError()])
 def test_unexpected_errors_are_503_and_reveal_nothing(exc: Exception) -> None:
     assert Kme.error_body(exc) == (503, {"message": "internal error", "details": []})
 

@@ -12,10 +12,10 @@ pytest.importorskip("ldpc")
 from qcinode.core import messages as m  # noqa: E402
 from qcinode.core.ldpc_codes import CHECK_ROW_FAMILY, FRAME_BITS, LIFT, base_matrix, parity_check_matrix  # noqa: E402
 from qcinode.core.ldpc_reconciliation import (  # noqa: E402
-    efficiency_schedule,
     LdpcAlice,
     LdpcBob,
     _orders,
+    efficiency_schedule,
     masking_rank,
     plan_frames,
 )

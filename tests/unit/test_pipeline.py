@@ -116,7 +116,11 @@ def _flip_first_parity(direction: str, msg: m.Message) -> m.Message | None:
     "tamper",
     [
         _flip_first_parity,
-        lambda d, msg: dataclasses.replace(msg, pa_seed=bytes([msg.pa_seed[0] ^ 1]) + msg.pa_seed[1:]) if isinstance(msg, m.Confirm) and msg.accepted and msg.block_seq == 0 else msg,
+        lambda d, msg: (
+            dataclasses.replace(msg, pa_seed=bytes([msg.pa_seed[0] ^ 1]) + msg.pa_seed[1:])
+            if isinstance(msg, m.Confirm) and msg.accepted and msg.block_seq == 0
+            else msg
+        ),
         lambda d, msg: dataclasses.replace(msg, auth_tag=bytes(16)) if isinstance(msg, m.Verdict) and msg.block_seq == 0 else msg,
         lambda d, msg: m.SiftReply(msg.frame_id, msg.basis_match, (msg.classes + 1) % 2) if isinstance(msg, m.SiftReply) and msg.frame_id == 0 else msg,
     ],

@@ -17,6 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from qcinode.core.pool import KeyRange, LedgerEntry, LinkKeyPool, Reservation
 from qcinode.core.roles import Role
 from qcinode.errors import (
     InsufficientKeyMaterial,
@@ -26,7 +27,6 @@ from qcinode.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from qcinode.core.pool import KeyRange, LedgerEntry, LinkKeyPool, Reservation
 
 ALICE, BOB = Role.ALICE, Role.BOB
 

@@ -372,7 +372,7 @@ def _exhaustive_splits(key: bytes, count: int) -> list[list[bytes]]:
     splits = []
     for randoms in itertools.product(range(256), repeat=count - 1):
         feed = iter(bytes([r]) for r in randoms)
-        splits.append(split_shares(key, count, lambda n: next(feed)))
+        splits.append(split_shares(key, count, lambda n: next(feed)))  # noqa: B023 - used before the next iteration
     return splits
 
 

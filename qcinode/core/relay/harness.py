@@ -229,10 +229,6 @@ class RelayNetwork:
         self.link(sender, receiver)
         self._faults[(sender, receiver)] = _Fault(kind, times)
 
-    def clear_faults(self) -> None:
-        """No more hop faults."""
-        self._faults.clear()
-
     def fail_saves(self, node: str, peer: str, failing: bool = True) -> None:
         """``node`` cannot save its end of the link to ``peer`` (a full disk), or can again."""
         link_id = self.link(node, peer).link_id

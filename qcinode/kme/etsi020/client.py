@@ -10,7 +10,6 @@ so the caller can apply the standard's retry-or-void rule.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 from pathlib import Path
@@ -83,7 +82,7 @@ class Etsi020Client:
             async with self._session.request(method, url, data=data, headers=headers, server_hostname=self.peer_kme) as response:
                 raw = await response.read()
                 status = response.status
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise PeerTimeout(f"ETSI 020 {method} {url}: no answer in time") from None
         except aiohttp.ClientError as exc:
             raise PeerUnavailable(f"ETSI 020 {method} {url}: {type(exc).__name__}: {exc}") from None

@@ -233,7 +233,12 @@ def parse_ext_keys(body: object) -> ExtKeysRequest:
         raise Problem.bad_request({"invalid_routing": "the initiator SAE is also a target"}, "key-routing-error", "key routing error")
     if mandatory:
         names = ", ".join(sorted(mandatory))[:200]
-        raise Problem(503, "unsupported-mandatory-extension", "unsupported mandatory extension", {"unsupported_mandatory_extension": f"mandatory extension(s) {names} cannot be supported"})
+        raise Problem(
+            503,
+            "unsupported-mandatory-extension",
+            "unsupported mandatory extension",
+            {"unsupported_mandatory_extension": f"mandatory extension(s) {names} cannot be supported"},
+        )
     assert initiator is not None and targets is not None
     return ExtKeysRequest(tuple(keys), initiator, targets, callback, optional)
 
@@ -245,7 +250,9 @@ def parse_acks(body: object) -> list[AckContainer]:
         Problem: 400 ``ack-not-understood`` naming every problem found.
     """
     if not isinstance(body, list) or not body or len(body) > 1024:
-        raise Problem.bad_request({"ack_not_understood": "the body must be an array of 1 to 1024 ack_container objects"}, "ack-not-understood", "ack not understood")
+        raise Problem.bad_request(
+            {"ack_not_understood": "the body must be an array of 1 to 1024 ack_container objects"}, "ack-not-understood", "ack not understood"
+        )
     out: list[AckContainer] = []
     details: dict[str, str] = {}
     for i, entry in enumerate(body):

@@ -122,7 +122,13 @@ def make_app(backend: Backend, *, body_timeout_s: float = 10.0) -> web.Applicati
     async def ext_keys(request: web.Request) -> web.Response:
         parsed = parse_ext_keys(await read(request))
         outcome = backend.start_ext_keys(parsed)
-        log.info("etsi020.ext_keys_received", key_ids=list(parsed.key_ids), initiator_sae=parsed.initiator_sae_id, target_saes=list(parsed.target_sae_ids), mode="async" if parsed.ack_callback_url else "sync")
+        log.info(
+            "etsi020.ext_keys_received",
+            key_ids=list(parsed.key_ids),
+            initiator_sae=parsed.initiator_sae_id,
+            target_saes=list(parsed.target_sae_ids),
+            mode="async" if parsed.ack_callback_url else "sync",
+        )
         if parsed.ack_callback_url is not None:
             return web.Response(status=202)
         return web.json_response(ack_containers_body(await outcome))

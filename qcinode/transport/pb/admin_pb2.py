@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from . import network_pb2 as qcinode_dot_v1_dot_network__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16qcinode/v1/admin.proto\x12\nqcinode.v1\"F\n\rStatusRequest\x12\x1d\n\x15include_block_digests\x18\x01 \x01(\x08\x12\x16\n\x0einclude_ledger\x18\x02 \x01(\x08\"=\n\x0b\x42lockDigest\x12\x10\n\x08\x62lock_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\x12\x0c\n\x04\x62its\x18\x03 \x01(\x04\"\xc5\x06\n\nLinkStatus\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x13\n\x0bpulses_sent\x18\x05 \x01(\x04\x12\x12\n\ndetections\x18\x06 \x01(\x04\x12\x13\n\x0bsifted_bits\x18\x07 \x01(\x04\x12\x0c\n\x04qber\x18\x08 \x01(\x01\x12\x14\n\x0c\x65\x63_leak_bits\x18\t \x01(\x04\x12\x15\n\rec_efficiency\x18\n \x01(\x01\x12\x13\n\x0bsecret_bits\x18\x0b \x01(\x04\x12\x13\n\x0b\x62locks_done\x18\x0c \x01(\x04\x12\x16\n\x0e\x62locks_aborted\x18\r \x01(\x04\x12\x11\n\tpool_bits\x18\x0e \x01(\x04\x12\x12\n\nemulated_s\x18\x0f \x01(\x01\x12\x1b\n\x13secret_key_rate_bps\x18\x10 \x01(\x01\x12\x1b\n\x13\x61uth_keys_available\x18\x11 \x01(\x04\x12\x44\n\x10\x61\x62orts_by_reason\x18\x12 \x03(\x0b\x32*.qcinode.v1.LinkStatus.AbortsByReasonEntry\x12\'\n\x06\x62locks\x18\x13 \x03(\x0b\x32\x17.qcinode.v1.BlockDigest\x12 \n\x18\x63\x61scade_rounds_per_block\x18\x14 \x01(\x01\x12\x13\n\x0b\x65\x63_key_bits\x18\x15 \x01(\x04\x12\x14\n\x0c\x65\x61vesdropper\x18\x16 \x01(\t\x12\x13\n\x0bledger_json\x18\x17 \x01(\t\x12\r\n\x05\x66\x61ult\x18\x18 \x01(\t\x12\x16\n\x0e\x66\x61ult_affected\x18\x19 \x01(\x04\x12\x1c\n\x14\x63urrent_key_rate_bps\x18\x1a \x01(\x01\x12\x16\n\x0e\x65mulation_rate\x18\x1b \x01(\x01\x12\x1a\n\x12\x65mulation_window_s\x18\x1c \x01(\x01\x12\x15\n\rrecent_aborts\x18\x1d \x03(\t\x12\x1b\n\x13\x61\x62orted_last_minute\x18\x1e \x01(\x04\x12*\n\x07\x63hannel\x18\x1f \x01(\x0b\x32\x19.qcinode.v1.ChannelStatus\x1a\x35\n\x13\x41\x62ortsByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x91\x04\n\rChannelStatus\x12\x19\n\x0c\x65mulated_utc\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05lag_s\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x07in_pass\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x11\n\x04note\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x14\n\x07loss_db\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x1a\n\relevation_deg\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x18\n\x0b\x61zimuth_deg\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x15\n\x08range_km\x18\x08 \x01(\x01H\x07\x88\x01\x01\x12\x10\n\x03sky\x18\t \x01(\tH\x08\x88\x01\x01\x12\x1e\n\x11sun_elevation_deg\x18\n \x01(\x01H\t\x88\x01\x01\x12\x1a\n\rnext_pass_utc\x18\x0b \x01(\tH\n\x88\x01\x01\x12\x1b\n\x0enext_pass_in_s\x18\x0c \x01(\x01H\x0b\x88\x01\x01\x12\x1a\n\rpass_ends_utc\x18\r \x01(\tH\x0c\x88\x01\x01\x42\x0f\n\r_emulated_utcB\x08\n\x06_lag_sB\n\n\x08_in_passB\x07\n\x05_noteB\n\n\x08_loss_dbB\x10\n\x0e_elevation_degB\x0e\n\x0c_azimuth_degB\x0b\n\t_range_kmB\x06\n\x04_skyB\x14\n\x12_sun_elevation_degB\x10\n\x0e_next_pass_utcB\x11\n\x0f_next_pass_in_sB\x10\n\x0e_pass_ends_utc\"i\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08uptime_s\x18\x02 \x01(\x01\x12%\n\x05links\x18\x03 \x03(\x0b\x32\x16.qcinode.v1.LinkStatus\x12\x14\n\x0cnetwork_json\x18\x04 \x01(\t\"H\n\x13\x45\x61vesdropperRequest\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61ttack\x18\x02 \x01(\t\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\"F\n\x11\x45\x61vesdropperReply\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61ttack\x18\x02 \x01(\t\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\"e\n\x0c\x46\x61ultRequest\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x01\x12\x10\n\x08\x64\x65lay_ms\x18\x04 \x01(\x01\x12\x0f\n\x07\x63hannel\x18\x05 \x01(\t\"c\n\nFaultReply\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x01\x12\x10\n\x08\x64\x65lay_ms\x18\x04 \x01(\x01\x12\x0f\n\x07\x63hannel\x18\x05 \x01(\t2\xd5\x01\n\x05\x41\x64min\x12;\n\x06Status\x12\x19.qcinode.v1.StatusRequest\x1a\x16.qcinode.v1.NodeStatus\x12Q\n\x0fSetEavesdropper\x12\x1f.qcinode.v1.EavesdropperRequest\x1a\x1d.qcinode.v1.EavesdropperReply\x12<\n\x08SetFault\x12\x18.qcinode.v1.FaultRequest\x1a\x16.qcinode.v1.FaultReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16qcinode/v1/admin.proto\x12\nqcinode.v1\x1a\x18qcinode/v1/network.proto\"F\n\rStatusRequest\x12\x1d\n\x15include_block_digests\x18\x01 \x01(\x08\x12\x16\n\x0einclude_ledger\x18\x02 \x01(\x08\"=\n\x0b\x42lockDigest\x12\x10\n\x08\x62lock_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\x12\x0c\n\x04\x62its\x18\x03 \x01(\x04\"\xe7\x06\n\nLinkStatus\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x13\n\x0bpulses_sent\x18\x05 \x01(\x04\x12\x12\n\ndetections\x18\x06 \x01(\x04\x12\x13\n\x0bsifted_bits\x18\x07 \x01(\x04\x12\x0c\n\x04qber\x18\x08 \x01(\x01\x12\x14\n\x0c\x65\x63_leak_bits\x18\t \x01(\x04\x12\x15\n\rec_efficiency\x18\n \x01(\x01\x12\x13\n\x0bsecret_bits\x18\x0b \x01(\x04\x12\x13\n\x0b\x62locks_done\x18\x0c \x01(\x04\x12\x16\n\x0e\x62locks_aborted\x18\r \x01(\x04\x12\x11\n\tpool_bits\x18\x0e \x01(\x04\x12\x12\n\nemulated_s\x18\x0f \x01(\x01\x12\x1b\n\x13secret_key_rate_bps\x18\x10 \x01(\x01\x12\x1b\n\x13\x61uth_keys_available\x18\x11 \x01(\x04\x12\x44\n\x10\x61\x62orts_by_reason\x18\x12 \x03(\x0b\x32*.qcinode.v1.LinkStatus.AbortsByReasonEntry\x12\'\n\x06\x62locks\x18\x13 \x03(\x0b\x32\x17.qcinode.v1.BlockDigest\x12 \n\x18\x63\x61scade_rounds_per_block\x18\x14 \x01(\x01\x12\x13\n\x0b\x65\x63_key_bits\x18\x15 \x01(\x04\x12\x14\n\x0c\x65\x61vesdropper\x18\x16 \x01(\t\x12\r\n\x05\x66\x61ult\x18\x18 \x01(\t\x12\x16\n\x0e\x66\x61ult_affected\x18\x19 \x01(\x04\x12\x1c\n\x14\x63urrent_key_rate_bps\x18\x1a \x01(\x01\x12\x16\n\x0e\x65mulation_rate\x18\x1b \x01(\x01\x12\x1a\n\x12\x65mulation_window_s\x18\x1c \x01(\x01\x12\x15\n\rrecent_aborts\x18\x1d \x03(\t\x12\x1b\n\x13\x61\x62orted_last_minute\x18\x1e \x01(\x04\x12*\n\x07\x63hannel\x18\x1f \x01(\x0b\x32\x19.qcinode.v1.ChannelStatus\x12\"\n\x06ledger\x18  \x01(\x0b\x32\x12.qcinode.v1.Ledger\x1a\x35\n\x13\x41\x62ortsByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01J\x04\x08\x17\x10\x18R\x0bledger_json\"2\n\x06Ledger\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.qcinode.v1.LedgerEntry\"^\n\x0bLedgerEntry\x12\x10\n\x08\x62lock_id\x18\x01 \x01(\t\x12\x14\n\x0coffset_bytes\x18\x02 \x01(\x04\x12\x14\n\x0clength_bytes\x18\x03 \x01(\x04\x12\x11\n\tinitiator\x18\x04 \x01(\t\"\x91\x04\n\rChannelStatus\x12\x19\n\x0c\x65mulated_utc\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05lag_s\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x07in_pass\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x11\n\x04note\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x14\n\x07loss_db\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x1a\n\relevation_deg\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x18\n\x0b\x61zimuth_deg\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x15\n\x08range_km\x18\x08 \x01(\x01H\x07\x88\x01\x01\x12\x10\n\x03sky\x18\t \x01(\tH\x08\x88\x01\x01\x12\x1e\n\x11sun_elevation_deg\x18\n \x01(\x01H\t\x88\x01\x01\x12\x1a\n\rnext_pass_utc\x18\x0b \x01(\tH\n\x88\x01\x01\x12\x1b\n\x0enext_pass_in_s\x18\x0c \x01(\x01H\x0b\x88\x01\x01\x12\x1a\n\rpass_ends_utc\x18\r \x01(\tH\x0c\x88\x01\x01\x42\x0f\n\r_emulated_utcB\x08\n\x06_lag_sB\n\n\x08_in_passB\x07\n\x05_noteB\n\n\x08_loss_dbB\x10\n\x0e_elevation_degB\x0e\n\x0c_azimuth_degB\x0b\n\t_range_kmB\x06\n\x04_skyB\x14\n\x12_sun_elevation_degB\x10\n\x0e_next_pass_utcB\x11\n\x0f_next_pass_in_sB\x10\n\x0e_pass_ends_utc\"\x93\x01\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08uptime_s\x18\x02 \x01(\x01\x12%\n\x05links\x18\x03 \x03(\x0b\x32\x16.qcinode.v1.LinkStatus\x12*\n\x07network\x18\x05 \x01(\x0b\x32\x19.qcinode.v1.NetworkStatusJ\x04\x08\x04\x10\x05R\x0cnetwork_json\"\x95\x08\n\rNetworkStatus\x12\x16\n\x0erelays_started\x18\x01 \x01(\x04\x12\x18\n\x10relays_delivered\x18\x02 \x01(\x04\x12\x15\n\rrelays_failed\x18\x03 \x01(\x04\x12\x18\n\x10relays_forwarded\x18\x04 \x01(\x04\x12\x1b\n\x13relay_hops_received\x18\x05 \x01(\x04\x12\x17\n\x0frelay_hops_sent\x18\x06 \x01(\x04\x12V\n\x18relay_failures_by_reason\x18\x07 \x03(\x0b\x32\x34.qcinode.v1.NetworkStatus.RelayFailuresByReasonEntry\x12*\n\x07routing\x18\x08 \x01(\x0b\x32\x19.qcinode.v1.RoutingStatus\x12\x37\n\x07storage\x18\t \x03(\x0b\x32&.qcinode.v1.NetworkStatus.StorageEntry\x12\x15\n\x08kme_port\x18\n \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cmetrics_port\x18\x0b \x01(\rH\x01\x88\x01\x01\x12H\n\x10\x65tsi014_requests\x18\x0c \x03(\x0b\x32..qcinode.v1.NetworkStatus.Etsi014RequestsEntry\x12R\n\x16kme_refusals_by_reason\x18\r \x03(\x0b\x32\x32.qcinode.v1.NetworkStatus.KmeRefusalsByReasonEntry\x12\x14\n\x0ckeys_expired\x18\x0e \x01(\x04\x12\x19\n\x0c\x65tsi004_port\x18\x0f \x01(\rH\x02\x88\x01\x01\x12\x16\n\tskip_port\x18\x10 \x01(\rH\x03\x88\x01\x01\x12*\n\x07\x65tsi004\x18\x11 \x01(\x0b\x32\x19.qcinode.v1.StreamsStatus\x12/\n\x0cinterworking\x18\x12 \x03(\x0b\x32\x19.qcinode.v1.GatewayStatus\x1a<\n\x1aRelayFailuresByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1aI\n\x0cStorageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.qcinode.v1.StorageStatus:\x02\x38\x01\x1a\x36\n\x14\x45tsi014RequestsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a:\n\x18KmeRefusalsByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x42\x0b\n\t_kme_portB\x0f\n\r_metrics_portB\x0f\n\r_etsi004_portB\x0c\n\n_skip_port\"\x91\x01\n\rStreamsStatus\x12\x14\n\x0cstreams_open\x18\x01 \x01(\x04\x12\x39\n\x08\x63ounters\x18\x02 \x03(\x0b\x32\'.qcinode.v1.StreamsStatus.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xe9\x01\n\rGatewayStatus\x12\x14\n\x0cpeer_network\x18\x01 \x01(\t\x12\x10\n\x08peer_kme\x18\x02 \x01(\t\x12\x11\n\x04port\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x0bhanding_off\x18\x04 \x01(\x04\x12\x13\n\x0brelaying_in\x18\x05 \x01(\x04\x12\x39\n\x08\x63ounters\x18\x06 \x03(\x0b\x32\'.qcinode.v1.GatewayStatus.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x42\x07\n\x05_port\"\xa3\x02\n\rRoutingStatus\x12\x12\n\nlocal_node\x18\x01 \x01(\t\x12\x11\n\tmax_age_s\x18\x02 \x01(\x01\x12\x39\n\x08rejected\x18\x03 \x03(\x0b\x32\'.qcinode.v1.RoutingStatus.RejectedEntry\x12\x37\n\x07origins\x18\x04 \x03(\x0b\x32&.qcinode.v1.RoutingStatus.OriginsEntry\x1a/\n\rRejectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x46\n\x0cOriginsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.qcinode.v1.HeldAdvert:\x02\x38\x01\"Z\n\nHeldAdvert\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x13\n\x0breceived_at\x18\x02 \x01(\x01\x12%\n\x05links\x18\x03 \x03(\x0b\x32\x16.qcinode.v1.LinkAdvert\"A\n\rStorageStatus\x12\x0f\n\x07healthy\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\x04\"H\n\x13\x45\x61vesdropperRequest\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61ttack\x18\x02 \x01(\t\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\"F\n\x11\x45\x61vesdropperReply\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61ttack\x18\x02 \x01(\t\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\"e\n\x0c\x46\x61ultRequest\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x01\x12\x10\n\x08\x64\x65lay_ms\x18\x04 \x01(\x01\x12\x0f\n\x07\x63hannel\x18\x05 \x01(\t\"c\n\nFaultReply\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x01\x12\x10\n\x08\x64\x65lay_ms\x18\x04 \x01(\x01\x12\x0f\n\x07\x63hannel\x18\x05 \x01(\t2\xd5\x01\n\x05\x41\x64min\x12;\n\x06Status\x12\x19.qcinode.v1.StatusRequest\x1a\x16.qcinode.v1.NodeStatus\x12Q\n\x0fSetEavesdropper\x12\x1f.qcinode.v1.EavesdropperRequest\x1a\x1d.qcinode.v1.EavesdropperReply\x12<\n\x08SetFault\x12\x18.qcinode.v1.FaultRequest\x1a\x16.qcinode.v1.FaultReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,26 +34,74 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LINKSTATUS_ABORTSBYREASONENTRY']._loaded_options = None
   _globals['_LINKSTATUS_ABORTSBYREASONENTRY']._serialized_options = b'8\001'
-  _globals['_STATUSREQUEST']._serialized_start=38
-  _globals['_STATUSREQUEST']._serialized_end=108
-  _globals['_BLOCKDIGEST']._serialized_start=110
-  _globals['_BLOCKDIGEST']._serialized_end=171
-  _globals['_LINKSTATUS']._serialized_start=174
-  _globals['_LINKSTATUS']._serialized_end=1011
-  _globals['_LINKSTATUS_ABORTSBYREASONENTRY']._serialized_start=958
-  _globals['_LINKSTATUS_ABORTSBYREASONENTRY']._serialized_end=1011
-  _globals['_CHANNELSTATUS']._serialized_start=1014
-  _globals['_CHANNELSTATUS']._serialized_end=1543
-  _globals['_NODESTATUS']._serialized_start=1545
-  _globals['_NODESTATUS']._serialized_end=1650
-  _globals['_EAVESDROPPERREQUEST']._serialized_start=1652
-  _globals['_EAVESDROPPERREQUEST']._serialized_end=1724
-  _globals['_EAVESDROPPERREPLY']._serialized_start=1726
-  _globals['_EAVESDROPPERREPLY']._serialized_end=1796
-  _globals['_FAULTREQUEST']._serialized_start=1798
-  _globals['_FAULTREQUEST']._serialized_end=1899
-  _globals['_FAULTREPLY']._serialized_start=1901
-  _globals['_FAULTREPLY']._serialized_end=2000
-  _globals['_ADMIN']._serialized_start=2003
-  _globals['_ADMIN']._serialized_end=2216
+  _globals['_NETWORKSTATUS_RELAYFAILURESBYREASONENTRY']._loaded_options = None
+  _globals['_NETWORKSTATUS_RELAYFAILURESBYREASONENTRY']._serialized_options = b'8\001'
+  _globals['_NETWORKSTATUS_STORAGEENTRY']._loaded_options = None
+  _globals['_NETWORKSTATUS_STORAGEENTRY']._serialized_options = b'8\001'
+  _globals['_NETWORKSTATUS_ETSI014REQUESTSENTRY']._loaded_options = None
+  _globals['_NETWORKSTATUS_ETSI014REQUESTSENTRY']._serialized_options = b'8\001'
+  _globals['_NETWORKSTATUS_KMEREFUSALSBYREASONENTRY']._loaded_options = None
+  _globals['_NETWORKSTATUS_KMEREFUSALSBYREASONENTRY']._serialized_options = b'8\001'
+  _globals['_STREAMSSTATUS_COUNTERSENTRY']._loaded_options = None
+  _globals['_STREAMSSTATUS_COUNTERSENTRY']._serialized_options = b'8\001'
+  _globals['_GATEWAYSTATUS_COUNTERSENTRY']._loaded_options = None
+  _globals['_GATEWAYSTATUS_COUNTERSENTRY']._serialized_options = b'8\001'
+  _globals['_ROUTINGSTATUS_REJECTEDENTRY']._loaded_options = None
+  _globals['_ROUTINGSTATUS_REJECTEDENTRY']._serialized_options = b'8\001'
+  _globals['_ROUTINGSTATUS_ORIGINSENTRY']._loaded_options = None
+  _globals['_ROUTINGSTATUS_ORIGINSENTRY']._serialized_options = b'8\001'
+  _globals['_STATUSREQUEST']._serialized_start=64
+  _globals['_STATUSREQUEST']._serialized_end=134
+  _globals['_BLOCKDIGEST']._serialized_start=136
+  _globals['_BLOCKDIGEST']._serialized_end=197
+  _globals['_LINKSTATUS']._serialized_start=200
+  _globals['_LINKSTATUS']._serialized_end=1071
+  _globals['_LINKSTATUS_ABORTSBYREASONENTRY']._serialized_start=999
+  _globals['_LINKSTATUS_ABORTSBYREASONENTRY']._serialized_end=1052
+  _globals['_LEDGER']._serialized_start=1073
+  _globals['_LEDGER']._serialized_end=1123
+  _globals['_LEDGERENTRY']._serialized_start=1125
+  _globals['_LEDGERENTRY']._serialized_end=1219
+  _globals['_CHANNELSTATUS']._serialized_start=1222
+  _globals['_CHANNELSTATUS']._serialized_end=1751
+  _globals['_NODESTATUS']._serialized_start=1754
+  _globals['_NODESTATUS']._serialized_end=1901
+  _globals['_NETWORKSTATUS']._serialized_start=1904
+  _globals['_NETWORKSTATUS']._serialized_end=2949
+  _globals['_NETWORKSTATUS_RELAYFAILURESBYREASONENTRY']._serialized_start=2637
+  _globals['_NETWORKSTATUS_RELAYFAILURESBYREASONENTRY']._serialized_end=2697
+  _globals['_NETWORKSTATUS_STORAGEENTRY']._serialized_start=2699
+  _globals['_NETWORKSTATUS_STORAGEENTRY']._serialized_end=2772
+  _globals['_NETWORKSTATUS_ETSI014REQUESTSENTRY']._serialized_start=2774
+  _globals['_NETWORKSTATUS_ETSI014REQUESTSENTRY']._serialized_end=2828
+  _globals['_NETWORKSTATUS_KMEREFUSALSBYREASONENTRY']._serialized_start=2830
+  _globals['_NETWORKSTATUS_KMEREFUSALSBYREASONENTRY']._serialized_end=2888
+  _globals['_STREAMSSTATUS']._serialized_start=2952
+  _globals['_STREAMSSTATUS']._serialized_end=3097
+  _globals['_STREAMSSTATUS_COUNTERSENTRY']._serialized_start=3050
+  _globals['_STREAMSSTATUS_COUNTERSENTRY']._serialized_end=3097
+  _globals['_GATEWAYSTATUS']._serialized_start=3100
+  _globals['_GATEWAYSTATUS']._serialized_end=3333
+  _globals['_GATEWAYSTATUS_COUNTERSENTRY']._serialized_start=3050
+  _globals['_GATEWAYSTATUS_COUNTERSENTRY']._serialized_end=3097
+  _globals['_ROUTINGSTATUS']._serialized_start=3336
+  _globals['_ROUTINGSTATUS']._serialized_end=3627
+  _globals['_ROUTINGSTATUS_REJECTEDENTRY']._serialized_start=3508
+  _globals['_ROUTINGSTATUS_REJECTEDENTRY']._serialized_end=3555
+  _globals['_ROUTINGSTATUS_ORIGINSENTRY']._serialized_start=3557
+  _globals['_ROUTINGSTATUS_ORIGINSENTRY']._serialized_end=3627
+  _globals['_HELDADVERT']._serialized_start=3629
+  _globals['_HELDADVERT']._serialized_end=3719
+  _globals['_STORAGESTATUS']._serialized_start=3721
+  _globals['_STORAGESTATUS']._serialized_end=3786
+  _globals['_EAVESDROPPERREQUEST']._serialized_start=3788
+  _globals['_EAVESDROPPERREQUEST']._serialized_end=3860
+  _globals['_EAVESDROPPERREPLY']._serialized_start=3862
+  _globals['_EAVESDROPPERREPLY']._serialized_end=3932
+  _globals['_FAULTREQUEST']._serialized_start=3934
+  _globals['_FAULTREQUEST']._serialized_end=4035
+  _globals['_FAULTREPLY']._serialized_start=4037
+  _globals['_FAULTREPLY']._serialized_end=4136
+  _globals['_ADMIN']._serialized_start=4139
+  _globals['_ADMIN']._serialized_end=4352
 # @@protoc_insertion_point(module_scope)

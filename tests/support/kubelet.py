@@ -64,6 +64,8 @@ __all__ = ["ClientAgent", "NetnsKubelet", "PodmanClientAgent", "PodmanKubelet", 
            "podman_unavailable_reason"]
 
 RUNTIME = "network-namespace fallback"
+#: This file: the client agent runs it as a script (``python kubelet.py agent``) where tests reach pods.
+AGENT_SCRIPT = Path(__file__).resolve()
 _VAR_REF = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
 _QUANTITY = re.compile(r"([0-9.]+)(Ki|Mi|Gi|Ti|k|M|G|T)?")
 _UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
@@ -407,7 +409,7 @@ class ClientAgent:
 
     def __init__(self, netns: str) -> None:
         self.process = subprocess.Popen(
-            ["ip", "netns", "exec", netns, sys.executable, "-m", "qcinode.cluster.kubelet", "agent"],
+            ["ip", "netns", "exec", netns, sys.executable, str(AGENT_SCRIPT), "agent"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
         )
 
@@ -439,7 +441,11 @@ class ClientAgent:
 # ---------------------------------------------------------------------- podman
 
 PODMAN_RUNTIME = "podman"
-_PODMAN_CONF = Path(__file__).resolve().parents[2] / "deploy" / "podman" / "containers.conf"
+# The checkout's podman configuration (tests/support/ -> the repository root). The client agent
+# runs this file alone in a container, where no checkout surrounds it: nothing is read there.
+_PODMAN_CONF = AGENT_SCRIPT.parent.parent.parent / "deploy" / "podman" / "containers.conf"
+#: Where the client agent's container finds this file (mounted read-only; the image holds only qcinode).
+_AGENT_IN_CONTAINER = "/qcinode-test/agent.py"
 
 
 def podman(*args: str, check: bool = True, timeout: float = 60.0, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -680,11 +686,12 @@ class PodmanClientAgent(ClientAgent):
 
     def __init__(self, kubelet: PodmanKubelet, mounts: dict[Path, str]) -> None:
         self.name = f"qcinode-client-{kubelet.tag}"
+        mounts = {**mounts, AGENT_SCRIPT: _AGENT_IN_CONTAINER}
         volumes = [a for host, path in mounts.items() for a in ("-v", f"{host}:{path}:ro")]
         argv = ["podman", "run", "-i", "--rm", "--name", self.name, "--network", kubelet.network, "--ip", f"{kubelet.subnet}.250",
                 *kubelet.name_args(None), "--read-only", "--user", "0", "--cap-drop", "ALL", "--pull", "never",
                 "--label", f"qcinode.test/run={kubelet.tag}", *volumes, "--entrypoint", "python3", kubelet.image,
-                "-m", "qcinode.cluster.kubelet", "agent"]
+                _AGENT_IN_CONTAINER, "agent"]
         env = dict(os.environ)
         if _PODMAN_CONF.exists():
             env["CONTAINERS_CONF"] = str(_PODMAN_CONF)
@@ -719,11 +726,11 @@ def _agent_handle(request: dict[str, Any]) -> Any:
         except grpc.RpcError as err:
             return f"ERROR {err.code().name}"
     if op == "status":
-        from .admin import node_status
+        from qcinode.cluster.admin import node_status
 
-        return node_status(request["target"], request["server_name"], Path(request["certs"]), timeout_s=5.0)
+        return node_status(request["target"], request["server_name"], Path(request["certs"]), timeout_s=5.0).to_json()
     if op == "etsi":
-        from ..kme.client import EtsiClient
+        from qcinode.kme.client import EtsiClient
 
         client = EtsiClient(Path(request["ca"]), Path(request["cert"]), Path(request["key"]))
         return client.request(request["method"], request["url"], request.get("body"), timeout_s=request.get("timeout", 15.0))
