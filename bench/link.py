@@ -51,6 +51,17 @@ How to run
     python bench/link.py --gys --textbook-source --length-km 25 --block-bits 1e6 \
         --delay-ms 100 --error-correction cascade --error-correction ldpc --seconds 120
 
+With ``--core`` no process is started: both ends run in this process
+(:func:`qcinode.core.pair.make_pair` and :func:`qcinode.core.pair.pump`,
+the in-process twin of the link worker, frames through their byte
+encoding), seeded, on the same topology-built link; it prints secret bits
+per CPU-second of ``pump`` (``time.process_time``), the protocol core's
+ceiling. ``--profile N`` adds the N most expensive functions of that run
+(cProfile, cumulative and own time)::
+
+    python bench/link.py --core --gys --length-km 10 --block-bits 1e6 --blocks 3
+    python bench/link.py --core --gys --length-km 10 --block-bits 1e6 --blocks 3 --profile 25
+
 With ``--delay-ms`` every post-processing message waits that long before it
 leaves its node, at both ends (the ``delay`` fault), so each round trip
 costs twice the delay; the summary then compares secret bits per wall
@@ -373,6 +384,83 @@ def fill(result: LinkResult, first: Snapshot, last: Snapshot) -> None:
     result.ec_efficiency = float(b.get("ec_efficiency", 0.0))
 
 
+# --------------------------------------------------------------------------- in process
+
+
+@dataclasses.dataclass(slots=True)
+class CoreResult:
+    length_km: float
+    block_bits: int
+    blocks_done: int = 0
+    blocks_aborted: int = 0
+    secret_bits: int = 0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    frames: int = 0
+    messages: int = 0
+    keys_match: bool = True
+    aborts: tuple[str, ...] = ()
+
+
+def run_core(
+    length_km: float, *, block_bits: int, blocks: int, gys: bool, seed: int, variant: Variant = Variant(), profile: int = 0
+) -> CoreResult:
+    """Both ends in this process (``pair.pump``), timed by the CPU time of the pump alone."""
+    import cProfile
+    import pstats
+
+    from qcinode.core.pair import make_pair, pump
+    from qcinode.core.pipeline import BlockAccepted
+
+    work = Path(tempfile.mkdtemp(prefix="qcinode-bench-core-"))
+    try:
+        source = work / "topology.yaml"
+        source.write_text(yaml.safe_dump(topology_mapping(length_km, block_bits, gys, variant), sort_keys=False))
+        link = load_topology(source).links[0]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    config = protocol_config(link)
+    slots = frame_slots(config, link.source.rate_hz, None)
+    alice, bob = make_pair(config, bytes(range(256)) * 64, seed)
+    profiler = cProfile.Profile() if profile else None
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    if profiler:
+        profiler.enable()
+    result = pump(alice, bob, frame_slots=slots, blocks=blocks, max_frames=100 * blocks + 100)
+    if profiler:
+        profiler.disable()
+    out = CoreResult(length_km, block_bits, cpu_s=time.process_time() - cpu0, wall_s=time.perf_counter() - wall0)
+    out.frames, out.messages = result.frames, result.classical_messages
+    bob_keys = {e.block_seq: e.key for e in result.bob_events if isinstance(e, BlockAccepted)}
+    for event in result.alice_events:
+        if isinstance(event, BlockAccepted):
+            out.blocks_done += 1
+            out.secret_bits += 8 * len(event.key)
+            out.keys_match &= bob_keys.get(event.block_seq) == event.key
+        else:
+            out.blocks_aborted += 1
+            out.aborts += (event.reason,)
+    if profiler:
+        stats = pstats.Stats(profiler, stream=sys.stdout)
+        for order in ("cumulative", "tottime"):
+            print(f"\n-- profile, by {order} --")
+            stats.sort_stats(order).print_stats(profile)
+    return out
+
+
+def print_core(r: CoreResult) -> None:
+    rate = r.secret_bits / r.cpu_s if r.cpu_s > 0 else 0.0
+    print(
+        f"\n== in-process core (pair.pump), {r.length_km:g} km, block {r.block_bits:.3g} key bits ==\n"
+        f"  blocks done / aborted        {r.blocks_done} / {r.blocks_aborted}"
+        f"{'  (' + ', '.join(r.aborts) + ')' if r.aborts else ''}\n"
+        f"  secret bits                  {r.secret_bits}  (keys equal at both ends: {'yes' if r.keys_match else 'NO'})\n"
+        f"  frames / classical messages  {r.frames} / {r.messages}\n"
+        f"  CPU s / wall s               {r.cpu_s:.2f} / {r.wall_s:.2f}\n"
+        f"  secret bits per CPU-second   {rate:.4g}  (target for the core: >= 2e6)"
+    )
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -448,9 +536,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--textbook-source", action="store_true", help="source 0.48/0.1/0 with p 0.8/0.1/0.1, Z basis 0.5")
     p.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay of every post-processing message (delay fault)")
+    p.add_argument("--core", action="store_true", help="both ends in this process (pair.pump): the protocol core alone")
+    p.add_argument("--blocks", type=int, default=3, help="with --core: blocks to run")
+    p.add_argument("--seed", type=int, default=1, help="with --core: the pair's seed")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="with --core: print the N costliest functions (cProfile)")
     args = p.parse_args(argv)
     lengths = args.length_km or [10.0, 50.0]
     block_bits = int(args.block_bits)
+    if args.core:
+        for length_km in lengths:
+            variant = Variant(error_correction=(args.error_correction or ["cascade"])[0], finite_key=args.finite_key)
+            print_core(
+                run_core(
+                    length_km, block_bits=block_bits, blocks=args.blocks, gys=args.gys, seed=args.seed, variant=variant, profile=args.profile
+                )
+            )
+        return 0
     variants = [
         Variant(
             error_correction=method,
