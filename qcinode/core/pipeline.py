@@ -62,7 +62,7 @@ import numpy as np
 from ..errors import AuthenticationFailed, ConfigError, InsufficientKeyMaterial, LocalProtocolError, RemoteProtocolError
 from . import messages as m
 from .amplification import toeplitz_hash, unpack_bits
-from .authentication import KEY_BYTES, AuthKeyReserve, Direction, Transcript, one_time_tag, verify_one_time_tag
+from .authentication import KEY_BYTES, AuthKeyReserve, Direction, Transcript
 from .channel import QuantumChannelModel, physics_at
 from .estimation import (
     NO_DECOY_BOUNDS,
@@ -347,10 +347,10 @@ class _LinkEnd:
 
     # -- helpers --------------------------------------------------------
     def _record_in(self, msg: m.Message) -> None:
-        self._transcript_for_current().append(self.direction_in, m.canonical_bytes(msg))
+        self._transcript_for_current().append_parts(self.direction_in, m.canonical_parts(msg))
 
     def _record_out(self, msg: m.Message) -> None:
-        self._transcript_for_current().append(self.direction_out, m.canonical_bytes(msg))
+        self._transcript_for_current().append_parts(self.direction_out, m.canonical_parts(msg))
 
     def _transcript_for_current(self) -> Transcript:
         return self.block.transcript if self.block is not None else self._transcript
@@ -508,10 +508,6 @@ class _LinkEnd:
         )
         self.block = None
         self.state = LinkState.QUANTUM
-
-    def _mac_input(self, block: _Block) -> bytes:
-        data: bytes = block.transcript.digest_input()
-        return data
 
     def take_events(self) -> list[BlockEvent]:
         events, self.events = self.events, []
@@ -712,7 +708,7 @@ class AliceLink(_LinkEnd):
         block.secret = _amplify(key, seed, length)
         unsigned = m.Confirm(block.seq, True, "", seed, length, block.leak_bits)
         self._record_out(unsigned)
-        tag = one_time_tag(block.mac_keys[0], self._mac_input(block))
+        tag = block.transcript.tag(block.mac_keys[0])
         self._confirm = unsigned
         self.state = LinkState.CONFIRMING
         return [dataclasses.replace(unsigned, auth_tag=tag)]
@@ -725,7 +721,7 @@ class AliceLink(_LinkEnd):
             self._abort(msg.reason or "rejected_by_peer")
             return []
         try:
-            verify_one_time_tag(block.mac_keys[1], self._mac_input(block), msg.auth_tag)
+            block.transcript.verify(block.mac_keys[1], msg.auth_tag)
         except AuthenticationFailed:
             commit = self._signed_commit(block, accepted=False)
             self._abort("authentication_failed")
@@ -737,7 +733,7 @@ class AliceLink(_LinkEnd):
     def _signed_commit(self, block: _Block, accepted: bool) -> m.Commit:
         unsigned = m.Commit(block.seq, accepted)
         self._record_out(unsigned)
-        return dataclasses.replace(unsigned, auth_tag=one_time_tag(block.mac_keys[2], self._mac_input(block)))
+        return dataclasses.replace(unsigned, auth_tag=block.transcript.tag(block.mac_keys[2]))
 
 
 class BobLink(_LinkEnd):
@@ -885,7 +881,7 @@ class BobLink(_LinkEnd):
         if not self._take_mac_keys(block):
             return self._reject(block, "authentication_keys_exhausted")
         try:
-            verify_one_time_tag(block.mac_keys[0], self._mac_input(block), msg.auth_tag)
+            block.transcript.verify(block.mac_keys[0], msg.auth_tag)
         except AuthenticationFailed:
             return self._reject(block, "authentication_failed")
         block.key_length = self._key_length(block, block.leak_bits)
@@ -898,7 +894,7 @@ class BobLink(_LinkEnd):
         block.secret = _amplify(corrected, msg.pa_seed, length)
         unsigned = m.Verdict(block.seq, True, "")
         self._record_out(unsigned)
-        tag = one_time_tag(block.mac_keys[1], self._mac_input(block))
+        tag = block.transcript.tag(block.mac_keys[1])
         self._awaiting_commit = True
         self.state = LinkState.CONFIRMING
         return [dataclasses.replace(unsigned, auth_tag=tag)]
@@ -914,7 +910,7 @@ class BobLink(_LinkEnd):
         assert block is not None
         self._record_in(dataclasses.replace(msg, auth_tag=b""))
         try:
-            verify_one_time_tag(block.mac_keys[2], self._mac_input(block), msg.auth_tag)
+            block.transcript.verify(block.mac_keys[2], msg.auth_tag)
         except AuthenticationFailed:
             # Alice's decision is unknown: the block stays pending until the
             # ends compare the blocks they hold (Hello on reconnection).
