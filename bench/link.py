@@ -93,7 +93,7 @@ import yaml
 
 from qcinode.cluster.launcher import Cluster, cluster_status, read_cluster
 from qcinode.core.estimation import asymptotic_key_fraction, expected_key_length
-from qcinode.node.runtime import expected_key_bits_per_slot, frame_slots, link_physics, protocol_config
+from qcinode.node.runtime import expected_key_bits_per_slot, frame_slots, link_physics, protocol_config, tune_allocator_for_links
 from qcinode.topology import load_topology
 
 TARGET_BITS_PER_CPU_S = 1e6
@@ -403,7 +403,15 @@ class CoreResult:
 
 
 def run_core(
-    length_km: float, *, block_bits: int, blocks: int, gys: bool, seed: int, variant: Variant = Variant(), profile: int = 0
+    length_km: float,
+    *,
+    block_bits: int,
+    blocks: int,
+    gys: bool,
+    seed: int,
+    variant: Variant = Variant(),
+    profile: int = 0,
+    raw_allocator: bool = False,
 ) -> CoreResult:
     """Both ends in this process (``pair.pump``), timed by the CPU time of the pump alone."""
     import cProfile
@@ -421,6 +429,8 @@ def run_core(
         shutil.rmtree(work, ignore_errors=True)
     config = protocol_config(link)
     slots = frame_slots(config, link.source.rate_hz, None)
+    if not raw_allocator:
+        tune_allocator_for_links()  # as a node does for its links
     alice, bob = make_pair(config, bytes(range(256)) * 64, seed)
     profiler = cProfile.Profile() if profile else None
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -540,6 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--blocks", type=int, default=3, help="with --core: blocks to run")
     p.add_argument("--seed", type=int, default=1, help="with --core: the pair's seed")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="with --core: print the N costliest functions (cProfile)")
+    p.add_argument("--raw-allocator", action="store_true", help="with --core: keep glibc's malloc defaults (a node tunes them)")
     args = p.parse_args(argv)
     lengths = args.length_km or [10.0, 50.0]
     block_bits = int(args.block_bits)
@@ -548,7 +559,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             variant = Variant(error_correction=(args.error_correction or ["cascade"])[0], finite_key=args.finite_key)
             print_core(
                 run_core(
-                    length_km, block_bits=block_bits, blocks=args.blocks, gys=args.gys, seed=args.seed, variant=variant, profile=args.profile
+                    length_km,
+                    block_bits=block_bits,
+                    blocks=args.blocks,
+                    gys=args.gys,
+                    seed=args.seed,
+                    variant=variant,
+                    profile=args.profile,
+                    raw_allocator=args.raw_allocator,
                 )
             )
         return 0
