@@ -714,16 +714,19 @@ class AliceRecord:
         if query.size and (int(query.min()) < 0 or int(query.max()) >= self._n_slots):
             raise RemoteProtocolError("reveal: slot outside the frame")
 
-        classes = np.empty(query.size, np.uint8)
-        bases = np.empty(query.size, np.uint8)
-        bits = np.empty(query.size, np.uint8)
         found, index = _lookup(self.slots, query)
-        classes[found] = self.classes[index[found]]
-        bases[found] = self.bases[index[found]]
-        bits[found] = self.bits[index[found]]
+        if len(self.slots):
+            # Gather at every (clipped, valid) index, then overwrite the slots not found.
+            classes = self.classes[index].astype(np.uint8, copy=False)
+            bases = self.bases[index].astype(np.uint8, copy=False)
+            bits = self.bits[index].astype(np.uint8, copy=False)
+        else:
+            classes = np.empty(query.size, np.uint8)
+            bases = np.empty(query.size, np.uint8)
+            bits = np.empty(query.size, np.uint8)
 
         missing = ~found
-        if np.any(missing):
+        if not found.all():
             self._extend_lazy(np.unique(query[missing]))
             lazy_found, lazy_index = _lookup(self._lazy_slots, query[missing])
             if not np.all(lazy_found):  # pragma: no cover - _extend_lazy covers every slot
@@ -788,7 +791,7 @@ def _lookup(sorted_slots: Int64Array, query: Int64Array) -> tuple[NDArray[np.boo
     if len(sorted_slots) == 0:
         return np.zeros(query.size, np.bool_), clipped.astype(np.int64)
     found = (index < len(sorted_slots)) & (sorted_slots[clipped] == query)
-    return found, clipped.astype(np.int64)
+    return found, clipped.astype(np.int64, copy=False)
 
 
 def transmit(

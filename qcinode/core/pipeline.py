@@ -239,7 +239,7 @@ class _SiftBuffer:
         self.classes.append(classes)
         self.bases.append(bases)
         self.bits.append(bits)
-        self.z_bits += int(np.count_nonzero(bases == 0))
+        self.z_bits += int(bases.size - np.count_nonzero(bases))  # bases are 0 (Z) or 1 (X)
 
     def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         out = tuple(np.concatenate(parts) if parts else np.zeros(0, np.uint8) for parts in (self.classes, self.bases, self.bits))
@@ -267,11 +267,14 @@ class _Block:
     refill_mac_keys: bool = False
     short: bool = False  # closed early (end of a pass) with fewer key bits than block_bits
     _counts: dict[int, tuple[int, int, int]] = dataclasses.field(default_factory=dict)
+    _key_mask: np.ndarray | None = None
 
     @property
     def key_mask(self) -> np.ndarray:
-        mask: np.ndarray = self.bases == 0
-        return mask
+        """Where the block's key-basis (Z) bits are (computed once per block)."""
+        if self._key_mask is None:
+            self._key_mask = self.bases == 0
+        return self._key_mask
 
     @property
     def test_qber(self) -> float:
@@ -281,9 +284,11 @@ class _Block:
     def counts(self, basis: int) -> tuple[int, int, int]:
         """Sifted detections per intensity class in ``basis`` (computed once per block)."""
         cache = self._counts
-        if basis not in cache:
-            sel = self.classes[self.bases == basis]
-            cache[basis] = tuple(int(c) for c in np.bincount(sel, minlength=3)[:3])  # type: ignore[assignment]
+        if not cache:
+            # One pass for both bases: bin 2 * class + basis (classes 0..2, bases 0/1).
+            both = np.bincount(self.classes.astype(np.intp) * 2 + self.bases, minlength=6)[:6]
+            for b in (0, 1):
+                cache[b] = tuple(int(c) for c in both[b::2])  # type: ignore[assignment]
         return cache[basis]
 
     def stats(self, secret_bits: int = 0) -> BlockStats:
@@ -292,8 +297,8 @@ class _Block:
             frames=self.frames,
             pulses=self.pulses,
             detections=self.detections,
-            key_bits=int(np.count_nonzero(self.bases == 0)),
-            test_bits=int(np.count_nonzero(self.bases == 1)),
+            key_bits=sum(self.counts(0)),
+            test_bits=sum(self.counts(1)),
             test_errors=sum(self.test_errors),
             errors_corrected=self.errors_corrected,
             leak_bits=self.leak_bits,
@@ -611,19 +616,21 @@ class AliceLink(_LinkEnd):
         frame_id, n_slots, record = self._outstanding
         if msg.n_slots != n_slots or len(msg.slots) != len(msg.bases):
             raise RemoteProtocolError("detection report does not fit the frame")
-        if len(msg.slots) and (msg.slots[0] < 0 or msg.slots[-1] >= n_slots or np.any(np.diff(msg.slots) <= 0)):
+        slots = msg.slots
+        if len(slots) and (slots[0] < 0 or slots[-1] >= n_slots or not np.all(slots[1:] > slots[:-1])):
             raise RemoteProtocolError("detection report slots out of range or unsorted")
-        if np.any(msg.bases > 1):
+        if msg.bases.max(initial=0) > 1:
             raise RemoteProtocolError("detection report bases must be 0 or 1")
         self._outstanding = None
         self._record_in(msg)
         classes, bases, bits = record.reveal(msg.slots)
-        match = (bases == msg.bases).astype(np.uint8)
+        match = (bases == msg.bases).view(np.uint8)
+        classes = classes.astype(np.uint8, copy=False)
         close, self._close_after_frame = self._close_after_frame, False
-        reply = m.SiftReply(frame_id, match, classes.astype(np.uint8), close_block=close)
+        reply = m.SiftReply(frame_id, match, classes, close_block=close)
         self._record_out(reply)
-        keep = match.astype(bool)
-        self._add_sifted(classes[keep].astype(np.uint8), bases[keep].astype(np.uint8), bits[keep].astype(np.uint8), n_slots, len(msg.slots))
+        keep = np.flatnonzero(match)
+        self._add_sifted(classes[keep], bases[keep].astype(np.uint8, copy=False), bits[keep].astype(np.uint8, copy=False), n_slots, len(msg.slots))
         self._maybe_close_block(force=close)
         return [reply]
 
@@ -804,12 +811,12 @@ class BobLink(_LinkEnd):
         frame_id, clicks = self._reported
         if len(msg.basis_match) != len(clicks.slots) or len(msg.classes) != len(clicks.slots):
             raise RemoteProtocolError("sift reply length does not match the detection report")
-        if np.any(msg.classes > 2) or np.any(msg.basis_match > 1):
+        if msg.classes.max(initial=0) > 2 or msg.basis_match.max(initial=0) > 1:
             raise RemoteProtocolError("sift reply has invalid classes or flags")
         self._reported = None
         self._record_in(msg)
-        keep = msg.basis_match.astype(bool)
-        self._add_sifted(msg.classes[keep].astype(np.uint8), clicks.bases[keep], clicks.bits[keep], clicks.n_slots, len(clicks.slots))
+        keep = np.flatnonzero(msg.basis_match)
+        self._add_sifted(msg.classes[keep].astype(np.uint8, copy=False), clicks.bases[keep], clicks.bits[keep], clicks.n_slots, len(clicks.slots))
         if self._maybe_close_block(force=msg.close_block):
             block = self.block
             assert block is not None
