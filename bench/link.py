@@ -45,6 +45,8 @@ How to run
     python bench/link.py                          # 10 and 50 km, 30 s each
     python bench/link.py --seconds 20 --gys
     python bench/link.py --length-km 25 --block-bits 1e6 --seconds 120
+    # real time: a 1 GHz GYS source at 10 km, emulation speed 1 (emulated s per wall s >= 0.95?)
+    python bench/link.py --gys --length-km 10 --block-bits 1e6 --speed 1 --seconds 60
     # a long-haul classical channel: 100 ms one-way delay on the post-processing
     # session (links[0].fault: {kind: delay, delay_ms: 100, channel: postprocessing}),
     # Cascade against LDPC, with the textbook GYS source (0.48/0.1/0, 0.8/0.1/0.1):
@@ -144,7 +146,9 @@ class Variant:
         return f"{self.method}, {self.finite_key}{', textbook source' if self.textbook_source else ''}{delay}"
 
 
-def topology_mapping(length_km: float, block_bits: int, gys: bool, variant: Variant = Variant()) -> dict[str, Any]:
+def topology_mapping(
+    length_km: float, block_bits: int, gys: bool, variant: Variant = Variant(), speed: float | None = None
+) -> dict[str, Any]:
     defaults: dict[str, Any] = dict(GYS_SETTINGS) if gys else {}
     if variant.textbook_source:
         defaults["source"] = TEXTBOOK_SOURCE
@@ -160,7 +164,7 @@ def topology_mapping(length_km: float, block_bits: int, gys: bool, variant: Vari
     return {
         "name": "bench-link",
         "defaults": defaults,
-        "emulation": {"speed": "max"},
+        "emulation": {"speed": "max" if speed is None else speed},
         "nodes": [{"name": "alice"}, {"name": "bob"}],
         "links": [link],
     }
@@ -242,6 +246,8 @@ class LinkResult:
     exit_codes: dict[str, int | None] = dataclasses.field(default_factory=dict)
     log_findings: dict[str, int] = dataclasses.field(default_factory=dict)
     error: str = ""
+    #: emulation.speed (None: max).
+    speed: float | None = None
     #: Secret bits per pulse of the finite-key formula (configured analysis, measured f, nominal block).
     formula_per_pulse: float = math.nan
     #: Infinite-block, infinite-decoy rate of the same source and f, per pulse.
@@ -303,13 +309,22 @@ def scan_logs(state_dir: Path) -> dict[str, int]:
 
 
 def run_link(
-    length_km: float, *, block_bits: int, seconds: float, gys: bool, warmup_timeout_s: float, keep: bool, variant: Variant = Variant()
+    length_km: float,
+    *,
+    block_bits: int,
+    seconds: float,
+    gys: bool,
+    warmup_timeout_s: float,
+    keep: bool,
+    variant: Variant = Variant(),
+    speed: float | None = None,
 ) -> LinkResult:
     result = LinkResult(length_km=length_km, block_bits=block_bits, variant=variant)
     work = Path(tempfile.mkdtemp(prefix=f"qcinode-bench-link-{length_km:g}km-"))
     source = work / "topology-source.yaml"
-    source.write_text(yaml.safe_dump(topology_mapping(length_km, block_bits, gys, variant), sort_keys=False))
+    source.write_text(yaml.safe_dump(topology_mapping(length_km, block_bits, gys, variant, speed), sort_keys=False))
     link = load_topology(source).links[0]
+    result.speed = speed
     result.frame_slots = frame_slots(protocol_config(link), link.source.rate_hz, None)
     physics = link_physics(link)
     state_dir = work / "state"
@@ -475,7 +490,9 @@ def print_core(r: CoreResult) -> None:
 
 
 def print_result(r: LinkResult) -> None:
-    print(f"\n== link {LINK_ID}, {r.length_km:g} km, block {r.block_bits:.3g} key bits, speed max, {r.variant.describe()} ==")
+    speed = "max" if r.speed is None else f"{r.speed:g}"
+    realtime = "" if r.speed is None else f"  (speed {r.speed:g}: real time needs >= {0.95 * r.speed:.2f})"
+    print(f"\n== link {LINK_ID}, {r.length_km:g} km, block {r.block_bits:.3g} key bits, speed {speed}, {r.variant.describe()} ==")
     if r.error:
         print(f"  ERROR: {r.error}")
     rows: list[tuple[str, str]] = [
@@ -490,6 +507,7 @@ def print_result(r: LinkResult) -> None:
         ("secret bits per CPU-second", f"{r.bits_per_cpu_s:.4g}"),
         ("secret bits per wall second", f"{r.secret_bits / r.seconds:.4g}" if r.seconds else "-"),
         ("secret bits per emulated s", f"{r.secret_bits / r.emulated_s:.4g}" if r.emulated_s else "-"),
+        ("emulated s per wall s", f"{r.emulated_s / r.seconds:.3f}{realtime}" if r.seconds else "-"),
         (
             "secret bits per pulse: measured / formula / asymptotic",
             f"{r.measured_per_pulse:.4g} / {r.formula_per_pulse:.4g} / {r.asymptotic_per_pulse:.4g}  "
@@ -546,6 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--textbook-source", action="store_true", help="source 0.48/0.1/0 with p 0.8/0.1/0.1, Z basis 0.5")
     p.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay of every post-processing message (delay fault)")
+    p.add_argument("--speed", type=float, default=None, help="emulation.speed (emulated s per wall s; default max)")
     p.add_argument("--core", action="store_true", help="both ends in this process (pair.pump): the protocol core alone")
     p.add_argument("--blocks", type=int, default=3, help="with --core: blocks to run")
     p.add_argument("--seed", type=int, default=1, help="with --core: the pair's seed")
@@ -597,6 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     warmup_timeout_s=args.warmup_timeout,
                     keep=args.keep,
                     variant=variant,
+                    speed=args.speed,
                 )
                 results.append(result)
                 print_result(result)
