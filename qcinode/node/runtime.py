@@ -6,14 +6,35 @@ node's link store. A save that fails (full or unwritable disk) leaves the
 disk as it was and memory ahead of it; nothing that depends on the unsaved
 state may leave the node, so the link shows state ``storage_failed`` until a
 save succeeds, and the link workers end the session and retry.
+
+Saving off the event loop (:meth:`LinkRuntime.persist_async`), rules:
+    * The state is *snapshotted on the event loop*, the only thread that
+      changes the pool and the counters, and numbered; the encrypted,
+      fsync'ed write runs in the node's storage thread.
+    * Writes are monotone: a writer takes the newest snapshot waiting, and a
+      snapshot older than what is on disk is never written (a newer state
+      holds every used range and MAC key of an older one). Saves asked for
+      while a write runs share the next write (group commit), and a caller
+      returns only once a snapshot at least as new as its own is on disk.
+    * While a protocol step runs in the node's protocol thread
+      (:meth:`LinkRuntime.stepping`), it may be changing the MAC-key reserve;
+      a snapshot then takes the reserve as it was before the step. Nothing
+      the step decided has left the node yet, and the session saves again
+      once the step is back on the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import dataclasses
 import math
+import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -109,6 +130,37 @@ class RecentRates:
         if covered <= 0:
             return 0.0, 0.0
         return (self.frame_pulses - pulses) / self.rate_hz / covered, min(covered, self.window_s)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """A link's state at one moment on the event loop, numbered in the order taken."""
+
+    number: int
+    state: dict[str, Any]
+    blob_names: frozenset[str]
+    blobs: dict[str, bytes]  # the parts not on disk when it was taken
+
+    def blob(self, name: str) -> bytes:
+        try:
+            return self.blobs[name]
+        except KeyError:  # on disk when the snapshot was taken, so never asked for
+            raise StorageFailure(f"link state part {name} was not captured", path=Path("."), reason="internal: part not captured") from None
+
+
+async def finish_in_thread(future: asyncio.Future[Any]) -> Any:
+    """Awaits work running in another thread; if the caller is cancelled, still waits for that work to end first.
+
+    Whatever the thread touches (a link's protocol objects, its state) must
+    not be touched by the caller's clean-up while the thread still runs.
+    """
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        raise
 
 
 def link_physics(link: LinkConfig) -> physics.LinkPhysics:
@@ -236,6 +288,14 @@ class LinkRuntime:
         self.alice_session: Any = None  # the running AliceLink, whose pulses an eavesdropper acts on
         self.eavesdropper: EavesdropperConfig | None = link.eavesdropper
         self.store = store
+        # Saving (module docstring): the newest snapshot waiting, what is on disk, the reserve before a step.
+        self._write_lock = threading.Lock()  # one write at a time
+        self._state_lock = threading.Lock()  # the bookkeeping below, held for microseconds
+        self._snapshots = 0
+        self._waiting: _Snapshot | None = None
+        self._written = 0
+        self._auth_before_step: dict[str, Any] | None = None
+        self._blobs_written: frozenset[str] = frozenset()
         if store is not None:
             saved = store.load(self.link_id)
             if saved is not None:
@@ -286,7 +346,8 @@ class LinkRuntime:
 
         The rule that keeps the two ends consistent across crashes: a used
         MAC key, an accepted block or a resynchronisation is on disk before
-        the message that reveals it is sent.
+        the message that reveals it is sent. Call it on the event loop; it
+        blocks until the write is done (:meth:`persist_async` does not).
 
         Raises:
             StorageFailure: The state is not on disk (full or unwritable data
@@ -296,26 +357,84 @@ class LinkRuntime:
         """
         if self.store is None:
             return
+        self._write_through(self._snapshot())
+
+    async def persist_async(self, executor: concurrent.futures.Executor | None) -> None:
+        """:meth:`persist`, with the write in ``executor`` (None: here): the event loop goes on meanwhile.
+
+        Returns once this moment's state (or a newer one) is on disk; a
+        cancelled caller still waits for the write it started (module docstring).
+
+        Raises:
+            StorageFailure: As :meth:`persist`.
+        """
+        if self.store is None:
+            return
+        snapshot = self._snapshot()
+        if executor is None:
+            self._write_through(snapshot)
+            return
+        future = asyncio.get_running_loop().run_in_executor(executor, self._write_through, snapshot)
+        await finish_in_thread(future)
+
+    def _snapshot(self) -> _Snapshot:
+        """The state now, numbered, as the newest waiting to be written (on the event loop)."""
         counters = dataclasses.asdict(self.counters)
         counters["aborts_by_reason"] = {reason.value: n for reason, n in self.counters.aborts_by_reason.items()}
+        auth = self._auth_before_step if self._auth_before_step is not None else self.auth.to_state()
+        self._snapshots += 1
+        # The pool's key halves and closed blocks never change: each is written once, so
+        # only those not yet on disk are read now (the write may come after the pool dropped one).
+        names = self.pool.blob_names()
+        with self._state_lock:
+            new = names - self._blobs_written
+        snapshot = _Snapshot(
+            blob_names=frozenset(names),
+            blobs={name: self.pool.blob(name) for name in new},
+            number=self._snapshots,
+            state={
+                "pool": self.pool.to_state(inline=False),
+                "auth": auth,
+                "next_block_seq": self.next_block_seq,
+                "next_frame_id": self.next_frame_id,
+                "counters": counters,
+            },
+        )
+        with self._state_lock:
+            self._waiting = snapshot
+        return snapshot
+
+    def _write_through(self, mine: _Snapshot) -> None:
+        """Makes sure ``mine`` or a newer snapshot is on disk (any thread; writes are serialised)."""
+        with self._write_lock:  # held through the write; the event loop never waits for it
+            with self._state_lock:
+                if self._written >= mine.number:
+                    return  # a write after ours already carried it
+                waiting = self._waiting
+                newest = waiting if waiting is not None and waiting.number >= mine.number else mine
+            store = self.store
+            if store is None:
+                return
+            try:
+                store.save(self.link_id, newest.state, blob_names=newest.blob_names, blob=newest.blob)
+            except StorageFailure as exc:
+                self.storage_failure = exc.reason
+                raise
+            with self._state_lock:
+                self._written = newest.number
+                self._blobs_written = newest.blob_names
+                if self._waiting is newest:
+                    self._waiting = None
+            self.storage_failure = None
+
+    @contextlib.contextmanager
+    def stepping(self) -> Iterator[None]:
+        """While a protocol step runs in another thread: saves take the MAC-key reserve as it was before it."""
+        self._auth_before_step = self.auth.to_state()
         try:
-            self.store.save(
-                self.link_id,
-                {
-                    "pool": self.pool.to_state(inline=False),
-                    "auth": self.auth.to_state(),
-                    "next_block_seq": self.next_block_seq,
-                    "next_frame_id": self.next_frame_id,
-                    "counters": counters,
-                },
-                # The pool's key halves and closed blocks never change: each is written once.
-                blob_names=self.pool.blob_names(),
-                blob=self.pool.blob,
-            )
-        except StorageFailure as exc:
-            self.storage_failure = exc.reason
-            raise
-        self.storage_failure = None
+            yield
+        finally:
+            self._auth_before_step = None
 
     def try_persist(self) -> bool:
         """:meth:`persist` for cleanup paths: False instead of StorageFailure (the store reports it)."""
