@@ -6,8 +6,11 @@ A mesh of ``--nodes`` nodes (default 100) as a grid of about sqrt(N) x sqrt(N)
 nodes, each linked to its right and lower neighbour (10 x 10: 180 links,
 18 hops between opposite corners), or the topology given with
 ``--topology``. Every link: ``--length-km`` (10) of fibre, a
-``--rate-hz`` (1 MHz) source, ``postprocessing.block_bits`` ``--block-bits``
-(50,000), at ``emulation.speed`` ``--speed`` (1.0, real time). Two SAEs sit
+``--rate-hz`` (100 kHz) source, ``postprocessing.block_bits`` ``--block-bits``
+(50,000), at ``emulation.speed`` ``--speed`` (1.0, real time). At 1 MHz a
+link end costs about 1.3 % of a core, so the 360 link ends of a 10 x 10 grid
+would need two and a half cores; at 100 kHz about 0.45 % (the fixed cost of
+one frame a second), which two cores carry. Two SAEs sit
 at the two ends of the longest shortest path (the grid's opposite corners).
 
 The nodes are started by the project's launcher
@@ -257,22 +260,23 @@ def run(args: argparse.Namespace) -> int:
         # 3. per node over a window
         pids = {name: proc.pid for name, proc in cluster.processes.items()}
         log(f"measuring every node for {args.window:g} s")
-        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        adverts0 = {name: scrape(port) for name, port in cluster.metrics_ports.items()}
+        # Each figure is timed where it is read: scraping 100 nodes of a busy machine takes a while.
+        cpu0 = {name: (time.monotonic(), cpu_seconds(pid)) for name, pid in pids.items()}
+        adverts0 = {name: (time.monotonic(), scrape(port)) for name, port in cluster.metrics_ports.items()}
         w0 = time.monotonic()
         time.sleep(args.window)
+        cpu1 = {name: (time.monotonic(), cpu_seconds(pid)) for name, pid in pids.items()}
+        adverts1 = {name: (time.monotonic(), scrape(port)) for name, port in cluster.metrics_ports.items()}
         w1 = time.monotonic()
-        cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        adverts1 = {name: scrape(port) for name, port in cluster.metrics_ports.items()}
         memory = {name: rss_pss_mb(pid) for name, pid in pids.items()}
         span = w1 - w0
-        cpu_pct = [100 * (cpu1[n] - cpu0[n]) / span for n in pids]
-        key = "qcinode_routing_adverts_total:sent"
-        advert_rate = [(adverts1[n].get(key, math.nan) - adverts0[n].get(key, math.nan)) / span for n in pids]
-        received = "qcinode_routing_adverts_total:received"
-        received_rate = [(adverts1[n].get(received, math.nan) - adverts0[n].get(received, math.nan)) / span for n in pids]
-        originated = "qcinode_routing_adverts_total:originated"
-        originated_rate = [(adverts1[n].get(originated, math.nan) - adverts0[n].get(originated, math.nan)) / span for n in pids]
+        cpu_pct = [100 * (cpu1[n][1] - cpu0[n][1]) / (cpu1[n][0] - cpu0[n][0]) for n in pids]
+
+        def per_second(kind: str) -> list[float]:
+            key = f"qcinode_routing_adverts_total:{kind}"
+            return [(adverts1[n][1].get(key, math.nan) - adverts0[n][1].get(key, math.nan)) / (adverts1[n][0] - adverts0[n][0]) for n in pids]
+
+        advert_rate, received_rate, originated_rate = per_second("sent"), per_second("received"), per_second("originated")
         print(f"3. per node over {span:.0f} s (min / median / max over {len(pids)} nodes):")
         print(f"   RSS MB        {spread([m[0] for m in memory.values()])}")
         print(f"   PSS MB        {spread([m[1] for m in memory.values()])}   (shared pages divided among the processes)")
@@ -363,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--topology", help="a topology file instead of the generated mesh (with --master-node, --slave-node)")
     p.add_argument("--master-node", help="with --topology: the node of the master SAE")
     p.add_argument("--slave-node", help="with --topology: the node of the slave SAE")
-    p.add_argument("--rate-hz", type=float, default=1e6, help="source.rate_hz of every link")
+    p.add_argument("--rate-hz", type=float, default=1e5, help="source.rate_hz of every link")
     p.add_argument("--block-bits", type=int, default=50_000, help="postprocessing.block_bits of every link")
     p.add_argument("--length-km", type=float, default=10.0, help="fibre length of every link")
     p.add_argument("--speed", default=1.0, type=lambda s: s if s == "max" else float(s), help="emulation.speed (a number or max)")

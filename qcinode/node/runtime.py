@@ -573,8 +573,14 @@ def next_frame_slots(
     return min(frame_slots(config, rate_hz, speed, per_slot), just_enough)
 
 
+#: Longest wall time one pulse frame stands for. Each frame costs both ends a fixed
+#: amount of work (a message, a protocol step, an acknowledgement) whatever its size:
+#: a quarter second made a slow link cost as much CPU as a fast one (4 frames a second).
+FRAME_WALL_S = 1.0
+
+
 def frame_slots(config: LinkProtocolConfig, rate_hz: float, speed: float | None, per_slot: float | None = None) -> int:
-    """Pulse slots per frame: about a quarter block, and at most a quarter second of wall time.
+    """Pulse slots per frame: about a quarter block, and at most ``FRAME_WALL_S`` of wall time.
 
     ``speed`` None means "max"; ``per_slot`` is the expected key bits per slot
     (default: from the link's fixed physics).
@@ -582,5 +588,5 @@ def frame_slots(config: LinkProtocolConfig, rate_hz: float, speed: float | None,
     if per_slot is None:
         per_slot = max(expected_key_bits_per_slot(config.physics), 1e-15)
     quarter_block = config.block_bits / 4 / per_slot
-    slots = quarter_block if speed is None else min(quarter_block, rate_hz * 0.25 * speed)
+    slots = quarter_block if speed is None else min(quarter_block, rate_hz * FRAME_WALL_S * speed)
     return int(np.clip(slots, 1_000, 1 << 40))
