@@ -55,14 +55,18 @@ Theory of operation:
       a slow refresh every ``refresh_s`` (10 s) shortened by a random jitter
       of up to a quarter, so that nodes started together do not flood
       together; never more often than ``min_interval_s`` (1 s). Flooding
-      costs every advert once per link of the network, so the steady-state
-      rate of advert messages grows with the number of nodes times the
-      number of links over ``refresh_s``, not over one second. Between
-      adverts a relay source's own debits (:meth:`LinkStateDatabase.debit`)
-      keep its copy honest about what it spent.
+      sends every advert over every link of the network, so a node handles
+      about ``2 L / refresh_s`` advert messages a second (``L`` links in
+      all): in a mesh, ``L`` grows with the number of nodes ``N``, so
+      :func:`advert_timing` stretches the refresh to ``N`` seconds (at
+      least 10 s) and the minimum interval to a tenth of that, which keeps
+      each node's share constant as the network grows (each message costs a
+      gRPC call and a signature check). Between adverts a relay source's own
+      debits (:meth:`LinkStateDatabase.debit`) keep its copy honest about
+      what it spent.
     * **Ageing.** An advert not refreshed within ``max_age_s`` seconds
-      (35 s: three and a half refresh periods, so two lost refreshes do not
-      drop a live origin) is dropped by :meth:`LinkStateDatabase.expire`:
+      (three and a half refresh periods, 35 s for up to 10 nodes, so two
+      lost refreshes do not drop a live origin) is dropped by :meth:`LinkStateDatabase.expire`:
       its origin is taken to be dead. A dead node's links are avoided long
       before that: its neighbours' sessions to it break and their next
       advert, sent at once on that change, reports the links down. The highest sequence of a dropped origin is kept
@@ -119,6 +123,8 @@ __all__ = [
     "DEFAULT_MIN_INTERVAL_S",
     "DEFAULT_REFRESH_S",
     "AdvertSchedule",
+    "AdvertTiming",
+    "advert_timing",
     "DEFAULT_MAX_SKEW_S",
     "MAX_SEQUENCE",
     "AdvertRejected",
@@ -131,7 +137,7 @@ __all__ = [
     "advert_bytes",
 ]
 
-#: Default advert lifetime without a refresh: three and a half refresh periods.
+#: Default advert lifetime without a refresh: three and a half default refresh periods.
 DEFAULT_MAX_AGE_S = 35.0
 
 #: Default longest time between two adverts of an origin whose links did not change.
@@ -139,6 +145,12 @@ DEFAULT_REFRESH_S = 10.0
 
 #: Default shortest time between two adverts of one origin.
 DEFAULT_MIN_INTERVAL_S = 1.0
+
+#: Refresh period per node of the network, once that exceeds DEFAULT_REFRESH_S.
+REFRESH_PER_NODE_S = 1.0
+
+#: Advert lifetime in refresh periods.
+MAX_AGE_REFRESHES = 3.5
 
 #: How far a received sequence may lie ahead of our wall clock (seconds of the ms scheme).
 DEFAULT_MAX_SKEW_S = 60.0
@@ -680,6 +692,30 @@ class LinkStateDatabase:
 
 
 # -- validation ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AdvertTiming:
+    """The advert periods of a network: every node must use the same (they come from the topology)."""
+
+    refresh_s: float
+    min_interval_s: float
+    max_age_s: float
+
+
+def advert_timing(n_nodes: int) -> AdvertTiming:
+    """The advert periods for a network of ``n_nodes`` nodes (the module docstring's "When to originate").
+
+    Args:
+        n_nodes: Nodes in the topology, at least 1.
+
+    Raises:
+        LocalProtocolError: ``n_nodes`` is not a positive int.
+    """
+    if not _is_int(n_nodes) or n_nodes < 1:
+        raise LocalProtocolError(f"n_nodes must be a positive int, got {n_nodes!r}")
+    refresh = max(DEFAULT_REFRESH_S, REFRESH_PER_NODE_S * n_nodes)
+    return AdvertTiming(refresh_s=refresh, min_interval_s=max(DEFAULT_MIN_INTERVAL_S, refresh / 10), max_age_s=MAX_AGE_REFRESHES * refresh)
 
 
 class AdvertSchedule:

@@ -71,7 +71,16 @@ from ..core.relay.messages import (
     SendHop,
     StoreKey,
 )
-from ..core.routing import AdvertRejected, AdvertSchedule, AdvertSigner, AdvertVerifier, LinkAdvert, LinkStateDatabase, RejectReason
+from ..core.routing import (
+    AdvertRejected,
+    AdvertSchedule,
+    AdvertSigner,
+    AdvertVerifier,
+    LinkAdvert,
+    LinkStateDatabase,
+    RejectReason,
+    advert_timing,
+)
 from ..errors import (
     DuplicateKey,
     InsufficientKeyMaterial,
@@ -160,9 +169,11 @@ class NetworkService(pb_grpc.NetworkServicer):
         self.multipath_shares = multipath_shares
         self.clock = clock
         self.max_waiting_keys = KmeLimits().max_key_count
-        self.db = LinkStateDatabase(node_name, signer=advert_signer, verifier=advert_verifier)
+        # Every node derives the same periods from the topology's size (core/routing.py).
+        timing = advert_timing(len(topology.nodes))
+        self.db = LinkStateDatabase(node_name, signer=advert_signer, verifier=advert_verifier, max_age_s=timing.max_age_s)
         # The refresh jitter needs no secrecy, only to differ between nodes started together.
-        self.schedule = AdvertSchedule(np.random.default_rng())
+        self.schedule = AdvertSchedule(np.random.default_rng(), refresh_s=timing.refresh_s, min_interval_s=timing.min_interval_s)
         #: Advert messages: "originated", "sent" (Advertise calls made), "received" (answered), "new" (stored and flooded on).
         self.advert_counts: Counter[str] = Counter()
         self.engine = RelayEngine(

@@ -17,9 +17,11 @@ from qcinode.core.routing import (
     DEFAULT_MIN_INTERVAL_S,
     DEFAULT_REFRESH_S,
     AdvertSchedule,
+    AdvertTiming,
     LinkAdvert,
     LinkStateAdvert,
     LinkStateDatabase,
+    advert_timing,
 )
 from qcinode.errors import LocalProtocolError
 
@@ -113,14 +115,23 @@ def _ring(n: int) -> dict[str, list[LinkAdvert]]:
     return links
 
 
-def _simulate(n: int, seconds: float, alive: set[str] | None = None, dead_from: float = 0.0) -> tuple[int, dict[str, LinkStateDatabase]]:
+def _simulate(
+    n: int, seconds: float, alive: set[str] | None = None, dead_from: float = 0.0, timing: AdvertTiming | None = None
+) -> tuple[int, dict[str, LinkStateDatabase]]:
     """A ring of ``n`` nodes on the schedule, ticking every second; flooding as the node driver does it.
 
     Returns the advert messages sent (one per neighbour an advert goes to) and every node's database.
     """
     links = _ring(n)
-    dbs = {name: LinkStateDatabase(name) for name in links}
-    schedules = {name: AdvertSchedule(np.random.default_rng(i)) for i, name in enumerate(links)}
+    if timing is None:
+        dbs = {name: LinkStateDatabase(name) for name in links}
+        schedules = {name: AdvertSchedule(np.random.default_rng(i)) for i, name in enumerate(links)}
+    else:
+        dbs = {name: LinkStateDatabase(name, max_age_s=timing.max_age_s) for name in links}
+        schedules = {
+            name: AdvertSchedule(np.random.default_rng(i), refresh_s=timing.refresh_s, min_interval_s=timing.min_interval_s)
+            for i, name in enumerate(links)
+        }
     messages = 0
     for tick in range(int(seconds)):
         now = T0 + tick
@@ -166,3 +177,25 @@ def test_a_dead_origin_ages_out_with_the_default_max_age() -> None:
     for name in alive:
         assert "n3" not in dbs[name].nodes(), name
         assert dbs[name].nodes() == alive
+
+
+def test_the_periods_stretch_with_the_network() -> None:
+    assert advert_timing(1) == advert_timing(10) == AdvertTiming(DEFAULT_REFRESH_S, DEFAULT_MIN_INTERVAL_S, DEFAULT_MAX_AGE_S)
+    assert advert_timing(100) == AdvertTiming(refresh_s=100.0, min_interval_s=10.0, max_age_s=350.0)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(LocalProtocolError):
+            advert_timing(bad)  # type: ignore[arg-type]
+
+
+def test_each_node_handles_as_many_advert_messages_in_a_large_ring_as_in_a_small_one() -> None:
+    """Flooding sends every advert over every link: the stretched refresh keeps a node's share flat."""
+    per_node = {}
+    for n in (10, 40):
+        timing = advert_timing(n)
+        seconds = int(4 * timing.refresh_s)
+        messages, dbs = _simulate(n, seconds, timing=timing)
+        assert all(len(db.nodes()) == n for db in dbs.values())
+        per_node[n] = messages / n / seconds
+    # A ring's n links carry each advert once: about 1 / (0.875 refresh) per node per second;
+    # the 40-node ring's share is the 10-node one's within the jitter's spread (not 4 times it).
+    assert per_node[40] == pytest.approx(per_node[10], rel=0.35)
