@@ -281,7 +281,7 @@ class AliceWorker:
             if envelope is grpc.aio.EOF:
                 raise TransportError("peer closed the classical channel")
             cursor = rt.auth.cursor
-            with rt.stepping():
+            async with rt.stepping():
                 outs = await self.offload.step(_receive_envelope, alice, envelope)
             rt.next_block_seq = alice.next_block_seq
             events = rt.record(alice.take_events())
@@ -450,8 +450,11 @@ class BobEndpoint:
         try:
             hello = codec.decode_hello(first.hello)
             # Checked on a copy first: a Hello that fails (tampered, forged,
-            # replayed) changes nothing, not even the session that is running.
-            HelloExchange(link_snapshot(rt), rt.auth.copy()).receive(hello)
+            # replayed) changes nothing, not even the session that is running
+            # (copied between two of its protocol steps, never during one).
+            async with rt.step_lock:
+                reserve = rt.auth.copy()
+            HelloExchange(link_snapshot(rt), reserve).receive(hello)
         except (HelloRefused, RemoteProtocolError) as exc:
             reason = exc.reason.value if isinstance(exc, HelloRefused) else "malformed"
             bound.warning("link.hello_refused", reason=reason, details=str(exc))
@@ -466,15 +469,18 @@ class BobEndpoint:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(SUPERSEDE_WAIT_S):
                         await ended.wait()
-        exchange = HelloExchange(link_snapshot(rt), rt.auth)
-        try:
-            answers = exchange.receive(hello)
-        except HelloRefused as exc:  # the old session moved the cursor past the Hello's keys
-            bound.warning("link.hello_refused", reason=exc.reason.value, details=str(exc))
-            raise AuthenticationFailed(f"hello refused: {exc.reason.value}") from None
-        result = exchange.result
-        if isinstance(result, Reconciliation):
-            apply_reconciliation(rt, result)
+        # An old session that outlived the wait may be inside a protocol step (in the
+        # protocol thread, on the same MAC-key reserve): the exchange waits for it to end.
+        async with rt.step_lock:
+            exchange = HelloExchange(link_snapshot(rt), rt.auth)
+            try:
+                answers = exchange.receive(hello)
+            except HelloRefused as exc:  # the old session moved the cursor past the Hello's keys
+                bound.warning("link.hello_refused", reason=exc.reason.value, details=str(exc))
+                raise AuthenticationFailed(f"hello refused: {exc.reason.value}") from None
+            result = exchange.result
+            if isinstance(result, Reconciliation):
+                apply_reconciliation(rt, result)
         try:
             await rt.persist_async(self.offload.storage)  # before the answer, whose tag uses a key this saves as used
         except StorageFailure as exc:
@@ -539,10 +545,10 @@ class BobEndpoint:
                             # LDPC decoding takes seconds (in the pool): meanwhile the loop
                             # keeps taking frames of the next block off the quantum stream
                             # (a thread of its own, so that the protocol thread serves the other links).
-                            with rt.stepping():
+                            async with rt.stepping():
                                 outs = await finish_in_thread(asyncio.get_running_loop().run_in_executor(None, _receive_envelope, bob, item))
                         else:
-                            with rt.stepping():
+                            async with rt.stepping():
                                 outs = await self.offload.step(_receive_envelope, bob, item)
                     except ProtocolError as exc:
                         bound.warning("link.protocol_error", details=str(exc))

@@ -18,7 +18,9 @@ Saving off the event loop (:meth:`LinkRuntime.persist_async`), rules:
       returns only once a snapshot at least as new as its own is on disk.
     * While a protocol step runs in the node's protocol thread
       (:meth:`LinkRuntime.stepping`), it may be changing the MAC-key reserve;
-      a snapshot then takes the reserve as it was before the step. Nothing
+      a snapshot then takes the reserve as it was before the step, and a
+      reconnection Hello (which reads and changes the reserve on the event
+      loop) waits for the step to end. Nothing
       the step decided has left the node yet, and the session saves again
       once the step is back on the loop.
 """
@@ -33,7 +35,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +298,8 @@ class LinkRuntime:
         self._written = 0
         self._auth_before_step: dict[str, Any] | None = None
         self._blobs_written: frozenset[str] = frozenset()
+        #: Held while a protocol step may change the MAC-key reserve in another thread (:meth:`stepping`).
+        self.step_lock = asyncio.Lock()
         if store is not None:
             saved = store.load(self.link_id)
             if saved is not None:
@@ -427,14 +431,20 @@ class LinkRuntime:
                     self._waiting = None
             self.storage_failure = None
 
-    @contextlib.contextmanager
-    def stepping(self) -> Iterator[None]:
-        """While a protocol step runs in another thread: saves take the MAC-key reserve as it was before it."""
-        self._auth_before_step = self.auth.to_state()
-        try:
-            yield
-        finally:
-            self._auth_before_step = None
+    @contextlib.asynccontextmanager
+    async def stepping(self) -> AsyncIterator[None]:
+        """Around a protocol step that runs in another thread and may change the MAC-key reserve.
+
+        Holds :attr:`step_lock` (one step of this link at a time; a Hello
+        exchange waits for it), and meanwhile saves take the reserve as it was
+        before the step.
+        """
+        async with self.step_lock:
+            self._auth_before_step = self.auth.to_state()
+            try:
+                yield
+            finally:
+                self._auth_before_step = None
 
     def try_persist(self) -> bool:
         """:meth:`persist` for cleanup paths: False instead of StorageFailure (the store reports it)."""

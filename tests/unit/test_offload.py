@@ -136,12 +136,18 @@ def test_a_failed_write_raises_to_its_callers_and_the_next_save_retries(tmp_path
 def test_a_save_during_a_protocol_step_takes_the_mac_keys_as_before_the_step(tmp_path: Path) -> None:
     rt, _ = _runtime(tmp_path)
     before = rt.auth.to_state()
-    with rt.stepping():
-        rt.auth.take(2)  # what a step in the protocol thread may be doing meanwhile
-        during = rt._snapshot().state["auth"]
+
+    async def scenario() -> tuple[dict[str, Any], bool]:
+        async with rt.stepping():
+            rt.auth.take(2)  # what a step in the protocol thread may be doing meanwhile
+            during = rt._snapshot().state["auth"]
+            held = rt.step_lock.locked()  # a Hello exchange waits meanwhile
+        return during, held
+
+    during, held = asyncio.run(scenario())
     after = rt._snapshot().state["auth"]
-    assert during == before
-    assert after["cursor"] == before["cursor"] + 2
+    assert during == before and held
+    assert after["cursor"] == before["cursor"] + 2 and not rt.step_lock.locked()
 
 
 def test_a_cancelled_caller_waits_for_its_thread_to_finish() -> None:
