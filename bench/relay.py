@@ -32,6 +32,8 @@ Links are 10 km with the topology defaults and
    key growth in the same window for comparison; also keys/s over the part
    of the window before the first 503 (while n0's half of the pool still
    had stock: what the node serves, as opposed to what the link makes).
+   Before each run the bench waits (up to ``--stock-wait`` s) until n0's half
+   holds ``--stock-bits``.
    Pools running dry is a result, not an error.
 3. **Delivered rate against the bottleneck link.** A 4-node chain
    ``m0 - m1 - m2 - m3`` (3 hops, SAEs ``sae-a`` at m0 and ``sae-b`` at m3) at
@@ -418,6 +420,17 @@ def own_half_bits(status: dict[str, Any], node: str, link_id: str) -> int:
     return -1
 
 
+def wait_for_stock(network: QciNetwork, bits: int, timeout_s: float) -> None:
+    """Waits (at most ``timeout_s``) until n0's half of the n0-n1 pool holds ``bits``: part 2 measures the node, not the link."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        have = own_half_bits(cluster_status(network.state_dir), "n0", "n0-n1")
+        if have >= bits or time.monotonic() >= deadline:
+            log(f"throughput: n0's half of the n0-n1 pool holds {have} bits (waited for {bits})")
+            return
+        time.sleep(2.0)
+
+
 def run_throughput(network: QciNetwork, number: int, threads: int, seconds: float) -> ThroughputResult:
     result = ThroughputResult(number, threads)
     m = network.sae("sae-n0")
@@ -737,7 +750,10 @@ def run_chain(args: argparse.Namespace) -> None:
         log(f"chain: every SAE pair has key after {time.monotonic() - t0:.1f} s")
         latency = run_latency(network, args.requests)
         print_latency(latency, args.requests)
-        throughput = [run_throughput(network, number, args.concurrency, args.seconds) for number in (1, 16)]
+        throughput = []
+        for number in (1, 16):
+            wait_for_stock(network, args.stock_bits, args.stock_wait)
+            throughput.append(run_throughput(network, number, args.concurrency, args.seconds))
         print_throughput(throughput)
         print("\n== chain n0..n5 after parts 1 and 2 ==")
         print_network_counters(cluster_status(network.state_dir))
@@ -768,6 +784,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="requests 20, seconds 5, rate-seconds 10")
     p.add_argument("--skip", action="append", choices=("chain", "rate"), default=[], help="skip parts 1+2 (chain) or 3 (rate)")
     p.add_argument("--keep", action="store_true", help="keep the state directories (logs) after the run")
+    p.add_argument("--stock-bits", type=int, default=400_000, help="part 2: n0's half of the n0-n1 pool to wait for before each run")
+    p.add_argument("--stock-wait", type=float, default=90.0, help="part 2: most seconds to wait for that stock")
     p.add_argument("--new-connections", action="store_true", help="parts 1 and 2: a new HTTPS connection per request (as EtsiClient)")
     args = p.parse_args(argv)
     global NEW_CONNECTIONS
