@@ -51,7 +51,8 @@ Theory of operation:
       never be exhausted by it.
     * **When to originate** (:class:`AdvertSchedule`): when the local links
       change — a link going up or down, or the key a link can carry moving
-      by at least a quarter (from or to nothing included) — and otherwise as
+      by at least a quarter (from or to nothing included), or by one 256-bit
+      key while either figure is below :data:`LOW_WATER_BYTES` — and otherwise as
       a slow refresh every ``refresh_s`` (10 s) shortened by a random jitter
       of up to a quarter, so that nodes started together do not flood
       together; never more often than ``min_interval_s`` (1 s). Flooding
@@ -122,6 +123,8 @@ __all__ = [
     "DEFAULT_MAX_AGE_S",
     "DEFAULT_MIN_INTERVAL_S",
     "DEFAULT_REFRESH_S",
+    "LOW_WATER_BYTES",
+    "LOW_WATER_STEP_BYTES",
     "AdvertSchedule",
     "AdvertTiming",
     "advert_timing",
@@ -145,6 +148,15 @@ DEFAULT_REFRESH_S = 10.0
 
 #: Default shortest time between two adverts of one origin.
 DEFAULT_MIN_INTERVAL_S = 1.0
+
+#: Below this many bytes a link's pool is scarce: any move of LOW_WATER_STEP_BYTES is a change.
+#: (A quarter of a nearly empty pool is a few keys; a relay source whose copy lags
+#: that far refuses requests the path could carry, so scarce pools are advertised
+#: as they move, still no more often than the minimum interval.)
+LOW_WATER_BYTES = 16384
+
+#: The smallest move of a scarce pool worth an advert: one 256-bit key.
+LOW_WATER_STEP_BYTES = 32
 
 #: Refresh period per node of the network, once that exceeds DEFAULT_REFRESH_S.
 REFRESH_PER_NODE_S = 1.0
@@ -790,8 +802,10 @@ class AdvertSchedule:
             return "links_changed"
         for link_id, link in current.items():
             old, new = self._last[link_id].available_out_bytes, link.available_out_bytes
-            if abs(new - old) >= self._change_fraction * max(old, new) and old != new:
+            if old != new and abs(new - old) >= self._change_fraction * max(old, new):
                 return "available_changed"
+            if min(old, new) < LOW_WATER_BYTES and abs(new - old) >= LOW_WATER_STEP_BYTES:
+                return "available_changed"  # a scarce pool: every key counts
         if now >= self._next_refresh:
             return "refresh"
         return None

@@ -16,6 +16,8 @@ from qcinode.core.routing import (
     DEFAULT_MAX_AGE_S,
     DEFAULT_MIN_INTERVAL_S,
     DEFAULT_REFRESH_S,
+    LOW_WATER_BYTES,
+    LOW_WATER_STEP_BYTES,
     AdvertSchedule,
     AdvertTiming,
     LinkAdvert,
@@ -55,13 +57,18 @@ def test_a_link_going_down_is_advertised_after_the_minimum_interval_only() -> No
 @pytest.mark.parametrize(
     ("old", "new", "due"),
     [
-        (1000, 1249, False),  # 19.9 % of the larger figure
-        (1000, 1334, True),  # 25.0 %
-        (1000, 751, False),
-        (1000, 750, True),
+        (100_000, 124_900, False),  # 19.9 % of the larger figure
+        (100_000, 133_400, True),  # 25.0 %
+        (100_000, 75_100, False),
+        (100_000, 75_000, True),
         (0, 1, True),  # key appears
         (64, 0, True),  # key runs out
         (0, 0, False),
+        # A scarce pool (below LOW_WATER_BYTES): one 256-bit key either way is a change.
+        (LOW_WATER_BYTES - 1, LOW_WATER_BYTES - 1 + LOW_WATER_STEP_BYTES, True),
+        (LOW_WATER_BYTES - 1, LOW_WATER_BYTES - 1 + LOW_WATER_STEP_BYTES - 1, False),
+        (LOW_WATER_BYTES + 100, LOW_WATER_BYTES + 100 - LOW_WATER_STEP_BYTES, False),  # neither figure scarce
+        (LOW_WATER_BYTES + 10, LOW_WATER_BYTES - 30, True),  # falling into scarcity
     ],
 )
 def test_available_key_moving_by_a_quarter_is_a_change(old: int, new: int, due: bool) -> None:
