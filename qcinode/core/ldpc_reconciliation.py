@@ -72,6 +72,12 @@ data only (the block's key-bit count ``n`` and the test-basis error rate
    pool, since the decoder holds the GIL -- and gets the same result in
    either order; a running node does (``qcinode.node``), tests and benches
    decode in process.
+8. **Deferred decoding.** A driver that must stay responsive while the
+   frames decode (a node sifts the next block meanwhile) builds Bob with
+   ``defer``: ``LdpcSyndromes`` and ``LdpcReveal`` then only record the
+   attempt, :meth:`LdpcBob.take_jobs` hands out its decodes once, and
+   :meth:`LdpcBob.decoded` takes their results and answers exactly as the
+   undeferred ``receive`` does (same frames, same order, same messages).
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any, Final
 
@@ -94,7 +101,7 @@ from qcinode.core.reconciliation import (
     LDPC_PROFILES,
     error_count_leak_bits,
 )
-from qcinode.errors import ConfigError, RemoteProtocolError
+from qcinode.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "DECODER_MAX_ITERATIONS",
@@ -424,9 +431,27 @@ class LdpcBob:
         qber_estimate: float,
         executor: Executor | None = None,
         profile: str = DEFAULT_LDPC_PROFILE,
+        *,
+        defer: bool = False,
     ) -> None:
+        """Bob's end of one block.
+
+        Args:
+            block_seq: The block.
+            key: Bob's key bits of the block.
+            qber_estimate: The test-basis error rate both ends hold.
+            executor: Decodes an attempt's frames in parallel (rule 7).
+            profile: The link's ``ldpc_profile``.
+            defer: Decode nothing here: after ``LdpcSyndromes`` or ``LdpcReveal``
+                :attr:`awaiting_decode` is set, the caller runs :meth:`take_jobs`
+                (with :func:`decode_frame`, anywhere) and hands the results to
+                :meth:`decoded`, which answers as :meth:`receive` would have (rule 8).
+        """
         self.block_seq = block_seq
         self._executor = executor
+        self._defer = defer
+        self._pending: list[int] | None = None  # frames of the attempt being decoded
+        self._handed_out = False
         self._original = np.asarray(key, dtype=np.uint8)
         self.plan = plan_frames(len(self._original), qber_estimate, profile)
         self._words = _words(self.plan, self._original)
@@ -459,12 +484,65 @@ class LdpcBob:
                     raise RemoteProtocolError(f"expected {expected} syndrome bits, got {len(msg.syndromes)}")
                 self._target = msg.syndromes.reshape(len(self.plan.key_bits), self.plan.checks).T.astype(np.uint8)
                 self.rounds = 1
-                failed = self._decode(range(len(self.plan.key_bits)))
-            case m.LdpcReveal() if self._target is not None and msg.attempt == self._attempt and self._failed:
+                self._pending = list(range(len(self.plan.key_bits)))
+            case m.LdpcReveal() if (
+                self._target is not None and self._pending is None and msg.attempt == self._attempt and self._failed
+            ):
                 self._apply_reveal(msg.bits)
-                failed = self._decode(self._failed)
+                self._pending = list(self._failed)
             case _:
                 raise RemoteProtocolError(f"{type(msg).__name__} not expected during LDPC reconciliation")
+        if self._defer and self._pending:
+            return []
+        jobs = self.take_jobs()
+        if self._executor is None or len(jobs) <= 1:
+            errors = [decode_frame(*job) for job in jobs]
+        else:
+            errors = list(self._executor.map(decode_frame, *zip(*jobs)))
+        return self.decoded(errors)
+
+    @property
+    def awaiting_decode(self) -> bool:
+        """Whether an attempt's decodes wait to be taken by the caller (rule 8; only with ``defer``)."""
+        return self._pending is not None and not self._handed_out
+
+    @property
+    def decoding(self) -> bool:
+        """Whether an attempt's decodes were taken and their results are awaited."""
+        return self._pending is not None and self._handed_out
+
+    def take_jobs(self) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+        """The attempt's decodes, once: the arguments of :func:`decode_frame`, one tuple per frame.
+
+        Raises:
+            LocalProtocolError: No attempt is waiting, or its jobs were taken already.
+        """
+        if self._pending is None or self._handed_out:
+            raise LocalProtocolError("no LDPC decodes are waiting to be taken")
+        assert self._target is not None
+        self._handed_out = True
+        frames = self._pending
+        ours = _syndromes(self.plan, self._words[:, frames])
+        return [
+            (self.plan.rows, self.plan.lift, self._priors[:, frame].copy(), self._target[:, frame] ^ ours[:, position])
+            for position, frame in enumerate(frames)
+        ]
+
+    def decoded(self, errors: Sequence[np.ndarray | None]) -> list[m.Message]:
+        """The results of :meth:`take_jobs`, in its order: the retry request, or nothing once done.
+
+        Raises:
+            LocalProtocolError: No decodes were taken, or a result count that does not match.
+        """
+        if self._pending is None or not self._handed_out or len(errors) != len(self._pending):
+            raise LocalProtocolError("decode results do not match the decodes taken")
+        failed = []
+        for frame, error in zip(self._pending, errors):
+            if error is None:
+                failed.append(frame)
+            else:
+                self._words[:, frame] ^= error
+        self._pending, self._handed_out = None, False
         if failed and self._attempt + 1 < LDPC_MAX_ATTEMPTS:
             self._attempt += 1
             self._failed = tuple(failed)
@@ -487,29 +565,6 @@ class LdpcBob:
             self._priors[columns, frame] = _KNOWN
             self._revealed[frame] = last
             offset += len(columns)
-
-    def _decode(self, frames: Any) -> list[int]:
-        """Decodes ``frames`` in place (rule 7); returns those that did not converge."""
-        assert self._target is not None
-        frames = list(frames)
-        if not frames:
-            return []
-        ours = _syndromes(self.plan, self._words[:, frames])
-        jobs = [
-            (self.plan.rows, self.plan.lift, self._priors[:, frame], self._target[:, frame] ^ ours[:, position])
-            for position, frame in enumerate(frames)
-        ]
-        if self._executor is None or len(jobs) == 1:
-            errors = [decode_frame(*job) for job in jobs]
-        else:
-            errors = list(self._executor.map(decode_frame, *zip(*jobs)))
-        failed = []
-        for frame, error in zip(frames, errors):
-            if error is None:
-                failed.append(frame)
-            else:
-                self._words[:, frame] ^= error
-        return failed
 
     def result(self) -> tuple[np.ndarray, np.ndarray, int, int, tuple[int, ...]]:
         corrected = np.empty_like(self._original)

@@ -246,8 +246,11 @@ class AliceWorker:
         """The session's loop: frames out, classical messages in and out, until the session breaks."""
         rt = self.rt
         rate_hz = rt.link.source.rate_hz
+        # With LDPC the next block is sifted while Bob decodes the open one (the
+        # pipeline's rule 2a): the decoder, not the round trips, bounds the block.
+        ahead = rt.config.error_correction == "ldpc"
         while True:
-            if alice.is_ready_for_frame:
+            if alice.can_sift_ahead if ahead else alice.is_ready_for_frame:
                 t = position.now_utc
                 want = next_frame_slots(rt.config, rate_hz, self.speed, alice.key_bits_needed, at_utc=t)
                 plan = next_frame(rt.channel, t, rate_hz, want)
@@ -262,7 +265,7 @@ class AliceWorker:
                     if delay > 0:
                         await asyncio.sleep(delay)
                 at_utc = plan.at_utc if rt.config.channel is not None else None
-                frame_id, frame = alice.emit_frame(plan.n_slots, at_utc=at_utc, close_block=plan.close_block)
+                frame_id, frame = alice.emit_frame(plan.n_slots, at_utc=at_utc, close_block=plan.close_block, ahead=ahead)
                 position.advance(plan.n_slots)
                 rt.next_frame_id = alice.next_frame_id
                 rt.note_frame(plan.n_slots)
@@ -478,7 +481,13 @@ class BobEndpoint:
         key_rng, noise_rng = self.rng_factory()
         ldpc = rt.config.error_correction == "ldpc"
         bob = BobLink(
-            rt.config, rt.auth, key_rng, noise_rng, next_block_seq=rt.next_block_seq, decode_executor=self.decode_pool() if ldpc else None
+            rt.config,
+            rt.auth,
+            key_rng,
+            noise_rng,
+            next_block_seq=rt.next_block_seq,
+            decode_executor=self.decode_pool() if ldpc else None,
+            defer_decoding=ldpc,
         )
         rt.state = LinkState.UP
         bound.info("link.session_started", next_block_seq=rt.next_block_seq, auth_cursor=rt.auth.cursor)
@@ -500,6 +509,21 @@ class BobEndpoint:
             await self.faults.cut_event(rt.link_id).wait()
             inbox.put_nowait(("cut", None))
 
+        async def decode(jobs: list[tuple[int, int, np.ndarray, np.ndarray]]) -> None:
+            # The block's frames decode in the pool while the loop goes on taking
+            # frames and sifting messages of the next block; the results come
+            # back through the inbox, in job order.
+            from ..core.ldpc_reconciliation import decode_frame  # noqa: PLC0415 - the ldpc extra
+
+            loop = asyncio.get_running_loop()
+            pool = self.decode_pool()
+            try:
+                results = await asyncio.gather(*(loop.run_in_executor(pool, decode_frame, *job) for job in jobs))
+            except Exception as exc:  # noqa: BLE001 - a broken pool ends the session, it must not crash the companion
+                inbox.put_nowait(("decode_failed", exc))
+                return
+            inbox.put_nowait(("decoded", list(results)))
+
         try:
             async with Companions() as companions:
                 companions.start(pump_messages(), name=f"{rt.link_id} messages")
@@ -515,19 +539,23 @@ class BobEndpoint:
                     if kind == "cut":
                         bound.warning("link.partitioned", details="classical channel cut by a fault")
                         raise PeerUnavailable(f"classical channel of {rt.link_id} cut by a partition fault")
+                    if kind == "decode_failed":
+                        bound.warning("link.decode_failed", details=str(item))
+                        raise SessionAborted(f"LDPC decoding failed: {item}")
                     cursor = rt.auth.cursor
                     try:
                         if kind == "frame":
                             outs = bob.receive_frame(*item)
-                        elif ldpc:
-                            # LDPC decoding takes seconds (in the pool): meanwhile the loop
-                            # keeps taking frames of the next block off the quantum stream.
-                            outs = await asyncio.to_thread(bob.receive, codec.decode(item))
+                        elif kind == "decoded":
+                            outs = bob.decoded(item)
                         else:
                             outs = bob.receive(codec.decode(item))
                     except ProtocolError as exc:
                         bound.warning("link.protocol_error", details=str(exc))
                         raise SessionAborted(f"protocol error: {exc}") from exc
+                    jobs = bob.take_decode_jobs()
+                    if jobs:
+                        companions.start(decode(jobs), name=f"{rt.link_id} decode")
                     rt.next_block_seq = bob.next_block_seq
                     events = rt.record(bob.take_events())
                     if events or rt.auth.cursor != cursor:
