@@ -32,8 +32,8 @@ links:
 
 
 def _digests(node: Node) -> dict[str, str]:
-    (link,) = node.status(include_digests=True)["links"]
-    return {b["block_id"]: b["sha256"] for b in link["blocks"]}
+    (link,) = node.status(include_digests=True).links
+    return {b.block_id: b.sha256.hex() for b in link.blocks or ()}
 
 
 @pytest.mark.asyncio
