@@ -308,7 +308,7 @@ def run_link(
         cluster.prepare()
         cluster.start()
         started = time.monotonic()
-        cluster.wait_healthy()
+        cluster.wait_healthy(timeout_s=min(warmup_timeout_s, 120.0))  # a loaded machine starts nodes slowly
         pids = {name: int(info["pid"]) for name, info in read_cluster(state_dir)["nodes"].items()}
         while True:
             first = snapshot(state_dir, pids)
