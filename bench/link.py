@@ -45,11 +45,24 @@ How to run
     python bench/link.py                          # 10 and 50 km, 30 s each
     python bench/link.py --seconds 20 --gys
     python bench/link.py --length-km 25 --block-bits 1e6 --seconds 120
+    # real time: a 1 GHz GYS source at 10 km, emulation speed 1 (emulated s per wall s >= 0.95?)
+    python bench/link.py --gys --length-km 10 --block-bits 1e6 --speed 1 --seconds 60
     # a long-haul classical channel: 100 ms one-way delay on the post-processing
     # session (links[0].fault: {kind: delay, delay_ms: 100, channel: postprocessing}),
     # Cascade against LDPC, with the textbook GYS source (0.48/0.1/0, 0.8/0.1/0.1):
     python bench/link.py --gys --textbook-source --length-km 25 --block-bits 1e6 \
         --delay-ms 100 --error-correction cascade --error-correction ldpc --seconds 120
+
+With ``--core`` no process is started: both ends run in this process
+(:func:`qcinode.core.pair.make_pair` and :func:`qcinode.core.pair.pump`,
+the in-process twin of the link worker, frames through their byte
+encoding), seeded, on the same topology-built link; it prints secret bits
+per CPU-second of ``pump`` (``time.process_time``), the protocol core's
+ceiling. ``--profile N`` adds the N most expensive functions of that run
+(cProfile on CPU time, cumulative and own)::
+
+    python bench/link.py --core --gys --length-km 10 --block-bits 1e6 --blocks 3
+    python bench/link.py --core --gys --length-km 10 --block-bits 1e6 --blocks 3 --profile 25
 
 With ``--delay-ms`` every post-processing message waits that long before it
 leaves its node, at both ends (the ``delay`` fault), so each round trip
@@ -82,7 +95,7 @@ import yaml
 
 from qcinode.cluster.launcher import Cluster, cluster_status, read_cluster
 from qcinode.core.estimation import asymptotic_key_fraction, expected_key_length
-from qcinode.node.runtime import expected_key_bits_per_slot, frame_slots, link_physics, protocol_config
+from qcinode.node.runtime import expected_key_bits_per_slot, frame_slots, link_physics, protocol_config, tune_allocator_for_links
 from qcinode.topology import load_topology
 
 TARGET_BITS_PER_CPU_S = 1e6
@@ -133,7 +146,9 @@ class Variant:
         return f"{self.method}, {self.finite_key}{', textbook source' if self.textbook_source else ''}{delay}"
 
 
-def topology_mapping(length_km: float, block_bits: int, gys: bool, variant: Variant = Variant()) -> dict[str, Any]:
+def topology_mapping(
+    length_km: float, block_bits: int, gys: bool, variant: Variant = Variant(), speed: float | None = None
+) -> dict[str, Any]:
     defaults: dict[str, Any] = dict(GYS_SETTINGS) if gys else {}
     if variant.textbook_source:
         defaults["source"] = TEXTBOOK_SOURCE
@@ -149,7 +164,7 @@ def topology_mapping(length_km: float, block_bits: int, gys: bool, variant: Vari
     return {
         "name": "bench-link",
         "defaults": defaults,
-        "emulation": {"speed": "max"},
+        "emulation": {"speed": "max" if speed is None else speed},
         "nodes": [{"name": "alice"}, {"name": "bob"}],
         "links": [link],
     }
@@ -231,6 +246,8 @@ class LinkResult:
     exit_codes: dict[str, int | None] = dataclasses.field(default_factory=dict)
     log_findings: dict[str, int] = dataclasses.field(default_factory=dict)
     error: str = ""
+    #: emulation.speed (None: max).
+    speed: float | None = None
     #: Secret bits per pulse of the finite-key formula (configured analysis, measured f, nominal block).
     formula_per_pulse: float = math.nan
     #: Infinite-block, infinite-decoy rate of the same source and f, per pulse.
@@ -292,13 +309,22 @@ def scan_logs(state_dir: Path) -> dict[str, int]:
 
 
 def run_link(
-    length_km: float, *, block_bits: int, seconds: float, gys: bool, warmup_timeout_s: float, keep: bool, variant: Variant = Variant()
+    length_km: float,
+    *,
+    block_bits: int,
+    seconds: float,
+    gys: bool,
+    warmup_timeout_s: float,
+    keep: bool,
+    variant: Variant = Variant(),
+    speed: float | None = None,
 ) -> LinkResult:
     result = LinkResult(length_km=length_km, block_bits=block_bits, variant=variant)
     work = Path(tempfile.mkdtemp(prefix=f"qcinode-bench-link-{length_km:g}km-"))
     source = work / "topology-source.yaml"
-    source.write_text(yaml.safe_dump(topology_mapping(length_km, block_bits, gys, variant), sort_keys=False))
+    source.write_text(yaml.safe_dump(topology_mapping(length_km, block_bits, gys, variant, speed), sort_keys=False))
     link = load_topology(source).links[0]
+    result.speed = speed
     result.frame_slots = frame_slots(protocol_config(link), link.source.rate_hz, None)
     physics = link_physics(link)
     state_dir = work / "state"
@@ -373,11 +399,100 @@ def fill(result: LinkResult, first: Snapshot, last: Snapshot) -> None:
     result.ec_efficiency = float(b.get("ec_efficiency", 0.0))
 
 
+# --------------------------------------------------------------------------- in process
+
+
+@dataclasses.dataclass(slots=True)
+class CoreResult:
+    length_km: float
+    block_bits: int
+    blocks_done: int = 0
+    blocks_aborted: int = 0
+    secret_bits: int = 0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    frames: int = 0
+    messages: int = 0
+    keys_match: bool = True
+    aborts: tuple[str, ...] = ()
+
+
+def run_core(
+    length_km: float,
+    *,
+    block_bits: int,
+    blocks: int,
+    gys: bool,
+    seed: int,
+    variant: Variant = Variant(),
+    profile: int = 0,
+    raw_allocator: bool = False,
+) -> CoreResult:
+    """Both ends in this process (``pair.pump``), timed by the CPU time of the pump alone."""
+    import cProfile
+    import pstats
+
+    from qcinode.core.pair import make_pair, pump
+    from qcinode.core.pipeline import BlockAccepted
+
+    work = Path(tempfile.mkdtemp(prefix="qcinode-bench-core-"))
+    try:
+        source = work / "topology.yaml"
+        source.write_text(yaml.safe_dump(topology_mapping(length_km, block_bits, gys, variant), sort_keys=False))
+        link = load_topology(source).links[0]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    config = protocol_config(link)
+    slots = frame_slots(config, link.source.rate_hz, None)
+    if not raw_allocator:
+        tune_allocator_for_links()  # as a node does for its links
+    alice, bob = make_pair(config, bytes(range(256)) * 64, seed)
+    profiler = cProfile.Profile(time.process_time) if profile else None  # CPU time: a busy machine does not inflate it
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    if profiler:
+        profiler.enable()
+    result = pump(alice, bob, frame_slots=slots, blocks=blocks, max_frames=100 * blocks + 100)
+    if profiler:
+        profiler.disable()
+    out = CoreResult(length_km, block_bits, cpu_s=time.process_time() - cpu0, wall_s=time.perf_counter() - wall0)
+    out.frames, out.messages = result.frames, result.classical_messages
+    bob_keys = {e.block_seq: e.key for e in result.bob_events if isinstance(e, BlockAccepted)}
+    for event in result.alice_events:
+        if isinstance(event, BlockAccepted):
+            out.blocks_done += 1
+            out.secret_bits += 8 * len(event.key)
+            out.keys_match &= bob_keys.get(event.block_seq) == event.key
+        else:
+            out.blocks_aborted += 1
+            out.aborts += (event.reason,)
+    if profiler:
+        stats = pstats.Stats(profiler, stream=sys.stdout)
+        for order in ("cumulative", "tottime"):
+            print(f"\n-- profile, by {order} --")
+            stats.sort_stats(order).print_stats(profile)
+    return out
+
+
+def print_core(r: CoreResult) -> None:
+    rate = r.secret_bits / r.cpu_s if r.cpu_s > 0 else 0.0
+    print(
+        f"\n== in-process core (pair.pump), {r.length_km:g} km, block {r.block_bits:.3g} key bits ==\n"
+        f"  blocks done / aborted        {r.blocks_done} / {r.blocks_aborted}"
+        f"{'  (' + ', '.join(r.aborts) + ')' if r.aborts else ''}\n"
+        f"  secret bits                  {r.secret_bits}  (keys equal at both ends: {'yes' if r.keys_match else 'NO'})\n"
+        f"  frames / classical messages  {r.frames} / {r.messages}\n"
+        f"  CPU s / wall s               {r.cpu_s:.2f} / {r.wall_s:.2f}\n"
+        f"  secret bits per CPU-second   {rate:.4g}  (target for the core: >= 2e6)"
+    )
+
+
 # --------------------------------------------------------------------------- output
 
 
 def print_result(r: LinkResult) -> None:
-    print(f"\n== link {LINK_ID}, {r.length_km:g} km, block {r.block_bits:.3g} key bits, speed max, {r.variant.describe()} ==")
+    speed = "max" if r.speed is None else f"{r.speed:g}"
+    realtime = "" if r.speed is None else f"  (speed {r.speed:g}: real time needs >= {0.95 * r.speed:.2f})"
+    print(f"\n== link {LINK_ID}, {r.length_km:g} km, block {r.block_bits:.3g} key bits, speed {speed}, {r.variant.describe()} ==")
     if r.error:
         print(f"  ERROR: {r.error}")
     rows: list[tuple[str, str]] = [
@@ -392,6 +507,7 @@ def print_result(r: LinkResult) -> None:
         ("secret bits per CPU-second", f"{r.bits_per_cpu_s:.4g}"),
         ("secret bits per wall second", f"{r.secret_bits / r.seconds:.4g}" if r.seconds else "-"),
         ("secret bits per emulated s", f"{r.secret_bits / r.emulated_s:.4g}" if r.emulated_s else "-"),
+        ("emulated s per wall s", f"{r.emulated_s / r.seconds:.3f}{realtime}" if r.seconds else "-"),
         (
             "secret bits per pulse: measured / formula / asymptotic",
             f"{r.measured_per_pulse:.4g} / {r.formula_per_pulse:.4g} / {r.asymptotic_per_pulse:.4g}  "
@@ -448,9 +564,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--textbook-source", action="store_true", help="source 0.48/0.1/0 with p 0.8/0.1/0.1, Z basis 0.5")
     p.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay of every post-processing message (delay fault)")
+    p.add_argument("--speed", type=float, default=None, help="emulation.speed (emulated s per wall s; default max)")
+    p.add_argument("--core", action="store_true", help="both ends in this process (pair.pump): the protocol core alone")
+    p.add_argument("--blocks", type=int, default=3, help="with --core: blocks to run")
+    p.add_argument("--seed", type=int, default=1, help="with --core: the pair's seed")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="with --core: print the N costliest functions (cProfile)")
+    p.add_argument("--raw-allocator", action="store_true", help="with --core: keep glibc's malloc defaults (a node tunes them)")
     args = p.parse_args(argv)
     lengths = args.length_km or [10.0, 50.0]
     block_bits = int(args.block_bits)
+    if args.core:
+        for length_km in lengths:
+            variant = Variant(error_correction=(args.error_correction or ["cascade"])[0], finite_key=args.finite_key)
+            print_core(
+                run_core(
+                    length_km,
+                    block_bits=block_bits,
+                    blocks=args.blocks,
+                    gys=args.gys,
+                    seed=args.seed,
+                    variant=variant,
+                    profile=args.profile,
+                    raw_allocator=args.raw_allocator,
+                )
+            )
+        return 0
     variants = [
         Variant(
             error_correction=method,
@@ -478,6 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     warmup_timeout_s=args.warmup_timeout,
                     keep=args.keep,
                     variant=variant,
+                    speed=args.speed,
                 )
                 results.append(result)
                 print_result(result)

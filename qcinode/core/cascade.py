@@ -118,6 +118,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -140,6 +141,8 @@ _SEED_LIMIT = 2**64
 """Seeds lie in ``[0, 2**64)``."""
 
 IntArray = npt.NDArray[np.int64]
+#: Bob's per-pass tables: int32 where ``passes * n < 2**31``, else int64.
+TableArray = npt.NDArray[np.signedinteger[Any]]
 BitArray = npt.NDArray[np.uint8]
 
 
@@ -463,13 +466,16 @@ class CascadeSession:
         self._waves = [params.waves[min(p, len(params.waves) - 1)] for p in range(npass)]
         # Dense per-pass tables, flattened: index ``key = pass * n + position``
         # (row 0 is the identity pass).  Filled by start().
-        self._perm = np.empty((npass, n), dtype=np.int64)
-        self._inv = np.empty((npass, n), dtype=np.int64)
+        # Tables hold 32-bit entries while every key fits: half the memory a
+        # block touches (fresh pages are much of the set-up's cost).
+        self._table_dtype = table = np.int32 if npass * n < 2**31 else np.int64
+        self._perm: TableArray = np.empty((npass, n), dtype=table)
+        self._inv: TableArray = np.empty((npass, n), dtype=table)
         self._yp = np.empty(npass * n, dtype=np.uint8)  # Bob's current key, per pass order
         # Leaves (rule 5): the key of the leaf holding each position; at a
         # leaf's own key, its end (pass-local, exclusive) and whether it is odd.
-        self._leaf_of: IntArray = np.empty(npass * n, dtype=np.int64)
-        self._leaf_end: IntArray = np.empty(npass * n, dtype=np.int64)
+        self._leaf_of: TableArray = np.empty(npass * n, dtype=table)
+        self._leaf_end: TableArray = np.empty(npass * n, dtype=table)
         self._leaf_odd = np.zeros(npass * n, dtype=np.bool_)
         self._odd_keys: IntArray = np.empty(0, dtype=np.int64)  # sorted odd leaves
         # Outstanding questions: the leaves split per level, and their midpoints.
@@ -541,11 +547,11 @@ class CascadeSession:
         n, npass = self._n, self._npass
         raw = self._rng.integers(0, np.iinfo(np.int64).max, size=npass - 1, dtype=np.int64)
         seeds = tuple(int(s) for s in raw)
-        positions = np.arange(n, dtype=np.int64)
+        positions = np.arange(n, dtype=self._table_dtype)
         self._perm[0] = positions
+        self._inv[0] = positions
         for p, seed in enumerate(seeds, start=1):
             self._perm[p] = _permutation(seed, n)
-        for p in range(npass):
             self._inv[p, self._perm[p]] = positions
         self._yp = self._y[self._perm].ravel()
         keys, ends, asked = [], [], []
@@ -559,7 +565,7 @@ class CascadeSession:
         top_keys = np.concatenate(keys)
         top_ends = np.concatenate(ends)
         top_starts = top_keys % n
-        self._leaf_of = np.repeat(top_keys, top_ends - top_starts)
+        self._leaf_of = np.repeat(top_keys.astype(self._table_dtype), top_ends - top_starts)
         self._leaf_end[top_keys] = top_ends
         self._top_keys = top_keys
         self._top_asked = np.concatenate(asked)

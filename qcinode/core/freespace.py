@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import numbers
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -62,6 +61,7 @@ from qcinode.core.orbit import (
     Pass,
     Satellite,
     SkyCondition,
+    check_finite,
     find_passes,
     look_angles,
     sky_condition,
@@ -97,21 +97,6 @@ LIGHT_SPEED_M_S: Final = 299_792_458.0
 # --------------------------------------------------------------------------- sky radiance
 
 
-def _number(name: str, value: object, low: float = -math.inf, high: float = math.inf,
-            *, open_low: bool = False) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise ConfigError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ConfigError(f"{name}: must be finite, got {value!r}")
-    if number < low or (open_low and number == low):
-        raise ConfigError(f"{name}: must be {'>' if open_low else '>='} {low:g}, got {value!r}")
-    if number > high:
-        raise ConfigError(f"{name}: must be <= {high:g}, got {value!r}")
-    return number
-
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SkyRadiance:
     """Spectral radiance of the sky behind the satellite, W m⁻² sr⁻¹ nm⁻¹, by sky condition.
@@ -133,7 +118,7 @@ class SkyRadiance:
 
     def __post_init__(self) -> None:
         for name in ("day", "civil_twilight", "nautical_twilight", "astronomical_twilight", "night"):
-            _number(f"sky_radiance.{name}", getattr(self, name), 0.0)
+            check_finite(f"sky_radiance.{name}", getattr(self, name), 0.0)
 
     @classmethod
     def from_day_and_night(cls, *, day: float, night: float) -> SkyRadiance:
@@ -266,23 +251,23 @@ class FreeSpaceOptics:
     _background_per_radiance: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        wavelength = _number("wavelength_nm", self.wavelength_nm, 200.0, 20_000.0)
-        tx = _number("transmitter_aperture_m", self.transmitter_aperture_m, 0.0, 100.0, open_low=True)
-        _number("receiver_aperture_m", self.receiver_aperture_m, 0.0, 100.0, open_low=True)
-        _number("pointing_jitter_urad", self.pointing_jitter_urad, 0.0, 1e6)
-        _number("receiver_optics_efficiency", self.receiver_optics_efficiency, 0.0, 1.0, open_low=True)
-        fov = _number("receiver_fov_urad", self.receiver_fov_urad, 0.0, 1e6, open_low=True)
-        bandwidth = _number("filter_bandwidth_nm", self.filter_bandwidth_nm, 0.0, 1e4, open_low=True)
-        _number("gate_width_ns", self.gate_width_ns, 0.0, 1e9, open_low=True)
-        _number("scintillation_index", self.scintillation_index, 0.0, 10.0)
-        _number("elevation_mask_deg", self.elevation_mask_deg, 0.0, 89.0)
+        wavelength = check_finite("wavelength_nm", self.wavelength_nm, 200.0, 20_000.0)
+        tx = check_finite("transmitter_aperture_m", self.transmitter_aperture_m, 0.0, 100.0, open_low=True)
+        check_finite("receiver_aperture_m", self.receiver_aperture_m, 0.0, 100.0, open_low=True)
+        check_finite("pointing_jitter_urad", self.pointing_jitter_urad, 0.0, 1e6)
+        check_finite("receiver_optics_efficiency", self.receiver_optics_efficiency, 0.0, 1.0, open_low=True)
+        fov = check_finite("receiver_fov_urad", self.receiver_fov_urad, 0.0, 1e6, open_low=True)
+        bandwidth = check_finite("filter_bandwidth_nm", self.filter_bandwidth_nm, 0.0, 1e4, open_low=True)
+        check_finite("gate_width_ns", self.gate_width_ns, 0.0, 1e9, open_low=True)
+        check_finite("scintillation_index", self.scintillation_index, 0.0, 10.0)
+        check_finite("elevation_mask_deg", self.elevation_mask_deg, 0.0, 89.0)
         if not isinstance(self.single_mode, bool):
             raise ConfigError(f"single_mode: expected true or false, got {self.single_mode!r}")
         limit = diffraction_limited_divergence_urad(wavelength, tx)
         if self.beam_divergence_urad is None:
             divergence = limit
         else:
-            divergence = _number("beam_divergence_urad", self.beam_divergence_urad, 0.0, 1e6, open_low=True)
+            divergence = check_finite("beam_divergence_urad", self.beam_divergence_urad, 0.0, 1e6, open_low=True)
             if divergence < limit * (1.0 - 1e-9):
                 raise ConfigError(
                     f"beam_divergence_urad: {divergence:g} is below the diffraction limit {limit:.3g} µrad "
@@ -290,7 +275,7 @@ class FreeSpaceOptics:
                 )
         band = next((b for b in _DEFAULTS_BY_BAND if b[0] <= wavelength <= b[1]), None)
         if self.zenith_transmittance is not None:
-            zenith = _number("zenith_transmittance", self.zenith_transmittance, 0.0, 1.0, open_low=True)
+            zenith = check_finite("zenith_transmittance", self.zenith_transmittance, 0.0, 1.0, open_low=True)
         elif band is not None:
             zenith = band[2]
         else:

@@ -397,7 +397,7 @@ def sun_synchronous_inclination_deg(altitude_km: float) -> float:
     Raises:
         ConfigError: Altitude not positive, or too high for any sun-synchronous orbit.
     """
-    _check_finite("altitude_km", altitude_km, low=0.0, open_low=True)
+    check_finite("altitude_km", altitude_km, low=0.0, open_low=True)
     a = WGS84_EQUATORIAL_RADIUS_KM + altitude_km
     cos_i = -2.0 * _SUN_MEAN_MOTION_RAD_S * a**3.5 / (3.0 * _J2 * WGS84_EQUATORIAL_RADIUS_KM**2 * math.sqrt(EARTH_GM_KM3_S2))
     if cos_i < -1.0:
@@ -420,8 +420,9 @@ def _parse_ltan(value: object) -> float:
     raise ConfigError(f"ltan: expected a local time such as '10:30' or hours in [0, 24), got {value!r}")
 
 
-def _check_finite(name: str, value: object, low: float = -math.inf, high: float = math.inf,
-                  *, open_low: bool = False, open_high: bool = False) -> float:
+def check_finite(name: str, value: object, low: float = -math.inf, high: float = math.inf,
+                 *, open_low: bool = False, open_high: bool = False) -> float:
+    """``value`` as a float if it is a finite real number within the bounds; else ConfigError naming ``name``."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise ConfigError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
     number = float(value)
@@ -480,14 +481,14 @@ class CircularOrbit:
     _u_rate: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        altitude = _check_finite("altitude_km", self.altitude_km, low=0.0, open_low=True)
-        inclination = _check_finite("inclination_deg", self.inclination_deg, 0.0, 180.0)
-        _check_finite("argument_of_latitude_deg", self.argument_of_latitude_deg)
-        epoch = _check_finite("epoch_utc", self.epoch_utc)
+        altitude = check_finite("altitude_km", self.altitude_km, low=0.0, open_low=True)
+        inclination = check_finite("inclination_deg", self.inclination_deg, 0.0, 180.0)
+        check_finite("argument_of_latitude_deg", self.argument_of_latitude_deg)
+        epoch = check_finite("epoch_utc", self.epoch_utc)
         if (self.raan_deg is None) == (self.ltan is None):
             raise ConfigError("raan_deg, ltan: give exactly one of them")
         if self.raan_deg is not None:
-            raan0 = _check_finite("raan_deg", self.raan_deg) * _DEG
+            raan0 = check_finite("raan_deg", self.raan_deg) * _DEG
         else:
             ltan_hours = _parse_ltan(self.ltan)
             raan0 = _mean_sun_right_ascension_rad(epoch) + (ltan_hours - 12.0) * (math.pi / 12.0)
@@ -573,9 +574,9 @@ class GroundStation:
     _enu_array: FloatArray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        latitude = _check_finite("latitude_deg", self.latitude_deg, -90.0, 90.0)
-        longitude = _check_finite("longitude_deg", self.longitude_deg, -180.0, 360.0, open_high=True)
-        height_km = _check_finite("altitude_m", self.altitude_m, -500.0, 10_000.0) / 1000.0
+        latitude = check_finite("latitude_deg", self.latitude_deg, -90.0, 90.0)
+        longitude = check_finite("longitude_deg", self.longitude_deg, -180.0, 360.0, open_high=True)
+        height_km = check_finite("altitude_m", self.altitude_m, -500.0, 10_000.0) / 1000.0
         phi, lam = latitude * _DEG, longitude * _DEG
         sin_phi, cos_phi = math.sin(phi), math.cos(phi)
         sin_lam, cos_lam = math.sin(lam), math.cos(lam)
@@ -791,12 +792,12 @@ def find_passes(
     Raises:
         ConfigError: An invalid window, mask or step.
     """
-    start = _check_finite("start_utc", start_utc)
-    end = _check_finite("end_utc", end_utc)
+    start = check_finite("start_utc", start_utc)
+    end = check_finite("end_utc", end_utc)
     if end <= start:
         raise ConfigError(f"end_utc: must be after start_utc, got {format_utc(end)} <= {format_utc(start)}")
-    mask = _check_finite("elevation_mask_deg", elevation_mask_deg, -90.0, 90.0, open_high=True)
-    step = _check_finite("step_s", step_s, 0.0, 600.0, open_low=True)
+    mask = check_finite("elevation_mask_deg", elevation_mask_deg, -90.0, 90.0, open_high=True)
+    step = check_finite("step_s", step_s, 0.0, 600.0, open_low=True)
 
     count = int(math.ceil((end - start) / step)) + 1
     times = np.minimum(start + step * np.arange(count), end)
@@ -871,8 +872,8 @@ def next_pass(
     Returns:
         The pass, or None if there is none in the search horizon.
     """
-    start = _check_finite("after_utc", after_utc)
-    horizon = start + _check_finite("search_s", search_s, 0.0, open_low=True)
+    start = check_finite("after_utc", after_utc)
+    horizon = start + check_finite("search_s", search_s, 0.0, open_low=True)
     end = start
     while end < horizon:
         end = min(end + 86400.0, horizon)
@@ -911,7 +912,7 @@ def sky_condition(sun_elevation_deg: float) -> SkyCondition:
     Raises:
         ConfigError: Not a number in [−90, 90].
     """
-    elevation = _check_finite("sun_elevation_deg", sun_elevation_deg, -90.0, 90.0)
+    elevation = check_finite("sun_elevation_deg", sun_elevation_deg, -90.0, 90.0)
     if elevation > SUNRISE_ELEVATION_DEG:
         return SkyCondition.DAY
     if elevation > -6.0:
@@ -969,7 +970,7 @@ def orbital_period_s(altitude_km: float) -> float:
 
     Kepler's third law (Vallado 2013, Eq. 1-27).
     """
-    altitude = _check_finite("altitude_km", altitude_km, low=0.0, open_low=True)
+    altitude = check_finite("altitude_km", altitude_km, low=0.0, open_low=True)
     return 2.0 * math.pi * math.sqrt((MEAN_EARTH_RADIUS_KM + altitude) ** 3 / EARTH_GM_KM3_S2)
 
 
@@ -991,8 +992,8 @@ def slant_range_km(
 
     1695 / 1193 / 909 / 683 / 500 km at 10 / 20 / 30 / 45 / 90° for h = 500 km.
     """
-    altitude = _check_finite("altitude_km", altitude_km, low=0.0, open_low=True)
-    station = _check_finite("station_altitude_km", station_altitude_km, -0.5, altitude, open_high=True)
+    altitude = check_finite("altitude_km", altitude_km, low=0.0, open_low=True)
+    station = check_finite("station_altitude_km", station_altitude_km, -0.5, altitude, open_high=True)
     radius = MEAN_EARTH_RADIUS_KM + station
     orbit = MEAN_EARTH_RADIUS_KM + altitude
     angle = np.radians(np.asarray(elevation_deg, dtype=np.float64))
@@ -1004,9 +1005,9 @@ def slant_range_km(
 
 def elevation_from_slant_range_deg(range_km: float, altitude_km: float, station_altitude_km: float = 0.0) -> float:
     """Inverse of :func:`slant_range_km`: sin ε = ((R_E + h)² − R² − L²) / (2 R L)."""
-    altitude = _check_finite("altitude_km", altitude_km, low=0.0, open_low=True)
-    distance = _check_finite("range_km", range_km, low=0.0, open_low=True)
-    radius = MEAN_EARTH_RADIUS_KM + _check_finite("station_altitude_km", station_altitude_km, -0.5, altitude)
+    altitude = check_finite("altitude_km", altitude_km, low=0.0, open_low=True)
+    distance = check_finite("range_km", range_km, low=0.0, open_low=True)
+    radius = MEAN_EARTH_RADIUS_KM + check_finite("station_altitude_km", station_altitude_km, -0.5, altitude)
     orbit = MEAN_EARTH_RADIUS_KM + altitude
     sine = (orbit**2 - radius**2 - distance**2) / (2.0 * radius * distance)
     if not -1.0 <= sine <= 1.0:
@@ -1021,8 +1022,8 @@ def overhead_pass_duration_s(altitude_km: float, mask_deg: float) -> float:
     the satellite crosses 2ψ at the orbital rate 2π/T, so the duration is
     2ψ T / (2π) (R_E = 6371 km). 443 s at 500 km above 10°.
     """
-    altitude = _check_finite("altitude_km", altitude_km, low=0.0, open_low=True)
-    mask = _check_finite("mask_deg", mask_deg, 0.0, 90.0, open_high=True)
+    altitude = check_finite("altitude_km", altitude_km, low=0.0, open_low=True)
+    mask = check_finite("mask_deg", mask_deg, 0.0, 90.0, open_high=True)
     epsilon = mask * _DEG
     psi = math.acos(MEAN_EARTH_RADIUS_KM * math.cos(epsilon) / (MEAN_EARTH_RADIUS_KM + altitude)) - epsilon
     return 2.0 * psi / (2.0 * math.pi) * orbital_period_s(altitude)

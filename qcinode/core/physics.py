@@ -272,7 +272,8 @@ _FRAME_MAGIC: Final = b"QPF1"
 _FRAME_HEADER = struct.Struct("<4sBQQ")  # magic, flags, n_slots, count
 _FLAG_WIDE_GAPS: Final = 0x01  # slot gaps stored as uint64 instead of uint32
 _FLAG_WIDE_PHOTONS: Final = 0x02  # photon counts stored as uint16 instead of uint8
-_KNOWN_FLAGS: Final = _FLAG_WIDE_GAPS | _FLAG_WIDE_PHOTONS
+_FLAG_NARROW_GAPS: Final = 0x04  # slot gaps stored as uint16 (every gap below 2**16)
+_KNOWN_FLAGS: Final = _FLAG_WIDE_GAPS | _FLAG_WIDE_PHOTONS | _FLAG_NARROW_GAPS
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -311,18 +312,22 @@ class PhotonFrame:
 
         Layout (little endian): ``magic "QPF1", flags u8, n_slots u64,
         count u64``; then ``count`` slot gaps (first slot, then differences;
-        uint32 unless flag 0x01 says uint64); ``count`` photon counts (uint8
+        uint32, or uint64 with flag 0x01, or uint16 with flag 0x04: the
+        narrowest that holds every gap); ``count`` photon counts (uint8
         unless flag 0x02 says uint16); ``ceil(count / 8)`` bytes of packed
         bases and as many of packed bits.
         """
         count = len(self.slots)
         gaps = np.diff(self.slots, prepend=np.int64(0)) if count else np.empty(0, np.int64)
         flags = 0
-        if count and int(gaps.max()) > 0xFFFFFFFF:
+        top_gap = int(gaps.max()) if count else 0
+        if top_gap > 0xFFFFFFFF:
             flags |= _FLAG_WIDE_GAPS
+        elif top_gap <= 0xFFFF:
+            flags |= _FLAG_NARROW_GAPS
         if count and int(self.photons.max()) > 0xFF:
             flags |= _FLAG_WIDE_PHOTONS
-        gap_dtype = "<u8" if flags & _FLAG_WIDE_GAPS else "<u4"
+        gap_dtype = "<u8" if flags & _FLAG_WIDE_GAPS else "<u2" if flags & _FLAG_NARROW_GAPS else "<u4"
         photon_dtype = "<u2" if flags & _FLAG_WIDE_PHOTONS else "u1"
         return b"".join(
             (
@@ -350,13 +355,14 @@ class PhotonFrame:
         magic, flags, n_slots, count = _FRAME_HEADER.unpack_from(view)
         if magic != _FRAME_MAGIC:
             raise RemoteProtocolError("PhotonFrame: bad magic")
-        if flags & ~_KNOWN_FLAGS:
+        both_widths = _FLAG_WIDE_GAPS | _FLAG_NARROW_GAPS
+        if flags & ~_KNOWN_FLAGS or flags & both_widths == both_widths:
             raise RemoteProtocolError(f"PhotonFrame: unknown flags {flags:#x}")
         if n_slots > MAX_SLOTS:
             raise RemoteProtocolError(f"PhotonFrame: n_slots {n_slots} too large")
         if count > n_slots:
             raise RemoteProtocolError(f"PhotonFrame: {count} slots in a frame of {n_slots}")
-        gap_width = 8 if flags & _FLAG_WIDE_GAPS else 4
+        gap_width = 8 if flags & _FLAG_WIDE_GAPS else 2 if flags & _FLAG_NARROW_GAPS else 4
         photon_width = 2 if flags & _FLAG_WIDE_PHOTONS else 1
         packed = (count + 7) // 8
         expected = _FRAME_HEADER.size + count * (gap_width + photon_width) + 2 * packed
@@ -365,7 +371,7 @@ class PhotonFrame:
                 f"PhotonFrame: expected {expected} bytes for {count} slots, got {len(view)}"
             )
         offset = _FRAME_HEADER.size
-        gaps = np.frombuffer(view, "<u8" if gap_width == 8 else "<u4", count, offset)
+        gaps = np.frombuffer(view, {2: "<u2", 4: "<u4", 8: "<u8"}[gap_width], count, offset)
         offset += count * gap_width
         photons = np.frombuffer(view, "<u2" if photon_width == 2 else "u1", count, offset)
         offset += count * photon_width
@@ -714,16 +720,19 @@ class AliceRecord:
         if query.size and (int(query.min()) < 0 or int(query.max()) >= self._n_slots):
             raise RemoteProtocolError("reveal: slot outside the frame")
 
-        classes = np.empty(query.size, np.uint8)
-        bases = np.empty(query.size, np.uint8)
-        bits = np.empty(query.size, np.uint8)
         found, index = _lookup(self.slots, query)
-        classes[found] = self.classes[index[found]]
-        bases[found] = self.bases[index[found]]
-        bits[found] = self.bits[index[found]]
+        if len(self.slots):
+            # Gather at every (clipped, valid) index, then overwrite the slots not found.
+            classes = self.classes[index].astype(np.uint8, copy=False)
+            bases = self.bases[index].astype(np.uint8, copy=False)
+            bits = self.bits[index].astype(np.uint8, copy=False)
+        else:
+            classes = np.empty(query.size, np.uint8)
+            bases = np.empty(query.size, np.uint8)
+            bits = np.empty(query.size, np.uint8)
 
         missing = ~found
-        if np.any(missing):
+        if not found.all():
             self._extend_lazy(np.unique(query[missing]))
             lazy_found, lazy_index = _lookup(self._lazy_slots, query[missing])
             if not np.all(lazy_found):  # pragma: no cover - _extend_lazy covers every slot
@@ -788,7 +797,7 @@ def _lookup(sorted_slots: Int64Array, query: Int64Array) -> tuple[NDArray[np.boo
     if len(sorted_slots) == 0:
         return np.zeros(query.size, np.bool_), clipped.astype(np.int64)
     found = (index < len(sorted_slots)) & (sorted_slots[clipped] == query)
-    return found, clipped.astype(np.int64)
+    return found, clipped.astype(np.int64, copy=False)
 
 
 def transmit(

@@ -73,7 +73,7 @@ import numpy as np
 from ..errors import AuthenticationFailed, ConfigError, InsufficientKeyMaterial, LocalProtocolError, RemoteProtocolError
 from . import messages as m
 from .amplification import toeplitz_hash, unpack_bits
-from .authentication import KEY_BYTES, AuthKeyReserve, Direction, Transcript, one_time_tag, verify_one_time_tag
+from .authentication import KEY_BYTES, AuthKeyReserve, Direction, Transcript
 from .channel import QuantumChannelModel, physics_at
 from .estimation import (
     NO_DECOY_BOUNDS,
@@ -250,7 +250,7 @@ class _SiftBuffer:
         self.classes.append(classes)
         self.bases.append(bases)
         self.bits.append(bits)
-        self.z_bits += int(np.count_nonzero(bases == 0))
+        self.z_bits += int(bases.size - np.count_nonzero(bases))  # bases are 0 (Z) or 1 (X)
 
     def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         out = tuple(np.concatenate(parts) if parts else np.zeros(0, np.uint8) for parts in (self.classes, self.bases, self.bits))
@@ -278,11 +278,14 @@ class _Block:
     refill_mac_keys: bool = False
     short: bool = False  # closed early (end of a pass) with fewer key bits than block_bits
     _counts: dict[int, tuple[int, int, int]] = dataclasses.field(default_factory=dict)
+    _key_mask: np.ndarray | None = None
 
     @property
     def key_mask(self) -> np.ndarray:
-        mask: np.ndarray = self.bases == 0
-        return mask
+        """Where the block's key-basis (Z) bits are (computed once per block)."""
+        if self._key_mask is None:
+            self._key_mask = self.bases == 0
+        return self._key_mask
 
     @property
     def test_qber(self) -> float:
@@ -292,9 +295,11 @@ class _Block:
     def counts(self, basis: int) -> tuple[int, int, int]:
         """Sifted detections per intensity class in ``basis`` (computed once per block)."""
         cache = self._counts
-        if basis not in cache:
-            sel = self.classes[self.bases == basis]
-            cache[basis] = tuple(int(c) for c in np.bincount(sel, minlength=3)[:3])  # type: ignore[assignment]
+        if not cache:
+            # One pass for both bases: bin 2 * class + basis (classes 0..2, bases 0/1).
+            both = np.bincount(self.classes.astype(np.intp) * 2 + self.bases, minlength=6)[:6]
+            for b in (0, 1):
+                cache[b] = tuple(int(c) for c in both[b::2])  # type: ignore[assignment]
         return cache[basis]
 
     def stats(self, secret_bits: int = 0) -> BlockStats:
@@ -303,8 +308,8 @@ class _Block:
             frames=self.frames,
             pulses=self.pulses,
             detections=self.detections,
-            key_bits=int(np.count_nonzero(self.bases == 0)),
-            test_bits=int(np.count_nonzero(self.bases == 1)),
+            key_bits=sum(self.counts(0)),
+            test_bits=sum(self.counts(1)),
             test_errors=sum(self.test_errors),
             errors_corrected=self.errors_corrected,
             leak_bits=self.leak_bits,
@@ -359,10 +364,10 @@ class _LinkEnd:
 
     # -- helpers --------------------------------------------------------
     def _record_in(self, msg: m.Message) -> None:
-        self._transcript_for(msg).append(self.direction_in, m.canonical_bytes(msg))
+        self._transcript_for(msg).append_parts(self.direction_in, m.canonical_parts(msg))
 
     def _record_out(self, msg: m.Message) -> None:
-        self._transcript_for(msg).append(self.direction_out, m.canonical_bytes(msg))
+        self._transcript_for(msg).append_parts(self.direction_out, m.canonical_parts(msg))
 
     def _transcript_for(self, msg: m.Message) -> Transcript:
         """Sifting messages belong to the block being filled, the rest to the open block (rule 2a)."""
@@ -541,10 +546,6 @@ class _LinkEnd:
         self.block = None
         self.state = LinkState.QUANTUM
 
-    def _mac_input(self, block: _Block) -> bytes:
-        data: bytes = block.transcript.digest_input()
-        return data
-
     def take_events(self) -> list[BlockEvent]:
         events, self.events = self.events, []
         return events
@@ -664,19 +665,21 @@ class AliceLink(_LinkEnd):
         frame_id, n_slots, record = self._outstanding
         if msg.n_slots != n_slots or len(msg.slots) != len(msg.bases):
             raise RemoteProtocolError("detection report does not fit the frame")
-        if len(msg.slots) and (msg.slots[0] < 0 or msg.slots[-1] >= n_slots or np.any(np.diff(msg.slots) <= 0)):
+        slots = msg.slots
+        if len(slots) and (slots[0] < 0 or slots[-1] >= n_slots or not np.all(slots[1:] > slots[:-1])):
             raise RemoteProtocolError("detection report slots out of range or unsorted")
-        if np.any(msg.bases > 1):
+        if msg.bases.max(initial=0) > 1:
             raise RemoteProtocolError("detection report bases must be 0 or 1")
         self._outstanding = None
         self._record_in(msg)
         classes, bases, bits = record.reveal(msg.slots)
-        match = (bases == msg.bases).astype(np.uint8)
+        match = (bases == msg.bases).view(np.uint8)
+        classes = classes.astype(np.uint8, copy=False)
         close, self._close_after_frame = self._close_after_frame, False
-        reply = m.SiftReply(frame_id, match, classes.astype(np.uint8), close_block=close)
+        reply = m.SiftReply(frame_id, match, classes, close_block=close)
         self._record_out(reply)
-        keep = match.astype(bool)
-        self._add_sifted(classes[keep].astype(np.uint8), bases[keep].astype(np.uint8), bits[keep].astype(np.uint8), n_slots, len(msg.slots))
+        keep = np.flatnonzero(match)
+        self._add_sifted(classes[keep], bases[keep].astype(np.uint8, copy=False), bits[keep].astype(np.uint8, copy=False), n_slots, len(msg.slots))
         self._maybe_close_block(force=close)
         return [reply]
 
@@ -761,7 +764,7 @@ class AliceLink(_LinkEnd):
         block.secret = _amplify(key, seed, length)
         unsigned = m.Confirm(block.seq, True, "", seed, length, block.leak_bits)
         self._record_out(unsigned)
-        tag = one_time_tag(block.mac_keys[0], self._mac_input(block))
+        tag = block.transcript.tag(block.mac_keys[0])
         self._confirm = unsigned
         self.state = LinkState.CONFIRMING
         return [dataclasses.replace(unsigned, auth_tag=tag)]
@@ -774,7 +777,7 @@ class AliceLink(_LinkEnd):
             self._abort(msg.reason or "rejected_by_peer")
             return []
         try:
-            verify_one_time_tag(block.mac_keys[1], self._mac_input(block), msg.auth_tag)
+            block.transcript.verify(block.mac_keys[1], msg.auth_tag)
         except AuthenticationFailed:
             commit = self._signed_commit(block, accepted=False)
             self._abort("authentication_failed")
@@ -786,7 +789,7 @@ class AliceLink(_LinkEnd):
     def _signed_commit(self, block: _Block, accepted: bool) -> m.Commit:
         unsigned = m.Commit(block.seq, accepted)
         self._record_out(unsigned)
-        return dataclasses.replace(unsigned, auth_tag=one_time_tag(block.mac_keys[2], self._mac_input(block)))
+        return dataclasses.replace(unsigned, auth_tag=block.transcript.tag(block.mac_keys[2]))
 
 
 class BobLink(_LinkEnd):
@@ -878,12 +881,12 @@ class BobLink(_LinkEnd):
         frame_id, clicks = self._reported
         if len(msg.basis_match) != len(clicks.slots) or len(msg.classes) != len(clicks.slots):
             raise RemoteProtocolError("sift reply length does not match the detection report")
-        if np.any(msg.classes > 2) or np.any(msg.basis_match > 1):
+        if msg.classes.max(initial=0) > 2 or msg.basis_match.max(initial=0) > 1:
             raise RemoteProtocolError("sift reply has invalid classes or flags")
         self._reported = None
         self._record_in(msg)
-        keep = msg.basis_match.astype(bool)
-        self._add_sifted(msg.classes[keep].astype(np.uint8), clicks.bases[keep], clicks.bits[keep], clicks.n_slots, len(clicks.slots))
+        keep = np.flatnonzero(msg.basis_match)
+        self._add_sifted(msg.classes[keep].astype(np.uint8, copy=False), clicks.bases[keep], clicks.bits[keep], clicks.n_slots, len(clicks.slots))
         if self._maybe_close_block(force=msg.close_block):
             return [self._reveal_test_bits()]
         return []
@@ -981,7 +984,7 @@ class BobLink(_LinkEnd):
         if not self._take_mac_keys(block):
             return self._reject(block, "authentication_keys_exhausted")
         try:
-            verify_one_time_tag(block.mac_keys[0], self._mac_input(block), msg.auth_tag)
+            block.transcript.verify(block.mac_keys[0], msg.auth_tag)
         except AuthenticationFailed:
             return self._reject(block, "authentication_failed")
         block.key_length = self._key_length(block, block.leak_bits)
@@ -994,7 +997,7 @@ class BobLink(_LinkEnd):
         block.secret = _amplify(corrected, msg.pa_seed, length)
         unsigned = m.Verdict(block.seq, True, "")
         self._record_out(unsigned)
-        tag = one_time_tag(block.mac_keys[1], self._mac_input(block))
+        tag = block.transcript.tag(block.mac_keys[1])
         self._awaiting_commit = True
         self.state = LinkState.CONFIRMING
         return [dataclasses.replace(unsigned, auth_tag=tag)]
@@ -1010,7 +1013,7 @@ class BobLink(_LinkEnd):
         assert block is not None
         self._record_in(dataclasses.replace(msg, auth_tag=b""))
         try:
-            verify_one_time_tag(block.mac_keys[2], self._mac_input(block), msg.auth_tag)
+            block.transcript.verify(block.mac_keys[2], msg.auth_tag)
         except AuthenticationFailed:
             # Alice's decision is unknown: the block stays pending until the
             # ends compare the blocks they hold (Hello on reconnection).

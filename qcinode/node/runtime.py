@@ -10,7 +10,10 @@ save succeeds, and the link workers end the session and retry.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
+import functools
 import math
 import time
 from collections import Counter, deque
@@ -188,6 +191,35 @@ class LinkCounters:
         return self.ec_leak_bits / self.ec_ideal_bits if self.ec_ideal_bits > 0 else 0.0
 
 
+#: glibc's mallopt parameters (malloc.h) and the values a link's process runs with.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_LINK_MALLOPT = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 512 << 20, _M_TOP_PAD: 64 << 20}
+
+
+@functools.cache
+def tune_allocator_for_links() -> bool:
+    """Keeps freed block-sized arrays in the process instead of returning them to the kernel.
+
+    A 10^6-bit block allocates and frees a few hundred MB of arrays (frames,
+    sifted data, Cascade's tables); by default glibc maps each array above
+    its mmap threshold fresh and unmaps it when freed, so every block pays
+    the kernel for page faults on zeroed memory again (half the CPU time of
+    a busy link's process, most of it system time). Serving arrays up to
+    32 MB from the heap and trimming it only past 512 MB reuses the same
+    pages block after block; peak RSS does not change. Called when a node
+    gets its first link (a node without links keeps glibc's defaults); a
+    no-op, returning False, without glibc.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        return False
+    return all(mallopt(param, value) == 1 for param, value in _LINK_MALLOPT.items())
+
+
 class LinkRuntime:
     """One link as seen by one node."""
 
@@ -208,6 +240,7 @@ class LinkRuntime:
                 downlink); None for a fibre, whose channel never changes.
             clock: The network clock (None at speed max).
         """
+        tune_allocator_for_links()
         self.link = link
         self.role = Role.ALICE if link.alice == local_node else Role.BOB
         self.peer = link.bob if self.role is Role.ALICE else link.alice

@@ -1,6 +1,8 @@
 """Core messages <-> protobuf, at the wire boundary.
 
-Arrays travel as little-endian bytes or packed bits; decoding validates
+Arrays travel as little-endian bytes or packed bits (slot gaps in the
+narrowest of 2, 4 or 8 bytes that holds them all; intensity classes at two
+bits each); decoding validates
 lengths and value ranges and raises :class:`RemoteProtocolError` on anything
 malformed, so the core never sees an inconsistent message.
 """
@@ -31,6 +33,32 @@ def _unpack(data: bytes, count: int, what: str) -> np.ndarray:
     return np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count)
 
 
+def _gap_width(gaps: np.ndarray) -> int:
+    """Bytes per slot gap: 2 while every gap fits (short links, high rates), else 4, else 8."""
+    top = int(gaps.max()) if len(gaps) else 0
+    return 2 if top < 1 << 16 else 4 if top < 1 << 32 else 8
+
+
+def _pack_classes(classes: np.ndarray) -> bytes:
+    """Intensity classes (0..2) at two bits each, four per byte, first in the high bits; zero padding."""
+    padded = np.zeros(-(-len(classes) // 4) * 4, np.uint8)
+    padded[: len(classes)] = classes
+    quads = padded.reshape(-1, 4)
+    return bytes(((quads[:, 0] << 6) | (quads[:, 1] << 4) | (quads[:, 2] << 2) | quads[:, 3]).tobytes())
+
+
+def _unpack_classes(data: bytes, count: int, what: str) -> np.ndarray:
+    if count > _MAX_ITEMS or len(data) != (count + 3) // 4:
+        raise RemoteProtocolError(f"{what}: {len(data)} bytes do not hold {count} two-bit classes")
+    packed = np.frombuffer(data, dtype=np.uint8)
+    quads = np.empty((len(packed), 4), np.uint8)
+    for i, shift in enumerate((6, 4, 2, 0)):
+        np.bitwise_and(packed >> shift, 3, out=quads[:, i])
+    if count % 4 and np.any(quads.reshape(-1)[count:]):
+        raise RemoteProtocolError(f"{what}: non-zero padding")
+    return quads.reshape(-1)[:count]
+
+
 def _array(data: bytes, dtype: str, what: str) -> np.ndarray:
     size = np.dtype(dtype).itemsize
     if len(data) % size:
@@ -42,8 +70,8 @@ def encode(msg: m.Message) -> pb.ClassicalMessage:
     """A core message as the protobuf envelope."""
     match msg:
         case m.DetectionReport():
-            gaps = np.diff(msg.slots.astype(np.int64), prepend=0)
-            width = 8 if len(gaps) and int(gaps.max()) >= 1 << 32 else 4
+            gaps = np.diff(msg.slots.astype(np.int64, copy=False), prepend=0)
+            width = _gap_width(gaps)
             return pb.ClassicalMessage(
                 detection_report=pb.DetectionReport(
                     frame_id=msg.frame_id,
@@ -59,7 +87,7 @@ def encode(msg: m.Message) -> pb.ClassicalMessage:
                 sift_reply=pb.SiftReply(
                     frame_id=msg.frame_id,
                     basis_match=_pack(msg.basis_match),
-                    classes=msg.classes.astype(np.uint8).tobytes(),
+                    classes=_pack_classes(msg.classes.astype(np.uint8, copy=False)),
                     count=len(msg.classes),
                     close_block=msg.close_block,
                 )
@@ -135,8 +163,8 @@ def decode(envelope: pb.ClassicalMessage) -> m.Message:
     match kind:
         case "detection_report":
             width = body.gap_bytes or 4
-            if width not in (4, 8):
-                raise RemoteProtocolError(f"detection_report: gap_bytes must be 4 or 8, got {width}")
+            if width not in (2, 4, 8):
+                raise RemoteProtocolError(f"detection_report: gap_bytes must be 2, 4 or 8, got {width}")
             gaps = _array(body.slot_gaps, f"<u{width}", "detection_report.slot_gaps")
             if len(gaps) != body.count:
                 raise RemoteProtocolError("detection_report: count does not match slot_gaps")
@@ -145,9 +173,7 @@ def decode(envelope: pb.ClassicalMessage) -> m.Message:
             slots = np.cumsum(gaps.astype(np.int64))
             return m.DetectionReport(body.frame_id, body.n_slots, slots, _unpack(body.bases, body.count, "detection_report.bases"))
         case "sift_reply":
-            classes = _array(body.classes, "u1", "sift_reply.classes")
-            if len(classes) != body.count:
-                raise RemoteProtocolError("sift_reply: count does not match classes")
+            classes = _unpack_classes(body.classes, body.count, "sift_reply.classes")
             return m.SiftReply(body.frame_id, _unpack(body.basis_match, body.count, "sift_reply.basis_match"), classes, body.close_block)
         case "test_bits":
             return m.TestBits(body.block_seq, _unpack(body.bits, body.count, "test_bits.bits"))

@@ -9,9 +9,13 @@ from hypothesis import strategies as st
 
 from qcinode.core.amplification import (
     MAX_SEED_BITS,
+    WORDS_MAX_OUT_BITS,
+    _toeplitz_fft,
+    _toeplitz_words,
     pack_bits,
     seed_bits_needed,
     toeplitz_hash,
+    toeplitz_hash_packed,
     unpack_bits,
 )
 from qcinode.errors import LocalProtocolError
@@ -186,3 +190,30 @@ def test_unpack_validation() -> None:
         unpack_bits(b"\x00", -1)
     with pytest.raises(LocalProtocolError):
         pack_bits(np.array([0, 3], dtype=np.uint8))
+
+
+@pytest.mark.parametrize(("n", "m"), [(1, 1), (3, 2), (63, 64), (64, 64), (65, 65), (200, 130), (1000, 257), (4097, 7)])
+def test_word_method_equals_dense_matrix_product(n: int, m: int) -> None:
+    rng = np.random.default_rng(n * 1000 + m)
+    bits, seed = _bits(rng, n), _bits(rng, n + m - 1)
+    assert np.array_equal(_toeplitz_words(bits, np.packbits(seed), m), _dense_hash(bits, seed, m))
+
+
+def test_word_method_and_fft_agree_on_a_megabit_key() -> None:
+    # The two evaluations of the same matrix, on the verification tag's size and past the switch.
+    rng = np.random.default_rng(8)
+    bits = _bits(rng, 1_000_003)
+    for m in (64, WORDS_MAX_OUT_BITS + 1):
+        seed = _bits(rng, bits.size + m - 1)
+        assert np.array_equal(_toeplitz_words(bits, np.packbits(seed), m), _toeplitz_fft(bits, seed, m))
+
+
+def test_packed_seed_ignores_bits_past_the_matrix() -> None:
+    rng = np.random.default_rng(9)
+    bits, seed = _bits(rng, 100), _bits(rng, 100 + 64 - 1)
+    want = toeplitz_hash(bits, seed, 64)
+    for tail in (np.zeros(1 + 64, np.uint8), np.ones(1 + 64, np.uint8)):  # 163 bits: a padded byte, then a spare word
+        packed = np.packbits(np.concatenate([seed, tail])).tobytes()
+        assert np.array_equal(toeplitz_hash_packed(bits, packed, 64), want)
+    with pytest.raises(LocalProtocolError, match="at least 163 bits"):
+        toeplitz_hash_packed(bits, np.packbits(seed).tobytes()[:-1], 64)

@@ -219,3 +219,25 @@ def test_repr_hides_key_material() -> None:
     key = bytes(range(KEY_BYTES))
     text = repr(AuthKeyReserve(key))
     assert key.hex() not in text and key.hex()[:8] not in text
+
+
+def test_transcript_tag_is_the_one_time_tag_of_its_digest_input() -> None:
+    rng = np.random.default_rng(3)
+    transcript = Transcript()
+    transcript.append("A>B", b"hello")
+    transcript.append_parts("B>A", [b"he", b"", b"llo", rng.bytes(1000)])
+    key = rng.bytes(KEY_BYTES)
+    tag = transcript.tag(key)
+    assert tag == one_time_tag(key, transcript.digest_input())
+    transcript.verify(key, tag)
+    with pytest.raises(AuthenticationFailed):
+        transcript.verify(key, bytes(16))
+    with pytest.raises(AuthenticationFailed):
+        transcript.verify(key, tag[:8])
+    # Pieces frame as one payload: the same bytes split differently give the same transcript.
+    other = Transcript()
+    other.append("A>B", b"hello")
+    other.append("B>A", b"hello" + transcript.digest_input()[-1000:])
+    assert other.digest_input() == transcript.digest_input()
+    with pytest.raises(LocalProtocolError):
+        transcript.append_parts("A>B", ["text"])  # type: ignore[list-item]

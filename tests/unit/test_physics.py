@@ -380,6 +380,12 @@ def test_frame_round_trip_wide_fields() -> None:
     parsed = PhotonFrame.from_bytes(frame.to_bytes())
     assert np.array_equal(parsed.slots, frame.slots)
     assert np.array_equal(parsed.photons, frame.photons)
+    # Gaps below 2**16 travel in two bytes; one gap of 2**16 needs four.
+    for last, width in ((4 + 65535, 2), (4 + 65536, 4)):
+        small = replace(frame, n_slots=1 << 20, slots=np.array([3, 4, last], np.int64))
+        data = small.to_bytes()
+        assert len(data) == 21 + 3 * width + 3 * 2 + 2
+        assert np.array_equal(PhotonFrame.from_bytes(data).slots, small.slots)
     assert np.array_equal(parsed.state_bases, frame.state_bases)
     assert np.array_equal(parsed.state_bits, frame.state_bits)
 
@@ -387,7 +393,7 @@ def test_frame_round_trip_wide_fields() -> None:
 def _frame_bytes(
     n_slots: int, gaps: list[int], photons: list[int], bases: int = 0, bits: int = 0, flags: int = 0
 ) -> bytes:
-    gap_fmt = "Q" if flags & 1 else "I"
+    gap_fmt = "Q" if flags & 1 else "H" if flags & 4 else "I"
     photon_fmt = "H" if flags & 2 else "B"
     count = len(gaps)
     packed = (count + 7) // 8
@@ -403,6 +409,8 @@ def _frame_bytes(
 def test_hand_built_frame_parses() -> None:
     frame = PhotonFrame.from_bytes(_frame_bytes(100, [5, 1, 10], [1, 2, 3], bases=0b1010_0000))
     assert frame.slots.tolist() == [5, 6, 16]
+    narrow = PhotonFrame.from_bytes(_frame_bytes(100, [5, 1, 10], [1, 2, 3], bases=0b1010_0000, flags=0x04))
+    assert narrow.slots.tolist() == [5, 6, 16]
     assert frame.photons.tolist() == [1, 2, 3]
     assert frame.state_bases.tolist() == [1, 0, 1]
 
@@ -414,6 +422,7 @@ def test_hand_built_frame_parses() -> None:
         pytest.param(b"QPF1\x00", id="truncated-header"),
         pytest.param(_frame_bytes(100, [5, 1], [1, 1]).replace(b"QPF1", b"QPF2"), id="magic"),
         pytest.param(_frame_bytes(100, [5, 1], [1, 1], flags=0x80), id="unknown-flag"),
+        pytest.param(_frame_bytes(100, [5, 1], [1, 1], flags=0x05), id="wide-and-narrow-gaps"),
         pytest.param(_frame_bytes(100, [5, 1], [1, 1])[:-1], id="short"),
         pytest.param(_frame_bytes(100, [5, 1], [1, 1]) + b"\x00", id="long"),
         pytest.param(_frame_bytes(100, [5, 0], [1, 1]), id="repeated-slot"),
