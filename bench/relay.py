@@ -5,10 +5,13 @@ What is measured
 Every figure comes from real node processes started by the real launcher
 (:func:`qcinode.testing.start_network`, i.e. :class:`qcinode.cluster.launcher.Cluster`,
 what ``qcinode up`` runs) in a temporary state directory, and from a client
-that speaks ETSI GS QKD 014 over HTTPS with mutual TLS
-(:class:`qcinode.kme.client.EtsiClient`, standard library only: one new TLS
-connection per request, as that client does). Links are 10 km with the
-topology defaults and ``postprocessing: {block_bits: 50000}``.
+that speaks ETSI GS QKD 014 over HTTPS with mutual TLS, standard library
+only: parts 1 and 2 keep one connection open per client thread
+(:class:`KeepAliveClient`, HTTP/1.1 keep-alive, as a real application
+does; ``--new-connections`` opens one per request instead, as
+:class:`qcinode.kme.client.EtsiClient` does), part 3 uses ``EtsiClient``.
+Links are 10 km with the topology defaults and
+``postprocessing: {block_bits: 50000}``.
 
 1. **Latency per hop count.** A 6-node chain ``n0 - n1 - ... - n5`` at
    ``emulation: {speed: max}``, SAEs ``sae-n0`` (master) at n0 and
@@ -26,8 +29,12 @@ topology defaults and ``postprocessing: {block_bits: 50000}``.
    ``--seconds`` with ``number`` = 1, then with ``number`` = 16 (keys are not
    redeemed). Printed: keys/s, requests/s, 503 count (a thread that gets a
    503 waits 10 ms), request latency p50 / p99, and the n0-n1 link's secret
-   key growth in the same window for comparison. Pools running dry is a
-   result, not an error.
+   key growth in the same window for comparison; also keys/s over the part
+   of the window before the first 503 (while n0's half of the pool still
+   had stock: what the node serves, as opposed to what the link makes).
+   Before each run the bench waits (up to ``--stock-wait`` s) until n0's half
+   holds ``--stock-bits``.
+   Pools running dry is a result, not an error.
 3. **Delivered rate against the bottleneck link.** A 4-node chain
    ``m0 - m1 - m2 - m3`` (3 hops, SAEs ``sae-a`` at m0 and ``sae-b`` at m3) at
    ``emulation.speed`` 1.0 (real time) with ``source.rate_hz`` = ``--rate-hz``
@@ -71,14 +78,17 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import http.client
 import json
 import math
 import os
 import shutil
+import ssl
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,6 +133,73 @@ def launch(work: Path, mapping: dict[str, Any], ready_timeout_s: float) -> QciNe
     topology = work / "topology-source.yaml"
     topology.write_text(yaml.safe_dump(mapping, sort_keys=False))
     return start_network(topology, work / "state", speed=None, ready_timeout_s=ready_timeout_s)
+
+
+# --------------------------------------------------------------------------- a keep-alive ETSI 014 client
+
+
+class KeepAliveClient:
+    """An ETSI 014 client holding one HTTPS connection per KME open (HTTP/1.1 keep-alive); not thread-safe.
+
+    Same answers as :class:`qcinode.kme.client.EtsiClient` (status, decoded
+    JSON); a connection the server closed is opened again once per request.
+    """
+
+    def __init__(self, ca: Path, cert: Path, key: Path) -> None:
+        self.context = ssl.create_default_context(cafile=str(ca))
+        self.context.load_cert_chain(str(cert), str(key))
+        self.connections: dict[str, http.client.HTTPSConnection] = {}
+
+    def request(self, method: str, url: str, body: Any | None = None, timeout_s: float = 30.0) -> tuple[int, Any]:
+        parts = urllib.parse.urlsplit(url)
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        for attempt in (1, 2):
+            conn = self.connections.get(parts.netloc)
+            if conn is None:
+                conn = self.connections[parts.netloc] = http.client.HTTPSConnection(parts.netloc, context=self.context, timeout=timeout_s)
+            try:
+                conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=data, headers=headers)
+                response = conn.getresponse()
+                raw = response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, http.client.CannotSendRequest):
+                conn.close()
+                del self.connections[parts.netloc]
+                if attempt == 2:
+                    raise
+                continue
+            if response.will_close:
+                conn.close()
+                del self.connections[parts.netloc]
+            try:
+                return int(response.status), json.loads(raw or b"null")
+            except ValueError:
+                return int(response.status), {"message": raw.decode(errors="replace")}
+        raise AssertionError("unreachable")
+
+    def enc_keys(self, kme_url: str, slave_sae: str, number: int = 1, size_bits: int = 256) -> tuple[int, Any]:
+        return self.request("POST", f"{kme_url}/api/v1/keys/{slave_sae}/enc_keys", {"number": number, "size": size_bits})
+
+    def dec_keys(self, kme_url: str, master_sae: str, key_ids: list[str]) -> tuple[int, Any]:
+        return self.request("POST", f"{kme_url}/api/v1/keys/{master_sae}/dec_keys", {"key_IDs": [{"key_ID": key_id} for key_id in key_ids]})
+
+
+#: Whether parts 1 and 2 open a new connection per request (``--new-connections``).
+NEW_CONNECTIONS = False
+_clients = threading.local()
+
+
+def client_for(network: QciNetwork, sae_id: str) -> Any:
+    """This thread's client for ``sae_id``: a kept-alive connection, or EtsiClient with ``--new-connections``."""
+    if NEW_CONNECTIONS:
+        return network.client(sae_id)
+    cache = getattr(_clients, "cache", None)
+    if cache is None:
+        cache = _clients.cache = {}
+    if sae_id not in cache:
+        creds = network.sae(sae_id)
+        cache[sae_id] = KeepAliveClient(network.ca, creds.cert, creds.key)
+    return cache[sae_id]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -231,7 +308,7 @@ def one_key(network: QciNetwork, master: str, slave: str, result: LatencyResult 
     """enc_keys at the master's KME then dec_keys at the slave's; timings go to ``result``."""
     m, s = network.sae(master), network.sae(slave)
     t0 = time.perf_counter()
-    status, enc = network.client(master).enc_keys(m.kme_url, slave, number=1, size_bits=key_bits)
+    status, enc = client_for(network, master).enc_keys(m.kme_url, slave, number=1, size_bits=key_bits)
     t1 = time.perf_counter()
     if status != 200:
         if result is not None:
@@ -243,7 +320,7 @@ def one_key(network: QciNetwork, master: str, slave: str, result: LatencyResult 
         return
     ids = [k["key_ID"] for k in enc["keys"]]
     t2 = time.perf_counter()
-    status, dec = network.client(slave).dec_keys(s.kme_url, master, ids)
+    status, dec = client_for(network, slave).dec_keys(s.kme_url, master, ids)
     t3 = time.perf_counter()
     if result is None:
         return
@@ -278,9 +355,15 @@ def run_latency(network: QciNetwork, requests: int) -> list[LatencyResult]:
     return results
 
 
+def connection_note() -> str:
+    if NEW_CONNECTIONS:
+        return "every request opens a new HTTPS+mTLS connection, as EtsiClient does"
+    return "one kept-alive HTTPS+mTLS connection per client thread and KME"
+
+
 def print_latency(results: Sequence[LatencyResult], requests: int) -> None:
     print(f"\n== 1. latency, chain n0..n5, 10 km links, speed max; {requests} sequential requests of 1 x 256-bit key (after {WARMUP_REQUESTS} warm-up) ==")
-    print("   (each request opens a new HTTPS+mTLS connection, as EtsiClient does; latencies over successful requests)")
+    print(f"   ({connection_note()}; latencies over successful requests)")
     header = (
         f"  {'hops':>4} {'pair':<16} {'ok':>4} {'enc p50':>8} {'enc p99':>8} {'dec p50':>8} {'dec p99':>8}"
         f" {'e+d p50':>8} {'e+d p99':>8} {'503 enc/dec':>12}  checks"
@@ -319,6 +402,13 @@ class ThroughputResult:
     total_pool_bits: tuple[int, int] = (0, 0)
     relays_delivered: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)
+    done_at: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (seconds into the window, keys) per answer
+    first_503_s: float = math.inf  # seconds into the window
+
+    def before_first_503(self) -> tuple[int, float]:
+        """Keys served before the first 503 and that span (the whole window if none)."""
+        span = min(self.first_503_s, self.seconds)
+        return sum(n for t, n in self.done_at if t <= span), span
 
 
 def own_half_bits(status: dict[str, Any], node: str, link_id: str) -> int:
@@ -330,18 +420,32 @@ def own_half_bits(status: dict[str, Any], node: str, link_id: str) -> int:
     return -1
 
 
+def wait_for_stock(network: QciNetwork, bits: int, timeout_s: float) -> None:
+    """Waits (at most ``timeout_s``) until n0's half of the n0-n1 pool holds ``bits``: part 2 measures the node, not the link."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        have = own_half_bits(cluster_status(network.state_dir), "n0", "n0-n1")
+        if have >= bits or time.monotonic() >= deadline:
+            log(f"throughput: n0's half of the n0-n1 pool holds {have} bits (waited for {bits})")
+            return
+        time.sleep(2.0)
+
+
 def run_throughput(network: QciNetwork, number: int, threads: int, seconds: float) -> ThroughputResult:
     result = ThroughputResult(number, threads)
     m = network.sae("sae-n0")
     lock = threading.Lock()
     start = threading.Barrier(threads + 1)
     stop_at = [math.inf]
+    t_start = [math.inf]
 
     def worker() -> None:
-        client = network.client("sae-n0")
+        client = client_for(network, "sae-n0")
         keys = ok = refused = 0
         other: Counter[str] = Counter()
         lat: list[float] = []
+        done: list[tuple[float, int]] = []
+        first_503 = math.inf
         start.wait()
         try:
             while time.monotonic() < stop_at[0]:
@@ -357,8 +461,10 @@ def run_throughput(network: QciNetwork, number: int, threads: int, seconds: floa
                     ok += 1
                     keys += len(body["keys"])
                     lat.append(dt)
+                    done.append((time.monotonic() - t_start[0], len(body["keys"])))
                 elif status == 503:
                     refused += 1
+                    first_503 = min(first_503, time.monotonic() - t_start[0])
                     time.sleep(HAMMER_BACKOFF_S)
                 else:
                     other[f"{status}: {str(body)[:120]}"] += 1
@@ -371,6 +477,8 @@ def run_throughput(network: QciNetwork, number: int, threads: int, seconds: floa
             result.requests_503 += refused
             result.other.update(other)
             result.latencies_s.extend(lat)
+            result.done_at.extend(done)
+            result.first_503_s = min(result.first_503_s, first_503)
 
     log(f"throughput: {threads} threads, number={number}, {seconds:g} s, sae-n0 -> sae-n1")
     status_before = cluster_status(network.state_dir)
@@ -378,15 +486,15 @@ def run_throughput(network: QciNetwork, number: int, threads: int, seconds: floa
     workers = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
     for t in workers:
         t.start()
-    t_start = time.monotonic()
-    stop_at[0] = t_start + seconds
+    t_start[0] = time.monotonic()
+    stop_at[0] = t_start[0] + seconds
     start.wait()
     for t in workers:
         t.join(timeout=seconds + 120)
     t_end = time.monotonic()
     status_after = cluster_status(network.state_dir)
     after = dict(status_after["links"].get("n0-n1", {}))
-    result.seconds = t_end - t_start
+    result.seconds = t_end - t_start[0]
     result.link_secret_bits = int(after.get("secret_bits", 0)) - int(before.get("secret_bits", 0))
     result.link_emulated_s = float(after.get("emulated_s", 0.0)) - float(before.get("emulated_s", 0.0))
     result.pool_bits = (own_half_bits(status_before, "n0", "n0-n1"), own_half_bits(status_after, "n0", "n0-n1"))
@@ -400,7 +508,7 @@ def run_throughput(network: QciNetwork, number: int, threads: int, seconds: floa
 
 def print_throughput(results: Sequence[ThroughputResult]) -> None:
     print("\n== 2. keys per second served by one node: enc_keys at n0 for sae-n1 (1 hop), 256-bit keys, concurrent client threads ==")
-    print("   (no dec_keys; a thread that gets 503 waits 10 ms; every request opens a new HTTPS+mTLS connection)")
+    print(f"   (no dec_keys; a thread that gets 503 waits 10 ms; {connection_note()})")
     header = (
         f"  {'number':>6} {'threads':>7} {'window s':>8} {'keys':>7} {'keys/s':>8} {'req ok':>7} {'req/s':>7} {'503':>6} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'key bits/s':>10} {'n0-n1 secret bit/s':>18} {'n0 half start->end':>20} {'both halves start->end':>23}"
@@ -415,6 +523,11 @@ def print_throughput(results: Sequence[ThroughputResult]) -> None:
             f"{r.requests_ok / s:>7.1f} {r.requests_503:>6} {1e3 * percentile(r.latencies_s, 50):>7.1f} "
             f"{1e3 * percentile(r.latencies_s, 99):>7.1f} {256 * r.keys / s:>10.4g} {link_rate:>18.4g} "
             f"{r.pool_bits[0]:>9} -> {r.pool_bits[1]:<7} {r.total_pool_bits[0]:>9} -> {r.total_pool_bits[1]:<7}"
+        )
+        served, span = r.before_first_503()
+        print(
+            f"      before the first 503 ({span:.1f} s of the window, n0's half still had stock): {served} keys = "
+            f"{served / span if span > 0 else math.nan:.1f} keys/s served"
         )
         orphans = r.relays_delivered - r.keys
         if orphans:
@@ -637,7 +750,10 @@ def run_chain(args: argparse.Namespace) -> None:
         log(f"chain: every SAE pair has key after {time.monotonic() - t0:.1f} s")
         latency = run_latency(network, args.requests)
         print_latency(latency, args.requests)
-        throughput = [run_throughput(network, number, args.concurrency, args.seconds) for number in (1, 16)]
+        throughput = []
+        for number in (1, 16):
+            wait_for_stock(network, args.stock_bits, args.stock_wait)
+            throughput.append(run_throughput(network, number, args.concurrency, args.seconds))
         print_throughput(throughput)
         print("\n== chain n0..n5 after parts 1 and 2 ==")
         print_network_counters(cluster_status(network.state_dir))
@@ -668,7 +784,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="requests 20, seconds 5, rate-seconds 10")
     p.add_argument("--skip", action="append", choices=("chain", "rate"), default=[], help="skip parts 1+2 (chain) or 3 (rate)")
     p.add_argument("--keep", action="store_true", help="keep the state directories (logs) after the run")
+    p.add_argument("--stock-bits", type=int, default=400_000, help="part 2: n0's half of the n0-n1 pool to wait for before each run")
+    p.add_argument("--stock-wait", type=float, default=90.0, help="part 2: most seconds to wait for that stock")
+    p.add_argument("--new-connections", action="store_true", help="parts 1 and 2: a new HTTPS connection per request (as EtsiClient)")
     args = p.parse_args(argv)
+    global NEW_CONNECTIONS
+    NEW_CONNECTIONS = args.new_connections
     if args.quick:
         args.requests, args.seconds, args.rate_seconds = 20, 5.0, 10.0
     if args.key_bits % 8 or not 64 <= args.key_bits <= 8192:

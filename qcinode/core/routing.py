@@ -49,10 +49,27 @@ Theory of operation:
       stepped back), the next ``originate`` jumps past it; the window keeps
       that jump within a minute of the clock, so the sequence space can
       never be exhausted by it.
-    * **Ageing.** An advert not refreshed within ``max_age_s`` seconds is
-      dropped by :meth:`LinkStateDatabase.expire`: its origin is taken to be
-      dead. Origins must re-originate well within ``max_age_s`` (e.g. every
-      ``max_age_s / 3``). The highest sequence of a dropped origin is kept
+    * **When to originate** (:class:`AdvertSchedule`): when the local links
+      change — a link going up or down, or the key a link can carry moving
+      by at least a quarter (from or to nothing included) — and otherwise as
+      a slow refresh every ``refresh_s`` (10 s) shortened by a random jitter
+      of up to a quarter, so that nodes started together do not flood
+      together; never more often than ``min_interval_s`` (1 s). Flooding
+      sends every advert over every link of the network, so a node handles
+      about ``2 L / refresh_s`` advert messages a second (``L`` links in
+      all): in a mesh, ``L`` grows with the number of nodes ``N``, so
+      :func:`advert_timing` stretches the refresh to ``N`` seconds (at
+      least 10 s) and the minimum interval to a tenth of that, which keeps
+      each node's share constant as the network grows (each message costs a
+      gRPC call and a signature check). Between adverts a relay source's own
+      debits (:meth:`LinkStateDatabase.debit`) keep its copy honest about
+      what it spent.
+    * **Ageing.** An advert not refreshed within ``max_age_s`` seconds
+      (three and a half refresh periods, 35 s for up to 10 nodes, so two
+      lost refreshes do not drop a live origin) is dropped by :meth:`LinkStateDatabase.expire`:
+      its origin is taken to be dead. A dead node's links are avoided long
+      before that: its neighbours' sessions to it break and their next
+      advert, sent at once on that change, reports the links down. The highest sequence of a dropped origin is kept
       as a tombstone for another ``max_age_s``, so a stale copy still being
       flooded cannot resurrect it; after that every node has aged the copy
       out and the sequence window refuses it anyway. A restarted origin
@@ -97,10 +114,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from qcinode.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
     "DEFAULT_MAX_AGE_S",
+    "DEFAULT_MIN_INTERVAL_S",
+    "DEFAULT_REFRESH_S",
+    "AdvertSchedule",
+    "AdvertTiming",
+    "advert_timing",
     "DEFAULT_MAX_SKEW_S",
     "MAX_SEQUENCE",
     "AdvertRejected",
@@ -113,8 +137,20 @@ __all__ = [
     "advert_bytes",
 ]
 
-#: Default advert lifetime without a refresh.
-DEFAULT_MAX_AGE_S = 6.0
+#: Default advert lifetime without a refresh: three and a half default refresh periods.
+DEFAULT_MAX_AGE_S = 35.0
+
+#: Default longest time between two adverts of an origin whose links did not change.
+DEFAULT_REFRESH_S = 10.0
+
+#: Default shortest time between two adverts of one origin.
+DEFAULT_MIN_INTERVAL_S = 1.0
+
+#: Refresh period per node of the network, once that exceeds DEFAULT_REFRESH_S.
+REFRESH_PER_NODE_S = 1.0
+
+#: Advert lifetime in refresh periods.
+MAX_AGE_REFRESHES = 3.5
 
 #: How far a received sequence may lie ahead of our wall clock (seconds of the ms scheme).
 DEFAULT_MAX_SKEW_S = 60.0
@@ -656,6 +692,115 @@ class LinkStateDatabase:
 
 
 # -- validation ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AdvertTiming:
+    """The advert periods of a network: every node must use the same (they come from the topology)."""
+
+    refresh_s: float
+    min_interval_s: float
+    max_age_s: float
+
+
+def advert_timing(n_nodes: int) -> AdvertTiming:
+    """The advert periods for a network of ``n_nodes`` nodes (the module docstring's "When to originate").
+
+    Args:
+        n_nodes: Nodes in the topology, at least 1.
+
+    Raises:
+        LocalProtocolError: ``n_nodes`` is not a positive int.
+    """
+    if not _is_int(n_nodes) or n_nodes < 1:
+        raise LocalProtocolError(f"n_nodes must be a positive int, got {n_nodes!r}")
+    refresh = max(DEFAULT_REFRESH_S, REFRESH_PER_NODE_S * n_nodes)
+    return AdvertTiming(refresh_s=refresh, min_interval_s=max(DEFAULT_MIN_INTERVAL_S, refresh / 10), max_age_s=MAX_AGE_REFRESHES * refresh)
+
+
+class AdvertSchedule:
+    """When a node originates its advert: on a change of its links, else a jittered slow refresh (pure).
+
+    The rules are the module docstring's "When to originate". Ask
+    :meth:`due` with the local links at each tick of the driver; after
+    originating, tell :meth:`sent`.
+    """
+
+    __slots__ = ("_refresh_s", "_min_interval_s", "_jitter", "_change_fraction", "_rng", "_last", "_last_at", "_next_refresh")
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        *,
+        refresh_s: float = DEFAULT_REFRESH_S,
+        min_interval_s: float = DEFAULT_MIN_INTERVAL_S,
+        jitter: float = 0.25,
+        change_fraction: float = 0.25,
+    ) -> None:
+        """A schedule that has sent nothing yet.
+
+        Args:
+            rng: Draws the refresh jitter (seeded in tests).
+            refresh_s: Longest time between adverts when nothing changes (the
+                refresh comes after ``refresh_s · U(1 - jitter, 1)``).
+            min_interval_s: Shortest time between adverts, whatever changes.
+            jitter: Fraction of ``refresh_s`` by which a refresh may come early, in [0, 1).
+            change_fraction: A link's available bytes moving by at least this
+                fraction of the larger of the old and new figures is a change, in (0, 1].
+
+        Raises:
+            LocalProtocolError: On a bad interval or fraction.
+        """
+        for name, value in (("refresh_s", refresh_s), ("min_interval_s", min_interval_s)):
+            if not _is_finite_number(value) or value <= 0:
+                raise LocalProtocolError(f"{name} must be positive and finite, got {value!r}")
+        if min_interval_s > refresh_s:
+            raise LocalProtocolError(f"min_interval_s ({min_interval_s!r}) must not exceed refresh_s ({refresh_s!r})")
+        if not _is_finite_number(jitter) or not 0 <= jitter < 1:
+            raise LocalProtocolError(f"jitter must be in [0, 1), got {jitter!r}")
+        if not _is_finite_number(change_fraction) or not 0 < change_fraction <= 1:
+            raise LocalProtocolError(f"change_fraction must be in (0, 1], got {change_fraction!r}")
+        self._refresh_s = float(refresh_s)
+        self._min_interval_s = float(min_interval_s)
+        self._jitter = float(jitter)
+        self._change_fraction = float(change_fraction)
+        self._rng = rng
+        self._last: dict[str, LinkAdvert] | None = None
+        self._last_at = -math.inf
+        self._next_refresh = -math.inf
+
+    @property
+    def refresh_s(self) -> float:
+        """Longest time between two adverts when nothing changes."""
+        return self._refresh_s
+
+    def due(self, links: Sequence[LinkAdvert], now: float) -> str | None:
+        """Why an advert is due now (``"first"``, ``"links_changed"``, ``"available_changed"``, ``"refresh"``), or None.
+
+        Args:
+            links: The local links now.
+            now: The driver's clock (seconds).
+        """
+        if self._last is None:
+            return "first"
+        if now - self._last_at < self._min_interval_s:
+            return None
+        current = {link.link_id: link for link in links}
+        if {k: (v.peer, v.up) for k, v in current.items()} != {k: (v.peer, v.up) for k, v in self._last.items()}:
+            return "links_changed"
+        for link_id, link in current.items():
+            old, new = self._last[link_id].available_out_bytes, link.available_out_bytes
+            if abs(new - old) >= self._change_fraction * max(old, new) and old != new:
+                return "available_changed"
+        if now >= self._next_refresh:
+            return "refresh"
+        return None
+
+    def sent(self, links: Sequence[LinkAdvert], now: float) -> None:
+        """Records that ``links`` were advertised at ``now``; draws the next refresh time."""
+        self._last = {link.link_id: link for link in links}
+        self._last_at = now
+        self._next_refresh = now + self._refresh_s * float(self._rng.uniform(1.0 - self._jitter, 1.0))
 
 
 def _validate_advert(advert: object, error: type[ProtocolError]) -> None:

@@ -5,7 +5,9 @@ servicer methods (the quantum-channel stream and the classical session).
 They translate, pace, enforce deadlines and log; every protocol decision is
 made by :mod:`qcinode.core.pipeline`, and the reconnection Hello (what the two
 ends keep after a break, and the one-time MAC keys that authenticate it) by
-:mod:`qcinode.core.resync`.
+:mod:`qcinode.core.resync`. The protocol steps run in the node's protocol
+thread and the state is written in its storage thread
+(:mod:`qcinode.node.offload`), so that the event loop keeps serving keys.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from ..transport.pb import link_pb2 as pb
 from ..transport.pb import link_pb2_grpc as pb_grpc
 from .access import caller_common_name
 from .faults import FaultInjector
+from .offload import Offload
 from .runtime import LinkRuntime, next_frame_slots
 from .tasks import Companions, cancelled_when
 
@@ -121,10 +124,12 @@ class AliceWorker:
         faults: FaultInjector | None = None,
         fault: ClassicalFault | None = None,
         stage_timeout_s: float = STAGE_TIMEOUT_S,
+        offload: Offload | None = None,
     ) -> None:
         self.faults = faults or FaultInjector()
         self.fault = fault or self.faults.classical
         self.stage_timeout_s = stage_timeout_s
+        self.offload = offload or Offload.inline()
         self.rt = rt
         self.channel_factory = channel_factory
         self.clock = clock
@@ -191,7 +196,7 @@ class AliceWorker:
         opening = exchange.start()
         # The Hello reveals only saved state, and its two MAC keys are saved
         # as used before it leaves (a failed save leaves memory ahead of the disk).
-        rt.persist()
+        await rt.persist_async(self.offload.storage)
         call = pb_grpc.PostProcessingStub(channel).Session()
         try:
             for wire in await self.fault(rt.link_id, "A>B", codec.encode_hello(opening)):
@@ -210,7 +215,7 @@ class AliceWorker:
             raise
         result = exchange.result
         if isinstance(result, CursorBehind):
-            rt.persist()
+            await rt.persist_async(self.offload.storage)
             call.cancel()
             self.log.warning(
                 "link.cursor_behind",
@@ -220,7 +225,7 @@ class AliceWorker:
             raise TransportError("MAC-key cursor was behind the peer's; dialling again")
         assert isinstance(result, Reconciliation)
         apply_reconciliation(rt, result)
-        rt.persist()
+        await rt.persist_async(self.offload.storage)
         quantum = pb_grpc.QuantumChannelStub(channel).Transmit()
         alice = AliceLink(rt.config, rt.auth, self.key_rng, self.noise_rng, next_block_seq=rt.next_block_seq)
         alice.next_frame_id = rt.next_frame_id
@@ -265,15 +270,12 @@ class AliceWorker:
                     if delay > 0:
                         await asyncio.sleep(delay)
                 at_utc = plan.at_utc if rt.config.channel is not None else None
-                frame_id, frame = alice.emit_frame(plan.n_slots, at_utc=at_utc, close_block=plan.close_block, ahead=ahead)
+                # emit_frame draws pulses and touches no MAC key: no snapshot of the reserve needed.
+                frame_id, n_slots, payload = await self.offload.step(_emit_frame, alice, plan.n_slots, at_utc, plan.close_block, ahead)
                 position.advance(plan.n_slots)
                 rt.next_frame_id = alice.next_frame_id
                 rt.note_frame(plan.n_slots)
-                await quantum.write(
-                    pb.PulseFrame(
-                        link_id=rt.link_id, frame_id=frame_id, n_slots=frame.n_slots, payload=frame.to_bytes(), at_utc=at_utc or 0.0
-                    )
-                )
+                await quantum.write(pb.PulseFrame(link_id=rt.link_id, frame_id=frame_id, n_slots=n_slots, payload=payload, at_utc=at_utc or 0.0))
             waiting = self.stage_timeout_s
             if rt.config.error_correction == "ldpc" and alice.state is Phase.RECONCILING:
                 waiting = max(waiting, LDPC_DECODE_TIMEOUT_S)  # Bob is decoding
@@ -282,11 +284,12 @@ class AliceWorker:
             if envelope is grpc.aio.EOF:
                 raise TransportError("peer closed the classical channel")
             cursor = rt.auth.cursor
-            outs = alice.receive(codec.decode(envelope))
+            async with rt.stepping():
+                outs = await self.offload.step(_receive_envelope, alice, envelope)
             rt.next_block_seq = alice.next_block_seq
             events = rt.record(alice.take_events())
             if events or rt.auth.cursor != cursor:
-                rt.persist()  # before the tag or the Commit leaves
+                await rt.persist_async(self.offload.storage)  # before the tag or the Commit leaves
             self._log_events(events)
             for out in outs:
                 for wire in await self.fault(rt.link_id, "A>B", codec.encode(out)):
@@ -322,6 +325,17 @@ class AliceWorker:
     def _log_events(self, events: list[Any]) -> None:
         for event in events:
             _log_block(self.log, event)
+
+
+def _emit_frame(alice: AliceLink, n_slots: int, at_utc: float | None, close_block: bool, ahead: bool = False) -> tuple[int, int, bytes]:
+    """A protocol-thread step: Alice's next frame, as (frame ID, slots, payload); ``ahead``: while a block is open."""
+    frame_id, frame = alice.emit_frame(n_slots, at_utc=at_utc, close_block=close_block, ahead=ahead)
+    return frame_id, frame.n_slots, frame.to_bytes()
+
+
+def _receive_envelope(link: AliceLink | BobLink, envelope: pb.ClassicalMessage) -> list[Any]:
+    """A protocol-thread step: one classical message into a link's protocol object."""
+    return link.receive(codec.decode(envelope))
 
 
 def _lost_reason(rt: LinkRuntime, faults: FaultInjector) -> str:
@@ -365,10 +379,12 @@ class BobEndpoint:
         faults: FaultInjector | None = None,
         fault: ClassicalFault | None = None,
         stage_timeout_s: float = STAGE_TIMEOUT_S,
+        offload: Offload | None = None,
     ) -> None:
         self.faults = faults or FaultInjector()
         self.fault = fault or self.faults.classical
         self.stage_timeout_s = stage_timeout_s
+        self.offload = offload or Offload.inline()
         self.links = links
         self.rng_factory = rng_factory
         self.frames: dict[str, asyncio.Queue[tuple[int, PhotonFrame, float | None]]] = {
@@ -437,8 +453,11 @@ class BobEndpoint:
         try:
             hello = codec.decode_hello(first.hello)
             # Checked on a copy first: a Hello that fails (tampered, forged,
-            # replayed) changes nothing, not even the session that is running.
-            HelloExchange(link_snapshot(rt), rt.auth.copy()).receive(hello)
+            # replayed) changes nothing, not even the session that is running
+            # (copied between two of its protocol steps, never during one).
+            async with rt.step_lock:
+                reserve = rt.auth.copy()
+            HelloExchange(link_snapshot(rt), reserve).receive(hello)
         except (HelloRefused, RemoteProtocolError) as exc:
             reason = exc.reason.value if isinstance(exc, HelloRefused) else "malformed"
             bound.warning("link.hello_refused", reason=reason, details=str(exc))
@@ -453,17 +472,20 @@ class BobEndpoint:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(SUPERSEDE_WAIT_S):
                         await ended.wait()
-        exchange = HelloExchange(link_snapshot(rt), rt.auth)
+        # An old session that outlived the wait may be inside a protocol step (in the
+        # protocol thread, on the same MAC-key reserve): the exchange waits for it to end.
+        async with rt.step_lock:
+            exchange = HelloExchange(link_snapshot(rt), rt.auth)
+            try:
+                answers = exchange.receive(hello)
+            except HelloRefused as exc:  # the old session moved the cursor past the Hello's keys
+                bound.warning("link.hello_refused", reason=exc.reason.value, details=str(exc))
+                raise AuthenticationFailed(f"hello refused: {exc.reason.value}") from None
+            result = exchange.result
+            if isinstance(result, Reconciliation):
+                apply_reconciliation(rt, result)
         try:
-            answers = exchange.receive(hello)
-        except HelloRefused as exc:  # the old session moved the cursor past the Hello's keys
-            bound.warning("link.hello_refused", reason=exc.reason.value, details=str(exc))
-            raise AuthenticationFailed(f"hello refused: {exc.reason.value}") from None
-        result = exchange.result
-        if isinstance(result, Reconciliation):
-            apply_reconciliation(rt, result)
-        try:
-            rt.persist()  # before the answer, whose tag uses a key this saves as used
+            await rt.persist_async(self.offload.storage)  # before the answer, whose tag uses a key this saves as used
         except StorageFailure as exc:
             raise _storage_refusal(rt, exc) from exc
         if isinstance(result, CursorBehind):
@@ -545,11 +567,15 @@ class BobEndpoint:
                     cursor = rt.auth.cursor
                     try:
                         if kind == "frame":
-                            outs = bob.receive_frame(*item)
+                            outs = await self.offload.step(bob.receive_frame, *item)  # touches no MAC key
                         elif kind == "decoded":
-                            outs = bob.decoded(item)
+                            # The block's decodes came back from the pool (LDPC): meanwhile
+                            # the loop went on taking frames and sifting the next block.
+                            async with rt.stepping():
+                                outs = await self.offload.step(bob.decoded, item)
                         else:
-                            outs = bob.receive(codec.decode(item))
+                            async with rt.stepping():
+                                outs = await self.offload.step(_receive_envelope, bob, item)
                     except ProtocolError as exc:
                         bound.warning("link.protocol_error", details=str(exc))
                         raise SessionAborted(f"protocol error: {exc}") from exc
@@ -560,7 +586,7 @@ class BobEndpoint:
                     events = rt.record(bob.take_events())
                     if events or rt.auth.cursor != cursor:
                         try:
-                            rt.persist()  # before the tag leaves
+                            await rt.persist_async(self.offload.storage)  # before the tag leaves
                         except StorageFailure as exc:
                             raise _storage_refusal(rt, exc) from exc  # nothing that depends on the unsaved state is sent
                     for event in events:

@@ -11,7 +11,7 @@ descriptors) come from prometheus-client's process collector.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -25,8 +25,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _NodeCollector(Collector):
-    def __init__(self, status: Callable[[], NodeStatus]) -> None:
+    def __init__(self, status: Callable[[], NodeStatus], adverts: Callable[[], Mapping[str, int]]) -> None:
         self.status = status
+        self.adverts = adverts
 
     def collect(self) -> Iterator[Any]:
         status = self.status()
@@ -126,6 +127,15 @@ class _NodeCollector(Collector):
         for rejection, count in sorted((routing.rejected if routing is not None else {}).items(), key=lambda item: item[0].value):
             rejected.add_metric([rejection.value], float(count))
         yield rejected
+        adverts = CounterMetricFamily(
+            "qcinode_routing_adverts",
+            "Routing advert messages: originated here, sent (Advertise calls made), received (answered), new (stored and flooded on)",
+            labels=["kind"],
+        )
+        counts = self.adverts()
+        for kind in ("originated", "sent", "received", "new"):
+            adverts.add_metric([kind], float(counts.get(kind, 0)))
+        yield adverts
         healthy = GaugeMetricFamily(
             "qcinode_storage_healthy",
             "1 while the database file takes reads and writes, 0 from a failed one (full or unwritable disk, I/O error) until one succeeds",
@@ -143,10 +153,16 @@ class _NodeCollector(Collector):
 class NodeMetrics:
     """The registry of one node and the hooks that feed it."""
 
-    def __init__(self, status: Callable[[], NodeStatus]) -> None:
+    def __init__(self, status: Callable[[], NodeStatus], adverts: Callable[[], Mapping[str, int]] = dict) -> None:
+        """A registry whose node figures are read at each scrape.
+
+        Args:
+            status: The node's status.
+            adverts: The routing advert message counts by kind.
+        """
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
-        self.registry.register(_NodeCollector(status))
+        self.registry.register(_NodeCollector(status, adverts))
         self.etsi_requests = Counter(
             "qcinode_etsi014_requests", "ETSI GS QKD 014 requests, by endpoint and HTTP status", ["endpoint", "status"], registry=self.registry
         )

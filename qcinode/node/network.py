@@ -23,8 +23,10 @@ engine decides them; the driver performs the actions in the order given):
   because nobody learnt its key ID.
 
 How the driver performs each action: ``SaveLink`` and ``StoreKey`` at once,
-synchronously (a failed save or store is fed back as such, so nothing that
-depends on it happens); the ``SendHop`` actions of one step concurrently,
+each awaited before anything that follows from it (a failed save or store is
+fed back as such, so nothing that depends on it happens), the write itself in
+the node's storage thread or a worker thread (:mod:`qcinode.node.offload`),
+so that the event loop serves other requests during the fsync; the ``SendHop`` actions of one step concurrently,
 each in a task of one :class:`asyncio.TaskGroup` that feeds the hop's answer
 back and performs what follows. A caller that goes away (the KME's deadline,
 an upstream hop's deadline) cancels its tasks, and the engine is told to
@@ -37,11 +39,12 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
+import numpy as np
 import structlog
 
 from ..core.relay.context import LinkEnd, RelaySettings
@@ -68,7 +71,16 @@ from ..core.relay.messages import (
     SendHop,
     StoreKey,
 )
-from ..core.routing import AdvertRejected, AdvertSigner, AdvertVerifier, LinkAdvert, LinkStateDatabase, RejectReason
+from ..core.routing import (
+    AdvertRejected,
+    AdvertSchedule,
+    AdvertSigner,
+    AdvertVerifier,
+    LinkAdvert,
+    LinkStateDatabase,
+    RejectReason,
+    advert_timing,
+)
 from ..errors import (
     DuplicateKey,
     InsufficientKeyMaterial,
@@ -92,14 +104,16 @@ from ..transport.pb import network_pb2 as pb
 from ..transport.pb import network_pb2_grpc as pb_grpc
 from .access import caller_common_name
 from .faults import FaultInjector
-from .runtime import LinkRuntime
+from .offload import Offload
+from .runtime import LinkRuntime, finish_in_thread
 
 log = structlog.get_logger(__name__)
 
 #: Hands a key over to another network: ``(key_id, master_sae, remote_slaves, key) -> refusal or None``.
 HandOff = Callable[[str, str, tuple[str, ...], bytes], Awaitable["Refusal | None"]]
 
-ADVERT_INTERVAL_S = 1.0
+#: How often the routing loop looks at the local links (and ages out dead origins); adverts follow AdvertSchedule.
+ADVERT_TICK_S = 1.0
 ADVERT_TIMEOUT_S = 2.0
 HOP_TIMEOUT_S = 5.0
 
@@ -141,8 +155,10 @@ class NetworkService(pb_grpc.NetworkServicer):
         faults: FaultInjector | None = None,
         advert_signer: AdvertSigner | None = None,
         advert_verifier: AdvertVerifier | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self.faults = faults or FaultInjector()
+        self.offload = offload or Offload.inline()
         self.node_name = node_name
         self.topology = topology
         self.links = links
@@ -153,7 +169,13 @@ class NetworkService(pb_grpc.NetworkServicer):
         self.multipath_shares = multipath_shares
         self.clock = clock
         self.max_waiting_keys = KmeLimits().max_key_count
-        self.db = LinkStateDatabase(node_name, signer=advert_signer, verifier=advert_verifier)
+        # Every node derives the same periods from the topology's size (core/routing.py).
+        timing = advert_timing(len(topology.nodes))
+        self.db = LinkStateDatabase(node_name, signer=advert_signer, verifier=advert_verifier, max_age_s=timing.max_age_s)
+        # The refresh jitter needs no secrecy, only to differ between nodes started together.
+        self.schedule = AdvertSchedule(np.random.default_rng(), refresh_s=timing.refresh_s, min_interval_s=timing.min_interval_s)
+        #: Advert messages: "originated", "sent" (Advertise calls made), "received" (answered), "new" (stored and flooded on).
+        self.advert_counts: Counter[str] = Counter()
         self.engine = RelayEngine(
             node_name,
             neighbours=_Links(self.by_peer, self.faults),
@@ -194,9 +216,12 @@ class NetworkService(pb_grpc.NetworkServicer):
 
     # -- routing -------------------------------------------------------
     async def run_adverts(self) -> None:
-        """Originates our advert every second, floods it, and ages out dead nodes.
+        """Originates and floods our advert when :class:`AdvertSchedule` says so, and ages out dead nodes.
 
-        The new adverts neighbours send are forwarded by tasks of this loop's
+        It looks at the local links every ``ADVERT_TICK_S``: an advert goes out
+        when they changed (up or down, or the key they can carry by a
+        quarter) and otherwise as the schedule's jittered slow refresh. The
+        new adverts neighbours send are forwarded by tasks of this loop's
         group (:meth:`Advertise` must answer at once), so they end with it.
         """
         async with asyncio.TaskGroup() as forwarding:
@@ -204,11 +229,15 @@ class NetworkService(pb_grpc.NetworkServicer):
             try:
                 while True:
                     now = self.clock()
-                    advert = self.db.originate(self._local_adverts(), now)
-                    await self._flood(advert_to_pb(advert), exclude=set())
+                    links = self._local_adverts()
+                    if self.schedule.due(links, now) is not None:
+                        advert = self.db.originate(links, now)
+                        self.schedule.sent(links, now)
+                        self.advert_counts["originated"] += 1
+                        await self._flood(advert_to_pb(advert), exclude=set())
                     for origin in self.db.expire(now):
                         self.log.info("routing.origin_expired", origin=origin)
-                    await asyncio.sleep(ADVERT_INTERVAL_S)
+                    await asyncio.sleep(ADVERT_TICK_S)
             finally:
                 self._forwarding = None
 
@@ -217,6 +246,7 @@ class NetworkService(pb_grpc.NetworkServicer):
 
         async def send(peer: str) -> None:
             # A neighbour that is down misses this advert and gets the next: nothing to do.
+            self.advert_counts["sent"] += 1
             with contextlib.suppress(TransportError, TimeoutError), rpc_errors(f"advert to {peer}"):
                 await self._stub(peer).Advertise(advert, timeout=ADVERT_TIMEOUT_S)
 
@@ -249,6 +279,7 @@ class NetworkService(pb_grpc.NetworkServicer):
 
     async def Advertise(self, request: pb.LinkStateAdvert, context: grpc.aio.ServicerContext) -> pb.AdvertAck:
         caller = self._neighbour(context).peer
+        self.advert_counts["received"] += 1
         try:
             is_new = self.db.receive(advert_from_pb(request), self.clock())
         except AdvertRejected as exc:
@@ -262,6 +293,8 @@ class NetworkService(pb_grpc.NetworkServicer):
                 details=str(exc)[:300],
             )
             raise RemoteProtocolError(f"advert rejected: {exc.reason.value}") from None
+        if is_new:
+            self.advert_counts["new"] += 1
         if is_new and self._forwarding is not None:  # not yet routing (starting) or no longer (stopping): the next advert will do
             self._forwarding.create_task(self._forward(request, exclude={caller, request.origin}))
         return pb.AdvertAck()
@@ -281,11 +314,11 @@ class NetworkService(pb_grpc.NetworkServicer):
             action = todo.popleft()
             match action:
                 case SaveLink():
-                    todo.extend(self.engine.receive(LinkSaved(action.ref, self._save(action.link_id))))
+                    todo.extend(self.engine.receive(LinkSaved(action.ref, await self._save(action.link_id))))
                 case StoreKey() if self._remote_slaves(action.slave_saes):
                     handoffs.append(action)
                 case StoreKey():
-                    todo.extend(self.engine.receive(self._store(action)))
+                    todo.extend(self.engine.receive(await self._store_off_loop(action)))
                 case SendHop():
                     sends.append(action)
                 case AnswerHop() | DeliverKeys() | FailRequest():
@@ -309,7 +342,7 @@ class NetworkService(pb_grpc.NetworkServicer):
     async def _hand_off(self, action: StoreKey) -> list[RelayAction]:
         """Stores the key for our own slaves, then hands it to the other network for its slaves; feeds the outcome back."""
         remote = self._remote_slaves(action.slave_saes)
-        result = self._store(action) if len(remote) < len(action.slave_saes) else KeyStored(action.ref)
+        result = await self._store_off_loop(action) if len(remote) < len(action.slave_saes) else KeyStored(action.ref)
         if result.refusal is None:
             if self.hand_off is None:
                 refusal: Refusal | None = Refusal(
@@ -325,13 +358,20 @@ class NetworkService(pb_grpc.NetworkServicer):
         refusal = await self._transmit(action)
         return await self._drive(self.engine.receive(HopAnswered(action.ref, refusal)))
 
-    def _save(self, link_id: str) -> str | None:
+    async def _save(self, link_id: str) -> str | None:
         """Writes the link's state through; why not, if it could not be (then nothing depending on it is sent)."""
         try:
-            self.links[link_id].persist()
+            await self.links[link_id].persist_async(self.offload.storage)
         except StorageFailure as exc:
             return exc.reason
         return None
+
+    async def _store_off_loop(self, action: StoreKey) -> KeyStored:
+        """:meth:`_store` in a worker thread (an fsync'ed transaction) when the node has threads."""
+        if self.offload.storage is None:
+            return self._store(action)
+        stored: KeyStored = await finish_in_thread(asyncio.get_running_loop().run_in_executor(None, self._store, action))
+        return stored
 
     def _store(self, action: StoreKey) -> KeyStored:
         """Stores a key for the slaves attached here; the key store's outcome as the engine's vocabulary."""

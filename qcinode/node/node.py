@@ -62,6 +62,7 @@ from .faults import FaultInjector, fault_from_request
 from .link import STAGE_TIMEOUT_S, AliceWorker, BobEndpoint, ClassicalFault
 from .metrics import NodeMetrics, start_metrics_server
 from .network import NetworkService
+from .offload import Offload
 from .runtime import LinkRuntime, link_channel
 
 log = structlog.get_logger(__name__)
@@ -199,6 +200,8 @@ class Node:
         self._seeds = np.random.SeedSequence(settings.seed)
         self._key_source = CsprngGenerator()
         self.faults = FaultInjector({link.link_id: link.fault for link in topo.links_of(settings.name) if link.fault is not None}, seed=settings.seed)
+        # The links' protocol steps and state writes run off the event loop (node/offload.py).
+        self.offload = Offload.threads(settings.name)
         self.network = NetworkService(
             settings.name,
             topo,
@@ -212,6 +215,7 @@ class Node:
             # only when signed by their origin's node certificate.
             advert_signer=NodeAdvertSigner.from_bundle(self.bundle, settings.name),
             advert_verifier=NodeCertificateVerifier(read_bytes(self.bundle.ca_cert)),
+            offload=self.offload,
         )
         self.kme_requests: Counter[str] = Counter()
         kme = topo.kme
@@ -223,7 +227,7 @@ class Node:
         self.kme_port: int | None = None
         self.kme_limits = KmeLimits()
         self.interfaces: Any = None  # node/interfaces.py: interworking, 004, SKIP
-        self.metrics = NodeMetrics(self.status)
+        self.metrics = NodeMetrics(self.status, lambda: self.network.advert_counts)
         self.metrics_runner: Any = None
         self.metrics_port: int | None = None
         self.server: grpc.aio.Server | None = None
@@ -353,7 +357,12 @@ class Node:
         return int(port)
 
     def _link_options(self) -> dict[str, Any]:
-        return {"stage_timeout_s": self.settings.stage_timeout_s, "faults": self.faults, "fault": self.settings.classical_fault}
+        return {
+            "stage_timeout_s": self.settings.stage_timeout_s,
+            "faults": self.faults,
+            "fault": self.settings.classical_fault,
+            "offload": self.offload,
+        }
 
     def _workers(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
         """What the node does on its own, as (name, coroutine): the children of its TaskGroup."""
@@ -550,6 +559,7 @@ class Node:
         for rt in self.links.values():
             rt.try_persist()  # on a full disk the last saved state stands: nothing sent depends on the rest
             rt.store = None  # a session handler still unwinding must not write to a closed store
+        self.offload.close()
         if self.store is not None:
             self.store.close()
         self.log.info("node.stopped")

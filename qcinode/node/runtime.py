@@ -6,17 +6,40 @@ node's link store. A save that fails (full or unwritable disk) leaves the
 disk as it was and memory ahead of it; nothing that depends on the unsaved
 state may leave the node, so the link shows state ``storage_failed`` until a
 save succeeds, and the link workers end the session and retry.
+
+Saving off the event loop (:meth:`LinkRuntime.persist_async`), rules:
+    * The state is *snapshotted on the event loop*, the only thread that
+      changes the pool and the counters, and numbered; the encrypted,
+      fsync'ed write runs in the node's storage thread.
+    * Writes are monotone: a writer takes the newest snapshot waiting, and a
+      snapshot older than what is on disk is never written (a newer state
+      holds every used range and MAC key of an older one). Saves asked for
+      while a write runs share the next write (group commit), and a caller
+      returns only once a snapshot at least as new as its own is on disk.
+    * While a protocol step runs in the node's protocol thread
+      (:meth:`LinkRuntime.stepping`), it may be changing the MAC-key reserve;
+      a snapshot then takes the reserve as it was before the step, and a
+      reconnection Hello (which reads and changes the reserve on the event
+      loop) waits for the step to end. Nothing
+      the step decided has left the node yet, and the session saves again
+      once the step is back on the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
 import functools
 import math
+import threading
 import time
 from collections import Counter, deque
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -112,6 +135,37 @@ class RecentRates:
         if covered <= 0:
             return 0.0, 0.0
         return (self.frame_pulses - pulses) / self.rate_hz / covered, min(covered, self.window_s)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """A link's state at one moment on the event loop, numbered in the order taken."""
+
+    number: int
+    state: dict[str, Any]
+    blob_names: frozenset[str]
+    blobs: dict[str, bytes]  # the parts not on disk when it was taken
+
+    def blob(self, name: str) -> bytes:
+        try:
+            return self.blobs[name]
+        except KeyError:  # on disk when the snapshot was taken, so never asked for
+            raise StorageFailure(f"link state part {name} was not captured", path=Path("."), reason="internal: part not captured") from None
+
+
+async def finish_in_thread(future: asyncio.Future[Any]) -> Any:
+    """Awaits work running in another thread; if the caller is cancelled, still waits for that work to end first.
+
+    Whatever the thread touches (a link's protocol objects, its state) must
+    not be touched by the caller's clean-up while the thread still runs.
+    """
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        raise
 
 
 def link_physics(link: LinkConfig) -> physics.LinkPhysics:
@@ -269,6 +323,16 @@ class LinkRuntime:
         self.alice_session: Any = None  # the running AliceLink, whose pulses an eavesdropper acts on
         self.eavesdropper: EavesdropperConfig | None = link.eavesdropper
         self.store = store
+        # Saving (module docstring): the newest snapshot waiting, what is on disk, the reserve before a step.
+        self._write_lock = threading.Lock()  # one write at a time
+        self._state_lock = threading.Lock()  # the bookkeeping below, held for microseconds
+        self._snapshots = 0
+        self._waiting: _Snapshot | None = None
+        self._written = 0
+        self._auth_before_step: dict[str, Any] | None = None
+        self._blobs_written: frozenset[str] = frozenset()
+        #: Held while a protocol step may change the MAC-key reserve in another thread (:meth:`stepping`).
+        self.step_lock = asyncio.Lock()
         if store is not None:
             saved = store.load(self.link_id)
             if saved is not None:
@@ -319,7 +383,8 @@ class LinkRuntime:
 
         The rule that keeps the two ends consistent across crashes: a used
         MAC key, an accepted block or a resynchronisation is on disk before
-        the message that reveals it is sent.
+        the message that reveals it is sent. Call it on the event loop; it
+        blocks until the write is done (:meth:`persist_async` does not).
 
         Raises:
             StorageFailure: The state is not on disk (full or unwritable data
@@ -329,26 +394,90 @@ class LinkRuntime:
         """
         if self.store is None:
             return
+        self._write_through(self._snapshot())
+
+    async def persist_async(self, executor: concurrent.futures.Executor | None) -> None:
+        """:meth:`persist`, with the write in ``executor`` (None: here): the event loop goes on meanwhile.
+
+        Returns once this moment's state (or a newer one) is on disk; a
+        cancelled caller still waits for the write it started (module docstring).
+
+        Raises:
+            StorageFailure: As :meth:`persist`.
+        """
+        if self.store is None:
+            return
+        snapshot = self._snapshot()
+        if executor is None:
+            self._write_through(snapshot)
+            return
+        future = asyncio.get_running_loop().run_in_executor(executor, self._write_through, snapshot)
+        await finish_in_thread(future)
+
+    def _snapshot(self) -> _Snapshot:
+        """The state now, numbered, as the newest waiting to be written (on the event loop)."""
         counters = dataclasses.asdict(self.counters)
         counters["aborts_by_reason"] = {reason.value: n for reason, n in self.counters.aborts_by_reason.items()}
-        try:
-            self.store.save(
-                self.link_id,
-                {
-                    "pool": self.pool.to_state(inline=False),
-                    "auth": self.auth.to_state(),
-                    "next_block_seq": self.next_block_seq,
-                    "next_frame_id": self.next_frame_id,
-                    "counters": counters,
-                },
-                # The pool's key halves and closed blocks never change: each is written once.
-                blob_names=self.pool.blob_names(),
-                blob=self.pool.blob,
-            )
-        except StorageFailure as exc:
-            self.storage_failure = exc.reason
-            raise
-        self.storage_failure = None
+        auth = self._auth_before_step if self._auth_before_step is not None else self.auth.to_state()
+        self._snapshots += 1
+        # The pool's key halves and closed blocks never change: each is written once, so
+        # only those not yet on disk are read now (the write may come after the pool dropped one).
+        names = self.pool.blob_names()
+        with self._state_lock:
+            new = names - self._blobs_written
+        snapshot = _Snapshot(
+            blob_names=frozenset(names),
+            blobs={name: self.pool.blob(name) for name in new},
+            number=self._snapshots,
+            state={
+                "pool": self.pool.to_state(inline=False),
+                "auth": auth,
+                "next_block_seq": self.next_block_seq,
+                "next_frame_id": self.next_frame_id,
+                "counters": counters,
+            },
+        )
+        with self._state_lock:
+            self._waiting = snapshot
+        return snapshot
+
+    def _write_through(self, mine: _Snapshot) -> None:
+        """Makes sure ``mine`` or a newer snapshot is on disk (any thread; writes are serialised)."""
+        with self._write_lock:  # held through the write; the event loop never waits for it
+            with self._state_lock:
+                if self._written >= mine.number:
+                    return  # a write after ours already carried it
+                waiting = self._waiting
+                newest = waiting if waiting is not None and waiting.number >= mine.number else mine
+            store = self.store
+            if store is None:
+                return
+            try:
+                store.save(self.link_id, newest.state, blob_names=newest.blob_names, blob=newest.blob)
+            except StorageFailure as exc:
+                self.storage_failure = exc.reason
+                raise
+            with self._state_lock:
+                self._written = newest.number
+                self._blobs_written = newest.blob_names
+                if self._waiting is newest:
+                    self._waiting = None
+            self.storage_failure = None
+
+    @contextlib.asynccontextmanager
+    async def stepping(self) -> AsyncIterator[None]:
+        """Around a protocol step that runs in another thread and may change the MAC-key reserve.
+
+        Holds :attr:`step_lock` (one step of this link at a time; a Hello
+        exchange waits for it), and meanwhile saves take the reserve as it was
+        before the step.
+        """
+        async with self.step_lock:
+            self._auth_before_step = self.auth.to_state()
+            try:
+                yield
+            finally:
+                self._auth_before_step = None
 
     def try_persist(self) -> bool:
         """:meth:`persist` for cleanup paths: False instead of StorageFailure (the store reports it)."""
@@ -487,8 +616,14 @@ def next_frame_slots(
     return min(frame_slots(config, rate_hz, speed, per_slot), just_enough)
 
 
+#: Longest wall time one pulse frame stands for. Each frame costs both ends a fixed
+#: amount of work (a message, a protocol step, an acknowledgement) whatever its size:
+#: a quarter second made a slow link cost as much CPU as a fast one (4 frames a second).
+FRAME_WALL_S = 1.0
+
+
 def frame_slots(config: LinkProtocolConfig, rate_hz: float, speed: float | None, per_slot: float | None = None) -> int:
-    """Pulse slots per frame: about a quarter block, and at most a quarter second of wall time.
+    """Pulse slots per frame: about a quarter block, and at most ``FRAME_WALL_S`` of wall time.
 
     ``speed`` None means "max"; ``per_slot`` is the expected key bits per slot
     (default: from the link's fixed physics).
@@ -496,5 +631,5 @@ def frame_slots(config: LinkProtocolConfig, rate_hz: float, speed: float | None,
     if per_slot is None:
         per_slot = max(expected_key_bits_per_slot(config.physics), 1e-15)
     quarter_block = config.block_bits / 4 / per_slot
-    slots = quarter_block if speed is None else min(quarter_block, rate_hz * 0.25 * speed)
+    slots = quarter_block if speed is None else min(quarter_block, rate_hz * FRAME_WALL_S * speed)
     return int(np.clip(slots, 1_000, 1 << 40))

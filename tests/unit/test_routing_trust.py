@@ -60,13 +60,17 @@ class _FakeVerifier:
         return None
 
 
+#: The advert lifetime the timings of these tests are written for (the rules scale with it).
+MAX_AGE_S = 6.0
+
+
 def _origin_db(name: str = "a") -> LinkStateDatabase:
-    return LinkStateDatabase(name, signer=_FakeSigner(name), verifier=_FakeVerifier())
+    return LinkStateDatabase(name, signer=_FakeSigner(name), verifier=_FakeVerifier(), max_age_s=MAX_AGE_S)
 
 
 def _receiver(name: str = "b") -> tuple[LinkStateDatabase, _FakeVerifier]:
     verifier = _FakeVerifier()
-    return LinkStateDatabase(name, signer=_FakeSigner(name), verifier=verifier), verifier
+    return LinkStateDatabase(name, signer=_FakeSigner(name), verifier=verifier, max_age_s=MAX_AGE_S), verifier
 
 
 def _refused(db: LinkStateDatabase, advert: LinkStateAdvert, now: float) -> RejectReason:
