@@ -334,7 +334,7 @@ def run_link(
         cluster.prepare()
         cluster.start()
         started = time.monotonic()
-        cluster.wait_healthy()
+        cluster.wait_healthy(timeout_s=min(warmup_timeout_s, 120.0))  # a loaded machine starts nodes slowly
         pids = {name: int(info["pid"]) for name, info in read_cluster(state_dir)["nodes"].items()}
         while True:
             first = snapshot(state_dir, pids)
@@ -560,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--error-correction", action="append", choices=["cascade", "ldpc"], help="repeatable; default cascade")
     p.add_argument("--finite-key", default="chernoff", choices=["chernoff", "yin2020", "lim2014"])
     p.add_argument(
-        "--ldpc-profile", action="append", choices=["efficient", "fast"], help="repeatable, for ldpc runs; default efficient"
+        "--ldpc-profile", action="append", choices=["efficient", "fast", "lean"], help="repeatable, for ldpc runs; default efficient"
     )
     p.add_argument("--textbook-source", action="store_true", help="source 0.48/0.1/0 with p 0.8/0.1/0.1, Z basis 0.5")
     p.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay of every post-processing message (delay fault)")

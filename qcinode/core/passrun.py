@@ -93,8 +93,10 @@ class RecordingAlice(AliceLink):
         self.closed_at: dict[int, float] = {}
         self._in_flight: dict[int, tuple[int, float | None]] = {}
 
-    def emit_frame(self, n_slots: int, *, at_utc: float | None = None, close_block: bool = False) -> tuple[int, PhotonFrame]:
-        frame_id, frame = super().emit_frame(n_slots, at_utc=at_utc, close_block=close_block)
+    def emit_frame(
+        self, n_slots: int, *, at_utc: float | None = None, close_block: bool = False, ahead: bool = False
+    ) -> tuple[int, PhotonFrame]:
+        frame_id, frame = super().emit_frame(n_slots, at_utc=at_utc, close_block=close_block, ahead=ahead)
         self._in_flight[frame_id] = (n_slots, at_utc)
         return frame_id, frame
 

@@ -12,6 +12,17 @@ Theory of operation (rules both sessions follow):
    whole buffer becomes the block (so no sifted data crosses a block
    boundary and a block's transcript holds every message its data came
    from).
+2a. Sifting ahead. While a block is in post-processing (steps 3-6) the
+   next one may be sifted: its frames, ``DetectionReport`` and ``SiftReply``
+   go into the next block's buffer and transcript, never the open block's.
+   A block that fills while another is open waits, closed, until the open
+   one ends at that end, and no frame is sent or measured for a block
+   after it meanwhile (at most one open block and one waiting). Both ends
+   close blocks at the same ``SiftReply`` and start them in order, so they
+   number and handle the same blocks; Bob reveals a waiting block's test
+   bits once his open block has ended. Alice sifts ahead only when her
+   driver asks (:meth:`AliceLink.emit_frame` with ``ahead``); Bob follows
+   whatever she does.
 3. Parameter estimation. Bob reveals his test-basis (X) bits; Alice counts the
    errors per intensity class and evaluates THE key-length function
    (:meth:`_LinkEnd._key_length`: :func:`qcinode.core.finite_key.decoy_key_length`
@@ -349,16 +360,25 @@ class _LinkEnd:
         self._pulses = 0
         self._detections = 0
         self.block: _Block | None = None
+        self._queued: _Block | None = None  # closed while another block was open (rule 2a)
 
     # -- helpers --------------------------------------------------------
     def _record_in(self, msg: m.Message) -> None:
-        self._transcript_for_current().append_parts(self.direction_in, m.canonical_parts(msg))
+        self._transcript_for(msg).append_parts(self.direction_in, m.canonical_parts(msg))
 
     def _record_out(self, msg: m.Message) -> None:
-        self._transcript_for_current().append_parts(self.direction_out, m.canonical_parts(msg))
+        self._transcript_for(msg).append_parts(self.direction_out, m.canonical_parts(msg))
 
-    def _transcript_for_current(self) -> Transcript:
-        return self.block.transcript if self.block is not None else self._transcript
+    def _transcript_for(self, msg: m.Message) -> Transcript:
+        """Sifting messages belong to the block being filled, the rest to the open block (rule 2a)."""
+        if isinstance(msg, (m.DetectionReport, m.SiftReply)) or self.block is None:
+            return self._transcript
+        return self.block.transcript
+
+    def _expect_sifting(self, msg: m.Message) -> None:
+        """Sifting goes on in any state of a live session (rule 2a)."""
+        if self.state is LinkState.FAILED:
+            raise RemoteProtocolError(f"{type(msg).__name__} not expected in state {self.state.value}")
 
     def _expect(self, state: LinkState, msg: m.Message) -> _Block | None:
         if self.state is not state:
@@ -386,7 +406,7 @@ class _LinkEnd:
         if short and not (force and self._frames > 0):
             return False
         classes, bases, bits = self._buffer.take()
-        self.block = _Block(
+        block = _Block(
             seq=self.next_block_seq,
             classes=classes,
             bases=bases,
@@ -401,6 +421,18 @@ class _LinkEnd:
         self.next_block_seq += 1
         self._transcript = Transcript()
         self._frames = self._pulses = self._detections = 0
+        if self.block is not None:
+            self._queued = block  # it starts when the open block ends (rule 2a)
+            return False
+        self.block = block
+        self.state = LinkState.ESTIMATING
+        return True
+
+    def _start_queued(self) -> bool:
+        """Opens the block that waited, once the open one has ended (rule 2a); whether it did."""
+        if self._queued is None or self.block is not None or self.state is not LinkState.QUANTUM:
+            return False
+        self.block, self._queued = self._queued, None
         self.state = LinkState.ESTIMATING
         return True
 
@@ -529,6 +561,9 @@ class _LinkEnd:
         if self.block is not None and not self._is_pending():
             self.events.append(BlockAborted(self.block.seq, reason, self.block.stats()))
             self.block = None
+        if self._queued is not None:
+            self.events.append(BlockAborted(self._queued.seq, reason, self._queued.stats()))
+            self._queued = None
         self._buffer = _SiftBuffer()
         self._transcript = Transcript()
         self._frames = self._pulses = self._detections = 0
@@ -565,14 +600,22 @@ class AliceLink(_LinkEnd):
 
     @property
     def is_ready_for_frame(self) -> bool:
+        """No frame in flight and no block in post-processing: the lock-step of rule 1."""
         return self.state is LinkState.QUANTUM and self._outstanding is None
+
+    @property
+    def can_sift_ahead(self) -> bool:
+        """No frame in flight and no closed block waiting: a frame may go out while a block is open (rule 2a)."""
+        return self.state is not LinkState.FAILED and self._outstanding is None and self._queued is None
 
     @property
     def key_bits_needed(self) -> int:
         """Sifted key-basis bits still missing before the open block closes."""
         return max(0, self.config.block_bits - self._buffer.z_bits)
 
-    def emit_frame(self, n_slots: int, *, at_utc: float | None = None, close_block: bool = False) -> tuple[int, PhotonFrame]:
+    def emit_frame(
+        self, n_slots: int, *, at_utc: float | None = None, close_block: bool = False, ahead: bool = False
+    ) -> tuple[int, PhotonFrame]:
         """Sends ``n_slots`` pulses into the channel; returns (frame_id, what reaches Bob).
 
         Args:
@@ -584,8 +627,10 @@ class AliceLink(_LinkEnd):
                 carrying light (the end of a pass): the sifting reply tells
                 Bob, and both ends close the open block after it, however
                 few key bits it holds.
+            ahead: The frame may fill the next block while one is in
+                post-processing (rule 2a; :attr:`can_sift_ahead`).
         """
-        if not self.is_ready_for_frame:
+        if not (self.can_sift_ahead if ahead else self.is_ready_for_frame):
             raise LocalProtocolError("a frame is already in flight or a block is being processed")
         frame, record = self.quantum.transmit(self.config.physics_at(at_utc), n_slots, self.key_rng, self.noise_rng)
         frame_id = self.next_frame_id
@@ -597,20 +642,24 @@ class AliceLink(_LinkEnd):
     def receive(self, msg: m.Message) -> list[m.Message]:
         match msg:
             case m.DetectionReport():
-                return self._on_detections(msg)
+                out = self._on_detections(msg)
             case m.TestBits():
-                return self._on_test_bits(msg)
+                out = self._on_test_bits(msg)
             case m.CascadeQuery() | m.LdpcRetry():
-                return self._on_query(msg)
+                out = self._on_query(msg)
             case m.Reconciled():
-                return self._on_reconciled(msg)
+                out = self._on_reconciled(msg)
             case m.Verdict():
-                return self._on_verdict(msg)
+                out = self._on_verdict(msg)
             case _:
                 raise RemoteProtocolError(f"Alice does not accept {type(msg).__name__}")
+        # A block that waited opens once the open one has ended here; Bob opens it
+        # when the block ends at his end too, and its TestBits follow (rule 2a).
+        self._start_queued()
+        return out
 
     def _on_detections(self, msg: m.DetectionReport) -> list[m.Message]:
-        self._expect(LinkState.QUANTUM, msg)
+        self._expect_sifting(msg)
         if self._outstanding is None or msg.frame_id != self._outstanding[0]:
             raise RemoteProtocolError(f"detections for frame {msg.frame_id}, which is not in flight")
         frame_id, n_slots, record = self._outstanding
@@ -749,11 +798,17 @@ class BobLink(_LinkEnd):
     direction_out = B2A
     direction_in = A2B
 
-    def __init__(self, *args: Any, decode_executor: Executor | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, decode_executor: Executor | None = None, defer_decoding: bool = False, **kwargs: Any
+    ) -> None:
         """As :class:`_LinkEnd`; ``decode_executor``, if given, runs the LDPC frame decodes of a
-        block in parallel (a process pool: the decoder holds the GIL); results are the same."""
+        block in parallel (a process pool: the decoder holds the GIL); results are the same.
+        With ``defer_decoding`` the LDPC decodes are left to the caller
+        (:meth:`take_decode_jobs`, :meth:`decoded`), which meanwhile may feed
+        frames and sifting messages of the next block (rule 2a)."""
         super().__init__(*args, **kwargs)
         self._decode_executor = decode_executor
+        self._defer_decoding = defer_decoding
         self._pending_frames: list[tuple[int, PhotonFrame, float | None]] = []
         self._reported: tuple[int, Clicks] | None = None
         self._reconciler: BobReconciler | None = None
@@ -779,7 +834,9 @@ class BobLink(_LinkEnd):
         return self._drain_frames()
 
     def _drain_frames(self) -> list[m.Message]:
-        if self.state is not LinkState.QUANTUM or self._reported is not None or not self._pending_frames:
+        # Frames of the next block are measured while a block is open (Alice sent
+        # them ahead, rule 2a), not while a closed block waits for its turn.
+        if self.state is LinkState.FAILED or self._reported is not None or self._queued is not None or not self._pending_frames:
             return []
         frame_id, frame, at_utc = self._pending_frames.pop(0)
         clicks = self.quantum.detect(self.config.physics_at(at_utc), frame, self.key_rng, self.noise_rng)
@@ -802,10 +859,23 @@ class BobLink(_LinkEnd):
                 out = self._on_commit(msg)
             case _:
                 raise RemoteProtocolError(f"Bob does not accept {type(msg).__name__}")
-        return out + self._drain_frames()
+        return out + self._open_queued() + self._drain_frames()
+
+    def _open_queued(self) -> list[m.Message]:
+        """Opens the block that waited once the open one has ended: its TestBits (rule 2a)."""
+        if not self._start_queued():
+            return []
+        return [self._reveal_test_bits()]
+
+    def _reveal_test_bits(self) -> m.TestBits:
+        block = self.block
+        assert block is not None
+        reveal = m.TestBits(block.seq, block.bits[block.bases == 1].copy())
+        self._record_out(reveal)
+        return reveal
 
     def _on_sift(self, msg: m.SiftReply) -> list[m.Message]:
-        self._expect(LinkState.QUANTUM, msg)
+        self._expect_sifting(msg)
         if self._reported is None or self._reported[0] != msg.frame_id:
             raise RemoteProtocolError(f"sift reply for frame {msg.frame_id}, which was not reported")
         frame_id, clicks = self._reported
@@ -818,11 +888,7 @@ class BobLink(_LinkEnd):
         keep = np.flatnonzero(msg.basis_match)
         self._add_sifted(msg.classes[keep].astype(np.uint8, copy=False), clicks.bases[keep], clicks.bits[keep], clicks.n_slots, len(clicks.slots))
         if self._maybe_close_block(force=msg.close_block):
-            block = self.block
-            assert block is not None
-            reveal = m.TestBits(block.seq, block.bits[block.bases == 1].copy())
-            self._record_out(reveal)
-            return [reveal]
+            return [self._reveal_test_bits()]
         return []
 
     def _on_estimate(self, msg: m.Estimate) -> list[m.Message]:
@@ -845,6 +911,7 @@ class BobLink(_LinkEnd):
             self.config.cascade_max_passes,
             executor=self._decode_executor,
             ldpc_profile=self.config.ldpc_profile,
+            defer_decoding=self._defer_decoding,
         )
         self.state = LinkState.RECONCILING
         return self._reconciliation_step(block, self._reconciler.opening())
@@ -855,7 +922,36 @@ class BobLink(_LinkEnd):
         if self._reconciler is None or self._reconciler.is_done:
             raise RemoteProtocolError("reconciliation reply after reconciliation finished")
         self._record_in(msg)
-        return self._reconciliation_step(block, self._reconciler.receive(msg))
+        out = self._reconciler.receive(msg)
+        if self._reconciler.awaiting_decode:
+            return []  # the caller decodes (take_decode_jobs), then calls decoded()
+        return self._reconciliation_step(block, out)
+
+    def take_decode_jobs(self) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+        """The LDPC decodes the open block waits for (with ``defer_decoding``), once; [] if none.
+
+        Each is the argument tuple of
+        :func:`qcinode.core.ldpc_reconciliation.decode_frame`; run them
+        anywhere and hand the results, in order, to :meth:`decoded`.
+        """
+        reconciler = self._reconciler
+        if self.state is not LinkState.RECONCILING or reconciler is None or not reconciler.awaiting_decode:
+            return []
+        return reconciler.take_jobs()
+
+    def decoded(self, errors: list[np.ndarray | None]) -> list[m.Message]:
+        """Results of :meth:`take_decode_jobs`: what Bob sends next, as :meth:`receive` returns it.
+
+        Raises:
+            LocalProtocolError: No decodes were taken (the session was reset meanwhile), or the
+                results do not match them.
+        """
+        block = self.block
+        reconciler = self._reconciler
+        if self.state is not LinkState.RECONCILING or block is None or reconciler is None or not reconciler.decoding:
+            raise LocalProtocolError("decode results arrived with no decode outstanding")
+        out = self._reconciliation_step(block, reconciler.decoded(errors))
+        return out + self._open_queued() + self._drain_frames()
 
     def _reconciliation_step(self, block: _Block, out: list[m.Message]) -> list[m.Message]:
         """Sends the reconciler's next messages, or ``Reconciled`` once it is done."""

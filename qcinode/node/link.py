@@ -53,7 +53,7 @@ from ..transport.pb import link_pb2_grpc as pb_grpc
 from .access import caller_common_name
 from .faults import FaultInjector
 from .offload import Offload
-from .runtime import LinkRuntime, finish_in_thread, next_frame_slots
+from .runtime import LinkRuntime, next_frame_slots
 from .tasks import Companions, cancelled_when
 
 log = structlog.get_logger(__name__)
@@ -251,8 +251,11 @@ class AliceWorker:
         """The session's loop: frames out, classical messages in and out, until the session breaks."""
         rt = self.rt
         rate_hz = rt.link.source.rate_hz
+        # With LDPC the next block is sifted while Bob decodes the open one (the
+        # pipeline's rule 2a): the decoder, not the round trips, bounds the block.
+        ahead = rt.config.error_correction == "ldpc"
         while True:
-            if alice.is_ready_for_frame:
+            if alice.can_sift_ahead if ahead else alice.is_ready_for_frame:
                 t = position.now_utc
                 want = next_frame_slots(rt.config, rate_hz, self.speed, alice.key_bits_needed, at_utc=t)
                 plan = next_frame(rt.channel, t, rate_hz, want)
@@ -268,7 +271,7 @@ class AliceWorker:
                         await asyncio.sleep(delay)
                 at_utc = plan.at_utc if rt.config.channel is not None else None
                 # emit_frame draws pulses and touches no MAC key: no snapshot of the reserve needed.
-                frame_id, n_slots, payload = await self.offload.step(_emit_frame, alice, plan.n_slots, at_utc, plan.close_block)
+                frame_id, n_slots, payload = await self.offload.step(_emit_frame, alice, plan.n_slots, at_utc, plan.close_block, ahead)
                 position.advance(plan.n_slots)
                 rt.next_frame_id = alice.next_frame_id
                 rt.note_frame(plan.n_slots)
@@ -324,9 +327,9 @@ class AliceWorker:
             _log_block(self.log, event)
 
 
-def _emit_frame(alice: AliceLink, n_slots: int, at_utc: float | None, close_block: bool) -> tuple[int, int, bytes]:
-    """A protocol-thread step: Alice's next frame, as (frame ID, slots, payload)."""
-    frame_id, frame = alice.emit_frame(n_slots, at_utc=at_utc, close_block=close_block)
+def _emit_frame(alice: AliceLink, n_slots: int, at_utc: float | None, close_block: bool, ahead: bool = False) -> tuple[int, int, bytes]:
+    """A protocol-thread step: Alice's next frame, as (frame ID, slots, payload); ``ahead``: while a block is open."""
+    frame_id, frame = alice.emit_frame(n_slots, at_utc=at_utc, close_block=close_block, ahead=ahead)
     return frame_id, frame.n_slots, frame.to_bytes()
 
 
@@ -500,7 +503,13 @@ class BobEndpoint:
         key_rng, noise_rng = self.rng_factory()
         ldpc = rt.config.error_correction == "ldpc"
         bob = BobLink(
-            rt.config, rt.auth, key_rng, noise_rng, next_block_seq=rt.next_block_seq, decode_executor=self.decode_pool() if ldpc else None
+            rt.config,
+            rt.auth,
+            key_rng,
+            noise_rng,
+            next_block_seq=rt.next_block_seq,
+            decode_executor=self.decode_pool() if ldpc else None,
+            defer_decoding=ldpc,
         )
         rt.state = LinkState.UP
         bound.info("link.session_started", next_block_seq=rt.next_block_seq, auth_cursor=rt.auth.cursor)
@@ -522,6 +531,21 @@ class BobEndpoint:
             await self.faults.cut_event(rt.link_id).wait()
             inbox.put_nowait(("cut", None))
 
+        async def decode(jobs: list[tuple[int, int, np.ndarray, np.ndarray]]) -> None:
+            # The block's frames decode in the pool while the loop goes on taking
+            # frames and sifting messages of the next block; the results come
+            # back through the inbox, in job order.
+            from ..core.ldpc_reconciliation import decode_frame  # noqa: PLC0415 - the ldpc extra
+
+            loop = asyncio.get_running_loop()
+            pool = self.decode_pool()
+            try:
+                results = await asyncio.gather(*(loop.run_in_executor(pool, decode_frame, *job) for job in jobs))
+            except Exception as exc:  # noqa: BLE001 - a broken pool ends the session, it must not crash the companion
+                inbox.put_nowait(("decode_failed", exc))
+                return
+            inbox.put_nowait(("decoded", list(results)))
+
         try:
             async with Companions() as companions:
                 companions.start(pump_messages(), name=f"{rt.link_id} messages")
@@ -537,22 +561,27 @@ class BobEndpoint:
                     if kind == "cut":
                         bound.warning("link.partitioned", details="classical channel cut by a fault")
                         raise PeerUnavailable(f"classical channel of {rt.link_id} cut by a partition fault")
+                    if kind == "decode_failed":
+                        bound.warning("link.decode_failed", details=str(item))
+                        raise SessionAborted(f"LDPC decoding failed: {item}")
                     cursor = rt.auth.cursor
                     try:
                         if kind == "frame":
                             outs = await self.offload.step(bob.receive_frame, *item)  # touches no MAC key
-                        elif ldpc:
-                            # LDPC decoding takes seconds (in the pool): meanwhile the loop
-                            # keeps taking frames of the next block off the quantum stream
-                            # (a thread of its own, so that the protocol thread serves the other links).
+                        elif kind == "decoded":
+                            # The block's decodes came back from the pool (LDPC): meanwhile
+                            # the loop went on taking frames and sifting the next block.
                             async with rt.stepping():
-                                outs = await finish_in_thread(asyncio.get_running_loop().run_in_executor(None, _receive_envelope, bob, item))
+                                outs = await self.offload.step(bob.decoded, item)
                         else:
                             async with rt.stepping():
                                 outs = await self.offload.step(_receive_envelope, bob, item)
                     except ProtocolError as exc:
                         bound.warning("link.protocol_error", details=str(exc))
                         raise SessionAborted(f"protocol error: {exc}") from exc
+                    jobs = bob.take_decode_jobs()
+                    if jobs:
+                        companions.start(decode(jobs), name=f"{rt.link_id} decode")
                     rt.next_block_seq = bob.next_block_seq
                     events = rt.record(bob.take_events())
                     if events or rt.auth.cursor != cursor:

@@ -12,9 +12,11 @@ pytest.importorskip("ldpc")
 from qcinode.core import messages as m  # noqa: E402
 from qcinode.core.ldpc_codes import CHECK_ROW_FAMILY, FRAME_BITS, LIFT, base_matrix, parity_check_matrix  # noqa: E402
 from qcinode.core.ldpc_reconciliation import (  # noqa: E402
+    LEAN_SCHEDULE,
     LdpcAlice,
     LdpcBob,
     _orders,
+    decode_frame,
     efficiency_schedule,
     masking_rank,
     plan_frames,
@@ -23,7 +25,7 @@ from qcinode.core.pair import make_pair, pump  # noqa: E402
 from qcinode.core.physics import LinkPhysics, fibre_transmittance  # noqa: E402
 from qcinode.core.pipeline import BlockAccepted, LinkProtocolConfig  # noqa: E402
 from qcinode.core.reconciliation import LDPC_MAX_ATTEMPTS, error_count_leak_bits  # noqa: E402
-from qcinode.errors import ConfigError, RemoteProtocolError  # noqa: E402
+from qcinode.errors import ConfigError, LocalProtocolError, RemoteProtocolError  # noqa: E402
 from qcinode.node.runtime import expected_key_bits_per_slot  # noqa: E402
 
 
@@ -214,7 +216,51 @@ def test_the_fast_profile_keeps_the_16384_bit_codes_and_both_ends_must_name_a_kn
         replies = [out for msg in replies for reply in alice.receive(msg) for out in bob.receive(reply)]
     corrected, kept, *_ = bob.result()
     assert np.array_equal(corrected, key[kept])
-    with pytest.raises(ConfigError, match="ldpc_profile: expected one of efficient, fast, got 'tight'"):
+    with pytest.raises(ConfigError, match="ldpc_profile: expected one of efficient, fast, lean, got 'tight'"):
         plan_frames(1000, 0.03, "tight")
     with pytest.raises(ConfigError, match="ldpc_profile"):
         LinkProtocolConfig(link_id="a-b", physics=PHYS, error_correction="ldpc", ldpc_profile="tight")
+
+
+def test_the_lean_profile_starts_at_f_1_30_and_decodes_at_the_first_attempt() -> None:
+    """``lean``: the 16,384-bit codes from f 1.30, where (measured) nearly every frame decodes at once."""
+    rng = np.random.default_rng(21)
+    key = rng.integers(0, 2, 200_000, dtype=np.uint8)
+    noisy = key ^ (rng.random(key.size) < 0.03).astype(np.uint8)
+    alice = LdpcAlice(0, key, 0.03, np.random.default_rng(4), "lean")
+    bob = LdpcBob(0, noisy, 0.03, profile="lean")
+    assert alice.plan == bob.plan and alice.plan.lift == 128
+    assert efficiency_schedule(0.03, "lean") == LEAN_SCHEDULE == (1.30, 1.40, 1.50)
+    assert bob.receive(alice.opening()[0]) == []  # no frame asked for more bits
+    corrected, kept, errors, leak, discarded = bob.result()
+    assert discarded == () and np.array_equal(corrected, key[kept])
+    f = leak / (key.size * (-0.03 * np.log2(0.03) - 0.97 * np.log2(0.97)))
+    assert 1.28 < f < 1.33  # 1.30 of the test-basis rate the frames were planned for, plus the error count
+
+
+def test_deferred_decoding_answers_exactly_as_decoding_in_receive() -> None:
+    """Rule 8: the decodes handed out and taken back give the same retries, leak and corrected key."""
+    rng = np.random.default_rng(5)
+    key = rng.integers(0, 2, 120_000, dtype=np.uint8)
+    noisy = key ^ (rng.random(key.size) < 0.035).astype(np.uint8)
+    outcomes = []
+    for defer in (False, True):
+        alice = LdpcAlice(0, key, 0.03, np.random.default_rng(9), "fast")  # planned for less than the true rate: retries
+        bob = LdpcBob(0, noisy, 0.03, profile="fast", defer=defer)
+        sent = []
+        replies = bob.receive(alice.opening()[0])
+        while True:
+            if defer and bob.awaiting_decode:
+                jobs = bob.take_jobs()
+                assert bob.decoding and not bob.awaiting_decode
+                with pytest.raises(LocalProtocolError):
+                    bob.take_jobs()  # once
+                replies = bob.decoded([decode_frame(*job) for job in jobs])
+            if not replies:
+                break
+            sent.extend(replies)
+            replies = [out for msg in replies for reply in alice.receive(msg) for out in bob.receive(reply)]
+        corrected, kept, errors, leak, discarded = bob.result()
+        outcomes.append(([(type(s), getattr(s, "frames", ())) for s in sent], corrected.tobytes(), leak, discarded))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0], "the block needed at least one retry, so the retry path was compared too"
