@@ -101,6 +101,7 @@ Two assumptions (:data:`NO_DECOY_BOUNDS`):
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -127,6 +128,7 @@ __all__ = [
     "h2",
     "infinite_decoy_rate",
     "key_length",
+    "no_key",
     "max_distance",
     "multi_photon_upper_bound",
     "no_decoy_key_length",
@@ -670,6 +672,31 @@ def _gamma(epsilon: float, b: float, c: float, d: float) -> float:
     return math.sqrt(spread * log2_argument)
 
 
+def no_key(
+    reason: str,
+    s0: float = 0.0,
+    s1: float = 0.0,
+    s1_test: float = 0.0,
+    v1: float = 0.0,
+    phi: float = 0.5,
+    *,
+    leak_ec_bits: int,
+    correction_bits: float,
+) -> KeyLengthResult:
+    """A key length of zero for ``reason``, with the bounds found before the analysis stopped (every analysis reports so)."""
+    return KeyLengthResult(
+        length_bits=0,
+        vacuum_bits=s0,
+        single_photon_bits=max(s1, 0.0),
+        phase_error_bound=phi,
+        test_single_photon_bits=max(s1_test, 0.0),
+        test_single_photon_errors=v1,
+        leak_ec_bits=leak_ec_bits,
+        correction_bits=correction_bits,
+        reason=reason,
+    )
+
+
 def _correction_bits(leak_ec_bits: int, verification_tag_bits: int, security_epsilon: float) -> float:
     """Checks the arguments both key-length functions share; returns the last two terms of
     Lim et al. Eq. (1), ``6 log2(21/eps_sec) + log2(2/eps_cor)`` with ``eps_cor = 2^-t``."""
@@ -712,25 +739,7 @@ def key_length(
     correction = _correction_bits(leak_ec_bits, verification_tag_bits, security_epsilon)
     log_term = math.log(_EPSILON_PARTS) - math.log(security_epsilon)
 
-    def zero(
-        reason: str,
-        s0: float = 0.0,
-        s1: float = 0.0,
-        s1_test: float = 0.0,
-        v1: float = 0.0,
-        phi: float = 0.5,
-    ) -> KeyLengthResult:
-        return KeyLengthResult(
-            length_bits=0,
-            vacuum_bits=s0,
-            single_photon_bits=max(s1, 0.0),
-            phase_error_bound=phi,
-            test_single_photon_bits=max(s1_test, 0.0),
-            test_single_photon_errors=v1,
-            leak_ec_bits=int(leak_ec_bits),
-            correction_bits=correction,
-            reason=reason,
-        )
+    zero = functools.partial(no_key, leak_ec_bits=int(leak_ec_bits), correction_bits=correction)
 
     if stats.key_bits == 0:
         return zero(REASON_NO_KEY_COUNTS)

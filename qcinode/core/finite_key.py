@@ -111,6 +111,7 @@ the figure the link will compute.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Final
 
@@ -132,6 +133,7 @@ from qcinode.core.estimation import (
     expected_block_statistics,
     h2,
     key_length,
+    no_key,
     predicted_leak,
 )
 from qcinode.core.physics import LinkPhysics
@@ -251,20 +253,7 @@ def chernoff_key_length(
     correction = _correction_bits(leak_ec_bits, verification_tag_bits, security_epsilon)
     epsilon = security_epsilon / _EPSILON_PARTS
 
-    def zero(
-        reason: str, s0: float = 0.0, s1: float = 0.0, s1_test: float = 0.0, v1: float = 0.0, phi: float = 0.5
-    ) -> KeyLengthResult:
-        return KeyLengthResult(
-            length_bits=0,
-            vacuum_bits=s0,
-            single_photon_bits=max(s1, 0.0),
-            phase_error_bound=phi,
-            test_single_photon_bits=max(s1_test, 0.0),
-            test_single_photon_errors=v1,
-            leak_ec_bits=int(leak_ec_bits),
-            correction_bits=correction,
-            reason=reason,
-        )
+    zero = functools.partial(no_key, leak_ec_bits=int(leak_ec_bits), correction_bits=correction)
 
     if stats.key_bits == 0:
         return zero(REASON_NO_KEY_COUNTS)
@@ -396,20 +385,7 @@ def yin_key_length(
     epsilon = security_epsilon / _YIN_EPSILON_PARTS
     correction = 6.0 * math.log2(_YIN_EPSILON_PARTS / security_epsilon) + verification_tag_bits + 1.0
 
-    def zero(
-        reason: str, s0: float = 0.0, s1: float = 0.0, s1_test: float = 0.0, v1: float = 0.0, phi: float = 0.5
-    ) -> KeyLengthResult:
-        return KeyLengthResult(
-            length_bits=0,
-            vacuum_bits=s0,
-            single_photon_bits=max(s1, 0.0),
-            phase_error_bound=phi,
-            test_single_photon_bits=max(s1_test, 0.0),
-            test_single_photon_errors=v1,
-            leak_ec_bits=int(leak_ec_bits),
-            correction_bits=correction,
-            reason=reason,
-        )
+    zero = functools.partial(no_key, leak_ec_bits=int(leak_ec_bits), correction_bits=correction)
 
     if stats.key_bits == 0:
         return zero(REASON_NO_KEY_COUNTS)
