@@ -128,6 +128,7 @@ __all__ = [
     "h2",
     "infinite_decoy_rate",
     "key_length",
+    "key_length_from_bounds",
     "no_key",
     "max_distance",
     "multi_photon_upper_bound",
@@ -638,12 +639,16 @@ def _corrected(
     return minus, plus
 
 
-def _vacuum_and_single(
-    stats: BlockStatistics, counts: tuple[int, int, int], log_term: float, tau0: float, tau1: float
-) -> tuple[float, float]:
+#: Bounds ``(minus, plus)`` on a basis's counts per intensity class, scaled by
+#: ``e^mu_k / p_k``: Hoeffding's (:func:`_corrected`) or per-class Chernoff ones
+#: (:mod:`qcinode.core.finite_key`).
+CountBounds = Callable[[BlockStatistics, tuple[int, int, int]], tuple[tuple[float, ...], tuple[float, ...]]]
+
+
+def _vacuum_and_single(stats: BlockStatistics, counts: tuple[int, int, int], bounds: CountBounds, tau0: float, tau1: float) -> tuple[float, float]:
     """Lim et al. Eqs. (2) and (3): lower bounds ``(s_0, s_1)`` for one basis."""
     mu1, mu2, mu3 = stats.intensities
-    minus, plus = _corrected(stats, counts, log_term)
+    minus, plus = bounds(stats, counts)
     s0 = max(tau0 * (mu2 * minus[2] - mu3 * plus[1]) / (mu2 - mu3), 0.0)
     numerator = minus[1] - plus[2] - (mu2 * mu2 - mu3 * mu3) / (mu1 * mu1) * (plus[0] - s0 / tau0)
     denominator = mu1 * (mu2 - mu3) - mu2 * mu2 + mu3 * mu3
@@ -738,7 +743,21 @@ def key_length(
     """
     correction = _correction_bits(leak_ec_bits, verification_tag_bits, security_epsilon)
     log_term = math.log(_EPSILON_PARTS) - math.log(security_epsilon)
+    return key_length_from_bounds(stats, leak_ec_bits, correction, security_epsilon, lambda st, counts: _corrected(st, counts, log_term))
 
+
+def key_length_from_bounds(
+    stats: BlockStatistics, leak_ec_bits: int, correction: float, security_epsilon: float, bounds: CountBounds
+) -> KeyLengthResult:
+    """Lim et al. (2014) Eqs. (1)-(5) on counts bounded by ``bounds``: :func:`key_length`'s steps for any count bounds.
+
+    Args:
+        stats: The block's sifted counts (checked by the caller).
+        leak_ec_bits: Bits revealed by error correction.
+        correction: ``6 log2(21/eps_sec) + log2(2/eps_cor)`` (:func:`_correction_bits`).
+        security_epsilon: ``eps_sec``, for the phase-error step's ``gamma``.
+        bounds: The analysis's bounds on each basis's counts per intensity class.
+    """
     zero = functools.partial(no_key, leak_ec_bits=int(leak_ec_bits), correction_bits=correction)
 
     if stats.key_bits == 0:
@@ -748,15 +767,15 @@ def key_length(
 
     tau0 = _tau(stats.intensities, stats.class_probabilities, 0)
     tau1 = _tau(stats.intensities, stats.class_probabilities, 1)
-    s0_key, s1_key = _vacuum_and_single(stats, stats.key_counts, log_term, tau0, tau1)
-    _, s1_test = _vacuum_and_single(stats, stats.test_counts, log_term, tau0, tau1)
+    s0_key, s1_key = _vacuum_and_single(stats, stats.key_counts, bounds, tau0, tau1)
+    _, s1_test = _vacuum_and_single(stats, stats.test_counts, bounds, tau0, tau1)
     if s1_key <= 0.0:
         return zero(REASON_NO_SINGLE_PHOTON_KEY, s0_key, s1_key, s1_test)
     if s1_test <= 0.0:
         return zero(REASON_NO_SINGLE_PHOTON_TEST, s0_key, s1_key, s1_test)
 
     _, mu2, mu3 = stats.intensities
-    errors_minus, errors_plus = _corrected(stats, stats.test_errors, log_term)
+    errors_minus, errors_plus = bounds(stats, stats.test_errors)
     v1 = max(tau1 * (errors_plus[1] - errors_minus[2]) / (mu2 - mu3), 0.0)
     observed = v1 / s1_test
     if observed >= 0.5:

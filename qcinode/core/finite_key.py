@@ -127,12 +127,13 @@ from qcinode.core.estimation import (
     KeyLengthResult,
     _check_real,
     _correction_bits,
-    _gamma,
     _key_basis_qber,
     _tau,
+    _vacuum_and_single,
     expected_block_statistics,
     h2,
     key_length,
+    key_length_from_bounds,
     no_key,
     predicted_leak,
 )
@@ -221,18 +222,6 @@ def _scaled_bounds(
     return tuple(minus), tuple(plus)
 
 
-def _vacuum_and_single(
-    stats: BlockStatistics, counts: tuple[int, int, int], epsilon: float, tau0: float, tau1: float
-) -> tuple[float, float]:
-    """Lim et al. Eqs. (2) and (3) on Chernoff-bounded counts: ``(s_0, s_1)`` for one basis."""
-    mu1, mu2, mu3 = stats.intensities
-    minus, plus = _scaled_bounds(stats, counts, epsilon)
-    s0 = max(tau0 * (mu2 * minus[2] - mu3 * plus[1]) / (mu2 - mu3), 0.0)
-    numerator = minus[1] - plus[2] - (mu2 * mu2 - mu3 * mu3) / (mu1 * mu1) * (plus[0] - s0 / tau0)
-    denominator = mu1 * (mu2 - mu3) - mu2 * mu2 + mu3 * mu3
-    return s0, tau1 * mu1 * numerator / denominator
-
-
 def chernoff_key_length(
     stats: BlockStatistics,
     leak_ec_bits: int,
@@ -252,47 +241,7 @@ def chernoff_key_length(
     """
     correction = _correction_bits(leak_ec_bits, verification_tag_bits, security_epsilon)
     epsilon = security_epsilon / _EPSILON_PARTS
-
-    zero = functools.partial(no_key, leak_ec_bits=int(leak_ec_bits), correction_bits=correction)
-
-    if stats.key_bits == 0:
-        return zero(REASON_NO_KEY_COUNTS)
-    if sum(stats.test_counts) == 0:
-        return zero(REASON_NO_TEST_COUNTS)
-
-    tau0 = _tau(stats.intensities, stats.class_probabilities, 0)
-    tau1 = _tau(stats.intensities, stats.class_probabilities, 1)
-    s0_key, s1_key = _vacuum_and_single(stats, stats.key_counts, epsilon, tau0, tau1)
-    _, s1_test = _vacuum_and_single(stats, stats.test_counts, epsilon, tau0, tau1)
-    if s1_key <= 0.0:
-        return zero(REASON_NO_SINGLE_PHOTON_KEY, s0_key, s1_key, s1_test)
-    if s1_test <= 0.0:
-        return zero(REASON_NO_SINGLE_PHOTON_TEST, s0_key, s1_key, s1_test)
-
-    _, mu2, mu3 = stats.intensities
-    errors_minus, errors_plus = _scaled_bounds(stats, stats.test_errors, epsilon)
-    v1 = max(tau1 * (errors_plus[1] - errors_minus[2]) / (mu2 - mu3), 0.0)
-    observed = v1 / s1_test
-    if observed >= 0.5:
-        return zero(REASON_PHASE_ERROR, s0_key, s1_key, s1_test, v1)
-    phi = observed + _gamma(security_epsilon, observed, s1_test, s1_key)
-    if phi >= 0.5:
-        return zero(REASON_PHASE_ERROR, s0_key, s1_key, s1_test, v1)
-
-    raw = s0_key + s1_key * (1.0 - h2(phi)) - leak_ec_bits - correction
-    length = min(math.floor(raw), stats.key_bits) if raw > 0.0 else 0
-    if length <= 0:
-        return zero(REASON_CORRECTIONS, s0_key, s1_key, s1_test, v1, phi)
-    return KeyLengthResult(
-        length_bits=int(length),
-        vacuum_bits=s0_key,
-        single_photon_bits=s1_key,
-        phase_error_bound=phi,
-        test_single_photon_bits=s1_test,
-        test_single_photon_errors=v1,
-        leak_ec_bits=int(leak_ec_bits),
-        correction_bits=correction,
-    )
+    return key_length_from_bounds(stats, leak_ec_bits, correction, security_epsilon, lambda st, counts: _scaled_bounds(st, counts, epsilon))
 
 
 def observed_bounds(expected: float, epsilon: float) -> tuple[float, float]:
@@ -357,7 +306,7 @@ def _expected_vacuum_and_single(
     stats: BlockStatistics, counts: tuple[int, int, int], epsilon: float, tau0: float, tau1: float
 ) -> tuple[float, float]:
     """Lim et al. Eqs. (2)-(3) on the Chernoff bounds of the EXPECTED counts: ``(s_0^*, s_1^*)``."""
-    return _vacuum_and_single(stats, counts, epsilon, tau0, tau1)
+    return _vacuum_and_single(stats, counts, lambda st, c: _scaled_bounds(st, c, epsilon), tau0, tau1)
 
 
 def yin_key_length(
