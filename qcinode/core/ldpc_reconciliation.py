@@ -86,6 +86,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any, Final
@@ -407,8 +408,23 @@ def _kept_and_leak(plan: FramePlan, discarded: tuple[int, ...], revealed: np.nda
     return kept, leak + error_count_leak_bits(int(kept.sum()))
 
 
-@functools.lru_cache(maxsize=None)
+#: Each thread's decoders by code: a decoder holds the frame's priors and messages
+#: while it decodes, so two threads (a thread pool, two links) never share one.
+_DECODERS = threading.local()
+
+
 def _decoder(rows: int, lift: int) -> Any:
+    """This thread's decoder of code ``(rows, lift)``, made on first use."""
+    cache: dict[tuple[int, int], Any] | None = getattr(_DECODERS, "by_code", None)
+    if cache is None:
+        cache = _DECODERS.by_code = {}
+    decoder = cache.get((rows, lift))
+    if decoder is None:
+        decoder = cache[(rows, lift)] = _new_decoder(rows, lift)
+    return decoder
+
+
+def _new_decoder(rows: int, lift: int) -> Any:
     from ldpc import BpDecoder  # noqa: PLC0415 - the ldpc extra
 
     return BpDecoder(
@@ -424,8 +440,8 @@ def _decoder(rows: int, lift: int) -> Any:
 def decode_frame(rows: int, lift: int, priors: np.ndarray, syndrome: np.ndarray) -> np.ndarray | None:
     """One frame's belief-propagation decode: the error pattern meeting ``syndrome``, or None.
 
-    A pure function of its arguments (the decoder of each code is built once
-    per process), so a process pool may run it (rule 7).
+    A pure function of its arguments (each thread builds its own decoder of
+    each code once), so a process or thread pool may run it (rule 7).
     """
     decoder = _decoder(rows, lift)
     decoder.update_channel_probs(priors)
