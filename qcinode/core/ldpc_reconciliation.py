@@ -86,7 +86,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any, Final
@@ -408,20 +407,10 @@ def _kept_and_leak(plan: FramePlan, discarded: tuple[int, ...], revealed: np.nda
     return kept, leak + error_count_leak_bits(int(kept.sum()))
 
 
-#: Each thread's decoders by code: a decoder holds the frame's priors and messages
-#: while it decodes, so two threads (a thread pool, two links) never share one.
-_DECODERS = threading.local()
-
-
-def _decoder(rows: int, lift: int) -> Any:
-    """This thread's decoder of code ``(rows, lift)``, made on first use."""
-    cache: dict[tuple[int, int], Any] | None = getattr(_DECODERS, "by_code", None)
-    if cache is None:
-        cache = _DECODERS.by_code = {}
-    decoder = cache.get((rows, lift))
-    if decoder is None:
-        decoder = cache[(rows, lift)] = _new_decoder(rows, lift)
-    return decoder
+#: Idle decoders by code. A decoder holds one frame's priors and messages while it
+#: decodes, so a caller takes one off the list and puts it back after: concurrent
+#: callers (a thread pool, two links) never share one (list.pop and append are atomic).
+_IDLE_DECODERS: dict[tuple[int, int], list[Any]] = {}
 
 
 def _new_decoder(rows: int, lift: int) -> Any:
@@ -440,13 +429,20 @@ def _new_decoder(rows: int, lift: int) -> Any:
 def decode_frame(rows: int, lift: int, priors: np.ndarray, syndrome: np.ndarray) -> np.ndarray | None:
     """One frame's belief-propagation decode: the error pattern meeting ``syndrome``, or None.
 
-    A pure function of its arguments (each thread builds its own decoder of
-    each code once), so a process or thread pool may run it (rule 7).
+    A pure function of its arguments (each concurrent caller decodes with a
+    decoder of its own, reused afterwards), so a process or thread pool may run it (rule 7).
     """
-    decoder = _decoder(rows, lift)
-    decoder.update_channel_probs(priors)
-    error = decoder.decode(np.ascontiguousarray(syndrome, dtype=np.uint8))
-    return np.asarray(error, dtype=np.uint8) if decoder.converge else None
+    idle = _IDLE_DECODERS.setdefault((rows, lift), [])
+    try:
+        decoder = idle.pop()
+    except IndexError:
+        decoder = _new_decoder(rows, lift)
+    try:
+        decoder.update_channel_probs(priors)
+        error = decoder.decode(np.ascontiguousarray(syndrome, dtype=np.uint8))
+        return np.asarray(error, dtype=np.uint8) if decoder.converge else None
+    finally:
+        idle.append(decoder)
 
 
 class LdpcBob:
