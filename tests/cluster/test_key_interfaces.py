@@ -30,7 +30,7 @@ def qcinode(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from tests.conftest import TWO_NODES
+    from tests.support.topologies import TWO_NODES
 
     tmp = tmp_path_factory.mktemp("interfaces")
     topology = tmp / "pair.yaml"

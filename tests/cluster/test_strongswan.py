@@ -156,7 +156,7 @@ def namespaces(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Path]:
-    from tests.conftest import TWO_NODES
+    from tests.support.topologies import TWO_NODES
 
     topology = tmp_path / "pair.yaml"
     topology.write_text(TWO_NODES)

@@ -52,6 +52,7 @@ from qcinode.keys.linkstore import StorageKey
 from qcinode.kme.handlers import DeliveredKey, EncRequest, Kme
 from qcinode.kme.server import make_app, start_kme_server, tls_context
 from qcinode.pki import CertBundle, CertPlan, cert_plan, make_certificates
+from tests.support.topologies import TWO_NODES
 
 # ============================================================== ETSI 014 ====
 
@@ -464,22 +465,6 @@ async def etsi_fuzz_one(target: EtsiTarget, request: HttpRequest) -> tuple[HttpA
 
 # ================================================================== gRPC ====
 
-TWO_NODES = """
-name: pair
-defaults:
-  source: {rate_hz: 1.0e9}
-  detector: {efficiency: 0.1, dark_count_probability: 1.0e-6, misalignment_error: 0.01}
-  postprocessing: {block_bits: 50000}
-emulation: {speed: max}
-nodes:
-  - name: alpha
-    saes: [alpha-app]
-  - name: beta
-    saes: [beta-app]
-links:
-  - between: [alpha, beta]
-    length_km: 20
-"""
 LINK = "alpha-beta"
 UNARY = (
     "/qcinode.v1.Network/Advertise",
