@@ -758,6 +758,62 @@ def key_length_from_bounds(
         security_epsilon: ``eps_sec``, for the phase-error step's ``gamma``.
         bounds: The analysis's bounds on each basis's counts per intensity class.
     """
+
+    def single_photon(tau0: float, tau1: float) -> SinglePhotonBounds:
+        s0_key, s1_key = _vacuum_and_single(stats, stats.key_counts, bounds, tau0, tau1)
+        _, s1_test = _vacuum_and_single(stats, stats.test_counts, bounds, tau0, tau1)
+        _, mu2, mu3 = stats.intensities
+        errors_minus, errors_plus = bounds(stats, stats.test_errors)
+        v1 = max(tau1 * (errors_plus[1] - errors_minus[2]) / (mu2 - mu3), 0.0)
+        return SinglePhotonBounds(s0_key, s1_key, s1_test, v1)
+
+    def gap(observed: float, s1_test: float, s1_key: float) -> float:
+        return _gamma(security_epsilon, observed, s1_test, s1_key)
+
+    return key_length_steps(stats, leak_ec_bits, correction, single_photon, gap)
+
+
+@dataclass(frozen=True, slots=True)
+class SinglePhotonBounds:
+    """What a finite-key analysis bounds before the phase-error step (Lim et al. 2014, Eqs. (2)-(4)).
+
+    Attributes:
+        vacuum_key: ``s_Z0``, lower bound on vacuum events in the key basis.
+        single_key: ``s_Z1``, lower bound on single-photon events in the key basis.
+        single_test: ``s_X1``, lower bound on single-photon events in the test basis.
+        single_test_errors: ``v_X1``, upper bound on their errors.
+    """
+
+    vacuum_key: float
+    single_key: float
+    single_test: float
+    single_test_errors: float
+
+
+def key_length_steps(
+    stats: BlockStatistics,
+    leak_ec_bits: int,
+    correction: float,
+    single_photon: Callable[[float, float], SinglePhotonBounds],
+    phase_gap: Callable[[float, float, float], float],
+) -> KeyLengthResult:
+    """The steps every decoy analysis shares (Lim et al. 2014, Eq. (1)), given its bounds.
+
+    No key without key-basis or test-basis counts; the analysis's
+    single-photon bounds (``single_photon(tau0, tau1)``, Eqs. (2)-(4)); no key
+    without single photons in either basis; the phase error
+    ``phi = v_X1 / s_X1 + phase_gap(v_X1 / s_X1, s_X1, s_Z1)`` (Eq. (5)'s
+    ``gamma`` or another analysis's gap) below 1/2; then
+    ``l = floor(s_Z0 + s_Z1 (1 - h(phi)) - leak_EC - correction)`` clipped to
+    ``[0, key_bits]``.
+
+    Args:
+        stats: The block's sifted counts (checked by the caller).
+        leak_ec_bits: Bits revealed by error correction.
+        correction: The analysis's ``epsilon`` terms, subtracted from the length.
+        single_photon: The analysis's bounds, given ``tau_0`` and ``tau_1``.
+        phase_gap: The analysis's deviation of the phase error from the observed ratio.
+    """
     zero = functools.partial(no_key, leak_ec_bits=int(leak_ec_bits), correction_bits=correction)
 
     if stats.key_bits == 0:
@@ -767,20 +823,17 @@ def key_length_from_bounds(
 
     tau0 = _tau(stats.intensities, stats.class_probabilities, 0)
     tau1 = _tau(stats.intensities, stats.class_probabilities, 1)
-    s0_key, s1_key = _vacuum_and_single(stats, stats.key_counts, bounds, tau0, tau1)
-    _, s1_test = _vacuum_and_single(stats, stats.test_counts, bounds, tau0, tau1)
+    found = single_photon(tau0, tau1)
+    s0_key, s1_key, s1_test, v1 = found.vacuum_key, found.single_key, found.single_test, found.single_test_errors
     if s1_key <= 0.0:
         return zero(REASON_NO_SINGLE_PHOTON_KEY, s0_key, s1_key, s1_test)
     if s1_test <= 0.0:
         return zero(REASON_NO_SINGLE_PHOTON_TEST, s0_key, s1_key, s1_test)
 
-    _, mu2, mu3 = stats.intensities
-    errors_minus, errors_plus = bounds(stats, stats.test_errors)
-    v1 = max(tau1 * (errors_plus[1] - errors_minus[2]) / (mu2 - mu3), 0.0)
     observed = v1 / s1_test
     if observed >= 0.5:
         return zero(REASON_PHASE_ERROR, s0_key, s1_key, s1_test, v1)
-    phi = observed + _gamma(security_epsilon, observed, s1_test, s1_key)
+    phi = observed + phase_gap(observed, s1_test, s1_key)
     if phi >= 0.5:
         return zero(REASON_PHASE_ERROR, s0_key, s1_key, s1_test, v1)
 

@@ -111,30 +111,22 @@ the figure the link will compute.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Final
 
 from qcinode.core.estimation import (
     _EPSILON_PARTS,
-    REASON_CORRECTIONS,
-    REASON_NO_KEY_COUNTS,
-    REASON_NO_SINGLE_PHOTON_KEY,
-    REASON_NO_SINGLE_PHOTON_TEST,
-    REASON_NO_TEST_COUNTS,
-    REASON_PHASE_ERROR,
     BlockStatistics,
     KeyLengthResult,
+    SinglePhotonBounds,
     _check_real,
     _correction_bits,
     _key_basis_qber,
-    _tau,
     _vacuum_and_single,
     expected_block_statistics,
-    h2,
     key_length,
     key_length_from_bounds,
-    no_key,
+    key_length_steps,
     predicted_leak,
 )
 from qcinode.core.physics import LinkPhysics
@@ -334,50 +326,21 @@ def yin_key_length(
     epsilon = security_epsilon / _YIN_EPSILON_PARTS
     correction = 6.0 * math.log2(_YIN_EPSILON_PARTS / security_epsilon) + verification_tag_bits + 1.0
 
-    zero = functools.partial(no_key, leak_ec_bits=int(leak_ec_bits), correction_bits=correction)
 
-    if stats.key_bits == 0:
-        return zero(REASON_NO_KEY_COUNTS)
-    if sum(stats.test_counts) == 0:
-        return zero(REASON_NO_TEST_COUNTS)
+    def single_photon(tau0: float, tau1: float) -> SinglePhotonBounds:
+        s0_expected, s1_expected = _expected_vacuum_and_single(stats, stats.key_counts, epsilon, tau0, tau1)
+        _, s1_test_expected = _expected_vacuum_and_single(stats, stats.test_counts, epsilon, tau0, tau1)
+        s1_key = observed_bounds(s1_expected, epsilon)[0] if s1_expected > 0.0 else s1_expected
+        s1_test = observed_bounds(s1_test_expected, epsilon)[0] if s1_test_expected > 0.0 else s1_test_expected
+        _, mu2, mu3 = stats.intensities
+        errors_minus, errors_plus = _scaled_bounds(stats, stats.test_errors, epsilon)
+        v1_expected = max(tau1 * (errors_plus[1] - errors_minus[2]) / (mu2 - mu3), 0.0)
+        return SinglePhotonBounds(observed_bounds(s0_expected, epsilon)[0], s1_key, s1_test, observed_bounds(v1_expected, epsilon)[1])
 
-    tau0 = _tau(stats.intensities, stats.class_probabilities, 0)
-    tau1 = _tau(stats.intensities, stats.class_probabilities, 1)
-    s0_expected, s1_expected = _expected_vacuum_and_single(stats, stats.key_counts, epsilon, tau0, tau1)
-    _, s1_test_expected = _expected_vacuum_and_single(stats, stats.test_counts, epsilon, tau0, tau1)
-    s0_key = observed_bounds(s0_expected, epsilon)[0]
-    s1_key = observed_bounds(max(s1_expected, 0.0), epsilon)[0] if s1_expected > 0.0 else s1_expected
-    s1_test = observed_bounds(max(s1_test_expected, 0.0), epsilon)[0] if s1_test_expected > 0.0 else s1_test_expected
-    if s1_key <= 0.0:
-        return zero(REASON_NO_SINGLE_PHOTON_KEY, s0_key, s1_key, s1_test)
-    if s1_test <= 0.0:
-        return zero(REASON_NO_SINGLE_PHOTON_TEST, s0_key, s1_key, s1_test)
+    def gap(observed: float, s1_test: float, s1_key: float) -> float:
+        return yin_phase_error_gap(s1_key, s1_test, observed, epsilon)
 
-    _, mu2, mu3 = stats.intensities
-    errors_minus, errors_plus = _scaled_bounds(stats, stats.test_errors, epsilon)
-    v1_expected = max(tau1 * (errors_plus[1] - errors_minus[2]) / (mu2 - mu3), 0.0)
-    v1 = observed_bounds(v1_expected, epsilon)[1]
-    observed = v1 / s1_test
-    if observed >= 0.5:
-        return zero(REASON_PHASE_ERROR, s0_key, s1_key, s1_test, v1)
-    phi = observed + yin_phase_error_gap(s1_key, s1_test, observed, epsilon)
-    if phi >= 0.5:
-        return zero(REASON_PHASE_ERROR, s0_key, s1_key, s1_test, v1)
-
-    raw = s0_key + s1_key * (1.0 - h2(phi)) - leak_ec_bits - correction
-    length = min(math.floor(raw), stats.key_bits) if raw > 0.0 else 0
-    if length <= 0:
-        return zero(REASON_CORRECTIONS, s0_key, s1_key, s1_test, v1, phi)
-    return KeyLengthResult(
-        length_bits=int(length),
-        vacuum_bits=s0_key,
-        single_photon_bits=s1_key,
-        phase_error_bound=phi,
-        test_single_photon_bits=s1_test,
-        test_single_photon_errors=v1,
-        leak_ec_bits=int(leak_ec_bits),
-        correction_bits=correction,
-    )
+    return key_length_steps(stats, leak_ec_bits, correction, single_photon, gap)
 
 
 def decoy_key_length(
