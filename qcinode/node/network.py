@@ -201,6 +201,8 @@ class NetworkService(pb_grpc.NetworkServicer):
         self._key_writer: GroupCommit[WaitingKey, QcinodeError | None] = GroupCommit(
             self._put_keys, threaded=self.offload.storage is not None
         )  # a worker thread, not the storage thread: link saves do not wait behind key writes
+        #: Relay calls this node made: "RelayKey" (one hop), "RelayKeys" (several), "hops" they carried.
+        self.relay_calls: Counter[str] = Counter()
         self._ids = itertools.count(1)  # request IDs and incoming hops' tokens
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._forwarding: asyncio.TaskGroup | None = None  # run_adverts' group, while it runs
@@ -420,6 +422,11 @@ class NetworkService(pb_grpc.NetworkServicer):
             return [KeyStored(action.ref, Refusal(RefusalReason.STORE_REFUSED, str(exc))) for action in actions]
         return [self._stored(action, outcome) for action, outcome in zip(actions, outcomes, strict=True)]
 
+    @property
+    def key_writes(self) -> tuple[int, int]:
+        """Key-store transactions this node's relay made, and the keys they stored or refused."""
+        return self._key_writer.writes, self._key_writer.items
+
     def _put_keys(self, keys: list[WaitingKey]) -> list[QcinodeError | None]:
         """The key writer's write (a worker thread): one transaction for every key queued."""
         assert self.keystore is not None
@@ -500,6 +507,8 @@ class NetworkService(pb_grpc.NetworkServicer):
                 peer answered a different number of results.
         """
         stub = self._stub(peer)
+        self.relay_calls["RelayKey" if len(hops) == 1 else "RelayKeys"] += 1
+        self.relay_calls["hops"] += len(hops)
         if len(hops) == 1:
             return [answer_from_pb(await stub.RelayKey(hops[0], timeout=timeout))]
         results = await stub.RelayKeys(pb.RelayHops(hops=hops), timeout=timeout)
