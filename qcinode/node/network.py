@@ -22,15 +22,23 @@ engine decides them; the driver performs the actions in the order given):
   relay leaves at most an orphan at a destination, which nobody can redeem
   because nobody learnt its key ID.
 
-How the driver performs each action: ``SaveLink`` and ``StoreKey`` at once,
-each awaited before anything that follows from it (a failed save or store is
-fed back as such, so nothing that depends on it happens), the write itself in
-the node's storage thread or a worker thread (:mod:`qcinode.node.offload`),
-so that the event loop serves other requests during the fsync; the ``SendHop`` actions of one step concurrently,
-each in a task of one :class:`asyncio.TaskGroup` that feeds the hop's answer
-back and performs what follows. A caller that goes away (the KME's deadline,
-an upstream hop's deadline) cancels its tasks, and the engine is told to
-forget what they waited for; pad already committed stays used.
+How the driver performs each action, in waves (:meth:`NetworkService._drive`):
+every ``SaveLink`` of a wave in one transaction (a transit hop's two ledgers
+included, :func:`~.runtime.persist_together`), every ``StoreKey`` of a wave
+in one key-store transaction shared with concurrent relays' keys
+(:class:`~.offload.GroupCommit`), each awaited before anything that follows
+from it (a failed save or store is fed back as such, so nothing that depends
+on it happens), the writes in the node's storage thread or a worker thread
+(:mod:`qcinode.node.offload`), so that the event loop serves other requests
+during the fsync; then the ``SendHop`` actions, one message per link for
+all hops that go over it (``RelayKey`` for one, ``RelayKeys`` for several:
+a request's keys travel as one multi-key hop message, each key with its own
+pad and tag), each link's in a task of one :class:`asyncio.TaskGroup` that
+feeds the answers back and performs what follows. A caller that goes away
+(the KME's deadline, an upstream hop's deadline) cancels its tasks, and the
+engine is told to forget what they waited for; pad already committed stays
+used. With ``--log-level debug`` every stage logs its duration
+(``relay.stage``: save, store, send, receive, request).
 """
 
 from __future__ import annotations
@@ -351,11 +359,16 @@ class NetworkService(pb_grpc.NetworkServicer):
                         self._note(action)
             todo = []
             if saves:
+                started = time.perf_counter()
                 failure = await self._save({link_id for action in saves for link_id in action.link_ids})
+                self._timed("save", started, len(saves))
                 for action in saves:
                     todo += self.engine.receive(LinkSaved(action.ref, failure))
             if stores:
-                for result in await self._store_off_loop(stores):
+                started = time.perf_counter()
+                results = await self._store_off_loop(stores)
+                self._timed("store", started, len(stores))
+                for result in results:
                     todo += self.engine.receive(result)
         if sends or handoffs:
             batches: dict[tuple[str, str], list[SendHop]] = {}
@@ -391,11 +404,24 @@ class NetworkService(pb_grpc.NetworkServicer):
 
     async def _send(self, batch: list[SendHop]) -> list[RelayAction]:
         """Sends hops over one link in one message; feeds every answer back and performs what follows."""
+        started = time.perf_counter()
         refusals = await self._transmit(batch)
+        self._timed("send", started, len(batch), peer=batch[0].peer)
         follow: list[RelayAction] = []
         for action, refusal in zip(batch, refusals, strict=True):
             follow += self.engine.receive(HopAnswered(action.ref, refusal))
         return await self._drive(follow)
+
+    def _timed(self, stage: str, started: float, actions: int, **fields: str) -> None:
+        """A debug line per relay stage: how long it took on this node (``--log-level debug``: where a hop's time goes).
+
+        Stages: ``save`` (the ledgers' transaction, waiting for the storage
+        thread included), ``store`` (the key-store transaction, group commit
+        included), ``send`` (a hop message until the rest of the path
+        answered), ``request`` (an ``enc_keys`` delivery at its source),
+        ``receive`` (a neighbour's hop message until answered).
+        """
+        self.log.debug("relay.stage", stage=stage, ms=round(1e3 * (time.perf_counter() - started), 2), actions=actions, **fields)
 
     async def _save(self, link_ids: set[str]) -> str | None:
         """Writes these links' states through in one transaction; why not, if it could not be (then nothing depending on it is sent)."""
@@ -546,7 +572,7 @@ class NetworkService(pb_grpc.NetworkServicer):
         """Hands each hop to the engine as its own ``HopArrived``, performs everything together; one answer per hop."""
         sealed = [hop_from_pb(hop) for hop in hops]  # all converted before any reaches the engine
         tokens = [next(self._ids) for _ in sealed]
-        now = self.clock()
+        now, started = self.clock(), time.perf_counter()
         try:
             actions: list[RelayAction] = []
             for token, hop in zip(tokens, sealed, strict=True):
@@ -557,6 +583,7 @@ class NetworkService(pb_grpc.NetworkServicer):
                 self.engine.receive(HopAbandoned(token))  # pad it consumed stays used
             raise
         by_token = {a.token: a for a in answers if isinstance(a, AnswerHop)}
+        self._timed("receive", started, len(tokens), peer=caller)
         return [answer_to_pb(by_token[token].refusal) for token in tokens]
 
     # -- the KME's key supplier ----------------------------------------
@@ -580,11 +607,13 @@ class NetworkService(pb_grpc.NetworkServicer):
             key_bytes=key_bytes,
             keys=keys,
         )
+        started = time.perf_counter()
         try:
             answers = await self._drive(self.engine.receive(event))
         except BaseException:
             self.engine.receive(RequestAbandoned(request_id))  # pads already committed stay used
             raise
+        self._timed("request", started, number)
         (answer,) = [a for a in answers if isinstance(a, (DeliverKeys, FailRequest)) and a.request_id == request_id]
         if isinstance(answer, FailRequest):
             raise self._request_error(answer.refusal)
