@@ -436,10 +436,7 @@ class NetworkService(pb_grpc.NetworkServicer):
         if self.keystore is None:
             refusal = Refusal(RefusalReason.STORE_REFUSED, f"node {self.node_name} has no key store (no data directory)")
             return [KeyStored(action.ref, refusal) for action in actions]
-        waiting = [
-            WaitingKey(action.key_id, action.master_sae, tuple(s for s in action.slave_saes if self._sae_node(s) == self.node_name), action.key)
-            for action in actions
-        ]
+        waiting = [WaitingKey(action.key_id, action.master_sae, self._our_slaves(action.slave_saes), action.key) for action in actions]
         try:
             outcomes = await self._key_writer.submit(waiting)
         except StorageFailure as exc:  # its message names our files: the reason only
@@ -447,6 +444,10 @@ class NetworkService(pb_grpc.NetworkServicer):
         except QcinodeError as exc:
             return [KeyStored(action.ref, Refusal(RefusalReason.STORE_REFUSED, str(exc))) for action in actions]
         return [self._stored(action, outcome) for action, outcome in zip(actions, outcomes, strict=True)]
+
+    def _our_slaves(self, slaves: tuple[str, ...]) -> tuple[str, ...]:
+        """The slaves attached to this node (not another network's, handed over here)."""
+        return tuple(s for s in slaves if self.topology.has_sae(s) and self._sae_node(s) == self.node_name)
 
     @property
     def key_writes(self) -> tuple[int, int]:
