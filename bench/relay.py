@@ -544,7 +544,8 @@ def print_throughput(results: Sequence[ThroughputResult]) -> None:
         f"  {8 * (MAC_KEY_BYTES + 32)} bits of n0's half of the n0-n1 pool, so the link alone can feed at most\n"
         f"  (secret bit/s / 2) / {8 * (MAC_KEY_BYTES + 32)} keys/s plus what n0's half held at the start. 'n0 half' is what n0 may\n"
         "  initiate from (its routing advert, <= 1 s old); 'both halves' is the link's pool_bits as n0 sees it (n1's half is\n"
-        "  not spent by traffic from n0, so it only grows). A 16-key request relays its keys one after the other."
+        "  not spent by traffic from n0, so it only grows). A 16-key request's keys travel together: one RelayKeys\n"
+        "  message per hop (each key its own pad and tag), one ledger save at each end, one key-store transaction."
     )
 
 

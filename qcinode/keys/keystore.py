@@ -74,6 +74,7 @@ import sqlite3
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ from qcinode.errors import (
     KeyNotFound,
     KeyStoreError,
     LocalProtocolError,
+    QcinodeError,
     RequestError,
     StorageFailure,
     Unauthorized,
@@ -92,7 +94,7 @@ from qcinode.errors import (
 from qcinode.keys._sqlite import SqliteStore, open_database, require_name
 from qcinode.keys.linkstore import NONCE_BYTES, StorageKey
 
-__all__ = ["DATABASE_FILE", "SCHEMA_VERSION", "SaeKeyStore", "StorageFailure"]
+__all__ = ["DATABASE_FILE", "SCHEMA_VERSION", "SaeKeyStore", "StorageFailure", "WaitingKey"]
 
 #: Database file name in the data directory.
 DATABASE_FILE = "sae_keys.sqlite3"
@@ -125,6 +127,16 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS pending_by_slave ON pending (slave_sae, key_id)",
     "CREATE INDEX IF NOT EXISTS sae_keys_by_master ON sae_keys (master_sae)",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingKey:
+    """One key to store with :meth:`SaeKeyStore.put_many` (the arguments of :meth:`SaeKeyStore.put`)."""
+
+    key_id: str
+    master_sae: str
+    slave_saes: tuple[str, ...]
+    key: bytes = field(repr=False)
 
 
 class SaeKeyStore(SqliteStore):
@@ -191,55 +203,97 @@ class SaeKeyStore(SqliteStore):
             InsufficientKeyMaterial: ``max_waiting`` would be exceeded.
             LocalProtocolError: Malformed arguments.
         """
-        require_name(key_id, "key_id")
-        require_name(master_sae, "master_sae")
         if isinstance(slave_saes, str):
             raise LocalProtocolError("slave_saes must be a sequence of SAE IDs, not a str")
-        slaves = list(slave_saes)
-        if not slaves:
-            raise LocalProtocolError(f"key {key_id!r} has no slave SAE to store it for")
-        for sae in slaves:
-            require_name(sae, "slave SAE ID")
-        if len(set(slaves)) != len(slaves):
-            raise LocalProtocolError(f"key {key_id!r}: duplicate slave SAE IDs {slaves!r}")
-        if master_sae in slaves:
-            raise LocalProtocolError(f"key {key_id!r}: master SAE {master_sae!r} is also a slave")
-        if not isinstance(key, (bytes, bytearray)) or not key:
-            raise LocalProtocolError(f"key {key_id!r}: key must be non-empty bytes")
-        slaves_json = _encode_slaves(slaves)
-        nonce, ciphertext = self._key.encrypt(
-            bytes(key), self._associated_data(key_id, master_sae, slaves_json)
-        )
+        (outcome,) = self.put_many([WaitingKey(key_id, master_sae, tuple(slave_saes), key)], max_waiting=max_waiting)
+        if outcome is not None:
+            raise outcome
+
+    def put_many(self, keys: Sequence[WaitingKey], *, max_waiting: int | None = None) -> list[QcinodeError | None]:
+        """Store several keys durably in ONE transaction (one fsync), each accepted or refused on its own.
+
+        The group commit of the relay's destination: the keys of a multi-key
+        hop, and those of concurrent relays that arrived while the previous
+        write ran, cost one fsync together. Each key gets the outcome
+        :meth:`put` would give it alone, in order: a key refused (malformed,
+        a duplicate ID, ``max_waiting`` reached) does not stop the others; a
+        key ID given twice in ``keys`` is judged against the first, as if
+        that one had been stored before.
+
+        Args:
+            keys: The keys to store.
+            max_waiting: As :meth:`put`, counting the keys of this call
+                stored before.
+
+        Returns:
+            Per key, None if it is stored now, else the exception :meth:`put`
+            would have raised for it (:class:`DuplicateKey`,
+            :class:`InsufficientKeyMaterial`, :class:`LocalProtocolError`).
+
+        Raises:
+            StorageFailure: The transaction could not be written; none of the
+                keys is stored.
+            KeyStoreError: The store is closed.
+        """
+        outcomes: list[QcinodeError | None] = [None] * len(keys)
+        rows: list[tuple[int, WaitingKey, str, bytes, bytes]] = []  # index, key, slaves JSON, nonce, ciphertext
+        for index, item in enumerate(keys):
+            try:
+                slaves_json = self._checked(item)
+            except LocalProtocolError as exc:
+                outcomes[index] = exc
+                continue
+            nonce, ciphertext = self._key.encrypt(bytes(item.key), self._associated_data(item.key_id, item.master_sae, slaves_json))
+            rows.append((index, item, slaves_json, nonce, ciphertext))
+        if not rows:
+            return outcomes
+        what = rows[0][1].key_id if len(rows) == 1 else f"{len(rows)} keys"
         with self._transaction(
-            f"cannot store key {key_id!r} in {self._path}",
-            integrity_failure=f"key {key_id!r} is already stored in {self._path}",
+            f"cannot store key {what!r} in {self._path}" if len(rows) == 1 else f"cannot store {what} in {self._path}",
+            integrity_failure=f"key {what!r} is already stored in {self._path}",
         ) as conn:
-            # Under BEGIN IMMEDIATE: no other writer can store the ID between this check and the insert.
-            stored = conn.execute(
-                "SELECT master_sae, slave_saes, nonce, ciphertext FROM sae_keys WHERE key_id = ?", (key_id,)
-            ).fetchone()
-            if stored is not None:
-                raise DuplicateKey(
-                    f"key {key_id!r} is already stored in {self._path}",
-                    identical=self._holds(key_id, stored, master_sae, slaves_json, bytes(key)),
-                )
-            if max_waiting is not None:
-                for sae in slaves:
-                    if self._count(conn, master_sae, sae) >= max_waiting:
-                        raise InsufficientKeyMaterial(
-                            f"SAE {sae!r} already has {max_waiting} keys from {master_sae!r} "
+            counts: dict[tuple[str, str], int] = {}
+            batch: dict[str, tuple[str, str, bytes]] = {}  # key ID -> (master, slaves JSON, key) stored by this call
+            inserts: list[tuple[str, str, str, bytes, bytes, float]] = []
+            pending: list[tuple[str, str]] = []
+            now = float(self._clock())
+            for index, item, slaves_json, nonce, ciphertext in rows:
+                # Under BEGIN IMMEDIATE: no other writer can store the ID between this check and the insert.
+                earlier = batch.get(item.key_id)
+                if earlier is not None:
+                    identical = earlier[:2] == (item.master_sae, slaves_json) and hmac.compare_digest(earlier[2], bytes(item.key))
+                    outcomes[index] = DuplicateKey(f"key {item.key_id!r} is already stored in {self._path}", identical=identical)
+                    continue
+                stored = conn.execute(
+                    "SELECT master_sae, slave_saes, nonce, ciphertext FROM sae_keys WHERE key_id = ?", (item.key_id,)
+                ).fetchone()
+                if stored is not None:
+                    outcomes[index] = DuplicateKey(
+                        f"key {item.key_id!r} is already stored in {self._path}",
+                        identical=self._holds(item.key_id, stored, item.master_sae, slaves_json, bytes(item.key)),
+                    )
+                    continue
+                if max_waiting is not None:
+                    full = [sae for sae in item.slave_saes if self._waiting(conn, counts, item.master_sae, sae) >= max_waiting]
+                    if full:
+                        outcomes[index] = InsufficientKeyMaterial(
+                            f"SAE {full[0]!r} already has {max_waiting} keys from {item.master_sae!r} "
                             "waiting at node "
                             f"{self._node_name!r}; it must redeem some before more are stored"
                         )
-            conn.execute(
+                        continue
+                    for sae in item.slave_saes:
+                        counts[(item.master_sae, sae)] += 1
+                batch[item.key_id] = (item.master_sae, slaves_json, bytes(item.key))
+                inserts.append((item.key_id, item.master_sae, slaves_json, nonce, ciphertext, now))
+                pending += [(item.key_id, sae) for sae in item.slave_saes]
+            conn.executemany(
                 "INSERT INTO sae_keys (key_id, master_sae, slave_saes, nonce, ciphertext, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (key_id, master_sae, slaves_json, nonce, ciphertext, float(self._clock())),
+                inserts,
             )
-            conn.executemany(
-                "INSERT INTO pending (key_id, slave_sae) VALUES (?, ?)",
-                [(key_id, sae) for sae in slaves],
-            )
+            conn.executemany("INSERT INTO pending (key_id, slave_sae) VALUES (?, ?)", pending)
+        return outcomes
 
     def take(
         self, requester_sae: str, master_sae: str, key_ids: Sequence[str]
@@ -437,6 +491,36 @@ class SaeKeyStore(SqliteStore):
         except (InvalidTag, ValueError, TypeError):
             return False  # an altered row is not the key we have
         return hmac.compare_digest(stored, key)
+
+    def _waiting(self, conn: sqlite3.Connection, counts: dict[tuple[str, str], int], master: str, slave: str) -> int:
+        """Keys from ``master`` waiting for ``slave``, counted once per transaction, then kept up to date by the caller."""
+        if (master, slave) not in counts:
+            counts[(master, slave)] = self._count(conn, master, slave)
+        return counts[(master, slave)]
+
+    def _checked(self, item: WaitingKey) -> str:
+        """The slaves' JSON of a well-formed key to store.
+
+        Raises:
+            LocalProtocolError: Naming what is malformed.
+        """
+        key_id, master_sae, slave_saes, key = item.key_id, item.master_sae, item.slave_saes, item.key
+        require_name(key_id, "key_id")
+        require_name(master_sae, "master_sae")
+        if isinstance(slave_saes, str):
+            raise LocalProtocolError("slave_saes must be a sequence of SAE IDs, not a str")
+        slaves = list(slave_saes)
+        if not slaves:
+            raise LocalProtocolError(f"key {key_id!r} has no slave SAE to store it for")
+        for sae in slaves:
+            require_name(sae, "slave SAE ID")
+        if len(set(slaves)) != len(slaves):
+            raise LocalProtocolError(f"key {key_id!r}: duplicate slave SAE IDs {slaves!r}")
+        if master_sae in slaves:
+            raise LocalProtocolError(f"key {key_id!r}: master SAE {master_sae!r} is also a slave")
+        if not isinstance(key, (bytes, bytearray)) or not key:
+            raise LocalProtocolError(f"key {key_id!r}: key must be non-empty bytes")
+        return _encode_slaves(slaves)
 
     @staticmethod
     def _count(conn: sqlite3.Connection, master: str, slave: str) -> int:

@@ -63,7 +63,8 @@ import secrets
 import struct
 import time
 import zlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,7 @@ __all__ = [
     "KEY_FILE",
     "SCHEMA_VERSION",
     "STORAGE_KEY_BYTES",
+    "LinkSave",
     "LinkStore",
     "StorageFailure",
     "StorageKey",
@@ -248,6 +250,16 @@ class StorageKey:
         return f"StorageKey(path={str(self._path)!r})"
 
 
+@dataclass(frozen=True, slots=True)
+class LinkSave:
+    """One link's state to write with :meth:`LinkStore.save_many` (the arguments of :meth:`LinkStore.save`)."""
+
+    link_id: str
+    state: dict[str, Any]
+    blob_names: Collection[str] | None = None
+    blob: Callable[[str], bytes] | None = None
+
+
 class LinkStore(SqliteStore):
     """Every link's state at one node, in ``data_dir/links.sqlite3``, encrypted."""
 
@@ -337,38 +349,61 @@ class LinkStore(SqliteStore):
             LocalProtocolError: If ``link_id`` is not a non-empty str or
                 ``state`` is not a JSON-able dict.
         """
-        require_name(link_id, "link_id")
-        if not isinstance(state, dict):
-            raise LocalProtocolError(f"state must be a dict, got {type(state).__name__}")
-        try:
-            document = json.dumps(state, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            # The message names a type or a float, never a value of the state.
-            raise LocalProtocolError(f"state of link {link_id!r} is not JSON-able: {exc}") from None
-        plaintext = _compress(document.encode("utf-8"))
-        nonce, ciphertext = self._key.encrypt(plaintext, self._associated_data(link_id))
-        names = set(blob_names) if blob_names is not None else None
-        added: list[tuple[str, str, bytes, bytes]] = []
-        gone: list[tuple[str, str]] = []
-        if names is not None:
-            if blob is None:
-                raise LocalProtocolError("save: blob_names needs blob")
-            on_disk = self._stored_blob_names(link_id)
-            for name in sorted(names - on_disk):
-                require_name(name, "blob name")
-                added.append((link_id, name, *self._key.encrypt(blob(name), self._blob_associated_data(link_id, name))))
-            gone = [(link_id, name) for name in on_disk - names]
-        with self._transaction(f"cannot save link {link_id!r} to {self._path}") as conn:
-            conn.executemany("INSERT INTO link_blobs (link_id, name, nonce, ciphertext) VALUES (?, ?, ?, ?)", added)
-            conn.executemany("DELETE FROM link_blobs WHERE link_id = ? AND name = ?", gone)
-            conn.execute(
-                "INSERT INTO links (link_id, nonce, ciphertext, updated_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (link_id) DO UPDATE SET nonce = excluded.nonce, "
-                "ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
-                (link_id, nonce, ciphertext, float(self._clock())),
-            )
-        if names is not None:
-            self._blob_names[link_id] = names
+        self.save_many([LinkSave(link_id, state, blob_names, blob)])
+
+    def save_many(self, saves: Sequence[LinkSave]) -> None:
+        """Replace several links' states in ONE transaction (one fsync): all of them, or none.
+
+        Each entry as :meth:`save`. A relay hop through this node uses pad
+        of two links (the one it came in on, the one it goes out on); both
+        ledgers go to disk together, before the hop is sent on.
+
+        Raises:
+            StorageFailure, KeyStoreError, LocalProtocolError: As :meth:`save`;
+                if it raises, no link's state changed.
+        """
+        prepared: list[tuple[str, bytes, bytes, list[tuple[str, str, bytes, bytes]], list[tuple[str, str]], set[str] | None]] = []
+        for entry in saves:
+            link_id, state = entry.link_id, entry.state
+            require_name(link_id, "link_id")
+            if not isinstance(state, dict):
+                raise LocalProtocolError(f"state must be a dict, got {type(state).__name__}")
+            try:
+                document = json.dumps(state, separators=(",", ":"), allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                # The message names a type or a float, never a value of the state.
+                raise LocalProtocolError(f"state of link {link_id!r} is not JSON-able: {exc}") from None
+            plaintext = _compress(document.encode("utf-8"))
+            nonce, ciphertext = self._key.encrypt(plaintext, self._associated_data(link_id))
+            names = set(entry.blob_names) if entry.blob_names is not None else None
+            added: list[tuple[str, str, bytes, bytes]] = []
+            gone: list[tuple[str, str]] = []
+            if names is not None:
+                blob = entry.blob
+                if blob is None:
+                    raise LocalProtocolError("save: blob_names needs blob")
+                on_disk = self._stored_blob_names(link_id)
+                for name in sorted(names - on_disk):
+                    require_name(name, "blob name")
+                    added.append((link_id, name, *self._key.encrypt(blob(name), self._blob_associated_data(link_id, name))))
+                gone = [(link_id, name) for name in on_disk - names]
+            prepared.append((link_id, nonce, ciphertext, added, gone, names))
+        if not prepared:
+            return
+        what = f"link {prepared[0][0]!r}" if len(prepared) == 1 else "links " + ", ".join(repr(p[0]) for p in prepared)
+        with self._transaction(f"cannot save {what} to {self._path}") as conn:
+            for link_id, nonce, ciphertext, added, gone, _ in prepared:
+                conn.executemany("INSERT INTO link_blobs (link_id, name, nonce, ciphertext) VALUES (?, ?, ?, ?)", added)
+                conn.executemany("DELETE FROM link_blobs WHERE link_id = ? AND name = ?", gone)
+                conn.execute(
+                    "INSERT INTO links (link_id, nonce, ciphertext, updated_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (link_id) DO UPDATE SET nonce = excluded.nonce, "
+                    "ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
+                    (link_id, nonce, ciphertext, float(self._clock())),
+                )
+        for link_id, _, _, _, _, names in prepared:
+            if names is not None:
+                self._blob_names[link_id] = names
 
     def load_blobs(self, link_id: str) -> dict[str, bytes]:
         """Every blob of one link, by name (see :meth:`save`); empty if none.

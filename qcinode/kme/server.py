@@ -63,6 +63,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import ssl
@@ -395,10 +396,24 @@ def _caller(request: web.Request) -> str:
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if not der:
         raise Unauthorized("a client certificate is required")
+    name = _common_name(der)
+    if name is None:
+        raise Unauthorized("the client certificate has no single common name")
+    return name
+
+
+@functools.lru_cache(maxsize=1024)
+def _common_name(der: bytes) -> str | None:
+    """The common name of a DER certificate (None if it has not exactly one).
+
+    Parsed once per certificate, not once per request: a kept-alive client
+    sends the same certificate for every call. Keyed by the whole DER, so a
+    different certificate is always parsed; the TLS layer verified it.
+    """
     try:
         return common_name_of(der)
     except ConfigError:
-        raise Unauthorized("the client certificate has no single common name") from None
+        return None
 
 
 def _query(request: web.Request) -> dict[str, str]:
@@ -444,11 +459,8 @@ def _identity(request: web.Request) -> str:
 def _transport_identity(transport: asyncio.BaseTransport) -> str:
     ssl_object = transport.get_extra_info("ssl_object")
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    if der:
-        try:
-            return common_name_of(der)
-        except ConfigError:
-            pass
+    if der and (name := _common_name(der)) is not None:
+        return name
     return _address(transport.get_extra_info("peername"))
 
 

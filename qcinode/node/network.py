@@ -22,15 +22,23 @@ engine decides them; the driver performs the actions in the order given):
   relay leaves at most an orphan at a destination, which nobody can redeem
   because nobody learnt its key ID.
 
-How the driver performs each action: ``SaveLink`` and ``StoreKey`` at once,
-each awaited before anything that follows from it (a failed save or store is
-fed back as such, so nothing that depends on it happens), the write itself in
-the node's storage thread or a worker thread (:mod:`qcinode.node.offload`),
-so that the event loop serves other requests during the fsync; the ``SendHop`` actions of one step concurrently,
-each in a task of one :class:`asyncio.TaskGroup` that feeds the hop's answer
-back and performs what follows. A caller that goes away (the KME's deadline,
-an upstream hop's deadline) cancels its tasks, and the engine is told to
-forget what they waited for; pad already committed stays used.
+How the driver performs each action, in waves (:meth:`NetworkService._drive`):
+every ``SaveLink`` of a wave in one transaction (a transit hop's two ledgers
+included, :func:`~.runtime.persist_together`), every ``StoreKey`` of a wave
+in one key-store transaction shared with concurrent relays' keys
+(:class:`~.offload.GroupCommit`), each awaited before anything that follows
+from it (a failed save or store is fed back as such, so nothing that depends
+on it happens), the writes in the node's storage thread or a worker thread
+(:mod:`qcinode.node.offload`), so that the event loop serves other requests
+during the fsync; then the ``SendHop`` actions, one message per link for
+all hops that go over it (``RelayKey`` for one, ``RelayKeys`` for several:
+a request's keys travel as one multi-key hop message, each key with its own
+pad and tag), each link's in a task of one :class:`asyncio.TaskGroup` that
+feeds the answers back and performs what follows. A caller that goes away
+(the KME's deadline, an upstream hop's deadline) cancels its tasks, and the
+engine is told to forget what they waited for; pad already committed stays
+used. With ``--log-level debug`` every stage logs its duration
+(``relay.stage``: save, store, send, receive, request).
 """
 
 from __future__ import annotations
@@ -39,9 +47,10 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -84,6 +93,7 @@ from ..core.routing import (
 from ..errors import (
     DuplicateKey,
     InsufficientKeyMaterial,
+    PeerRefused,
     PeerTimeout,
     PeerUnavailable,
     ProtocolError,
@@ -93,7 +103,7 @@ from ..errors import (
     TransportError,
     Unauthorized,
 )
-from ..keys.keystore import SaeKeyStore
+from ..keys.keystore import SaeKeyStore, WaitingKey
 from ..keys.linkstore import LinkStore
 from ..kme.handlers import DeliveredKey, EncRequest, KmeLimits
 from ..status import AdvertisedLink, HeldAdvert, LinkState, NetworkStatus, RoutingStatus, StorageStatus
@@ -104,10 +114,12 @@ from ..transport.pb import network_pb2 as pb
 from ..transport.pb import network_pb2_grpc as pb_grpc
 from .access import caller_common_name
 from .faults import FaultInjector
-from .offload import Offload
-from .runtime import LinkRuntime, finish_in_thread
+from .offload import GroupCommit, Offload
+from .runtime import LinkRuntime, persist_together
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 #: Hands a key over to another network: ``(key_id, master_sae, remote_slaves, key) -> refusal or None``.
 HandOff = Callable[[str, str, tuple[str, ...], bytes], Awaitable["Refusal | None"]]
@@ -116,11 +128,17 @@ HandOff = Callable[[str, str, tuple[str, ...], bytes], Awaitable["Refusal | None
 ADVERT_TICK_S = 1.0
 ADVERT_TIMEOUT_S = 2.0
 HOP_TIMEOUT_S = 5.0
+#: Most hops one ``RelayKeys`` call carries (a request's keys, each hop a few hundred bytes plus the key).
+MAX_HOPS_PER_CALL = 1024
 
 
 # Rejections a healthy network also meets (an older copy overtaken in a flood
 # race) are logged at info; the others mean a forged, altered or broken advert.
 _ROUTINE_REJECTIONS = frozenset({RejectReason.STALE})
+
+
+def _chunked(items: list[T], size: int) -> list[list[T]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 class _Links:
@@ -186,6 +204,13 @@ class NetworkService(pb_grpc.NetworkServicer):
         # The interworking driver (node/interworking.py) at a node serving another
         # network's SAEs: a StoreKey for them is handed over instead of stored.
         self.hand_off: HandOff | None = None
+        # Keys arriving here go to the key store together: one transaction for
+        # a multi-key hop, shared with concurrent relays' keys (group commit).
+        self._key_writer: GroupCommit[WaitingKey, QcinodeError | None] = GroupCommit(
+            self._put_keys, threaded=self.offload.storage is not None
+        )  # a worker thread, not the storage thread: link saves do not wait behind key writes
+        #: Relay calls this node made: "RelayKey" (one hop), "RelayKeys" (several), "hops" they carried.
+        self.relay_calls: Counter[str] = Counter()
         self._ids = itertools.count(1)  # request IDs and incoming hops' tokens
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._forwarding: asyncio.TaskGroup | None = None  # run_adverts' group, while it runs
@@ -304,30 +329,53 @@ class NetworkService(pb_grpc.NetworkServicer):
         """Performs the engine's actions and everything that follows from them; returns the final answers.
 
         The answers are the :class:`AnswerHop`, :class:`DeliverKeys` and
-        :class:`FailRequest` actions reached from ``actions``.
+        :class:`FailRequest` actions reached from ``actions``. Actions are
+        performed in waves: every :class:`SaveLink` of a wave in one
+        transaction, every :class:`StoreKey` in one (shared with concurrent
+        relays' keys, :class:`~.offload.GroupCommit`), and the results fed
+        back make the next wave; then the :class:`SendHop` actions, one
+        message per link for all hops that go over it.
         """
         answers: list[RelayAction] = []
         sends: list[SendHop] = []
         handoffs: list[StoreKey] = []
-        todo = deque(actions)
+        todo = list(actions)
         while todo:
-            action = todo.popleft()
-            match action:
-                case SaveLink():
-                    todo.extend(self.engine.receive(LinkSaved(action.ref, await self._save(action.link_id))))
-                case StoreKey() if self._remote_slaves(action.slave_saes):
-                    handoffs.append(action)
-                case StoreKey():
-                    todo.extend(self.engine.receive(await self._store_off_loop(action)))
-                case SendHop():
-                    sends.append(action)
-                case AnswerHop() | DeliverKeys() | FailRequest():
-                    answers.append(action)
-                case _:
-                    self._note(action)
+            saves: list[SaveLink] = []
+            stores: list[StoreKey] = []
+            for action in todo:
+                match action:
+                    case SaveLink():
+                        saves.append(action)
+                    case StoreKey() if self._remote_slaves(action.slave_saes):
+                        handoffs.append(action)
+                    case StoreKey():
+                        stores.append(action)
+                    case SendHop():
+                        sends.append(action)
+                    case AnswerHop() | DeliverKeys() | FailRequest():
+                        answers.append(action)
+                    case _:
+                        self._note(action)
+            todo = []
+            if saves:
+                started = time.perf_counter()
+                failure = await self._save({link_id for action in saves for link_id in action.link_ids})
+                self._timed("save", started, len(saves))
+                for action in saves:
+                    todo += self.engine.receive(LinkSaved(action.ref, failure))
+            if stores:
+                started = time.perf_counter()
+                results = await self._store_off_loop(stores)
+                self._timed("store", started, len(stores))
+                for result in results:
+                    todo += self.engine.receive(result)
         if sends or handoffs:
+            batches: dict[tuple[str, str], list[SendHop]] = {}
+            for action in sends:
+                batches.setdefault((action.link_id, action.peer), []).append(action)
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._send(action)) for action in sends]
+                tasks = [group.create_task(self._send(batch)) for batch in batches.values()]
                 tasks += [group.create_task(self._hand_off(action)) for action in handoffs]
             for task in tasks:
                 answers += task.result()
@@ -342,7 +390,7 @@ class NetworkService(pb_grpc.NetworkServicer):
     async def _hand_off(self, action: StoreKey) -> list[RelayAction]:
         """Stores the key for our own slaves, then hands it to the other network for its slaves; feeds the outcome back."""
         remote = self._remote_slaves(action.slave_saes)
-        result = await self._store_off_loop(action) if len(remote) < len(action.slave_saes) else KeyStored(action.ref)
+        result = (await self._store_off_loop([action]))[0] if len(remote) < len(action.slave_saes) else KeyStored(action.ref)
         if result.refusal is None:
             if self.hand_off is None:
                 refusal: Refusal | None = Refusal(
@@ -354,67 +402,146 @@ class NetworkService(pb_grpc.NetworkServicer):
                 result = KeyStored(action.ref, refusal)
         return await self._drive(self.engine.receive(result))
 
-    async def _send(self, action: SendHop) -> list[RelayAction]:
-        refusal = await self._transmit(action)
-        return await self._drive(self.engine.receive(HopAnswered(action.ref, refusal)))
+    async def _send(self, batch: list[SendHop]) -> list[RelayAction]:
+        """Sends hops over one link in one message; feeds every answer back and performs what follows."""
+        started = time.perf_counter()
+        refusals = await self._transmit(batch)
+        self._timed("send", started, len(batch), peer=batch[0].peer)
+        follow: list[RelayAction] = []
+        for action, refusal in zip(batch, refusals, strict=True):
+            follow += self.engine.receive(HopAnswered(action.ref, refusal))
+        return await self._drive(follow)
 
-    async def _save(self, link_id: str) -> str | None:
-        """Writes the link's state through; why not, if it could not be (then nothing depending on it is sent)."""
+    def _timed(self, stage: str, started: float, actions: int, **fields: str) -> None:
+        """A debug line per relay stage: how long it took on this node (``--log-level debug``: where a hop's time goes).
+
+        Stages: ``save`` (the ledgers' transaction, waiting for the storage
+        thread included), ``store`` (the key-store transaction, group commit
+        included), ``send`` (a hop message until the rest of the path
+        answered), ``request`` (an ``enc_keys`` delivery at its source),
+        ``receive`` (a neighbour's hop message until answered).
+        """
+        self.log.debug("relay.stage", stage=stage, ms=round(1e3 * (time.perf_counter() - started), 2), actions=actions, **fields)
+
+    async def _save(self, link_ids: set[str]) -> str | None:
+        """Writes these links' states through in one transaction; why not, if it could not be (then nothing depending on it is sent)."""
         try:
-            await self.links[link_id].persist_async(self.offload.storage)
+            await persist_together([self.links[link_id] for link_id in sorted(link_ids)], self.offload.storage)
         except StorageFailure as exc:
             return exc.reason
         return None
 
-    async def _store_off_loop(self, action: StoreKey) -> KeyStored:
-        """:meth:`_store` in a worker thread (an fsync'ed transaction) when the node has threads."""
-        if self.offload.storage is None:
-            return self._store(action)
-        stored: KeyStored = await finish_in_thread(asyncio.get_running_loop().run_in_executor(None, self._store, action))
-        return stored
-
-    def _store(self, action: StoreKey) -> KeyStored:
-        """Stores a key for the slaves attached here; the key store's outcome as the engine's vocabulary."""
+    async def _store_off_loop(self, actions: list[StoreKey]) -> list[KeyStored]:
+        """Stores keys for the slaves attached here, in one transaction with whatever concurrent relays store (group commit)."""
         if self.keystore is None:
-            return KeyStored(action.ref, Refusal(RefusalReason.STORE_REFUSED, f"node {self.node_name} has no key store (no data directory)"))
-        ours = [s for s in action.slave_saes if self.topology.has_sae(s) and self._sae_node(s) == self.node_name]
+            refusal = Refusal(RefusalReason.STORE_REFUSED, f"node {self.node_name} has no key store (no data directory)")
+            return [KeyStored(action.ref, refusal) for action in actions]
+        waiting = [WaitingKey(action.key_id, action.master_sae, self._our_slaves(action.slave_saes), action.key) for action in actions]
         try:
-            self.keystore.put(action.key_id, action.master_sae, ours, action.key, max_waiting=self.max_waiting_keys)
-        except DuplicateKey as exc:
-            if exc.identical:  # the same key again (a retried relay): delivered once is delivered
-                return KeyStored(action.ref, duplicate=True)
-            detail = f"key {action.key_id} is already stored at node {self.node_name} with another key"
-            return KeyStored(action.ref, Refusal(RefusalReason.DUPLICATE, detail))
+            outcomes = await self._key_writer.submit(waiting)
         except StorageFailure as exc:  # its message names our files: the reason only
-            return KeyStored(action.ref, Refusal(RefusalReason.STORAGE_FAILED, exc.reason))
-        except InsufficientKeyMaterial as exc:
-            return KeyStored(action.ref, Refusal(RefusalReason.INSUFFICIENT_KEY, str(exc)))
+            return [KeyStored(action.ref, Refusal(RefusalReason.STORAGE_FAILED, exc.reason)) for action in actions]
         except QcinodeError as exc:
-            return KeyStored(action.ref, Refusal(RefusalReason.STORE_REFUSED, str(exc)))
-        return KeyStored(action.ref)
+            return [KeyStored(action.ref, Refusal(RefusalReason.STORE_REFUSED, str(exc))) for action in actions]
+        return [self._stored(action, outcome) for action, outcome in zip(actions, outcomes, strict=True)]
 
-    async def _transmit(self, action: SendHop) -> Refusal | None:
-        """Sends one hop (through the link's fault injector) and waits for the rest of its path; None if delivered."""
-        peer, header = action.peer, action.hop.header
-        sent = await self.faults.relay(action.link_id, hop_to_pb(action.hop))
-        if not sent:
-            return Refusal(RefusalReason.LOST, f"relay hop to {peer} lost on the way (fault injected)")
-        timeout = HOP_TIMEOUT_S * (len(header.path) - header.hop_index) + self._interworking_wait_s(header.destination, header.slave_saes)
+    def _our_slaves(self, slaves: tuple[str, ...]) -> tuple[str, ...]:
+        """The slaves attached to this node (not another network's, handed over here)."""
+        return tuple(s for s in slaves if self.topology.has_sae(s) and self._sae_node(s) == self.node_name)
+
+    @property
+    def key_writes(self) -> tuple[int, int]:
+        """Key-store transactions this node's relay made, and the keys they stored or refused."""
+        return self._key_writer.writes, self._key_writer.items
+
+    def _put_keys(self, keys: list[WaitingKey]) -> list[QcinodeError | None]:
+        """The key writer's write (a worker thread): one transaction for every key queued."""
+        assert self.keystore is not None
+        return self.keystore.put_many(keys, max_waiting=self.max_waiting_keys)
+
+    def _stored(self, action: StoreKey, outcome: QcinodeError | None) -> KeyStored:
+        """The key store's outcome for one key, in the engine's vocabulary."""
+        match outcome:
+            case None:
+                return KeyStored(action.ref)
+            case DuplicateKey(identical=True):  # the same key again (a retried relay): delivered once is delivered
+                return KeyStored(action.ref, duplicate=True)
+            case DuplicateKey():
+                detail = f"key {action.key_id} is already stored at node {self.node_name} with another key"
+                return KeyStored(action.ref, Refusal(RefusalReason.DUPLICATE, detail))
+            case StorageFailure():
+                return KeyStored(action.ref, Refusal(RefusalReason.STORAGE_FAILED, outcome.reason))
+            case InsufficientKeyMaterial():
+                return KeyStored(action.ref, Refusal(RefusalReason.INSUFFICIENT_KEY, str(outcome)))
+            case _:
+                return KeyStored(action.ref, Refusal(RefusalReason.STORE_REFUSED, str(outcome)))
+
+    async def _transmit(self, batch: list[SendHop]) -> list[Refusal | None]:
+        """Sends hops over one link (through its fault injector) and waits for the rest of their paths; per hop None if delivered.
+
+        One hop goes as ``RelayKey``, several as one ``RelayKeys`` message
+        (up to :data:`MAX_HOPS_PER_CALL` each); each hop is answered on its own.
+        """
+        link_id, peer = batch[0].link_id, batch[0].peer
+        refusals: list[Refusal | None] = [None] * len(batch)
+        faulted = await self._through_faults(link_id, batch)
+        first = [(index, sent[0]) for index, sent in enumerate(faulted) if sent]
+        for index, sent in enumerate(faulted):
+            if not sent:
+                refusals[index] = Refusal(RefusalReason.LOST, f"relay hop to {peer} lost on the way (fault injected)")
+        timeout = max(
+            HOP_TIMEOUT_S * (len(a.hop.header.path) - a.hop.header.hop_index)
+            + self._interworking_wait_s(a.hop.header.destination, a.hop.header.slave_saes)
+            for a in batch
+        )
         what = f"relay hop to {peer}"
-        try:
-            with rpc_errors(what):
-                refused = answer_from_pb(await self._stub(peer).RelayKey(sent[0], timeout=timeout))
-        except PeerTimeout as exc:
-            return Refusal(RefusalReason.TIMEOUT, str(exc))
-        except TransportError as exc:
-            return Refusal(RefusalReason.PEER_UNAVAILABLE, str(exc))
-        for replayed in sent[1:]:  # a replayed hop must be refused downstream
+        for chunk in _chunked(first, MAX_HOPS_PER_CALL):
+            try:
+                with rpc_errors(what):
+                    answers = await self._call(peer, [hop for _, hop in chunk], timeout)
+            except PeerTimeout as exc:
+                for index, _ in chunk:
+                    refusals[index] = Refusal(RefusalReason.TIMEOUT, str(exc))
+                continue
+            except TransportError as exc:
+                for index, _ in chunk:
+                    refusals[index] = Refusal(RefusalReason.PEER_UNAVAILABLE, str(exc))
+                continue
+            for (index, _), refused in zip(chunk, answers, strict=True):
+                if refused is not None:
+                    refusals[index] = Refusal(RefusalReason.PEER_REFUSED, f"relay refused downstream of {self.node_name}: {refused}")
+        replays = [(batch[index], hop) for index, sent in enumerate(faulted) for hop in sent[1:]]
+        for action, replayed in replays:  # a replayed hop must be refused downstream
             with contextlib.suppress(TransportError), rpc_errors(what):
-                again = answer_from_pb(await self._stub(peer).RelayKey(replayed, timeout=timeout))
+                (again,) = await self._call(peer, [replayed], timeout)
+                header = action.hop.header
                 self.log.info("relay.replay_answered", relay_id=header.relay_id, peer_id=peer, delivered=again is None, details=again or "")
-        if refused is not None:
-            return Refusal(RefusalReason.PEER_REFUSED, f"relay refused downstream of {self.node_name}: {refused}")
-        return None
+        return refusals
+
+    async def _through_faults(self, link_id: str, batch: list[SendHop]) -> list[list[pb.RelayHop]]:
+        """Each hop as the link's fault injector lets it go: [] lost, two copies replayed, altered, delayed."""
+        if len(batch) == 1:
+            return [await self.faults.relay(link_id, hop_to_pb(batch[0].hop))]
+        async with asyncio.TaskGroup() as group:  # delays of a batch's hops overlap, as separate calls' would
+            tasks = [group.create_task(self.faults.relay(link_id, hop_to_pb(action.hop))) for action in batch]
+        return [task.result() for task in tasks]
+
+    async def _call(self, peer: str, hops: list[pb.RelayHop], timeout: float) -> list[str | None]:
+        """One ``RelayKey`` (one hop) or ``RelayKeys`` call; per hop None (delivered) or the peer's refusal text.
+
+        Raises:
+            TransportError: The call failed (inside :func:`rpc_errors`), or the
+                peer answered a different number of results.
+        """
+        stub = self._stub(peer)
+        self.relay_calls["RelayKey" if len(hops) == 1 else "RelayKeys"] += 1
+        self.relay_calls["hops"] += len(hops)
+        if len(hops) == 1:
+            return [answer_from_pb(await stub.RelayKey(hops[0], timeout=timeout))]
+        results = await stub.RelayKeys(pb.RelayHops(hops=hops), timeout=timeout)
+        if len(results.results) != len(hops):
+            raise PeerRefused(f"{peer} answered {len(results.results)} results for {len(hops)} relay hops")
+        return [answer_from_pb(result) for result in results.results]
 
     def _note(self, notice: RelayAction) -> None:
         """Logs one of the engine's notices."""
@@ -433,15 +560,32 @@ class NetworkService(pb_grpc.NetworkServicer):
 
     # -- relay: receiving ----------------------------------------------
     async def RelayKey(self, request: pb.RelayHop, context: grpc.aio.ServicerContext) -> pb.RelayResult:
+        (result,) = await self._receive_hops(self._neighbour(context).peer, [request])
+        return result
+
+    async def RelayKeys(self, request: pb.RelayHops, context: grpc.aio.ServicerContext) -> pb.RelayResults:
         caller = self._neighbour(context).peer
-        token = next(self._ids)
+        if len(request.hops) > MAX_HOPS_PER_CALL:
+            raise RemoteProtocolError(f"a RelayKeys call carries at most {MAX_HOPS_PER_CALL} hops, got {len(request.hops)}")
+        return pb.RelayResults(results=await self._receive_hops(caller, list(request.hops)))
+
+    async def _receive_hops(self, caller: str, hops: list[pb.RelayHop]) -> list[pb.RelayResult]:
+        """Hands each hop to the engine as its own ``HopArrived``, performs everything together; one answer per hop."""
+        sealed = [hop_from_pb(hop) for hop in hops]  # all converted before any reaches the engine
+        tokens = [next(self._ids) for _ in sealed]
+        now, started = self.clock(), time.perf_counter()
         try:
-            answers = await self._drive(self.engine.receive(HopArrived(token, caller, hop_from_pb(request), self.clock())))
+            actions: list[RelayAction] = []
+            for token, hop in zip(tokens, sealed, strict=True):
+                actions += self.engine.receive(HopArrived(token, caller, hop, now))
+            answers = await self._drive(actions)
         except BaseException:
-            self.engine.receive(HopAbandoned(token))  # pad it consumed stays used
+            for token in tokens:
+                self.engine.receive(HopAbandoned(token))  # pad it consumed stays used
             raise
-        (answer,) = [a for a in answers if isinstance(a, AnswerHop) and a.token == token]
-        return answer_to_pb(answer.refusal)
+        by_token = {a.token: a for a in answers if isinstance(a, AnswerHop)}
+        self._timed("receive", started, len(tokens), peer=caller)
+        return [answer_to_pb(by_token[token].refusal) for token in tokens]
 
     # -- the KME's key supplier ----------------------------------------
     def available_keys(self, master_sae: str, slave_sae: str, size_bits: int) -> int:
@@ -464,11 +608,13 @@ class NetworkService(pb_grpc.NetworkServicer):
             key_bytes=key_bytes,
             keys=keys,
         )
+        started = time.perf_counter()
         try:
             answers = await self._drive(self.engine.receive(event))
         except BaseException:
             self.engine.receive(RequestAbandoned(request_id))  # pads already committed stay used
             raise
+        self._timed("request", started, number)
         (answer,) = [a for a in answers if isinstance(a, (DeliverKeys, FailRequest)) and a.request_id == request_id]
         if isinstance(answer, FailRequest):
             raise self._request_error(answer.refusal)

@@ -31,6 +31,11 @@ Theory of operation:
       before its clean-up touches the same objects
       (:func:`~qcinode.node.runtime.finish_in_thread`); the step's outcome is
       dropped.
+    * **Group commit** (:class:`GroupCommit`): writes that callers on the
+      loop ask for while an earlier one runs wait for it, then go to disk
+      together in the next one (one transaction, one fsync): concurrent
+      relays' keys at a destination share a write. Each caller gets its own
+      items' outcomes, and returns only once they are on disk.
     * Without threads (:meth:`Offload.inline`, what link workers built by
       tests get by default) every step runs inline on the loop, as before.
 """
@@ -43,14 +48,15 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 from .runtime import finish_in_thread
 
-__all__ = ["PROTOCOL_NICE", "SWITCH_INTERVAL_S", "Offload"]
+__all__ = ["PROTOCOL_NICE", "SWITCH_INTERVAL_S", "GroupCommit", "Offload"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: How much the protocol thread's scheduling priority is lowered (Linux ``nice`` units).
 PROTOCOL_NICE = 10
@@ -97,3 +103,99 @@ class Offload:
         for executor in (self.protocol, self.storage):
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
+
+
+class GroupCommit(Generic[T, R]):
+    """One writer at a time; what is asked for meanwhile goes to disk together in the next write.
+
+    ``write(items) -> outcomes`` (one outcome per item, in order) runs in
+    ``executor`` (None: the event loop's default executor), or on the
+    caller's thread if ``threaded`` is False, one call at a time. A
+    caller that finds no write running becomes the writer: it writes what is
+    queued, and again while more was queued meanwhile; the others wait for
+    their items' outcomes. A writer that is cancelled still waits for the
+    write it started (its items are on disk or not, never half), hands the
+    outcomes out, and leaves the queue to the next waiter. No task is
+    created.
+    """
+
+    def __init__(
+        self, write: Callable[[list[T]], list[R]], executor: concurrent.futures.Executor | None = None, *, threaded: bool = True
+    ) -> None:
+        self._write = write
+        self._executor = executor
+        self._threaded = threaded
+        self._queue: list[tuple[list[T], asyncio.Future[list[R]]]] = []
+        self._writing = False
+        self._wake: asyncio.Event | None = None
+        #: Writes done, and items written (for tests and status).
+        self.writes = 0
+        self.items = 0
+
+    async def submit(self, items: Sequence[T]) -> list[R]:
+        """Writes ``items`` (with whatever else is queued); their outcomes in order.
+
+        Raises:
+            Exception: Whatever ``write`` raised for the batch holding them.
+        """
+        mine: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
+        self._queue.append((list(items), mine))
+        while not mine.done():
+            if self._writing:
+                if self._wake is None:
+                    self._wake = asyncio.Event()
+                await self._wake.wait()
+                continue
+            self._writing = True
+            try:
+                while self._queue:
+                    batch, self._queue = self._queue, []
+                    await self._write_batch(batch)
+            finally:
+                self._writing = False
+                self._wake_waiters()
+        return mine.result()
+
+    async def _write_batch(self, batch: list[tuple[list[T], asyncio.Future[list[R]]]]) -> None:
+        items = [item for part, _ in batch for item in part]
+        if not self._threaded:
+            outcome = self._run(items)
+        else:
+            future = asyncio.get_running_loop().run_in_executor(self._executor, self._run, items)
+            try:
+                outcome = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                while not future.done():  # the write runs to its end; its outcomes still go out
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait([future])
+                self._resolve(batch, future.result())
+                raise
+        self._resolve(batch, outcome)
+
+    def _run(self, items: list[T]) -> list[R] | Exception:
+        try:
+            outcomes = self._write(items)
+        except Exception as exc:  # handed to every caller of the batch
+            return exc
+        if len(outcomes) != len(items):
+            return RuntimeError(f"group write returned {len(outcomes)} outcomes for {len(items)} items")
+        return outcomes
+
+    def _resolve(self, batch: list[tuple[list[T], asyncio.Future[list[R]]]], outcome: list[R] | Exception) -> None:
+        self.writes += 1
+        start = 0
+        for part, future in batch:
+            mine, start = slice(start, start + len(part)), start + len(part)
+            self.items += len(part)
+            if future.done():  # its caller was cancelled while it waited
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome[mine])
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None

@@ -38,7 +38,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from ..core.pipeline import BlockAborted, BlockAccepted, BlockEvent, LinkProtoco
 from ..core.pool import LinkKeyPool
 from ..core.roles import Role
 from ..errors import StorageFailure
-from ..keys.linkstore import LinkStore
+from ..keys.linkstore import LinkSave, LinkStore
 from ..space import downlink_channel
 from ..status import BlockDigest, ChannelStatus, LedgerEntry, LinkState, LinkStatus
 from ..topology import EavesdropperConfig, LinkConfig, Topology
@@ -443,26 +443,24 @@ class LinkRuntime:
 
     def _write_through(self, mine: _Snapshot) -> None:
         """Makes sure ``mine`` or a newer snapshot is on disk (any thread; writes are serialised)."""
-        with self._write_lock:  # held through the write; the event loop never waits for it
-            with self._state_lock:
-                if self._written >= mine.number:
-                    return  # a write after ours already carried it
-                waiting = self._waiting
-                newest = waiting if waiting is not None and waiting.number >= mine.number else mine
-            store = self.store
-            if store is None:
-                return
-            try:
-                store.save(self.link_id, newest.state, blob_names=newest.blob_names, blob=newest.blob)
-            except StorageFailure as exc:
-                self.storage_failure = exc.reason
-                raise
-            with self._state_lock:
-                self._written = newest.number
-                self._blobs_written = newest.blob_names
-                if self._waiting is newest:
-                    self._waiting = None
-            self.storage_failure = None
+        _write_together([(self, mine)])
+
+    def _newest_to_write(self, mine: _Snapshot) -> _Snapshot | None:
+        """With ``_write_lock`` held: the snapshot to write for ``mine``, or None if one as new is on disk."""
+        with self._state_lock:
+            if self._written >= mine.number:
+                return None  # a write after ours already carried it
+            waiting = self._waiting
+            return waiting if waiting is not None and waiting.number >= mine.number else mine
+
+    def _written_through(self, newest: _Snapshot) -> None:
+        """With ``_write_lock`` held: ``newest`` is on disk."""
+        with self._state_lock:
+            self._written = newest.number
+            self._blobs_written = newest.blob_names
+            if self._waiting is newest:
+                self._waiting = None
+        self.storage_failure = None
 
     @contextlib.asynccontextmanager
     async def stepping(self) -> AsyncIterator[None]:
@@ -633,3 +631,66 @@ def frame_slots(config: LinkProtocolConfig, rate_hz: float, speed: float | None,
     quarter_block = config.block_bits / 4 / per_slot
     slots = quarter_block if speed is None else min(quarter_block, rate_hz * FRAME_WALL_S * speed)
     return int(np.clip(slots, 1_000, 1 << 40))
+
+
+async def persist_together(runtimes: Sequence[LinkRuntime], executor: concurrent.futures.Executor | None) -> None:
+    """:meth:`LinkRuntime.persist_async` of several links of one node, in ONE transaction (one fsync).
+
+    A relay hop through this node uses pad of the link it came in on and of
+    the link it goes out on; both ledgers are written together. Each link's
+    snapshot is taken now, on the event loop; the rules of the module
+    docstring hold per link (a newer snapshot already on disk is not written
+    again, group commit with saves asked for meanwhile).
+
+    Raises:
+        StorageFailure: As :meth:`LinkRuntime.persist`; no link's state changed,
+            and each of them records the failure.
+    """
+    pairs = [(rt, rt._snapshot()) for rt in _distinct(runtimes) if rt.store is not None]
+    if not pairs:
+        return
+    if executor is None:
+        _write_together(pairs)
+        return
+    future = asyncio.get_running_loop().run_in_executor(executor, _write_together, pairs)
+    await finish_in_thread(future)
+
+
+def _distinct(runtimes: Sequence[LinkRuntime]) -> list[LinkRuntime]:
+    out: list[LinkRuntime] = []
+    for rt in runtimes:
+        if all(rt is not seen for seen in out):
+            out.append(rt)
+    return out
+
+
+def _write_together(pairs: Sequence[tuple[LinkRuntime, _Snapshot]]) -> None:
+    """Writes each link's snapshot (or a newer one) not yet on disk, in one transaction per store (any thread).
+
+    The links' write locks are taken in link-ID order, so two writers of
+    overlapping sets never wait for each other in a circle.
+    """
+    ordered = sorted(pairs, key=lambda pair: pair[0].link_id)
+    with contextlib.ExitStack() as locks:
+        for rt, _ in ordered:
+            locks.enter_context(rt._write_lock)  # held through the write; the event loop never waits for it
+        by_store: dict[int, tuple[LinkStore, list[tuple[LinkRuntime, _Snapshot]]]] = {}
+        for rt, mine in ordered:
+            newest = rt._newest_to_write(mine)
+            store = rt.store
+            if newest is None or store is None:
+                continue
+            by_store.setdefault(id(store), (store, []))[1].append((rt, newest))
+        for store, writes in by_store.values():
+            try:
+                if len(writes) == 1:
+                    ((rt, snap),) = writes
+                    store.save(rt.link_id, snap.state, blob_names=snap.blob_names, blob=snap.blob)
+                else:
+                    store.save_many([LinkSave(rt.link_id, snap.state, snap.blob_names, snap.blob) for rt, snap in writes])
+            except StorageFailure as exc:
+                for rt, _ in writes:
+                    rt.storage_failure = exc.reason
+                raise
+            for rt, snap in writes:
+                rt._written_through(snap)

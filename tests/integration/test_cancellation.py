@@ -4,7 +4,8 @@
   the engines at every node forget it, the transit node sends nothing on,
   no key waits at the destination, and both links' ledgers pass the audit
   (the pads already committed are spent by their initiator, never reused);
-  the next request is delivered.
+  the next request is delivered, and a 4-key request after it travels as
+  one message per hop and is stored in one transaction.
 * A link session cancelled mid-block, with Alice holding a block Bob has
   not been told to commit: after a restart the Hello settles it, both
   pools hold the same blocks with the same bytes, the MAC-key cursors agree
@@ -113,6 +114,17 @@ async def test_enc_keys_cancelled_mid_relay_leaves_no_key_and_consistent_ledgers
         (second,) = await alpha.network.deliver(request)
         assert gamma.keystore.take("gamma-app", "alpha-app", [first.key_id, second.key_id]) == [(first.key_id, first.key), (second.key_id, second.key)]
         assert _audit(everyone, "alpha-beta") == (3 * 64, 0) and _audit(everyone, "beta-gamma") == (2 * 64, 64)
+
+        # A request's keys travel together: one RelayKeys message per hop, one ledger transaction
+        # at beta for both links, one key-store transaction at gamma; each key its own pad.
+        await _until(lambda: alpha.network.available_keys("alpha-app", "gamma-app", 256) >= 4, timeout_s=120)
+        calls = (dict(alpha.network.relay_calls), dict(beta.network.relay_calls), gamma.network.key_writes)
+        four = await alpha.network.deliver(EncRequest(master_sae="alpha-app", slave_saes=("gamma-app",), number=4, size_bits=256))
+        assert alpha.network.relay_calls["RelayKeys"] - calls[0].get("RelayKeys", 0) == 1
+        assert beta.network.relay_calls["RelayKeys"] - calls[1].get("RelayKeys", 0) == 1
+        assert (gamma.network.key_writes[0] - calls[2][0], gamma.network.key_writes[1] - calls[2][1]) == (1, 4)
+        assert gamma.keystore.take("gamma-app", "alpha-app", [k.key_id for k in four]) == [(k.key_id, k.key) for k in four]
+        assert _audit(everyone, "alpha-beta") == (7 * 64, 0) and _audit(everyone, "beta-gamma") == (6 * 64, 64)
     finally:
         for node in everyone:
             await node.stop(0)

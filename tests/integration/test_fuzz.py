@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from qcinode.node.network import MAX_HOPS_PER_CALL
+from qcinode.transport.pb import network_pb2
 from tests.support import fuzz
 
 FUZZ = settings(
@@ -240,6 +242,12 @@ def test_grpc_status_codes_are_statuses_not_crashes(nodes: Any, loop: asyncio.Ab
     assert code == "INVALID_ARGUMENT"
     code = loop.run_until_complete(nodes.call("alpha", "beta", "/qcinode.v1.Network/RelayKey", [b"\xff" * 10]))
     assert code == "INVALID_ARGUMENT"
+    code = loop.run_until_complete(nodes.call("alpha", "beta", "/qcinode.v1.Network/RelayKeys", [b"\xff" * 10]))
+    assert code == "INVALID_ARGUMENT"
+    # More hops in one call than a node takes: refused as a whole, nothing used.
+    seed = network_pb2.RelayHops.FromString(fuzz.SEEDS["/qcinode.v1.Network/RelayKeys"][0])
+    many = network_pb2.RelayHops(hops=[seed.hops[0]] * (MAX_HOPS_PER_CALL + 1)).SerializeToString()
+    assert loop.run_until_complete(nodes.call("alpha", "beta", "/qcinode.v1.Network/RelayKeys", [many])) == "INVALID_ARGUMENT"
     code = loop.run_until_complete(nodes.call("admin", "beta", "/grpc.health.v1.Health/Check", [b"\xff" * 10]))
     assert code == "INVALID_ARGUMENT"
     assert loop.run_until_complete(nodes.call("admin", "beta", "/qcinode.v1.Nope/Nothing", [b""])) == "UNIMPLEMENTED"

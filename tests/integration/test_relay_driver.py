@@ -61,6 +61,9 @@ async def test_a_relayed_key_is_stored_and_a_cancelled_request_leaves_nothing_wa
             (k.key_id, k.key) for k in keys
         ]
         assert _audit(alpha, beta) == (2 * 64, 0)
+        # The request's two keys went as one message, and were stored in one transaction.
+        assert alpha.network.relay_calls == {"RelayKeys": 1, "hops": 2}
+        assert beta.network.key_writes == (1, 2)
 
         # The hop waits at alpha (a slow relay channel) when the KME's caller gives up.
         alpha.faults.set("alpha-beta", FaultConfig(kind="delay", delay_ms=5000, probability=1.0, channel="relay"))

@@ -469,6 +469,7 @@ LINK = "alpha-beta"
 UNARY = (
     "/qcinode.v1.Network/Advertise",
     "/qcinode.v1.Network/RelayKey",
+    "/qcinode.v1.Network/RelayKeys",
     "/qcinode.v1.Admin/Status",
     "/grpc.health.v1.Health/Check",
     "/qcinode.v1.Nope/Nothing",
@@ -652,6 +653,7 @@ def _seed_messages() -> dict[str, list[bytes]]:
             ).SerializeToString()
         ],
         "/qcinode.v1.Network/RelayKey": [hop.SerializeToString()],
+        "/qcinode.v1.Network/RelayKeys": [np_.RelayHops(hops=[hop, hop]).SerializeToString()],
         "/qcinode.v1.Admin/Status": [admin_pb2.StatusRequest(include_block_digests=True).SerializeToString()],
         "/grpc.health.v1.Health/Check": [b"\x0a\x00"],
         "/qcinode.v1.Nope/Nothing": [b""],
@@ -707,7 +709,12 @@ class GrpcExample:
         return f"GrpcExample({self.identity} -> {self.node} {self.method} {[m[:60] for m in self.messages]!r})"
 
 
-_NEIGHBOUR_ONLY = ("/qcinode.v1.PostProcessing/Session", "/qcinode.v1.QuantumChannel/Transmit", "/qcinode.v1.Network/RelayKey")
+_NEIGHBOUR_ONLY = (
+    "/qcinode.v1.PostProcessing/Session",
+    "/qcinode.v1.QuantumChannel/Transmit",
+    "/qcinode.v1.Network/RelayKey",
+    "/qcinode.v1.Network/RelayKeys",
+)
 
 
 @st.composite

@@ -27,7 +27,7 @@ from qcinode.errors import (
     RequestError,
     Unauthorized,
 )
-from qcinode.keys.keystore import DATABASE_FILE, SaeKeyStore, StorageFailure
+from qcinode.keys.keystore import DATABASE_FILE, SaeKeyStore, StorageFailure, WaitingKey
 from qcinode.keys.linkstore import StorageKey
 
 NODE = "alpha"
@@ -414,3 +414,62 @@ def test_discard_deletes_keys_whoever_waits_for_them_and_ignores_unknown_ids(sto
     with pytest.raises(KeyNotFound):
         store.take("s", "m", [voided])
     assert store.take("s", "m", [kept]) == [(kept, _key(1))]
+
+
+# -- several keys in one transaction (the relay destination's group commit) -------------------
+
+
+def _count_commits(store: SaeKeyStore) -> list[str]:
+    """The COMMITs the store's connection runs from now on."""
+    commits: list[str] = []
+    conn = store._conn
+    assert conn is not None
+    conn.set_trace_callback(lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None)
+    return commits
+
+
+def test_put_many_stores_every_key_in_one_transaction_each_judged_on_its_own(store: SaeKeyStore) -> None:
+    held, other = _kid(), _kid()
+    store.put(held, "m", ["s"], _key(1))
+    store.put(other, "m", ["s"], _key(2))
+    fresh = [_kid() for _ in range(3)]
+    commits = _count_commits(store)
+    outcomes = store.put_many(
+        [
+            WaitingKey(fresh[0], "m", ("s",), _key(10)),
+            WaitingKey(held, "m", ("s",), _key(1)),  # a retried relay: the same key again
+            WaitingKey(other, "m", ("s",), _key(3)),  # the ID with another key: a conflict
+            WaitingKey(fresh[1], "m", (), _key(11)),  # malformed: no slave
+            WaitingKey(fresh[2], "m", ("s", "t"), _key(12)),
+            WaitingKey(fresh[0], "m", ("s",), _key(10)),  # twice in one call: judged against the first
+        ]
+    )
+    assert len(commits) == 1, "one transaction, one fsync"
+    assert outcomes[0] is None and outcomes[4] is None
+    assert isinstance(outcomes[1], DuplicateKey) and outcomes[1].identical
+    assert isinstance(outcomes[2], DuplicateKey) and not outcomes[2].identical
+    assert isinstance(outcomes[3], LocalProtocolError) and "no slave SAE" in str(outcomes[3])
+    assert isinstance(outcomes[5], DuplicateKey) and outcomes[5].identical
+    assert store.take("s", "m", [fresh[0], fresh[2], held, other]) == [(fresh[0], _key(10)), (fresh[2], _key(12)), (held, _key(1)), (other, _key(2))]
+    assert store.take("t", "m", [fresh[2]]) == [(fresh[2], _key(12))]
+    assert store.total() == 0
+
+
+def test_put_many_counts_its_own_keys_against_max_waiting(store: SaeKeyStore) -> None:
+    store.put(_kid(), "m", ["s"], _key(0))
+    ids = [_kid() for _ in range(4)]
+    outcomes = store.put_many([WaitingKey(key_id, "m", ("s",), _key(i)) for i, key_id in enumerate(ids)], max_waiting=3)
+    assert outcomes[:2] == [None, None]
+    assert all(isinstance(o, InsufficientKeyMaterial) for o in outcomes[2:])
+    assert store.count("m", "s") == 3
+    assert store.put_many([WaitingKey(_kid(), "m2", ("s",), _key(9))], max_waiting=3) == [None], "another master has its own bound"
+
+
+def test_put_many_that_cannot_be_written_stores_none_of_its_keys(store: SaeKeyStore, tmp_path: Path) -> None:
+    store.put(_kid(), "m", ["s"], _key(0))
+    before = _snapshot(tmp_path)
+    _set_read_only(store, True)
+    with pytest.raises(StorageFailure, match="cannot store 3 keys"):
+        store.put_many([WaitingKey(_kid(), "m", ("s",), _key(i)) for i in range(3)])
+    assert _snapshot(tmp_path) == before
+    _set_read_only(store, False)

@@ -28,7 +28,7 @@ from qcinode.core.pool import KeyRange, LinkKeyPool
 from qcinode.core.roles import Role
 from qcinode.errors import KeyStoreError, LocalProtocolError
 from qcinode.keys._sqlite import probe_data_dir, sqlite_error
-from qcinode.keys.linkstore import DATABASE_FILE, KEY_FILE, LinkStore, StorageFailure, StorageKey
+from qcinode.keys.linkstore import DATABASE_FILE, KEY_FILE, LinkSave, LinkStore, StorageFailure, StorageKey
 
 LINK = "alpha-beta"
 
@@ -600,3 +600,28 @@ def test_a_blob_moved_to_another_name_or_link_fails_authentication(tmp_path: Pat
     with pytest.raises(LocalProtocolError, match="needs blob"):
         with LinkStore(tmp_path, "alpha") as store:
             store.save(LINK, {}, blob_names=["x"])
+
+
+# -- several links in one transaction (a transit relay hop) -----------------------------------
+
+
+def test_save_many_writes_every_link_in_one_transaction_or_none(tmp_path: Path) -> None:
+    with LinkStore(tmp_path, "alpha") as store:
+        store.save("alpha-beta", {"v": 1})
+        store.save("alpha-gamma", {"v": 1})
+        conn = store._conn
+        assert conn is not None
+        commits: list[str] = []
+        conn.set_trace_callback(lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None)
+        store.save_many([LinkSave("alpha-beta", {"v": 2}), LinkSave("alpha-gamma", {"v": 2}, blob_names=["b/1"], blob=lambda name: b"x" * 64)])
+        assert len(commits) == 1, "one transaction, one fsync"
+        assert (store.load("alpha-beta"), store.load("alpha-gamma"), store.load_blobs("alpha-gamma")) == ({"v": 2}, {"v": 2}, {"b/1": b"x" * 64})
+        # One link cannot be written: neither is.
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(StorageFailure, match="links 'alpha-beta', 'alpha-gamma'.*full"):
+            store.save_many([LinkSave("alpha-beta", {"v": 3}), LinkSave("alpha-gamma", {"v": 3, "pad": _random_bytes(6, 100_000).hex()})])
+        assert (store.load("alpha-beta"), store.load("alpha-gamma")) == ({"v": 2}, {"v": 2})
+        with pytest.raises(LocalProtocolError, match="not JSON-able"):
+            store.save_many([LinkSave("alpha-beta", {"v": 4}), LinkSave("alpha-gamma", {"v": float("nan")})])
+        assert store.load("alpha-beta") == {"v": 2}

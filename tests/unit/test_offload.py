@@ -23,8 +23,8 @@ import pytest
 
 from qcinode.errors import StorageFailure
 from qcinode.keys.linkstore import LinkStore
-from qcinode.node.offload import SWITCH_INTERVAL_S, Offload
-from qcinode.node.runtime import LinkRuntime, finish_in_thread
+from qcinode.node.offload import SWITCH_INTERVAL_S, GroupCommit, Offload
+from qcinode.node.runtime import LinkRuntime, finish_in_thread, persist_together
 from qcinode.topology import parse_topology
 
 _TOPOLOGY = """
@@ -185,3 +185,94 @@ def test_protocol_steps_run_in_the_protocol_thread_or_inline() -> None:
     finally:
         offload.close()
         sys.setswitchinterval(interval)
+
+
+# -- several links in one transaction; group commit ------------------------------------------
+
+
+_THREE = """
+name: trio
+nodes: [{name: alpha}, {name: beta}, {name: gamma}]
+links: [{between: [alpha, beta], length_km: 10}, {between: [alpha, gamma], length_km: 10}]
+"""
+
+
+def test_links_persisted_together_share_one_transaction(tmp_path: Path, storage: concurrent.futures.Executor) -> None:
+    store = LinkStore(tmp_path, "alpha")
+    runtimes = [LinkRuntime(link, "alpha", _random_bytes(9, 32 * 16), store) for link in parse_topology(_THREE).links_of("alpha")]
+    for i, rt in enumerate(runtimes):
+        rt.pool.add_block(f"{rt.link_id}/0", _random_bytes(i, 256))
+    conn = store._conn
+    assert conn is not None
+    commits: list[str] = []
+    conn.set_trace_callback(lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None)
+    asyncio.run(persist_together(runtimes, storage))
+    assert len(commits) == 1
+    asyncio.run(persist_together(runtimes, storage))
+    assert len(commits) == 2, "a new save writes the state again"
+    runtimes[0].pool.add_block(f"{runtimes[0].link_id}/1", _random_bytes(5, 256))
+    runtimes[0].persist()
+    again = [LinkRuntime(link, "alpha", _random_bytes(9, 32 * 16), store) for link in parse_topology(_THREE).links_of("alpha")]
+    assert [len(rt.pool.block_ids) for rt in again] == [2, 1]
+    assert all(rt.storage_failure is None for rt in runtimes)
+
+
+def _gated_writer() -> tuple[list[list[int]], threading.Event, threading.Event, Any]:
+    writes: list[list[int]] = []
+    gate, entered = threading.Event(), threading.Event()
+
+    def write(items: list[int]) -> list[int]:
+        entered.set()
+        assert gate.wait(10)
+        writes.append(list(items))
+        return [10 * item for item in items]
+
+    return writes, gate, entered, write
+
+
+def test_group_commit_writes_what_was_asked_for_meanwhile_in_one_write(storage: concurrent.futures.Executor) -> None:
+    writes, gate, entered, write = _gated_writer()
+    commit: GroupCommit[int, int] = GroupCommit(write, storage)
+
+    async def scenario() -> list[list[int]]:
+        first = asyncio.ensure_future(commit.submit([1]))
+        await asyncio.to_thread(entered.wait, 10)  # the first write is running, held at the gate
+        later = [asyncio.ensure_future(commit.submit([2 + i, 20 + i])) for i in range(4)]
+        await asyncio.sleep(0.05)
+        assert not any(task.done() for task in [first, *later]), "nobody returns before its items are written"
+        gate.set()
+        return await asyncio.gather(first, *later)
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes == [[10], [20, 200], [30, 210], [40, 220], [50, 230]], "each caller gets its own items' outcomes"
+    assert writes == [[1], [2, 20, 3, 21, 4, 22, 5, 23]] and (commit.writes, commit.items) == (2, 9)
+
+
+def test_group_commit_a_cancelled_writer_finishes_its_write_and_the_others_still_get_theirs(storage: concurrent.futures.Executor) -> None:
+    writes, gate, entered, write = _gated_writer()
+    commit: GroupCommit[int, int] = GroupCommit(write, storage)
+
+    async def scenario() -> list[int]:
+        first = asyncio.ensure_future(commit.submit([1]))
+        await asyncio.to_thread(entered.wait, 10)
+        waiter = asyncio.ensure_future(commit.submit([2]))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        await asyncio.sleep(0.05)
+        assert not first.done(), "a cancelled writer waits for its write to end"
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        return await waiter
+
+    assert asyncio.run(scenario()) == [20]
+    assert writes == [[1], [2]], "the cancelled writer's items were written; the waiter became the next writer"
+
+
+def test_group_commit_hands_a_failed_write_to_every_caller_of_its_batch() -> None:
+    def write(items: list[int]) -> list[int]:
+        raise StorageFailure("disk full", path=Path("x"), reason="database or disk is full")
+
+    commit: GroupCommit[int, int] = GroupCommit(write, threaded=False)
+    with pytest.raises(StorageFailure, match="disk full"):
+        asyncio.run(commit.submit([1, 2]))

@@ -18,6 +18,7 @@ from qcinode.core.relay.messages import (
     AnswerHop,
     DeliverKeys,
     FailRequest,
+    ForwardFailed,
     HopAnswered,
     HopArrived,
     HopRefused,
@@ -565,3 +566,82 @@ def test_refusal_reasons_are_a_closed_set_of_metric_labels() -> None:
     assert str(Refusal(RefusalReason.LOST, "gone")) == "lost: gone" and str(Refusal(RefusalReason.LOST)) == "lost"
 
 
+
+
+# -- one transaction per transit hop; a request's keys travel together ----------------------
+
+
+class _Links:
+    def __init__(self, *ends: LinkEnd) -> None:
+        self.ends = {end.peer: end for end in ends}
+
+    def link_to(self, peer: str) -> LinkEnd | None:
+        return self.ends.get(peer)
+
+
+def _transit(incoming: LinkKeyPool, outgoing: LinkKeyPool) -> RelayEngine:
+    """Node y between x (link x-y, y is Bob) and z (link y-z, y is Alice)."""
+    return RelayEngine(
+        "y", neighbours=_Links(LinkEnd("x-y", "x", incoming), LinkEnd("y-z", "z", outgoing)), routes=LinkStateDatabase("y"), random_bytes=bytes
+    )
+
+
+def _hop_to_z(sender: LinkKeyPool) -> SealedHop:
+    """Hop 0 (x → y) of a key of zeros on its way x → y → z."""
+    header = RelayHeader("r", "k", "m", ("s",), "x", "z", ("x", "y", "z"), 0, 0, 1, KEY_BYTES)
+    reservation = sender.reserve(NEED)
+    ciphertext, tag = seal_hop(header, bytes(KEY_BYTES), sender.commit(reservation))
+    return SealedHop(header, reservation.ranges, ciphertext, tag)
+
+
+def _outgoing_pool(size: int = 512) -> LinkKeyPool:
+    pool = LinkKeyPool("y-z", Role.ALICE)
+    if size:
+        pool.add_block("y-z/0", bytes(range(256)) * (size // 256))
+    return pool
+
+
+def test_a_transit_hop_saves_both_links_in_one_transaction_before_it_goes_on() -> None:
+    alice, bob = _pools()
+    out = _outgoing_pool()
+    engine = _transit(bob, out)
+    (save,) = engine.receive(HopArrived("t1", "x", _hop_to_z(alice), 0.0))
+    assert isinstance(save, SaveLink) and save.link_ids == ("x-y", "y-z"), "one save of both ledgers"
+    assert len(bob.audit()) == 1 and out.available_bytes == 256 - NEED, "incoming pad consumed, next pad committed, both before the save"
+    (send,) = engine.receive(LinkSaved(save.ref))
+    assert isinstance(send, SendHop) and send.peer == "z" and send.link_id == "y-z" and send.hop.header.hop_index == 1
+    assert engine.receive(HopAnswered(send.ref)) == [AnswerHop("t1")]
+    assert (engine.stats.received, engine.stats.forwarded, engine.stats.hops_sent) == (1, 1, 1)
+    # A failed save refuses the hop and sends nothing; the next link's pad stays used.
+    (save,) = engine.receive(HopArrived("t2", "x", _hop_to_z(alice), 0.0))
+    refused = engine.receive(LinkSaved(save.ref, failure="database or disk is full"))
+    assert [type(a) for a in refused] == [HopRefused, AnswerHop]
+    assert refused[1] == AnswerHop("t2", Refusal(RefusalReason.STORAGE_FAILED, "node y cannot save key material: database or disk is full"))
+    assert out.available_bytes == 256 - 2 * NEED and engine.stats.hops_sent == 1 and engine.waiting == 0
+
+
+def test_a_transit_hop_the_next_link_cannot_carry_saves_the_incoming_pad_alone_and_is_refused() -> None:
+    alice, bob = _pools()
+    engine = _transit(bob, _outgoing_pool(size=0))
+    (save,) = engine.receive(HopArrived("t", "x", _hop_to_z(alice), 0.0))
+    assert isinstance(save, SaveLink) and save.link_ids == ("x-y",)
+    actions = engine.receive(LinkSaved(save.ref))
+    assert [type(a) for a in actions] == [ForwardFailed, AnswerHop]
+    answer = actions[1]
+    assert isinstance(answer, AnswerHop) and answer.refusal is not None and answer.refusal.reason is RefusalReason.INSUFFICIENT_KEY
+    assert len(bob.audit()) == 1 and engine.stats.received == 1 and engine.waiting == 0
+
+
+def test_every_key_of_a_request_starts_at_once_so_the_driver_can_carry_them_in_one_message() -> None:
+    alice, _ = _pools(size=32 * 256)
+    engine = _source(alice, available=32 * 256)
+    before = alice.available_bytes
+    saves = engine.receive(_request(number=16))
+    assert len(saves) == 16 and all(isinstance(s, SaveLink) and s.link_ids == ("x-y",) for s in saves)
+    sends = [a for s in saves for a in engine.receive(LinkSaved(s.ref))]
+    assert len(sends) == 16 and all(isinstance(a, SendHop) and a.link_id == "x-y" for a in sends)
+    pads = [r for a in sends if isinstance(a, SendHop) for r in a.hop.pad]
+    assert sum(r.length_bytes for r in pads) == 16 * NEED == before - alice.available_bytes
+    answers = [a for s in sends if isinstance(s, SendHop) for a in engine.receive(HopAnswered(s.ref))]
+    (answer,) = answers
+    assert isinstance(answer, DeliverKeys) and len(answer.keys) == 16 and len({k.key_id for k in answer.keys}) == 16

@@ -52,7 +52,18 @@ from qcinode.core.relay.messages import (
 )
 from qcinode.errors import InsufficientKeyMaterial, LocalProtocolError
 
-__all__ = ["LinkEnd", "Neighbours", "RelayContext", "RelaySettings", "RelayStats", "RouteView", "send_share"]
+__all__ = [
+    "LinkEnd",
+    "Neighbours",
+    "RelayContext",
+    "RelaySettings",
+    "RelayStats",
+    "RouteView",
+    "prepare_share",
+    "send_prepared",
+    "send_share",
+    "storage_refusal",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +120,11 @@ class RelaySettings:
         multipath_shares: XOR shares per key, each over its own node-disjoint
             path (1: one path, no split), ``1..8``.
         concurrency: Keys of one request in flight at the same time, ``≥ 1``.
+            The default covers a whole ``enc_keys`` request (the KME's
+            ``max_key_per_request``): every key of it starts at once, so
+            the driver carries them over each hop as one multi-key message
+            with one save and one store (the request's capacity was checked
+            up front, so starting them together spends no pad in vain).
         path_attempts: Attempts per key and destination, each over paths not
             tried before (with shares: the best disjoint set again), ``≥ 1``.
         share_ttl_s: How long a destination waits for the other shares of a
@@ -116,7 +132,7 @@ class RelaySettings:
     """
 
     multipath_shares: int = 1
-    concurrency: int = 8
+    concurrency: int = 128
     path_attempts: int = 3
     share_ttl_s: float = 30.0
 
@@ -233,6 +249,45 @@ class RelayContext:
         return len(self._waits)
 
 
+def prepare_share(ctx: RelayContext, header: RelayHeader, share: bytes) -> tuple[LinkEnd, SealedHop] | Refusal:
+    """Steps 1-3 of one outgoing hop (see the module docstring): the link and the sealed hop, or why not.
+
+    Once this returns a hop, its pad is used (committed), whatever happens next.
+    """
+    peer = header.path[header.hop_index + 1]
+    link = ctx.neighbours.link_to(peer)
+    if link is None:
+        return Refusal(RefusalReason.PEER_UNAVAILABLE, f"{peer} is not a neighbour of {ctx.node}")
+    if link.cut:
+        return Refusal(RefusalReason.PEER_UNAVAILABLE, f"link {link.link_id} to {peer} is cut")
+    try:
+        reservation = link.pool.reserve(pad_bytes_needed(len(share)))
+    except InsufficientKeyMaterial as exc:
+        return Refusal(RefusalReason.INSUFFICIENT_KEY, str(exc))
+    # Used from now on, whatever happens next (see the module docstring).
+    pad = link.pool.commit(reservation)
+    ciphertext, tag = seal_hop(header, share, pad)
+    return link, SealedHop(header, reservation.ranges, ciphertext, tag)
+
+
+def send_prepared(
+    ctx: RelayContext, owner: Hashable, link: LinkEnd, hop: SealedHop, done: Callable[[Refusal | None], list[RelayAction]]
+) -> list[RelayAction]:
+    """Step 5 of one outgoing hop, once its pad is saved: :class:`~.messages.SendHop`; ``done`` gets the answer."""
+
+    def answered(event: LinkSaved | HopAnswered | KeyStored) -> list[RelayAction]:
+        assert isinstance(event, HopAnswered)
+        return done(event.refusal)
+
+    ctx.stats.hops_sent += 1
+    return [SendHop(ctx.wait(owner, HopAnswered, answered), link.link_id, link.peer, hop)]
+
+
+def storage_refusal(ctx: RelayContext, failure: str) -> Refusal:
+    """The refusal of a hop whose pad could not be saved."""
+    return Refusal(RefusalReason.STORAGE_FAILED, f"node {ctx.node} cannot save key material: {failure}")
+
+
 def send_share(
     ctx: RelayContext,
     owner: Hashable,
@@ -246,30 +301,15 @@ def send_share(
     on any failure — possibly at once, within this call, if nothing could be
     sent.
     """
-    peer = header.path[header.hop_index + 1]
-    link = ctx.neighbours.link_to(peer)
-    if link is None:
-        return done(Refusal(RefusalReason.PEER_UNAVAILABLE, f"{peer} is not a neighbour of {ctx.node}"))
-    if link.cut:
-        return done(Refusal(RefusalReason.PEER_UNAVAILABLE, f"link {link.link_id} to {peer} is cut"))
-    try:
-        reservation = link.pool.reserve(pad_bytes_needed(len(share)))
-    except InsufficientKeyMaterial as exc:
-        return done(Refusal(RefusalReason.INSUFFICIENT_KEY, str(exc)))
-    # Used from now on, whatever happens next (see the module docstring).
-    pad = link.pool.commit(reservation)
-    ciphertext, tag = seal_hop(header, share, pad)
-    hop = SealedHop(header, reservation.ranges, ciphertext, tag)
+    prepared = prepare_share(ctx, header, share)
+    if isinstance(prepared, Refusal):
+        return done(prepared)
+    link, hop = prepared
 
     def saved(event: LinkSaved | HopAnswered | KeyStored) -> list[RelayAction]:
         assert isinstance(event, LinkSaved)
         if event.failure is not None:
-            return done(Refusal(RefusalReason.STORAGE_FAILED, f"node {ctx.node} cannot save key material: {event.failure}"))
-        ctx.stats.hops_sent += 1
-        return [SendHop(ctx.wait(owner, HopAnswered, answered), link.link_id, link.peer, hop)]
-
-    def answered(event: LinkSaved | HopAnswered | KeyStored) -> list[RelayAction]:
-        assert isinstance(event, HopAnswered)
-        return done(event.refusal)
+            return done(storage_refusal(ctx, event.failure))
+        return send_prepared(ctx, owner, link, hop, done)
 
     return [SaveLink(ctx.wait(owner, LinkSaved, saved), link.link_id)]

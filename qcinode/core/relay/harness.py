@@ -308,7 +308,7 @@ class RelayNetwork:
             action = todo.popleft()
             match action:
                 case SaveLink():
-                    failure = "disk full (injected)" if action.link_id in node.failing_saves else None
+                    failure = "disk full (injected)" if node.failing_saves.intersection(action.link_ids) else None
                     todo.extend(node.engine.receive(LinkSaved(action.ref, failure)))
                 case StoreKey():
                     ours = tuple(s for s in action.slave_saes if self.saes.get(s) == name)

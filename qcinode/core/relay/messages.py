@@ -251,11 +251,21 @@ RelayEvent = KeysRequested | HopArrived | LinkSaved | HopAnswered | KeyStored | 
 class SaveLink:
     """Write link ``link_id``'s state (its pool ledger) through; answer :class:`LinkSaved`.
 
-    Nothing that depends on it is asked for before the answer.
+    Nothing that depends on it is asked for before the answer. With
+    ``also``, those links' states are written too, in the same transaction
+    (one fsync): a hop through a transit node uses pad of the link it came
+    in on and of the link it goes out on, and both must be on disk before
+    it goes on; the answer says whether all of them are.
     """
 
     ref: int
     link_id: str
+    also: tuple[str, ...] = ()
+
+    @property
+    def link_ids(self) -> tuple[str, ...]:
+        """Every link to write, ``link_id`` first."""
+        return (self.link_id, *self.also)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,15 +10,22 @@ Theory of operation (rules of :func:`receive_hop`), in this order:
        hop (``DUPLICATE``), a block we do not hold is ``UNKNOWN_PAD``, a bad
        tag ``AUTHENTICATION_FAILED``. A refused hop consumes nothing here, so
        a forged hop cannot make this end's ledger differ from the sender's.
-    3. **Consume exactly those ranges**, then :class:`~.messages.SaveLink`;
+    3. **Consume exactly those ranges**; at a transit node also reserve,
+       commit and seal the next hop's pad at once (step 4's first part);
+       then one :class:`~.messages.SaveLink` of the incoming link and (``also``)
+       the outgoing one: both ledgers in one transaction, one fsync per hop;
        nothing continues before the save is answered. A failed save refuses
        the hop (``STORAGE_FAILED``): the bytes stay used in memory (the
        sender used them too), the disk says free, and bytes no message
        depended on are harmless to reuse after a restart.
-    4. **Not the destination: forward** — the next hop's pad, save and send
-       exactly as the source does (:func:`~.context.send_share`); the hop is
-       answered with the next node's answer, so an answer means the rest of
-       the path is done.
+    4. **Not the destination: forward** — the next hop's pad as the source
+       does (:func:`~.context.prepare_share`: refused before any pad is spent
+       if the next link is missing, cut or short; committed for good once
+       reserved), saved with step 3, then sent
+       (:func:`~.context.send_prepared`); the hop is answered with the next
+       node's answer, so an answer means the rest of the path is done. A
+       failed save refuses the hop and sends nothing: the next hop's pad
+       stays used in memory, never reused.
     5. **The destination: collect** the share (:class:`~.hop.ShareCollector`,
        keyed by key ID *and* relay ID, so shares of a retried attempt never
        mix with a failed one's); a share that does not complete the key is
@@ -38,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Hashable
 
-from qcinode.core.relay.context import RelayContext, send_share
+from qcinode.core.relay.context import RelayContext, prepare_share, send_prepared, storage_refusal
 from qcinode.core.relay.hop import ShareCollector, next_header, open_hop, pad_bytes_needed, validate_header
 from qcinode.core.relay.messages import (
     AnswerHop,
@@ -98,14 +105,21 @@ def receive_hop(ctx: RelayContext, collector: ShareCollector, event: HopArrived)
         return _refuse(ctx, event, refusal)
     assert link is not None
 
+    # A transit hop's next pad is reserved and sealed now, so that both links'
+    # ledgers go to disk in one transaction (one fsync) before the hop goes on.
+    prepared = None if header.destination == ctx.node else prepare_share(ctx, next_header(header), share)
+    also = (prepared[0].link_id,) if isinstance(prepared, tuple) and prepared[0].link_id != link.link_id else ()
+
     def saved(result: LinkSaved | HopAnswered | KeyStored) -> list[RelayAction]:
         assert isinstance(result, LinkSaved)
         if result.failure is not None:
-            return _refuse(ctx, event, Refusal(RefusalReason.STORAGE_FAILED, f"node {ctx.node} cannot save key material: {result.failure}"))
+            return _refuse(ctx, event, storage_refusal(ctx, result.failure))
         ctx.stats.received += 1
-        if header.destination == ctx.node:
+        if prepared is None:
             return _arrive(ctx, collector, event, share)
-        return send_share(ctx, owner, next_header(header), share, forwarded)
+        if isinstance(prepared, Refusal):
+            return forwarded(prepared)
+        return send_prepared(ctx, owner, prepared[0], prepared[1], forwarded)
 
     def forwarded(outcome: Refusal | None) -> list[RelayAction]:
         if outcome is None:
@@ -115,7 +129,7 @@ def receive_hop(ctx: RelayContext, collector: ShareCollector, event: HopArrived)
         ctx.stats.failures_by_reason[outcome.reason] += 1
         return [ForwardFailed(header, outcome), AnswerHop(event.token, outcome)]
 
-    return [SaveLink(ctx.wait(owner, LinkSaved, saved), link.link_id)]
+    return [SaveLink(ctx.wait(owner, LinkSaved, saved), link.link_id, also)]
 
 
 def _arrive(ctx: RelayContext, collector: ShareCollector, event: HopArrived, share: bytes) -> list[RelayAction]:

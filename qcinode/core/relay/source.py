@@ -14,7 +14,8 @@ Theory of operation (rules of :class:`SourceRelay`):
       (IDs and bytes given by the caller: a key handed over by another
       network, a key stream's chunk).
     * **Concurrency.** Up to ``settings.concurrency`` keys travel at the same
-      time; the next starts when one ends. Once a key has failed, keys not
+      time (by default every key of a request: they then share each hop's
+      message, save and store); the next starts when one ends. Once a key has failed, keys not
       yet started are not started (they would only spend pad); keys in
       flight run to their end.
     * **Per key, per destination node** (sorted by name), one after the other:

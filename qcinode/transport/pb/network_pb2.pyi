@@ -85,3 +85,15 @@ class RelayResult(_message.Message):
     delivered: bool
     error: str
     def __init__(self, delivered: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class RelayHops(_message.Message):
+    __slots__ = ("hops",)
+    HOPS_FIELD_NUMBER: _ClassVar[int]
+    hops: _containers.RepeatedCompositeFieldContainer[RelayHop]
+    def __init__(self, hops: _Optional[_Iterable[_Union[RelayHop, _Mapping]]] = ...) -> None: ...
+
+class RelayResults(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[RelayResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[RelayResult, _Mapping]]] = ...) -> None: ...

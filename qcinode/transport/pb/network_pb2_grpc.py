@@ -44,6 +44,11 @@ class NetworkStub:
                 request_serializer=qcinode_dot_v1_dot_network__pb2.RelayHop.SerializeToString,
                 response_deserializer=qcinode_dot_v1_dot_network__pb2.RelayResult.FromString,
                 _registered_method=True)
+        self.RelayKeys = channel.unary_unary(
+                '/qcinode.v1.Network/RelayKeys',
+                request_serializer=qcinode_dot_v1_dot_network__pb2.RelayHops.SerializeToString,
+                response_deserializer=qcinode_dot_v1_dot_network__pb2.RelayResults.FromString,
+                _registered_method=True)
 
 
 class NetworkServicer:
@@ -61,6 +66,12 @@ class NetworkServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RelayKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NetworkServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +84,11 @@ def add_NetworkServicer_to_server(servicer, server):
                     servicer.RelayKey,
                     request_deserializer=qcinode_dot_v1_dot_network__pb2.RelayHop.FromString,
                     response_serializer=qcinode_dot_v1_dot_network__pb2.RelayResult.SerializeToString,
+            ),
+            'RelayKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.RelayKeys,
+                    request_deserializer=qcinode_dot_v1_dot_network__pb2.RelayHops.FromString,
+                    response_serializer=qcinode_dot_v1_dot_network__pb2.RelayResults.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +145,33 @@ class Network:
             '/qcinode.v1.Network/RelayKey',
             qcinode_dot_v1_dot_network__pb2.RelayHop.SerializeToString,
             qcinode_dot_v1_dot_network__pb2.RelayResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RelayKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qcinode.v1.Network/RelayKeys',
+            qcinode_dot_v1_dot_network__pb2.RelayHops.SerializeToString,
+            qcinode_dot_v1_dot_network__pb2.RelayResults.FromString,
             options,
             channel_credentials,
             insecure,
