@@ -85,6 +85,7 @@ from typing import Final, Protocol
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from qcinode.core.kernels import lookup_sorted
 from qcinode.core.randomness import KeyRandomness
 from qcinode.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
@@ -791,13 +792,8 @@ class AliceRecord:
 
 
 def _lookup(sorted_slots: Int64Array, query: Int64Array) -> tuple[NDArray[np.bool_], Int64Array]:
-    """Return ``(found, index)``: where each query sits in ``sorted_slots``."""
-    index = np.searchsorted(sorted_slots, query)
-    clipped = np.minimum(index, max(len(sorted_slots) - 1, 0))
-    if len(sorted_slots) == 0:
-        return np.zeros(query.size, np.bool_), clipped.astype(np.int64)
-    found = (index < len(sorted_slots)) & (sorted_slots[clipped] == query)
-    return found, clipped.astype(np.int64, copy=False)
+    """Return ``(found, index)``: where each query sits in ``sorted_slots`` (a merge for large sorted inputs)."""
+    return lookup_sorted(sorted_slots, query)
 
 
 def transmit(
