@@ -37,17 +37,20 @@ Rules
 The keyed permutation
 ---------------------
 Cascade needs, per pass, a public pseudo-random permutation of ``n``
-positions that both ends derive from a seed.  It is a Feistel network over
-``k = bit_length(n - 1)`` bits, cut into a low half of ``k // 2`` bits and a
-high half of the rest; round ``r`` (of :data:`FEISTEL_ROUNDS`) XORs into one
-half a table lookup indexed by the other (even rounds: ``hi ^= T_r[lo]``,
-odd rounds: ``lo ^= T_r[hi]``).  Each round is a bijection of the ``2**k``
-values, so the network is one; with uniformly random round tables it is the
-Luby-Rackoff construction (four rounds already give a pseudo-random
-permutation; six are used).  Values at or above ``n`` are sent through the
-network again until they fall below ``n`` ("cycle walking", Black and
-Rogaway, CT-RSA 2002), which gives a permutation of ``0..n-1``; since
-``2**k < 2 n`` a position takes fewer than two walks on average.  The tables
+positions that both ends derive from a seed.  It is a Feistel network on
+pairs ``(hi, lo)``: ``lo`` is the low ``b = bit_length(n - 1) // 2`` bits of
+a position, ``hi`` the rest, in ``0..H-1`` with ``H = ceil(n / 2**b)``.
+Round ``r`` (of :data:`FEISTEL_ROUNDS`) adds to one half a table lookup
+indexed by the other: even rounds ``hi = (hi + T_r[lo]) mod H``, odd rounds
+``lo = lo XOR T_r[hi]``.  Each round is a bijection of the ``2**b H`` pairs
+(subtract, or XOR again, to undo it), so the network is one; with uniformly
+random round tables it is the Luby-Rackoff construction, here with unequal
+halves and modular addition (Black and Rogaway, "Ciphers with arbitrary
+finite domains", CT-RSA 2002, the generalised Feistel "FE2"); four rounds.
+A result at or above ``n`` is sent through the network again until it falls
+below ``n`` (cycle walking, same paper), which gives a permutation of
+``0..n-1``; since ``2**b H < n + 2**b`` that happens for fewer than one
+position in ``sqrt(n)``.  The tables
 come from ``numpy.random.default_rng(seed)``.  Against a Fisher-Yates
 shuffle it needs no table of ``n`` entries at either end: a position is
 mapped, or mapped back (the rounds in reverse), on its own, so Bob computes
@@ -89,7 +92,8 @@ NUMBA_MIN_SIZE: Final = 1 << 17
 block, where the compiled loops save more than the import costs once."""
 
 FEISTEL_ROUNDS: Final = 4
-"""Rounds of the Feistel network of :class:`FeistelPermutation`."""
+"""Rounds of the Feistel network of :class:`FeistelPermutation` (Luby-Rackoff:
+four make a pseudo-random permutation from random round functions)."""
 
 MAX_N: Final = 1 << 31
 """Largest set :class:`FeistelPermutation` permutes (its halves are 32-bit)."""
@@ -175,8 +179,8 @@ def warm_up() -> bool:
     assert module is not None
     perm = FeistelPermutation.from_seed(0, 3)
     bits = np.zeros(3, np.uint8)
-    module.permuted_bits(bits, perm.tables, perm.low_bits, perm.n, np.empty(3, np.uint8))
-    module.permuted_prefix_parity(bits, perm.tables, perm.low_bits, perm.n, np.empty(4, np.uint8))
+    module.permuted_bits(bits, perm.tables, perm.low_bits, perm.high_size, perm.n, np.empty(3, np.uint8))
+    module.permuted_prefix_parity(bits, perm.tables, perm.low_bits, perm.high_size, perm.n, np.empty(4, np.uint8))
     values = np.arange(3, dtype=np.int64)
     module.lookup_sorted(values, values, np.empty(3, np.bool_), np.empty(3, np.int64))
     return True
@@ -196,32 +200,41 @@ def _twin(name: str) -> Callable[..., Any]:
 class FeistelPermutation:
     """The public permutation of ``0..n-1`` derived from a seed (module docstring).
 
+    A position ``x`` is the pair ``(hi, lo) = (x >> low_bits, x % 2**low_bits)``
+    with ``hi`` in ``0..high_size-1``.
+
     Attributes:
         n: Size of the permuted set (>= 1).
-        low_bits: Bits of the low half; the high half has ``k - low_bits``.
-        tables: ``int32`` array of shape ``(FEISTEL_ROUNDS, 2**(k - low_bits))``;
-            round ``r`` reads the first ``2**low_bits`` entries (even ``r``,
-            values below ``2**(k - low_bits)``) or all of them (odd ``r``,
-            values below ``2**low_bits``).
+        low_bits: Bits of the low half.
+        high_size: Values of the high half, ``ceil(n / 2**low_bits)``.
+        tables: ``int32`` array of shape ``(FEISTEL_ROUNDS, max(2**low_bits,
+            high_size))``; an even round ``r`` reads entries ``< 2**low_bits``
+            (values below ``high_size``), an odd one entries ``< high_size``
+            (values below ``2**low_bits``).
     """
 
     n: int
     low_bits: int
+    high_size: int
     tables: npt.NDArray[np.int32]
 
     @classmethod
     def from_seed(cls, seed: int, n: int) -> FeistelPermutation:
-        """Derive the permutation of ``0..n-1`` keyed by ``seed`` (a non-negative int)."""
+        """Derive the permutation of ``0..n-1`` keyed by ``seed`` (a non-negative int).
+
+        Raises:
+            ValueError: ``n`` outside ``[1, MAX_N]``.
+        """
         if not 1 <= n <= MAX_N:
             raise ValueError(f"n must be in [1, {MAX_N}], got {n}")
-        k = (n - 1).bit_length()
-        low = k // 2
-        high = k - low
-        raw = np.random.default_rng(seed).integers(0, 1 << 62, size=(FEISTEL_ROUNDS, 1 << high), dtype=np.int64)
-        masks = np.array([(1 << high) - 1 if r % 2 == 0 else (1 << low) - 1 for r in range(FEISTEL_ROUNDS)], np.int64)
-        tables = (raw & masks[:, None]).astype(np.int32)
+        low = (n - 1).bit_length() // 2
+        high_size = -(-n // (1 << low))
+        raw = np.random.default_rng(seed).integers(0, 1 << 62, size=(FEISTEL_ROUNDS, max(1 << low, high_size)), dtype=np.int64)
+        tables = np.empty(raw.shape, np.int32)
+        tables[0::2] = raw[0::2] % high_size
+        tables[1::2] = raw[1::2] & ((1 << low) - 1)
         tables.setflags(write=False)
-        return cls(n=n, low_bits=low, tables=tables)
+        return cls(n=n, low_bits=low, high_size=high_size, tables=tables)
 
     def forward(self, positions: IntArray) -> IntArray:
         """``perm[positions]``: where each position of the permuted order comes from.
@@ -252,12 +265,17 @@ class FeistelPermutation:
         # memory traffic of int64.
         lo = (x & ((1 << self.low_bits) - 1)).astype(np.int32)
         hi = (x >> self.low_bits).astype(np.int32)
+        size = np.int32(self.high_size)
         order = range(FEISTEL_ROUNDS - 1, -1, -1) if inverse else range(FEISTEL_ROUNDS)
         for r in order:
-            if r % 2 == 0:
-                hi ^= self.tables[r].take(lo)
-            else:
+            if r % 2 == 1:
                 lo ^= self.tables[r].take(hi)
+            elif inverse:  # hi = (hi - T[lo]) mod high_size
+                hi -= self.tables[r].take(lo)
+                hi += size * (hi < 0)
+            else:  # hi = (hi + T[lo]) mod high_size
+                hi += self.tables[r].take(lo)
+                hi -= size * (hi >= size)
         out = hi.astype(np.int64)
         out <<= self.low_bits
         out |= lo
@@ -273,7 +291,7 @@ def permuted_bits(bits: BitArray, perm: FeistelPermutation, out: BitArray) -> No
         out: ``uint8`` array of ``perm.n`` entries (may be a view).
     """
     if use_numba(perm.n):
-        _twin("permuted_bits")(bits, perm.tables, perm.low_bits, perm.n, out)
+        _twin("permuted_bits")(bits, perm.tables, perm.low_bits, perm.high_size, perm.n, out)
         return
     np.take(bits, perm.array(), out=out)
 
@@ -281,7 +299,7 @@ def permuted_bits(bits: BitArray, perm: FeistelPermutation, out: BitArray) -> No
 def permuted_prefix_parity(bits: BitArray, perm: FeistelPermutation, out: BitArray) -> None:
     """Write the prefix parities of ``bits[perm.array()]`` into ``out`` (``n + 1`` entries, ``out[0] = 0``)."""
     if use_numba(perm.n):
-        _twin("permuted_prefix_parity")(bits, perm.tables, perm.low_bits, perm.n, out)
+        _twin("permuted_prefix_parity")(bits, perm.tables, perm.low_bits, perm.high_size, perm.n, out)
         return
     out[0] = 0
     np.bitwise_xor.accumulate(bits[perm.array()], out=out[1:])

@@ -44,34 +44,36 @@ def _compiled(fn: F) -> F:
 
 
 @_compiled
-def _feistel(x: int, tables: np.ndarray, low_bits: int, n: int) -> int:  # pragma: no cover - compiled
+def _feistel(x: int, tables: np.ndarray, low_bits: int, high_size: int, n: int) -> int:  # pragma: no cover - compiled
     low_mask = (1 << low_bits) - 1
     rounds = tables.shape[0]
     while True:
         lo = x & low_mask
         hi = x >> low_bits
         for r in range(rounds):
-            if r % 2 == 0:
-                hi ^= tables[r, lo]
-            else:
+            if r % 2 == 1:
                 lo ^= tables[r, hi]
+            else:
+                hi += tables[r, lo]
+                if hi >= high_size:
+                    hi -= high_size
         x = (hi << low_bits) | lo
         if x < n:
             return x
 
 
 @_compiled
-def permuted_bits(bits: np.ndarray, tables: np.ndarray, low_bits: int, n: int, out: np.ndarray) -> None:  # pragma: no cover
+def permuted_bits(bits: np.ndarray, tables: np.ndarray, low_bits: int, high_size: int, n: int, out: np.ndarray) -> None:  # pragma: no cover
     for i in range(n):
-        out[i] = bits[_feistel(i, tables, low_bits, n)]
+        out[i] = bits[_feistel(i, tables, low_bits, high_size, n)]
 
 
 @_compiled
-def permuted_prefix_parity(bits: np.ndarray, tables: np.ndarray, low_bits: int, n: int, out: np.ndarray) -> None:  # pragma: no cover
+def permuted_prefix_parity(bits: np.ndarray, tables: np.ndarray, low_bits: int, high_size: int, n: int, out: np.ndarray) -> None:  # pragma: no cover
     acc = np.uint8(0)
     out[0] = acc
     for i in range(n):
-        acc ^= bits[_feistel(i, tables, low_bits, n)]
+        acc ^= bits[_feistel(i, tables, low_bits, high_size, n)]
         out[i + 1] = acc
 
 
