@@ -128,7 +128,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from qcinode.core.kernels import FeistelPermutation, permuted_bits, permuted_prefix_parity
+from qcinode.core.kernels import FeistelPermutation, FeistelStack, permuted_bits, permuted_prefix_parity
 from qcinode.errors import ConfigError, LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -477,6 +477,7 @@ class CascadeSession:
         # block touches (fresh pages are much of the set-up's cost).
         self._table_dtype = table = np.int32 if npass * n < 2**31 else np.int64
         self._perms: list[FeistelPermutation] = []  # passes 1.. (pass 0 is the identity)
+        self._stack: FeistelStack | None = None  # the same, to map positions of several passes at once
         self._yp = np.empty(npass * n, dtype=np.uint8)  # Bob's current key, per pass order
         # Leaves (rule 5): the key of the leaf holding each position; at a
         # leaf's own key, its end (pass-local, exclusive) and whether it is odd.
@@ -554,6 +555,7 @@ class CascadeSession:
         raw = self._rng.integers(0, np.iinfo(np.int64).max, size=npass - 1, dtype=np.int64)
         seeds = tuple(int(s) for s in raw)
         self._perms = [FeistelPermutation.from_seed(seed, n) for seed in seeds]
+        self._stack = FeistelStack(self._perms) if self._perms else None
         self._yp[:n] = self._y
         for p, perm in enumerate(self._perms, start=1):
             permuted_bits(self._y, perm, self._yp[p * n : (p + 1) * n])
@@ -690,14 +692,17 @@ class CascadeSession:
         n = self._n
         pass_ids, positions = np.divmod(keys, n)
         located = positions.copy()  # the key bit behind each leaf: perm_p[position]
-        for p, perm in enumerate(self._perms, start=1):
-            in_pass = pass_ids == p
-            if in_pass.any():
-                located[in_pass] = perm.forward(positions[in_pass])
+        later = np.flatnonzero(pass_ids)
+        if later.size and self._stack is not None:
+            located[later] = self._stack.forward(pass_ids[later] - 1, positions[later])
         bits = _unique(located)  # several passes may locate one bit
         self._y[bits] ^= 1
         self._errors_corrected += int(bits.size)
-        flips = np.concatenate([bits, *(p * n + perm.inverse(bits) for p, perm in enumerate(self._perms, start=1))])
+        flips = bits
+        if self._stack is not None:  # the bits' places in passes 1.., pass-major
+            which = np.repeat(np.arange(len(self._perms), dtype=np.int64), bits.size)
+            places = self._stack.inverse(which, np.tile(bits, len(self._perms)))
+            flips = np.concatenate([bits, (which + 1) * n + places])
         self._yp[flips] ^= 1
         hit = self._leaf_of[flips]
         np.logical_xor.at(self._leaf_odd, hit, True)

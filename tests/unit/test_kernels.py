@@ -14,7 +14,7 @@ import pytest
 
 from qcinode.core import kernels
 from qcinode.core.cascade import CascadeResponder, CascadeSession
-from qcinode.core.kernels import FeistelPermutation, lookup_sorted, permuted_bits, permuted_prefix_parity
+from qcinode.core.kernels import FeistelPermutation, FeistelStack, lookup_sorted, permuted_bits, permuted_prefix_parity
 from qcinode.errors import ConfigError
 
 
@@ -218,3 +218,15 @@ def test_kernels_cache_under_the_temporary_directory_when_no_default_place_is_wr
     assert done.returncode == 0, done.stderr
     cached = list(tmp_path.glob("qcinode-numba-*/**/*.nbi"))
     assert cached, f"no cache index under {tmp_path}: {list(tmp_path.rglob('*'))}"
+
+
+def test_a_stack_maps_like_its_members() -> None:
+    members = [FeistelPermutation.from_seed(seed, 3001) for seed in (1, 2, 3)]
+    stack = FeistelStack(members)
+    rng = np.random.default_rng(4)
+    which, x = rng.integers(0, 3, 500), rng.integers(0, 3001, 500)
+    expect = np.array([members[w].forward(np.array([v]))[0] for w, v in zip(which, x)])
+    assert np.array_equal(stack.forward(which, x), expect)
+    assert np.array_equal(stack.inverse(which, expect), x)
+    with pytest.raises(ValueError, match="one size"):
+        FeistelStack([members[0], FeistelPermutation.from_seed(1, 3000)])
