@@ -63,6 +63,11 @@ ceiling. ``--profile N`` adds the N most expensive functions of that run
 
     python bench/link.py --core --gys --length-km 10 --block-bits 1e6 --blocks 3
     python bench/link.py --core --gys --length-km 10 --block-bits 1e6 --blocks 3 --profile 25
+    python bench/link.py --core --gys --length-km 10 --block-bits 1e6 --blocks 3 --kernels numpy
+
+The compiled kernels (:mod:`qcinode.core.kernels`) are loaded before the
+timed run, as a node loads them once at its first big block; the table says
+what that took. ``--kernels numpy`` runs the numpy paths only (same keys).
 
 With ``--delay-ms`` every post-processing message waits that long before it
 leaves its node, at both ends (the ``delay`` fault), so each round trip
@@ -579,10 +584,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1, help="with --core: the pair's seed")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="with --core: print the N costliest functions (cProfile)")
     p.add_argument("--raw-allocator", action="store_true", help="with --core: keep glibc's malloc defaults (a node tunes them)")
+    p.add_argument(
+        "--kernels", choices=list(kernels.KERNEL_MODES), default=None, help="with --core: compiled kernels (QCINODE_KERNELS; default auto)"
+    )
     args = p.parse_args(argv)
     lengths = args.length_km or [10.0, 50.0]
     block_bits = int(args.block_bits)
     if args.core:
+        if args.kernels:
+            kernels.set_mode(args.kernels)
         for length_km in lengths:
             variant = Variant(error_correction=(args.error_correction or ["cascade"])[0], finite_key=args.finite_key)
             print_core(
