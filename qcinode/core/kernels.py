@@ -46,11 +46,11 @@ indexed by the other: even rounds ``hi = (hi + T_r[lo]) mod H``, odd rounds
 (subtract, or XOR again, to undo it), so the network is one; with uniformly
 random round tables it is the Luby-Rackoff construction, here with unequal
 halves and modular addition (Black and Rogaway, "Ciphers with arbitrary
-finite domains", CT-RSA 2002, the generalised Feistel "FE2"); four rounds.
+finite domains", CT-RSA 2002, the generalised Feistel method); four rounds.
 A result at or above ``n`` is sent through the network again until it falls
 below ``n`` (cycle walking, same paper), which gives a permutation of
-``0..n-1``; since ``2**b H < n + 2**b`` that happens for fewer than one
-position in ``sqrt(n)``.  The tables
+``0..n-1``; since ``2**b H < n + 2**b`` that happens for about one
+position in ``sqrt(n)`` or fewer.  The tables
 come from ``numpy.random.default_rng(seed)``.  Against a Fisher-Yates
 shuffle it needs no table of ``n`` entries at either end: a position is
 mapped, or mapped back (the rounds in reverse), on its own, so Bob computes
