@@ -63,6 +63,11 @@ ceiling. ``--profile N`` adds the N most expensive functions of that run
 
     python bench/link.py --core --gys --length-km 10 --block-bits 1e6 --blocks 3
     python bench/link.py --core --gys --length-km 10 --block-bits 1e6 --blocks 3 --profile 25
+    python bench/link.py --core --gys --length-km 10 --block-bits 1e6 --blocks 3 --kernels numpy
+
+The compiled kernels (:mod:`qcinode.core.kernels`) are loaded before the
+timed run, as a node loads them once at its first big block; the table says
+what that took. ``--kernels numpy`` runs the numpy paths only (same keys).
 
 With ``--delay-ms`` every post-processing message waits that long before it
 leaves its node, at both ends (the ``delay`` fault), so each round trip
@@ -94,6 +99,7 @@ from typing import Any
 import yaml
 
 from qcinode.cluster.launcher import Cluster, cluster_status, read_cluster
+from qcinode.core import kernels
 from qcinode.core.estimation import asymptotic_key_fraction, expected_key_length
 from qcinode.node.runtime import expected_key_bits_per_slot, frame_slots, link_physics, protocol_config, tune_allocator_for_links
 from qcinode.topology import load_topology
@@ -415,6 +421,7 @@ class CoreResult:
     messages: int = 0
     keys_match: bool = True
     aborts: tuple[str, ...] = ()
+    kernels: str = ""
 
 
 def run_core(
@@ -447,6 +454,10 @@ def run_core(
     if not raw_allocator:
         tune_allocator_for_links()  # as a node does for its links
     alice, bob = make_pair(config, bytes(range(256)) * 64, seed)
+    # A node loads the compiled kernels once, at its first big block: outside the steady state timed here.
+    warm0 = time.process_time()
+    compiled = block_bits >= kernels.NUMBA_MIN_SIZE and kernels.warm_up()
+    warm_s = time.process_time() - warm0
     profiler = cProfile.Profile(time.process_time) if profile else None  # CPU time: a busy machine does not inflate it
     cpu0, wall0 = time.process_time(), time.perf_counter()
     if profiler:
@@ -455,6 +466,8 @@ def run_core(
     if profiler:
         profiler.disable()
     out = CoreResult(length_km, block_bits, cpu_s=time.process_time() - cpu0, wall_s=time.perf_counter() - wall0)
+    loaded = f"loaded in {warm_s:.2f} CPU s (not counted)" if compiled else "not used"
+    out.kernels = f"{kernels.mode()}, compiled kernels {loaded}"
     out.frames, out.messages = result.frames, result.classical_messages
     bob_keys = {e.block_seq: e.key for e in result.bob_events if isinstance(e, BlockAccepted)}
     for event in result.alice_events:
@@ -481,6 +494,7 @@ def print_core(r: CoreResult) -> None:
         f"{'  (' + ', '.join(r.aborts) + ')' if r.aborts else ''}\n"
         f"  secret bits                  {r.secret_bits}  (keys equal at both ends: {'yes' if r.keys_match else 'NO'})\n"
         f"  frames / classical messages  {r.frames} / {r.messages}\n"
+        f"  kernels                      {r.kernels}\n"
         f"  CPU s / wall s               {r.cpu_s:.2f} / {r.wall_s:.2f}\n"
         f"  secret bits per CPU-second   {rate:.4g}  (target for the core: >= 2e6)"
     )
@@ -570,10 +584,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1, help="with --core: the pair's seed")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="with --core: print the N costliest functions (cProfile)")
     p.add_argument("--raw-allocator", action="store_true", help="with --core: keep glibc's malloc defaults (a node tunes them)")
+    p.add_argument(
+        "--kernels", choices=list(kernels.KERNEL_MODES), default=None, help="with --core: compiled kernels (QCINODE_KERNELS; default auto)"
+    )
     args = p.parse_args(argv)
     lengths = args.length_km or [10.0, 50.0]
     block_bits = int(args.block_bits)
     if args.core:
+        if args.kernels:
+            kernels.set_mode(args.kernels)
         for length_km in lengths:
             variant = Variant(error_correction=(args.error_correction or ["cascade"])[0], finite_key=args.finite_key)
             print_core(

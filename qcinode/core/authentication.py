@@ -79,12 +79,20 @@ _TRANSCRIPT_HEADER = b"qcinode/transcript/v2\x00"  # v2: compact array forms in 
 _STATE_VERSION = 1
 
 
+#: Pieces shorter than this are joined with their neighbours before hashing (:class:`Transcript`).
+_JOIN_BELOW = 4096
+
+
 class Transcript:
     """The canonical bytes of every classical message of one block, in order.
 
-    Kept as the list of pieces appended: the one-time MAC hashes them in
-    order (:meth:`tag`, :meth:`verify`) without joining them, so the three
-    tags of a block cost three passes over the bytes and no copy.
+    Kept as a list of pieces: the one-time MAC hashes them in order
+    (:meth:`tag`, :meth:`verify`) without joining them, so the three tags of
+    a block cost three passes over the bytes and no copy of a large piece.
+    Runs of small pieces (below :data:`_JOIN_BELOW` bytes each: headers,
+    scalars, short arrays) are joined as they are appended, since one MAC
+    update per piece costs more than the copy (a block has tens of thousands
+    of them).
     """
 
     __slots__ = ("_parts", "_entries")
@@ -118,8 +126,16 @@ class Transcript:
             raise LocalProtocolError(f"direction must be 'A>B' or 'B>A', got {direction!r}")
         if not all(type(part) is bytes for part in parts):
             raise LocalProtocolError("payload pieces must be bytes")
-        self._parts.append(direction.encode("ascii") + sum(map(len, parts)).to_bytes(8, "big"))
-        self._parts.extend(parts)
+        small = [direction.encode("ascii") + sum(map(len, parts)).to_bytes(8, "big")]
+        for part in parts:
+            if len(part) < _JOIN_BELOW:
+                small.append(part)
+                continue
+            self._parts.append(b"".join(small))
+            self._parts.append(part)
+            small = []
+        if small:
+            self._parts.append(b"".join(small))
         self._entries += 1
 
     def digest_input(self) -> bytes:

@@ -19,8 +19,10 @@ Rules of the protocol
    ``perm_p`` and cuts it into consecutive top-level blocks of ``k_p`` bits
    (the last block may be shorter).  Pass 0 uses the identity permutation and
    needs no seed; every seed in a query introduces the next pass, whose
-   permutation is ``numpy.random.default_rng(seed).permutation(n)``.  Bob draws
-   the seeds from his injected rng.
+   permutation is the keyed Feistel permutation
+   :meth:`qcinode.core.kernels.FeistelPermutation.from_seed` ``(seed, n)``
+   (``perm_p[i]`` is its ``forward(i)``).  Bob draws the seeds from his
+   injected rng.
 2. **Block sizes** (after Martinez-Mateo et al. 2015, options (7) and (8)).
    Pass 0 uses ``k_1 = 2**ceil(log2(c_1 / Q))`` and pass 1
    ``k_2 = max(2 k_1, 2**ceil(log2(c_2 / Q)))``: powers of two, so that every
@@ -100,8 +102,11 @@ holding each position (rewritten over the right half when a leaf splits),
 and, at each leaf's own key, its end and odd flag; plus the sorted keys of
 the odd leaves.  His parity of a question's interval is a ragged gather and
 ``reduceat``; a bisection of a block of ``k`` bits touches ``O(k)`` entries in
-all.  All per-round work is vectorised over the batch; the permutations (one
-per pass and side) dominate the run time.
+all.  All per-round work is vectorised over the batch.  Neither end stores a
+permutation: the Feistel permutation maps a position, or maps it back, on its
+own, so Alice reads her key through it once per pass (a compiled loop for
+large keys, :mod:`qcinode.core.kernels`), and Bob builds his per-pass keys the
+same way and maps only the bits he corrects.
 
 References
 ----------
@@ -123,6 +128,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from qcinode.core.kernels import FeistelPermutation, FeistelStack, permuted_bits, permuted_prefix_parity
 from qcinode.errors import ConfigError, LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -132,6 +138,7 @@ __all__ = [
     "ParityQuery",
     "ParityReply",
     "cascade_block_sizes",
+    "pass_permutation",
 ]
 
 MAX_PASSES = 64
@@ -287,9 +294,9 @@ def _prefix_parity(bits: BitArray, out: BitArray) -> None:
     np.bitwise_xor.accumulate(bits, out=out[1:])
 
 
-def _permutation(seed: int, n: int) -> IntArray:
-    """The public permutation of a pass (rule 1)."""
-    return np.random.default_rng(seed).permutation(n)
+def pass_permutation(seed: int, n: int) -> IntArray:
+    """The public permutation of a pass as an array: ``perm_p`` of rule 1."""
+    return FeistelPermutation.from_seed(seed, n).array()
 
 
 def _checked_index_array(value: object, name: str) -> IntArray:
@@ -389,7 +396,7 @@ class CascadeResponder:
             grown[: self._passes] = self._cs[: self._passes]
             self._cs = grown
         for seed in seeds:
-            _prefix_parity(self._key[_permutation(seed, self._n)], self._cs[self._passes])
+            permuted_prefix_parity(self._key, FeistelPermutation.from_seed(seed, self._n), self._cs[self._passes])
             self._passes += 1
         parities = self._cs[pass_ids, ends] ^ self._cs[pass_ids, starts]
         parities.setflags(write=False)
@@ -469,8 +476,8 @@ class CascadeSession:
         # Tables hold 32-bit entries while every key fits: half the memory a
         # block touches (fresh pages are much of the set-up's cost).
         self._table_dtype = table = np.int32 if npass * n < 2**31 else np.int64
-        self._perm: TableArray = np.empty((npass, n), dtype=table)
-        self._inv: TableArray = np.empty((npass, n), dtype=table)
+        self._perms: list[FeistelPermutation] = []  # passes 1.. (pass 0 is the identity)
+        self._stack: FeistelStack | None = None  # the same, to map positions of several passes at once
         self._yp = np.empty(npass * n, dtype=np.uint8)  # Bob's current key, per pass order
         # Leaves (rule 5): the key of the leaf holding each position; at a
         # leaf's own key, its end (pass-local, exclusive) and whether it is odd.
@@ -547,13 +554,11 @@ class CascadeSession:
         n, npass = self._n, self._npass
         raw = self._rng.integers(0, np.iinfo(np.int64).max, size=npass - 1, dtype=np.int64)
         seeds = tuple(int(s) for s in raw)
-        positions = np.arange(n, dtype=self._table_dtype)
-        self._perm[0] = positions
-        self._inv[0] = positions
-        for p, seed in enumerate(seeds, start=1):
-            self._perm[p] = _permutation(seed, n)
-            self._inv[p, self._perm[p]] = positions
-        self._yp = self._y[self._perm].ravel()
+        self._perms = [FeistelPermutation.from_seed(seed, n) for seed in seeds]
+        self._stack = FeistelStack(self._perms) if self._perms else None
+        self._yp[:n] = self._y
+        for p, perm in enumerate(self._perms, start=1):
+            permuted_bits(self._y, perm, self._yp[p * n : (p + 1) * n])
         keys, ends, asked = [], [], []
         for p, k in enumerate(self._sizes):
             starts = np.arange(0, n, k, dtype=np.int64)
@@ -685,10 +690,19 @@ class CascadeSession:
         if keys.size == 0:
             return
         n = self._n
-        bits = _unique(self._perm.ravel()[keys])  # several passes may locate one bit
+        pass_ids, positions = np.divmod(keys, n)
+        located = positions.copy()  # the key bit behind each leaf: perm_p[position]
+        later = np.flatnonzero(pass_ids)
+        if later.size and self._stack is not None:
+            located[later] = self._stack.forward(pass_ids[later] - 1, positions[later])
+        bits = _unique(located)  # several passes may locate one bit
         self._y[bits] ^= 1
         self._errors_corrected += int(bits.size)
-        flips = (np.arange(self._npass, dtype=np.int64)[:, None] * n + self._inv[:, bits]).ravel()
+        flips = bits
+        if self._stack is not None:  # the bits' places in passes 1.., pass-major
+            which = np.repeat(np.arange(len(self._perms), dtype=np.int64), bits.size)
+            places = self._stack.inverse(which, np.tile(bits, len(self._perms)))
+            flips = np.concatenate([bits, (which + 1) * n + places])
         self._yp[flips] ^= 1
         hit = self._leaf_of[flips]
         np.logical_xor.at(self._leaf_odd, hit, True)

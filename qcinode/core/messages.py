@@ -156,16 +156,19 @@ Message = (
 
 #: Largest gap (and first value) of a non-decreasing integer array written as 32-bit gaps.
 _GAP_LIMIT = 1 << 32
+#: Below this, every gap of such an array is written in 16 bits.
+_NARROW_GAP_LIMIT = 1 << 16
 
 
 def _encode_array(value: np.ndarray, out: list[bytes]) -> None:
-    """An array as one of three self-delimiting forms, chosen from its dtype and values alone.
+    """An array as one of four self-delimiting forms, chosen from its dtype and values alone.
 
     ``p``: a 1-D array of one-byte integers (or bools) that are all 0 or 1,
     as its count and packed bits; ``g``: a 1-D non-decreasing integer array
     starting at >= 0 whose steps are all below 2^32, as its count and 32-bit
-    gaps (sorted slot numbers: half of the bytes of ``a``); ``a``: any other
-    array, as its little-endian bytes. Each form begins with its letter and
+    gaps (sorted slot numbers: half of the bytes of ``a``); ``h``: the same
+    when every step is below 2^16, with 16-bit gaps (a detection report's
+    slots); ``a``: any other array, as its little-endian bytes. Each form begins with its letter and
     the dtype, and decodes back to exactly one (dtype, values), so the
     encoding stays injective; the transcript MAC hashes every byte of it
     three times per end, so fewer bytes are less work.
@@ -182,9 +185,11 @@ def _encode_array(value: np.ndarray, out: list[bytes]) -> None:
                 return
         elif value.dtype.kind in "iu" and count:
             gaps = np.diff(value, prepend=value.dtype.type(0))
-            if int(value[0]) >= 0 and int(gaps.min()) >= 0 and int(gaps.max()) < _GAP_LIMIT:
-                out.append(b"g" + head + struct.pack(">Q", count))
-                out.append(gaps.astype("<u4").tobytes())
+            top = int(gaps.max())
+            if int(value[0]) >= 0 and int(gaps.min()) >= 0 and top < _GAP_LIMIT:
+                narrow = top < _NARROW_GAP_LIMIT  # dense slots: 16-bit gaps, half the bytes to hash
+                out.append((b"h" if narrow else b"g") + head + struct.pack(">Q", count))
+                out.append(gaps.astype("<u2" if narrow else "<u4").tobytes())
                 return
     data = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"), copy=False).tobytes()
     out.append(b"a" + struct.pack(">QB", len(data), len(tag)) + tag)

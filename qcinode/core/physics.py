@@ -85,6 +85,7 @@ from typing import Final, Protocol
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from qcinode.core.kernels import lookup_sorted
 from qcinode.core.randomness import KeyRandomness
 from qcinode.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
@@ -502,7 +503,7 @@ def _categorical(rng: KeyRandomness, weights: NDArray[np.float64], size: int) ->
 
 def _bases(rng: KeyRandomness, z_probability: float, size: int) -> UInt8Array:
     """Basis choices: Z (0) with probability ``z_probability``, X (1) otherwise."""
-    return (np.asarray(rng.random(size)) >= z_probability).astype(np.uint8)
+    return (np.asarray(rng.random(size)) >= z_probability).view(np.uint8)  # bools are 0/1 bytes: no copy
 
 
 def _bits(rng: KeyRandomness, size: int) -> UInt8Array:
@@ -791,13 +792,8 @@ class AliceRecord:
 
 
 def _lookup(sorted_slots: Int64Array, query: Int64Array) -> tuple[NDArray[np.bool_], Int64Array]:
-    """Return ``(found, index)``: where each query sits in ``sorted_slots``."""
-    index = np.searchsorted(sorted_slots, query)
-    clipped = np.minimum(index, max(len(sorted_slots) - 1, 0))
-    if len(sorted_slots) == 0:
-        return np.zeros(query.size, np.bool_), clipped.astype(np.int64)
-    found = (index < len(sorted_slots)) & (sorted_slots[clipped] == query)
-    return found, clipped.astype(np.int64, copy=False)
+    """Return ``(found, index)``: where each query sits in ``sorted_slots`` (a merge for large sorted inputs)."""
+    return lookup_sorted(sorted_slots, query)
 
 
 def transmit(
@@ -935,9 +931,12 @@ def detect(
     dark_only = darks[~is_photon_slot]
     insert_at = np.searchsorted(frame.slots, dark_only)
     relevant = np.insert(frame.slots, insert_at, dark_only)
-    # Photon slot j moves right by the number of dark-only slots inserted at or before j.
-    shift = np.cumsum(np.bincount(insert_at, minlength=len(frame.slots) + 1)[:-1])
-    photon_index = np.arange(len(frame.slots), dtype=np.int64) + shift
+    # Photon slot j moves right by the number of dark-only slots inserted at or
+    # before j: 0 before the first insertion point, 1 up to the second, ...
+    # (a few hundred runs: one repeat, not a bincount and a cumsum over the frame).
+    runs = np.diff(insert_at, prepend=0, append=len(frame.slots))
+    photon_index = np.repeat(np.arange(len(insert_at) + 1, dtype=np.int64), runs)
+    photon_index += np.arange(len(frame.slots), dtype=np.int64)
 
     our_bases = _bases(key_rng, phys.z_basis_probability, len(relevant))
 
@@ -968,9 +967,10 @@ def _route_photons(
     u = rng.random(len(same_basis))
     # First photon of each slot: in Bob's basis it lands on the detector of its
     # bit unless misaligned; in the other basis on either with probability 1/2.
+    # int32: at most `photons` (uint16) per slot, half the bytes of int64.
     on_one = np.where(
         same_basis, frame.state_bits ^ (u < misalignment_error), u < 0.5
-    ).astype(np.int64)
+    ).astype(np.int32)
     photons = frame.photons
     multi = np.flatnonzero(photons > 1)
     if multi.size:
@@ -980,7 +980,7 @@ def _route_photons(
             np.where(state_bits == 1, 1.0 - misalignment_error, misalignment_error),
             0.5,
         )
-        on_one[multi] += rng.binomial(photons[multi].astype(np.int64) - 1, p_one)
+        on_one[multi] += rng.binomial(photons[multi].astype(np.int64) - 1, p_one).astype(np.int32)
     return on_one < photons, on_one > 0
 
 

@@ -296,10 +296,14 @@ class _Block:
         """Sifted detections per intensity class in ``basis`` (computed once per block)."""
         cache = self._counts
         if not cache:
-            # One pass for both bases: bin 2 * class + basis (classes 0..2, bases 0/1).
-            both = np.bincount(self.classes.astype(np.intp) * 2 + self.bases, minlength=6)[:6]
+            # Code 2 * class + basis (classes 0..2, bases 0/1) in one byte per
+            # detection, counted per value: no int64 copy of a million entries
+            # (np.bincount would make one).
+            code = self.classes.astype(np.uint8, copy=False) << np.uint8(1)
+            code |= self.bases.astype(np.uint8, copy=False)
+            both = [int(np.count_nonzero(code == v)) for v in range(6)]
             for b in (0, 1):
-                cache[b] = tuple(int(c) for c in both[b::2])  # type: ignore[assignment]
+                cache[b] = tuple(both[b::2])  # type: ignore[assignment]
         return cache[basis]
 
     def stats(self, secret_bits: int = 0) -> BlockStats:

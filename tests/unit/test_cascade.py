@@ -18,6 +18,7 @@ from qcinode.core.cascade import (
     ParityQuery,
     ParityReply,
     cascade_block_sizes,
+    pass_permutation,
 )
 from qcinode.core.estimation import h2
 from qcinode.errors import ConfigError, LocalProtocolError, RemoteProtocolError
@@ -324,7 +325,8 @@ def test_seeds_introduce_passes_in_order() -> None:
         ends=np.array([30], dtype=np.int64),
     )
     reply = alice.receive(query)
-    perm = np.random.default_rng(42).permutation(100)
+    perm = pass_permutation(42, 100)
+    assert sorted(perm.tolist()) == list(range(100))
     assert reply.parities[0] == np.bitwise_xor.reduce(key[perm[10:30]])
     assert alice.passes == 2
 

@@ -28,6 +28,7 @@ IMPORT_NAMES = {
     "aiohttp": {"aiohttp"},
     "prometheus-client": {"prometheus_client"},
     "sgp4": {"sgp4"},
+    "numba": {"numba"},
 }
 # Modules that run only where the extra is installed: the pytest plugin, the code generator,
 # LDPC reconciliation (imported inside the functions that need it: error_correction: ldpc).

@@ -1,0 +1,389 @@
+"""Hot loops of the protocol core, each with a numpy path and a compiled (numba) twin.
+
+Theory of operation
+===================
+
+Some loops of the core (Cascade's permuted views of a key, the merge of two
+sorted slot lists in the physics emulation) are sequential by nature; numpy
+does them with several passes over million-element temporaries, a compiled
+loop in one.  This module holds the numpy version of each; the compiled twin
+lives in :mod:`qcinode.core.kernels_numba`, which imports numba.
+
+Rules
+-----
+1. **Bit-identical.** Every kernel returns exactly what its numpy path
+   returns, for every input (the tests compare both on seeded inputs).  So
+   the choice of path never changes a key, a transcript or a random stream,
+   and two ends may use different paths.
+2. **Lazy.** numba costs about 80 MB of resident memory when imported and a
+   fraction of a second per kernel when compiled.  It is imported only by the
+   first call whose input is large enough to pay for it
+   (:data:`NUMBA_MIN_SIZE` elements, mode ``auto``), so a node that only
+   handles small blocks never loads it.
+3. **Mode.** :func:`set_mode` (or the environment variable
+   ``QCINODE_KERNELS``, read once at the first call) chooses ``auto`` (the
+   default: numba for large inputs), ``numba`` (always, for tests) or
+   ``numpy`` (never).  An unknown value is a :class:`ConfigError` naming it.
+   Where numba cannot be imported, ``auto`` falls back to numpy;
+   ``numba`` raises.
+4. **Cache.** Kernels are compiled with ``cache=True``: numba stores the
+   machine code beside the module (``__pycache__``, an editable install) or,
+   where that directory is read-only (an installed package), in the user's
+   cache directory; if neither is writable, in a directory under the
+   system's temporary directory (:mod:`qcinode.core.kernels_numba`), and if
+   even that fails the kernels are compiled without a cache.  A second
+   process, or a second run, loads the compiled code instead of compiling.
+
+The keyed permutation
+---------------------
+Cascade needs, per pass, a public pseudo-random permutation of ``n``
+positions that both ends derive from a seed.  It is a Feistel network on
+pairs ``(hi, lo)``: ``lo`` is the low ``b = bit_length(n - 1) // 2`` bits of
+a position, ``hi`` the rest, in ``0..H-1`` with ``H = ceil(n / 2**b)``.
+Round ``r`` (of :data:`FEISTEL_ROUNDS`) adds to one half a table lookup
+indexed by the other: even rounds ``hi = (hi + T_r[lo]) mod H``, odd rounds
+``lo = lo XOR T_r[hi]``.  Each round is a bijection of the ``2**b H`` pairs
+(subtract, or XOR again, to undo it), so the network is one; with uniformly
+random round tables it is the Luby-Rackoff construction, here with unequal
+halves and modular addition (Black and Rogaway, "Ciphers with arbitrary
+finite domains", CT-RSA 2002, the generalised Feistel method); four rounds.
+A result at or above ``n`` is sent through the network again until it falls
+below ``n`` (cycle walking, same paper), which gives a permutation of
+``0..n-1``; since ``2**b H < n + 2**b`` that happens for about one
+position in ``sqrt(n)`` or fewer.  The tables
+come from ``numpy.random.default_rng(seed)``.  Against a Fisher-Yates
+shuffle it needs no table of ``n`` entries at either end: a position is
+mapped, or mapped back (the rounds in reverse), on its own, so Bob computes
+only the entries he needs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from qcinode.errors import ConfigError
+
+__all__ = [
+    "FEISTEL_ROUNDS",
+    "KERNEL_MODES",
+    "NUMBA_MIN_SIZE",
+    "FeistelPermutation",
+    "FeistelStack",
+    "lookup_sorted",
+    "mode",
+    "permuted_bits",
+    "permuted_prefix_parity",
+    "set_mode",
+    "use_numba",
+    "warm_up",
+]
+
+KERNEL_MODES: Final[tuple[str, ...]] = ("auto", "numba", "numpy")
+"""Accepted values of :func:`set_mode` and ``QCINODE_KERNELS``."""
+
+NUMBA_MIN_SIZE: Final = 1 << 17
+"""Smallest input (elements) for which ``auto`` uses numba: about a 2^17-bit
+block, where the compiled loops save more than the import costs once."""
+
+FEISTEL_ROUNDS: Final = 4
+"""Rounds of the Feistel network of :class:`FeistelPermutation` (Luby-Rackoff:
+four make a pseudo-random permutation from random round functions)."""
+
+MAX_N: Final = 1 << 31
+"""Largest set :class:`FeistelPermutation` permutes (its halves are 32-bit)."""
+
+_ENV: Final = "QCINODE_KERNELS"
+
+IntArray = npt.NDArray[np.int64]
+BitArray = npt.NDArray[np.uint8]
+
+_mode: str | None = None
+_numba: ModuleType | None = None
+_numba_failed: str = ""
+
+
+def set_mode(value: str) -> None:
+    """Choose where the kernels run (rule 3).
+
+    Args:
+        value: ``auto``, ``numba`` or ``numpy``.
+
+    Raises:
+        ConfigError: Any other value.
+    """
+    global _mode
+    _mode = _checked_mode(value, "kernels")
+
+
+def mode() -> str:
+    """The kernel mode in force (``QCINODE_KERNELS`` at the first call, else ``auto``)."""
+    global _mode
+    if _mode is None:
+        _mode = _checked_mode(os.environ.get(_ENV, "auto"), _ENV)
+    return _mode
+
+
+def _checked_mode(value: object, name: str) -> str:
+    if value not in KERNEL_MODES:
+        raise ConfigError(f"{name}: must be one of {', '.join(KERNEL_MODES)}, got {value!r}")
+    return str(value)
+
+
+def use_numba(size: int) -> bool:
+    """Whether an input of ``size`` elements goes to the compiled twin (rules 2, 3).
+
+    Raises:
+        ConfigError: Mode ``numba`` where numba cannot be imported.
+    """
+    current = mode()
+    if current == "numpy" or (current == "auto" and size < NUMBA_MIN_SIZE):
+        return False
+    return _load() is not None or _require_numba(current)
+
+
+def _require_numba(current: str) -> bool:
+    if current == "numba":
+        raise ConfigError(f"kernels: numba requested but it cannot be used ({_numba_failed})")
+    return False
+
+
+def _load() -> ModuleType | None:
+    """Import the compiled twins once; None where numba is missing."""
+    global _numba, _numba_failed
+    if _numba is None and not _numba_failed:
+        try:
+            from qcinode.core import kernels_numba
+        except ImportError as exc:
+            _numba_failed = f"{type(exc).__name__}: {exc}"
+            return None
+        _numba = kernels_numba
+    return _numba
+
+
+def warm_up() -> bool:
+    """Load (or compile) every compiled kernel now, on tiny inputs, unless the mode is ``numpy``.
+
+    A process that will handle large blocks may call it at start-up so that
+    the first block does not pay the import and the compilation (or the load
+    from numba's cache).  Returns whether the compiled kernels are ready.
+    """
+    if mode() == "numpy" or _load() is None:
+        return False
+    module = _load()
+    assert module is not None
+    perm = FeistelPermutation.from_seed(0, 3)
+    bits = np.zeros(3, np.uint8)
+    module.permuted_bits(bits, perm.tables, perm.low_bits, perm.high_size, perm.n, np.empty(3, np.uint8))
+    module.permuted_prefix_parity(bits, perm.tables, perm.low_bits, perm.high_size, perm.n, np.empty(4, np.uint8))
+    values = np.arange(3, dtype=np.int64)
+    module.lookup_sorted(values, values, np.empty(3, np.bool_), np.empty(3, np.int64))
+    return True
+
+
+def _twin(name: str) -> Callable[..., Any]:
+    module = _load()
+    assert module is not None  # use_numba() said yes
+    fn: Callable[..., Any] = getattr(module, name)
+    return fn
+
+
+# --------------------------------------------------------------------------- keyed permutation
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FeistelPermutation:
+    """The public permutation of ``0..n-1`` derived from a seed (module docstring).
+
+    A position ``x`` is the pair ``(hi, lo) = (x >> low_bits, x % 2**low_bits)``
+    with ``hi`` in ``0..high_size-1``.
+
+    Attributes:
+        n: Size of the permuted set (>= 1).
+        low_bits: Bits of the low half.
+        high_size: Values of the high half, ``ceil(n / 2**low_bits)``.
+        tables: ``int32`` array of shape ``(FEISTEL_ROUNDS, max(2**low_bits,
+            high_size))``; an even round ``r`` reads entries ``< 2**low_bits``
+            (values below ``high_size``), an odd one entries ``< high_size``
+            (values below ``2**low_bits``).
+    """
+
+    n: int
+    low_bits: int
+    high_size: int
+    tables: npt.NDArray[np.int32]
+
+    @classmethod
+    def from_seed(cls, seed: int, n: int) -> FeistelPermutation:
+        """Derive the permutation of ``0..n-1`` keyed by ``seed`` (a non-negative int).
+
+        Raises:
+            ValueError: ``n`` outside ``[1, MAX_N]``.
+        """
+        if not 1 <= n <= MAX_N:
+            raise ValueError(f"n must be in [1, {MAX_N}], got {n}")
+        low = (n - 1).bit_length() // 2
+        high_size = -(-n // (1 << low))
+        raw = np.random.default_rng(seed).integers(0, 1 << 62, size=(FEISTEL_ROUNDS, max(1 << low, high_size)), dtype=np.int64)
+        tables = np.empty(raw.shape, np.int32)
+        tables[0::2] = raw[0::2] % high_size
+        tables[1::2] = raw[1::2] & ((1 << low) - 1)
+        tables.setflags(write=False)
+        return cls(n=n, low_bits=low, high_size=high_size, tables=tables)
+
+    def forward(self, positions: IntArray) -> IntArray:
+        """``perm[positions]``: where each position of the permuted order comes from.
+
+        Args:
+            positions: int64 values in ``0..n-1``.
+        """
+        return self._walk(np.asarray(positions, dtype=np.int64), inverse=False)
+
+    def inverse(self, values: IntArray) -> IntArray:
+        """``inv[values]``: the position of each value in the permuted order."""
+        return self._walk(np.asarray(values, dtype=np.int64), inverse=True)
+
+    def array(self) -> IntArray:
+        """The whole permutation, ``forward(arange(n))``."""
+        return self.forward(np.arange(self.n, dtype=np.int64))
+
+    def _walk(self, x: IntArray, *, inverse: bool) -> IntArray:
+        out = self._rounds(x, inverse)
+        todo = np.flatnonzero(out >= self.n)
+        while todo.size:  # cycle walking: each walk maps a value of the cycle to the next
+            out[todo] = self._rounds(out[todo], inverse)
+            todo = todo[out[todo] >= self.n]
+        return out
+
+    def _rounds(self, x: IntArray, inverse: bool) -> IntArray:
+        # 32-bit halves: every value is below 2**31 (n <= MAX_N), and half the
+        # memory traffic of int64.
+        lo = (x & ((1 << self.low_bits) - 1)).astype(np.int32)
+        hi = (x >> self.low_bits).astype(np.int32)
+        size = np.int32(self.high_size)
+        order = range(FEISTEL_ROUNDS - 1, -1, -1) if inverse else range(FEISTEL_ROUNDS)
+        for r in order:
+            if r % 2 == 1:
+                lo ^= self.tables[r].take(hi)
+            elif inverse:  # hi = (hi - T[lo]) mod high_size
+                hi -= self.tables[r].take(lo)
+                hi += size * (hi < 0)
+            else:  # hi = (hi + T[lo]) mod high_size
+                hi += self.tables[r].take(lo)
+                hi -= size * (hi >= size)
+        out = hi.astype(np.int64)
+        out <<= self.low_bits
+        out |= lo
+        return out
+
+
+class FeistelStack:
+    """Several :class:`FeistelPermutation` of the same ``n``, applied together.
+
+    ``forward(which, x)`` maps each ``x[i]`` through permutation
+    ``which[i]``, one vectorised pass for all of them (Bob maps a handful of
+    positions per pass and round: one call instead of one per pass).
+    """
+
+    __slots__ = ("_members", "_tables", "_width")
+
+    def __init__(self, members: list[FeistelPermutation]) -> None:
+        if not members or len({(p.n, p.low_bits, p.high_size, p.tables.shape) for p in members}) != 1:
+            raise ValueError("FeistelStack needs permutations of one size")
+        self._members = members
+        self._tables = np.concatenate([p.tables.ravel() for p in members])
+        self._width = int(members[0].tables.shape[1])
+
+    def forward(self, which: IntArray, x: IntArray) -> IntArray:
+        """``members[which[i]].forward(x[i])`` for every ``i``."""
+        return self._walk(np.asarray(which, np.int64), np.asarray(x, np.int64), inverse=False)
+
+    def inverse(self, which: IntArray, x: IntArray) -> IntArray:
+        """``members[which[i]].inverse(x[i])`` for every ``i``."""
+        return self._walk(np.asarray(which, np.int64), np.asarray(x, np.int64), inverse=True)
+
+    def _walk(self, which: IntArray, x: IntArray, *, inverse: bool) -> IntArray:
+        n = self._members[0].n
+        out = self._rounds(which, x, inverse)
+        todo = np.flatnonzero(out >= n)
+        while todo.size:  # cycle walking, as FeistelPermutation._walk
+            out[todo] = self._rounds(which[todo], out[todo], inverse)
+            todo = todo[out[todo] >= n]
+        return out
+
+    def _rounds(self, which: IntArray, x: IntArray, inverse: bool) -> IntArray:
+        first = self._members[0]
+        lo = x & ((1 << first.low_bits) - 1)
+        hi = x >> first.low_bits
+        base = which * (FEISTEL_ROUNDS * self._width)
+        size = first.high_size
+        order = range(FEISTEL_ROUNDS - 1, -1, -1) if inverse else range(FEISTEL_ROUNDS)
+        for r in order:
+            row = base + r * self._width
+            if r % 2 == 1:
+                lo ^= self._tables.take(row + hi)
+            elif inverse:
+                hi -= self._tables.take(row + lo)
+                hi += size * (hi < 0)
+            else:
+                hi += self._tables.take(row + lo)
+                hi -= size * (hi >= size)
+        return (hi << first.low_bits) | lo
+
+
+def permuted_bits(bits: BitArray, perm: FeistelPermutation, out: BitArray) -> None:
+    """Write ``bits[perm.array()]`` (a key read in a pass's order) into ``out``.
+
+    Args:
+        bits: ``uint8`` array of ``perm.n`` bits.
+        perm: The pass's permutation.
+        out: ``uint8`` array of ``perm.n`` entries (may be a view).
+    """
+    if use_numba(perm.n):
+        _twin("permuted_bits")(bits, perm.tables, perm.low_bits, perm.high_size, perm.n, out)
+        return
+    np.take(bits, perm.array(), out=out)
+
+
+def permuted_prefix_parity(bits: BitArray, perm: FeistelPermutation, out: BitArray) -> None:
+    """Write the prefix parities of ``bits[perm.array()]`` into ``out`` (``n + 1`` entries, ``out[0] = 0``)."""
+    if use_numba(perm.n):
+        _twin("permuted_prefix_parity")(bits, perm.tables, perm.low_bits, perm.high_size, perm.n, out)
+        return
+    out[0] = 0
+    np.bitwise_xor.accumulate(bits[perm.array()], out=out[1:])
+
+
+# --------------------------------------------------------------------------- sorted lookup
+
+
+def lookup_sorted(sorted_values: IntArray, query: IntArray) -> tuple[npt.NDArray[np.bool_], IntArray]:
+    """Where each query value sits in a sorted, duplicate-free array.
+
+    Args:
+        sorted_values: Increasing int64 values.
+        query: int64 values, any order (sorted queries are the fast case).
+
+    Returns:
+        ``(found, index)``: ``index`` is ``searchsorted(sorted_values, query)``
+        clipped to the last entry (0 when empty), ``found`` whether the entry
+        there equals the query.
+    """
+    size = len(sorted_values)
+    if size and use_numba(max(query.size, size)):
+        found = np.empty(query.size, np.bool_)
+        index = np.empty(query.size, np.int64)
+        _twin("lookup_sorted")(sorted_values, query, found, index)
+        return found, index
+    index = np.searchsorted(sorted_values, query)
+    clipped = np.minimum(index, max(size - 1, 0))
+    if size == 0:
+        return np.zeros(query.size, np.bool_), clipped.astype(np.int64)
+    found = (index < size) & (sorted_values[clipped] == query)
+    return found, clipped.astype(np.int64, copy=False)

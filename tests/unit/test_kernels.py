@@ -1,0 +1,232 @@
+"""The kernels: the keyed permutation, and the compiled twins against the numpy paths (bit for bit)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qcinode.core import kernels
+from qcinode.core.cascade import CascadeResponder, CascadeSession
+from qcinode.core.kernels import FeistelPermutation, FeistelStack, lookup_sorted, permuted_bits, permuted_prefix_parity
+from qcinode.errors import ConfigError
+
+
+@pytest.fixture
+def restore_mode() -> Iterator[None]:
+    before = kernels.mode()
+    yield
+    kernels.set_mode(before)
+
+
+def _both(fn, *args):  # type: ignore[no-untyped-def]
+    """``fn(*args)`` with the numpy path, then with the compiled twin."""
+    kernels.set_mode("numpy")
+    first = fn(*args)
+    kernels.set_mode("numba")
+    return first, fn(*args)
+
+
+# --------------------------------------------------------------------------- the permutation
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 64, 1000, 4097, (1 << 17) + 3])
+def test_feistel_is_a_permutation_and_inverse_undoes_it(n: int) -> None:
+    perm = FeistelPermutation.from_seed(12345, n)
+    forward = perm.array()
+    assert np.array_equal(np.sort(forward), np.arange(n))
+    assert np.array_equal(perm.inverse(forward), np.arange(n))
+    picks = np.random.default_rng(n).integers(0, n, 50)
+    assert np.array_equal(perm.forward(perm.inverse(picks)), picks)
+
+
+def test_feistel_depends_on_the_seed_only() -> None:
+    a = FeistelPermutation.from_seed(7, 5000).array()
+    assert np.array_equal(a, FeistelPermutation.from_seed(7, 5000).array())
+    assert not np.array_equal(a, FeistelPermutation.from_seed(8, 5000).array())
+
+
+def test_feistel_rejects_a_bad_size() -> None:
+    with pytest.raises(ValueError, match="n must be"):
+        FeistelPermutation.from_seed(1, 0)
+
+
+def test_feistel_sends_each_position_anywhere_uniformly() -> None:
+    # Over many seeds, position i lands at each j with probability 1/n:
+    # each of the n*n counts is Binomial(seeds, 1/n); 5 sigma either side.
+    n, seeds = 12, 3000
+    counts = np.zeros((n, n), np.int64)
+    for seed in range(seeds):
+        counts[np.arange(n), FeistelPermutation.from_seed(seed, n).array()] += 1
+    mean = seeds / n
+    sigma = np.sqrt(seeds * (1 / n) * (1 - 1 / n))
+    assert np.abs(counts - mean).max() < 5 * sigma
+
+
+def test_feistel_separates_neighbours() -> None:
+    # Cascade relies on it: two errors in one small block of a pass land in
+    # different blocks of the next. Neighbours i, i+1 map to independent
+    # places: their distance is spread like that of two random positions.
+    n = 1 << 16
+    perm = FeistelPermutation.from_seed(3, n).array()
+    gaps = np.abs(np.diff(perm))
+    # For two uniform positions E|a - b| = n/3 with sd about n/4.2; over n-1 pairs.
+    assert abs(gaps.mean() / n - 1 / 3) < 5 * 0.236 / np.sqrt(n - 1) + 0.01
+    assert (gaps < 64).mean() < 0.01
+
+
+# --------------------------------------------------------------------------- twins, bit for bit
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000, (1 << 17) + 11])
+def test_permuted_bits_numba_equals_numpy(n: int, restore_mode: None) -> None:
+    bits = np.random.default_rng(n).integers(0, 2, n, dtype=np.uint8)
+    perm = FeistelPermutation.from_seed(99, n)
+
+    def run() -> np.ndarray:
+        out = np.empty(n, np.uint8)
+        permuted_bits(bits, perm, out)
+        return out
+
+    slow, fast = _both(run)
+    assert np.array_equal(slow, bits[perm.array()])
+    assert np.array_equal(slow, fast)
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000, (1 << 17) + 11])
+def test_permuted_prefix_parity_numba_equals_numpy(n: int, restore_mode: None) -> None:
+    bits = np.random.default_rng(n + 1).integers(0, 2, n, dtype=np.uint8)
+    perm = FeistelPermutation.from_seed(5, n)
+
+    def run() -> np.ndarray:
+        out = np.full(n + 1, 7, np.uint8)
+        permuted_prefix_parity(bits, perm, out)
+        return out
+
+    slow, fast = _both(run)
+    assert slow[0] == 0 and np.array_equal(slow[1:], np.bitwise_xor.accumulate(bits[perm.array()]))
+    assert np.array_equal(slow, fast)
+
+
+def _lookup_cases() -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    values = np.unique(rng.integers(0, 10**9, 200_000))
+    dense = np.sort(np.concatenate([values[::3], rng.integers(-5, 10**9 + 5, 100_000)]))
+    return [
+        (values, dense),  # sorted, half hits, duplicates, values off both ends
+        (values, rng.permutation(dense)),  # unsorted
+        (values, np.sort(rng.choice(values, 40))),  # sparse sorted: galloping
+        (values, np.array([values[-1] + 1, values[0], values[0] - 1, values[-1]])),
+        (values[:1], np.array([-1, values[0], values[0] + 1])),
+        (values, np.empty(0, np.int64)),
+        (np.empty(0, np.int64), np.array([1, 2, 3])),
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_lookup_sorted_numba_equals_numpy(case: int, restore_mode: None) -> None:
+    values, query = _lookup_cases()[case]
+    (found_np, index_np), (found_nb, index_nb) = _both(lookup_sorted, values, query)
+    assert np.array_equal(found_np, found_nb) and np.array_equal(index_np, index_nb)
+    if values.size:
+        assert np.array_equal(found_np, np.isin(query, values))
+        assert np.array_equal(values[index_np[found_np]], query[found_np])
+
+
+def test_cascade_gives_the_same_transcript_with_either_path(restore_mode: None) -> None:
+    rng = np.random.default_rng(17)
+    n = (1 << 17) + 5
+    alice_key = rng.integers(0, 2, n, dtype=np.uint8)
+    bob_key = alice_key ^ (rng.random(n) < 0.03).astype(np.uint8)
+
+    def run() -> tuple[list[bytes], np.ndarray]:
+        alice = CascadeResponder(alice_key)
+        bob = CascadeSession(bob_key, 0.03, np.random.default_rng(1))
+        seen: list[bytes] = []
+        query = bob.start()
+        while query is not None:
+            reply = alice.receive(query)
+            seen += [query.starts.tobytes(), query.ends.tobytes(), reply.parities.tobytes()]
+            query = bob.receive(reply)
+        return seen, bob.corrected_key
+
+    (slow_msgs, slow_key), (fast_msgs, fast_key) = _both(run)
+    assert np.array_equal(slow_key, alice_key)
+    assert slow_msgs == fast_msgs and np.array_equal(slow_key, fast_key)
+
+
+# --------------------------------------------------------------------------- mode, laziness, cache
+
+
+def test_an_unknown_mode_is_a_config_error_naming_it(restore_mode: None) -> None:
+    with pytest.raises(ConfigError, match=r"kernels: must be one of auto, numba, numpy, got 'fast'"):
+        kernels.set_mode("fast")
+
+
+def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("QCINODE_KERNELS", "NUMBA_"))}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_small_blocks_never_import_numba_and_a_bad_environment_value_is_named() -> None:
+    code = """
+        import sys
+        import numpy as np
+        from qcinode.core.cascade import CascadeResponder, CascadeSession
+        key = np.random.default_rng(0).integers(0, 2, 50_000, dtype=np.uint8)
+        alice, bob = CascadeResponder(key), CascadeSession(key ^ 1, 0.02, np.random.default_rng(0))
+        query = bob.start()
+        while query is not None:
+            query = bob.receive(alice.receive(query))
+        assert "numba" not in sys.modules, "numba imported for a small block"
+    """
+    done = _run(code, {"QCINODE_KERNELS": "auto"})
+    assert done.returncode == 0, done.stderr
+    bad = _run(code, {"QCINODE_KERNELS": "fastest"})
+    assert bad.returncode != 0
+    assert "QCINODE_KERNELS: must be one of auto, numba, numpy, got 'fastest'" in bad.stderr
+
+
+def test_kernels_cache_under_the_temporary_directory_when_no_default_place_is_writable(tmp_path: Path) -> None:
+    # numba finds no usable cache location (only locators that decline), as
+    # for a read-only install without a home directory: the kernels still
+    # run, and cache their code under TMPDIR.
+    code = """
+        import numpy as np
+        from qcinode.core import kernels
+        kernels.set_mode("numba")
+        perm = kernels.FeistelPermutation.from_seed(1, 1000)
+        out = np.empty(1000, np.uint8)
+        bits = np.arange(1000, dtype=np.uint8) & 1
+        kernels.permuted_bits(bits, perm, out)
+        assert np.array_equal(out, bits[perm.array()])
+    """
+    env = {"NUMBA_CACHE_LOCATOR_CLASSES": "IPythonCacheLocator,UserProvidedCacheLocator", "TMPDIR": str(tmp_path)}
+    done = _run(code, env)
+    assert done.returncode == 0, done.stderr
+    cached = list(tmp_path.glob("qcinode-numba-*/**/*.nbi"))
+    assert cached, f"no cache index under {tmp_path}: {list(tmp_path.rglob('*'))}"
+
+
+def test_a_stack_maps_like_its_members() -> None:
+    members = [FeistelPermutation.from_seed(seed, 3001) for seed in (1, 2, 3)]
+    stack = FeistelStack(members)
+    rng = np.random.default_rng(4)
+    which, x = rng.integers(0, 3, 500), rng.integers(0, 3001, 500)
+    expect = np.array([members[w].forward(np.array([v]))[0] for w, v in zip(which, x)])
+    assert np.array_equal(stack.forward(which, x), expect)
+    assert np.array_equal(stack.inverse(which, expect), x)
+    with pytest.raises(ValueError, match="one size"):
+        FeistelStack([members[0], FeistelPermutation.from_seed(1, 3000)])
