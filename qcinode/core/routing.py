@@ -127,6 +127,8 @@ __all__ = [
     "LOW_WATER_STEP_BYTES",
     "AdvertSchedule",
     "AdvertTiming",
+    "DEFAULT_FIRST_INTERVAL_S",
+    "DatabaseSync",
     "advert_timing",
     "DEFAULT_MAX_SKEW_S",
     "MAX_SEQUENCE",
@@ -148,6 +150,9 @@ DEFAULT_REFRESH_S = 10.0
 
 #: Default shortest time between two adverts of one origin.
 DEFAULT_MIN_INTERVAL_S = 1.0
+
+#: Default hold after a quiet spell: a change is advertised this soon, the hold then backs off to the minimum interval.
+DEFAULT_FIRST_INTERVAL_S = 1.0
 
 #: Below this many bytes a link's pool is scarce: any move of LOW_WATER_STEP_BYTES is a change.
 #: (A quarter of a nearly empty pool is a few keys; a relay source whose copy lags
@@ -319,6 +324,7 @@ class _Held:
     advert: LinkStateAdvert
     received_at: float
     payload: bytes  # advert_bytes as received: our own debits change the links we hold, not this
+    signed: LinkStateAdvert  # the advert as its origin signed it (debits change ``advert`` only): what we pass on
 
 
 class LinkStateDatabase:
@@ -400,6 +406,16 @@ class LinkStateDatabase:
         """The current advert of every known origin (a copy), our own included once originated."""
         return {origin: held.advert for origin, held in sorted(self._held.items())}
 
+    def signed_adverts(self) -> list[LinkStateAdvert]:
+        """Every advert we hold as its origin signed it (our own first, then by origin): a neighbour's database exchange.
+
+        Our :meth:`debit` changes the copy we route on, never what we pass on:
+        a debited copy would no longer verify.
+        """
+        own = self._held.get(self._local_node)
+        others = [held.signed for origin, held in sorted(self._held.items()) if origin != self._local_node]
+        return ([own.signed] if own is not None else []) + others
+
     @property
     def received_at(self) -> dict[str, float]:
         """When (the ``now`` given) the current advert of every known origin arrived (a copy)."""
@@ -435,7 +451,7 @@ class LinkStateDatabase:
                 advert, signature=self._signer.sign(advert_bytes(advert)), certificate=self._signer.certificate
             )
         self._last_sequence = sequence
-        self._held[self._local_node] = _Held(advert, float(now), advert_bytes(advert))
+        self._held[self._local_node] = _Held(advert, float(now), advert_bytes(advert), advert)
         return advert
 
     def receive(self, advert: LinkStateAdvert, now: float) -> bool:
@@ -502,7 +518,7 @@ class LinkStateDatabase:
         self._authenticate(advert, payload)
         self._tombstones.pop(origin, None)
         stored = LinkStateAdvert(origin, sequence, tuple(advert.links), advert.signature, advert.certificate)
-        self._held[origin] = _Held(stored, float(now), payload)
+        self._held[origin] = _Held(stored, float(now), payload, stored)
         return True
 
     def _authenticate(self, advert: LinkStateAdvert, payload: bytes) -> None:
@@ -713,6 +729,7 @@ class AdvertTiming:
     refresh_s: float
     min_interval_s: float
     max_age_s: float
+    first_interval_s: float = DEFAULT_FIRST_INTERVAL_S
 
 
 def advert_timing(n_nodes: int) -> AdvertTiming:
@@ -727,7 +744,107 @@ def advert_timing(n_nodes: int) -> AdvertTiming:
     if not _is_int(n_nodes) or n_nodes < 1:
         raise LocalProtocolError(f"n_nodes must be a positive int, got {n_nodes!r}")
     refresh = max(DEFAULT_REFRESH_S, REFRESH_PER_NODE_S * n_nodes)
-    return AdvertTiming(refresh_s=refresh, min_interval_s=max(DEFAULT_MIN_INTERVAL_S, refresh / 10), max_age_s=MAX_AGE_REFRESHES * refresh)
+    min_interval = max(DEFAULT_MIN_INTERVAL_S, refresh / 10)
+    return AdvertTiming(
+        refresh_s=refresh,
+        min_interval_s=min_interval,
+        max_age_s=MAX_AGE_REFRESHES * refresh,
+        first_interval_s=min(DEFAULT_FIRST_INTERVAL_S, min_interval),
+    )
+
+
+class DatabaseSync:
+    """Which neighbours get our whole database, and which we ask for theirs (pure; the module docstring's "Database exchange").
+
+    The driver tells it what happened to its calls (:meth:`send_failed`,
+    :meth:`asked`) and asks :meth:`due` at each tick which neighbours to
+    synchronise now; it sends each of those every advert it holds
+    (:meth:`LinkStateDatabase.signed_adverts`), the first call asking for
+    the neighbour's database if :meth:`due` says so, and reports the outcome
+    with :meth:`done`.
+    """
+
+    __slots__ = ("_owe", "_ask", "_next_try", "_backoff", "_busy", "_again", "_retry_first_s", "_retry_max_s")
+
+    def __init__(self, peers: Sequence[str], *, retry_first_s: float = 1.0, retry_max_s: float = 16.0) -> None:
+        """Every neighbour unsynchronised both ways (a node that starts knows nothing).
+
+        Args:
+            peers: The neighbours.
+            retry_first_s: Wait after a failed exchange before the next try; it doubles per failure.
+            retry_max_s: The longest wait between tries (a neighbour that comes
+                up asks for our database at once, so this only bounds the
+                repair of a lost ask).
+
+        Raises:
+            LocalProtocolError: On a bad retry period.
+        """
+        for name, value in (("retry_first_s", retry_first_s), ("retry_max_s", retry_max_s)):
+            if not _is_finite_number(value) or value <= 0:
+                raise LocalProtocolError(f"{name} must be positive and finite, got {value!r}")
+        if retry_first_s > retry_max_s:
+            raise LocalProtocolError(f"retry_first_s ({retry_first_s!r}) must not exceed retry_max_s ({retry_max_s!r})")
+        self._retry_first_s = float(retry_first_s)
+        self._retry_max_s = float(retry_max_s)
+        self._owe = set(peers)  # they may lack adverts we hold
+        self._ask = set(peers)  # we may lack adverts they hold
+        self._next_try: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}
+        self._busy: set[str] = set()
+        self._again: set[str] = set()  # busy peers owed another exchange (something happened after it started)
+
+    @property
+    def pending(self) -> dict[str, tuple[bool, bool]]:
+        """``peer -> (we owe it our database, we ask for its)`` for every peer not yet synchronised."""
+        return {peer: (peer in self._owe, peer in self._ask) for peer in sorted(self._owe | self._ask)}
+
+    def send_failed(self, peer: str) -> None:
+        """An advert did not reach ``peer``: it may miss that and whatever else was flooded while it was away."""
+        self._owe.add(peer)
+        if peer in self._busy:
+            self._again.add(peer)  # the running exchange may not hold that advert
+
+    def asked(self, peer: str, now: float) -> None:
+        """``peer`` asked for our database (it started, or it missed adverts): send it at once."""
+        self._owe.add(peer)
+        if peer in self._busy:
+            self._again.add(peer)  # it may have restarted after the running exchange passed it some adverts
+        self._next_try.pop(peer, None)
+        self._backoff.pop(peer, None)
+
+    def due(self, now: float) -> list[tuple[str, bool]]:
+        """The neighbours to synchronise now, each with whether to ask for its database; marks them busy until :meth:`done`."""
+        ready = [
+            peer
+            for peer in sorted(self._owe | self._ask)
+            if peer not in self._busy and now >= self._next_try.get(peer, -math.inf)
+        ]
+        self._busy.update(ready)
+        return [(peer, peer in self._ask) for peer in ready]
+
+    def done(self, peer: str, ok: bool, now: float, *, asked: bool) -> None:
+        """The exchange :meth:`due` gave for ``peer`` ended: every advert delivered (``ok``) or not.
+
+        Args:
+            peer: The neighbour.
+            ok: Whether every call reached it (refusals of single adverts count as reached).
+            now: The driver's clock.
+            asked: Whether the exchange asked for the neighbour's database.
+        """
+        self._busy.discard(peer)
+        if ok:
+            if peer not in self._again:
+                self._owe.discard(peer)
+            self._again.discard(peer)
+            if asked:
+                self._ask.discard(peer)
+            self._next_try.pop(peer, None)
+            self._backoff.pop(peer, None)
+            return
+        self._again.discard(peer)
+        wait = self._backoff.get(peer, self._retry_first_s / 2) * 2
+        self._backoff[peer] = min(self._retry_max_s, wait)
+        self._next_try[peer] = now + self._backoff[peer]
 
 
 class AdvertSchedule:
@@ -738,7 +855,18 @@ class AdvertSchedule:
     originating, tell :meth:`sent`.
     """
 
-    __slots__ = ("_refresh_s", "_min_interval_s", "_jitter", "_change_fraction", "_rng", "_last", "_last_at", "_next_refresh")
+    __slots__ = (
+        "_refresh_s",
+        "_min_interval_s",
+        "_first_interval_s",
+        "_hold_s",
+        "_jitter",
+        "_change_fraction",
+        "_rng",
+        "_last",
+        "_last_at",
+        "_next_refresh",
+    )
 
     def __init__(
         self,
@@ -746,6 +874,7 @@ class AdvertSchedule:
         *,
         refresh_s: float = DEFAULT_REFRESH_S,
         min_interval_s: float = DEFAULT_MIN_INTERVAL_S,
+        first_interval_s: float | None = None,
         jitter: float = 0.25,
         change_fraction: float = 0.25,
     ) -> None:
@@ -755,7 +884,12 @@ class AdvertSchedule:
             rng: Draws the refresh jitter (seeded in tests).
             refresh_s: Longest time between adverts when nothing changes (the
                 refresh comes after ``refresh_s · U(1 - jitter, 1)``).
-            min_interval_s: Shortest time between adverts, whatever changes.
+            min_interval_s: Shortest time between adverts of a node whose links
+                keep changing (the hold once it has backed off).
+            first_interval_s: The hold after a quiet spell (no advert for
+                ``min_interval_s``); it doubles with each advert that follows
+                within the hold's reach, up to ``min_interval_s``. None: the
+                smaller of :data:`DEFAULT_FIRST_INTERVAL_S` and ``min_interval_s``.
             jitter: Fraction of ``refresh_s`` by which a refresh may come early, in [0, 1).
             change_fraction: A link's available bytes moving by at least this
                 fraction of the larger of the old and new figures is a change, in (0, 1].
@@ -766,14 +900,22 @@ class AdvertSchedule:
         for name, value in (("refresh_s", refresh_s), ("min_interval_s", min_interval_s)):
             if not _is_finite_number(value) or value <= 0:
                 raise LocalProtocolError(f"{name} must be positive and finite, got {value!r}")
+        if first_interval_s is None:
+            first_interval_s = min(DEFAULT_FIRST_INTERVAL_S, float(min_interval_s))
+        if not _is_finite_number(first_interval_s) or first_interval_s <= 0:
+            raise LocalProtocolError(f"first_interval_s must be positive and finite, got {first_interval_s!r}")
         if min_interval_s > refresh_s:
             raise LocalProtocolError(f"min_interval_s ({min_interval_s!r}) must not exceed refresh_s ({refresh_s!r})")
+        if first_interval_s > min_interval_s:
+            raise LocalProtocolError(f"first_interval_s ({first_interval_s!r}) must not exceed min_interval_s ({min_interval_s!r})")
         if not _is_finite_number(jitter) or not 0 <= jitter < 1:
             raise LocalProtocolError(f"jitter must be in [0, 1), got {jitter!r}")
         if not _is_finite_number(change_fraction) or not 0 < change_fraction <= 1:
             raise LocalProtocolError(f"change_fraction must be in (0, 1], got {change_fraction!r}")
         self._refresh_s = float(refresh_s)
         self._min_interval_s = float(min_interval_s)
+        self._first_interval_s = float(first_interval_s)
+        self._hold_s = self._first_interval_s
         self._jitter = float(jitter)
         self._change_fraction = float(change_fraction)
         self._rng = rng
@@ -786,6 +928,11 @@ class AdvertSchedule:
         """Longest time between two adverts when nothing changes."""
         return self._refresh_s
 
+    @property
+    def hold_s(self) -> float:
+        """How long after the last advert a change may be advertised (between ``first_interval_s`` and ``min_interval_s``)."""
+        return self._hold_s
+
     def due(self, links: Sequence[LinkAdvert], now: float) -> str | None:
         """Why an advert is due now (``"first"``, ``"links_changed"``, ``"available_changed"``, ``"refresh"``), or None.
 
@@ -795,7 +942,7 @@ class AdvertSchedule:
         """
         if self._last is None:
             return "first"
-        if now - self._last_at < self._min_interval_s:
+        if now - self._last_at < self._hold_s:
             return None
         current = {link.link_id: link for link in links}
         if {k: (v.peer, v.up) for k, v in current.items()} != {k: (v.peer, v.up) for k, v in self._last.items()}:
@@ -811,7 +958,11 @@ class AdvertSchedule:
         return None
 
     def sent(self, links: Sequence[LinkAdvert], now: float) -> None:
-        """Records that ``links`` were advertised at ``now``; draws the next refresh time."""
+        """Records that ``links`` were advertised at ``now``; sets the next hold and draws the next refresh time."""
+        if now - self._last_at >= self._min_interval_s + self._hold_s:
+            self._hold_s = self._first_interval_s  # a quiet spell: the next change goes out quickly again
+        elif self._last is not None:
+            self._hold_s = min(self._min_interval_s, 2 * self._hold_s)  # changes keep coming: back off
         self._last = {link.link_id: link for link in links}
         self._last_at = now
         self._next_refresh = now + self._refresh_s * float(self._rng.uniform(1.0 - self._jitter, 1.0))

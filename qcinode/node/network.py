@@ -76,6 +76,7 @@ from ..core.routing import (
     AdvertSchedule,
     AdvertSigner,
     AdvertVerifier,
+    DatabaseSync,
     LinkAdvert,
     LinkStateDatabase,
     RejectReason,
@@ -115,6 +116,9 @@ HandOff = Callable[[str, str, tuple[str, ...], bytes], Awaitable["Refusal | None
 #: How often the routing loop looks at the local links (and ages out dead origins); adverts follow AdvertSchedule.
 ADVERT_TICK_S = 1.0
 ADVERT_TIMEOUT_S = 2.0
+#: Metadata of an Advertise call that asks the callee for its whole database (the caller started or missed adverts).
+SYNC_METADATA_KEY = "qcinode-advert-sync"
+SYNC_ASK = "ask"
 HOP_TIMEOUT_S = 5.0
 
 
@@ -173,7 +177,17 @@ class NetworkService(pb_grpc.NetworkServicer):
         timing = advert_timing(len(topology.nodes))
         self.db = LinkStateDatabase(node_name, signer=advert_signer, verifier=advert_verifier, max_age_s=timing.max_age_s)
         # The refresh jitter needs no secrecy, only to differ between nodes started together.
-        self.schedule = AdvertSchedule(np.random.default_rng(), refresh_s=timing.refresh_s, min_interval_s=timing.min_interval_s)
+        self.schedule = AdvertSchedule(
+            np.random.default_rng(),
+            refresh_s=timing.refresh_s,
+            min_interval_s=timing.min_interval_s,
+            first_interval_s=timing.first_interval_s,
+        )
+        # Database exchange with each neighbour when it (or we) started, or after it missed adverts.
+        self.sync = DatabaseSync(sorted(self.by_peer), retry_max_s=min(16.0, timing.refresh_s))
+        # peer -> origin -> the highest sequence the peer is known to hold (it sent it to us, or we to it):
+        # a flood or an exchange does not send a neighbour what it already has.
+        self._peer_holds: dict[str, dict[str, int]] = {peer: {} for peer in self.by_peer}
         #: Advert messages: "originated", "sent" (Advertise calls made), "received" (answered), "new" (stored and flooded on).
         self.advert_counts: Counter[str] = Counter()
         self.engine = RelayEngine(
@@ -216,13 +230,15 @@ class NetworkService(pb_grpc.NetworkServicer):
 
     # -- routing -------------------------------------------------------
     async def run_adverts(self) -> None:
-        """Originates and floods our advert when :class:`AdvertSchedule` says so, and ages out dead nodes.
+        """Originates and floods our advert when :class:`AdvertSchedule` says so, synchronises neighbours, ages out dead nodes.
 
         It looks at the local links every ``ADVERT_TICK_S``: an advert goes out
         when they changed (up or down, or the key they can carry by a
-        quarter) and otherwise as the schedule's jittered slow refresh. The
-        new adverts neighbours send are forwarded by tasks of this loop's
-        group (:meth:`Advertise` must answer at once), so they end with it.
+        quarter) and otherwise as the schedule's jittered slow refresh. A
+        neighbour that started, restarted or missed a flood gets every advert
+        we hold once (:class:`DatabaseSync`). The new adverts neighbours send
+        are forwarded, and the exchanges run, as tasks of this loop's group
+        (:meth:`Advertise` must answer at once), so they end with it.
         """
         async with asyncio.TaskGroup() as forwarding:
             self._forwarding = forwarding
@@ -235,25 +251,65 @@ class NetworkService(pb_grpc.NetworkServicer):
                         self.schedule.sent(links, now)
                         self.advert_counts["originated"] += 1
                         await self._flood(advert_to_pb(advert), exclude=set())
+                    for peer, ask in self.sync.due(now):
+                        forwarding.create_task(self._exchange(peer, ask))
                     for origin in self.db.expire(now):
                         self.log.info("routing.origin_expired", origin=origin)
                     await asyncio.sleep(ADVERT_TICK_S)
             finally:
                 self._forwarding = None
 
+    async def _send_advert(self, peer: str, advert: pb.LinkStateAdvert, *, ask: bool = False) -> bool:
+        """One Advertise call; whether it reached ``peer`` (a refusal did: the peer answered)."""
+        self.advert_counts["sent"] += 1
+        metadata = ((SYNC_METADATA_KEY, SYNC_ASK),) if ask else None
+        try:
+            with rpc_errors(f"advert to {peer}"):
+                await self._stub(peer).Advertise(advert, timeout=ADVERT_TIMEOUT_S, metadata=metadata, wait_for_ready=ask)
+        except RemoteProtocolError:
+            return True  # refused (an older copy overtaken in a flood race): it holds a copy at least as new
+        except (TransportError, TimeoutError):
+            # A neighbour that is down misses this advert: the exchange when it is back repairs that.
+            self.sync.send_failed(peer)
+            return False
+        holds = self._peer_holds[peer]
+        holds[advert.origin] = max(holds.get(advert.origin, -1), advert.sequence)
+        return True
+
     async def _flood(self, advert: pb.LinkStateAdvert, exclude: set[str]) -> None:
-        """Sends ``advert`` to every neighbour not in ``exclude`` whose link is not cut, all at once."""
-
-        async def send(peer: str) -> None:
-            # A neighbour that is down misses this advert and gets the next: nothing to do.
-            self.advert_counts["sent"] += 1
-            with contextlib.suppress(TransportError, TimeoutError), rpc_errors(f"advert to {peer}"):
-                await self._stub(peer).Advertise(advert, timeout=ADVERT_TIMEOUT_S)
-
+        """Sends ``advert`` to every neighbour not in ``exclude`` whose link is not cut and that lacks it, all at once."""
         async with asyncio.TaskGroup() as group:
             for peer, rt in self.by_peer.items():
-                if peer not in exclude and not self.faults.partitioned(rt.link_id):
-                    group.create_task(send(peer))
+                if peer in exclude or self.faults.partitioned(rt.link_id):
+                    continue
+                if self._peer_holds[peer].get(advert.origin, -1) >= advert.sequence:
+                    continue  # it sent us this copy (or a newer one) itself
+                group.create_task(self._send_advert(peer, advert))
+
+    async def _exchange(self, peer: str, ask: bool) -> None:
+        """Sends ``peer`` every advert we hold that it is not known to hold, one call at a time (the first asks for its database if ``ask``)."""
+        ok = False
+        try:
+            if self.faults.partitioned(self.by_peer[peer].link_id):
+                return
+            holds = self._peer_holds[peer]
+            adverts = [a for a in self.db.signed_adverts() if a.origin != peer and holds.get(a.origin, -1) < a.sequence]
+            if ask and not adverts:
+                own = self.db.signed_adverts()[:1]  # the ask needs a call to ride on
+                adverts = [a for a in own if a.origin == self.node_name]
+            self.advert_counts["exchanges"] += 1
+            ok = True
+            for index, advert in enumerate(adverts):
+                if not await self._send_advert(peer, advert_to_pb(advert), ask=ask and index == 0):
+                    ok = False
+                    break
+            if ask and not adverts:
+                ok = False  # nothing originated yet to carry the ask: the next tick tries again
+        except Exception:
+            ok = False
+            self.log.exception("routing.exchange_failed", peer_id=peer)
+        finally:
+            self.sync.done(peer, ok, self.clock(), asked=ask)
 
     async def _forward(self, advert: pb.LinkStateAdvert, exclude: set[str]) -> None:
         """Floods a neighbour's new advert on (a task of the routing loop's group; a bug is logged, routing goes on)."""
@@ -280,6 +336,10 @@ class NetworkService(pb_grpc.NetworkServicer):
     async def Advertise(self, request: pb.LinkStateAdvert, context: grpc.aio.ServicerContext) -> pb.AdvertAck:
         caller = self._neighbour(context).peer
         self.advert_counts["received"] += 1
+        if (SYNC_METADATA_KEY, SYNC_ASK) in tuple(context.invocation_metadata() or ()):
+            # The caller started (it knows nothing) or missed adverts: it gets our whole database, from scratch.
+            self._peer_holds[caller] = {}
+            self.sync.asked(caller, self.clock())
         try:
             is_new = self.db.receive(advert_from_pb(request), self.clock())
         except AdvertRejected as exc:
@@ -293,6 +353,8 @@ class NetworkService(pb_grpc.NetworkServicer):
                 details=str(exc)[:300],
             )
             raise RemoteProtocolError(f"advert rejected: {exc.reason.value}") from None
+        holds = self._peer_holds[caller]
+        holds[request.origin] = max(holds.get(request.origin, -1), request.sequence)
         if is_new:
             self.advert_counts["new"] += 1
         if is_new and self._forwarding is not None:  # not yet routing (starting) or no longer (stopping): the next advert will do
