@@ -445,7 +445,7 @@ def run_core(
     config = protocol_config(link)
     slots = frame_slots(config, link.source.rate_hz, None)
     if not raw_allocator:
-        tune_allocator_for_links()  # as a node does for its links
+        tune_allocator_for_links(block_bits)  # as a node does for its links
     alice, bob = make_pair(config, bytes(range(256)) * 64, seed)
     profiler = cProfile.Profile(time.process_time) if profile else None  # CPU time: a busy machine does not inflate it
     cpu0, wall0 = time.process_time(), time.perf_counter()

@@ -90,6 +90,12 @@ def test_bad_retry_periods_are_refused(kwargs: dict[str, float]) -> None:
 # -- the change hold -----------------------------------------------------------------
 
 
+def _timed_schedule(seed: int, timing: AdvertTiming) -> AdvertSchedule:
+    return AdvertSchedule(
+        np.random.default_rng(seed), refresh_s=timing.refresh_s, min_interval_s=timing.min_interval_s, first_interval_s=timing.first_interval_s
+    )
+
+
 def _links(available: int) -> list[LinkAdvert]:
     return [LinkAdvert("a-b", "b", True, available)]
 
@@ -119,7 +125,7 @@ def test_changes_after_a_quiet_spell_go_out_fast_then_back_off_to_the_minimum_in
 def test_the_hold_never_lets_an_origin_exceed_its_budget() -> None:
     """Worst case, a change every tick: at most one advert per minimum interval plus the back-off's short start."""
     timing = advert_timing(100)
-    schedule = AdvertSchedule(np.random.default_rng(0), refresh_s=timing.refresh_s, min_interval_s=timing.min_interval_s, first_interval_s=timing.first_interval_s)
+    schedule = _timed_schedule(0, timing)
     sent = 0
     for tick in range(1000):
         links = _links(tick % 2 * 100_000)
@@ -167,8 +173,7 @@ def _converge(side: int, *, exchange: bool, start_gap: float = 1.0, seconds: int
     start = {name: T0 + i * start_gap for i, name in enumerate(names)}
     dbs = {name: LinkStateDatabase(name, max_age_s=timing.max_age_s) for name in names}
     schedules = {
-        name: AdvertSchedule(np.random.default_rng(i), refresh_s=timing.refresh_s, min_interval_s=timing.min_interval_s, first_interval_s=timing.first_interval_s)
-        for i, name in enumerate(names)
+        name: _timed_schedule(i, timing) for i, name in enumerate(names)
     }
     syncs = {name: DatabaseSync([link.peer for link in links[name]]) for name in names}
     last_start = max(start.values())
