@@ -55,7 +55,16 @@ Theory of operation:
       key while either figure is below :data:`LOW_WATER_BYTES` — and otherwise as
       a slow refresh every ``refresh_s`` (10 s) shortened by a random jitter
       of up to a quarter, so that nodes started together do not flood
-      together; never more often than ``min_interval_s`` (1 s). Flooding
+      together (:func:`links_change` tells a change from a refresh). Changes
+      are held back as OSPF throttles its LSAs: after a quiet spell the next
+      change goes out once ``first_interval_s`` (1 s) has passed since the
+      last advert, and each advert that follows within reach doubles the
+      hold, up to ``min_interval_s`` (1 s up to 10 nodes, a tenth of the
+      refresh beyond); a quiet spell of ``min_interval_s`` plus the hold
+      starts it over. An origin whose links keep changing thus sends at most
+      four adverts more per quiet spell than one per ``min_interval_s``,
+      while links that come up one by one at start-up are each advertised
+      within seconds, not a minimum interval apart. Flooding
       sends every advert over every link of the network, so a node handles
       about ``2 L / refresh_s`` advert messages a second (``L`` links in
       all): in a mesh, ``L`` grows with the number of nodes ``N``, so
@@ -65,6 +74,21 @@ Theory of operation:
       gRPC call and a signature check). Between adverts a relay source's own
       debits (:meth:`LinkStateDatabase.debit`) keep its copy honest about
       what it spent.
+    * **Database exchange** (:class:`DatabaseSync`), after OSPF's: a node
+      that starts knows nothing, and a neighbour that was down while an
+      advert was flooded misses it, which only the origin's next refresh
+      (``N`` seconds in an ``N``-node network) would repair. So each node
+      *owes* a neighbour every advert it holds when a flood to it failed or
+      the neighbour asked, and *asks* each neighbour for its database when
+      it starts. An exchange sends, one call at a time, every advert we hold
+      as its origin signed it (:meth:`LinkStateDatabase.signed_adverts`; our
+      debits never leave the node) that the neighbour is not known to hold;
+      the first call carries the ask. The receiver treats each advert as a
+      flooded one: new ones are stored and flooded on, copies it holds cost
+      nothing. A failed exchange is retried after 1 s, doubling up to 16 s
+      (or the refresh period if shorter); an ask resets that. Every
+      signature and sequence rule above holds for exchanged adverts as for
+      flooded ones.
     * **Ageing.** An advert not refreshed within ``max_age_s`` seconds
       (three and a half refresh periods, 35 s for up to 10 nodes, so two
       lost refreshes do not drop a live origin) is dropped by :meth:`LinkStateDatabase.expire`:
@@ -111,7 +135,7 @@ import enum
 import heapq
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -140,6 +164,7 @@ __all__ = [
     "LinkStateDatabase",
     "RejectReason",
     "advert_bytes",
+    "links_change",
 ]
 
 #: Default advert lifetime without a refresh: three and a half default refresh periods.
@@ -405,6 +430,11 @@ class LinkStateDatabase:
     def adverts(self) -> dict[str, LinkStateAdvert]:
         """The current advert of every known origin (a copy), our own included once originated."""
         return {origin: held.advert for origin, held in sorted(self._held.items())}
+
+    def signed_advert(self, origin: str) -> LinkStateAdvert | None:
+        """The advert we hold for ``origin`` as its origin signed it (None if we hold none)."""
+        held = self._held.get(origin)
+        return held.signed if held is not None else None
 
     def signed_adverts(self) -> list[LinkStateAdvert]:
         """Every advert we hold as its origin signed it (our own first, then by origin): a neighbour's database exchange.
@@ -944,15 +974,9 @@ class AdvertSchedule:
             return "first"
         if now - self._last_at < self._hold_s:
             return None
-        current = {link.link_id: link for link in links}
-        if {k: (v.peer, v.up) for k, v in current.items()} != {k: (v.peer, v.up) for k, v in self._last.items()}:
-            return "links_changed"
-        for link_id, link in current.items():
-            old, new = self._last[link_id].available_out_bytes, link.available_out_bytes
-            if old != new and abs(new - old) >= self._change_fraction * max(old, new):
-                return "available_changed"
-            if min(old, new) < LOW_WATER_BYTES and abs(new - old) >= LOW_WATER_STEP_BYTES:
-                return "available_changed"  # a scarce pool: every key counts
+        change = links_change(self._last.values(), links, self._change_fraction)
+        if change is not None:
+            return change
         if now >= self._next_refresh:
             return "refresh"
         return None
@@ -966,6 +990,28 @@ class AdvertSchedule:
         self._last = {link.link_id: link for link in links}
         self._last_at = now
         self._next_refresh = now + self._refresh_s * float(self._rng.uniform(1.0 - self._jitter, 1.0))
+
+
+def links_change(old: Iterable[LinkAdvert], new: Iterable[LinkAdvert], change_fraction: float = 0.25) -> str | None:
+    """Whether ``new`` links differ from ``old`` by a change worth an advert (the module docstring's "When to originate").
+
+    Returns:
+        ``"links_changed"`` (a link appeared, went, or went up or down),
+        ``"available_changed"`` (a link's bytes moved by ``change_fraction``
+        of the larger figure, or by a 256-bit key while scarce), or None:
+        the same links, only small moves of their bytes (a refresh).
+    """
+    before = {link.link_id: link for link in old}
+    after = {link.link_id: link for link in new}
+    if {k: (v.peer, v.up) for k, v in after.items()} != {k: (v.peer, v.up) for k, v in before.items()}:
+        return "links_changed"
+    for link_id, link in after.items():
+        was, now = before[link_id].available_out_bytes, link.available_out_bytes
+        if was != now and abs(now - was) >= change_fraction * max(was, now):
+            return "available_changed"
+        if min(was, now) < LOW_WATER_BYTES and abs(now - was) >= LOW_WATER_STEP_BYTES:
+            return "available_changed"  # a scarce pool: every key counts
+    return None
 
 
 def _validate_advert(advert: object, error: type[ProtocolError]) -> None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -81,6 +82,7 @@ from ..core.routing import (
     LinkStateDatabase,
     RejectReason,
     advert_timing,
+    links_change,
 )
 from ..errors import (
     DuplicateKey,
@@ -119,6 +121,12 @@ ADVERT_TIMEOUT_S = 2.0
 #: Metadata of an Advertise call that asks the callee for its whole database (the caller started or missed adverts).
 SYNC_METADATA_KEY = "qcinode-advert-sync"
 SYNC_ASK = "ask"
+#: A refresh (an advert whose links did not change) is forwarded after a random delay up to this:
+#: copies that arrive meanwhile from other neighbours spare the messages back to them (a
+#: quarter of a grid's flood). Changes are forwarded at once.
+REFRESH_FORWARD_DELAY_S = 0.5
+#: Advertise calls of a database exchange in flight at once.
+EXCHANGE_CONCURRENCY = 8
 HOP_TIMEOUT_S = 5.0
 
 
@@ -287,7 +295,7 @@ class NetworkService(pb_grpc.NetworkServicer):
                 group.create_task(self._send_advert(peer, advert))
 
     async def _exchange(self, peer: str, ask: bool) -> None:
-        """Sends ``peer`` every advert we hold that it is not known to hold, one call at a time (the first asks for its database if ``ask``)."""
+        """Sends ``peer`` every advert we hold that it is not known to hold (the first call asks for its database if ``ask``)."""
         ok = False
         try:
             if self.faults.partitioned(self.by_peer[peer].link_id):
@@ -298,22 +306,30 @@ class NetworkService(pb_grpc.NetworkServicer):
                 own = self.db.signed_adverts()[:1]  # the ask needs a call to ride on
                 adverts = [a for a in own if a.origin == self.node_name]
             self.advert_counts["exchanges"] += 1
-            ok = True
-            for index, advert in enumerate(adverts):
-                if not await self._send_advert(peer, advert_to_pb(advert), ask=ask and index == 0):
-                    ok = False
-                    break
-            if ask and not adverts:
-                ok = False  # nothing originated yet to carry the ask: the next tick tries again
+            ok = bool(adverts) or not ask  # nothing originated yet to carry the ask: the next tick tries again
+            if adverts:
+                # The first call alone (it carries the ask and waits for the connection), then the rest a few at a time.
+                ok = await self._send_advert(peer, advert_to_pb(adverts[0]), ask=ask)
+                rest = adverts[1:]
+                while ok and rest:
+                    batch, rest = rest[:EXCHANGE_CONCURRENCY], rest[EXCHANGE_CONCURRENCY:]
+                    async with asyncio.TaskGroup() as group:
+                        sends = [group.create_task(self._send_advert(peer, advert_to_pb(a))) for a in batch]
+                    ok = all(task.result() for task in sends)
         except Exception:
             ok = False
             self.log.exception("routing.exchange_failed", peer_id=peer)
         finally:
             self.sync.done(peer, ok, self.clock(), asked=ask)
 
-    async def _forward(self, advert: pb.LinkStateAdvert, exclude: set[str]) -> None:
-        """Floods a neighbour's new advert on (a task of the routing loop's group; a bug is logged, routing goes on)."""
+    async def _forward(self, advert: pb.LinkStateAdvert, exclude: set[str], delay_s: float = 0.0) -> None:
+        """Floods a neighbour's new advert on, after ``delay_s`` (a task of the routing loop's group; a bug is logged, routing goes on)."""
         try:
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+                current = self.db.signed_advert(advert.origin)
+                if current is None or current.sequence != advert.sequence:
+                    return  # overtaken by a newer advert meanwhile (which floods on its own), or aged out
             await self._flood(advert, exclude)
         except Exception:
             self.log.exception("routing.forward_failed", origin=advert.origin[:80])
@@ -340,8 +356,10 @@ class NetworkService(pb_grpc.NetworkServicer):
             # The caller started (it knows nothing) or missed adverts: it gets our whole database, from scratch.
             self._peer_holds[caller] = {}
             self.sync.asked(caller, self.clock())
+        advert = advert_from_pb(request)
+        held = self.db.signed_advert(advert.origin)
         try:
-            is_new = self.db.receive(advert_from_pb(request), self.clock())
+            is_new = self.db.receive(advert, self.clock())
         except AdvertRejected as exc:
             emit = self.log.info if exc.reason in _ROUTINE_REJECTIONS else self.log.warning
             emit(
@@ -358,7 +376,9 @@ class NetworkService(pb_grpc.NetworkServicer):
         if is_new:
             self.advert_counts["new"] += 1
         if is_new and self._forwarding is not None:  # not yet routing (starting) or no longer (stopping): the next advert will do
-            self._forwarding.create_task(self._forward(request, exclude={caller, request.origin}))
+            refresh = held is not None and links_change(held.links, advert.links) is None
+            delay = random.uniform(0.0, REFRESH_FORWARD_DELAY_S) if refresh else 0.0
+            self._forwarding.create_task(self._forward(request, exclude={caller, request.origin}, delay_s=delay))
         return pb.AdvertAck()
 
     # -- relay: driving the engine ------------------------------------

@@ -20,6 +20,7 @@ from qcinode.core.routing import (
     LinkStateAdvert,
     LinkStateDatabase,
     advert_timing,
+    links_change,
 )
 from qcinode.errors import LocalProtocolError
 
@@ -233,3 +234,21 @@ def test_signed_adverts_are_what_the_origin_signed_not_our_debited_copy() -> Non
     assert db.adverts["b"].links[0].available_out_bytes == 700
     assert [a.origin for a in db.signed_adverts()] == ["a", "b"]  # our own first
     assert db.signed_adverts()[1] == advert
+
+
+# -- refresh or change --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("new", "change"),
+    [
+        ([LinkAdvert("a-b", "b", True, 100_000)], None),  # the same: a refresh
+        ([LinkAdvert("a-b", "b", True, 110_000)], None),  # a small move of the bytes: still a refresh
+        ([LinkAdvert("a-b", "b", True, 140_000)], "available_changed"),
+        ([LinkAdvert("a-b", "b", False, 100_000)], "links_changed"),
+        ([LinkAdvert("a-b", "b", True, 100_000), LinkAdvert("a-c", "c", True, 0)], "links_changed"),
+        ([], "links_changed"),
+    ],
+)
+def test_links_change_tells_a_refresh_from_a_change(new: list[LinkAdvert], change: str | None) -> None:
+    assert links_change([LinkAdvert("a-b", "b", True, 100_000)], new) == change
