@@ -74,21 +74,26 @@ Theory of operation:
       gRPC call and a signature check). Between adverts a relay source's own
       debits (:meth:`LinkStateDatabase.debit`) keep its copy honest about
       what it spent.
-    * **Database exchange** (:class:`DatabaseSync`), after OSPF's: a node
-      that starts knows nothing, and a neighbour that was down while an
-      advert was flooded misses it, which only the origin's next refresh
-      (``N`` seconds in an ``N``-node network) would repair. So each node
-      *owes* a neighbour every advert it holds when a flood to it failed or
-      the neighbour asked, and *asks* each neighbour for its database when
-      it starts. An exchange sends, one call at a time, every advert we hold
-      as its origin signed it (:meth:`LinkStateDatabase.signed_adverts`; our
-      debits never leave the node) that the neighbour is not known to hold;
-      the first call carries the ask. The receiver treats each advert as a
-      flooded one: new ones are stored and flooded on, copies it holds cost
-      nothing. A failed exchange is retried after 1 s, doubling up to 16 s
-      (or the refresh period if shorter); an ask resets that. Every
-      signature and sequence rule above holds for exchanged adverts as for
-      flooded ones.
+    * **Database exchange** (:class:`DatabaseSync`), after OSPF's: a
+      neighbour that was down while an advert was flooded misses it, which
+      only the origin's next refresh (``N`` seconds in an ``N``-node
+      network) would repair, and a node that restarts has lost everything.
+      So a node *owes* a neighbour an exchange when a flood to it failed or
+      the neighbour asked, and when it starts it *asks* one neighbour (the
+      next one if the ask does not get through) for its database. An
+      exchange sends every advert we hold, as its origin signed it
+      (:meth:`LinkStateDatabase.signed_adverts`; our debits never leave the
+      node), that the neighbour is not known to hold (it sent it to us, or
+      we to it); an ask makes the receiver forget what it knew the asker
+      held, so the asker gets everything. The receiver treats each advert as
+      a flooded one: new ones are stored and flooded on, copies it holds
+      cost nothing. A failed exchange is retried after 1 s, doubling up to
+      16 s (or the refresh period if shorter); an ask resets that. One ask
+      per start, and exchanges of only what is missing, keep a loaded
+      network from feeding its own load: a timed-out flood costs the
+      adverts the neighbour lacks, not the whole database. Every signature
+      and sequence rule above holds for exchanged adverts as for flooded
+      ones.
     * **Ageing.** An advert not refreshed within ``max_age_s`` seconds
       (three and a half refresh periods, 35 s for up to 10 nodes, so two
       lost refreshes do not drop a live origin) is dropped by :meth:`LinkStateDatabase.expire`:
@@ -784,27 +789,26 @@ def advert_timing(n_nodes: int) -> AdvertTiming:
 
 
 class DatabaseSync:
-    """Which neighbours get our whole database, and which we ask for theirs (pure; the module docstring's "Database exchange").
+    """Which neighbours are owed the adverts they may lack, and which one we ask for its database (pure).
 
-    The driver tells it what happened to its calls (:meth:`send_failed`,
-    :meth:`asked`) and asks :meth:`due` at each tick which neighbours to
-    synchronise now; it sends each of those every advert it holds
-    (:meth:`LinkStateDatabase.signed_adverts`), the first call asking for
-    the neighbour's database if :meth:`due` says so, and reports the outcome
-    with :meth:`done`.
+    The module docstring's "Database exchange". The driver tells it what
+    happened to its calls (:meth:`send_failed`, :meth:`asked`) and asks
+    :meth:`due` at each tick which neighbours to synchronise now; it sends
+    each of those the adverts it holds that the neighbour is not known to
+    hold (:meth:`LinkStateDatabase.signed_adverts`), the first call asking
+    for the neighbour's database if :meth:`due` says so, and reports the
+    outcome with :meth:`done`.
     """
 
-    __slots__ = ("_owe", "_ask", "_next_try", "_backoff", "_busy", "_again", "_retry_first_s", "_retry_max_s")
+    __slots__ = ("_peers", "_owe", "_need", "_ask_turn", "_next_try", "_backoff", "_busy", "_again", "_retry_first_s", "_retry_max_s")
 
     def __init__(self, peers: Sequence[str], *, retry_first_s: float = 1.0, retry_max_s: float = 16.0) -> None:
-        """Every neighbour unsynchronised both ways (a node that starts knows nothing).
+        """A node that starts: it needs a database, and owes nobody anything yet.
 
         Args:
             peers: The neighbours.
             retry_first_s: Wait after a failed exchange before the next try; it doubles per failure.
-            retry_max_s: The longest wait between tries (a neighbour that comes
-                up asks for our database at once, so this only bounds the
-                repair of a lost ask).
+            retry_max_s: The longest wait between tries.
 
         Raises:
             LocalProtocolError: On a bad retry period.
@@ -816,17 +820,27 @@ class DatabaseSync:
             raise LocalProtocolError(f"retry_first_s ({retry_first_s!r}) must not exceed retry_max_s ({retry_max_s!r})")
         self._retry_first_s = float(retry_first_s)
         self._retry_max_s = float(retry_max_s)
-        self._owe = set(peers)  # they may lack adverts we hold
-        self._ask = set(peers)  # we may lack adverts they hold
+        self._peers = sorted(peers)
+        self._owe: set[str] = set()  # they may lack adverts we hold
+        self._need = bool(self._peers)  # we may lack adverts: ask one neighbour for its database
+        self._ask_turn = 0  # the neighbour asked next (the next one after a failed ask)
         self._next_try: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
         self._busy: set[str] = set()
         self._again: set[str] = set()  # busy peers owed another exchange (something happened after it started)
 
     @property
-    def pending(self) -> dict[str, tuple[bool, bool]]:
-        """``peer -> (we owe it our database, we ask for its)`` for every peer not yet synchronised."""
-        return {peer: (peer in self._owe, peer in self._ask) for peer in sorted(self._owe | self._ask)}
+    def pending(self) -> dict[str, bool]:
+        """``peer -> whether we would ask it for its database`` for every neighbour an exchange is due to."""
+        due = {peer: False for peer in self._owe}
+        if self._need:
+            due[self._peers[self._ask_turn]] = True
+        return dict(sorted(due.items()))
+
+    @property
+    def needs_database(self) -> bool:
+        """Whether we still have to ask a neighbour for its database (no ask got through yet)."""
+        return self._need
 
     def send_failed(self, peer: str) -> None:
         """An advert did not reach ``peer``: it may miss that and whatever else was flooded while it was away."""
@@ -835,7 +849,7 @@ class DatabaseSync:
             self._again.add(peer)  # the running exchange may not hold that advert
 
     def asked(self, peer: str, now: float) -> None:
-        """``peer`` asked for our database (it started, or it missed adverts): send it at once."""
+        """``peer`` asked for our database (it restarted or started): send it at once."""
         self._owe.add(peer)
         if peer in self._busy:
             self._again.add(peer)  # it may have restarted after the running exchange passed it some adverts
@@ -843,35 +857,37 @@ class DatabaseSync:
         self._backoff.pop(peer, None)
 
     def due(self, now: float) -> list[tuple[str, bool]]:
-        """The neighbours to synchronise now, each with whether to ask for its database; marks them busy until :meth:`done`."""
-        ready = [
-            peer
-            for peer in sorted(self._owe | self._ask)
-            if peer not in self._busy and now >= self._next_try.get(peer, -math.inf)
-        ]
-        self._busy.update(ready)
-        return [(peer, peer in self._ask) for peer in ready]
+        """The neighbours to synchronise now, each with whether to ask it for its database; marks them busy until :meth:`done`."""
+        ready = [peer for peer in self._peers if peer not in self._busy and now >= self._next_try.get(peer, -math.inf)]
+        asked = self._peers[self._ask_turn] if self._need else None
+        picked = [(peer, peer == asked) for peer in ready if peer in self._owe or peer == asked]
+        self._busy.update(peer for peer, _ in picked)
+        return picked
 
-    def done(self, peer: str, ok: bool, now: float, *, asked: bool) -> None:
-        """The exchange :meth:`due` gave for ``peer`` ended: every advert delivered (``ok``) or not.
+    def done(self, peer: str, ok: bool, now: float, *, asked: bool = False, ask_delivered: bool = False) -> None:
+        """The exchange :meth:`due` gave for ``peer`` ended.
 
         Args:
             peer: The neighbour.
             ok: Whether every call reached it (refusals of single adverts count as reached).
             now: The driver's clock.
             asked: Whether the exchange asked for the neighbour's database.
+            ask_delivered: Whether the call carrying the ask reached it (it then owes us its database).
         """
         self._busy.discard(peer)
+        if asked:
+            if ask_delivered:
+                self._need = False
+            elif self._peers:
+                self._ask_turn = (self._ask_turn + 1) % len(self._peers)  # try the next neighbour
+        again = peer in self._again
+        self._again.discard(peer)
         if ok:
-            if peer not in self._again:
+            if not again:
                 self._owe.discard(peer)
-            self._again.discard(peer)
-            if asked:
-                self._ask.discard(peer)
             self._next_try.pop(peer, None)
             self._backoff.pop(peer, None)
             return
-        self._again.discard(peer)
         wait = self._backoff.get(peer, self._retry_first_s / 2) * 2
         self._backoff[peer] = min(self._retry_max_s, wait)
         self._next_try[peer] = now + self._backoff[peer]

@@ -296,20 +296,20 @@ class NetworkService(pb_grpc.NetworkServicer):
 
     async def _exchange(self, peer: str, ask: bool) -> None:
         """Sends ``peer`` every advert we hold that it is not known to hold (the first call asks for its database if ``ask``)."""
-        ok = False
+        ok = delivered = False
         try:
             if self.faults.partitioned(self.by_peer[peer].link_id):
                 return
             holds = self._peer_holds[peer]
             adverts = [a for a in self.db.signed_adverts() if a.origin != peer and holds.get(a.origin, -1) < a.sequence]
             if ask and not adverts:
-                own = self.db.signed_adverts()[:1]  # the ask needs a call to ride on
-                adverts = [a for a in own if a.origin == self.node_name]
+                own = self.db.signed_advert(self.node_name)  # the ask needs a call to ride on
+                adverts = [own] if own is not None else []
             self.advert_counts["exchanges"] += 1
-            ok = bool(adverts) or not ask  # nothing originated yet to carry the ask: the next tick tries again
+            ok = not ask  # nothing originated yet to carry the ask: the next tick tries again
             if adverts:
                 # The first call alone (it carries the ask and waits for the connection), then the rest a few at a time.
-                ok = await self._send_advert(peer, advert_to_pb(adverts[0]), ask=ask)
+                ok = delivered = await self._send_advert(peer, advert_to_pb(adverts[0]), ask=ask)
                 rest = adverts[1:]
                 while ok and rest:
                     batch, rest = rest[:EXCHANGE_CONCURRENCY], rest[EXCHANGE_CONCURRENCY:]
@@ -320,7 +320,7 @@ class NetworkService(pb_grpc.NetworkServicer):
             ok = False
             self.log.exception("routing.exchange_failed", peer_id=peer)
         finally:
-            self.sync.done(peer, ok, self.clock(), asked=ask)
+            self.sync.done(peer, ok, self.clock(), asked=ask, ask_delivered=ask and delivered)
 
     async def _forward(self, advert: pb.LinkStateAdvert, exclude: set[str], delay_s: float = 0.0) -> None:
         """Floods a neighbour's new advert on, after ``delay_s`` (a task of the routing loop's group; a bug is logged, routing goes on)."""

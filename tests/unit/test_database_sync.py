@@ -30,21 +30,33 @@ T0 = 1_700_000_000.0
 # -- DatabaseSync ------------------------------------------------------------------
 
 
-def test_a_starting_node_owes_and_asks_every_neighbour_once() -> None:
+def test_a_starting_node_asks_one_neighbour_and_owes_nobody() -> None:
     sync = DatabaseSync(["b", "a"])
-    assert sync.due(T0) == [("a", True), ("b", True)]
+    assert sync.needs_database
+    assert sync.due(T0) == [("a", True)]
     assert sync.due(T0) == []  # busy until done
-    sync.done("a", True, T0, asked=True)
-    sync.done("b", True, T0, asked=True)
+    sync.done("a", True, T0, asked=True, ask_delivered=True)
+    assert not sync.needs_database
     assert sync.pending == {}
     assert sync.due(T0 + 100) == []
 
 
+def test_an_ask_that_does_not_get_through_goes_to_the_next_neighbour() -> None:
+    sync = DatabaseSync(["a", "b", "c"])
+    assert sync.due(T0) == [("a", True)]
+    sync.done("a", False, T0, asked=True)  # a is down
+    assert sync.due(T0) == [("b", True)]
+    sync.done("b", False, T0 + 0.1, asked=True, ask_delivered=True)  # the ask got there, a later call did not
+    assert not sync.needs_database
+    assert sync.pending == {}  # nothing owed: b was asked, not flooded
+
+
 def test_a_failed_flood_owes_the_neighbour_an_exchange_without_asking() -> None:
     sync = DatabaseSync(["a"])
-    sync.done("a", True, T0, asked=True)
+    sync.due(T0)
+    sync.done("a", True, T0, asked=True, ask_delivered=True)
     sync.send_failed("a")
-    assert sync.pending == {"a": (True, False)}
+    assert sync.pending == {"a": False}
     assert sync.due(T0 + 1) == [("a", False)]
 
 
@@ -73,12 +85,15 @@ def test_an_ask_from_the_neighbour_cancels_the_back_off() -> None:
 
 def test_something_missed_during_a_running_exchange_keeps_the_debt() -> None:
     sync = DatabaseSync(["a"])
-    assert sync.due(T0) == [("a", True)]
-    sync.send_failed("a")  # a flood that the running exchange may not carry
-    sync.done("a", True, T0 + 1, asked=True)
-    assert sync.pending == {"a": (True, False)}
+    sync.due(T0)
+    sync.done("a", True, T0, asked=True, ask_delivered=True)
+    sync.send_failed("a")
     assert sync.due(T0 + 1) == [("a", False)]
-    sync.done("a", True, T0 + 1, asked=False)
+    sync.send_failed("a")  # a flood that the running exchange may not carry
+    sync.done("a", True, T0 + 1)
+    assert sync.pending == {"a": False}
+    assert sync.due(T0 + 2) == [("a", False)]
+    sync.done("a", True, T0 + 2)
     assert sync.pending == {}
 
 
@@ -161,12 +176,15 @@ def _grid(side: int) -> dict[str, list[LinkAdvert]]:
     return links
 
 
-def _converge(side: int, *, exchange: bool, start_gap: float = 1.0, seconds: int = 400) -> float | None:
+def _converge(
+    side: int, *, exchange: bool, start_gap: float = 1.0, seconds: int = 400, restart: tuple[str, float] | None = None
+) -> float | None:
     """Nodes start one by one (``start_gap`` apart); flooding and exchanges as the node driver does them.
 
     A message to a node that has not started yet is lost (and, with ``exchange``, owes the
-    neighbour an exchange). Returns the seconds from the last start until every node holds
-    every origin, or None.
+    neighbour an exchange). ``restart``: (node, when) it loses its database and is away for
+    3 s, after everything converged. Returns the seconds from the last start until every
+    node holds every origin, or None.
     """
     links = _grid(side)
     names = sorted(links)
@@ -177,6 +195,7 @@ def _converge(side: int, *, exchange: bool, start_gap: float = 1.0, seconds: int
         name: _timed_schedule(i, timing) for i, name in enumerate(names)
     }
     syncs = {name: DatabaseSync([link.peer for link in links[name]]) for name in names}
+    exchanges = [0]
     last_start = max(start.values())
 
     def deliver(sender: str, peer: str, advert: LinkStateAdvert, now: float, ask: bool = False) -> bool:
@@ -196,6 +215,12 @@ def _converge(side: int, *, exchange: bool, start_gap: float = 1.0, seconds: int
 
     for tick in range(seconds):
         now = T0 + tick
+        if restart is not None and now == T0 + restart[1]:
+            name = restart[0]
+            start[name] = last_start = now + 3
+            dbs[name] = LinkStateDatabase(name, max_age_s=timing.max_age_s)
+            schedules[name] = _timed_schedule(99, timing)
+            syncs[name] = DatabaseSync([link.peer for link in links[name]])
         for name in names:
             if now < start[name]:
                 continue
@@ -206,10 +231,14 @@ def _converge(side: int, *, exchange: bool, start_gap: float = 1.0, seconds: int
             if exchange:
                 for peer, ask in syncs[name].due(now):
                     adverts = [a for a in dbs[name].signed_adverts() if a.origin != peer]
-                    ok = all(deliver(name, peer, a, now, ask=ask and i == 0) for i, a in enumerate(adverts))
-                    syncs[name].done(peer, ok and bool(adverts), now, asked=ask)
+                    sent = [deliver(name, peer, a, now, ask=ask and i == 0) for i, a in enumerate(adverts)]
+                    exchanges[0] += 1
+                    ok = all(sent) if adverts else not ask  # as the driver: an ask needs a call to ride on
+                    syncs[name].done(peer, ok, now, asked=ask, ask_delivered=bool(sent) and sent[0])
             dbs[name].expire(now)
         if now >= last_start and all(len(db.nodes()) == len(names) for db in dbs.values()):
+            if restart is not None and now < T0 + restart[1]:
+                continue
             return now - last_start
     return None
 
@@ -222,6 +251,14 @@ def test_nodes_coming_up_one_by_one_converge_at_once_with_the_exchange() -> None
     with_exchange = _converge(7, exchange=True)
     assert with_exchange is not None and with_exchange <= 3.0
     assert without is None or without > 20.0
+
+
+def test_a_restarted_node_gets_the_whole_database_back_from_the_neighbour_it_asks() -> None:
+    # Converged long before t = 120 s; g24 (the middle of a 7 x 7 grid) loses everything
+    # and is away for 3 s. Nobody floods to it meanwhile except refreshes: without its ask
+    # it would wait for every origin's refresh (49 s).
+    back = _converge(7, exchange=True, restart=("g24", 120.0))
+    assert back is not None and back <= 2.0
 
 
 def test_signed_adverts_are_what_the_origin_signed_not_our_debited_copy() -> None:
