@@ -88,7 +88,8 @@ Theory of operation:
       held, so the asker gets everything. The receiver treats each advert as
       a flooded one: new ones are stored and flooded on, copies it holds
       cost nothing. A failed exchange is retried after 1 s, doubling up to
-      16 s (or the refresh period if shorter); an ask resets that. One ask
+      16 s (or the refresh period if shorter); an ask, or any advert from
+      that neighbour (it is up again), cuts the wait short. One ask
       per start, and exchanges of only what is missing, keep a loaded
       network from feeding its own load: a timed-out flood costs the
       adverts the neighbour lacks, not the whole database. Every signature
@@ -855,6 +856,12 @@ class DatabaseSync:
             self._again.add(peer)  # it may have restarted after the running exchange passed it some adverts
         self._next_try.pop(peer, None)
         self._backoff.pop(peer, None)
+
+    def heard(self, peer: str) -> None:
+        """A call from ``peer`` arrived: it is up, so an exchange we owe it need not wait out its back-off."""
+        if peer in self._owe:
+            self._next_try.pop(peer, None)
+            self._backoff.pop(peer, None)
 
     def due(self, now: float) -> list[tuple[str, bool]]:
         """The neighbours to synchronise now, each with whether to ask it for its database; marks them busy until :meth:`done`."""

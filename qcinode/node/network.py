@@ -87,6 +87,7 @@ from ..core.routing import (
 from ..errors import (
     DuplicateKey,
     InsufficientKeyMaterial,
+    PeerRefused,
     PeerTimeout,
     PeerUnavailable,
     ProtocolError,
@@ -274,8 +275,10 @@ class NetworkService(pb_grpc.NetworkServicer):
         try:
             with rpc_errors(f"advert to {peer}"):
                 await self._stub(peer).Advertise(advert, timeout=ADVERT_TIMEOUT_S, metadata=metadata, wait_for_ready=ask)
-        except RemoteProtocolError:
-            return True  # refused (an older copy overtaken in a flood race): it holds a copy at least as new
+        except PeerRefused:
+            # It answered and refused this copy (one overtaken in a flood race: it holds a newer one;
+            # or one it will never take): sending it again would change nothing.
+            return True
         except (TransportError, TimeoutError):
             # A neighbour that is down misses this advert: the exchange when it is back repairs that.
             self.sync.send_failed(peer)
@@ -356,6 +359,8 @@ class NetworkService(pb_grpc.NetworkServicer):
             # The caller started (it knows nothing) or missed adverts: it gets our whole database, from scratch.
             self._peer_holds[caller] = {}
             self.sync.asked(caller, self.clock())
+        else:
+            self.sync.heard(caller)  # it is up: what we owe it goes at the next tick
         advert = advert_from_pb(request)
         held = self.db.signed_advert(advert.origin)
         try:

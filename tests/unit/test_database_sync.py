@@ -83,6 +83,24 @@ def test_an_ask_from_the_neighbour_cancels_the_back_off() -> None:
     assert sync.due(T0 + 0.5) == [("a", True)]
 
 
+def test_a_call_from_a_neighbour_we_owe_cuts_its_back_off_short() -> None:
+    sync = DatabaseSync(["a", "b"], retry_first_s=1.0, retry_max_s=16.0)
+    assert sync.due(T0) == [("a", True)]
+    sync.done("a", True, T0, asked=True, ask_delivered=True)
+    sync.send_failed("b")
+    now = T0
+    for _ in range(5):  # b stays down: the waits grow to 16 s
+        while not sync.due(now):
+            now += 0.5
+        sync.done("b", False, now)
+    assert sync.due(now + 15.0) == []
+    sync.heard("b")  # b is back: an advert from it reached us
+    assert sync.due(now + 0.5) == [("b", False)]
+    sync.done("b", True, now + 0.5)
+    sync.heard("a")  # from a neighbour we owe nothing: nothing due
+    assert sync.due(now + 1.0) == []
+
+
 def test_something_missed_during_a_running_exchange_keeps_the_debt() -> None:
     sync = DatabaseSync(["a"])
     sync.due(T0)
