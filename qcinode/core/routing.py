@@ -78,7 +78,9 @@ Theory of operation:
       neighbour that was down while an advert was flooded misses it, which
       only the origin's next refresh (``N`` seconds in an ``N``-node
       network) would repair, and a node that restarts has lost everything.
-      So a node *owes* a neighbour an exchange when a flood to it failed or
+      So a node *owes* a neighbour an exchange when a flood found it away
+      (no connection, the link cut; a call that merely timed out on a
+      saturated machine does not count, or the load would feed itself) or
       the neighbour asked, and when it starts it *asks* one neighbour (the
       next one if the ask does not get through) for its database. An
       exchange sends every advert we hold, as its origin signed it

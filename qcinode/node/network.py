@@ -268,8 +268,8 @@ class NetworkService(pb_grpc.NetworkServicer):
             finally:
                 self._forwarding = None
 
-    async def _send_advert(self, peer: str, advert: pb.LinkStateAdvert, *, ask: bool = False) -> bool:
-        """One Advertise call; whether it reached ``peer`` (a refusal did: the peer answered)."""
+    async def _send_advert(self, peer: str, advert: pb.LinkStateAdvert, *, ask: bool = False) -> bool | None:
+        """One Advertise call: True if it reached ``peer`` (a refusal did: the peer answered), None if it timed out, False if the peer is away."""
         self.advert_counts["sent"] += 1
         metadata = ((SYNC_METADATA_KEY, SYNC_ASK),) if ask else None
         try:
@@ -279,8 +279,12 @@ class NetworkService(pb_grpc.NetworkServicer):
             # It answered and refused this copy (one overtaken in a flood race: it holds a newer one;
             # or one it will never take): sending it again would change nothing.
             return True
-        except (TransportError, TimeoutError):
-            # A neighbour that is down misses this advert: the exchange when it is back repairs that.
+        except (PeerTimeout, TimeoutError):
+            # Slow, not away (a saturated machine): it most likely takes the advert late, and the
+            # refresh repairs it if not. Owing it an exchange would only add to the load that made it slow.
+            return None
+        except TransportError:
+            # Away (refused connection, link cut): the exchange when it is back repairs what it missed.
             self.sync.send_failed(peer)
             return False
         holds = self._peer_holds[peer]
@@ -312,13 +316,15 @@ class NetworkService(pb_grpc.NetworkServicer):
             ok = not ask  # nothing originated yet to carry the ask: the next tick tries again
             if adverts:
                 # The first call alone (it carries the ask and waits for the connection), then the rest a few at a time.
-                ok = delivered = await self._send_advert(peer, advert_to_pb(adverts[0]), ask=ask)
+                first = await self._send_advert(peer, advert_to_pb(adverts[0]), ask=ask)
+                delivered = first is True
+                ok = delivered if ask else first is not False  # an ask that timed out (the peer may be down) is tried again
                 rest = adverts[1:]
                 while ok and rest:
                     batch, rest = rest[:EXCHANGE_CONCURRENCY], rest[EXCHANGE_CONCURRENCY:]
                     async with asyncio.TaskGroup() as group:
                         sends = [group.create_task(self._send_advert(peer, advert_to_pb(a))) for a in batch]
-                    ok = all(task.result() for task in sends)
+                    ok = all(task.result() is not False for task in sends)
         except Exception:
             ok = False
             self.log.exception("routing.exchange_failed", peer_id=peer)
