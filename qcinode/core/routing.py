@@ -78,10 +78,8 @@ Theory of operation:
       neighbour that was down while an advert was flooded misses it, which
       only the origin's next refresh (``N`` seconds in an ``N``-node
       network) would repair, and a node that restarts has lost everything.
-      So a node *owes* a neighbour an exchange when a flood found it away
-      (no connection, the link cut; a call that merely timed out on a
-      saturated machine does not count, or the load would feed itself) or
-      the neighbour asked, and when it starts it *asks* one neighbour (the
+      So a node *owes* a neighbour an exchange when a flood did not reach
+      it or the neighbour asked, and when it starts it *asks* one neighbour (the
       next one if the ask does not get through) for its database. An
       exchange sends every advert we hold, as its origin signed it
       (:meth:`LinkStateDatabase.signed_adverts`; our debits never leave the
@@ -90,8 +88,11 @@ Theory of operation:
       held, so the asker gets everything. The receiver treats each advert as
       a flooded one: new ones are stored and flooded on, copies it holds
       cost nothing. A failed exchange is retried after 1 s, doubling up to
-      16 s (or the refresh period if shorter); an ask, or any advert from
-      that neighbour (it is up again), cuts the wait short. One ask
+      16 s (or the refresh period if shorter); an ask cuts the wait short,
+      and so does any advert from a neighbour that was unreachable (it is
+      back), but not from one whose calls merely timed out: on a saturated
+      machine an exchange every tick would feed the load that made it slow.
+      One ask
       per start, and exchanges of only what is missing, keep a loaded
       network from feeding its own load: a timed-out flood costs the
       adverts the neighbour lacks, not the whole database. Every signature
@@ -803,7 +804,7 @@ class DatabaseSync:
     outcome with :meth:`done`.
     """
 
-    __slots__ = ("_peers", "_owe", "_need", "_ask_turn", "_next_try", "_backoff", "_busy", "_again", "_retry_first_s", "_retry_max_s")
+    __slots__ = ("_peers", "_owe", "_away", "_need", "_ask_turn", "_next_try", "_backoff", "_busy", "_again", "_retry_first_s", "_retry_max_s")
 
     def __init__(self, peers: Sequence[str], *, retry_first_s: float = 1.0, retry_max_s: float = 16.0) -> None:
         """A node that starts: it needs a database, and owes nobody anything yet.
@@ -825,6 +826,7 @@ class DatabaseSync:
         self._retry_max_s = float(retry_max_s)
         self._peers = sorted(peers)
         self._owe: set[str] = set()  # they may lack adverts we hold
+        self._away: set[str] = set()  # owed because they were unreachable (not merely slow)
         self._need = bool(self._peers)  # we may lack adverts: ask one neighbour for its database
         self._ask_turn = 0  # the neighbour asked next (the next one after a failed ask)
         self._next_try: dict[str, float] = {}
@@ -845,9 +847,19 @@ class DatabaseSync:
         """Whether we still have to ask a neighbour for its database (no ask got through yet)."""
         return self._need
 
-    def send_failed(self, peer: str) -> None:
-        """An advert did not reach ``peer``: it may miss that and whatever else was flooded while it was away."""
+    def send_failed(self, peer: str, *, away: bool = True) -> None:
+        """An advert did not reach ``peer``: it may miss that and whatever else was flooded meanwhile.
+
+        Args:
+            peer: The neighbour.
+            away: It could not be reached (no connection, a cut link); False:
+                the call timed out (a slow neighbour on a saturated machine),
+                whose exchange waits out its back-off whatever the neighbour
+                sends, so that a loaded network does not feed its own load.
+        """
         self._owe.add(peer)
+        if away:
+            self._away.add(peer)
         if peer in self._busy:
             self._again.add(peer)  # the running exchange may not hold that advert
 
@@ -860,8 +872,8 @@ class DatabaseSync:
         self._backoff.pop(peer, None)
 
     def heard(self, peer: str) -> None:
-        """A call from ``peer`` arrived: it is up, so an exchange we owe it need not wait out its back-off."""
-        if peer in self._owe:
+        """A call from ``peer`` arrived: it is back, so an exchange we owe it for being away need not wait out its back-off."""
+        if peer in self._away:
             self._next_try.pop(peer, None)
             self._backoff.pop(peer, None)
 
@@ -894,6 +906,7 @@ class DatabaseSync:
         if ok:
             if not again:
                 self._owe.discard(peer)
+                self._away.discard(peer)
             self._next_try.pop(peer, None)
             self._backoff.pop(peer, None)
             return

@@ -118,7 +118,9 @@ HandOff = Callable[[str, str, tuple[str, ...], bytes], Awaitable["Refusal | None
 
 #: How often the routing loop looks at the local links (and ages out dead origins); adverts follow AdvertSchedule.
 ADVERT_TICK_S = 1.0
-ADVERT_TIMEOUT_S = 2.0
+#: An Advertise call's deadline: generous, as on a saturated machine (a hundred nodes on two cores)
+#: a call that times out is dropped unserved and must be repaired by an exchange.
+ADVERT_TIMEOUT_S = 10.0
 #: Metadata of an Advertise call that asks the callee for its whole database (the caller started or missed adverts).
 SYNC_METADATA_KEY = "qcinode-advert-sync"
 SYNC_ASK = "ask"
@@ -280,8 +282,9 @@ class NetworkService(pb_grpc.NetworkServicer):
             # or one it will never take): sending it again would change nothing.
             return True
         except (PeerTimeout, TimeoutError):
-            # Slow, not away (a saturated machine): it most likely takes the advert late, and the
-            # refresh repairs it if not. Owing it an exchange would only add to the load that made it slow.
+            # Slow, not away (a saturated machine): the call may have been dropped unserved. Owed,
+            # but the exchange waits out its back-off (DatabaseSync.send_failed).
+            self.sync.send_failed(peer, away=False)
             return None
         except TransportError:
             # Away (refused connection, link cut): the exchange when it is back repairs what it missed.

@@ -101,6 +101,19 @@ def test_a_call_from_a_neighbour_we_owe_cuts_its_back_off_short() -> None:
     assert sync.due(now + 1.0) == []
 
 
+def test_a_slow_neighbour_is_owed_an_exchange_that_waits_out_its_back_off() -> None:
+    sync = DatabaseSync(["a"], retry_first_s=1.0, retry_max_s=16.0)
+    sync.due(T0)
+    sync.done("a", True, T0, asked=True, ask_delivered=True)
+    sync.send_failed("a", away=False)  # timed out
+    assert sync.due(T0) == [("a", False)]
+    sync.send_failed("a", away=False)
+    sync.done("a", False, T0)
+    sync.heard("a")  # it keeps sending: still slow, the back-off stands
+    assert sync.due(T0 + 0.5) == []
+    assert sync.due(T0 + 1.0) == [("a", False)]
+
+
 def test_something_missed_during_a_running_exchange_keeps_the_debt() -> None:
     sync = DatabaseSync(["a"])
     sync.due(T0)
