@@ -452,7 +452,7 @@ def run_core(
     config = protocol_config(link)
     slots = frame_slots(config, link.source.rate_hz, None)
     if not raw_allocator:
-        tune_allocator_for_links()  # as a node does for its links
+        tune_allocator_for_links(block_bits)  # as a node does for its links
     alice, bob = make_pair(config, bytes(range(256)) * 64, seed)
     # A node loads the compiled kernels once, at its first big block: outside the steady state timed here.
     warm0 = time.process_time()

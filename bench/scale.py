@@ -22,11 +22,14 @@ Printed:
    until every node answers its gRPC health check.
 2. **Routing converged**: seconds from the start until every node's
    link-state database holds every node (``qcinode_routing_known_nodes`` on
-   each node's ``/metrics``).
+   each node's ``/metrics``). Every node is scraped at once (``SCRAPERS``
+   threads) about once a second, so the figure is late by at most a round
+   of scrapes, not by a serial pass over a hundred busy nodes.
 3. **Per node** over a ``--window`` (60 s) once routing converged: resident
-   memory (RSS from ``/proc/PID/status``, and PSS from
+   memory (RSS from ``/proc/PID/status``; PSS from
    ``/proc/PID/smaps_rollup``: shared library pages divided among the
-   processes that map them, what the machine really spends per node), CPU
+   processes that map them, what the machine really spends per node; USS,
+   the pages of the process alone), threads, CPU
    (% of one core, from ``/proc/PID/stat``), and routing advert messages
    per second (``qcinode_routing_adverts_total{kind="sent"}``: Advertise calls
    made), as min / median / max over the nodes; the machine's load and free
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import math
 import os
 import re
@@ -74,6 +78,8 @@ from qcinode.kme.client import EtsiClient
 from qcinode.topology import load_topology
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: Nodes scraped or health-checked at the same time (the bench waits on their answers, it computes little).
+SCRAPERS = 16
 MASTER_SAE, SLAVE_SAE = "sae-master", "sae-slave"
 
 
@@ -128,18 +134,30 @@ def hop_distance(mapping: dict[str, Any], source: str, destination: str) -> int:
 # --------------------------------------------------------------------------- per-process figures
 
 
-def rss_pss_mb(pid: int) -> tuple[float, float]:
-    rss = pss = math.nan
+def rss_pss_uss_mb(pid: int) -> tuple[float, float, float]:
+    """Resident memory (RSS), its proportional share (PSS) and the part no other process maps (USS), in MB."""
+    rss = pss = uss = math.nan
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1]) / 1024
+        private = 0
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             if line.startswith("Pss:"):
                 pss = int(line.split()[1]) / 1024
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                private += int(line.split()[1])
+        uss = private / 1024
     except OSError:
         pass
-    return rss, pss
+    return rss, pss, uss
+
+
+def threads(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -165,6 +183,17 @@ def scrape(port: int) -> dict[str, float]:
     for name, _, kind, value in _METRIC.findall(text):
         out[f"{name}:{kind}" if kind else name] = float(value)
     return out
+
+
+def scrape_all(ports: dict[str, int]) -> dict[str, tuple[float, dict[str, float]]]:
+    """:func:`scrape` of every node at once (threads: one slow node does not delay the others' figures); each with when it was read."""
+
+    def one(port: int) -> tuple[float, dict[str, float]]:
+        figures = scrape(port)
+        return time.monotonic(), figures
+
+    with concurrent.futures.ThreadPoolExecutor(SCRAPERS) as pool:
+        return dict(zip(ports, pool.map(one, ports.values())))
 
 
 def spread(values: Sequence[float], fmt: str = "{:.1f}") -> str:
@@ -228,15 +257,21 @@ def run(args: argparse.Namespace) -> int:
         cluster.start()
         pending = set(cluster.processes)
         deadline = time.monotonic() + args.start_timeout
-        while pending and time.monotonic() < deadline:
-            for name in sorted(pending):
-                proc = cluster.processes[name]
-                if proc.poll() is not None:
-                    raise RuntimeError(f"node {name} exited with code {proc.returncode}")
-                if health_check(f"127.0.0.1:{cluster.ports[name]}", name, cluster.certs_dir, timeout_s=1.0):
-                    pending.discard(name)
-            if pending:
-                time.sleep(0.5)
+        certs = cluster.certs_dir
+
+        def healthy(name: str) -> bool:
+            return health_check(f"127.0.0.1:{cluster.ports[name]}", name, certs, timeout_s=1.0)
+
+        with concurrent.futures.ThreadPoolExecutor(SCRAPERS) as pool:
+            while pending and time.monotonic() < deadline:
+                for name in pending:
+                    proc = cluster.processes[name]
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"node {name} exited with code {proc.returncode}")
+                names = sorted(pending)
+                pending -= {name for name, ok in zip(names, pool.map(healthy, names)) if ok}
+                if pending:
+                    time.sleep(1.0)  # each check is a TLS handshake the starting nodes pay for too
         t_healthy = time.monotonic()
         if pending:
             print(f"  NOT HEALTHY after {args.start_timeout:g} s: {len(pending)} nodes ({', '.join(sorted(pending)[:10])} ...)")
@@ -246,12 +281,14 @@ def run(args: argparse.Namespace) -> int:
         converged_at = math.nan
         deadline = t_prepared + args.converge_timeout
         while time.monotonic() < deadline:
-            known = [scrape(port).get("qcinode_routing_known_nodes", 0.0) for port in cluster.metrics_ports.values()]
+            scraped = scrape_all(cluster.metrics_ports)
+            known = [figures.get("qcinode_routing_known_nodes", 0.0) for _, figures in scraped.values()]
             if all(k >= n_nodes for k in known):
-                converged_at = time.monotonic()
+                converged_at = max(at for at, _ in scraped.values())  # the last node read: an upper bound
                 break
-            log(f"routing: {sum(k >= n_nodes for k in known)}/{n_nodes} nodes know every node (least {min(known):.0f})")
-            time.sleep(2.0)
+            done = sum(k >= n_nodes for k in known)
+            log(f"routing: {done}/{n_nodes} nodes know every node (least {min(known):.0f}) at {time.monotonic() - t_prepared:.0f} s")
+            time.sleep(1.0)
         if math.isnan(converged_at):
             print(f"2. routing: NOT converged within {args.converge_timeout:g} s of the launch")
         else:
@@ -262,13 +299,13 @@ def run(args: argparse.Namespace) -> int:
         log(f"measuring every node for {args.window:g} s")
         # Each figure is timed where it is read: scraping 100 nodes of a busy machine takes a while.
         cpu0 = {name: (time.monotonic(), cpu_seconds(pid)) for name, pid in pids.items()}
-        adverts0 = {name: (time.monotonic(), scrape(port)) for name, port in cluster.metrics_ports.items()}
+        adverts0 = scrape_all(cluster.metrics_ports)
         w0 = time.monotonic()
         time.sleep(args.window)
         cpu1 = {name: (time.monotonic(), cpu_seconds(pid)) for name, pid in pids.items()}
-        adverts1 = {name: (time.monotonic(), scrape(port)) for name, port in cluster.metrics_ports.items()}
+        adverts1 = scrape_all(cluster.metrics_ports)
         w1 = time.monotonic()
-        memory = {name: rss_pss_mb(pid) for name, pid in pids.items()}
+        memory = {name: rss_pss_uss_mb(pid) for name, pid in pids.items()}
         span = w1 - w0
         cpu_pct = [100 * (cpu1[n][1] - cpu0[n][1]) / (cpu1[n][0] - cpu0[n][0]) for n in pids]
 
@@ -277,12 +314,15 @@ def run(args: argparse.Namespace) -> int:
             return [(adverts1[n][1].get(key, math.nan) - adverts0[n][1].get(key, math.nan)) / (adverts1[n][0] - adverts0[n][0]) for n in pids]
 
         advert_rate, received_rate, originated_rate = per_second("sent"), per_second("received"), per_second("originated")
+        exchange_rate = per_second("exchanges")
         print(f"3. per node over {span:.0f} s (min / median / max over {len(pids)} nodes):")
         print(f"   RSS MB        {spread([m[0] for m in memory.values()])}")
         print(f"   PSS MB        {spread([m[1] for m in memory.values()])}   (shared pages divided among the processes)")
+        print(f"   USS MB        {spread([m[2] for m in memory.values()])}   (pages of this process alone: what stopping it frees)")
+        print(f"   threads       {spread([float(threads(pid)) for pid in pids.values()], '{:.0f}')}")
         print(f"   CPU % of core {spread(cpu_pct)}   (sum {sum(c for c in cpu_pct if not math.isnan(c)):.0f} %)")
         print(f"   adverts sent/s {spread(advert_rate, '{:.2f}')}   received/s {spread(received_rate, '{:.2f}')}")
-        print(f"   adverts originated/s {spread(originated_rate, '{:.3f}')}")
+        print(f"   adverts originated/s {spread(originated_rate, '{:.3f}')}   database exchanges/s {spread(exchange_rate, '{:.3f}')}")
         total_sent = sum(r for r in advert_rate if not math.isnan(r))
         print(f"   advert messages in the whole network: {total_sent:.1f}/s ({total_sent / max(1, n_nodes):.2f} per node)")
         print(f"   machine: load avg {os.getloadavg()[0]:.1f}, {mem_available_mb():.0f} MB available")

@@ -31,6 +31,19 @@ from .admin import health_check, node_status
 
 CLUSTER_FILE = "cluster.json"
 
+#: Environment every node process starts with, unless the caller's environment sets the variable itself.
+#: Many nodes share one machine: each process keeps at most two glibc malloc arenas (the
+#: default is eight per core, one for each thread that allocates: gRPC's event-engine
+#: threads, the protocol and storage threads), and numpy's OpenBLAS starts no thread pool of
+#: its own (a node does no large linear algebra; its pool would be one idle thread and its
+#: buffers per node).
+NODE_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2", "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def node_environment(base: dict[str, str]) -> dict[str, str]:
+    """The environment of a node process: ``base`` with :data:`NODE_ENVIRONMENT` for what it does not set."""
+    return {**NODE_ENVIRONMENT, **base, "PYTHONUNBUFFERED": "1"}
+
 
 def free_ports(count: int) -> list[int]:
     """``count`` distinct free loopback ports.
@@ -240,7 +253,7 @@ class Cluster:
         if self.command_wrapper is not None:
             args = self.command_wrapper(name, args)
         log_file = _private_log(self.state_dir / "logs" / f"{name}.log")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = node_environment(dict(os.environ))
         proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         log_file.close()
         self.processes[name] = proc

@@ -55,7 +55,16 @@ Theory of operation:
       key while either figure is below :data:`LOW_WATER_BYTES` — and otherwise as
       a slow refresh every ``refresh_s`` (10 s) shortened by a random jitter
       of up to a quarter, so that nodes started together do not flood
-      together; never more often than ``min_interval_s`` (1 s). Flooding
+      together (:func:`links_change` tells a change from a refresh). Changes
+      are held back as OSPF throttles its LSAs: after a quiet spell the next
+      change goes out once ``first_interval_s`` (1 s) has passed since the
+      last advert, and each advert that follows within reach doubles the
+      hold, up to ``min_interval_s`` (1 s up to 10 nodes, a tenth of the
+      refresh beyond); a quiet spell of ``min_interval_s`` plus the hold
+      starts it over. An origin whose links keep changing thus sends at most
+      four adverts more per quiet spell than one per ``min_interval_s``,
+      while links that come up one by one at start-up are each advertised
+      within seconds, not a minimum interval apart. Flooding
       sends every advert over every link of the network, so a node handles
       about ``2 L / refresh_s`` advert messages a second (``L`` links in
       all): in a mesh, ``L`` grows with the number of nodes ``N``, so
@@ -65,6 +74,30 @@ Theory of operation:
       gRPC call and a signature check). Between adverts a relay source's own
       debits (:meth:`LinkStateDatabase.debit`) keep its copy honest about
       what it spent.
+    * **Database exchange** (:class:`DatabaseSync`), after OSPF's: a
+      neighbour that was down while an advert was flooded misses it, which
+      only the origin's next refresh (``N`` seconds in an ``N``-node
+      network) would repair, and a node that restarts has lost everything.
+      So a node *owes* a neighbour an exchange when a flood did not reach
+      it or the neighbour asked, and when it starts it *asks* one neighbour (the
+      next one if the ask does not get through) for its database. An
+      exchange sends every advert we hold, as its origin signed it
+      (:meth:`LinkStateDatabase.signed_adverts`; our debits never leave the
+      node), that the neighbour is not known to hold (it sent it to us, or
+      we to it); an ask makes the receiver forget what it knew the asker
+      held, so the asker gets everything. The receiver treats each advert as
+      a flooded one: new ones are stored and flooded on, copies it holds
+      cost nothing. A failed exchange is retried after 1 s, doubling up to
+      16 s (or the refresh period if shorter); an ask cuts the wait short,
+      and so does any advert from a neighbour that was unreachable (it is
+      back), but not from one whose calls merely timed out: on a saturated
+      machine an exchange every tick would feed the load that made it slow.
+      One ask
+      per start, and exchanges of only what is missing, keep a loaded
+      network from feeding its own load: a timed-out flood costs the
+      adverts the neighbour lacks, not the whole database. Every signature
+      and sequence rule above holds for exchanged adverts as for flooded
+      ones.
     * **Ageing.** An advert not refreshed within ``max_age_s`` seconds
       (three and a half refresh periods, 35 s for up to 10 nodes, so two
       lost refreshes do not drop a live origin) is dropped by :meth:`LinkStateDatabase.expire`:
@@ -111,7 +144,7 @@ import enum
 import heapq
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -127,6 +160,8 @@ __all__ = [
     "LOW_WATER_STEP_BYTES",
     "AdvertSchedule",
     "AdvertTiming",
+    "DEFAULT_FIRST_INTERVAL_S",
+    "DatabaseSync",
     "advert_timing",
     "DEFAULT_MAX_SKEW_S",
     "MAX_SEQUENCE",
@@ -138,6 +173,7 @@ __all__ = [
     "LinkStateDatabase",
     "RejectReason",
     "advert_bytes",
+    "links_change",
 ]
 
 #: Default advert lifetime without a refresh: three and a half default refresh periods.
@@ -148,6 +184,9 @@ DEFAULT_REFRESH_S = 10.0
 
 #: Default shortest time between two adverts of one origin.
 DEFAULT_MIN_INTERVAL_S = 1.0
+
+#: Default hold after a quiet spell: a change is advertised this soon, the hold then backs off to the minimum interval.
+DEFAULT_FIRST_INTERVAL_S = 1.0
 
 #: Below this many bytes a link's pool is scarce: any move of LOW_WATER_STEP_BYTES is a change.
 #: (A quarter of a nearly empty pool is a few keys; a relay source whose copy lags
@@ -319,6 +358,7 @@ class _Held:
     advert: LinkStateAdvert
     received_at: float
     payload: bytes  # advert_bytes as received: our own debits change the links we hold, not this
+    signed: LinkStateAdvert  # the advert as its origin signed it (debits change ``advert`` only): what we pass on
 
 
 class LinkStateDatabase:
@@ -400,6 +440,21 @@ class LinkStateDatabase:
         """The current advert of every known origin (a copy), our own included once originated."""
         return {origin: held.advert for origin, held in sorted(self._held.items())}
 
+    def signed_advert(self, origin: str) -> LinkStateAdvert | None:
+        """The advert we hold for ``origin`` as its origin signed it (None if we hold none)."""
+        held = self._held.get(origin)
+        return held.signed if held is not None else None
+
+    def signed_adverts(self) -> list[LinkStateAdvert]:
+        """Every advert we hold as its origin signed it (our own first, then by origin): a neighbour's database exchange.
+
+        Our :meth:`debit` changes the copy we route on, never what we pass on:
+        a debited copy would no longer verify.
+        """
+        own = self._held.get(self._local_node)
+        others = [held.signed for origin, held in sorted(self._held.items()) if origin != self._local_node]
+        return ([own.signed] if own is not None else []) + others
+
     @property
     def received_at(self) -> dict[str, float]:
         """When (the ``now`` given) the current advert of every known origin arrived (a copy)."""
@@ -435,7 +490,7 @@ class LinkStateDatabase:
                 advert, signature=self._signer.sign(advert_bytes(advert)), certificate=self._signer.certificate
             )
         self._last_sequence = sequence
-        self._held[self._local_node] = _Held(advert, float(now), advert_bytes(advert))
+        self._held[self._local_node] = _Held(advert, float(now), advert_bytes(advert), advert)
         return advert
 
     def receive(self, advert: LinkStateAdvert, now: float) -> bool:
@@ -502,7 +557,7 @@ class LinkStateDatabase:
         self._authenticate(advert, payload)
         self._tombstones.pop(origin, None)
         stored = LinkStateAdvert(origin, sequence, tuple(advert.links), advert.signature, advert.certificate)
-        self._held[origin] = _Held(stored, float(now), payload)
+        self._held[origin] = _Held(stored, float(now), payload, stored)
         return True
 
     def _authenticate(self, advert: LinkStateAdvert, payload: bytes) -> None:
@@ -713,6 +768,7 @@ class AdvertTiming:
     refresh_s: float
     min_interval_s: float
     max_age_s: float
+    first_interval_s: float = DEFAULT_FIRST_INTERVAL_S
 
 
 def advert_timing(n_nodes: int) -> AdvertTiming:
@@ -727,7 +783,136 @@ def advert_timing(n_nodes: int) -> AdvertTiming:
     if not _is_int(n_nodes) or n_nodes < 1:
         raise LocalProtocolError(f"n_nodes must be a positive int, got {n_nodes!r}")
     refresh = max(DEFAULT_REFRESH_S, REFRESH_PER_NODE_S * n_nodes)
-    return AdvertTiming(refresh_s=refresh, min_interval_s=max(DEFAULT_MIN_INTERVAL_S, refresh / 10), max_age_s=MAX_AGE_REFRESHES * refresh)
+    min_interval = max(DEFAULT_MIN_INTERVAL_S, refresh / 10)
+    return AdvertTiming(
+        refresh_s=refresh,
+        min_interval_s=min_interval,
+        max_age_s=MAX_AGE_REFRESHES * refresh,
+        first_interval_s=min(DEFAULT_FIRST_INTERVAL_S, min_interval),
+    )
+
+
+class DatabaseSync:
+    """Which neighbours are owed the adverts they may lack, and which one we ask for its database (pure).
+
+    The module docstring's "Database exchange". The driver tells it what
+    happened to its calls (:meth:`send_failed`, :meth:`asked`) and asks
+    :meth:`due` at each tick which neighbours to synchronise now; it sends
+    each of those the adverts it holds that the neighbour is not known to
+    hold (:meth:`LinkStateDatabase.signed_adverts`), the first call asking
+    for the neighbour's database if :meth:`due` says so, and reports the
+    outcome with :meth:`done`.
+    """
+
+    __slots__ = ("_peers", "_owe", "_away", "_need", "_ask_turn", "_next_try", "_backoff", "_busy", "_again", "_retry_first_s", "_retry_max_s")
+
+    def __init__(self, peers: Sequence[str], *, retry_first_s: float = 1.0, retry_max_s: float = 16.0) -> None:
+        """A node that starts: it needs a database, and owes nobody anything yet.
+
+        Args:
+            peers: The neighbours.
+            retry_first_s: Wait after a failed exchange before the next try; it doubles per failure.
+            retry_max_s: The longest wait between tries.
+
+        Raises:
+            LocalProtocolError: On a bad retry period.
+        """
+        for name, value in (("retry_first_s", retry_first_s), ("retry_max_s", retry_max_s)):
+            if not _is_finite_number(value) or value <= 0:
+                raise LocalProtocolError(f"{name} must be positive and finite, got {value!r}")
+        if retry_first_s > retry_max_s:
+            raise LocalProtocolError(f"retry_first_s ({retry_first_s!r}) must not exceed retry_max_s ({retry_max_s!r})")
+        self._retry_first_s = float(retry_first_s)
+        self._retry_max_s = float(retry_max_s)
+        self._peers = sorted(peers)
+        self._owe: set[str] = set()  # they may lack adverts we hold
+        self._away: set[str] = set()  # owed because they were unreachable (not merely slow)
+        self._need = bool(self._peers)  # we may lack adverts: ask one neighbour for its database
+        self._ask_turn = 0  # the neighbour asked next (the next one after a failed ask)
+        self._next_try: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}
+        self._busy: set[str] = set()
+        self._again: set[str] = set()  # busy peers owed another exchange (something happened after it started)
+
+    @property
+    def pending(self) -> dict[str, bool]:
+        """``peer -> whether we would ask it for its database`` for every neighbour an exchange is due to."""
+        due = {peer: False for peer in self._owe}
+        if self._need:
+            due[self._peers[self._ask_turn]] = True
+        return dict(sorted(due.items()))
+
+    @property
+    def needs_database(self) -> bool:
+        """Whether we still have to ask a neighbour for its database (no ask got through yet)."""
+        return self._need
+
+    def send_failed(self, peer: str, *, away: bool = True) -> None:
+        """An advert did not reach ``peer``: it may miss that and whatever else was flooded meanwhile.
+
+        Args:
+            peer: The neighbour.
+            away: It could not be reached (no connection, a cut link); False:
+                the call timed out (a slow neighbour on a saturated machine),
+                whose exchange waits out its back-off whatever the neighbour
+                sends, so that a loaded network does not feed its own load.
+        """
+        self._owe.add(peer)
+        if away:
+            self._away.add(peer)
+        if peer in self._busy:
+            self._again.add(peer)  # the running exchange may not hold that advert
+
+    def asked(self, peer: str, now: float) -> None:
+        """``peer`` asked for our database (it restarted or started): send it at once."""
+        self._owe.add(peer)
+        if peer in self._busy:
+            self._again.add(peer)  # it may have restarted after the running exchange passed it some adverts
+        self._next_try.pop(peer, None)
+        self._backoff.pop(peer, None)
+
+    def heard(self, peer: str) -> None:
+        """A call from ``peer`` arrived: it is back, so an exchange we owe it for being away need not wait out its back-off."""
+        if peer in self._away:
+            self._next_try.pop(peer, None)
+            self._backoff.pop(peer, None)
+
+    def due(self, now: float) -> list[tuple[str, bool]]:
+        """The neighbours to synchronise now, each with whether to ask it for its database; marks them busy until :meth:`done`."""
+        ready = [peer for peer in self._peers if peer not in self._busy and now >= self._next_try.get(peer, -math.inf)]
+        asked = self._peers[self._ask_turn] if self._need else None
+        picked = [(peer, peer == asked) for peer in ready if peer in self._owe or peer == asked]
+        self._busy.update(peer for peer, _ in picked)
+        return picked
+
+    def done(self, peer: str, ok: bool, now: float, *, asked: bool = False, ask_delivered: bool = False) -> None:
+        """The exchange :meth:`due` gave for ``peer`` ended.
+
+        Args:
+            peer: The neighbour.
+            ok: Whether every call reached it (refusals of single adverts count as reached).
+            now: The driver's clock.
+            asked: Whether the exchange asked for the neighbour's database.
+            ask_delivered: Whether the call carrying the ask reached it (it then owes us its database).
+        """
+        self._busy.discard(peer)
+        if asked:
+            if ask_delivered:
+                self._need = False
+            elif self._peers:
+                self._ask_turn = (self._ask_turn + 1) % len(self._peers)  # try the next neighbour
+        again = peer in self._again
+        self._again.discard(peer)
+        if ok:
+            if not again:
+                self._owe.discard(peer)
+                self._away.discard(peer)
+            self._next_try.pop(peer, None)
+            self._backoff.pop(peer, None)
+            return
+        wait = self._backoff.get(peer, self._retry_first_s / 2) * 2
+        self._backoff[peer] = min(self._retry_max_s, wait)
+        self._next_try[peer] = now + self._backoff[peer]
 
 
 class AdvertSchedule:
@@ -738,7 +923,18 @@ class AdvertSchedule:
     originating, tell :meth:`sent`.
     """
 
-    __slots__ = ("_refresh_s", "_min_interval_s", "_jitter", "_change_fraction", "_rng", "_last", "_last_at", "_next_refresh")
+    __slots__ = (
+        "_refresh_s",
+        "_min_interval_s",
+        "_first_interval_s",
+        "_hold_s",
+        "_jitter",
+        "_change_fraction",
+        "_rng",
+        "_last",
+        "_last_at",
+        "_next_refresh",
+    )
 
     def __init__(
         self,
@@ -746,6 +942,7 @@ class AdvertSchedule:
         *,
         refresh_s: float = DEFAULT_REFRESH_S,
         min_interval_s: float = DEFAULT_MIN_INTERVAL_S,
+        first_interval_s: float | None = None,
         jitter: float = 0.25,
         change_fraction: float = 0.25,
     ) -> None:
@@ -755,7 +952,12 @@ class AdvertSchedule:
             rng: Draws the refresh jitter (seeded in tests).
             refresh_s: Longest time between adverts when nothing changes (the
                 refresh comes after ``refresh_s · U(1 - jitter, 1)``).
-            min_interval_s: Shortest time between adverts, whatever changes.
+            min_interval_s: Shortest time between adverts of a node whose links
+                keep changing (the hold once it has backed off).
+            first_interval_s: The hold after a quiet spell (no advert for
+                ``min_interval_s``); it doubles with each advert that follows
+                within the hold's reach, up to ``min_interval_s``. None: the
+                smaller of :data:`DEFAULT_FIRST_INTERVAL_S` and ``min_interval_s``.
             jitter: Fraction of ``refresh_s`` by which a refresh may come early, in [0, 1).
             change_fraction: A link's available bytes moving by at least this
                 fraction of the larger of the old and new figures is a change, in (0, 1].
@@ -766,14 +968,22 @@ class AdvertSchedule:
         for name, value in (("refresh_s", refresh_s), ("min_interval_s", min_interval_s)):
             if not _is_finite_number(value) or value <= 0:
                 raise LocalProtocolError(f"{name} must be positive and finite, got {value!r}")
+        if first_interval_s is None:
+            first_interval_s = min(DEFAULT_FIRST_INTERVAL_S, float(min_interval_s))
+        if not _is_finite_number(first_interval_s) or first_interval_s <= 0:
+            raise LocalProtocolError(f"first_interval_s must be positive and finite, got {first_interval_s!r}")
         if min_interval_s > refresh_s:
             raise LocalProtocolError(f"min_interval_s ({min_interval_s!r}) must not exceed refresh_s ({refresh_s!r})")
+        if first_interval_s > min_interval_s:
+            raise LocalProtocolError(f"first_interval_s ({first_interval_s!r}) must not exceed min_interval_s ({min_interval_s!r})")
         if not _is_finite_number(jitter) or not 0 <= jitter < 1:
             raise LocalProtocolError(f"jitter must be in [0, 1), got {jitter!r}")
         if not _is_finite_number(change_fraction) or not 0 < change_fraction <= 1:
             raise LocalProtocolError(f"change_fraction must be in (0, 1], got {change_fraction!r}")
         self._refresh_s = float(refresh_s)
         self._min_interval_s = float(min_interval_s)
+        self._first_interval_s = float(first_interval_s)
+        self._hold_s = self._first_interval_s
         self._jitter = float(jitter)
         self._change_fraction = float(change_fraction)
         self._rng = rng
@@ -786,6 +996,11 @@ class AdvertSchedule:
         """Longest time between two adverts when nothing changes."""
         return self._refresh_s
 
+    @property
+    def hold_s(self) -> float:
+        """How long after the last advert a change may be advertised (between ``first_interval_s`` and ``min_interval_s``)."""
+        return self._hold_s
+
     def due(self, links: Sequence[LinkAdvert], now: float) -> str | None:
         """Why an advert is due now (``"first"``, ``"links_changed"``, ``"available_changed"``, ``"refresh"``), or None.
 
@@ -795,26 +1010,46 @@ class AdvertSchedule:
         """
         if self._last is None:
             return "first"
-        if now - self._last_at < self._min_interval_s:
+        if now - self._last_at < self._hold_s:
             return None
-        current = {link.link_id: link for link in links}
-        if {k: (v.peer, v.up) for k, v in current.items()} != {k: (v.peer, v.up) for k, v in self._last.items()}:
-            return "links_changed"
-        for link_id, link in current.items():
-            old, new = self._last[link_id].available_out_bytes, link.available_out_bytes
-            if old != new and abs(new - old) >= self._change_fraction * max(old, new):
-                return "available_changed"
-            if min(old, new) < LOW_WATER_BYTES and abs(new - old) >= LOW_WATER_STEP_BYTES:
-                return "available_changed"  # a scarce pool: every key counts
+        change = links_change(self._last.values(), links, self._change_fraction)
+        if change is not None:
+            return change
         if now >= self._next_refresh:
             return "refresh"
         return None
 
     def sent(self, links: Sequence[LinkAdvert], now: float) -> None:
-        """Records that ``links`` were advertised at ``now``; draws the next refresh time."""
+        """Records that ``links`` were advertised at ``now``; sets the next hold and draws the next refresh time."""
+        if now - self._last_at >= self._min_interval_s + self._hold_s:
+            self._hold_s = self._first_interval_s  # a quiet spell: the next change goes out quickly again
+        elif self._last is not None:
+            self._hold_s = min(self._min_interval_s, 2 * self._hold_s)  # changes keep coming: back off
         self._last = {link.link_id: link for link in links}
         self._last_at = now
         self._next_refresh = now + self._refresh_s * float(self._rng.uniform(1.0 - self._jitter, 1.0))
+
+
+def links_change(old: Iterable[LinkAdvert], new: Iterable[LinkAdvert], change_fraction: float = 0.25) -> str | None:
+    """Whether ``new`` links differ from ``old`` by a change worth an advert (the module docstring's "When to originate").
+
+    Returns:
+        ``"links_changed"`` (a link appeared, went, or went up or down),
+        ``"available_changed"`` (a link's bytes moved by ``change_fraction``
+        of the larger figure, or by a 256-bit key while scarce), or None:
+        the same links, only small moves of their bytes (a refresh).
+    """
+    before = {link.link_id: link for link in old}
+    after = {link.link_id: link for link in new}
+    if {k: (v.peer, v.up) for k, v in after.items()} != {k: (v.peer, v.up) for k, v in before.items()}:
+        return "links_changed"
+    for link_id, link in after.items():
+        was, now = before[link_id].available_out_bytes, link.available_out_bytes
+        if was != now and abs(now - was) >= change_fraction * max(was, now):
+            return "available_changed"
+        if min(was, now) < LOW_WATER_BYTES and abs(now - was) >= LOW_WATER_STEP_BYTES:
+            return "available_changed"  # a scarce pool: every key counts
+    return None
 
 
 def _validate_advert(advert: object, error: type[ProtocolError]) -> None:

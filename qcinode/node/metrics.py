@@ -129,11 +129,12 @@ class _NodeCollector(Collector):
         yield rejected
         adverts = CounterMetricFamily(
             "qcinode_routing_adverts",
-            "Routing advert messages: originated here, sent (Advertise calls made), received (answered), new (stored and flooded on)",
+            "Routing advert messages: originated here, sent (Advertise calls made), received (answered), new (stored and flooded on), "
+            "exchanges (database exchanges started with a neighbour that started or missed adverts)",
             labels=["kind"],
         )
         counts = self.adverts()
-        for kind in ("originated", "sent", "received", "new"):
+        for kind in ("originated", "sent", "received", "new", "exchanges"):
             adverts.add_metric([kind], float(counts.get(kind, 0)))
         yield adverts
         healthy = GaugeMetricFamily(

@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -85,10 +86,12 @@ from ..core.routing import (
     AdvertSchedule,
     AdvertSigner,
     AdvertVerifier,
+    DatabaseSync,
     LinkAdvert,
     LinkStateDatabase,
     RejectReason,
     advert_timing,
+    links_change,
 )
 from ..errors import (
     DuplicateKey,
@@ -126,7 +129,18 @@ HandOff = Callable[[str, str, tuple[str, ...], bytes], Awaitable["Refusal | None
 
 #: How often the routing loop looks at the local links (and ages out dead origins); adverts follow AdvertSchedule.
 ADVERT_TICK_S = 1.0
-ADVERT_TIMEOUT_S = 2.0
+#: An Advertise call's deadline: generous, as on a saturated machine (a hundred nodes on two cores)
+#: a call that times out is dropped unserved and must be repaired by an exchange.
+ADVERT_TIMEOUT_S = 10.0
+#: Metadata of an Advertise call that asks the callee for its whole database (the caller started or missed adverts).
+SYNC_METADATA_KEY = "qcinode-advert-sync"
+SYNC_ASK = "ask"
+#: A refresh (an advert whose links did not change) is forwarded after a random delay up to this:
+#: copies that arrive meanwhile from other neighbours spare the messages back to them (a
+#: quarter of a grid's flood). Changes are forwarded at once.
+REFRESH_FORWARD_DELAY_S = 0.5
+#: Advertise calls of a database exchange in flight at once.
+EXCHANGE_CONCURRENCY = 8
 HOP_TIMEOUT_S = 5.0
 #: Most hops one ``RelayKeys`` call carries (a request's keys, each hop a few hundred bytes plus the key).
 MAX_HOPS_PER_CALL = 1024
@@ -191,7 +205,17 @@ class NetworkService(pb_grpc.NetworkServicer):
         timing = advert_timing(len(topology.nodes))
         self.db = LinkStateDatabase(node_name, signer=advert_signer, verifier=advert_verifier, max_age_s=timing.max_age_s)
         # The refresh jitter needs no secrecy, only to differ between nodes started together.
-        self.schedule = AdvertSchedule(np.random.default_rng(), refresh_s=timing.refresh_s, min_interval_s=timing.min_interval_s)
+        self.schedule = AdvertSchedule(
+            np.random.default_rng(),
+            refresh_s=timing.refresh_s,
+            min_interval_s=timing.min_interval_s,
+            first_interval_s=timing.first_interval_s,
+        )
+        # Database exchange with each neighbour when it (or we) started, or after it missed adverts.
+        self.sync = DatabaseSync(sorted(self.by_peer), retry_max_s=min(16.0, timing.refresh_s))
+        # peer -> origin -> the highest sequence the peer is known to hold (it sent it to us, or we to it):
+        # a flood or an exchange does not send a neighbour what it already has.
+        self._peer_holds: dict[str, dict[str, int]] = {peer: {} for peer in self.by_peer}
         #: Advert messages: "originated", "sent" (Advertise calls made), "received" (answered), "new" (stored and flooded on).
         self.advert_counts: Counter[str] = Counter()
         self.engine = RelayEngine(
@@ -241,13 +265,15 @@ class NetworkService(pb_grpc.NetworkServicer):
 
     # -- routing -------------------------------------------------------
     async def run_adverts(self) -> None:
-        """Originates and floods our advert when :class:`AdvertSchedule` says so, and ages out dead nodes.
+        """Originates and floods our advert when :class:`AdvertSchedule` says so, synchronises neighbours, ages out dead nodes.
 
         It looks at the local links every ``ADVERT_TICK_S``: an advert goes out
         when they changed (up or down, or the key they can carry by a
-        quarter) and otherwise as the schedule's jittered slow refresh. The
-        new adverts neighbours send are forwarded by tasks of this loop's
-        group (:meth:`Advertise` must answer at once), so they end with it.
+        quarter) and otherwise as the schedule's jittered slow refresh. A
+        neighbour that started, restarted or missed a flood gets every advert
+        we hold once (:class:`DatabaseSync`). The new adverts neighbours send
+        are forwarded, and the exchanges run, as tasks of this loop's group
+        (:meth:`Advertise` must answer at once), so they end with it.
         """
         async with asyncio.TaskGroup() as forwarding:
             self._forwarding = forwarding
@@ -260,29 +286,86 @@ class NetworkService(pb_grpc.NetworkServicer):
                         self.schedule.sent(links, now)
                         self.advert_counts["originated"] += 1
                         await self._flood(advert_to_pb(advert), exclude=set())
+                    for peer, ask in self.sync.due(now):
+                        forwarding.create_task(self._exchange(peer, ask))
                     for origin in self.db.expire(now):
                         self.log.info("routing.origin_expired", origin=origin)
                     await asyncio.sleep(ADVERT_TICK_S)
             finally:
                 self._forwarding = None
 
+    async def _send_advert(self, peer: str, advert: pb.LinkStateAdvert, *, ask: bool = False) -> bool | None:
+        """One Advertise call: True if it reached ``peer`` (a refusal did: the peer answered), None if it timed out, False if the peer is away."""
+        self.advert_counts["sent"] += 1
+        metadata = ((SYNC_METADATA_KEY, SYNC_ASK),) if ask else None
+        try:
+            with rpc_errors(f"advert to {peer}"):
+                await self._stub(peer).Advertise(advert, timeout=ADVERT_TIMEOUT_S, metadata=metadata, wait_for_ready=ask)
+        except PeerRefused:
+            # It answered and refused this copy (one overtaken in a flood race: it holds a newer one;
+            # or one it will never take): sending it again would change nothing.
+            return True
+        except (PeerTimeout, TimeoutError):
+            # Slow, not away (a saturated machine): the call may have been dropped unserved. Owed,
+            # but the exchange waits out its back-off (DatabaseSync.send_failed).
+            self.sync.send_failed(peer, away=False)
+            return None
+        except TransportError:
+            # Away (refused connection, link cut): the exchange when it is back repairs what it missed.
+            self.sync.send_failed(peer)
+            return False
+        holds = self._peer_holds[peer]
+        holds[advert.origin] = max(holds.get(advert.origin, -1), advert.sequence)
+        return True
+
     async def _flood(self, advert: pb.LinkStateAdvert, exclude: set[str]) -> None:
-        """Sends ``advert`` to every neighbour not in ``exclude`` whose link is not cut, all at once."""
-
-        async def send(peer: str) -> None:
-            # A neighbour that is down misses this advert and gets the next: nothing to do.
-            self.advert_counts["sent"] += 1
-            with contextlib.suppress(TransportError, TimeoutError), rpc_errors(f"advert to {peer}"):
-                await self._stub(peer).Advertise(advert, timeout=ADVERT_TIMEOUT_S)
-
+        """Sends ``advert`` to every neighbour not in ``exclude`` whose link is not cut and that lacks it, all at once."""
         async with asyncio.TaskGroup() as group:
             for peer, rt in self.by_peer.items():
-                if peer not in exclude and not self.faults.partitioned(rt.link_id):
-                    group.create_task(send(peer))
+                if peer in exclude or self.faults.partitioned(rt.link_id):
+                    continue
+                if self._peer_holds[peer].get(advert.origin, -1) >= advert.sequence:
+                    continue  # it sent us this copy (or a newer one) itself
+                group.create_task(self._send_advert(peer, advert))
 
-    async def _forward(self, advert: pb.LinkStateAdvert, exclude: set[str]) -> None:
-        """Floods a neighbour's new advert on (a task of the routing loop's group; a bug is logged, routing goes on)."""
+    async def _exchange(self, peer: str, ask: bool) -> None:
+        """Sends ``peer`` every advert we hold that it is not known to hold (the first call asks for its database if ``ask``)."""
+        ok = delivered = False
         try:
+            if self.faults.partitioned(self.by_peer[peer].link_id):
+                return
+            holds = self._peer_holds[peer]
+            adverts = [a for a in self.db.signed_adverts() if a.origin != peer and holds.get(a.origin, -1) < a.sequence]
+            if ask and not adverts:
+                own = self.db.signed_advert(self.node_name)  # the ask needs a call to ride on
+                adverts = [own] if own is not None else []
+            self.advert_counts["exchanges"] += 1
+            ok = not ask  # nothing originated yet to carry the ask: the next tick tries again
+            if adverts:
+                # The first call alone (it carries the ask and waits for the connection), then the rest a few at a time.
+                first = await self._send_advert(peer, advert_to_pb(adverts[0]), ask=ask)
+                delivered = first is True
+                ok = delivered if ask else first is not False  # an ask that timed out (the peer may be down) is tried again
+                rest = adverts[1:]
+                while ok and rest:
+                    batch, rest = rest[:EXCHANGE_CONCURRENCY], rest[EXCHANGE_CONCURRENCY:]
+                    async with asyncio.TaskGroup() as group:
+                        sends = [group.create_task(self._send_advert(peer, advert_to_pb(a))) for a in batch]
+                    ok = all(task.result() is not False for task in sends)
+        except Exception:
+            ok = False
+            self.log.exception("routing.exchange_failed", peer_id=peer)
+        finally:
+            self.sync.done(peer, ok, self.clock(), asked=ask, ask_delivered=ask and delivered)
+
+    async def _forward(self, advert: pb.LinkStateAdvert, exclude: set[str], delay_s: float = 0.0) -> None:
+        """Floods a neighbour's new advert on, after ``delay_s`` (a task of the routing loop's group; a bug is logged, routing goes on)."""
+        try:
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+                current = self.db.signed_advert(advert.origin)
+                if current is None or current.sequence != advert.sequence:
+                    return  # overtaken by a newer advert meanwhile (which floods on its own), or aged out
             await self._flood(advert, exclude)
         except Exception:
             self.log.exception("routing.forward_failed", origin=advert.origin[:80])
@@ -305,8 +388,16 @@ class NetworkService(pb_grpc.NetworkServicer):
     async def Advertise(self, request: pb.LinkStateAdvert, context: grpc.aio.ServicerContext) -> pb.AdvertAck:
         caller = self._neighbour(context).peer
         self.advert_counts["received"] += 1
+        if (SYNC_METADATA_KEY, SYNC_ASK) in tuple(context.invocation_metadata() or ()):
+            # The caller started (it knows nothing) or missed adverts: it gets our whole database, from scratch.
+            self._peer_holds[caller] = {}
+            self.sync.asked(caller, self.clock())
+        else:
+            self.sync.heard(caller)  # it is up: what we owe it goes at the next tick
+        advert = advert_from_pb(request)
+        held = self.db.signed_advert(advert.origin)
         try:
-            is_new = self.db.receive(advert_from_pb(request), self.clock())
+            is_new = self.db.receive(advert, self.clock())
         except AdvertRejected as exc:
             emit = self.log.info if exc.reason in _ROUTINE_REJECTIONS else self.log.warning
             emit(
@@ -318,10 +409,14 @@ class NetworkService(pb_grpc.NetworkServicer):
                 details=str(exc)[:300],
             )
             raise RemoteProtocolError(f"advert rejected: {exc.reason.value}") from None
+        holds = self._peer_holds[caller]
+        holds[request.origin] = max(holds.get(request.origin, -1), request.sequence)
         if is_new:
             self.advert_counts["new"] += 1
         if is_new and self._forwarding is not None:  # not yet routing (starting) or no longer (stopping): the next advert will do
-            self._forwarding.create_task(self._forward(request, exclude={caller, request.origin}))
+            refresh = held is not None and links_change(held.links, advert.links) is None
+            delay = random.uniform(0.0, REFRESH_FORWARD_DELAY_S) if refresh else 0.0
+            self._forwarding.create_task(self._forward(request, exclude={caller, request.origin}, delay_s=delay))
         return pb.AdvertAck()
 
     # -- relay: driving the engine ------------------------------------

@@ -39,7 +39,6 @@ import grpc
 import numpy as np
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from ..core.clock import NetworkClock
 from ..core.randomness import CsprngGenerator, KeyRandomness
@@ -57,7 +56,7 @@ from ..transport.admin import status_to_pb
 from ..transport.errors import DomainErrors
 from ..transport.guard import MalformedRequestGuard
 from ..transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc, network_pb2, network_pb2_grpc
-from .access import ReflectionAccess, caller_common_name
+from .access import LazyReflection, ReflectionAccess, caller_common_name
 from .faults import FaultInjector, fault_from_request
 from .link import STAGE_TIMEOUT_S, AliceWorker, BobEndpoint, ClassicalFault
 from .metrics import NodeMetrics, start_metrics_server
@@ -315,9 +314,8 @@ class Node:
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
             network_pb2.DESCRIPTOR.services_by_name["Network"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
         )
-        reflection.enable_server_reflection(names, server)
+        server.add_generic_rpc_handlers((LazyReflection(names),))
         creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
         port = server.add_secure_port(self.settings.listen, creds)
         if port == 0:

@@ -249,10 +249,12 @@ class LinkCounters:
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _LINK_MALLOPT = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 512 << 20, _M_TOP_PAD: 64 << 20}
 
+#: Blocks at least this large get the allocator tuning; smaller ones keep glibc's defaults.
+TUNE_ALLOCATOR_FROM_BLOCK_BITS = 200_000
 
-@functools.cache
-def tune_allocator_for_links() -> bool:
-    """Keeps freed block-sized arrays in the process instead of returning them to the kernel.
+
+def tune_allocator_for_links(block_bits: int) -> bool:
+    """Keeps freed block-sized arrays in the process instead of returning them to the kernel, for large blocks.
 
     A 10^6-bit block allocates and frees a few hundred MB of arrays (frames,
     sifted data, Cascade's tables); by default glibc maps each array above
@@ -260,10 +262,25 @@ def tune_allocator_for_links() -> bool:
     the kernel for page faults on zeroed memory again (half the CPU time of
     a busy link's process, most of it system time). Serving arrays up to
     32 MB from the heap and trimming it only past 512 MB reuses the same
-    pages block after block; peak RSS does not change. Called when a node
-    gets its first link (a node without links keeps glibc's defaults); a
-    no-op, returning False, without glibc.
+    pages block after block; peak RSS does not change.
+
+    Below :data:`TUNE_ALLOCATOR_FROM_BLOCK_BITS` a block's arrays are a few
+    MB at most and the page faults cost little, while a heap that is never
+    trimmed keeps the high-water mark of every block, and of every other
+    burst, resident: a hundred small nodes on one machine pay for that in
+    memory, so they keep glibc's defaults.
+
+    Called for each link a node gets; tunes the process once, the first
+    time a link's blocks are large enough. A no-op, returning False, without
+    glibc or for small blocks.
     """
+    if block_bits < TUNE_ALLOCATOR_FROM_BLOCK_BITS:
+        return False
+    return _tune_allocator()
+
+
+@functools.cache
+def _tune_allocator() -> bool:
     name = ctypes.util.find_library("c")
     try:
         mallopt = ctypes.CDLL(name).mallopt if name else None
@@ -294,7 +311,7 @@ class LinkRuntime:
                 downlink); None for a fibre, whose channel never changes.
             clock: The network clock (None at speed max).
         """
-        tune_allocator_for_links()
+        tune_allocator_for_links(link.postprocessing.block_bits)
         self.link = link
         self.role = Role.ALICE if link.alice == local_node else Role.BOB
         self.peer = link.bob if self.role is Role.ALICE else link.alice

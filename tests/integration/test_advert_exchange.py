@@ -1,0 +1,89 @@
+"""Database exchange over real grpc.aio: a node that comes up late learns what was flooded before it was up.
+
+A chain alpha — beta — gamma. Alpha and beta start and flood their adverts;
+gamma is not up, so beta's forward to it fails. Every refresh is pushed out
+of reach (10,000 s), so the only way gamma can learn alpha's advert is the
+database exchange: gamma asks beta when it starts, and beta owes gamma the
+flood it missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qcinode.cluster.launcher import free_ports
+from qcinode.core.routing import AdvertSchedule
+from qcinode.node.node import Node, NodeSettings
+from qcinode.pki import cert_plan, make_certificates
+from qcinode.topology import load_topology
+
+CHAIN = """
+name: chain
+defaults:
+  source: {rate_hz: 1.0e5}
+  postprocessing: {block_bits: 50000}
+emulation: {speed: 1.0}
+nodes:
+  - name: alpha
+  - name: beta
+  - name: gamma
+links:
+  - between: [alpha, beta]
+    length_km: 20
+  - between: [beta, gamma]
+    length_km: 20
+"""
+
+
+async def _until(predicate, timeout_s: float = 45.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.asyncio
+async def test_a_node_that_starts_late_gets_the_adverts_flooded_before_it_was_up(tmp_path: Path) -> None:
+    source = tmp_path / "chain.yaml"
+    source.write_text(CHAIN)
+    topology = load_topology(source)
+    certs = tmp_path / "certs"
+    make_certificates(cert_plan(topology), certs)
+    names = ["alpha", "beta", "gamma"]
+    ports = dict(zip(names, free_ports(len(names))))
+    peers = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    nodes = {
+        name: Node(
+            NodeSettings(
+                topology=topology, name=name, certs_dir=certs, listen=peers[name], peers=peers,
+                data_dir=tmp_path / name, kme_listen=None, metrics_listen=None, seed=i,
+            )
+        )  # fmt: skip
+        for i, name in enumerate(names)
+    }
+    for node in nodes.values():
+        # No refresh within the test: what gamma learns, it learns by the exchange (or a change).
+        node.network.schedule = AdvertSchedule(np.random.default_rng(0), refresh_s=10_000.0, min_interval_s=1.0)
+    started: list[Node] = []
+    try:
+        for name in ("alpha", "beta"):
+            await nodes[name].start()
+            started.append(nodes[name])
+        alpha, beta, gamma = nodes["alpha"], nodes["beta"], nodes["gamma"]
+        await _until(lambda: "alpha" in beta.network.db.nodes() and "beta" in alpha.network.db.nodes())
+        # Beta's forward of alpha's advert to gamma failed (gamma is down): it owes gamma an exchange.
+        await _until(lambda: "gamma" in beta.network.sync.pending)
+        sequence = beta.network.db.adverts["alpha"].sequence
+        await gamma.start()
+        started.append(gamma)
+        await _until(lambda: "alpha" in gamma.network.db.nodes())
+        assert gamma.network.db.adverts["alpha"].sequence >= sequence
+        assert beta.network.advert_counts["exchanges"] >= 1
+        await _until(lambda: not gamma.network.sync.needs_database)  # its ask got through to beta
+        await _until(lambda: "gamma" in alpha.network.db.nodes())  # and gamma's own advert went the other way
+    finally:
+        for node in reversed(started):
+            await node.stop()
