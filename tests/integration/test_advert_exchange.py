@@ -9,7 +9,6 @@ flood it missed.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from qcinode.core.routing import AdvertSchedule
 from qcinode.node.node import Node, NodeSettings
 from qcinode.pki import cert_plan, make_certificates
 from qcinode.topology import load_topology
+from tests.support.waiting import until
 
 CHAIN = """
 name: chain
@@ -37,12 +37,6 @@ links:
   - between: [beta, gamma]
     length_km: 20
 """
-
-
-async def _until(predicate, timeout_s: float = 45.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.05)
 
 
 @pytest.mark.asyncio
@@ -73,17 +67,17 @@ async def test_a_node_that_starts_late_gets_the_adverts_flooded_before_it_was_up
             await nodes[name].start()
             started.append(nodes[name])
         alpha, beta, gamma = nodes["alpha"], nodes["beta"], nodes["gamma"]
-        await _until(lambda: "alpha" in beta.network.db.nodes() and "beta" in alpha.network.db.nodes())
+        await until(lambda: "alpha" in beta.network.db.nodes() and "beta" in alpha.network.db.nodes())
         # Beta's forward of alpha's advert to gamma failed (gamma is down): it owes gamma an exchange.
-        await _until(lambda: "gamma" in beta.network.sync.pending)
+        await until(lambda: "gamma" in beta.network.sync.pending)
         sequence = beta.network.db.adverts["alpha"].sequence
         await gamma.start()
         started.append(gamma)
-        await _until(lambda: "alpha" in gamma.network.db.nodes())
+        await until(lambda: "alpha" in gamma.network.db.nodes())
         assert gamma.network.db.adverts["alpha"].sequence >= sequence
         assert beta.network.advert_counts["exchanges"] >= 1
-        await _until(lambda: not gamma.network.sync.needs_database)  # its ask got through to beta
-        await _until(lambda: "gamma" in alpha.network.db.nodes())  # and gamma's own advert went the other way
+        await until(lambda: not gamma.network.sync.needs_database)  # its ask got through to beta
+        await until(lambda: "gamma" in alpha.network.db.nodes())  # and gamma's own advert went the other way
     finally:
         for node in reversed(started):
             await node.stop()

@@ -28,6 +28,7 @@ from qcinode.pki import cert_plan, make_certificates
 from qcinode.status import LinkState
 from qcinode.topology import FaultConfig, load_topology
 from qcinode.transport.pb import link_pb2 as pb
+from tests.support.waiting import until
 
 CHAIN = """
 name: chain
@@ -47,9 +48,7 @@ links:
 
 
 async def _until(predicate: Callable[[], Any], timeout_s: float = 60.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.05)
+    await until(predicate, timeout_s)
 
 
 def _ledgers(nodes: list[Node], link_id: str) -> dict[str, list[Any]]:

@@ -16,6 +16,7 @@ from qcinode.node.node import Node, NodeSettings
 from qcinode.pki import cert_plan, make_certificates
 from qcinode.topology import FaultConfig, load_topology
 from qcinode.transport.pb import link_pb2 as pb
+from tests.support.waiting import until
 
 
 @dataclasses.dataclass
@@ -57,12 +58,6 @@ def _digests(node: Node) -> dict[str, str]:
     return {b.block_id: b.sha256.hex() for b in link.blocks or ()}
 
 
-async def _until(predicate, timeout_s: float = 45.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("direction", "kind", "action", "discarded_reason"),
@@ -90,16 +85,16 @@ async def test_tampered_block_is_discarded_and_the_link_recovers(
     await alpha.start()
     a_link, b_link = alpha.links["alpha-beta"], beta.links["alpha-beta"]
     try:
-        await _until(lambda: b_link.counters.blocks_done >= 1)
+        await until(lambda: b_link.counters.blocks_done >= 1)
         injector.armed = True
-        await _until(lambda: not injector.armed or action == "delay", timeout_s=30)
+        await until(lambda: not injector.armed or action == "delay", timeout_s=30)
         if action == "delay":
             done = b_link.counters.blocks_done
-            await _until(lambda: b_link.counters.blocks_done >= done + 2)
+            await until(lambda: b_link.counters.blocks_done >= done + 2)
             injector.armed = False
         done = b_link.counters.blocks_done
-        await _until(lambda: b_link.counters.blocks_done >= done + 2)
-        await _until(lambda: set(_digests(beta)) <= set(_digests(alpha)))
+        await until(lambda: b_link.counters.blocks_done >= done + 2)
+        await until(lambda: set(_digests(beta)) <= set(_digests(alpha)))
         a, b = _digests(alpha), _digests(beta)
         assert all(a[block] == b[block] for block in set(a) & set(b)), "a block differs between the ends"
         if injector.fired_in_block is not None and action == "flip" and kind in ("confirm", "verdict", "parity_reply"):
@@ -110,7 +105,7 @@ async def test_tampered_block_is_discarded_and_the_link_recovers(
             assert a_link.counters.aborts_by_reason[at_alice] >= 1
             assert b_link.counters.aborts_by_reason[at_bob] >= 1
         # Both ends spent the same one-time MAC keys.
-        await _until(lambda: a_link.auth.cursor == b_link.auth.cursor, timeout_s=10)
+        await until(lambda: a_link.auth.cursor == b_link.auth.cursor, timeout_s=10)
     finally:
         await alpha.stop(0)
         await beta.stop(0)
@@ -131,10 +126,10 @@ async def _two_nodes(tmp_path: Path, two_node_topology: Path, **extra) -> tuple[
 async def _consistent(alpha: Node, beta: Node) -> None:
     """Both ends hold the same bytes for every block both hold, and spent the same MAC keys."""
     a_link, b_link = alpha.links["alpha-beta"], beta.links["alpha-beta"]
-    await _until(lambda: set(_digests(beta)) <= set(_digests(alpha)))
+    await until(lambda: set(_digests(beta)) <= set(_digests(alpha)))
     a, b = _digests(alpha), _digests(beta)
     assert all(a[block] == b[block] for block in set(a) & set(b)), "a block differs between the ends"
-    await _until(lambda: a_link.auth.cursor == b_link.auth.cursor, timeout_s=10)
+    await until(lambda: a_link.auth.cursor == b_link.auth.cursor, timeout_s=10)
 
 
 @pytest.mark.asyncio
@@ -153,7 +148,7 @@ async def test_random_faults_at_both_ends_never_fork_the_pools(tmp_path: Path, t
     alpha, beta = await _two_nodes(tmp_path, two_node_topology)
     a_link, b_link = alpha.links["alpha-beta"], beta.links["alpha-beta"]
     try:
-        await _until(lambda: b_link.counters.blocks_done >= 1)
+        await until(lambda: b_link.counters.blocks_done >= 1)
         for node in (alpha, beta):
             node.faults.set("alpha-beta", fault)
         # Run until both ends have tampered with messages. A block hit by one
@@ -161,13 +156,13 @@ async def test_random_faults_at_both_ends_never_fork_the_pools(tmp_path: Path, t
         done = b_link.counters.blocks_done
         # (A dropped or held message stalls its session until the stage
         # timeout, so one hit per end is enough to wait for.)
-        await _until(lambda: alpha.faults.affected["alpha-beta"] >= 1 and beta.faults.affected["alpha-beta"] >= 1, timeout_s=60)
+        await until(lambda: alpha.faults.affected["alpha-beta"] >= 1 and beta.faults.affected["alpha-beta"] >= 1, timeout_s=60)
         if fault.kind == "delay":
-            await _until(lambda: b_link.counters.blocks_done >= done + 1, timeout_s=90)
+            await until(lambda: b_link.counters.blocks_done >= done + 1, timeout_s=90)
         for node in (alpha, beta):
             node.faults.set("alpha-beta", NO_FAULT)
         done = b_link.counters.blocks_done
-        await _until(lambda: b_link.counters.blocks_done >= done + 2)
+        await until(lambda: b_link.counters.blocks_done >= done + 2)
         await _consistent(alpha, beta)
         assert a_link.pool.used_bytes == b_link.pool.used_bytes
     finally:
@@ -180,16 +175,16 @@ async def test_partition_cuts_the_link_and_it_resynchronises_when_restored(tmp_p
     alpha, beta = await _two_nodes(tmp_path, two_node_topology)
     a_link, b_link = alpha.links["alpha-beta"], beta.links["alpha-beta"]
     try:
-        await _until(lambda: b_link.counters.blocks_done >= 1)
+        await until(lambda: b_link.counters.blocks_done >= 1)
         alpha.faults.set("alpha-beta", FaultConfig(kind="partition"))  # one end's firewall cuts both directions
-        await _until(lambda: a_link.state != "up" and b_link.state != "up", timeout_s=10)
+        await until(lambda: a_link.state != "up" and b_link.state != "up", timeout_s=10)
         assert not any(advert.up for advert in alpha.network._local_adverts())
         frozen = (a_link.counters.blocks_done, b_link.counters.blocks_done)
         await asyncio.sleep(1.5)  # no block can complete while the channel is cut
         assert (a_link.counters.blocks_done, b_link.counters.blocks_done) == frozen
         assert a_link.state != "up" and b_link.state != "up"
         alpha.faults.set("alpha-beta", NO_FAULT)
-        await _until(lambda: b_link.counters.blocks_done >= frozen[1] + 2, timeout_s=60)
+        await until(lambda: b_link.counters.blocks_done >= frozen[1] + 2, timeout_s=60)
         assert a_link.state == "up"
         await _consistent(alpha, beta)
     finally:

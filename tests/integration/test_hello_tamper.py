@@ -24,6 +24,7 @@ from qcinode.node.runtime import LinkRuntime
 from qcinode.pki import cert_plan, make_certificates
 from qcinode.topology import FaultConfig, load_topology
 from qcinode.transport.pb import link_pb2 as pb
+from tests.support.waiting import until
 
 
 def _state(rt: LinkRuntime) -> dict[str, Any]:
@@ -62,12 +63,6 @@ class HelloTamperer:
         return [message]
 
 
-async def _until(predicate: Any, timeout_s: float = 45.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-
 @pytest.mark.asyncio
 async def test_a_tampered_hello_is_refused_and_the_pools_are_unchanged(tmp_path: Path, two_node_topology: Path) -> None:
     topology = load_topology(two_node_topology)
@@ -87,25 +82,25 @@ async def test_a_tampered_hello_is_refused_and_the_pools_are_unchanged(tmp_path:
     placeholder.append(tamperer)
     await alpha.start()
     try:
-        await _until(lambda: b_link.counters.blocks_done >= 2)
+        await until(lambda: b_link.counters.blocks_done >= 2)
         alpha.faults.set("alpha-beta", FaultConfig(kind="partition"))
-        await _until(lambda: a_link.state != "up" and b_link.state != "up", timeout_s=10)
+        await until(lambda: a_link.state != "up" and b_link.state != "up", timeout_s=10)
         await asyncio.sleep(0.3)  # let both sessions finish cleaning up
         before = _state(b_link)
         assert before["blocks"], "the test needs blocks for the forged Hello to make Bob drop"
         tamperer.armed = True
         with capture_logs() as logs:
             alpha.faults.set("alpha-beta", NO_FAULT)
-            await _until(lambda: tamperer.bob_after_refusal is not None, timeout_s=30)
+            await until(lambda: tamperer.bob_after_refusal is not None, timeout_s=30)
             # Refused, and nothing changed: pools, cursor, staged refills, pending block.
             assert tamperer.bob_after_refusal == before
             # The next, genuine Hello resynchronises the link, which grows key again.
             done = b_link.counters.blocks_done
-            await _until(lambda: b_link.counters.blocks_done >= done + 1)
+            await until(lambda: b_link.counters.blocks_done >= done + 1)
         refusals = [e for e in logs if e["event"] == "link.hello_refused"]
         assert refusals and refusals[0]["reason"] == "authentication_failed"
-        await _until(lambda: a_link.auth.cursor == b_link.auth.cursor, timeout_s=10)
-        await _until(lambda: set(b_link.pool.block_ids) <= set(a_link.pool.block_ids))
+        await until(lambda: a_link.auth.cursor == b_link.auth.cursor, timeout_s=10)
+        await until(lambda: set(b_link.pool.block_ids) <= set(a_link.pool.block_ids))
     finally:
         await alpha.stop(0)
         await beta.stop(0)

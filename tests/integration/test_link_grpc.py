@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -12,12 +13,11 @@ from qcinode.node.node import Node, NodeSettings
 from qcinode.pki import cert_plan, make_certificates
 from qcinode.topology import load_topology
 from qcinode.transport.pb import admin_pb2, admin_pb2_grpc, link_pb2, link_pb2_grpc
+from tests.support.waiting import until
 
 
-async def _until(predicate, timeout_s: float = 60.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.05)
+async def _until(predicate: Callable[[], Any], timeout_s: float = 60.0) -> None:
+    await until(predicate, timeout_s)
 
 
 def _digests(node: Node) -> dict[str, str]:

@@ -16,12 +16,7 @@ from qcinode.kme.handlers import EncRequest
 from qcinode.node.node import Node, NodeSettings
 from qcinode.pki import cert_plan, make_certificates
 from qcinode.topology import FaultConfig, load_topology
-
-
-async def _until(predicate, timeout_s: float = 45.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.05)
+from tests.support.waiting import until
 
 
 def _audit(alpha: Node, beta: Node) -> tuple[int, int]:
@@ -54,7 +49,7 @@ async def test_a_relayed_key_is_stored_and_a_cancelled_request_leaves_nothing_wa
     await beta.network.aclose()
     request = EncRequest(master_sae="alpha-app", slave_saes=("beta-app",), number=2, size_bits=256)
     try:
-        await _until(lambda: alpha.network.available_keys("alpha-app", "beta-app", 256) >= 4, timeout_s=90)
+        await until(lambda: alpha.network.available_keys("alpha-app", "beta-app", 256) >= 4, timeout_s=90)
         keys = await alpha.network.deliver(request)
         assert [k.paths for k in keys] == [(("alpha", "beta"),)] * 2
         assert beta.keystore is not None and beta.keystore.take("beta-app", "alpha-app", [k.key_id for k in keys]) == [
@@ -68,7 +63,7 @@ async def test_a_relayed_key_is_stored_and_a_cancelled_request_leaves_nothing_wa
         # The hop waits at alpha (a slow relay channel) when the KME's caller gives up.
         alpha.faults.set("alpha-beta", FaultConfig(kind="delay", delay_ms=5000, probability=1.0, channel="relay"))
         task = asyncio.create_task(alpha.network.deliver(request))
-        await _until(lambda: alpha.network.engine.stats.hops_sent >= 4, timeout_s=10)
+        await until(lambda: alpha.network.engine.stats.hops_sent >= 4, timeout_s=10)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
