@@ -88,8 +88,10 @@ Theory of operation:
       held, so the asker gets everything. The receiver treats each advert as
       a flooded one: new ones are stored and flooded on, copies it holds
       cost nothing. A failed exchange is retried after 1 s, doubling up to
-      16 s (or the refresh period if shorter); an ask cuts the wait short,
-      and so does any advert from a neighbour that was unreachable (it is
+      16 s (or the refresh period if shorter); an ask cuts the wait short
+      (at most once every 5 s per neighbour: one that asks again and again
+      gets the database no more often, asks meanwhile join the one that
+      waits), and so does any advert from a neighbour that was unreachable (it is
       back), but not from one whose calls merely timed out: on a saturated
       machine an exchange every tick would feed the load that made it slow.
       One ask
@@ -804,26 +806,35 @@ class DatabaseSync:
     outcome with :meth:`done`.
     """
 
-    __slots__ = ("_peers", "_owe", "_away", "_need", "_ask_turn", "_next_try", "_backoff", "_busy", "_again", "_retry_first_s", "_retry_max_s")
+    __slots__ = (
+        "_peers", "_owe", "_away", "_need", "_ask_turn", "_next_try", "_backoff", "_busy", "_again",
+        "_retry_first_s", "_retry_max_s", "_ask_interval_s", "_served_ask", "_ask_waiting",
+    )  # fmt: skip
 
-    def __init__(self, peers: Sequence[str], *, retry_first_s: float = 1.0, retry_max_s: float = 16.0) -> None:
+    def __init__(self, peers: Sequence[str], *, retry_first_s: float = 1.0, retry_max_s: float = 16.0, ask_interval_s: float = 5.0) -> None:
         """A node that starts: it needs a database, and owes nobody anything yet.
 
         Args:
             peers: The neighbours.
             retry_first_s: Wait after a failed exchange before the next try; it doubles per failure.
             retry_max_s: The longest wait between tries.
+            ask_interval_s: The shortest time between two exchanges a
+                neighbour's asks bring forward (each ask resends it the
+                whole database).
 
         Raises:
-            LocalProtocolError: On a bad retry period.
+            LocalProtocolError: On a bad retry period or ask interval.
         """
-        for name, value in (("retry_first_s", retry_first_s), ("retry_max_s", retry_max_s)):
+        for name, value in (("retry_first_s", retry_first_s), ("retry_max_s", retry_max_s), ("ask_interval_s", ask_interval_s)):
             if not _is_finite_number(value) or value <= 0:
                 raise LocalProtocolError(f"{name} must be positive and finite, got {value!r}")
         if retry_first_s > retry_max_s:
             raise LocalProtocolError(f"retry_first_s ({retry_first_s!r}) must not exceed retry_max_s ({retry_max_s!r})")
         self._retry_first_s = float(retry_first_s)
         self._retry_max_s = float(retry_max_s)
+        self._ask_interval_s = float(ask_interval_s)
+        self._served_ask: dict[str, float] = {}  # peer -> when its last ask is (or was) answered
+        self._ask_waiting: set[str] = set()  # peers whose ask waits for the interval to pass
         self._peers = sorted(peers)
         self._owe: set[str] = set()  # they may lack adverts we hold
         self._away: set[str] = set()  # owed because they were unreachable (not merely slow)
@@ -864,12 +875,29 @@ class DatabaseSync:
             self._again.add(peer)  # the running exchange may not hold that advert
 
     def asked(self, peer: str, now: float) -> None:
-        """``peer`` asked for our database (it restarted or started): send it at once."""
+        """``peer`` asked for our database (it restarted or started): send it at once.
+
+        At once, unless an ask of ``peer`` was answered less than
+        ``ask_interval_s`` ago: then when that interval is over. An ask that
+        arrives while an earlier one waits for its turn joins it, so asking
+        again and again neither speeds the exchange up nor delays it.
+        """
         self._owe.add(peer)
         if peer in self._busy:
             self._again.add(peer)  # it may have restarted after the running exchange passed it some adverts
-        self._next_try.pop(peer, None)
         self._backoff.pop(peer, None)
+        if peer in self._ask_waiting:
+            serve = self._served_ask[peer]  # an earlier ask waits for its turn: this one joins it
+        else:
+            last = self._served_ask.get(peer)
+            serve = now if last is None or now - last >= self._ask_interval_s else last + self._ask_interval_s
+            self._served_ask[peer] = serve
+            if serve > now:
+                self._ask_waiting.add(peer)
+        if serve > now:
+            self._next_try[peer] = serve
+        else:
+            self._next_try.pop(peer, None)
 
     def heard(self, peer: str) -> None:
         """A call from ``peer`` arrived: it is back, so an exchange we owe it for being away need not wait out its back-off."""
@@ -883,6 +911,7 @@ class DatabaseSync:
         asked = self._peers[self._ask_turn] if self._need else None
         picked = [(peer, peer == asked) for peer in ready if peer in self._owe or peer == asked]
         self._busy.update(peer for peer, _ in picked)
+        self._ask_waiting.difference_update(peer for peer, _ in picked)  # this exchange answers their asks
         return picked
 
     def done(self, peer: str, ok: bool, now: float, *, asked: bool = False, ask_delivered: bool = False) -> None:
@@ -909,10 +938,12 @@ class DatabaseSync:
                 self._away.discard(peer)
             self._next_try.pop(peer, None)
             self._backoff.pop(peer, None)
-            return
-        wait = self._backoff.get(peer, self._retry_first_s / 2) * 2
-        self._backoff[peer] = min(self._retry_max_s, wait)
-        self._next_try[peer] = now + self._backoff[peer]
+        else:
+            wait = self._backoff.get(peer, self._retry_first_s / 2) * 2
+            self._backoff[peer] = min(self._retry_max_s, wait)
+            self._next_try[peer] = now + self._backoff[peer]
+        if peer in self._ask_waiting and self._served_ask[peer] > self._next_try.get(peer, now):
+            self._next_try[peer] = self._served_ask[peer]  # an ask that came during the exchange waits for its turn
 
 
 class AdvertSchedule:

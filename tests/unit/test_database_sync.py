@@ -128,7 +128,50 @@ def test_something_missed_during_a_running_exchange_keeps_the_debt() -> None:
     assert sync.pending == {}
 
 
-@pytest.mark.parametrize("kwargs", [{"retry_first_s": 0}, {"retry_max_s": float("nan")}, {"retry_first_s": 5.0, "retry_max_s": 1.0}])
+def _exchanges(sync: DatabaseSync, asks: list[float], until: float, step: float = 0.25) -> list[float]:
+    """When exchanges with neighbour "a" start, with it asking at the times ``asks`` (each exchange ends at once)."""
+    started: list[float] = []
+    pending = sorted(asks)
+    now = T0
+    while now <= until:
+        while pending and pending[0] <= now:
+            sync.asked("a", pending.pop(0))
+        for peer, _ in sync.due(now):
+            started.append(now - T0)
+            sync.done(peer, True, now)
+        now += step
+    return started
+
+
+def test_a_neighbour_asking_every_second_gets_the_database_once_per_interval() -> None:
+    sync = DatabaseSync(["a"], ask_interval_s=5.0)
+    sync.due(T0)
+    sync.done("a", True, T0, asked=True, ask_delivered=True)
+    asks = [T0 + 1.0 + k for k in range(20)]  # an ask a second for 20 s
+    assert _exchanges(sync, asks, T0 + 30.0) == [1.0, 6.0, 11.0, 16.0, 21.0]
+
+
+def test_an_ask_after_a_quiet_interval_is_answered_at_once() -> None:
+    sync = DatabaseSync(["a"], ask_interval_s=5.0)
+    sync.due(T0)
+    sync.done("a", True, T0, asked=True, ask_delivered=True)
+    assert _exchanges(sync, [T0 + 1.0, T0 + 9.0, T0 + 14.5], T0 + 20.0) == [1.0, 9.0, 14.5]
+
+
+def test_an_ask_during_a_running_exchange_waits_for_its_turn() -> None:
+    sync = DatabaseSync(["a"], ask_interval_s=5.0)
+    sync.due(T0)
+    sync.done("a", True, T0, asked=True, ask_delivered=True)
+    sync.asked("a", T0 + 1.0)
+    assert sync.due(T0 + 1.0) == [("a", False)]
+    sync.asked("a", T0 + 1.5)  # asks again while the exchange runs
+    sync.done("a", True, T0 + 2.0)
+    assert sync.due(T0 + 2.0) == []
+    assert sync.due(T0 + 5.9) == []
+    assert sync.due(T0 + 6.0) == [("a", False)]
+
+
+@pytest.mark.parametrize("kwargs", [{"retry_first_s": 0}, {"retry_max_s": float("nan")}, {"retry_first_s": 5.0, "retry_max_s": 1.0}, {"ask_interval_s": -1.0}])
 def test_bad_retry_periods_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(LocalProtocolError):
         DatabaseSync(["a"], **kwargs)
