@@ -33,7 +33,13 @@ Links are 10 km with the topology defaults and
    of the window before the first 503 (while n0's half of the pool still
    had stock: what the node serves, as opposed to what the link makes).
    Before each run the bench waits (up to ``--stock-wait`` s) until n0's half
-   holds ``--stock-bits``.
+   holds ``--stock-bits`` (default 800 000 bits: about 1 500 one-hop keys, so
+   the stocked part of the 16-key run rests on that many keys).
+   Also printed: the request path's CPU per key served at n0 and n1
+   (CPU-seconds of every thread but the link protocol thread over the
+   window, minus what the same threads spent on link traffic alone over
+   3 s just before, per key), a figure the host's load does not swing as
+   it swings the wall-clock ones.
    Pools running dry is a result, not an error.
 3. **Delivered rate against the bottleneck link.** A 4-node chain
    ``m0 - m1 - m2 - m3`` (3 hops, SAEs ``sae-a`` at m0 and ``sae-b`` at m3) at
@@ -66,7 +72,7 @@ How to run
 ----------
 ::
 
-    python bench/relay.py --quick        # requests 20, seconds 5, rate-seconds 10: about 2 minutes
+    python bench/relay.py --quick        # requests 20, seconds 5, rate-seconds 10: about 4 minutes
     python bench/relay.py                # requests 100, seconds 10, rate-seconds 30
     python bench/relay.py --concurrency 8 --rate-hz 1e8 --key-bits 1024
 
@@ -837,8 +843,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="requests 20, seconds 5, rate-seconds 10")
     p.add_argument("--skip", action="append", choices=("chain", "rate"), default=[], help="skip parts 1+2 (chain) or 3 (rate)")
     p.add_argument("--keep", action="store_true", help="keep the state directories (logs) after the run")
-    p.add_argument("--stock-bits", type=int, default=400_000, help="part 2: n0's half of the n0-n1 pool to wait for before each run")
-    p.add_argument("--stock-wait", type=float, default=90.0, help="part 2: most seconds to wait for that stock")
+    p.add_argument("--stock-bits", type=int, default=800_000, help="part 2: n0's half of the n0-n1 pool to wait for before each run")
+    p.add_argument("--stock-wait", type=float, default=150.0, help="part 2: most seconds to wait for that stock")
     p.add_argument("--new-connections", action="store_true", help="parts 1 and 2: a new HTTPS connection per request (as EtsiClient)")
     args = p.parse_args(argv)
     global NEW_CONNECTIONS
