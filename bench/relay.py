@@ -33,7 +33,13 @@ Links are 10 km with the topology defaults and
    of the window before the first 503 (while n0's half of the pool still
    had stock: what the node serves, as opposed to what the link makes).
    Before each run the bench waits (up to ``--stock-wait`` s) until n0's half
-   holds ``--stock-bits``.
+   holds ``--stock-bits`` (default 800 000 bits: about 1 500 one-hop keys, so
+   the stocked part of the 16-key run rests on that many keys).
+   Also printed: the request path's CPU per key served at n0 and n1
+   (CPU-seconds of every thread but the link protocol thread over the
+   window, minus what the same threads spent on link traffic alone over
+   3 s just before, per key), a figure the host's load does not swing as
+   it swings the wall-clock ones.
    Pools running dry is a result, not an error.
 3. **Delivered rate against the bottleneck link.** A 4-node chain
    ``m0 - m1 - m2 - m3`` (3 hops, SAEs ``sae-a`` at m0 and ``sae-b`` at m3) at
@@ -66,7 +72,7 @@ How to run
 ----------
 ::
 
-    python bench/relay.py --quick        # requests 20, seconds 5, rate-seconds 10: about 2 minutes
+    python bench/relay.py --quick        # requests 20, seconds 5, rate-seconds 10: about 4 minutes
     python bench/relay.py                # requests 100, seconds 10, rate-seconds 30
     python bench/relay.py --concurrency 8 --rate-hz 1e8 --key-bits 1024
 
@@ -90,7 +96,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -403,6 +409,7 @@ class ThroughputResult:
     relays_delivered: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)
     done_at: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (seconds into the window, keys) per answer
+    relay_cpu_s: dict[str, float] = dataclasses.field(default_factory=dict)  # node -> CPU-s of the request path (relay_cpu)
     first_503_s: float = math.inf  # seconds into the window
 
     def before_first_503(self) -> tuple[int, float]:
@@ -429,6 +436,48 @@ def wait_for_stock(network: QciNetwork, bits: int, timeout_s: float) -> None:
             log(f"throughput: n0's half of the n0-n1 pool holds {have} bits (waited for {bits})")
             return
         time.sleep(2.0)
+
+
+#: Nodes whose request-path CPU part 2 measures: the source and the destination of the one-hop relay.
+CPU_NODES = ("n0", "n1")
+#: Seconds of link traffic alone measured before each part-2 run, to subtract from the window's CPU.
+CPU_BASELINE_S = 3.0
+
+
+def request_path_cpu_s(pid: int) -> float:
+    """CPU-seconds so far of a node process's threads other than its protocol thread (Linux /proc; NaN elsewhere).
+
+    The protocol thread is the one with a raised nice value (qcinode.node.offload.PROTOCOL_NICE); the
+    others are the event loop (KME, relay, link messages), the storage thread and the key writer.
+    """
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[16]) == 0:  # nice (field 19 of stat)
+                total += int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
+    except OSError:
+        return math.nan
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def relay_cpu(network: QciNetwork, window: Callable[[], None]) -> tuple[dict[str, float], float]:
+    """Runs ``window()``; per node of :data:`CPU_NODES`, its request-path CPU-s in it minus what link traffic alone costs.
+
+    The link-traffic rate is measured over :data:`CPU_BASELINE_S` just before. Returns the
+    per-node figures and the window's length.
+    """
+    pids = {name: network.cluster.processes[name].pid for name in CPU_NODES}
+    b0 = {name: request_path_cpu_s(pid) for name, pid in pids.items()}
+    t0 = time.monotonic()
+    time.sleep(CPU_BASELINE_S)
+    b1 = {name: request_path_cpu_s(pid) for name, pid in pids.items()}
+    t1 = time.monotonic()
+    window()
+    w1 = {name: request_path_cpu_s(pid) for name, pid in pids.items()}
+    t2 = time.monotonic()
+    rate = {name: (b1[name] - b0[name]) / (t1 - t0) for name in pids}
+    return {name: w1[name] - b1[name] - rate[name] * (t2 - t1) for name in pids}, t2 - t1
 
 
 def run_throughput(network: QciNetwork, number: int, threads: int, seconds: float) -> ThroughputResult:
@@ -481,17 +530,23 @@ def run_throughput(network: QciNetwork, number: int, threads: int, seconds: floa
             result.first_503_s = min(result.first_503_s, first_503)
 
     log(f"throughput: {threads} threads, number={number}, {seconds:g} s, sae-n0 -> sae-n1")
-    status_before = cluster_status(network.state_dir)
-    before = dict(status_before["links"].get("n0-n1", {}))
     workers = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
-    for t in workers:
-        t.start()
-    t_start[0] = time.monotonic()
-    stop_at[0] = t_start[0] + seconds
-    start.wait()
-    for t in workers:
-        t.join(timeout=seconds + 120)
+    statuses: list[dict[str, Any]] = []
+
+    def window() -> None:
+        statuses.append(cluster_status(network.state_dir))
+        for t in workers:
+            t.start()
+        t_start[0] = time.monotonic()
+        stop_at[0] = t_start[0] + seconds
+        start.wait()
+        for t in workers:
+            t.join(timeout=seconds + 120)
+
+    result.relay_cpu_s, _ = relay_cpu(network, window)
     t_end = time.monotonic()
+    status_before = statuses[0]
+    before = dict(status_before["links"].get("n0-n1", {}))
     status_after = cluster_status(network.state_dir)
     after = dict(status_after["links"].get("n0-n1", {}))
     result.seconds = t_end - t_start[0]
@@ -529,6 +584,9 @@ def print_throughput(results: Sequence[ThroughputResult]) -> None:
             f"      before the first 503 ({span:.1f} s of the window, n0's half still had stock): {served} keys = "
             f"{served / span if span > 0 else math.nan:.1f} keys/s served"
         )
+        if r.keys:
+            cpu = ", ".join(f"{name} {1e3 * v / r.keys:.2f}" for name, v in r.relay_cpu_s.items())
+            print(f"      request-path CPU per key served (ms; threads other than the protocol thread, link traffic subtracted): {cpu}")
         orphans = r.relays_delivered - r.keys
         if orphans:
             print(
@@ -785,8 +843,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="requests 20, seconds 5, rate-seconds 10")
     p.add_argument("--skip", action="append", choices=("chain", "rate"), default=[], help="skip parts 1+2 (chain) or 3 (rate)")
     p.add_argument("--keep", action="store_true", help="keep the state directories (logs) after the run")
-    p.add_argument("--stock-bits", type=int, default=400_000, help="part 2: n0's half of the n0-n1 pool to wait for before each run")
-    p.add_argument("--stock-wait", type=float, default=90.0, help="part 2: most seconds to wait for that stock")
+    p.add_argument("--stock-bits", type=int, default=800_000, help="part 2: n0's half of the n0-n1 pool to wait for before each run")
+    p.add_argument("--stock-wait", type=float, default=150.0, help="part 2: most seconds to wait for that stock")
     p.add_argument("--new-connections", action="store_true", help="parts 1 and 2: a new HTTPS connection per request (as EtsiClient)")
     args = p.parse_args(argv)
     global NEW_CONNECTIONS

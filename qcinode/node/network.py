@@ -24,7 +24,9 @@ engine decides them; the driver performs the actions in the order given):
 
 How the driver performs each action, in waves (:meth:`NetworkService._drive`):
 every ``SaveLink`` of a wave in one transaction (a transit hop's two ledgers
-included, :func:`~.runtime.persist_together`), every ``StoreKey`` of a wave
+included, :func:`~.runtime.persist_together`), shared with the saves that
+concurrent relays ask for meanwhile (:class:`~.offload.AsyncGroupCommit`),
+every ``StoreKey`` of a wave
 in one key-store transaction shared with concurrent relays' keys
 (:class:`~.offload.GroupCommit`), each awaited before anything that follows
 from it (a failed save or store is fed back as such, so nothing that depends
@@ -117,7 +119,7 @@ from ..transport.pb import network_pb2 as pb
 from ..transport.pb import network_pb2_grpc as pb_grpc
 from .access import caller_common_name
 from .faults import FaultInjector
-from .offload import GroupCommit, Offload
+from .offload import AsyncGroupCommit, GroupCommit, Offload
 from .runtime import LinkRuntime, persist_together
 
 log = structlog.get_logger(__name__)
@@ -233,6 +235,9 @@ class NetworkService(pb_grpc.NetworkServicer):
         self._key_writer: GroupCommit[WaitingKey, QcinodeError | None] = GroupCommit(
             self._put_keys, threaded=self.offload.storage is not None
         )  # a worker thread, not the storage thread: link saves do not wait behind key writes
+        # A wave's link saves, shared with concurrent relays' saves (group commit): each
+        # write takes one snapshot per link and writes the union in one transaction.
+        self._link_saver: AsyncGroupCommit[frozenset[str], str | None] = AsyncGroupCommit(self._save_links)
         #: Relay calls this node made: "RelayKey" (one hop), "RelayKeys" (several), "hops" they carried.
         self.relay_calls: Counter[str] = Counter()
         self._ids = itertools.count(1)  # request IDs and incoming hops' tokens
@@ -455,7 +460,7 @@ class NetworkService(pb_grpc.NetworkServicer):
             todo = []
             if saves:
                 started = time.perf_counter()
-                failure = await self._save({link_id for action in saves for link_id in action.link_ids})
+                (failure,) = await self._link_saver.submit([frozenset(link_id for action in saves for link_id in action.link_ids)])
                 self._timed("save", started, len(saves))
                 for action in saves:
                     todo += self.engine.receive(LinkSaved(action.ref, failure))
@@ -525,6 +530,16 @@ class NetworkService(pb_grpc.NetworkServicer):
         except StorageFailure as exc:
             return exc.reason
         return None
+
+    async def _save_links(self, wanted: list[frozenset[str]]) -> list[str | None]:
+        """The link saver's write: the union of the links asked for, in one transaction; the same outcome for every part."""
+        failure = await self._save(set().union(*wanted))
+        return [failure] * len(wanted)
+
+    @property
+    def link_saves(self) -> tuple[int, int]:
+        """Link-ledger transactions this node's relay made, and the saves asked for that they carried."""
+        return self._link_saver.writes, self._link_saver.items
 
     async def _store_off_loop(self, actions: list[StoreKey]) -> list[KeyStored]:
         """Stores keys for the slaves attached here, in one transaction with whatever concurrent relays store (group commit)."""

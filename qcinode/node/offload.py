@@ -36,6 +36,11 @@ Theory of operation:
       together in the next one (one transaction, one fsync): concurrent
       relays' keys at a destination share a write. Each caller gets its own
       items' outcomes, and returns only once they are on disk.
+      :class:`AsyncGroupCommit` does the same for a write that is a
+      coroutine (a relay's link-ledger save: the links' snapshots are taken
+      on the loop, the transaction runs in the storage thread), so that
+      concurrent relays through the same links share one snapshot and one
+      transaction instead of taking one each.
     * Without threads (:meth:`Offload.inline`, what link workers built by
       tests get by default) every step runs inline on the loop, as before.
 """
@@ -48,12 +53,12 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from .runtime import finish_in_thread
 
-__all__ = ["PROTOCOL_NICE", "SWITCH_INTERVAL_S", "GroupCommit", "Offload"]
+__all__ = ["PROTOCOL_NICE", "SWITCH_INTERVAL_S", "AsyncGroupCommit", "GroupCommit", "Offload"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -199,3 +204,43 @@ class GroupCommit(Generic[T, R]):
         if self._wake is not None:
             self._wake.set()
             self._wake = None
+
+
+class AsyncGroupCommit(GroupCommit[T, R]):
+    """:class:`GroupCommit` whose write is a coroutine run on the event loop (it may hand work to a thread itself).
+
+    Same rules: one write at a time, what is submitted meanwhile goes in
+    the next one, each caller gets its items' outcomes. A writer that is
+    cancelled still waits for the write it started (in a task of its own,
+    shielded), hands the outcomes out, and re-raises.
+    """
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+        super().__init__(_never, threaded=False)
+        self._write_async = write
+
+    async def _write_batch(self, batch: list[tuple[list[T], asyncio.Future[list[R]]]]) -> None:
+        items = [item for part, _ in batch for item in part]
+        task = asyncio.ensure_future(self._run_async(items))
+        try:
+            outcome = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            while not task.done():  # the write runs to its end; its outcomes still go out
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([task])
+            self._resolve(batch, task.result())
+            raise
+        self._resolve(batch, outcome)
+
+    async def _run_async(self, items: list[T]) -> list[R] | Exception:
+        try:
+            outcomes = await self._write_async(items)
+        except Exception as exc:  # handed to every caller of the batch
+            return exc
+        if len(outcomes) != len(items):
+            return RuntimeError(f"group write returned {len(outcomes)} outcomes for {len(items)} items")
+        return outcomes
+
+
+def _never(items: list[Any]) -> list[Any]:
+    raise AssertionError("AsyncGroupCommit writes with its coroutine")

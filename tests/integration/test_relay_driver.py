@@ -1,4 +1,4 @@
-"""The node's relay driver over real grpc.aio: a relayed key, and a request cancelled mid-relay.
+"""The node's relay driver over real grpc.aio: a relayed key, concurrent requests, and a request cancelled mid-relay.
 
 The relay engine's decisions are tested without sockets (tests/unit/test_relay_engine.py);
 here the driver performs them: saves, gRPC hops, the key store, and cancellation.
@@ -49,7 +49,7 @@ async def test_a_relayed_key_is_stored_and_a_cancelled_request_leaves_nothing_wa
     await beta.network.aclose()
     request = EncRequest(master_sae="alpha-app", slave_saes=("beta-app",), number=2, size_bits=256)
     try:
-        await until(lambda: alpha.network.available_keys("alpha-app", "beta-app", 256) >= 4, timeout_s=90)
+        await until(lambda: alpha.network.available_keys("alpha-app", "beta-app", 256) >= 10, timeout_s=90)
         keys = await alpha.network.deliver(request)
         assert [k.paths for k in keys] == [(("alpha", "beta"),)] * 2
         assert beta.keystore is not None and beta.keystore.take("beta-app", "alpha-app", [k.key_id for k in keys]) == [
@@ -60,17 +60,26 @@ async def test_a_relayed_key_is_stored_and_a_cancelled_request_leaves_nothing_wa
         assert alpha.network.relay_calls == {"RelayKeys": 1, "hops": 2}
         assert beta.network.key_writes == (1, 2)
 
+        # Concurrent requests share the source's ledger saves: the first one's save runs, the
+        # two asked for meanwhile go to disk together in the next transaction.
+        saves = alpha.network.link_saves
+        batches = await asyncio.gather(*(alpha.network.deliver(request) for _ in range(3)))
+        assert (alpha.network.link_saves[0] - saves[0], alpha.network.link_saves[1] - saves[1]) == (2, 3)
+        for batch in batches:
+            assert beta.keystore.take("beta-app", "alpha-app", [k.key_id for k in batch]) == [(k.key_id, k.key) for k in batch]
+        assert _audit(alpha, beta) == (8 * 64, 0)
+
         # The hop waits at alpha (a slow relay channel) when the KME's caller gives up.
         alpha.faults.set("alpha-beta", FaultConfig(kind="delay", delay_ms=5000, probability=1.0, channel="relay"))
         task = asyncio.create_task(alpha.network.deliver(request))
-        await until(lambda: alpha.network.engine.stats.hops_sent >= 4, timeout_s=10)
+        await until(lambda: alpha.network.engine.stats.hops_sent >= 10, timeout_s=10)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         engine = alpha.network.engine
         assert engine.open_requests == () and engine.waiting == 0, "the engine forgot the cancelled request"
         # Its two pads stay used at alpha (committed and saved before the hops would have left); beta never saw them.
-        assert _audit(alpha, beta) == (2 * 64, 2 * 64)
+        assert _audit(alpha, beta) == (8 * 64, 2 * 64)
         assert beta.keystore.total() == 0
         assert beta.network.engine.waiting == 0
     finally:

@@ -14,7 +14,7 @@ import concurrent.futures
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import pytest
 
 from qcinode.errors import StorageFailure
 from qcinode.keys.linkstore import LinkStore
-from qcinode.node.offload import SWITCH_INTERVAL_S, GroupCommit, Offload
+from qcinode.node.offload import SWITCH_INTERVAL_S, AsyncGroupCommit, GroupCommit, Offload
 from qcinode.node.runtime import LinkRuntime, finish_in_thread, persist_together
 from qcinode.topology import parse_topology
 
@@ -276,3 +276,72 @@ def test_group_commit_hands_a_failed_write_to_every_caller_of_its_batch() -> Non
     commit: GroupCommit[int, int] = GroupCommit(write, threaded=False)
     with pytest.raises(StorageFailure, match="disk full"):
         asyncio.run(commit.submit([1, 2]))
+
+
+def _gated_async_writer() -> tuple[list[list[int]], Callable[[list[int]], Awaitable[list[int]]], Callable[[], asyncio.Event]]:
+    """An async write that records its batches and, while the gate is shut, waits at it; outcome 10 x item."""
+    writes: list[list[int]] = []
+    gates: list[asyncio.Event] = []
+
+    def gate() -> asyncio.Event:
+        if not gates:
+            gates.append(asyncio.Event())
+        return gates[0]
+
+    async def write(items: list[int]) -> list[int]:
+        writes.append(list(items))
+        await gate().wait()
+        return [10 * i for i in items]
+
+    return writes, write, gate
+
+
+def test_async_group_commit_shares_one_write_among_what_was_asked_for_meanwhile() -> None:
+    writes, write, gate = _gated_async_writer()
+    commit: AsyncGroupCommit[int, int] = AsyncGroupCommit(write)
+
+    async def scenario() -> list[list[int]]:
+        first = asyncio.ensure_future(commit.submit([1]))
+        await asyncio.sleep(0.01)  # the first write runs, held at the gate
+        later = [asyncio.ensure_future(commit.submit([2 + i])) for i in range(3)]
+        await asyncio.sleep(0.01)
+        assert writes == [[1]] and not any(task.done() for task in [first, *later]), "nobody returns before its write ends"
+        gate().set()
+        return await asyncio.gather(first, *later)
+
+    assert asyncio.run(scenario()) == [[10], [20], [30], [40]]
+    assert writes == [[1], [2, 3, 4]] and (commit.writes, commit.items) == (2, 4)
+
+
+def test_async_group_commit_a_cancelled_writer_finishes_its_write_and_hands_the_queue_on() -> None:
+    writes, write, gate = _gated_async_writer()
+    commit: AsyncGroupCommit[int, int] = AsyncGroupCommit(write)
+
+    async def scenario() -> list[int]:
+        first = asyncio.ensure_future(commit.submit([1]))
+        await asyncio.sleep(0.01)
+        waiter = asyncio.ensure_future(commit.submit([2]))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        await asyncio.sleep(0.02)
+        assert not first.done(), "a cancelled writer waits for its write to end"
+        gate().set()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        return await waiter
+
+    assert asyncio.run(scenario()) == [20]
+    assert writes == [[1], [2]]
+
+
+def test_async_group_commit_hands_a_failed_write_to_every_caller_of_its_batch() -> None:
+    async def write(items: list[int]) -> list[int]:
+        raise StorageFailure("disk full", path=Path("x"), reason="database or disk is full")
+
+    commit: AsyncGroupCommit[int, int] = AsyncGroupCommit(write)
+
+    async def scenario() -> list[BaseException | list[int]]:
+        return await asyncio.gather(commit.submit([1]), commit.submit([2]), return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, StorageFailure) for o in outcomes) and commit.writes == 2

@@ -111,10 +111,20 @@ def test_reservation_spans_blocks_oldest_first() -> None:
     assert alice.audit() == bob.audit()
 
 
+def test_insufficient_material_across_blocks_names_what_is_available() -> None:
+    # reserve stops scanning once it has enough; a refusal still counts every block's free bytes
+    alice, _ = _pair(("b1", bytes(20)), ("b2", bytes(20)), ("b3", bytes(20)))
+    alice.reserve(4)
+    with pytest.raises(InsufficientKeyMaterial, match="27 bytes requested, 26 available"):
+        alice.reserve(27)
+    assert alice.available_bytes == 26 and alice.reserved_bytes == 4
+    assert [(r.block_id, r.length_bytes) for r in alice.reserve(26).ranges] == [("b1", 6), ("b2", 10), ("b3", 10)]
+
+
 def test_insufficient_material_consumes_nothing() -> None:
     alice, _ = _pair(("b1", bytes(40)))
     held = alice.reserve(5)
-    with pytest.raises(InsufficientKeyMaterial):
+    with pytest.raises(InsufficientKeyMaterial, match="16 bytes requested, 15 available"):
         alice.reserve(16)
     assert alice.available_bytes == 15 and alice.reserved_bytes == 5
     assert alice.reserve(15).length_bytes == 15
