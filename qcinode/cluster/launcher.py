@@ -273,6 +273,11 @@ class Cluster:
         self.processes[name] = proc
         return proc
 
+    @property
+    def zygote(self) -> Zygote | None:
+        """The zygote forking this cluster's nodes (None: none is running, or nodes start with exec)."""
+        return self._zygote
+
     def zygote_command(self) -> list[str]:
         """The zygote's command line (``--state-dir`` only names the cluster in ``ps``)."""
         return [sys.executable, "-m", "qcinode", "zygote", "--state-dir", str(self.state_dir)]

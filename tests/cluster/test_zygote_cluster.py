@@ -1,0 +1,115 @@
+"""Nodes forked from the launcher's zygote, as ``qcinode up`` starts them: detach, a dead zygote, exec mode.
+
+(tests/integration/test_zygote.py tests the zygote's protocol itself.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qcinode.cluster.admin import health_check
+from qcinode.cluster.launcher import Cluster, running_cluster
+from qcinode.cluster.zygote import EXIT_STATUS_UNKNOWN, ForkedProcess, pid_alive
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the zygote is Linux-only")
+
+
+def _cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _zygotes_of(state_dir: Path) -> list[int]:
+    """PIDs of processes with a zygote's command line for ``state_dir``: its zygote, and the nodes it forked."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = _cmdline(int(entry)).split(b"\0")
+            except OSError:
+                continue
+            if b"zygote" in argv and str(state_dir).encode() in argv and pid_alive(int(entry)):
+                found.append(int(entry))
+    return found
+
+
+def test_detached_nodes_are_forked_outlive_their_zygote_and_stop_with_down(two_node_topology: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {**os.environ, "QCINODE_LAUNCH": "fork"}
+
+    def qcinode(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "qcinode", *args], capture_output=True, text=True, timeout=120, check=False, env=env)
+
+    up = qcinode("up", str(two_node_topology), "--state-dir", str(state), "--detach", "--timeout", "90")
+    try:
+        assert up.returncode == 0, up.stderr
+        pids = {name: int(info["pid"]) for name, info in json.loads((state / "cluster.json").read_text())["nodes"].items()}
+        for pid in pids.values():
+            argv = _cmdline(pid).split(b"\0")
+            assert b"qcinode" in argv and b"zygote" in argv  # forked: the zygote's command line, which names qcinode
+        # `up --detach` has returned and its zygote with it; the nodes run on.
+        assert [pid for pid in _zygotes_of(state.resolve()) if pid not in pids.values()] == []
+        assert all(pid_alive(pid) for pid in pids.values())
+        # Each node made its own storage key after the fork (os.urandom): no two alike.
+        keys = {name: (state / "data" / name / "storage.key").read_bytes() for name in pids}
+        assert len(set(keys.values())) == len(keys) and all(len(k) >= 32 for k in keys.values())
+        status = qcinode("status", "--state-dir", str(state), "--json")
+        assert status.returncode == 0, status.stderr
+    finally:
+        down = qcinode("down", "--state-dir", str(state))
+    assert down.returncode == 0, down.stderr
+    assert "stopped 2 node(s)" in down.stderr
+    assert not any(pid_alive(pid) for pid in pids.values())
+
+
+def test_a_killed_zygote_leaves_the_nodes_running_and_the_next_node_gets_a_new_one(
+    two_node_topology: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QCINODE_LAUNCH", "fork")
+    with running_cluster(two_node_topology, tmp_path / "state") as cluster:
+        first = cluster.zygote
+        assert first is not None
+        alpha, beta = cluster.processes["alpha"], cluster.processes["beta"]
+        assert isinstance(alpha, ForkedProcess) and _parent(alpha.pid) == first.pid
+        os.kill(first.pid, signal.SIGKILL)
+        first.process.wait(timeout=10)
+        assert health_check(f"127.0.0.1:{cluster.ports['alpha']}", "alpha", cluster.certs_dir, timeout_s=10)
+        assert alpha.poll() is None and beta.poll() is None
+        os.kill(alpha.pid, signal.SIGKILL)
+        assert alpha.wait(timeout=10) == EXIT_STATUS_UNKNOWN  # only its dead parent knew how it ended
+        restarted = cluster.start_node("alpha")
+        cluster.wait_healthy(timeout_s=60)
+        second = cluster.zygote
+        assert second is not None and second.pid != first.pid
+        assert _parent(restarted.pid) == second.pid
+        os.kill(restarted.pid, signal.SIGKILL)
+        assert restarted.wait(timeout=10) == -signal.SIGKILL
+    assert beta.returncode is not None and not pid_alive(beta.pid)
+
+
+def test_exec_mode_starts_nodes_as_new_interpreters(two_node_topology: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QCINODE_LAUNCH", "exec")
+    cluster = Cluster(two_node_topology, tmp_path / "state")
+    cluster.prepare()
+    try:
+        proc = cluster.start_node("alpha")
+        assert isinstance(proc, subprocess.Popen) and cluster.zygote is None
+        deadline = time.monotonic() + 60
+        while not health_check(f"127.0.0.1:{cluster.ports['alpha']}", "alpha", cluster.certs_dir, timeout_s=2):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.3)
+        assert _cmdline(proc.pid).split(b"\0")[1:4] == [b"-m", b"qcinode", b"node"]  # (read once exec has finished)
+    finally:
+        cluster.stop()
+    assert proc.returncode == 0
