@@ -242,8 +242,9 @@ class Cluster:
 
         Forked from the zygote (started by the first call) unless
         ``QCINODE_LAUNCH=exec``, :attr:`command_wrapper` rewrites the node's
-        command line, or the environment differs from the zygote's: then a
-        new interpreter, as ``python -m qcinode node ...``.
+        command line, or the environment differs from the zygote's in what a
+        process reads as it starts (:func:`~.zygote.start_time_environment`):
+        then a new interpreter, as ``python -m qcinode node ...``.
         """
         args = [
             "node",
@@ -289,7 +290,7 @@ class Cluster:
             if zygote is None:
                 return None
             try:
-                return zygote.spawn(args, log_fd)
+                return zygote.spawn(args, log_fd, env=env)
             except ZygoteError:
                 if zygote.connected:
                     raise  # it is alive and refused: a bug to show, not to hide behind exec
@@ -301,9 +302,9 @@ class Cluster:
             return None
         zygote = self._zygote
         if zygote is not None and zygote.connected:
-            # Its environment is fixed at its start (glibc and OpenBLAS read theirs once): a node
-            # that needs another one is started as a new process.
-            return zygote if zygote.env == env else None
+            # What a process reads as it starts (glibc, OpenBLAS, the interpreter) is fixed at the
+            # zygote's start: a node that needs other values there is started as a new process.
+            return zygote if zygote.can_fork(env) else None
         log_path = self.state_dir / "logs" / "zygote.log"
         with _private_log(log_path) as log_file:
             try:

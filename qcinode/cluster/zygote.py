@@ -36,7 +36,7 @@ Theory of operation:
       crafted collisions, and every node of one machine has the same one.
     * The control channel is an ``AF_UNIX`` ``SOCK_SEQPACKET`` socket pair:
       one JSON object per packet. The launcher sends ``{"spawn": ID,
-      "argv": [...], "cwd": DIR}`` with the node's log file descriptor
+      "argv": [...], "cwd": DIR, "env": {...}}`` with the node's log file descriptor
       attached (``SCM_RIGHTS``: the launcher opens the log, as before);
       the zygote answers ``{"ready": PID, "threads": N}`` once, then
       ``{"spawned": ID, "pid": PID}`` (or ``{"spawned": ID, "error":
@@ -47,9 +47,14 @@ Theory of operation:
       ``start_new_session=True`` gives an exec'd node), the zygote's signal
       handlers and wakeup descriptor undone, the control channel and the
       zygote's pipe closed, stdin from ``/dev/null``, stdout and stderr to the
-      log file, the launcher's working directory; then :func:`serve` returns
+      log file, the launcher's working directory and environment; then :func:`serve` returns
       the node's arguments to its caller, which runs the node's entry point
       and lets the interpreter exit as ``python -m qcinode node`` does.
+    * The environment a process reads as it starts (the interpreter's
+      ``PYTHON*``, glibc's ``MALLOC_*``, OpenBLAS's thread count: see
+      :data:`START_TIME_PREFIXES`) is the zygote's for every child; a node
+      that needs other values there is started with exec. The rest of the
+      environment (``QCINODE_*`` included) is the launcher's at each fork.
     * End of file on the control channel (the launcher closed it, or exited,
       as ``qcinode up --detach`` does) ends the zygote and nothing else: its
       children run in their own sessions, and the init process adopts them.
@@ -87,6 +92,10 @@ LAUNCH_ENV = "QCINODE_LAUNCH"
 EXIT_STATUS_UNKNOWN = 255
 #: Seconds the launcher waits for a new zygote's imports (on a saturated machine they take many times their 1 s).
 READY_TIMEOUT_S = 120.0
+#: Environment variables read when the interpreter or a library the zygote loads starts (the interpreter's
+#: options, glibc's allocator, the dynamic linker, BLAS and OpenMP thread pools, gRPC's core): fixed for
+#: every child at the zygote's start. Conservative: a variable that only might be read early is listed.
+START_TIME_PREFIXES = ("PYTHON", "MALLOC_", "GLIBC_TUNABLES", "LD_", "OPENBLAS_", "OMP_", "MKL_", "GOTO", "GRPC_")
 _PACKET_BYTES = 1 << 20  # a node's argv is a few hundred bytes per neighbour
 _POLL_SLICE_S = 0.1  # longest a waiting handle holds the channel before another thread's poll() gets it
 
@@ -129,6 +138,11 @@ def pid_alive(pid: int) -> bool:
         if stat.rsplit(")", 1)[1].split()[0] == "Z":
             return False
     return True
+
+
+def start_time_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``env`` a process reads as it starts (:data:`START_TIME_PREFIXES`), which forked children cannot change."""
+    return {name: value for name, value in env.items() if name.startswith(START_TIME_PREFIXES)}
 
 
 def thread_count() -> int:
@@ -214,18 +228,19 @@ def serve(control_fd: int, preload: Callable[[], None]) -> list[str] | None:
             for fd in fds:
                 os.close(fd)
             return None  # the launcher closed its end: nothing more to start
-        request: dict[str, Any] = {}
+        request: Any = None
         try:
             request = json.loads(data)
             if flags & socket.MSG_TRUNC or len(fds) != 1:
                 raise ValueError(f"expected one descriptor (the log) and at most {_PACKET_BYTES} bytes, got {len(fds)} descriptors")
             argv = [str(a) for a in request["argv"]]
-            cwd = str(request["cwd"])
-        except (ValueError, KeyError, TypeError) as exc:
+            cwd = None if request.get("cwd") is None else str(request["cwd"])
+            env = {str(k): str(v) for k, v in request["env"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             for fd in fds:
                 os.close(fd)
             with contextlib.suppress(OSError):
-                _send(control, {"spawned": request.get("spawn"), "error": f"malformed request: {exc}"})
+                _send(control, {"spawned": request.get("spawn") if isinstance(request, dict) else None, "error": f"malformed request: {exc!r}"})
             continue
         log_fd = fds[0]
         sys.stdout.flush()
@@ -234,7 +249,7 @@ def serve(control_fd: int, preload: Callable[[], None]) -> list[str] | None:
         if pid == 0:
             try:
                 restore_in_child()
-                _become_node(argv, log_fd, cwd)
+                _become_node(argv, log_fd, cwd, env)
             except BaseException:  # noqa: BLE001 - a child must never return into the zygote's loop
                 with contextlib.suppress(BaseException):
                     import traceback
@@ -265,7 +280,7 @@ def _reap(control: socket.socket) -> bool:
             return False
 
 
-def _become_node(argv: list[str], log_fd: int, cwd: str) -> None:
+def _become_node(argv: list[str], log_fd: int, cwd: str | None, env: Mapping[str, str]) -> None:
     """A forked child's set-up: what an exec'd node gets from ``Popen(..., start_new_session=True)``."""
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -274,7 +289,10 @@ def _become_node(argv: list[str], log_fd: int, cwd: str) -> None:
     os.dup2(log_fd, 2)
     os.close(devnull)
     os.close(log_fd)
-    os.chdir(cwd)
+    if cwd is not None:
+        os.chdir(cwd)
+    os.environ.clear()  # (putenv and unsetenv too, for the C libraries' getenv)
+    os.environ.update(env)
     sys.argv = [sys.argv[0], *argv]
     random_module = sys.modules.get("numpy.random")
     if random_module is not None:
@@ -282,6 +300,13 @@ def _become_node(argv: list[str], log_fd: int, cwd: str) -> None:
 
 
 # --------------------------------------------------------------------------- the launcher's side
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        return None  # removed under us: the child stays in the zygote's, as an exec'd child would in ours
 
 
 class ForkedProcess:
@@ -394,13 +419,23 @@ class Zygote:
             process.wait()
             raise
 
+    def can_fork(self, env: Mapping[str, str]) -> bool:
+        """Whether a node with environment ``env`` can be forked from here: the zygote runs and ``env`` agrees with its start-time part."""
+        return self._control is not None and start_time_environment(env) == start_time_environment(self.env)
+
     @property
     def connected(self) -> bool:
         """Whether the control channel is open (the zygote can fork)."""
         return self._control is not None
 
-    def spawn(self, argv: Sequence[str], log_fd: int, cwd: str | None = None) -> ForkedProcess:
+    def spawn(self, argv: Sequence[str], log_fd: int, cwd: str | None = None, env: Mapping[str, str] | None = None) -> ForkedProcess:
         """Forks a node running ``qcinode ARGV...`` with stdout and stderr on ``log_fd``.
+
+        Args:
+            argv: The node's arguments after ``qcinode``.
+            log_fd: Its stdout and stderr (the zygote gets a copy; the caller still owns this one).
+            cwd: Its working directory (default: the caller's, if it still exists).
+            env: Its environment (default: the zygote's); see :meth:`can_fork`.
 
         Raises:
             ZygoteError: The zygote has gone or refused the request.
@@ -412,7 +447,7 @@ class Zygote:
             self._next_id += 1
             request_id = self._next_id
             try:
-                _send(control, {"spawn": request_id, "argv": list(argv), "cwd": cwd or os.getcwd()}, [log_fd])
+                _send(control, {"spawn": request_id, "argv": list(argv), "cwd": cwd or _cwd(), "env": dict(self.env if env is None else env)}, [log_fd])
             except OSError as exc:
                 self._disconnect()
                 raise ZygoteError(f"the zygote did not take the request: {exc}") from None

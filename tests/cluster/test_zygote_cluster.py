@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -98,18 +97,29 @@ def test_a_killed_zygote_leaves_the_nodes_running_and_the_next_node_gets_a_new_o
     assert beta.returncode is not None and not pid_alive(beta.pid)
 
 
-def test_exec_mode_starts_nodes_as_new_interpreters(two_node_topology: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QCINODE_LAUNCH", "exec")
+def test_exec_mode_and_another_start_time_environment_start_new_interpreters(
+    two_node_topology: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cluster = Cluster(two_node_topology, tmp_path / "state")
     cluster.prepare()
     try:
-        proc = cluster.start_node("alpha")
-        assert isinstance(proc, subprocess.Popen) and cluster.zygote is None
-        deadline = time.monotonic() + 60
-        while not health_check(f"127.0.0.1:{cluster.ports['alpha']}", "alpha", cluster.certs_dir, timeout_s=2):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.3)
-        assert _cmdline(proc.pid).split(b"\0")[1:4] == [b"-m", b"qcinode", b"node"]  # (read once exec has finished)
+        monkeypatch.setenv("QCINODE_LAUNCH", "exec")
+        alpha = cluster.start_node("alpha")
+        assert isinstance(alpha, subprocess.Popen) and cluster.zygote is None
+        monkeypatch.setenv("QCINODE_LAUNCH", "fork")
+        beta = cluster.start_node("beta")
+        assert isinstance(beta, ForkedProcess) and cluster.zygote is not None
+        cluster.wait_healthy(timeout_s=60)
+        # glibc reads MALLOC_ARENA_MAX as the process starts: a fork would keep the zygote's.
+        os.kill(beta.pid, signal.SIGKILL)
+        beta.wait(timeout=10)
+        monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+        beta = cluster.start_node("beta")
+        assert isinstance(beta, subprocess.Popen)
+        cluster.wait_healthy(timeout_s=60)
+        for proc in (alpha, beta):  # (read once exec has finished)
+            assert _cmdline(proc.pid).split(b"\0")[1:4] == [b"-m", b"qcinode", b"node"]
+        assert b"MALLOC_ARENA_MAX=4" in Path(f"/proc/{beta.pid}/environ").read_bytes().split(b"\0")
     finally:
         cluster.stop()
-    assert proc.returncode == 0
+    assert alpha.returncode == 0 and beta.returncode == 0

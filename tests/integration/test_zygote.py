@@ -66,10 +66,10 @@ def zygote(tmp_path: Path) -> Iterator[Zygote]:
                 os.kill(child.pid, signal.SIGKILL)
 
 
-def _spawn(zygote: Zygote, tmp_path: Path, *argv: str, log: str = "child.log") -> ForkedProcess:
+def _spawn(zygote: Zygote, tmp_path: Path, *argv: str, log: str = "child.log", env: dict[str, str] | None = None) -> ForkedProcess:
     fd = os.open(tmp_path / log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        return zygote.spawn(list(argv), fd, cwd=str(tmp_path))
+        return zygote.spawn(list(argv), fd, cwd=str(tmp_path), env=env)
     finally:
         os.close(fd)
 
@@ -96,7 +96,9 @@ def test_a_zygote_whose_imports_start_a_thread_refuses_to_fork(tmp_path: Path) -
 
 def test_a_forked_child_is_set_up_as_a_new_process_would_be(zygote: Zygote, tmp_path: Path) -> None:
     out = tmp_path / "report.json"
-    child = _spawn(zygote, tmp_path, "report", str(out))
+    env = {**zygote.env, "QCINODE_TEST_VALUE": "the launcher's, now"}
+    assert zygote.can_fork(env)
+    child = _spawn(zygote, tmp_path, "report", str(out), env=env)
     assert child.wait(timeout=30) == 0
     seen = json.loads(out.read_text())
     assert seen["pid"] == child.pid
@@ -107,6 +109,7 @@ def test_a_forked_child_is_set_up_as_a_new_process_would_be(zygote: Zygote, tmp_
     assert seen["wakeup_fd"] == -1
     assert seen["cwd"] == str(tmp_path)
     assert seen["argv"] == ["report", str(out)]
+    assert seen["env"] == {"QCINODE_TEST_VALUE": "the launcher's, now"}
     assert seen["threads"] == 1
     assert seen["frozen_objects"] > 10_000  # the imports' objects, frozen out of the collector's reach
     text = (tmp_path / "child.log").read_text()
@@ -162,6 +165,13 @@ def test_a_killed_zygote_leaves_its_children_running(zygote: Zygote, tmp_path: P
     assert pid_alive(child.pid) and child.returncode is None
     os.kill(child.pid, signal.SIGKILL)
     assert child.wait(timeout=10) == EXIT_STATUS_UNKNOWN
+
+
+def test_what_a_process_reads_as_it_starts_must_be_the_zygotes(zygote: Zygote) -> None:
+    assert zygote.can_fork({**zygote.env, "QCINODE_KERNELS": "numpy", "PYTEST_CURRENT_TEST": "x"})
+    for name, value in (("MALLOC_ARENA_MAX", "7"), ("OPENBLAS_NUM_THREADS", "4"), ("PYTHONHASHSEED", "1"), ("LD_PRELOAD", "x.so")):
+        assert not zygote.can_fork({**zygote.env, name: value}), name
+    assert not zygote.can_fork({k: v for k, v in zygote.env.items() if k != "OPENBLAS_NUM_THREADS"})
 
 
 @pytest.mark.parametrize(

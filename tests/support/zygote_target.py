@@ -62,6 +62,7 @@ def report() -> dict[str, Any]:
         "signals": {s.name: _handler_name(s) for s in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)},
         "wakeup_fd": wakeup,
         "cwd": os.getcwd(),
+        "env": {name: value for name, value in os.environ.items() if name.startswith("QCINODE_TEST_")},
         "argv": sys.argv[1:],
         "threads": thread_count(),
         "frozen_objects": gc.get_freeze_count(),
