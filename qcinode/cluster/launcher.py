@@ -10,6 +10,7 @@ new interpreters (``python -m qcinode node ...``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import math
@@ -43,6 +44,12 @@ CLUSTER_FILE = "cluster.json"
 #: its own (a node does no large linear algebra; its pool would be one idle thread and its
 #: buffers per node).
 NODE_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2", "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+#: Seconds a serving node has to answer the launcher's health check (a saturated machine answers slowly).
+HEALTH_TIMEOUT_S = 5.0
+#: Health checks the launcher has in flight at once.
+HEALTH_CHECKS_AT_ONCE = 8
 
 
 def node_environment(base: dict[str, str]) -> dict[str, str]:
@@ -214,7 +221,7 @@ class Cluster:
         try:
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.state_dir, 0o700)
-            for private in (self.state_dir / "logs", self.state_dir / "data"):
+            for private in (self.state_dir / "logs", self.state_dir / "data", self.state_dir / "run"):
                 private.mkdir(mode=0o700, exist_ok=True)
                 os.chmod(private, 0o700)
             (self.state_dir / "topology.yaml").write_text(self._anchored_text())
@@ -255,6 +262,7 @@ class Cluster:
             "--listen", f"127.0.0.1:{self.ports[name]}",
             "--kme-listen", f"127.0.0.1:{self.kme_ports[name]}",
             "--metrics-listen", f"127.0.0.1:{self.metrics_ports[name]}",
+            "--port-file", str(self.port_file(name)),
         ]  # fmt: skip
         if self.topology.interfaces.etsi004:
             args += ["--etsi004-listen", f"127.0.0.1:{self.etsi004_ports[name]}"]
@@ -264,6 +272,8 @@ class Cluster:
             args += ["--peer", f"{peer}=127.0.0.1:{self.ports[peer]}"]
         if self.seed is not None:
             args += ["--seed", str(self.seed + sorted(self.ports).index(name))]
+        self.port_file(name).parent.mkdir(mode=0o700, exist_ok=True)
+        self.port_file(name).unlink(missing_ok=True)  # a killed node's: wait_healthy waits for the new one
         command = [sys.executable, "-m", "qcinode", *args]
         wrapped = self.command_wrapper(name, command) if self.command_wrapper is not None else command
         env = node_environment(dict(os.environ))
@@ -355,20 +365,40 @@ class Cluster:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, self.state_dir / CLUSTER_FILE)
 
+    def port_file(self, name: str) -> Path:
+        """Where node ``name`` writes its gRPC port once its servers and workers run (``--port-file``)."""
+        return self.state_dir / "run" / f"{name}.port"
+
     def wait_healthy(self, timeout_s: float = 30.0) -> None:
+        """Returns once every node answers its gRPC health check with SERVING.
+
+        A node is asked once it has written its port file, a few at a time,
+        with time to answer: on a machine that a hundred starting nodes
+        saturate, asking every node every round (a TLS handshake each) with
+        a one-second deadline kept the launcher waiting minutes for nodes
+        that were long up.
+
+        Raises:
+            ConfigError: A node exited, or not every node was healthy within ``timeout_s``.
+        """
         deadline = time.monotonic() + timeout_s
         pending = set(self.processes)
-        while pending:
-            for name in sorted(pending):
-                proc = self.processes[name]
-                if proc.poll() is not None:
-                    raise ConfigError(f"node {name} exited with code {proc.returncode}; see {self.state_dir / 'logs' / (name + '.log')}")
-                if health_check(f"127.0.0.1:{self.ports[name]}", name, self.certs_dir, timeout_s=1.0):
-                    pending.discard(name)
-            if pending and time.monotonic() > deadline:
-                raise ConfigError(f"nodes not healthy after {timeout_s:.0f} s: {', '.join(sorted(pending))}")
-            if pending:
-                time.sleep(0.2)
+
+        def healthy(name: str) -> bool:
+            return health_check(f"127.0.0.1:{self.ports[name]}", name, self.certs_dir, timeout_s=HEALTH_TIMEOUT_S)
+
+        with concurrent.futures.ThreadPoolExecutor(HEALTH_CHECKS_AT_ONCE) as pool:
+            while pending:
+                for name in sorted(pending):
+                    proc = self.processes[name]
+                    if proc.poll() is not None:
+                        raise ConfigError(f"node {name} exited with code {proc.returncode}; see {self.state_dir / 'logs' / (name + '.log')}")
+                serving = sorted(name for name in pending if self.port_file(name).exists())
+                pending -= {name for name, ok in zip(serving, pool.map(healthy, serving)) if ok}
+                if pending and time.monotonic() > deadline:
+                    raise ConfigError(f"nodes not healthy after {timeout_s:.0f} s: {', '.join(sorted(pending))}")
+                if pending:
+                    time.sleep(0.2)
 
     def stop(self, grace_s: float = 10.0) -> None:
         stop_processes({name: proc.pid for name, proc in self.processes.items()}, grace_s)
