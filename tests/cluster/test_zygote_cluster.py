@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,24 @@ def test_exec_mode_and_another_start_time_environment_start_new_interpreters(
     finally:
         cluster.stop()
     assert alpha.returncode == 0 and beta.returncode == 0
+
+
+def test_ctrl_c_in_a_foreground_up_stops_the_nodes_and_the_zygote(two_node_topology: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {**os.environ, "QCINODE_LAUNCH": "fork"}
+    command = [sys.executable, "-m", "qcinode", "up", str(two_node_topology), "--state-dir", str(state), "--refresh", "0.5"]
+    up = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 90
+        while not (state / "cluster.json").exists():  # written once every node is started
+            assert up.poll() is None and time.monotonic() < deadline, "qcinode up exited or never started its nodes"
+            time.sleep(0.2)
+        pids = [int(info["pid"]) for info in json.loads((state / "cluster.json").read_text())["nodes"].values()]
+        zygotes = [pid for pid in _zygotes_of(state.resolve()) if pid not in pids]
+        assert len(zygotes) == 1
+    finally:
+        up.send_signal(signal.SIGINT)
+        _, err = up.communicate(timeout=60)
+    assert up.returncode == 0, err
+    assert "stopping" in err
+    assert not any(pid_alive(pid) for pid in [*pids, *zygotes])
