@@ -173,13 +173,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     k8s.add_argument("--cluster-domain", default="cluster.local", help="the cluster's DNS domain, for certificate names")
     k8s.add_argument("--base", type=Path, default=None, help="kustomize base to copy (default: deploy/k8s/base of this source tree)")
+
+    # Internal: the launcher's fork server (qcinode/cluster/zygote.py), not a command for people.
+    zygote = sub.add_parser("zygote")
+    zygote.add_argument("--control-fd", type=int, required=True)
+    zygote.add_argument("--state-dir", type=Path, default=None)  # names the cluster in `ps`; not read
+    sub.metavar = "{" + ",".join(name for name in sub.choices if name != "zygote") + "}"
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"passes": _passes, "up": _up, "status": _status, "down": _down, "node": _node, "certs": _certs, "keys": _keys, "deploy": _deploy}
-    handler = {**handlers, "eve": _eve, "fault": _fault}[args.command]
+    handler = {**handlers, "eve": _eve, "fault": _fault, "zygote": _zygote}[args.command]
     try:
         code = handler(args)
         sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
@@ -269,6 +275,7 @@ def _up(args: argparse.Namespace) -> int:
                 if not missing and not unrouted:
                     print(render_table(status, wide=args.wide))
                     print(f"qcinode: every link has key; stop with `qcinode down --state-dir {args.state_dir}`", file=sys.stderr)
+                    cluster.release()  # the nodes run on; the zygote that forked them exits
                     return 0
                 if time.monotonic() > deadline:
                     print(render_table(status, wide=args.wide))
@@ -388,6 +395,37 @@ def _node(args: argparse.Namespace) -> int:
         print(f"qcinode: node {settings.name}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def preload_node() -> None:
+    """Imports what a node process imports, for the zygote to fork nodes with it all loaded.
+
+    The node's entry point and what it pulls in, then the modules a running
+    node imports lazily on every start (found with ``python -X importtime``
+    on the nodes of a running cluster): numpy's random, masked-array and
+    FFT modules, the thread pool, the optional interfaces. Not numba: a node
+    loads it only for large blocks, and it would add 80 MB to every node.
+    """
+    import concurrent.futures.thread  # noqa: F401
+    import queue  # noqa: F401
+
+    import numpy.fft  # noqa: F401
+    import numpy.ma  # noqa: F401
+    import numpy.random  # noqa: F401
+
+    from . import logs  # noqa: F401
+    from .node import interfaces, node  # noqa: F401
+    from .topology import load_topology  # noqa: F401
+
+
+def _zygote(args: argparse.Namespace) -> int:
+    """The launcher's fork server; in each child it forks, the node it is asked for."""
+    from .cluster.zygote import serve
+
+    argv = serve(args.control_fd, preload_node)
+    if argv is None:
+        return 0  # the launcher has closed the control channel; the nodes run on
+    return main(argv)  # a forked child: exactly what `python -m qcinode node ...` runs
 
 
 def _certs(args: argparse.Namespace) -> int:

@@ -1,12 +1,16 @@
 """The local multi-process cluster behind ``qcinode up``, ``status`` and ``down``.
 
-Each node runs as its own OS process (``python -m qcinode node ...``) on a
-loopback port chosen here; ``cluster.json`` in the state directory records
-where everything is (docs/design.md §2 fixes its field names).
+Each node runs as its own OS process (``qcinode node ...``) on a loopback
+port chosen here; ``cluster.json`` in the state directory records where
+everything is (docs/design.md §2 fixes its field names). Nodes are forked
+from a zygote that has imported everything once (:mod:`.zygote`), or, with
+``QCINODE_LAUNCH=exec``, a wrapped command line or off Linux, started as
+new interpreters (``python -m qcinode node ...``).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import math
@@ -17,9 +21,10 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from ..core.aborts import AbortReason, abort_reason
 from ..core.roles import Role
@@ -28,6 +33,7 @@ from ..pki import cert_plan, make_certificates
 from ..status import ChannelStatus, ClusterLink, ClusterNode, ClusterStatus, LinkState, LinkStatus, NetworkStatus, NodeStatus
 from ..topology import Topology, load_topology, parse_topology, topology_to_mapping, with_clock_anchor
 from .admin import health_check, node_status
+from .zygote import ForkedProcess, Zygote, ZygoteError, launch_mode, pid_alive
 
 CLUSTER_FILE = "cluster.json"
 
@@ -38,6 +44,12 @@ CLUSTER_FILE = "cluster.json"
 #: its own (a node does no large linear algebra; its pool would be one idle thread and its
 #: buffers per node).
 NODE_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2", "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+#: Seconds a serving node has to answer the launcher's health check (a saturated machine answers slowly).
+HEALTH_TIMEOUT_S = 5.0
+#: Health checks the launcher has in flight at once.
+HEALTH_CHECKS_AT_ONCE = 8
 
 
 def node_environment(base: dict[str, str]) -> dict[str, str]:
@@ -130,19 +142,18 @@ def parse_speed(text: str) -> float | Literal["max"]:
     return value
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); treat it as dead.
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
+class NodeProcess(Protocol):
+    """A node's process as the launcher's callers see it: a ``subprocess.Popen`` or a :class:`~.zygote.ForkedProcess`."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
 
 
 class Cluster:
@@ -163,7 +174,7 @@ class Cluster:
             self.topology = parse_topology(self.topology_text, "--speed")
         self.speed = speed
         self.seed = seed
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes: dict[str, NodeProcess] = {}
         self.ports: dict[str, int] = {}
         self.kme_ports: dict[str, int] = {}
         self.metrics_ports: dict[str, int] = {}
@@ -172,6 +183,8 @@ class Cluster:
         #: Rewrites a node's command line before it starts (``(name, argv) -> argv``): a test runs
         #: one node inside a mount namespace on a small disk. None: as it is.
         self.command_wrapper: Callable[[str, list[str]], list[str]] | None = None
+        self._zygote: Zygote | None = None
+        self._zygote_failed = False
 
     @property
     def certs_dir(self) -> Path:
@@ -208,7 +221,7 @@ class Cluster:
         try:
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.state_dir, 0o700)
-            for private in (self.state_dir / "logs", self.state_dir / "data"):
+            for private in (self.state_dir / "logs", self.state_dir / "data", self.state_dir / "run"):
                 private.mkdir(mode=0o700, exist_ok=True)
                 os.chmod(private, 0o700)
             (self.state_dir / "topology.yaml").write_text(self._anchored_text())
@@ -231,9 +244,17 @@ class Cluster:
             self.start_node(node.name)
         self.write_cluster_file()
 
-    def start_node(self, name: str) -> subprocess.Popen[bytes]:
+    def start_node(self, name: str) -> NodeProcess:
+        """Starts node ``name`` (again) on its ports and data directory; its output goes to ``logs/NAME.log``.
+
+        Forked from the zygote (started by the first call) unless
+        ``QCINODE_LAUNCH=exec``, :attr:`command_wrapper` rewrites the node's
+        command line, or the environment differs from the zygote's in what a
+        process reads as it starts (:func:`~.zygote.start_time_environment`):
+        then a new interpreter, as ``python -m qcinode node ...``.
+        """
         args = [
-            sys.executable, "-m", "qcinode", "node",
+            "node",
             "--topology", str(self.state_dir / "topology.yaml"),
             "--name", name,
             "--certs", str(self.certs_dir),
@@ -241,6 +262,7 @@ class Cluster:
             "--listen", f"127.0.0.1:{self.ports[name]}",
             "--kme-listen", f"127.0.0.1:{self.kme_ports[name]}",
             "--metrics-listen", f"127.0.0.1:{self.metrics_ports[name]}",
+            "--port-file", str(self.port_file(name)),
         ]  # fmt: skip
         if self.topology.interfaces.etsi004:
             args += ["--etsi004-listen", f"127.0.0.1:{self.etsi004_ports[name]}"]
@@ -250,14 +272,70 @@ class Cluster:
             args += ["--peer", f"{peer}=127.0.0.1:{self.ports[peer]}"]
         if self.seed is not None:
             args += ["--seed", str(self.seed + sorted(self.ports).index(name))]
-        if self.command_wrapper is not None:
-            args = self.command_wrapper(name, args)
-        log_file = _private_log(self.state_dir / "logs" / f"{name}.log")
+        self.port_file(name).parent.mkdir(mode=0o700, exist_ok=True)
+        self.port_file(name).unlink(missing_ok=True)  # a killed node's: wait_healthy waits for the new one
+        command = [sys.executable, "-m", "qcinode", *args]
+        wrapped = self.command_wrapper(name, command) if self.command_wrapper is not None else command
         env = node_environment(dict(os.environ))
-        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        log_file.close()
+        with _private_log(self.state_dir / "logs" / f"{name}.log") as log_file:
+            proc: NodeProcess | None = self._fork(args, log_file.fileno(), env) if wrapped == command else None
+            if proc is None:
+                proc = subprocess.Popen(wrapped, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         self.processes[name] = proc
         return proc
+
+    @property
+    def zygote(self) -> Zygote | None:
+        """The zygote forking this cluster's nodes (None: none is running, or nodes start with exec)."""
+        return self._zygote
+
+    def zygote_command(self) -> list[str]:
+        """The zygote's command line (``--state-dir`` only names the cluster in ``ps``)."""
+        return [sys.executable, "-m", "qcinode", "zygote", "--state-dir", str(self.state_dir)]
+
+    def _fork(self, args: list[str], log_fd: int, env: dict[str, str]) -> ForkedProcess | None:
+        """``qcinode ARGS...`` forked from the zygote, or None where it is not to be used (start it with exec)."""
+        for _ in range(2):  # a zygote found dead on the way is replaced once
+            zygote = self._zygote_for(env)
+            if zygote is None:
+                return None
+            try:
+                return zygote.spawn(args, log_fd, env=env)
+            except ZygoteError:
+                if zygote.connected:
+                    raise  # it is alive and refused: a bug to show, not to hide behind exec
+        return None
+
+    def _zygote_for(self, env: dict[str, str]) -> Zygote | None:
+        """The running zygote for nodes with environment ``env``, started if there is none (None: use exec)."""
+        if self._zygote_failed or launch_mode() != "fork":
+            return None
+        zygote = self._zygote
+        if zygote is not None and zygote.connected:
+            # What a process reads as it starts (glibc, OpenBLAS, the interpreter) is fixed at the
+            # zygote's start: a node that needs other values there is started as a new process.
+            return zygote if zygote.can_fork(env) else None
+        log_path = self.state_dir / "logs" / "zygote.log"
+        with _private_log(log_path) as log_file:
+            try:
+                self._zygote = Zygote.start(self.zygote_command(), env, log_file.fileno())
+            except ZygoteError as exc:
+                self._zygote_failed = True
+                warnings.warn(f"qcinode: nodes start as new processes, not forked: {exc} (see {log_path})", RuntimeWarning, stacklevel=4)
+                return None
+        return self._zygote
+
+    def release(self) -> None:
+        """Lets the nodes run on without this launcher (``qcinode up --detach``).
+
+        The zygote's control channel closes, so the zygote exits; the nodes
+        it forked do not. Their handles in :attr:`processes` then see a node
+        end only when its PID is gone. A later :meth:`start_node` starts a
+        new zygote.
+        """
+        if self._zygote is not None:
+            self._zygote.close()
+            self._zygote = None
 
     def write_cluster_file(self) -> None:
         data = {
@@ -287,26 +365,47 @@ class Cluster:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, self.state_dir / CLUSTER_FILE)
 
+    def port_file(self, name: str) -> Path:
+        """Where node ``name`` writes its gRPC port once its servers and workers run (``--port-file``)."""
+        return self.state_dir / "run" / f"{name}.port"
+
     def wait_healthy(self, timeout_s: float = 30.0) -> None:
+        """Returns once every node answers its gRPC health check with SERVING.
+
+        A node is asked once it has written its port file, a few at a time,
+        with time to answer: on a machine that a hundred starting nodes
+        saturate, asking every node every round (a TLS handshake each) with
+        a one-second deadline kept the launcher waiting minutes for nodes
+        that were long up.
+
+        Raises:
+            ConfigError: A node exited, or not every node was healthy within ``timeout_s``.
+        """
         deadline = time.monotonic() + timeout_s
         pending = set(self.processes)
-        while pending:
-            for name in sorted(pending):
-                proc = self.processes[name]
-                if proc.poll() is not None:
-                    raise ConfigError(f"node {name} exited with code {proc.returncode}; see {self.state_dir / 'logs' / (name + '.log')}")
-                if health_check(f"127.0.0.1:{self.ports[name]}", name, self.certs_dir, timeout_s=1.0):
-                    pending.discard(name)
-            if pending and time.monotonic() > deadline:
-                raise ConfigError(f"nodes not healthy after {timeout_s:.0f} s: {', '.join(sorted(pending))}")
-            if pending:
-                time.sleep(0.2)
+
+        def healthy(name: str) -> bool:
+            return health_check(f"127.0.0.1:{self.ports[name]}", name, self.certs_dir, timeout_s=HEALTH_TIMEOUT_S)
+
+        with concurrent.futures.ThreadPoolExecutor(HEALTH_CHECKS_AT_ONCE) as pool:
+            while pending:
+                for name in sorted(pending):
+                    proc = self.processes[name]
+                    if proc.poll() is not None:
+                        raise ConfigError(f"node {name} exited with code {proc.returncode}; see {self.state_dir / 'logs' / (name + '.log')}")
+                serving = sorted(name for name in pending if self.port_file(name).exists())
+                pending -= {name for name, ok in zip(serving, pool.map(healthy, serving)) if ok}
+                if pending and time.monotonic() > deadline:
+                    raise ConfigError(f"nodes not healthy after {timeout_s:.0f} s: {', '.join(sorted(pending))}")
+                if pending:
+                    time.sleep(0.2)
 
     def stop(self, grace_s: float = 10.0) -> None:
         stop_processes({name: proc.pid for name, proc in self.processes.items()}, grace_s)
         for proc in self.processes.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)
+        self.release()
 
 
 def stop_processes(pids: dict[str, int], grace_s: float = 10.0) -> None:

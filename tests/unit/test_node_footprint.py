@@ -34,3 +34,13 @@ def test_only_large_blocks_tune_the_allocator(monkeypatch: pytest.MonkeyPatch) -
     assert runtime.tune_allocator_for_links(runtime.TUNE_ALLOCATOR_FROM_BLOCK_BITS) is True
     assert runtime.tune_allocator_for_links(1_000_000) is True
     assert len(calls) == 2
+
+
+def test_the_zygote_preloads_the_node_but_neither_numba_nor_grpc_reflection() -> None:
+    # What the zygote imports, every forked node holds: numba (80 MB) is for large blocks only.
+    code = (
+        "import sys; from qcinode.cli import preload_node; preload_node(); "
+        "print(sorted(m for m in ('numba', 'grpc_reflection.v1alpha.reflection', 'qcinode.node.node', 'qcinode.node.interfaces') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "['qcinode.node.interfaces', 'qcinode.node.node']"
