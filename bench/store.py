@@ -22,6 +22,7 @@ Run ``python bench/store.py [--blocks 1 100 800] [--saves 20]``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -30,6 +31,9 @@ from pathlib import Path
 from qcinode.keys.linkstore import LinkStore
 from qcinode.node.runtime import LinkRuntime
 from qcinode.topology import parse_topology
+
+#: MAC-key bytes a block refills (``auth_refill_keys`` 64 × 32 bytes).
+REFILL_BYTES = 64 * 32
 
 TOPOLOGY = """
 name: bench
@@ -43,25 +47,34 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, nargs="+", default=[1, 100, 800])
     parser.add_argument("--block-bytes", type=int, default=12_500)
     parser.add_argument("--saves", type=int, default=20)
+    parser.add_argument("--auth-bytes", type=int, default=57_344, help="MAC keys held, in refills of 2,048 bytes")
     args = parser.parse_args()
     link = parse_topology(TOPOLOGY).links_of("alpha")[0]
-    print(f"{'blocks':>7} {'pool MB':>8} {'ms/save':>9} {'db MB':>7}")
+    print(f"MAC-key reserve: {args.auth_bytes:,} bytes")
+    print(f"{'blocks':>7} {'pool MB':>8} {'ms/save':>9} {'CPU ms/save':>12} {'state B':>9} {'db MB':>7}")
     for n in args.blocks:
         with tempfile.TemporaryDirectory() as tmp:
             data_dir = Path(tmp)
-            rt = LinkRuntime(link, "alpha", os.urandom(32 * 64), LinkStore(data_dir, "alpha"))
+            rt = LinkRuntime(link, "alpha", os.urandom(min(args.auth_bytes, REFILL_BYTES)), LinkStore(data_dir, "alpha"))
+            for _ in range(max(0, args.auth_bytes - REFILL_BYTES) // REFILL_BYTES):
+                rt.auth.refill(os.urandom(REFILL_BYTES))  # as promoted refills from accepted blocks
             for i in range(n):
                 rt.pool.add_block(f"{link.link_id}/{i}", os.urandom(args.block_bytes))
             rt.persist()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(args.saves):
                 rt.pool.commit(rt.pool.reserve(40))
                 rt.persist()
             per_save = (time.perf_counter() - start) / args.saves
+            cpu_per_save = (time.process_time() - cpu_start) / args.saves
+            state_bytes = len(json.dumps(rt._snapshot().state, separators=(",", ":")))
             size = sum(f.stat().st_size for f in data_dir.iterdir())
             assert rt.store is not None
             rt.store.close()
-        print(f"{n:>7} {n * args.block_bytes / 1e6:>8.2f} {per_save * 1000:>9.2f} {size / 1e6:>7.1f}")
+        print(
+            f"{n:>7} {n * args.block_bytes / 1e6:>8.2f} {per_save * 1000:>9.2f} {cpu_per_save * 1000:>12.2f}"
+            f" {state_bytes:>9,} {size / 1e6:>7.1f}"
+        )
 
 
 if __name__ == "__main__":
