@@ -512,7 +512,7 @@ class AuthKeyReserve:
                 reserve._end = cursor * KEY_BYTES  # the flat buffer started at the cursor
                 reserve._append(bytes.fromhex(state["buffer"]))
                 for seq, data in sorted((int(s), d) for s, d in state.get("staged", {}).items()):
-                    reserve.stage(seq, bytes.fromhex(data))
+                    reserve.stage(_count(seq), bytes.fromhex(data))
                 return reserve
             parts = blobs or {}
             chunks = [(_count(offset), _bytes(raw, f"{_CHUNK_BLOB}{offset}", parts)) for offset, raw in state["chunks"]]

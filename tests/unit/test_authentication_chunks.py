@@ -175,6 +175,8 @@ def test_a_state_saved_before_the_chunks_still_loads() -> None:
     assert reserve.peek(3, 2) == [stream[96:128], stream[128:160]]
     reserve.promote_before(5)
     assert reserve.take(9)[-2:] == [stream[320:325] + staged[:27], staged[27:59]]
+    with pytest.raises(KeyStoreError):
+        AuthKeyReserve.from_state({**old, "staged": {"-1": "00"}})
     # Saved again in the new form, it goes on from the same offsets.
     again = _round_trip(reserve, inline=False)
     assert again.cursor == 12 and again.available_keys == 0
