@@ -40,10 +40,18 @@ Theory of operation:
       records how far staged refills were promoted, so that the other end can
       reproduce the same key indices after a crash
       (:mod:`qcinode.core.resync`).
+    * **Storage.** The reserve's bytes are immutable chunks (the bootstrap
+      key, then each refill), each named by its absolute byte offset; the
+      link's store writes a chunk once and deletes it when the cursor has
+      passed its last byte, so a save of the link (before every relay hop)
+      writes the cursor and a few offsets, not the unused keys as hex. A
+      partly used chunk stays whole on disk, its used prefix behind the
+      saved cursor, which alone says which keys were used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from cryptography.exceptions import InvalidSignature
@@ -52,11 +60,13 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 from qcinode.errors import (
     AuthenticationFailed,
     InsufficientKeyMaterial,
+    KeyNotFound,
     KeyStoreError,
     LocalProtocolError,
 )
 
 __all__ = [
+    "AUTH_BLOB_PREFIX",
     "KEY_BYTES",
     "TAG_BYTES",
     "AuthKeyReserve",
@@ -76,7 +86,13 @@ Direction = Literal["A>B", "B>A"]
 
 _DIRECTIONS: frozenset[str] = frozenset({"A>B", "B>A"})
 _TRANSCRIPT_HEADER = b"qcinode/transcript/v2\x00"  # v2: compact array forms in the canonical bytes
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: the bytes as chunks, which may be stored apart (to_state(inline=False))
+_READABLE_STATE_VERSIONS = (1, 2)  # 1: one flat hex buffer starting at the cursor
+_EXTERNAL = "blob"  # a chunk's bytes kept by the store as a blob
+#: Every blob name of the reserve starts with this (a link's store also holds its pool's blobs).
+AUTH_BLOB_PREFIX = "auth/"
+_CHUNK_BLOB = AUTH_BLOB_PREFIX  # + absolute byte offset
+_STAGED_BLOB = AUTH_BLOB_PREFIX + "staged/"  # + serial number
 
 
 #: Pieces shorter than this are joined with their neighbours before hashing (:class:`Transcript`).
@@ -220,12 +236,24 @@ class AuthKeyReserve:
     """A link's supply of one-time MAC keys, identical at both ends.
 
     Key ``i`` is bytes ``[32·i, 32·i + 32)`` of the concatenation of the
-    bootstrap key and every refill, in order. Consumed keys are dropped from
-    memory; :attr:`cursor` counts them. A trailing partial key waits for the
-    next refill.
+    bootstrap key and every refill, in order; :attr:`cursor` counts the keys
+    taken or skipped. The concatenation is held as immutable chunks (the
+    bootstrap key, then each refill), each with its absolute byte offset.
+    Taking keys moves the cursor; a chunk is dropped once every byte of it is
+    behind the cursor. A partly used chunk stays whole: the cursor skips its
+    used prefix. A trailing partial key waits for the next refill (a key may
+    span two chunks).
+
+    ``to_state(inline=False)`` names the chunks and the staged refills
+    instead of holding their bytes (:meth:`blob_names`, :meth:`blob`), so a
+    store writes each once and deletes it when the state stops naming it: a
+    save then costs a few numbers, not the whole reserve as hex. A name never
+    changes its bytes: a chunk is named by its offset, which only a refill at
+    the end of the reserve ever has; a staged refill by a serial number that
+    is never reused.
     """
 
-    __slots__ = ("_buffer", "_cursor", "_staged", "_promoted_before")
+    __slots__ = ("_chunks", "_end", "_cursor", "_staged", "_promoted_before", "_next_serial")
 
     def __init__(self, bootstrap: bytes) -> None:
         """Create the reserve from the link's pre-shared bootstrap key.
@@ -236,15 +264,36 @@ class AuthKeyReserve:
         """
         if not isinstance(bootstrap, (bytes, bytearray)):
             raise LocalProtocolError("bootstrap must be bytes")
-        self._buffer = bytearray(bootstrap)
+        #: ``(absolute offset, bytes)``, contiguous and in order; the first holds the cursor's byte.
+        self._chunks: list[tuple[int, bytes]] = []
+        self._end = 0  # absolute offset one past the last byte held
         self._cursor = 0
-        self._staged: dict[int, bytes] = {}
+        #: block_seq -> (serial, bytes)
+        self._staged: dict[int, tuple[int, bytes]] = {}
         self._promoted_before = 0
+        self._next_serial = 0
+        self._append(bytes(bootstrap))
+
+    def _append(self, data: bytes) -> None:
+        # An empty chunk would share its offset (its name) with the next one: skip it.
+        if data:
+            self._chunks.append((self._end, data))
+            self._end += len(data)
+
+    def _slice(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of the concatenation; the caller checks they are held."""
+        parts = []
+        for offset, data in self._chunks:
+            if offset >= end:
+                break
+            if offset + len(data) > start:
+                parts.append(data[max(0, start - offset) : end - offset])
+        return b"".join(parts)
 
     @property
     def available_keys(self) -> int:
         """Number of whole keys that can still be taken."""
-        return len(self._buffer) // KEY_BYTES
+        return (self._end - self._cursor * KEY_BYTES) // KEY_BYTES
 
     @property
     def cursor(self) -> int:
@@ -269,10 +318,18 @@ class AuthKeyReserve:
             raise InsufficientKeyMaterial(
                 f"{n_keys} authentication keys requested, {self.available_keys} available"
             )
-        end = n_keys * KEY_BYTES
-        keys = [bytes(self._buffer[i : i + KEY_BYTES]) for i in range(0, end, KEY_BYTES)]
-        del self._buffer[:end]
+        start = self._cursor * KEY_BYTES
+        end = start + n_keys * KEY_BYTES
+        data = self._slice(start, end)
+        keys = [data[i : i + KEY_BYTES] for i in range(0, len(data), KEY_BYTES)]
         self._cursor += n_keys
+        drop = 0
+        for offset, chunk in self._chunks:
+            if offset + len(chunk) > end:
+                break
+            drop += 1
+        if drop:
+            del self._chunks[:drop]  # wholly behind the cursor: gone from memory, and from disk at the next save
         return keys
 
     def refill(self, data: bytes) -> None:
@@ -283,7 +340,7 @@ class AuthKeyReserve:
         """
         if not isinstance(data, (bytes, bytearray)):
             raise LocalProtocolError("refill data must be bytes")
-        self._buffer.extend(data)
+        self._append(bytes(data))
 
     def stage(self, block_seq: int, data: bytes) -> None:
         """Set aside refill bytes from block ``block_seq`` until both ends surely hold it.
@@ -296,12 +353,13 @@ class AuthKeyReserve:
         _require_count(block_seq, "block_seq")
         if not isinstance(data, (bytes, bytearray)):
             raise LocalProtocolError("staged data must be bytes")
-        self._staged[block_seq] = bytes(data)
+        self._staged[block_seq] = (self._next_serial, bytes(data))
+        self._next_serial += 1
 
     def promote_before(self, block_seq: int) -> None:
         """Appends, in block order, every staged refill of a block older than ``block_seq``."""
         for seq in sorted(s for s in self._staged if s < block_seq):
-            self.refill(self._staged.pop(seq))
+            self._append(self._staged.pop(seq)[1])
         self._promoted_before = max(self._promoted_before, block_seq)
 
     @property
@@ -321,20 +379,27 @@ class AuthKeyReserve:
         _require_count(n_keys, "n_keys")
         if cursor < self._cursor:
             raise LocalProtocolError(f"key {cursor} was already used (cursor {self._cursor})")
-        start = (cursor - self._cursor) * KEY_BYTES
+        start = cursor * KEY_BYTES
         end = start + n_keys * KEY_BYTES
-        if end > len(self._buffer) - len(self._buffer) % KEY_BYTES:
+        if cursor + n_keys > self._cursor + self.available_keys:
             raise InsufficientKeyMaterial(
                 f"keys {cursor}..{cursor + n_keys - 1} requested, the reserve reaches key {self._cursor + self.available_keys - 1}"
             )
-        return [bytes(self._buffer[i : i + KEY_BYTES]) for i in range(start, end, KEY_BYTES)]
+        data = self._slice(start, end)
+        return [data[i : i + KEY_BYTES] for i in range(0, len(data), KEY_BYTES)]
 
     def copy(self) -> AuthKeyReserve:
-        """An independent copy (to try a change and keep it only if it works)."""
-        twin = AuthKeyReserve(bytes(self._buffer))
+        """An independent copy (to try a change and keep it only if it works).
+
+        Cheap: the chunks are immutable, so the copy shares them.
+        """
+        twin = AuthKeyReserve(b"")
+        twin._chunks = list(self._chunks)
+        twin._end = self._end
         twin._cursor = self._cursor
         twin._staged = dict(self._staged)
         twin._promoted_before = self._promoted_before
+        twin._next_serial = self._next_serial
         return twin
 
     def adopt(self, changed: AuthKeyReserve) -> None:
@@ -343,10 +408,12 @@ class AuthKeyReserve:
         The link's sessions hold this object; adopting keeps them pointing at
         the one reserve. ``changed`` must not be used afterwards.
         """
-        self._buffer = changed._buffer
+        self._chunks = changed._chunks
+        self._end = changed._end
         self._cursor = changed._cursor
         self._staged = changed._staged
         self._promoted_before = changed._promoted_before
+        self._next_serial = changed._next_serial
 
     def retain_staged(self, block_seqs: set[int]) -> None:
         """Drops staged refills of blocks the peer does not hold (resynchronisation)."""
@@ -376,44 +443,127 @@ class AuthKeyReserve:
             raise LocalProtocolError(f"cannot move the cursor back from {self._cursor} to {cursor}")
         self.take(cursor - self._cursor)
 
-    def to_state(self) -> dict[str, Any]:
-        """A JSON-able snapshot (key bytes hex-encoded). It holds secrets."""
+    def to_state(self, *, inline: bool = True) -> dict[str, Any]:
+        """A JSON-able snapshot.
+
+        With ``inline`` (the default) it holds every byte, hex-encoded (it
+        holds secrets). With ``inline=False`` it holds only the cursor, the
+        chunks' offsets and the staged refills' block numbers, and names the
+        bytes instead (:meth:`blob_names`, :meth:`blob`).
+        """
         return {
             "version": _STATE_VERSION,
             "cursor": self._cursor,
-            "buffer": self._buffer.hex(),
-            "staged": {str(seq): data.hex() for seq, data in sorted(self._staged.items())},
+            "chunks": [[offset, data.hex() if inline else _EXTERNAL] for offset, data in self._chunks],
+            "end": self._end,
+            "staged": [
+                [seq, serial, data.hex() if inline else _EXTERNAL] for seq, (serial, data) in sorted(self._staged.items())
+            ],
+            "next_serial": self._next_serial,
             "promoted_before": self._promoted_before,
         }
 
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> AuthKeyReserve:
-        """Rebuild a reserve from :meth:`to_state` output.
+    def blob_names(self) -> set[str]:
+        """The names of the immutable parts ``to_state(inline=False)`` leaves out (all start ``auth/``)."""
+        names = {f"{_CHUNK_BLOB}{offset}" for offset, _ in self._chunks}
+        names.update(f"{_STAGED_BLOB}{serial}" for serial, _ in self._staged.values())
+        return names
+
+    def blob(self, name: str) -> bytes:
+        """One immutable part, by a name from :meth:`blob_names` (key bytes: secret).
 
         Raises:
-            KeyStoreError: If the state is malformed.
+            KeyNotFound: No such part (any more).
+        """
+        if name.startswith(_STAGED_BLOB):
+            for serial, data in self._staged.values():
+                if name == f"{_STAGED_BLOB}{serial}":
+                    return data
+        elif name.startswith(_CHUNK_BLOB):
+            for offset, data in self._chunks:
+                if name == f"{_CHUNK_BLOB}{offset}":
+                    return data
+        raise KeyNotFound(f"no stored part {name!r} in the authentication key reserve")
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], blobs: Mapping[str, bytes] | None = None) -> AuthKeyReserve:
+        """Rebuild a reserve from :meth:`to_state` output (and, if it was not inline, its blobs).
+
+        Also reads the flat form saved before the reserve was chunked
+        (version 1: the unused bytes as one hex ``buffer``).
+
+        Raises:
+            KeyStoreError: If the state is malformed or inconsistent, or names
+                a blob that ``blobs`` lacks.
         """
         try:
-            if state["version"] != _STATE_VERSION:
-                raise KeyStoreError(f"unsupported auth reserve state version {state['version']!r}")
+            version = state["version"]
+            if version not in _READABLE_STATE_VERSIONS:
+                raise KeyStoreError(f"unsupported auth reserve state version {version!r}")
             cursor = state["cursor"]
-            buffer = bytes.fromhex(state["buffer"])
-            staged = {int(seq): bytes.fromhex(data) for seq, data in state.get("staged", {}).items()}
             promoted_before = state.get("promoted_before", 0)  # absent in states saved before it existed
+            for name, value in (("cursor", cursor), ("promoted_before", promoted_before)):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise KeyStoreError(f"malformed auth reserve state: bad {name}")
+            reserve = cls(b"")
+            reserve._cursor = cursor
+            reserve._promoted_before = promoted_before
+            if version == 1:
+                reserve._end = cursor * KEY_BYTES  # the flat buffer started at the cursor
+                reserve._append(bytes.fromhex(state["buffer"]))
+                for seq, data in sorted((int(s), d) for s, d in state.get("staged", {}).items()):
+                    reserve.stage(_count(seq), bytes.fromhex(data))
+                return reserve
+            parts = blobs or {}
+            chunks = [(_count(offset), _bytes(raw, f"{_CHUNK_BLOB}{offset}", parts)) for offset, raw in state["chunks"]]
+            end = _count(state["end"])
+            reserve._chunks = chunks
+            reserve._end = end
+            reserve._next_serial = _count(state["next_serial"])
+            for seq, serial, raw in state["staged"]:
+                if _count(serial) >= reserve._next_serial:
+                    raise KeyStoreError("malformed auth reserve state: bad staged serial")
+                reserve._staged[_count(seq)] = (serial, _bytes(raw, f"{_STAGED_BLOB}{serial}", parts))
+        except KeyStoreError:
+            raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise KeyStoreError(f"malformed auth reserve state: {exc}") from None
-        for name, value in (("cursor", cursor), ("promoted_before", promoted_before)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise KeyStoreError(f"malformed auth reserve state: bad {name}")
-        reserve = cls(buffer)
-        reserve._cursor = cursor
-        reserve._staged = staged
-        reserve._promoted_before = promoted_before
+        # The chunks must tile [first offset, end) and hold the cursor's byte (unless all used).
+        position = cursor * KEY_BYTES
+        expected = chunks[0][0] if chunks else end
+        for offset, data in chunks:
+            if offset != expected or not data:
+                raise KeyStoreError("malformed auth reserve state: chunks are not contiguous")
+            expected += len(data)
+        if expected != end or not (chunks[0][0] if chunks else end) <= position <= end:
+            raise KeyStoreError("malformed auth reserve state: the cursor is outside the chunks")
+        if chunks and chunks[0][0] + len(chunks[0][1]) <= position:
+            raise KeyStoreError("malformed auth reserve state: holds a chunk already used")
+        if len(reserve._staged) != len(state["staged"]) or len({s for s, _ in reserve._staged.values()}) != len(reserve._staged):
+            raise KeyStoreError("malformed auth reserve state: duplicate staged refill")
         return reserve
 
     def __repr__(self) -> str:
         # Never show key material.
         return f"AuthKeyReserve(cursor={self._cursor}, available_keys={self.available_keys})"
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise KeyStoreError("malformed auth reserve state: a count is not a non-negative int")
+    return value
+
+
+def _bytes(raw: Any, name: str, blobs: Mapping[str, bytes]) -> bytes:
+    """A chunk's bytes: inline hex, or the blob ``name``."""
+    if raw == _EXTERNAL:
+        data = blobs.get(name)
+        if data is None:
+            raise KeyStoreError(f"auth reserve state names part {name!r}, which the store does not hold")
+        return bytes(data)
+    if not isinstance(raw, str):
+        raise KeyStoreError("malformed auth reserve state: chunk bytes are not hex")
+    return bytes.fromhex(raw)
 
 
 def _require_key(key: bytes) -> None:

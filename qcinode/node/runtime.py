@@ -46,7 +46,7 @@ import numpy as np
 
 from ..core import physics
 from ..core.aborts import AbortReason, abort_reason
-from ..core.authentication import AuthKeyReserve
+from ..core.authentication import AUTH_BLOB_PREFIX, AuthKeyReserve
 from ..core.channel import FibreChannel, Idle, QuantumChannelModel
 from ..core.clock import NetworkClock
 from ..core.estimation import h2
@@ -346,7 +346,7 @@ class LinkRuntime:
         self._snapshots = 0
         self._waiting: _Snapshot | None = None
         self._written = 0
-        self._auth_before_step: dict[str, Any] | None = None
+        self._auth_before_step: AuthKeyReserve | None = None
         self._blobs_written: frozenset[str] = frozenset()
         #: Held while a protocol step may change the MAC-key reserve in another thread (:meth:`stepping`).
         self.step_lock = asyncio.Lock()
@@ -356,8 +356,10 @@ class LinkRuntime:
                 self._restore(saved, store.load_blobs(self.link_id))
 
     def _restore(self, saved: dict[str, Any], blobs: dict[str, bytes]) -> None:
-        self.pool = LinkKeyPool.from_state(saved["pool"], blobs)
-        self.auth = AuthKeyReserve.from_state(saved["auth"])
+        auth_blobs = {name: data for name, data in blobs.items() if name.startswith(AUTH_BLOB_PREFIX)}
+        pool_blobs = {name: data for name, data in blobs.items() if not name.startswith(AUTH_BLOB_PREFIX)}
+        self.pool = LinkKeyPool.from_state(saved["pool"], pool_blobs)
+        self.auth = AuthKeyReserve.from_state(saved["auth"], auth_blobs)
         self.next_block_seq = int(saved["next_block_seq"])
         self.next_frame_id = int(saved["next_frame_id"])
         counters = dict(saved.get("counters", {}))
@@ -435,20 +437,23 @@ class LinkRuntime:
         """The state now, numbered, as the newest waiting to be written (on the event loop)."""
         counters = dataclasses.asdict(self.counters)
         counters["aborts_by_reason"] = {reason.value: n for reason, n in self.counters.aborts_by_reason.items()}
-        auth = self._auth_before_step if self._auth_before_step is not None else self.auth.to_state()
+        auth = self._auth_before_step if self._auth_before_step is not None else self.auth
         self._snapshots += 1
-        # The pool's key halves and closed blocks never change: each is written once, so
-        # only those not yet on disk are read now (the write may come after the pool dropped one).
-        names = self.pool.blob_names()
+        # The pool's key halves and closed blocks, and the MAC-key reserve's chunks, never change:
+        # each is written once, so only those not yet on disk are read now (the write may come
+        # after the pool or the reserve dropped one). The reserve's names all start "auth/".
+        pool_names = self.pool.blob_names()
+        auth_names = auth.blob_names()
+        names = pool_names | auth_names
         with self._state_lock:
             new = names - self._blobs_written
         snapshot = _Snapshot(
             blob_names=frozenset(names),
-            blobs={name: self.pool.blob(name) for name in new},
+            blobs={name: auth.blob(name) if name in auth_names else self.pool.blob(name) for name in new},
             number=self._snapshots,
             state={
                 "pool": self.pool.to_state(inline=False),
-                "auth": auth,
+                "auth": auth.to_state(inline=False),
                 "next_block_seq": self.next_block_seq,
                 "next_frame_id": self.next_frame_id,
                 "counters": counters,
@@ -485,10 +490,10 @@ class LinkRuntime:
 
         Holds :attr:`step_lock` (one step of this link at a time; a Hello
         exchange waits for it), and meanwhile saves take the reserve as it was
-        before the step.
+        before the step (a copy: a list of references to its immutable chunks).
         """
         async with self.step_lock:
-            self._auth_before_step = self.auth.to_state()
+            self._auth_before_step = self.auth.copy()
             try:
                 yield
             finally:

@@ -135,7 +135,7 @@ def test_a_failed_write_raises_to_its_callers_and_the_next_save_retries(tmp_path
 
 def test_a_save_during_a_protocol_step_takes_the_mac_keys_as_before_the_step(tmp_path: Path) -> None:
     rt, _ = _runtime(tmp_path)
-    before = rt.auth.to_state()
+    before = rt.auth.to_state(inline=False)
 
     async def scenario() -> tuple[dict[str, Any], bool]:
         async with rt.stepping():
