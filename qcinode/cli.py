@@ -261,6 +261,9 @@ def _up(args: argparse.Namespace) -> int:
     from .cluster.launcher import Cluster, cluster_view, links_without_key, nodes_without_routes, render_table
 
     cluster = Cluster(_topology_path(args.topology, args.example), args.state_dir, speed=args.speed)
+    # SIGTERM (a process manager, `timeout`, a CI job's end) stops the cluster as Ctrl-C does:
+    # the nodes run in sessions of their own and would otherwise outlive `up`.
+    signal.signal(signal.SIGTERM, _interrupt)
     cluster.prepare()
     try:
         cluster.start()
@@ -296,13 +299,19 @@ def _up(args: argparse.Namespace) -> int:
         raise
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM handler of a foreground ``up``: stop as after Ctrl-C."""
+    raise KeyboardInterrupt
+
+
 def _stop(cluster: Any) -> None:
-    """Stops every node; a second Ctrl-C does not cut that short (the nodes save their state on SIGTERM)."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Stops every node; a second Ctrl-C or SIGTERM does not cut that short (the nodes save their state on SIGTERM)."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         cluster.stop()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _status(args: argparse.Namespace) -> int:

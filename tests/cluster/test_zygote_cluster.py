@@ -126,7 +126,11 @@ def test_exec_mode_and_another_start_time_environment_start_new_interpreters(
     assert alpha.returncode == 0 and beta.returncode == 0
 
 
-def test_ctrl_c_in_a_foreground_up_stops_the_nodes_and_the_zygote(two_node_topology: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_to_a_foreground_up_stops_the_nodes_and_the_zygote(
+    two_node_topology: Path, tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    """Ctrl-C, or SIGTERM from a process manager or ``timeout``: the nodes (in sessions of their own) go too."""
     state = tmp_path / "state"
     env = {**os.environ, "QCINODE_LAUNCH": "fork"}
     command = [sys.executable, "-m", "qcinode", "up", str(two_node_topology), "--state-dir", str(state), "--refresh", "0.5"]
@@ -140,7 +144,7 @@ def test_ctrl_c_in_a_foreground_up_stops_the_nodes_and_the_zygote(two_node_topol
         zygotes = [pid for pid in _zygotes_of(state.resolve()) if pid not in pids]
         assert len(zygotes) == 1
     finally:
-        up.send_signal(signal.SIGINT)
+        up.send_signal(stop_signal)
         _, err = up.communicate(timeout=60)
     assert up.returncode == 0, err
     assert "stopping" in err
