@@ -644,7 +644,7 @@ FRAME_WALL_S = 1.0
 #: acknowledgement, the link-state saves its MAC keys need) whatever its size, so on a
 #: slow link — whose 10⁵-bit block takes minutes — short frames are pure overhead: a
 #: quarter second made a slow link cost as much CPU as a fast one; 1 s cost an idle
-#: 9-node grid at 100 kHz 1.55 % of a core per node, 5 s 0.84 %. Key still grows in
+#: 9-node grid at 100 kHz 1.55 % of a core per node, 5 s 0.84–1.05 %. Key still grows in
 #: steps of at most this much wall time.
 FIXED_CHANNEL_FRAME_WALL_S = 5.0
 
