@@ -192,6 +192,7 @@ def _links(available: int) -> list[LinkAdvert]:
 
 def test_changes_after_a_quiet_spell_go_out_fast_then_back_off_to_the_minimum_interval() -> None:
     schedule = AdvertSchedule(np.random.default_rng(0), refresh_s=100.0, min_interval_s=10.0, first_interval_s=1.0)
+    schedule.sent([LinkAdvert("a-b", "b", False, 0)], T0 - 100.0)  # the start, then a quiet spell
     now, sent_at, available = T0, [], 0
     while now < T0 + 60:
         available += 1000  # every second the pool moves by far more than a quarter of... at first
@@ -210,6 +211,19 @@ def test_changes_after_a_quiet_spell_go_out_fast_then_back_off_to_the_minimum_in
     schedule.sent(links, quiet)
     assert schedule.hold_s == 1.0
     assert schedule.due([LinkAdvert("a-b", "b", True, available)], quiet + 1.0) == "links_changed"
+
+
+def test_a_starting_node_holds_its_link_changes_for_the_minimum_interval() -> None:
+    """Start-up is no quiet spell: links coming up one by one are not each flooded over a large network."""
+    big = _timed_schedule(0, advert_timing(100))
+    assert big.due(_links(0), T0) == "first"
+    big.sent([LinkAdvert("a-b", "b", False, 0)], T0)
+    assert big.hold_s == 10.0
+    assert big.due(_links(0), T0 + 9.5) is None  # the link came up: held
+    assert big.due(_links(0), T0 + 10.0) == "links_changed"
+    small = _timed_schedule(0, advert_timing(5))  # up to 10 nodes the minimum interval is 1 s: as fast as before
+    small.sent([LinkAdvert("a-b", "b", False, 0)], T0)
+    assert small.due(_links(0), T0 + 1.0) == "links_changed"
 
 
 def test_the_hold_never_lets_an_origin_exceed_its_budget() -> None:
