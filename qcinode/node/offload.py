@@ -164,27 +164,31 @@ class GroupCommit(Generic[T, R]):
     async def _write_batch(self, batch: list[tuple[list[T], asyncio.Future[list[R]]]]) -> None:
         items = [item for part, _ in batch for item in part]
         if not self._threaded:
-            outcome = self._run(items)
-        else:
-            future = asyncio.get_running_loop().run_in_executor(self._executor, self._run, items)
-            try:
-                outcome = await asyncio.shield(future)
-            except asyncio.CancelledError:
-                while not future.done():  # the write runs to its end; its outcomes still go out
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.wait([future])
-                self._resolve(batch, future.result())
-                raise
+            self._resolve(batch, self._run(items))
+            return
+        await self._finish(batch, asyncio.get_running_loop().run_in_executor(self._executor, self._run, items))
+
+    async def _finish(self, batch: list[tuple[list[T], asyncio.Future[list[R]]]], write: asyncio.Future[list[R] | Exception]) -> None:
+        """Hands out the outcomes of ``write`` (running in a thread or a task) to ``batch``'s callers.
+
+        If the caller that runs the write is cancelled, the write still runs
+        to its end and its outcomes still go out; then the cancellation goes on.
+        """
+        try:
+            outcome = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            while not write.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([write])
+            self._resolve(batch, write.result())
+            raise
         self._resolve(batch, outcome)
 
     def _run(self, items: list[T]) -> list[R] | Exception:
         try:
-            outcomes = self._write(items)
+            return _checked(items, self._write(items))
         except Exception as exc:  # handed to every caller of the batch
             return exc
-        if len(outcomes) != len(items):
-            return RuntimeError(f"group write returned {len(outcomes)} outcomes for {len(items)} items")
-        return outcomes
 
     def _resolve(self, batch: list[tuple[list[T], asyncio.Future[list[R]]]], outcome: list[R] | Exception) -> None:
         self.writes += 1
@@ -221,25 +225,24 @@ class AsyncGroupCommit(GroupCommit[T, R]):
 
     async def _write_batch(self, batch: list[tuple[list[T], asyncio.Future[list[R]]]]) -> None:
         items = [item for part, _ in batch for item in part]
-        task = asyncio.ensure_future(self._run_async(items))
-        try:
-            outcome = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            while not task.done():  # the write runs to its end; its outcomes still go out
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([task])
-            self._resolve(batch, task.result())
-            raise
-        self._resolve(batch, outcome)
+        await self._finish(batch, asyncio.ensure_future(self._run_async(items)))
 
     async def _run_async(self, items: list[T]) -> list[R] | Exception:
         try:
-            outcomes = await self._write_async(items)
+            return _checked(items, await self._write_async(items))
         except Exception as exc:  # handed to every caller of the batch
             return exc
-        if len(outcomes) != len(items):
-            return RuntimeError(f"group write returned {len(outcomes)} outcomes for {len(items)} items")
-        return outcomes
+
+
+def _checked(items: list[Any], outcomes: list[R]) -> list[R]:
+    """``outcomes`` if there is one per item.
+
+    Raises:
+        RuntimeError: A write returned another number of outcomes.
+    """
+    if len(outcomes) != len(items):
+        raise RuntimeError(f"group write returned {len(outcomes)} outcomes for {len(items)} items")
+    return outcomes
 
 
 def _never(items: list[Any]) -> list[Any]:
