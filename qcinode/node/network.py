@@ -350,13 +350,18 @@ class NetworkService(pb_grpc.NetworkServicer):
                 # The first call alone (it carries the ask and waits for the connection), then the rest a few at a time.
                 first = await self._send_advert(peer, advert_to_pb(adverts[0]), ask=ask)
                 delivered = first is True
-                ok = delivered if ask else first is not False  # an ask that timed out (the peer may be down) is tried again
+                # A call that timed out fails the exchange as one that found the peer away does: it
+                # is tried again after the back-off. (Counted as sent, a timed-out exchange ended
+                # "ok", but its timeouts left the debt standing, so the next tick sent it all again:
+                # on a saturated machine, 100 nodes each sent twice the adverts their neighbours
+                # could answer.)
+                ok = delivered
                 rest = adverts[1:]
                 while ok and rest:
                     batch, rest = rest[:EXCHANGE_CONCURRENCY], rest[EXCHANGE_CONCURRENCY:]
                     async with asyncio.TaskGroup() as group:
                         sends = [group.create_task(self._send_advert(peer, advert_to_pb(a))) for a in batch]
-                    ok = all(task.result() is not False for task in sends)
+                    ok = all(task.result() is True for task in sends)
         except Exception:
             ok = False
             self.log.exception("routing.exchange_failed", peer_id=peer)
