@@ -258,12 +258,20 @@ def _passes(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    # SIGTERM (a process manager, `timeout`, a CI job's end) stops the cluster as Ctrl-C does: the
+    # nodes run in sessions of their own and would otherwise outlive `up`. Only while `up` runs:
+    # a program calling main() in-process keeps its own handler afterwards.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run_up(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_up(args: argparse.Namespace) -> int:
     from .cluster.launcher import Cluster, cluster_view, links_without_key, nodes_without_routes, render_table
 
     cluster = Cluster(_topology_path(args.topology, args.example), args.state_dir, speed=args.speed)
-    # SIGTERM (a process manager, `timeout`, a CI job's end) stops the cluster as Ctrl-C does:
-    # the nodes run in sessions of their own and would otherwise outlive `up`.
-    signal.signal(signal.SIGTERM, _interrupt)
     cluster.prepare()
     try:
         cluster.start()
