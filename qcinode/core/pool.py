@@ -42,7 +42,14 @@ Theory of operation:
     * **Persistence.** :meth:`LinkKeyPool.to_state` is a JSON-able dict (key
       bytes as hex; it holds secrets). Open reservations are not persisted: a
       process that stops before committing never sent the bytes (see above),
-      so they come back as available. ``to_state(inline=False)`` leaves out
+      so they come back as available — except a reservation made with
+      ``saved_as_used``, which a snapshot records as used: bytes set aside to
+      be sent later without a save in between (the relay's pad stock,
+      :mod:`qcinode.core.relay.context`). Once a snapshot holding it is on
+      disk, any part of it may be committed and sent at once; a process that
+      stops before using it all loses the rest (never reuses it), and one
+      that releases it (nothing of it left the process) frees it again with
+      the next save. :meth:`LinkKeyPool.split` cuts such a reservation in two. ``to_state(inline=False)`` leaves out
       the parts that never change once written — each half's key bytes and
       each closed block's summary — and names them; :meth:`blob_names` and
       :meth:`blob` hand them to a store that writes each once, so a save
@@ -195,7 +202,7 @@ class _ClosedBlock:
 class LinkKeyPool:
     """The key pool of one link at one end, with its ledger of used bytes."""
 
-    __slots__ = ("_link_id", "_role", "_blocks", "_closed", "_open", "_next_reservation_id")
+    __slots__ = ("_link_id", "_role", "_blocks", "_closed", "_open", "_saved_as_used", "_next_reservation_id")
 
     def __init__(self, link_id: str, role: Role) -> None:
         """Create an empty pool.
@@ -211,6 +218,7 @@ class LinkKeyPool:
         self._blocks: dict[str, _Block] = {}
         self._closed: dict[str, _ClosedBlock] = {}
         self._open: dict[int, Reservation] = {}
+        self._saved_as_used: set[int] = set()  # open reservations a snapshot records as used
         self._next_reservation_id = 1
 
     # -- queries ---------------------------------------------------------
@@ -321,8 +329,13 @@ class LinkKeyPool:
 
     # -- our own use: reserve, commit, release ------------------------------
 
-    def reserve(self, length_bytes: int) -> Reservation:
+    def reserve(self, length_bytes: int, *, saved_as_used: bool = False) -> Reservation:
         """Set aside ``length_bytes`` from our halves, oldest block first.
+
+        Args:
+            length_bytes: How many bytes.
+            saved_as_used: Snapshots (:meth:`to_state`) record the bytes as
+                used while the reservation is open (see the module docstring).
 
         Raises:
             InsufficientKeyMaterial: If fewer bytes are available (nothing is reserved).
@@ -353,10 +366,35 @@ class LinkKeyPool:
             )
         for r in ranges:
             _add(self._blocks[r.block_id].reserved, r.offset_bytes, r.end_bytes)
-        reservation = Reservation(self._link_id, self._next_reservation_id, tuple(ranges))
-        self._next_reservation_id += 1
-        self._open[reservation.reservation_id] = reservation
-        return reservation
+        return self._open_reservation(tuple(ranges), saved_as_used)
+
+    def split(self, reservation: Reservation, length_bytes: int) -> tuple[Reservation, Reservation | None]:
+        """Cut an open reservation after its first ``length_bytes``: the head and the rest (None if nothing is left).
+
+        Both parts are open reservations like the original, which closes;
+        the bytes stay set aside throughout.
+
+        Raises:
+            LocalProtocolError: If the reservation is not open in this pool,
+                or ``length_bytes`` is not an int in ``1..reservation.length_bytes``.
+        """
+        if isinstance(length_bytes, bool) or not isinstance(length_bytes, int) or not 1 <= length_bytes <= reservation.length_bytes:
+            raise LocalProtocolError(f"length_bytes must be an int in 1..{reservation.length_bytes}, got {length_bytes!r}")
+        self._take_open(reservation)
+        saved = reservation.reservation_id in self._saved_as_used
+        self._saved_as_used.discard(reservation.reservation_id)
+        head: list[KeyRange] = []
+        rest: list[KeyRange] = []
+        remaining = length_bytes
+        for r in reservation.ranges:
+            take = min(remaining, r.length_bytes)
+            if take > 0:
+                head.append(KeyRange(r.block_id, r.offset_bytes, take))
+                remaining -= take
+            if take < r.length_bytes:
+                rest.append(KeyRange(r.block_id, r.offset_bytes + take, r.length_bytes - take))
+        first = self._open_reservation(tuple(head), saved)
+        return first, (self._open_reservation(tuple(rest), saved) if rest else None)
 
     def commit(self, reservation: Reservation) -> bytes:
         """Mark a reservation's bytes used and return them (concatenated).
@@ -369,6 +407,7 @@ class LinkKeyPool:
                 surviving bytes return to the pool.
         """
         self._take_open(reservation)
+        self._saved_as_used.discard(reservation.reservation_id)
         if any(r.block_id not in self._blocks for r in reservation.ranges):
             self._unreserve(reservation)
             raise KeyNotFound("a block of this reservation was discarded during resync")
@@ -396,6 +435,7 @@ class LinkKeyPool:
         if stored is None:
             return
         self._take_open(reservation)
+        self._saved_as_used.discard(reservation.reservation_id)
         self._unreserve(reservation)
 
     # -- the peer's use ----------------------------------------------------
@@ -457,10 +497,21 @@ class LinkKeyPool:
         the open blocks' ledgers and one ID per closed block, not with the
         key they hold.
 
-        Open reservations are not included: restored, their bytes are available.
+        Open reservations are not included: restored, their bytes are
+        available — but for those made ``saved_as_used``, recorded as used.
         """
+        saved_as_used: dict[str, list[Interval]] = {}
+        for reservation_id in self._saved_as_used:
+            for r in self._open[reservation_id].ranges:
+                _add(saved_as_used.setdefault(r.block_id, []), r.offset_bytes, r.end_bytes)
         blocks = []
         for block in self._blocks.values():
+            used = block.used
+            if block.block_id in saved_as_used:  # our half only: reservations are never in the peer's
+                ours = list(used[self._role])
+                for start, end in saved_as_used[block.block_id]:
+                    _add(ours, start, end)
+                used = {**used, self._role: ours}
             blocks.append(
                 {
                     "block_id": block.block_id,
@@ -471,7 +522,7 @@ class LinkKeyPool:
                         for role in Role
                     },
                     "used": {
-                        role.value: [[s, e] for s, e in block.used[role]] for role in Role
+                        role.value: [[s, e] for s, e in used[role]] for role in Role
                     },
                 }
             )
@@ -600,6 +651,14 @@ class LinkKeyPool:
         )
 
     # -- internals -------------------------------------------------------
+
+    def _open_reservation(self, ranges: tuple[KeyRange, ...], saved_as_used: bool) -> Reservation:
+        reservation = Reservation(self._link_id, self._next_reservation_id, ranges)
+        self._next_reservation_id += 1
+        self._open[reservation.reservation_id] = reservation
+        if saved_as_used:
+            self._saved_as_used.add(reservation.reservation_id)
+        return reservation
 
     def _take_open(self, reservation: Reservation) -> None:
         """Remove an open reservation from the open set, checking it is ours."""

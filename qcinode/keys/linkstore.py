@@ -356,7 +356,8 @@ class LinkStore(SqliteStore):
 
         Each entry as :meth:`save`. A relay hop through this node uses pad
         of two links (the one it came in on, the one it goes out on); both
-        ledgers go to disk together, before the hop is sent on.
+        ledgers go to disk together, before the hop is sent on (unless its
+        pad came from the link's pad stock, on disk as used already).
 
         Raises:
             StorageFailure, KeyStoreError, LocalProtocolError: As :meth:`save`;

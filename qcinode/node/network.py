@@ -13,26 +13,30 @@ Rules that keep every key bit single-use and both ends consistent (the
 engine decides them; the driver performs the actions in the order given):
 
 * A hop's pad is reserved from *our* half of the link pool, committed and
-  written to disk before the ciphertext leaves; a failure afterwards
+  on disk as used before the ciphertext leaves (saved with the hop, or
+  ahead as the link's pad stock); a failure afterwards
   discards those bits, it never releases them (the peer may have used them).
 * The receiving end checks the hop's tag with the named ranges, then
   consumes exactly those ranges, from the sender's half, and writes that
-  through before the share goes on; a forged hop uses nothing.
+  through before it answers the hop; a forged hop uses nothing.
 * The master gets a key only after every slave's node stored it; a failed
   relay leaves at most an orphan at a destination, which nobody can redeem
   because nobody learnt its key ID.
 
-How the driver performs each action, in waves (:meth:`NetworkService._drive`):
-every ``SaveLink`` of a wave in one transaction (a transit hop's two ledgers
-included, :func:`~.runtime.persist_together`), shared with the saves that
-concurrent relays ask for meanwhile (:class:`~.offload.AsyncGroupCommit`),
-every ``StoreKey`` of a wave
-in one key-store transaction shared with concurrent relays' keys
-(:class:`~.offload.GroupCommit`), each awaited before anything that follows
-from it (a failed save or store is fed back as such, so nothing that depends
-on it happens), the writes in the node's storage thread or a worker thread
-(:mod:`qcinode.node.offload`), so that the event loop serves other requests
-during the fsync; then the ``SendHop`` actions, one message per link for
+How the driver performs each action, in waves (:meth:`NetworkService._drive`),
+the actions of a wave side by side: every ``SaveLink`` of a wave in one
+transaction (a transit hop's two ledgers included,
+:func:`~.runtime.persist_together`), shared with the saves that concurrent
+relays ask for meanwhile (:class:`~.offload.AsyncGroupCommit`), every
+``StoreKey`` of a wave in one key-store transaction shared with concurrent
+relays' keys (:class:`~.offload.GroupCommit`), their results fed back to
+make the next wave (a failed save or store is fed back as such, so nothing
+that depends on it happens), the writes in the node's storage thread or a
+worker thread (:mod:`qcinode.node.offload`), so that the event loop serves
+other requests during the fsync; and the ``SendHop`` actions — the engine
+asks for one only once its pad is on disk as used, after the hop's own save
+or from the link's saved pad stock beside the incoming ledger's save
+(:mod:`qcinode.core.relay.context`) — one message per link for
 all hops that go over it (``RelayKey`` for one, ``RelayKeys`` for several:
 a request's keys travel as one multi-key hop message, each key with its own
 pad and tag), each link's in a task of one :class:`asyncio.TaskGroup` that
@@ -253,6 +257,8 @@ class NetworkService(pb_grpc.NetworkServicer):
         return pb_grpc.NetworkStub(channel)
 
     async def aclose(self) -> None:
+        """Closes the channels and releases the links' pad stocks (the node saves every link once more after this)."""
+        self.engine.release_stocks()  # nothing of them left the node: the last save records them free, as the peers do
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
@@ -435,19 +441,21 @@ class NetworkService(pb_grpc.NetworkServicer):
 
         The answers are the :class:`AnswerHop`, :class:`DeliverKeys` and
         :class:`FailRequest` actions reached from ``actions``. Actions are
-        performed in waves: every :class:`SaveLink` of a wave in one
-        transaction, every :class:`StoreKey` in one (shared with concurrent
-        relays' keys, :class:`~.offload.GroupCommit`), and the results fed
-        back make the next wave; then the :class:`SendHop` actions, one
-        message per link for all hops that go over it.
+        performed in waves, side by side within a wave: every
+        :class:`SaveLink` of a wave in one transaction, every
+        :class:`StoreKey` in one (shared with concurrent relays' keys,
+        :class:`~.offload.GroupCommit`), whose results fed back make the next
+        wave, and the :class:`SendHop` actions, one message per link for all
+        hops that go over it, each performing what follows its answer.
         """
         answers: list[RelayAction] = []
-        sends: list[SendHop] = []
-        handoffs: list[StoreKey] = []
         todo = list(actions)
+        held: list[SendHop] = []
         while todo:
             saves: list[SaveLink] = []
             stores: list[StoreKey] = []
+            sends: list[SendHop] = []
+            handoffs: list[StoreKey] = []
             for action in todo:
                 match action:
                     case SaveLink():
@@ -462,29 +470,48 @@ class NetworkService(pb_grpc.NetworkServicer):
                         answers.append(action)
                     case _:
                         self._note(action)
-            todo = []
-            if saves:
-                started = time.perf_counter()
-                (failure,) = await self._link_saver.submit([frozenset(link_id for action in saves for link_id in action.link_ids)])
-                self._timed("save", started, len(saves))
-                for action in saves:
-                    todo += self.engine.receive(LinkSaved(action.ref, failure))
-            if stores:
-                started = time.perf_counter()
-                results = await self._store_off_loop(stores)
-                self._timed("store", started, len(stores))
-                for result in results:
-                    todo += self.engine.receive(result)
-        if sends or handoffs:
+            # A wave's saves, stores and sends run side by side: the engine asks for a
+            # send only once what it depends on is on disk (a hop whose pad came from
+            # the saved stock goes on beside its incoming ledger's save). But sends over
+            # a link this wave also saves wait for the save, to go in one message with
+            # the hops it releases (a request's keys split between the stock's end and
+            # new pad still travel together).
+            saving = {link_id for action in saves for link_id in action.link_ids}
+            sends, held = held + [a for a in sends if a.link_id not in saving], [a for a in sends if a.link_id in saving]
             batches: dict[tuple[str, str], list[SendHop]] = {}
-            for action in sends:
-                batches.setdefault((action.link_id, action.peer), []).append(action)
+            for send in sends:
+                batches.setdefault((send.link_id, send.peer), []).append(send)
             async with asyncio.TaskGroup() as group:
+                saved = group.create_task(self._save_wave(saves)) if saves else None
+                stored = group.create_task(self._store_wave(stores)) if stores else None
                 tasks = [group.create_task(self._send(batch)) for batch in batches.values()]
                 tasks += [group.create_task(self._hand_off(action)) for action in handoffs]
+            todo = (saved.result() if saved else []) + (stored.result() if stored else [])
             for task in tasks:
                 answers += task.result()
+            if held and not todo:
+                todo, held = list(held), []
         return answers
+
+    async def _save_wave(self, saves: list[SaveLink]) -> list[RelayAction]:
+        """A wave's link saves in one transaction (shared with concurrent relays'); what the engine does next."""
+        started = time.perf_counter()
+        (failure,) = await self._link_saver.submit([frozenset(link_id for action in saves for link_id in action.link_ids)])
+        self._timed("save", started, len(saves))
+        follow: list[RelayAction] = []
+        for action in saves:
+            follow += self.engine.receive(LinkSaved(action.ref, failure))
+        return follow
+
+    async def _store_wave(self, stores: list[StoreKey]) -> list[RelayAction]:
+        """A wave's keys in one key-store transaction (shared with concurrent relays'); what the engine does next."""
+        started = time.perf_counter()
+        results = await self._store_off_loop(stores)
+        self._timed("store", started, len(stores))
+        follow: list[RelayAction] = []
+        for result in results:
+            follow += self.engine.receive(result)
+        return follow
 
     def _remote_slaves(self, slaves: tuple[str, ...]) -> tuple[str, ...]:
         """The slaves another network serves (handed over at an interworking node)."""

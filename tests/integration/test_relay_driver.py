@@ -61,7 +61,10 @@ async def test_a_relayed_key_is_stored_and_a_cancelled_request_leaves_nothing_wa
         assert beta.network.key_writes == (1, 2)
 
         # Concurrent requests share the source's ledger saves: the first one's save runs, the
-        # two asked for meanwhile go to disk together in the next transaction.
+        # two asked for meanwhile go to disk together in the next transaction. (With no pad
+        # stock: the first request's would spare the next ones their saves.)
+        assert alpha.network.engine.stocked_bytes
+        alpha.network.engine.release_stocks()
         saves = alpha.network.link_saves
         batches = await asyncio.gather(*(alpha.network.deliver(request) for _ in range(3)))
         assert (alpha.network.link_saves[0] - saves[0], alpha.network.link_saves[1] - saves[1]) == (2, 3)
@@ -84,4 +87,46 @@ async def test_a_relayed_key_is_stored_and_a_cancelled_request_leaves_nothing_wa
         assert beta.network.engine.waiting == 0
     finally:
         await alpha.stop(0)
+        await beta.stop(0)
+
+
+@pytest.mark.asyncio
+async def test_a_saved_pad_stock_sends_the_next_hops_without_a_save_and_a_clean_stop_releases_it(
+    tmp_path: Path, two_node_topology: Path
+) -> None:
+    topology = load_topology(two_node_topology)
+    certs = tmp_path / "certs"
+    make_certificates(cert_plan(topology), certs, bootstrap_key_bytes=8192)
+    common = dict(topology=topology, certs_dir=certs, stage_timeout_s=2.0)
+    beta_peers: dict[str, str] = {}
+    beta = Node(NodeSettings(name="beta", seed=41, data_dir=tmp_path / "beta", peers=beta_peers, **common))  # type: ignore[arg-type]
+    port = await beta.start()
+    alpha_settings = NodeSettings(name="alpha", seed=42, data_dir=tmp_path / "alpha", peers={"beta": f"127.0.0.1:{port}"}, **common)  # type: ignore[arg-type]
+    alpha = Node(alpha_settings)
+    beta_peers["alpha"] = f"127.0.0.1:{await alpha.start()}"
+    await beta.network.aclose()
+    request = EncRequest(master_sae="alpha-app", slave_saes=("beta-app",), number=2, size_bits=256)
+    try:
+        # Enough key for a stock (a sixteenth of what the link has free, at least one pad).
+        await until(lambda: alpha.network.available_keys("alpha-app", "beta-app", 256) >= 40, timeout_s=90)
+        await alpha.network.deliver(request)
+        assert alpha.network.engine.stocked_bytes, "set aside with the first request's pads, saved with them"
+        saves = alpha.network.link_saves
+        keys = await alpha.network.deliver(request)
+        assert alpha.network.link_saves == saves, "the source sent both hops without a save of its own"
+        assert beta.keystore is not None
+        assert beta.keystore.take("beta-app", "alpha-app", [k.key_id for k in keys]) == [(k.key_id, k.key) for k in keys]
+        assert _audit(alpha, beta) == (4 * 64, 0)
+    finally:
+        await alpha.stop(0)
+    (link,) = alpha.status(include_ledger=True).links
+    ledger = [entry.to_json() for entry in link.ledger or ()]
+    # Restarted from its disk, alpha's ledger is what it used: the released stock is not recorded as used.
+    again = Node(alpha_settings)
+    await again.start()
+    try:
+        (link,) = again.status(include_ledger=True).links
+        assert [entry.to_json() for entry in link.ledger or ()] == ledger
+    finally:
+        await again.stop(0)
         await beta.stop(0)

@@ -374,9 +374,9 @@ def _receiver(pool: LinkKeyPool) -> RelayEngine:
     return RelayEngine("y", neighbours=_OneLink(LinkEnd("x-y", "x", pool)), routes=LinkStateDatabase("y"), random_bytes=bytes)
 
 
-def _hop(sender: LinkKeyPool) -> SealedHop:
+def _hop(sender: LinkKeyPool, key_id: str = "k") -> SealedHop:
     """A hop x → y of a 32-byte key of zeros, sealed with the next pad of ``sender``."""
-    header = RelayHeader("r", "k", "m", ("s",), "x", "y", ("x", "y"), 0, 0, 1, KEY_BYTES)
+    header = RelayHeader("r", key_id, "m", ("s",), "x", "y", ("x", "y"), 0, 0, 1, KEY_BYTES)
     reservation = sender.reserve(NEED)
     ciphertext, tag = seal_hop(header, bytes(KEY_BYTES), sender.commit(reservation))
     return SealedHop(header, reservation.ranges, ciphertext, tag)
@@ -414,24 +414,34 @@ def test_a_bad_incoming_hop_is_refused_with_its_reason_and_consumes_nothing(chan
     assert bob.audit() == [] and engine.waiting == 0
 
 
-def test_an_incoming_hop_is_saved_before_it_is_stored_and_a_failed_save_refuses_it() -> None:
+def test_an_incoming_hop_is_saved_beside_the_store_answered_once_both_ended_and_a_failed_save_refuses_it() -> None:
     alice, bob = _pools()
     engine = _receiver(bob)
-    (save,) = engine.receive(HopArrived("t1", "x", _hop(alice), 0.0))
-    assert isinstance(save, SaveLink) and save.link_id == "x-y"
+    # Store first, then the save: no answer before both ended.
+    save, store = engine.receive(HopArrived("t1", "x", _hop(alice, "k1"), 0.0))
+    assert isinstance(save, SaveLink) and save.link_id == "x-y" and save.also == ()
+    assert isinstance(store, StoreKey) and store.key == bytes(KEY_BYTES) and store.key_id == "k1"
     assert len(bob.audit()) == 1, "consumed once the tag verified, before the save"
-    actions = engine.receive(LinkSaved(save.ref))
-    (store,) = actions
-    assert isinstance(store, StoreKey) and store.key == bytes(KEY_BYTES) and store.key_id == "k"
-    answer = engine.receive(KeyStored(store.ref))
+    assert engine.receive(KeyStored(store.ref)) == []
+    answer = engine.receive(LinkSaved(save.ref))
     assert [type(a) for a in answer] == [KeyArrived, AnswerHop] and answer[1] == AnswerHop("t1")
-    # The next hop's save fails: refused, nothing stored.
-    (save,) = engine.receive(HopArrived("t2", "x", _hop(alice), 0.0))
-    assert isinstance(save, SaveLink)
+    # The save first, then the store.
+    save, store = engine.receive(HopArrived("t2", "x", _hop(alice, "k2"), 0.0))
+    assert engine.receive(LinkSaved(save.ref)) == []
+    answer = engine.receive(KeyStored(store.ref))
+    assert [type(a) for a in answer] == [KeyArrived, AnswerHop] and answer[1] == AnswerHop("t2")
+    # The save fails: refused although the key was stored (an orphan nobody learns the ID of).
+    save, store = engine.receive(HopArrived("t3", "x", _hop(alice, "k3"), 0.0))
+    assert engine.receive(KeyStored(store.ref)) == []
     refused = engine.receive(LinkSaved(save.ref, failure="database or disk is full"))
     assert [type(a) for a in refused] == [HopRefused, AnswerHop]
-    assert refused[1] == AnswerHop("t2", Refusal(RefusalReason.STORAGE_FAILED, "node y cannot save key material: database or disk is full"))
-    assert engine.waiting == 0
+    assert refused[1] == AnswerHop("t3", Refusal(RefusalReason.STORAGE_FAILED, "node y cannot save key material: database or disk is full"))
+    # A store refusal stands even when the save failed too: the hop is refused once, with the store's reason.
+    save, store = engine.receive(HopArrived("t4", "x", _hop(alice, "k4"), 0.0))
+    assert engine.receive(LinkSaved(save.ref, failure="database or disk is full")) == []
+    refused = engine.receive(KeyStored(store.ref, Refusal(RefusalReason.STORE_REFUSED, "no such SAE")))
+    assert refused[1] == AnswerHop("t4", Refusal(RefusalReason.STORE_REFUSED, "no such SAE"))
+    assert engine.waiting == 0 and engine.stats.received == 2 and engine.stats.failed == 2
 
 
 # -- the source machine, step by step -------------------------------------------------------
@@ -641,7 +651,9 @@ def test_every_key_of_a_request_starts_at_once_so_the_driver_can_carry_them_in_o
     sends = [a for s in saves for a in engine.receive(LinkSaved(s.ref))]
     assert len(sends) == 16 and all(isinstance(a, SendHop) and a.link_id == "x-y" for a in sends)
     pads = [r for a in sends if isinstance(a, SendHop) for r in a.hop.pad]
-    assert sum(r.length_bytes for r in pads) == 16 * NEED == before - alice.available_bytes
+    # Beside the pads, the link's pad stock: a sixteenth of what it had free, saved with them.
+    assert engine.stocked_bytes == {"x-y": (before - NEED) // 16}
+    assert sum(r.length_bytes for r in pads) == 16 * NEED == before - alice.available_bytes - (before - NEED) // 16
     answers = [a for s in sends if isinstance(s, SendHop) for a in engine.receive(HopAnswered(s.ref))]
     (answer,) = answers
     assert isinstance(answer, DeliverKeys) and len(answer.keys) == 16 and len({k.key_id for k in answer.keys}) == 16

@@ -26,6 +26,23 @@ Theory of operation:
 
       Steps 1-3 run without the driver in between, so concurrent hops never
       reserve the same byte.
+    * **Pad stock: a save ahead, not one per hop.** Step 4 puts a save on
+      every hop's path, at the source and at every transit node. So each
+      link keeps a stock of pad (:data:`PAD_STOCK_BYTES`, at most a
+      sixteenth of what the link has free): a reservation of our half that
+      snapshots record as used (``saved_as_used``,
+      :mod:`qcinode.core.pool`). It is taken with the pad of a hop that
+      saves anyway, and becomes *saved* when that save succeeds. A hop whose
+      pad comes from a saved stock needs no save of its own — its bytes are
+      on disk as used already — and is sent at once (step 4 is skipped).
+      The rules still hold: a pad is on disk as used before it leaves; a
+      stopped or crashed node loses its stock (recorded used, never reused);
+      a stock whose save failed, or whose save's owner gave up before the
+      answer, is released — nothing of it left the process — and the next
+      hop takes a new one; a node that stops cleanly releases its stocks
+      (:meth:`RelayContext.release_stocks`) before its last save, so the two
+      ends' ledgers agree again. A stock belongs to one pool object: if the
+      driver replaced the link's pool, the old stock is dropped.
 """
 
 from __future__ import annotations
@@ -37,7 +54,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from qcinode.core.pool import LinkKeyPool
+from qcinode.core.pool import LinkKeyPool, Reservation
 from qcinode.core.relay.hop import MAX_SHARES, RelayHeader, pad_bytes_needed, seal_hop
 from qcinode.core.relay.messages import (
     HopAnswered,
@@ -50,9 +67,10 @@ from qcinode.core.relay.messages import (
     SealedHop,
     SendHop,
 )
-from qcinode.errors import InsufficientKeyMaterial, LocalProtocolError
+from qcinode.errors import InsufficientKeyMaterial, KeyNotFound, LocalProtocolError
 
 __all__ = [
+    "PAD_STOCK_BYTES",
     "LinkEnd",
     "Neighbours",
     "RelayContext",
@@ -64,6 +82,14 @@ __all__ = [
     "send_share",
     "storage_refusal",
 ]
+
+
+#: Pad a link keeps saved ahead for hops that need no save of their own (the module docstring):
+#: 128 hops of a 256-bit key, or 8 requests of 16 such keys.
+PAD_STOCK_BYTES = 8192
+
+#: The stock is at most this fraction of what the link has free, so that a scarce pool is not tied up.
+_STOCK_SHARE = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +202,16 @@ Continuation = Callable[[LinkSaved | HopAnswered | KeyStored], list[RelayAction]
 
 
 @dataclass(slots=True)
+class _Stock:
+    """A link's pad stock: ``saved`` once a save holding it succeeded; ``ref`` is that save while due."""
+
+    pool: LinkKeyPool
+    reservation: Reservation
+    saved: bool = False
+    ref: int | None = None
+
+
+@dataclass(slots=True)
 class _Wait:
     owner: Hashable
     expects: type[LinkSaved | HopAnswered | KeyStored]
@@ -185,7 +221,7 @@ class _Wait:
 class RelayContext:
     """The node's view shared by its relay machines (see the module docstring)."""
 
-    __slots__ = ("node", "neighbours", "routes", "random_bytes", "settings", "stats", "_waits", "_next_ref")
+    __slots__ = ("node", "neighbours", "routes", "random_bytes", "settings", "stats", "_waits", "_next_ref", "_stocks", "_stock_saves")
 
     def __init__(
         self,
@@ -203,6 +239,8 @@ class RelayContext:
         self.stats = RelayStats()
         self._waits: dict[int, _Wait] = {}
         self._next_ref = 1
+        self._stocks: dict[str, _Stock] = {}  # link ID -> its pad stock
+        self._stock_saves: dict[int, tuple[str, ...]] = {}  # a due save's ref -> the links whose stock it saves
 
     def new_id(self) -> str:
         """A fresh UUID4 string from the injected random bytes (key and relay IDs)."""
@@ -234,6 +272,14 @@ class RelayContext:
                 f"ref {event.ref} waits for {waiting.expects.__name__}, got {type(event).__name__}"
             )
         del self._waits[event.ref]
+        if isinstance(event, LinkSaved) and event.ref in self._stock_saves:
+            for link_id in self._stock_saves.pop(event.ref):
+                stock = self._stocks.get(link_id)
+                if stock is not None and stock.ref == event.ref:
+                    stock.ref = None
+                    stock.saved = event.failure is None
+                    if not stock.saved:
+                        self._drop_stock(link_id)  # not on disk: release, nothing of it was sent
         return waiting.then(event)
 
     def abandon(self, owner: Hashable) -> int:
@@ -241,7 +287,73 @@ class RelayContext:
         refs = [ref for ref, w in self._waits.items() if w.owner == owner]
         for ref in refs:
             del self._waits[ref]
+            for link_id in self._stock_saves.pop(ref, ()):
+                stock = self._stocks.get(link_id)
+                if stock is not None and stock.ref == ref:
+                    self._drop_stock(link_id)  # its save's outcome will never be known here
         return len(refs)
+
+    def wait_save(self, owner: Hashable, then: Continuation, link_ids: Sequence[str]) -> int:
+        """:meth:`wait` for a :class:`~.messages.SaveLink` of ``link_ids``; the save also makes their new stocks saved."""
+        ref = self.wait(owner, LinkSaved, then)
+        stocked = tuple(i for i in link_ids if (s := self._stocks.get(i)) is not None and not s.saved and s.ref is None)
+        for link_id in stocked:
+            self._stocks[link_id].ref = ref
+        if stocked:
+            self._stock_saves[ref] = stocked
+        return ref
+
+    def take_pad(self, link: LinkEnd, length_bytes: int) -> tuple[bytes, Reservation, bool]:
+        """A hop's pad on ``link``, committed (used from now on): its bytes, ranges, and whether it still needs a save.
+
+        From the link's saved stock if it holds enough (no save needed);
+        else reserved from the pool, with a new stock set aside beside it
+        when the link has none, which the hop's save will save too.
+
+        Raises:
+            InsufficientKeyMaterial: The pool (stock aside) has too few bytes; nothing is used.
+        """
+        stock = self._stocks.get(link.link_id)
+        if stock is not None and (stock.pool is not link.pool or (stock.saved and stock.reservation.length_bytes < length_bytes)):
+            self._drop_stock(link.link_id)  # a replaced pool (the stock is not in it), or too little left: a new one
+            stock = None
+        if stock is not None and stock.saved:
+            head, rest = link.pool.split(stock.reservation, length_bytes)
+            if rest is None:
+                del self._stocks[link.link_id]
+            else:
+                stock.reservation = rest
+            try:
+                return link.pool.commit(head), head, False
+            except KeyNotFound:  # a block of it went in a resync: the rest of the stock too, and this hop saves
+                self._stocks.pop(link.link_id, None)
+                if rest is not None:
+                    link.pool.release(rest)
+                stock = None
+        reservation = link.pool.reserve(length_bytes)
+        pad = link.pool.commit(reservation)
+        if stock is None:
+            size = min(PAD_STOCK_BYTES, link.pool.available_bytes // _STOCK_SHARE)
+            if size >= length_bytes:
+                self._stocks[link.link_id] = _Stock(link.pool, link.pool.reserve(size, saved_as_used=True))
+        return pad, reservation, True
+
+    def release_stocks(self) -> int:
+        """Releases every link's pad stock (a node stopping cleanly, before its last save); returns the bytes."""
+        released = sum(s.reservation.length_bytes for s in self._stocks.values())
+        for link_id in list(self._stocks):
+            self._drop_stock(link_id)
+        self._stock_saves.clear()
+        return released
+
+    @property
+    def stocked_bytes(self) -> dict[str, int]:
+        """Each link's pad stock in bytes, saved or not (for status and tests)."""
+        return {link_id: s.reservation.length_bytes for link_id, s in self._stocks.items()}
+
+    def _drop_stock(self, link_id: str) -> None:
+        stock = self._stocks.pop(link_id)
+        stock.pool.release(stock.reservation)
 
     @property
     def waiting(self) -> int:
@@ -249,10 +361,11 @@ class RelayContext:
         return len(self._waits)
 
 
-def prepare_share(ctx: RelayContext, header: RelayHeader, share: bytes) -> tuple[LinkEnd, SealedHop] | Refusal:
-    """Steps 1-3 of one outgoing hop (see the module docstring): the link and the sealed hop, or why not.
+def prepare_share(ctx: RelayContext, header: RelayHeader, share: bytes) -> tuple[LinkEnd, SealedHop, bool] | Refusal:
+    """Steps 1-3 of one outgoing hop (see the module docstring): the link, the sealed hop and whether it needs a save; or why not.
 
-    Once this returns a hop, its pad is used (committed), whatever happens next.
+    Once this returns a hop, its pad is used (committed), whatever happens
+    next. A hop whose pad came from the link's saved stock needs no save.
     """
     peer = header.path[header.hop_index + 1]
     link = ctx.neighbours.link_to(peer)
@@ -261,13 +374,12 @@ def prepare_share(ctx: RelayContext, header: RelayHeader, share: bytes) -> tuple
     if link.cut:
         return Refusal(RefusalReason.PEER_UNAVAILABLE, f"link {link.link_id} to {peer} is cut")
     try:
-        reservation = link.pool.reserve(pad_bytes_needed(len(share)))
+        # Used from now on, whatever happens next (see the module docstring).
+        pad, reservation, needs_save = ctx.take_pad(link, pad_bytes_needed(len(share)))
     except InsufficientKeyMaterial as exc:
         return Refusal(RefusalReason.INSUFFICIENT_KEY, str(exc))
-    # Used from now on, whatever happens next (see the module docstring).
-    pad = link.pool.commit(reservation)
     ciphertext, tag = seal_hop(header, share, pad)
-    return link, SealedHop(header, reservation.ranges, ciphertext, tag)
+    return link, SealedHop(header, reservation.ranges, ciphertext, tag), needs_save
 
 
 def send_prepared(
@@ -304,7 +416,9 @@ def send_share(
     prepared = prepare_share(ctx, header, share)
     if isinstance(prepared, Refusal):
         return done(prepared)
-    link, hop = prepared
+    link, hop, needs_save = prepared
+    if not needs_save:  # a pad from the saved stock: on disk as used already
+        return send_prepared(ctx, owner, link, hop, done)
 
     def saved(event: LinkSaved | HopAnswered | KeyStored) -> list[RelayAction]:
         assert isinstance(event, LinkSaved)
@@ -312,4 +426,4 @@ def send_share(
             return done(storage_refusal(ctx, event.failure))
         return send_prepared(ctx, owner, link, hop, done)
 
-    return [SaveLink(ctx.wait(owner, LinkSaved, saved), link.link_id)]
+    return [SaveLink(ctx.wait_save(owner, saved, (link.link_id,)), link.link_id)]

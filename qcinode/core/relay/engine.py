@@ -19,10 +19,12 @@ Theory of operation:
       agree):
 
       - a hop's pad is reserved from *our* half of the link pool and
-        committed before anything can interleave, saved (``SaveLink``)
-        before the hop is sent, and never released once committed;
+        committed before anything can interleave, on disk as used
+        (``SaveLink``, or taken from the link's saved pad stock) before the
+        hop is sent, and never released once committed;
       - a received hop's ranges are consumed only after its tag verified
-        with them, and saved before the hop goes on or the key is stored;
+        with them, and saved before the hop is answered (beside the next
+        hop or the key's store when nothing else waits for that save);
       - a failed save means nothing that depends on it is sent.
     * **The answer to a request** comes once (``DeliverKeys`` or
       ``FailRequest``) after every key of it ended; the master gets keys only
@@ -105,6 +107,15 @@ class RelayEngine:
     def stats(self) -> RelayStats:
         """The relay counters."""
         return self._ctx.stats
+
+    @property
+    def stocked_bytes(self) -> dict[str, int]:
+        """Each link's pad stock in bytes (:mod:`~qcinode.core.relay.context`), saved or not."""
+        return self._ctx.stocked_bytes
+
+    def release_stocks(self) -> int:
+        """Releases every link's pad stock, for a node stopping cleanly before its last save; returns the bytes."""
+        return self._ctx.release_stocks()
 
     @property
     def open_requests(self) -> tuple[str, ...]:
