@@ -30,10 +30,8 @@ def _audit(alpha: Node, beta: Node) -> tuple[int, int]:
     return audit.bytes_both, audit.bytes_initiator_only
 
 
-@pytest.mark.asyncio
-async def test_a_relayed_key_is_stored_and_a_cancelled_request_leaves_nothing_waiting(
-    tmp_path: Path, two_node_topology: Path
-) -> None:
+async def _pair(tmp_path: Path, two_node_topology: Path) -> tuple[Node, Node, NodeSettings]:
+    """Alpha and beta started and routing to each other; and alpha's settings (to start it again)."""
     topology = load_topology(two_node_topology)
     certs = tmp_path / "certs"
     make_certificates(cert_plan(topology), certs, bootstrap_key_bytes=8192)
@@ -41,12 +39,20 @@ async def test_a_relayed_key_is_stored_and_a_cancelled_request_leaves_nothing_wa
     beta_peers: dict[str, str] = {}
     beta = Node(NodeSettings(name="beta", seed=41, data_dir=tmp_path / "beta", peers=beta_peers, **common))  # type: ignore[arg-type]
     port = await beta.start()
-    alpha = Node(NodeSettings(name="alpha", seed=42, data_dir=tmp_path / "alpha", peers={"beta": f"127.0.0.1:{port}"}, **common))  # type: ignore[arg-type]
-    alpha_port = await alpha.start()
+    alpha_settings = NodeSettings(name="alpha", seed=42, data_dir=tmp_path / "alpha", peers={"beta": f"127.0.0.1:{port}"}, **common)  # type: ignore[arg-type]
+    alpha = Node(alpha_settings)
     # Beta's adverts must reach alpha, for alpha to route: give beta alpha's port, and drop the
     # channel it may have opened to the default address meanwhile.
-    beta_peers["alpha"] = f"127.0.0.1:{alpha_port}"
+    beta_peers["alpha"] = f"127.0.0.1:{await alpha.start()}"
     await beta.network.aclose()
+    return alpha, beta, alpha_settings
+
+
+@pytest.mark.asyncio
+async def test_a_relayed_key_is_stored_and_a_cancelled_request_leaves_nothing_waiting(
+    tmp_path: Path, two_node_topology: Path
+) -> None:
+    alpha, beta, _ = await _pair(tmp_path, two_node_topology)
     request = EncRequest(master_sae="alpha-app", slave_saes=("beta-app",), number=2, size_bits=256)
     try:
         await until(lambda: alpha.network.available_keys("alpha-app", "beta-app", 256) >= 10, timeout_s=90)
@@ -94,17 +100,7 @@ async def test_a_relayed_key_is_stored_and_a_cancelled_request_leaves_nothing_wa
 async def test_a_saved_pad_stock_sends_the_next_hops_without_a_save_and_a_clean_stop_releases_it(
     tmp_path: Path, two_node_topology: Path
 ) -> None:
-    topology = load_topology(two_node_topology)
-    certs = tmp_path / "certs"
-    make_certificates(cert_plan(topology), certs, bootstrap_key_bytes=8192)
-    common = dict(topology=topology, certs_dir=certs, stage_timeout_s=2.0)
-    beta_peers: dict[str, str] = {}
-    beta = Node(NodeSettings(name="beta", seed=41, data_dir=tmp_path / "beta", peers=beta_peers, **common))  # type: ignore[arg-type]
-    port = await beta.start()
-    alpha_settings = NodeSettings(name="alpha", seed=42, data_dir=tmp_path / "alpha", peers={"beta": f"127.0.0.1:{port}"}, **common)  # type: ignore[arg-type]
-    alpha = Node(alpha_settings)
-    beta_peers["alpha"] = f"127.0.0.1:{await alpha.start()}"
-    await beta.network.aclose()
+    alpha, beta, alpha_settings = await _pair(tmp_path, two_node_topology)
     request = EncRequest(master_sae="alpha-app", slave_saes=("beta-app",), number=2, size_bits=256)
     try:
         # Enough key for a stock (a sixteenth of what the link has free, at least one pad).
