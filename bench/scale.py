@@ -79,6 +79,7 @@ import yaml
 
 from qcinode.cluster.launcher import Cluster
 from qcinode.cluster.zygote import launch_mode
+from qcinode.core.routing import ORIGINATION_REASONS
 from qcinode.errors import ConfigError
 from qcinode.kme.client import EtsiClient
 from qcinode.topology import load_topology
@@ -175,7 +176,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-_METRIC = re.compile(r'^(qcinode_routing_known_nodes|qcinode_routing_adverts_total)(\{kind="(\w+)"\})? ([0-9.e+-]+)$', re.M)
+_METRIC = re.compile(
+    r'^(qcinode_routing_known_nodes|qcinode_routing_links_up|qcinode_routing_adverts_total|qcinode_routing_originations_total)'
+    r'(\{(?:kind|reason)="(\w+)"\})? ([0-9.e+-]+)$',
+    re.M,
+)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -284,16 +289,22 @@ def run(args: argparse.Namespace) -> int:
 
         # 2. routing
         converged_at = math.nan
+        started_figures: dict[str, tuple[float, dict[str, float]]] | None = None
         # At least a minute after the last node is up: a slow start must not leave routing unmeasured.
         deadline = max(t_prepared + args.converge_timeout, t_healthy + 60.0)
         while time.monotonic() < deadline:
             scraped = scrape_all(cluster.metrics_ports)
             known = [figures.get("qcinode_routing_known_nodes", 0.0) for _, figures in scraped.values()]
-            if all(k >= n_nodes for k in known):
+            links_up = [figures.get("qcinode_routing_links_up", 0.0) for _, figures in scraped.values()]
+            started_figures = scraped
+            if all(k >= n_nodes for k in known) and all(u >= n_links for u in links_up):
                 converged_at = max(at for at, _ in scraped.values())  # the last node read: an upper bound
                 break
-            done = sum(k >= n_nodes for k in known)
-            log(f"routing: {done}/{n_nodes} nodes know every node (least {min(known):.0f}) at {time.monotonic() - t_prepared:.0f} s")
+            done = sum(k >= n_nodes and u >= n_links for k, u in zip(known, links_up))
+            log(
+                f"routing: {done}/{n_nodes} nodes know every node and every link up both ways (least {min(known):.0f} nodes, "
+                f"{min(links_up):.0f} links) at {time.monotonic() - t_prepared:.0f} s"
+            )
             time.sleep(1.0)
         if math.isnan(converged_at):
             print(f"2. routing: NOT converged within {deadline - t_prepared:.0f} s of the launch")
@@ -315,8 +326,8 @@ def run(args: argparse.Namespace) -> int:
         span = w1 - w0
         cpu_pct = [100 * (cpu1[n][1] - cpu0[n][1]) / (cpu1[n][0] - cpu0[n][0]) for n in pids]
 
-        def per_second(kind: str) -> list[float]:
-            key = f"qcinode_routing_adverts_total:{kind}"
+        def per_second(kind: str, family: str = "qcinode_routing_adverts_total") -> list[float]:
+            key = f"{family}:{kind}"
             return [(adverts1[n][1].get(key, math.nan) - adverts0[n][1].get(key, math.nan)) / (adverts1[n][0] - adverts0[n][0]) for n in pids]
 
         advert_rate, received_rate, originated_rate = per_second("sent"), per_second("received"), per_second("originated")
@@ -329,6 +340,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"   CPU % of core {spread(cpu_pct)}   (sum {sum(c for c in cpu_pct if not math.isnan(c)):.0f} %)")
         print(f"   adverts sent/s {spread(advert_rate, '{:.2f}')}   received/s {spread(received_rate, '{:.2f}')}")
         print(f"   adverts originated/s {spread(originated_rate, '{:.3f}')}   database exchanges/s {spread(exchange_rate, '{:.3f}')}")
+        by_reason = {
+            reason: [r for r in per_second(reason, "qcinode_routing_originations_total") if not math.isnan(r)]
+            for reason in ORIGINATION_REASONS
+        }
+        print(
+            "   originations/s per node by reason (mean): "
+            + ", ".join(f"{reason} {statistics.fmean(rates) if rates else math.nan:.4f}" for reason, rates in by_reason.items())
+        )
+        if started_figures is not None:
+            counts = collections.Counter[str]()
+            for _, figures in started_figures.values():
+                for reason in ORIGINATION_REASONS:
+                    counts[reason] += int(figures.get(f"qcinode_routing_originations_total:{reason}", 0))
+            print(f"   originations in the whole network until routing converged: {dict(counts)}")
         total_sent = sum(r for r in advert_rate if not math.isnan(r))
         print(f"   advert messages in the whole network: {total_sent:.1f}/s ({total_sent / max(1, n_nodes):.2f} per node)")
         print(f"   machine: load avg {os.getloadavg()[0]:.1f}, {mem_available_mb():.0f} MB available")

@@ -160,6 +160,7 @@ from qcinode.errors import LocalProtocolError, ProtocolError, RemoteProtocolErro
 __all__ = [
     "DEFAULT_MAX_AGE_S",
     "DEFAULT_MIN_INTERVAL_S",
+    "ORIGINATION_REASONS",
     "DEFAULT_REFRESH_S",
     "LOW_WATER_BYTES",
     "LOW_WATER_STEP_BYTES",
@@ -180,6 +181,9 @@ __all__ = [
     "advert_bytes",
     "links_change",
 ]
+
+#: Why an advert is originated (AdvertSchedule.due): a closed vocabulary (metric label).
+ORIGINATION_REASONS = ("first", "links_changed", "available_changed", "refresh")
 
 #: Default advert lifetime without a refresh: three and a half default refresh periods.
 DEFAULT_MAX_AGE_S = 35.0

@@ -218,7 +218,8 @@ class NetworkService(pb_grpc.NetworkServicer):
         # peer -> origin -> the highest sequence the peer is known to hold (it sent it to us, or we to it):
         # a flood or an exchange does not send a neighbour what it already has.
         self._peer_holds: dict[str, dict[str, int]] = {peer: {} for peer in self.by_peer}
-        #: Advert messages: "originated", "sent" (Advertise calls made), "received" (answered), "new" (stored and flooded on).
+        #: Advert messages: "originated" (and "originated_<reason>", ORIGINATION_REASONS), "sent" (Advertise calls
+        #: made), "received" (answered), "new" (stored and flooded on), "exchanges".
         self.advert_counts: Counter[str] = Counter()
         self.engine = RelayEngine(
             node_name,
@@ -286,10 +287,12 @@ class NetworkService(pb_grpc.NetworkServicer):
                 while True:
                     now = self.clock()
                     links = self._local_adverts()
-                    if self.schedule.due(links, now) is not None:
+                    reason = self.schedule.due(links, now)
+                    if reason is not None:
                         advert = self.db.originate(links, now)
                         self.schedule.sent(links, now)
                         self.advert_counts["originated"] += 1
+                        self.advert_counts[f"originated_{reason}"] += 1
                         await self._flood(advert_to_pb(advert), exclude=set())
                     for peer, ask in self.sync.due(now):
                         forwarding.create_task(self._exchange(peer, ask))
