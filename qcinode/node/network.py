@@ -137,9 +137,9 @@ ADVERT_TIMEOUT_S = 10.0
 #: Metadata of an Advertise call that asks the callee for its whole database (the caller started or missed adverts).
 SYNC_METADATA_KEY = "qcinode-advert-sync"
 SYNC_ASK = "ask"
-#: A refresh (an advert whose links did not change) is forwarded after a random delay up to this:
-#: copies that arrive meanwhile from other neighbours spare the messages back to them (a
-#: quarter of a grid's flood). Changes are forwarded at once.
+#: A refresh (an advert whose paths did not change: the same links up, each able to carry a key or not
+#: as before) is forwarded after a random delay up to this: copies that arrive meanwhile from other
+#: neighbours spare the messages back to them (a quarter of a grid's flood). Changes are forwarded at once.
 REFRESH_FORWARD_DELAY_S = 0.5
 #: Advertise calls of a database exchange in flight at once.
 EXCHANGE_CONCURRENCY = 8
@@ -212,6 +212,8 @@ class NetworkService(pb_grpc.NetworkServicer):
             refresh_s=timing.refresh_s,
             min_interval_s=timing.min_interval_s,
             first_interval_s=timing.first_interval_s,
+            capacity_interval_s=timing.capacity_interval_s,
+            first_wait_s=timing.first_wait_s,
         )
         # Database exchange with each neighbour when it (or we) started, or after it missed adverts.
         self.sync = DatabaseSync(sorted(self.by_peer), retry_max_s=min(16.0, timing.refresh_s))
@@ -427,8 +429,9 @@ class NetworkService(pb_grpc.NetworkServicer):
         if is_new:
             self.advert_counts["new"] += 1
         if is_new and self._forwarding is not None:  # not yet routing (starting) or no longer (stopping): the next advert will do
-            refresh = held is not None and links_change(held.links, advert.links) is None
-            delay = random.uniform(0.0, REFRESH_FORWARD_DELAY_S) if refresh else 0.0
+            # The same paths (a refresh, or only their capacity moved): no hurry.
+            same_paths = held is not None and links_change(held.links, advert.links) in (None, "available_changed")
+            delay = random.uniform(0.0, REFRESH_FORWARD_DELAY_S) if same_paths else 0.0
             self._forwarding.create_task(self._forward(request, exclude={caller, request.origin}, delay_s=delay))
         return pb.AdvertAck()
 
