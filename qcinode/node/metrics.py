@@ -135,12 +135,13 @@ class _NodeCollector(Collector):
         yield rejected
         adverts = CounterMetricFamily(
             "qcinode_routing_adverts",
-            "Routing advert messages: originated here, sent (Advertise calls made), received (answered), new (stored and flooded on), "
+            "Routing adverts: originated here, sent (to a neighbour), calls (Advertise and AdvertiseMany calls made, each carrying "
+            "one advert or several), received (answered), new (stored and flooded on), "
             "exchanges (database exchanges started with a neighbour that started or missed adverts)",
             labels=["kind"],
         )
         counts = self.adverts()
-        for kind in ("originated", "sent", "received", "new", "exchanges"):
+        for kind in ("originated", "sent", "calls", "received", "new", "exchanges"):
             adverts.add_metric([kind], float(counts.get(kind, 0)))
         yield adverts
         originations = CounterMetricFamily(
