@@ -96,9 +96,14 @@ Theory of operation:
       ``N``, so :func:`advert_timing` stretches the refresh to ``N`` seconds
       (at least 10 s) and the minimum interval to a tenth of that, which
       keeps each node's share constant as the network grows (each message
-      costs a gRPC call and, if new, a signature check); capacity-only
-      adverts, every ``capacity_interval_s``, shrink that share as the
-      network grows. Between adverts a relay source's own debits
+      costs a gRPC call and, if new, a signature check; the driver sends
+      what queues for one neighbour while a call to it is in flight in one
+      call, :mod:`qcinode.node.network`); capacity-only adverts, every
+      ``capacity_interval_s``, shrink that share as the network grows.
+      Measured at 100 nodes with both rules: every node knew every node and
+      every link both ways after the 100 first adverts and 3 link changes,
+      86 s after the launch (not within 200 s before); with the batched
+      calls 57 s (10 s after every node was healthy). Between adverts a relay source's own debits
       (:meth:`LinkStateDatabase.debit`) keep its copy honest about what it
       spent.
     * **Database exchange** (:class:`DatabaseSync`), after OSPF's: a

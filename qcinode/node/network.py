@@ -2,7 +2,14 @@
 
 The link-state database and every relay decision are pure
 (:mod:`qcinode.core.routing`, :class:`qcinode.core.relay.engine.RelayEngine`);
-this module floods adverts to the neighbours and drives the relay engine: it
+this module floods adverts to the neighbours and drives the relay engine.
+Adverts to one neighbour go one call at a time (a task per neighbour drains
+its queue): those that queue while a call is in flight go together in the
+next, one ``AdvertiseMany`` call, a newer advert of an origin replacing a
+queued older one, because the call, not the advert, is what costs (measured
+on one core: about 0.6 ms of CPU per call at both ends together, and 0.06 ms
+for the signature check of a new advert); a database exchange goes the same
+way, up to :data:`MAX_ADVERTS_PER_CALL` adverts a call. For the relay it
 turns ``RelayKey`` calls and the KME's requests into engine events, performs
 the actions the engine returns — save a link's state, store a key, send a
 hop over gRPC — and feeds each result back, until the engine answers the hop
