@@ -103,9 +103,9 @@ Theory of operation:
       Measured at 100 nodes with both rules: every node knew every node and
       every link both ways after the 100 first adverts and 3 link changes,
       86 s after the launch (not within 200 s before); with the batched
-      calls 57 s (10 s after every node was healthy). Between adverts a relay source's own debits
-      (:meth:`LinkStateDatabase.debit`) keep its copy honest about what it
-      spent.
+      calls 57 to 62 s, about 11 s after every node was healthy. Between
+      adverts a relay source's own debits (:meth:`LinkStateDatabase.debit`)
+      keep its copy honest about what it spent.
     * **Database exchange** (:class:`DatabaseSync`), after OSPF's: a
       neighbour that was down while an advert was flooded misses it, which
       only the origin's next refresh (``N`` seconds in an ``N``-node
