@@ -27,7 +27,8 @@ Printed:
    unlike the wall-clock figure), and the zygote's.
 2. **Routing converged**: seconds from the start until every node's
    link-state database holds every node (``qcinode_routing_known_nodes`` on
-   each node's ``/metrics``). Every node is scraped at once (``SCRAPERS``
+   each node's ``/metrics``) and every link as up at both ends
+   (``qcinode_routing_links_up``). Every node is scraped at once (``SCRAPERS``
    threads) about once a second, so the figure is late by at most a round
    of scrapes, not by a serial pass over a hundred busy nodes.
 3. **Per node** over a ``--window`` (60 s) once routing converged: resident
@@ -36,9 +37,10 @@ Printed:
    processes that map them, what the machine really spends per node; USS,
    the pages of the process alone), threads, CPU
    (% of one core, from ``/proc/PID/stat``), and routing advert messages
-   per second (``qcinode_routing_adverts_total{kind="sent"}``: Advertise calls
-   made), as min / median / max over the nodes; the machine's load and free
-   memory.
+   per second (``qcinode_routing_adverts_total{kind="sent"}``: adverts sent,
+   and ``kind="calls"``: the Advertise and AdvertiseMany calls that carried
+   them), as min / median / max over the nodes, and originations by reason;
+   the machine's load and free memory.
 4. **ETSI 014 across the longest path**: once ``enc_keys`` stops answering
    503 (every hop has key), ``--requests`` round trips of one 256-bit key:
    ``enc_keys`` at the master's node, ``dec_keys`` at the slave's; whether
@@ -79,6 +81,7 @@ import yaml
 
 from qcinode.cluster.launcher import Cluster
 from qcinode.cluster.zygote import launch_mode
+from qcinode.core.routing import ORIGINATION_REASONS
 from qcinode.errors import ConfigError
 from qcinode.kme.client import EtsiClient
 from qcinode.topology import load_topology
@@ -175,7 +178,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-_METRIC = re.compile(r'^(qcinode_routing_known_nodes|qcinode_routing_adverts_total)(\{kind="(\w+)"\})? ([0-9.e+-]+)$', re.M)
+_METRIC = re.compile(
+    r'^(qcinode_routing_known_nodes|qcinode_routing_links_up|qcinode_routing_adverts_total|qcinode_routing_originations_total)'
+    r'(\{(?:kind|reason)="(\w+)"\})? ([0-9.e+-]+)$',
+    re.M,
+)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -284,16 +291,22 @@ def run(args: argparse.Namespace) -> int:
 
         # 2. routing
         converged_at = math.nan
+        started_figures: dict[str, tuple[float, dict[str, float]]] | None = None
         # At least a minute after the last node is up: a slow start must not leave routing unmeasured.
         deadline = max(t_prepared + args.converge_timeout, t_healthy + 60.0)
         while time.monotonic() < deadline:
             scraped = scrape_all(cluster.metrics_ports)
             known = [figures.get("qcinode_routing_known_nodes", 0.0) for _, figures in scraped.values()]
-            if all(k >= n_nodes for k in known):
+            links_up = [figures.get("qcinode_routing_links_up", 0.0) for _, figures in scraped.values()]
+            started_figures = scraped
+            if all(k >= n_nodes for k in known) and all(u >= n_links for u in links_up):
                 converged_at = max(at for at, _ in scraped.values())  # the last node read: an upper bound
                 break
-            done = sum(k >= n_nodes for k in known)
-            log(f"routing: {done}/{n_nodes} nodes know every node (least {min(known):.0f}) at {time.monotonic() - t_prepared:.0f} s")
+            done = sum(k >= n_nodes and u >= n_links for k, u in zip(known, links_up))
+            log(
+                f"routing: {done}/{n_nodes} nodes know every node and every link up both ways (least {min(known):.0f} nodes, "
+                f"{min(links_up):.0f} links) at {time.monotonic() - t_prepared:.0f} s"
+            )
             time.sleep(1.0)
         if math.isnan(converged_at):
             print(f"2. routing: NOT converged within {deadline - t_prepared:.0f} s of the launch")
@@ -315,11 +328,12 @@ def run(args: argparse.Namespace) -> int:
         span = w1 - w0
         cpu_pct = [100 * (cpu1[n][1] - cpu0[n][1]) / (cpu1[n][0] - cpu0[n][0]) for n in pids]
 
-        def per_second(kind: str) -> list[float]:
-            key = f"qcinode_routing_adverts_total:{kind}"
+        def per_second(kind: str, family: str = "qcinode_routing_adverts_total") -> list[float]:
+            key = f"{family}:{kind}"
             return [(adverts1[n][1].get(key, math.nan) - adverts0[n][1].get(key, math.nan)) / (adverts1[n][0] - adverts0[n][0]) for n in pids]
 
         advert_rate, received_rate, originated_rate = per_second("sent"), per_second("received"), per_second("originated")
+        call_rate = per_second("calls")
         exchange_rate = per_second("exchanges")
         print(f"3. per node over {span:.0f} s (min / median / max over {len(pids)} nodes):")
         print(f"   RSS MB        {spread([m[0] for m in memory.values()])}")
@@ -327,10 +341,36 @@ def run(args: argparse.Namespace) -> int:
         print(f"   USS MB        {spread([m[2] for m in memory.values()])}   (pages of this process alone: what stopping it frees)")
         print(f"   threads       {spread([float(threads(pid)) for pid in pids.values()], '{:.0f}')}")
         print(f"   CPU % of core {spread(cpu_pct)}   (sum {sum(c for c in cpu_pct if not math.isnan(c)):.0f} %)")
-        print(f"   adverts sent/s {spread(advert_rate, '{:.2f}')}   received/s {spread(received_rate, '{:.2f}')}")
+        print(
+            f"   adverts sent/s {spread(advert_rate, '{:.2f}')}   received/s {spread(received_rate, '{:.2f}')}   "
+            f"Advertise(Many) calls made/s {spread(call_rate, '{:.2f}')}"
+        )
         print(f"   adverts originated/s {spread(originated_rate, '{:.3f}')}   database exchanges/s {spread(exchange_rate, '{:.3f}')}")
+        by_reason = {
+            reason: [r for r in per_second(reason, "qcinode_routing_originations_total") if not math.isnan(r)]
+            for reason in ORIGINATION_REASONS
+        }
+        print(
+            "   originations/s per node by reason (mean): "
+            + ", ".join(f"{reason} {statistics.fmean(rates) if rates else math.nan:.4f}" for reason, rates in by_reason.items())
+        )
+        if started_figures is not None:
+            counts = collections.Counter[str]()
+            for _, figures in started_figures.values():
+                for reason in ORIGINATION_REASONS:
+                    counts[reason] += int(figures.get(f"qcinode_routing_originations_total:{reason}", 0))
+            print(f"   originations in the whole network until routing converged: {dict(counts)}")
+            sums = {
+                kind: sum(figures.get(f"qcinode_routing_adverts_total:{kind}", 0.0) for _, figures in started_figures.values())
+                for kind in ("sent", "calls", "new", "exchanges")
+            }
+            print("   until then: " + ", ".join(f"{kind} {value:.0f}" for kind, value in sums.items()))
         total_sent = sum(r for r in advert_rate if not math.isnan(r))
-        print(f"   advert messages in the whole network: {total_sent:.1f}/s ({total_sent / max(1, n_nodes):.2f} per node)")
+        total_calls = sum(r for r in call_rate if not math.isnan(r))
+        print(
+            f"   adverts sent in the whole network: {total_sent:.1f}/s ({total_sent / max(1, n_nodes):.2f} per node) "
+            f"in {total_calls:.1f} calls/s"
+        )
         print(f"   machine: load avg {os.getloadavg()[0]:.1f}, {mem_available_mb():.0f} MB available")
 
         # 4. ETSI 014 across the longest path

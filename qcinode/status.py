@@ -213,6 +213,22 @@ class RoutingStatus:
     rejected: Mapping[RejectReason, int] = dataclasses.field(default_factory=dict)
     origins: Mapping[str, HeldAdvert] = dataclasses.field(default_factory=dict)
 
+    @property
+    def known_nodes(self) -> int:
+        """Nodes the database knows: every origin held, this node included (also before its first advert)."""
+        return len(set(self.origins) | {self.local_node})
+
+    @property
+    def links_up_both_ways(self) -> int:
+        """Links that both ends' held adverts list as up, naming each other under one link ID (routing can use them)."""
+        ends = {
+            (link.link_id, origin, link.peer)
+            for origin, held in self.origins.items()
+            for link in held.links
+            if link.up
+        }
+        return sum(1 for link_id, a, b in ends if a < b and (link_id, b, a) in ends)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "local_node": self.local_node,

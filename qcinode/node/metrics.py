@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..core.routing import ORIGINATION_REASONS
 from ..status import LinkState, NodeStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -117,8 +118,13 @@ class _NodeCollector(Collector):
         yield expired
         routing = net.routing
         nodes = GaugeMetricFamily("qcinode_routing_known_nodes", "Nodes in the link-state database (this one included)")
-        nodes.add_metric([], float(len(routing.origins) if routing is not None else 0) + 1)
+        nodes.add_metric([], float(routing.known_nodes if routing is not None else 1))
         yield nodes
+        both = GaugeMetricFamily(
+            "qcinode_routing_links_up", "Links in the link-state database that both ends advertise as up (what routing can use)"
+        )
+        both.add_metric([], float(routing.links_up_both_ways if routing is not None else 0))
+        yield both
         rejected = CounterMetricFamily(
             "qcinode_routing_adverts_rejected",
             "Routing adverts refused (forged, altered, replayed, unsigned, out of the sequence window), by reason",
@@ -129,14 +135,23 @@ class _NodeCollector(Collector):
         yield rejected
         adverts = CounterMetricFamily(
             "qcinode_routing_adverts",
-            "Routing advert messages: originated here, sent (Advertise calls made), received (answered), new (stored and flooded on), "
+            "Routing adverts: originated here, sent (to a neighbour), calls (Advertise and AdvertiseMany calls made, each carrying "
+            "one advert or several), received (answered), new (stored and flooded on), "
             "exchanges (database exchanges started with a neighbour that started or missed adverts)",
             labels=["kind"],
         )
         counts = self.adverts()
-        for kind in ("originated", "sent", "received", "new", "exchanges"):
+        for kind in ("originated", "sent", "calls", "received", "new", "exchanges"):
             adverts.add_metric([kind], float(counts.get(kind, 0)))
         yield adverts
+        originations = CounterMetricFamily(
+            "qcinode_routing_originations",
+            f"Adverts this node originated, by why: {', '.join(ORIGINATION_REASONS)}",
+            labels=["reason"],
+        )
+        for why in ORIGINATION_REASONS:
+            originations.add_metric([why], float(counts.get(f"originated_{why}", 0)))
+        yield originations
         healthy = GaugeMetricFamily(
             "qcinode_storage_healthy",
             "1 while the database file takes reads and writes, 0 from a failed one (full or unwritable disk, I/O error) until one succeeds",

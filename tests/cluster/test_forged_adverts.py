@@ -77,6 +77,10 @@ class Impostor(pb_grpc.NetworkServicer):
         self.adverts.append(request)
         return pb.AdvertAck()
 
+    async def AdvertiseMany(self, request: pb.LinkStateAdverts, context: Any) -> pb.AdvertAck:
+        self.adverts.extend(request.adverts)
+        return pb.AdvertAck()
+
     def of(self, origin: str) -> list[pb.LinkStateAdvert]:
         return [a for a in self.adverts if a.origin == origin]
 

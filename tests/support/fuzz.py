@@ -468,6 +468,7 @@ async def etsi_fuzz_one(target: EtsiTarget, request: HttpRequest) -> tuple[HttpA
 LINK = "alpha-beta"
 UNARY = (
     "/qcinode.v1.Network/Advertise",
+    "/qcinode.v1.Network/AdvertiseMany",
     "/qcinode.v1.Network/RelayKey",
     "/qcinode.v1.Network/RelayKeys",
     "/qcinode.v1.Admin/Status",
@@ -646,12 +647,12 @@ def _seed_messages() -> dict[str, list[bytes]]:
         lp.ClassicalMessage(confirm=lp.Confirm(block_seq=1, accepted=True, pa_seed=b"p" * 32, key_bits=1024, leak_bits=10, auth_tag=b"a" * 16)),
         lp.ClassicalMessage(commit=lp.Commit(block_seq=1, accepted=True, auth_tag=b"c" * 16)),
     ]
+    ghost = np_.LinkStateAdvert(
+        origin="ghost", sequence=1, links=[np_.LinkAdvert(link_id="ghost-x", peer="x", up=True, available_out_bytes=10**9)]
+    )
     return {
-        "/qcinode.v1.Network/Advertise": [
-            np_.LinkStateAdvert(
-                origin="ghost", sequence=1, links=[np_.LinkAdvert(link_id="ghost-x", peer="x", up=True, available_out_bytes=10**9)]
-            ).SerializeToString()
-        ],
+        "/qcinode.v1.Network/Advertise": [ghost.SerializeToString()],
+        "/qcinode.v1.Network/AdvertiseMany": [np_.LinkStateAdverts(adverts=[ghost, ghost]).SerializeToString()],
         "/qcinode.v1.Network/RelayKey": [hop.SerializeToString()],
         "/qcinode.v1.Network/RelayKeys": [np_.RelayHops(hops=[hop, hop]).SerializeToString()],
         "/qcinode.v1.Admin/Status": [admin_pb2.StatusRequest(include_block_digests=True).SerializeToString()],

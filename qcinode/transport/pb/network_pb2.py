@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18qcinode/v1/network.proto\x12\nqcinode.v1\"T\n\nLinkAdvert\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\n\n\x02up\x18\x03 \x01(\x08\x12\x1b\n\x13\x61vailable_out_bytes\x18\x04 \x01(\x04\"\x89\x01\n\x0fLinkStateAdvert\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12%\n\x05links\x18\x03 \x03(\x0b\x32\x16.qcinode.v1.LinkAdvert\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x1a\n\x12origin_certificate\x18\x05 \x01(\x0c\"\x0b\n\tAdvertAck\"H\n\x08KeyRange\x12\x10\n\x08\x62lock_id\x18\x01 \x01(\t\x12\x14\n\x0coffset_bytes\x18\x02 \x01(\x04\x12\x14\n\x0clength_bytes\x18\x03 \x01(\x04\"\x9b\x02\n\x08RelayHop\x12\x10\n\x08relay_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x12\n\nmaster_sae\x18\x03 \x01(\t\x12\x12\n\nslave_saes\x18\x04 \x03(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x06 \x01(\t\x12\x0c\n\x04path\x18\x07 \x03(\t\x12\x11\n\thop_index\x18\x08 \x01(\r\x12\x13\n\x0bshare_index\x18\t \x01(\r\x12\x13\n\x0bshare_count\x18\n \x01(\r\x12\x11\n\tkey_bytes\x18\x0b \x01(\r\x12!\n\x03pad\x18\x0c \x03(\x0b\x32\x14.qcinode.v1.KeyRange\x12\x12\n\nciphertext\x18\r \x01(\x0c\x12\x0b\n\x03tag\x18\x0e \x01(\x0c\"/\n\x0bRelayResult\x12\x11\n\tdelivered\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"/\n\tRelayHops\x12\"\n\x04hops\x18\x01 \x03(\x0b\x32\x14.qcinode.v1.RelayHop\"8\n\x0cRelayResults\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.qcinode.v1.RelayResult2\xc3\x01\n\x07Network\x12?\n\tAdvertise\x12\x1b.qcinode.v1.LinkStateAdvert\x1a\x15.qcinode.v1.AdvertAck\x12\x39\n\x08RelayKey\x12\x14.qcinode.v1.RelayHop\x1a\x17.qcinode.v1.RelayResult\x12<\n\tRelayKeys\x12\x15.qcinode.v1.RelayHops\x1a\x18.qcinode.v1.RelayResultsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18qcinode/v1/network.proto\x12\nqcinode.v1\"T\n\nLinkAdvert\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\n\n\x02up\x18\x03 \x01(\x08\x12\x1b\n\x13\x61vailable_out_bytes\x18\x04 \x01(\x04\"\x89\x01\n\x0fLinkStateAdvert\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12%\n\x05links\x18\x03 \x03(\x0b\x32\x16.qcinode.v1.LinkAdvert\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x1a\n\x12origin_certificate\x18\x05 \x01(\x0c\"\x0b\n\tAdvertAck\"@\n\x10LinkStateAdverts\x12,\n\x07\x61\x64verts\x18\x01 \x03(\x0b\x32\x1b.qcinode.v1.LinkStateAdvert\"H\n\x08KeyRange\x12\x10\n\x08\x62lock_id\x18\x01 \x01(\t\x12\x14\n\x0coffset_bytes\x18\x02 \x01(\x04\x12\x14\n\x0clength_bytes\x18\x03 \x01(\x04\"\x9b\x02\n\x08RelayHop\x12\x10\n\x08relay_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x12\n\nmaster_sae\x18\x03 \x01(\t\x12\x12\n\nslave_saes\x18\x04 \x03(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x06 \x01(\t\x12\x0c\n\x04path\x18\x07 \x03(\t\x12\x11\n\thop_index\x18\x08 \x01(\r\x12\x13\n\x0bshare_index\x18\t \x01(\r\x12\x13\n\x0bshare_count\x18\n \x01(\r\x12\x11\n\tkey_bytes\x18\x0b \x01(\r\x12!\n\x03pad\x18\x0c \x03(\x0b\x32\x14.qcinode.v1.KeyRange\x12\x12\n\nciphertext\x18\r \x01(\x0c\x12\x0b\n\x03tag\x18\x0e \x01(\x0c\"/\n\x0bRelayResult\x12\x11\n\tdelivered\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"/\n\tRelayHops\x12\"\n\x04hops\x18\x01 \x03(\x0b\x32\x14.qcinode.v1.RelayHop\"8\n\x0cRelayResults\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.qcinode.v1.RelayResult2\x89\x02\n\x07Network\x12?\n\tAdvertise\x12\x1b.qcinode.v1.LinkStateAdvert\x1a\x15.qcinode.v1.AdvertAck\x12\x44\n\rAdvertiseMany\x12\x1c.qcinode.v1.LinkStateAdverts\x1a\x15.qcinode.v1.AdvertAck\x12\x39\n\x08RelayKey\x12\x14.qcinode.v1.RelayHop\x1a\x17.qcinode.v1.RelayResult\x12<\n\tRelayKeys\x12\x15.qcinode.v1.RelayHops\x1a\x18.qcinode.v1.RelayResultsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,16 +37,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LINKSTATEADVERT']._serialized_end=264
   _globals['_ADVERTACK']._serialized_start=266
   _globals['_ADVERTACK']._serialized_end=277
-  _globals['_KEYRANGE']._serialized_start=279
-  _globals['_KEYRANGE']._serialized_end=351
-  _globals['_RELAYHOP']._serialized_start=354
-  _globals['_RELAYHOP']._serialized_end=637
-  _globals['_RELAYRESULT']._serialized_start=639
-  _globals['_RELAYRESULT']._serialized_end=686
-  _globals['_RELAYHOPS']._serialized_start=688
-  _globals['_RELAYHOPS']._serialized_end=735
-  _globals['_RELAYRESULTS']._serialized_start=737
-  _globals['_RELAYRESULTS']._serialized_end=793
-  _globals['_NETWORK']._serialized_start=796
-  _globals['_NETWORK']._serialized_end=991
+  _globals['_LINKSTATEADVERTS']._serialized_start=279
+  _globals['_LINKSTATEADVERTS']._serialized_end=343
+  _globals['_KEYRANGE']._serialized_start=345
+  _globals['_KEYRANGE']._serialized_end=417
+  _globals['_RELAYHOP']._serialized_start=420
+  _globals['_RELAYHOP']._serialized_end=703
+  _globals['_RELAYRESULT']._serialized_start=705
+  _globals['_RELAYRESULT']._serialized_end=752
+  _globals['_RELAYHOPS']._serialized_start=754
+  _globals['_RELAYHOPS']._serialized_end=801
+  _globals['_RELAYRESULTS']._serialized_start=803
+  _globals['_RELAYRESULTS']._serialized_end=859
+  _globals['_NETWORK']._serialized_start=862
+  _globals['_NETWORK']._serialized_end=1127
 # @@protoc_insertion_point(module_scope)

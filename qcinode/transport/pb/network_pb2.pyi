@@ -36,6 +36,12 @@ class AdvertAck(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class LinkStateAdverts(_message.Message):
+    __slots__ = ("adverts",)
+    ADVERTS_FIELD_NUMBER: _ClassVar[int]
+    adverts: _containers.RepeatedCompositeFieldContainer[LinkStateAdvert]
+    def __init__(self, adverts: _Optional[_Iterable[_Union[LinkStateAdvert, _Mapping]]] = ...) -> None: ...
+
 class KeyRange(_message.Message):
     __slots__ = ("block_id", "offset_bytes", "length_bytes")
     BLOCK_ID_FIELD_NUMBER: _ClassVar[int]

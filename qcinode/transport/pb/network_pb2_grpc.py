@@ -39,6 +39,11 @@ class NetworkStub:
                 request_serializer=qcinode_dot_v1_dot_network__pb2.LinkStateAdvert.SerializeToString,
                 response_deserializer=qcinode_dot_v1_dot_network__pb2.AdvertAck.FromString,
                 _registered_method=True)
+        self.AdvertiseMany = channel.unary_unary(
+                '/qcinode.v1.Network/AdvertiseMany',
+                request_serializer=qcinode_dot_v1_dot_network__pb2.LinkStateAdverts.SerializeToString,
+                response_deserializer=qcinode_dot_v1_dot_network__pb2.AdvertAck.FromString,
+                _registered_method=True)
         self.RelayKey = channel.unary_unary(
                 '/qcinode.v1.Network/RelayKey',
                 request_serializer=qcinode_dot_v1_dot_network__pb2.RelayHop.SerializeToString,
@@ -55,6 +60,12 @@ class NetworkServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Advertise(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdvertiseMany(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +89,11 @@ def add_NetworkServicer_to_server(servicer, server):
             'Advertise': grpc.unary_unary_rpc_method_handler(
                     servicer.Advertise,
                     request_deserializer=qcinode_dot_v1_dot_network__pb2.LinkStateAdvert.FromString,
+                    response_serializer=qcinode_dot_v1_dot_network__pb2.AdvertAck.SerializeToString,
+            ),
+            'AdvertiseMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdvertiseMany,
+                    request_deserializer=qcinode_dot_v1_dot_network__pb2.LinkStateAdverts.FromString,
                     response_serializer=qcinode_dot_v1_dot_network__pb2.AdvertAck.SerializeToString,
             ),
             'RelayKey': grpc.unary_unary_rpc_method_handler(
@@ -117,6 +133,33 @@ class Network:
             target,
             '/qcinode.v1.Network/Advertise',
             qcinode_dot_v1_dot_network__pb2.LinkStateAdvert.SerializeToString,
+            qcinode_dot_v1_dot_network__pb2.AdvertAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdvertiseMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qcinode.v1.Network/AdvertiseMany',
+            qcinode_dot_v1_dot_network__pb2.LinkStateAdverts.SerializeToString,
             qcinode_dot_v1_dot_network__pb2.AdvertAck.FromString,
             options,
             channel_credentials,
