@@ -177,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     # Internal: the launcher's fork server (qcinode/cluster/zygote.py), not a command for people.
     zygote = sub.add_parser("zygote")
     zygote.add_argument("--control-fd", type=int, required=True)
-    zygote.add_argument("--state-dir", type=Path, default=None)  # names the cluster in `ps`; not read
+    zygote.add_argument("--state-dir", type=Path, default=None)  # names the cluster in `ps`; its topology.yaml is parsed once for every node
     sub.metavar = "{" + ",".join(name for name in sub.choices if name != "zygote") + "}"
     return p
 
@@ -439,7 +439,14 @@ def _zygote(args: argparse.Namespace) -> int:
     """The launcher's fork server; in each child it forks, the node it is asked for."""
     from .cluster.zygote import serve
 
-    argv = serve(args.control_fd, preload_node)
+    def preload() -> None:
+        preload_node()
+        if args.state_dir is not None:  # the nodes' topology, parsed once for all of them
+            from .topology import preload_topology
+
+            preload_topology(str(Path(args.state_dir) / "topology.yaml"))
+
+    argv = serve(args.control_fd, preload)
     if argv is None:
         return 0  # the launcher has closed the control channel; the nodes run on
     return main(argv)  # a forked child: exactly what `python -m qcinode node ...` runs

@@ -290,7 +290,7 @@ class Cluster:
         return self._zygote
 
     def zygote_command(self) -> list[str]:
-        """The zygote's command line (``--state-dir`` only names the cluster in ``ps``)."""
+        """The zygote's command line (``--state-dir`` names the cluster in ``ps``, and its topology is parsed once for all nodes)."""
         return [sys.executable, "-m", "qcinode", "zygote", "--state-dir", str(self.state_dir)]
 
     def _fork(self, args: list[str], log_fd: int, env: dict[str, str]) -> ForkedProcess | None:

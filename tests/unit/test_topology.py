@@ -684,3 +684,27 @@ def test_ldpc_without_the_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch)
     data["links"][0]["postprocessing"] = {"error_correction": "ldpc"}
     with pytest.raises(ConfigError, match=r"links\[0\]\.postprocessing\.error_correction: .*qcinode\[ldpc\]"):
         parse_mapping(data)
+
+
+def test_a_preloaded_topology_is_reused_only_for_the_same_file_and_text(tmp_path: pathlib.Path) -> None:
+    from qcinode.topology import load_topology, preload_topology
+    from tests.support.topologies import TWO_NODES
+
+    path = tmp_path / "topology.yaml"
+    path.write_text(TWO_NODES)
+    try:
+        assert preload_topology(path)
+        first, again = load_topology(path), load_topology(path)
+        assert first.nodes is again.nodes, "the kept parse, not a new one"
+        copy = tmp_path / "copy.yaml"
+        copy.write_text(TWO_NODES)
+        assert load_topology(copy).nodes is not first.nodes, "another file is parsed afresh"
+        path.write_text(TWO_NODES.replace("length_km: 20", "length_km: 30"))
+        edited = load_topology(path)
+        assert edited.nodes is not first.nodes and edited.links[0].length_km == 30, "an edited file is parsed afresh"
+        path.write_text("name: [")
+        assert not preload_topology(path), "a broken file is not kept"
+        with pytest.raises(ConfigError, match="invalid YAML"):
+            load_topology(path)
+    finally:
+        preload_topology(tmp_path / "missing.yaml")  # clears what was kept
