@@ -1313,7 +1313,10 @@ class RelayConfig(_Section):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KmeConfig(_Section):
-    """How each node's ETSI GS QKD 014 KME shares keys between SAEs and guards its connections.
+    """How each node's ETSI GS QKD 014 KME shares keys between SAEs, and how every HTTPS interface guards its connections.
+
+    The timeouts apply to the node's ETSI 014, ETSI 020 and SKIP servers alike
+    (:mod:`qcinode.kme.guarded`).
 
     Attributes:
         max_keys_per_sae_per_s: A token bucket per master SAE: keys its

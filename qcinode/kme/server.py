@@ -48,6 +48,9 @@ Theory of operation:
       accept (:class:`asyncio.sslproto.SSLProtocol` with a handshake
       timeout) so that a failed handshake — no client certificate, another
       CA's, a timeout — is logged with the peer address and the reason.
+      The guards live in :mod:`qcinode.kme.guarded`, shared with the
+      node's other HTTPS interfaces (ETSI 020, SKIP); here they are
+      started with ``interface="etsi014"``.
     * **Metrics and logs.** ``on_request(endpoint, status, latency_s)`` is
       called once per answered request (``endpoint`` is ``status``,
       ``enc_keys``, ``dec_keys`` or ``other``). Every refused request is
@@ -63,12 +66,10 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import ssl
 import time
-from asyncio import sslproto
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -88,8 +89,9 @@ from qcinode.errors import (
     Unauthorized,
 )
 from qcinode.kme.fairness import Admission, Ticket
+from qcinode.kme.guarded import common_name as _common_name
+from qcinode.kme.guarded import start_guarded, transport_identity
 from qcinode.kme.handlers import DeliveredKey, DeliveryRefused, EncRequest, Kme, RefusalReason
-from qcinode.pki import common_name_of
 from qcinode.topology import KmeConfig
 
 __all__ = ["KeySupplier", "make_app", "start_kme_server", "tls_context"]
@@ -101,7 +103,6 @@ _JSON = "application/json"
 _ENDPOINTS = frozenset({"status", "enc_keys", "dec_keys"})
 _KME_KEY: web.AppKey[Kme] = web.AppKey("qcinode_kme", Kme)
 _CONFIG_KEY: web.AppKey[KmeConfig] = web.AppKey("qcinode_kme_config", KmeConfig)
-_WATCH_KEY: web.AppKey[dict[int, _Watchdog]] = web.AppKey("qcinode_kme_watchdogs", dict)
 
 
 class KeySupplier(Protocol):
@@ -200,11 +201,9 @@ def make_app(
         admission=admission,
         storage_problem=storage_problem or (lambda: None),
     )
-    watchdogs: dict[int, _Watchdog] = {}
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[_middleware(on_request, watchdogs)])
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[_middleware(on_request)])
     app[_KME_KEY] = kme
     app[_CONFIG_KEY] = config
-    app[_WATCH_KEY] = watchdogs
     app.router.add_get(f"{_API}/{{slave_SAE_ID}}/status", api.status, name="status", allow_head=False)
     app.router.add_get(f"{_API}/{{slave_SAE_ID}}/enc_keys", api.enc_keys, name="enc_keys", allow_head=False)
     app.router.add_post(f"{_API}/{{slave_SAE_ID}}/enc_keys", api.enc_keys, name="enc_keys")
@@ -231,22 +230,12 @@ async def start_kme_server(
         ConfigError: The address cannot be bound.
     """
     _bridge_aiohttp_logs()
-    config = app[_CONFIG_KEY]
-    # aiohttp's own keep-alive timer is a backstop; the watchdog enforces the configured limits.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=config.idle_timeout_s + config.header_timeout_s)
-    await runner.setup()
     try:
-        site = _GuardedSite(runner, host, port, ssl_context, config, app[_WATCH_KEY])
-        await site.start()
-        bound = runner.addresses[0][1]
+        runner, bound = await start_guarded(app, host, port, ssl_context, app[_CONFIG_KEY], interface="etsi014")
     except OSError as exc:
-        await runner.cleanup()
         raise ConfigError(f"cannot serve ETSI 014 on {host}:{port}: {exc.strerror or exc}") from exc
-    except BaseException:
-        await runner.cleanup()
-        raise
     log.info("kme.server_started", host=host, port=bound, kme_id=app[_KME_KEY].kme_id)
-    return runner, int(bound)
+    return runner, bound
 
 
 # -- internals -------------------------------------------------------------------
@@ -402,20 +391,6 @@ def _caller(request: web.Request) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=1024)
-def _common_name(der: bytes) -> str | None:
-    """The common name of a DER certificate (None if it has not exactly one).
-
-    Parsed once per certificate, not once per request: a kept-alive client
-    sends the same certificate for every call. Keyed by the whole DER, so a
-    different certificate is always parsed; the TLS layer verified it.
-    """
-    try:
-        return common_name_of(der)
-    except ConfigError:
-        return None
-
-
 def _query(request: web.Request) -> dict[str, str]:
     query = request.query
     repeated = sorted({name for name in query if len(query.getall(name)) > 1})
@@ -453,21 +428,7 @@ class _SlowBody(RequestError):
 def _identity(request: web.Request) -> str:
     """Who is calling, for logs: the certificate's CN, else the peer address."""
     transport = request.transport
-    return _transport_identity(transport) if transport is not None else "unknown"
-
-
-def _transport_identity(transport: asyncio.BaseTransport) -> str:
-    ssl_object = transport.get_extra_info("ssl_object")
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    if der and (name := _common_name(der)) is not None:
-        return name
-    return _address(transport.get_extra_info("peername"))
-
-
-def _address(peername: Any) -> str:
-    if isinstance(peername, tuple) and len(peername) >= 2:
-        return f"{peername[0]}:{peername[1]}"
-    return str(peername) if peername else "unknown"
+    return transport_identity(transport) if transport is not None else "unknown"
 
 
 def _refusal_reason(exc: BaseException) -> str:
@@ -482,18 +443,11 @@ def _refusal_reason(exc: BaseException) -> str:
     return "internal"
 
 
-def _middleware(on_request: Callable[[str, int, float], None] | None, watchdogs: dict[int, _Watchdog]) -> Any:
+def _middleware(on_request: Callable[[str, int, float], None] | None) -> Any:
     @web.middleware
     async def etsi_errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        watchdog = watchdogs.get(id(request.protocol))
-        if watchdog is not None:
-            watchdog.request_started()
-        try:
-            response = await _answer(request, handler)
-        finally:
-            if watchdog is not None:
-                watchdog.request_finished()
+        response = await _answer(request, handler)
         if on_request is not None:
             name = request.match_info.route.name  # None for aiohttp's 404/405 routes
             endpoint = name if name in _ENDPOINTS else "other"
@@ -551,144 +505,6 @@ async def _answer(request: web.Request, handler: _Handler) -> web.StreamResponse
         log.exception("kme.request_crashed", caller=_identity(request), method=request.method, path=request.path[:200])
         status, body = Kme.error_body(RuntimeError())
         return web.json_response(body, status=status)
-
-
-# -- connections: TLS accept, slow and idle clients ---------------------------------
-
-
-class _Watchdog(asyncio.Protocol):
-    """Sits in front of aiohttp's per-connection protocol and drops slow-header and idle connections.
-
-    Phases: *headers* (from the connection's start, or from the first byte
-    after a response, until the middleware sees the request: at most
-    ``header_timeout_s``), *busy* (a request is being handled: no timer; the
-    body has its own deadline), *idle* (after a response, until a byte of
-    the next request: at most ``idle_timeout_s``).
-    """
-
-    def __init__(self, inner: asyncio.Protocol, config: KmeConfig, registry: dict[int, _Watchdog]) -> None:
-        self._inner = inner
-        self._config = config
-        self._registry = registry
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._phase = "headers"
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self._registry[id(self._inner)] = self
-        self._inner.connection_made(transport)
-        self._arm("headers", self._config.header_timeout_s)
-
-    def data_received(self, data: bytes) -> None:
-        if self._phase == "idle" and data:
-            self._arm("headers", self._config.header_timeout_s)
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel()
-        self._registry.pop(id(self._inner), None)
-        self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-    # -- told by the middleware --------------------------------------------
-    def request_started(self) -> None:
-        self._cancel()
-        self._phase = "busy"
-
-    def request_finished(self) -> None:
-        self._arm("idle", self._config.idle_timeout_s)
-
-    # -- timers -----------------------------------------------------------
-    def _arm(self, phase: str, seconds: float) -> None:
-        self._cancel()
-        self._phase = phase
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._expire, phase, seconds)
-
-    def _cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expire(self, phase: str, seconds: float) -> None:
-        self._timer = None
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        reason = "header_timeout" if phase == "headers" else "idle_timeout"
-        log.info("kme.connection_dropped", caller=_transport_identity(transport), reason=reason, timeout_s=seconds)
-        transport.abort()
-
-
-class _TlsAccept(sslproto.SSLProtocol):
-    """asyncio's server-side TLS, with the peer address kept for the log of a failed handshake."""
-
-    peer = "unknown"
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.peer = _address(transport.get_extra_info("peername"))
-        super().connection_made(transport)
-
-
-def _log_handshake(peer: Callable[[], str], timeout_s: float, waiter: asyncio.Future[None]) -> None:
-    if waiter.cancelled():
-        return
-    exc = waiter.exception()
-    if exc is None:
-        return
-    if isinstance(exc, ConnectionAbortedError) and "handshake" in str(exc):
-        reason = "tls_handshake_timeout"
-    elif isinstance(exc, ssl.SSLError) and any(
-        marker in str(exc).upper() for marker in ("CERTIFICATE", "PEER_DID_NOT_RETURN", "UNKNOWN_CA", "CERT")
-    ):
-        reason = "tls_client_auth_failed"
-    else:
-        reason = "tls_failed"
-    log.info("kme.tls_refused", caller=peer(), reason=reason, error=type(exc).__name__, details=str(exc)[:300], timeout_s=timeout_s)
-
-
-class _GuardedSite(web.BaseSite):
-    """A TCP site doing its own TLS accept (with a handshake timeout and a log of failures) and watching every connection."""
-
-    __slots__ = ("_config", "_host", "_port", "_watchdogs")
-
-    def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, ssl_context: ssl.SSLContext, config: KmeConfig, watchdogs: dict[int, _Watchdog]
-    ) -> None:
-        super().__init__(runner, ssl_context=ssl_context)
-        self._host = host
-        self._port = port
-        self._config = config
-        self._watchdogs = watchdogs
-
-    @property
-    def name(self) -> str:
-        return f"https://{self._host}:{self._port}"
-
-    async def start(self) -> None:
-        await super().start()
-        loop = asyncio.get_running_loop()
-        server = self._runner.server
-        assert server is not None and self._ssl_context is not None
-        context, config, watchdogs = self._ssl_context, self._config, self._watchdogs
-
-        def accept() -> asyncio.BaseProtocol:
-            app = _Watchdog(server(), config, watchdogs)
-            waiter: asyncio.Future[None] = loop.create_future()
-            tls = _TlsAccept(loop, app, context, waiter, server_side=True, ssl_handshake_timeout=config.tls_handshake_timeout_s)  # type: ignore[arg-type]  # a float works
-            waiter.add_done_callback(lambda w: _log_handshake(lambda: tls.peer, config.tls_handshake_timeout_s, w))
-            return tls
-
-        self._server = await loop.create_server(accept, self._host, self._port, backlog=self._backlog)
 
 
 class _AiohttpServerLogs(logging.Handler):

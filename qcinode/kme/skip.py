@@ -28,6 +28,11 @@ Theory of operation:
       method; 503 no key can be delivered now (no path, too little key, a
       node unreachable, a storage fault). Error bodies are
       ``{"message": ...}``; nothing in them names internals.
+    * **Slow clients** are dropped as at the ETSI 014 server
+      (:func:`start_server`, :mod:`qcinode.kme.guarded`, with the node's
+      ``kme:`` timeouts): a TLS handshake, a request's headers or an idle
+      keep-alive connection taking too long; those log lines carry
+      ``interface="skip"``.
     * **Logs** carry key IDs and system IDs, never key bytes.
 """
 
@@ -36,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -53,11 +59,12 @@ from qcinode.errors import (
     StorageFailure,
     Unauthorized,
 )
+from qcinode.kme.guarded import GuardTimeouts, start_guarded
 from qcinode.kme.handlers import DeliveryRefused, Kme
 from qcinode.kme.server import KeySupplier
 from qcinode.pki import common_name_of
 
-__all__ = ["DEFAULT_KEY_BITS", "STATUS_OF", "key_id_from_uuid", "make_app", "uuid_from_key_id"]
+__all__ = ["DEFAULT_KEY_BITS", "STATUS_OF", "key_id_from_uuid", "make_app", "start_server", "uuid_from_key_id"]
 
 log = structlog.get_logger(__name__)
 
@@ -190,6 +197,28 @@ def _unavailable(exc: BaseException) -> str:
     if isinstance(exc, StorageFailure):
         return "the Key Provider cannot write its key store now; retry later"
     return "no key can be delivered now; retry later"
+
+
+async def start_server(app: web.Application, listen: str, context: ssl.SSLContext, timeouts: GuardTimeouts) -> tuple[web.AppRunner, int]:
+    """Serves ``app`` on ``listen`` (``HOST:PORT``, an empty host is every address) behind the TLS and slow-client guards.
+
+    Args:
+        app: From :func:`make_app`, not served yet.
+        listen: ``HOST:PORT``; port 0 picks a free one.
+        context: The node's KME server context (client certificates of the cluster CA).
+        timeouts: The handshake, header and idle limits (the topology's ``kme:`` section).
+
+    Returns:
+        The runner (stop with ``await runner.cleanup()``) and the bound port.
+
+    Raises:
+        ConfigError: The address cannot be bound.
+    """
+    host, _, port = listen.rpartition(":")
+    try:
+        return await start_guarded(app, host.strip("[]") or "0.0.0.0", int(port), context, timeouts, interface="skip")
+    except OSError as exc:
+        raise ConfigError(f"--skip-listen: cannot serve SKIP on {listen}: {exc.strerror or exc}") from exc
 
 
 def _caller(request: web.Request, kme: Kme) -> str:

@@ -2,7 +2,9 @@
 
 Wiring only: each server is built from the node's KME logic, relay driver
 and key store, started on its ``--*-listen`` address, stopped with the node,
-and its counters are added to the node's status under ``network``.
+and its counters are added to the node's status under ``network``. The HTTPS
+servers (ETSI 020, SKIP) get the same TLS and slow-client guards as the ETSI
+014 server, with the topology's ``kme:`` timeouts (:mod:`qcinode.kme.guarded`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from ..errors import ConfigError, KeyNotFound, KeyStoreError
+from ..errors import KeyNotFound, KeyStoreError
 from ..kme.etsi004 import StreamService, serve
 from ..kme.handlers import Kme, KmeLimits
 from ..kme.server import tls_context
 from ..kme.skip import make_app as skip_app
+from ..kme.skip import start_server as skip_server
 from ..status import StreamsStatus
 from .interworking import Interworking
 
@@ -140,15 +143,8 @@ async def start_interfaces(
             out.etsi004_server, out.etsi004_port = await serve(out.streams, etsi004_listen, context)
         if skip_listen is not None and topo.interfaces.skip:
             app = skip_app(kme, network, remote_systems=lambda caller: sorted(s for s in _all_saes(topo) if s != caller))
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await runner.setup()
-            host, _, port = skip_listen.rpartition(":")
-            try:
-                await web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port), ssl_context=context).start()
-            except OSError as exc:
-                await runner.cleanup()
-                raise ConfigError(f"--skip-listen: cannot serve SKIP on {skip_listen}: {exc.strerror or exc}") from exc
-            out.skip_runner, out.skip_port = runner, int(runner.addresses[0][1])
+            # The same connection limits (TLS handshake, headers, idle) as the node's ETSI 014 server.
+            out.skip_runner, out.skip_port = await skip_server(app, skip_listen, context, topo.kme)
     except BaseException:
         await out.stop()
         raise

@@ -197,8 +197,9 @@ class Gateway:
 
     async def _start(self, ca: Path) -> None:
         self._client = Etsi020Client(self.site.peer.url, self.peer_kme, client_tls_context(self._cert, self._key, ca))
-        app = make_app(self)
-        self._runner, self.port = await start_server(app, self.site.listen, server_tls_context(self._cert, self._key, ca))
+        limits = self.topology.kme  # the same connection limits as the node's ETSI 014 server
+        app = make_app(self, body_timeout_s=limits.body_timeout_s)
+        self._runner, self.port = await start_server(app, self.site.listen, server_tls_context(self._cert, self._key, ca), limits)
         self.log.info("interworking.started", listen=self.site.listen, peer_url=self.site.peer.url, remote_saes=list(self.site.peer.saes))
 
     async def stop(self) -> None:

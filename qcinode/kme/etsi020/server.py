@@ -18,6 +18,10 @@ Theory of operation:
       body does not arrive in time, 404/405 for other paths and methods, and
       503 "server side general error" for anything unexpected (logged,
       never described to the peer).
+    * **Slow clients** are dropped as at the ETSI 014 server
+      (:mod:`qcinode.kme.guarded`, with the node's ``kme:`` timeouts): a
+      TLS handshake, a request's headers or an idle keep-alive connection
+      taking too long; those log lines carry ``interface="etsi020"``.
     * **Logs** name key IDs, SAE IDs and statuses, never key values.
 """
 
@@ -46,6 +50,7 @@ from qcinode.kme.etsi020.protocol import (
     parse_void,
     versions_body,
 )
+from qcinode.kme.guarded import GuardTimeouts, start_guarded
 from qcinode.pki import common_name_of
 
 __all__ = ["Backend", "make_app", "server_tls_context", "start_server"]
@@ -153,22 +158,26 @@ def make_app(backend: Backend, *, body_timeout_s: float = 10.0) -> web.Applicati
     return app
 
 
-async def start_server(app: web.Application, listen: str, context: ssl.SSLContext) -> tuple[web.AppRunner, int]:
-    """Serves ``app`` on ``listen`` (``HOST:PORT``); returns the runner and the bound port.
+async def start_server(app: web.Application, listen: str, context: ssl.SSLContext, timeouts: GuardTimeouts) -> tuple[web.AppRunner, int]:
+    """Serves ``app`` on ``listen`` (``HOST:PORT``) behind the TLS and slow-client guards.
+
+    Args:
+        app: From :func:`make_app`, not served yet.
+        listen: ``HOST:PORT``; port 0 picks a free one.
+        context: From :func:`server_tls_context`.
+        timeouts: The handshake, header and idle limits (the topology's ``kme:`` section).
+
+    Returns:
+        The runner (stop with ``await runner.cleanup()``) and the bound port.
 
     Raises:
         ConfigError: The address cannot be bound.
     """
     host, _, port = listen.rpartition(":")
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
     try:
-        site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=context)
-        await site.start()
+        return await start_guarded(app, host.strip("[]"), int(port), context, timeouts, interface="etsi020")
     except OSError as exc:
-        await runner.cleanup()
         raise ConfigError(f"interworking.listen: cannot serve ETSI 020 on {listen}: {exc.strerror or exc}") from exc
-    return runner, int(runner.addresses[0][1])
 
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
