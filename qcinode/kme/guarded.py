@@ -48,7 +48,7 @@ from aiohttp import web
 from qcinode.errors import ConfigError
 from qcinode.pki import common_name_of
 
-__all__ = ["GuardTimeouts", "GuardedSite", "Watchdog", "address", "common_name", "start_guarded", "transport_identity"]
+__all__ = ["GuardTimeouts", "GuardedSite", "Watchdog", "address", "common_name", "serve_listen", "start_guarded", "transport_identity"]
 
 log = structlog.get_logger(__name__)
 
@@ -111,6 +111,41 @@ async def start_guarded(
         await runner.cleanup()
         raise
     return runner, int(bound)
+
+
+async def serve_listen(
+    app: web.Application,
+    listen: str,
+    ssl_context: ssl.SSLContext,
+    timeouts: GuardTimeouts,
+    *,
+    interface: str,
+    option: str,
+    any_host: bool = False,
+) -> tuple[web.AppRunner, int]:
+    """:func:`start_guarded` on ``listen`` (``HOST:PORT``; port 0 picks a free one); the runner and the bound port.
+
+    Args:
+        app: Not served yet (see :func:`start_guarded`).
+        listen: ``HOST:PORT``, the host possibly in brackets.
+        ssl_context: The server's context (client certificates of the cluster CA).
+        timeouts: The handshake, header and idle limits (the topology's ``kme:`` section).
+        interface: The interface's name, in log lines and in the error.
+        option: The setting ``listen`` came from, named in the error.
+        any_host: An empty host means every address.
+
+    Raises:
+        ConfigError: The address cannot be bound.
+    """
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or ("0.0.0.0" if any_host else "")
+    try:
+        return await start_guarded(app, host, int(port), ssl_context, timeouts, interface=interface)
+    except OSError as exc:
+        raise ConfigError(f"{option}: cannot serve {_INTERFACE_NAMES.get(interface, interface)} on {listen}: {exc.strerror or exc}") from exc
+
+
+_INTERFACE_NAMES = {"etsi014": "ETSI 014", "etsi020": "ETSI 020", "skip": "SKIP"}
 
 
 @functools.lru_cache(maxsize=1024)

@@ -59,7 +59,7 @@ from qcinode.errors import (
     StorageFailure,
     Unauthorized,
 )
-from qcinode.kme.guarded import GuardTimeouts, start_guarded
+from qcinode.kme.guarded import GuardTimeouts, serve_listen
 from qcinode.kme.handlers import DeliveryRefused, Kme
 from qcinode.kme.server import KeySupplier
 from qcinode.pki import common_name_of
@@ -200,25 +200,8 @@ def _unavailable(exc: BaseException) -> str:
 
 
 async def start_server(app: web.Application, listen: str, context: ssl.SSLContext, timeouts: GuardTimeouts) -> tuple[web.AppRunner, int]:
-    """Serves ``app`` on ``listen`` (``HOST:PORT``, an empty host is every address) behind the TLS and slow-client guards.
-
-    Args:
-        app: From :func:`make_app`, not served yet.
-        listen: ``HOST:PORT``; port 0 picks a free one.
-        context: The node's KME server context (client certificates of the cluster CA).
-        timeouts: The handshake, header and idle limits (the topology's ``kme:`` section).
-
-    Returns:
-        The runner (stop with ``await runner.cleanup()``) and the bound port.
-
-    Raises:
-        ConfigError: The address cannot be bound.
-    """
-    host, _, port = listen.rpartition(":")
-    try:
-        return await start_guarded(app, host.strip("[]") or "0.0.0.0", int(port), context, timeouts, interface="skip")
-    except OSError as exc:
-        raise ConfigError(f"--skip-listen: cannot serve SKIP on {listen}: {exc.strerror or exc}") from exc
+    """Serves ``app`` (from :func:`make_app`) on ``listen``, an empty host every address, behind the guards; see :func:`~.guarded.serve_listen`."""
+    return await serve_listen(app, listen, context, timeouts, interface="skip", option="--skip-listen", any_host=True)
 
 
 def _caller(request: web.Request, kme: Kme) -> str:

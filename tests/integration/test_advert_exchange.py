@@ -41,14 +41,13 @@ links:
 """
 
 
-@pytest.mark.asyncio
-async def test_a_node_that_starts_late_gets_the_adverts_flooded_before_it_was_up(tmp_path: Path) -> None:
+def _chain_nodes(tmp_path: Path, names: list[str]) -> dict[str, Node]:
+    """The chain's nodes ``names`` (not started), on free ports, with no advert refresh within a test."""
     source = tmp_path / "chain.yaml"
     source.write_text(CHAIN)
     topology = load_topology(source)
     certs = tmp_path / "certs"
     make_certificates(cert_plan(topology), certs)
-    names = ["alpha", "beta", "gamma"]
     ports = dict(zip(names, free_ports(len(names))))
     peers = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     nodes = {
@@ -61,8 +60,14 @@ async def test_a_node_that_starts_late_gets_the_adverts_flooded_before_it_was_up
         for i, name in enumerate(names)
     }
     for node in nodes.values():
-        # No refresh within the test: what gamma learns, it learns by the exchange (or a change).
         node.network.schedule = AdvertSchedule(np.random.default_rng(0), refresh_s=10_000.0, min_interval_s=1.0)
+    return nodes
+
+
+@pytest.mark.asyncio
+async def test_a_node_that_starts_late_gets_the_adverts_flooded_before_it_was_up(tmp_path: Path) -> None:
+    # No refresh within the test: what gamma learns, it learns by the exchange (or a change).
+    nodes = _chain_nodes(tmp_path, ["alpha", "beta", "gamma"])
     started: list[Node] = []
     try:
         for name in ("alpha", "beta"):
@@ -88,25 +93,7 @@ async def test_a_node_that_starts_late_gets_the_adverts_flooded_before_it_was_up
 @pytest.mark.asyncio
 async def test_adverts_queued_for_a_neighbour_go_in_one_call_and_a_forged_one_fails_alone(tmp_path: Path) -> None:
     """AdvertiseMany: the callee takes each advert as if it came alone; the caller's queue keeps the newest per origin."""
-    source = tmp_path / "chain.yaml"
-    source.write_text(CHAIN)
-    topology = load_topology(source)
-    certs = tmp_path / "certs"
-    make_certificates(cert_plan(topology), certs)
-    names = ["alpha", "beta"]
-    ports = dict(zip(names, free_ports(len(names))))
-    peers = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-    nodes = {
-        name: Node(
-            NodeSettings(
-                topology=topology, name=name, certs_dir=certs, listen=peers[name], peers=peers,
-                data_dir=tmp_path / name, kme_listen=None, metrics_listen=None, seed=i,
-            )
-        )  # fmt: skip
-        for i, name in enumerate(names)
-    }
-    for node in nodes.values():
-        node.network.schedule = AdvertSchedule(np.random.default_rng(0), refresh_s=10_000.0, min_interval_s=1.0)
+    nodes = _chain_nodes(tmp_path, ["alpha", "beta"])
     try:
         for node in nodes.values():
             await node.start()

@@ -50,7 +50,7 @@ from qcinode.kme.etsi020.protocol import (
     parse_void,
     versions_body,
 )
-from qcinode.kme.guarded import GuardTimeouts, start_guarded
+from qcinode.kme.guarded import GuardTimeouts, serve_listen
 from qcinode.pki import common_name_of
 
 __all__ = ["Backend", "make_app", "server_tls_context", "start_server"]
@@ -159,25 +159,8 @@ def make_app(backend: Backend, *, body_timeout_s: float = 10.0) -> web.Applicati
 
 
 async def start_server(app: web.Application, listen: str, context: ssl.SSLContext, timeouts: GuardTimeouts) -> tuple[web.AppRunner, int]:
-    """Serves ``app`` on ``listen`` (``HOST:PORT``) behind the TLS and slow-client guards.
-
-    Args:
-        app: From :func:`make_app`, not served yet.
-        listen: ``HOST:PORT``; port 0 picks a free one.
-        context: From :func:`server_tls_context`.
-        timeouts: The handshake, header and idle limits (the topology's ``kme:`` section).
-
-    Returns:
-        The runner (stop with ``await runner.cleanup()``) and the bound port.
-
-    Raises:
-        ConfigError: The address cannot be bound.
-    """
-    host, _, port = listen.rpartition(":")
-    try:
-        return await start_guarded(app, host.strip("[]"), int(port), context, timeouts, interface="etsi020")
-    except OSError as exc:
-        raise ConfigError(f"interworking.listen: cannot serve ETSI 020 on {listen}: {exc.strerror or exc}") from exc
+    """Serves ``app`` (from :func:`make_app`) on ``listen`` behind the guards; see :func:`~qcinode.kme.guarded.serve_listen`."""
+    return await serve_listen(app, listen, context, timeouts, interface="etsi020", option="interworking.listen")
 
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
