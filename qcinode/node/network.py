@@ -280,12 +280,13 @@ class NetworkService(pb_grpc.NetworkServicer):
         self._channels.clear()
 
     def _local_adverts(self) -> list[LinkAdvert]:
+        stocked = self.engine.stocked_bytes  # set aside for relay hops, which is what adverts are for
         return [
             LinkAdvert(
                 link_id=rt.link_id,
                 peer=rt.peer,
                 up=rt.state is LinkState.UP and not self.faults.partitioned(rt.link_id),
-                available_out_bytes=rt.pool.available_bytes,
+                available_out_bytes=rt.pool.available_bytes + stocked.get(rt.link_id, 0),
             )
             for rt in self.links.values()
         ]

@@ -235,3 +235,14 @@ def test_split_follows_the_ranges_across_blocks_and_checks_its_arguments() -> No
     assert nothing is None and last.ranges == rest.ranges
     assert pool.commit(head) == bytes(120) and pool.commit(last) == bytes(30)
     assert pool.reserved_bytes == 0
+
+
+def test_a_nodes_advert_counts_its_stock_with_what_the_pool_has_free() -> None:
+    net = relay_network([("n1", "n2")], {"app-1": "n1", "app-2": "n2"}, seed=7, block_bytes=64 * 1024)
+    assert isinstance(net.relay("app-1", ["app-2"]), DeliverKeys)
+    stock = net.nodes["n1"].engine.stocked_bytes["n1-n2"]
+    pool = net.link("n1", "n2").pools["n1"]
+    assert stock > 0 and pool.reserved_bytes == stock
+    net.advertise()
+    (link,) = net.nodes["n2"].routes.adverts["n1"].links
+    assert link.available_out_bytes == pool.available_bytes + stock

@@ -42,7 +42,9 @@ Theory of operation:
       hop takes a new one; a node that stops cleanly releases its stocks
       (:meth:`RelayContext.release_stocks`) before its last save, so the two
       ends' ledgers agree again. A stock belongs to one pool object: if the
-      driver replaced the link's pool, the old stock is dropped.
+      driver replaced the link's pool, the old stock is dropped. A node's
+      routing advert counts its stocks with what its pools have free: both
+      are what its relay hops can spend.
 """
 
 from __future__ import annotations

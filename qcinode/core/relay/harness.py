@@ -209,7 +209,12 @@ class RelayNetwork:
         adverts = []
         for name, node in self.nodes.items():
             own = [
-                LinkAdvert(link.link_id, peer, up=not link.cut, available_out_bytes=link.pools[name].available_bytes)
+                LinkAdvert(
+                    link.link_id,
+                    peer,
+                    up=not link.cut,
+                    available_out_bytes=link.pools[name].available_bytes + node.engine.stocked_bytes.get(link.link_id, 0),
+                )
                 for link in self._links.values()
                 if name in (link.alice, link.bob)
                 for peer in [link.bob if name == link.alice else link.alice]
