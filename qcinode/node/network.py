@@ -387,14 +387,12 @@ class NetworkService(pb_grpc.NetworkServicer):
             outbox = self._outbox[peer]
             while outbox:
                 holds = self._peer_holds[peer]
-                batch = [a for a in outbox.values() if holds.get(a.origin, -1) < a.sequence][:MAX_ADVERTS_PER_CALL]
-                for advert in batch:
-                    del outbox[advert.origin]
                 for origin in [o for o, a in outbox.items() if holds.get(o, -1) >= a.sequence]:
                     del outbox[origin]  # it sent us that one (or a newer) meanwhile
-                if not batch:
-                    continue
-                if await self._send_adverts(peer, batch) is not True:
+                batch = list(outbox.values())[:MAX_ADVERTS_PER_CALL]
+                for advert in batch:
+                    del outbox[advert.origin]
+                if batch and await self._send_adverts(peer, batch) is not True:
                     # Away or too slow: the exchange it is now owed (DatabaseSync) sends what it lacks,
                     # after its back-off; sending the rest now would feed the load that made it slow.
                     outbox.clear()
@@ -565,7 +563,7 @@ class NetworkService(pb_grpc.NetworkServicer):
             for send in sends:
                 batches.setdefault((send.link_id, send.peer), []).append(send)
             async with asyncio.TaskGroup() as group:
-                saved = group.create_task(self._save_wave(saves)) if saves else None
+                saved = group.create_task(self._save_wave(saves, frozenset(saving))) if saves else None
                 stored = group.create_task(self._store_wave(stores)) if stores else None
                 tasks = [group.create_task(self._send(batch)) for batch in batches.values()]
                 tasks += [group.create_task(self._hand_off(action)) for action in handoffs]
@@ -576,10 +574,10 @@ class NetworkService(pb_grpc.NetworkServicer):
                 todo, held = list(held), []
         return answers
 
-    async def _save_wave(self, saves: list[SaveLink]) -> list[RelayAction]:
-        """A wave's link saves in one transaction (shared with concurrent relays'); what the engine does next."""
+    async def _save_wave(self, saves: list[SaveLink], link_ids: frozenset[str]) -> list[RelayAction]:
+        """A wave's link saves (of ``link_ids``, all they name) in one transaction, shared with concurrent relays'; what the engine does next."""
         started = time.perf_counter()
-        (failure,) = await self._link_saver.submit([frozenset(link_id for action in saves for link_id in action.link_ids)])
+        (failure,) = await self._link_saver.submit([link_ids])
         self._timed("save", started, len(saves))
         follow: list[RelayAction] = []
         for action in saves:

@@ -274,14 +274,8 @@ class RelayContext:
                 f"ref {event.ref} waits for {waiting.expects.__name__}, got {type(event).__name__}"
             )
         del self._waits[event.ref]
-        if isinstance(event, LinkSaved) and event.ref in self._stock_saves:
-            for link_id in self._stock_saves.pop(event.ref):
-                stock = self._stocks.get(link_id)
-                if stock is not None and stock.ref == event.ref:
-                    stock.ref = None
-                    stock.saved = event.failure is None
-                    if not stock.saved:
-                        self._drop_stock(link_id)  # not on disk: release, nothing of it was sent
+        if isinstance(event, LinkSaved):
+            self._stock_save_ended(event.ref, saved=event.failure is None)
         return waiting.then(event)
 
     def abandon(self, owner: Hashable) -> int:
@@ -289,10 +283,7 @@ class RelayContext:
         refs = [ref for ref, w in self._waits.items() if w.owner == owner]
         for ref in refs:
             del self._waits[ref]
-            for link_id in self._stock_saves.pop(ref, ()):
-                stock = self._stocks.get(link_id)
-                if stock is not None and stock.ref == ref:
-                    self._drop_stock(link_id)  # its save's outcome will never be known here
+            self._stock_save_ended(ref, saved=False)  # its outcome will never be known here
         return len(refs)
 
     def wait_save(self, owner: Hashable, then: Continuation, link_ids: Sequence[str]) -> int:
@@ -352,6 +343,16 @@ class RelayContext:
     def stocked_bytes(self) -> dict[str, int]:
         """Each link's pad stock in bytes, saved or not (for status and tests)."""
         return {link_id: s.reservation.length_bytes for link_id, s in self._stocks.items()}
+
+    def _stock_save_ended(self, ref: int, *, saved: bool) -> None:
+        """The save ``ref`` ended: the stocks it was to save are saved, or released if not (nothing of them was sent)."""
+        for link_id in self._stock_saves.pop(ref, ()):
+            stock = self._stocks.get(link_id)
+            if stock is not None and stock.ref == ref:
+                stock.ref = None
+                stock.saved = saved
+                if not saved:
+                    self._drop_stock(link_id)
 
     def _drop_stock(self, link_id: str) -> None:
         stock = self._stocks.pop(link_id)
