@@ -55,7 +55,7 @@ Theory of operation:
       together do not flood together. :func:`links_change` ranks a change:
       ``links_changed`` (a link appears, goes, goes up or down),
       ``carry_changed`` (a link's key crosses :data:`CARRY_BYTES`, one 256-bit
-      key: it can carry a key now, or no longer), both of which change which
+      key's relay pad: it can carry a key now, or no longer), both of which change which
       paths exist, and ``available_changed`` (the key a link can carry moves
       by at least a quarter, from or to nothing included, or by one 256-bit
       key while either figure is below :data:`LOW_WATER_BYTES`), which only
@@ -237,8 +237,10 @@ LOW_WATER_BYTES = 16384
 #: The smallest move of a scarce pool worth an advert: one 256-bit key.
 LOW_WATER_STEP_BYTES = 32
 
-#: A link "can carry a key" from this many bytes on (one 256-bit key): crossing it changes which paths exist.
-CARRY_BYTES = 32
+#: A link "can carry a key" from this many bytes on: one relay hop of a 256-bit key spends a 32-byte
+#: one-time MAC key and a 32-byte pad (:func:`qcinode.core.relay.hop.pad_bytes_needed`), what a path
+#: search for such a key asks of every link. Crossing it changes which paths exist.
+CARRY_BYTES = 64
 
 #: Up to this many nodes every change is advertised as soon as the hold allows (capacity ones included).
 SMALL_NETWORK_NODES = 10

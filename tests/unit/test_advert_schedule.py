@@ -68,6 +68,7 @@ def test_a_link_going_down_is_advertised_after_the_minimum_interval_only() -> No
         (0, CARRY_BYTES, "carry_changed"),  # the link can carry a key now: new paths exist
         (64, 0, "carry_changed"),  # key runs out: paths over the link are gone
         (CARRY_BYTES, CARRY_BYTES - 1, "carry_changed"),
+        (100, 40, "carry_changed"),  # 40 bytes are no 256-bit key's hop (64): paths over the link are gone
         (0, 0, None),
         # A scarce pool (below LOW_WATER_BYTES): one 256-bit key either way is a change.
         (LOW_WATER_BYTES - 1, LOW_WATER_BYTES - 1 + LOW_WATER_STEP_BYTES, "available_changed"),
@@ -316,3 +317,9 @@ def test_a_large_network_floods_pool_filling_at_the_refresh_not_at_every_minimum
     assert now_total["carry_changed"] >= 100
     assert sum(now_total.values()) < sum(before_total.values()) / 2
     assert before_total["available_changed"] > 5 * now_total["available_changed"]
+
+
+def test_carrying_a_key_means_holding_one_256_bit_keys_relay_pad() -> None:
+    from qcinode.core.relay.hop import pad_bytes_needed
+
+    assert CARRY_BYTES == pad_bytes_needed(32)
