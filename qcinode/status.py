@@ -156,8 +156,11 @@ class LinkStatus:
     recent_aborts: tuple[str, ...] = ()  # the last aborts' reason texts, oldest first
     aborted_last_minute: int = 0
     channel: ChannelStatus | None = None
-    #: With ``include_ledger``: every used range of the pool; None otherwise.
+    #: With ``include_ledger``: every used range of the pool's live and recently closed blocks; None otherwise.
     ledger: tuple[LedgerEntry, ...] | None = None
+    #: With ``include_ledger``: blocks of a seq below this that ``ledger`` does not list are folded
+    #: at this end (closed long ago, counted in aggregate only); 0 while none is. None otherwise.
+    ledger_folded_through: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -174,6 +177,9 @@ class LinkStatus:
             elif name == "ledger":
                 if value is not None:
                     out[name] = [entry.to_json() for entry in value]
+            elif name == "ledger_folded_through":
+                if value is not None:
+                    out[name] = value
             else:
                 out[name] = value.value if isinstance(value, enum.Enum) else value
         return out
@@ -363,7 +369,7 @@ class ClusterNode:
 
 
 #: A cluster link's fields that belong to one end only (left out of the merged view).
-_ONE_END_FIELDS = ("role", "peer", "blocks", "ledger")
+_ONE_END_FIELDS = ("role", "peer", "blocks", "ledger", "ledger_folded_through")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

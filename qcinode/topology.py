@@ -1316,7 +1316,8 @@ class KmeConfig(_Section):
     """How each node's ETSI GS QKD 014 KME shares keys between SAEs, and how every HTTPS interface guards its connections.
 
     The timeouts apply to the node's ETSI 014, ETSI 020 and SKIP servers alike
-    (:mod:`qcinode.kme.guarded`).
+    (:mod:`qcinode.kme.guarded`), and to its ETSI 004 stream server, where
+    ``header_timeout_s`` bounds a whole request (:mod:`qcinode.kme.etsi004`).
 
     Attributes:
         max_keys_per_sae_per_s: A token bucket per master SAE: keys its

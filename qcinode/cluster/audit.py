@@ -10,7 +10,12 @@ So, across the two ends:
   consumed only by the receiver would be a byte the initiator may use again;
 * a byte only the initiator used was spent by a message that never arrived
   or was refused (a lost, forged or refused relay hop): wasted, never reused;
-* with no faults, the two ledgers are equal.
+* with no faults, the two ledgers are equal;
+* a pool folds closed blocks beyond its most recent ones into an aggregate
+  (:mod:`qcinode.core.pool`, Folding) and lists them no more: a block one
+  end no longer lists because it folded it (its seq is below the end's
+  ``ledger_folded_through``) cannot be compared and is skipped, counted in
+  ``blocks_folded``. Both ends fold alike, so with no faults none is skipped.
 
 Within one end the pool refuses to use a byte twice, and its ledger merges
 used ranges; :func:`audit_ledgers` also checks that no two ranges of one end
@@ -35,6 +40,7 @@ class LinkLedgerAudit:
     link_id: str
     bytes_both: int = 0  # used at both ends
     bytes_initiator_only: int = 0  # spent by the initiator on messages that did not arrive or were refused
+    blocks_folded: int = 0  # listed at one end only, folded at the other: not compared
     violations: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -91,6 +97,12 @@ def _intersection(a: list[Interval], b: list[Interval]) -> list[Interval]:
     return out
 
 
+def _seq(block_id: str) -> int | None:
+    """The seq of a block ID ``"<link_id>/<seq>"``, None for any other."""
+    digits = block_id.rpartition("/")[2]
+    return int(digits) if digits.isascii() and digits.isdigit() else None
+
+
 def _by_half(entries: Iterable[Any]) -> dict[tuple[str, str], list[Interval]]:
     halves: dict[tuple[str, str], list[Interval]] = {}
     for block_id, offset, length, initiator in entries:
@@ -98,14 +110,25 @@ def _by_half(entries: Iterable[Any]) -> dict[tuple[str, str], list[Interval]]:
     return halves
 
 
-def audit_link(link_id: str, ledgers: Mapping[str, Iterable[Any]]) -> LinkLedgerAudit:
+def audit_link(link_id: str, ledgers: Mapping[str, Iterable[Any]], folded_through: Mapping[str, int] | None = None) -> LinkLedgerAudit:
     """Audits one link from its two ends' ledgers, keyed by role ("alice", "bob").
 
     Each ledger entry is ``[block_id, offset_bytes, length_bytes, initiator]``
-    as the admin status reports it.
+    as the admin status reports it; ``folded_through`` each end's
+    ``ledger_folded_through`` (absent: 0, nothing folded).
     """
     audit = LinkLedgerAudit(link_id)
     views = {role: _by_half(entries) for role, entries in ledgers.items()}
+    listed = {role: {block_id for block_id, _ in halves} for role, halves in views.items()}
+    folded_through = folded_through or {}
+    skipped: set[str] = set()
+    for role, blocks in listed.items():
+        below = folded_through.get(role, 0)
+        for other, other_blocks in listed.items():
+            if other != role:
+                skipped.update(b for b in other_blocks - blocks if (seq := _seq(b)) is not None and seq < below)
+    audit.blocks_folded = len(skipped)
+    views = {role: {key: v for key, v in halves.items() if key[0] not in skipped} for role, halves in views.items()}
     for role, halves in views.items():
         for (block_id, initiator), intervals in halves.items():
             for start, end in _overlaps(intervals):
@@ -129,10 +152,12 @@ def audit_link(link_id: str, ledgers: Mapping[str, Iterable[Any]]) -> LinkLedger
 def audit_ledgers(status: Mapping[str, Any]) -> LedgerAudit:
     """Audits every link in a :func:`~qcinode.cluster.launcher.cluster_status` taken with ``ledger=True``."""
     ends: dict[str, dict[str, Any]] = {}
+    folded: dict[str, dict[str, int]] = {}
     for node in status["nodes"].values():
         for link in node.get("links", []):
             if "ledger" in link:
                 ends.setdefault(link["link_id"], {})[link["role"]] = link["ledger"]
+                folded.setdefault(link["link_id"], {})[link["role"]] = int(link.get("ledger_folded_through", 0))
     audits: dict[str, LinkLedgerAudit] = {}
     missing: list[str] = []
     for link_id in sorted(status.get("links", ends)):
@@ -140,5 +165,5 @@ def audit_ledgers(status: Mapping[str, Any]) -> LedgerAudit:
         if set(views) != {"alice", "bob"}:
             missing.append(link_id)
             continue
-        audits[link_id] = audit_link(link_id, views)
+        audits[link_id] = audit_link(link_id, views, folded.get(link_id))
     return LedgerAudit(audits, missing)

@@ -35,6 +35,28 @@ Theory of operation:
       its bytes; a block whose halves are both fully used is *retired*: its
       bytes leave memory and only a summary (size, digest, used ranges)
       remains, which also stops the same block ID from being added again.
+    * **Block IDs carry a sequence number.** Every block ID is
+      ``f"{link_id}/{seq}"`` (:func:`qcinode.core.pipeline.block_id_for`), the
+      seq a non-negative decimal in canonical form; :meth:`LinkKeyPool.add_block`
+      refuses any other. Both ends number blocks alike and the numbers only
+      grow: a session starts at the saved ``next_block_seq``, a
+      resynchronisation takes the larger of the two ends' (never less), and
+      the one block that can arrive after newer ones were numbered — Bob's
+      block pending Alice's Commit — is the newest there is.
+    * **Folding: a link that runs for weeks keeps bounded history.** Only the
+      :data:`CLOSED_BLOCKS_KEPT` closed blocks with the highest seqs keep their
+      summary; every older one is *folded* into one :class:`FoldedLedger`
+      per pool: a watermark seq, counters (blocks, discarded blocks, size,
+      used bytes) and an order-free digest of the folded summaries (XOR of
+      their SHA-256). The kept set is a function of the set of closed blocks
+      alone (the highest seqs), not of the order they closed in, so two ends
+      that closed the same blocks with the same ledgers fold to equal
+      aggregates. The watermark is the highest folded seq, and means "no
+      block at or below it may be added any more": seqs only grow, so such
+      an ID is a replay (a live block below the watermark is unaffected, and
+      folds as soon as it closes). Totals stay exact: :attr:`LinkKeyPool.used_bytes`
+      is the live ledgers, the kept summaries and the fold's ``used_bytes``;
+      :meth:`LinkKeyPool.audit` lists the ranges of live and kept blocks only.
     * **Resynchronisation.** After a reconnection the ends exchange
       :attr:`LinkKeyPool.block_ids` and each calls
       :meth:`LinkKeyPool.retain_only` with the peer's set; blocks only one
@@ -54,7 +76,10 @@ Theory of operation:
       each closed block's summary — and names them; :meth:`blob_names` and
       :meth:`blob` hand them to a store that writes each once, so a save
       costs what the open blocks' ledgers and the closed blocks' IDs cost,
-      not what the pool holds.
+      not what the pool holds. Folded blocks are no longer named (the store
+      deletes their blobs with the next save), so the names, the snapshot and
+      the store stay bounded however long the link runs. :meth:`blob_names`
+      is cached until a block is added, closed or drops a half.
 """
 
 from __future__ import annotations
@@ -77,10 +102,18 @@ from qcinode.errors import (
     RemoteProtocolError,
 )
 
-__all__ = ["KeyRange", "LedgerEntry", "LinkKeyPool", "Reservation"]
+__all__ = ["CLOSED_BLOCKS_KEPT", "FoldedLedger", "KeyRange", "LedgerEntry", "LinkKeyPool", "Reservation"]
 
-_STATE_VERSION = 2  # 2: halves and closed blocks may be stored apart (to_state(inline=False))
-_READABLE_STATE_VERSIONS = (1, 2)
+#: Closed blocks whose summary (size, digest, used ranges) a pool keeps in full: the highest seqs.
+#: Older ones are folded into the pool's :class:`FoldedLedger` (module docstring). 64 blocks are
+#: minutes of a busy link's history, enough to audit a recent relay hop or resync.
+CLOSED_BLOCKS_KEPT = 64
+
+# 2: halves and closed blocks may be stored apart (to_state(inline=False)); 3: "folded", the aggregate
+# of closed blocks beyond CLOSED_BLOCKS_KEPT. A version 1 or 2 state folds its excess closed blocks on load.
+_STATE_VERSION = 3
+_READABLE_STATE_VERSIONS = (1, 2, 3)
+_NO_DIGEST = bytes(32)
 _EXTERNAL = "blob"  # a half's "data" kept by the store as a blob
 _DATA_BLOB = "data/"  # + block_id + "/" + role
 _CLOSED_BLOB = "closed/"  # + block_id
@@ -134,6 +167,30 @@ class LedgerEntry:
     initiator: Role
 
 
+@dataclass(frozen=True, slots=True)
+class FoldedLedger:
+    """The closed blocks a pool folded out of its ledger, in aggregate (module docstring, Folding).
+
+    Attributes:
+        watermark_seq: The highest folded seq; no block at or below it may be
+            added. -1 while nothing is folded.
+        blocks: Blocks folded.
+        discarded_blocks: Of these, blocks discarded by a resynchronisation.
+        size_bytes: Their total size.
+        used_bytes: Their used bytes, both halves.
+        digest: XOR of the SHA-256 of each folded block's summary (ID, size,
+            digest, discarded, used ranges): equal at two ends that folded
+            the same blocks with the same ledgers, whatever the order.
+    """
+
+    watermark_seq: int = -1
+    blocks: int = 0
+    discarded_blocks: int = 0
+    size_bytes: int = 0
+    used_bytes: int = 0
+    digest: bytes = _NO_DIGEST
+
+
 class _Block:
     """A live block: its bytes per half, used and reserved intervals."""
 
@@ -173,11 +230,14 @@ class _Block:
         lo = self.half(role)[0]
         return data[start - lo : end - lo]
 
-    def mark_used(self, role: Role, start: int, end: int) -> None:
+    def mark_used(self, role: Role, start: int, end: int) -> bool:
+        """Mark ``[start, end)`` of ``role``'s half used; True if that used the half up (its bytes dropped)."""
         _add(self.used[role], start, end)
         lo, hi = self.half(role)
         if self.used[role] == [(lo, hi)]:
             self.data[role] = None
+            return True
+        return False
 
     def is_fully_used(self) -> bool:
         return all(
@@ -189,6 +249,7 @@ class _Block:
 class _ClosedBlock:
     """Ledger summary of a block whose bytes are gone (retired or discarded)."""
 
+    seq: int
     size: int
     digest: bytes
     discarded: bool
@@ -202,7 +263,9 @@ class _ClosedBlock:
 class LinkKeyPool:
     """The key pool of one link at one end, with its ledger of used bytes."""
 
-    __slots__ = ("_link_id", "_role", "_blocks", "_closed", "_open", "_saved_as_used", "_next_reservation_id")
+    __slots__ = (
+        "_link_id", "_role", "_blocks", "_closed", "_folded", "_open", "_saved_as_used", "_next_reservation_id", "_names"
+    )
 
     def __init__(self, link_id: str, role: Role) -> None:
         """Create an empty pool.
@@ -216,7 +279,9 @@ class LinkKeyPool:
         self._link_id = link_id
         self._role = role
         self._blocks: dict[str, _Block] = {}
-        self._closed: dict[str, _ClosedBlock] = {}
+        self._closed: dict[str, _ClosedBlock] = {}  # at most CLOSED_BLOCKS_KEPT, the highest seqs
+        self._folded = FoldedLedger()
+        self._names: frozenset[str] | None = None  # blob_names(), until a block is added, closed or drops a half
         self._open: dict[int, Reservation] = {}
         self._saved_as_used: set[int] = set()  # open reservations a snapshot records as used
         self._next_reservation_id = 1
@@ -257,7 +322,12 @@ class LinkKeyPool:
     def used_bytes(self) -> int:
         """Bytes used so far by either end, over all blocks ever added."""
         live = sum(_total(b.used[r]) for b in self._blocks.values() for r in Role)
-        return live + sum(closed.used_bytes for closed in self._closed.values())
+        return live + sum(closed.used_bytes for closed in self._closed.values()) + self._folded.used_bytes
+
+    @property
+    def folded(self) -> FoldedLedger:
+        """The closed blocks folded out of :meth:`audit`, in aggregate."""
+        return self._folded
 
     @property
     def block_ids(self) -> tuple[str, ...]:
@@ -268,19 +338,23 @@ class LinkKeyPool:
         """SHA-256 of a block's bytes (for tests and resync diagnostics).
 
         Raises:
-            KeyNotFound: If the block was never added.
+            KeyNotFound: If the block was never added, or is folded.
         """
         if block_id in self._blocks:
             return self._blocks[block_id].digest
         if block_id in self._closed:
             return self._closed[block_id].digest
+        if self._is_folded(block_id):
+            raise KeyNotFound(f"block {block_id!r} of link {self._link_id!r} is folded: its digest is gone")
         raise KeyNotFound(f"no block {block_id!r} in link {self._link_id!r}")
 
     def audit(self) -> list[LedgerEntry]:
-        """Every used range, merged and sorted by (block_id, offset).
+        """Every used range of the live and kept closed blocks, merged and sorted by (block_id, offset).
 
         Two ends that used the same bytes return equal lists. Entries never
-        overlap, and each lies inside its initiator's half.
+        overlap, and each lies inside its initiator's half. Folded blocks
+        are counted in :attr:`folded` instead: the entries' lengths plus
+        ``folded.used_bytes`` are :attr:`used_bytes`.
         """
         entries: list[LedgerEntry] = []
         for block_id, block in self._blocks.items():
@@ -303,17 +377,29 @@ class LinkKeyPool:
         """Add a committed secret block (same ID and bytes at both ends).
 
         Raises:
-            KeyStoreError: If ``block_id`` was already added (even if retired
-                or discarded since).
-            LocalProtocolError: On an empty ID or empty data.
+            KeyStoreError: If ``block_id`` was already added (even if retired,
+                discarded or folded since), or lies at or below the folded
+                watermark.
+            LocalProtocolError: On an ID that is not ``f"{link_id}/{seq}"``
+                or empty data.
         """
         if not isinstance(block_id, str) or not block_id:
             raise LocalProtocolError("block_id must be a non-empty str")
+        if self._seq(block_id) is None:
+            raise LocalProtocolError(
+                f"block_id must be '{self._link_id}/<seq>' (seq a non-negative decimal, no leading zeros), got {block_id!r}"
+            )
         if not isinstance(data, (bytes, bytearray)) or not data:
             raise LocalProtocolError("block data must be non-empty bytes")
         if block_id in self._blocks or block_id in self._closed:
             raise KeyStoreError(f"block {block_id!r} already in link {self._link_id!r}")
+        if self._is_folded(block_id):
+            raise KeyStoreError(
+                f"block {block_id!r} already in link {self._link_id!r}: every block up to seq "
+                f"{self._folded.watermark_seq} is closed and folded"
+            )
         self._blocks[block_id] = _Block(block_id, bytes(data))
+        self._names = None
 
     def retain_only(self, block_ids: Collection[str]) -> None:
         """Discard the live blocks whose IDs are not in ``block_ids``.
@@ -416,7 +502,8 @@ class LinkKeyPool:
             block = self._blocks[r.block_id]
             _remove(block.reserved, r.offset_bytes, r.end_bytes)
             parts.append(block.read(self._role, r.offset_bytes, r.end_bytes))
-            block.mark_used(self._role, r.offset_bytes, r.end_bytes)
+            if block.mark_used(self._role, r.offset_bytes, r.end_bytes):
+                self._names = None
         self._retire_full({r.block_id for r in reservation.ranges})
         return b"".join(parts)
 
@@ -460,7 +547,8 @@ class LinkKeyPool:
         """
         data = self.peek_ranges(ranges, initiator)
         for r in ranges:
-            self._blocks[r.block_id].mark_used(initiator, r.offset_bytes, r.end_bytes)
+            if self._blocks[r.block_id].mark_used(initiator, r.offset_bytes, r.end_bytes):
+                self._names = None
         self._retire_full({r.block_id for r in ranges})
         return data
 
@@ -494,8 +582,9 @@ class LinkKeyPool:
         (``"closed": [block_id, ...]``), which :meth:`blob_names` and
         :meth:`blob` provide, so a store writes them once (see
         :class:`~qcinode.keys.linkstore.LinkStore`). Its size then grows with
-        the open blocks' ledgers and one ID per closed block, not with the
-        key they hold.
+        the open blocks' ledgers and one ID per kept closed block (at most
+        :data:`CLOSED_BLOCKS_KEPT`), not with the key they hold or the
+        blocks folded.
 
         Open reservations are not included: restored, their bytes are
         available — but for those made ``saved_as_used``, recorded as used.
@@ -529,24 +618,40 @@ class LinkKeyPool:
         closed: list[Any] = (
             [_closed_to_state(block_id, c) for block_id, c in self._closed.items()] if inline else list(self._closed)
         )
+        folded = self._folded
         return {
             "version": _STATE_VERSION,
             "link_id": self._link_id,
             "role": self._role.value,
             "blocks": blocks,
             "closed": closed,
+            "folded": {
+                "watermark_seq": folded.watermark_seq,
+                "blocks": folded.blocks,
+                "discarded_blocks": folded.discarded_blocks,
+                "size_bytes": folded.size_bytes,
+                "used_bytes": folded.used_bytes,
+                "digest": folded.digest.hex(),
+            },
         }
 
-    def blob_names(self) -> set[str]:
-        """The names of the immutable parts :meth:`to_state` (``inline=False``) leaves out."""
-        names = {
-            f"{_DATA_BLOB}{block.block_id}/{role.value}"
-            for block in self._blocks.values()
-            for role in Role
-            if block.data[role] is not None
-        }
-        names.update(f"{_CLOSED_BLOB}{block_id}" for block_id in self._closed)
-        return names
+    def blob_names(self) -> frozenset[str]:
+        """The names of the immutable parts :meth:`to_state` (``inline=False``) leaves out.
+
+        At most two per live block and one per kept closed block: folded
+        blocks are not named. Cached until a block is added, closed or drops
+        a half (a save asks for it every time; key use rarely changes it).
+        """
+        if self._names is None:
+            names = {
+                f"{_DATA_BLOB}{block.block_id}/{role.value}"
+                for block in self._blocks.values()
+                for role in Role
+                if block.data[role] is not None
+            }
+            names.update(f"{_CLOSED_BLOB}{block_id}" for block_id in self._closed)
+            self._names = frozenset(names)
+        return self._names
 
     def blob(self, name: str) -> bytes:
         """One immutable part, by a name from :meth:`blob_names` (key bytes: secret).
@@ -618,9 +723,14 @@ class LinkKeyPool:
             if block_id in pool._blocks:
                 raise KeyStoreError(f"duplicate block {block_id!r} in state")
             pool._blocks[block_id] = block
+        if state["version"] >= 3:
+            pool._folded = _folded_from_state(state["folded"])
         for entry in state["closed"]:
             item = json.loads(_blob(blobs, f"{_CLOSED_BLOB}{entry}")) if isinstance(entry, str) else entry
             block_id = str(item["block_id"])
+            seq = pool._seq(block_id)
+            if seq is None:
+                raise KeyStoreError(f"closed block {block_id!r} in state is not '{pool._link_id}/<seq>'")
             if block_id in pool._blocks or block_id in pool._closed:
                 raise KeyStoreError(f"duplicate block {block_id!r} in state")
             size = _nonneg_int(item["size"])
@@ -635,11 +745,16 @@ class LinkKeyPool:
             if not isinstance(discarded, bool):
                 raise KeyStoreError(f"block {block_id}: 'discarded' must be a bool")
             pool._closed[block_id] = _ClosedBlock(
+                seq=seq,
                 size=size,
                 digest=bytes.fromhex(item["digest"]),
                 discarded=discarded,
                 used=tuple(sorted(used_runs, key=lambda t: t[0])),
             )
+        for block_id in pool._blocks:
+            if pool._seq(block_id) is None:
+                raise KeyStoreError(f"block {block_id!r} in state is not '{pool._link_id}/<seq>'")
+        pool._fold_excess()  # a version 1 or 2 state holds every closed block
         return pool
 
     def __repr__(self) -> str:
@@ -693,6 +808,8 @@ class LinkKeyPool:
         block = self._blocks.get(r.block_id)
         if block is None:
             closed = self._closed.get(r.block_id)
+            if closed is None and self._is_folded(r.block_id):
+                raise KeyAlreadyUsed(f"block {r.block_id!r} is closed and folded (used up or discarded)")
             if closed is None or closed.discarded:
                 raise KeyNotFound(f"no block {r.block_id!r} in link {self._link_id!r}")
             lo, hi = (0, closed.size // 2) if initiator is Role.ALICE else (closed.size // 2, closed.size)
@@ -719,12 +836,58 @@ class LinkKeyPool:
 
     def _close(self, block: _Block, *, discarded: bool) -> None:
         runs = [(s, e, role) for role in Role for s, e in block.used[role]]
+        seq = self._seq(block.block_id)
+        assert seq is not None  # add_block and from_state take no other ID
         self._closed[block.block_id] = _ClosedBlock(
+            seq=seq,
             size=block.size,
             digest=block.digest,
             discarded=discarded,
             used=tuple(sorted(runs, key=lambda t: t[0])),
         )
+        self._names = None
+        self._fold_excess()
+
+    def _fold_excess(self) -> None:
+        """Fold every closed block but the CLOSED_BLOCKS_KEPT with the highest seqs.
+
+        Keeping the highest seqs (not the latest to close) makes the kept
+        set, hence the fold, a function of the set of closed blocks: both
+        ends of a link agree whatever order their blocks closed in.
+        """
+        excess = len(self._closed) - CLOSED_BLOCKS_KEPT
+        if excess <= 0:
+            return
+        oldest = sorted(self._closed.items(), key=lambda item: item[1].seq)[:excess]
+        f = self._folded
+        watermark, blocks, discarded, size, used = f.watermark_seq, f.blocks, f.discarded_blocks, f.size_bytes, f.used_bytes
+        digest = int.from_bytes(f.digest, "big")
+        for block_id, closed in oldest:
+            del self._closed[block_id]
+            watermark = max(watermark, closed.seq)
+            blocks += 1
+            discarded += closed.discarded
+            size += closed.size
+            used += closed.used_bytes
+            summary = json.dumps(_closed_to_state(block_id, closed), separators=(",", ":"), sort_keys=True)
+            digest ^= int.from_bytes(hashlib.sha256(summary.encode()).digest(), "big")
+        self._folded = FoldedLedger(watermark, blocks, discarded, size, used, digest.to_bytes(32, "big"))
+        self._names = None
+
+    def _seq(self, block_id: str) -> int | None:
+        """The seq of ``f"{link_id}/{seq}"`` (canonical decimal), or None for any other ID."""
+        prefix = self._link_id + "/"
+        if not isinstance(block_id, str) or not block_id.startswith(prefix):
+            return None
+        digits = block_id[len(prefix) :]
+        if not (digits.isascii() and digits.isdigit()) or (len(digits) > 1 and digits[0] == "0"):
+            return None
+        return int(digits)
+
+    def _is_folded(self, block_id: str) -> bool:
+        """Whether ``block_id`` is not live and at or below the watermark (closed for good)."""
+        seq = self._seq(block_id)
+        return seq is not None and seq <= self._folded.watermark_seq and block_id not in self._blocks
 
 
 # -- sorted, disjoint, merged [start, end) interval lists ----------------------
@@ -812,6 +975,19 @@ def _closed_to_state(block_id: str, closed: _ClosedBlock) -> dict[str, Any]:
         "discarded": closed.discarded,
         "used": [[s, e, role.value] for s, e, role in closed.used],
     }
+
+
+def _folded_from_state(raw: Any) -> FoldedLedger:
+    watermark = raw["watermark_seq"]
+    if isinstance(watermark, bool) or not isinstance(watermark, int) or watermark < -1:
+        raise KeyStoreError(f"folded watermark_seq must be an int >= -1, got {watermark!r}")
+    digest = bytes.fromhex(raw["digest"])
+    if len(digest) != len(_NO_DIGEST):
+        raise KeyStoreError("folded digest must be 32 bytes")
+    blocks, discarded, size, used = (_nonneg_int(raw[name]) for name in ("blocks", "discarded_blocks", "size_bytes", "used_bytes"))
+    if (watermark < 0) != (blocks == 0) or discarded > blocks or used > size:
+        raise KeyStoreError("folded ledger counters are inconsistent")
+    return FoldedLedger(watermark, blocks, discarded, size, used, digest)
 
 
 def _blob(blobs: Mapping[str, bytes], name: str) -> bytes:

@@ -234,8 +234,10 @@ DEFAULT_FIRST_INTERVAL_S = 1.0
 #: as they move, still no more often than the minimum interval.)
 LOW_WATER_BYTES = 16384
 
-#: The smallest move of a scarce pool worth an advert: one 256-bit key.
-LOW_WATER_STEP_BYTES = 32
+#: The smallest move of a scarce pool worth an advert: what one 256-bit key's relay hop spends, its
+#: 32-byte one-time MAC key and 32-byte pad (:func:`qcinode.core.relay.hop.pad_bytes_needed`, as for
+#: CARRY_BYTES). A step of 32 bytes advertised half-keys: twice the adverts for no path that changed.
+LOW_WATER_STEP_BYTES = 64
 
 #: A link "can carry a key" from this many bytes on: one relay hop of a 256-bit key spends a 32-byte
 #: one-time MAC key and a 32-byte pad (:func:`qcinode.core.relay.hop.pad_bytes_needed`), what a path

@@ -44,6 +44,21 @@ Theory of operation:
     * **TTL.** A stream expires ``ttl`` seconds after it was opened; its
       chunks not yet delivered at the generator are dropped, and a GET_KEY
       then answers 4.
+    * **No door held open** (the topology's ``kme:`` limits, as for the
+      HTTPS interfaces, :mod:`qcinode.kme.guarded`): the TLS handshake must
+      end within ``tls_handshake_timeout_s`` (a failure is logged,
+      ``kme.tls_refused``); a request must arrive whole within
+      ``header_timeout_s`` of the connection's start or of its first byte
+      after an answer (a stream request is one small object: its "headers"
+      and "body" at once; bytes dribbled in do not extend the deadline); a
+      connection with no request under way is closed after
+      ``idle_timeout_s``; and an answer the client does not read within
+      ``idle_timeout_s`` ends the connection too. A request being handled
+      has no deadline here (GET_KEY waits up to its QoS ``timeout``). A
+      dropped connection is logged (``kme.connection_dropped``,
+      ``interface="etsi004"``, the caller, the reason) and counted
+      (``connections_dropped``); an incomplete request is never handled,
+      so it takes no key.
     * **No key material in logs**; key stream IDs and indices only.
 """
 
@@ -63,6 +78,7 @@ from typing import Any, Protocol
 import structlog
 
 from qcinode.errors import ConfigError, QcinodeError
+from qcinode.kme.guarded import GuardTimeouts, tls_accept, transport_identity
 from qcinode.pki import common_name_of
 
 __all__ = ["Qos", "Status", "StreamBackend", "StreamService", "chunk_key_id", "sae_of_uri", "serve"]
@@ -70,6 +86,8 @@ __all__ = ["Qos", "Status", "StreamBackend", "StreamService", "chunk_key_id", "s
 log = structlog.get_logger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024
+#: The interface's name in logs (as the HTTPS interfaces name theirs).
+INTERFACE = "etsi004"
 #: Pad per relayed key beyond the key itself (the one-time MAC key).
 MAC_KEY_BYTES = 32
 #: Most chunks one GET_KEY may make the generator produce ahead of what it has.
@@ -423,59 +441,113 @@ def _fail(status: Status, error: str, *, qos: Qos | None = None) -> dict[str, An
 # -- the wire: JSON objects over TLS ------------------------------------------------
 
 
-async def serve(service: StreamService, listen: str, context: ssl.SSLContext) -> tuple[asyncio.Server, int]:
+async def serve(service: StreamService, listen: str, context: ssl.SSLContext, timeouts: GuardTimeouts) -> tuple[asyncio.Server, int]:
     """Serves the JSON dialect on ``listen`` (``HOST:PORT``); returns the server and its port.
+
+    Args:
+        service: The node's streams.
+        listen: ``HOST:PORT``, the host possibly in brackets; port 0 picks a free one.
+        context: The server's TLS context (client certificates of the cluster CA).
+        timeouts: The TLS handshake, request and idle limits (the topology's ``kme:`` section; module docstring).
 
     Raises:
         ConfigError: The address cannot be bound.
     """
     host, _, port = listen.rpartition(":")
+    loop = asyncio.get_running_loop()
 
-    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        try:
-            caller = common_name_of(der) if der else ""
-        except ConfigError:
-            caller = ""
-        decoder = json.JSONDecoder()
-        buffer = ""
-        try:
-            while True:
-                data = await reader.read(MAX_MESSAGE_BYTES)
-                if not data:
-                    return
-                buffer += data.decode("utf-8", "replace")
-                while True:
-                    text = buffer.lstrip()
-                    if not text:
-                        buffer = ""
-                        break
-                    try:
-                        message, end = decoder.raw_decode(text)
-                    except ValueError:
-                        if len(text) > MAX_MESSAGE_BYTES:
-                            await _send(writer, _fail(Status.NO_QKD_CONNECTION, "request too large or not JSON"))
-                            return
-                        buffer = text
-                        break  # an incomplete object: read more
-                    buffer = text[end:]
-                    if not caller:
-                        await _send(writer, _fail(Status.NO_QKD_CONNECTION, "a client certificate is required"))
-                        return
-                    await _send(writer, await service.handle(caller, message))
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            return
-        finally:
-            writer.close()
+    def accept() -> asyncio.BaseProtocol:
+        reader = asyncio.StreamReader(limit=MAX_MESSAGE_BYTES, loop=loop)
+        app = asyncio.StreamReaderProtocol(reader, lambda r, w: _connection(service, timeouts, r, w), loop=loop)
+        return tls_accept(loop, app, context, timeouts.tls_handshake_timeout_s, interface=INTERFACE)
 
     try:
-        server = await asyncio.start_server(connection, host.strip("[]"), int(port), ssl=context, ssl_handshake_timeout=10.0)
+        server = await loop.create_server(accept, host.strip("[]") or None, int(port))
     except OSError as exc:
         raise ConfigError(f"--etsi004-listen: cannot serve ETSI 004 on {listen}: {exc.strerror or exc}") from exc
     return server, int(server.sockets[0].getsockname()[1])
 
 
-async def _send(writer: asyncio.StreamWriter, answer: dict[str, Any]) -> None:
+class _Dropped(Exception):
+    """A connection closed for being slow: the reason and the limit it broke."""
+
+    def __init__(self, reason: str, timeout_s: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.timeout_s = timeout_s
+
+
+async def _connection(service: StreamService, timeouts: GuardTimeouts, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One client connection: requests in order, each answered before the next is read (module docstring for the deadlines)."""
+    ssl_object = writer.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    try:
+        caller = common_name_of(der) if der else ""
+    except ConfigError:
+        caller = ""
+    loop = asyncio.get_running_loop()
+    decoder = json.JSONDecoder()
+    buffer = ""
+    # "request": a request is due whole by the deadline; "idle": no byte of one yet since the last answer.
+    phase, limit = "request", timeouts.header_timeout_s
+    deadline = loop.time() + limit
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    data = await reader.read(MAX_MESSAGE_BYTES)
+            except TimeoutError:
+                raise _Dropped("request_timeout" if phase == "request" else "idle_timeout", limit) from None
+            if not data:
+                return
+            if phase == "idle":  # the next request began: it is due whole within the request limit
+                phase, limit = "request", timeouts.header_timeout_s
+                deadline = loop.time() + limit
+            buffer += data.decode("utf-8", "replace")
+            answered = False
+            while True:
+                text = buffer.lstrip()
+                if not text:
+                    buffer = ""
+                    break
+                try:
+                    message, end = decoder.raw_decode(text)
+                except ValueError:
+                    if len(text) > MAX_MESSAGE_BYTES:
+                        await _send(writer, _fail(Status.NO_QKD_CONNECTION, "request too large or not JSON"), timeouts)
+                        return
+                    buffer = text
+                    break  # an incomplete object: read more (by the same deadline)
+                buffer = text[end:]
+                if not caller:
+                    await _send(writer, _fail(Status.NO_QKD_CONNECTION, "a client certificate is required"), timeouts)
+                    return
+                await _send(writer, await service.handle(caller, message), timeouts)
+                answered = True
+            if answered:  # a new deadline from now: for the rest already here, or for the next request's first byte
+                phase, limit = ("request", timeouts.header_timeout_s) if buffer.strip() else ("idle", timeouts.idle_timeout_s)
+                deadline = loop.time() + limit
+    except _Dropped as dropped:
+        service._count("connections_dropped")
+        log.info(
+            "kme.connection_dropped",
+            interface=INTERFACE,
+            caller=caller or transport_identity(writer.transport),
+            reason=dropped.reason,
+            timeout_s=dropped.timeout_s,
+        )
+        writer.transport.abort()
+    except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+        return
+    finally:
+        writer.close()
+
+
+async def _send(writer: asyncio.StreamWriter, answer: dict[str, Any], timeouts: GuardTimeouts) -> None:
+    """Writes one answer; a client that does not read it within ``idle_timeout_s`` is dropped."""
     writer.write(json.dumps(answer).encode() + b"\n")
-    await writer.drain()
+    try:
+        async with asyncio.timeout(timeouts.idle_timeout_s):
+            await writer.drain()
+    except TimeoutError:
+        raise _Dropped("write_timeout", timeouts.idle_timeout_s) from None

@@ -1,4 +1,4 @@
-"""Slow-client and TLS guards for every HTTPS interface of a node (ETSI 014, ETSI 020, SKIP).
+"""Slow-client and TLS guards for every HTTPS interface of a node (ETSI 014, ETSI 020, SKIP), and the TLS accept of ETSI 004.
 
 Theory of operation:
     * **One door policy for every HTTPS server.** A node serves several
@@ -27,8 +27,11 @@ Theory of operation:
       :func:`start_guarded` puts a middleware first (outermost) in the
       application's chain, so every request, answered or refused by any
       inner middleware, moves the phase.
+    * **ETSI 004 streams** are not HTTP: :mod:`qcinode.kme.etsi004` keeps
+      its own per-request and idle deadlines with the same ``kme:`` values,
+      and accepts TLS through :func:`tls_accept`, as the HTTPS sites do.
     * **Logs say which interface.** Every line carries ``interface``
-      (``etsi014``, ``etsi020``, ``skip``), the caller (its certificate's
+      (``etsi014``, ``etsi020``, ``skip``, ``etsi004``), the caller (its certificate's
       common name, else its address) and the reason; the event names are
       the same for every interface, so one alert covers them all.
 """
@@ -48,7 +51,9 @@ from aiohttp import web
 from qcinode.errors import ConfigError
 from qcinode.pki import common_name_of
 
-__all__ = ["GuardTimeouts", "GuardedSite", "Watchdog", "address", "common_name", "serve_listen", "start_guarded", "transport_identity"]
+__all__ = [
+    "GuardTimeouts", "GuardedSite", "Watchdog", "address", "common_name", "serve_listen", "start_guarded", "tls_accept", "transport_identity",
+]  # fmt: skip
 
 log = structlog.get_logger(__name__)
 
@@ -306,6 +311,19 @@ def _log_handshake(interface: str, peer: Callable[[], str], timeout_s: float, wa
     )
 
 
+def tls_accept(
+    loop: asyncio.AbstractEventLoop, app: asyncio.Protocol, context: ssl.SSLContext, handshake_timeout_s: float, *, interface: str
+) -> asyncio.BaseProtocol:
+    """The server-side TLS protocol for one accepted socket, carrying ``app``; a failed handshake is logged (``kme.tls_refused``).
+
+    For a ``loop.create_server`` protocol factory: ``lambda: tls_accept(loop, make_app(), ...)``.
+    """
+    waiter: asyncio.Future[None] = loop.create_future()
+    tls = _TlsAccept(loop, app, context, waiter, server_side=True, ssl_handshake_timeout=handshake_timeout_s)  # type: ignore[arg-type]  # a float works
+    waiter.add_done_callback(lambda w: _log_handshake(interface, lambda: tls.peer, handshake_timeout_s, w))
+    return tls
+
+
 class GuardedSite(web.BaseSite):
     """A TCP site doing its own TLS accept (with a handshake timeout and a log of failures) and watching every connection.
 
@@ -346,10 +364,6 @@ class GuardedSite(web.BaseSite):
         handshake_s = timeouts.tls_handshake_timeout_s
 
         def accept() -> asyncio.BaseProtocol:
-            app = Watchdog(server(), timeouts, watchdogs, interface=interface)
-            waiter: asyncio.Future[None] = loop.create_future()
-            tls = _TlsAccept(loop, app, context, waiter, server_side=True, ssl_handshake_timeout=handshake_s)  # type: ignore[arg-type]  # a float works
-            waiter.add_done_callback(lambda w: _log_handshake(interface, lambda: tls.peer, handshake_s, w))
-            return tls
+            return tls_accept(loop, Watchdog(server(), timeouts, watchdogs, interface=interface), context, handshake_s, interface=interface)
 
         self._server = await loop.create_server(accept, self._host, self._port, backlog=self._backlog)

@@ -140,7 +140,7 @@ async def start_interfaces(
                 max_chunk_bytes=limits.max_key_size // 8,
                 ttl_max_s=topo.interfaces.stream_ttl_max_s,
             )
-            out.etsi004_server, out.etsi004_port = await serve(out.streams, etsi004_listen, context)
+            out.etsi004_server, out.etsi004_port = await serve(out.streams, etsi004_listen, context, topo.kme)  # the HTTPS interfaces' limits
         if skip_listen is not None and topo.interfaces.skip:
             app = skip_app(kme, network, remote_systems=lambda caller: sorted(s for s in _all_saes(topo) if s != caller))
             # The same connection limits (TLS handshake, headers, idle) as the node's ETSI 014 server.

@@ -617,6 +617,7 @@ class LinkRuntime:
             ledger=(
                 tuple(LedgerEntry(e.block_id, e.offset_bytes, e.length_bytes, e.initiator) for e in self.pool.audit()) if include_ledger else None
             ),
+            ledger_folded_through=self.pool.folded.watermark_seq + 1 if include_ledger else None,
         )
 
 

@@ -85,7 +85,8 @@ def _link_to_pb(link: LinkStatus) -> pb.LinkStatus:
                 entries=[
                     pb.LedgerEntry(block_id=e.block_id, offset_bytes=e.offset_bytes, length_bytes=e.length_bytes, initiator=e.initiator.value)
                     for e in link.ledger
-                ]
+                ],
+                folded_through=link.ledger_folded_through or 0,
             )
         )
     return msg
@@ -173,7 +174,9 @@ def _link_from_pb(msg: pb.LinkStatus) -> LinkStatus:
     if msg.HasField("channel"):
         channel = ChannelStatus(**{name: getattr(msg.channel, name) if msg.channel.HasField(name) else None for name in _CHANNEL_FIELDS})
     ledger = None
+    folded_through = None
     if msg.HasField("ledger"):
+        folded_through = msg.ledger.folded_through
         ledger = tuple(
             LedgerEntry(e.block_id, e.offset_bytes, e.length_bytes, _enum(Role, e.initiator, "ledger initiator")) for e in msg.ledger.entries
         )
@@ -185,6 +188,7 @@ def _link_from_pb(msg: pb.LinkStatus) -> LinkStatus:
         recent_aborts=tuple(msg.recent_aborts),
         channel=channel,
         ledger=ledger,
+        ledger_folded_through=folded_through,
         **{name: getattr(msg, name) for name in _LINK_SCALARS},
     )
 

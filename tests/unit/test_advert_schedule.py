@@ -70,11 +70,12 @@ def test_a_link_going_down_is_advertised_after_the_minimum_interval_only() -> No
         (CARRY_BYTES, CARRY_BYTES - 1, "carry_changed"),
         (100, 40, "carry_changed"),  # 40 bytes are no 256-bit key's hop (64): paths over the link are gone
         (0, 0, None),
-        # A scarce pool (below LOW_WATER_BYTES): one 256-bit key either way is a change.
+        # A scarce pool (below LOW_WATER_BYTES): one 256-bit key's relay pad either way is a change.
         (LOW_WATER_BYTES - 1, LOW_WATER_BYTES - 1 + LOW_WATER_STEP_BYTES, "available_changed"),
         (LOW_WATER_BYTES - 1, LOW_WATER_BYTES - 1 + LOW_WATER_STEP_BYTES - 1, None),
         (LOW_WATER_BYTES + 100, LOW_WATER_BYTES + 100 - LOW_WATER_STEP_BYTES, None),  # neither figure scarce
-        (LOW_WATER_BYTES + 10, LOW_WATER_BYTES - 30, "available_changed"),  # falling into scarcity
+        (LOW_WATER_BYTES + 10, LOW_WATER_BYTES + 10 - LOW_WATER_STEP_BYTES, "available_changed"),  # falling into scarcity
+        (LOW_WATER_BYTES - 1, LOW_WATER_BYTES - 1 - 32, None),  # 32 bytes: half a 256-bit key's hop, no path changed
     ],
 )
 def test_available_key_moving_by_a_quarter_or_across_one_key_is_a_change(old: int, new: int, reason: str | None) -> None:
@@ -323,3 +324,9 @@ def test_carrying_a_key_means_holding_one_256_bit_keys_relay_pad() -> None:
     from qcinode.core.relay.hop import pad_bytes_needed
 
     assert CARRY_BYTES == pad_bytes_needed(32)
+
+
+def test_a_scarce_pools_advert_step_is_one_256_bit_keys_relay_pad() -> None:
+    from qcinode.core.relay.hop import pad_bytes_needed
+
+    assert LOW_WATER_STEP_BYTES == pad_bytes_needed(32)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from qcinode.cluster.audit import audit_ledgers, audit_link
 from qcinode.core.pool import LinkKeyPool
 from qcinode.core.roles import Role
@@ -75,3 +77,38 @@ def test_cluster_audit_reports_links_with_an_end_missing() -> None:
     }
     audit = audit_ledgers(status)
     assert audit.links["a-b"].identical and audit.missing_ends == ["b-c"] and not audit.ok
+
+
+def test_a_block_one_end_folded_is_skipped_not_a_violation(monkeypatch: pytest.MonkeyPatch) -> None:
+    import qcinode.core.pool as pool_module
+
+    monkeypatch.setattr(pool_module, "CLOSED_BLOCKS_KEPT", 1)
+    alice, bob = _pools(blocks=3, size=64)
+    sent = alice.reserve(30)
+    alice.commit(sent)
+    bob.consume_ranges(sent.ranges, initiator=Role.ALICE)
+    alice.commit(alice.reserve(2))  # the rest of Alice's half of block 0: a hop that was lost
+    for sender, receiver in ((bob, alice), (alice, bob)):  # everything else, delivered
+        reservation = sender.reserve(sender.available_bytes)
+        sender.commit(reservation)
+        receiver.consume_ranges(reservation.ranges, initiator=sender.role)
+    # Alice retired block 0 and folded it; Bob still holds it (2 bytes of it never reached him).
+    assert "a-b/0" not in alice.block_ids and bob.block_ids == ("a-b/0",)
+    assert alice.folded.watermark_seq == 1
+    ledgers = {"alice": _entries(alice), "bob": _entries(bob)}
+    assert audit_link("a-b", ledgers).violations, "without the fold, Bob's use of block 0 looks unmatched"
+    folded = {"alice": alice.folded.watermark_seq + 1, "bob": bob.folded.watermark_seq + 1}
+    audit = audit_link("a-b", ledgers, folded)
+    assert audit.violations == [] and audit.blocks_folded == 1
+    assert audit.bytes_both + audit.bytes_initiator_only == sum(e[2] for e in ledgers["alice"])  # block 2 compared
+    status = {
+        "links": ["a-b"],
+        "nodes": {
+            "a": {"links": [{"link_id": "a-b", "role": "alice", "ledger": ledgers["alice"], "ledger_folded_through": folded["alice"]}]},
+            "b": {"links": [{"link_id": "a-b", "role": "bob", "ledger": ledgers["bob"], "ledger_folded_through": folded["bob"]}]},
+        },
+    }
+    assert audit_ledgers(status).violations == [] and audit_ledgers(status).links["a-b"].blocks_folded == 1
+    # A block neither end folded is still audited: a receiver-only byte there is a violation.
+    forged = [*ledgers["bob"], ["a-b/2", 0, 1, "alice"]]
+    assert audit_link("a-b", {"alice": ledgers["alice"], "bob": forged}, folded).violations

@@ -602,6 +602,89 @@ def test_a_blob_moved_to_another_name_or_link_fails_authentication(tmp_path: Pat
             store.save(LINK, {}, blob_names=["x"])
 
 
+# -- a link that runs for weeks: folded blocks leave the store ------------------------
+
+
+def _pool_blobs(store: LinkStore, link_id: str) -> set[str]:
+    return {name for name in store.load_blobs(link_id) if not name.startswith("auth/")}
+
+
+def _retire(rt: Any, peer: LinkKeyPool, seqs: range) -> None:
+    """Blocks of ``seqs`` come, both ends use them up (the peer's uses reach us), the runtime saves."""
+    for seq in seqs:
+        data = _random_bytes(seq, 64)
+        rt.pool.add_block(f"{rt.link_id}/{seq}", data)
+        peer.add_block(f"{rt.link_id}/{seq}", data)
+        rt.persist()
+        mine = rt.pool.reserve(32)
+        rt.pool.commit(mine)
+        peer.consume_ranges(mine.ranges, rt.role)
+        theirs = peer.reserve(32)
+        peer.commit(theirs)
+        rt.pool.consume_ranges(theirs.ranges, peer.role)
+        rt.persist()
+
+
+def test_a_link_retiring_blocks_for_ever_keeps_a_bounded_store(tmp_path: Path) -> None:
+    from qcinode.core.pool import CLOSED_BLOCKS_KEPT
+    from qcinode.node.runtime import LinkRuntime
+    from qcinode.topology import parse_topology
+
+    link = parse_topology(_TOPOLOGY).links_of("alpha")[0]
+    store = LinkStore(tmp_path, "alpha")
+    rt = LinkRuntime(link, "alpha", _random_bytes(9, 32 * 16), store)
+    peer = LinkKeyPool(link.link_id, rt.role.peer)
+    counts = []
+    for start in range(0, 4 * CLOSED_BLOCKS_KEPT, CLOSED_BLOCKS_KEPT // 2):
+        _retire(rt, peer, range(start, start + CLOSED_BLOCKS_KEPT // 2))
+        counts.append(len(_pool_blobs(store, rt.link_id)))
+    # One closed summary per kept block, none per folded one: the store stopped growing.
+    assert counts == [CLOSED_BLOCKS_KEPT // 2] + [CLOSED_BLOCKS_KEPT] * (len(counts) - 1)
+    assert _pool_blobs(store, rt.link_id) == set(rt.pool.blob_names())
+    assert rt.pool.folded.blocks == 3 * CLOSED_BLOCKS_KEPT
+    saved = store.load(rt.link_id)
+    assert saved is not None and len(saved["pool"]["closed"]) == CLOSED_BLOCKS_KEPT
+    store.close()
+    # A restart finds the same ledger, fold included, and still refuses a folded block.
+    again = LinkRuntime(link, "alpha", _random_bytes(9, 32 * 16), LinkStore(tmp_path, "alpha"))
+    assert again.pool.folded == rt.pool.folded == peer.folded
+    assert again.pool.audit() == rt.pool.audit() == peer.audit()
+    assert again.pool.used_bytes == 4 * CLOSED_BLOCKS_KEPT * 64
+    with pytest.raises(KeyStoreError, match="folded"):
+        again.pool.add_block(f"{rt.link_id}/0", _random_bytes(0, 64))
+    again.store.close()
+
+
+def test_a_node_restarted_on_a_version_2_state_deletes_the_folded_blocks_blobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import qcinode.core.pool as pool_module
+    from qcinode.core.pool import CLOSED_BLOCKS_KEPT
+    from qcinode.node.runtime import LinkRuntime
+    from qcinode.topology import parse_topology
+
+    link = parse_topology(_TOPOLOGY).links_of("alpha")[0]
+    monkeypatch.setattr(pool_module, "CLOSED_BLOCKS_KEPT", 10**9)  # the version 2 writer kept every closed block
+    store = LinkStore(tmp_path, "alpha")
+    rt = LinkRuntime(link, "alpha", _random_bytes(9, 32 * 16), store)
+    peer = LinkKeyPool(link.link_id, rt.role.peer)
+    _retire(rt, peer, range(CLOSED_BLOCKS_KEPT + 30))
+    saved = store.load(rt.link_id)
+    assert saved is not None
+    assert saved["pool"].pop("folded")["blocks"] == 0
+    saved["pool"]["version"] = 2
+    store.save(rt.link_id, saved)  # what version 2 left on disk: its state, every closed block's blob
+    assert len(_pool_blobs(store, rt.link_id)) == CLOSED_BLOCKS_KEPT + 30
+    store.close()
+    monkeypatch.undo()
+
+    store = LinkStore(tmp_path, "alpha")
+    restarted = LinkRuntime(link, "alpha", _random_bytes(9, 32 * 16), store)
+    assert restarted.pool.folded.blocks == 30 and restarted.pool.used_bytes == rt.pool.used_bytes
+    restarted.persist()
+    assert _pool_blobs(store, rt.link_id) == set(restarted.pool.blob_names())
+    assert len(_pool_blobs(store, rt.link_id)) == CLOSED_BLOCKS_KEPT
+    store.close()
+
+
 # -- several links in one transaction (a transit relay hop) -----------------------------------
 
 

@@ -219,13 +219,13 @@ def test_a_reservation_saved_as_used_is_used_in_every_snapshot_until_committed_o
 
 def test_split_follows_the_ranges_across_blocks_and_checks_its_arguments() -> None:
     pool = LinkKeyPool("x-y", Role.BOB)
-    pool.add_block("b0", bytes(200))
-    pool.add_block("b1", bytes(200))
+    pool.add_block("x-y/0", bytes(200))
+    pool.add_block("x-y/1", bytes(200))
     whole = pool.reserve(150)  # Bob's halves: [100, 200) of b0, then [100, 150) of b1
-    assert whole.ranges == (KeyRange("b0", 100, 100), KeyRange("b1", 100, 50))
+    assert whole.ranges == (KeyRange("x-y/0", 100, 100), KeyRange("x-y/1", 100, 50))
     head, rest = pool.split(whole, 120)
-    assert head.ranges == (KeyRange("b0", 100, 100), KeyRange("b1", 100, 20))
-    assert rest is not None and rest.ranges == (KeyRange("b1", 120, 30),)
+    assert head.ranges == (KeyRange("x-y/0", 100, 100), KeyRange("x-y/1", 100, 20))
+    assert rest is not None and rest.ranges == (KeyRange("x-y/1", 120, 30),)
     with pytest.raises(LocalProtocolError, match="not open"):
         pool.split(whole, 10)
     for bad in (0, 31, True):

@@ -245,9 +245,12 @@ def test_a_free_space_channel_and_a_ledger_cross_the_admin_message_and_only_set_
         azimuth_deg=120.5, range_km=812.0, sky="day", sun_elevation_deg=12.0, pass_ends_utc="2027-03-21T18:06:00Z",
     )  # fmt: skip
     ledger = (LedgerEntry("a-b/0", 0, 64, Role.ALICE), LedgerEntry("a-b/0", 2048, 64, Role.BOB))
-    link = LinkStatus(link_id="a-b", peer="b", role=Role.BOB, state=LinkState.UP, channel=channel, ledger=ledger)
+    link = LinkStatus(link_id="a-b", peer="b", role=Role.BOB, state=LinkState.UP, channel=channel, ledger=ledger, ledger_folded_through=7)
     node = NodeStatus(node="b", uptime_s=3.0, links=(link,), network=NetworkStatus(kme_port=8443, metrics_port=None))
     assert status_from_pb(status_to_pb(node)) == node
+    assert node.to_json()["links"][0]["ledger_folded_through"] == 7
+    no_ledger = dataclasses.replace(node, links=(dataclasses.replace(link, ledger=None, ledger_folded_through=None),))
+    assert status_from_pb(status_to_pb(no_ledger)) == no_ledger and "ledger_folded_through" not in no_ledger.to_json()["links"][0]
     shown = node.to_json()
     assert shown["links"][0]["channel"] == {k: v for k, v in dataclasses.asdict(channel).items() if v is not None}
     assert "next_pass_utc" not in shown["links"][0]["channel"]
