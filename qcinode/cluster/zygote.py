@@ -43,15 +43,8 @@ Theory of operation:
       TEXT}``) per request, and ``{"exited": PID, "returncode": CODE}`` when
       it reaps a child (SIGCHLD wakes it): CODE as ``subprocess.Popen``
       reports it, the negative signal number for a killed child.
-    * A child of the fork: its own process group in the zygote's session
-      (which has no controlling terminal: ``start_new_session=True`` made
-      it), so Ctrl-C at the launcher's terminal does not reach it; not a
-      session of its own, because Linux's autogroup scheduler shares CPU
-      between sessions first and applies ``nice`` only inside each: with
-      one session per node, a node's protocol thread (lowered priority,
-      :mod:`qcinode.node.offload`) spent its node's share and that node's
-      event loop waited for its next turn; in one session, every node's
-      event loop runs before any node's protocol thread. Then the zygote's signal
+    * A child of the fork: a new session (``setsid``, as
+      ``start_new_session=True`` gives an exec'd node), the zygote's signal
       handlers and wakeup descriptor undone, the control channel and the
       zygote's pipe closed, stdin from ``/dev/null``, stdout and stderr to the
       log file, the launcher's working directory and environment; then :func:`serve` returns
@@ -64,8 +57,7 @@ Theory of operation:
       environment (``QCINODE_*`` included) is the launcher's at each fork.
     * End of file on the control channel (the launcher closed it, or exited,
       as ``qcinode up --detach`` does) ends the zygote and nothing else: its
-      children run on in its session (no terminal, no hang-up signal), and
-      the init process adopts them.
+      children run in their own sessions, and the init process adopts them.
     * On the launcher's side :class:`ForkedProcess` is a ``Popen``-like handle
       (``pid``, ``poll()``, ``wait(timeout)``, ``returncode``,
       ``send_signal``) fed by the zygote's ``exited`` reports. If the zygote
@@ -289,8 +281,8 @@ def _reap(control: socket.socket) -> bool:
 
 
 def _become_node(argv: list[str], log_fd: int, cwd: str | None, env: Mapping[str, str]) -> None:
-    """A forked child's set-up: what an exec'd node gets from ``Popen(...)``, in the zygote's session (module docstring)."""
-    os.setpgid(0, 0)
+    """A forked child's set-up: what an exec'd node gets from ``Popen(..., start_new_session=True)``."""
+    os.setsid()
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(log_fd, 1)

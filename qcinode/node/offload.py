@@ -16,11 +16,7 @@ Theory of operation:
       from the loop. Its OS scheduling priority is lowered (nice
       :data:`PROTOCOL_NICE`), so that when the machine is saturated the
       event-loop threads of every node on it run first when they wake; the
-      protocol threads get all the CPU the loops leave. Across nodes this
-      holds only inside one scheduling group: Linux's autogroups (one per
-      session) share the CPU first, so a cluster's forked nodes share the
-      zygote's session (:mod:`qcinode.cluster.zygote`). A node started on
-      its own (``QCINODE_LAUNCH=exec``, a container) is its own group.
+      protocol threads get all the CPU the loops leave.
     * **GIL hand-over.** A thread that waits for the GIL asks for it after
       :data:`SWITCH_INTERVAL_S` (CPython's default is 5 ms); the node sets
       0.2 ms (measured: 5-hop enc_keys p50 fell from 270 to 215 ms against 1 ms),
