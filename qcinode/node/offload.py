@@ -14,9 +14,13 @@ Theory of operation:
       link sessions ask. One thread, not one per link: the steps hold the GIL
       most of the time, and each more thread would take another share of it
       from the loop. Its OS scheduling priority is lowered (nice
-      :data:`PROTOCOL_NICE`), so that when the machine is saturated the
-      event-loop threads of every node on it run first when they wake; the
-      protocol threads get all the CPU the loops leave.
+      :data:`PROTOCOL_NICE`), so that its node's event loop runs first when
+      it wakes. Across nodes, Linux's autogroup scheduler (where it is on)
+      shares the CPU between sessions first and applies ``nice`` only inside
+      each; every node is a session of its own, so each node gets an equal
+      share. (One session for a whole cluster, tried, ranked every loop above
+      every protocol thread: 5-hop relays got faster on six nodes, but a
+      starting 100-node cluster starved its links and converged 3x later.)
     * **GIL hand-over.** A thread that waits for the GIL asks for it after
       :data:`SWITCH_INTERVAL_S` (CPython's default is 5 ms); the node sets
       0.2 ms (measured: 5-hop enc_keys p50 fell from 270 to 215 ms against 1 ms),
