@@ -194,7 +194,7 @@ class FoldedLedger:
 class _Block:
     """A live block: its bytes per half, used and reserved intervals."""
 
-    __slots__ = ("block_id", "size", "boundary", "digest", "data", "used", "reserved")
+    __slots__ = ("block_id", "size", "boundary", "digest", "data", "used", "reserved", "_saved_form")
 
     def __init__(self, block_id: str, data: bytes) -> None:
         self.block_id = block_id
@@ -209,6 +209,8 @@ class _Block:
         self.used: dict[Role, list[Interval]] = {Role.ALICE: [], Role.BOB: []}
         # Only ever in our own half.
         self.reserved: list[Interval] = []
+        # saved_form(), until the ledger or the bytes held change (mark_used).
+        self._saved_form: dict[str, Any] | None = None
 
     def half(self, role: Role) -> Interval:
         """Absolute ``[start, end)`` of the half ``role`` may initiate."""
@@ -233,11 +235,29 @@ class _Block:
     def mark_used(self, role: Role, start: int, end: int) -> bool:
         """Mark ``[start, end)`` of ``role``'s half used; True if that used the half up (its bytes dropped)."""
         _add(self.used[role], start, end)
+        self._saved_form = None
         lo, hi = self.half(role)
         if self.used[role] == [(lo, hi)]:
             self.data[role] = None
             return True
         return False
+
+    def saved_form(self) -> dict[str, Any]:
+        """The block in :meth:`LinkKeyPool.to_state` with ``inline=False``: its ledger, its halves named.
+
+        Built once per change of the ledger, not once per snapshot: a relay
+        hop saves its link's pool, and all but the block it used are as they
+        were. Shared by the snapshots taken meanwhile, so never to be mutated.
+        """
+        if self._saved_form is None:
+            self._saved_form = {
+                "block_id": self.block_id,
+                "size": self.size,
+                "digest": self.digest.hex(),
+                "data": {role.value: (None if self.data[role] is None else _EXTERNAL) for role in Role},
+                "used": {role.value: [[s, e] for s, e in self.used[role]] for role in Role},
+            }
+        return self._saved_form
 
     def is_fully_used(self) -> bool:
         return all(
@@ -595,6 +615,9 @@ class LinkKeyPool:
                 _add(saved_as_used.setdefault(r.block_id, []), r.offset_bytes, r.end_bytes)
         blocks = []
         for block in self._blocks.values():
+            if not inline and block.block_id not in saved_as_used:
+                blocks.append(block.saved_form())
+                continue
             used = block.used
             if block.block_id in saved_as_used:  # our half only: reservations are never in the peer's
                 ours = list(used[self._role])
@@ -702,6 +725,7 @@ class LinkKeyPool:
             block.reserved = []
             block.data = {}
             block.used = {}
+            block._saved_form = None
             for role in Role:
                 lo, hi = block.half(role)
                 used = _intervals_from_state(item["used"][role.value], lo, hi)

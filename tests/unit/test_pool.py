@@ -439,6 +439,11 @@ class TwoEnds(RuleBasedStateMachine):
             assert pool.blob_names() == {
                 f"data/{b['block_id']}/{r}" for b in state["blocks"] for r, v in b["data"].items() if v == "blob"
             } | {f"closed/{block_id}" for block_id in state["closed"]}
+            # The stored form (each block's part cached until its ledger changes) is the full form, bytes named.
+            full = pool.to_state()
+            for block in full["blocks"]:
+                block["data"] = {r: None if v is None else "blob" for r, v in block["data"].items()}
+            assert state["blocks"] == full["blocks"]
         if not self.in_flight:
             assert self.pools[ALICE].audit() == self.pools[BOB].audit()
             assert self.pools[ALICE].folded == self.pools[BOB].folded
