@@ -569,8 +569,7 @@ class CascadeSession:
             asked.append(mask)
         top_keys = np.concatenate(keys)
         top_ends = np.concatenate(ends)
-        top_starts = top_keys % n
-        self._leaf_of = np.repeat(top_keys.astype(self._table_dtype), top_ends - top_starts)
+        self._fill_top_leaves()
         self._leaf_end[top_keys] = top_ends
         self._top_keys = top_keys
         self._top_asked = np.concatenate(asked)
@@ -611,6 +610,25 @@ class CascadeSession:
         return self._next_query()
 
     # ----------------------------------------------------------------- helpers
+
+    def _fill_top_leaves(self) -> None:
+        """Set every position's leaf to its top-level block: ``p n + (i // k_p) k_p``.
+
+        Arithmetic on one shared ``arange`` per pass row, in place: a ``repeat``
+        of the block keys wrote the same table through a temporary of
+        ``passes * n`` entries.
+        """
+        n = self._n
+        table = self._table_dtype
+        ramp = np.arange(n, dtype=table)
+        for p, k in enumerate(self._sizes):
+            row = self._leaf_of[p * n : (p + 1) * n]
+            if k & (k - 1) == 0:  # power of two: clear the low bits
+                np.bitwise_and(ramp, table(-k), out=row)
+            else:
+                np.floor_divide(ramp, table(k), out=row)
+                row *= table(k)
+            row += table(p * n)
 
     def _emit(
         self, seeds: tuple[int, ...], pass_ids: IntArray, starts: IntArray, ends: IntArray

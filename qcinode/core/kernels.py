@@ -76,7 +76,10 @@ __all__ = [
     "NUMBA_MIN_SIZE",
     "FeistelPermutation",
     "FeistelStack",
+    "click_bits",
+    "first_photon_on_one",
     "lookup_sorted",
+    "merge_clicks",
     "mode",
     "permuted_bits",
     "permuted_prefix_parity",
@@ -184,6 +187,11 @@ def warm_up() -> bool:
     module.permuted_prefix_parity(bits, perm.tables, perm.low_bits, perm.high_size, perm.n, np.empty(4, np.uint8))
     values = np.arange(3, dtype=np.int64)
     module.lookup_sorted(values, values, np.empty(3, np.bool_), np.empty(3, np.int64))
+    at = np.empty(3, np.int64)
+    module.merge_clicks(values, values, values, np.empty(9, np.int64), at, at.copy(), at.copy())
+    on_one = np.empty(3, np.int32)
+    module.first_photon_on_one(bits, at, bits, bits, np.zeros(3), 0.01, on_one)
+    module.click_bits(at, on_one, np.ones(3, np.uint16), at, at, bits, at.copy())
     return True
 
 
@@ -387,3 +395,97 @@ def lookup_sorted(sorted_values: IntArray, query: IntArray) -> tuple[npt.NDArray
         return np.zeros(query.size, np.bool_), clipped.astype(np.int64)
     found = (index < size) & (sorted_values[clipped] == query)
     return found, clipped.astype(np.int64, copy=False)
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def merge_clicks(
+    photon_slots: IntArray, dark0: IntArray, dark1: IntArray
+) -> tuple[IntArray, IntArray, IntArray, IntArray]:
+    """Merge a frame's photon slots with both detectors' dark-count slots.
+
+    Args:
+        photon_slots: Sorted, distinct slots carrying a detected photon.
+        dark0: Sorted, distinct slots where detector 0 had a dark count.
+        dark1: The same for detector 1.
+
+    Returns:
+        ``(relevant, photon_at, dark0_at, dark1_at)``: the sorted union of the
+        three, and where each input's slots sit in it.
+    """
+    if use_numba(photon_slots.size):
+        relevant = np.empty(photon_slots.size + dark0.size + dark1.size, np.int64)
+        photon_at = np.empty(photon_slots.size, np.int64)
+        dark0_at = np.empty(dark0.size, np.int64)
+        dark1_at = np.empty(dark1.size, np.int64)
+        size = _twin("merge_clicks")(photon_slots, dark0, dark1, relevant, photon_at, dark0_at, dark1_at)
+        return relevant[:size], photon_at, dark0_at, dark1_at
+    # The (few) dark-only slots are inserted into the photon slots instead of re-sorting.
+    darks = np.union1d(dark0, dark1)
+    is_photon_slot, _ = lookup_sorted(photon_slots, darks)
+    dark_only = darks[~is_photon_slot]
+    insert_at = np.searchsorted(photon_slots, dark_only)
+    relevant = np.insert(photon_slots, insert_at, dark_only)
+    # Photon slot j moves right by the number of dark-only slots inserted at or
+    # before j: 0 before the first insertion point, 1 up to the second, ...
+    # (a few hundred runs: one repeat, not a bincount and a cumsum over the frame).
+    runs = np.diff(insert_at, prepend=0, append=len(photon_slots))
+    photon_at = np.repeat(np.arange(len(insert_at) + 1, dtype=np.int64), runs)
+    photon_at += np.arange(len(photon_slots), dtype=np.int64)
+    return relevant, photon_at, np.searchsorted(relevant, dark0), np.searchsorted(relevant, dark1)
+
+
+def first_photon_on_one(
+    bases: BitArray,
+    photon_at: IntArray,
+    state_bases: BitArray,
+    state_bits: BitArray,
+    u: npt.NDArray[np.float64],
+    misalignment_error: float,
+) -> npt.NDArray[np.int32]:
+    """Whether each slot's first photon reaches detector 1 (int32 0/1).
+
+    In Bob's basis (``bases[photon_at]``) the photon lands on the detector of
+    its bit unless misaligned (``u < misalignment_error``), in the other
+    basis on either with probability 1/2 (``u < 0.5``).
+    """
+    if use_numba(u.size):
+        out = np.empty(u.size, np.int32)
+        _twin("first_photon_on_one")(bases, photon_at, state_bases, state_bits, u, misalignment_error, out)
+        return out
+    same_basis = bases[photon_at] == state_bases
+    # int32: at most `photons` (uint16) per slot, half the bytes of int64.
+    on_one: npt.NDArray[np.int32] = np.where(same_basis, state_bits ^ (u < misalignment_error), u < 0.5).astype(np.int32)
+    return on_one
+
+
+def click_bits(
+    size: int,
+    photon_at: IntArray,
+    on_one: npt.NDArray[np.int32],
+    photons: npt.NDArray[np.uint16],
+    dark0_at: IntArray,
+    dark1_at: IntArray,
+) -> tuple[BitArray, IntArray]:
+    """Which detector fired in each of ``size`` slots: Bob's bit, and the double clicks.
+
+    A slot's photons fire detector 1 when ``on_one > 0`` of them reach it
+    and detector 0 when fewer than all do; a dark count fires its detector.
+
+    Returns:
+        ``(bits, double)``: 1 where detector 1 fired (uint8), and the sorted
+        indices where both fired (their bits are drawn afterwards).
+    """
+    if use_numba(size):
+        bits = np.empty(size, np.uint8)
+        both = np.empty(size, np.int64)
+        count = _twin("click_bits")(photon_at, on_one, photons, dark0_at, dark1_at, bits, both)
+        return bits, both[:count]
+    fire0 = np.zeros(size, np.bool_)
+    fire1 = np.zeros(size, np.bool_)
+    fire0[photon_at] = on_one < photons
+    fire1[photon_at] = on_one > 0
+    fire0[dark0_at] = True
+    fire1[dark1_at] = True
+    return fire1.view(np.uint8).copy(), np.flatnonzero(fire0 & fire1)

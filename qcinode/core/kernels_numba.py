@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 import numba
 import numpy as np
 
-__all__ = ["lookup_sorted", "permuted_bits", "permuted_prefix_parity"]
+__all__ = ["click_bits", "first_photon_on_one", "lookup_sorted", "merge_clicks", "permuted_bits", "permuted_prefix_parity"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -100,3 +100,63 @@ def lookup_sorted(values: np.ndarray, query: np.ndarray, found: np.ndarray, inde
         clipped = min(j, size - 1)
         index[i] = clipped
         found[i] = j < size and values[clipped] == q
+
+
+@_compiled
+def merge_clicks(  # pragma: no cover
+    photon: np.ndarray, dark0: np.ndarray, dark1: np.ndarray, out: np.ndarray, photon_at: np.ndarray, dark0_at: np.ndarray, dark1_at: np.ndarray
+) -> int:
+    a = b = c = k = 0
+    na, nb, nc = photon.shape[0], dark0.shape[0], dark1.shape[0]
+    big = np.int64(2**62)
+    while a < na or b < nb or c < nc:
+        va = photon[a] if a < na else big
+        vb = dark0[b] if b < nb else big
+        vc = dark1[c] if c < nc else big
+        v = min(va, vb, vc)
+        out[k] = v
+        if va == v:
+            photon_at[a] = k
+            a += 1
+        if vb == v:
+            dark0_at[b] = k
+            b += 1
+        if vc == v:
+            dark1_at[c] = k
+            c += 1
+        k += 1
+    return k
+
+
+@_compiled
+def first_photon_on_one(  # pragma: no cover
+    bases: np.ndarray, photon_at: np.ndarray, state_bases: np.ndarray, state_bits: np.ndarray, u: np.ndarray, misalignment: float, out: np.ndarray
+) -> None:
+    for i in range(u.shape[0]):
+        if bases[photon_at[i]] == state_bases[i]:
+            out[i] = state_bits[i] ^ (1 if u[i] < misalignment else 0)
+        else:
+            out[i] = 1 if u[i] < 0.5 else 0
+
+
+@_compiled
+def click_bits(  # pragma: no cover
+    photon_at: np.ndarray, on_one: np.ndarray, photons: np.ndarray, dark0_at: np.ndarray, dark1_at: np.ndarray, bits: np.ndarray, both: np.ndarray
+) -> int:
+    # fire0 in bit 0, fire1 in bit 1 of each slot's byte, then split.
+    flags = np.zeros(bits.shape[0], np.uint8)
+    for i in range(photon_at.shape[0]):
+        j = photon_at[i]
+        flags[j] = (1 if on_one[i] < photons[i] else 0) | (2 if on_one[i] > 0 else 0)
+    for i in range(dark0_at.shape[0]):
+        flags[dark0_at[i]] |= 1
+    for i in range(dark1_at.shape[0]):
+        flags[dark1_at[i]] |= 2
+    count = 0
+    for j in range(bits.shape[0]):
+        f = flags[j]
+        bits[j] = f >> 1
+        if f == 3:
+            both[count] = j
+            count += 1
+    return count

@@ -85,7 +85,7 @@ from typing import Final, Protocol
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from qcinode.core.kernels import lookup_sorted
+from qcinode.core.kernels import click_bits, first_photon_on_one, lookup_sorted, merge_clicks
 from qcinode.core.randomness import KeyRandomness
 from qcinode.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
@@ -924,34 +924,11 @@ def detect(
     dark0 = _bernoulli_positions(noise_rng, n_slots, p_dark)
     dark1 = _bernoulli_positions(noise_rng, n_slots, p_dark)
 
-    # Relevant slots: photon slots plus dark-only slots, kept sorted by inserting
-    # the (few) dark-only ones into the photon slots instead of re-sorting.
-    darks = np.union1d(dark0, dark1)
-    is_photon_slot, _ = _lookup(frame.slots, darks)
-    dark_only = darks[~is_photon_slot]
-    insert_at = np.searchsorted(frame.slots, dark_only)
-    relevant = np.insert(frame.slots, insert_at, dark_only)
-    # Photon slot j moves right by the number of dark-only slots inserted at or
-    # before j: 0 before the first insertion point, 1 up to the second, ...
-    # (a few hundred runs: one repeat, not a bincount and a cumsum over the frame).
-    runs = np.diff(insert_at, prepend=0, append=len(frame.slots))
-    photon_index = np.repeat(np.arange(len(insert_at) + 1, dtype=np.int64), runs)
-    photon_index += np.arange(len(frame.slots), dtype=np.int64)
-
+    # Relevant slots: photon slots plus dark-only slots, sorted (one merge).
+    relevant, photon_index, dark0_at, dark1_at = merge_clicks(frame.slots, dark0, dark1)
     our_bases = _bases(key_rng, phys.z_basis_probability, len(relevant))
-
-    fire0 = np.zeros(len(relevant), np.bool_)
-    fire1 = np.zeros(len(relevant), np.bool_)
-    photon_fire0, photon_fire1 = _route_photons(
-        noise_rng, phys.misalignment_error, our_bases[photon_index], frame
-    )
-    fire0[photon_index] = photon_fire0
-    fire1[photon_index] = photon_fire1
-    fire0[np.searchsorted(relevant, dark0)] = True
-    fire1[np.searchsorted(relevant, dark1)] = True
-
-    bits = fire1.astype(np.uint8)
-    double = np.flatnonzero(fire0 & fire1)
+    on_one = _route_photons(noise_rng, phys.misalignment_error, our_bases, photon_index, frame)
+    bits, double = click_bits(len(relevant), photon_index, on_one, frame.photons, dark0_at, dark1_at)
     bits[double] = _bits(key_rng, double.size)
     return Clicks(n_slots=n_slots, slots=relevant, bases=our_bases, bits=bits)
 
@@ -960,28 +937,32 @@ def _route_photons(
     rng: np.random.Generator,
     misalignment_error: float,
     our_bases: UInt8Array,
+    photon_index: Int64Array,
     frame: PhotonFrame,
-) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """Send each detected photon to detector 0 or 1; return which fired."""
-    same_basis = our_bases == frame.state_bases
-    u = rng.random(len(same_basis))
+) -> NDArray[np.int32]:
+    """Send each detected photon to detector 0 or 1; return how many reach detector 1 per slot.
+
+    Bob's basis of photon slot ``j`` is ``our_bases[photon_index[j]]``.
+    Detector 1 fires where the count is above 0, detector 0 where it is
+    below the slot's photon count (:func:`qcinode.core.kernels.click_bits`).
+    """
+    u = rng.random(len(frame.slots))
     # First photon of each slot: in Bob's basis it lands on the detector of its
     # bit unless misaligned; in the other basis on either with probability 1/2.
-    # int32: at most `photons` (uint16) per slot, half the bytes of int64.
-    on_one = np.where(
-        same_basis, frame.state_bits ^ (u < misalignment_error), u < 0.5
-    ).astype(np.int32)
+    on_one = first_photon_on_one(
+        our_bases, photon_index, frame.state_bases, frame.state_bits, u, misalignment_error
+    )
     photons = frame.photons
     multi = np.flatnonzero(photons > 1)
     if multi.size:
         state_bits = frame.state_bits[multi]
         p_one = np.where(
-            same_basis[multi],
+            our_bases[photon_index[multi]] == frame.state_bases[multi],
             np.where(state_bits == 1, 1.0 - misalignment_error, misalignment_error),
             0.5,
         )
         on_one[multi] += rng.binomial(photons[multi].astype(np.int64) - 1, p_one).astype(np.int32)
-    return on_one < photons, on_one > 0
+    return on_one
 
 
 # --------------------------------------------------------------------------- closed forms

@@ -161,6 +161,81 @@ def test_cascade_gives_the_same_transcript_with_either_path(restore_mode: None) 
     assert slow_msgs == fast_msgs and np.array_equal(slow_key, fast_key)
 
 
+def _merge_cases() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(3)
+    photons = np.unique(rng.integers(0, 10**7, 300_000))
+    dark0 = np.unique(np.concatenate([rng.integers(-0, 10**7, 500), photons[:: 997]]))
+    dark1 = np.unique(np.concatenate([rng.integers(0, 10**7, 500), dark0[::7], [10**7 + 3]]))
+    empty = np.empty(0, np.int64)
+    return [
+        (photons, dark0, dark1),  # darks on photon slots, on each other, past the last photon
+        (photons, empty, empty),
+        (empty, dark0, dark1),
+        (photons[:1], np.array([0, photons[0], photons[0] + 1]), empty),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_merge_clicks_numba_equals_numpy(case: int, restore_mode: None) -> None:
+    photons, dark0, dark1 = _merge_cases()[case]
+    slow, fast = _both(kernels.merge_clicks, photons, dark0, dark1)
+    relevant, photon_at, dark0_at, dark1_at = slow
+    assert np.array_equal(relevant, np.union1d(photons, np.union1d(dark0, dark1)))
+    assert np.array_equal(relevant[photon_at], photons)
+    assert np.array_equal(relevant[dark0_at], dark0) and np.array_equal(relevant[dark1_at], dark1)
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(slow, fast, strict=True))
+
+
+def test_click_kernels_numba_equal_numpy(restore_mode: None) -> None:
+    rng = np.random.default_rng(4)
+    size, count = 400_000, 300_000
+    photon_at = np.sort(rng.choice(size, count, replace=False)).astype(np.int64)
+    bases = rng.integers(0, 2, size, dtype=np.uint8)
+    state_bases = rng.integers(0, 2, count, dtype=np.uint8)
+    state_bits = rng.integers(0, 2, count, dtype=np.uint8)
+    u = rng.random(count)
+    slow_on, fast_on = _both(kernels.first_photon_on_one, bases, photon_at, state_bases, state_bits, u, 0.05)
+    same = bases[photon_at] == state_bases
+    assert np.array_equal(slow_on[same], state_bits[same] ^ (u[same] < 0.05))
+    assert np.array_equal(slow_on[~same], u[~same] < 0.5)
+    assert np.array_equal(slow_on, fast_on) and slow_on.dtype == fast_on.dtype == np.int32
+
+    photons = rng.integers(1, 4, count).astype(np.uint16)
+    on_one = np.minimum(slow_on + rng.integers(0, 3, count), photons).astype(np.int32)
+    dark0_at = np.unique(rng.integers(0, size, 3000))
+    dark1_at = np.unique(rng.integers(0, size, 3000))
+    (slow_bits, slow_double), (fast_bits, fast_double) = _both(
+        kernels.click_bits, size, photon_at, on_one, photons, dark0_at, dark1_at
+    )
+    fire0 = np.zeros(size, np.bool_)
+    fire1 = np.zeros(size, np.bool_)
+    fire0[photon_at], fire1[photon_at] = on_one < photons, on_one > 0
+    fire0[dark0_at] = fire1[dark1_at] = True
+    assert np.array_equal(slow_bits, fire1) and np.array_equal(slow_double, np.flatnonzero(fire0 & fire1))
+    assert np.array_equal(slow_bits, fast_bits) and np.array_equal(slow_double, fast_double)
+    assert slow_bits.dtype == fast_bits.dtype == np.uint8
+
+
+def test_detect_gives_the_same_clicks_with_either_path(restore_mode: None) -> None:
+    from qcinode.core.physics import LinkPhysics, PhotonFrame, detect, transmit
+
+    phys = LinkPhysics(
+        intensities=(0.6, 0.2, 0.0), class_probabilities=(0.7, 0.2, 0.1), z_basis_probability=0.9,
+        fibre_transmittance=0.6, detector_efficiency=0.3, dark_count_probability=1e-4,
+        misalignment_error=0.02,
+    )
+    frame, _ = transmit(phys, 3_000_000, np.random.default_rng(1), np.random.default_rng(2))
+    frame = PhotonFrame.from_bytes(frame.to_bytes())
+
+    def run() -> tuple[np.ndarray, ...]:
+        clicks = detect(phys, frame, np.random.default_rng(3), np.random.default_rng(4))
+        return clicks.slots, clicks.bases, clicks.bits
+
+    slow, fast = _both(run)
+    assert len(slow[0]) > kernels.NUMBA_MIN_SIZE
+    assert all(np.array_equal(a, b) for a, b in zip(slow, fast, strict=True))
+
+
 # --------------------------------------------------------------------------- mode, laziness, cache
 
 
