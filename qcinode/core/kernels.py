@@ -78,12 +78,15 @@ __all__ = [
     "FeistelStack",
     "click_bits",
     "first_photon_on_one",
+    "gap_bounds",
+    "gap_bytes",
     "lookup_sorted",
     "merge_clicks",
     "mode",
     "permuted_bits",
     "permuted_prefix_parity",
     "set_mode",
+    "slots_from_gaps",
     "use_numba",
     "warm_up",
 ]
@@ -192,6 +195,13 @@ def warm_up() -> bool:
     on_one = np.empty(3, np.int32)
     module.first_photon_on_one(bits, at, bits, bits, np.zeros(3), 0.01, on_one)
     module.click_bits(at, on_one, np.ones(3, np.uint16), at, at, bits, at.copy())
+    module.gap_bounds(values)
+    for width in ("<u2", "<u4", "<u8"):
+        gaps = np.ones(3, width)
+        module.write_gaps(values, gaps)
+        module.slots_from_gaps(gaps, 10, at)
+        gaps.setflags(write=False)  # as a frame's gaps are read: a view of the received bytes
+        module.slots_from_gaps(gaps, 10, at)
     return True
 
 
@@ -489,3 +499,71 @@ def click_bits(
     fire0[dark0_at] = True
     fire1[dark1_at] = True
     return fire1.view(np.uint8).copy(), np.flatnonzero(fire0 & fire1)
+
+
+# --------------------------------------------------------------------------- gap coding
+
+
+def gap_bounds(values: IntArray) -> tuple[int, int, IntArray | None]:
+    """Smallest and largest gap of ``values`` (``numpy.diff`` with a 0 prepended).
+
+    Sorted slot numbers travel as their gaps in the narrowest unsigned width
+    that holds every gap; this says which.
+
+    Args:
+        values: A non-empty int64 array.
+
+    Returns:
+        ``(smallest, largest, gaps)``: ``gaps`` is the gap array where this
+        path had to build it (pass it on to :func:`gap_bytes`), else None.
+    """
+    if use_numba(values.size):
+        low, high = _twin("gap_bounds")(values)
+        return int(low), int(high), None
+    gaps = np.diff(values, prepend=np.int64(0))
+    return int(gaps.min()), int(gaps.max()), gaps
+
+
+def gap_bytes(values: IntArray, gaps: IntArray | None, dtype: str) -> bytes:
+    """The gaps of ``values`` as ``dtype`` (``<u2``, ``<u4`` or ``<u8``), as bytes.
+
+    Args:
+        values: The int64 array given to :func:`gap_bounds`.
+        gaps: What :func:`gap_bounds` returned for it.
+        dtype: The width chosen from its bounds.
+    """
+    if gaps is None and use_numba(values.size):
+        out = np.empty(values.size, dtype)
+        _twin("write_gaps")(values, out)
+        return out.tobytes()
+    if gaps is None:
+        gaps = np.diff(values, prepend=np.int64(0))
+    return gaps.astype(dtype).tobytes()
+
+
+def slots_from_gaps(gaps: npt.NDArray[np.unsignedinteger[Any]], n_slots: int) -> tuple[IntArray, str]:
+    """Slot numbers from their gaps (the first one from 0), checked against a frame of ``n_slots``.
+
+    Args:
+        gaps: Unsigned gaps, any width.
+        n_slots: Frame size, below ``2**62``.
+
+    Returns:
+        ``(slots, problem)``: ``problem`` is ``""``, or ``"unsorted"`` when a
+        gap after the first is 0, or ``"outside"`` when a slot reaches
+        ``n_slots`` (the first problem of these two found, in this order).
+    """
+    if gaps.size == 0:
+        return np.empty(0, np.int64), ""
+    if use_numba(gaps.size):
+        slots = np.empty(gaps.size, np.int64)
+        code = _twin("slots_from_gaps")(gaps, n_slots, slots)
+        return slots, ("", "unsorted", "outside")[code]
+    if np.any(gaps[1:] == 0):
+        return np.empty(0, np.int64), "unsorted"
+    wide = np.cumsum(gaps, dtype=np.uint64)
+    # Each gap is below 2**64, so a wrap-around of the running sum shows up as
+    # a decrease; without one, the last slot is the largest.
+    if np.any(wide[1:] <= wide[:-1]) or int(wide[-1]) >= n_slots:
+        return np.empty(0, np.int64), "outside"
+    return wide.astype(np.int64), ""

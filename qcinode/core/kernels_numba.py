@@ -23,7 +23,17 @@ from typing import Any, TypeVar, cast
 import numba
 import numpy as np
 
-__all__ = ["click_bits", "first_photon_on_one", "lookup_sorted", "merge_clicks", "permuted_bits", "permuted_prefix_parity"]
+__all__ = [
+    "click_bits",
+    "first_photon_on_one",
+    "gap_bounds",
+    "lookup_sorted",
+    "merge_clicks",
+    "permuted_bits",
+    "permuted_prefix_parity",
+    "slots_from_gaps",
+    "write_gaps",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -160,3 +170,45 @@ def click_bits(  # pragma: no cover
             both[count] = j
             count += 1
     return count
+
+
+@_compiled
+def gap_bounds(values: np.ndarray) -> tuple[int, int]:  # pragma: no cover
+    previous = np.int64(0)
+    low = high = values[0]
+    for i in range(values.shape[0]):
+        gap = values[i] - previous
+        previous = values[i]
+        if gap < low:
+            low = gap
+        if gap > high:
+            high = gap
+    return low, high
+
+
+@_compiled
+def write_gaps(values: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    previous = np.int64(0)
+    for i in range(values.shape[0]):
+        out[i] = values[i] - previous
+        previous = values[i]
+
+
+@_compiled
+def slots_from_gaps(gaps: np.ndarray, n_slots: int, slots: np.ndarray) -> int:  # pragma: no cover
+    # Every true running sum is compared with n_slots (< 2**62) before it can
+    # grow past it, so nothing wraps; a gap of 2**63 or more is outside too.
+    limit = np.uint64(n_slots)
+    total = np.uint64(0)
+    outside = False
+    for i in range(gaps.shape[0]):
+        gap = np.uint64(gaps[i])
+        if gap == 0 and i > 0:
+            return 1
+        if not outside:
+            if gap >= limit - total:
+                outside = True
+            else:
+                total += gap
+                slots[i] = np.int64(total)
+    return 2 if outside else 0

@@ -85,7 +85,7 @@ from typing import Final, Protocol
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from qcinode.core.kernels import click_bits, first_photon_on_one, lookup_sorted, merge_clicks
+from qcinode.core.kernels import click_bits, first_photon_on_one, gap_bounds, gap_bytes, lookup_sorted, merge_clicks, slots_from_gaps
 from qcinode.core.randomness import KeyRandomness
 from qcinode.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
@@ -319,9 +319,9 @@ class PhotonFrame:
         bases and as many of packed bits.
         """
         count = len(self.slots)
-        gaps = np.diff(self.slots, prepend=np.int64(0)) if count else np.empty(0, np.int64)
+        slots = np.ascontiguousarray(self.slots, dtype=np.int64)
+        _, top_gap, gaps = gap_bounds(slots) if count else (0, 0, np.empty(0, np.int64))
         flags = 0
-        top_gap = int(gaps.max()) if count else 0
         if top_gap > 0xFFFFFFFF:
             flags |= _FLAG_WIDE_GAPS
         elif top_gap <= 0xFFFF:
@@ -333,7 +333,7 @@ class PhotonFrame:
         return b"".join(
             (
                 _FRAME_HEADER.pack(_FRAME_MAGIC, flags, self.n_slots, count),
-                gaps.astype(gap_dtype).tobytes(),
+                gap_bytes(slots, gaps, gap_dtype),
                 self.photons.astype(photon_dtype).tobytes(),
                 np.packbits(self.state_bases).tobytes(),
                 np.packbits(self.state_bits).tobytes(),
@@ -379,25 +379,20 @@ class PhotonFrame:
         packed_bases = np.frombuffer(view, np.uint8, packed, offset)
         packed_bits = np.frombuffer(view, np.uint8, packed, offset + packed)
 
-        if count:
-            if np.any(gaps[1:] == 0):
-                raise RemoteProtocolError("PhotonFrame: slots not strictly increasing")
-            slots = np.cumsum(gaps, dtype=np.uint64)
-            # Each gap is below 2**64, so a wrap-around of the running sum shows
-            # up as a decrease; without one, the last slot is the largest.
-            if np.any(slots[1:] <= slots[:-1]) or int(slots[-1]) >= n_slots:
-                raise RemoteProtocolError("PhotonFrame: slot outside the frame")
-            if not np.all(photons):
-                raise RemoteProtocolError("PhotonFrame: slot with zero photons")
-        else:
-            slots = np.empty(0, np.uint64)
+        slots, problem = slots_from_gaps(gaps, n_slots)
+        if problem == "unsorted":
+            raise RemoteProtocolError("PhotonFrame: slots not strictly increasing")
+        if problem:
+            raise RemoteProtocolError("PhotonFrame: slot outside the frame")
+        if count and not np.all(photons):
+            raise RemoteProtocolError("PhotonFrame: slot with zero photons")
         bases = np.unpackbits(packed_bases, count=packed * 8)
         bits = np.unpackbits(packed_bits, count=packed * 8)
         if np.any(bases[count:]) or np.any(bits[count:]):
             raise RemoteProtocolError("PhotonFrame: non-zero padding bits")
         return cls(
             n_slots=int(n_slots),
-            slots=slots.astype(np.int64),
+            slots=slots,
             photons=photons.astype(np.uint16),
             state_bases=bases[:count].copy(),
             state_bits=bits[:count].copy(),

@@ -236,6 +236,60 @@ def test_detect_gives_the_same_clicks_with_either_path(restore_mode: None) -> No
     assert all(np.array_equal(a, b) for a, b in zip(slow, fast, strict=True))
 
 
+def _gap_cases() -> list[np.ndarray]:
+    rng = np.random.default_rng(5)
+    dense = np.unique(rng.integers(0, 10**7, 300_000))
+    return [
+        dense,  # every gap below 2**16
+        np.concatenate([dense, [10**11]]),  # one wide gap
+        np.concatenate([[0], dense]),  # first slot 0
+        rng.integers(-(10**9), 10**9, 200_000),  # unsorted, negative gaps
+        np.array([5]),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_gap_coding_numba_equals_numpy(case: int, restore_mode: None) -> None:
+    values = _gap_cases()[case]
+    gaps = np.diff(values, prepend=0)
+    for mode in ("numpy", "numba"):
+        kernels.set_mode(mode)
+        low, high, held = kernels.gap_bounds(values)
+        assert (low, high) == (gaps.min(), gaps.max())
+        for width in ("<u2", "<u4", "<u8"):
+            assert kernels.gap_bytes(values, held, width) == gaps.astype(width).tobytes()
+
+
+def _slot_gap_cases() -> list[tuple[np.ndarray, int, str]]:
+    rng = np.random.default_rng(6)
+    slots = np.unique(rng.integers(0, 10**8, 300_000))
+    gaps = np.diff(slots, prepend=0).astype("<u4")
+    zero = gaps.copy()
+    zero[1000] = 0
+    wrap = np.concatenate([gaps.astype("<u8"), np.array([2**64 - 1, 5], "<u8")])
+    late_zero = np.concatenate([gaps.astype("<u8"), np.array([10**9, 0], "<u8")])
+    first_zero = np.minimum(gaps, 7).astype("<u2")
+    first_zero[0] = 0
+    return [
+        (gaps, 10**8, ""),
+        (gaps, int(slots[-1]), "outside"),  # the last slot is the frame size
+        (gaps, int(slots[-1]) + 1, ""),
+        (zero, 10**8, "unsorted"),
+        (wrap, 10**8, "outside"),  # the running sum wraps past 2**64
+        (late_zero, 10**8, "unsorted"),  # a zero gap after a slot outside: still unsorted
+        (first_zero, 2**40, ""),  # slot 0 first
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_slots_from_gaps_numba_equals_numpy(case: int, restore_mode: None) -> None:
+    gaps, n_slots, problem = _slot_gap_cases()[case]
+    (slow, slow_problem), (fast, fast_problem) = _both(kernels.slots_from_gaps, gaps, n_slots)
+    assert slow_problem == fast_problem == problem
+    if not problem:
+        assert np.array_equal(slow, np.cumsum(gaps, dtype=np.int64)) and np.array_equal(slow, fast)
+
+
 # --------------------------------------------------------------------------- mode, laziness, cache
 
 
