@@ -76,6 +76,7 @@ __all__ = [
     "NUMBA_MIN_SIZE",
     "FeistelPermutation",
     "FeistelStack",
+    "bisect_level",
     "click_bits",
     "first_photon_on_one",
     "gap_bounds",
@@ -202,6 +203,9 @@ def warm_up() -> bool:
         module.slots_from_gaps(gaps, 10, at)
         gaps.setflags(write=False)  # as a frame's gaps are read: a view of the received bytes
         module.slots_from_gaps(gaps, 10, at)
+    table = np.array([0, 0, 0], np.int32)  # Cascade's tables are int32 below 2**31 entries
+    one = np.zeros(1, np.int64)
+    module.bisect_level(3, bits, table, np.array([3, 0, 0], np.int32), np.zeros(3, np.bool_), one, one + 1, np.zeros(1, np.uint8), one.copy(), np.empty(2, np.int64))
     return True
 
 
@@ -567,3 +571,68 @@ def slots_from_gaps(gaps: npt.NDArray[np.unsignedinteger[Any]], n_slots: int) ->
     if np.any(wide[1:] <= wide[:-1]) or int(wide[-1]) >= n_slots:
         return np.empty(0, np.int64), "outside"
     return wide.astype(np.int64), ""
+
+
+# --------------------------------------------------------------------------- Cascade bisection
+
+
+def bisect_level(
+    size: int,
+    yp: BitArray,
+    leaf_of: npt.NDArray[np.signedinteger[Any]],
+    leaf_end: npt.NDArray[np.signedinteger[Any]],
+    leaf_odd: npt.NDArray[np.bool_],
+    keys: IntArray,
+    mid: IntArray,
+    answers: BitArray,
+) -> tuple[IntArray, IntArray]:
+    """Split Cascade leaves at their midpoints with Alice's answers (Bob's tables, in place).
+
+    Leaf ``keys[i]`` (``pass * size + start``, ending at the pass-local
+    ``leaf_end[keys[i]]``) becomes ``[start, mid[i])`` and ``[mid[i], end)``;
+    ``answers[i]`` is Alice's parity of the left half.  The left half is odd
+    where her answer differs from Bob's parity of ``yp`` over it, the right
+    half where the leaf was odd XOR the left half is (rule 4a of
+    :mod:`qcinode.core.cascade`); every position of the right half now belongs
+    to the right leaf (``leaf_of``).
+
+    Args:
+        size: Key length ``n``.
+        yp: Bob's key in every pass's order, flat.
+        leaf_of, leaf_end, leaf_odd: Bob's leaf tables, updated in place.
+        keys: Leaves to split (distinct, each at least two bits long).
+        mid: Pass-local split points.
+        answers: Alice's parities of the left halves (0/1).
+
+    Returns:
+        ``(right_keys, singles)``: the keys of the new right leaves, and the
+        odd leaves of one bit made here (located errors): the left ones in
+        ``keys`` order, then the right ones.
+    """
+    if use_numba(size):
+        right_keys = np.empty(keys.size, np.int64)
+        singles = np.empty(2 * keys.size, np.int64)
+        lefts, rights = _twin("bisect_level")(size, yp, leaf_of, leaf_end, leaf_odd, keys, mid, answers, right_keys, singles)
+        return right_keys, np.concatenate([singles[:lefts], singles[keys.size : keys.size + rights]])
+    base = keys - keys % size
+    ends = leaf_end[keys]
+    lengths = base + mid - keys
+    bits = yp[_ragged_index(keys, lengths)]
+    bob = np.bitwise_xor.reduceat(bits, np.cumsum(lengths) - lengths) if keys.size else np.zeros(0, np.uint8)
+    left_odd = (answers ^ bob).astype(np.bool_)
+    right_odd = leaf_odd[keys] ^ left_odd  # rule 4a
+    right_keys = base + mid
+    leaf_end[keys] = mid
+    leaf_odd[keys] = left_odd
+    leaf_end[right_keys] = ends
+    leaf_odd[right_keys] = right_odd
+    leaf_of[_ragged_index(right_keys, ends - mid)] = np.repeat(right_keys, ends - mid)
+    singles = np.concatenate([keys[left_odd & (lengths == 1)], right_keys[right_odd & (ends - mid == 1)]])
+    return right_keys, singles
+
+
+def _ragged_index(starts: IntArray, lengths: IntArray) -> IntArray:
+    """Concatenation of ``arange(start, start + length)`` for every pair."""
+    total = int(lengths.sum())
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(starts - offsets, lengths) + np.arange(total, dtype=np.int64)

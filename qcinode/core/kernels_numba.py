@@ -24,6 +24,7 @@ import numba
 import numpy as np
 
 __all__ = [
+    "bisect_level",
     "click_bits",
     "first_photon_on_one",
     "gap_bounds",
@@ -212,3 +213,45 @@ def slots_from_gaps(gaps: np.ndarray, n_slots: int, slots: np.ndarray) -> int:  
                 total += gap
                 slots[i] = np.int64(total)
     return 2 if outside else 0
+
+
+@_compiled
+def bisect_level(  # pragma: no cover
+    size: int,
+    yp: np.ndarray,
+    leaf_of: np.ndarray,
+    leaf_end: np.ndarray,
+    leaf_odd: np.ndarray,
+    keys: np.ndarray,
+    mid: np.ndarray,
+    answers: np.ndarray,
+    right_keys: np.ndarray,
+    singles: np.ndarray,
+) -> tuple[int, int]:
+    count = keys.shape[0]
+    lefts = 0
+    rights = 0
+    for i in range(count):
+        key = keys[i]
+        base = key - key % size
+        end = np.int64(leaf_end[key])
+        right = base + mid[i]
+        parity = answers[i]
+        for j in range(key, right):
+            parity ^= yp[j]
+        left_odd = parity != 0
+        right_odd = leaf_odd[key] != left_odd
+        right_keys[i] = right
+        leaf_end[key] = mid[i]
+        leaf_odd[key] = left_odd
+        leaf_end[right] = end
+        leaf_odd[right] = right_odd
+        for j in range(right, base + end):
+            leaf_of[j] = right
+        if left_odd and right - key == 1:
+            singles[lefts] = key
+            lefts += 1
+        if right_odd and end - mid[i] == 1:
+            singles[count + rights] = right
+            rights += 1
+    return lefts, rights
