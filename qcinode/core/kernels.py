@@ -205,7 +205,8 @@ def warm_up() -> bool:
         module.slots_from_gaps(gaps, 10, at)
     table = np.array([0, 0, 0], np.int32)  # Cascade's tables are int32 below 2**31 entries
     one = np.zeros(1, np.int64)
-    module.bisect_level(3, bits, table, np.array([3, 0, 0], np.int32), np.zeros(3, np.bool_), one, one + 1, np.zeros(1, np.uint8), one.copy(), np.empty(2, np.int64))
+    ends = np.array([3, 0, 0], np.int32)
+    module.bisect_level(3, bits, table, ends, np.zeros(3, np.bool_), one, one + 1, np.zeros(1, np.uint8), one.copy(), np.empty(2, np.int64))
     return True
 
 
