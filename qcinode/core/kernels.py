@@ -101,7 +101,8 @@ block, where the compiled loops save more than the import costs once."""
 
 FEISTEL_ROUNDS: Final = 4
 """Rounds of the Feistel network of :class:`FeistelPermutation` (Luby-Rackoff:
-four make a pseudo-random permutation from random round functions)."""
+four make a pseudo-random permutation from random round functions).  Even:
+the compiled walk takes the rounds in (add, XOR) pairs."""
 
 MAX_N: Final = 1 << 31
 """Largest set :class:`FeistelPermutation` permutes (its halves are 32-bit)."""

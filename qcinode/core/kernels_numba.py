@@ -54,38 +54,59 @@ def _compiled(fn: F) -> F:
         return cast(F, numba.njit(cache=False, nogil=True)(fn))
 
 
+_CHUNK = 4096
+"""Positions mapped per batch: the walk's first rounds run branch-free over a
+batch (the compiler vectorises them), cycle walking is a second loop."""
+
+
 @_compiled
-def _feistel(x: int, tables: np.ndarray, low_bits: int, high_size: int, n: int) -> int:  # pragma: no cover - compiled
+def _feistel_chunk(start: int, count: int, tables: np.ndarray, low_bits: int, high_size: int, n: int, out: np.ndarray) -> None:  # pragma: no cover
+    """``out[k] = perm[start + k]`` for ``k < count``: every round once, then walk what fell outside."""
     low_mask = (1 << low_bits) - 1
-    rounds = tables.shape[0]
-    while True:
+    rounds = tables.shape[0]  # even (FEISTEL_ROUNDS): pairs of add and XOR rounds
+    for k in range(count):
+        x = start + k
         lo = x & low_mask
         hi = x >> low_bits
-        for r in range(rounds):
-            if r % 2 == 1:
-                lo ^= tables[r, hi]
-            else:
+        for r in range(0, rounds, 2):
+            hi += tables[r, lo]
+            hi = hi - high_size if hi >= high_size else hi
+            lo ^= tables[r + 1, hi]
+        out[k] = (hi << low_bits) | lo
+    for k in range(count):
+        x = out[k]
+        while x >= n:  # cycle walking
+            lo = x & low_mask
+            hi = x >> low_bits
+            for r in range(0, rounds, 2):
                 hi += tables[r, lo]
-                if hi >= high_size:
-                    hi -= high_size
-        x = (hi << low_bits) | lo
-        if x < n:
-            return x
+                hi = hi - high_size if hi >= high_size else hi
+                lo ^= tables[r + 1, hi]
+            x = (hi << low_bits) | lo
+        out[k] = x
 
 
 @_compiled
 def permuted_bits(bits: np.ndarray, tables: np.ndarray, low_bits: int, high_size: int, n: int, out: np.ndarray) -> None:  # pragma: no cover
-    for i in range(n):
-        out[i] = bits[_feistel(i, tables, low_bits, high_size, n)]
+    where = np.empty(_CHUNK, np.int64)
+    for start in range(0, n, _CHUNK):
+        count = min(_CHUNK, n - start)
+        _feistel_chunk(start, count, tables, low_bits, high_size, n, where)
+        for k in range(count):
+            out[start + k] = bits[where[k]]
 
 
 @_compiled
 def permuted_prefix_parity(bits: np.ndarray, tables: np.ndarray, low_bits: int, high_size: int, n: int, out: np.ndarray) -> None:  # pragma: no cover
+    where = np.empty(_CHUNK, np.int64)
     acc = np.uint8(0)
     out[0] = acc
-    for i in range(n):
-        acc ^= bits[_feistel(i, tables, low_bits, high_size, n)]
-        out[i + 1] = acc
+    for start in range(0, n, _CHUNK):
+        count = min(_CHUNK, n - start)
+        _feistel_chunk(start, count, tables, low_bits, high_size, n, where)
+        for k in range(count):
+            acc ^= bits[where[k]]
+            out[start + k + 1] = acc
 
 
 @_compiled
