@@ -77,6 +77,8 @@ __all__ = [
     "FeistelPermutation",
     "FeistelStack",
     "bisect_level",
+    "categorical",
+    "class_order",
     "click_bits",
     "first_photon_on_one",
     "gap_bounds",
@@ -204,6 +206,8 @@ def warm_up() -> bool:
         module.slots_from_gaps(gaps, 10, at)
         gaps.setflags(write=False)  # as a frame's gaps are read: a view of the received bytes
         module.slots_from_gaps(gaps, 10, at)
+    module.categorical(np.zeros(3), np.zeros(2), bits)
+    module.class_order(bits, at, np.zeros(4, np.int64))
     table = np.array([0, 0, 0], np.int32)  # Cascade's tables are int32 below 2**31 entries
     one = np.zeros(1, np.int64)
     ends = np.array([3, 0, 0], np.int32)
@@ -638,3 +642,39 @@ def _ragged_index(starts: IntArray, lengths: IntArray) -> IntArray:
     total = int(lengths.sum())
     offsets = np.cumsum(lengths) - lengths
     return np.repeat(starts - offsets, lengths) + np.arange(total, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- emission
+
+
+def categorical(u: npt.NDArray[np.float64], edges: npt.NDArray[np.float64]) -> BitArray:
+    """``value[i]`` = how many of the increasing ``edges`` are ``<= u[i]`` (uint8).
+
+    With ``edges`` the first entries of a cumulative distribution, a uniform
+    ``u`` gives a draw of that distribution (inversion).
+    """
+    if use_numba(u.size):
+        out = np.empty(u.size, np.uint8)
+        _twin("categorical")(u, edges, out)
+        return out
+    values = np.zeros(u.size, np.uint8)
+    for edge in edges:  # a few classes: comparisons beat a binary search
+        values += u >= edge
+    return values
+
+
+def class_order(classes: BitArray, count: int) -> tuple[IntArray, IntArray]:
+    """The positions of each class value ``0..count-1``, class after class, each in increasing order.
+
+    Returns:
+        ``(order, bounds)``: class ``c`` sits at ``order[bounds[c]:bounds[c + 1]]``
+        (``numpy.flatnonzero(classes == c)``).
+    """
+    if use_numba(classes.size):
+        order = np.empty(classes.size, np.int64)
+        bounds = np.zeros(count + 1, np.int64)
+        _twin("class_order")(classes, order, bounds)
+        return order, bounds
+    bounds = np.zeros(count + 1, np.int64)
+    np.cumsum(np.bincount(classes, minlength=count)[:count], out=bounds[1:])
+    return np.argsort(classes, kind="stable").astype(np.int64, copy=False), bounds

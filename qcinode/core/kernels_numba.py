@@ -25,6 +25,8 @@ import numpy as np
 
 __all__ = [
     "bisect_level",
+    "categorical",
+    "class_order",
     "click_bits",
     "first_photon_on_one",
     "gap_bounds",
@@ -276,3 +278,28 @@ def bisect_level(  # pragma: no cover
             singles[count + rights] = right
             rights += 1
     return lefts, rights
+
+
+@_compiled
+def categorical(u: np.ndarray, edges: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    for i in range(u.shape[0]):
+        value = 0
+        for edge in edges:
+            if u[i] >= edge:
+                value += 1
+        out[i] = value
+
+
+@_compiled
+def class_order(classes: np.ndarray, order: np.ndarray, bounds: np.ndarray) -> None:  # pragma: no cover
+    # A stable counting sort: count, then place each position after its class's predecessors.
+    count = bounds.shape[0] - 1
+    for i in range(classes.shape[0]):
+        bounds[classes[i] + 1] += 1
+    for c in range(count):
+        bounds[c + 1] += bounds[c]
+    fill = bounds[:count].copy()
+    for i in range(classes.shape[0]):
+        c = classes[i]
+        order[fill[c]] = i
+        fill[c] += 1

@@ -85,7 +85,7 @@ from typing import Final, Protocol
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from qcinode.core.kernels import click_bits, first_photon_on_one, gap_bounds, gap_bytes, lookup_sorted, merge_clicks, slots_from_gaps
+from qcinode.core.kernels import categorical, class_order, click_bits, first_photon_on_one, gap_bounds, gap_bytes, lookup_sorted, merge_clicks, slots_from_gaps
 from qcinode.core.randomness import KeyRandomness
 from qcinode.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
@@ -489,11 +489,7 @@ def _zero_truncated_poisson(rng: np.random.Generator, mean: float, size: int) ->
 def _categorical(rng: KeyRandomness, weights: NDArray[np.float64], size: int) -> UInt8Array:
     """Draw ``size`` values in ``0..len(weights)-1`` with probability ∝ ``weights``."""
     cdf = np.cumsum(weights / weights.sum())
-    u = rng.random(size)
-    values = np.zeros(size, np.uint8)
-    for edge in cdf[:-1]:  # three classes: two comparisons beat a binary search
-        values += u >= edge
-    return values
+    return categorical(np.asarray(rng.random(size), dtype=np.float64), cdf[:-1])
 
 
 def _bases(rng: KeyRandomness, z_probability: float, size: int) -> UInt8Array:
@@ -831,15 +827,16 @@ def transmit(
     bits = _bits(key_rng, count)
 
     photons = np.empty(count, np.uint16)
+    order, bounds = class_order(classes, 3)
     for cls in (CLASS_SIGNAL, CLASS_DECOY, CLASS_VACUUM):
-        mask = classes == cls
-        n_cls = int(np.count_nonzero(mask))
+        where = order[bounds[cls] : bounds[cls + 1]]  # this class's slots, in slot order
+        n_cls = int(where.size)
         if n_cls and phys.photon_number_splitting:
-            photons[mask] = _pns_photon_counts(
+            photons[where] = _pns_photon_counts(
                 noise_rng, phys.intensities[cls], phys.detector_efficiency, n_cls
             )
         elif n_cls:
-            photons[mask] = _zero_truncated_poisson(noise_rng, phys.detected_mean(cls), n_cls)
+            photons[where] = _zero_truncated_poisson(noise_rng, phys.detected_mean(cls), n_cls)
 
     # Ground truth for tests and benches (never sent): under photon-number
     # splitting every materialised slot is a multi-photon pulse Eve kept a

@@ -290,6 +290,39 @@ def test_slots_from_gaps_numba_equals_numpy(case: int, restore_mode: None) -> No
         assert np.array_equal(slow, np.cumsum(gaps, dtype=np.int64)) and np.array_equal(slow, fast)
 
 
+def test_emission_kernels_numba_equal_numpy(restore_mode: None) -> None:
+    rng = np.random.default_rng(7)
+    u = rng.random(300_000)
+    u[:3] = [0.0, 0.7, 0.9]  # on the edges
+    edges = np.array([0.7, 0.9])
+    slow, fast = _both(kernels.categorical, u, edges)
+    assert np.array_equal(slow, (u >= 0.7).astype(np.uint8) + (u >= 0.9)) and np.array_equal(slow, fast)
+    assert slow.dtype == fast.dtype == np.uint8
+    for classes in (slow, np.zeros(200_000, np.uint8), np.full(200_000, 2, np.uint8)):
+        (order, bounds), (fast_order, fast_bounds) = _both(kernels.class_order, classes, 3)
+        for c in range(3):
+            assert np.array_equal(order[bounds[c] : bounds[c + 1]], np.flatnonzero(classes == c))
+        assert np.array_equal(order, fast_order) and np.array_equal(bounds, fast_bounds)
+
+
+def test_transmit_gives_the_same_frame_with_either_path(restore_mode: None) -> None:
+    from qcinode.core.physics import LinkPhysics, transmit
+
+    phys = LinkPhysics(
+        intensities=(0.6, 0.2, 0.0), class_probabilities=(0.7, 0.2, 0.1), z_basis_probability=0.9,
+        fibre_transmittance=0.6, detector_efficiency=0.3, dark_count_probability=1e-4,
+        misalignment_error=0.02,
+    )
+
+    def run() -> bytes:
+        frame, record = transmit(phys, 3_000_000, np.random.default_rng(1), np.random.default_rng(2))
+        assert len(frame) > kernels.NUMBA_MIN_SIZE
+        return frame.to_bytes() + record.classes.tobytes()
+
+    slow, fast = _both(run)
+    assert slow == fast
+
+
 # --------------------------------------------------------------------------- mode, laziness, cache
 
 
