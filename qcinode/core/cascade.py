@@ -692,16 +692,14 @@ class CascadeSession:
         if later.size and self._stack is not None:
             located[later] = self._stack.forward(pass_ids[later] - 1, positions[later])
         bits = _unique(located)  # several passes may locate one bit
-        self._y[bits] ^= 1
         self._errors_corrected += int(bits.size)
-        flips = bits
         if self._stack is not None:  # the bits' places in passes 1.., pass-major
-            which = np.repeat(np.arange(len(self._perms), dtype=np.int64), bits.size)
-            places = self._stack.inverse(which, np.tile(bits, len(self._perms)))
-            flips = np.concatenate([bits, (which + 1) * n + places])
-        self._yp[flips] ^= 1
-        hit = self._leaf_of[flips]
-        np.logical_xor.at(self._leaf_odd, hit, True)
+            hit = self._stack.flip_everywhere(bits, self._y, self._yp, self._leaf_of, self._leaf_odd)
+        else:
+            self._y[bits] ^= 1
+            self._yp[bits] ^= 1
+            hit = self._leaf_of[bits].astype(np.int64)
+            np.logical_xor.at(self._leaf_odd, hit, True)
         # An honest Alice gives every bit one value in all passes, so a flip can
         # only make one-bit leaves even.  An odd one means two of her answers
         # disagree; going on would flip that bit back and forth forever.

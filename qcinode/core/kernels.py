@@ -208,6 +208,10 @@ def warm_up() -> bool:
         module.slots_from_gaps(gaps, 10, at)
     module.categorical(np.zeros(3), np.zeros(2), bits)
     module.class_order(bits, at, np.zeros(4, np.int64))
+    module.flip_everywhere(
+        values[:1], perm.tables.ravel(), 1, perm.tables.shape[1], perm.low_bits, perm.high_size, 3,
+        bits, np.zeros(6, np.uint8), np.zeros(6, np.int32), np.zeros(6, np.bool_), np.empty(2, np.int64),
+    )
     table = np.array([0, 0, 0], np.int32)  # Cascade's tables are int32 below 2**31 entries
     one = np.zeros(1, np.int64)
     ends = np.array([3, 0, 0], np.int32)
@@ -327,6 +331,49 @@ class FeistelStack:
         self._members = members
         self._tables = np.concatenate([p.tables.ravel() for p in members])
         self._width = int(members[0].tables.shape[1])
+
+    def __len__(self) -> int:
+        """Number of permutations."""
+        return len(self._members)
+
+    def flip_everywhere(
+        self,
+        bits: IntArray,
+        key: BitArray,
+        views: BitArray,
+        leaf_of: npt.NDArray[np.signedinteger[Any]],
+        leaf_odd: npt.NDArray[np.bool_],
+    ) -> IntArray:
+        """Flip key bits in the key and in every pass's view; toggle the leaves holding them.
+
+        Cascade's correction (rule 5 of :mod:`qcinode.core.cascade`): ``key``
+        is Bob's key, ``views`` its copy in pass 0's order (the identity)
+        followed by one per member, flat; ``leaf_of`` maps a flat position to
+        its leaf, whose odd flag in ``leaf_odd`` is toggled once per flipped
+        position in it.
+
+        Args:
+            bits: Distinct key positions to flip, sorted.
+
+        Returns:
+            The leaves toggled: pass 0's for every bit, then each member's, pass-major.
+        """
+        first = self._members[0]
+        n = first.n
+        if use_numba(n):
+            hit = np.empty((len(self._members) + 1) * bits.size, np.int64)
+            _twin("flip_everywhere")(
+                bits, self._tables, len(self._members), self._width, first.low_bits, first.high_size, n, key, views, leaf_of, leaf_odd, hit
+            )
+            return hit
+        key[bits] ^= 1
+        which = np.repeat(np.arange(len(self._members), dtype=np.int64), bits.size)
+        places = self.inverse(which, np.tile(bits, len(self._members)))
+        flips = np.concatenate([bits, (which + 1) * n + places])
+        views[flips] ^= 1
+        leaves: IntArray = leaf_of[flips].astype(np.int64, copy=False)
+        np.logical_xor.at(leaf_odd, leaves, True)
+        return leaves
 
     def forward(self, which: IntArray, x: IntArray) -> IntArray:
         """``members[which[i]].forward(x[i])`` for every ``i``."""

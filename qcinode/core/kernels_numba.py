@@ -29,6 +29,7 @@ __all__ = [
     "class_order",
     "click_bits",
     "first_photon_on_one",
+    "flip_everywhere",
     "gap_bounds",
     "lookup_sorted",
     "merge_clicks",
@@ -303,3 +304,54 @@ def class_order(classes: np.ndarray, order: np.ndarray, bounds: np.ndarray) -> N
         c = classes[i]
         order[fill[c]] = i
         fill[c] += 1
+
+
+@_compiled
+def flip_everywhere(  # pragma: no cover
+    bits: np.ndarray,
+    tables: np.ndarray,
+    members: int,
+    width: int,
+    low_bits: int,
+    high_size: int,
+    n: int,
+    key: np.ndarray,
+    views: np.ndarray,
+    leaf_of: np.ndarray,
+    leaf_odd: np.ndarray,
+    hit: np.ndarray,
+) -> None:
+    # tables: each member's (rounds, width) table, flattened one after the other.
+    low_mask = (1 << low_bits) - 1
+    rounds = tables.shape[0] // (width * members)
+    count = bits.shape[0]
+    for i in range(count):
+        b = bits[i]
+        key[b] ^= 1
+        views[b] ^= 1
+        leaf = np.int64(leaf_of[b])
+        hit[i] = leaf
+        leaf_odd[leaf] = not leaf_odd[leaf]
+    for m in range(members):
+        base = m * rounds * width
+        for i in range(count):
+            x = bits[i]
+            while True:  # the member's inverse, cycle walking
+                lo = x & low_mask
+                hi = x >> low_bits
+                for r in range(rounds - 1, -1, -1):
+                    row = base + r * width
+                    if r % 2 == 1:
+                        lo ^= tables[row + hi]
+                    else:
+                        hi -= tables[row + lo]
+                        if hi < 0:
+                            hi += high_size
+                x = (hi << low_bits) | lo
+                if x < n:
+                    break
+            flat = (m + 1) * n + x
+            views[flat] ^= 1
+            leaf = np.int64(leaf_of[flat])
+            hit[(m + 1) * count + i] = leaf
+            leaf_odd[leaf] = not leaf_odd[leaf]

@@ -323,6 +323,32 @@ def test_transmit_gives_the_same_frame_with_either_path(restore_mode: None) -> N
     assert slow == fast
 
 
+def test_stack_flips_like_the_numpy_path(restore_mode: None) -> None:
+    n = (1 << 17) + 9
+    rng = np.random.default_rng(8)
+    stack = FeistelStack([FeistelPermutation.from_seed(s, n) for s in (11, 12, 13)])
+    bits = np.unique(rng.integers(0, n, 300))
+    key = rng.integers(0, 2, n, dtype=np.uint8)
+    views = rng.integers(0, 2, 4 * n, dtype=np.uint8)
+    leaf_of = (np.arange(4 * n) // 64 * 64).astype(np.int32)
+    leaf_odd = rng.random(4 * n) < 0.5
+
+    def run() -> tuple[np.ndarray, ...]:
+        state = key.copy(), views.copy(), leaf_of.copy(), leaf_odd.copy()
+        hit = stack.flip_everywhere(bits, *state)
+        return (hit, *state)
+
+    slow, fast = _both(run)
+    assert all(np.array_equal(a, b) for a, b in zip(slow, fast, strict=True))
+    hit, new_key, new_views, _, new_odd = slow
+    places = [bits] + [(p + 1) * n + stack.inverse(np.full(bits.size, p), bits) for p in range(3)]
+    flat = np.concatenate(places)
+    assert np.array_equal(hit, leaf_of[flat]) and np.array_equal(np.flatnonzero(new_key != key), bits)
+    assert np.array_equal(np.flatnonzero(new_views != views), np.sort(flat))
+    toggles = np.bincount(hit, minlength=4 * n) % 2 == 1
+    assert np.array_equal(new_odd, leaf_odd ^ toggles)
+
+
 # --------------------------------------------------------------------------- mode, laziness, cache
 
 
