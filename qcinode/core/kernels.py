@@ -3,11 +3,16 @@
 Theory of operation
 ===================
 
-Some loops of the core (Cascade's permuted views of a key, the merge of two
-sorted slot lists in the physics emulation) are sequential by nature; numpy
-does them with several passes over million-element temporaries, a compiled
-loop in one.  This module holds the numpy version of each; the compiled twin
-lives in :mod:`qcinode.core.kernels_numba`, which imports numba.
+Some loops of the core are sequential by nature, or touch a few entries of
+many small intervals; numpy does them with several passes over
+million-element temporaries (or a dozen calls per Cascade round), a compiled
+loop in one.  They are: Cascade's permuted views of a key, a bisection level
+and a correction's flips in every pass; the emission's class draw and class
+slots; the detector's merge of photon and dark-count slots and its click
+bits; the gap coding of sorted slot numbers (frames, transcripts, the wire);
+the lookup of sorted slots.  This module holds the numpy version of each; the
+compiled twin lives in :mod:`qcinode.core.kernels_numba`, which imports
+numba.
 
 Rules
 -----
