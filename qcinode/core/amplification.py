@@ -152,11 +152,17 @@ def _toeplitz_fft(x: np.ndarray, seed: np.ndarray, out_bits: int) -> Bits:
     """``T·x mod 2`` by one cyclic convolution (module docstring), checked sizes."""
     n = int(x.size)
     length = _fast_length(n + out_bits - 1)
-    spectrum = np.fft.rfft(x.astype(np.float64), length)
-    spectrum *= np.fft.rfft(seed.astype(np.float64), length)
+    # One zero-padded float buffer serves both inputs (the seed covers the
+    # key's n entries and more): no padded copy per transform.
+    buffer = np.zeros(length, np.float64)
+    buffer[:n] = x
+    spectrum = np.fft.rfft(buffer)
+    buffer[: seed.size] = seed
+    spectrum *= np.fft.rfft(buffer)
     window = np.fft.irfft(spectrum, length)[n - 1 : n - 1 + out_bits]
     rounded = np.rint(window)
-    worst = float(np.max(np.abs(window - rounded)))
+    window -= rounded
+    worst = float(np.max(np.abs(window)))
     if worst > ROUNDING_MARGIN:
         raise LocalProtocolError(f"FFT rounding error {worst:.3g} too large for an exact hash")
     return (rounded.astype(np.int64) & 1).astype(np.uint8)

@@ -100,9 +100,11 @@ tables indexed by ``key = pass * n + position``: his current key in each
 pass's order (a correction flips one entry per pass), the key of the leaf
 holding each position (rewritten over the right half when a leaf splits),
 and, at each leaf's own key, its end and odd flag; plus the sorted keys of
-the odd leaves.  His parity of a question's interval is a ragged gather and
-``reduceat``; a bisection of a block of ``k`` bits touches ``O(k)`` entries in
-all.  All per-round work is vectorised over the batch.  Neither end stores a
+the odd leaves.  A bisection level (his parity of each left half, the new
+leaves, the located errors) is one loop over the batch
+(:func:`qcinode.core.kernels.bisect_level`, compiled for large keys); a
+bisection of a block of ``k`` bits touches ``O(k)`` entries in all.  The rest
+of the per-round work is vectorised over the batch.  Neither end stores a
 permutation: the Feistel permutation maps a position, or maps it back, on its
 own, so Alice reads her key through it once per pass (a compiled loop for
 large keys, :mod:`qcinode.core.kernels`), and Bob builds his per-pass keys the
@@ -128,7 +130,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from qcinode.core.kernels import FeistelPermutation, FeistelStack, permuted_bits, permuted_prefix_parity
+from qcinode.core.kernels import FeistelPermutation, FeistelStack, bisect_level, permuted_bits, permuted_prefix_parity
 from qcinode.errors import ConfigError, LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -427,13 +429,6 @@ def _unique(values: IntArray) -> IntArray:
     return out
 
 
-def _ragged_index(starts: IntArray, lengths: IntArray) -> IntArray:
-    """Concatenation of ``arange(start, start + length)`` for every pair."""
-    total = int(lengths.sum())
-    offsets = np.cumsum(lengths) - lengths
-    return np.repeat(starts - offsets, lengths) + np.arange(total, dtype=np.int64)
-
-
 class CascadeSession:
     """Bob's side: drives Cascade and corrects his key.
 
@@ -569,8 +564,7 @@ class CascadeSession:
             asked.append(mask)
         top_keys = np.concatenate(keys)
         top_ends = np.concatenate(ends)
-        top_starts = top_keys % n
-        self._leaf_of = np.repeat(top_keys.astype(self._table_dtype), top_ends - top_starts)
+        self._fill_top_leaves()
         self._leaf_end[top_keys] = top_ends
         self._top_keys = top_keys
         self._top_asked = np.concatenate(asked)
@@ -612,6 +606,25 @@ class CascadeSession:
 
     # ----------------------------------------------------------------- helpers
 
+    def _fill_top_leaves(self) -> None:
+        """Set every position's leaf to its top-level block: ``p n + (i // k_p) k_p``.
+
+        Arithmetic on one shared ``arange`` per pass row, in place: a ``repeat``
+        of the block keys wrote the same table through a temporary of
+        ``passes * n`` entries.
+        """
+        n = self._n
+        table = self._table_dtype
+        ramp = np.arange(n, dtype=table)
+        for p, k in enumerate(self._sizes):
+            row = self._leaf_of[p * n : (p + 1) * n]
+            if k & (k - 1) == 0:  # power of two: clear the low bits
+                np.bitwise_and(ramp, table(-k), out=row)
+            else:
+                np.floor_divide(ramp, table(k), out=row)
+                row *= table(k)
+            row += table(p * n)
+
     def _emit(
         self, seeds: tuple[int, ...], pass_ids: IntArray, starts: IntArray, ends: IntArray
     ) -> ParityQuery:
@@ -635,14 +648,6 @@ class CascadeSession:
             raise RemoteProtocolError("parities must be 0 or 1")
         return par.astype(np.uint8)
 
-    def _bob_parity(self, keys: IntArray, ends: IntArray) -> BitArray:
-        """Bob's current parity of each interval ``[key, pass * n + end)``."""
-        lengths = ends - keys % self._n
-        if lengths.size == 0:
-            return np.zeros(0, dtype=np.uint8)
-        bits = self._yp[_ragged_index(keys, lengths)]
-        return np.bitwise_xor.reduceat(bits, np.cumsum(lengths) - lengths)
-
     def _apply_top_level(self, parities: BitArray) -> None:
         keys = self._top_keys
         alice = np.zeros(keys.size, dtype=np.uint8)
@@ -661,26 +666,17 @@ class CascadeSession:
         self._correct_singletons(keys[odd & (ends - keys % self._n == 1)])
 
     def _apply_bisection(self, parities: BitArray) -> None:
-        n = self._n
         offset = 0
         touched = [self._odd_keys]
         singles: list[IntArray] = []
         for keys, mid in self._pending:
             answers = parities[offset : offset + keys.size]
             offset += keys.size
-            base = keys - keys % n
-            ends = self._leaf_end[keys]
-            left_odd = (answers ^ self._bob_parity(keys, mid)).astype(np.bool_)
-            right_odd = self._leaf_odd[keys] ^ left_odd  # rule 4a
-            right_keys = base + mid
-            self._leaf_end[keys] = mid
-            self._leaf_odd[keys] = left_odd
-            self._leaf_end[right_keys] = ends
-            self._leaf_odd[right_keys] = right_odd
-            self._leaf_of[_ragged_index(right_keys, ends - mid)] = np.repeat(right_keys, ends - mid)
+            right_keys, located = bisect_level(
+                self._n, self._yp, self._leaf_of, self._leaf_end, self._leaf_odd, keys, mid, answers
+            )
             touched.append(right_keys)
-            singles.append(keys[left_odd & (base + mid - keys == 1)])
-            singles.append(right_keys[right_odd & (ends - mid == 1)])
+            singles.append(located)
         self._odd_keys = _unique(np.concatenate(touched))
         self._correct_singletons(np.concatenate(singles))
         self._odd_keys = self._odd_keys[self._leaf_odd[self._odd_keys]]
@@ -696,16 +692,14 @@ class CascadeSession:
         if later.size and self._stack is not None:
             located[later] = self._stack.forward(pass_ids[later] - 1, positions[later])
         bits = _unique(located)  # several passes may locate one bit
-        self._y[bits] ^= 1
         self._errors_corrected += int(bits.size)
-        flips = bits
         if self._stack is not None:  # the bits' places in passes 1.., pass-major
-            which = np.repeat(np.arange(len(self._perms), dtype=np.int64), bits.size)
-            places = self._stack.inverse(which, np.tile(bits, len(self._perms)))
-            flips = np.concatenate([bits, (which + 1) * n + places])
-        self._yp[flips] ^= 1
-        hit = self._leaf_of[flips]
-        np.logical_xor.at(self._leaf_odd, hit, True)
+            hit = self._stack.flip_everywhere(bits, self._y, self._yp, self._leaf_of, self._leaf_odd)
+        else:
+            self._y[bits] ^= 1
+            self._yp[bits] ^= 1
+            hit = self._leaf_of[bits].astype(np.int64)
+            np.logical_xor.at(self._leaf_odd, hit, True)
         # An honest Alice gives every bit one value in all passes, so a flip can
         # only make one-bit leaves even.  An odd one means two of her answers
         # disagree; going on would flip that bit back and forth forever.

@@ -3,11 +3,16 @@
 Theory of operation
 ===================
 
-Some loops of the core (Cascade's permuted views of a key, the merge of two
-sorted slot lists in the physics emulation) are sequential by nature; numpy
-does them with several passes over million-element temporaries, a compiled
-loop in one.  This module holds the numpy version of each; the compiled twin
-lives in :mod:`qcinode.core.kernels_numba`, which imports numba.
+Some loops of the core are sequential by nature, or touch a few entries of
+many small intervals; numpy does them with several passes over
+million-element temporaries (or a dozen calls per Cascade round), a compiled
+loop in one.  They are: Cascade's permuted views of a key, a bisection level
+and a correction's flips in every pass; the emission's class draw and class
+slots; the detector's merge of photon and dark-count slots and its click
+bits; the gap coding of sorted slot numbers (frames, transcripts, the wire);
+the lookup of sorted slots.  This module holds the numpy version of each; the
+compiled twin lives in :mod:`qcinode.core.kernels_numba`, which imports
+numba.
 
 Rules
 -----
@@ -76,11 +81,20 @@ __all__ = [
     "NUMBA_MIN_SIZE",
     "FeistelPermutation",
     "FeistelStack",
+    "bisect_level",
+    "categorical",
+    "class_order",
+    "click_bits",
+    "first_photon_on_one",
+    "gap_bounds",
+    "gap_bytes",
     "lookup_sorted",
+    "merge_clicks",
     "mode",
     "permuted_bits",
     "permuted_prefix_parity",
     "set_mode",
+    "slots_from_gaps",
     "use_numba",
     "warm_up",
 ]
@@ -94,7 +108,8 @@ block, where the compiled loops save more than the import costs once."""
 
 FEISTEL_ROUNDS: Final = 4
 """Rounds of the Feistel network of :class:`FeistelPermutation` (Luby-Rackoff:
-four make a pseudo-random permutation from random round functions)."""
+four make a pseudo-random permutation from random round functions).  Even:
+the compiled walk takes the rounds in (add, XOR) pairs."""
 
 MAX_N: Final = 1 << 31
 """Largest set :class:`FeistelPermutation` permutes (its halves are 32-bit)."""
@@ -184,6 +199,28 @@ def warm_up() -> bool:
     module.permuted_prefix_parity(bits, perm.tables, perm.low_bits, perm.high_size, perm.n, np.empty(4, np.uint8))
     values = np.arange(3, dtype=np.int64)
     module.lookup_sorted(values, values, np.empty(3, np.bool_), np.empty(3, np.int64))
+    at = np.empty(3, np.int64)
+    module.merge_clicks(values, values, values, np.empty(9, np.int64), at, at.copy(), at.copy())
+    on_one = np.empty(3, np.int32)
+    module.first_photon_on_one(bits, at, bits, bits, np.zeros(3), 0.01, on_one)
+    module.click_bits(at, on_one, np.ones(3, np.uint16), at, at, bits, at.copy())
+    module.gap_bounds(values)
+    for width in ("<u2", "<u4", "<u8"):
+        gaps = np.ones(3, width)
+        module.write_gaps(values, gaps)
+        module.slots_from_gaps(gaps, 10, at)
+        gaps.setflags(write=False)  # as a frame's gaps are read: a view of the received bytes
+        module.slots_from_gaps(gaps, 10, at)
+    module.categorical(np.zeros(3), np.zeros(2), bits)
+    module.class_order(bits, at, np.zeros(4, np.int64))
+    module.flip_everywhere(
+        values[:1], perm.tables.ravel(), 1, perm.tables.shape[1], perm.low_bits, perm.high_size, 3,
+        bits, np.zeros(6, np.uint8), np.zeros(6, np.int32), np.zeros(6, np.bool_), np.empty(2, np.int64),
+    )
+    table = np.array([0, 0, 0], np.int32)  # Cascade's tables are int32 below 2**31 entries
+    one = np.zeros(1, np.int64)
+    ends = np.array([3, 0, 0], np.int32)
+    module.bisect_level(3, bits, table, ends, np.zeros(3, np.bool_), one, one + 1, np.zeros(1, np.uint8), one.copy(), np.empty(2, np.int64))
     return True
 
 
@@ -300,6 +337,49 @@ class FeistelStack:
         self._tables = np.concatenate([p.tables.ravel() for p in members])
         self._width = int(members[0].tables.shape[1])
 
+    def __len__(self) -> int:
+        """Number of permutations."""
+        return len(self._members)
+
+    def flip_everywhere(
+        self,
+        bits: IntArray,
+        key: BitArray,
+        views: BitArray,
+        leaf_of: npt.NDArray[np.signedinteger[Any]],
+        leaf_odd: npt.NDArray[np.bool_],
+    ) -> IntArray:
+        """Flip key bits in the key and in every pass's view; toggle the leaves holding them.
+
+        Cascade's correction (rule 5 of :mod:`qcinode.core.cascade`): ``key``
+        is Bob's key, ``views`` its copy in pass 0's order (the identity)
+        followed by one per member, flat; ``leaf_of`` maps a flat position to
+        its leaf, whose odd flag in ``leaf_odd`` is toggled once per flipped
+        position in it.
+
+        Args:
+            bits: Distinct key positions to flip, sorted.
+
+        Returns:
+            The leaves toggled: pass 0's for every bit, then each member's, pass-major.
+        """
+        first = self._members[0]
+        n = first.n
+        if use_numba(n):
+            hit = np.empty((len(self._members) + 1) * bits.size, np.int64)
+            _twin("flip_everywhere")(
+                bits, self._tables, len(self._members), self._width, first.low_bits, first.high_size, n, key, views, leaf_of, leaf_odd, hit
+            )
+            return hit
+        key[bits] ^= 1
+        which = np.repeat(np.arange(len(self._members), dtype=np.int64), bits.size)
+        places = self.inverse(which, np.tile(bits, len(self._members)))
+        flips = np.concatenate([bits, (which + 1) * n + places])
+        views[flips] ^= 1
+        leaves: IntArray = leaf_of[flips].astype(np.int64, copy=False)
+        np.logical_xor.at(leaf_odd, leaves, True)
+        return leaves
+
     def forward(self, which: IntArray, x: IntArray) -> IntArray:
         """``members[which[i]].forward(x[i])`` for every ``i``."""
         return self._walk(np.asarray(which, np.int64), np.asarray(x, np.int64), inverse=False)
@@ -387,3 +467,266 @@ def lookup_sorted(sorted_values: IntArray, query: IntArray) -> tuple[npt.NDArray
         return np.zeros(query.size, np.bool_), clipped.astype(np.int64)
     found = (index < size) & (sorted_values[clipped] == query)
     return found, clipped.astype(np.int64, copy=False)
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def merge_clicks(
+    photon_slots: IntArray, dark0: IntArray, dark1: IntArray
+) -> tuple[IntArray, IntArray, IntArray, IntArray]:
+    """Merge a frame's photon slots with both detectors' dark-count slots.
+
+    Args:
+        photon_slots: Sorted, distinct slots carrying a detected photon.
+        dark0: Sorted, distinct slots where detector 0 had a dark count.
+        dark1: The same for detector 1.
+
+    Returns:
+        ``(relevant, photon_at, dark0_at, dark1_at)``: the sorted union of the
+        three, and where each input's slots sit in it.
+    """
+    if use_numba(photon_slots.size):
+        relevant = np.empty(photon_slots.size + dark0.size + dark1.size, np.int64)
+        photon_at = np.empty(photon_slots.size, np.int64)
+        dark0_at = np.empty(dark0.size, np.int64)
+        dark1_at = np.empty(dark1.size, np.int64)
+        size = _twin("merge_clicks")(photon_slots, dark0, dark1, relevant, photon_at, dark0_at, dark1_at)
+        return relevant[:size], photon_at, dark0_at, dark1_at
+    # The (few) dark-only slots are inserted into the photon slots instead of re-sorting.
+    darks = np.union1d(dark0, dark1)
+    is_photon_slot, _ = lookup_sorted(photon_slots, darks)
+    dark_only = darks[~is_photon_slot]
+    insert_at = np.searchsorted(photon_slots, dark_only)
+    relevant = np.insert(photon_slots, insert_at, dark_only)
+    # Photon slot j moves right by the number of dark-only slots inserted at or
+    # before j: 0 before the first insertion point, 1 up to the second, ...
+    # (a few hundred runs: one repeat, not a bincount and a cumsum over the frame).
+    runs = np.diff(insert_at, prepend=0, append=len(photon_slots))
+    photon_at = np.repeat(np.arange(len(insert_at) + 1, dtype=np.int64), runs)
+    photon_at += np.arange(len(photon_slots), dtype=np.int64)
+    return relevant, photon_at, np.searchsorted(relevant, dark0), np.searchsorted(relevant, dark1)
+
+
+def first_photon_on_one(
+    bases: BitArray,
+    photon_at: IntArray,
+    state_bases: BitArray,
+    state_bits: BitArray,
+    u: npt.NDArray[np.float64],
+    misalignment_error: float,
+) -> npt.NDArray[np.int32]:
+    """Whether each slot's first photon reaches detector 1 (int32 0/1).
+
+    In Bob's basis (``bases[photon_at]``) the photon lands on the detector of
+    its bit unless misaligned (``u < misalignment_error``), in the other
+    basis on either with probability 1/2 (``u < 0.5``).
+    """
+    if use_numba(u.size):
+        out = np.empty(u.size, np.int32)
+        _twin("first_photon_on_one")(bases, photon_at, state_bases, state_bits, u, misalignment_error, out)
+        return out
+    same_basis = bases[photon_at] == state_bases
+    # int32: at most `photons` (uint16) per slot, half the bytes of int64.
+    on_one: npt.NDArray[np.int32] = np.where(same_basis, state_bits ^ (u < misalignment_error), u < 0.5).astype(np.int32)
+    return on_one
+
+
+def click_bits(
+    size: int,
+    photon_at: IntArray,
+    on_one: npt.NDArray[np.int32],
+    photons: npt.NDArray[np.uint16],
+    dark0_at: IntArray,
+    dark1_at: IntArray,
+) -> tuple[BitArray, IntArray]:
+    """Which detector fired in each of ``size`` slots: Bob's bit, and the double clicks.
+
+    A slot's photons fire detector 1 when ``on_one > 0`` of them reach it
+    and detector 0 when fewer than all do; a dark count fires its detector.
+
+    Returns:
+        ``(bits, double)``: 1 where detector 1 fired (uint8), and the sorted
+        indices where both fired (their bits are drawn afterwards).
+    """
+    if use_numba(size):
+        bits = np.empty(size, np.uint8)
+        both = np.empty(size, np.int64)
+        count = _twin("click_bits")(photon_at, on_one, photons, dark0_at, dark1_at, bits, both)
+        return bits, both[:count]
+    fire0 = np.zeros(size, np.bool_)
+    fire1 = np.zeros(size, np.bool_)
+    fire0[photon_at] = on_one < photons
+    fire1[photon_at] = on_one > 0
+    fire0[dark0_at] = True
+    fire1[dark1_at] = True
+    return fire1.view(np.uint8).copy(), np.flatnonzero(fire0 & fire1)
+
+
+# --------------------------------------------------------------------------- gap coding
+
+
+def gap_bounds(values: IntArray) -> tuple[int, int, IntArray | None]:
+    """Smallest and largest gap of ``values`` (``numpy.diff`` with a 0 prepended).
+
+    Sorted slot numbers travel as their gaps in the narrowest unsigned width
+    that holds every gap; this says which.
+
+    Args:
+        values: A non-empty int64 array.
+
+    Returns:
+        ``(smallest, largest, gaps)``: ``gaps`` is the gap array where this
+        path had to build it (pass it on to :func:`gap_bytes`), else None.
+    """
+    if use_numba(values.size):
+        low, high = _twin("gap_bounds")(values)
+        return int(low), int(high), None
+    gaps = np.diff(values, prepend=np.int64(0))
+    return int(gaps.min()), int(gaps.max()), gaps
+
+
+def gap_bytes(values: IntArray, gaps: IntArray | None, dtype: str) -> bytes:
+    """The gaps of ``values`` as ``dtype`` (``<u2``, ``<u4`` or ``<u8``), as bytes.
+
+    Args:
+        values: The int64 array given to :func:`gap_bounds`.
+        gaps: What :func:`gap_bounds` returned for it.
+        dtype: The width chosen from its bounds.
+    """
+    if gaps is None and use_numba(values.size):
+        out = np.empty(values.size, dtype)
+        _twin("write_gaps")(values, out)
+        return out.tobytes()
+    if gaps is None:
+        gaps = np.diff(values, prepend=np.int64(0))
+    return gaps.astype(dtype).tobytes()
+
+
+def slots_from_gaps(gaps: npt.NDArray[np.unsignedinteger[Any]], n_slots: int) -> tuple[IntArray, str]:
+    """Slot numbers from their gaps (the first one from 0), checked against a frame of ``n_slots``.
+
+    Args:
+        gaps: Unsigned gaps, any width.
+        n_slots: Frame size, below ``2**62``.
+
+    Returns:
+        ``(slots, problem)``: ``problem`` is ``""``, or ``"unsorted"`` when a
+        gap after the first is 0, or ``"outside"`` when a slot reaches
+        ``n_slots`` (the first problem of these two found, in this order).
+    """
+    if gaps.size == 0:
+        return np.empty(0, np.int64), ""
+    if use_numba(gaps.size):
+        slots = np.empty(gaps.size, np.int64)
+        code = _twin("slots_from_gaps")(gaps, n_slots, slots)
+        return slots, ("", "unsorted", "outside")[code]
+    if np.any(gaps[1:] == 0):
+        return np.empty(0, np.int64), "unsorted"
+    wide = np.cumsum(gaps, dtype=np.uint64)
+    # Each gap is below 2**64, so a wrap-around of the running sum shows up as
+    # a decrease; without one, the last slot is the largest.
+    if np.any(wide[1:] <= wide[:-1]) or int(wide[-1]) >= n_slots:
+        return np.empty(0, np.int64), "outside"
+    return wide.astype(np.int64), ""
+
+
+# --------------------------------------------------------------------------- Cascade bisection
+
+
+def bisect_level(
+    size: int,
+    yp: BitArray,
+    leaf_of: npt.NDArray[np.signedinteger[Any]],
+    leaf_end: npt.NDArray[np.signedinteger[Any]],
+    leaf_odd: npt.NDArray[np.bool_],
+    keys: IntArray,
+    mid: IntArray,
+    answers: BitArray,
+) -> tuple[IntArray, IntArray]:
+    """Split Cascade leaves at their midpoints with Alice's answers (Bob's tables, in place).
+
+    Leaf ``keys[i]`` (``pass * size + start``, ending at the pass-local
+    ``leaf_end[keys[i]]``) becomes ``[start, mid[i])`` and ``[mid[i], end)``;
+    ``answers[i]`` is Alice's parity of the left half.  The left half is odd
+    where her answer differs from Bob's parity of ``yp`` over it, the right
+    half where the leaf was odd XOR the left half is (rule 4a of
+    :mod:`qcinode.core.cascade`); every position of the right half now belongs
+    to the right leaf (``leaf_of``).
+
+    Args:
+        size: Key length ``n``.
+        yp: Bob's key in every pass's order, flat.
+        leaf_of, leaf_end, leaf_odd: Bob's leaf tables, updated in place.
+        keys: Leaves to split (distinct, each at least two bits long).
+        mid: Pass-local split points.
+        answers: Alice's parities of the left halves (0/1).
+
+    Returns:
+        ``(right_keys, singles)``: the keys of the new right leaves, and the
+        odd leaves of one bit made here (located errors): the left ones in
+        ``keys`` order, then the right ones.
+    """
+    if use_numba(size):
+        right_keys = np.empty(keys.size, np.int64)
+        singles = np.empty(2 * keys.size, np.int64)
+        lefts, rights = _twin("bisect_level")(size, yp, leaf_of, leaf_end, leaf_odd, keys, mid, answers, right_keys, singles)
+        return right_keys, np.concatenate([singles[:lefts], singles[keys.size : keys.size + rights]])
+    base = keys - keys % size
+    ends = leaf_end[keys]
+    lengths = base + mid - keys
+    bits = yp[_ragged_index(keys, lengths)]
+    bob = np.bitwise_xor.reduceat(bits, np.cumsum(lengths) - lengths) if keys.size else np.zeros(0, np.uint8)
+    left_odd = (answers ^ bob).astype(np.bool_)
+    right_odd = leaf_odd[keys] ^ left_odd  # rule 4a
+    right_keys = base + mid
+    leaf_end[keys] = mid
+    leaf_odd[keys] = left_odd
+    leaf_end[right_keys] = ends
+    leaf_odd[right_keys] = right_odd
+    leaf_of[_ragged_index(right_keys, ends - mid)] = np.repeat(right_keys, ends - mid)
+    singles = np.concatenate([keys[left_odd & (lengths == 1)], right_keys[right_odd & (ends - mid == 1)]])
+    return right_keys, singles
+
+
+def _ragged_index(starts: IntArray, lengths: IntArray) -> IntArray:
+    """Concatenation of ``arange(start, start + length)`` for every pair."""
+    total = int(lengths.sum())
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(starts - offsets, lengths) + np.arange(total, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- emission
+
+
+def categorical(u: npt.NDArray[np.float64], edges: npt.NDArray[np.float64]) -> BitArray:
+    """``value[i]`` = how many of the increasing ``edges`` are ``<= u[i]`` (uint8).
+
+    With ``edges`` the first entries of a cumulative distribution, a uniform
+    ``u`` gives a draw of that distribution (inversion).
+    """
+    if use_numba(u.size):
+        out = np.empty(u.size, np.uint8)
+        _twin("categorical")(u, edges, out)
+        return out
+    values = np.zeros(u.size, np.uint8)
+    for edge in edges:  # a few classes: comparisons beat a binary search
+        values += u >= edge
+    return values
+
+
+def class_order(classes: BitArray, count: int) -> tuple[IntArray, IntArray]:
+    """The positions of each class value ``0..count-1``, class after class, each in increasing order.
+
+    Returns:
+        ``(order, bounds)``: class ``c`` sits at ``order[bounds[c]:bounds[c + 1]]``
+        (``numpy.flatnonzero(classes == c)``).
+    """
+    if use_numba(classes.size):
+        order = np.empty(classes.size, np.int64)
+        bounds = np.zeros(count + 1, np.int64)
+        _twin("class_order")(classes, order, bounds)
+        return order, bounds
+    bounds = np.zeros(count + 1, np.int64)
+    np.cumsum(np.bincount(classes, minlength=count)[:count], out=bounds[1:])
+    return np.argsort(classes, kind="stable").astype(np.int64, copy=False), bounds

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from .cascade import ParityQuery, ParityReply
+from .kernels import gap_bounds, gap_bytes
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -183,11 +184,19 @@ def _encode_array(value: np.ndarray, out: list[bytes]) -> None:
                 out.append(b"p" + head + struct.pack(">Q", count))
                 out.append(np.packbits(bits).tobytes())
                 return
+        elif value.dtype == np.int64 and count:  # slot numbers: one pass where compiled
+            values = np.ascontiguousarray(value)
+            low, top, gaps = gap_bounds(values)
+            if int(value[0]) >= 0 and low >= 0 and top < _GAP_LIMIT:
+                narrow = top < _NARROW_GAP_LIMIT  # dense slots: 16-bit gaps, half the bytes to hash
+                out.append((b"h" if narrow else b"g") + head + struct.pack(">Q", count))
+                out.append(gap_bytes(values, gaps, "<u2" if narrow else "<u4"))
+                return
         elif value.dtype.kind in "iu" and count:
             gaps = np.diff(value, prepend=value.dtype.type(0))
             top = int(gaps.max())
             if int(value[0]) >= 0 and int(gaps.min()) >= 0 and top < _GAP_LIMIT:
-                narrow = top < _NARROW_GAP_LIMIT  # dense slots: 16-bit gaps, half the bytes to hash
+                narrow = top < _NARROW_GAP_LIMIT
                 out.append((b"h" if narrow else b"g") + head + struct.pack(">Q", count))
                 out.append(gaps.astype("<u2" if narrow else "<u4").tobytes())
                 return

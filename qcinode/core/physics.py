@@ -85,7 +85,7 @@ from typing import Final, Protocol
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from qcinode.core.kernels import lookup_sorted
+from qcinode.core.kernels import categorical, class_order, click_bits, first_photon_on_one, gap_bounds, gap_bytes, lookup_sorted, merge_clicks, slots_from_gaps
 from qcinode.core.randomness import KeyRandomness
 from qcinode.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
@@ -319,9 +319,9 @@ class PhotonFrame:
         bases and as many of packed bits.
         """
         count = len(self.slots)
-        gaps = np.diff(self.slots, prepend=np.int64(0)) if count else np.empty(0, np.int64)
+        slots = np.ascontiguousarray(self.slots, dtype=np.int64)
+        _, top_gap, gaps = gap_bounds(slots) if count else (0, 0, np.empty(0, np.int64))
         flags = 0
-        top_gap = int(gaps.max()) if count else 0
         if top_gap > 0xFFFFFFFF:
             flags |= _FLAG_WIDE_GAPS
         elif top_gap <= 0xFFFF:
@@ -333,7 +333,7 @@ class PhotonFrame:
         return b"".join(
             (
                 _FRAME_HEADER.pack(_FRAME_MAGIC, flags, self.n_slots, count),
-                gaps.astype(gap_dtype).tobytes(),
+                gap_bytes(slots, gaps, gap_dtype),
                 self.photons.astype(photon_dtype).tobytes(),
                 np.packbits(self.state_bases).tobytes(),
                 np.packbits(self.state_bits).tobytes(),
@@ -379,25 +379,20 @@ class PhotonFrame:
         packed_bases = np.frombuffer(view, np.uint8, packed, offset)
         packed_bits = np.frombuffer(view, np.uint8, packed, offset + packed)
 
-        if count:
-            if np.any(gaps[1:] == 0):
-                raise RemoteProtocolError("PhotonFrame: slots not strictly increasing")
-            slots = np.cumsum(gaps, dtype=np.uint64)
-            # Each gap is below 2**64, so a wrap-around of the running sum shows
-            # up as a decrease; without one, the last slot is the largest.
-            if np.any(slots[1:] <= slots[:-1]) or int(slots[-1]) >= n_slots:
-                raise RemoteProtocolError("PhotonFrame: slot outside the frame")
-            if not np.all(photons):
-                raise RemoteProtocolError("PhotonFrame: slot with zero photons")
-        else:
-            slots = np.empty(0, np.uint64)
+        slots, problem = slots_from_gaps(gaps, n_slots)
+        if problem == "unsorted":
+            raise RemoteProtocolError("PhotonFrame: slots not strictly increasing")
+        if problem:
+            raise RemoteProtocolError("PhotonFrame: slot outside the frame")
+        if count and not np.all(photons):
+            raise RemoteProtocolError("PhotonFrame: slot with zero photons")
         bases = np.unpackbits(packed_bases, count=packed * 8)
         bits = np.unpackbits(packed_bits, count=packed * 8)
         if np.any(bases[count:]) or np.any(bits[count:]):
             raise RemoteProtocolError("PhotonFrame: non-zero padding bits")
         return cls(
             n_slots=int(n_slots),
-            slots=slots.astype(np.int64),
+            slots=slots,
             photons=photons.astype(np.uint16),
             state_bases=bases[:count].copy(),
             state_bits=bits[:count].copy(),
@@ -494,11 +489,7 @@ def _zero_truncated_poisson(rng: np.random.Generator, mean: float, size: int) ->
 def _categorical(rng: KeyRandomness, weights: NDArray[np.float64], size: int) -> UInt8Array:
     """Draw ``size`` values in ``0..len(weights)-1`` with probability ∝ ``weights``."""
     cdf = np.cumsum(weights / weights.sum())
-    u = rng.random(size)
-    values = np.zeros(size, np.uint8)
-    for edge in cdf[:-1]:  # three classes: two comparisons beat a binary search
-        values += u >= edge
-    return values
+    return categorical(np.asarray(rng.random(size), dtype=np.float64), cdf[:-1])
 
 
 def _bases(rng: KeyRandomness, z_probability: float, size: int) -> UInt8Array:
@@ -836,15 +827,16 @@ def transmit(
     bits = _bits(key_rng, count)
 
     photons = np.empty(count, np.uint16)
+    order, bounds = class_order(classes, 3)
     for cls in (CLASS_SIGNAL, CLASS_DECOY, CLASS_VACUUM):
-        mask = classes == cls
-        n_cls = int(np.count_nonzero(mask))
+        where = order[bounds[cls] : bounds[cls + 1]]  # this class's slots, in slot order
+        n_cls = int(where.size)
         if n_cls and phys.photon_number_splitting:
-            photons[mask] = _pns_photon_counts(
+            photons[where] = _pns_photon_counts(
                 noise_rng, phys.intensities[cls], phys.detector_efficiency, n_cls
             )
         elif n_cls:
-            photons[mask] = _zero_truncated_poisson(noise_rng, phys.detected_mean(cls), n_cls)
+            photons[where] = _zero_truncated_poisson(noise_rng, phys.detected_mean(cls), n_cls)
 
     # Ground truth for tests and benches (never sent): under photon-number
     # splitting every materialised slot is a multi-photon pulse Eve kept a
@@ -924,34 +916,11 @@ def detect(
     dark0 = _bernoulli_positions(noise_rng, n_slots, p_dark)
     dark1 = _bernoulli_positions(noise_rng, n_slots, p_dark)
 
-    # Relevant slots: photon slots plus dark-only slots, kept sorted by inserting
-    # the (few) dark-only ones into the photon slots instead of re-sorting.
-    darks = np.union1d(dark0, dark1)
-    is_photon_slot, _ = _lookup(frame.slots, darks)
-    dark_only = darks[~is_photon_slot]
-    insert_at = np.searchsorted(frame.slots, dark_only)
-    relevant = np.insert(frame.slots, insert_at, dark_only)
-    # Photon slot j moves right by the number of dark-only slots inserted at or
-    # before j: 0 before the first insertion point, 1 up to the second, ...
-    # (a few hundred runs: one repeat, not a bincount and a cumsum over the frame).
-    runs = np.diff(insert_at, prepend=0, append=len(frame.slots))
-    photon_index = np.repeat(np.arange(len(insert_at) + 1, dtype=np.int64), runs)
-    photon_index += np.arange(len(frame.slots), dtype=np.int64)
-
+    # Relevant slots: photon slots plus dark-only slots, sorted (one merge).
+    relevant, photon_index, dark0_at, dark1_at = merge_clicks(frame.slots, dark0, dark1)
     our_bases = _bases(key_rng, phys.z_basis_probability, len(relevant))
-
-    fire0 = np.zeros(len(relevant), np.bool_)
-    fire1 = np.zeros(len(relevant), np.bool_)
-    photon_fire0, photon_fire1 = _route_photons(
-        noise_rng, phys.misalignment_error, our_bases[photon_index], frame
-    )
-    fire0[photon_index] = photon_fire0
-    fire1[photon_index] = photon_fire1
-    fire0[np.searchsorted(relevant, dark0)] = True
-    fire1[np.searchsorted(relevant, dark1)] = True
-
-    bits = fire1.astype(np.uint8)
-    double = np.flatnonzero(fire0 & fire1)
+    on_one = _route_photons(noise_rng, phys.misalignment_error, our_bases, photon_index, frame)
+    bits, double = click_bits(len(relevant), photon_index, on_one, frame.photons, dark0_at, dark1_at)
     bits[double] = _bits(key_rng, double.size)
     return Clicks(n_slots=n_slots, slots=relevant, bases=our_bases, bits=bits)
 
@@ -960,28 +929,32 @@ def _route_photons(
     rng: np.random.Generator,
     misalignment_error: float,
     our_bases: UInt8Array,
+    photon_index: Int64Array,
     frame: PhotonFrame,
-) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """Send each detected photon to detector 0 or 1; return which fired."""
-    same_basis = our_bases == frame.state_bases
-    u = rng.random(len(same_basis))
+) -> NDArray[np.int32]:
+    """Send each detected photon to detector 0 or 1; return how many reach detector 1 per slot.
+
+    Bob's basis of photon slot ``j`` is ``our_bases[photon_index[j]]``.
+    Detector 1 fires where the count is above 0, detector 0 where it is
+    below the slot's photon count (:func:`qcinode.core.kernels.click_bits`).
+    """
+    u = rng.random(len(frame.slots))
     # First photon of each slot: in Bob's basis it lands on the detector of its
     # bit unless misaligned; in the other basis on either with probability 1/2.
-    # int32: at most `photons` (uint16) per slot, half the bytes of int64.
-    on_one = np.where(
-        same_basis, frame.state_bits ^ (u < misalignment_error), u < 0.5
-    ).astype(np.int32)
+    on_one = first_photon_on_one(
+        our_bases, photon_index, frame.state_bases, frame.state_bits, u, misalignment_error
+    )
     photons = frame.photons
     multi = np.flatnonzero(photons > 1)
     if multi.size:
         state_bits = frame.state_bits[multi]
         p_one = np.where(
-            same_basis[multi],
+            our_bases[photon_index[multi]] == frame.state_bases[multi],
             np.where(state_bits == 1, 1.0 - misalignment_error, misalignment_error),
             0.5,
         )
         on_one[multi] += rng.binomial(photons[multi].astype(np.int64) - 1, p_one).astype(np.int32)
-    return on_one < photons, on_one > 0
+    return on_one
 
 
 # --------------------------------------------------------------------------- closed forms

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..core import messages as m
 from ..core.cascade import ParityQuery, ParityReply
+from ..core.kernels import gap_bounds, gap_bytes
 from ..core.resync import Hello, HelloKind, LinkSnapshot
 from ..core.roles import Role
 from ..errors import RemoteProtocolError
@@ -33,9 +34,8 @@ def _unpack(data: bytes, count: int, what: str) -> np.ndarray:
     return np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count)
 
 
-def _gap_width(gaps: np.ndarray) -> int:
-    """Bytes per slot gap: 2 while every gap fits (short links, high rates), else 4, else 8."""
-    top = int(gaps.max()) if len(gaps) else 0
+def _gap_width(top: int) -> int:
+    """Bytes per slot gap given the largest: 2 while every gap fits (short links, high rates), else 4, else 8."""
     return 2 if top < 1 << 16 else 4 if top < 1 << 32 else 8
 
 
@@ -70,15 +70,16 @@ def encode(msg: m.Message) -> pb.ClassicalMessage:
     """A core message as the protobuf envelope."""
     match msg:
         case m.DetectionReport():
-            gaps = np.diff(msg.slots.astype(np.int64, copy=False), prepend=0)
-            width = _gap_width(gaps)
+            slots = np.ascontiguousarray(msg.slots, dtype=np.int64)
+            _, top, gaps = gap_bounds(slots) if len(slots) else (0, 0, None)
+            width = _gap_width(top)
             return pb.ClassicalMessage(
                 detection_report=pb.DetectionReport(
                     frame_id=msg.frame_id,
                     n_slots=msg.n_slots,
-                    slot_gaps=gaps.astype(f"<u{width}").tobytes(),
+                    slot_gaps=gap_bytes(slots, gaps, f"<u{width}") if len(slots) else b"",
                     bases=_pack(msg.bases),
-                    count=len(gaps),
+                    count=len(slots),
                     gap_bytes=width,
                 )
             )

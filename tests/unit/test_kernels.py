@@ -161,6 +161,194 @@ def test_cascade_gives_the_same_transcript_with_either_path(restore_mode: None) 
     assert slow_msgs == fast_msgs and np.array_equal(slow_key, fast_key)
 
 
+def _merge_cases() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(3)
+    photons = np.unique(rng.integers(0, 10**7, 300_000))
+    dark0 = np.unique(np.concatenate([rng.integers(-0, 10**7, 500), photons[:: 997]]))
+    dark1 = np.unique(np.concatenate([rng.integers(0, 10**7, 500), dark0[::7], [10**7 + 3]]))
+    empty = np.empty(0, np.int64)
+    return [
+        (photons, dark0, dark1),  # darks on photon slots, on each other, past the last photon
+        (photons, empty, empty),
+        (empty, dark0, dark1),
+        (photons[:1], np.array([0, photons[0], photons[0] + 1]), empty),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_merge_clicks_numba_equals_numpy(case: int, restore_mode: None) -> None:
+    photons, dark0, dark1 = _merge_cases()[case]
+    slow, fast = _both(kernels.merge_clicks, photons, dark0, dark1)
+    relevant, photon_at, dark0_at, dark1_at = slow
+    assert np.array_equal(relevant, np.union1d(photons, np.union1d(dark0, dark1)))
+    assert np.array_equal(relevant[photon_at], photons)
+    assert np.array_equal(relevant[dark0_at], dark0) and np.array_equal(relevant[dark1_at], dark1)
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(slow, fast, strict=True))
+
+
+def test_click_kernels_numba_equal_numpy(restore_mode: None) -> None:
+    rng = np.random.default_rng(4)
+    size, count = 400_000, 300_000
+    photon_at = np.sort(rng.choice(size, count, replace=False)).astype(np.int64)
+    bases = rng.integers(0, 2, size, dtype=np.uint8)
+    state_bases = rng.integers(0, 2, count, dtype=np.uint8)
+    state_bits = rng.integers(0, 2, count, dtype=np.uint8)
+    u = rng.random(count)
+    slow_on, fast_on = _both(kernels.first_photon_on_one, bases, photon_at, state_bases, state_bits, u, 0.05)
+    same = bases[photon_at] == state_bases
+    assert np.array_equal(slow_on[same], state_bits[same] ^ (u[same] < 0.05))
+    assert np.array_equal(slow_on[~same], u[~same] < 0.5)
+    assert np.array_equal(slow_on, fast_on) and slow_on.dtype == fast_on.dtype == np.int32
+
+    photons = rng.integers(1, 4, count).astype(np.uint16)
+    on_one = np.minimum(slow_on + rng.integers(0, 3, count), photons).astype(np.int32)
+    dark0_at = np.unique(rng.integers(0, size, 3000))
+    dark1_at = np.unique(rng.integers(0, size, 3000))
+    (slow_bits, slow_double), (fast_bits, fast_double) = _both(
+        kernels.click_bits, size, photon_at, on_one, photons, dark0_at, dark1_at
+    )
+    fire0 = np.zeros(size, np.bool_)
+    fire1 = np.zeros(size, np.bool_)
+    fire0[photon_at], fire1[photon_at] = on_one < photons, on_one > 0
+    fire0[dark0_at] = fire1[dark1_at] = True
+    assert np.array_equal(slow_bits, fire1) and np.array_equal(slow_double, np.flatnonzero(fire0 & fire1))
+    assert np.array_equal(slow_bits, fast_bits) and np.array_equal(slow_double, fast_double)
+    assert slow_bits.dtype == fast_bits.dtype == np.uint8
+
+
+def test_detect_gives_the_same_clicks_with_either_path(restore_mode: None) -> None:
+    from qcinode.core.physics import LinkPhysics, PhotonFrame, detect, transmit
+
+    phys = LinkPhysics(
+        intensities=(0.6, 0.2, 0.0), class_probabilities=(0.7, 0.2, 0.1), z_basis_probability=0.9,
+        fibre_transmittance=0.6, detector_efficiency=0.3, dark_count_probability=1e-4,
+        misalignment_error=0.02,
+    )
+    frame, _ = transmit(phys, 3_000_000, np.random.default_rng(1), np.random.default_rng(2))
+    frame = PhotonFrame.from_bytes(frame.to_bytes())
+
+    def run() -> tuple[np.ndarray, ...]:
+        clicks = detect(phys, frame, np.random.default_rng(3), np.random.default_rng(4))
+        return clicks.slots, clicks.bases, clicks.bits
+
+    slow, fast = _both(run)
+    assert len(slow[0]) > kernels.NUMBA_MIN_SIZE
+    assert all(np.array_equal(a, b) for a, b in zip(slow, fast, strict=True))
+
+
+def _gap_cases() -> list[np.ndarray]:
+    rng = np.random.default_rng(5)
+    dense = np.unique(rng.integers(0, 10**7, 300_000))
+    return [
+        dense,  # every gap below 2**16
+        np.concatenate([dense, [10**11]]),  # one wide gap
+        np.concatenate([[0], dense]),  # first slot 0
+        rng.integers(-(10**9), 10**9, 200_000),  # unsorted, negative gaps
+        np.array([5]),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_gap_coding_numba_equals_numpy(case: int, restore_mode: None) -> None:
+    values = _gap_cases()[case]
+    gaps = np.diff(values, prepend=0)
+    for mode in ("numpy", "numba"):
+        kernels.set_mode(mode)
+        low, high, held = kernels.gap_bounds(values)
+        assert (low, high) == (gaps.min(), gaps.max())
+        for width in ("<u2", "<u4", "<u8"):
+            assert kernels.gap_bytes(values, held, width) == gaps.astype(width).tobytes()
+
+
+def _slot_gap_cases() -> list[tuple[np.ndarray, int, str]]:
+    rng = np.random.default_rng(6)
+    slots = np.unique(rng.integers(0, 10**8, 300_000))
+    gaps = np.diff(slots, prepend=0).astype("<u4")
+    zero = gaps.copy()
+    zero[1000] = 0
+    wrap = np.concatenate([gaps.astype("<u8"), np.array([2**64 - 1, 5], "<u8")])
+    late_zero = np.concatenate([gaps.astype("<u8"), np.array([10**9, 0], "<u8")])
+    first_zero = np.minimum(gaps, 7).astype("<u2")
+    first_zero[0] = 0
+    return [
+        (gaps, 10**8, ""),
+        (gaps, int(slots[-1]), "outside"),  # the last slot is the frame size
+        (gaps, int(slots[-1]) + 1, ""),
+        (zero, 10**8, "unsorted"),
+        (wrap, 10**8, "outside"),  # the running sum wraps past 2**64
+        (late_zero, 10**8, "unsorted"),  # a zero gap after a slot outside: still unsorted
+        (first_zero, 2**40, ""),  # slot 0 first
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_slots_from_gaps_numba_equals_numpy(case: int, restore_mode: None) -> None:
+    gaps, n_slots, problem = _slot_gap_cases()[case]
+    (slow, slow_problem), (fast, fast_problem) = _both(kernels.slots_from_gaps, gaps, n_slots)
+    assert slow_problem == fast_problem == problem
+    if not problem:
+        assert np.array_equal(slow, np.cumsum(gaps, dtype=np.int64)) and np.array_equal(slow, fast)
+
+
+def test_emission_kernels_numba_equal_numpy(restore_mode: None) -> None:
+    rng = np.random.default_rng(7)
+    u = rng.random(300_000)
+    u[:3] = [0.0, 0.7, 0.9]  # on the edges
+    edges = np.array([0.7, 0.9])
+    slow, fast = _both(kernels.categorical, u, edges)
+    assert np.array_equal(slow, (u >= 0.7).astype(np.uint8) + (u >= 0.9)) and np.array_equal(slow, fast)
+    assert slow.dtype == fast.dtype == np.uint8
+    for classes in (slow, np.zeros(200_000, np.uint8), np.full(200_000, 2, np.uint8)):
+        (order, bounds), (fast_order, fast_bounds) = _both(kernels.class_order, classes, 3)
+        for c in range(3):
+            assert np.array_equal(order[bounds[c] : bounds[c + 1]], np.flatnonzero(classes == c))
+        assert np.array_equal(order, fast_order) and np.array_equal(bounds, fast_bounds)
+
+
+def test_transmit_gives_the_same_frame_with_either_path(restore_mode: None) -> None:
+    from qcinode.core.physics import LinkPhysics, transmit
+
+    phys = LinkPhysics(
+        intensities=(0.6, 0.2, 0.0), class_probabilities=(0.7, 0.2, 0.1), z_basis_probability=0.9,
+        fibre_transmittance=0.6, detector_efficiency=0.3, dark_count_probability=1e-4,
+        misalignment_error=0.02,
+    )
+
+    def run() -> bytes:
+        frame, record = transmit(phys, 3_000_000, np.random.default_rng(1), np.random.default_rng(2))
+        assert len(frame) > kernels.NUMBA_MIN_SIZE
+        return frame.to_bytes() + record.classes.tobytes()
+
+    slow, fast = _both(run)
+    assert slow == fast
+
+
+def test_stack_flips_like_the_numpy_path(restore_mode: None) -> None:
+    n = (1 << 17) + 9
+    rng = np.random.default_rng(8)
+    stack = FeistelStack([FeistelPermutation.from_seed(s, n) for s in (11, 12, 13)])
+    bits = np.unique(rng.integers(0, n, 300))
+    key = rng.integers(0, 2, n, dtype=np.uint8)
+    views = rng.integers(0, 2, 4 * n, dtype=np.uint8)
+    leaf_of = (np.arange(4 * n) // 64 * 64).astype(np.int32)
+    leaf_odd = rng.random(4 * n) < 0.5
+
+    def run() -> tuple[np.ndarray, ...]:
+        state = key.copy(), views.copy(), leaf_of.copy(), leaf_odd.copy()
+        hit = stack.flip_everywhere(bits, *state)
+        return (hit, *state)
+
+    slow, fast = _both(run)
+    assert all(np.array_equal(a, b) for a, b in zip(slow, fast, strict=True))
+    hit, new_key, new_views, _, new_odd = slow
+    places = [bits] + [(p + 1) * n + stack.inverse(np.full(bits.size, p), bits) for p in range(3)]
+    flat = np.concatenate(places)
+    assert np.array_equal(hit, leaf_of[flat]) and np.array_equal(np.flatnonzero(new_key != key), bits)
+    assert np.array_equal(np.flatnonzero(new_views != views), np.sort(flat))
+    toggles = np.bincount(hit, minlength=4 * n) % 2 == 1
+    assert np.array_equal(new_odd, leaf_odd ^ toggles)
+
+
 # --------------------------------------------------------------------------- mode, laziness, cache
 
 
