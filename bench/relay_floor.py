@@ -41,10 +41,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
+from relay import WARMUP_REQUESTS, chain_topology, log, percentile  # bench/relay.py, beside this file
 
 from qcinode import logs
 from qcinode.kme.handlers import EncRequest
@@ -55,31 +57,14 @@ from qcinode.topology import FaultConfig, load_topology
 #: Longer than the hold fault's delay: a held link waits for its peer without giving up the session.
 HELD_STAGE_TIMEOUT_S = 600.0
 HOLD = FaultConfig(kind="delay", probability=1.0, delay_ms=60_000, channel="postprocessing")
-
-
-def chain_yaml(nodes: list[str]) -> str:
-    saes = "".join(f"  - name: {n}\n    saes: [{n}-app]\n" for n in nodes)
-    links = "".join(f"  - between: [{a}, {b}]\n    length_km: 10\n" for a, b in zip(nodes, nodes[1:]))
-    return (
-        "name: relay-floor\n"
-        "defaults:\n  source: {rate_hz: 1.0e9}\n  postprocessing: {block_bits: 100000}\n"
-        "emulation: {speed: max}\n"
-        f"nodes:\n{saes}links:\n{links}"
-    )
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def percentile(sorted_ms: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    return sorted_ms[max(0, min(len(sorted_ms) - 1, round(q / 100 * len(sorted_ms)) - 1))]
+BLOCK_BITS = 100_000
 
 
 async def run(args: argparse.Namespace, work: Path) -> list[tuple[int, list[float], float]]:
     names = [f"n{i}" for i in range(args.hops + 1)]
-    (work / "topology.yaml").write_text(chain_yaml(names))
+    mapping = chain_topology("relay-floor", names, {n: [f"{n}-app"] for n in names}, speed="max", rate_hz=1e9)
+    mapping["defaults"]["postprocessing"]["block_bits"] = BLOCK_BITS
+    (work / "topology.yaml").write_text(yaml.safe_dump(mapping, sort_keys=False))
     topology = load_topology(work / "topology.yaml")
     make_certificates(cert_plan(topology), work / "certs", bootstrap_key_bytes=8192)
     peers: dict[str, dict[str, str]] = {n: {} for n in names}
@@ -120,7 +105,7 @@ async def run(args: argparse.Namespace, work: Path) -> list[tuple[int, list[floa
         results = []
         for hops in range(1, args.hops + 1):
             request = EncRequest(master_sae=f"{names[0]}-app", slave_saes=(f"{names[hops]}-app",), number=args.number, size_bits=256)
-            for _ in range(5):  # warm-up: first channel use, first save of each link
+            for _ in range(WARMUP_REQUESTS):  # first channel use, first save of each link
                 await source.deliver(request)
             walls: list[float] = []
             cpu0 = time.process_time()
@@ -128,7 +113,7 @@ async def run(args: argparse.Namespace, work: Path) -> list[tuple[int, list[floa
                 t0 = time.perf_counter()
                 await source.deliver(request)
                 walls.append(1e3 * (time.perf_counter() - t0))
-            results.append((hops, sorted(walls), 1e3 * (time.process_time() - cpu0) / args.requests))
+            results.append((hops, walls, 1e3 * (time.process_time() - cpu0) / args.requests))
         return results
     finally:
         for node in nodes.values():
@@ -151,7 +136,7 @@ def main() -> int:
     print(f"== relay floor: chain of {args.hops + 1} nodes in one process, links held; {args.requests} requests of {args.number} x 256-bit key ==")
     print("  hops   wall p50    p90    p99    max   CPU per request (all nodes)   ms")
     for hops, walls, cpu_ms in results:
-        print(f"  {hops:4d}   {percentile(walls, 50):8.2f} {percentile(walls, 90):6.2f} {percentile(walls, 99):6.2f} {walls[-1]:6.2f}   {cpu_ms:8.2f}")
+        print(f"  {hops:4d}   {percentile(walls, 50):8.2f} {percentile(walls, 90):6.2f} {percentile(walls, 99):6.2f} {max(walls):6.2f}   {cpu_ms:8.2f}")
     return 0
 
 
