@@ -250,14 +250,18 @@ class _Block:
         were. Shared by the snapshots taken meanwhile, so never to be mutated.
         """
         if self._saved_form is None:
-            self._saved_form = {
-                "block_id": self.block_id,
-                "size": self.size,
-                "digest": self.digest.hex(),
-                "data": {role.value: (None if self.data[role] is None else _EXTERNAL) for role in Role},
-                "used": {role.value: [[s, e] for s, e in self.used[role]] for role in Role},
-            }
+            self._saved_form = self.state(self.used, inline=False)
         return self._saved_form
+
+    def state(self, used: dict[Role, list[Interval]], *, inline: bool) -> dict[str, Any]:
+        """The block as :meth:`LinkKeyPool.to_state` writes it, with ``used`` as its ledger."""
+        return {
+            "block_id": self.block_id,
+            "size": self.size,
+            "digest": self.digest.hex(),
+            "data": {role.value: (None if (d := self.data[role]) is None else d.hex() if inline else _EXTERNAL) for role in Role},
+            "used": {role.value: [[s, e] for s, e in used[role]] for role in Role},
+        }
 
     def is_fully_used(self) -> bool:
         return all(
@@ -624,20 +628,7 @@ class LinkKeyPool:
                 for start, end in saved_as_used[block.block_id]:
                     _add(ours, start, end)
                 used = {**used, self._role: ours}
-            blocks.append(
-                {
-                    "block_id": block.block_id,
-                    "size": block.size,
-                    "digest": block.digest.hex(),
-                    "data": {
-                        role.value: (None if (d := block.data[role]) is None else d.hex() if inline else _EXTERNAL)
-                        for role in Role
-                    },
-                    "used": {
-                        role.value: [[s, e] for s, e in used[role]] for role in Role
-                    },
-                }
-            )
+            blocks.append(block.state(used, inline=inline))
         closed: list[Any] = (
             [_closed_to_state(block_id, c) for block_id, c in self._closed.items()] if inline else list(self._closed)
         )
