@@ -394,6 +394,7 @@ def _node_settings(args: argparse.Namespace, pod_name: str | None) -> NodeSettin
         skip_listen=args.skip_listen,
         multipath_shares=args.multipath,
         seed=args.seed,
+        protocol_runner="process",
     )
 
 

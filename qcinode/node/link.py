@@ -28,7 +28,6 @@ import structlog
 from ..core.channel import Idle, SlotClock, next_frame
 from ..core.clock import NetworkClock
 from ..core.physics import PhotonFrame
-from ..core.pipeline import AliceLink, BobLink
 from ..core.pipeline import LinkState as Phase
 from ..core.randomness import KeyRandomness
 from ..core.resync import CursorBehind, HelloExchange, HelloRefused, LinkSnapshot, Reconciliation
@@ -53,6 +52,7 @@ from ..transport.pb import link_pb2_grpc as pb_grpc
 from .access import caller_common_name
 from .faults import FaultInjector
 from .offload import Offload
+from .protocol_worker import RemoteLink
 from .runtime import LinkRuntime, next_frame_slots
 from .tasks import Companions, cancelled_when
 
@@ -94,16 +94,19 @@ def link_snapshot(rt: LinkRuntime) -> LinkSnapshot:
     )
 
 
-def apply_reconciliation(rt: LinkRuntime, plan: Reconciliation) -> None:
+async def apply_reconciliation(rt: LinkRuntime, plan: Reconciliation) -> None:
     """This end's side of an authenticated Hello exchange (its MAC-key reserve is already done).
 
     Settles the block held pending Alice's Commit, keeps only the blocks both
-    ends hold, and moves the sequence numbers on; the caller saves.
+    ends hold, and moves the sequence numbers on; the caller saves. Call it
+    holding the link's ``step_lock`` (settling may stage a MAC-key refill).
     """
-    if rt.pending_bob is not None:
+    pending, rt.pending_bob = rt.pending_bob, None
+    if pending is not None:
         if plan.accept_pending is not None:
-            rt.record(rt.pending_bob.settle_pending(plan.accept_pending))
-        rt.pending_bob = None
+            rt.record(await pending.settle_pending(plan.accept_pending))
+        else:
+            pending.drop()
     keep = {f"{rt.link_id}/{seq}" for seq in plan.keep_block_seqs}
     rt.pool.retain_only(keep & set(rt.pool.block_ids))
     rt.next_block_seq = max(rt.next_block_seq, plan.next_block_seq)
@@ -224,11 +227,25 @@ class AliceWorker:
             )
             raise TransportError("MAC-key cursor was behind the peer's; dialling again")
         assert isinstance(result, Reconciliation)
-        apply_reconciliation(rt, result)
+        async with rt.step_lock:
+            await apply_reconciliation(rt, result)
         await rt.persist_async(self.offload.storage)
         quantum = pb_grpc.QuantumChannelStub(channel).Transmit()
-        alice = AliceLink(rt.config, rt.auth, self.key_rng, self.noise_rng, next_block_seq=rt.next_block_seq)
-        alice.next_frame_id = rt.next_frame_id
+        try:
+            alice = await RemoteLink.open(
+                self.offload.runner,
+                alice=True,
+                config=rt.config,
+                reserve=rt.auth,
+                key_rng=self.key_rng,
+                noise_rng=self.noise_rng,
+                next_block_seq=rt.next_block_seq,
+                next_frame_id=rt.next_frame_id,
+            )
+        except BaseException:
+            quantum.cancel()
+            call.cancel()
+            raise
         rt.alice_session = alice
         rt.state = LinkState.UP
         self.log.info("link.session_started", next_block_seq=rt.next_block_seq, auth_cursor=rt.auth.cursor)
@@ -242,12 +259,18 @@ class AliceWorker:
                 companions.start(self._drain_acks(quantum), name=f"{rt.link_id} acks")
                 await self._run_blocks(alice, call, quantum, position)
         finally:
-            self._log_events(rt.record(alice.abandon(_lost_reason(rt, self.faults))))
-            rt.try_persist()
+            if rt.alice_session is alice:
+                rt.alice_session = None
+            alice.abandon(_lost_reason(rt, self.faults), self._abandoned)
             quantum.cancel()
             call.cancel()
 
-    async def _run_blocks(self, alice: AliceLink, call: Any, quantum: Any, position: SlotClock) -> None:
+    def _abandoned(self, events: list[Any]) -> None:
+        """A broken session's last block events (its open block aborted): recorded and saved."""
+        self._log_events(self.rt.record(events))
+        self.rt.try_persist()
+
+    async def _run_blocks(self, alice: RemoteLink, call: Any, quantum: Any, position: SlotClock) -> None:
         """The session's loop: frames out, classical messages in and out, until the session breaks."""
         rt = self.rt
         rate_hz = rt.link.source.rate_hz
@@ -271,7 +294,7 @@ class AliceWorker:
                         await asyncio.sleep(delay)
                 at_utc = plan.at_utc if rt.config.channel is not None else None
                 # emit_frame draws pulses and touches no MAC key: no snapshot of the reserve needed.
-                frame_id, n_slots, payload = await self.offload.step(_emit_frame, alice, plan.n_slots, at_utc, plan.close_block, ahead)
+                frame_id, n_slots, payload = await alice.emit_frame(plan.n_slots, at_utc, plan.close_block, ahead)
                 position.advance(plan.n_slots)
                 rt.next_frame_id = alice.next_frame_id
                 rt.note_frame(plan.n_slots)
@@ -285,14 +308,14 @@ class AliceWorker:
                 raise TransportError("peer closed the classical channel")
             cursor = rt.auth.cursor
             async with rt.stepping():
-                outs = await self.offload.step(_receive_envelope, alice, envelope)
+                outs = await alice.receive(envelope)
             rt.next_block_seq = alice.next_block_seq
             events = rt.record(alice.take_events())
             if events or rt.auth.cursor != cursor:
                 await rt.persist_async(self.offload.storage)  # before the tag or the Commit leaves
             self._log_events(events)
             for out in outs:
-                for wire in await self.fault(rt.link_id, "A>B", codec.encode(out)):
+                for wire in await self.fault(rt.link_id, "A>B", out):
                     await call.write(wire)
 
     async def _idle(self, idle: Idle, t: float) -> float:
@@ -325,17 +348,6 @@ class AliceWorker:
     def _log_events(self, events: list[Any]) -> None:
         for event in events:
             _log_block(self.log, event)
-
-
-def _emit_frame(alice: AliceLink, n_slots: int, at_utc: float | None, close_block: bool, ahead: bool = False) -> tuple[int, int, bytes]:
-    """A protocol-thread step: Alice's next frame, as (frame ID, slots, payload); ``ahead``: while a block is open."""
-    frame_id, frame = alice.emit_frame(n_slots, at_utc=at_utc, close_block=close_block, ahead=ahead)
-    return frame_id, frame.n_slots, frame.to_bytes()
-
-
-def _receive_envelope(link: AliceLink | BobLink, envelope: pb.ClassicalMessage) -> list[Any]:
-    """A protocol-thread step: one classical message into a link's protocol object."""
-    return link.receive(codec.decode(envelope))
 
 
 def _lost_reason(rt: LinkRuntime, faults: FaultInjector) -> str:
@@ -483,7 +495,7 @@ class BobEndpoint:
                 raise AuthenticationFailed(f"hello refused: {exc.reason.value}") from None
             result = exchange.result
             if isinstance(result, Reconciliation):
-                apply_reconciliation(rt, result)
+                await apply_reconciliation(rt, result)
         try:
             await rt.persist_async(self.offload.storage)  # before the answer, whose tag uses a key this saves as used
         except StorageFailure as exc:
@@ -502,13 +514,14 @@ class BobEndpoint:
         ended_event = self.ended[rt.link_id] = asyncio.Event()
         key_rng, noise_rng = self.rng_factory()
         ldpc = rt.config.error_correction == "ldpc"
-        bob = BobLink(
-            rt.config,
-            rt.auth,
-            key_rng,
-            noise_rng,
+        bob = await RemoteLink.open(
+            self.offload.runner,
+            alice=False,
+            config=rt.config,
+            reserve=rt.auth,
+            key_rng=key_rng,
+            noise_rng=noise_rng,
             next_block_seq=rt.next_block_seq,
-            decode_executor=self.decode_pool() if ldpc else None,
             defer_decoding=ldpc,
         )
         rt.state = LinkState.UP
@@ -567,15 +580,15 @@ class BobEndpoint:
                     cursor = rt.auth.cursor
                     try:
                         if kind == "frame":
-                            outs = await self.offload.step(bob.receive_frame, *item)  # touches no MAC key
+                            outs = await bob.receive_frame(*item)  # touches no MAC key
                         elif kind == "decoded":
                             # The block's decodes came back from the pool (LDPC): meanwhile
                             # the loop went on taking frames and sifting the next block.
                             async with rt.stepping():
-                                outs = await self.offload.step(bob.decoded, item)
+                                outs = await bob.decoded(item)
                         else:
                             async with rt.stepping():
-                                outs = await self.offload.step(_receive_envelope, bob, item)
+                                outs = await bob.receive(item)
                     except ProtocolError as exc:
                         bound.warning("link.protocol_error", details=str(exc))
                         raise SessionAborted(f"protocol error: {exc}") from exc
@@ -592,13 +605,19 @@ class BobEndpoint:
                     for event in events:
                         _log_block(bound, event)
                     for out in outs:
-                        for wire in await self.fault(rt.link_id, "B>A", codec.encode(out)):
+                        for wire in await self.fault(rt.link_id, "B>A", out):
                             yield wire
         finally:
-            for event in rt.record(bob.abandon(_lost_reason(rt, self.faults))):
-                _log_block(bound, event)
-            rt.try_persist()
+
+            def abandoned(events: list[Any]) -> None:
+                for event in rt.record(events):
+                    _log_block(bound, event)
+                rt.try_persist()
+
+            bob.abandon(_lost_reason(rt, self.faults), abandoned)
             if bob.pending_block_seq is not None:
+                if rt.pending_bob is not None and rt.pending_bob is not bob:
+                    rt.pending_bob.drop()
                 rt.pending_bob = bob
             if self.inboxes.get(rt.link_id) is inbox:
                 del self.inboxes[rt.link_id]

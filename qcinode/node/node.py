@@ -62,6 +62,7 @@ from .link import STAGE_TIMEOUT_S, AliceWorker, BobEndpoint, ClassicalFault
 from .metrics import NodeMetrics, start_metrics_server
 from .network import NetworkService
 from .offload import Offload
+from .protocol_worker import describe
 from .runtime import LinkRuntime, link_channel
 
 log = structlog.get_logger(__name__)
@@ -104,8 +105,13 @@ class NodeSettings:
     seed: int | None = None  # test-only: deterministic channel noise
     stage_timeout_s: float = STAGE_TIMEOUT_S  # how long a link waits for its peer's next message
     classical_fault: ClassicalFault | None = None  # tests only: a hook in place of the fault injector's
+    #: Where the links' protocol steps run (node/protocol_worker.py): "process" (a node process;
+    #: ``qcinode node`` and clusters) or "thread" (nodes that tests run inside their own process).
+    protocol_runner: str = "thread"
 
     def __post_init__(self) -> None:
+        if self.protocol_runner not in ("process", "thread"):
+            raise ConfigError(f"protocol runner: expected process or thread, got {self.protocol_runner!r}")
         try:
             self.topology.node(self.name)
         except (KeyError, ConfigError):
@@ -199,8 +205,9 @@ class Node:
         self._seeds = np.random.SeedSequence(settings.seed)
         self._key_source = CsprngGenerator()
         self.faults = FaultInjector({link.link_id: link.fault for link in topo.links_of(settings.name) if link.fault is not None}, seed=settings.seed)
-        # The links' protocol steps and state writes run off the event loop (node/offload.py).
-        self.offload = Offload.threads(settings.name)
+        # The links' protocol steps and state writes run off the event loop (node/offload.py); a
+        # protocol process is started here, before gRPC or any thread of this process starts.
+        self.offload = Offload.process(settings.name) if settings.protocol_runner == "process" else Offload.threads(settings.name)
         self.network = NetworkService(
             settings.name,
             topo,
@@ -392,7 +399,7 @@ class Node:
             async with asyncio.TaskGroup() as group:
                 for name, coro in self._workers():
                     self._tasks.append(group.create_task(self._guard(coro, name), name=f"{self.settings.name}: {name}"))
-                self.log.info("node.started", port=port, links=len(self.links))
+                self.log.info("node.started", port=port, links=len(self.links), protocol=describe(self.offload.runner))
                 if ready is not None:
                     ready(port)
                 await self._stopping.wait()

@@ -7,34 +7,21 @@ Theory of operation:
       milliseconds per protocol message (sifting, estimation, Cascade,
       privacy amplification) and writes its state with an fsync'ed SQLite
       transaction; run on the loop, that work held every request behind it.
-    * **One protocol thread per node** runs the links' pure protocol steps
-      (:class:`~qcinode.core.pipeline.AliceLink`,
-      :class:`~qcinode.core.pipeline.BobLink`: ``emit_frame``,
-      ``receive_frame``, ``receive``), one step at a time, in the order the
-      link sessions ask. One thread, not one per link: the steps hold the GIL
-      most of the time, and each more thread would take another share of it
-      from the loop. Its OS scheduling priority is lowered (nice
-      :data:`PROTOCOL_NICE`), so that its node's event loop runs first when
-      it wakes. Across nodes, Linux's autogroup scheduler (where it is on)
-      shares the CPU between sessions first and applies ``nice`` only inside
-      each; every node is a session of its own, so each node gets an equal
-      share. (One session for a whole cluster, tried, ranked every loop above
-      every protocol thread: 5-hop relays got faster on six nodes, but a
-      starting 100-node cluster starved its links and converged 3x later.)
-    * **GIL hand-over.** A thread that waits for the GIL asks for it after
-      :data:`SWITCH_INTERVAL_S` (CPython's default is 5 ms); the node sets
-      0.2 ms (measured: 5-hop enc_keys p50 fell from 270 to 215 ms against 1 ms),
-      so the loop waits at most about that per wake-up while a step computes.
+    * **One protocol runner per node** runs the links' pure protocol steps
+      (:mod:`qcinode.node.protocol_worker`): in a running node a process of
+      its own, niced, so that the loop never waits for the interpreter lock
+      a step holds; in nodes that tests run inside their own process, one
+      niced thread (with the GIL hand-over below).
+    * **GIL hand-over** (protocol thread only). A thread that waits for the
+      GIL asks for it after :data:`SWITCH_INTERVAL_S` (CPython's default is
+      5 ms); such a node sets 0.2 ms (measured: 5-hop enc_keys p50 fell from
+      270 to 215 ms against 1 ms), so the loop waits at most about that per
+      wake-up while a step computes.
     * **One storage thread per node** writes link states
       (:meth:`~qcinode.node.runtime.LinkRuntime.persist_async`): the state
       is snapshotted on the loop, written there, and the caller goes on only
       once it is on disk (persistence order is unchanged: a tag or Commit
       still leaves only after the state it depends on is saved).
-    * **A step ends before its caller goes on.** A session cancelled while a
-      step runs (a partition, the node stopping) waits for the step to return
-      before its clean-up touches the same objects
-      (:func:`~qcinode.node.runtime.finish_in_thread`); the step's outcome is
-      dropped.
     * **Group commit** (:class:`GroupCommit`): writes that callers on the
       loop ask for while an earlier one runs wait for it, then go to disk
       together in the next one (one transaction, one fsync): concurrent
@@ -46,7 +33,7 @@ Theory of operation:
       concurrent relays through the same links share one snapshot and one
       transaction instead of taking one each.
     * Without threads (:meth:`Offload.inline`, what link workers built by
-      tests get by default) every step runs inline on the loop, as before.
+      tests get by default) every step and write runs inline on the loop.
 """
 
 from __future__ import annotations
@@ -54,64 +41,53 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import os
 import sys
-import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from .runtime import finish_in_thread
+from .protocol_worker import InlineRunner, ProcessRunner, ProtocolRunner, ThreadRunner
 
-__all__ = ["PROTOCOL_NICE", "SWITCH_INTERVAL_S", "AsyncGroupCommit", "GroupCommit", "Offload"]
+__all__ = ["SWITCH_INTERVAL_S", "AsyncGroupCommit", "GroupCommit", "Offload"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: How much the protocol thread's scheduling priority is lowered (Linux ``nice`` units).
-PROTOCOL_NICE = 10
-#: The interpreter's GIL switch interval in a node process (seconds).
+#: The interpreter's GIL switch interval in a node process whose protocol steps run in a thread (seconds).
 SWITCH_INTERVAL_S = 0.0002
 
 
-def _lower_priority() -> None:
-    """Runs in the protocol thread: lowers this thread's priority (Linux: per-thread nice; elsewhere nothing)."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PROTOCOL_NICE)
-
-
 class Offload:
-    """A node's protocol thread and storage thread (the module docstring)."""
+    """A node's protocol runner and storage thread (the module docstring)."""
 
-    def __init__(self, protocol: concurrent.futures.Executor | None, storage: concurrent.futures.Executor | None) -> None:
-        self.protocol = protocol
+    def __init__(self, runner: ProtocolRunner, storage: concurrent.futures.Executor | None) -> None:
+        self.runner = runner
         self.storage = storage
 
     @classmethod
+    def process(cls, name: str) -> Offload:
+        """Node ``name``'s protocol process (started now: call before gRPC or any thread starts) and storage thread."""
+        return cls(ProcessRunner(name), cls._storage(name))
+
+    @classmethod
     def threads(cls, name: str) -> Offload:
-        """The two threads of node ``name``; also sets this process's GIL switch interval."""
+        """Node ``name``'s protocol thread and storage thread; also sets this process's GIL switch interval."""
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        protocol = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name}-protocol", initializer=_lower_priority)
-        storage = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name}-storage")
-        return cls(protocol, storage)
+        return cls(ThreadRunner(name), cls._storage(name))
 
     @classmethod
     def inline(cls) -> Offload:
         """Everything on the caller's thread (link workers built without a node)."""
-        return cls(None, None)
+        return cls(InlineRunner(), None)
 
-    async def step(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in the protocol thread; if cancelled, returns only after it ended (module docstring)."""
-        if self.protocol is None:
-            return fn(*args)
-        future = asyncio.get_running_loop().run_in_executor(self.protocol, fn, *args)
-        result: T = await finish_in_thread(future)
-        return result
+    @staticmethod
+    def _storage(name: str) -> concurrent.futures.Executor:
+        return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name}-storage")
 
     def close(self) -> None:
-        """Lets the threads finish what they run and end (the node's last saves are synchronous)."""
-        for executor in (self.protocol, self.storage):
-            if executor is not None:
-                executor.shutdown(wait=False, cancel_futures=True)
+        """Ends the runner and lets the storage thread finish what it runs (the node's last saves are synchronous)."""
+        self.runner.close()
+        if self.storage is not None:
+            self.storage.shutdown(wait=False, cancel_futures=True)
 
 
 class GroupCommit(Generic[T, R]):

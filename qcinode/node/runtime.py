@@ -16,13 +16,12 @@ Saving off the event loop (:meth:`LinkRuntime.persist_async`), rules:
       holds every used range and MAC key of an older one). Saves asked for
       while a write runs share the next write (group commit), and a caller
       returns only once a snapshot at least as new as its own is on disk.
-    * While a protocol step runs in the node's protocol thread
-      (:meth:`LinkRuntime.stepping`), it may be changing the MAC-key reserve;
-      a snapshot then takes the reserve as it was before the step, and a
-      reconnection Hello (which reads and changes the reserve on the event
-      loop) waits for the step to end. Nothing
-      the step decided has left the node yet, and the session saves again
-      once the step is back on the loop.
+    * A protocol step runs in the node's protocol runner on a copy of the
+      MAC-key reserve; the runtime's reserve changes only when the step's
+      outcome is back on the event loop (:mod:`qcinode.node.protocol_worker`),
+      so a snapshot never holds half a step. :meth:`LinkRuntime.stepping`
+      keeps a link's reserve-taking steps and a reconnection Hello (which
+      reads and changes the reserve on the event loop) one at a time.
 """
 
 from __future__ import annotations
@@ -336,8 +335,8 @@ class LinkRuntime:
         self.next_block_seq = 0
         self.next_frame_id = 0
         self.started_monotonic = time.monotonic()
-        self.pending_bob: Any = None  # a BobLink holding a block pending Alice's Commit
-        self.alice_session: Any = None  # the running AliceLink, whose pulses an eavesdropper acts on
+        self.pending_bob: Any = None  # a RemoteLink of Bob's holding a block pending Alice's Commit
+        self.alice_session: Any = None  # the running RemoteLink of Alice's, whose pulses an eavesdropper acts on
         self.eavesdropper: EavesdropperConfig | None = link.eavesdropper
         self.store = store
         # Saving (module docstring): the newest snapshot waiting, what is on disk, the reserve before a step.
@@ -346,9 +345,8 @@ class LinkRuntime:
         self._snapshots = 0
         self._waiting: _Snapshot | None = None
         self._written = 0
-        self._auth_before_step: AuthKeyReserve | None = None
         self._blobs_written: frozenset[str] = frozenset()
-        #: Held while a protocol step may change the MAC-key reserve in another thread (:meth:`stepping`).
+        #: Held while a protocol step works on a copy of the MAC-key reserve (:meth:`stepping`).
         self.step_lock = asyncio.Lock()
         if store is not None:
             saved = store.load(self.link_id)
@@ -437,7 +435,7 @@ class LinkRuntime:
         """The state now, numbered, as the newest waiting to be written (on the event loop)."""
         counters = dataclasses.asdict(self.counters)
         counters["aborts_by_reason"] = {reason.value: n for reason, n in self.counters.aborts_by_reason.items()}
-        auth = self._auth_before_step if self._auth_before_step is not None else self.auth
+        auth = self.auth
         self._snapshots += 1
         # The pool's key halves and closed blocks, and the MAC-key reserve's chunks, never change:
         # each is written once, so only those not yet on disk are read now (the write may come
@@ -486,18 +484,14 @@ class LinkRuntime:
 
     @contextlib.asynccontextmanager
     async def stepping(self) -> AsyncIterator[None]:
-        """Around a protocol step that runs in another thread and may change the MAC-key reserve.
+        """Around a protocol step that takes a copy of the MAC-key reserve and brings it back changed.
 
-        Holds :attr:`step_lock` (one step of this link at a time; a Hello
-        exchange waits for it), and meanwhile saves take the reserve as it was
-        before the step (a copy: a list of references to its immutable chunks).
+        Holds :attr:`step_lock`: one such step of this link at a time, and a
+        Hello exchange waits for it (else the step's reserve, adopted when it
+        ends, would undo what the exchange changed meanwhile).
         """
         async with self.step_lock:
-            self._auth_before_step = self.auth.copy()
-            try:
-                yield
-            finally:
-                self._auth_before_step = None
+            yield
 
     def try_persist(self) -> bool:
         """:meth:`persist` for cleanup paths: False instead of StorageFailure (the store reports it)."""

@@ -30,8 +30,13 @@ def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+def _comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
 def _zygotes_of(state_dir: Path) -> list[int]:
-    """PIDs of processes with a zygote's command line for ``state_dir``: its zygote, and the nodes it forked."""
+    """PIDs of processes with a zygote's command line for ``state_dir``: its zygote, the nodes it forked, and theirs
+    (each node forks its protocol process, named qcinode-proto)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -58,8 +63,10 @@ def test_detached_nodes_are_forked_outlive_their_zygote_and_stop_with_down(two_n
         for pid in pids.values():
             argv = _cmdline(pid).split(b"\0")
             assert b"qcinode" in argv and b"zygote" in argv  # forked: the zygote's command line, which names qcinode
-        # `up --detach` has returned and its zygote with it; the nodes run on.
-        assert [pid for pid in _zygotes_of(state.resolve()) if pid not in pids.values()] == []
+        # `up --detach` has returned and its zygote with it; the nodes run on, each with its protocol process.
+        others = [pid for pid in _zygotes_of(state.resolve()) if pid not in pids.values()]
+        assert sorted(_parent(pid) for pid in others) == sorted(pids.values())
+        assert {_comm(pid) for pid in others} == {"qcinode-proto"}
         assert all(pid_alive(pid) for pid in pids.values())
         # Each node made its own storage key after the fork (os.urandom): no two alike.
         keys = {name: (state / "data" / name / "storage.key").read_bytes() for name in pids}
@@ -141,11 +148,13 @@ def test_ctrl_c_or_sigterm_to_a_foreground_up_stops_the_nodes_and_the_zygote(
             assert up.poll() is None and time.monotonic() < deadline, "qcinode up exited or never started its nodes"
             time.sleep(0.2)
         pids = [int(info["pid"]) for info in json.loads((state / "cluster.json").read_text())["nodes"].values()]
-        zygotes = [pid for pid in _zygotes_of(state.resolve()) if pid not in pids]
-        assert len(zygotes) == 1
+        found = [pid for pid in _zygotes_of(state.resolve()) if pid not in pids]
+        zygotes = [pid for pid in found if _comm(pid) != "qcinode-proto"]
+        protocol = [pid for pid in found if pid not in zygotes]  # (each node's, once it has started)
+        assert len(zygotes) == 1 and {_parent(pid) for pid in protocol} <= set(pids)
     finally:
         up.send_signal(stop_signal)
         _, err = up.communicate(timeout=60)
     assert up.returncode == 0, err
     assert "stopping" in err
-    assert not any(pid_alive(pid) for pid in [*pids, *zygotes])
+    assert not any(pid_alive(pid) for pid in [*pids, *zygotes, *protocol])

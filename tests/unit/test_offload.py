@@ -1,10 +1,10 @@
-"""Link work off the event loop: saves in a storage thread, protocol steps in a protocol thread (qcinode.node.offload).
+"""Link work off the event loop: saves in a storage thread, protocol steps in a runner (qcinode.node.offload).
 
 The rules checked: a caller of ``persist_async`` returns only once its state
 (or a newer one) is on disk; saves asked for during a write share the next
-write; an older snapshot is never written over a newer one; a snapshot taken
-while a protocol step runs holds the MAC-key reserve as it was before the
-step; a cancelled caller still waits for its thread's work to end.
+write; an older snapshot is never written over a newer one; a step holds
+its link's step lock; a cancelled caller still waits for its thread's work
+to end. (Protocol steps themselves: tests/unit/test_protocol_worker.py.)
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pytest
 from qcinode.errors import StorageFailure
 from qcinode.keys.linkstore import LinkStore
 from qcinode.node.offload import SWITCH_INTERVAL_S, AsyncGroupCommit, GroupCommit, Offload
+from qcinode.node.protocol_worker import InlineRunner, ThreadRunner
 from qcinode.node.runtime import LinkRuntime, finish_in_thread, persist_together
 from qcinode.topology import parse_topology
 
@@ -133,21 +134,15 @@ def test_a_failed_write_raises_to_its_callers_and_the_next_save_retries(tmp_path
     assert rt.storage_failure is None and gated.saved == [1]
 
 
-def test_a_save_during_a_protocol_step_takes_the_mac_keys_as_before_the_step(tmp_path: Path) -> None:
+def test_a_step_holds_the_links_step_lock_so_a_hello_waits_for_it(tmp_path: Path) -> None:
     rt, _ = _runtime(tmp_path)
-    before = rt.auth.to_state(inline=False)
 
-    async def scenario() -> tuple[dict[str, Any], bool]:
+    async def scenario() -> tuple[bool, bool]:
         async with rt.stepping():
-            rt.auth.take(2)  # what a step in the protocol thread may be doing meanwhile
-            during = rt._snapshot().state["auth"]
             held = rt.step_lock.locked()  # a Hello exchange waits meanwhile
-        return during, held
+        return held, rt.step_lock.locked()
 
-    during, held = asyncio.run(scenario())
-    after = rt._snapshot().state["auth"]
-    assert during == before and held
-    assert after["cursor"] == before["cursor"] + 2 and not rt.step_lock.locked()
+    assert asyncio.run(scenario()) == (True, False)
 
 
 def test_a_cancelled_caller_waits_for_its_thread_to_finish() -> None:
@@ -171,17 +166,14 @@ def test_a_cancelled_caller_waits_for_its_thread_to_finish() -> None:
     assert asyncio.run(scenario()) is True
 
 
-def test_protocol_steps_run_in_the_protocol_thread_or_inline() -> None:
+def test_a_node_in_a_test_process_steps_in_a_thread_and_sets_the_switch_interval() -> None:
     interval = sys.getswitchinterval()
     offload = Offload.threads("alpha")
     try:
         assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
-
-        async def where(runner: Offload) -> int:
-            return await runner.step(threading.get_ident)
-
-        assert asyncio.run(where(offload)) != threading.get_ident()
-        assert asyncio.run(where(Offload.inline())) == threading.get_ident()
+        assert isinstance(offload.runner, ThreadRunner) and offload.storage is not None
+        inline = Offload.inline()
+        assert isinstance(inline.runner, InlineRunner) and inline.storage is None
     finally:
         offload.close()
         sys.setswitchinterval(interval)

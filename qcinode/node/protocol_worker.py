@@ -1,0 +1,848 @@
+"""Where a node's link sessions compute: a protocol process of its own, beside the event loop's.
+
+A link at full speed computes for tens to hundreds of milliseconds per
+protocol message (detection, sifting, estimation, Cascade, privacy
+amplification). Run in a thread of the node's process, that work holds the
+interpreter's lock (GIL) most of the time, and the event loop that serves
+the KME, relays and routing waits for it: measured with a chain's links at
+full speed, 5-hop relays took 5-20x their cost on an idle chain, most of it
+spent waiting for a protocol thread that held the GIL while the scheduler
+had preempted it. A process has its own interpreter, so the loop never waits
+for it, and the kernel's ``nice`` ranks it below the loop's process.
+
+Theory of operation:
+    * **Sessions live in the runner.** Each link session's protocol object
+      (:class:`~qcinode.core.pipeline.AliceLink` or
+      :class:`~qcinode.core.pipeline.BobLink`) is created in the node's
+      *protocol runner* and stays there: the node holds a
+      :class:`RemoteLink` (a handle and a mirror of the few attributes its
+      link worker reads between steps). A runner serves every link of the
+      node, one step at a time, in the order asked (:class:`LinkSteps`).
+    * **Steps carry bytes.** A classical message goes in as its wire form and
+      the answers come back as wire forms; a pulse frame goes in and out as
+      its payload; block events (with accepted keys) and LDPC decode jobs
+      come back as values. The node keeps everything else: the key pool, the
+      link state on disk, gRPC.
+    * **The MAC-key reserve stays the node's.** A step that may take, stage
+      or promote one-time MAC keys (a classical message, LDPC decode results,
+      settling a pending block) takes a copy of the link's reserve with it and
+      brings the changed reserve back; the node adopts it on the event loop
+      in the same instant as it learns the step's outcome, and
+      :meth:`~qcinode.node.runtime.LinkRuntime.stepping` keeps those steps
+      of one link, and a reconnection Hello (which changes the reserve on the
+      loop), one at a time. So the reserve is changed in one place at a time,
+      and a save never sees half a step. A frame step (Alice's emission,
+      Bob's detection) touches no MAC key; the runner checks that.
+    * **A step's outcome is never lost.** If the session that asked is
+      cancelled meanwhile (a partition, the node stopping), the step still
+      ends, its reserve is adopted and its block events are kept for the
+      session's clean-up (as a step run in place would have left them in
+      the protocol object), and only its outgoing messages are dropped.
+    * **Clean-up is a message.** A broken session's ``abandon`` is posted
+      (no await: clean-up paths may be cancelled) and its block events are
+      recorded when the answer comes; a session whose block waits for
+      Alice's Commit stays in the runner as the link's pending block, to be
+      settled at the next Hello.
+    * **Runners.** :class:`ProcessRunner` (a running node): a child process
+      forked before the node starts gRPC or any thread (where the process is
+      still one thread; otherwise a fresh interpreter is spawned), at
+      ``nice`` :data:`PROTOCOL_NICE`, in the node's session (Linux's
+      autogroup scheduler shares the CPU between sessions first, and applies
+      ``nice`` inside each: so the protocol process ranks below its own
+      node's loop, and each node keeps one share). Requests and answers are
+      length-prefixed pickles over a Unix socket pair; the answers are read
+      by an asyncio protocol on the loop, the requests are written without
+      blocking it. The child ends when the node's end of the socket closes
+      (and, on Linux, when the node dies). If the child dies, every step
+      waiting for it fails (:class:`ProtocolRunnerLost`), the link sessions
+      end and reconnect, and the next session starts a new child (spawned).
+      :class:`ThreadRunner`: one niced thread of the node's process, as
+      nodes ran before (in-process nodes of tests, where a fork would copy
+      gRPC's threads half-alive). :class:`InlineRunner`: every step on the
+      caller's thread (link workers built by tests). All three run the same
+      :class:`LinkSteps`, and the node passes copies either way, so nothing
+      is shared between the loop and a step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import ctypes
+import ctypes.util
+import dataclasses
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..core.authentication import AuthKeyReserve
+from ..core.physics import PhotonFrame
+from ..core.pipeline import AliceLink, BlockEvent, BobLink, LinkProtocolConfig
+from ..core.pipeline import LinkState as Phase
+from ..core.randomness import CsprngGenerator, KeyRandomness
+from ..errors import LocalProtocolError, TransportError
+from ..transport import codec
+from ..transport.pb import link_pb2 as pb
+
+__all__ = [
+    "PROTOCOL_NICE",
+    "InlineRunner",
+    "LinkSteps",
+    "Mirror",
+    "ProcessRunner",
+    "ProtocolRunner",
+    "ProtocolRunnerLost",
+    "RemoteLink",
+    "StepResult",
+    "ThreadRunner",
+    "describe",
+    "session_rng",
+]
+
+#: How much the protocol runner's scheduling priority is lowered (Linux ``nice`` units).
+PROTOCOL_NICE = 10
+#: How long closing a runner waits for its process to end its step before killing it (seconds).
+CLOSE_WAIT_S = 2.0
+#: Bytes of the length prefix of each request and answer on the runner's socket.
+_HEADER = struct.Struct("!Q")
+#: An LDPC decode job (the arguments of ``decode_frame``) and its result.
+DecodeJob = tuple[int, int, np.ndarray, np.ndarray]
+
+
+class ProtocolRunnerLost(TransportError):
+    """The protocol process ended (killed, out of memory): the steps it had are lost, the sessions reconnect."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mirror:
+    """What a link worker reads of its session between steps (the session itself is in the runner)."""
+
+    state: Phase
+    next_block_seq: int
+    next_frame_id: int
+    is_ready_for_frame: bool
+    can_sift_ahead: bool
+    key_bits_needed: int
+    pending_block_seq: int | None
+
+    @classmethod
+    def of(cls, link: AliceLink | BobLink) -> Mirror:
+        if isinstance(link, AliceLink):
+            return cls(
+                link.state, link.next_block_seq, link.next_frame_id, link.is_ready_for_frame, link.can_sift_ahead, link.key_bits_needed, None
+            )
+        return cls(link.state, link.next_block_seq, 0, False, False, 0, link.pending_block_seq)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepResult:
+    """What a step sends back: the wire forms of the messages to send, the session's new mirror, and what
+    else the step left: block events, LDPC decode jobs, the reserve it was handed (changed or not).
+
+    A step that raised sends back the same, with ``error`` (and no message):
+    what it changed before it raised stands, as it would have in place.
+    """
+
+    outs: list[bytes]
+    mirror: Mirror
+    events: list[BlockEvent]
+    jobs: list[DecodeJob]
+    reserve: AuthKeyReserve | None = None
+    error: Exception | None = None
+
+
+def _fingerprint(reserve: AuthKeyReserve) -> tuple[Any, ...]:
+    """What changes whenever a reserve changes (the cursor, the end, the staged refills, the promotion mark)."""
+    return (reserve.cursor, reserve.available_keys, reserve.staged_block_seqs, reserve.promoted_before)
+
+
+class LinkSteps:
+    """The runner's side: the node's link sessions by handle, and one method per kind of step.
+
+    Synchronous and single-threaded: a runner calls :meth:`handle` for one
+    request at a time. Every method returns plain values (picklable), never
+    a session object.
+    """
+
+    def __init__(self) -> None:
+        self._links: dict[int, AliceLink | BobLink] = {}
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def handle(self, op: str, args: tuple[Any, ...]) -> Any:
+        """Runs request ``op`` with ``args``.
+
+        Raises:
+            LocalProtocolError: An unknown request or session handle.
+            ProtocolError: What the session's step raised (a message that breaks the protocol).
+        """
+        method = _OPS.get(op)
+        if method is None:
+            raise LocalProtocolError(f"protocol runner: unknown request {op!r}")
+        return method(self, *args)
+
+    def _link(self, handle: int) -> AliceLink | BobLink:
+        try:
+            return self._links[handle]
+        except KeyError:
+            raise LocalProtocolError(f"protocol runner: no session {handle}") from None
+
+    def open(
+        self,
+        handle: int,
+        alice: bool,
+        config: LinkProtocolConfig,
+        reserve: AuthKeyReserve,
+        key_rng: KeyRandomness,
+        noise_rng: np.random.Generator,
+        next_block_seq: int,
+        next_frame_id: int,
+        defer_decoding: bool,
+    ) -> Mirror:
+        """A new session of one end of a link (the reserve as the node holds it now)."""
+        if handle in self._links:
+            raise LocalProtocolError(f"protocol runner: session {handle} exists")
+        link: AliceLink | BobLink
+        if alice:
+            link = AliceLink(config, reserve, key_rng, noise_rng, next_block_seq=next_block_seq)
+            link.next_frame_id = next_frame_id
+        else:
+            link = BobLink(config, reserve, key_rng, noise_rng, next_block_seq=next_block_seq, defer_decoding=defer_decoding)
+        self._links[handle] = link
+        return Mirror.of(link)
+
+    def emit(self, handle: int, n_slots: int, at_utc: float | None, close_block: bool, ahead: bool) -> tuple[int, int, bytes, Mirror]:
+        """Alice's next frame: (frame ID, slots, payload, mirror)."""
+        link = self._link(handle)
+        if not isinstance(link, AliceLink):
+            raise LocalProtocolError(f"protocol runner: session {handle} does not transmit")
+        with self._untouched(link):
+            frame_id, frame = link.emit_frame(n_slots, at_utc=at_utc, close_block=close_block, ahead=ahead)
+            payload = frame.to_bytes()
+        return frame_id, frame.n_slots, payload, Mirror.of(link)
+
+    def frame(self, handle: int, frame_id: int, frame: PhotonFrame, at_utc: float | None) -> StepResult:
+        """A pulse frame reached Bob's detectors."""
+        link = self._link(handle)
+        if not isinstance(link, BobLink):
+            raise LocalProtocolError(f"protocol runner: session {handle} does not receive frames")
+        with self._untouched(link):
+            return self._run(link, None, lambda: link.receive_frame(frame_id, frame, at_utc))
+
+    def receive(self, handle: int, wire: bytes, reserve: AuthKeyReserve) -> StepResult:
+        """A classical message from the peer, with the link's reserve as the node holds it."""
+        link = self._link(handle)
+        return self._run(link, reserve, lambda: link.receive(codec.decode(pb.ClassicalMessage.FromString(wire))))
+
+    def decoded(self, handle: int, results: list[np.ndarray | None], reserve: AuthKeyReserve) -> StepResult:
+        """The results of the LDPC decode jobs a step handed out."""
+        link = self._link(handle)
+        if not isinstance(link, BobLink):
+            raise LocalProtocolError(f"protocol runner: session {handle} does not decode")
+        return self._run(link, reserve, lambda: link.decoded(results))
+
+    def abandon(self, handle: int, reason: str) -> tuple[list[BlockEvent], Mirror]:
+        """The session broke: its open block ends; it stays only if it holds a block pending Alice's Commit."""
+        link = self._link(handle)
+        events = link.abandon(reason)
+        mirror = Mirror.of(link)
+        if mirror.pending_block_seq is None:
+            del self._links[handle]
+        return events, mirror
+
+    def settle(self, handle: int, accepted: bool, reserve: AuthKeyReserve) -> tuple[list[BlockEvent], AuthKeyReserve]:
+        """Accepts or drops the block a broken session of Bob's held pending Alice's Commit; the session ends."""
+        link = self._link(handle)
+        if not isinstance(link, BobLink):
+            raise LocalProtocolError(f"protocol runner: session {handle} holds no pending block")
+        del self._links[handle]
+        link.auth = reserve
+        events = link.settle_pending(accepted)
+        return events, link.auth.copy()
+
+    def configure(self, handle: int, config: LinkProtocolConfig) -> None:
+        """The link's configuration changed (an eavesdropper switched on or off): from the next frame on."""
+        self._link(handle).config = config
+
+    def drop(self, handle: int) -> None:
+        """Forgets a session (its pending block is lost)."""
+        self._links.pop(handle, None)
+
+    @staticmethod
+    def _run(link: AliceLink | BobLink, reserve: AuthKeyReserve | None, step: Callable[[], list[Any]]) -> StepResult:
+        """Runs ``step`` on ``link`` with ``reserve`` (None: the step takes no MAC key)."""
+        if reserve is not None:
+            link.auth = reserve
+        outs: list[bytes] = []
+        error: Exception | None = None
+        try:
+            outs = [codec.encode(out).SerializeToString() for out in step()]
+        except Exception as exc:  # handed back with what the step changed before it raised
+            error = exc
+        return StepResult(
+            outs=outs,
+            mirror=Mirror.of(link),
+            events=link.take_events(),
+            jobs=link.take_decode_jobs() if isinstance(link, BobLink) else [],
+            reserve=None if reserve is None else link.auth.copy(),
+            error=error,
+        )
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _untouched(link: AliceLink | BobLink) -> Any:
+        """A frame step must not change the reserve (the node does not hand it one)."""
+        before = _fingerprint(link.auth)
+        yield
+        if _fingerprint(link.auth) != before:
+            raise LocalProtocolError("protocol runner: a frame step changed the MAC-key reserve")
+
+
+_OPS: dict[str, Callable[..., Any]] = {
+    "open": LinkSteps.open,
+    "emit": LinkSteps.emit,
+    "frame": LinkSteps.frame,
+    "receive": LinkSteps.receive,
+    "decoded": LinkSteps.decoded,
+    "abandon": LinkSteps.abandon,
+    "settle": LinkSteps.settle,
+    "configure": LinkSteps.configure,
+    "drop": LinkSteps.drop,
+}
+
+
+# -- runners -------------------------------------------------------------------------------
+
+
+class ProtocolRunner:
+    """Runs :class:`LinkSteps` requests for the event loop (the module docstring's runners)."""
+
+    #: Whether requests and answers cross a process boundary (the node then sends copies of nothing it keeps).
+    remote = False
+
+    async def call(self, op: str, *args: Any) -> Any:
+        """Runs a request; its result, or the exception it raised.
+
+        The request runs whether or not the caller is still waiting; a
+        caller cancelled meanwhile still waits for its end (so that what the
+        step changed is known before the caller's clean-up), then re-raises.
+        """
+        future = self.submit(op, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([future])
+            raise
+
+    def submit(self, op: str, *args: Any) -> asyncio.Future[Any]:
+        """Queues a request after those already asked; a future of its result."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Ends the runner (its sessions are lost)."""
+
+
+class InlineRunner(ProtocolRunner):
+    """Every step on the caller's thread, at once (link workers built without a node)."""
+
+    def __init__(self) -> None:
+        self.steps = LinkSteps()
+
+    def submit(self, op: str, *args: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            future.set_result(self.steps.handle(op, args))
+        except Exception as exc:  # handed to the caller
+            future.set_exception(exc)
+        return future
+
+
+def _lower_priority(thread: bool) -> None:
+    """Lowers this thread's (``thread``) or this process's priority by :data:`PROTOCOL_NICE` (Linux; elsewhere nothing)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id() if thread else 0, PROTOCOL_NICE)
+
+
+class ThreadRunner(ProtocolRunner):
+    """One thread of the node's process, niced (in-process nodes)."""
+
+    def __init__(self, name: str) -> None:
+        self.steps = LinkSteps()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name}-protocol", initializer=_lower_priority, initargs=(True,))
+
+    def submit(self, op: str, *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self._executor, self.steps.handle, op, args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _threads() -> int:
+    """Threads of this process: the kernel's count where there is ``/proc`` (threads started by C code included)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+class ProcessRunner(ProtocolRunner):
+    """A child process that runs the steps (the module docstring): forked now if this process is one thread, else spawned."""
+
+    remote = True
+
+    def __init__(self, name: str, *, fork: bool | None = None) -> None:
+        """Starts node ``name``'s protocol process.
+
+        Args:
+            fork: Fork it (the default where this process is one thread, on
+                Linux), or spawn a fresh interpreter (False; tests, whose
+                process runs gRPC's threads).
+        """
+        self.name = name
+        self.starts = 0
+        self.method = ""
+        self._sock: socket.socket | None = None
+        self._pid: int | None = None
+        self._process: Any = None  # a spawned child's multiprocessing.Process
+        self._transport: asyncio.Transport | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._next_id = 0
+        self.lost: str | None = None  # why the child ended, once it did
+        self._start(fork=sys.platform == "linux" and _threads() == 1 if fork is None else fork)
+
+    def _start(self, *, fork: bool) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        if fork:
+            pid = os.fork()
+            if pid == 0:  # the protocol process
+                code = 0
+                try:
+                    parent.close()
+                    _serve(child)
+                except BaseException:  # noqa: BLE001 - a child of a fork must never return into the node's code
+                    code = 1
+                finally:
+                    os._exit(code)
+            self._pid = pid
+            self.method = "fork"
+        else:
+            context = multiprocessing.get_context("spawn")
+            self._process = context.Process(target=_spawned, args=(child,), name=f"{self.name}-protocol", daemon=True)
+            self._process.start()
+            self._pid = self._process.pid
+            self.method = "spawn"
+        child.close()
+        parent.setblocking(False)
+        self._sock = parent
+        self._transport = None
+        self.lost = None
+        self.starts += 1
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    async def _connected(self) -> asyncio.Transport:
+        if self.lost is not None:  # the child ended: a new one (spawned: this process has threads by now)
+            self._reap()
+            self._start(fork=False)
+        if self._transport is None:
+            assert self._sock is not None
+            transport, _ = await asyncio.get_running_loop().create_unix_connection(lambda: _Answers(self), sock=self._sock)
+            self._transport = transport
+        return self._transport
+
+    def submit(self, op: str, *args: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._next_id += 1
+        rid = self._next_id
+        request = pickle.dumps((rid, op, args), protocol=pickle.HIGHEST_PROTOCOL)
+        if self._transport is not None and self.lost is None:
+            self._pending[rid] = future
+            self._transport.write(_HEADER.pack(len(request)) + request)
+        else:
+            # First request, or the child ended: (re)connect first, in order with later requests.
+            self._pending[rid] = future
+            ready = asyncio.ensure_future(self._connected())
+
+            def send(done: asyncio.Future[asyncio.Transport]) -> None:
+                if done.cancelled() or done.exception() is not None:
+                    self._fail(rid, ProtocolRunnerLost(f"protocol process of {self.name} cannot start: {done.exception()!r}"))
+                    return
+                done.result().write(_HEADER.pack(len(request)) + request)
+
+            ready.add_done_callback(send)
+        return future
+
+    def _answer(self, rid: int, ok: bool, value: Any) -> None:
+        future = self._pending.pop(rid, None)
+        if future is None or future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def _fail(self, rid: int, exc: Exception) -> None:
+        future = self._pending.pop(rid, None)
+        if future is not None and not future.done():
+            future.set_exception(exc)
+
+    def _connection_lost(self, why: str) -> None:
+        self.lost = why
+        self._transport = None
+        self._sock = None
+        for rid in list(self._pending):
+            self._fail(rid, ProtocolRunnerLost(f"protocol process of {self.name} ended ({why})"))
+
+    def _reap(self, wait_s: float = 0.0) -> None:
+        """Collects the child's exit status (it ends once its socket closed), killing it after ``wait_s``."""
+        pid, self._pid, self._process = self._pid, None, None
+        if pid is None:
+            return
+        deadline = time.monotonic() + wait_s
+        with contextlib.suppress(ChildProcessError, OSError):
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() >= deadline:
+                    os.kill(pid, signal.SIGKILL)  # still in a step after the wait: the step is lost anyway
+                    os.waitpid(pid, 0)
+                    return
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        """Closes the socket: the child ends after the step it runs (killed if that takes over :data:`CLOSE_WAIT_S`)."""
+        if self._transport is not None:
+            self._transport.close()
+        elif self._sock is not None:
+            self._sock.close()
+        self._transport = None
+        self._sock = None
+        self.lost = self.lost or "closed"
+        self._reap(CLOSE_WAIT_S)
+
+
+class _Answers(asyncio.Protocol):
+    """Reads the protocol process's answers on the event loop: length-prefixed pickles."""
+
+    def __init__(self, runner: ProcessRunner) -> None:
+        self.runner = runner
+        self.buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(self.buffer)
+            end = _HEADER.size + length
+            if len(self.buffer) < end:
+                return
+            rid, ok, value = pickle.loads(self.buffer[_HEADER.size : end])
+            del self.buffer[:end]
+            self.runner._answer(rid, ok, value)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.runner._connection_lost("its socket closed" if exc is None else repr(exc))
+
+
+# -- the protocol process ----------------------------------------------------------------
+
+
+def _spawned(sock: socket.socket) -> None:
+    """A spawned protocol process's entry point."""
+    _serve(sock)
+
+
+#: The protocol process's name as ``ps -o comm`` and ``top`` show it (Linux; a fork keeps the node's command line).
+PROCESS_NAME = b"qcinode-proto"
+
+
+def _linux_identity() -> None:
+    """Linux: the kernel sends SIGKILL to this process when its parent (the node) ends, however it ends;
+    and the process is named :data:`PROCESS_NAME`."""
+    with contextlib.suppress(Exception):
+        name = ctypes.util.find_library("c")
+        if name:
+            libc = ctypes.CDLL(name)
+            pr_set_pdeathsig, pr_set_name = 1, 15
+            libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+            libc.prctl(pr_set_name, ctypes.c_char_p(PROCESS_NAME))
+
+
+def _serve(sock: socket.socket) -> None:
+    """The protocol process: answers requests until the node closes its end (or dies)."""
+    # The node handles Ctrl-C and SIGTERM; the child ends when the node does.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
+    _linux_identity()
+    _lower_priority(thread=False)
+    sock.setblocking(True)
+    steps = LinkSteps()
+    reader = sock.makefile("rb")
+    while True:
+        header = reader.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            return  # the node closed its end
+        (length,) = _HEADER.unpack(header)
+        request = reader.read(length)
+        if len(request) < length:
+            return
+        rid, op, args = pickle.loads(request)
+        try:
+            answer = pickle.dumps((rid, True, steps.handle(op, args)), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - handed to the node, which ends the session
+            answer = _pickled_error(rid, exc)
+        try:
+            sock.sendall(_HEADER.pack(len(answer)) + answer)
+        except OSError:
+            return  # the node is gone
+
+
+def _pickled_error(rid: int, exc: Exception) -> bytes:
+    """An exception as an answer; one that does not survive pickling becomes a LocalProtocolError naming it."""
+    try:
+        answer = pickle.dumps((rid, False, exc), protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(answer)
+        return answer
+    except Exception:  # noqa: BLE001
+        error = LocalProtocolError(f"protocol runner: {type(exc).__name__}: {exc}")
+        return pickle.dumps((rid, False, error), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+# -- the node's side of one session ------------------------------------------------------------
+
+
+class RemoteLink:
+    """One link session, as the node's link worker sees it: a handle on the runner, and a mirror.
+
+    Steps are coroutines; what they change of the node's state (the
+    link's MAC-key reserve, the mirror, block events and LDPC decode jobs
+    waiting to be taken) is applied when the step ends, even if the caller
+    was cancelled meanwhile (the module docstring).
+    """
+
+    _handles = 0
+
+    def __init__(self, runner: ProtocolRunner, reserve: AuthKeyReserve, handle: int, mirror: Mirror, config: LinkProtocolConfig) -> None:
+        self.runner = runner
+        self.reserve = reserve
+        self.handle = handle
+        self.mirror = mirror
+        self._config = config
+        self._events: list[BlockEvent] = []
+        self._jobs: list[DecodeJob] = []
+        self.closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        runner: ProtocolRunner,
+        *,
+        alice: bool,
+        config: LinkProtocolConfig,
+        reserve: AuthKeyReserve,
+        key_rng: KeyRandomness,
+        noise_rng: np.random.Generator,
+        next_block_seq: int,
+        next_frame_id: int = 0,
+        defer_decoding: bool = False,
+    ) -> RemoteLink:
+        """A new session in ``runner``, taking ``reserve`` (the link's, which it keeps up to date) as it is now."""
+        cls._handles += 1
+        handle = cls._handles
+        if runner.remote:
+            # The runner gets copies: the node's generators must move on, or every session would repeat the first's draws.
+            key_rng, noise_rng = session_rng(key_rng), session_rng(noise_rng)
+        mirror = await runner.call(
+            "open", handle, alice, config, reserve.copy(), key_rng, noise_rng, next_block_seq, next_frame_id, defer_decoding
+        )
+        return cls(runner, reserve, handle, mirror, config)
+
+    # -- the mirror ------------------------------------------------------------------------
+    @property
+    def state(self) -> Phase:
+        return self.mirror.state
+
+    @property
+    def next_block_seq(self) -> int:
+        return self.mirror.next_block_seq
+
+    @property
+    def next_frame_id(self) -> int:
+        return self.mirror.next_frame_id
+
+    @property
+    def is_ready_for_frame(self) -> bool:
+        return self.mirror.is_ready_for_frame
+
+    @property
+    def can_sift_ahead(self) -> bool:
+        return self.mirror.can_sift_ahead
+
+    @property
+    def key_bits_needed(self) -> int:
+        return self.mirror.key_bits_needed
+
+    @property
+    def pending_block_seq(self) -> int | None:
+        """The block Bob holds pending Alice's Commit (None once settled, or lost with the runner)."""
+        if self.closed or (isinstance(self.runner, ProcessRunner) and self.runner.lost is not None):
+            return None
+        return self.mirror.pending_block_seq
+
+    @property
+    def config(self) -> LinkProtocolConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: LinkProtocolConfig) -> None:
+        """Takes effect from the session's next frame (the request queues behind those already asked)."""
+        self._config = config
+        if not self.closed:
+            _ignore_outcome(self.runner.submit("configure", self.handle, config))
+
+    def take_events(self) -> list[BlockEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def take_decode_jobs(self) -> list[DecodeJob]:
+        jobs, self._jobs = self._jobs, []
+        return jobs
+
+    # -- steps -----------------------------------------------------------------------------
+    async def emit_frame(self, n_slots: int, at_utc: float | None, close_block: bool, ahead: bool) -> tuple[int, int, bytes]:
+        """Alice's next frame: (frame ID, slots, payload)."""
+        frame_id, slots, payload, mirror = await self.runner.call("emit", self.handle, n_slots, at_utc, close_block, ahead)
+        self.mirror = mirror
+        return frame_id, slots, payload
+
+    async def receive_frame(self, frame_id: int, frame: PhotonFrame, at_utc: float | None) -> list[pb.ClassicalMessage]:
+        """A frame reached Bob: what he sends (a detection report, or nothing while a block is in the way)."""
+        return await self._step("frame", frame_id, frame, at_utc)
+
+    async def receive(self, envelope: pb.ClassicalMessage) -> list[pb.ClassicalMessage]:
+        """A classical message from the peer: the answers to send. Takes the reserve (hold the link's ``stepping``)."""
+        return await self._step("receive", envelope.SerializeToString(), self.reserve.copy())
+
+    async def decoded(self, results: list[np.ndarray | None]) -> list[pb.ClassicalMessage]:
+        """LDPC decode results: the answers to send. Takes the reserve (hold the link's ``stepping``)."""
+        return await self._step("decoded", results, self.reserve.copy())
+
+    async def _step(self, op: str, *args: Any) -> list[pb.ClassicalMessage]:
+        """Runs a step; applies what it changed as soon as this task learns of it, cancelled or not.
+
+        Raises:
+            ProtocolError: What the step raised (what it changed before is applied).
+        """
+        future = self.runner.submit(op, self.handle, *args)
+        try:
+            result: StepResult = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([future])
+            if not future.cancelled() and future.exception() is None:
+                self._apply(future.result())
+            raise
+        self._apply(result)
+        if result.error is not None:
+            raise result.error
+        return [pb.ClassicalMessage.FromString(wire) for wire in result.outs]
+
+    def _apply(self, result: StepResult) -> None:
+        if result.reserve is not None:
+            self.reserve.adopt(result.reserve)
+        self.mirror = result.mirror
+        self._events += result.events
+        self._jobs += result.jobs
+
+    async def settle_pending(self, accepted: bool) -> list[BlockEvent]:
+        """Accepts or drops the block held pending Alice's Commit (after a Hello); the session ends.
+
+        Takes the reserve (a refill may be staged): hold the link's ``stepping``.
+        """
+        if self.pending_block_seq is None:
+            return []
+        self.closed = True
+        events, reserve = await self.runner.call("settle", self.handle, accepted, self.reserve.copy())
+        self.reserve.adopt(reserve)
+        return list(events)
+
+    def abandon(self, reason: str, on_events: Callable[[list[BlockEvent]], None]) -> None:
+        """The session broke: posts its clean-up; ``on_events`` gets the block events it ends with (events
+        of a step that ended as the session was cancelled come first).
+
+        Returns at once (clean-up paths may be cancelled themselves); the
+        session stays in the runner as long as it holds a pending block.
+        """
+        held = self.take_events()
+        if self.closed:
+            on_events(held)
+            return
+        future = self.runner.submit("abandon", self.handle, reason)
+
+        def done(finished: asyncio.Future[Any]) -> None:
+            events = list(held)
+            if not finished.cancelled() and finished.exception() is None:
+                more, mirror = finished.result()
+                events += more
+                self.mirror = mirror
+                self.closed = mirror.pending_block_seq is None
+            else:
+                self.closed = True
+            on_events(events)
+
+        if future.done():
+            done(future)
+        else:
+            future.add_done_callback(done)
+
+    def drop(self) -> None:
+        """Forgets the session in the runner (a pending block that will never be settled)."""
+        if not self.closed:
+            self.closed = True
+            _ignore_outcome(self.runner.submit("drop", self.handle))
+
+
+def session_rng(rng: Any) -> Any:
+    """A generator for one session, drawn from ``rng`` (which moves on): numpy's are spawned, a CSPRNG is new.
+
+    Raises:
+        LocalProtocolError: ``rng`` is neither (it could not be copied into a protocol process safely).
+    """
+    if isinstance(rng, CsprngGenerator):
+        return CsprngGenerator()
+    if isinstance(rng, np.random.Generator):
+        try:
+            return rng.spawn(1)[0]
+        except TypeError:  # made without a SeedSequence
+            return np.random.default_rng(int(rng.integers(1 << 63)))
+    raise LocalProtocolError(f"protocol runner: cannot hand a {type(rng).__name__} to another process")
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    """A posted request whose result nobody needs: its exception is retrieved, so asyncio does not report it."""
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
+def describe(runner: ProtocolRunner) -> str:
+    """How a runner runs (for the node's start-up log line)."""
+    if isinstance(runner, ProcessRunner):
+        return f"process ({runner.method}, pid {runner.pid})"
+    return "thread" if isinstance(runner, ThreadRunner) else "inline"
+

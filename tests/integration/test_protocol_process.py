@@ -1,0 +1,119 @@
+"""The node's protocol process (qcinode.node.protocol_worker.ProcessRunner): real child processes.
+
+Checked: a link run in a protocol process makes the keys and reserves of the
+same link run in place; a step that raises comes back as its own exception
+class; when the process dies, the steps waiting for it fail with
+ProtocolRunnerLost and the next session starts a new process; closing the
+runner ends the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from qcinode.core.authentication import AuthKeyReserve
+from qcinode.core.pair import pump
+from qcinode.core.pipeline import AliceLink, BlockAccepted, BobLink
+from qcinode.errors import RemoteProtocolError
+from qcinode.node.protocol_worker import ProcessRunner, ProtocolRunnerLost, RemoteLink, session_rng
+from qcinode.transport.pb import link_pb2 as pb
+from tests.support.remote_pair import open_pair, pump_remote
+from tests.unit.test_pipeline import BOOTSTRAP, config, frame_slots_for
+
+
+@pytest.fixture
+def runner() -> Iterator[ProcessRunner]:
+    # Spawned: the test process runs gRPC's threads, which a fork would copy half-alive.
+    made = ProcessRunner("test", fork=False)
+    yield made
+    made.close()
+
+
+def _gone(pid: int, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_link_run_in_the_protocol_process_makes_the_keys_of_one_run_in_place(runner: ProcessRunner) -> None:
+    cfg = config(block_bits=20_000)
+    slots = frame_slots_for(cfg)
+    # A process gets each session's generators drawn from the node's (session_rng): so does this twin.
+    gens = [session_rng(np.random.default_rng(s)) for s in np.random.SeedSequence(12).spawn(4)]
+    alice = AliceLink(cfg, AuthKeyReserve(BOOTSTRAP), gens[0], gens[2])
+    bob = BobLink(cfg, AuthKeyReserve(BOOTSTRAP), gens[1], gens[3])
+    in_place = pump(alice, bob, frame_slots=slots, blocks=2)
+
+    async def remote() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]], AuthKeyReserve, AuthKeyReserve, type[Exception]]:
+        pair = await pump_remote(await open_pair(runner, cfg, BOOTSTRAP, seed=12), frame_slots=slots, blocks=2)
+        keys = [(e.block_id, e.key) for e in pair.alice_events if isinstance(e, BlockAccepted)]
+        bob_keys = [(e.block_id, e.key) for e in pair.bob_events if isinstance(e, BlockAccepted)]
+        # A message Alice does not take comes back as the protocol's own error.
+        stray = pb.ClassicalMessage(confirm=pb.Confirm(block_seq=9))
+        try:
+            await pair.alice.receive(stray)
+        except RemoteProtocolError as exc:
+            error: type[Exception] = type(exc)
+        runner.close()  # on the loop its socket was opened on
+        return keys, bob_keys, pair.alice_reserve, pair.bob_reserve, error
+
+    keys, bob_keys, a_res, b_res, error = asyncio.run(remote())
+    expected = [(e.block_id, e.key) for e in in_place.alice_events if isinstance(e, BlockAccepted)]
+    assert len(expected) == 2 and keys == expected == bob_keys
+    assert a_res.to_state() == alice.auth.to_state() and b_res.to_state() == bob.auth.to_state()
+    assert error is RemoteProtocolError
+    assert runner.method == "spawn" and runner.starts == 1
+
+
+def test_a_dead_protocol_process_fails_its_steps_and_the_next_session_gets_a_new_one(runner: ProcessRunner) -> None:
+    cfg = config(block_bits=20_000)
+
+    async def scenario() -> tuple[str, int]:
+        pair = await open_pair(runner, cfg, BOOTSTRAP, seed=3)
+        first = runner.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(ProtocolRunnerLost, match="protocol process of test ended"):
+            await pair.alice.emit_frame(frame_slots_for(cfg), None, False, False)
+        assert pair.bob.pending_block_seq is None  # nothing pending survives the process
+        fresh = await RemoteLink.open(
+            runner, alice=True, config=cfg, reserve=AuthKeyReserve(BOOTSTRAP), key_rng=np.random.default_rng(1),
+            noise_rng=np.random.default_rng(2), next_block_seq=0,
+        )
+        frame_id, slots, _ = await fresh.emit_frame(1000, None, False, False)
+        assert (frame_id, slots) == (0, 1000)
+        lost, starts = str(runner.lost), runner.starts
+        runner.close()
+        return lost, starts
+
+    lost, starts = asyncio.run(scenario())
+    assert lost == "None" and starts == 2
+
+
+def test_closing_the_runner_ends_its_process() -> None:
+    runner = ProcessRunner("test", fork=False)
+
+    async def touch() -> None:
+        await RemoteLink.open(
+            runner, alice=True, config=config(), reserve=AuthKeyReserve(BOOTSTRAP), key_rng=np.random.default_rng(1),
+            noise_rng=np.random.default_rng(2), next_block_seq=0,
+        )
+        assert runner.pid is not None
+        pids.append(runner.pid)
+        runner.close()
+
+    pids: list[int] = []
+    asyncio.run(touch())
+    assert _gone(pids[0])

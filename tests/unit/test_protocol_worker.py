@@ -1,0 +1,205 @@
+"""Link sessions run in a protocol runner (qcinode.node.protocol_worker), the node keeping the MAC-key reserve.
+
+Checked: a link run through a runner makes exactly the keys, events and
+reserve of the same link run in place; a step that raises hands back what it
+changed before; a cancelled caller's step still changes the reserve and keeps
+its events; a session holding a block pending Alice's Commit outlives its
+abandonment until it is settled; a frame step may not touch the reserve;
+each session gets generators of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from qcinode.core.pair import make_pair, pump
+from qcinode.core.pipeline import AliceLink, BlockAborted, BlockAccepted, BobLink, LinkProtocolConfig
+from qcinode.core.randomness import CsprngGenerator
+from qcinode.errors import LocalProtocolError, RemoteProtocolError
+from qcinode.node.protocol_worker import InlineRunner, LinkSteps, ProtocolRunner, ThreadRunner, session_rng
+from qcinode.transport.pb import link_pb2 as pb
+from tests.support.remote_pair import RemotePair, open_pair, pump_remote
+from tests.unit.test_pipeline import BOOTSTRAP, config, frame_slots_for
+
+
+@pytest.fixture(params=["inline", "thread"])
+def runner(request: pytest.FixtureRequest) -> Iterator[ProtocolRunner]:
+    made: ProtocolRunner = InlineRunner() if request.param == "inline" else ThreadRunner("test")
+    yield made
+    made.close()
+
+
+def _keys(events: list[Any]) -> list[tuple[str, bytes]]:
+    return [(e.block_id, e.key) for e in events if isinstance(e, BlockAccepted)]
+
+
+def test_a_link_run_through_a_runner_makes_the_keys_and_reserve_of_one_run_in_place(runner: ProtocolRunner) -> None:
+    cfg = config(block_bits=20_000)
+    slots = frame_slots_for(cfg)
+    alice, bob = make_pair(cfg, BOOTSTRAP, seed=5)
+    in_place = pump(alice, bob, frame_slots=slots, blocks=3)
+
+    async def remote() -> RemotePair:
+        return await pump_remote(await open_pair(runner, cfg, BOOTSTRAP, seed=5), frame_slots=slots, blocks=3)
+
+    pair = asyncio.run(remote())
+    assert len(_keys(in_place.alice_events)) == 3
+    assert _keys(pair.alice_events) == _keys(in_place.alice_events) == _keys(pair.bob_events)
+    assert [e.stats for e in pair.bob_events] == [e.stats for e in in_place.bob_events]
+    # The node's reserves moved exactly as the sessions' own did in place (three MAC keys a block).
+    assert pair.alice_reserve.to_state() == alice.auth.to_state()
+    assert pair.bob_reserve.to_state() == bob.auth.to_state()
+    assert pair.alice_reserve.cursor == 9
+    assert pair.alice.next_block_seq == alice.next_block_seq == 3
+
+
+async def _until_confirm(pair: RemotePair, slots: int) -> pb.ClassicalMessage:
+    """Drives the pair until Alice sends Confirm; returns it undelivered."""
+    while True:
+        frame_id, _, payload = await pair.alice.emit_frame(slots, None, False, False)
+        from qcinode.core.physics import PhotonFrame
+
+        pending = [("B>A", out) for out in await pair.bob.receive_frame(frame_id, PhotonFrame.from_bytes(payload), None)]
+        while pending:
+            direction, envelope = pending.pop(0)
+            if direction == "A>B" and envelope.WhichOneof("body") == "confirm":
+                return envelope
+            target = pair.alice if direction == "B>A" else pair.bob
+            pending += [("A>B" if direction == "B>A" else "B>A", out) for out in await target.receive(envelope)]
+
+
+def test_a_rejected_confirm_spends_the_keys_that_checked_it(runner: ProtocolRunner) -> None:
+    cfg = config(block_bits=20_000)
+
+    async def scenario() -> tuple[int, int, list[str]]:
+        pair = await open_pair(runner, cfg, BOOTSTRAP, seed=8)
+        confirm = await _until_confirm(pair, frame_slots_for(cfg))
+        before = pair.bob_reserve.cursor
+        confirm.confirm.auth_tag = bytes(b ^ 0xFF for b in confirm.confirm.auth_tag)
+        answers = await pair.bob.receive(confirm)
+        return before, pair.bob_reserve.cursor, [a.WhichOneof("body") for a in answers]
+
+    before, after, answers = asyncio.run(scenario())
+    assert answers == ["verdict"]
+    assert after == before + 3  # Bob took the block's three keys to check the tag: they are spent
+
+
+def test_a_step_that_raises_hands_back_what_it_changed_before(runner: ProtocolRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config(block_bits=20_000)
+
+    def spends_then_breaks(self: BobLink, msg: Any) -> Any:
+        self.auth.take(2)
+        assert self.block is not None  # Confirm comes while Bob's block is open
+        self.events.append(BlockAborted(41, "protocol_error", self.block.stats()))
+        raise RemoteProtocolError("a message that breaks the protocol")
+
+    async def scenario() -> tuple[int, int, list[Any]]:
+        pair = await open_pair(runner, cfg, BOOTSTRAP, seed=8)
+        confirm = await _until_confirm(pair, frame_slots_for(cfg))
+        before = pair.bob_reserve.cursor
+        monkeypatch.setattr(BobLink, "receive", spends_then_breaks)
+        with pytest.raises(RemoteProtocolError, match="breaks the protocol"):
+            await pair.bob.receive(confirm)
+        return before, pair.bob_reserve.cursor, pair.bob.take_events()
+
+    before, after, events = asyncio.run(scenario())
+    assert after == before + 2 and [e.block_seq for e in events] == [41]
+
+
+class _GatedRunner(InlineRunner):
+    """Runs each request only when the test opens the gate (to cancel a caller while its step runs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gated = False
+        self.held: list[tuple[asyncio.Future[Any], str, tuple[Any, ...]]] = []
+
+    def submit(self, op: str, *args: Any) -> asyncio.Future[Any]:
+        if not self.gated:
+            return super().submit(op, *args)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.held.append((future, op, args))
+        return future
+
+    def release(self) -> None:
+        for future, op, args in self.held:
+            future.set_result(self.steps.handle(op, args))
+        self.held.clear()
+
+
+def test_a_cancelled_callers_step_still_changes_the_reserve_and_keeps_its_events() -> None:
+    cfg = config(block_bits=20_000)
+    runner = _GatedRunner()
+
+    async def scenario() -> tuple[int, int, list[Any], list[Any]]:
+        pair = await open_pair(runner, cfg, BOOTSTRAP, seed=8)
+        confirm = await _until_confirm(pair, frame_slots_for(cfg))
+        before = pair.bob_reserve.cursor
+        runner.gated = True
+        step = asyncio.ensure_future(pair.bob.receive(confirm))  # Bob checks Confirm: takes three keys
+        await asyncio.sleep(0)
+        step.cancel()
+        await asyncio.sleep(0)
+        assert not step.done(), "a cancelled caller waits for its step to end"
+        assert pair.bob_reserve.cursor == before, "the reserve changes only when the step's outcome is back"
+        runner.release()
+        with pytest.raises(asyncio.CancelledError):
+            await step
+        after = pair.bob_reserve.cursor
+        # Bob's session now holds the block pending Alice's Commit; abandoning it keeps it in the runner.
+        abandoned: list[Any] = []
+        runner.gated = False
+        pair.bob.abandon("session_lost", abandoned.append)
+        pending = pair.bob.pending_block_seq
+        settled = await pair.bob.settle_pending(True)
+        return before, after, [pending, len(runner.steps)], [abandoned, settled]
+
+    before, after, (pending, left), (abandoned, settled) = asyncio.run(scenario())
+    assert after == before + 3
+    assert pending == 0 and abandoned == [[]]
+    assert [type(e).__name__ for e in settled] == ["BlockAccepted"]
+    assert left == 1, "only Alice's session is left in the runner once Bob's pending block is settled"
+
+
+def test_a_frame_step_may_not_touch_the_mac_key_reserve(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg: LinkProtocolConfig = config(block_bits=20_000)
+    original = AliceLink.emit_frame
+
+    def greedy(self: AliceLink, *args: Any, **kwargs: Any) -> Any:
+        self.auth.take(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AliceLink, "emit_frame", greedy)
+    steps = LinkSteps()
+    from qcinode.core.authentication import AuthKeyReserve
+
+    steps.handle("open", (1, True, cfg, AuthKeyReserve(BOOTSTRAP), np.random.default_rng(1), np.random.default_rng(2), 0, 0, False))
+    with pytest.raises(LocalProtocolError, match="frame step changed the MAC-key reserve"):
+        steps.handle("emit", (1, 1000, None, False, False))
+
+
+def test_unknown_requests_and_sessions_are_refused_by_name() -> None:
+    steps = LinkSteps()
+    with pytest.raises(LocalProtocolError, match="unknown request 'explode'"):
+        steps.handle("explode", ())
+    with pytest.raises(LocalProtocolError, match="no session 7"):
+        steps.handle("abandon", (7, "x"))
+
+
+def test_each_session_gets_generators_of_its_own() -> None:
+    parent = np.random.default_rng(np.random.SeedSequence(3))
+    first, second = session_rng(parent), session_rng(parent)
+    assert first.integers(1 << 62) != second.integers(1 << 62)
+    unseeded = np.random.Generator(np.random.PCG64(5))
+    assert session_rng(unseeded).integers(1 << 62) != session_rng(unseeded).integers(1 << 62)
+    csprng = CsprngGenerator()
+    assert session_rng(csprng) is not csprng
+    with pytest.raises(LocalProtocolError, match="cannot hand a Random"):
+        import random
+
+        session_rng(random.Random(1))
