@@ -15,10 +15,11 @@ real run.
 After the first block has ended, a snapshot is taken; ``--seconds`` later a
 second one. From the difference:
 
-* secret bits per CPU-second of BOTH node processes: Alice's ``secret_bits``
-  (``cluster_status``) over the utime + stime of both PIDs
-  (``/proc/PID/stat``; the PIDs come from ``cluster.json``), and per wall
-  second;
+* secret bits per CPU-second of BOTH nodes: Alice's ``secret_bits``
+  (``cluster_status``) over the utime + stime of both node PIDs and of each
+  one's protocol process (its child named ``qcinode-proto``, which computes
+  the links' steps) (``/proc/PID/stat``; the PIDs come from ``cluster.json``),
+  and per wall second;
 * blocks done / aborted in the window, Cascade round trips per block (from
   ``cascade_rounds_per_block`` times the block count at both snapshots);
 * classical messages per block, ESTIMATED: the status has no message counter,
@@ -30,8 +31,8 @@ second one. From the difference:
   quantum stream as one PulseFrame plus one FrameAck;
 * Cascade efficiency (``ec_efficiency``, cumulative since start) and the QBER
   of the last reconciled block;
-* peak RSS of each process (``VmHWM`` in ``/proc/PID/status``) and its CPU
-  share of the window.
+* peak RSS of each node (``VmHWM`` in ``/proc/PID/status``, node process
+  plus protocol process) and its CPU share of the window.
 
 The node logs are scanned for warnings, errors, tracebacks and failed
 sessions (a failed dial before the first session is Alice starting before Bob
@@ -179,16 +180,43 @@ def topology_mapping(
 # --------------------------------------------------------------------------- /proc
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
+def protocol_process(pid: int) -> int | None:
+    """The PID of node ``pid``'s protocol process (its child named qcinode-proto, which computes the links' steps)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat.split("(", 1)[1].rsplit(")", 1)
+        if name == "qcinode-proto" and int(rest.split()[1]) == pid:
+            return int(entry)
+    return None
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads), in seconds."""
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of proc(5)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds of a node: its process and its protocol process."""
+    child = protocol_process(pid)
+    return process_cpu_seconds(pid) + (process_cpu_seconds(child) if child is not None else 0.0)
+
+
 def peak_rss_mib(pid: int) -> float:
-    match = re.search(r"^VmHWM:\s+(\d+)\s+kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
-    return int(match.group(1)) / 1024 if match else math.nan
+    """Peak RSS of a node: its process's plus its protocol process's (shared pages counted in both)."""
+
+    def one(p: int) -> float:
+        match = re.search(r"^VmHWM:\s+(\d+)\s+kB", Path(f"/proc/{p}/status").read_text(), re.MULTILINE)
+        return int(match.group(1)) / 1024 if match else math.nan
+
+    child = protocol_process(pid)
+    return one(pid) + (one(child) if child is not None else 0.0)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

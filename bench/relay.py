@@ -445,10 +445,12 @@ CPU_BASELINE_S = 3.0
 
 
 def request_path_cpu_s(pid: int) -> float:
-    """CPU-seconds so far of a node process's threads other than its protocol thread (Linux /proc; NaN elsewhere).
+    """CPU-seconds so far of a node process's threads at nice 0 (Linux /proc; NaN elsewhere).
 
-    The protocol thread is the one with a raised nice value (qcinode.node.offload.PROTOCOL_NICE); the
-    others are the event loop (KME, relay, link messages), the storage thread and the key writer.
+    The links' protocol steps run in the node's protocol process (qcinode.node.protocol_worker), which
+    is not counted, or in a protocol thread with a raised nice value (PROTOCOL_NICE there), which is
+    skipped; what is counted is the event loop (KME, relay, link messages), the storage thread and the
+    key writer.
     """
     total = 0
     try:

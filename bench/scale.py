@@ -73,11 +73,12 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+from link import protocol_process
 
 from qcinode.cluster.launcher import Cluster
 from qcinode.cluster.zygote import launch_mode
@@ -160,6 +161,11 @@ def rss_pss_uss_mb(pid: int) -> tuple[float, float, float]:
     except OSError:
         pass
     return rss, pss, uss
+
+
+def with_protocol(pid: int, protocol: int | None, figure: Callable[[int], float]) -> float:
+    """``figure`` of a node process plus that of its protocol process (if any)."""
+    return figure(pid) + (figure(protocol) if protocol is not None else 0.0)
 
 
 def threads(pid: int) -> int:
@@ -276,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"  NOT HEALTHY: {exc}")
         t_healthy = time.monotonic()
-        start_cpu = [cpu_seconds(proc.pid) for proc in cluster.processes.values()]
+        start_cpu = [with_protocol(proc.pid, protocol_process(proc.pid), cpu_seconds) for proc in cluster.processes.values()]
         zygote_cpu = cpu_seconds(cluster.zygote.pid) if cluster.zygote is not None else math.nan
         serving = [cluster.port_file(name).stat().st_mtime - wall_launch for name in cluster.processes if cluster.port_file(name).exists()]
         print(
@@ -315,18 +321,25 @@ def run(args: argparse.Namespace) -> int:
 
         # 3. per node over a window
         pids = {name: proc.pid for name, proc in cluster.processes.items()}
+        # Each node computes its links' protocol steps in a child process of its own: counted with it.
+        protocols = {name: protocol_process(pid) for name, pid in pids.items()}
         log(f"measuring every node for {args.window:g} s")
         # Each figure is timed where it is read: scraping 100 nodes of a busy machine takes a while.
-        cpu0 = {name: (time.monotonic(), cpu_seconds(pid)) for name, pid in pids.items()}
+        cpu0 = {name: (time.monotonic(), with_protocol(pid, protocols[name], cpu_seconds)) for name, pid in pids.items()}
+        proto0 = {name: cpu_seconds(child) if child is not None else math.nan for name, child in protocols.items()}
         adverts0 = scrape_all(cluster.metrics_ports)
         w0 = time.monotonic()
         time.sleep(args.window)
-        cpu1 = {name: (time.monotonic(), cpu_seconds(pid)) for name, pid in pids.items()}
+        cpu1 = {name: (time.monotonic(), with_protocol(pid, protocols[name], cpu_seconds)) for name, pid in pids.items()}
+        proto1 = {name: cpu_seconds(child) if child is not None else math.nan for name, child in protocols.items()}
         adverts1 = scrape_all(cluster.metrics_ports)
         w1 = time.monotonic()
         memory = {name: rss_pss_uss_mb(pid) for name, pid in pids.items()}
+        nan3 = (math.nan, math.nan, math.nan)
+        proto_memory = {name: rss_pss_uss_mb(child) if child is not None else nan3 for name, child in protocols.items()}
         span = w1 - w0
         cpu_pct = [100 * (cpu1[n][1] - cpu0[n][1]) / (cpu1[n][0] - cpu0[n][0]) for n in pids]
+        proto_pct = [100 * (proto1[n] - proto0[n]) / (cpu1[n][0] - cpu0[n][0]) for n in pids]
 
         def per_second(kind: str, family: str = "qcinode_routing_adverts_total") -> list[float]:
             key = f"{family}:{kind}"
@@ -340,7 +353,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"   PSS MB        {spread([m[1] for m in memory.values()])}   (shared pages divided among the processes)")
         print(f"   USS MB        {spread([m[2] for m in memory.values()])}   (pages of this process alone: what stopping it frees)")
         print(f"   threads       {spread([float(threads(pid)) for pid in pids.values()], '{:.0f}')}")
-        print(f"   CPU % of core {spread(cpu_pct)}   (sum {sum(c for c in cpu_pct if not math.isnan(c)):.0f} %)")
+        found = sum(child is not None for child in protocols.values())
+        print(f"   protocol process (each node's child that computes its links' steps; {found} of {len(pids)} nodes have one):")
+        print(f"     RSS MB      {spread([m[0] for m in proto_memory.values()])}")
+        print(f"     PSS MB      {spread([m[1] for m in proto_memory.values()])}")
+        print(f"     USS MB      {spread([m[2] for m in proto_memory.values()])}")
+        both = [m[1] + p[1] for m, p in zip(memory.values(), proto_memory.values())]
+        print(f"   PSS MB of node + protocol process {spread(both)}   (sum {sum(b for b in both if not math.isnan(b)):.0f} MB)")
+        print(f"   CPU % of core {spread(cpu_pct)}   (sum {sum(c for c in cpu_pct if not math.isnan(c)):.0f} %; node + protocol process)")
+        print(f"     of which the protocol process {spread(proto_pct)}")
         print(
             f"   adverts sent/s {spread(advert_rate, '{:.2f}')}   received/s {spread(received_rate, '{:.2f}')}   "
             f"Advertise(Many) calls made/s {spread(call_rate, '{:.2f}')}"

@@ -340,6 +340,15 @@ class PhotonFrame:
             )
         )
 
+    @staticmethod
+    def header_slots(data: bytes) -> int:
+        """The pulse slots of a :meth:`to_bytes` frame, from its header and length alone (no array is read).
+
+        Raises:
+            RemoteProtocolError: As :meth:`from_bytes`, for the header and the length.
+        """
+        return _frame_layout(memoryview(data))[0]
+
     @classmethod
     def from_bytes(cls, data: bytes) -> PhotonFrame:
         """Parse and validate :meth:`to_bytes` output.
@@ -351,26 +360,7 @@ class PhotonFrame:
                 padding bits.
         """
         view = memoryview(data)
-        if len(view) < _FRAME_HEADER.size:
-            raise RemoteProtocolError("PhotonFrame: truncated header")
-        magic, flags, n_slots, count = _FRAME_HEADER.unpack_from(view)
-        if magic != _FRAME_MAGIC:
-            raise RemoteProtocolError("PhotonFrame: bad magic")
-        both_widths = _FLAG_WIDE_GAPS | _FLAG_NARROW_GAPS
-        if flags & ~_KNOWN_FLAGS or flags & both_widths == both_widths:
-            raise RemoteProtocolError(f"PhotonFrame: unknown flags {flags:#x}")
-        if n_slots > MAX_SLOTS:
-            raise RemoteProtocolError(f"PhotonFrame: n_slots {n_slots} too large")
-        if count > n_slots:
-            raise RemoteProtocolError(f"PhotonFrame: {count} slots in a frame of {n_slots}")
-        gap_width = 8 if flags & _FLAG_WIDE_GAPS else 2 if flags & _FLAG_NARROW_GAPS else 4
-        photon_width = 2 if flags & _FLAG_WIDE_PHOTONS else 1
-        packed = (count + 7) // 8
-        expected = _FRAME_HEADER.size + count * (gap_width + photon_width) + 2 * packed
-        if len(view) != expected:
-            raise RemoteProtocolError(
-                f"PhotonFrame: expected {expected} bytes for {count} slots, got {len(view)}"
-            )
+        n_slots, count, gap_width, photon_width, packed = _frame_layout(view)
         offset = _FRAME_HEADER.size
         gaps = np.frombuffer(view, {2: "<u2", 4: "<u4", 8: "<u8"}[gap_width], count, offset)
         offset += count * gap_width
@@ -421,6 +411,31 @@ class Clicks:
 
     def __len__(self) -> int:
         return len(self.slots)
+
+
+def _frame_layout(view: memoryview) -> tuple[int, int, int, int, int]:
+    """A PhotonFrame's (n_slots, count, gap width, photon-count width, packed bytes), its header and length checked."""
+    if len(view) < _FRAME_HEADER.size:
+        raise RemoteProtocolError("PhotonFrame: truncated header")
+    magic, flags, n_slots, count = _FRAME_HEADER.unpack_from(view)
+    if magic != _FRAME_MAGIC:
+        raise RemoteProtocolError("PhotonFrame: bad magic")
+    both_widths = _FLAG_WIDE_GAPS | _FLAG_NARROW_GAPS
+    if flags & ~_KNOWN_FLAGS or flags & both_widths == both_widths:
+        raise RemoteProtocolError(f"PhotonFrame: unknown flags {flags:#x}")
+    if n_slots > MAX_SLOTS:
+        raise RemoteProtocolError(f"PhotonFrame: n_slots {n_slots} too large")
+    if count > n_slots:
+        raise RemoteProtocolError(f"PhotonFrame: {count} slots in a frame of {n_slots}")
+    gap_width = 8 if flags & _FLAG_WIDE_GAPS else 2 if flags & _FLAG_NARROW_GAPS else 4
+    photon_width = 2 if flags & _FLAG_WIDE_PHOTONS else 1
+    packed = (count + 7) // 8
+    expected = _FRAME_HEADER.size + count * (gap_width + photon_width) + 2 * packed
+    if len(view) != expected:
+        raise RemoteProtocolError(
+            f"PhotonFrame: expected {expected} bytes for {count} slots, got {len(view)}"
+        )
+    return int(n_slots), int(count), gap_width, photon_width, packed
 
 
 # --------------------------------------------------------------------------- sampling

@@ -399,7 +399,7 @@ class BobEndpoint:
         self.offload = offload or Offload.inline()
         self.links = links
         self.rng_factory = rng_factory
-        self.frames: dict[str, asyncio.Queue[tuple[int, PhotonFrame, float | None]]] = {
+        self.frames: dict[str, asyncio.Queue[tuple[int, bytes, float | None]]] = {
             link_id: asyncio.Queue(maxsize=4) for link_id, rt in links.items()
         }
         self.inboxes: dict[str, asyncio.Queue[tuple[str, Any]]] = {}
@@ -437,13 +437,13 @@ class BobEndpoint:
             if rt is None:
                 raise Unauthorized(f"{peer_cn!r} is not the transmitter of link {frame.link_id!r}")
             try:
-                photons = PhotonFrame.from_bytes(frame.payload)
+                n_slots = PhotonFrame.header_slots(frame.payload)  # the rest is checked where it is parsed
             except ProtocolError as exc:
                 raise RemoteProtocolError(f"malformed pulse frame: {exc}") from exc
-            if photons.n_slots != frame.n_slots:
+            if n_slots != frame.n_slots:
                 raise RemoteProtocolError("pulse frame n_slots does not match its payload")
-            await self.frames[rt.link_id].put((frame.frame_id, photons, frame.at_utc or None))
-            rt.note_frame(photons.n_slots)
+            await self.frames[rt.link_id].put((frame.frame_id, frame.payload, frame.at_utc or None))
+            rt.note_frame(n_slots)
             yield pb.FrameAck(frame_id=frame.frame_id)
 
     async def session(self, request_iterator: AsyncIterator[pb.ClassicalMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ClassicalMessage]:

@@ -12,7 +12,6 @@ import dataclasses
 import numpy as np
 
 from qcinode.core.authentication import AuthKeyReserve
-from qcinode.core.physics import PhotonFrame
 from qcinode.core.pipeline import BlockEvent, LinkProtocolConfig
 from qcinode.node.protocol_worker import ProtocolRunner, RemoteLink
 
@@ -49,7 +48,7 @@ async def pump_remote(pair: RemotePair, *, frame_slots: int, blocks: int = 1, ma
         assert pair.alice.is_ready_for_frame, "protocol stalled"
         frame_id, _, payload = await pair.alice.emit_frame(frame_slots, None, False, False)
         frames += 1
-        pending = [("B>A", out) for out in await pair.bob.receive_frame(frame_id, PhotonFrame.from_bytes(payload), None)]
+        pending = [("B>A", out) for out in await pair.bob.receive_frame(frame_id, payload, None)]
         while pending:
             direction, envelope = pending.pop(0)
             if direction == "B>A":

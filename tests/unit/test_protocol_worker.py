@@ -62,9 +62,7 @@ async def _until_confirm(pair: RemotePair, slots: int) -> pb.ClassicalMessage:
     """Drives the pair until Alice sends Confirm; returns it undelivered."""
     while True:
         frame_id, _, payload = await pair.alice.emit_frame(slots, None, False, False)
-        from qcinode.core.physics import PhotonFrame
-
-        pending = [("B>A", out) for out in await pair.bob.receive_frame(frame_id, PhotonFrame.from_bytes(payload), None)]
+        pending = [("B>A", out) for out in await pair.bob.receive_frame(frame_id, payload, None)]
         while pending:
             direction, envelope = pending.pop(0)
             if direction == "A>B" and envelope.WhichOneof("body") == "confirm":
@@ -203,3 +201,25 @@ def test_each_session_gets_generators_of_its_own() -> None:
         import random
 
         session_rng(random.Random(1))
+
+
+def test_a_frame_whose_header_passes_but_body_does_not_is_refused_where_it_is_parsed(runner: ProtocolRunner) -> None:
+    from qcinode.core.physics import PhotonFrame
+
+    cfg = config(block_bits=20_000)
+
+    async def scenario() -> tuple[int, int, str]:
+        pair = await open_pair(runner, cfg, BOOTSTRAP, seed=4)
+        frame_id, slots, payload = await pair.alice.emit_frame(frame_slots_for(cfg), None, False, False)
+        header = 21  # magic, flags, n_slots, count; the first gap follows
+        bad = payload[:header] + b"\xff" * 8 + payload[header + 8 :]  # the first slots land outside the frame
+        checked = PhotonFrame.header_slots(bad)  # what the loop checks: the header and the length
+        with pytest.raises(RemoteProtocolError, match="PhotonFrame"):
+            await pair.bob.receive_frame(frame_id, bad, None)
+        with pytest.raises(RemoteProtocolError, match="truncated|expected"):
+            PhotonFrame.header_slots(payload[:-1])
+        return slots, checked, pair.bob.state.value
+
+    slots, checked, state = asyncio.run(scenario())
+    assert checked == slots
+    assert state == "quantum"  # nothing was measured
