@@ -715,11 +715,7 @@ def _write_together(pairs: Sequence[tuple[LinkRuntime, _Snapshot]]) -> None:
             by_store.setdefault(id(store), (store, []))[1].append((rt, newest))
         for store, writes in by_store.values():
             try:
-                if len(writes) == 1:
-                    ((rt, snap),) = writes
-                    store.save(rt.link_id, snap.state, blob_names=snap.blob_names, blob=snap.blob)
-                else:
-                    store.save_many([LinkSave(rt.link_id, snap.state, snap.blob_names, snap.blob) for rt, snap in writes])
+                store.save_many([LinkSave(rt.link_id, snap.state, snap.blob_names, snap.blob) for rt, snap in writes])
             except StorageFailure as exc:
                 for rt, _ in writes:
                     rt.storage_failure = exc.reason
