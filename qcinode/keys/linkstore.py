@@ -1,38 +1,79 @@
 """The durable, encrypted-at-rest store of every link's state at one node.
 
 Theory of operation:
-    * **What is stored.** One row per link: the JSON-able dict the node builds
-      from :meth:`LinkKeyPool.to_state`, :meth:`AuthKeyReserve.to_state` and
-      its counters. It holds secret key material (hex), so it never reaches
-      the disk in the clear and never appears in an exception message.
+    * **What is stored.** Per link, the JSON-able dict the node builds from
+      :meth:`LinkKeyPool.to_state`, :meth:`AuthKeyReserve.to_state` and its
+      counters, in three kinds of rows (below): the link row, one ledger row
+      per open block, and blobs. It holds secret key material, so it never
+      reaches the disk in the clear and never appears in an exception message.
     * **Blobs.** The parts of a state that never change once written — a
       pool's key halves and closed-block summaries
-      (:meth:`LinkKeyPool.to_state` with ``inline=False``) — are stored apart,
-      one row per named blob, written once and deleted when the state no
-      longer names them, in the same transaction as the state. A save then
-      costs what the open blocks' ledgers and the closed blocks' IDs cost, not
-      what the pool holds (measured, 12.5 kB blocks: 800 blocks 283 ms per save inline, 9.8 ms
+      (:meth:`LinkKeyPool.to_state` with ``inline=False``), the MAC-key
+      reserve's chunks — are stored apart, one row per named blob, written
+      once and deleted when the state no longer names them, in the same
+      transaction as the state. A save then costs what the open blocks'
+      ledgers and the closed blocks' IDs cost, not what the pool holds
+      (measured, 12.5 kB blocks: 800 blocks 283 ms per save inline, 9.8 ms
       with blobs; 100 blocks 35 ms and 1.6 ms).
+    * **Ledger rows: a save writes what changed.** A relay hop uses pad of a
+      link, which changes one open block's ledger and nothing else of the
+      link's state; rewriting every open block's ledger and the rest of the
+      state for it cost most of the save. So each entry of a pool state's
+      ``"blocks"`` (an open block: its ledger, its halves named) is a row of
+      its own keyed by link and block ID, and the link row holds the rest,
+      with the blocks' IDs in their order. The store remembers, per link,
+      what its rows hold as it last wrote them, and a save writes only
+
+      - the ledger rows whose entry is not the one last written: the pool
+        builds a block's entry anew only when its ledger changes
+        (:meth:`LinkKeyPool.to_state` caches it until then), so an
+        unchanged block is the same object, found by identity (or an equal
+        one, rebuilt, e.g. a block under the pad stock's reservations);
+      - the link row, if its JSON differs from the last written;
+      - deletions of the ledger rows of blocks no longer in the state
+        (closed, discarded, folded) and of unnamed blobs,
+
+      all in the one transaction of the save. The memory changes only once
+      that transaction has committed, so after a failed save the next one
+      writes everything the failed one would have. A store opened on an
+      existing file knows which ledger rows are on disk but not what they
+      hold: its first save of a link rewrites them all. :meth:`LinkStore.load`
+      puts the ledgers back in their places and returns exactly the state
+      that was saved. A state whose ``"pool"`` has no such ``"blocks"`` (a
+      list of objects with distinct ``"block_id"`` strings) is one row.
     * **Layout.** ``data_dir/links.sqlite3``, tables
       ``links(link_id TEXT PRIMARY KEY, nonce BLOB, ciphertext BLOB, updated_at REAL)``
-      and ``link_blobs(link_id, name, nonce, ciphertext)``.
-      ``PRAGMA user_version`` records the schema version.
-    * **Encryption.** Each row is ``AES-256-GCM(zlib(json(state)))`` under the
-      node's :class:`StorageKey`, with a fresh random 96-bit nonce per write
-      (random nonces stay safe for far more than 2^32 writes' worth of a
-      node's lifetime would ever need, NIST SP 800-38D §8.3). The associated
-      data binds the schema version, the node name and the link ID, so a row
-      copied to another link, another node or another schema fails to
-      decrypt instead of loading the wrong link's ledger. A blob's associated
-      data adds its name, so a blob moved to another name fails too.
+      (``updated_at``: when the link row was last written),
+      ``link_ledgers(link_id, block_id, nonce, ciphertext)`` and
+      ``link_blobs(link_id, name, nonce, ciphertext)``.
+      ``PRAGMA user_version`` records the schema version, now 2; an older
+      qcinode refuses the file rather than misread it.
+    * **Schema version 1** files (no ledger rows; each link row the whole
+      state) are brought up on open: the ``link_ledgers`` table is created
+      and the version set, their link rows still load as they are, and each
+      link's first save rewrites its row in the new form, with its ledger
+      rows. Blobs are unchanged.
+    * **Encryption.** Each row is ``AES-256-GCM(zlib(json(...)))`` (a blob:
+      its bytes) under the node's :class:`StorageKey`, with a fresh random
+      96-bit nonce per write (random nonces stay safe for far more than 2^32
+      writes' worth of a node's lifetime would ever need, NIST SP 800-38D
+      §8.3). The associated data binds the row format's version, the node
+      name and the link ID, so a row copied to another link, another node or
+      another format fails to decrypt instead of loading the wrong link's
+      ledger; a ledger row's adds its block ID and a blob's its name, so a
+      row moved to another block or name fails too. Link and ledger rows
+      are format 2; blobs, never rewritten, keep format 1; a link row of
+      format 1 is one schema version 1 wrote (the whole state). A ledger
+      row the link row does not name, or one it names that is missing, is
+      refused on load.
     * **Compression.** The JSON is compressed before encryption (ciphertext
       does not compress). Pools are mostly hex, which has no repeats for
       LZ77 to find but only 16 symbols, so Huffman-only deflate halves it at
       about twice the speed of zlib level 1 (and a smaller output).
     * **Crash safety.** SQLite in WAL mode with ``synchronous=FULL``: a
       :meth:`LinkStore.save` is one transaction that is durable once it
-      returns, and a process killed at any moment leaves each link's row
-      either as it was or as the new state, never a mix. The AEAD tag would
+      returns, and a process killed at any moment leaves each link's rows
+      either as they were or as the new state, never a mix. The AEAD tag would
       refuse a torn row anyway.
     * **Failures are loud.** Anything that stops a state from being saved or
       read back faithfully (unwritable or full directory, corrupt database,
@@ -49,10 +90,12 @@ Theory of operation:
       outside the data directory (``qcinode node --storage-key-file``, a
       Kubernetes Secret in the rendered manifests) a copy of the data
       volume alone reveals nothing. Integrity is per
-      row, not freshness: replacing the whole file with an older copy of
-      itself is not detectable from inside it.
+      row, not freshness: replacing the whole file, or one of its rows, with
+      an older copy of itself is not detectable from inside it (no more
+      than it was when each link was one row).
     * **Threads.** One connection, guarded by a lock, so a node may call
-      :meth:`LinkStore.save` from ``asyncio.to_thread`` workers.
+      :meth:`LinkStore.save` from ``asyncio.to_thread`` workers; saves run one
+      at a time, each comparing with what the last one wrote.
 """
 
 from __future__ import annotations
@@ -411,14 +454,19 @@ class LinkStore(SqliteStore):
             what = f"link {writes[0].link_id!r}" if len(writes) == 1 else "links " + ", ".join(repr(w.link_id) for w in writes)
             with self._transaction(f"cannot save {what} to {self._path}") as conn:
                 for w in writes:
-                    conn.executemany("INSERT INTO link_blobs (link_id, name, nonce, ciphertext) VALUES (?, ?, ?, ?)", w.blobs_added)
-                    conn.executemany("DELETE FROM link_blobs WHERE link_id = ? AND name = ?", w.blobs_gone)
-                    conn.executemany("DELETE FROM link_ledgers WHERE link_id = ? AND block_id = ?", w.ledgers_gone)
-                    conn.executemany(
-                        "INSERT INTO link_ledgers (link_id, block_id, nonce, ciphertext) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (link_id, block_id) DO UPDATE SET nonce = excluded.nonce, ciphertext = excluded.ciphertext",
-                        w.ledgers_written,
-                    )
+                    # A hop's save has one ledger row to write and nothing else: skip the empty statements.
+                    if w.blobs_added:
+                        conn.executemany("INSERT INTO link_blobs (link_id, name, nonce, ciphertext) VALUES (?, ?, ?, ?)", w.blobs_added)
+                    if w.blobs_gone:
+                        conn.executemany("DELETE FROM link_blobs WHERE link_id = ? AND name = ?", w.blobs_gone)
+                    if w.ledgers_gone:
+                        conn.executemany("DELETE FROM link_ledgers WHERE link_id = ? AND block_id = ?", w.ledgers_gone)
+                    if w.ledgers_written:
+                        conn.executemany(
+                            "INSERT INTO link_ledgers (link_id, block_id, nonce, ciphertext) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT (link_id, block_id) DO UPDATE SET nonce = excluded.nonce, ciphertext = excluded.ciphertext",
+                            w.ledgers_written,
+                        )
                     if w.row is not None:
                         conn.execute(
                             "INSERT INTO links (link_id, nonce, ciphertext, updated_at) VALUES (?, ?, ?, ?) "
