@@ -693,8 +693,11 @@ def _distinct(runtimes: Sequence[LinkRuntime]) -> list[LinkRuntime]:
 def _write_together(pairs: Sequence[tuple[LinkRuntime, _Snapshot]]) -> None:
     """Writes each link's snapshot (or a newer one) not yet on disk, in one transaction per store (any thread).
 
-    The links' write locks are taken in link-ID order, so two writers of
-    overlapping sets never wait for each other in a circle.
+    One link or several, the write is one :meth:`LinkStore.save_many`, which
+    writes only the rows that changed since the link's last write (each open
+    block's ledger is a row of its own). The links' write locks are taken in
+    link-ID order, so two writers of overlapping sets never wait for each
+    other in a circle.
     """
     ordered = sorted(pairs, key=lambda pair: pair[0].link_id)
     with contextlib.ExitStack() as locks:
@@ -709,11 +712,7 @@ def _write_together(pairs: Sequence[tuple[LinkRuntime, _Snapshot]]) -> None:
             by_store.setdefault(id(store), (store, []))[1].append((rt, newest))
         for store, writes in by_store.values():
             try:
-                if len(writes) == 1:
-                    ((rt, snap),) = writes
-                    store.save(rt.link_id, snap.state, blob_names=snap.blob_names, blob=snap.blob)
-                else:
-                    store.save_many([LinkSave(rt.link_id, snap.state, snap.blob_names, snap.blob) for rt, snap in writes])
+                store.save_many([LinkSave(rt.link_id, snap.state, snap.blob_names, snap.blob) for rt, snap in writes])
             except StorageFailure as exc:
                 for rt, _ in writes:
                     rt.storage_failure = exc.reason

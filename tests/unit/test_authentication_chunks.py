@@ -11,17 +11,18 @@ a save after a change of the pool alone writes no MAC-key blob.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from qcinode.core.authentication import AUTH_BLOB_PREFIX, KEY_BYTES, AuthKeyReserve
 from qcinode.errors import InsufficientKeyMaterial, KeyNotFound, KeyStoreError, LocalProtocolError
-from qcinode.keys.linkstore import DATABASE_FILE, LinkStore
+from qcinode.keys.linkstore import DATABASE_FILE, LinkSave, LinkStore
 from qcinode.node.runtime import LinkRuntime
 from qcinode.topology import parse_topology
 
@@ -224,17 +225,20 @@ class _SpyStore:
         self.store = store
         self.asked: list[set[str]] = []
 
-    def save(self, link_id: str, state: dict[str, Any], **kwargs: Any) -> None:
-        asked: set[str] = set()
-        blob = kwargs["blob"]
+    def save_many(self, saves: Sequence[LinkSave]) -> None:
+        asked: list[set[str]] = [set() for _ in saves]
 
-        def spy(name: str) -> bytes:
-            asked.add(name)
-            data: bytes = blob(name)
-            return data
+        def spy(blob: Callable[[str], bytes] | None, names: set[str]) -> Callable[[str], bytes]:
+            assert blob is not None
 
-        self.store.save(link_id, state, **{**kwargs, "blob": spy})
-        self.asked.append(asked)
+            def asking(name: str) -> bytes:
+                names.add(name)
+                return blob(name)
+
+            return asking
+
+        self.store.save_many([dataclasses.replace(save, blob=spy(save.blob, names)) for save, names in zip(saves, asked, strict=True)])
+        self.asked.extend(asked)
 
 
 def _runtime(data_dir: Path, bootstrap: bytes) -> LinkRuntime:

@@ -14,7 +14,7 @@ import concurrent.futures
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from qcinode.errors import StorageFailure
-from qcinode.keys.linkstore import LinkStore
+from qcinode.keys.linkstore import LinkSave, LinkStore
 from qcinode.node.offload import SWITCH_INTERVAL_S, AsyncGroupCommit, GroupCommit, Offload
 from qcinode.node.protocol_worker import InlineRunner, ThreadRunner
 from qcinode.node.runtime import LinkRuntime, finish_in_thread, persist_together
@@ -50,14 +50,14 @@ class _GatedStore:
         self.entered = threading.Event()
         self.fail_next = False
 
-    def save(self, link_id: str, state: dict[str, Any], **kwargs: Any) -> None:
+    def save_many(self, saves: Sequence[LinkSave]) -> None:
         self.entered.set()
         assert self.gate.wait(10)
         if self.fail_next:
             self.fail_next = False
             raise StorageFailure("disk full", path=Path("x"), reason="database or disk is full")
-        self.store.save(link_id, state, **kwargs)
-        self.saved.append(len(state["pool"]["blocks"]))
+        self.store.save_many(saves)
+        self.saved.extend(len(save.state["pool"]["blocks"]) for save in saves)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
