@@ -428,6 +428,8 @@ class ProcessRunner(ProtocolRunner):
         self._process: Any = None  # a spawned child's multiprocessing.Process
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._unsent: list[bytes] = []  # requests asked for before the loop's connection to the child
+        self._connecting: asyncio.Future[None] | None = None
         self._next_id = 0
         self.lost: str | None = None  # why the child ended, once it did
         self._start(fork=sys.platform == "linux" and _threads() == 1 if fork is None else fork)
@@ -464,38 +466,44 @@ class ProcessRunner(ProtocolRunner):
     def pid(self) -> int | None:
         return self._pid
 
-    async def _connected(self) -> asyncio.Transport:
-        if self.lost is not None:  # the child ended: a new one (spawned: this process has threads by now)
-            self._reap()
-            self._start(fork=False)
-        if self._transport is None:
-            assert self._sock is not None
-            transport, _ = await asyncio.get_running_loop().create_unix_connection(lambda: _Answers(self), sock=self._sock)
-            self._transport = transport
-        return self._transport
-
     def submit(self, op: str, *args: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._next_id += 1
         rid = self._next_id
         request = pickle.dumps((rid, op, args), protocol=pickle.HIGHEST_PROTOCOL)
-        if self._transport is not None and self.lost is None:
-            self._pending[rid] = future
+        self._pending[rid] = future
+        if self._transport is not None:
             self._transport.write(_HEADER.pack(len(request)) + request)
-        else:
-            # First request, or the child ended: (re)connect first, in order with later requests.
-            self._pending[rid] = future
-            ready = asyncio.ensure_future(self._connected())
-
-            def send(done: asyncio.Future[asyncio.Transport]) -> None:
-                if done.cancelled() or done.exception() is not None:
-                    self._fail(rid, ProtocolRunnerLost(f"protocol process of {self.name} cannot start: {done.exception()!r}"))
-                    return
-                done.result().write(_HEADER.pack(len(request)) + request)
-
-            ready.add_done_callback(send)
+            return future
+        # First request, or the child ended: requests wait, in order, for the one connection.
+        self._unsent.append(_HEADER.pack(len(request)) + request)
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
         return future
+
+    async def _connect(self) -> None:
+        """Connects the loop to the child (a new child first if the last one ended), then sends what waited."""
+        try:
+            if self.lost is not None:  # the child ended: a new one (spawned: this process has threads by now)
+                self._reap()
+                self._start(fork=False)
+            assert self._sock is not None
+            transport, _ = await asyncio.get_running_loop().create_unix_connection(lambda: _Answers(self), sock=self._sock)
+        except BaseException as exc:  # cancelled (the node stops) or failed: the waiting requests fail
+            self._connecting = None
+            self._unsent = []
+            for rid in list(self._pending):
+                self._fail(rid, ProtocolRunnerLost(f"protocol process of {self.name} cannot be reached: {exc!r}"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._connecting = None
+        if self.lost is not None:  # it ended while we connected: its requests failed with it
+            return
+        self._transport = transport
+        unsent, self._unsent = self._unsent, []
+        for data in unsent:
+            transport.write(data)
 
     def _answer(self, rid: int, ok: bool, value: Any) -> None:
         future = self._pending.pop(rid, None)
@@ -515,6 +523,7 @@ class ProcessRunner(ProtocolRunner):
         self.lost = why
         self._transport = None
         self._sock = None
+        self._unsent = []
         for rid in list(self._pending):
             self._fail(rid, ProtocolRunnerLost(f"protocol process of {self.name} ended ({why})"))
 
@@ -534,6 +543,8 @@ class ProcessRunner(ProtocolRunner):
 
     def close(self) -> None:
         """Closes the socket: the child ends after the step it runs (killed if that takes over :data:`CLOSE_WAIT_S`)."""
+        if self._connecting is not None:
+            self._connecting.cancel()
         if self._transport is not None:
             self._transport.close()
         elif self._sock is not None:

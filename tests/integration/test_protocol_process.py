@@ -77,6 +77,26 @@ def test_a_link_run_in_the_protocol_process_makes_the_keys_of_one_run_in_place(r
     assert runner.method == "spawn" and runner.starts == 1
 
 
+def test_sessions_that_start_together_share_one_connection_and_keep_their_answers_apart(runner: ProcessRunner) -> None:
+    """Several links' first requests come before the loop is connected to the process: they wait, in order, for one connection."""
+    cfg = config(block_bits=20_000)
+    slots = frame_slots_for(cfg)
+
+    def twin(seed: int) -> list[tuple[str, bytes]]:
+        gens = [session_rng(np.random.default_rng(s)) for s in np.random.SeedSequence(seed).spawn(4)]
+        alice = AliceLink(cfg, AuthKeyReserve(BOOTSTRAP), gens[0], gens[2])
+        bob = BobLink(cfg, AuthKeyReserve(BOOTSTRAP), gens[1], gens[3])
+        return [(e.block_id, e.key) for e in pump(alice, bob, frame_slots=slots, blocks=1).alice_events if isinstance(e, BlockAccepted)]
+
+    async def together() -> list[list[tuple[str, bytes]]]:
+        pairs = await asyncio.gather(*(open_pair(runner, cfg, BOOTSTRAP, seed=seed) for seed in (21, 22, 23)))
+        done = await asyncio.gather(*(pump_remote(pair, frame_slots=slots, blocks=1) for pair in pairs))
+        runner.close()
+        return [[(e.block_id, e.key) for e in pair.bob_events if isinstance(e, BlockAccepted)] for pair in done]
+
+    assert asyncio.run(together()) == [twin(21), twin(22), twin(23)]
+
+
 def test_a_dead_protocol_process_fails_its_steps_and_the_next_session_gets_a_new_one(runner: ProcessRunner) -> None:
     cfg = config(block_bits=20_000)
 
