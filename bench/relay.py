@@ -36,8 +36,8 @@ Links are 10 km with the topology defaults and
    holds ``--stock-bits`` (default 800 000 bits: about 1 500 one-hop keys, so
    the stocked part of the 16-key run rests on that many keys).
    Also printed: the request path's CPU per key served at n0 and n1
-   (CPU-seconds of every thread but the link protocol thread over the
-   window, minus what the same threads spent on link traffic alone over
+   (CPU-seconds of the node process's threads over the window, not its
+   protocol process's, minus what the same threads spent on link traffic alone over
    3 s just before, per key), a figure the host's load does not swing as
    it swings the wall-clock ones.
    Pools running dry is a result, not an error.
@@ -588,7 +588,7 @@ def print_throughput(results: Sequence[ThroughputResult]) -> None:
         )
         if r.keys:
             cpu = ", ".join(f"{name} {1e3 * v / r.keys:.2f}" for name, v in r.relay_cpu_s.items())
-            print(f"      request-path CPU per key served (ms; threads other than the protocol thread, link traffic subtracted): {cpu}")
+            print(f"      request-path CPU per key served (ms; the node process, not its protocol process; link traffic subtracted): {cpu}")
         orphans = r.relays_delivered - r.keys
         if orphans:
             print(

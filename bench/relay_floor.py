@@ -10,7 +10,8 @@ costs when nothing else runs.
 A chain ``n0 - n1 - ... - nN`` (10 km links, 1 GHz sources, 100,000-bit
 blocks, ``emulation: {speed: max}``) runs as real :class:`~qcinode.node.node.Node`
 objects on one event loop, with real gRPC over mutual TLS between them and
-their stores on disk (each node's own storage and protocol threads). The
+their stores on disk (each node's own storage and protocol threads: in-process
+nodes step their links in a thread, not a process). The
 links first make key until n0 can send ``--requests`` keys to the far end;
 then a 60 s delay fault on every link's post-processing messages (with a
 stage timeout longer than that) holds the links: their sessions stay up, so

@@ -484,8 +484,8 @@ class BobEndpoint:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(SUPERSEDE_WAIT_S):
                         await ended.wait()
-        # An old session that outlived the wait may be inside a protocol step (in the
-        # protocol thread, on the same MAC-key reserve): the exchange waits for it to end.
+        # An old session that outlived the wait may be inside a protocol step (on a copy of
+        # the reserve, adopted when it ends): the exchange waits for it to end.
         async with rt.step_lock:
             exchange = HelloExchange(link_snapshot(rt), rt.auth)
             try:
