@@ -102,6 +102,7 @@ from ..core.randomness import CsprngGenerator, KeyRandomness
 from ..errors import LocalProtocolError, TransportError
 from ..transport import codec
 from ..transport.pb import link_pb2 as pb
+from .runtime import finish_in_thread
 
 __all__ = [
     "PROTOCOL_NICE",
@@ -347,14 +348,7 @@ class ProtocolRunner:
         caller cancelled meanwhile still waits for its end (so that what the
         step changed is known before the caller's clean-up), then re-raises.
         """
-        future = self.submit(op, *args)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            while not future.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([future])
-            raise
+        return await finish_in_thread(self.submit(op, *args))
 
     def submit(self, op: str, *args: Any) -> asyncio.Future[Any]:
         """Queues a request after those already asked; a future of its result."""
@@ -801,11 +795,8 @@ class RemoteLink:
         """
         future = self.runner.submit(op, self.handle, *args)
         try:
-            result: StepResult = await asyncio.shield(future)
-        except asyncio.CancelledError:
-            while not future.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([future])
+            result: StepResult = await finish_in_thread(future)
+        except asyncio.CancelledError:  # the step has ended (finish_in_thread waited): what it changed stands
             if not future.cancelled() and future.exception() is None:
                 self._apply(future.result())
             raise

@@ -153,10 +153,10 @@ class _Snapshot:
 
 
 async def finish_in_thread(future: asyncio.Future[Any]) -> Any:
-    """Awaits work running in another thread; if the caller is cancelled, still waits for that work to end first.
+    """Awaits work running in another thread (or process); if the caller is cancelled, still waits for that work to end first.
 
-    Whatever the thread touches (a link's protocol objects, its state) must
-    not be touched by the caller's clean-up while the thread still runs.
+    Whatever the work touches or decides (a link's state, the outcome of a
+    protocol step) must be settled before the caller's clean-up runs.
     """
     try:
         return await asyncio.shield(future)
