@@ -596,6 +596,8 @@ def _linux_identity() -> None:
 
 
 AUTOGROUP_SETTING = "/proc/sys/kernel/sched_autogroup_enabled"
+#: Environment variable: ``idle`` (the default where autogroups are on) or ``nice`` (see :func:`_yield_to_loops`).
+SCHEDULING_ENV = "QCINODE_PROTOCOL_SCHED"
 
 
 def _yield_to_loops() -> None:
@@ -607,13 +609,14 @@ def _yield_to_loops() -> None:
     that wakes (an event loop with a request) preempts it at once. Without
     autogroups SCHED_IDLE would weigh this process at 3/1024 of a loop and
     starve the links of a busy machine, so it is only niced
-    (:data:`PROTOCOL_NICE`).
+    (:data:`PROTOCOL_NICE`), in its node's session; :data:`SCHEDULING_ENV`
+    ``nice`` asks for that everywhere.
     """
     try:
         grouped = Path(AUTOGROUP_SETTING).read_text().strip() == "1"
     except OSError:
         grouped = False
-    if grouped:
+    if grouped and os.environ.get(SCHEDULING_ENV, "idle").strip().lower() != "nice":
         with contextlib.suppress(OSError):
             os.setsid()
         with contextlib.suppress(AttributeError, OSError):
