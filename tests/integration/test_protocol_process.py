@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,3 +138,28 @@ def test_closing_the_runner_ends_its_process() -> None:
     pids: list[int] = []
     asyncio.run(touch())
     assert _gone(pids[0])
+
+
+@pytest.mark.parametrize("choice", ["idle", "nice"])
+def test_the_protocol_process_is_scheduled_behind_the_loops(choice: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QCINODE_PROTOCOL_SCHED", choice)
+    runner = ProcessRunner("test", fork=False)
+
+    async def scheduling() -> tuple[int, int, int, int]:
+        await RemoteLink.open(
+            runner, alice=True, config=config(), reserve=AuthKeyReserve(BOOTSTRAP), key_rng=np.random.default_rng(1),
+            noise_rng=np.random.default_rng(2), next_block_seq=0,
+        )  # answered: the process has set its scheduling
+        pid = runner.pid
+        assert pid is not None
+        try:
+            return pid, os.sched_getscheduler(pid), os.getpriority(os.PRIO_PROCESS, pid), os.getsid(pid)
+        finally:
+            runner.close()
+
+    pid, policy, nice, session = asyncio.run(scheduling())
+    grouped = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    if grouped and choice == "idle":
+        assert policy == os.SCHED_IDLE and session == pid  # a session of its own: a fair share, preempted by any loop
+    else:
+        assert policy == os.SCHED_OTHER and nice >= 10 and session == os.getsid(0)
