@@ -278,9 +278,9 @@ class AliceWorker:
         # pipeline's rule 2a): the decoder, not the round trips, bounds the block.
         ahead = rt.config.error_correction == "ldpc"
         while True:
-            if alice.can_sift_ahead if ahead else alice.is_ready_for_frame:
+            if alice.mirror.can_sift_ahead if ahead else alice.mirror.is_ready_for_frame:
                 t = position.now_utc
-                want = next_frame_slots(rt.config, rate_hz, self.speed, alice.key_bits_needed, at_utc=t)
+                want = next_frame_slots(rt.config, rate_hz, self.speed, alice.mirror.key_bits_needed, at_utc=t)
                 plan = next_frame(rt.channel, t, rate_hz, want)
                 if isinstance(plan, Idle):
                     position.jump_to(await self._idle(plan, t))
@@ -296,11 +296,11 @@ class AliceWorker:
                 # emit_frame draws pulses and touches no MAC key: no snapshot of the reserve needed.
                 frame_id, n_slots, payload = await alice.emit_frame(plan.n_slots, at_utc, plan.close_block, ahead)
                 position.advance(plan.n_slots)
-                rt.next_frame_id = alice.next_frame_id
+                rt.next_frame_id = alice.mirror.next_frame_id
                 rt.note_frame(plan.n_slots)
                 await quantum.write(pb.PulseFrame(link_id=rt.link_id, frame_id=frame_id, n_slots=n_slots, payload=payload, at_utc=at_utc or 0.0))
             waiting = self.stage_timeout_s
-            if rt.config.error_correction == "ldpc" and alice.state is Phase.RECONCILING:
+            if rt.config.error_correction == "ldpc" and alice.mirror.state is Phase.RECONCILING:
                 waiting = max(waiting, LDPC_DECODE_TIMEOUT_S)  # Bob is decoding
             async with asyncio.timeout(waiting):
                 envelope = await call.read()
@@ -309,7 +309,7 @@ class AliceWorker:
             cursor = rt.auth.cursor
             async with rt.stepping():
                 outs = await alice.receive(envelope)
-            rt.next_block_seq = alice.next_block_seq
+            rt.next_block_seq = alice.mirror.next_block_seq
             events = rt.record(alice.take_events())
             if events or rt.auth.cursor != cursor:
                 await rt.persist_async(self.offload.storage)  # before the tag or the Commit leaves
@@ -595,7 +595,7 @@ class BobEndpoint:
                     jobs = bob.take_decode_jobs()
                     if jobs:
                         companions.start(decode(jobs), name=f"{rt.link_id} decode")
-                    rt.next_block_seq = bob.next_block_seq
+                    rt.next_block_seq = bob.mirror.next_block_seq
                     events = rt.record(bob.take_events())
                     if events or rt.auth.cursor != cursor:
                         try:

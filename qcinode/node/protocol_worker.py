@@ -673,6 +673,9 @@ def _pickled_error(rid: int, exc: Exception) -> bytes:
 class RemoteLink:
     """One link session, as the node's link worker sees it: a handle on the runner, and a mirror.
 
+    :attr:`mirror` holds what the session was after its last step (state,
+    sequence numbers, whether a frame may go out, key bits still needed).
+
     Steps are coroutines; what they change of the node's state (the
     link's MAC-key reserve, the mirror, block events and LDPC decode jobs
     waiting to be taken) is applied when the step ends, even if the caller
@@ -716,31 +719,7 @@ class RemoteLink:
         )
         return cls(runner, reserve, handle, mirror, config)
 
-    # -- the mirror ------------------------------------------------------------------------
-    @property
-    def state(self) -> Phase:
-        return self.mirror.state
-
-    @property
-    def next_block_seq(self) -> int:
-        return self.mirror.next_block_seq
-
-    @property
-    def next_frame_id(self) -> int:
-        return self.mirror.next_frame_id
-
-    @property
-    def is_ready_for_frame(self) -> bool:
-        return self.mirror.is_ready_for_frame
-
-    @property
-    def can_sift_ahead(self) -> bool:
-        return self.mirror.can_sift_ahead
-
-    @property
-    def key_bits_needed(self) -> int:
-        return self.mirror.key_bits_needed
-
+    # -- what the mirror does not say ---------------------------------------------------
     @property
     def pending_block_seq(self) -> int | None:
         """The block Bob holds pending Alice's Commit (None once settled, or lost with the runner)."""

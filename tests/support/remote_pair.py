@@ -45,7 +45,7 @@ async def pump_remote(pair: RemotePair, *, frame_slots: int, blocks: int = 1, ma
     """Runs the pair until ``blocks`` blocks ended at Alice (as ``pump`` does, without reconnections)."""
     frames = 0
     while len(pair.alice_events) < blocks and frames < max_frames:
-        assert pair.alice.is_ready_for_frame, "protocol stalled"
+        assert pair.alice.mirror.is_ready_for_frame, "protocol stalled"
         frame_id, _, payload = await pair.alice.emit_frame(frame_slots, None, False, False)
         frames += 1
         pending = [("B>A", out) for out in await pair.bob.receive_frame(frame_id, payload, None)]

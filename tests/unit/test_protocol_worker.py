@@ -55,7 +55,7 @@ def test_a_link_run_through_a_runner_makes_the_keys_and_reserve_of_one_run_in_pl
     assert pair.alice_reserve.to_state() == alice.auth.to_state()
     assert pair.bob_reserve.to_state() == bob.auth.to_state()
     assert pair.alice_reserve.cursor == 9
-    assert pair.alice.next_block_seq == alice.next_block_seq == 3
+    assert pair.alice.mirror.next_block_seq == alice.next_block_seq == 3
 
 
 async def _until_confirm(pair: RemotePair, slots: int) -> pb.ClassicalMessage:
@@ -218,7 +218,7 @@ def test_a_frame_whose_header_passes_but_body_does_not_is_refused_where_it_is_pa
             await pair.bob.receive_frame(frame_id, bad, None)
         with pytest.raises(RemoteProtocolError, match="truncated|expected"):
             PhotonFrame.header_slots(payload[:-1])
-        return slots, checked, pair.bob.state.value
+        return slots, checked, pair.bob.mirror.state.value
 
     slots, checked, state = asyncio.run(scenario())
     assert checked == slots
