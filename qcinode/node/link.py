@@ -52,7 +52,7 @@ from ..transport.pb import link_pb2_grpc as pb_grpc
 from .access import caller_common_name
 from .faults import FaultInjector
 from .offload import Offload
-from .protocol_worker import RemoteLink
+from .protocol_worker import RemoteLink, SessionSpec
 from .runtime import LinkRuntime, next_frame_slots
 from .tasks import Companions, cancelled_when
 
@@ -232,16 +232,8 @@ class AliceWorker:
         await rt.persist_async(self.offload.storage)
         quantum = pb_grpc.QuantumChannelStub(channel).Transmit()
         try:
-            alice = await RemoteLink.open(
-                self.offload.runner,
-                alice=True,
-                config=rt.config,
-                reserve=rt.auth,
-                key_rng=self.key_rng,
-                noise_rng=self.noise_rng,
-                next_block_seq=rt.next_block_seq,
-                next_frame_id=rt.next_frame_id,
-            )
+            spec = SessionSpec(True, rt.config, self.key_rng, self.noise_rng, rt.next_block_seq, rt.next_frame_id)
+            alice = await RemoteLink.open(self.offload.runner, spec, rt.auth)
         except BaseException:
             quantum.cancel()
             call.cancel()
@@ -515,14 +507,7 @@ class BobEndpoint:
         key_rng, noise_rng = self.rng_factory()
         ldpc = rt.config.error_correction == "ldpc"
         bob = await RemoteLink.open(
-            self.offload.runner,
-            alice=False,
-            config=rt.config,
-            reserve=rt.auth,
-            key_rng=key_rng,
-            noise_rng=noise_rng,
-            next_block_seq=rt.next_block_seq,
-            defer_decoding=ldpc,
+            self.offload.runner, SessionSpec(False, rt.config, key_rng, noise_rng, rt.next_block_seq, defer_decoding=ldpc), rt.auth
         )
         rt.state = LinkState.UP
         bound.info("link.session_started", next_block_seq=rt.next_block_seq, auth_cursor=rt.auth.cursor)

@@ -113,6 +113,7 @@ __all__ = [
     "ProtocolRunner",
     "ProtocolRunnerLost",
     "RemoteLink",
+    "SessionSpec",
     "StepResult",
     "ThreadRunner",
     "describe",
@@ -152,6 +153,19 @@ class Mirror:
                 link.state, link.next_block_seq, link.next_frame_id, link.is_ready_for_frame, link.can_sift_ahead, link.key_bits_needed, None
             )
         return cls(link.state, link.next_block_seq, 0, False, False, 0, link.pending_block_seq)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionSpec:
+    """What a new session of one end of a link starts from (besides the reserve)."""
+
+    alice: bool
+    config: LinkProtocolConfig
+    key_rng: KeyRandomness
+    noise_rng: np.random.Generator
+    next_block_seq: int
+    next_frame_id: int = 0
+    defer_decoding: bool = False  # Bob with LDPC: the node runs the decodes (take_decode_jobs, decoded)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -208,27 +222,18 @@ class LinkSteps:
         except KeyError:
             raise LocalProtocolError(f"protocol runner: no session {handle}") from None
 
-    def open(
-        self,
-        handle: int,
-        alice: bool,
-        config: LinkProtocolConfig,
-        reserve: AuthKeyReserve,
-        key_rng: KeyRandomness,
-        noise_rng: np.random.Generator,
-        next_block_seq: int,
-        next_frame_id: int,
-        defer_decoding: bool,
-    ) -> Mirror:
+    def open(self, handle: int, spec: SessionSpec, reserve: AuthKeyReserve) -> Mirror:
         """A new session of one end of a link (the reserve as the node holds it now)."""
         if handle in self._links:
             raise LocalProtocolError(f"protocol runner: session {handle} exists")
         link: AliceLink | BobLink
-        if alice:
-            link = AliceLink(config, reserve, key_rng, noise_rng, next_block_seq=next_block_seq)
-            link.next_frame_id = next_frame_id
+        if spec.alice:
+            link = AliceLink(spec.config, reserve, spec.key_rng, spec.noise_rng, next_block_seq=spec.next_block_seq)
+            link.next_frame_id = spec.next_frame_id
         else:
-            link = BobLink(config, reserve, key_rng, noise_rng, next_block_seq=next_block_seq, defer_decoding=defer_decoding)
+            link = BobLink(
+                spec.config, reserve, spec.key_rng, spec.noise_rng, next_block_seq=spec.next_block_seq, defer_decoding=spec.defer_decoding
+            )
         self._links[handle] = link
         return Mirror.of(link)
 
@@ -695,29 +700,15 @@ class RemoteLink:
         self.closed = False
 
     @classmethod
-    async def open(
-        cls,
-        runner: ProtocolRunner,
-        *,
-        alice: bool,
-        config: LinkProtocolConfig,
-        reserve: AuthKeyReserve,
-        key_rng: KeyRandomness,
-        noise_rng: np.random.Generator,
-        next_block_seq: int,
-        next_frame_id: int = 0,
-        defer_decoding: bool = False,
-    ) -> RemoteLink:
+    async def open(cls, runner: ProtocolRunner, spec: SessionSpec, reserve: AuthKeyReserve) -> RemoteLink:
         """A new session in ``runner``, taking ``reserve`` (the link's, which it keeps up to date) as it is now."""
         cls._handles += 1
         handle = cls._handles
         if runner.remote:
             # The runner gets copies: the node's generators must move on, or every session would repeat the first's draws.
-            key_rng, noise_rng = session_rng(key_rng), session_rng(noise_rng)
-        mirror = await runner.call(
-            "open", handle, alice, config, reserve.copy(), key_rng, noise_rng, next_block_seq, next_frame_id, defer_decoding
-        )
-        return cls(runner, reserve, handle, mirror, config)
+            spec = dataclasses.replace(spec, key_rng=session_rng(spec.key_rng), noise_rng=session_rng(spec.noise_rng))
+        mirror = await runner.call("open", handle, spec, reserve.copy())
+        return cls(runner, reserve, handle, mirror, spec.config)
 
     # -- what the mirror does not say ---------------------------------------------------
     @property

@@ -21,9 +21,9 @@ import pytest
 
 from qcinode.core.authentication import AuthKeyReserve
 from qcinode.core.pair import pump
-from qcinode.core.pipeline import AliceLink, BlockAccepted, BobLink
+from qcinode.core.pipeline import AliceLink, BlockAccepted, BobLink, LinkProtocolConfig
 from qcinode.errors import RemoteProtocolError
-from qcinode.node.protocol_worker import ProcessRunner, ProtocolRunnerLost, RemoteLink, session_rng
+from qcinode.node.protocol_worker import ProcessRunner, ProtocolRunnerLost, RemoteLink, SessionSpec, session_rng
 from qcinode.transport.pb import link_pb2 as pb
 from tests.support.remote_pair import open_pair, pump_remote
 from tests.unit.test_pipeline import BOOTSTRAP, config, frame_slots_for
@@ -35,6 +35,11 @@ def runner() -> Iterator[ProcessRunner]:
     made = ProcessRunner("test", fork=False)
     yield made
     made.close()
+
+
+def _spec(cfg: LinkProtocolConfig) -> SessionSpec:
+    """Alice's session with seeded generators."""
+    return SessionSpec(True, cfg, np.random.default_rng(1), np.random.default_rng(2), 0)
 
 
 def _gone(pid: int, timeout_s: float = 20.0) -> bool:
@@ -109,10 +114,7 @@ def test_a_dead_protocol_process_fails_its_steps_and_the_next_session_gets_a_new
         with pytest.raises(ProtocolRunnerLost, match="protocol process of test ended"):
             await pair.alice.emit_frame(frame_slots_for(cfg), None, False, False)
         assert pair.bob.pending_block_seq is None  # nothing pending survives the process
-        fresh = await RemoteLink.open(
-            runner, alice=True, config=cfg, reserve=AuthKeyReserve(BOOTSTRAP), key_rng=np.random.default_rng(1),
-            noise_rng=np.random.default_rng(2), next_block_seq=0,
-        )
+        fresh = await RemoteLink.open(runner, _spec(cfg), AuthKeyReserve(BOOTSTRAP))
         frame_id, slots, _ = await fresh.emit_frame(1000, None, False, False)
         assert (frame_id, slots) == (0, 1000)
         lost, starts = str(runner.lost), runner.starts
@@ -127,10 +129,7 @@ def test_closing_the_runner_ends_its_process() -> None:
     runner = ProcessRunner("test", fork=False)
 
     async def touch() -> None:
-        await RemoteLink.open(
-            runner, alice=True, config=config(), reserve=AuthKeyReserve(BOOTSTRAP), key_rng=np.random.default_rng(1),
-            noise_rng=np.random.default_rng(2), next_block_seq=0,
-        )
+        await RemoteLink.open(runner, _spec(config()), AuthKeyReserve(BOOTSTRAP))
         assert runner.pid is not None
         pids.append(runner.pid)
         runner.close()
@@ -146,10 +145,7 @@ def test_the_protocol_process_is_scheduled_behind_the_loops(choice: str, monkeyp
     runner = ProcessRunner("test", fork=False)
 
     async def scheduling() -> tuple[int, int, int, int]:
-        await RemoteLink.open(
-            runner, alice=True, config=config(), reserve=AuthKeyReserve(BOOTSTRAP), key_rng=np.random.default_rng(1),
-            noise_rng=np.random.default_rng(2), next_block_seq=0,
-        )  # answered: the process has set its scheduling
+        await RemoteLink.open(runner, _spec(config()), AuthKeyReserve(BOOTSTRAP))  # answered: the process has set its scheduling
         pid = runner.pid
         assert pid is not None
         try:

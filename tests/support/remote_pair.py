@@ -13,7 +13,7 @@ import numpy as np
 
 from qcinode.core.authentication import AuthKeyReserve
 from qcinode.core.pipeline import BlockEvent, LinkProtocolConfig
-from qcinode.node.protocol_worker import ProtocolRunner, RemoteLink
+from qcinode.node.protocol_worker import ProtocolRunner, RemoteLink, SessionSpec
 
 
 @dataclasses.dataclass
@@ -30,14 +30,8 @@ async def open_pair(runner: ProtocolRunner, config: LinkProtocolConfig, bootstra
     """Two ends seeded as :func:`qcinode.core.pair.make_pair` seeds them, both in ``runner``."""
     seeds = np.random.SeedSequence(seed).spawn(4)
     a_res, b_res = AuthKeyReserve(bootstrap), AuthKeyReserve(bootstrap)
-    alice = await RemoteLink.open(
-        runner, alice=True, config=config, reserve=a_res, key_rng=np.random.default_rng(seeds[0]),
-        noise_rng=np.random.default_rng(seeds[2]), next_block_seq=0,
-    )
-    bob = await RemoteLink.open(
-        runner, alice=False, config=config, reserve=b_res, key_rng=np.random.default_rng(seeds[1]),
-        noise_rng=np.random.default_rng(seeds[3]), next_block_seq=0,
-    )
+    alice = await RemoteLink.open(runner, SessionSpec(True, config, np.random.default_rng(seeds[0]), np.random.default_rng(seeds[2]), 0), a_res)
+    bob = await RemoteLink.open(runner, SessionSpec(False, config, np.random.default_rng(seeds[1]), np.random.default_rng(seeds[3]), 0), b_res)
     return RemotePair(alice, bob, a_res, b_res)
 
 

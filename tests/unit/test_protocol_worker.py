@@ -21,7 +21,7 @@ from qcinode.core.pair import make_pair, pump
 from qcinode.core.pipeline import AliceLink, BlockAborted, BlockAccepted, BobLink, LinkProtocolConfig
 from qcinode.core.randomness import CsprngGenerator
 from qcinode.errors import LocalProtocolError, RemoteProtocolError
-from qcinode.node.protocol_worker import InlineRunner, LinkSteps, ProtocolRunner, ThreadRunner, session_rng
+from qcinode.node.protocol_worker import InlineRunner, LinkSteps, ProtocolRunner, SessionSpec, ThreadRunner, session_rng
 from qcinode.transport.pb import link_pb2 as pb
 from tests.support.remote_pair import RemotePair, open_pair, pump_remote
 from tests.unit.test_pipeline import BOOTSTRAP, config, frame_slots_for
@@ -176,7 +176,7 @@ def test_a_frame_step_may_not_touch_the_mac_key_reserve(monkeypatch: pytest.Monk
     steps = LinkSteps()
     from qcinode.core.authentication import AuthKeyReserve
 
-    steps.handle("open", (1, True, cfg, AuthKeyReserve(BOOTSTRAP), np.random.default_rng(1), np.random.default_rng(2), 0, 0, False))
+    steps.handle("open", (1, SessionSpec(True, cfg, np.random.default_rng(1), np.random.default_rng(2), 0), AuthKeyReserve(BOOTSTRAP)))
     with pytest.raises(LocalProtocolError, match="frame step changed the MAC-key reserve"):
         steps.handle("emit", (1, 1000, None, False, False))
 
