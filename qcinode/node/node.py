@@ -62,7 +62,6 @@ from .link import STAGE_TIMEOUT_S, AliceWorker, BobEndpoint, ClassicalFault
 from .metrics import NodeMetrics, start_metrics_server
 from .network import NetworkService
 from .offload import Offload
-from .protocol_worker import describe
 from .runtime import LinkRuntime, link_channel
 
 log = structlog.get_logger(__name__)
@@ -399,7 +398,7 @@ class Node:
             async with asyncio.TaskGroup() as group:
                 for name, coro in self._workers():
                     self._tasks.append(group.create_task(self._guard(coro, name), name=f"{self.settings.name}: {name}"))
-                self.log.info("node.started", port=port, links=len(self.links), protocol=describe(self.offload.runner))
+                self.log.info("node.started", port=port, links=len(self.links), protocol=self.offload.runner.describe())
                 if ready is not None:
                     ready(port)
                 await self._stopping.wait()

@@ -116,7 +116,6 @@ __all__ = [
     "SessionSpec",
     "StepResult",
     "ThreadRunner",
-    "describe",
     "session_rng",
 ]
 
@@ -126,7 +125,7 @@ PROTOCOL_NICE = 10
 CLOSE_WAIT_S = 2.0
 #: Bytes of the length prefix of each request and answer on the runner's socket.
 _HEADER = struct.Struct("!Q")
-#: An LDPC decode job (the arguments of ``decode_frame``) and its result.
+#: An LDPC decode job: the arguments of :func:`qcinode.core.ldpc_reconciliation.decode_frame`.
 DecodeJob = tuple[int, int, np.ndarray, np.ndarray]
 
 
@@ -346,6 +345,10 @@ class ProtocolRunner:
     #: Whether requests and answers cross a process boundary (the node then sends copies of nothing it keeps).
     remote = False
 
+    def describe(self) -> str:
+        """How this runner runs (the node's start-up log line)."""
+        return "inline"
+
     async def call(self, op: str, *args: Any) -> Any:
         """Runs a request; its result, or the exception it raised.
 
@@ -390,6 +393,9 @@ class ThreadRunner(ProtocolRunner):
     def __init__(self, name: str) -> None:
         self.steps = LinkSteps()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name}-protocol", initializer=_lower_priority, initargs=(True,))
+
+    def describe(self) -> str:
+        return "thread"
 
     def submit(self, op: str, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self._executor, self.steps.handle, op, args)
@@ -464,6 +470,9 @@ class ProcessRunner(ProtocolRunner):
     @property
     def pid(self) -> int | None:
         return self._pid
+
+    def describe(self) -> str:
+        return f"process ({self.method}, pid {self.pid})"
 
     def submit(self, op: str, *args: Any) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -853,10 +862,4 @@ def _ignore_outcome(future: asyncio.Future[Any]) -> None:
     """A posted request whose result nobody needs: its exception is retrieved, so asyncio does not report it."""
     future.add_done_callback(lambda done: done.cancelled() or done.exception())
 
-
-def describe(runner: ProtocolRunner) -> str:
-    """How a runner runs (for the node's start-up log line)."""
-    if isinstance(runner, ProcessRunner):
-        return f"process ({runner.method}, pid {runner.pid})"
-    return "thread" if isinstance(runner, ThreadRunner) else "inline"
 
