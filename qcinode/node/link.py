@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import math
 import multiprocessing
 import time
@@ -253,14 +254,9 @@ class AliceWorker:
         finally:
             if rt.alice_session is alice:
                 rt.alice_session = None
-            alice.abandon(_lost_reason(rt, self.faults), self._abandoned)
+            alice.abandon(_lost_reason(rt, self.faults), functools.partial(_record_last, rt, self.log))
             quantum.cancel()
             call.cancel()
-
-    def _abandoned(self, events: list[Any]) -> None:
-        """A broken session's last block events (its open block aborted): recorded and saved."""
-        self._log_events(self.rt.record(events))
-        self.rt.try_persist()
 
     async def _run_blocks(self, alice: RemoteLink, call: Any, quantum: Any, position: SlotClock) -> None:
         """The session's loop: frames out, classical messages in and out, until the session breaks."""
@@ -299,7 +295,7 @@ class AliceWorker:
             if envelope is grpc.aio.EOF:
                 raise TransportError("peer closed the classical channel")
             cursor = rt.auth.cursor
-            async with rt.stepping():
+            async with rt.step_lock:
                 outs = await alice.receive(envelope)
             rt.next_block_seq = alice.mirror.next_block_seq
             events = rt.record(alice.take_events())
@@ -340,6 +336,13 @@ class AliceWorker:
     def _log_events(self, events: list[Any]) -> None:
         for event in events:
             _log_block(self.log, event)
+
+
+def _record_last(rt: LinkRuntime, logger: Any, events: list[Any]) -> None:
+    """A broken session's last block events (its open block aborted): recorded, logged and saved."""
+    for event in rt.record(events):
+        _log_block(logger, event)
+    rt.try_persist()
 
 
 def _lost_reason(rt: LinkRuntime, faults: FaultInjector) -> str:
@@ -569,10 +572,10 @@ class BobEndpoint:
                         elif kind == "decoded":
                             # The block's decodes came back from the pool (LDPC): meanwhile
                             # the loop went on taking frames and sifting the next block.
-                            async with rt.stepping():
+                            async with rt.step_lock:
                                 outs = await bob.decoded(item)
                         else:
-                            async with rt.stepping():
+                            async with rt.step_lock:
                                 outs = await bob.receive(item)
                     except ProtocolError as exc:
                         bound.warning("link.protocol_error", details=str(exc))
@@ -593,13 +596,7 @@ class BobEndpoint:
                         for wire in await self.fault(rt.link_id, "B>A", out):
                             yield wire
         finally:
-
-            def abandoned(events: list[Any]) -> None:
-                for event in rt.record(events):
-                    _log_block(bound, event)
-                rt.try_persist()
-
-            bob.abandon(_lost_reason(rt, self.faults), abandoned)
+            bob.abandon(_lost_reason(rt, self.faults), functools.partial(_record_last, rt, bound))
             if bob.pending_block_seq is not None:
                 if rt.pending_bob is not None and rt.pending_bob is not bob:
                     rt.pending_bob.drop()

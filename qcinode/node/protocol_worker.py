@@ -30,7 +30,7 @@ Theory of operation:
       settling a pending block) takes a copy of the link's reserve with it and
       brings the changed reserve back; the node adopts it on the event loop
       in the same instant as it learns the step's outcome, and
-      :meth:`~qcinode.node.runtime.LinkRuntime.stepping` keeps those steps
+      :attr:`~qcinode.node.runtime.LinkRuntime.step_lock` keeps those steps
       of one link, and a reconnection Hello (which changes the reserve on the
       loop), one at a time. So the reserve is changed in one place at a time,
       and a save never sees half a step. A frame step (Alice's emission,
@@ -456,7 +456,7 @@ class ProcessRunner(ProtocolRunner):
             self.method = "fork"
         else:
             context = multiprocessing.get_context("spawn")
-            self._process = context.Process(target=_spawned, args=(child,), name=f"{self.name}-protocol", daemon=True)
+            self._process = context.Process(target=_serve, args=(child,), name=f"{self.name}-protocol", daemon=True)
             self._process.start()
             self._pid = self._process.pid
             self.method = "spawn"
@@ -586,11 +586,6 @@ class _Answers(asyncio.Protocol):
 
 
 # -- the protocol process ----------------------------------------------------------------
-
-
-def _spawned(sock: socket.socket) -> None:
-    """A spawned protocol process's entry point."""
-    _serve(sock)
 
 
 #: The protocol process's name as ``ps -o comm`` and ``top`` show it (Linux; a fork keeps the node's command line).
@@ -762,11 +757,11 @@ class RemoteLink:
         return await self._step("frame", frame_id, payload, at_utc)
 
     async def receive(self, envelope: pb.ClassicalMessage) -> list[pb.ClassicalMessage]:
-        """A classical message from the peer: the answers to send. Takes the reserve (hold the link's ``stepping``)."""
+        """A classical message from the peer: the answers to send. Takes the reserve (hold the link's ``step_lock``)."""
         return await self._step("receive", envelope.SerializeToString(), self.reserve.copy())
 
     async def decoded(self, results: list[np.ndarray | None]) -> list[pb.ClassicalMessage]:
-        """LDPC decode results: the answers to send. Takes the reserve (hold the link's ``stepping``)."""
+        """LDPC decode results: the answers to send. Takes the reserve (hold the link's ``step_lock``)."""
         return await self._step("decoded", results, self.reserve.copy())
 
     async def _step(self, op: str, *args: Any) -> list[pb.ClassicalMessage]:
@@ -797,7 +792,7 @@ class RemoteLink:
     async def settle_pending(self, accepted: bool) -> list[BlockEvent]:
         """Accepts or drops the block held pending Alice's Commit (after a Hello); the session ends.
 
-        Takes the reserve (a refill may be staged): hold the link's ``stepping``.
+        Takes the reserve (a refill may be staged): hold the link's ``step_lock``.
         """
         if self.pending_block_seq is None:
             return []

@@ -19,7 +19,7 @@ Saving off the event loop (:meth:`LinkRuntime.persist_async`), rules:
     * A protocol step runs in the node's protocol runner on a copy of the
       MAC-key reserve; the runtime's reserve changes only when the step's
       outcome is back on the event loop (:mod:`qcinode.node.protocol_worker`),
-      so a snapshot never holds half a step. :meth:`LinkRuntime.stepping`
+      so a snapshot never holds half a step. :attr:`LinkRuntime.step_lock`
       keeps a link's reserve-taking steps and a reconnection Hello (which
       reads and changes the reserve on the event loop) one at a time.
 """
@@ -37,7 +37,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -346,7 +346,9 @@ class LinkRuntime:
         self._waiting: _Snapshot | None = None
         self._written = 0
         self._blobs_written: frozenset[str] = frozenset()
-        #: Held while a protocol step works on a copy of the MAC-key reserve (:meth:`stepping`).
+        #: Held around a protocol step that takes a copy of the MAC-key reserve and brings it back
+        #: changed, and around a Hello exchange: one at a time, else a step's reserve, adopted when it
+        #: ends, would undo what the exchange changed meanwhile.
         self.step_lock = asyncio.Lock()
         if store is not None:
             saved = store.load(self.link_id)
@@ -481,17 +483,6 @@ class LinkRuntime:
             if self._waiting is newest:
                 self._waiting = None
         self.storage_failure = None
-
-    @contextlib.asynccontextmanager
-    async def stepping(self) -> AsyncIterator[None]:
-        """Around a protocol step that takes a copy of the MAC-key reserve and brings it back changed.
-
-        Holds :attr:`step_lock`: one such step of this link at a time, and a
-        Hello exchange waits for it (else the step's reserve, adopted when it
-        ends, would undo what the exchange changed meanwhile).
-        """
-        async with self.step_lock:
-            yield
 
     def try_persist(self) -> bool:
         """:meth:`persist` for cleanup paths: False instead of StorageFailure (the store reports it)."""

@@ -2,9 +2,8 @@
 
 The rules checked: a caller of ``persist_async`` returns only once its state
 (or a newer one) is on disk; saves asked for during a write share the next
-write; an older snapshot is never written over a newer one; a step holds
-its link's step lock; a cancelled caller still waits for its thread's work
-to end. (Protocol steps themselves: tests/unit/test_protocol_worker.py.)
+write; an older snapshot is never written over a newer one; a cancelled
+caller still waits for its thread's work to end. (Protocol steps themselves: tests/unit/test_protocol_worker.py.)
 """
 
 from __future__ import annotations
@@ -132,17 +131,6 @@ def test_a_failed_write_raises_to_its_callers_and_the_next_save_retries(tmp_path
     assert rt.storage_failure == "database or disk is full"
     asyncio.run(save())
     assert rt.storage_failure is None and gated.saved == [1]
-
-
-def test_a_step_holds_the_links_step_lock_so_a_hello_waits_for_it(tmp_path: Path) -> None:
-    rt, _ = _runtime(tmp_path)
-
-    async def scenario() -> tuple[bool, bool]:
-        async with rt.stepping():
-            held = rt.step_lock.locked()  # a Hello exchange waits meanwhile
-        return held, rt.step_lock.locked()
-
-    assert asyncio.run(scenario()) == (True, False)
 
 
 def test_a_cancelled_caller_waits_for_its_thread_to_finish() -> None:
