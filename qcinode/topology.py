@@ -1338,6 +1338,10 @@ class KmeConfig(_Section):
             this after its first byte (slow-header clients are dropped).
         body_timeout_s: A request body must arrive within this (400, connection closed).
         idle_timeout_s: An idle keep-alive connection (no request under way) is closed after this.
+        max_connections: Connections each interface server (ETSI 014, ETSI
+            020, SKIP, ETSI 004: each its own count) holds open at once; one
+            more is closed as it is accepted, before the TLS handshake, so
+            that no client can exhaust the node's file descriptors.
     """
 
     max_keys_per_sae_per_s: float | None = None
@@ -1348,6 +1352,7 @@ class KmeConfig(_Section):
     header_timeout_s: float = 10.0
     body_timeout_s: float = 10.0
     idle_timeout_s: float = 30.0
+    max_connections: int = 256
 
     def __post_init__(self) -> None:
         if self.max_keys_per_sae_per_s is not None:
@@ -1358,6 +1363,7 @@ class KmeConfig(_Section):
         _real(self, "fair_share_window_s", _Range(0.1, 3600.0))
         for name in ("tls_handshake_timeout_s", "header_timeout_s", "body_timeout_s", "idle_timeout_s"):
             _real(self, name, _Range(0.1, 3600.0))
+        _integer(self, "max_connections", 1, 4096)
 
 
 def _host_port(value: object, name: str) -> str:

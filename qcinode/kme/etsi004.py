@@ -78,7 +78,7 @@ from typing import Any, Protocol
 import structlog
 
 from qcinode.errors import ConfigError, QcinodeError
-from qcinode.kme.guarded import GuardTimeouts, tls_accept, transport_identity
+from qcinode.kme.guarded import ConnectionCap, GuardTimeouts, tls_accept, transport_identity
 from qcinode.pki import common_name_of
 
 __all__ = ["Qos", "Status", "StreamBackend", "StreamService", "chunk_key_id", "sae_of_uri", "serve"]
@@ -455,14 +455,15 @@ async def serve(service: StreamService, listen: str, context: ssl.SSLContext, ti
     """
     host, _, port = listen.rpartition(":")
     loop = asyncio.get_running_loop()
+    cap = ConnectionCap(timeouts.max_connections, interface=INTERFACE)
 
-    def accept() -> asyncio.BaseProtocol:
+    def accept(release: Callable[[], None]) -> asyncio.BaseProtocol:
         reader = asyncio.StreamReader(limit=MAX_MESSAGE_BYTES, loop=loop)
         app = asyncio.StreamReaderProtocol(reader, lambda r, w: _connection(service, timeouts, r, w), loop=loop)
-        return tls_accept(loop, app, context, timeouts.tls_handshake_timeout_s, interface=INTERFACE)
+        return tls_accept(loop, app, context, timeouts.tls_handshake_timeout_s, interface=INTERFACE, on_lost=release)
 
     try:
-        server = await loop.create_server(accept, host.strip("[]") or None, int(port))
+        server = await loop.create_server(lambda: cap.accept(accept), host.strip("[]") or None, int(port))
     except OSError as exc:
         raise ConfigError(f"--etsi004-listen: cannot serve ETSI 004 on {listen}: {exc.strerror or exc}") from exc
     return server, int(server.sockets[0].getsockname()[1])

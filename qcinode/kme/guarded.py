@@ -27,6 +27,16 @@ Theory of operation:
       :func:`start_guarded` puts a middleware first (outermost) in the
       application's chain, so every request, answered or refused by any
       inner middleware, moves the phase.
+    * **A cap on open connections** (``max_connections``, each interface
+      server its own count, :class:`ConnectionCap`): a client that opens
+      connections without end would otherwise exhaust the node's file
+      descriptors, and with them every interface and link of the node. A
+      connection over the cap is closed as it is accepted, before the TLS
+      handshake costs anything, and logged (``kme.connection_refused``,
+      reason ``max_connections``; at most one line per
+      :data:`REFUSAL_LOG_INTERVAL_S`, counting the refusals since the last).
+      A connection counts from its accept until its socket closes, whatever
+      closes it.
     * **ETSI 004 streams** are not HTTP: :mod:`qcinode.kme.etsi004` keeps
       its own per-request and idle deadlines with the same ``kme:`` values,
       and accepts TLS through :func:`tls_accept`, as the HTTPS sites do.
@@ -41,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
+import time
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -52,7 +63,7 @@ from qcinode.errors import ConfigError
 from qcinode.pki import common_name_of
 
 __all__ = [
-    "GuardTimeouts", "GuardedSite", "Watchdog", "address", "common_name", "serve_listen", "start_guarded", "tls_accept", "transport_identity",
+    "ConnectionCap", "GuardTimeouts", "GuardedSite", "Watchdog", "address", "common_name", "serve_listen", "start_guarded", "tls_accept", "transport_identity",
 ]  # fmt: skip
 
 log = structlog.get_logger(__name__)
@@ -77,6 +88,82 @@ class GuardTimeouts(Protocol):
     def idle_timeout_s(self) -> float:
         """A keep-alive connection with no request under way is closed after this."""
         ...
+
+    @property
+    def max_connections(self) -> int:
+        """Connections one interface server holds open at once; the next is closed as it is accepted."""
+        ...
+
+
+#: Seconds between two ``kme.connection_refused`` lines of one server: a flood of connections is not a flood of log lines.
+REFUSAL_LOG_INTERVAL_S = 10.0
+
+
+class ConnectionCap:
+    """At most ``limit`` connections of one interface server open at once (module docstring).
+
+    Attributes:
+        limit: The cap.
+        interface: The interface's name, for the log.
+        open: Connections accepted and not yet closed.
+        refused: Connections closed at accept for being over the cap, since the server started.
+    """
+
+    def __init__(self, limit: int, *, interface: str) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f"max_connections must be a positive integer, got {limit!r}")
+        self.limit = limit
+        self.interface = interface
+        self.open = 0
+        self.refused = 0
+        self._logged_refused = 0
+        self._logged_at = -float("inf")
+
+    def accept(self, make: Callable[[Callable[[], None]], asyncio.BaseProtocol]) -> asyncio.BaseProtocol:
+        """The protocol for one accepted socket: ``make(release)`` under the cap (``release`` once its socket closed), else a refusal."""
+        if self.open >= self.limit:
+            self.refused += 1
+            return _Refused(self)
+        self.open += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.open -= 1
+
+        try:
+            return make(release)
+        except BaseException:
+            release()
+            raise
+
+    def _log_refusal(self, transport: asyncio.BaseTransport) -> None:
+        now = time.monotonic()
+        if now - self._logged_at < REFUSAL_LOG_INTERVAL_S:
+            return
+        log.warning(
+            "kme.connection_refused",
+            interface=self.interface,
+            caller=address(transport.get_extra_info("peername")),
+            reason="max_connections",
+            max_connections=self.limit,
+            refused=self.refused - self._logged_refused,
+        )
+        self._logged_at, self._logged_refused = now, self.refused
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: logged (rate-limited) and closed at once, before any TLS."""
+
+    def __init__(self, cap: ConnectionCap) -> None:
+        self._cap = cap
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._cap._log_refusal(transport)
+        assert isinstance(transport, asyncio.Transport)
+        transport.abort()
 
 
 async def start_guarded(
@@ -280,10 +367,18 @@ class _TlsAccept(sslproto.SSLProtocol):
     """asyncio's server-side TLS, with the peer address kept for the log of a failed handshake."""
 
     peer = "unknown"
+    on_lost: Callable[[], None] | None = None  # told once the socket closed (the connection cap)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.peer = address(transport.get_extra_info("peername"))
         super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            if self.on_lost is not None:
+                self.on_lost()
 
 
 def _log_handshake(interface: str, peer: Callable[[], str], timeout_s: float, waiter: asyncio.Future[None]) -> None:
@@ -312,14 +407,23 @@ def _log_handshake(interface: str, peer: Callable[[], str], timeout_s: float, wa
 
 
 def tls_accept(
-    loop: asyncio.AbstractEventLoop, app: asyncio.Protocol, context: ssl.SSLContext, handshake_timeout_s: float, *, interface: str
+    loop: asyncio.AbstractEventLoop,
+    app: asyncio.Protocol,
+    context: ssl.SSLContext,
+    handshake_timeout_s: float,
+    *,
+    interface: str,
+    on_lost: Callable[[], None] | None = None,
 ) -> asyncio.BaseProtocol:
     """The server-side TLS protocol for one accepted socket, carrying ``app``; a failed handshake is logged (``kme.tls_refused``).
 
-    For a ``loop.create_server`` protocol factory: ``lambda: tls_accept(loop, make_app(), ...)``.
+    For a ``loop.create_server`` protocol factory, under a :class:`ConnectionCap`:
+    ``lambda: cap.accept(lambda release: tls_accept(loop, make_app(), ..., on_lost=release))``.
+    ``on_lost`` is called once the socket closed, whatever closed it.
     """
     waiter: asyncio.Future[None] = loop.create_future()
     tls = _TlsAccept(loop, app, context, waiter, server_side=True, ssl_handshake_timeout=handshake_timeout_s)  # type: ignore[arg-type]  # a float works
+    tls.on_lost = on_lost
     waiter.add_done_callback(lambda w: _log_handshake(interface, lambda: tls.peer, handshake_timeout_s, w))
     return tls
 
@@ -331,7 +435,7 @@ class GuardedSite(web.BaseSite):
     ``watchdogs`` registry (:func:`start_guarded` sees to both).
     """
 
-    __slots__ = ("_host", "_interface", "_port", "_timeouts", "_watchdogs")
+    __slots__ = ("_host", "_interface", "_port", "_timeouts", "_watchdogs", "cap")
 
     def __init__(
         self,
@@ -362,8 +466,13 @@ class GuardedSite(web.BaseSite):
         assert server is not None and self._ssl_context is not None
         context, timeouts, watchdogs, interface = self._ssl_context, self._timeouts, self._watchdogs, self._interface
         handshake_s = timeouts.tls_handshake_timeout_s
+        self.cap = cap = ConnectionCap(timeouts.max_connections, interface=interface)
 
         def accept() -> asyncio.BaseProtocol:
-            return tls_accept(loop, Watchdog(server(), timeouts, watchdogs, interface=interface), context, handshake_s, interface=interface)
+            return cap.accept(
+                lambda release: tls_accept(
+                    loop, Watchdog(server(), timeouts, watchdogs, interface=interface), context, handshake_s, interface=interface, on_lost=release
+                )
+            )
 
         self._server = await loop.create_server(accept, self._host, self._port, backlog=self._backlog)

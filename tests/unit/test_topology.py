@@ -359,6 +359,10 @@ REJECTIONS: list[tuple[str, Mutation, str, str]] = [
     #  exact field path, another fragment of the message)
     ("unknown-top-key", _set("nodez", value=[]),
      "nodez", "did you mean 'nodes'?"),
+    ("kme-max-connections-zero", _set("kme", value={"max_connections": 0}),
+     "kme.max_connections", "1"),
+    ("kme-max-connections-real", _set("kme", value={"max_connections": 2.5}),
+     "kme.max_connections", "integer"),
     ("unknown-link-key", _set("links", 1, "detector", "efficency", value=0.2),
      "links[1].detector.efficency", "did you mean 'efficiency'?"),
     ("unknown-defaults-key", _set("defaults", "fiber", value={}),
