@@ -260,6 +260,9 @@ class NetworkService(pb_grpc.NetworkServicer):
         self._link_saver: AsyncGroupCommit[frozenset[str], str | None] = AsyncGroupCommit(self._save_links)
         #: Relay calls this node made: "RelayKey" (one hop), "RelayKeys" (several), "hops" they carried.
         self.relay_calls: Counter[str] = Counter()
+        #: Neighbours that answered ``AdvertiseMany`` or ``RelayKeys`` with UNIMPLEMENTED (a qcinode from
+        #: before those calls, during a rolling upgrade): from then on they get one call per advert or hop.
+        self.single_calls: set[str] = set()
         self._ids = itertools.count(1)  # request IDs and incoming hops' tokens
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._forwarding: asyncio.TaskGroup | None = None  # run_adverts' group, while it runs
@@ -325,7 +328,8 @@ class NetworkService(pb_grpc.NetworkServicer):
                 self._forwarding = None
 
     async def _send_adverts(self, peer: str, adverts: list[pb.LinkStateAdvert], *, ask: bool = False) -> bool | None:
-        """One call carrying ``adverts`` (``Advertise`` for one, ``AdvertiseMany`` for several).
+        """One call carrying ``adverts`` (``Advertise`` for one, ``AdvertiseMany`` for several; one
+        ``Advertise`` each to a peer without ``AdvertiseMany``, :attr:`single_calls`).
 
         Returns:
             True if it reached ``peer`` (a refusal did: the peer answered), None
@@ -333,15 +337,24 @@ class NetworkService(pb_grpc.NetworkServicer):
         """
         self.advert_counts["calls"] += 1
         self.advert_counts["sent"] += len(adverts)
+        sent = adverts
         metadata = ((SYNC_METADATA_KEY, SYNC_ASK),) if ask else None
+        what = f"advert to {peer}"
         try:
-            with rpc_errors(f"advert to {peer}"):
-                if len(adverts) == 1:
-                    await self._stub(peer).Advertise(adverts[0], timeout=ADVERT_TIMEOUT_S, metadata=metadata, wait_for_ready=ask)
-                else:
-                    await self._stub(peer).AdvertiseMany(
-                        pb.LinkStateAdverts(adverts=adverts), timeout=ADVERT_TIMEOUT_S, metadata=metadata, wait_for_ready=ask
-                    )
+            if len(adverts) > 1 and peer not in self.single_calls:
+                try:
+                    with rpc_errors(what):
+                        await self._stub(peer).AdvertiseMany(
+                            pb.LinkStateAdverts(adverts=adverts), timeout=ADVERT_TIMEOUT_S, metadata=metadata, wait_for_ready=ask
+                        )
+                    adverts = []
+                except PeerRefused as exc:
+                    if not self._lacks_batches(peer, exc):
+                        raise
+            for advert in adverts:  # one call each: a single advert, or a peer without AdvertiseMany
+                # A refusal of one (below) leaves the others to be answered on their own, as AdvertiseMany's are.
+                with contextlib.suppress(PeerRefused), rpc_errors(what):
+                    await self._stub(peer).Advertise(advert, timeout=ADVERT_TIMEOUT_S, metadata=metadata, wait_for_ready=ask)
         except PeerRefused:
             # It answered and refused this copy (one overtaken in a flood race: it holds a newer one;
             # or one it will never take): sending it again would change nothing.
@@ -356,8 +369,17 @@ class NetworkService(pb_grpc.NetworkServicer):
             self.sync.send_failed(peer)
             return False
         holds = self._peer_holds[peer]
-        for advert in adverts:
+        for advert in sent:
             holds[advert.origin] = max(holds.get(advert.origin, -1), advert.sequence)
+        return True
+
+    def _lacks_batches(self, peer: str, refused: PeerRefused) -> bool:
+        """Whether ``refused`` says that ``peer`` has no batched call (UNIMPLEMENTED): then it is noted in :attr:`single_calls`."""
+        if refused.code != grpc.StatusCode.UNIMPLEMENTED.name:
+            return False
+        if peer not in self.single_calls:
+            self.single_calls.add(peer)
+            self.log.warning("network.peer_without_batched_calls", peer_id=peer, details=refused.details[:200])
         return True
 
     async def _flood(self, advert: pb.LinkStateAdvert, exclude: set[str]) -> None:
@@ -752,19 +774,32 @@ class NetworkService(pb_grpc.NetworkServicer):
     async def _call(self, peer: str, hops: list[pb.RelayHop], timeout: float) -> list[str | None]:
         """One ``RelayKey`` (one hop) or ``RelayKeys`` call; per hop None (delivered) or the peer's refusal text.
 
+        A peer without ``RelayKeys`` (:attr:`single_calls`) gets one ``RelayKey``
+        call per hop instead, side by side.
+
         Raises:
             TransportError: The call failed (inside :func:`rpc_errors`), or the
                 peer answered a different number of results.
         """
         stub = self._stub(peer)
-        self.relay_calls["RelayKey" if len(hops) == 1 else "RelayKeys"] += 1
+        if len(hops) > 1 and peer not in self.single_calls:
+            self.relay_calls["RelayKeys"] += 1
+            try:
+                with rpc_errors(f"relay hops to {peer}"):
+                    results = await stub.RelayKeys(pb.RelayHops(hops=hops), timeout=timeout)
+            except PeerRefused as exc:
+                if not self._lacks_batches(peer, exc):
+                    raise
+            else:
+                self.relay_calls["hops"] += len(hops)
+                if len(results.results) != len(hops):
+                    raise PeerRefused(f"{peer} answered {len(results.results)} results for {len(hops)} relay hops")
+                return [answer_from_pb(result) for result in results.results]
+        # One hop, or a peer without RelayKeys: one RelayKey call each, side by side (each its own answer).
+        self.relay_calls["RelayKey"] += len(hops)
         self.relay_calls["hops"] += len(hops)
-        if len(hops) == 1:
-            return [answer_from_pb(await stub.RelayKey(hops[0], timeout=timeout))]
-        results = await stub.RelayKeys(pb.RelayHops(hops=hops), timeout=timeout)
-        if len(results.results) != len(hops):
-            raise PeerRefused(f"{peer} answered {len(results.results)} results for {len(hops)} relay hops")
-        return [answer_from_pb(result) for result in results.results]
+        calls = [stub.RelayKey(hop, timeout=timeout) for hop in hops]
+        return [answer_from_pb(answer) for answer in await asyncio.gather(*calls)]
 
     def _note(self, notice: RelayAction) -> None:
         """Logs one of the engine's notices."""
