@@ -10,8 +10,15 @@ only: parts 1 and 2 keep one connection open per client thread
 (:class:`KeepAliveClient`, HTTP/1.1 keep-alive, as a real application
 does; ``--new-connections`` opens one per request instead, as
 :class:`qcinode.kme.client.EtsiClient` does), part 3 uses ``EtsiClient``.
-Links are 10 km with the topology defaults and
-``postprocessing: {block_bits: 50000}``.
+Links are 10 km with the topology defaults. Parts 1 and 2 run the links
+with ``postprocessing: {block_bits: 1000000}`` (``--block-bits``), the block
+size of real systems and of ``bench/link.py``; part 3 with 50 000, so that
+a link at 3 MHz fills a block in seconds. The block size matters at speed
+max: every Cascade round trip of a block crosses both nodes' event loops,
+which also serve the KME and the relay, and a 5·10⁴-bit block costs about
+as many round trips as a 10⁶-bit one for a twentieth of the key (and a
+smaller share of it secret: the finite-size penalty), so with small blocks
+the loops spend more of the CPU on link traffic per key made.
 
 1. **Latency per hop count.** A 6-node chain ``n0 - n1 - ... - n5`` at
    ``emulation: {speed: max}``, SAEs ``sae-n0`` (master) at n0 and
@@ -107,7 +114,8 @@ from qcinode.core.relay.hop import MAC_KEY_BYTES
 from qcinode.testing import QciNetwork, start_network
 
 LENGTH_KM = 10.0
-BLOCK_BITS = 50_000
+BLOCK_BITS = 50_000  # part 3
+CHAIN_BLOCK_BITS = 1_000_000  # parts 1 and 2 (--block-bits)
 HOP_COUNTS = (1, 3, 5)
 WARMUP_REQUESTS = 5
 RETRY_AFTER_503_S = 0.05
@@ -121,8 +129,10 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------- topologies
 
 
-def chain_topology(name: str, nodes: Sequence[str], saes: dict[str, list[str]], *, speed: float | str, rate_hz: float | None = None) -> dict[str, Any]:
-    defaults: dict[str, Any] = {"postprocessing": {"block_bits": BLOCK_BITS}}
+def chain_topology(
+    name: str, nodes: Sequence[str], saes: dict[str, list[str]], *, speed: float | str, rate_hz: float | None = None, block_bits: int = BLOCK_BITS
+) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"postprocessing": {"block_bits": block_bits}}
     if rate_hz is not None:
         defaults["source"] = {"rate_hz": float(rate_hz)}
     return {
@@ -803,7 +813,7 @@ def run_chain(args: argparse.Namespace) -> None:
     network: QciNetwork | None = None
     nodes = [f"n{i}" for i in range(6)]
     saes = {"n0": ["sae-n0"], "n1": ["sae-n1"], "n3": ["sae-n3"], "n5": ["sae-n5"]}
-    mapping = chain_topology("bench-relay-chain", nodes, saes, speed="max")
+    mapping = chain_topology("bench-relay-chain", nodes, saes, speed="max", block_bits=args.block_bits)
     try:
         log(f"chain: starting 6 nodes in {work}")
         t0 = time.monotonic()
@@ -842,6 +852,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate-number", type=int, default=1, help="part 3: keys per enc_keys request")
     p.add_argument("--drain-timeout", type=float, default=60.0, help="part 3: most seconds spent draining the start-up stock")
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait until every SAE pair can get a key")
+    p.add_argument(
+        "--block-bits", type=int, default=CHAIN_BLOCK_BITS,
+        help="parts 1 and 2: the chain's postprocessing.block_bits (part 3 keeps the default)",
+    )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="requests 20, seconds 5, rate-seconds 10")
     p.add_argument("--skip", action="append", choices=("chain", "rate"), default=[], help="skip parts 1+2 (chain) or 3 (rate)")
     p.add_argument("--keep", action="store_true", help="keep the state directories (logs) after the run")
@@ -857,7 +871,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--key-bits must be a multiple of 8 within 64..8192 (the KME's limits)")
     print(
         f"qcinode relay bench: {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f}; links {LENGTH_KM:g} km, "
-        f"block_bits {BLOCK_BITS}; requests {args.requests}, concurrency {args.concurrency}, seconds {args.seconds:g}, "
+        f"block_bits {args.block_bits} (part 3: {BLOCK_BITS}); requests {args.requests}, concurrency {args.concurrency}, seconds {args.seconds:g}, "
         f"rate-seconds {args.rate_seconds:g}, rate-hz {args.rate_hz:.3g}, key-bits {args.key_bits}"
     )
     started = time.monotonic()
