@@ -446,6 +446,10 @@ def _zygote(args: argparse.Namespace) -> int:
             from .topology import preload_topology
 
             preload_topology(str(Path(args.state_dir) / "topology.yaml"))
+            # Every node checks the others' certificates as their adverts arrive: once here, for all.
+            from .pki import preverify_node_certificates
+
+            preverify_node_certificates(Path(args.state_dir) / "certs")
 
     argv = serve(args.control_fd, preload)
     if argv is None:

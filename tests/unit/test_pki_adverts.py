@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from qcinode import pki
 from qcinode.core.routing import (
     AdvertRejected,
     LinkAdvert,
@@ -157,3 +158,46 @@ def test_databases_with_real_keys_flood_and_refuse(bundle: CertBundle) -> None:
     with pytest.raises(AdvertRejected) as refused:
         dbs["alpha"].receive(forged, now)
     assert refused.value.reason is RejectReason.WRONG_ORIGIN
+
+
+def test_certificates_checked_before_the_nodes_fork_start_in_every_verifier(
+    bundle: CertBundle, other_bundle: CertBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pki, "_preverified", {})  # this process's, left as it was after the test
+    assert pki.preverify_node_certificates(bundle.directory) == 3
+    now = [dt.datetime.now(dt.UTC).timestamp()]
+    verifier = NodeCertificateVerifier(read_bytes(bundle.ca_cert), clock=lambda: now[0])
+    assert verifier.cached == 3
+    chain_checks: list[bytes] = []
+    real = NodeCertificateVerifier._check
+
+    def counting(self: NodeCertificateVerifier, der: bytes) -> object:
+        chain_checks.append(der)
+        return real(self, der)
+
+    monkeypatch.setattr(NodeCertificateVerifier, "_check", counting)
+    alpha, beta = (NodeAdvertSigner.from_bundle(bundle, name) for name in ("alpha", "beta"))
+    payload = advert_bytes(LinkStateAdvert("alpha", 5, ()))
+    assert verifier.verify("alpha", payload, alpha.sign(payload), alpha.certificate) is None
+    assert chain_checks == []  # checked before the fork, not again
+    # Everything else is still checked on every advert: origin, signature, validity.
+    assert verifier.verify("alpha", payload, beta.sign(payload), beta.certificate) is RejectReason.WRONG_ORIGIN
+    assert verifier.verify("alpha", payload, beta.sign(payload), alpha.certificate) is RejectReason.BAD_SIGNATURE
+    now[0] += 400 * 86_400
+    assert verifier.verify("alpha", payload, alpha.sign(payload), alpha.certificate) is RejectReason.UNTRUSTED_CERTIFICATE
+    # Another CA's verifier starts with none of them, and another CA's node is checked (and refused) as before.
+    assert NodeCertificateVerifier(read_bytes(other_bundle.ca_cert)).cached == 0
+    now[0] -= 400 * 86_400
+    foreign = NodeAdvertSigner.from_bundle(other_bundle, "alpha")
+    assert verifier.verify("alpha", payload, foreign.sign(payload), foreign.certificate) is RejectReason.UNTRUSTED_CERTIFICATE
+    assert chain_checks == [foreign.certificate]
+    # A certificate in the directory that the CA did not issue is not kept; no directory keeps nothing.
+    forged = tmp_path / "certs"
+    (forged / "nodes").mkdir(parents=True)
+    (forged / "ca.pem").write_bytes(read_bytes(bundle.ca_cert))
+    for name in ("alpha", "beta"):
+        (forged / "nodes" / f"{name}.pem").write_bytes(read_bytes(bundle.node_cert(name)))
+    (forged / "nodes" / "gamma.pem").write_bytes(read_bytes(other_bundle.node_cert("gamma")))
+    assert pki.preverify_node_certificates(forged) == 2
+    assert pki.preverify_node_certificates(tmp_path / "missing") == 0
+    assert NodeCertificateVerifier(read_bytes(bundle.ca_cert)).cached == 0
