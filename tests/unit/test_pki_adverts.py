@@ -107,8 +107,8 @@ def test_validity_is_checked_on_every_use(bundle: CertBundle) -> None:
     assert fresh.cached == 0
 
 
-def test_a_verified_certificate_is_checked_once(bundle: CertBundle, monkeypatch: pytest.MonkeyPatch) -> None:
-    verifier = NodeCertificateVerifier(read_bytes(bundle.ca_cert), cache_size=2)
+def _count_chain_checks(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The certificates whose chain verifiers check from now on (the list grows as they do)."""
     chain_checks: list[bytes] = []
     real = NodeCertificateVerifier._check
 
@@ -117,6 +117,12 @@ def test_a_verified_certificate_is_checked_once(bundle: CertBundle, monkeypatch:
         return real(self, der)
 
     monkeypatch.setattr(NodeCertificateVerifier, "_check", counting)
+    return chain_checks
+
+
+def test_a_verified_certificate_is_checked_once(bundle: CertBundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = NodeCertificateVerifier(read_bytes(bundle.ca_cert), cache_size=2)
+    chain_checks = _count_chain_checks(monkeypatch)
     signers = [NodeAdvertSigner.from_bundle(bundle, name) for name in ("alpha", "beta", "gamma")]
     for _ in range(5):
         for signer, name in zip(signers[:2], ("alpha", "beta")):
@@ -168,14 +174,7 @@ def test_certificates_checked_before_the_nodes_fork_start_in_every_verifier(
     now = [dt.datetime.now(dt.UTC).timestamp()]
     verifier = NodeCertificateVerifier(read_bytes(bundle.ca_cert), clock=lambda: now[0])
     assert verifier.cached == 3
-    chain_checks: list[bytes] = []
-    real = NodeCertificateVerifier._check
-
-    def counting(self: NodeCertificateVerifier, der: bytes) -> object:
-        chain_checks.append(der)
-        return real(self, der)
-
-    monkeypatch.setattr(NodeCertificateVerifier, "_check", counting)
+    chain_checks = _count_chain_checks(monkeypatch)
     alpha, beta = (NodeAdvertSigner.from_bundle(bundle, name) for name in ("alpha", "beta"))
     payload = advert_bytes(LinkStateAdvert("alpha", 5, ()))
     assert verifier.verify("alpha", payload, alpha.sign(payload), alpha.certificate) is None
