@@ -405,10 +405,10 @@ def _text(value: str) -> bytes:
 class _Held:
     """An advert in the database, its bytes as its origin signed them, and when we last accepted a version of it."""
 
-    advert: LinkStateAdvert
+    advert: LinkStateAdvert  # as stored; our own debits are kept beside it (LinkStateDatabase._debits)
     received_at: float
-    payload: bytes  # advert_bytes as received: our own debits change the links we hold, not this
-    signed: LinkStateAdvert  # the advert as its origin signed it (debits change ``advert`` only): what we pass on
+    payload: bytes  # advert_bytes as received
+    signed: LinkStateAdvert  # the advert as its origin signed it: what we pass on
 
 
 class LinkStateDatabase:
@@ -429,6 +429,8 @@ class LinkStateDatabase:
         "_verifier",
         "_signer",
         "_rejections",
+        "_debits",
+        "_candidates",
     )
 
     def __init__(
@@ -469,6 +471,11 @@ class LinkStateDatabase:
         self._verifier = verifier
         self._signer = signer
         self._rejections: Counter[RejectReason] = Counter()
+        # What debit() took from each origin's links since its advert was stored: origin -> link_id -> bytes.
+        self._debits: dict[str, dict[str, int]] = {}
+        # usable_edges' links that are up at both ends, (u, v, link_id, bytes advertised), in the order it
+        # visits them; made again after an advert is stored or dropped (None), not after a debit.
+        self._candidates: list[tuple[str, str, str, int]] | None = None
 
     @property
     def local_node(self) -> str:
@@ -487,8 +494,26 @@ class LinkStateDatabase:
 
     @property
     def adverts(self) -> dict[str, LinkStateAdvert]:
-        """The current advert of every known origin (a copy), our own included once originated."""
-        return {origin: held.advert for origin, held in sorted(self._held.items())}
+        """The current advert of every known origin (a copy, with our :meth:`debit` applied), our own included once originated."""
+        return {origin: self._routed(origin, held.advert) for origin, held in sorted(self._held.items())}
+
+    def _routed(self, origin: str, advert: LinkStateAdvert) -> LinkStateAdvert:
+        """``advert`` with what :meth:`debit` took from its links since it was stored."""
+        debits = self._debits.get(origin)
+        if not debits:
+            return advert
+        links = tuple(
+            dataclasses.replace(link, available_out_bytes=max(0, link.available_out_bytes - debits[link.link_id]))
+            if link.link_id in debits
+            else link
+            for link in advert.links
+        )
+        return dataclasses.replace(advert, links=links)
+
+    def _stored(self, origin: str) -> None:
+        """``origin``'s advert was stored or dropped: its debits go, and the graph is made again."""
+        self._debits.pop(origin, None)
+        self._candidates = None
 
     def signed_advert(self, origin: str) -> LinkStateAdvert | None:
         """The advert we hold for ``origin`` as its origin signed it (None if we hold none)."""
@@ -498,7 +523,7 @@ class LinkStateDatabase:
     def signed_adverts(self) -> list[LinkStateAdvert]:
         """Every advert we hold as its origin signed it (our own first, then by origin): a neighbour's database exchange.
 
-        Our :meth:`debit` changes the copy we route on, never what we pass on:
+        Our :meth:`debit` changes what we route on, never what we pass on:
         a debited copy would no longer verify.
         """
         own = self._held.get(self._local_node)
@@ -541,6 +566,7 @@ class LinkStateDatabase:
             )
         self._last_sequence = sequence
         self._held[self._local_node] = _Held(advert, float(now), advert_bytes(advert), advert)
+        self._stored(self._local_node)
         return advert
 
     def receive(self, advert: LinkStateAdvert, now: float) -> bool:
@@ -608,6 +634,7 @@ class LinkStateDatabase:
         self._tombstones.pop(origin, None)
         stored = LinkStateAdvert(origin, sequence, tuple(advert.links), advert.signature, advert.certificate)
         self._held[origin] = _Held(stored, float(now), payload, stored)
+        self._stored(origin)
         return True
 
     def _authenticate(self, advert: LinkStateAdvert, payload: bytes) -> None:
@@ -648,6 +675,7 @@ class LinkStateDatabase:
         )
         for origin in dropped:
             self._tombstones[origin] = (self._held.pop(origin).advert.sequence, float(now))
+            self._stored(origin)
         for origin in [o for o, (_, at) in self._tombstones.items() if now - at > self._max_age_s]:
             del self._tombstones[origin]
         return dropped
@@ -669,15 +697,13 @@ class LinkStateDatabase:
             held = self._held.get(u)
             if held is None:
                 continue
-            candidates = [link for link in held.advert.links if link.peer == v and link.up]
-            if not candidates:
-                continue
-            spent = max(candidates, key=lambda link: link.available_out_bytes)  # the one usable_edges counts
-            links = tuple(
-                dataclasses.replace(link, available_out_bytes=max(0, link.available_out_bytes - need_bytes)) if link is spent else link
-                for link in held.advert.links
-            )
-            self._held[u] = dataclasses.replace(held, advert=dataclasses.replace(held.advert, links=links))
+            debits = self._debits.get(u, {})
+            spent, most = None, -1
+            for link in held.advert.links:  # the link to v with the most bytes left: the one usable_edges counts
+                if link.peer == v and link.up and (left := link.available_out_bytes - debits.get(link.link_id, 0)) > most:
+                    spent, most = link, left
+            if spent is not None:
+                self._debits.setdefault(u, debits)[spent.link_id] = debits.get(spent.link_id, 0) + need_bytes
 
     # -- graph -----------------------------------------------------------------
 
@@ -702,19 +728,25 @@ class LinkStateDatabase:
             LocalProtocolError: If ``need_bytes`` is negative or not an int.
         """
         _check_count(need_bytes, "need_bytes")
-        up_links: dict[str, dict[str, str]] = {}  # origin -> {link_id: peer} of up links
-        for origin, held in self._held.items():
-            up_links[origin] = {link.link_id: link.peer for link in held.advert.links if link.up}
+        if self._candidates is None:
+            up_links: dict[str, dict[str, str]] = {}  # origin -> {link_id: peer} of up links
+            for origin, held in self._held.items():
+                up_links[origin] = {link.link_id: link.peer for link in held.advert.links if link.up}
+            self._candidates = [
+                (u, link.peer, link.link_id, link.available_out_bytes)
+                for u, held in sorted(self._held.items())
+                for link in held.advert.links
+                if link.up and up_links.get(link.peer, {}).get(link.link_id) == u
+            ]
+        debits = self._debits
         edges: dict[str, dict[str, int]] = {}
-        for u, held in sorted(self._held.items()):
-            for link in held.advert.links:
-                v = link.peer
-                if not link.up or link.available_out_bytes < need_bytes:
-                    continue
-                if up_links.get(v, {}).get(link.link_id) != u:
-                    continue
-                out = edges.setdefault(u, {})
-                out[v] = max(out.get(v, 0), link.available_out_bytes)
+        for u, v, link_id, advertised in self._candidates:
+            taken = debits.get(u)
+            left = max(0, advertised - taken.get(link_id, 0)) if taken else advertised
+            if left < need_bytes:
+                continue
+            out = edges.setdefault(u, {})
+            out[v] = max(out.get(v, 0), left)
         return edges
 
     def paths(self, source: str, destination: str, need_bytes: int, limit: int = 4) -> list[list[str]]:
@@ -797,7 +829,7 @@ class LinkStateDatabase:
                             "up": link.up,
                             "available_out_bytes": link.available_out_bytes,
                         }
-                        for link in held.advert.links
+                        for link in self._routed(origin, held.advert).links
                     ],
                 }
                 for origin, held in sorted(self._held.items())

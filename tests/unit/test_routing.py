@@ -475,3 +475,56 @@ def test_debit_spends_each_hop_until_the_next_advert() -> None:
     assert db.usable_edges(1)["n0"]["n1"] == 1000 and db.usable_edges(1)["n1"]["n2"] == 1000
     with pytest.raises(LocalProtocolError):
         db.debit(["n0", "n1"], -1)
+
+
+def _edges_from(adverts: Iterable[LinkStateAdvert], need_bytes: int) -> dict[str, dict[str, int]]:
+    """usable_edges as first written: every advert's links, both ends up, at least ``need_bytes`` left (the reference)."""
+    adverts = list(adverts)
+    up = {a.origin: {link.link_id: link.peer for link in a.links if link.up} for a in adverts}
+    edges: dict[str, dict[str, int]] = {}
+    for advert in sorted(adverts, key=lambda a: a.origin):
+        for link in advert.links:
+            if link.up and link.available_out_bytes >= need_bytes and up.get(link.peer, {}).get(link.link_id) == advert.origin:
+                out = edges.setdefault(advert.origin, {})
+                out[link.peer] = max(out.get(link.peer, 0), link.available_out_bytes)
+    return edges
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_usable_edges_match_the_adverts_through_debits_new_adverts_and_expiry(seed: int) -> None:
+    """The graph kept between adverts, less what debits took, is the graph of the (debited) adverts at every step."""
+    rng = random.Random(seed)
+    names = [f"n{i}" for i in range(7)]
+    pairs = [(a, b) for a, b in itertools.combinations(names, 2) if rng.random() < 0.5]
+    links = {f"{a}-{b}-{k}": (a, b) for a, b in pairs for k in range(rng.choice((1, 1, 2)))}  # some nodes share two links
+    db = LinkStateDatabase("n0", max_age_s=30.0)
+    now = T0
+    sequence = {name: S0 for name in names}
+
+    def advert_of(origin: str) -> list[LinkAdvert]:
+        return [
+            LinkAdvert(link_id, b if a == origin else a, rng.random() < 0.9, rng.choice((0, 64, 512, 4096, rng.randrange(10_000))))
+            for link_id, (a, b) in links.items()
+            if origin in (a, b)
+        ]
+
+    for step in range(300):
+        now += 0.5
+        action = rng.random()
+        if action < 0.15:
+            ours = advert_of("n0")
+            db.originate(ours, now)
+            assert db.adverts["n0"].links == tuple(ours)  # a new advert starts with no debit
+        elif action < 0.4:
+            origin = rng.choice(names[1:])
+            sequence[origin] = max(sequence[origin] + 1, int(now * 1000))
+            theirs = tuple(advert_of(origin))
+            db.receive(LinkStateAdvert(origin, sequence[origin], theirs), now)
+            assert db.adverts[origin].links == theirs
+        elif action < 0.45:
+            db.expire(now + rng.choice((0.0, 31.0)))
+        else:
+            path = [rng.choice(names) for _ in range(rng.randint(2, 4))]
+            db.debit([n for i, n in enumerate(path) if i == 0 or n != path[i - 1]], rng.choice((32, 64, 1024)))
+        for need in (0, 64, 600):
+            assert db.usable_edges(need) == _edges_from(db.adverts.values(), need), f"step {step}, need {need}"
