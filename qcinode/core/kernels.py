@@ -582,7 +582,10 @@ def gap_bounds(values: IntArray) -> tuple[int, int, IntArray | None]:
     if use_numba(values.size):
         low, high = _twin("gap_bounds")(values)
         return int(low), int(high), None
-    gaps = np.diff(values, prepend=np.int64(0))
+    # np.diff(values, prepend=0) without its generic set-up: most callers are small Cascade arrays.
+    gaps = np.empty_like(values)
+    gaps[0] = values[0]
+    np.subtract(values[1:], values[:-1], out=gaps[1:])
     return int(gaps.min()), int(gaps.max()), gaps
 
 

@@ -511,3 +511,25 @@ def test_invalid_arguments() -> None:
         fibre_transmittance(0.2, -1.0)
     with pytest.raises(ConfigError, match="cls"):
         expected_gain(gys(0.0), 3)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.02, 3e-5])
+def test_bernoulli_positions_follow_the_bernoulli_process(p: float) -> None:
+    """Positions drawn by exponential gaps: count ~ Binomial(n, p), gaps ~ Geometric(p) (pmf of the first values)."""
+    from qcinode.core.physics import _bernoulli_positions
+
+    n_slots = 4_000_000
+    positions = _bernoulli_positions(np.random.default_rng(7), n_slots, p)
+    assert positions.dtype == np.int64
+    assert positions.size == 0 or (positions[0] >= 0 and positions[-1] < n_slots)
+    assert np.all(np.diff(positions) > 0)
+    mean = n_slots * p
+    assert abs(positions.size - mean) < SIGMAS * math.sqrt(mean * (1 - p))
+    gaps = np.diff(positions, prepend=-1)
+    for k in (1, 2, 3):
+        # P(gap = k) = (1 - p)^(k - 1) p; each count is binomial over the gaps.
+        q = (1 - p) ** (k - 1) * p
+        expected = gaps.size * q
+        assert abs(int(np.count_nonzero(gaps == k)) - expected) < SIGMAS * math.sqrt(expected * (1 - q)) + 1
+    # Mean gap 1/p, standard deviation sqrt(1 - p)/p per gap.
+    assert abs(gaps.mean() - 1 / p) < SIGMAS * math.sqrt(1 - p) / p / math.sqrt(gaps.size)
