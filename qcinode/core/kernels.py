@@ -9,7 +9,8 @@ million-element temporaries (or a dozen calls per Cascade round), a compiled
 loop in one.  They are: Cascade's permuted views of a key, a bisection level
 and a correction's flips in every pass; the emission's class draw and class
 slots; the detector's merge of photon and dark-count slots and its click
-bits; the gap coding of sorted slot numbers (frames, transcripts, the wire);
+bits; the sifting of a frame's detections (:func:`select_kept`); the gap
+coding of sorted slot numbers (frames, transcripts, the wire);
 the lookup of sorted slots.  This module holds the numpy version of each; the
 compiled twin lives in :mod:`qcinode.core.kernels_numba`, which imports
 numba.
@@ -93,6 +94,7 @@ __all__ = [
     "mode",
     "permuted_bits",
     "permuted_prefix_parity",
+    "select_kept",
     "set_mode",
     "slots_from_gaps",
     "use_numba",
@@ -212,6 +214,10 @@ def warm_up() -> bool:
         gaps.setflags(write=False)  # as a frame's gaps are read: a view of the received bytes
         module.slots_from_gaps(gaps, 10, at)
     module.categorical(np.zeros(3), np.zeros(2), bits)
+    module.select_kept(bits, bits, bits, bits, bits.copy(), bits.copy(), bits.copy())
+    frozen = bits.copy()
+    frozen.setflags(write=False)  # a received SiftReply's basis matches and classes: views of the bytes
+    module.select_kept(frozen, frozen, bits, bits, bits.copy(), bits.copy(), bits.copy())
     module.class_order(bits, at, np.zeros(4, np.int64))
     module.flip_everywhere(
         values[:1], perm.tables.ravel(), 1, perm.tables.shape[1], perm.low_bits, perm.high_size, 3,
@@ -561,6 +567,27 @@ def click_bits(
     fire0[dark0_at] = True
     fire1[dark1_at] = True
     return fire1.view(np.uint8).copy(), np.flatnonzero(fire0 & fire1)
+
+
+def select_kept(
+    mask: BitArray, first: BitArray, second: BitArray, third: BitArray
+) -> tuple[BitArray, BitArray, BitArray]:
+    """``(first[keep], second[keep], third[keep])`` with ``keep = mask != 0``: the sifted detections.
+
+    All four are one-byte arrays of one length (a frame's basis matches and
+    its classes, bases and bits). The compiled twin copies every entry and
+    advances the output only where the mask is set, so it has no branch to
+    mispredict on a mask that is half ones; numpy finds the indices first
+    and then gathers three times.
+    """
+    if use_numba(mask.size):
+        count = int(np.count_nonzero(mask))
+        # One entry of slack: the loop writes entry ``count`` before it knows the mask is 0 there.
+        out = (np.empty(count + 1, np.uint8), np.empty(count + 1, np.uint8), np.empty(count + 1, np.uint8))
+        _twin("select_kept")(mask, first, second, third, *out)
+        return out[0][:count], out[1][:count], out[2][:count]
+    keep = np.flatnonzero(mask)
+    return first[keep], second[keep], third[keep]
 
 
 # --------------------------------------------------------------------------- gap coding

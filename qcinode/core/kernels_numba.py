@@ -35,6 +35,7 @@ __all__ = [
     "merge_clicks",
     "permuted_bits",
     "permuted_prefix_parity",
+    "select_kept",
     "slots_from_gaps",
     "write_gaps",
 ]
@@ -194,6 +195,19 @@ def click_bits(  # pragma: no cover
         if f == 3:
             both[count] = j
             count += 1
+    return count
+
+
+@_compiled
+def select_kept(  # pragma: no cover
+    mask: np.ndarray, first: np.ndarray, second: np.ndarray, third: np.ndarray, out1: np.ndarray, out2: np.ndarray, out3: np.ndarray
+) -> int:
+    count = 0
+    for i in range(mask.shape[0]):
+        out1[count] = first[i]
+        out2[count] = second[i]
+        out3[count] = third[i]
+        count += mask[i] != 0
     return count
 
 

@@ -520,12 +520,31 @@ def _categorical(rng: KeyRandomness, weights: NDArray[np.float64], size: int) ->
 
 
 def _bases(rng: KeyRandomness, z_probability: float, size: int) -> UInt8Array:
-    """Basis choices: Z (0) with probability ``z_probability``, X (1) otherwise."""
+    """Basis choices: Z (0) with probability ``z_probability``, X (1) otherwise.
+
+    A probability that is a whole number of 256ths is met exactly with
+    random bytes: one random bit per choice for 1/2 (:func:`_bits`), one
+    byte compared with ``256 z`` otherwise; any other probability compares
+    53-bit uniform floats with it (a bias below ``2^-53``). Whole bytes
+    cost a CSPRNG one eighth, and bits one 64th, of the floats' output.
+    """
+    if z_probability == 0.5:
+        return _bits(rng, size)
+    threshold = z_probability * 256.0
+    if threshold == int(threshold):
+        if size <= 0:
+            return np.empty(0, np.uint8)
+        draws = np.frombuffer(rng.bytes(size), dtype=np.uint8)
+        return (draws >= int(threshold)).view(np.uint8)
     return (np.asarray(rng.random(size)) >= z_probability).view(np.uint8)  # bools are 0/1 bytes: no copy
 
 
 def _bits(rng: KeyRandomness, size: int) -> UInt8Array:
-    return np.asarray(rng.integers(0, 2, size=size, dtype=np.uint8), dtype=np.uint8)
+    """``size`` uniform bits (0/1 bytes), unpacked from ``ceil(size / 8)`` random bytes."""
+    if size <= 0:
+        return np.empty(0, np.uint8)
+    packed = np.frombuffer(rng.bytes((size + 7) // 8), dtype=np.uint8)
+    return np.unpackbits(packed, count=size)
 
 
 def _detection_probabilities(phys: LinkPhysics) -> NDArray[np.float64]:

@@ -85,6 +85,7 @@ from .estimation import (
     no_decoy_key_length,
 )
 from .finite_key import DEFAULT_FINITE_KEY, check_finite_key, decoy_key_length
+from .kernels import select_kept
 from .physics import EMULATED_CHANNEL, AliceRecord, Clicks, LinkPhysics, PhotonFrame, QuantumChannel
 from .randomness import KeyRandomness
 from .reconciliation import (
@@ -682,8 +683,7 @@ class AliceLink(_LinkEnd):
         close, self._close_after_frame = self._close_after_frame, False
         reply = m.SiftReply(frame_id, match, classes, close_block=close)
         self._record_out(reply)
-        keep = np.flatnonzero(match)
-        self._add_sifted(classes[keep], bases[keep].astype(np.uint8, copy=False), bits[keep].astype(np.uint8, copy=False), n_slots, len(msg.slots))
+        self._add_sifted(*select_kept(match, classes, bases, bits), n_slots, len(msg.slots))
         self._maybe_close_block(force=close)
         return [reply]
 
@@ -889,8 +889,8 @@ class BobLink(_LinkEnd):
             raise RemoteProtocolError("sift reply has invalid classes or flags")
         self._reported = None
         self._record_in(msg)
-        keep = np.flatnonzero(msg.basis_match)
-        self._add_sifted(msg.classes[keep].astype(np.uint8, copy=False), clicks.bases[keep], clicks.bits[keep], clicks.n_slots, len(clicks.slots))
+        classes = msg.classes.astype(np.uint8, copy=False)
+        self._add_sifted(*select_kept(msg.basis_match.view(np.uint8), classes, clicks.bases, clicks.bits), clicks.n_slots, len(clicks.slots))
         if self._maybe_close_block(force=msg.close_block):
             return [self._reveal_test_bits()]
         return []

@@ -418,3 +418,18 @@ def test_a_stack_maps_like_its_members() -> None:
     assert np.array_equal(stack.inverse(which, expect), x)
     with pytest.raises(ValueError, match="one size"):
         FeistelStack([members[0], FeistelPermutation.from_seed(1, 3000)])
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_select_kept_numba_equals_numpy(case: int, restore_mode: None) -> None:
+    rng = np.random.default_rng(case)
+    size = [0, 1, 1000, 300_001][case]
+    mask = (rng.random(size) < [0.5, 1.0, 0.0, 0.3][case]).view(np.uint8)
+    columns = [rng.integers(0, 256, size).astype(np.uint8) for _ in range(3)]
+    if case == 3:
+        mask.setflags(write=False)  # as a received message's array
+    numpy_path, numba_path = _both(kernels.select_kept, mask, *columns)
+    keep = mask.astype(bool)
+    for got_numpy, got_numba, column in zip(numpy_path, numba_path, columns):
+        assert got_numpy.dtype == got_numba.dtype == np.uint8
+        assert np.array_equal(got_numpy, column[keep]) and np.array_equal(got_numba, column[keep])

@@ -533,3 +533,23 @@ def test_bernoulli_positions_follow_the_bernoulli_process(p: float) -> None:
         assert abs(int(np.count_nonzero(gaps == k)) - expected) < SIGMAS * math.sqrt(expected * (1 - q)) + 1
     # Mean gap 1/p, standard deviation sqrt(1 - p)/p per gap.
     assert abs(gaps.mean() - 1 / p) < SIGMAS * math.sqrt(1 - p) / p / math.sqrt(gaps.size)
+
+
+@pytest.mark.parametrize("z", [0.5, 0.75, 0.9, 1.0, 0.0])
+@pytest.mark.parametrize("csprng", [False, True])
+def test_basis_choices_have_the_z_probability(z: float, csprng: bool) -> None:
+    """Each path (random bits for 1/2, bytes for 256ths, floats otherwise) draws X with probability 1 - z."""
+    from qcinode.core.physics import _bases, _bits
+    from qcinode.core.randomness import CsprngGenerator
+
+    rng: Any = CsprngGenerator() if csprng else np.random.default_rng(11)
+    size = 1_000_003  # not a whole number of bytes
+    bases = _bases(rng, z, size)
+    assert bases.dtype == np.uint8 and bases.shape == (size,)
+    assert set(np.unique(bases).tolist()) <= {0, 1}
+    x = int(bases.sum())
+    mean = size * (1 - z)
+    assert abs(x - mean) <= SIGMAS * math.sqrt(size * z * (1 - z))
+    bits = _bits(rng, size)
+    assert bits.shape == (size,) and abs(int(bits.sum()) - size / 2) < SIGMAS * math.sqrt(size / 4)
+    assert _bases(rng, z, 0).shape == (0,) and _bits(rng, 0).shape == (0,)
