@@ -9,7 +9,8 @@ million-element temporaries (or a dozen calls per Cascade round), a compiled
 loop in one.  They are: Cascade's permuted views of a key, a bisection level
 and a correction's flips in every pass; the emission's class draw and class
 slots; the detector's merge of photon and dark-count slots and its click
-bits; the sifting of a frame's detections (:func:`select_kept`); the gap
+bits; the sifting of a frame's detections (:func:`select_kept`) and a
+block's split into key and test bits (:func:`compress_bytes`); the gap
 coding of sorted slot numbers (frames, transcripts, the wire);
 the lookup of sorted slots.  This module holds the numpy version of each; the
 compiled twin lives in :mod:`qcinode.core.kernels_numba`, which imports
@@ -86,6 +87,7 @@ __all__ = [
     "categorical",
     "class_order",
     "click_bits",
+    "compress_bytes",
     "first_photon_on_one",
     "gap_bounds",
     "gap_bytes",
@@ -215,6 +217,8 @@ def warm_up() -> bool:
         module.slots_from_gaps(gaps, 10, at)
     module.categorical(np.zeros(3), np.zeros(2), bits)
     module.select_kept(bits, bits, bits, bits, bits.copy(), bits.copy(), bits.copy())
+    module.compress_bytes(bits, bits, bits.copy())
+    module.compress_bytes(bits.view(np.bool_), bits, bits.copy())
     frozen = bits.copy()
     frozen.setflags(write=False)  # a received SiftReply's basis matches and classes: views of the bytes
     module.select_kept(frozen, frozen, bits, bits, bits.copy(), bits.copy(), bits.copy())
@@ -588,6 +592,22 @@ def select_kept(
         return out[0][:count], out[1][:count], out[2][:count]
     keep = np.flatnonzero(mask)
     return first[keep], second[keep], third[keep]
+
+
+def compress_bytes(mask: npt.NDArray[Any], column: BitArray) -> BitArray:
+    """``column[mask]`` for a bool or 0/1 byte ``mask`` and a one-byte ``column`` of its length.
+
+    A block's key bits (Z basis) or test bits (X basis): about half of a
+    random mask is set, where numpy's boolean gather mispredicts a branch per
+    entry; the compiled twin is branch-free as :func:`select_kept`.
+    """
+    if use_numba(mask.size):
+        count = int(np.count_nonzero(mask))
+        out = np.empty(count + 1, np.uint8)
+        _twin("compress_bytes")(mask, column, out)
+        return out[:count]
+    kept: BitArray = column[mask.view(np.bool_)]
+    return kept
 
 
 # --------------------------------------------------------------------------- gap coding

@@ -28,6 +28,7 @@ __all__ = [
     "categorical",
     "class_order",
     "click_bits",
+    "compress_bytes",
     "first_photon_on_one",
     "flip_everywhere",
     "gap_bounds",
@@ -207,6 +208,15 @@ def select_kept(  # pragma: no cover
         out1[count] = first[i]
         out2[count] = second[i]
         out3[count] = third[i]
+        count += mask[i] != 0
+    return count
+
+
+@_compiled
+def compress_bytes(mask: np.ndarray, column: np.ndarray, out: np.ndarray) -> int:  # pragma: no cover
+    count = 0
+    for i in range(mask.shape[0]):
+        out[count] = column[i]
         count += mask[i] != 0
     return count
 

@@ -433,3 +433,16 @@ def test_select_kept_numba_equals_numpy(case: int, restore_mode: None) -> None:
     for got_numpy, got_numba, column in zip(numpy_path, numba_path, columns):
         assert got_numpy.dtype == got_numba.dtype == np.uint8
         assert np.array_equal(got_numpy, column[keep]) and np.array_equal(got_numba, column[keep])
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_compress_bytes_numba_equals_numpy(case: int, restore_mode: None) -> None:
+    rng = np.random.default_rng(case)
+    size = [0, 1, 1000, 300_001][case]
+    mask = rng.random(size) < [0.5, 1.0, 0.0, 0.5][case]
+    column = rng.integers(0, 256, size).astype(np.uint8)
+    masks = [mask, mask.view(np.uint8)]
+    for given in masks:
+        numpy_path, numba_path = _both(kernels.compress_bytes, given, column)
+        assert numpy_path.dtype == numba_path.dtype == np.uint8
+        assert np.array_equal(numpy_path, column[mask]) and np.array_equal(numba_path, column[mask])
