@@ -487,7 +487,12 @@ def _zero_truncated_poisson(rng: np.random.Generator, mean: float, size: int) ->
     """Sample Poisson(mean) conditioned on being >= 1, by table inversion.
 
     The table runs from k = 1 until the remaining tail mass is below 1e-18,
-    so the sampler is exact to double precision.
+    so the sampler is exact to double precision. A detected pulse almost
+    always holds one photon (``P(k >= 2 | k >= 1)`` is about ``mean / 2``),
+    so the draws are made where they matter: the slots with ``k >= 2`` are a
+    Bernoulli process of that probability (:func:`_bernoulli_positions`),
+    and only they get a uniform, mapped onto ``[P(k = 1), 1)`` and inverted
+    in the table (the law of ``k`` given ``k >= 2``).
     """
     if size == 0:
         return np.empty(0, np.uint16)
@@ -502,14 +507,15 @@ def _zero_truncated_poisson(rng: np.random.Generator, mean: float, size: int) ->
         if k > mean and math.exp(log_p) * (k + 1) / (k + 1 - mean) < _TAIL_MASS:
             break
         k += 1
+    total = math.fsum(probabilities)
     cdf = np.cumsum(probabilities)
     cdf /= cdf[-1]
-    u = rng.random(size)
     counts = np.ones(size, np.uint16)
-    # Usually one photon; only the rest need a search of the table.
-    more = np.flatnonzero(u >= cdf[0])
+    multi = math.fsum(probabilities[1:]) / total  # without the cancellation of 1 - cdf[0]
+    more = _bernoulli_positions(rng, size, multi)
     if more.size:
-        counts[more] = np.searchsorted(cdf, u[more], side="right") + 1
+        u = float(cdf[0]) + rng.random(more.size) * multi
+        counts[more] = np.minimum(np.searchsorted(cdf, u, side="right"), len(cdf) - 1) + 1
     return counts
 
 

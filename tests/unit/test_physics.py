@@ -553,3 +553,21 @@ def test_basis_choices_have_the_z_probability(z: float, csprng: bool) -> None:
     bits = _bits(rng, size)
     assert bits.shape == (size,) and abs(int(bits.sum()) - size / 2) < SIGMAS * math.sqrt(size / 4)
     assert _bases(rng, z, 0).shape == (0,) and _bits(rng, 0).shape == (0,)
+
+
+@pytest.mark.parametrize("mean", [0.0133, 0.5, 3.0])
+def test_zero_truncated_poisson_has_the_conditional_law(mean: float) -> None:
+    """P(k | k >= 1) = Poisson(k; mean) / (1 - exp(-mean)) for the first values, each within 5 sigma."""
+    from qcinode.core.physics import _zero_truncated_poisson
+
+    size = 2_000_000
+    counts = _zero_truncated_poisson(np.random.default_rng(5), mean, size)
+    assert counts.dtype == np.uint16 and counts.min() >= 1
+    norm = -math.expm1(-mean)
+    for k in range(1, 6):
+        p = math.exp(k * math.log(mean) - mean - math.lgamma(k + 1)) / norm
+        seen = int(np.count_nonzero(counts == k))
+        assert abs(seen - size * p) < SIGMAS * math.sqrt(size * p * (1 - p)) + 1, k
+    mean_k = mean / norm  # E[k | k >= 1]
+    var_k = (mean + mean * mean) / norm - mean_k * mean_k
+    assert abs(counts.mean() - mean_k) < SIGMAS * math.sqrt(var_k / size)
