@@ -170,10 +170,12 @@ def first_photon_on_one(  # pragma: no cover
     bases: np.ndarray, photon_at: np.ndarray, state_bases: np.ndarray, state_bits: np.ndarray, u: np.ndarray, misalignment: float, out: np.ndarray
 ) -> None:
     for i in range(u.shape[0]):
-        if bases[photon_at[i]] == state_bases[i]:
-            out[i] = state_bits[i] ^ (1 if u[i] < misalignment else 0)
-        else:
-            out[i] = 1 if u[i] < 0.5 else 0
+        # Both outcomes, then a select: Bob's basis matches the photon's half the time at random,
+        # so a branch on it is mispredicted half the time.
+        same = np.int32(bases[photon_at[i]] == state_bases[i])
+        aligned = np.int32(state_bits[i]) ^ np.int32(u[i] < misalignment)
+        coin = np.int32(u[i] < 0.5)
+        out[i] = coin ^ (same & (aligned ^ coin))
 
 
 @_compiled
