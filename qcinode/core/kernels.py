@@ -9,7 +9,8 @@ million-element temporaries (or a dozen calls per Cascade round), a compiled
 loop in one.  They are: Cascade's permuted views of a key, a bisection level
 and a correction's flips in every pass; the emission's class draw and class
 slots; the detector's merge of photon and dark-count slots and its click
-bits; the sifting of a frame's detections (:func:`select_kept`) and a
+bits; the positions of a Bernoulli process from exponential draws; the
+sifting of a frame's detections (:func:`select_kept`) and a
 block's split into key and test bits (:func:`compress_bytes`); the gap
 coding of sorted slot numbers (frames, transcripts, the wire);
 the lookup of sorted slots.  This module holds the numpy version of each; the
@@ -91,6 +92,7 @@ __all__ = [
     "first_photon_on_one",
     "gap_bounds",
     "gap_bytes",
+    "geometric_positions",
     "lookup_sorted",
     "merge_clicks",
     "mode",
@@ -218,6 +220,7 @@ def warm_up() -> bool:
     module.categorical(np.zeros(3), np.zeros(2), bits)
     module.select_kept(bits, bits, bits, bits, bits.copy(), bits.copy(), bits.copy())
     module.compress_bytes(bits, bits, bits.copy())
+    module.geometric_positions(np.ones(3), 2.0, -1, at.copy())
     module.compress_bytes(bits.view(np.bool_), bits, bits.copy())
     frozen = bits.copy()
     frozen.setflags(write=False)  # a received SiftReply's basis matches and classes: views of the bytes
@@ -608,6 +611,25 @@ def compress_bytes(mask: npt.NDArray[Any], column: BitArray) -> BitArray:
         return out[:count]
     kept: BitArray = column[mask.view(np.bool_)]
     return kept
+
+
+def geometric_positions(draws: npt.NDArray[np.float64], inverse_rate: float, last: int) -> IntArray:
+    """Success positions of a Bernoulli process from exponential draws: ``last + cumsum(1 + floor(E * inverse_rate))``.
+
+    Each gap ``1 + floor(E / lambda)`` with ``E ~ Exp(1)`` is geometric
+    (:func:`qcinode.core.physics._bernoulli_positions`); the compiled twin
+    scales, floors, counts and sums in one pass instead of four.
+    """
+    if use_numba(draws.size):
+        out = np.empty(draws.size, np.int64)
+        _twin("geometric_positions")(draws, inverse_rate, last, out)
+        return out
+    scaled = draws * inverse_rate
+    gaps = scaled.astype(np.int64)  # floor: the draws are >= 0
+    gaps += 1
+    positions = np.cumsum(gaps, out=gaps)
+    positions += last
+    return positions
 
 
 # --------------------------------------------------------------------------- gap coding

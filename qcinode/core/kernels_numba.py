@@ -32,6 +32,7 @@ __all__ = [
     "first_photon_on_one",
     "flip_everywhere",
     "gap_bounds",
+    "geometric_positions",
     "lookup_sorted",
     "merge_clicks",
     "permuted_bits",
@@ -221,6 +222,14 @@ def compress_bytes(mask: np.ndarray, column: np.ndarray, out: np.ndarray) -> int
         out[count] = column[i]
         count += mask[i] != 0
     return count
+
+
+@_compiled
+def geometric_positions(draws: np.ndarray, inverse_rate: float, last: int, out: np.ndarray) -> None:  # pragma: no cover
+    position = np.int64(last)
+    for i in range(draws.shape[0]):
+        position += np.int64(draws[i] * inverse_rate) + 1
+        out[i] = position
 
 
 @_compiled

@@ -85,7 +85,18 @@ from typing import Final, Protocol
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from qcinode.core.kernels import categorical, class_order, click_bits, first_photon_on_one, gap_bounds, gap_bytes, lookup_sorted, merge_clicks, slots_from_gaps
+from qcinode.core.kernels import (
+    categorical,
+    class_order,
+    click_bits,
+    first_photon_on_one,
+    gap_bounds,
+    gap_bytes,
+    geometric_positions,
+    lookup_sorted,
+    merge_clicks,
+    slots_from_gaps,
+)
 from qcinode.core.randomness import KeyRandomness
 from qcinode.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
@@ -469,12 +480,7 @@ def _bernoulli_positions(rng: np.random.Generator, n_slots: int, p: float) -> In
         remaining = n_slots - 1 - last
         expected = remaining * p
         chunk = int(expected + 6.0 * math.sqrt(expected) + 64.0)
-        scaled = rng.standard_exponential(chunk)
-        scaled *= inverse_rate
-        gaps = scaled.astype(np.int64)  # floor: the draws are >= 0
-        gaps += 1
-        positions = np.cumsum(gaps, out=gaps)
-        positions += last
+        positions = geometric_positions(rng.standard_exponential(chunk), inverse_rate, last)
         if positions[-1] >= n_slots:
             pieces.append(positions[: np.searchsorted(positions, n_slots)])
             break

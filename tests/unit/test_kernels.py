@@ -446,3 +446,15 @@ def test_compress_bytes_numba_equals_numpy(case: int, restore_mode: None) -> Non
         numpy_path, numba_path = _both(kernels.compress_bytes, given, column)
         assert numpy_path.dtype == numba_path.dtype == np.uint8
         assert np.array_equal(numpy_path, column[mask]) and np.array_equal(numba_path, column[mask])
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.37, 1e-3, 1e-7])
+def test_geometric_positions_numba_equals_numpy(rate: float, restore_mode: None) -> None:
+    draws = np.random.default_rng(3).standard_exponential(200_003)
+    draws[:3] = [0.0, 1e-300, 5.0]  # a zero gap draw, a denormal-size one, a plain one
+    inverse = 1.0 / rate
+    numpy_path, numba_path = _both(kernels.geometric_positions, draws, inverse, -1)
+    expected = -1 + np.cumsum(np.floor(draws * inverse).astype(np.int64) + 1)
+    assert numpy_path.dtype == numba_path.dtype == np.int64
+    assert np.array_equal(numpy_path, expected) and np.array_equal(numba_path, expected)
+    assert np.array_equal(_both(kernels.geometric_positions, draws[:0], inverse, 7)[1], np.empty(0, np.int64))
