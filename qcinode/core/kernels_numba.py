@@ -125,15 +125,20 @@ def lookup_sorted(values: np.ndarray, query: np.ndarray, found: np.ndarray, inde
         if q < previous:
             j = np.searchsorted(values, q)  # out of order: search afresh
         elif j < size and values[j] < q:
-            # Sorted queries: gallop forward from the last answer, then bisect,
-            # so sparse queries cost O(log gap) and dense ones O(1) each.
-            low = j
-            step = 1
-            while low + step < size and values[low + step] < q:
-                low += step
-                step *= 2
-            high = min(low + step, size)
-            j = low + 1 + np.searchsorted(values[low + 1 : high], q)
+            if j + 1 == size or values[j + 1] >= q:
+                # The next entry: a frame's clicks are nearly all of Alice's
+                # photon slots, so this is the usual step.
+                j += 1
+            else:
+                # Sorted queries: gallop forward from the last answer, then bisect,
+                # so sparse queries cost O(log gap) and dense ones O(1) each.
+                low = j
+                step = 1
+                while low + step < size and values[low + step] < q:
+                    low += step
+                    step *= 2
+                high = min(low + step, size)
+                j = low + 1 + np.searchsorted(values[low + 1 : high], q)
         previous = q
         clipped = min(j, size - 1)
         index[i] = clipped
