@@ -781,8 +781,9 @@ class AliceRecord:
             bases = np.empty(query.size, np.uint8)
             bits = np.empty(query.size, np.uint8)
 
-        missing = ~found
         if not found.all():
+            # A few hundred dark-count slots among a million: index them, not a mask per array.
+            missing = np.flatnonzero(~found)
             self._extend_lazy(np.unique(query[missing]))
             lazy_found, lazy_index = _lookup(self._lazy_slots, query[missing])
             if not np.all(lazy_found):  # pragma: no cover - _extend_lazy covers every slot
