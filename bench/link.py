@@ -60,7 +60,8 @@ the in-process twin of the link worker, frames through their byte
 encoding), seeded, on the same topology-built link; it prints secret bits
 per CPU-second of ``pump`` (``time.process_time``), the protocol core's
 ceiling. ``--profile N`` adds the N most expensive functions of that run
-(cProfile on CPU time, cumulative and own)::
+(cProfile on CPU time, cumulative and own), ``--callers PATTERN`` who calls
+the functions matching PATTERN::
 
     python bench/link.py --core --gys --length-km 10 --block-bits 1e6 --blocks 3
     python bench/link.py --core --gys --length-km 10 --block-bits 1e6 --blocks 3 --profile 25
@@ -461,6 +462,7 @@ def run_core(
     seed: int,
     variant: Variant = Variant(),
     profile: int = 0,
+    callers: Sequence[str] = (),
     raw_allocator: bool = False,
 ) -> CoreResult:
     """Both ends in this process (``pair.pump``), timed by the CPU time of the pump alone."""
@@ -511,6 +513,9 @@ def run_core(
         for order in ("cumulative", "tottime"):
             print(f"\n-- profile, by {order} --")
             stats.sort_stats(order).print_stats(profile)
+        for pattern in callers:
+            print(f"\n-- who calls {pattern} --")
+            stats.sort_stats("tottime").print_callers(pattern)
     return out
 
 
@@ -611,6 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--blocks", type=int, default=3, help="with --core: blocks to run")
     p.add_argument("--seed", type=int, default=1, help="with --core: the pair's seed")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="with --core: print the N costliest functions (cProfile)")
+    p.add_argument("--callers", action="append", default=[], metavar="PATTERN", help="with --profile: who calls functions matching PATTERN")
     p.add_argument("--raw-allocator", action="store_true", help="with --core: keep glibc's malloc defaults (a node tunes them)")
     p.add_argument(
         "--kernels", choices=list(kernels.KERNEL_MODES), default=None, help="with --core: compiled kernels (QCINODE_KERNELS; default auto)"
@@ -632,6 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     seed=args.seed,
                     variant=variant,
                     profile=args.profile,
+                    callers=args.callers,
                     raw_allocator=args.raw_allocator,
                 )
             )

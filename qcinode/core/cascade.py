@@ -609,21 +609,20 @@ class CascadeSession:
     def _fill_top_leaves(self) -> None:
         """Set every position's leaf to its top-level block: ``p n + (i // k_p) k_p``.
 
-        Arithmetic on one shared ``arange`` per pass row, in place: a ``repeat``
-        of the block keys wrote the same table through a temporary of
-        ``passes * n`` entries.
+        Each pass row is viewed as ``n // k`` rows of ``k`` entries and gets
+        its block keys by a broadcast store (plus the short last block): no
+        integer division per entry, which cost about six times as much as
+        the store, and no temporary of ``passes * n`` entries.
         """
         n = self._n
         table = self._table_dtype
-        ramp = np.arange(n, dtype=table)
         for p, k in enumerate(self._sizes):
             row = self._leaf_of[p * n : (p + 1) * n]
-            if k & (k - 1) == 0:  # power of two: clear the low bits
-                np.bitwise_and(ramp, table(-k), out=row)
-            else:
-                np.floor_divide(ramp, table(k), out=row)
-                row *= table(k)
-            row += table(p * n)
+            full = n // k
+            base = p * n
+            keys = np.arange(base, base + full * k, k, dtype=table)
+            row[: full * k].reshape(full, k)[:] = keys[:, None]
+            row[full * k :] = base + full * k
 
     def _emit(
         self, seeds: tuple[int, ...], pass_ids: IntArray, starts: IntArray, ends: IntArray

@@ -9,7 +9,10 @@ million-element temporaries (or a dozen calls per Cascade round), a compiled
 loop in one.  They are: Cascade's permuted views of a key, a bisection level
 and a correction's flips in every pass; the emission's class draw and class
 slots; the detector's merge of photon and dark-count slots and its click
-bits; the gap coding of sorted slot numbers (frames, transcripts, the wire);
+bits; the positions of a Bernoulli process from exponential draws; the
+sifting of a frame's detections (:func:`select_kept`) and a
+block's split into key and test bits (:func:`compress_bytes`); the gap
+coding of sorted slot numbers (frames, transcripts, the wire);
 the lookup of sorted slots.  This module holds the numpy version of each; the
 compiled twin lives in :mod:`qcinode.core.kernels_numba`, which imports
 numba.
@@ -85,14 +88,17 @@ __all__ = [
     "categorical",
     "class_order",
     "click_bits",
+    "compress_bytes",
     "first_photon_on_one",
     "gap_bounds",
     "gap_bytes",
+    "geometric_positions",
     "lookup_sorted",
     "merge_clicks",
     "mode",
     "permuted_bits",
     "permuted_prefix_parity",
+    "select_kept",
     "set_mode",
     "slots_from_gaps",
     "use_numba",
@@ -212,6 +218,13 @@ def warm_up() -> bool:
         gaps.setflags(write=False)  # as a frame's gaps are read: a view of the received bytes
         module.slots_from_gaps(gaps, 10, at)
     module.categorical(np.zeros(3), np.zeros(2), bits)
+    module.select_kept(bits, bits, bits, bits, bits.copy(), bits.copy(), bits.copy())
+    module.compress_bytes(bits, bits, bits.copy())
+    module.geometric_positions(np.ones(3), 2.0, -1, at.copy())
+    module.compress_bytes(bits.view(np.bool_), bits, bits.copy())
+    frozen = bits.copy()
+    frozen.setflags(write=False)  # a received SiftReply's basis matches and classes: views of the bytes
+    module.select_kept(frozen, frozen, bits, bits, bits.copy(), bits.copy(), bits.copy())
     module.class_order(bits, at, np.zeros(4, np.int64))
     module.flip_everywhere(
         values[:1], perm.tables.ravel(), 1, perm.tables.shape[1], perm.low_bits, perm.high_size, 3,
@@ -563,6 +576,62 @@ def click_bits(
     return fire1.view(np.uint8).copy(), np.flatnonzero(fire0 & fire1)
 
 
+def select_kept(
+    mask: BitArray, first: BitArray, second: BitArray, third: BitArray
+) -> tuple[BitArray, BitArray, BitArray]:
+    """``(first[keep], second[keep], third[keep])`` with ``keep = mask != 0``: the sifted detections.
+
+    All four are one-byte arrays of one length (a frame's basis matches and
+    its classes, bases and bits). The compiled twin copies every entry and
+    advances the output only where the mask is set, so it has no branch to
+    mispredict on a mask that is half ones; numpy finds the indices first
+    and then gathers three times.
+    """
+    if use_numba(mask.size):
+        count = int(np.count_nonzero(mask))
+        # One entry of slack: the loop writes entry ``count`` before it knows the mask is 0 there.
+        out = (np.empty(count + 1, np.uint8), np.empty(count + 1, np.uint8), np.empty(count + 1, np.uint8))
+        _twin("select_kept")(mask, first, second, third, *out)
+        return out[0][:count], out[1][:count], out[2][:count]
+    keep = np.flatnonzero(mask)
+    return first[keep], second[keep], third[keep]
+
+
+def compress_bytes(mask: npt.NDArray[Any], column: BitArray) -> BitArray:
+    """``column[mask]`` for a bool or 0/1 byte ``mask`` and a one-byte ``column`` of its length.
+
+    A block's key bits (Z basis) or test bits (X basis): about half of a
+    random mask is set, where numpy's boolean gather mispredicts a branch per
+    entry; the compiled twin is branch-free as :func:`select_kept`.
+    """
+    if use_numba(mask.size):
+        count = int(np.count_nonzero(mask))
+        out = np.empty(count + 1, np.uint8)
+        _twin("compress_bytes")(mask, column, out)
+        return out[:count]
+    kept: BitArray = column[mask.view(np.bool_)]
+    return kept
+
+
+def geometric_positions(draws: npt.NDArray[np.float64], inverse_rate: float, last: int) -> IntArray:
+    """Success positions of a Bernoulli process from exponential draws: ``last + cumsum(1 + floor(E * inverse_rate))``.
+
+    Each gap ``1 + floor(E / lambda)`` with ``E ~ Exp(1)`` is geometric
+    (:func:`qcinode.core.physics._bernoulli_positions`); the compiled twin
+    scales, floors, counts and sums in one pass instead of four.
+    """
+    if use_numba(draws.size):
+        out = np.empty(draws.size, np.int64)
+        _twin("geometric_positions")(draws, inverse_rate, last, out)
+        return out
+    scaled = draws * inverse_rate
+    gaps = scaled.astype(np.int64)  # floor: the draws are >= 0
+    gaps += 1
+    positions = np.cumsum(gaps, out=gaps)
+    positions += last
+    return positions
+
+
 # --------------------------------------------------------------------------- gap coding
 
 
@@ -582,7 +651,10 @@ def gap_bounds(values: IntArray) -> tuple[int, int, IntArray | None]:
     if use_numba(values.size):
         low, high = _twin("gap_bounds")(values)
         return int(low), int(high), None
-    gaps = np.diff(values, prepend=np.int64(0))
+    # np.diff(values, prepend=0) without its generic set-up: most callers are small Cascade arrays.
+    gaps = np.empty_like(values)
+    gaps[0] = values[0]
+    np.subtract(values[1:], values[:-1], out=gaps[1:])
     return int(gaps.min()), int(gaps.max()), gaps
 
 

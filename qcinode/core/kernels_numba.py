@@ -28,13 +28,16 @@ __all__ = [
     "categorical",
     "class_order",
     "click_bits",
+    "compress_bytes",
     "first_photon_on_one",
     "flip_everywhere",
     "gap_bounds",
+    "geometric_positions",
     "lookup_sorted",
     "merge_clicks",
     "permuted_bits",
     "permuted_prefix_parity",
+    "select_kept",
     "slots_from_gaps",
     "write_gaps",
 ]
@@ -122,15 +125,20 @@ def lookup_sorted(values: np.ndarray, query: np.ndarray, found: np.ndarray, inde
         if q < previous:
             j = np.searchsorted(values, q)  # out of order: search afresh
         elif j < size and values[j] < q:
-            # Sorted queries: gallop forward from the last answer, then bisect,
-            # so sparse queries cost O(log gap) and dense ones O(1) each.
-            low = j
-            step = 1
-            while low + step < size and values[low + step] < q:
-                low += step
-                step *= 2
-            high = min(low + step, size)
-            j = low + 1 + np.searchsorted(values[low + 1 : high], q)
+            if j + 1 == size or values[j + 1] >= q:
+                # The next entry: a frame's clicks are nearly all of Alice's
+                # photon slots, so this is the usual step.
+                j += 1
+            else:
+                # Sorted queries: gallop forward from the last answer, then bisect,
+                # so sparse queries cost O(log gap) and dense ones O(1) each.
+                low = j
+                step = 1
+                while low + step < size and values[low + step] < q:
+                    low += step
+                    step *= 2
+                high = min(low + step, size)
+                j = low + 1 + np.searchsorted(values[low + 1 : high], q)
         previous = q
         clipped = min(j, size - 1)
         index[i] = clipped
@@ -168,10 +176,12 @@ def first_photon_on_one(  # pragma: no cover
     bases: np.ndarray, photon_at: np.ndarray, state_bases: np.ndarray, state_bits: np.ndarray, u: np.ndarray, misalignment: float, out: np.ndarray
 ) -> None:
     for i in range(u.shape[0]):
-        if bases[photon_at[i]] == state_bases[i]:
-            out[i] = state_bits[i] ^ (1 if u[i] < misalignment else 0)
-        else:
-            out[i] = 1 if u[i] < 0.5 else 0
+        # Both outcomes, then a select: Bob's basis matches the photon's half the time at random,
+        # so a branch on it is mispredicted half the time.
+        same = np.int32(bases[photon_at[i]] == state_bases[i])
+        aligned = np.int32(state_bits[i]) ^ np.int32(u[i] < misalignment)
+        coin = np.int32(u[i] < 0.5)
+        out[i] = coin ^ (same & (aligned ^ coin))
 
 
 @_compiled
@@ -195,6 +205,36 @@ def click_bits(  # pragma: no cover
             both[count] = j
             count += 1
     return count
+
+
+@_compiled
+def select_kept(  # pragma: no cover
+    mask: np.ndarray, first: np.ndarray, second: np.ndarray, third: np.ndarray, out1: np.ndarray, out2: np.ndarray, out3: np.ndarray
+) -> int:
+    count = 0
+    for i in range(mask.shape[0]):
+        out1[count] = first[i]
+        out2[count] = second[i]
+        out3[count] = third[i]
+        count += mask[i] != 0
+    return count
+
+
+@_compiled
+def compress_bytes(mask: np.ndarray, column: np.ndarray, out: np.ndarray) -> int:  # pragma: no cover
+    count = 0
+    for i in range(mask.shape[0]):
+        out[count] = column[i]
+        count += mask[i] != 0
+    return count
+
+
+@_compiled
+def geometric_positions(draws: np.ndarray, inverse_rate: float, last: int, out: np.ndarray) -> None:  # pragma: no cover
+    position = np.int64(last)
+    for i in range(draws.shape[0]):
+        position += np.int64(draws[i] * inverse_rate) + 1
+        out[i] = position
 
 
 @_compiled

@@ -161,6 +161,10 @@ _GAP_LIMIT = 1 << 32
 _NARROW_GAP_LIMIT = 1 << 16
 
 
+#: Per dtype string: its length byte and its bytes, as every array form carries them.
+_DTYPE_HEADS: dict[str, bytes] = {}
+
+
 def _encode_array(value: np.ndarray, out: list[bytes]) -> None:
     """An array as one of four self-delimiting forms, chosen from its dtype and values alone.
 
@@ -174,8 +178,11 @@ def _encode_array(value: np.ndarray, out: list[bytes]) -> None:
     encoding stays injective; the transcript MAC hashes every byte of it
     three times per end, so fewer bytes are less work.
     """
-    tag = value.dtype.str.encode()
-    head = struct.pack(">B", len(tag)) + tag
+    dtype_str = value.dtype.str
+    head = _DTYPE_HEADS.get(dtype_str)
+    if head is None:
+        tag = dtype_str.encode()
+        head = _DTYPE_HEADS[dtype_str] = struct.pack(">B", len(tag)) + tag
     if value.ndim == 1 and value.dtype.kind in "biu":
         count = int(value.size)
         if value.dtype.itemsize == 1:
@@ -193,7 +200,10 @@ def _encode_array(value: np.ndarray, out: list[bytes]) -> None:
                 out.append(gap_bytes(values, gaps, "<u2" if narrow else "<u4"))
                 return
         elif value.dtype.kind in "iu" and count:
-            gaps = np.diff(value, prepend=value.dtype.type(0))
+            # np.diff(value, prepend=0), without its generic set-up (thousands of small Cascade arrays).
+            gaps = np.empty_like(value)
+            gaps[0] = value[0]
+            np.subtract(value[1:], value[:-1], out=gaps[1:])
             top = int(gaps.max())
             if int(value[0]) >= 0 and int(gaps.min()) >= 0 and top < _GAP_LIMIT:
                 narrow = top < _NARROW_GAP_LIMIT
@@ -201,11 +211,24 @@ def _encode_array(value: np.ndarray, out: list[bytes]) -> None:
                 out.append(gaps.astype("<u2" if narrow else "<u4").tobytes())
                 return
     data = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"), copy=False).tobytes()
-    out.append(b"a" + struct.pack(">QB", len(data), len(tag)) + tag)
+    out.append(b"a" + struct.pack(">Q", len(data)) + head)
     out.append(data)
 
 
 def _encode_value(value: Any, out: list[bytes]) -> None:
+    kind = type(value)
+    if kind is np.ndarray:  # the common cases first, by exact type (the chain below decides the rest)
+        _encode_array(value, out)
+        return
+    if kind is int:
+        out.append(b"i" + value.to_bytes(16, "big", signed=True))
+        return
+    names = _FIELD_NAMES.get(kind)
+    if names is not None:
+        out.append(names[0])
+        for name in names[1:]:
+            _encode_value(getattr(value, name), out)
+        return
     if isinstance(value, bool):
         out.append(b"?" + (b"\x01" if value else b"\x00"))
     elif isinstance(value, (int, np.integer)):
@@ -224,12 +247,19 @@ def _encode_value(value: Any, out: list[bytes]) -> None:
         for item in value:
             _encode_value(item, out)
     elif dataclasses.is_dataclass(value):
-        name = type(value).__name__.encode()
-        out.append(b"d" + struct.pack(">B", len(name)) + name)
-        for field in dataclasses.fields(value):
-            _encode_value(getattr(value, field.name), out)
+        name = kind.__name__.encode()
+        header = b"d" + struct.pack(">B", len(name)) + name
+        fields = tuple(field.name for field in dataclasses.fields(value))
+        _FIELD_NAMES[kind] = (header, *fields)  # a dataclass's fields are fixed: look them up once
+        out.append(header)
+        for field_name in fields:
+            _encode_value(getattr(value, field_name), out)
     else:  # pragma: no cover - a programming error, not input
         raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+#: Per dataclass type seen: its ``d`` header, then its field names in order.
+_FIELD_NAMES: dict[type, tuple[Any, ...]] = {}
 
 
 def canonical_parts(message: Any) -> list[bytes]:

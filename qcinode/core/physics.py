@@ -85,7 +85,18 @@ from typing import Final, Protocol
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from qcinode.core.kernels import categorical, class_order, click_bits, first_photon_on_one, gap_bounds, gap_bytes, lookup_sorted, merge_clicks, slots_from_gaps
+from qcinode.core.kernels import (
+    categorical,
+    class_order,
+    click_bits,
+    first_photon_on_one,
+    gap_bounds,
+    gap_bytes,
+    geometric_positions,
+    lookup_sorted,
+    merge_clicks,
+    slots_from_gaps,
+)
 from qcinode.core.randomness import KeyRandomness
 from qcinode.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
@@ -445,7 +456,13 @@ def _bernoulli_positions(rng: np.random.Generator, n_slots: int, p: float) -> In
     """Return the sorted indices of successes of ``n_slots`` Bernoulli(p) trials.
 
     The gaps between successes are i.i.d. Geometric(p), so cumulative sums of
-    geometric draws give an exact sample in O(n_slots * p) time.
+    geometric draws give an exact sample in O(n_slots * p) time. Each gap is
+    drawn as ``1 + floor(E / lambda)`` with ``E ~ Exp(1)`` and
+    ``lambda = -ln(1 - p)``: ``P(floor(E / lambda) >= k) = exp(-k lambda) =
+    (1 - p)^k``, exactly the geometric law (Devroye, "Non-Uniform Random
+    Variate Generation", Springer 1986, Ch. X.2). numpy's ziggurat
+    exponential costs about half of its own geometric sampler, which takes
+    a logarithm per draw.
     """
     if n_slots <= 0 or p <= 0.0:
         return np.empty(0, np.int64)
@@ -456,13 +473,14 @@ def _bernoulli_positions(rng: np.random.Generator, n_slots: int, p: float) -> In
         # (uniformly distributed, distinct) positions instead. Also exact.
         count = int(rng.binomial(n_slots, p))
         return np.sort(rng.choice(n_slots, size=count, replace=False).astype(np.int64))
+    inverse_rate = -1.0 / math.log1p(-p)
     pieces: list[Int64Array] = []
     last = -1
     while True:
         remaining = n_slots - 1 - last
         expected = remaining * p
         chunk = int(expected + 6.0 * math.sqrt(expected) + 64.0)
-        positions = last + np.cumsum(rng.geometric(p, size=chunk), dtype=np.int64)
+        positions = geometric_positions(rng.standard_exponential(chunk), inverse_rate, last)
         if positions[-1] >= n_slots:
             pieces.append(positions[: np.searchsorted(positions, n_slots)])
             break
@@ -475,7 +493,12 @@ def _zero_truncated_poisson(rng: np.random.Generator, mean: float, size: int) ->
     """Sample Poisson(mean) conditioned on being >= 1, by table inversion.
 
     The table runs from k = 1 until the remaining tail mass is below 1e-18,
-    so the sampler is exact to double precision.
+    so the sampler is exact to double precision. A detected pulse almost
+    always holds one photon (``P(k >= 2 | k >= 1)`` is about ``mean / 2``),
+    so the draws are made where they matter: the slots with ``k >= 2`` are a
+    Bernoulli process of that probability (:func:`_bernoulli_positions`),
+    and only they get a uniform, mapped onto ``[P(k = 1), 1)`` and inverted
+    in the table (the law of ``k`` given ``k >= 2``).
     """
     if size == 0:
         return np.empty(0, np.uint16)
@@ -490,14 +513,15 @@ def _zero_truncated_poisson(rng: np.random.Generator, mean: float, size: int) ->
         if k > mean and math.exp(log_p) * (k + 1) / (k + 1 - mean) < _TAIL_MASS:
             break
         k += 1
+    total = math.fsum(probabilities)
     cdf = np.cumsum(probabilities)
     cdf /= cdf[-1]
-    u = rng.random(size)
     counts = np.ones(size, np.uint16)
-    # Usually one photon; only the rest need a search of the table.
-    more = np.flatnonzero(u >= cdf[0])
+    multi = math.fsum(probabilities[1:]) / total  # without the cancellation of 1 - cdf[0]
+    more = _bernoulli_positions(rng, size, multi)
     if more.size:
-        counts[more] = np.searchsorted(cdf, u[more], side="right") + 1
+        u = float(cdf[0]) + rng.random(more.size) * multi
+        counts[more] = np.minimum(np.searchsorted(cdf, u, side="right"), len(cdf) - 1) + 1
     return counts
 
 
@@ -508,12 +532,31 @@ def _categorical(rng: KeyRandomness, weights: NDArray[np.float64], size: int) ->
 
 
 def _bases(rng: KeyRandomness, z_probability: float, size: int) -> UInt8Array:
-    """Basis choices: Z (0) with probability ``z_probability``, X (1) otherwise."""
+    """Basis choices: Z (0) with probability ``z_probability``, X (1) otherwise.
+
+    A probability that is a whole number of 256ths is met exactly with
+    random bytes: one random bit per choice for 1/2 (:func:`_bits`), one
+    byte compared with ``256 z`` otherwise; any other probability compares
+    53-bit uniform floats with it (a bias below ``2^-53``). Whole bytes
+    cost a CSPRNG one eighth, and bits one 64th, of the floats' output.
+    """
+    if z_probability == 0.5:
+        return _bits(rng, size)
+    threshold = z_probability * 256.0
+    if threshold == int(threshold):
+        if size <= 0:
+            return np.empty(0, np.uint8)
+        draws = np.frombuffer(rng.bytes(size), dtype=np.uint8)
+        return (draws >= int(threshold)).view(np.uint8)
     return (np.asarray(rng.random(size)) >= z_probability).view(np.uint8)  # bools are 0/1 bytes: no copy
 
 
 def _bits(rng: KeyRandomness, size: int) -> UInt8Array:
-    return np.asarray(rng.integers(0, 2, size=size, dtype=np.uint8), dtype=np.uint8)
+    """``size`` uniform bits (0/1 bytes), unpacked from ``ceil(size / 8)`` random bytes."""
+    if size <= 0:
+        return np.empty(0, np.uint8)
+    packed = np.frombuffer(rng.bytes((size + 7) // 8), dtype=np.uint8)
+    return np.unpackbits(packed, count=size)
 
 
 def _detection_probabilities(phys: LinkPhysics) -> NDArray[np.float64]:
@@ -738,8 +781,9 @@ class AliceRecord:
             bases = np.empty(query.size, np.uint8)
             bits = np.empty(query.size, np.uint8)
 
-        missing = ~found
         if not found.all():
+            # A few hundred dark-count slots among a million: index them, not a mask per array.
+            missing = np.flatnonzero(~found)
             self._extend_lazy(np.unique(query[missing]))
             lazy_found, lazy_index = _lookup(self._lazy_slots, query[missing])
             if not np.all(lazy_found):  # pragma: no cover - _extend_lazy covers every slot

@@ -85,6 +85,7 @@ from .estimation import (
     no_decoy_key_length,
 )
 from .finite_key import DEFAULT_FINITE_KEY, check_finite_key, decoy_key_length
+from .kernels import compress_bytes, select_kept
 from .physics import EMULATED_CHANNEL, AliceRecord, Clicks, LinkPhysics, PhotonFrame, QuantumChannel
 from .randomness import KeyRandomness
 from .reconciliation import (
@@ -682,8 +683,7 @@ class AliceLink(_LinkEnd):
         close, self._close_after_frame = self._close_after_frame, False
         reply = m.SiftReply(frame_id, match, classes, close_block=close)
         self._record_out(reply)
-        keep = np.flatnonzero(match)
-        self._add_sifted(classes[keep], bases[keep].astype(np.uint8, copy=False), bits[keep].astype(np.uint8, copy=False), n_slots, len(msg.slots))
+        self._add_sifted(*select_kept(match, classes, bases, bits), n_slots, len(msg.slots))
         self._maybe_close_block(force=close)
         return [reply]
 
@@ -691,12 +691,12 @@ class AliceLink(_LinkEnd):
         block = self._expect(LinkState.ESTIMATING, msg)
         assert block is not None
         test_mask = block.bases == 1
-        ours = block.bits[test_mask]
+        ours = compress_bytes(test_mask, block.bits)
         if len(msg.bits) != len(ours):
             raise RemoteProtocolError(f"expected {len(ours)} test bits, got {len(msg.bits)}")
         self._record_in(msg)
         wrong = ours != msg.bits
-        block.test_errors = tuple(int(c) for c in np.bincount(block.classes[test_mask][wrong], minlength=3)[:3])  # type: ignore[assignment]
+        block.test_errors = tuple(int(c) for c in np.bincount(compress_bytes(test_mask, block.classes)[wrong], minlength=3)[:3])  # type: ignore[assignment]
         optimistic = self._optimistic_key_length(block)
         reason = ""
         if sum(block.counts(1)) == 0:
@@ -712,7 +712,7 @@ class AliceLink(_LinkEnd):
         self._reconciler = make_alice_reconciler(
             self.config.error_correction,
             block.seq,
-            block.bits[block.key_mask],
+            compress_bytes(block.key_mask, block.bits),
             block.test_qber,
             self.key_rng,
             self.config.ldpc_profile,
@@ -739,7 +739,7 @@ class AliceLink(_LinkEnd):
         assert block is not None and self._reconciler is not None
         self._record_in(msg)
         kept, block.leak_bits = self._reconciler.finish(msg)
-        key = block.bits[block.key_mask][kept]
+        key = compress_bytes(block.key_mask, block.bits)[kept]
         n = len(key)
         if not 0 <= msg.errors_corrected <= n:
             raise RemoteProtocolError("errors_corrected out of range")
@@ -874,7 +874,7 @@ class BobLink(_LinkEnd):
     def _reveal_test_bits(self) -> m.TestBits:
         block = self.block
         assert block is not None
-        reveal = m.TestBits(block.seq, block.bits[block.bases == 1].copy())
+        reveal = m.TestBits(block.seq, compress_bytes(block.bases == 1, block.bits))
         self._record_out(reveal)
         return reveal
 
@@ -889,8 +889,8 @@ class BobLink(_LinkEnd):
             raise RemoteProtocolError("sift reply has invalid classes or flags")
         self._reported = None
         self._record_in(msg)
-        keep = np.flatnonzero(msg.basis_match)
-        self._add_sifted(msg.classes[keep].astype(np.uint8, copy=False), clicks.bases[keep], clicks.bits[keep], clicks.n_slots, len(clicks.slots))
+        classes = msg.classes.astype(np.uint8, copy=False)
+        self._add_sifted(*select_kept(msg.basis_match.view(np.uint8), classes, clicks.bases, clicks.bits), clicks.n_slots, len(clicks.slots))
         if self._maybe_close_block(force=msg.close_block):
             return [self._reveal_test_bits()]
         return []
@@ -909,7 +909,7 @@ class BobLink(_LinkEnd):
         self._reconciler = make_bob_reconciler(
             self.config.error_correction,
             block.seq,
-            block.bits[block.key_mask].copy(),
+            compress_bytes(block.key_mask, block.bits),
             block.test_qber,
             self.noise_rng,
             self.config.cascade_max_passes,

@@ -418,3 +418,43 @@ def test_a_stack_maps_like_its_members() -> None:
     assert np.array_equal(stack.inverse(which, expect), x)
     with pytest.raises(ValueError, match="one size"):
         FeistelStack([members[0], FeistelPermutation.from_seed(1, 3000)])
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_select_kept_numba_equals_numpy(case: int, restore_mode: None) -> None:
+    rng = np.random.default_rng(case)
+    size = [0, 1, 1000, 300_001][case]
+    mask = (rng.random(size) < [0.5, 1.0, 0.0, 0.3][case]).view(np.uint8)
+    columns = [rng.integers(0, 256, size).astype(np.uint8) for _ in range(3)]
+    if case == 3:
+        mask.setflags(write=False)  # as a received message's array
+    numpy_path, numba_path = _both(kernels.select_kept, mask, *columns)
+    keep = mask.astype(bool)
+    for got_numpy, got_numba, column in zip(numpy_path, numba_path, columns):
+        assert got_numpy.dtype == got_numba.dtype == np.uint8
+        assert np.array_equal(got_numpy, column[keep]) and np.array_equal(got_numba, column[keep])
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_compress_bytes_numba_equals_numpy(case: int, restore_mode: None) -> None:
+    rng = np.random.default_rng(case)
+    size = [0, 1, 1000, 300_001][case]
+    mask = rng.random(size) < [0.5, 1.0, 0.0, 0.5][case]
+    column = rng.integers(0, 256, size).astype(np.uint8)
+    masks = [mask, mask.view(np.uint8)]
+    for given in masks:
+        numpy_path, numba_path = _both(kernels.compress_bytes, given, column)
+        assert numpy_path.dtype == numba_path.dtype == np.uint8
+        assert np.array_equal(numpy_path, column[mask]) and np.array_equal(numba_path, column[mask])
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.37, 1e-3, 1e-7])
+def test_geometric_positions_numba_equals_numpy(rate: float, restore_mode: None) -> None:
+    draws = np.random.default_rng(3).standard_exponential(200_003)
+    draws[:3] = [0.0, 1e-300, 5.0]  # a zero gap draw, a denormal-size one, a plain one
+    inverse = 1.0 / rate
+    numpy_path, numba_path = _both(kernels.geometric_positions, draws, inverse, -1)
+    expected = -1 + np.cumsum(np.floor(draws * inverse).astype(np.int64) + 1)
+    assert numpy_path.dtype == numba_path.dtype == np.int64
+    assert np.array_equal(numpy_path, expected) and np.array_equal(numba_path, expected)
+    assert np.array_equal(_both(kernels.geometric_positions, draws[:0], inverse, 7)[1], np.empty(0, np.int64))

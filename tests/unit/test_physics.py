@@ -511,3 +511,63 @@ def test_invalid_arguments() -> None:
         fibre_transmittance(0.2, -1.0)
     with pytest.raises(ConfigError, match="cls"):
         expected_gain(gys(0.0), 3)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.02, 3e-5])
+def test_bernoulli_positions_follow_the_bernoulli_process(p: float) -> None:
+    """Positions drawn by exponential gaps: count ~ Binomial(n, p), gaps ~ Geometric(p) (pmf of the first values)."""
+    from qcinode.core.physics import _bernoulli_positions
+
+    n_slots = 4_000_000
+    positions = _bernoulli_positions(np.random.default_rng(7), n_slots, p)
+    assert positions.dtype == np.int64
+    assert positions.size == 0 or (positions[0] >= 0 and positions[-1] < n_slots)
+    assert np.all(np.diff(positions) > 0)
+    mean = n_slots * p
+    assert abs(positions.size - mean) < SIGMAS * math.sqrt(mean * (1 - p))
+    gaps = np.diff(positions, prepend=-1)
+    for k in (1, 2, 3):
+        # P(gap = k) = (1 - p)^(k - 1) p; each count is binomial over the gaps.
+        q = (1 - p) ** (k - 1) * p
+        expected = gaps.size * q
+        assert abs(int(np.count_nonzero(gaps == k)) - expected) < SIGMAS * math.sqrt(expected * (1 - q)) + 1
+    # Mean gap 1/p, standard deviation sqrt(1 - p)/p per gap.
+    assert abs(gaps.mean() - 1 / p) < SIGMAS * math.sqrt(1 - p) / p / math.sqrt(gaps.size)
+
+
+@pytest.mark.parametrize("z", [0.5, 0.75, 0.9, 1.0, 0.0])
+@pytest.mark.parametrize("csprng", [False, True])
+def test_basis_choices_have_the_z_probability(z: float, csprng: bool) -> None:
+    """Each path (random bits for 1/2, bytes for 256ths, floats otherwise) draws X with probability 1 - z."""
+    from qcinode.core.physics import _bases, _bits
+    from qcinode.core.randomness import CsprngGenerator
+
+    rng: Any = CsprngGenerator() if csprng else np.random.default_rng(11)
+    size = 1_000_003  # not a whole number of bytes
+    bases = _bases(rng, z, size)
+    assert bases.dtype == np.uint8 and bases.shape == (size,)
+    assert set(np.unique(bases).tolist()) <= {0, 1}
+    x = int(bases.sum())
+    mean = size * (1 - z)
+    assert abs(x - mean) <= SIGMAS * math.sqrt(size * z * (1 - z))
+    bits = _bits(rng, size)
+    assert bits.shape == (size,) and abs(int(bits.sum()) - size / 2) < SIGMAS * math.sqrt(size / 4)
+    assert _bases(rng, z, 0).shape == (0,) and _bits(rng, 0).shape == (0,)
+
+
+@pytest.mark.parametrize("mean", [0.0133, 0.5, 3.0])
+def test_zero_truncated_poisson_has_the_conditional_law(mean: float) -> None:
+    """P(k | k >= 1) = Poisson(k; mean) / (1 - exp(-mean)) for the first values, each within 5 sigma."""
+    from qcinode.core.physics import _zero_truncated_poisson
+
+    size = 2_000_000
+    counts = _zero_truncated_poisson(np.random.default_rng(5), mean, size)
+    assert counts.dtype == np.uint16 and counts.min() >= 1
+    norm = -math.expm1(-mean)
+    for k in range(1, 6):
+        p = math.exp(k * math.log(mean) - mean - math.lgamma(k + 1)) / norm
+        seen = int(np.count_nonzero(counts == k))
+        assert abs(seen - size * p) < SIGMAS * math.sqrt(size * p * (1 - p)) + 1, k
+    mean_k = mean / norm  # E[k | k >= 1]
+    var_k = (mean + mean * mean) / norm - mean_k * mean_k
+    assert abs(counts.mean() - mean_k) < SIGMAS * math.sqrt(var_k / size)

@@ -87,7 +87,7 @@ def run_ahead(alice: AliceLink, bob: BobLink, frame_slots: int, blocks: int, dec
 
 def test_next_block_is_sifted_while_the_open_one_decodes() -> None:
     cfg = ldpc_config()
-    alice, bob = deferred_pair(cfg)
+    alice, bob = deferred_pair(cfg, seed=11)  # a seed whose three 20 kbit blocks all pass the finite-size bound
     a_events, b_events, states = run_ahead(alice, bob, frame_slots_for(cfg, frames_per_block=4), blocks=3)
     a = [e for e in a_events if isinstance(e, BlockAccepted)]
     b = [e for e in b_events if isinstance(e, BlockAccepted)]
