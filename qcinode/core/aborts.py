@@ -63,6 +63,8 @@ class AbortReason(enum.StrEnum):
     NO_USABLE_STATISTICS = "no_usable_statistics"
     #: The block was cut short by the end of a satellite pass and is too small.
     PASS_TOO_SHORT = "pass_too_short"
+    #: Error correction left no key: every LDPC frame failed to decode and was discarded.
+    RECONCILIATION_FAILED = "reconciliation_failed"
     #: The corrected keys' hashes differ.
     VERIFICATION_FAILED = "verification_failed"
     #: The link's reserve of one-time MAC keys is empty.
@@ -103,6 +105,7 @@ _SHORT: Final[dict[AbortReason, str]] = {
     AbortReason.NO_SINGLE_PHOTON_TEST: "s_X1<=0",
     AbortReason.PHASE_ERROR: "phase error >= 1/2",
     AbortReason.NO_ENTROPY: "no entropy left",
+    AbortReason.RECONCILIATION_FAILED: "no frame decoded",
 }
 
 #: Reason texts that are not a member's value, by the member they mean.

@@ -72,6 +72,7 @@ import numpy as np
 
 from ..errors import AuthenticationFailed, ConfigError, InsufficientKeyMaterial, LocalProtocolError, RemoteProtocolError
 from . import messages as m
+from .aborts import AbortReason
 from .amplification import toeplitz_hash, unpack_bits
 from .authentication import KEY_BYTES, AuthKeyReserve, Direction, Transcript
 from .channel import QuantumChannelModel, physics_at
@@ -741,6 +742,13 @@ class AliceLink(_LinkEnd):
         kept, block.leak_bits = self._reconciler.finish(msg)
         key = compress_bytes(block.key_mask, block.bits)[kept]
         n = len(key)
+        if n == 0:  # every LDPC frame was discarded: nothing is left to verify or to amplify
+            self._reconciler = None
+            reason = AbortReason.RECONCILIATION_FAILED.value
+            reply = m.Confirm(block.seq, False, reason, b"", 0, block.leak_bits)
+            self._record_out(reply)
+            self._abort(reason)
+            return [reply]
         if not 0 <= msg.errors_corrected <= n:
             raise RemoteProtocolError("errors_corrected out of range")
         block.errors_corrected = msg.errors_corrected
@@ -969,7 +977,8 @@ class BobLink(_LinkEnd):
         self._corrected, _, errors, block.leak_bits, discarded = reconciler.result()
         block.errors_corrected = errors
         seed = bytes(self.key_rng.bytes(32))
-        tag = verification_tag(self._corrected, seed, self.config.verification_tag_bits)
+        # Every LDPC frame discarded: no key is left to verify, and Alice ends the block when this arrives.
+        tag = verification_tag(self._corrected, seed, self.config.verification_tag_bits) if len(self._corrected) else b""
         done = m.Reconciled(block.seq, seed, tag, block.errors_corrected, discarded)
         self._record_out(done)
         return [done]

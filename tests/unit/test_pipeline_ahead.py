@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from qcinode.core import messages as m
+from qcinode.core.aborts import AbortReason, abort_reason
 from qcinode.core.authentication import AuthKeyReserve
 from qcinode.core.ldpc_reconciliation import decode_frame
 from qcinode.core.pair import make_pair
 from qcinode.core.physics import PhotonFrame
-from qcinode.core.pipeline import AliceLink, BlockAccepted, BobLink, LinkState
+from qcinode.core.pipeline import AliceLink, BlockAborted, BlockAccepted, BobLink, LinkState
 from qcinode.core.reconciliation import ldpc_available
 from qcinode.errors import LocalProtocolError
 
@@ -38,11 +39,12 @@ def deferred_pair(cfg, seed: int = 7) -> tuple[AliceLink, BobLink]:  # type: ign
     return alice, bob
 
 
-def run_ahead(alice: AliceLink, bob: BobLink, frame_slots: int, blocks: int, decode_lag: int = 3):  # type: ignore[no-untyped-def]
+def run_ahead(alice: AliceLink, bob: BobLink, frame_slots: int, blocks: int, decode_lag: int = 3, decode=decode_frame, until=None):  # type: ignore[no-untyped-def]
     """Event loop of a node pair: frames ahead, decodes ``decode_lag`` deliveries late.
 
-    Returns Alice's and Bob's events, and for each frame Alice sent, the
-    state of her open block at that moment.
+    Runs until Alice accepted ``blocks`` blocks, or ``until(alice_events)``
+    holds. Returns Alice's and Bob's events, and for each frame Alice sent,
+    the state of her open block at that moment.
     """
     to_bob: deque[tuple[str, object]] = deque()
     to_alice: deque[m.Message] = deque()
@@ -51,7 +53,7 @@ def run_ahead(alice: AliceLink, bob: BobLink, frame_slots: int, blocks: int, dec
     states_at_frame: list[LinkState] = []
     decode_due: tuple[int, list] | None = None
     steps = 0
-    while sum(isinstance(e, BlockAccepted) for e in alice_events) < blocks:
+    while sum(isinstance(e, BlockAccepted) for e in alice_events) < blocks and not (until is not None and until(alice_events)):
         steps += 1
         assert steps < 10_000, "the pair stalled"
         if alice.can_sift_ahead:
@@ -72,7 +74,7 @@ def run_ahead(alice: AliceLink, bob: BobLink, frame_slots: int, blocks: int, dec
             assert decode_due is None
             decode_due = (steps + decode_lag, jobs)
         if decode_due is not None and (steps >= decode_due[0] or not (to_bob or to_alice)):
-            to_alice.extend(bob.decoded([decode_frame(*job) for job in decode_due[1]]))
+            to_alice.extend(bob.decoded([decode(*job) for job in decode_due[1]]))
             decode_due = None
             progressed = True
         if to_alice:
@@ -134,3 +136,17 @@ def test_lock_step_driver_is_unchanged_by_the_rule() -> None:
     alice.emit_frame(slots, ahead=True)
     assert not alice.can_sift_ahead  # one frame in flight at a time
     assert np.all(np.asarray(alice.block.bases) <= 1)  # type: ignore[union-attr]
+
+
+def test_a_block_whose_every_frame_fails_to_decode_ends_at_both_ends() -> None:
+    """Every LDPC frame discarded: Bob sends no verification tag (nothing raises), Alice ends the block with its reason."""
+    cfg = ldpc_config()
+    alice, bob = deferred_pair(cfg)
+    aborted = lambda events: any(isinstance(e, BlockAborted) for e in events)  # noqa: E731
+    a_events, _, _ = run_ahead(
+        alice, bob, frame_slots_for(cfg, frames_per_block=4), blocks=1, decode=lambda *job: None, until=aborted
+    )
+    (ours,) = [e for e in a_events if isinstance(e, BlockAborted)]
+    assert ours.reason == "reconciliation_failed" and abort_reason(ours.reason) is AbortReason.RECONCILIATION_FAILED
+    assert not any(isinstance(e, BlockAccepted) for e in a_events)
+    assert alice.state is not LinkState.RECONCILING
