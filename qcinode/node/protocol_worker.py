@@ -125,6 +125,14 @@ PROTOCOL_NICE = 10
 CLOSE_WAIT_S = 2.0
 #: Bytes of the length prefix of each request and answer on the runner's socket.
 _HEADER = struct.Struct("!Q")
+#: Kernel send and receive buffers asked for on both ends of the runner's socket (bytes; Linux caps them at
+#: ``net.core.wmem_max``/``rmem_max``): room for a whole pulse frame, so one ``send`` takes it and the loop
+#: wakes once per frame, not once per 200 kB.
+SOCKET_BUFFER_BYTES = 8 << 20
+#: Free bytes a read into a :class:`_Messages` buffer is offered at least (fewer, larger reads).
+_MIN_READ = 256 << 10
+#: A request at least this long is written after its header instead of joined to it (a copy saved).
+_JOIN_BELOW = 64 << 10
 #: An LDPC decode job: the arguments of :func:`qcinode.core.ldpc_reconciliation.decode_frame`.
 DecodeJob = tuple[int, int, np.ndarray, np.ndarray]
 
@@ -404,6 +412,13 @@ class ThreadRunner(ProtocolRunner):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+def _widen(sock: socket.socket) -> None:
+    """Asks for :data:`SOCKET_BUFFER_BYTES` of kernel buffer each way (what the kernel grants is enough either way)."""
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+
+
 def _threads() -> int:
     """Threads of this process: the kernel's count where there is ``/proc`` (threads started by C code included)."""
     try:
@@ -441,6 +456,8 @@ class ProcessRunner(ProtocolRunner):
 
     def _start(self, *, fork: bool) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for end in (parent, child):
+            _widen(end)
         if fork:
             pid = os.fork()
             if pid == 0:  # the protocol process
@@ -480,11 +497,14 @@ class ProcessRunner(ProtocolRunner):
         rid = self._next_id
         request = pickle.dumps((rid, op, args), protocol=pickle.HIGHEST_PROTOCOL)
         self._pending[rid] = future
+        # A large request (a pulse frame) goes out after its header rather than copied behind it.
+        parts = [_HEADER.pack(len(request)) + request] if len(request) < _JOIN_BELOW else [_HEADER.pack(len(request)), request]
         if self._transport is not None:
-            self._transport.write(_HEADER.pack(len(request)) + request)
+            for part in parts:
+                self._transport.write(part)
             return future
         # First request, or the child ended: requests wait, in order, for the one connection.
-        self._unsent.append(_HEADER.pack(len(request)) + request)
+        self._unsent += parts
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())
         return future
@@ -563,22 +583,77 @@ class ProcessRunner(ProtocolRunner):
         self._reap(CLOSE_WAIT_S)
 
 
-class _Answers(asyncio.Protocol):
-    """Reads the protocol process's answers on the event loop: length-prefixed pickles."""
+class _Messages:
+    """Length-prefixed messages read from a stream into one reused buffer (both ends of the runner's socket).
+
+    A reader asks for :meth:`free` space, reads into it (``recv_into``, or
+    asyncio's :class:`~asyncio.BufferedProtocol`), says how much came with
+    :meth:`filled`, then takes the complete messages with :meth:`take`: each
+    a view of the buffer, valid until the next :meth:`free` (unpickle it
+    before). So a 3 MB pulse frame lands once, where it is unpickled,
+    instead of being appended to a growing buffer and sliced out of it.
+    A message may arrive in many reads and a read may hold several
+    messages. The buffer grows to the longest message seen and is never
+    resized in place (a reader may still hold a view of it): a larger one
+    replaces it.
+    """
+
+    def __init__(self, size: int = _MIN_READ) -> None:
+        self._buffer = bytearray(size)
+        self._view = memoryview(self._buffer)
+        self._start = 0  # first byte not yet taken
+        self._end = 0  # one past the last byte read
+
+    def free(self) -> memoryview:
+        """Where the next read goes: at least :data:`_MIN_READ` bytes, and room for the whole message begun."""
+        pending = self._end - self._start
+        need = _MIN_READ
+        if pending >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(self._buffer, self._start)
+            need = max(need, _HEADER.size + length - pending)
+        if len(self._buffer) - self._end < need:
+            if pending + need > len(self._buffer):  # a longer message than any before: a larger buffer
+                buffer = bytearray(max(pending + need, 2 * len(self._buffer)))
+                buffer[:pending] = self._view[self._start : self._end]
+                self._buffer, self._view = buffer, memoryview(buffer)
+            else:  # the unread bytes (part of one message) move to the front
+                self._buffer[:pending] = self._view[self._start : self._end]
+            self._start, self._end = 0, pending
+        return self._view[self._end :]
+
+    def filled(self, n_bytes: int) -> None:
+        """``n_bytes`` were read into the view :meth:`free` returned."""
+        self._end += n_bytes
+
+    def take(self) -> list[memoryview]:
+        """The complete messages read so far (views of the buffer, valid until the next :meth:`free`)."""
+        messages = []
+        while self._end - self._start >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(self._buffer, self._start)
+            end = self._start + _HEADER.size + length
+            if end > self._end:
+                break
+            messages.append(self._view[self._start + _HEADER.size : end])
+            self._start = end
+        if self._start == self._end:
+            self._start = self._end = 0
+        return messages
+
+
+class _Answers(asyncio.BufferedProtocol):
+    """Reads the protocol process's answers on the event loop: length-prefixed pickles, read in place (:class:`_Messages`)."""
 
     def __init__(self, runner: ProcessRunner) -> None:
         self.runner = runner
-        self.buffer = bytearray()
+        self.messages = _Messages()
 
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while len(self.buffer) >= _HEADER.size:
-            (length,) = _HEADER.unpack_from(self.buffer)
-            end = _HEADER.size + length
-            if len(self.buffer) < end:
-                return
-            rid, ok, value = pickle.loads(self.buffer[_HEADER.size : end])
-            del self.buffer[:end]
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.messages.free()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.messages.filled(nbytes)
+        for message in self.messages.take():
+            rid, ok, value = pickle.loads(message)
             self.runner._answer(rid, ok, value)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -645,24 +720,35 @@ def _serve(sock: socket.socket) -> None:
     _yield_to_loops()
     sock.setblocking(True)
     steps = LinkSteps()
-    reader = sock.makefile("rb")
+    requests = _Messages()
     while True:
-        header = reader.read(_HEADER.size)
-        if len(header) < _HEADER.size:
-            return  # the node closed its end
-        (length,) = _HEADER.unpack(header)
-        request = reader.read(length)
-        if len(request) < length:
-            return
-        rid, op, args = pickle.loads(request)
         try:
-            answer = pickle.dumps((rid, True, steps.handle(op, args)), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # noqa: BLE001 - handed to the node, which ends the session
-            answer = _pickled_error(rid, exc)
-        try:
-            sock.sendall(_HEADER.pack(len(answer)) + answer)
+            n_bytes = sock.recv_into(requests.free())
         except OSError:
-            return  # the node is gone
+            return
+        if n_bytes == 0:
+            return  # the node closed its end
+        requests.filled(n_bytes)
+        for request in requests.take():
+            rid, op, args = pickle.loads(request)
+            try:
+                answer = pickle.dumps((rid, True, steps.handle(op, args)), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # noqa: BLE001 - handed to the node, which ends the session
+                answer = _pickled_error(rid, exc)
+            try:
+                _send(sock, _HEADER.pack(len(answer)), answer)
+            except OSError:
+                return  # the node is gone
+
+
+def _send(sock: socket.socket, header: bytes, body: bytes) -> None:
+    """Sends ``header`` then ``body`` on a blocking socket, without joining them (one copy fewer of a large answer)."""
+    sent = sock.sendmsg([header, body])
+    if sent < len(header):  # rare (a signal): the rest the slow way
+        sock.sendall(header[sent:])
+        sent = len(header)
+    if sent < len(header) + len(body):
+        sock.sendall(memoryview(body)[sent - len(header) :])
 
 
 def _pickled_error(rid: int, exc: Exception) -> bytes:
