@@ -76,9 +76,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import ctypes
 import ctypes.util
 import dataclasses
+import io
 import multiprocessing
 import os
 import pickle
@@ -221,6 +223,10 @@ class LinkSteps:
 
     def __len__(self) -> int:
         return len(self._links)
+
+    def holds(self, handle: int) -> bool:
+        """Whether session ``handle`` is here."""
+        return handle in self._links
 
     def handle(self, op: str, args: tuple[Any, ...]) -> Any:
         """Runs request ``op`` with ``args``.
@@ -459,6 +465,7 @@ class ProcessRunner(ProtocolRunner):
         self._process: Any = None  # a spawned child's multiprocessing.Process
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._held: _Held = {}  # the MAC-key reserve parts this end and the child hold (_dumps)
         self._unsent: list[bytes] = []  # requests asked for before the loop's connection to the child
         self._connecting: asyncio.Future[None] | None = None
         self._next_id = 0
@@ -491,6 +498,7 @@ class ProcessRunner(ProtocolRunner):
         child.close()
         parent.setblocking(False)
         self._sock = parent
+        self._held = {}  # a new child holds nothing
         self._transport = None
         self.lost = None
         self.starts += 1
@@ -506,7 +514,8 @@ class ProcessRunner(ProtocolRunner):
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._next_id += 1
         rid = self._next_id
-        request = pickle.dumps((rid, op, args), protocol=pickle.HIGHEST_PROTOCOL)
+        scope = _scope(args)
+        request = _dumps((rid, op, args), self._held, scope)
         self._pending[rid] = future
         # A large request (a pulse frame) goes out after its header rather than copied behind it.
         parts = [_HEADER.pack(len(request)) + request] if len(request) < _JOIN_BELOW else [_HEADER.pack(len(request)), request]
@@ -594,6 +603,93 @@ class ProcessRunner(ProtocolRunner):
         self._reap(CLOSE_WAIT_S)
 
 
+#: What one end of the runner's socket holds of the MAC-key reserves that crossed it: per session handle, the
+#: reserve's immutable parts (the chunks and staged refills, by :meth:`AuthKeyReserve.blob_names` name).
+_Held = dict[int, dict[str, bytes]]
+#: The receiving end's :data:`_Held` while it unpickles a message (:func:`_loads`).
+_RECEIVING: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("qcinode_protocol_held", default=None)
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles a message of session ``scope``; a MAC-key reserve crosses as its state and only the parts
+    the other end does not hold yet (:func:`_dumps`)."""
+
+    def __init__(self, file: io.BytesIO, held: dict[str, bytes] | None, scope: int | None) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._held = held if held is not None else {}
+        self._scope = scope
+        self.sent: dict[str, bytes] = {}  # the parts sent whole: held by both ends once the message is sent
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is not AuthKeyReserve or self._scope is None:
+            return NotImplemented
+        parts: dict[str, bytes | int] = {}
+        for name in obj.blob_names():
+            data = obj.blob(name)
+            if self._held.get(name) is data:
+                parts[name] = len(data)  # the other end holds it: named, with its length as a check
+            else:
+                parts[name] = self.sent[name] = data
+        return _held_reserve, (self._scope, obj.to_state(inline=False), parts)
+
+
+def _dumps(obj: Any, held: _Held, scope: int | None) -> bytes:
+    """``obj`` pickled for the other end, a MAC-key reserve of session ``scope`` by difference (module docstring).
+
+    A link's reserve (64 KiB of bootstrap key in a running node) went out
+    whole with every classical message and came back whole with its answer,
+    though its parts (immutable, and named for good) rarely change: each end
+    remembers, per session, the parts that crossed in either direction, and a
+    reserve crosses as its state (a few numbers) and the parts not yet held.
+    Both ends learn a part in the same order as the messages that carry it,
+    so a part named by one end is held by the other when the message is read.
+    """
+    stream = io.BytesIO()
+    pickler = _Pickler(stream, held.get(scope) if scope is not None else None, scope)
+    pickler.dump(obj)
+    if pickler.sent and scope is not None:  # only once the whole message is made
+        held.setdefault(scope, {}).update(pickler.sent)
+    return stream.getvalue()
+
+
+def _loads(data: memoryview | bytes, held: _Held) -> Any:
+    """Unpickles a message from the other end, whose reserves' parts are resolved from ``held`` (:func:`_dumps`)."""
+    token = _RECEIVING.set(held)
+    try:
+        return pickle.loads(data)
+    finally:
+        _RECEIVING.reset(token)
+
+
+def _held_reserve(scope: int, state: dict[str, Any], parts: dict[str, bytes | int]) -> AuthKeyReserve:
+    """A reserve of session ``scope`` as :class:`_Pickler` sent it: its new parts are learned, the others looked up.
+
+    Raises:
+        LocalProtocolError: A part named is not held here (the two ends' memories differ: a bug).
+    """
+    held = _RECEIVING.get()
+    known = held.setdefault(scope, {}) if held is not None else {}
+    blobs: dict[str, bytes] = {}
+    for name, part in parts.items():
+        if isinstance(part, int):
+            data = known.get(name)
+            if data is None or len(data) != part:
+                raise LocalProtocolError(f"protocol runner: session {scope}'s MAC-key reserve names part {name!r}, which this end does not hold")
+        else:
+            data = known[name] = part
+        blobs[name] = data
+    return AuthKeyReserve.from_state(state, blobs)
+
+
+def _scope(args: tuple[Any, ...]) -> int | None:
+    """The session a request is about (its first argument), if any."""
+    return args[0] if args and type(args[0]) is int else None
+
+
+#: Requests after whose answer the session may be gone from the runner (its reserve's parts are then forgotten).
+_ENDING = frozenset({"abandon", "settle", "drop"})
+
+
 class _Messages:
     """Length-prefixed messages read from a stream into one reused buffer (both ends of the runner's socket).
 
@@ -664,7 +760,9 @@ class _Answers(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.messages.filled(nbytes)
         for message in self.messages.take():
-            rid, ok, value = pickle.loads(message)
+            rid, ok, value, ended = _loads(message, self.runner._held)
+            if ended is not None:  # the session is gone from the child, which forgot its reserve's parts
+                self.runner._held.pop(ended, None)
             self.runner._answer(rid, ok, value)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -732,6 +830,7 @@ def _serve(sock: socket.socket) -> None:
     sock.setblocking(True)
     steps = LinkSteps()
     requests = _Messages()
+    held: _Held = {}
     while True:
         try:
             n_bytes = sock.recv_into(requests.free())
@@ -741,11 +840,25 @@ def _serve(sock: socket.socket) -> None:
             return  # the node closed its end
         requests.filled(n_bytes)
         for request in requests.take():
-            rid, op, args = pickle.loads(request)
+            rid, op, args = _loads(request, held)
+            scope = _scope(args)
+            # After a request that may end its session, the parts its reserve left here are forgotten, and
+            # the answer says so (the node forgets them as it reads it).
+            ended = scope if op in _ENDING and scope is not None else None
             try:
-                answer = pickle.dumps((rid, True, steps.handle(op, args)), protocol=pickle.HIGHEST_PROTOCOL)
+                value = steps.handle(op, args)
             except Exception as exc:  # noqa: BLE001 - handed to the node, which ends the session
-                answer = _pickled_error(rid, exc)
+                ok, value = False, exc
+            else:
+                ok = True
+            if ended is not None and steps.holds(ended):
+                ended = None
+            try:
+                answer = _dumps((rid, True, value, ended), held, scope) if ok else _pickled_error(rid, value, ended)
+            except Exception as exc:  # noqa: BLE001 - a value that does not pickle: the node ends the session
+                answer = _pickled_error(rid, exc, ended)
+            if ended is not None:
+                held.pop(ended, None)
             try:
                 _send(sock, _HEADER.pack(len(answer)), answer)
             except OSError:
@@ -762,15 +875,15 @@ def _send(sock: socket.socket, header: bytes, body: bytes) -> None:
         sock.sendall(memoryview(body)[sent - len(header) :])
 
 
-def _pickled_error(rid: int, exc: Exception) -> bytes:
+def _pickled_error(rid: int, exc: Exception, ended: int | None = None) -> bytes:
     """An exception as an answer; one that does not survive pickling becomes a LocalProtocolError naming it."""
     try:
-        answer = pickle.dumps((rid, False, exc), protocol=pickle.HIGHEST_PROTOCOL)
+        answer = pickle.dumps((rid, False, exc, ended), protocol=pickle.HIGHEST_PROTOCOL)
         pickle.loads(answer)
         return answer
     except Exception:  # noqa: BLE001
         error = LocalProtocolError(f"protocol runner: {type(exc).__name__}: {exc}")
-        return pickle.dumps((rid, False, error), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((rid, False, error, ended), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 # -- the node's side of one session ------------------------------------------------------------

@@ -310,6 +310,7 @@ class _Recorder:
     def __init__(self) -> None:
         self.answers: list[tuple[int, bool, Any]] = []
         self.lost: list[str] = []
+        self._held: dict[int, dict[str, bytes]] = {5: {"auth/chunk/0": b"k"}, 6: {}}
 
     def _answer(self, rid: int, ok: bool, value: Any) -> None:
         self.answers.append((rid, ok, value))
@@ -333,7 +334,9 @@ def test_the_loops_reader_unpickles_each_answer_once_whole(chunk: int) -> None:
     values: list[Any] = [step, (5, 9, b"\x00" * 300_000, mirror), None]
     recorder = _Recorder()
     reader = _Answers(recorder)  # type: ignore[arg-type]
-    stream = _framed(*(pickle.dumps((rid, True, v), protocol=pickle.HIGHEST_PROTOCOL) for rid, v in enumerate(values)))
+    # The last answer ends session 5: the reader forgets what that session's reserve left.
+    ended = [None, None, 5]
+    stream = _framed(*(pickle.dumps((rid, True, v, ended[rid]), protocol=pickle.HIGHEST_PROTOCOL) for rid, v in enumerate(values)))
     at = 0
     while at < len(stream):
         space = reader.get_buffer(-1)
@@ -345,6 +348,7 @@ def test_the_loops_reader_unpickles_each_answer_once_whole(chunk: int) -> None:
     got = recorder.answers[0][2]
     assert (got.outs, got.mirror, got.reserve.to_state()) == (step.outs, mirror, reserve.to_state())
     assert recorder.answers[1][2] == values[1] and recorder.answers[2][2] is None
+    assert list(recorder._held) == [6]
     reader.connection_lost(None)
     assert recorder.lost == ["its socket closed"]
 
@@ -388,3 +392,51 @@ def test_mirrors_and_step_results_cross_pickling_unchanged() -> None:
     assert (back.outs, back.mirror, back.events, back.jobs) == (step.outs, mirror, [], [])
     assert back.reserve is not None and back.reserve.to_state() == AuthKeyReserve(BOOTSTRAP).to_state()
     assert isinstance(back.error, LocalProtocolError) and str(back.error) == "x"
+
+
+def test_a_reserve_crosses_whole_once_then_as_its_state_and_its_new_parts_both_ways() -> None:
+    from qcinode.core.authentication import AuthKeyReserve
+    from qcinode.node.protocol_worker import _dumps, _Held, _loads
+
+    node: _Held = {}
+    child: _Held = {}
+    reserve = AuthKeyReserve(bytes(range(256)) * 256)  # 64 KiB, as a node's bootstrap key
+    first = _dumps((1, "receive", (7, b"wire", reserve.copy())), node, 7)
+    assert len(first) > 65_536
+    _, _, (_, _, there) = _loads(first, child)
+    assert there.to_state() == reserve.to_state()
+    # The child takes keys and stages a refill: the answer carries the state and the new part only.
+    there.take(3)
+    there.stage(4, b"\x07" * 2048)
+    answer = _dumps((1, True, there, None), child, 7)
+    assert 2048 < len(answer) < 4096
+    _, _, back, _ = _loads(answer, node)
+    assert back.to_state() == there.to_state()
+    reserve.adopt(back)
+    # The next request names every part: both ends hold them.
+    second = _dumps((2, "receive", (7, b"wire", reserve.copy())), node, 7)
+    assert len(second) < 1024
+    _, _, (_, _, again) = _loads(second, child)
+    assert again.to_state() == reserve.to_state()
+    assert again.take(1) == reserve.take(1)
+    # A promoted refill is a new part (a chunk, named by its offset): it crosses once more.
+    reserve.promote_before(5)
+    third = _dumps((3, "receive", (7, b"wire", reserve.copy())), node, 7)
+    assert 2048 < len(third) < 4096
+    assert _loads(third, child)[2][2].to_state() == reserve.to_state()
+    assert len(_dumps((4, "receive", (7, b"wire", reserve.copy())), node, 7)) < 1024
+    # Another session's memory is its own: its reserve crosses whole.
+    assert len(_dumps((3, "receive", (8, b"", AuthKeyReserve(b"k" * 4096))), node, 8)) > 4096
+
+
+def test_a_reserve_naming_a_part_the_other_end_lacks_is_refused_by_name() -> None:
+    from qcinode.core.authentication import AuthKeyReserve
+    from qcinode.node.protocol_worker import _dumps, _Held, _loads
+
+    node: _Held = {}
+    reserve = AuthKeyReserve(b"k" * 4096)
+    _dumps(reserve, node, 3)
+    with pytest.raises(LocalProtocolError, match="session 3's MAC-key reserve names part 'auth/"):
+        _loads(_dumps(reserve, node, 3), {})  # an end that never saw the first message
+    whole = _dumps(reserve, node, None)  # no session: the reserve crosses whole
+    assert _loads(whole, {}).to_state() == reserve.to_state()
