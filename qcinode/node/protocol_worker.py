@@ -57,9 +57,9 @@ Theory of operation:
       full speed, alternated runs: 5-hop ``enc_keys``→``dec_keys`` p99 103-151
       ms against 198-235 ms with the steps in a niced thread; p50 did not
       move, 55-65 ms: see docs/operations.md.) Requests and answers are
-      length-prefixed pickles over a Unix socket pair; the answers are read
-      by an asyncio protocol on the loop, the requests are written without
-      blocking it. The child ends when the node's end of the socket closes
+      length-prefixed pickles over a Unix socket pair (*Crossing*); the
+      answers are read by an asyncio protocol on the loop, the requests are
+      written without blocking it. The child ends when the node's end of the socket closes
       (and, on Linux, when the node dies). If the child dies, every step
       waiting for it fails (:class:`ProtocolRunnerLost`), the link sessions
       end and reconnect, and the next session starts a new child (spawned).
@@ -69,6 +69,17 @@ Theory of operation:
       caller's thread (link workers built by tests). All three run the same
       :class:`LinkSteps`, and the node passes copies either way, so nothing
       is shared between the loop and a step.
+    * **Crossing.** What a step costs beyond its own work is copying and
+      waking, so each crossing copies as little as it can: both ends read
+      into one reused buffer, grown to the longest message and sized from
+      each message's header (:class:`_Messages`: the loop through
+      :class:`asyncio.BufferedProtocol`, the child with ``recv_into``), and
+      unpickle each message where it landed; the child sends header and
+      answer with one ``sendmsg``, the loop writes a large request (a pulse
+      frame) after its header instead of joined to it; the socket's kernel
+      buffers hold a whole frame, so it crosses in one write and one wake-up.
+      A MAC-key reserve crosses by difference (:func:`_dumps`): its immutable,
+      named parts once per session, then its state and its new parts only.
 """
 
 from __future__ import annotations
