@@ -91,7 +91,6 @@ import contextvars
 import ctypes
 import ctypes.util
 import dataclasses
-import io
 import multiprocessing
 import os
 import pickle
@@ -144,7 +143,7 @@ _HEADER = struct.Struct("!Q")
 SOCKET_BUFFER_BYTES = 8 << 20
 #: Free bytes a read into a :class:`_Messages` buffer is offered at least (fewer, larger reads).
 _MIN_READ = 256 << 10
-#: A request at least this long is written after its header instead of joined to it (a copy saved).
+#: A part of a message at least this long is sent as it is, not joined to the parts around it (a copy saved).
 _JOIN_BELOW = 64 << 10
 #: An LDPC decode job: the arguments of :func:`qcinode.core.ldpc_reconciliation.decode_frame`.
 DecodeJob = tuple[int, int, np.ndarray, np.ndarray]
@@ -526,10 +525,8 @@ class ProcessRunner(ProtocolRunner):
         self._next_id += 1
         rid = self._next_id
         scope = _scope(args)
-        request = _dumps((rid, op, args), self._held, scope)
+        parts = _framed(_dumps((rid, op, args), self._held, scope))
         self._pending[rid] = future
-        # A large request (a pulse frame) goes out after its header rather than copied behind it.
-        parts = [_HEADER.pack(len(request)) + request] if len(request) < _JOIN_BELOW else [_HEADER.pack(len(request)), request]
         if self._transport is not None:
             for part in parts:
                 self._transport.write(part)
@@ -625,7 +622,7 @@ class _Pickler(pickle.Pickler):
     """Pickles a message of session ``scope``; a MAC-key reserve crosses as its state and only the parts
     the other end does not hold yet (:func:`_dumps`)."""
 
-    def __init__(self, file: io.BytesIO, held: dict[str, bytes] | None, scope: int | None) -> None:
+    def __init__(self, file: _Parts, held: dict[str, bytes] | None, scope: int | None) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self._held = held if held is not None else {}
         self._scope = scope
@@ -644,7 +641,39 @@ class _Pickler(pickle.Pickler):
         return _held_reserve, (self._scope, obj.to_state(inline=False), parts)
 
 
-def _dumps(obj: Any, held: _Held, scope: int | None) -> bytes:
+class _Parts:
+    """Where a message is pickled to: the pickler's writes, kept as they come.
+
+    The pickler writes a bytes object of 64 KiB or more (a pulse frame, a
+    detection report) by itself, as the object: kept by reference, it goes
+    to the socket without being copied into the message first.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(data)
+        return len(data)
+
+
+def _framed(parts: list[bytes]) -> list[bytes]:
+    """A message's parts behind its length prefix, runs of small parts joined (large ones are not copied)."""
+    out: list[bytes] = []
+    run = [_HEADER.pack(sum(len(part) for part in parts))]
+    for part in parts:
+        if len(part) < _JOIN_BELOW:
+            run.append(part)
+            continue
+        out.append(b"".join(run))
+        out.append(part)
+        run = []
+    if run:
+        out.append(b"".join(run))
+    return out
+
+
+def _dumps(obj: Any, held: _Held, scope: int | None) -> list[bytes]:
     """``obj`` pickled for the other end, a MAC-key reserve of session ``scope`` by difference (module docstring).
 
     A link's reserve (64 KiB of bootstrap key in a running node) went out
@@ -654,13 +683,16 @@ def _dumps(obj: Any, held: _Held, scope: int | None) -> bytes:
     reserve crosses as its state (a few numbers) and the parts not yet held.
     Both ends learn a part in the same order as the messages that carry it,
     so a part named by one end is held by the other when the message is read.
+
+    Returns:
+        The pickle in parts (:class:`_Parts`), to be sent in order.
     """
-    stream = io.BytesIO()
+    stream = _Parts()
     pickler = _Pickler(stream, held.get(scope) if scope is not None else None, scope)
     pickler.dump(obj)
     if pickler.sent and scope is not None:  # only once the whole message is made
         held.setdefault(scope, {}).update(pickler.sent)
-    return stream.getvalue()
+    return stream.parts
 
 
 def _loads(data: memoryview | bytes, held: _Held) -> Any:
@@ -865,25 +897,27 @@ def _serve(sock: socket.socket) -> None:
             if ended is not None and steps.holds(ended):
                 ended = None
             try:
-                answer = _dumps((rid, True, value, ended), held, scope) if ok else _pickled_error(rid, value, ended)
+                answer = _dumps((rid, True, value, ended), held, scope) if ok else [_pickled_error(rid, value, ended)]
             except Exception as exc:  # noqa: BLE001 - a value that does not pickle: the node ends the session
-                answer = _pickled_error(rid, exc, ended)
+                answer = [_pickled_error(rid, exc, ended)]
             if ended is not None:
                 held.pop(ended, None)
             try:
-                _send(sock, _HEADER.pack(len(answer)), answer)
+                _send(sock, _framed(answer))
             except OSError:
                 return  # the node is gone
 
 
-def _send(sock: socket.socket, header: bytes, body: bytes) -> None:
-    """Sends ``header`` then ``body`` on a blocking socket, without joining them (one copy fewer of a large answer)."""
-    sent = sock.sendmsg([header, body])
-    if sent < len(header):  # rare (a signal): the rest the slow way
-        sock.sendall(header[sent:])
-        sent = len(header)
-    if sent < len(header) + len(body):
-        sock.sendall(memoryview(body)[sent - len(header) :])
+def _send(sock: socket.socket, parts: list[bytes]) -> None:
+    """Sends ``parts`` in order on a blocking socket, with one ``sendmsg`` unless a signal cuts it short."""
+    views = [memoryview(part) for part in parts]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            del views[0]
+        if sent:
+            views[0] = views[0][sent:]
 
 
 def _pickled_error(rid: int, exc: Exception, ended: int | None = None) -> bytes:

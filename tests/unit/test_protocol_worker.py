@@ -360,7 +360,7 @@ class _ShortSocket:
         self.limit = limit
         self.sent = bytearray()
 
-    def sendmsg(self, parts: list[bytes]) -> int:
+    def sendmsg(self, parts: list[memoryview]) -> int:
         data = b"".join(parts)[: self.limit]
         self.sent += data
         return len(data)
@@ -369,13 +369,30 @@ class _ShortSocket:
         self.sent += data
 
 
-@pytest.mark.parametrize("limit", [0, 3, 8, 11, 1 << 30])
+@pytest.mark.parametrize("limit", [1, 3, 8, 11, 1 << 30])
 def test_an_answer_cut_short_by_the_kernel_is_sent_whole(limit: int) -> None:
     from qcinode.node.protocol_worker import _send
 
     sock = _ShortSocket(limit)
-    _send(sock, b"HEADER!!", b"the answer")  # type: ignore[arg-type]
-    assert bytes(sock.sent) == b"HEADER!!the answer"
+    _send(sock, [b"HEADER!!", b"the answer", b"", b"!"])  # type: ignore[arg-type]
+    assert bytes(sock.sent) == b"HEADER!!the answer!"
+
+
+def test_a_large_payload_is_sent_as_it_is_not_copied_into_the_message() -> None:
+    import pickle
+
+    from qcinode.node.protocol_worker import _JOIN_BELOW, _dumps, _framed
+
+    payload = np.random.default_rng(1).bytes(3 << 20)  # a pulse frame's wire form
+    message = (4, "frame", (2, 17, payload, None))
+    parts = _framed(_dumps(message, {}, 2))
+    assert any(part is payload for part in parts)
+    assert all(len(part) < _JOIN_BELOW for part in parts if part is not payload)
+    stream = b"".join(parts)
+    assert int.from_bytes(stream[:8], "big") == len(stream) - 8
+    assert pickle.loads(stream[8:]) == message
+    small = _framed(_dumps((5, "drop", (2,)), {}, 2))
+    assert len(small) == 1 and pickle.loads(small[0][8:]) == (5, "drop", (2,))
 
 
 def test_mirrors_and_step_results_cross_pickling_unchanged() -> None:
@@ -394,9 +411,15 @@ def test_mirrors_and_step_results_cross_pickling_unchanged() -> None:
     assert isinstance(back.error, LocalProtocolError) and str(back.error) == "x"
 
 
+def _dumps(obj: Any, held: dict[int, dict[str, bytes]], scope: int | None) -> bytes:
+    from qcinode.node.protocol_worker import _dumps as in_parts
+
+    return b"".join(in_parts(obj, held, scope))
+
+
 def test_a_reserve_crosses_whole_once_then_as_its_state_and_its_new_parts_both_ways() -> None:
     from qcinode.core.authentication import AuthKeyReserve
-    from qcinode.node.protocol_worker import _dumps, _Held, _loads
+    from qcinode.node.protocol_worker import _Held, _loads
 
     node: _Held = {}
     child: _Held = {}
@@ -431,7 +454,7 @@ def test_a_reserve_crosses_whole_once_then_as_its_state_and_its_new_parts_both_w
 
 def test_a_reserve_naming_a_part_the_other_end_lacks_is_refused_by_name() -> None:
     from qcinode.core.authentication import AuthKeyReserve
-    from qcinode.node.protocol_worker import _dumps, _Held, _loads
+    from qcinode.node.protocol_worker import _Held, _loads
 
     node: _Held = {}
     reserve = AuthKeyReserve(b"k" * 4096)
