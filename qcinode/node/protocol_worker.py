@@ -74,12 +74,16 @@ Theory of operation:
       into one reused buffer, grown to the longest message and sized from
       each message's header (:class:`_Messages`: the loop through
       :class:`asyncio.BufferedProtocol`, the child with ``recv_into``), and
-      unpickle each message where it landed; the child sends header and
-      answer with one ``sendmsg``, the loop writes a large request (a pulse
-      frame) after its header instead of joined to it; the socket's kernel
+      unpickle each message where it landed; a message is pickled in parts
+      (:class:`_Parts`), a large payload (a pulse frame, a detection report)
+      kept by reference and sent as it is, with the rest, in one ``sendmsg``
+      (the child) or a few transport writes (the loop); the socket's kernel
       buffers hold a whole frame, so it crosses in one write and one wake-up.
       A MAC-key reserve crosses by difference (:func:`_dumps`): its immutable,
       named parts once per session, then its state and its new parts only.
+      If the two ends' memories of those parts ever differed (a bug), the
+      message would not unpickle and the process would be lost and replaced,
+      as if it had died: a key is never taken from the wrong bytes.
 """
 
 from __future__ import annotations
