@@ -81,9 +81,10 @@ Theory of operation:
       buffers hold a whole frame, so it crosses in one write and one wake-up.
       A MAC-key reserve crosses by difference (:func:`_dumps`): its immutable,
       named parts once per session, then its state and its new parts only.
-      If the two ends' memories of those parts ever differed (a bug), the
-      message would not unpickle and the process would be lost and replaced,
-      as if it had died: a key is never taken from the wrong bytes.
+      This rests on the reserve's own rule that a part's name never changes
+      its bytes. A message naming a part the reading end does not hold (a
+      bug) does not unpickle: the process is lost and replaced, as if it had
+      died.
 """
 
 from __future__ import annotations
