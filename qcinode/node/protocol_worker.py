@@ -94,7 +94,6 @@ import concurrent.futures
 import contextlib
 import contextvars
 import ctypes
-import ctypes.util
 import dataclasses
 import multiprocessing
 import os
@@ -828,9 +827,11 @@ def _linux_identity() -> None:
     """Linux: the kernel sends SIGKILL to this process when its parent (the node) ends, however it ends;
     and the process is named :data:`PROCESS_NAME`."""
     with contextlib.suppress(Exception):
-        name = ctypes.util.find_library("c")
-        if name:
-            libc = ctypes.CDLL(name)
+        # The C library is already loaded: its symbols are the process's own (CDLL(None)), found at once.
+        # find_library would run ldconfig in a subprocess first, which on a loaded machine left the new
+        # process unnamed, and its death signal unset, for a noticeable while after the fork.
+        libc = ctypes.CDLL(None)
+        if hasattr(libc, "prctl"):
             pr_set_pdeathsig, pr_set_name = 1, 15
             libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
             libc.prctl(pr_set_name, ctypes.c_char_p(PROCESS_NAME))
