@@ -57,9 +57,9 @@ Theory of operation:
       full speed, alternated runs: 5-hop ``enc_keys``→``dec_keys`` p99 103-151
       ms against 198-235 ms with the steps in a niced thread; p50 did not
       move, 55-65 ms: see docs/operations.md.) Requests and answers are
-      length-prefixed pickles over a Unix socket pair; the answers are read
-      by an asyncio protocol on the loop, the requests are written without
-      blocking it. The child ends when the node's end of the socket closes
+      length-prefixed pickles over a Unix socket pair (*Crossing*); the
+      answers are read by an asyncio protocol on the loop, the requests are
+      written without blocking it. The child ends when the node's end of the socket closes
       (and, on Linux, when the node dies). If the child dies, every step
       waiting for it fails (:class:`ProtocolRunnerLost`), the link sessions
       end and reconnect, and the next session starts a new child (spawned).
@@ -69,6 +69,22 @@ Theory of operation:
       caller's thread (link workers built by tests). All three run the same
       :class:`LinkSteps`, and the node passes copies either way, so nothing
       is shared between the loop and a step.
+    * **Crossing.** What a step costs beyond its own work is copying and
+      waking, so each crossing copies as little as it can: both ends read
+      into one reused buffer, grown to the longest message and sized from
+      each message's header (:class:`_Messages`: the loop through
+      :class:`asyncio.BufferedProtocol`, the child with ``recv_into``), and
+      unpickle each message where it landed; a message is pickled in parts
+      (:class:`_Parts`), a large payload (a pulse frame, a detection report)
+      kept by reference and sent as it is, with the rest, in one ``sendmsg``
+      (the child) or a few transport writes (the loop); the socket's kernel
+      buffers hold a whole frame, so it crosses in one write and one wake-up.
+      A MAC-key reserve crosses by difference (:func:`_dumps`): its immutable,
+      named parts once per session, then its state and its new parts only.
+      This rests on the reserve's own rule that a part's name never changes
+      its bytes. A message naming a part the reading end does not hold (a
+      bug) does not unpickle: the process is lost and replaced, as if it had
+      died.
 """
 
 from __future__ import annotations
@@ -76,8 +92,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import ctypes
-import ctypes.util
 import dataclasses
 import multiprocessing
 import os
@@ -125,6 +141,14 @@ PROTOCOL_NICE = 10
 CLOSE_WAIT_S = 2.0
 #: Bytes of the length prefix of each request and answer on the runner's socket.
 _HEADER = struct.Struct("!Q")
+#: Kernel send and receive buffers asked for on both ends of the runner's socket (bytes; Linux caps them at
+#: ``net.core.wmem_max``/``rmem_max``): room for a whole pulse frame, so one ``send`` takes it and the loop
+#: wakes once per frame, not once per 200 kB.
+SOCKET_BUFFER_BYTES = 8 << 20
+#: Free bytes a read into a :class:`_Messages` buffer is offered at least (fewer, larger reads).
+_MIN_READ = 256 << 10
+#: A part of a message at least this long is sent as it is, not joined to the parts around it (a copy saved).
+_JOIN_BELOW = 64 << 10
 #: An LDPC decode job: the arguments of :func:`qcinode.core.ldpc_reconciliation.decode_frame`.
 DecodeJob = tuple[int, int, np.ndarray, np.ndarray]
 
@@ -144,6 +168,13 @@ class Mirror:
     can_sift_ahead: bool
     key_bits_needed: int
     pending_block_seq: int | None
+
+    def __reduce__(self) -> tuple[type[Mirror], tuple[Any, ...]]:
+        # Every answer carries one: pickled as its constructor's arguments, not through the slotted
+        # dataclass's generic __getstate__/__setstate__ (a few microseconds each way, per message).
+        return Mirror, (
+            self.state, self.next_block_seq, self.next_frame_id, self.is_ready_for_frame, self.can_sift_ahead, self.key_bits_needed, self.pending_block_seq
+        )
 
     @classmethod
     def of(cls, link: AliceLink | BobLink) -> Mirror:
@@ -183,6 +214,10 @@ class StepResult:
     reserve: AuthKeyReserve | None = None
     error: Exception | None = None
 
+    def __reduce__(self) -> tuple[type[StepResult], tuple[Any, ...]]:
+        # As Mirror's: most answers are one of these.
+        return StepResult, (self.outs, self.mirror, self.events, self.jobs, self.reserve, self.error)
+
 
 def _fingerprint(reserve: AuthKeyReserve) -> tuple[Any, ...]:
     """What changes whenever a reserve changes (the cursor, the end, the staged refills, the promotion mark)."""
@@ -202,6 +237,10 @@ class LinkSteps:
 
     def __len__(self) -> int:
         return len(self._links)
+
+    def holds(self, handle: int) -> bool:
+        """Whether session ``handle`` is here."""
+        return handle in self._links
 
     def handle(self, op: str, args: tuple[Any, ...]) -> Any:
         """Runs request ``op`` with ``args``.
@@ -404,6 +443,13 @@ class ThreadRunner(ProtocolRunner):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+def _widen(sock: socket.socket) -> None:
+    """Asks for :data:`SOCKET_BUFFER_BYTES` of kernel buffer each way (what the kernel grants is enough either way)."""
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+
+
 def _threads() -> int:
     """Threads of this process: the kernel's count where there is ``/proc`` (threads started by C code included)."""
     try:
@@ -433,6 +479,7 @@ class ProcessRunner(ProtocolRunner):
         self._process: Any = None  # a spawned child's multiprocessing.Process
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._held: _Held = {}  # the MAC-key reserve parts this end and the child hold (_dumps)
         self._unsent: list[bytes] = []  # requests asked for before the loop's connection to the child
         self._connecting: asyncio.Future[None] | None = None
         self._next_id = 0
@@ -441,6 +488,8 @@ class ProcessRunner(ProtocolRunner):
 
     def _start(self, *, fork: bool) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for end in (parent, child):
+            _widen(end)
         if fork:
             pid = os.fork()
             if pid == 0:  # the protocol process
@@ -463,6 +512,7 @@ class ProcessRunner(ProtocolRunner):
         child.close()
         parent.setblocking(False)
         self._sock = parent
+        self._held = {}  # a new child holds nothing
         self._transport = None
         self.lost = None
         self.starts += 1
@@ -478,13 +528,15 @@ class ProcessRunner(ProtocolRunner):
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._next_id += 1
         rid = self._next_id
-        request = pickle.dumps((rid, op, args), protocol=pickle.HIGHEST_PROTOCOL)
+        scope = _scope(args)
+        parts = _framed(_dumps((rid, op, args), self._held, scope))
         self._pending[rid] = future
         if self._transport is not None:
-            self._transport.write(_HEADER.pack(len(request)) + request)
+            for part in parts:
+                self._transport.write(part)
             return future
         # First request, or the child ended: requests wait, in order, for the one connection.
-        self._unsent.append(_HEADER.pack(len(request)) + request)
+        self._unsent += parts
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())
         return future
@@ -563,22 +615,201 @@ class ProcessRunner(ProtocolRunner):
         self._reap(CLOSE_WAIT_S)
 
 
-class _Answers(asyncio.Protocol):
-    """Reads the protocol process's answers on the event loop: length-prefixed pickles."""
+#: What one end of the runner's socket holds of the MAC-key reserves that crossed it: per session handle, the
+#: reserve's immutable parts (the chunks and staged refills, by :meth:`AuthKeyReserve.blob_names` name).
+_Held = dict[int, dict[str, bytes]]
+#: The receiving end's :data:`_Held` while it unpickles a message (:func:`_loads`).
+_RECEIVING: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("qcinode_protocol_held", default=None)
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles a message of session ``scope``; a MAC-key reserve crosses as its state and only the parts
+    the other end does not hold yet (:func:`_dumps`)."""
+
+    def __init__(self, file: _Parts, held: dict[str, bytes] | None, scope: int | None) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._held = held if held is not None else {}
+        self._scope = scope
+        self.sent: dict[str, bytes] = {}  # the parts sent whole: held by both ends once the message is sent
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is not AuthKeyReserve or self._scope is None:
+            return NotImplemented
+        parts: dict[str, bytes | int] = {}
+        for name in obj.blob_names():
+            data = obj.blob(name)
+            if self._held.get(name) is data:
+                parts[name] = len(data)  # the other end holds it: named, with its length as a check
+            else:
+                parts[name] = self.sent[name] = data
+        return _held_reserve, (self._scope, obj.to_state(inline=False), parts)
+
+
+class _Parts:
+    """Where a message is pickled to: the pickler's writes, kept as they come.
+
+    The pickler writes a bytes object of 64 KiB or more (a pulse frame, a
+    detection report) by itself, as the object: kept by reference, it goes
+    to the socket without being copied into the message first.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(data)
+        return len(data)
+
+
+def _framed(parts: list[bytes]) -> list[bytes]:
+    """A message's parts behind its length prefix, runs of small parts joined (large ones are not copied)."""
+    out: list[bytes] = []
+    run = [_HEADER.pack(sum(len(part) for part in parts))]
+    for part in parts:
+        if len(part) < _JOIN_BELOW:
+            run.append(part)
+            continue
+        out.append(b"".join(run))
+        out.append(part)
+        run = []
+    if run:
+        out.append(b"".join(run))
+    return out
+
+
+def _dumps(obj: Any, held: _Held, scope: int | None) -> list[bytes]:
+    """``obj`` pickled for the other end, a MAC-key reserve of session ``scope`` by difference (module docstring).
+
+    A link's reserve (64 KiB of bootstrap key in a running node) went out
+    whole with every classical message and came back whole with its answer,
+    though its parts (immutable, and named for good) rarely change: each end
+    remembers, per session, the parts that crossed in either direction, and a
+    reserve crosses as its state (a few numbers) and the parts not yet held.
+    Both ends learn a part in the same order as the messages that carry it,
+    so a part named by one end is held by the other when the message is read.
+
+    Returns:
+        The pickle in parts (:class:`_Parts`), to be sent in order.
+    """
+    stream = _Parts()
+    pickler = _Pickler(stream, held.get(scope) if scope is not None else None, scope)
+    pickler.dump(obj)
+    if pickler.sent and scope is not None:  # only once the whole message is made
+        held.setdefault(scope, {}).update(pickler.sent)
+    return stream.parts
+
+
+def _loads(data: memoryview | bytes, held: _Held) -> Any:
+    """Unpickles a message from the other end, whose reserves' parts are resolved from ``held`` (:func:`_dumps`)."""
+    token = _RECEIVING.set(held)
+    try:
+        return pickle.loads(data)
+    finally:
+        _RECEIVING.reset(token)
+
+
+def _held_reserve(scope: int, state: dict[str, Any], parts: dict[str, bytes | int]) -> AuthKeyReserve:
+    """A reserve of session ``scope`` as :class:`_Pickler` sent it: its new parts are learned, the others looked up.
+
+    Raises:
+        LocalProtocolError: A part named is not held here (the two ends' memories differ: a bug).
+    """
+    held = _RECEIVING.get()
+    known = held.setdefault(scope, {}) if held is not None else {}
+    blobs: dict[str, bytes] = {}
+    for name, part in parts.items():
+        if isinstance(part, int):
+            data = known.get(name)
+            if data is None or len(data) != part:
+                raise LocalProtocolError(f"protocol runner: session {scope}'s MAC-key reserve names part {name!r}, which this end does not hold")
+        else:
+            data = known[name] = part
+        blobs[name] = data
+    return AuthKeyReserve.from_state(state, blobs)
+
+
+def _scope(args: tuple[Any, ...]) -> int | None:
+    """The session a request is about (its first argument), if any."""
+    return args[0] if args and type(args[0]) is int else None
+
+
+#: Requests after whose answer the session may be gone from the runner (its reserve's parts are then forgotten).
+_ENDING = frozenset({"abandon", "settle", "drop"})
+
+
+class _Messages:
+    """Length-prefixed messages read from a stream into one reused buffer (both ends of the runner's socket).
+
+    A reader asks for :meth:`free` space, reads into it (``recv_into``, or
+    asyncio's :class:`~asyncio.BufferedProtocol`), says how much came with
+    :meth:`filled`, then takes the complete messages with :meth:`take`: each
+    a view of the buffer, valid until the next :meth:`free` (unpickle it
+    before). So a 3 MB pulse frame lands once, where it is unpickled,
+    instead of being appended to a growing buffer and sliced out of it.
+    A message may arrive in many reads and a read may hold several
+    messages. The buffer grows to the longest message seen and is never
+    resized in place (a reader may still hold a view of it): a larger one
+    replaces it.
+    """
+
+    def __init__(self, size: int = _MIN_READ) -> None:
+        self._buffer = bytearray(size)
+        self._view = memoryview(self._buffer)
+        self._start = 0  # first byte not yet taken
+        self._end = 0  # one past the last byte read
+
+    def free(self) -> memoryview:
+        """Where the next read goes: at least :data:`_MIN_READ` bytes, and room for the whole message begun."""
+        pending = self._end - self._start
+        need = _MIN_READ
+        if pending >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(self._buffer, self._start)
+            need = max(need, _HEADER.size + length - pending)
+        if len(self._buffer) - self._end < need:
+            if pending + need > len(self._buffer):  # a longer message than any before: a larger buffer
+                buffer = bytearray(max(pending + need, 2 * len(self._buffer)))
+                buffer[:pending] = self._view[self._start : self._end]
+                self._buffer, self._view = buffer, memoryview(buffer)
+            else:  # the unread bytes (part of one message) move to the front
+                self._buffer[:pending] = self._view[self._start : self._end]
+            self._start, self._end = 0, pending
+        return self._view[self._end :]
+
+    def filled(self, n_bytes: int) -> None:
+        """``n_bytes`` were read into the view :meth:`free` returned."""
+        self._end += n_bytes
+
+    def take(self) -> list[memoryview]:
+        """The complete messages read so far (views of the buffer, valid until the next :meth:`free`)."""
+        messages = []
+        while self._end - self._start >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(self._buffer, self._start)
+            end = self._start + _HEADER.size + length
+            if end > self._end:
+                break
+            messages.append(self._view[self._start + _HEADER.size : end])
+            self._start = end
+        if self._start == self._end:
+            self._start = self._end = 0
+        return messages
+
+
+class _Answers(asyncio.BufferedProtocol):
+    """Reads the protocol process's answers on the event loop: length-prefixed pickles, read in place (:class:`_Messages`)."""
 
     def __init__(self, runner: ProcessRunner) -> None:
         self.runner = runner
-        self.buffer = bytearray()
+        self.messages = _Messages()
 
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while len(self.buffer) >= _HEADER.size:
-            (length,) = _HEADER.unpack_from(self.buffer)
-            end = _HEADER.size + length
-            if len(self.buffer) < end:
-                return
-            rid, ok, value = pickle.loads(self.buffer[_HEADER.size : end])
-            del self.buffer[:end]
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.messages.free()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.messages.filled(nbytes)
+        for message in self.messages.take():
+            rid, ok, value, ended = _loads(message, self.runner._held)
+            if ended is not None:  # the session is gone from the child, which forgot its reserve's parts
+                self.runner._held.pop(ended, None)
             self.runner._answer(rid, ok, value)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -596,9 +827,11 @@ def _linux_identity() -> None:
     """Linux: the kernel sends SIGKILL to this process when its parent (the node) ends, however it ends;
     and the process is named :data:`PROCESS_NAME`."""
     with contextlib.suppress(Exception):
-        name = ctypes.util.find_library("c")
-        if name:
-            libc = ctypes.CDLL(name)
+        # The C library is already loaded: its symbols are the process's own (CDLL(None)), found at once.
+        # find_library would run ldconfig in a subprocess first, which on a loaded machine left the new
+        # process unnamed, and its death signal unset, for a noticeable while after the fork.
+        libc = ctypes.CDLL(None)
+        if hasattr(libc, "prctl"):
             pr_set_pdeathsig, pr_set_name = 1, 15
             libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
             libc.prctl(pr_set_name, ctypes.c_char_p(PROCESS_NAME))
@@ -645,35 +878,63 @@ def _serve(sock: socket.socket) -> None:
     _yield_to_loops()
     sock.setblocking(True)
     steps = LinkSteps()
-    reader = sock.makefile("rb")
+    requests = _Messages()
+    held: _Held = {}
     while True:
-        header = reader.read(_HEADER.size)
-        if len(header) < _HEADER.size:
-            return  # the node closed its end
-        (length,) = _HEADER.unpack(header)
-        request = reader.read(length)
-        if len(request) < length:
-            return
-        rid, op, args = pickle.loads(request)
         try:
-            answer = pickle.dumps((rid, True, steps.handle(op, args)), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # noqa: BLE001 - handed to the node, which ends the session
-            answer = _pickled_error(rid, exc)
-        try:
-            sock.sendall(_HEADER.pack(len(answer)) + answer)
+            n_bytes = sock.recv_into(requests.free())
         except OSError:
-            return  # the node is gone
+            return
+        if n_bytes == 0:
+            return  # the node closed its end
+        requests.filled(n_bytes)
+        for request in requests.take():
+            rid, op, args = _loads(request, held)
+            scope = _scope(args)
+            # After a request that may end its session, the parts its reserve left here are forgotten, and
+            # the answer says so (the node forgets them as it reads it).
+            ended = scope if op in _ENDING and scope is not None else None
+            try:
+                value = steps.handle(op, args)
+            except Exception as exc:  # noqa: BLE001 - handed to the node, which ends the session
+                ok, value = False, exc
+            else:
+                ok = True
+            if ended is not None and steps.holds(ended):
+                ended = None
+            try:
+                answer = _dumps((rid, True, value, ended), held, scope) if ok else [_pickled_error(rid, value, ended)]
+            except Exception as exc:  # noqa: BLE001 - a value that does not pickle: the node ends the session
+                answer = [_pickled_error(rid, exc, ended)]
+            if ended is not None:
+                held.pop(ended, None)
+            try:
+                _send(sock, _framed(answer))
+            except OSError:
+                return  # the node is gone
 
 
-def _pickled_error(rid: int, exc: Exception) -> bytes:
+def _send(sock: socket.socket, parts: list[bytes]) -> None:
+    """Sends ``parts`` in order on a blocking socket, with one ``sendmsg`` unless a signal cuts it short."""
+    views = [memoryview(part) for part in parts]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            del views[0]
+        if sent:
+            views[0] = views[0][sent:]
+
+
+def _pickled_error(rid: int, exc: Exception, ended: int | None = None) -> bytes:
     """An exception as an answer; one that does not survive pickling becomes a LocalProtocolError naming it."""
     try:
-        answer = pickle.dumps((rid, False, exc), protocol=pickle.HIGHEST_PROTOCOL)
+        answer = pickle.dumps((rid, False, exc, ended), protocol=pickle.HIGHEST_PROTOCOL)
         pickle.loads(answer)
         return answer
     except Exception:  # noqa: BLE001
         error = LocalProtocolError(f"protocol runner: {type(exc).__name__}: {exc}")
-        return pickle.dumps((rid, False, error), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((rid, False, error, ended), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 # -- the node's side of one session ------------------------------------------------------------

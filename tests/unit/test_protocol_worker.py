@@ -223,3 +223,243 @@ def test_a_frame_whose_header_passes_but_body_does_not_is_refused_where_it_is_pa
     slots, checked, state = asyncio.run(scenario())
     assert checked == slots
     assert state == "quantum"  # nothing was measured
+
+
+# -- the protocol process's framing (no socket: the reads are fed by hand) ----------------------
+
+
+def _framed(*payloads: bytes) -> bytes:
+    return b"".join(len(p).to_bytes(8, "big") + p for p in payloads)
+
+
+def _feed(messages: Any, stream: bytes, chunk: int) -> list[bytes]:
+    """Feeds ``stream`` to ``messages`` ``chunk`` bytes per read, as recv_into would; the messages taken."""
+    taken: list[bytes] = []
+    at = 0
+    while at < len(stream):
+        space = messages.free()
+        n = min(chunk, len(space), len(stream) - at)
+        assert n > 0
+        space[:n] = stream[at : at + n]
+        messages.filled(n)
+        at += n
+        taken += [bytes(m) for m in messages.take()]
+    return taken
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 9, 1000, 1 << 30])
+def test_messages_split_over_reads_and_several_in_one_read_come_out_whole_and_in_order(chunk: int) -> None:
+    from qcinode.node.protocol_worker import _Messages
+
+    rng = np.random.default_rng(chunk % 1000)
+    payloads = [b"", b"x", rng.bytes(7), rng.bytes(8), rng.bytes(5000), b"", rng.bytes(3)]
+    assert _feed(_Messages(64), _framed(*payloads), chunk) == payloads
+
+
+def test_a_message_longer_than_the_buffer_grows_it_and_what_follows_still_comes_out() -> None:
+    from qcinode.node.protocol_worker import _MIN_READ, _Messages
+
+    rng = np.random.default_rng(9)
+    big = rng.bytes(3 * _MIN_READ + 17)  # a pulse frame: several buffers long
+    payloads = [rng.bytes(100), big, rng.bytes(50), big, rng.bytes(1)]
+    messages = _Messages(64)
+    # Reads of odd sizes: the big message's first part arrives behind a small message (it moves to the front).
+    assert _feed(messages, _framed(*payloads), 40_001) == payloads
+    space = messages.free()
+    assert len(space) >= len(big), "the grown buffer is kept"
+
+
+def test_a_partial_message_waits_for_its_end() -> None:
+    from qcinode.node.protocol_worker import _Messages
+
+    messages = _Messages(64)
+    stream = _framed(b"first", b"second")  # 13 bytes, then 14
+    at = 0
+    for n, expected in ((4, []), (9, [b"first"]), (7, []), (7, [b"second"])):
+        space = messages.free()
+        space[:n] = stream[at : at + n]
+        messages.filled(n)
+        at += n
+        assert [bytes(m) for m in messages.take()] == expected, (at, expected)
+    assert at == len(stream)
+
+
+def test_the_start_of_a_message_at_the_end_of_the_buffer_moves_to_its_front_without_a_new_buffer() -> None:
+    from qcinode.node.protocol_worker import _MIN_READ, _Messages
+
+    messages = _Messages(2 * _MIN_READ)
+    first, second = b"a" * (2 * _MIN_READ - 8 - 11), b"b" * 100
+    stream = _framed(first, second)
+    space = messages.free()
+    assert len(space) == 2 * _MIN_READ
+    space[:] = stream[: len(space)]  # the first message, and 11 bytes of the second (its header, 3 bytes)
+    messages.filled(len(space))
+    assert [bytes(m) for m in messages.take()] == [first]
+    buffer = messages._buffer
+    space = messages.free()
+    assert messages._buffer is buffer and len(space) == 2 * _MIN_READ - 11
+    rest = stream[2 * _MIN_READ :]
+    space[: len(rest)] = rest
+    messages.filled(len(rest))
+    assert [bytes(m) for m in messages.take()] == [second]
+
+
+class _Recorder:
+    """What the answer reader hands to its runner."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, bool, Any]] = []
+        self.lost: list[str] = []
+        self._held: dict[int, dict[str, bytes]] = {5: {"auth/chunk/0": b"k"}, 6: {}}
+
+    def _answer(self, rid: int, ok: bool, value: Any) -> None:
+        self.answers.append((rid, ok, value))
+
+    def _connection_lost(self, why: str) -> None:
+        self.lost.append(why)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 4096, 1 << 30])
+def test_the_loops_reader_unpickles_each_answer_once_whole(chunk: int) -> None:
+    import pickle
+
+    from qcinode.core.authentication import AuthKeyReserve
+    from qcinode.core.pipeline import LinkState
+    from qcinode.node.protocol_worker import Mirror, StepResult, _Answers
+
+    reserve = AuthKeyReserve(BOOTSTRAP)
+    reserve.take(2)
+    mirror = Mirror(LinkState.QUANTUM, 3, 7, True, False, 1000, None)
+    step = StepResult([b"\x01" * 70_000, b"wire"], mirror, [], [], reserve, None)
+    values: list[Any] = [step, (5, 9, b"\x00" * 300_000, mirror), None]
+    recorder = _Recorder()
+    reader = _Answers(recorder)  # type: ignore[arg-type]
+    # The last answer ends session 5: the reader forgets what that session's reserve left.
+    ended = [None, None, 5]
+    stream = _framed(*(pickle.dumps((rid, True, v, ended[rid]), protocol=pickle.HIGHEST_PROTOCOL) for rid, v in enumerate(values)))
+    at = 0
+    while at < len(stream):
+        space = reader.get_buffer(-1)
+        n = min(chunk, len(space), len(stream) - at)
+        space[:n] = stream[at : at + n]
+        reader.buffer_updated(n)
+        at += n
+    assert [rid for rid, _, _ in recorder.answers] == [0, 1, 2]
+    got = recorder.answers[0][2]
+    assert (got.outs, got.mirror, got.reserve.to_state()) == (step.outs, mirror, reserve.to_state())
+    assert recorder.answers[1][2] == values[1] and recorder.answers[2][2] is None
+    assert list(recorder._held) == [6]
+    reader.connection_lost(None)
+    assert recorder.lost == ["its socket closed"]
+
+
+class _ShortSocket:
+    """A blocking socket whose sendmsg takes at most ``limit`` bytes (as one interrupted by a signal may)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.sent = bytearray()
+
+    def sendmsg(self, parts: list[memoryview]) -> int:
+        data = b"".join(parts)[: self.limit]
+        self.sent += data
+        return len(data)
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+
+@pytest.mark.parametrize("limit", [1, 3, 8, 11, 1 << 30])
+def test_an_answer_cut_short_by_the_kernel_is_sent_whole(limit: int) -> None:
+    from qcinode.node.protocol_worker import _send
+
+    sock = _ShortSocket(limit)
+    _send(sock, [b"HEADER!!", b"the answer", b"", b"!"])  # type: ignore[arg-type]
+    assert bytes(sock.sent) == b"HEADER!!the answer!"
+
+
+def test_a_large_payload_is_sent_as_it_is_not_copied_into_the_message() -> None:
+    import pickle
+
+    from qcinode.node.protocol_worker import _JOIN_BELOW, _dumps, _framed
+
+    payload = np.random.default_rng(1).bytes(3 << 20)  # a pulse frame's wire form
+    message = (4, "frame", (2, 17, payload, None))
+    parts = _framed(_dumps(message, {}, 2))
+    assert any(part is payload for part in parts)
+    assert all(len(part) < _JOIN_BELOW for part in parts if part is not payload)
+    stream = b"".join(parts)
+    assert int.from_bytes(stream[:8], "big") == len(stream) - 8
+    assert pickle.loads(stream[8:]) == message
+    small = _framed(_dumps((5, "drop", (2,)), {}, 2))
+    assert len(small) == 1 and pickle.loads(small[0][8:]) == (5, "drop", (2,))
+
+
+def test_mirrors_and_step_results_cross_pickling_unchanged() -> None:
+    import pickle
+
+    from qcinode.core.authentication import AuthKeyReserve
+    from qcinode.core.pipeline import LinkState
+    from qcinode.node.protocol_worker import Mirror, StepResult
+
+    mirror = Mirror(LinkState.QUANTUM, 3, 7, True, False, 1000, 2)
+    assert pickle.loads(pickle.dumps(mirror, protocol=pickle.HIGHEST_PROTOCOL)) == mirror
+    step = StepResult([b"a"], mirror, [], [], AuthKeyReserve(BOOTSTRAP), LocalProtocolError("x"))
+    back = pickle.loads(pickle.dumps(step, protocol=pickle.HIGHEST_PROTOCOL))
+    assert (back.outs, back.mirror, back.events, back.jobs) == (step.outs, mirror, [], [])
+    assert back.reserve is not None and back.reserve.to_state() == AuthKeyReserve(BOOTSTRAP).to_state()
+    assert isinstance(back.error, LocalProtocolError) and str(back.error) == "x"
+
+
+def _dumps(obj: Any, held: dict[int, dict[str, bytes]], scope: int | None) -> bytes:
+    from qcinode.node.protocol_worker import _dumps as in_parts
+
+    return b"".join(in_parts(obj, held, scope))
+
+
+def test_a_reserve_crosses_whole_once_then_as_its_state_and_its_new_parts_both_ways() -> None:
+    from qcinode.core.authentication import AuthKeyReserve
+    from qcinode.node.protocol_worker import _Held, _loads
+
+    node: _Held = {}
+    child: _Held = {}
+    reserve = AuthKeyReserve(bytes(range(256)) * 256)  # 64 KiB, as a node's bootstrap key
+    first = _dumps((1, "receive", (7, b"wire", reserve.copy())), node, 7)
+    assert len(first) > 65_536
+    _, _, (_, _, there) = _loads(first, child)
+    assert there.to_state() == reserve.to_state()
+    # The child takes keys and stages a refill: the answer carries the state and the new part only.
+    there.take(3)
+    there.stage(4, b"\x07" * 2048)
+    answer = _dumps((1, True, there, None), child, 7)
+    assert 2048 < len(answer) < 4096
+    _, _, back, _ = _loads(answer, node)
+    assert back.to_state() == there.to_state()
+    reserve.adopt(back)
+    # The next request names every part: both ends hold them.
+    second = _dumps((2, "receive", (7, b"wire", reserve.copy())), node, 7)
+    assert len(second) < 1024
+    _, _, (_, _, again) = _loads(second, child)
+    assert again.to_state() == reserve.to_state()
+    assert again.take(1) == reserve.take(1)
+    # A promoted refill is a new part (a chunk, named by its offset): it crosses once more.
+    reserve.promote_before(5)
+    third = _dumps((3, "receive", (7, b"wire", reserve.copy())), node, 7)
+    assert 2048 < len(third) < 4096
+    assert _loads(third, child)[2][2].to_state() == reserve.to_state()
+    assert len(_dumps((4, "receive", (7, b"wire", reserve.copy())), node, 7)) < 1024
+    # Another session's memory is its own: its reserve crosses whole.
+    assert len(_dumps((3, "receive", (8, b"", AuthKeyReserve(b"k" * 4096))), node, 8)) > 4096
+
+
+def test_a_reserve_naming_a_part_the_other_end_lacks_is_refused_by_name() -> None:
+    from qcinode.core.authentication import AuthKeyReserve
+    from qcinode.node.protocol_worker import _Held, _loads
+
+    node: _Held = {}
+    reserve = AuthKeyReserve(b"k" * 4096)
+    _dumps(reserve, node, 3)
+    with pytest.raises(LocalProtocolError, match="session 3's MAC-key reserve names part 'auth/"):
+        _loads(_dumps(reserve, node, 3), {})  # an end that never saw the first message
+    whole = _dumps(reserve, node, None)  # no session: the reserve crosses whole
+    assert _loads(whole, {}).to_state() == reserve.to_state()
