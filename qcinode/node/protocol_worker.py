@@ -630,18 +630,19 @@ class _Pickler(pickle.Pickler):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self._held = held if held is not None else {}
         self._scope = scope
-        self.sent: dict[str, bytes] = {}  # the parts sent whole: held by both ends once the message is sent
+        self.crossed: dict[str, bytes] | None = None  # every part of the reserve pickled (the message carries one)
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is not AuthKeyReserve or self._scope is None:
             return NotImplemented
         parts: dict[str, bytes | int] = {}
+        self.crossed = {}
         for name in obj.blob_names():
-            data = obj.blob(name)
+            data = self.crossed[name] = obj.blob(name)
             if self._held.get(name) is data:
                 parts[name] = len(data)  # the other end holds it: named, with its length as a check
             else:
-                parts[name] = self.sent[name] = data
+                parts[name] = data
         return _held_reserve, (self._scope, obj.to_state(inline=False), parts)
 
 
@@ -686,7 +687,12 @@ def _dumps(obj: Any, held: _Held, scope: int | None) -> list[bytes]:
     remembers, per session, the parts that crossed in either direction, and a
     reserve crosses as its state (a few numbers) and the parts not yet held.
     Both ends learn a part in the same order as the messages that carry it,
-    so a part named by one end is held by the other when the message is read.
+    so a part named by one end is held by the other when the message is read;
+    and both then hold exactly the parts of the reserve that crossed (a part
+    the reserve no longer has, a spent chunk, is forgotten at both ends):
+    a session's reserve crosses one way at a time, each step's answer before
+    the next step that carries it, so the two memories stay equal and no
+    larger than the reserve.
 
     Returns:
         The pickle in parts (:class:`_Parts`), to be sent in order.
@@ -694,8 +700,8 @@ def _dumps(obj: Any, held: _Held, scope: int | None) -> list[bytes]:
     stream = _Parts()
     pickler = _Pickler(stream, held.get(scope) if scope is not None else None, scope)
     pickler.dump(obj)
-    if pickler.sent and scope is not None:  # only once the whole message is made
-        held.setdefault(scope, {}).update(pickler.sent)
+    if pickler.crossed is not None and scope is not None:  # only once the whole message is made
+        held[scope] = pickler.crossed
     return stream.parts
 
 
@@ -723,8 +729,10 @@ def _held_reserve(scope: int, state: dict[str, Any], parts: dict[str, bytes | in
             if data is None or len(data) != part:
                 raise LocalProtocolError(f"protocol runner: session {scope}'s MAC-key reserve names part {name!r}, which this end does not hold")
         else:
-            data = known[name] = part
+            data = part
         blobs[name] = data
+    if held is not None:
+        held[scope] = dict(blobs)  # what the sender now holds too (_dumps)
     return AuthKeyReserve.from_state(state, blobs)
 
 

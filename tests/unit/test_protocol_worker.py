@@ -463,3 +463,25 @@ def test_a_reserve_naming_a_part_the_other_end_lacks_is_refused_by_name() -> Non
         _loads(_dumps(reserve, node, 3), {})  # an end that never saw the first message
     whole = _dumps(reserve, node, None)  # no session: the reserve crosses whole
     assert _loads(whole, {}).to_state() == reserve.to_state()
+
+
+def test_both_ends_hold_only_the_parts_the_reserve_still_has() -> None:
+    """A session that runs for days spends its chunks and promotes refill after refill: neither end keeps spent parts."""
+    from qcinode.core.authentication import AuthKeyReserve
+    from qcinode.node.protocol_worker import _Held, _loads
+
+    node: _Held = {}
+    child: _Held = {}
+    reserve = AuthKeyReserve(bytes(range(256)) * 16)  # 4 KiB: spent within the run
+    for block in range(300):
+        _, _, (_, _, there) = _loads(_dumps((block, "receive", (7, b"wire", reserve.copy())), node, 7), child)
+        there.take(4)  # four one-time keys spent, four staged: the reserve stays its size
+        there.stage(block, bytes([block % 256]) * 128)
+        _, _, back, _ = _loads(_dumps((block, True, there, None), child, 7), node)
+        assert set(node[7]) == set(child[7]) == back.blob_names()
+        reserve.adopt(back)
+        reserve.promote_before(block)
+    assert "auth/0" not in node[7]  # the bootstrap chunk is spent and forgotten
+    assert sum(map(len, node[7].values())) <= 4096 + 2 * 128  # the reserve's size, not 300 refills
+    # And the next crossing still names what both hold.
+    assert len(_dumps((301, "receive", (7, b"wire", reserve.copy())), node, 7)) < 1024 + 512
