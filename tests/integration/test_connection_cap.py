@@ -24,29 +24,19 @@ import pytest_asyncio
 from structlog.testing import capture_logs
 
 from qcinode.errors import ConfigError
-from qcinode.keys.keystore import SaeKeyStore
-from qcinode.keys.linkstore import StorageKey
-from qcinode.kme import etsi004, skip
+from qcinode.kme import etsi004
 from qcinode.kme.guarded import ConnectionCap
-from qcinode.kme.handlers import DeliveredKey, EncRequest, Kme
 from qcinode.kme.server import tls_context
 from qcinode.pki import CertPlan, make_certificates
 from qcinode.topology import KmeConfig
-from tests.integration.test_kme_hardening import DEADLINE_S, _dropped
+from tests.integration.test_interface_guards import skip_server
+from tests.integration.test_kme_hardening import DEADLINE_S, _dropped, _events
 
 NODE = "alpha"
 SAES = ("alice-app", "bob-app")
 CAP = 3
 # Long handshake, header and idle limits: held connections stay open for the whole test, only the cap closes any.
 LIMITS = KmeConfig(tls_handshake_timeout_s=60.0, header_timeout_s=60.0, idle_timeout_s=60.0, max_connections=CAP)
-
-
-class _Supplier:
-    async def deliver(self, request: EncRequest) -> list[DeliveredKey]:
-        raise AssertionError("not called")
-
-    def available_keys(self, master_sae: str, slave_sae: str, size_bits: int) -> int:
-        return 0
 
 
 class _StreamBackend:
@@ -106,20 +96,8 @@ async def served(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         finally:
             listener.close()
         return
-    data_dir = tmp_path / "data"
-    store = SaeKeyStore(data_dir, NODE, StorageKey.load_or_create(data_dir))
-    kme = Kme(NODE, lambda sae: NODE if sae in SAES else None, store)
-    app = skip.make_app(kme, _Supplier(), remote_systems=lambda caller: [s for s in SAES if s != caller])
-    runner, port = await skip.start_server(app, "127.0.0.1:0", context, LIMITS)
-    try:
+    async with skip_server(tmp_path / "data", context, LIMITS) as port:
         yield Served("skip", port, client, lambda: _skip_answers(port, client))
-    finally:
-        await runner.cleanup()
-        store.close()
-
-
-def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [e for e in logs if e["event"] == name]
 
 
 @pytest.mark.asyncio

@@ -10,6 +10,7 @@ and a normal request is still answered afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -99,15 +100,21 @@ async def served(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         finally:
             await runner.cleanup()
         return
-    data_dir = tmp_path / "data"
+    context = tls_context(bundle.node_cert(NODE), bundle.node_key(NODE), bundle.ca_cert)
+    client = _client(bundle, bundle.sae_cert("alice-app"), bundle.sae_key("alice-app"))
+    async with skip_server(tmp_path / "data", context, LIMITS) as port:
+        yield Served("skip", port, client, "/capabilities", b"GET /capabilities HTTP/1.1\r\nHost: x\r\n")
+
+
+@contextlib.asynccontextmanager
+async def skip_server(data_dir: Path, context: ssl.SSLContext, limits: KmeConfig) -> AsyncIterator[int]:
+    """Node alpha's SKIP server for :data:`SAES` on 127.0.0.1 with ``limits``; its port."""
     store = SaeKeyStore(data_dir, NODE, StorageKey.load_or_create(data_dir))
     kme = Kme(NODE, lambda sae: NODE if sae in SAES else None, store)
     app = skip.make_app(kme, _Supplier(), remote_systems=lambda caller: [s for s in SAES if s != caller])
-    context = tls_context(bundle.node_cert(NODE), bundle.node_key(NODE), bundle.ca_cert)
-    runner, port = await skip.start_server(app, "127.0.0.1:0", context, LIMITS)
-    client = _client(bundle, bundle.sae_cert("alice-app"), bundle.sae_key("alice-app"))
+    runner, port = await skip.start_server(app, "127.0.0.1:0", context, limits)
     try:
-        yield Served("skip", port, client, "/capabilities", b"GET /capabilities HTTP/1.1\r\nHost: x\r\n")
+        yield port
     finally:
         await runner.cleanup()
         store.close()
