@@ -744,34 +744,20 @@ class AliceLink(_LinkEnd):
         n = len(key)
         if n == 0:  # every LDPC frame was discarded: nothing is left to verify or to amplify
             self._reconciler = None
-            reason = AbortReason.RECONCILIATION_FAILED.value
-            reply = m.Confirm(block.seq, False, reason, b"", 0, block.leak_bits)
-            self._record_out(reply)
-            self._abort(reason)
-            return [reply]
+            return self._decline(block, AbortReason.RECONCILIATION_FAILED.value)
         if not 0 <= msg.errors_corrected <= n:
             raise RemoteProtocolError("errors_corrected out of range")
         block.errors_corrected = msg.errors_corrected
         self._reconciler = None
         ours = verification_tag(key, msg.verify_seed, self.config.verification_tag_bits)
         if not tags_match(ours, msg.verify_tag):
-            reply = m.Confirm(block.seq, False, "verification_failed", b"", 0, block.leak_bits)
-            self._record_out(reply)
-            self._abort("verification_failed")
-            return [reply]
+            return self._decline(block, "verification_failed")
         block.key_length = self._key_length(block, block.leak_bits)
         length = min(block.key_length.length_bits, n) // 8 * 8
         if length <= 0:
-            reason = self._no_key_reason(block, block.key_length.reason or "insufficient_entropy")
-            reply = m.Confirm(block.seq, False, reason, b"", 0, block.leak_bits)
-            self._record_out(reply)
-            self._abort(reason)
-            return [reply]
+            return self._decline(block, self._no_key_reason(block, block.key_length.reason or "insufficient_entropy"))
         if not self._take_mac_keys(block):
-            reply = m.Confirm(block.seq, False, "authentication_keys_exhausted", b"", 0, block.leak_bits)
-            self._record_out(reply)
-            self._abort("authentication_keys_exhausted")
-            return [reply]
+            return self._decline(block, "authentication_keys_exhausted")
         seed = bytes(self.key_rng.bytes((n + length - 1 + 7) // 8))
         block.secret = _amplify(key, seed, length)
         unsigned = m.Confirm(block.seq, True, "", seed, length, block.leak_bits)
@@ -780,6 +766,13 @@ class AliceLink(_LinkEnd):
         self._confirm = unsigned
         self.state = LinkState.CONFIRMING
         return [dataclasses.replace(unsigned, auth_tag=tag)]
+
+    def _decline(self, block: _Block, reason: str) -> list[m.Message]:
+        """Ends the block at the Reconciled stage and tells Bob why: a Confirm refusing it (no key, no tag)."""
+        reply = m.Confirm(block.seq, False, reason, b"", 0, block.leak_bits)
+        self._record_out(reply)
+        self._abort(reason)
+        return [reply]
 
     def _on_verdict(self, msg: m.Verdict) -> list[m.Message]:
         block = self._expect(LinkState.CONFIRMING, msg)
