@@ -721,7 +721,7 @@ def _held_reserve(scope: int, state: dict[str, Any], parts: dict[str, bytes | in
         LocalProtocolError: A part named is not held here (the two ends' memories differ: a bug).
     """
     held = _RECEIVING.get()
-    known = held.setdefault(scope, {}) if held is not None else {}
+    known = held.get(scope, {}) if held is not None else {}
     blobs: dict[str, bytes] = {}
     for name, part in parts.items():
         if isinstance(part, int):
