@@ -118,7 +118,7 @@ from ..core.randomness import CsprngGenerator, KeyRandomness
 from ..errors import LocalProtocolError, TransportError
 from ..transport import codec
 from ..transport.pb import link_pb2 as pb
-from .runtime import finish_in_thread
+from .runtime import finish_in_thread, tune_allocator_for_links
 
 __all__ = [
     "PROTOCOL_NICE",
@@ -264,6 +264,10 @@ class LinkSteps:
         """A new session of one end of a link (the reserve as the node holds it now)."""
         if handle in self._links:
             raise LocalProtocolError(f"protocol runner: session {handle} exists")
+        # The blocks' arrays live in this process: it tunes its allocator for
+        # them itself (a forked child inherits the node's tuning, a spawned
+        # replacement after a crash would otherwise run with glibc's defaults).
+        tune_allocator_for_links(spec.config.block_bits)
         link: AliceLink | BobLink
         if spec.alice:
             link = AliceLink(spec.config, reserve, spec.key_rng, spec.noise_rng, next_block_seq=spec.next_block_seq)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from qcinode.core.authentication import AuthKeyReserve
 from qcinode.core.pair import make_pair, pump
 from qcinode.core.pipeline import AliceLink, BlockAborted, BlockAccepted, BobLink, LinkProtocolConfig
 from qcinode.core.randomness import CsprngGenerator
@@ -485,3 +486,19 @@ def test_both_ends_hold_only_the_parts_the_reserve_still_has() -> None:
     assert sum(map(len, node[7].values())) <= 4096 + 2 * 128  # the reserve's size, not 300 refills
     # And the next crossing still names what both hold.
     assert len(_dumps((301, "receive", (7, b"wire", reserve.copy())), node, 7)) < 1024 + 512
+
+
+def test_the_process_that_opens_a_session_tunes_its_own_allocator_for_the_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The blocks' arrays live where the session runs: a protocol process
+    # spawned to replace a crashed one inherits nothing from the node, so
+    # opening a session must tune that process itself (for large blocks).
+    import qcinode.node.protocol_worker as worker
+
+    asked: list[int] = []
+    monkeypatch.setattr(worker, "tune_allocator_for_links", lambda block_bits: asked.append(block_bits) or True)
+    steps = LinkSteps()
+    rng = np.random.default_rng(1)
+    for handle, (alice, block_bits) in enumerate([(True, 1_000_000), (False, 50_000)]):
+        spec = SessionSpec(alice=alice, config=config(block_bits=block_bits), key_rng=rng, noise_rng=rng, next_block_seq=0)
+        steps.open(handle, spec, AuthKeyReserve(BOOTSTRAP))
+    assert asked == [1_000_000, 50_000]
