@@ -31,6 +31,10 @@ the loops spend more of the CPU on link traffic per key made.
    number of 503 answers (a 503 is not retried; the client waits 50 ms and
    sends the next request); that enc and dec keys were equal and the path in
    ``key_ID_extension`` had the expected hop count.
+   Then 5 hops again with the links paused (row ``5*``): every node's
+   protocol process stopped (SIGSTOP, then SIGCONT), so that only what
+   serves applications runs — the event loops and storage threads — and the
+   figure is the relay path's own cost, the floor under the loaded rows.
 2. **Keys per second one node serves.** Same cluster, pair n0 -> n1 (one
    hop): ``--concurrency`` client threads call ``enc_keys`` back to back for
    ``--seconds`` with ``number`` = 1, then with ``number`` = 16 (keys are not
@@ -90,12 +94,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import dataclasses
 import http.client
 import json
 import math
 import os
 import shutil
+import signal
 import ssl
 import sys
 import tempfile
@@ -103,7 +109,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +316,7 @@ def finish_cluster(network: QciNetwork | None, work: Path, keep: bool, label: st
 @dataclasses.dataclass(slots=True)
 class LatencyResult:
     hops: int
+    paused: bool = False  # measured with every link's protocol process stopped (links paused)
     enc_s: list[float] = dataclasses.field(default_factory=list)
     dec_s: list[float] = dataclasses.field(default_factory=list)
     total_s: list[float] = dataclasses.field(default_factory=list)
@@ -357,18 +364,69 @@ def one_key(network: QciNetwork, master: str, slave: str, result: LatencyResult 
             result.wrong_paths[repr(paths)] += 1
 
 
-def run_latency(network: QciNetwork, requests: int) -> list[LatencyResult]:
+def run_latency(network: QciNetwork, requests: int, *, paused_row: bool = True) -> list[LatencyResult]:
     results = []
     for hops in HOP_COUNTS:
-        slave = f"sae-n{hops}"
-        log(f"latency: {hops} hop(s), sae-n0 -> {slave}: {WARMUP_REQUESTS} warm-up + {requests} requests")
-        for _ in range(WARMUP_REQUESTS):
-            one_key(network, "sae-n0", slave, None)
-        result = LatencyResult(hops)
-        for _ in range(requests):
-            one_key(network, "sae-n0", slave, result)
-        results.append(result)
+        results.append(latency_row(network, requests, hops))
+    if paused_row:
+        hops = HOP_COUNTS[-1]
+        with links_paused(network) as stopped:
+            log(f"latency: {hops} hop(s) again with the links paused ({len(stopped)} protocol processes stopped)")
+            results.append(latency_row(network, requests, hops, paused=True))
     return results
+
+
+def latency_row(network: QciNetwork, requests: int, hops: int, *, paused: bool = False) -> LatencyResult:
+    slave = f"sae-n{hops}"
+    if not paused:
+        log(f"latency: {hops} hop(s), sae-n0 -> {slave}: {WARMUP_REQUESTS} warm-up + {requests} requests")
+    for _ in range(WARMUP_REQUESTS):
+        one_key(network, "sae-n0", slave, None)
+    result = LatencyResult(hops, paused=paused)
+    for _ in range(requests):
+        one_key(network, "sae-n0", slave, result)
+    return result
+
+
+def protocol_processes(network: QciNetwork) -> list[int]:
+    """The PIDs of the nodes' protocol processes (each node's child named ``qcinode-proto``; Linux ``/proc``)."""
+    nodes = {proc.pid for proc in network.cluster.processes.values() if proc.poll() is None}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if parent in nodes and name == "qcinode-proto":
+            found.append(int(entry.name))
+    return found
+
+
+@contextlib.contextmanager
+def links_paused(network: QciNetwork) -> Iterator[list[int]]:
+    """Stops every node's protocol process (SIGSTOP) for the block, and lets them go on after (SIGCONT).
+
+    What is left running is what serves applications: each node's event loop
+    (KME, relay, routing) and storage thread, with no link computing beside
+    them: the relay path's own latency, the floor of the loaded figures. Link
+    sessions just wait for their steps meanwhile (a pause of a few seconds
+    is inside their deadlines); the pools keep the key they hold.
+    """
+    stopped = []
+    try:
+        for pid in protocol_processes(network):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+        yield stopped
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def connection_note() -> str:
@@ -392,11 +450,17 @@ def print_latency(results: Sequence[LatencyResult], requests: int) -> None:
         checks.append("paths ok" if not r.wrong_paths else f"WRONG PATHS {dict(r.wrong_paths)}")
         if r.other:
             checks.append(f"other answers {dict(r.other)}")
+        hops = f"{r.hops}*" if r.paused else str(r.hops)
         print(
-            f"  {r.hops:>4} {'sae-n0->sae-n' + str(r.hops):<16} {len(r.total_s):>4} {ms(r.enc_s)} {ms(r.dec_s)} {ms(r.total_s)} "
+            f"  {hops:>4} {'sae-n0->sae-n' + str(r.hops):<16} {len(r.total_s):>4} {ms(r.enc_s)} {ms(r.dec_s)} {ms(r.total_s)} "
             f"{r.enc_503:>6}/{r.dec_503:<5}  {'; '.join(checks)}"
         )
     print("  milliseconds; p99 is nearest-rank (with fewer than 100 samples it is the maximum or close to it)")
+    if any(r.paused for r in results):
+        print(
+            "  * links paused: every node's protocol process stopped while measured, so the event loops (KME, relay,"
+            " storage) have the machine to themselves: the relay path's own latency, the floor of the rows above"
+        )
 
 
 # --------------------------------------------------------------------------- 2. throughput
