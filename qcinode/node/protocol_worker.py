@@ -52,11 +52,16 @@ Theory of operation:
       autogroup scheduler is on (it shares the CPU between sessions first,
       and applies ``nice`` only inside each), in a session of its own under
       the SCHED_IDLE policy, which any task that wakes preempts at once,
-      while its session still gets a fair share; elsewhere at ``nice``
+      and that session's group niced by :data:`PROTOCOL_NICE`, so that it
+      weighs about a tenth of a loop's session: a loop that runs for more
+      than a time slice is not shared out with the protocol processes, and
+      they still take every cycle the loops leave; elsewhere at ``nice``
       :data:`PROTOCOL_NICE`. (Measured on a 6-node chain with every link at
       full speed, alternated runs: 5-hop ``enc_keys``→``dec_keys`` p99 103-151
-      ms against 198-235 ms with the steps in a niced thread; p50 did not
-      move, 55-65 ms: see docs/operations.md.) Requests and answers are
+      ms against 198-235 ms with the steps in a niced thread; with the
+      group niced, p99 55 and 67 ms against 72 and 102 ms, and 16-key
+      requests 1288 and 1339 keys/s against 816 and 985: see
+      docs/operations.md.) Requests and answers are
       length-prefixed pickles over a Unix socket pair (*Crossing*); the
       answers are read by an asyncio protocol on the loop, the requests are
       written without blocking it. The child ends when the node's end of the socket closes
@@ -850,6 +855,8 @@ def _linux_identity() -> None:
 
 
 AUTOGROUP_SETTING = "/proc/sys/kernel/sched_autogroup_enabled"
+#: This process's autogroup (sched(7)): reading it gives the group and its nice value, writing a number sets that nice value.
+AUTOGROUP_SELF = "/proc/self/autogroup"
 #: Environment variable: ``idle`` (the default where autogroups are on) or ``nice`` (see :func:`_yield_to_loops`).
 SCHEDULING_ENV = "QCINODE_PROTOCOL_SCHED"
 
@@ -858,9 +865,14 @@ def _yield_to_loops() -> None:
     """Schedules this process behind the event loops (module docstring, *Runners*).
 
     Where Linux groups processes by session (autogroups), this process takes
-    a session of its own, so it gets a group's fair share of the CPU (as much
-    as a node's loop would), and the SCHED_IDLE policy, under which a task
-    that wakes (an event loop with a request) preempts it at once. Without
+    a session of its own, niced by :data:`PROTOCOL_NICE` as a group (a tenth
+    of a loop's session's weight: the group's fair share when the loops are
+    busy, every cycle they leave otherwise), and the SCHED_IDLE policy, under
+    which a task that wakes (an event loop with a request) preempts it at
+    once. At nice 0 the group would weigh as much as a loop's session, and a
+    loop callback longer than a time slice would be shared out with the
+    protocol processes on its core, delaying whatever waits behind it
+    (measured: the module docstring). Without
     autogroups SCHED_IDLE would weigh this process at 3/1024 of a loop and
     starve the links of a busy machine, so it is only niced
     (:data:`PROTOCOL_NICE`), in its node's session; :data:`SCHEDULING_ENV`
@@ -873,6 +885,9 @@ def _yield_to_loops() -> None:
     if grouped and os.environ.get(SCHEDULING_ENV, "idle").strip().lower() != "nice":
         with contextlib.suppress(OSError):
             os.setsid()
+            # The new session's group runs niced (any process may lower its
+            # own group's weight, as its own priority).
+            Path(AUTOGROUP_SELF).write_text(f"{PROTOCOL_NICE}\n")
         with contextlib.suppress(AttributeError, OSError):
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
             return

@@ -23,7 +23,7 @@ from qcinode.core.authentication import AuthKeyReserve
 from qcinode.core.pair import pump
 from qcinode.core.pipeline import AliceLink, BlockAccepted, BobLink, LinkProtocolConfig
 from qcinode.errors import RemoteProtocolError
-from qcinode.node.protocol_worker import ProcessRunner, ProtocolRunnerLost, RemoteLink, SessionSpec, session_rng
+from qcinode.node.protocol_worker import PROTOCOL_NICE, ProcessRunner, ProtocolRunnerLost, RemoteLink, SessionSpec, session_rng
 from qcinode.transport.pb import link_pb2 as pb
 from tests.support.remote_pair import open_pair, pump_remote
 from tests.unit.test_pipeline import BOOTSTRAP, config, frame_slots_for
@@ -144,18 +144,22 @@ def test_the_protocol_process_is_scheduled_behind_the_loops(choice: str, monkeyp
     monkeypatch.setenv("QCINODE_PROTOCOL_SCHED", choice)
     runner = ProcessRunner("test", fork=False)
 
-    async def scheduling() -> tuple[int, int, int, int]:
+    async def scheduling() -> tuple[int, int, int, int, str]:
         await RemoteLink.open(runner, _spec(config()), AuthKeyReserve(BOOTSTRAP))  # answered: the process has set its scheduling
         pid = runner.pid
         assert pid is not None
         try:
-            return pid, os.sched_getscheduler(pid), os.getpriority(os.PRIO_PROCESS, pid), os.getsid(pid)
+            group = Path(f"/proc/{pid}/autogroup").read_text() if Path(f"/proc/{pid}/autogroup").exists() else ""
+            return pid, os.sched_getscheduler(pid), os.getpriority(os.PRIO_PROCESS, pid), os.getsid(pid), group
         finally:
             runner.close()
 
-    pid, policy, nice, session = asyncio.run(scheduling())
+    pid, policy, nice, session, group = asyncio.run(scheduling())
     grouped = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
     if grouped and choice == "idle":
-        assert policy == os.SCHED_IDLE and session == pid  # a session of its own: a fair share, preempted by any loop
+        assert policy == os.SCHED_IDLE and session == pid  # a session of its own, preempted by any loop that wakes
+        # ... whose group is niced: it weighs a tenth of a loop's session, so a
+        # loop's long callback is not time-sliced with it (sched(7), autogroup).
+        assert group.split()[-1] == str(PROTOCOL_NICE), group
     else:
         assert policy == os.SCHED_OTHER and nice >= 10 and session == os.getsid(0)
