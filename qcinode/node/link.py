@@ -259,52 +259,78 @@ class AliceWorker:
             call.cancel()
 
     async def _run_blocks(self, alice: RemoteLink, call: Any, quantum: Any, position: SlotClock) -> None:
-        """The session's loop: frames out, classical messages in and out, until the session breaks."""
+        """The session's loop: frames out, classical messages in and out, until the session breaks.
+
+        Alice sifts ahead (the pipeline's rule 2a): while a block is post-processed
+        (Cascade's round trips, LDPC's decoding, privacy amplification) the next
+        block's frames go out, as a real link's source does not stop for its
+        post-processing. A frame that must wait for the clock (or for the channel's
+        next window) waits *beside* the open block's messages, never in front of
+        them: whichever comes first is handled first.
+        """
         rt = self.rt
         rate_hz = rt.link.source.rate_hz
-        # With LDPC the next block is sifted while Bob decodes the open one (the
-        # pipeline's rule 2a): the decoder, not the round trips, bounds the block.
-        ahead = rt.config.error_correction == "ldpc"
-        while True:
-            if alice.mirror.can_sift_ahead if ahead else alice.mirror.is_ready_for_frame:
-                t = position.now_utc
-                want = next_frame_slots(rt.config, rate_hz, self.speed, alice.mirror.key_bits_needed, at_utc=t)
-                plan = next_frame(rt.channel, t, rate_hz, want)
-                if isinstance(plan, Idle):
-                    position.jump_to(await self._idle(plan, t))
-                    continue
-                rt.channel_idle = None
-                if self.clock is not None:
-                    rt.link_utc = plan.end_utc
-                    delay = self.clock.wall_delay_s(plan.end_utc, time.time())
-                    rt.lag_s = max(0.0, -delay * self.clock.speed)
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                at_utc = plan.at_utc if rt.config.channel is not None else None
-                # emit_frame draws pulses and touches no MAC key: no snapshot of the reserve needed.
-                frame_id, n_slots, payload = await alice.emit_frame(plan.n_slots, at_utc, plan.close_block, ahead)
-                position.advance(plan.n_slots)
-                rt.next_frame_id = alice.mirror.next_frame_id
-                rt.note_frame(plan.n_slots)
-                await quantum.write(pb.PulseFrame(link_id=rt.link_id, frame_id=frame_id, n_slots=n_slots, payload=payload, at_utc=at_utc or 0.0))
-            waiting = self.stage_timeout_s
-            if rt.config.error_correction == "ldpc" and alice.mirror.state is Phase.RECONCILING:
-                waiting = max(waiting, LDPC_DECODE_TIMEOUT_S)  # Bob is decoding
-            async with asyncio.timeout(waiting):
-                envelope = await call.read()
-            if envelope is grpc.aio.EOF:
-                raise TransportError("peer closed the classical channel")
-            cursor = rt.auth.cursor
-            async with rt.step_lock:
-                outs = await alice.receive(envelope)
-            rt.next_block_seq = alice.mirror.next_block_seq
-            events = rt.record(alice.take_events())
-            if events or rt.auth.cursor != cursor:
-                await rt.persist_async(self.offload.storage)  # before the tag or the Commit leaves
-            self._log_events(events)
-            for out in outs:
-                for wire in await self.fault(rt.link_id, "A>B", out):
-                    await call.write(wire)
+        incoming: asyncio.Task[Any] | None = None  # the next message, while a frame waits beside it
+        try:
+            while True:
+                envelope: Any = None
+                if alice.mirror.can_sift_ahead:
+                    block_open = not alice.mirror.is_ready_for_frame
+                    t = position.now_utc
+                    want = next_frame_slots(rt.config, rate_hz, self.speed, alice.mirror.key_bits_needed, at_utc=t)
+                    plan = next_frame(rt.channel, t, rate_hz, want)
+                    if isinstance(plan, Idle):
+                        if not block_open:
+                            position.jump_to(await self._idle(plan, t))
+                            continue
+                        # The channel is dark: the open block is finished first.
+                    else:
+                        rt.channel_idle = None
+                        delay = 0.0
+                        if self.clock is not None:
+                            rt.link_utc = plan.end_utc
+                            delay = self.clock.wall_delay_s(plan.end_utc, time.time())
+                            rt.lag_s = max(0.0, -delay * self.clock.speed)
+                        if delay > 0 and block_open:
+                            incoming = incoming or asyncio.ensure_future(call.read())
+                            done, _ = await asyncio.wait({incoming}, timeout=delay)
+                            if done:  # a message of the open block came first: it is handled, the frame planned again
+                                envelope, incoming = incoming.result(), None
+                        elif delay > 0:
+                            await asyncio.sleep(delay)
+                        if envelope is None:
+                            at_utc = plan.at_utc if rt.config.channel is not None else None
+                            # emit_frame draws pulses and touches no MAC key: no snapshot of the reserve needed.
+                            frame_id, n_slots, payload = await alice.emit_frame(plan.n_slots, at_utc, plan.close_block, True)
+                            position.advance(plan.n_slots)
+                            rt.next_frame_id = alice.mirror.next_frame_id
+                            rt.note_frame(plan.n_slots)
+                            await quantum.write(
+                                pb.PulseFrame(link_id=rt.link_id, frame_id=frame_id, n_slots=n_slots, payload=payload, at_utc=at_utc or 0.0)
+                            )
+                if envelope is None:
+                    waiting = self.stage_timeout_s
+                    if rt.config.error_correction == "ldpc" and alice.mirror.state is Phase.RECONCILING:
+                        waiting = max(waiting, LDPC_DECODE_TIMEOUT_S)  # Bob is decoding
+                    async with asyncio.timeout(waiting):
+                        envelope = await (incoming or call.read())
+                    incoming = None
+                if envelope is grpc.aio.EOF:
+                    raise TransportError("peer closed the classical channel")
+                cursor = rt.auth.cursor
+                async with rt.step_lock:
+                    outs = await alice.receive(envelope)
+                rt.next_block_seq = alice.mirror.next_block_seq
+                events = rt.record(alice.take_events())
+                if events or rt.auth.cursor != cursor:
+                    await rt.persist_async(self.offload.storage)  # before the tag or the Commit leaves
+                self._log_events(events)
+                for out in outs:
+                    for wire in await self.fault(rt.link_id, "A>B", out):
+                        await call.write(wire)
+        finally:
+            if incoming is not None:
+                incoming.cancel()
 
     async def _idle(self, idle: Idle, t: float) -> float:
         """The channel carries nothing until ``idle.until_utc`` (between passes): wait for the clock.

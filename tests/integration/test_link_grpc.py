@@ -112,3 +112,41 @@ async def test_client_without_a_cluster_certificate_cannot_connect(certs, tmp_pa
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await beta.stop(0)
+
+
+@pytest.mark.asyncio
+async def test_alice_sends_the_next_blocks_frames_while_a_block_is_post_processed(
+    certs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real link's source does not stop for post-processing: while Cascade's
+    # round trips run, the next block's frames go out and are sifted into its
+    # own buffer (the pipeline's rule 2a), and both ends still end with the
+    # same keys.
+    from qcinode.node.protocol_worker import RemoteLink
+
+    emitted: list[bool] = []  # per frame: did a block wait in post-processing as it went out
+    emit = RemoteLink.emit_frame
+
+    async def recording(self: RemoteLink, *args: Any) -> tuple[int, int, bytes]:
+        emitted.append(not self.mirror.is_ready_for_frame)
+        return await emit(self, *args)
+
+    monkeypatch.setattr(RemoteLink, "emit_frame", recording)
+    certs_dir, topology = certs
+    beta = Node(NodeSettings(topology=topology, name="beta", certs_dir=certs_dir, seed=21, data_dir=tmp_path / "beta"))
+    port = await beta.start()
+    alpha = Node(
+        NodeSettings(topology=topology, name="alpha", certs_dir=certs_dir, peers={"beta": f"127.0.0.1:{port}"}, seed=22, data_dir=tmp_path / "alpha")
+    )
+    await alpha.start()
+    try:
+        b_link = beta.links["alpha-beta"]
+        await _until(lambda: b_link.counters.blocks_done >= 4 and len(_digests(beta)) >= 4)
+        await _until(lambda: set(_digests(beta)) <= set(_digests(alpha)))
+        assert any(emitted), f"no frame went out while a block was post-processed ({len(emitted)} frames)"
+        common = set(_digests(alpha)) & set(_digests(beta))
+        assert len(common) >= 4 and all(_digests(alpha)[b] == _digests(beta)[b] for b in common)
+        assert alpha.links["alpha-beta"].counters.blocks_aborted == 0
+    finally:
+        await alpha.stop(0)
+        await beta.stop(0)
