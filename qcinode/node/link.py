@@ -426,6 +426,7 @@ class BobEndpoint:
         self.inboxes: dict[str, asyncio.Queue[tuple[str, Any]]] = {}
         self.ended: dict[str, asyncio.Event] = {}  # per link: set once its current session has cleaned up
         self._decode_pool: concurrent.futures.Executor | None = None
+        self._ending = asyncio.Event()  # set as the node stops: the peers' streams end here (end_streams)
 
     def decode_pool(self) -> concurrent.futures.Executor:
         """The process pool that decodes LDPC frames, shared by this node's links (made on first use).
@@ -438,6 +439,17 @@ class BobEndpoint:
                 max_workers=LDPC_DECODE_WORKERS, mp_context=multiprocessing.get_context("spawn")
             )
         return self._decode_pool
+
+    def end_streams(self) -> None:
+        """Ends every peer's pulse and session stream here, with status OK, as the node stops.
+
+        Called before the gRPC server's grace period: a stream still open when
+        it ran out would be cancelled inside gRPC, which logs that as an
+        unhandled error, while the peer is simply told the session is over.
+        """
+        self._ending.set()
+        for inbox in self.inboxes.values():
+            inbox.put_nowait(("stopping", None))
 
     def close(self) -> None:
         """Stops the decoding pool: queued frames are dropped, workers exit after their frame."""
@@ -453,19 +465,39 @@ class BobEndpoint:
 
     async def transmit(self, request_iterator: AsyncIterator[pb.PulseFrame], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.FrameAck]:
         peer_cn = caller_common_name(context)
-        async for frame in request_iterator:
-            rt = self._runtime(frame.link_id, peer_cn)
-            if rt is None:
-                raise Unauthorized(f"{peer_cn!r} is not the transmitter of link {frame.link_id!r}")
-            try:
-                n_slots = PhotonFrame.header_slots(frame.payload)  # the rest is checked where it is parsed
-            except ProtocolError as exc:
-                raise RemoteProtocolError(f"malformed pulse frame: {exc}") from exc
-            if n_slots != frame.n_slots:
-                raise RemoteProtocolError("pulse frame n_slots does not match its payload")
-            await self.frames[rt.link_id].put((frame.frame_id, frame.payload, frame.at_utc or None))
-            rt.note_frame(n_slots)
-            yield pb.FrameAck(frame_id=frame.frame_id)
+        arrivals = aiter(request_iterator)
+        ending = asyncio.ensure_future(self._ending.wait())
+        arriving: asyncio.Future[pb.PulseFrame | None] | None = None
+        try:
+            while True:
+                arriving = asyncio.ensure_future(anext(arrivals, None))
+                await asyncio.wait((arriving, ending), return_when=asyncio.FIRST_COMPLETED)
+                if not arriving.done():  # the node stops
+                    arriving.cancel()
+                    return
+                frame = arriving.result()
+                if frame is None:
+                    return
+                yield await self._take_frame(frame, peer_cn)
+        finally:
+            ending.cancel()
+            if arriving is not None:
+                arriving.cancel()
+
+    async def _take_frame(self, frame: pb.PulseFrame, peer_cn: str) -> pb.FrameAck:
+        """One pulse frame of a peer's stream: checked, queued for Bob's session; its acknowledgement."""
+        rt = self._runtime(frame.link_id, peer_cn)
+        if rt is None:
+            raise Unauthorized(f"{peer_cn!r} is not the transmitter of link {frame.link_id!r}")
+        try:
+            n_slots = PhotonFrame.header_slots(frame.payload)  # the rest is checked where it is parsed
+        except ProtocolError as exc:
+            raise RemoteProtocolError(f"malformed pulse frame: {exc}") from exc
+        if n_slots != frame.n_slots:
+            raise RemoteProtocolError("pulse frame n_slots does not match its payload")
+        await self.frames[rt.link_id].put((frame.frame_id, frame.payload, frame.at_utc or None))
+        rt.note_frame(n_slots)
+        return pb.FrameAck(frame_id=frame.frame_id)
 
     async def session(self, request_iterator: AsyncIterator[pb.ClassicalMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ClassicalMessage]:
         peer_cn = caller_common_name(context)
@@ -583,7 +615,7 @@ class BobEndpoint:
                         yield wire
                 while True:
                     kind, item = await inbox.get()
-                    if kind in ("eof", "superseded"):
+                    if kind in ("eof", "superseded", "stopping"):
                         break
                     if kind == "cut":
                         bound.warning("link.partitioned", details="classical channel cut by a fault")

@@ -551,6 +551,8 @@ class Node:
     async def _close(self) -> None:
         """After the workers ended: the gRPC servers, the channels and the stores, each link's state saved once more."""
         await self._stop_serving()
+        if self._bob_endpoint is not None:
+            self._bob_endpoint.end_streams()  # within the grace period, not cancelled after it
         if self.server is not None:
             await self.server.stop(self._grace_s)
         if self._bob_endpoint is not None:

@@ -150,3 +150,29 @@ async def test_alice_sends_the_next_blocks_frames_while_a_block_is_post_processe
     finally:
         await alpha.stop(0)
         await beta.stop(0)
+
+
+@pytest.mark.asyncio
+async def test_a_node_that_stops_ends_its_peers_streams_itself(certs, caplog: pytest.LogCaptureFixture) -> None:
+    # The transmitter keeps its pulse stream open while Bob's node stops: Bob
+    # ends the stream himself within the grace period (status OK), instead of
+    # gRPC cancelling it after that and logging an unhandled error.
+    import logging
+
+    certs_dir, topology = certs
+    beta = Node(NodeSettings(topology=topology, name="beta", certs_dir=certs_dir, seed=31))
+    port = await beta.start()
+    creds = grpc.ssl_channel_credentials(
+        (certs_dir / "ca.pem").read_bytes(), (certs_dir / "nodes" / "alpha.key").read_bytes(), (certs_dir / "nodes" / "alpha.pem").read_bytes()
+    )
+    try:
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "beta")]) as channel:
+            call = link_pb2_grpc.QuantumChannelStub(channel).Transmit()
+            await call.wait_for_connection()
+            with caplog.at_level(logging.ERROR, logger="grpc"):
+                await beta.stop(0.5)
+            assert await call.code() == grpc.StatusCode.OK
+        unhandled = [r.getMessage() for r in caplog.records if r.name.startswith("grpc") and r.levelno >= logging.ERROR]
+        assert unhandled == []
+    finally:
+        await beta.stop(0)
