@@ -141,6 +141,7 @@ class Variant:
     textbook_source: bool = False
     delay_ms: float = 0.0
     ldpc_profile: str = "efficient"
+    cascade_lookahead: int = 1
 
     @property
     def method(self) -> str:
@@ -151,7 +152,8 @@ class Variant:
 
     def describe(self) -> str:
         delay = f", {self.delay_ms:g} ms delay" if self.delay_ms else ""
-        return f"{self.method}, {self.finite_key}{', textbook source' if self.textbook_source else ''}{delay}"
+        lookahead = f", lookahead {self.cascade_lookahead}" if self.cascade_lookahead > 1 else ""
+        return f"{self.method}{lookahead}, {self.finite_key}{', textbook source' if self.textbook_source else ''}{delay}"
 
 
 def topology_mapping(
@@ -165,6 +167,7 @@ def topology_mapping(
         "error_correction": variant.error_correction,
         "finite_key": variant.finite_key,
         "ldpc_profile": variant.ldpc_profile,
+        "cascade_lookahead": variant.cascade_lookahead,
     }
     link: dict[str, Any] = {"between": ["alice", "bob"], "length_km": length_km}
     if variant.delay_ms:
@@ -611,6 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--textbook-source", action="store_true", help="source 0.48/0.1/0 with p 0.8/0.1/0.1, Z basis 0.5")
     p.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay of every post-processing message (delay fault)")
+    p.add_argument("--cascade-lookahead", type=int, default=1, help="postprocessing.cascade_lookahead (bisection levels per round trip in a thin batch)")
     p.add_argument("--speed", type=float, default=None, help="emulation.speed (emulated s per wall s; default max)")
     p.add_argument("--core", action="store_true", help="both ends in this process (pair.pump): the protocol core alone")
     p.add_argument("--blocks", type=int, default=3, help="with --core: blocks to run")
@@ -650,6 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             textbook_source=args.textbook_source,
             delay_ms=args.delay_ms,
             ldpc_profile=profile,
+            cascade_lookahead=args.cascade_lookahead,
         )
         for method in (args.error_correction or ["cascade"])
         for profile in ((args.ldpc_profile or ["efficient"]) if method == "ldpc" else ["efficient"])

@@ -580,6 +580,12 @@ class PostprocessingConfig(_Section):
         security_epsilon: ε_sec of the finite-size key length, in (0, 1e-3].
         verification_tag_bits: Length of the universal-hash verification tag, in [32, 256].
         cascade_max_passes: Most Cascade passes before a block is given up, in [1, 64].
+        cascade_lookahead: Bisection levels Cascade asks per round trip in a
+            thin batch (fewer than 64 leaves left to bisect), in [1, 8]: 1
+            (the default) asks one level at a time; ``d`` > 1 costs ``2**d - 1``
+            parities per leaf instead of ``d`` and saves round trips, for
+            links whose block waits on them (measured, 10^6 bits at 3.3 %:
+            3 takes 24 % fewer round trips for 0.4 % more leak).
         finite_key: The finite-key analysis of a decoy-state block, one of
             :data:`FINITE_KEY_ANALYSES` (:func:`qcinode.core.finite_key.decoy_key_length`):
             ``chernoff`` (per-class Chernoff bounds, the default), ``yin2020``
@@ -599,6 +605,7 @@ class PostprocessingConfig(_Section):
     security_epsilon: float = 1.0e-10
     verification_tag_bits: int = 64
     cascade_max_passes: int = 6
+    cascade_lookahead: int = 1
     finite_key: str = DEFAULT_FINITE_KEY
     error_correction: str = DEFAULT_ERROR_CORRECTION
     ldpc_profile: str = DEFAULT_LDPC_PROFILE
@@ -608,6 +615,7 @@ class PostprocessingConfig(_Section):
         _real(self, "security_epsilon", _Range(0.0, 1.0e-3, low_open=True))
         _integer(self, "verification_tag_bits", 32, 256)
         _integer(self, "cascade_max_passes", 1, 64)
+        _integer(self, "cascade_lookahead", 1, 8)
         analysis = _string(self.finite_key, "finite_key", "finite-key analysis")
         if analysis not in FINITE_KEY_ANALYSES:
             raise _Invalid(

@@ -140,6 +140,7 @@ class LinkProtocolConfig:
     auth_low_water_keys: int = 64
     auth_refill_keys: int = 64
     cascade_max_passes: int = 6
+    cascade_lookahead: int = 1
     no_decoy_bound: str = NO_DECOY_GLLP
     channel: QuantumChannelModel | None = None
     finite_key: str = DEFAULT_FINITE_KEY
@@ -915,6 +916,7 @@ class BobLink(_LinkEnd):
             self.noise_rng,
             self.config.cascade_max_passes,
             executor=self._decode_executor,
+            cascade_lookahead=self.config.cascade_lookahead,
             ldpc_profile=self.config.ldpc_profile,
             defer_decoding=self._defer_decoding,
         )

@@ -65,6 +65,7 @@ __all__ = [
     "ERROR_CORRECTION_METHODS",
     "LDPC_EXTRA_HINT",
     "LDPC_MAX_ATTEMPTS",
+    "LOOKAHEAD_BELOW",
     "AliceReconciler",
     "BobReconciler",
     "CascadeAlice",
@@ -81,6 +82,9 @@ ERROR_CORRECTION_METHODS: Final[tuple[str, ...]] = (ERROR_CORRECTION_CASCADE, ER
 DEFAULT_ERROR_CORRECTION: Final = ERROR_CORRECTION_CASCADE
 #: Decoding attempts per LDPC frame: the first, then two blind retries.
 LDPC_MAX_ATTEMPTS: Final = 3
+#: A Cascade batch with fewer leaves than this asks ``cascade_lookahead`` bisection levels per round trip
+#: (:class:`~qcinode.core.cascade.CascadeParams`): such thin batches are the long tail of round trips.
+LOOKAHEAD_BELOW: Final = 64
 #: LDPC code profiles (topology ``postprocessing.ldpc_profile``; the default first), defined in
 #: :mod:`qcinode.core.ldpc_reconciliation`: ``efficient`` (65,536-bit frames, f about 1.14),
 #: ``fast`` (16,384-bit frames, f about 1.22, a third of the decoder CPU) and ``lean``
@@ -182,9 +186,12 @@ class CascadeAlice:
 class CascadeBob:
     """Bob asks Cascade's parity questions and corrects his key."""
 
-    def __init__(self, block_seq: int, key: np.ndarray, qber_estimate: float, rng: np.random.Generator, max_passes: int) -> None:
+    def __init__(
+        self, block_seq: int, key: np.ndarray, qber_estimate: float, rng: np.random.Generator, max_passes: int, lookahead: int = 1
+    ) -> None:
         self.block_seq = block_seq
-        self._session = CascadeSession(key, qber_estimate=qber_estimate, rng=rng, params=CascadeParams(max_passes=max_passes))
+        params = CascadeParams(max_passes=max_passes, lookahead_below=LOOKAHEAD_BELOW if lookahead > 1 else 0, lookahead_depth=lookahead)
+        self._session = CascadeSession(key, qber_estimate=qber_estimate, rng=rng, params=params)
         self.rounds = 0
 
     @property
@@ -252,6 +259,7 @@ def make_bob_reconciler(
     ldpc_profile: str = DEFAULT_LDPC_PROFILE,
     *,
     defer_decoding: bool = False,
+    cascade_lookahead: int = 1,
 ) -> BobReconciler:
     """Bob's reconciler for ``method`` over his key bits of the block.
 
@@ -265,4 +273,4 @@ def make_bob_reconciler(
         from qcinode.core.ldpc_reconciliation import LdpcBob  # noqa: PLC0415 - optional extra
 
         return LdpcBob(block_seq, key, qber_estimate, executor=executor, profile=ldpc_profile, defer=defer_decoding)
-    return CascadeBob(block_seq, key, qber_estimate, rng, cascade_max_passes)
+    return CascadeBob(block_seq, key, qber_estimate, rng, cascade_max_passes, cascade_lookahead)

@@ -210,6 +210,7 @@ def protocol_config(link: LinkConfig, channel: QuantumChannelModel | None = None
         security_epsilon=pp.security_epsilon,
         verification_tag_bits=pp.verification_tag_bits,
         cascade_max_passes=pp.cascade_max_passes,
+        cascade_lookahead=pp.cascade_lookahead,
         no_decoy_bound=link.source.no_decoy_bound,
         channel=channel,
         finite_key=pp.finite_key,

@@ -450,6 +450,8 @@ REJECTIONS: list[tuple[str, Mutation, str, str]] = [
      "defaults.postprocessing.verification_tag_bits", "[32, 256]"),
     ("cascade-passes", _set("defaults", "postprocessing", "cascade_max_passes", value=0),
      "defaults.postprocessing.cascade_max_passes", "[1, 64]"),
+    ("cascade-lookahead", _set("links", 0, "postprocessing", "cascade_lookahead", value=9),
+     "links[0].postprocessing.cascade_lookahead", "[1, 8]"),
     ("unknown-node", _set("links", 1, "between", value=["beta", "gama"]),
      "links[1].between[1]", "unknown node 'gama'; did you mean 'gamma'?"),
     ("between-one-node", _set("links", 0, "between", value=["alpha"]),
