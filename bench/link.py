@@ -104,7 +104,7 @@ from qcinode.cluster.launcher import Cluster, cluster_status, read_cluster
 from qcinode.core import kernels
 from qcinode.core.estimation import asymptotic_key_fraction, expected_key_length
 from qcinode.node.runtime import expected_key_bits_per_slot, frame_slots, link_physics, protocol_config, tune_allocator_for_links
-from qcinode.topology import load_topology
+from qcinode.topology import PostprocessingConfig, load_topology
 
 TARGET_BITS_PER_CPU_S = 1e6
 LINK_ID = "alice-bob"
@@ -141,7 +141,7 @@ class Variant:
     textbook_source: bool = False
     delay_ms: float = 0.0
     ldpc_profile: str = "efficient"
-    cascade_lookahead: int = 1
+    cascade_lookahead: int = 2
 
     @property
     def method(self) -> str:
@@ -152,7 +152,7 @@ class Variant:
 
     def describe(self) -> str:
         delay = f", {self.delay_ms:g} ms delay" if self.delay_ms else ""
-        lookahead = f", lookahead {self.cascade_lookahead}" if self.cascade_lookahead > 1 else ""
+        lookahead = f", lookahead {self.cascade_lookahead}" if self.cascade_lookahead != PostprocessingConfig().cascade_lookahead else ""
         return f"{self.method}{lookahead}, {self.finite_key}{', textbook source' if self.textbook_source else ''}{delay}"
 
 
@@ -614,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--textbook-source", action="store_true", help="source 0.48/0.1/0 with p 0.8/0.1/0.1, Z basis 0.5")
     p.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay of every post-processing message (delay fault)")
-    p.add_argument("--cascade-lookahead", type=int, default=1, help="postprocessing.cascade_lookahead (bisection levels per round trip in a thin batch)")
+    p.add_argument("--cascade-lookahead", type=int, default=2, help="postprocessing.cascade_lookahead (bisection levels per round trip in a thin batch)")
     p.add_argument("--speed", type=float, default=None, help="emulation.speed (emulated s per wall s; default max)")
     p.add_argument("--core", action="store_true", help="both ends in this process (pair.pump): the protocol core alone")
     p.add_argument("--blocks", type=int, default=3, help="with --core: blocks to run")
