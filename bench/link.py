@@ -632,7 +632,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.kernels:
             kernels.set_mode(args.kernels)
         for length_km in lengths:
-            variant = Variant(error_correction=(args.error_correction or ["cascade"])[0], finite_key=args.finite_key)
+            variant = Variant(
+                error_correction=(args.error_correction or ["cascade"])[0], finite_key=args.finite_key, cascade_lookahead=args.cascade_lookahead
+            )
             print_core(
                 run_core(
                     length_km,
