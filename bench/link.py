@@ -141,7 +141,7 @@ class Variant:
     textbook_source: bool = False
     delay_ms: float = 0.0
     ldpc_profile: str = "efficient"
-    cascade_lookahead: int = 2
+    cascade_lookahead: int = 1
 
     @property
     def method(self) -> str:
@@ -614,7 +614,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--textbook-source", action="store_true", help="source 0.48/0.1/0 with p 0.8/0.1/0.1, Z basis 0.5")
     p.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay of every post-processing message (delay fault)")
-    p.add_argument("--cascade-lookahead", type=int, default=2, help="postprocessing.cascade_lookahead (bisection levels per round trip in a thin batch)")
+    p.add_argument(
+        "--cascade-lookahead",
+        type=int,
+        default=PostprocessingConfig().cascade_lookahead,
+        help="postprocessing.cascade_lookahead (bisection levels per round trip in a thin batch; 1: textbook Cascade)",
+    )
     p.add_argument("--speed", type=float, default=None, help="emulation.speed (emulated s per wall s; default max)")
     p.add_argument("--core", action="store_true", help="both ends in this process (pair.pump): the protocol core alone")
     p.add_argument("--blocks", type=int, default=3, help="with --core: blocks to run")

@@ -29,6 +29,7 @@ How to run
     python bench/reconciliation.py                    # 1, 2, 3, 5 %, 3 blocks of 1e6 bits
     python bench/reconciliation.py --qber 0.02 --blocks 10 --bits 2e5
     python bench/reconciliation.py --methods ldpc --ldpc-profile fast
+    python bench/reconciliation.py --methods cascade --cascade-lookahead 1   # textbook Cascade
 
 Nothing is asserted.
 """
@@ -51,6 +52,10 @@ from qcinode.core.reconciliation import (
     make_alice_reconciler,
     make_bob_reconciler,
 )
+from qcinode.topology import PostprocessingConfig
+
+#: The links' default (``postprocessing.cascade_lookahead``).
+CASCADE_LOOKAHEAD = PostprocessingConfig().cascade_lookahead
 
 
 def h2(p: float) -> float:
@@ -77,12 +82,14 @@ class Run:
         return self.leak / self.ideal if self.ideal else math.nan
 
 
-def one_block(method: str, qber: float, n: int, rng: np.random.Generator, run: Run, profile: str = "efficient") -> None:
+def one_block(
+    method: str, qber: float, n: int, rng: np.random.Generator, run: Run, profile: str = "efficient", lookahead: int = CASCADE_LOOKAHEAD
+) -> None:
     key = rng.integers(0, 2, n).astype(np.uint8)
     noisy = key ^ (rng.random(n) < qber).astype(np.uint8)
     start = time.process_time()
     alice = make_alice_reconciler(method, 0, key, qber, rng, profile)
-    bob = make_bob_reconciler(method, 0, noisy, qber, rng, 6, ldpc_profile=profile)
+    bob = make_bob_reconciler(method, 0, noisy, qber, rng, 6, ldpc_profile=profile, cascade_lookahead=lookahead)
     to_bob: list[m.Message] = alice.opening()
     to_alice: list[m.Message] = bob.opening()
     first_failed: int | None = None
@@ -117,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(ERROR_CORRECTION_METHODS))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--ldpc-profile", default="efficient", choices=list(LDPC_PROFILES), help="postprocessing.ldpc_profile")
+    p.add_argument("--cascade-lookahead", type=int, default=CASCADE_LOOKAHEAD, help="postprocessing.cascade_lookahead (1: textbook Cascade)")
     args = p.parse_args(argv)
     rates = [float(q) for q in args.qber.split(",") if q.strip()]
     methods = [x for x in args.methods.split(",") if x.strip()]
@@ -127,12 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for method in methods:
             run = Run(method, qber)
             for index in range(args.blocks):
-                one_block(method, qber, n, rng, run, args.ldpc_profile)
+                one_block(method, qber, n, rng, run, args.ldpc_profile, args.cascade_lookahead)
                 print(f"QBER {100 * qber:.1f} % {method}: block {index + 1}/{args.blocks}, f so far {run.f:.3f}", file=sys.stderr, flush=True)
             runs.append(run)
     print(
         f"{args.blocks} blocks of {n:.3g} key bits per row; binary symmetric channel; estimate = true QBER; "
-        f"LDPC profile {args.ldpc_profile}"
+        f"LDPC profile {args.ldpc_profile}; Cascade lookahead {args.cascade_lookahead}"
     )
     header = f"{'QBER':>5} {'method':>8} {'f':>6} {'rounds':>7} {'FER first/final':>16} {'residual':>9} {'CPU s/1e6':>10}"
     print(header)

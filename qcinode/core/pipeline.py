@@ -140,7 +140,7 @@ class LinkProtocolConfig:
     auth_low_water_keys: int = 64
     auth_refill_keys: int = 64
     cascade_max_passes: int = 6
-    cascade_lookahead: int = 2
+    cascade_lookahead: int = 1
     no_decoy_bound: str = NO_DECOY_GLLP
     channel: QuantumChannelModel | None = None
     finite_key: str = DEFAULT_FINITE_KEY
