@@ -114,6 +114,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from link import protocol_process
 
 from qcinode.cluster.launcher import cluster_status
 from qcinode.core.relay.hop import MAC_KEY_BYTES
@@ -389,21 +390,9 @@ def latency_row(network: QciNetwork, requests: int, hops: int, *, paused: bool =
 
 
 def protocol_processes(network: QciNetwork) -> list[int]:
-    """The PIDs of the nodes' protocol processes (each node's child named ``qcinode-proto``; Linux ``/proc``)."""
-    nodes = {proc.pid for proc in network.cluster.processes.values() if proc.poll() is None}
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if parent in nodes and name == "qcinode-proto":
-            found.append(int(entry.name))
-    return found
+    """The PIDs of the running nodes' protocol processes."""
+    running = [proc.pid for proc in network.cluster.processes.values() if proc.poll() is None]
+    return [child for child in map(protocol_process, running) if child is not None]
 
 
 @contextlib.contextmanager
