@@ -153,6 +153,7 @@ def pump(
     blocks: int = 1,
     max_frames: int = 10_000,
     tamper: Tamper | None = None,
+    work_ahead: bool = True,
 ) -> PairResult:
     """Runs the link until ``blocks`` blocks ended (accepted or aborted) at Alice.
 
@@ -163,6 +164,10 @@ def pump(
         tamper: called as ``tamper(direction, message)`` for each classical
             message; returns the message to deliver (changed or not) or None
             to drop it, which ends the pump (the session would break).
+        work_ahead: each end works ahead (:meth:`~qcinode.core.pipeline.AliceLink.work_ahead`)
+            after every message it answers, as a node's protocol process does
+            while it waits for its peer; False leaves that work to the message
+            that needs it. Results are the same either way.
     """
     alice_events: list[BlockEvent] = []
     bob_events: list[BlockEvent] = []
@@ -186,7 +191,7 @@ def pump(
         frame_id, frame = alice.emit_frame(frame_slots)
         frames += 1
         try:
-            messages += _exchange(alice, bob, frame_id, frame, tamper)
+            messages += _exchange(alice, bob, frame_id, frame, tamper, work_ahead=work_ahead)
         except ProtocolError as exc:
             reason = f"protocol_error: {exc}"
             a_new, b_new = alice.take_events() + alice.abandon(reason), bob.take_events() + bob.abandon(reason)
@@ -258,7 +263,14 @@ def _reconnect(end: _End) -> _End:
 
 
 def _exchange(
-    alice: AliceLink, bob: BobLink, frame_id: int, frame: PhotonFrame, tamper: Tamper | None, at_utc: float | None = None
+    alice: AliceLink,
+    bob: BobLink,
+    frame_id: int,
+    frame: PhotonFrame,
+    tamper: Tamper | None,
+    at_utc: float | None = None,
+    *,
+    work_ahead: bool = True,
 ) -> int:
     """Delivers one frame and every classical message that follows it; returns the message count.
 
@@ -276,8 +288,8 @@ def _exchange(
             break
         if isinstance(delivered, Hello):
             raise ProtocolError("a Hello in the middle of a session")
-        if direction == "B>A":
-            pending.extend(("A>B", out) for out in alice.receive(delivered))
-        else:
-            pending.extend(("B>A", out) for out in bob.receive(delivered))
+        end: AliceLink | BobLink = alice if direction == "B>A" else bob
+        pending.extend(("A>B" if end is alice else "B>A", out) for out in end.receive(delivered))
+        while work_ahead and end.work_ahead():
+            pass
     return messages

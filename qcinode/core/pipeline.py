@@ -51,6 +51,12 @@ Theory of operation (rules both sessions follow):
    :class:`AuthKeyReserve` when ``Confirm`` is signed and checked, so a block
    that aborts earlier consumes none. A failed tag at either end discards
    the block; no key beyond the block's three MAC keys is consumed.
+6a. Hashing off the critical path. Neither message of step 6 depends on the
+   hash, so neither end hashes before it sends: Alice hashes once Confirm is
+   out, Bob once Verdict is out, both at once, each when its driver has
+   nothing else to do (:meth:`_LinkEnd.work_ahead`) or at the latest when
+   the block is accepted (Alice on Verdict, Bob on Commit). A block costs
+   one hash on the critical path, not two.
 7. Refill. When the MAC-key reserve runs low, both ends set aside the first
    bytes of a newly accepted block and move them into the reserve when the
    next block is signed, by which time both ends surely hold it.
@@ -278,6 +284,8 @@ class _Block:
     cascade_rounds: int = 0
     key_length: KeyLengthResult | None = None
     secret: bytes = b""
+    # The privacy-amplification hash not computed yet (rule 6a): the key, the Toeplitz seed, the output bits.
+    unhashed: tuple[np.ndarray, bytes, int] | None = None
     refill_mac_keys: bool = False
     short: bool = False  # closed early (end of a pass) with fewer key bits than block_bits
     _counts: dict[int, tuple[int, int, int]] = dataclasses.field(default_factory=dict)
@@ -542,7 +550,7 @@ class _LinkEnd:
     def _accept(self) -> None:
         block = self.block
         assert block is not None
-        secret = block.secret
+        secret = _hashed(block)
         if block.refill_mac_keys:
             refill = min(self.config.auth_refill_keys * MAC_KEY_BYTES, (len(secret) // 2) // MAC_KEY_BYTES * MAC_KEY_BYTES)
             self.auth.stage(block.seq, secret[:refill])
@@ -556,6 +564,18 @@ class _LinkEnd:
     def take_events(self) -> list[BlockEvent]:
         events, self.events = self.events, []
         return events
+
+    def work_ahead(self) -> bool:
+        """Does now a computation a later message would need (rule 6a); returns whether there was one.
+
+        A driver with nothing else to do (waiting for the peer) may call it;
+        nothing else changes, whether it is called or not.
+        """
+        block = self.block
+        if block is None or block.unhashed is None:
+            return False
+        _hashed(block)
+        return True
 
     def abandon(self, reason: str) -> list[BlockEvent]:
         """The session broke (protocol error, lost peer): drop everything in flight.
@@ -760,7 +780,7 @@ class AliceLink(_LinkEnd):
         if not self._take_mac_keys(block):
             return self._decline(block, "authentication_keys_exhausted")
         seed = bytes(self.key_rng.bytes((n + length - 1 + 7) // 8))
-        block.secret = _amplify(key, seed, length)
+        block.unhashed = (key, seed, length)  # hashed ahead or on Bob's Verdict (rule 6a)
         unsigned = m.Confirm(block.seq, True, "", seed, length, block.leak_bits)
         self._record_out(unsigned)
         tag = block.transcript.tag(block.mac_keys[0])
@@ -1002,7 +1022,7 @@ class BobLink(_LinkEnd):
             return self._reject(block, "key_length_mismatch")
         if len(msg.pa_seed) != (n + length - 1 + 7) // 8:
             return self._reject(block, "bad_amplification_seed")
-        block.secret = _amplify(corrected, msg.pa_seed, length)
+        block.unhashed = (corrected, msg.pa_seed, length)  # hashed ahead or on Alice's Commit (rule 6a)
         unsigned = m.Verdict(block.seq, True, "")
         self._record_out(unsigned)
         tag = block.transcript.tag(block.mac_keys[1])
@@ -1053,6 +1073,14 @@ class BobLink(_LinkEnd):
     def pending_block_seq(self) -> int | None:
         """The block Bob holds pending Alice's Commit, if any."""
         return self.block.seq if self._awaiting_commit and self.block is not None else None
+
+
+def _hashed(block: _Block) -> bytes:
+    """The block's secret key: privacy amplification's hash, computed now if it was not ahead (rule 6a)."""
+    if block.unhashed is not None:
+        block.secret = _amplify(*block.unhashed)
+        block.unhashed = None
+    return block.secret
 
 
 def _amplify(key: np.ndarray, seed: bytes, length_bits: int) -> bytes:

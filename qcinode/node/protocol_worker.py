@@ -45,6 +45,14 @@ Theory of operation:
       recorded when the answer comes; a session whose block waits for
       Alice's Commit stays in the runner as the link's pending block, to be
       settled at the next Hello.
+    * **Working ahead.** A protocol process that has answered every request
+      it was sent does, while it waits, the computations its sessions' next
+      messages would start with (:meth:`LinkSteps.work_ahead`: privacy
+      amplification's hash, which each end of a link owes only once its
+      Confirm or Verdict is out), one at a time, looking for a request
+      between them. Both ends of a link then hash at once, and the block
+      waits for one hash, not for two in turn. The other runners leave that
+      work to the step that needs it; the keys are the same.
     * **Runners.** :class:`ProcessRunner` (a running node): a child process
       forked before the node starts gRPC or any thread (where the process is
       still one thread; otherwise a fresh interpreter is spawned), named
@@ -103,6 +111,7 @@ import dataclasses
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -332,6 +341,11 @@ class LinkSteps:
         link.auth = reserve
         events = link.settle_pending(accepted)
         return events, link.auth.copy()
+
+    def work_ahead(self) -> bool:
+        """One computation a session's later step would do (:meth:`~qcinode.core.pipeline.AliceLink.work_ahead`),
+        done now; whether there was one. Results are the same whether it runs or not."""
+        return any(link.work_ahead() for link in self._links.values())
 
     def configure(self, handle: int, config: LinkProtocolConfig) -> None:
         """The link's configuration changed (an eavesdropper switched on or off): from the next frame on."""
@@ -903,8 +917,13 @@ def _serve(sock: socket.socket) -> None:
         signal.set_wakeup_fd(-1)
     _linux_identity()
     _yield_to_loops()
+    _answer(sock, LinkSteps())
+
+
+def _answer(sock: socket.socket, steps: LinkSteps) -> None:
+    """Answers the requests that come on ``sock`` with ``steps`` until the other end closes it; works
+    ahead (:meth:`LinkSteps.work_ahead`) whenever no request waits."""
     sock.setblocking(True)
-    steps = LinkSteps()
     requests = _Messages()
     held: _Held = {}
     while True:
@@ -939,6 +958,14 @@ def _serve(sock: socket.socket) -> None:
                 _send(sock, _framed(answer))
             except OSError:
                 return  # the node is gone
+        # Waiting for the node: computations later messages will need, one at a time, until a request comes.
+        while not _readable(sock) and steps.work_ahead():
+            pass
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether ``sock`` has bytes to read (or an end) now."""
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def _send(sock: socket.socket, parts: list[bytes]) -> None:

@@ -312,3 +312,40 @@ def test_cascade_lookahead_takes_fewer_round_trips_for_more_leak_and_the_same_ke
     assert stats[3].cascade_rounds < stats[1].cascade_rounds
     assert stats[3].leak_bits > stats[1].leak_bits
     assert stats[3].secret_bits < stats[1].secret_bits
+
+
+def test_each_end_hashes_after_its_message_of_step_6_and_the_keys_do_not_depend_on_when() -> None:
+    # Neither Confirm nor Verdict depends on privacy amplification's hash:
+    # each end sends first and hashes when its driver works ahead, or at the
+    # latest when it accepts the block. Same seed, same keys either way.
+    cfg = config()
+    keys = {}
+    for ahead in (True, False):
+        alice, bob = make_pair(cfg, BOOTSTRAP, seed=11)
+        out = pump(alice, bob, frame_slots=frame_slots_for(cfg), blocks=2, work_ahead=ahead)
+        a, b = accepted(out.alice_events), accepted(out.bob_events)
+        assert [e.key for e in a] == [e.key for e in b] and len(a) == 2
+        keys[ahead] = [(e.key, e.stats) for e in a]
+    assert keys[True] == keys[False]
+
+    # Step by step: the hash is still to do once each end has sent its message.
+    alice, bob = make_pair(cfg, BOOTSTRAP, seed=11)
+    seen: dict[type, tuple[bool, bool]] = {}
+
+    def watch(direction: str, msg: m.Message) -> m.Message:
+        if isinstance(msg, m.Confirm | m.Verdict):
+            end = alice if isinstance(msg, m.Confirm) else bob
+            assert end.block is not None
+            pending = end.block.unhashed is not None
+            seen[type(msg)] = (pending, end.work_ahead())
+            assert end.block.unhashed is None and not end.work_ahead()  # nothing left to do
+            if isinstance(msg, m.Confirm):
+                assert len(end.block.secret) == msg.key_bits // 8
+            else:
+                assert alice.block is not None and end.block.secret == alice.block.secret
+        return msg
+
+    out = pump(alice, bob, frame_slots=frame_slots_for(cfg), blocks=1, tamper=watch, work_ahead=False)
+    assert seen == {m.Confirm: (True, True), m.Verdict: (True, True)}
+    (a,), (b,) = accepted(out.alice_events), accepted(out.bob_events)
+    assert a.key == b.key == keys[True][0][0]

@@ -502,3 +502,54 @@ def test_the_process_that_opens_a_session_tunes_its_own_allocator_for_the_blocks
         spec = SessionSpec(alice=alice, config=config(block_bits=block_bits), key_rng=rng, noise_rng=rng, next_block_seq=0)
         steps.open(handle, spec, AuthKeyReserve(BOOTSTRAP))
     assert asked == [1_000_000, 50_000]
+
+
+def test_the_protocol_process_hashes_a_confirmed_block_while_it_waits_and_answers_requests_first() -> None:
+    """The loop a protocol process runs (`_answer`) works ahead once every request it was sent is answered."""
+    import socket
+    import threading
+
+    from qcinode.node.protocol_worker import _answer, _dumps, _framed, _loads, _Messages
+
+    cfg = config(block_bits=20_000)
+    runner = InlineRunner()  # works nothing ahead itself: Alice's block waits with its hash to do
+
+    async def to_confirm() -> None:
+        await _until_confirm(await open_pair(runner, cfg, BOOTSTRAP, seed=8), frame_slots_for(cfg))
+
+    asyncio.run(to_confirm())
+    (alice,) = [link for link in runner.steps._links.values() if isinstance(link, AliceLink)]
+    assert alice.block is not None and alice.block.unhashed is not None
+
+    answered: list[int] = []
+    ahead_after: list[int] = []
+    steps = runner.steps
+    handle, work_ahead = steps.handle, steps.work_ahead
+
+    def recording_handle(op: str, args: tuple[Any, ...]) -> Any:
+        answered.append(len(answered))
+        return handle(op, args)
+
+    def recording_work_ahead() -> bool:
+        ahead_after.append(len(answered))
+        return work_ahead()
+
+    steps.handle, steps.work_ahead = recording_handle, recording_work_ahead  # type: ignore[method-assign]
+    node_end, process_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Two requests waiting before the process reads: both are answered before any work ahead.
+    requests = [part for rid in (1, 2) for part in _framed(_dumps((rid, "drop", (999,)), {}, 999))]
+    node_end.sendall(b"".join(requests))
+    serving = threading.Thread(target=_answer, args=(process_end, steps))
+    serving.start()
+    answers = _Messages()
+    got: list[Any] = []
+    while len(got) < 2:
+        answers.filled(node_end.recv_into(answers.free()))
+        got += [_loads(answer, {}) for answer in answers.take()]
+    node_end.close()
+    serving.join(timeout=30)
+    assert not serving.is_alive()
+    process_end.close()
+    assert [(rid, ok) for rid, ok, *_ in got] == [(1, True), (2, True)]
+    assert answered == [0, 1] and ahead_after and ahead_after[0] == 2
+    assert alice.block.unhashed is None and len(alice.block.secret) > 0
