@@ -42,6 +42,10 @@ Rules of the protocol
    Bob's corrections, so asking early leaks nothing extra and saves a round
    trip per pass.  A pass is still *processed* only after the passes before it
    (rule 6), as in sequential Cascade.
+   The first query names intervals only (they follow from ``n`` and the
+   pass sizes), so Bob sends it before he reads his key through the passes'
+   permutations (:meth:`CascadeSession.prepare`): Alice builds her tables
+   for the answer while he builds his.
 4. **Known-parity inference** (never ask what is implied: every answer is one
    leaked bit).  (a) When a block of known parity is bisected only its left
    half is asked; the right half's parity is the block's XOR the left one's.
@@ -484,6 +488,9 @@ class CascadeSession:
         self._pending: list[tuple[IntArray, IntArray]] = []
         self._outstanding = 0
         self._top_keys: IntArray = np.empty(0, dtype=np.int64)
+        self._top_ends: IntArray = np.empty(0, dtype=np.int64)
+        self._seeds: tuple[int, ...] = ()
+        self._prepared = False
         self._top_asked = np.empty(0, dtype=np.bool_)
         self._frontier = 0
         self._wave = 0
@@ -549,11 +556,7 @@ class CascadeSession:
         n, npass = self._n, self._npass
         raw = self._rng.integers(0, np.iinfo(np.int64).max, size=npass - 1, dtype=np.int64)
         seeds = tuple(int(s) for s in raw)
-        self._perms = [FeistelPermutation.from_seed(seed, n) for seed in seeds]
-        self._stack = FeistelStack(self._perms) if self._perms else None
-        self._yp[:n] = self._y
-        for p, perm in enumerate(self._perms, start=1):
-            permuted_bits(self._y, perm, self._yp[p * n : (p + 1) * n])
+        self._seeds = seeds
         keys, ends, asked = [], [], []
         for p, k in enumerate(self._sizes):
             starts = np.arange(0, n, k, dtype=np.int64)
@@ -562,15 +565,34 @@ class CascadeSession:
             mask = np.ones(starts.size, dtype=np.bool_)
             mask[-1] = p == 0  # rule 4b: inferred from the whole-key parity
             asked.append(mask)
-        top_keys = np.concatenate(keys)
-        top_ends = np.concatenate(ends)
-        self._fill_top_leaves()
-        self._leaf_end[top_keys] = top_ends
-        self._top_keys = top_keys
+        self._top_keys = top_keys = np.concatenate(keys)
+        self._top_ends = top_ends = np.concatenate(ends)
         self._top_asked = np.concatenate(asked)
         q_keys = top_keys[self._top_asked]
         pass_ids = q_keys // n
         return self._emit(seeds, pass_ids, q_keys - pass_ids * n, top_ends[self._top_asked])
+
+    def prepare(self) -> bool:
+        """Build the per-pass tables the first reply needs (rule 3); whether there was anything to build.
+
+        The first query depends on the key's length and the pass sizes only,
+        so :meth:`start` sends it at once and leaves this work (Bob's key in
+        every pass's order, the top-level leaves) for the wait for Alice's
+        answers, who builds her own tables meanwhile. Called by :meth:`receive`
+        if not before.
+        """
+        if not self._started or self._prepared or self._failed:
+            return False
+        self._prepared = True
+        n = self._n
+        self._perms = [FeistelPermutation.from_seed(seed, n) for seed in self._seeds]
+        self._stack = FeistelStack(self._perms) if self._perms else None
+        self._yp[:n] = self._y
+        for p, perm in enumerate(self._perms, start=1):
+            permuted_bits(self._y, perm, self._yp[p * n : (p + 1) * n])
+        self._fill_top_leaves()
+        self._leaf_end[self._top_keys] = self._top_ends
+        return True
 
     def receive(self, reply: ParityReply) -> ParityQuery | None:
         """Take Alice's answers; return the next query, or ``None`` when done.
@@ -593,6 +615,7 @@ class CascadeSession:
             raise LocalProtocolError("no query is outstanding")
         try:
             parities = self._checked_reply(reply)
+            self.prepare()
             self._leak_bits += int(parities.size)
             if self._round == 0:
                 self._apply_top_level(parities)

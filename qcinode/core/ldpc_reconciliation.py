@@ -495,6 +495,9 @@ class LdpcBob:
     def is_done(self) -> bool:
         return self._done
 
+    def work_ahead(self) -> bool:
+        return False  # the decodes are the work, and they have their own executor
+
     def opening(self) -> list[m.Message]:
         return []
 

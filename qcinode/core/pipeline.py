@@ -38,11 +38,14 @@ Theory of operation (rules both sessions follow):
    then drops them). Leak is every bit disclosed (parities, syndromes,
    revealed and discarded bits) plus the bits needed to disclose the error
    count; the key bits kept are those of the frames both ends kept.
+   Bob's Cascade sends its first query before it builds the tables the
+   answer needs, and builds them when its driver works ahead
+   (:meth:`_LinkEnd.work_ahead`) or when the answer comes.
 5. Verification. Bob sends a universal-hash tag of his corrected key; Alice
    compares it with hers. Mismatch: the block is discarded.
 6. Privacy amplification and authentication. Alice computes the key length
-   from the statistics and the measured leak, draws a Toeplitz seed, hashes,
-   and sends :class:`Confirm` with a one-time Poly1305 tag over the whole
+   from the statistics and the measured leak, draws a Toeplitz seed, hashes
+   (6a) and sends :class:`Confirm` with a one-time Poly1305 tag over the whole
    transcript. Bob checks the tag and recomputes the length himself
    (mismatch: reject), hashes, keeps the key *pending* and answers
    :class:`Verdict` with his own tag. Alice checks Bob's tag, accepts the
@@ -566,7 +569,7 @@ class _LinkEnd:
         return events
 
     def work_ahead(self) -> bool:
-        """Does now a computation a later message would need (rule 6a); returns whether there was one.
+        """Does now a computation a later message would need (rules 4 and 6a); returns whether there was one.
 
         A driver with nothing else to do (waiting for the peer) may call it;
         nothing else changes, whether it is called or not.
@@ -849,6 +852,11 @@ class BobLink(_LinkEnd):
 
     def _is_pending(self) -> bool:
         return self._awaiting_commit
+
+    def work_ahead(self) -> bool:
+        if self._reconciler is not None and self._reconciler.work_ahead():
+            return True
+        return super().work_ahead()
 
     def receive_frame(self, frame_id: int, frame: PhotonFrame, at_utc: float | None = None) -> list[m.Message]:
         """A frame arrived from the channel. Measured now if the link is sifting, else queued.

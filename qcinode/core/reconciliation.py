@@ -136,6 +136,10 @@ class BobReconciler(Protocol):
 
     def receive(self, msg: m.Message) -> list[m.Message]: ...
 
+    def work_ahead(self) -> bool:
+        """Does now what the next answer's handling would start with; whether there was anything."""
+        ...
+
     @property
     def awaiting_decode(self) -> bool:
         """Decodes wait to be taken by the caller (deferred LDPC decoding only)."""
@@ -200,6 +204,9 @@ class CascadeBob:
 
     def opening(self) -> list[m.Message]:
         return [m.CascadeQuery(self.block_seq, self._session.start())]
+
+    def work_ahead(self) -> bool:
+        return self._session.prepare()  # the tables the first answer needs (Cascade's rule 3)
 
     def receive(self, msg: m.Message) -> list[m.Message]:
         if not isinstance(msg, m.CascadeReply):

@@ -414,3 +414,27 @@ def test_messages_are_read_only() -> None:
     reply = CascadeResponder(np.zeros(100, dtype=np.uint8)).receive(query)
     with pytest.raises(ValueError):
         reply.parities[0] = 1
+
+
+def test_the_first_query_goes_out_before_bobs_tables_and_preparing_them_early_changes_nothing() -> None:
+    # Rule 3: the first query names intervals only; Bob builds his per-pass
+    # tables while Alice answers it (prepare) or, at the latest, on her answer.
+    alice_key, bob_key = noisy_pair(50_000, 0.03, seed=4)
+    outcomes = []
+    for early in (False, True):
+        alice = CascadeResponder(alice_key)
+        bob = CascadeSession(bob_key, 0.03, np.random.default_rng(9))
+        assert not bob.prepare()  # nothing to build before the first query
+        query: ParityQuery | None = bob.start()
+        assert query is not None and query.seeds and query.round == 0
+        if early:
+            assert bob.prepare() and not bob.prepare()  # once
+        queries = []
+        while query is not None:
+            queries.append(query)
+            query = bob.receive(alice.receive(query))
+        assert not bob.prepare()
+        outcomes.append((bob.corrected_key, bob.leak_bits, [(q.seeds, q.pass_ids.tolist(), q.starts.tolist()) for q in queries]))
+    (key_late, leak_late, q_late), (key_early, leak_early, q_early) = outcomes
+    assert np.array_equal(key_late, alice_key) and np.array_equal(key_early, alice_key)
+    assert leak_late == leak_early and q_late == q_early
