@@ -99,6 +99,7 @@ from .kernels import compress_bytes, select_kept
 from .physics import EMULATED_CHANNEL, AliceRecord, Clicks, LinkPhysics, PhotonFrame, QuantumChannel
 from .randomness import KeyRandomness
 from .reconciliation import (
+    DEFAULT_CASCADE_LOOKAHEAD,
     DEFAULT_ERROR_CORRECTION,
     DEFAULT_LDPC_PROFILE,
     ERROR_CORRECTION_METHODS,
@@ -149,7 +150,7 @@ class LinkProtocolConfig:
     auth_low_water_keys: int = 64
     auth_refill_keys: int = 64
     cascade_max_passes: int = 6
-    cascade_lookahead: int = 1
+    cascade_lookahead: int = DEFAULT_CASCADE_LOOKAHEAD
     no_decoy_bound: str = NO_DECOY_GLLP
     channel: QuantumChannelModel | None = None
     finite_key: str = DEFAULT_FINITE_KEY
