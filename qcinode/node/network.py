@@ -559,6 +559,7 @@ class NetworkService(pb_grpc.NetworkServicer):
             stores: list[StoreKey] = []
             sends: list[SendHop] = []
             handoffs: list[StoreKey] = []
+            arrived: list[KeyArrived] = []
             for action in todo:
                 match action:
                     case SaveLink():
@@ -571,8 +572,13 @@ class NetworkService(pb_grpc.NetworkServicer):
                         sends.append(action)
                     case AnswerHop() | DeliverKeys() | FailRequest():
                         answers.append(action)
+                    case KeyArrived():
+                        arrived.append(action)
                     case _:
                         self._note(action)
+            if arrived:  # one line per wave: a 16-key request's keys arrive together
+                self._note_arrived(arrived)
+                arrived = []
             # A wave's saves, stores and sends run side by side: the engine asks for a
             # send only once what it depends on is on disk (a hop whose pad came from
             # the saved stock goes on beside its incoming ledger's save). But sends over
@@ -813,8 +819,20 @@ class NetworkService(pb_grpc.NetworkServicer):
                 self.log.info("relay.hop_failed", relay_id=header.relay_id, key_id=header.key_id, error=refusal.reason.value, details=refusal.detail)
             case PathFailed(key_id=key_id, paths=paths, refusals=refusals):
                 self.log.info("relay.path_failed", key_id=key_id, paths=[list(p) for p in paths], errors=[str(r) for r in refusals])
-            case KeyArrived(key_id=key_id, source=source, hops=hops, duplicate=duplicate):
-                self.log.info("relay.delivered", key_id=key_id, source=source, hops=hops, duplicate=duplicate)
+            case KeyArrived():
+                self._note_arrived([notice])
+
+    def _note_arrived(self, arrived: list[KeyArrived]) -> None:
+        """Logs keys that reached their destination here together, in one line (one per key cost a tenth of
+        a loop's time at 1500 keys/s)."""
+        self.log.info(
+            "relay.delivered",
+            count=len(arrived),
+            key_ids=[a.key_id for a in arrived],
+            sources=sorted({a.source for a in arrived}),
+            hops=sorted({a.hops for a in arrived}),
+            duplicates=sum(a.duplicate for a in arrived),
+        )
 
     # -- relay: receiving ----------------------------------------------
     async def RelayKey(self, request: pb.RelayHop, context: grpc.aio.ServicerContext) -> pb.RelayResult:

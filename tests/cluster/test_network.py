@@ -114,7 +114,11 @@ def test_chain_of_five_delivers_identical_keys_over_four_hops(chain: QciNetwork)
         assert ends["alice"], f"{link_id} carried relays but its ledger is empty"
     # No node logged key material: neither the keys' base64 nor their hex.
     logs = "".join(p.read_text(errors="replace") for p in (chain.state_dir / "logs").glob("*.log"))
-    assert "relay.delivered" in logs
+    # The destination logs the keys that arrive together in one line; together the lines name every key.
+    delivered = [json.loads(line) for line in logs.splitlines() if '"relay.delivered"' in line]
+    assert delivered and all(entry["count"] == len(entry["key_ids"]) for entry in delivered)
+    assert {k["key_ID"] for k in enc} <= {key_id for entry in delivered for key_id in entry["key_ids"]}
+    assert any(entry["count"] > 1 for entry in delivered), "16 keys relayed together were logged one by one"
     for key in enc:
         raw = base64.b64decode(key["key"])
         assert key["key"] not in logs and raw.hex() not in logs
