@@ -7,6 +7,13 @@ Theory of operation (rules both sessions follow):
    answers with a :class:`DetectionReport`; Alice answers with a
    :class:`SiftReply`. Both ends append the sifted slots (bases matched) to an
    identical buffer, in slot order.
+1a. Measuring beside the rest. Bob measures a frame with generators of
+   his own for it (drawn from his session's when it starts), so that the
+   measurement may run on another thread while his other steps go on
+   (:meth:`BobLink.receive_frame_later`, :class:`Measurement`,
+   :meth:`BobLink.measured`): one measurement at a time, and none of a
+   session that broke meanwhile. The clicks are the same whichever thread
+   measures.
 2. Block boundary. After each ``SiftReply`` both ends count the sifted
    key-basis (Z) bits in the buffer; when the count reaches ``block_bits`` the
    whole buffer becomes the block (so no sifted data crosses a block
@@ -97,7 +104,7 @@ from .estimation import (
 from .finite_key import DEFAULT_FINITE_KEY, check_finite_key, decoy_key_length
 from .kernels import compress_bytes, select_kept
 from .physics import EMULATED_CHANNEL, AliceRecord, Clicks, LinkPhysics, PhotonFrame, QuantumChannel
-from .randomness import KeyRandomness
+from .randomness import KeyRandomness, spawn_generator
 from .reconciliation import (
     DEFAULT_CASCADE_LOOKAHEAD,
     DEFAULT_ERROR_CORRECTION,
@@ -822,6 +829,28 @@ class AliceLink(_LinkEnd):
         return dataclasses.replace(unsigned, auth_tag=block.transcript.tag(block.mac_keys[2]))
 
 
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class Measurement:
+    """One frame's measurement at Bob's detectors (rule 1a): everything it needs, and nothing of the session.
+
+    :meth:`run` touches only its own fields (the frame, the physics of its
+    instant, the detection generators, which one measurement at a time uses),
+    so it may run on another thread than the session's other steps.
+    """
+
+    frame_id: int
+    frame: PhotonFrame
+    physics: LinkPhysics
+    quantum: QuantumChannel
+    key_rng: KeyRandomness
+    noise_rng: np.random.Generator
+    session: int
+
+    def run(self) -> Clicks:
+        """Measures the frame: Bob's clicks."""
+        return self.quantum.detect(self.physics, self.frame, self.key_rng, self.noise_rng)
+
+
 class BobLink(_LinkEnd):
     """The receiving end: detects, reports, asks Cascade questions, keeps the key pending until Commit."""
 
@@ -844,10 +873,19 @@ class BobLink(_LinkEnd):
         self._reconciler: BobReconciler | None = None
         self._corrected: np.ndarray | None = None
         self._awaiting_commit = False
+        # Rule 1a: a frame is measured with generators of its own, so that the
+        # measurement may run beside this end's other steps, which draw from
+        # key_rng and noise_rng; one measurement at a time (``_measuring``).
+        self._detect_key_rng: KeyRandomness = spawn_generator(self.key_rng)
+        self._detect_noise_rng: np.random.Generator = spawn_generator(self.noise_rng)
+        self._measuring: Measurement | None = None
+        self._session = 0  # counts broken sessions: a measurement started before a break is void
 
     def _reset_session(self) -> None:
         self._pending_frames.clear()
         self._reported = None
+        self._measuring = None
+        self._session += 1
         self._reconciler = None
         self._corrected = None
 
@@ -869,14 +907,45 @@ class BobLink(_LinkEnd):
         return self._drain_frames()
 
     def _drain_frames(self) -> list[m.Message]:
+        measurement = self._next_measurement()
+        if measurement is None:
+            return []
+        return self.measured(measurement, measurement.run())
+
+    def receive_frame_later(self, frame_id: int, frame: PhotonFrame, at_utc: float | None = None) -> Measurement | None:
+        """As :meth:`receive_frame`, but the frame's measurement, if it is its turn, is handed to the caller
+        (rule 1a): it runs :meth:`Measurement.run` where it likes, meanwhile hands this end any
+        message but the frame's :class:`SiftReply` (which cannot come before its report), and ends with
+        :meth:`measured`. ``None``: the frame waits its turn, as with :meth:`receive_frame`.
+        """
+        self._pending_frames.append((frame_id, frame, at_utc))
+        return self._next_measurement()
+
+    def _next_measurement(self) -> Measurement | None:
         # Frames of the next block are measured while a block is open (Alice sent
         # them ahead, rule 2a), not while a closed block waits for its turn.
-        if self.state is LinkState.FAILED or self._reported is not None or self._queued is not None or not self._pending_frames:
-            return []
+        if (
+            self.state is LinkState.FAILED
+            or self._reported is not None
+            or self._measuring is not None
+            or self._queued is not None
+            or not self._pending_frames
+        ):
+            return None
         frame_id, frame, at_utc = self._pending_frames.pop(0)
-        clicks = self.quantum.detect(self.config.physics_at(at_utc), frame, self.key_rng, self.noise_rng)
-        self._reported = (frame_id, clicks)
-        report = m.DetectionReport(frame_id, frame.n_slots, clicks.slots, clicks.bases)
+        self._measuring = Measurement(
+            frame_id, frame, self.config.physics_at(at_utc), self.quantum, self._detect_key_rng, self._detect_noise_rng, self._session
+        )
+        return self._measuring
+
+    def measured(self, measurement: Measurement, clicks: Clicks) -> list[m.Message]:
+        """A frame's measurement ended with ``clicks``: its :class:`DetectionReport` (none if the session
+        broke meanwhile, or if it is not this end's measurement)."""
+        if measurement is not self._measuring or measurement.session != self._session:
+            return []
+        self._measuring = None
+        self._reported = (measurement.frame_id, clicks)
+        report = m.DetectionReport(measurement.frame_id, measurement.frame.n_slots, clicks.slots, clicks.bases)
         self._record_out(report)
         return [report]
 

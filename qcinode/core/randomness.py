@@ -93,3 +93,22 @@ class CsprngGenerator:
         if size is None:
             return values[0]
         return values.reshape(size)
+
+
+def spawn_generator(rng: Any) -> Any:
+    """An independent generator drawn from ``rng``: a new :class:`CsprngGenerator` for a CSPRNG, a spawned
+    child for a numpy ``Generator`` (its stream does not move: the child comes from its seed sequence, or
+    from one draw if it has none); anything else is returned as it is.
+
+    For work that may run on another thread than the rest of a session (a
+    frame's detection): each generator is then used by one thread at a time,
+    and a seeded session draws the same numbers whichever thread runs what.
+    """
+    if isinstance(rng, CsprngGenerator):
+        return CsprngGenerator()
+    if isinstance(rng, np.random.Generator):
+        try:
+            return rng.spawn(1)[0]
+        except TypeError:  # made without a SeedSequence
+            return np.random.default_rng(int(rng.integers(1 << 63)))
+    return rng

@@ -590,6 +590,17 @@ class BobEndpoint:
             await self.faults.cut_event(rt.link_id).wait()
             inbox.put_nowait(("cut", None))
 
+        async def measure(item: tuple[int, bytes, float | None]) -> None:
+            # A frame's step runs beside the messages that come meanwhile (a protocol
+            # process measures it on a thread of its own, the pipeline's rule 1a):
+            # its report comes back through the inbox.
+            try:
+                outs = await bob.receive_frame(*item)  # touches no MAC key
+            except Exception as exc:  # noqa: BLE001 - the session ends on it, in the loop below
+                inbox.put_nowait(("frame_failed", exc))
+                return
+            inbox.put_nowait(("measured", outs))
+
         async def decode(jobs: list[tuple[int, int, np.ndarray, np.ndarray]]) -> None:
             # The block's frames decode in the pool while the loop goes on taking
             # frames and sifting messages of the next block; the results come
@@ -623,10 +634,15 @@ class BobEndpoint:
                     if kind == "decode_failed":
                         bound.warning("link.decode_failed", details=str(item))
                         raise SessionAborted(f"LDPC decoding failed: {item}")
+                    if kind == "frame":
+                        companions.start(measure(item), name=f"{rt.link_id} frame {item[0]}")
+                        continue
                     cursor = rt.auth.cursor
                     try:
-                        if kind == "frame":
-                            outs = await bob.receive_frame(*item)  # touches no MAC key
+                        if kind == "frame_failed":
+                            raise item
+                        if kind == "measured":
+                            outs = item
                         elif kind == "decoded":
                             # The block's decodes came back from the pool (LDPC): meanwhile
                             # the loop went on taking frames and sifting the next block.

@@ -53,6 +53,17 @@ Theory of operation:
       between them. Both ends of a link then hash at once, and the block
       waits for one hash, not for two in turn. The other runners leave that
       work to the step that needs it; the keys are the same.
+    * **Measuring beside.** A pulse frame's measurement at Bob (the
+      detector physics, ~23 ms for a quarter of a 10^6-bit block) runs on a
+      thread of the protocol process (:class:`_Measurer`) while its main
+      thread answers the requests that come meanwhile, most of them the open
+      block's Cascade messages, which would otherwise wait behind it; the
+      frame's answer goes out when the measurement ends (the node matches
+      answers to requests by their IDs), and the node's session does not
+      wait for it either. Only the measurement runs on that thread, with
+      generators of its own (the pipeline's rule 1a); everything that
+      touches a session runs on the main thread. The other runners measure
+      in the step.
     * **Runners.** :class:`ProcessRunner` (a running node): a child process
       forked before the node starts gRPC or any thread (where the process is
       still one thread; otherwise a fresh interpreter is spawned), named
@@ -125,10 +136,10 @@ from typing import Any
 import numpy as np
 
 from ..core.authentication import AuthKeyReserve
-from ..core.physics import PhotonFrame
-from ..core.pipeline import AliceLink, BlockEvent, BobLink, LinkProtocolConfig
+from ..core.physics import Clicks, PhotonFrame
+from ..core.pipeline import AliceLink, BlockEvent, BobLink, LinkProtocolConfig, Measurement
 from ..core.pipeline import LinkState as Phase
-from ..core.randomness import CsprngGenerator, KeyRandomness
+from ..core.randomness import CsprngGenerator, KeyRandomness, spawn_generator
 from ..errors import LocalProtocolError, TransportError
 from ..transport import codec
 from ..transport.pb import link_pb2 as pb
@@ -310,6 +321,40 @@ class LinkSteps:
             raise LocalProtocolError(f"protocol runner: session {handle} does not receive frames")
         with self._untouched(link):
             return self._run(link, None, lambda: link.receive_frame(frame_id, PhotonFrame.from_bytes(payload), at_utc))
+
+    def frame_beside(self, handle: int, frame_id: int, payload: bytes, at_utc: float | None) -> StepResult | _Measuring:
+        """As :meth:`frame`, but the frame's measurement, if it is its turn, is handed back to run beside later
+        requests (then :meth:`measured` finishes the step)."""
+        link = self._link(handle)
+        if not isinstance(link, BobLink):
+            raise LocalProtocolError(f"protocol runner: session {handle} does not receive frames")
+        started: list[Measurement] = []
+
+        def step() -> list[Any]:
+            measurement = link.receive_frame_later(frame_id, PhotonFrame.from_bytes(payload), at_utc)
+            if measurement is not None:
+                started.append(measurement)
+            return []
+
+        with self._untouched(link):
+            result = self._run(link, None, step)
+        return _Measuring(handle, link, started[0]) if started else result
+
+    def measured(self, measuring: _Measuring, clicks: Clicks | None, error: BaseException | None = None) -> StepResult:
+        """Ends a frame step whose measurement ran beside (:meth:`frame_beside`): its answer. A session that
+        ended meanwhile sends nothing; a measurement that raised ends the session as the step would have."""
+        link = measuring.link
+        if self._links.get(measuring.handle) is not link:
+            return StepResult(outs=[], mirror=Mirror.of(link), events=[], jobs=[])
+
+        def step() -> list[Any]:
+            if error is not None:
+                raise error
+            assert clicks is not None
+            return link.measured(measuring.measurement, clicks)
+
+        with self._untouched(link):
+            return self._run(link, None, step)
 
     def receive(self, handle: int, wire: bytes, reserve: AuthKeyReserve) -> StepResult:
         """A classical message from the peer, with the link's reserve as the node holds it."""
@@ -920,52 +965,146 @@ def _serve(sock: socket.socket) -> None:
     _answer(sock, LinkSteps())
 
 
-def _answer(sock: socket.socket, steps: LinkSteps) -> None:
+def _answer(sock: socket.socket, steps: LinkSteps, *, measure_beside: bool = True) -> None:
     """Answers the requests that come on ``sock`` with ``steps`` until the other end closes it; works
-    ahead (:meth:`LinkSteps.work_ahead`) whenever no request waits."""
+    ahead (:meth:`LinkSteps.work_ahead`) whenever no request waits.
+
+    With ``measure_beside``, a frame's measurement at Bob runs on a thread of
+    its own (:class:`_Measurer`) while later requests are answered; the
+    frame's answer goes out when it ends (the node matches answers to
+    requests by their IDs).
+    """
     sock.setblocking(True)
     requests = _Messages()
     held: _Held = {}
-    while True:
-        try:
-            n_bytes = sock.recv_into(requests.free())
-        except OSError:
-            return
-        if n_bytes == 0:
-            return  # the node closed its end
-        requests.filled(n_bytes)
-        for request in requests.take():
-            rid, op, args = _loads(request, held)
-            scope = _scope(args)
-            # After a request that may end its session, the parts its reserve left here are forgotten, and
-            # the answer says so (the node forgets them as it reads it).
-            ended = scope if op in _ENDING and scope is not None else None
-            try:
-                value = steps.handle(op, args)
-            except Exception as exc:  # noqa: BLE001 - handed to the node, which ends the session
-                ok, value = False, exc
-            else:
-                ok = True
-            if ended is not None and steps.holds(ended):
-                ended = None
-            try:
-                answer = _dumps((rid, True, value, ended), held, scope) if ok else [_pickled_error(rid, value, ended)]
-            except Exception as exc:  # noqa: BLE001 - a value that does not pickle: the node ends the session
-                answer = [_pickled_error(rid, exc, ended)]
-            if ended is not None:
-                held.pop(ended, None)
-            try:
-                _send(sock, _framed(answer))
-            except OSError:
-                return  # the node is gone
-        # Waiting for the node: computations later messages will need, one at a time, until a request comes.
-        while not _readable(sock) and steps.work_ahead():
-            pass
+    measurer = _Measurer() if measure_beside else None
+    try:
+        while True:
+            waiting = [sock] if measurer is None else [sock, measurer.wakeup]
+            ready = select.select(waiting, [], [])[0]
+            if measurer is not None and measurer.wakeup in ready:
+                for rid, result in measurer.finished(steps):
+                    if not _answer_one(sock, held, rid, result, None, None):
+                        return
+            if sock in ready:
+                try:
+                    n_bytes = sock.recv_into(requests.free())
+                except OSError:
+                    return
+                if n_bytes == 0:
+                    return  # the node closed its end
+                requests.filled(n_bytes)
+                for request in requests.take():
+                    rid, op, args = _loads(request, held)
+                    scope = _scope(args)
+                    # After a request that may end its session, the parts its reserve left here are forgotten, and
+                    # the answer says so (the node forgets them as it reads it).
+                    ended = scope if op in _ENDING and scope is not None else None
+                    value: Any = None
+                    try:
+                        if op == "frame" and measurer is not None:
+                            value = steps.frame_beside(*args)
+                            if isinstance(value, _Measuring):
+                                measurer.start(rid, value)
+                                continue  # answered when the measurement ends
+                        else:
+                            value = steps.handle(op, args)
+                    except Exception as exc:  # noqa: BLE001 - handed to the node, which ends the session
+                        error: Exception | None = exc
+                    else:
+                        error = None
+                    if ended is not None and steps.holds(ended):
+                        ended = None
+                    if not _answer_one(sock, held, rid, value, error, ended, scope):
+                        return
+            # Waiting for the node: computations later messages will need, one at a time, until a request comes.
+            while not _readable(sock, measurer) and steps.work_ahead():
+                pass
+    finally:
+        if measurer is not None:
+            measurer.close()
 
 
-def _readable(sock: socket.socket) -> bool:
-    """Whether ``sock`` has bytes to read (or an end) now."""
-    return bool(select.select([sock], [], [], 0)[0])
+def _answer_one(
+    sock: socket.socket, held: _Held, rid: int, value: Any, error: Exception | None, ended: int | None, scope: int | None = None
+) -> bool:
+    """Sends the answer to request ``rid`` (its value, or the exception it raised); False if the node is gone."""
+    try:
+        answer = _dumps((rid, True, value, ended), held, scope) if error is None else [_pickled_error(rid, error, ended)]
+    except Exception as exc:  # noqa: BLE001 - a value that does not pickle: the node ends the session
+        answer = [_pickled_error(rid, exc, ended)]
+    if ended is not None:
+        held.pop(ended, None)
+    try:
+        _send(sock, _framed(answer))
+    except OSError:
+        return False  # the node is gone
+    return True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Measuring:
+    """A frame step whose measurement was handed out (:meth:`LinkSteps.frame_beside`)."""
+
+    handle: int
+    link: BobLink
+    measurement: Measurement
+
+
+class _Measurer:
+    """The protocol process's measuring thread: one frame's measurement at a time per session, beside the
+    requests the main thread answers (pipeline rule 1a). Only :meth:`Measurement.run` runs on it (the
+    physics: numpy and compiled kernels that release the GIL); everything that touches a session runs on
+    the main thread, which learns of an ended measurement through :attr:`wakeup`."""
+
+    def __init__(self) -> None:
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # started at the first measurement
+        self.wakeup, self._wake = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.wakeup.setblocking(False)
+        self._lock = threading.Lock()
+        self._done: list[tuple[int, _Measuring, concurrent.futures.Future[Clicks]]] = []
+
+    def start(self, rid: int, measuring: _Measuring) -> None:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="measure")
+        future = self._pool.submit(measuring.measurement.run)
+        future.add_done_callback(lambda done: self._ended(rid, measuring, done))
+
+    def _ended(self, rid: int, measuring: _Measuring, future: concurrent.futures.Future[Clicks]) -> None:
+        with self._lock:
+            self._done.append((rid, measuring, future))
+        with contextlib.suppress(OSError):
+            self._wake.send(b"\0")
+
+    def finished(self, steps: LinkSteps) -> list[tuple[int, StepResult]]:
+        """The frame steps whose measurements ended, finished on this (the main) thread: (request, answer)."""
+        with contextlib.suppress(OSError):
+            while self.wakeup.recv(4096):
+                pass
+        with self._lock:
+            done, self._done = self._done, []
+        out = []
+        for rid, measuring, future in done:
+            exc = future.exception()
+            out.append((rid, steps.measured(measuring, None if exc is not None else future.result(), exc)))
+        return out
+
+    @property
+    def pending(self) -> bool:
+        """Whether an ended measurement waits for the main thread."""
+        with self._lock:
+            return bool(self._done)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self.wakeup.close()
+        self._wake.close()
+
+
+def _readable(sock: socket.socket, measurer: _Measurer | None = None) -> bool:
+    """Whether ``sock`` has bytes to read (or an end), or a measurement has ended, now."""
+    return bool(select.select([sock], [], [], 0)[0]) or (measurer is not None and measurer.pending)
 
 
 def _send(sock: socket.socket, parts: list[bytes]) -> None:
@@ -1158,13 +1297,8 @@ def session_rng(rng: Any) -> Any:
     Raises:
         LocalProtocolError: ``rng`` is neither (it could not be copied into a protocol process safely).
     """
-    if isinstance(rng, CsprngGenerator):
-        return CsprngGenerator()
-    if isinstance(rng, np.random.Generator):
-        try:
-            return rng.spawn(1)[0]
-        except TypeError:  # made without a SeedSequence
-            return np.random.default_rng(int(rng.integers(1 << 63)))
+    if isinstance(rng, CsprngGenerator | np.random.Generator):
+        return spawn_generator(rng)
     raise LocalProtocolError(f"protocol runner: cannot hand a {type(rng).__name__} to another process")
 
 

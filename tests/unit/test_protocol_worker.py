@@ -553,3 +553,64 @@ def test_the_protocol_process_hashes_a_confirmed_block_while_it_waits_and_answer
     assert [(rid, ok) for rid, ok, *_ in got] == [(1, True), (2, True)]
     assert answered == [0, 1] and ahead_after and ahead_after[0] == 2
     assert alice.block.unhashed is None and len(alice.block.secret) > 0
+
+
+def test_a_frame_is_measured_beside_the_requests_that_come_after_it_and_answered_when_it_ends() -> None:
+    """The protocol process's loop (`_answer`) measures Bob's frame on a thread of its own (pipeline rule 1a)."""
+    import socket
+    import threading
+
+    from qcinode.core.physics import EMULATED_CHANNEL, Clicks, LinkPhysics, PhotonFrame
+    from qcinode.node.protocol_worker import _answer, _dumps, _framed, _loads, _Messages
+
+    cfg = config(block_bits=20_000)
+    runner = InlineRunner()
+    pair = asyncio.run(open_pair(runner, cfg, BOOTSTRAP, seed=8))
+    frame_id, _, payload = asyncio.run(pair.alice.emit_frame(frame_slots_for(cfg), None, False, False))
+    (bob,) = [link for link in runner.steps._links.values() if isinstance(link, BobLink)]
+
+    gate = threading.Event()
+    measured_on: list[str] = []
+
+    class GatedChannel:
+        """The emulated channel, whose detector waits for the test."""
+
+        def transmit(self, *args: Any) -> Any:
+            return EMULATED_CHANNEL.transmit(*args)
+
+        def detect(self, phys: LinkPhysics, frame: PhotonFrame, key_rng: Any, noise_rng: Any) -> Clicks:
+            measured_on.append(threading.current_thread().name)
+            assert gate.wait(30)
+            return EMULATED_CHANNEL.detect(phys, frame, key_rng, noise_rng)
+
+    bob.quantum = GatedChannel()  # type: ignore[assignment]
+    node_end, process_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    serving = threading.Thread(target=_answer, args=(process_end, runner.steps))
+    serving.start()
+    answers = _Messages()
+
+    def read_answer() -> Any:
+        while True:
+            taken = [_loads(answer, {}) for answer in answers.take()]
+            if taken:
+                (one,) = taken
+                return one
+            answers.filled(node_end.recv_into(answers.free()))
+
+    try:
+        node_end.sendall(b"".join(_framed(_dumps((1, "frame", (pair.bob.handle, frame_id, payload, None)), {}, pair.bob.handle))))
+        node_end.sendall(b"".join(_framed(_dumps((2, "drop", (999,)), {}, 999))))
+        rid, ok, *_ = read_answer()  # the later request, while the frame is still being measured
+        assert (rid, ok) == (2, True) and not gate.is_set()
+        gate.set()
+        rid, ok, result, _ = read_answer()
+        assert (rid, ok) == (1, True) and result.error is None
+        (report,) = [pb.ClassicalMessage.FromString(wire) for wire in result.outs]
+        assert report.WhichOneof("body") == "detection_report"
+    finally:
+        gate.set()
+        node_end.close()
+        serving.join(timeout=30)
+        process_end.close()
+    assert not serving.is_alive()
+    assert measured_on and measured_on[0].startswith("measure")
