@@ -844,7 +844,6 @@ class Measurement:
     quantum: QuantumChannel
     key_rng: KeyRandomness
     noise_rng: np.random.Generator
-    session: int
 
     def run(self) -> Clicks:
         """Measures the frame: Bob's clicks."""
@@ -878,14 +877,12 @@ class BobLink(_LinkEnd):
         # key_rng and noise_rng; one measurement at a time (``_measuring``).
         self._detect_key_rng: KeyRandomness = spawn_generator(self.key_rng)
         self._detect_noise_rng: np.random.Generator = spawn_generator(self.noise_rng)
-        self._measuring: Measurement | None = None
-        self._session = 0  # counts broken sessions: a measurement started before a break is void
+        self._measuring: Measurement | None = None  # the one under way; cleared when the session breaks
 
     def _reset_session(self) -> None:
         self._pending_frames.clear()
         self._reported = None
-        self._measuring = None
-        self._session += 1
+        self._measuring = None  # a measurement under way is void
         self._reconciler = None
         self._corrected = None
 
@@ -934,14 +931,14 @@ class BobLink(_LinkEnd):
             return None
         frame_id, frame, at_utc = self._pending_frames.pop(0)
         self._measuring = Measurement(
-            frame_id, frame, self.config.physics_at(at_utc), self.quantum, self._detect_key_rng, self._detect_noise_rng, self._session
+            frame_id, frame, self.config.physics_at(at_utc), self.quantum, self._detect_key_rng, self._detect_noise_rng
         )
         return self._measuring
 
     def measured(self, measurement: Measurement, clicks: Clicks) -> list[m.Message]:
         """A frame's measurement ended with ``clicks``: its :class:`DetectionReport` (none if the session
         broke meanwhile, or if it is not this end's measurement)."""
-        if measurement is not self._measuring or measurement.session != self._session:
+        if measurement is not self._measuring:
             return []
         self._measuring = None
         self._reported = (measurement.frame_id, clicks)

@@ -578,7 +578,6 @@ class NetworkService(pb_grpc.NetworkServicer):
                         self._note(action)
             if arrived:  # one line per wave: a 16-key request's keys arrive together
                 self._note_arrived(arrived)
-                arrived = []
             # A wave's saves, stores and sends run side by side: the engine asks for a
             # send only once what it depends on is on disk (a hop whose pad came from
             # the saved stock goes on beside its incoming ledger's save). But sends over

@@ -316,11 +316,14 @@ class LinkSteps:
 
     def frame(self, handle: int, frame_id: int, payload: bytes, at_utc: float | None) -> StepResult:
         """A pulse frame (its wire form, parsed and checked here) reached Bob's detectors."""
-        link = self._link(handle)
-        if not isinstance(link, BobLink):
-            raise LocalProtocolError(f"protocol runner: session {handle} does not receive frames")
-        with self._untouched(link):
-            return self._run(link, None, lambda: link.receive_frame(frame_id, PhotonFrame.from_bytes(payload), at_utc))
+        started = self.frame_beside(handle, frame_id, payload, at_utc)
+        if not isinstance(started, _Measuring):
+            return started
+        try:
+            clicks = started.measurement.run()
+        except Exception as exc:  # handed back as the step's error, as a measurement in the step would be
+            return self.measured(started, None, exc)
+        return self.measured(started, clicks)
 
     def frame_beside(self, handle: int, frame_id: int, payload: bytes, at_utc: float | None) -> StepResult | _Measuring:
         """As :meth:`frame`, but the frame's measurement, if it is its turn, is handed back to run beside later
