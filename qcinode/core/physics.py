@@ -846,6 +846,20 @@ def _lookup(sorted_slots: Int64Array, query: Int64Array) -> tuple[NDArray[np.boo
     return lookup_sorted(sorted_slots, query)
 
 
+def check_slots(n_slots: object) -> int:
+    """``n_slots`` as a frame's number of pulse slots (an integer in ``[0, MAX_SLOTS]``).
+
+    Raises:
+        ConfigError: It is not an integer, or out of range.
+    """
+    if isinstance(n_slots, bool) or not isinstance(n_slots, (int, np.integer)):
+        raise ConfigError(f"n_slots: expected an integer, got {n_slots!r}")
+    n_slots = int(n_slots)
+    if not 0 <= n_slots <= MAX_SLOTS:
+        raise ConfigError(f"n_slots: must lie in [0, {MAX_SLOTS}], got {n_slots}")
+    return n_slots
+
+
 def transmit(
     phys: LinkPhysics,
     n_slots: int,
@@ -866,12 +880,7 @@ def transmit(
     Raises:
         ConfigError: ``n_slots`` is negative or too large.
     """
-    if isinstance(n_slots, bool) or not isinstance(n_slots, (int, np.integer)):
-        raise ConfigError(f"n_slots: expected an integer, got {n_slots!r}")
-    n_slots = int(n_slots)
-    if not 0 <= n_slots <= MAX_SLOTS:
-        raise ConfigError(f"n_slots: must lie in [0, {MAX_SLOTS}], got {n_slots}")
-
+    n_slots = check_slots(n_slots)
     detect_prob = _detection_probabilities(phys)
     weights = np.asarray(phys.class_probabilities, dtype=np.float64) * detect_prob
     p_photon = min(float(weights.sum()), 1.0)

@@ -14,6 +14,13 @@ Theory of operation (rules both sessions follow):
    :meth:`BobLink.measured`): one measurement at a time, and none of a
    session that broke meanwhile. The clicks are the same whichever thread
    measures.
+1b. Emitting beside the rest. Alice likewise draws a frame's pulses with
+   generators of her own for emission (:meth:`AliceLink.emit_frame_later`,
+   :class:`Emission`, :meth:`AliceLink.emitted`): the frame counts as in
+   flight from the moment its emission starts (no second frame goes out,
+   and no detection report for it is accepted before it is out), while her
+   other steps (the open block's answers) go on. One emission at a time,
+   and none of a session that broke meanwhile.
 2. Block boundary. After each ``SiftReply`` both ends count the sifted
    key-basis (Z) bits in the buffer; when the count reaches ``block_bits`` the
    whole buffer becomes the block (so no sifted data crosses a block
@@ -103,7 +110,7 @@ from .estimation import (
 )
 from .finite_key import DEFAULT_FINITE_KEY, check_finite_key, decoy_key_length
 from .kernels import compress_bytes, select_kept
-from .physics import EMULATED_CHANNEL, AliceRecord, Clicks, LinkPhysics, PhotonFrame, QuantumChannel
+from .physics import EMULATED_CHANNEL, AliceRecord, Clicks, LinkPhysics, PhotonFrame, QuantumChannel, check_slots
 from .randomness import KeyRandomness, spawn_generator
 from .reconciliation import (
     DEFAULT_CASCADE_LOOKAHEAD,
@@ -625,13 +632,20 @@ class AliceLink(_LinkEnd):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.next_frame_id = 0
-        self._outstanding: tuple[int, int, AliceRecord] | None = None
+        # (frame ID, slots, Alice's record); the record is None while the frame's emission is under way (rule 1b).
+        self._outstanding: tuple[int, int, AliceRecord | None] | None = None
         self._reconciler: AliceReconciler | None = None
         self._confirm: m.Confirm | None = None
         self._close_after_frame = False
+        # Rule 1b: frames are drawn with generators of their own, so that an emission may run beside
+        # this end's other steps, which draw from key_rng (seeds); one emission at a time (``_emitting``).
+        self._emit_key_rng: KeyRandomness = spawn_generator(self.key_rng)
+        self._emit_noise_rng: np.random.Generator = spawn_generator(self.noise_rng)
+        self._emitting: Emission | None = None  # the one under way; cleared when the session breaks
 
     def _reset_session(self) -> None:
         self._outstanding = None
+        self._emitting = None  # an emission under way is void
         self._close_after_frame = False
         self._reconciler = None
         self._confirm = None
@@ -668,14 +682,38 @@ class AliceLink(_LinkEnd):
             ahead: The frame may fill the next block while one is in
                 post-processing (rule 2a; :attr:`can_sift_ahead`).
         """
+        emission = self.emit_frame_later(n_slots, at_utc=at_utc, close_block=close_block, ahead=ahead)
+        frame = self.emitted(emission, *emission.run())
+        assert frame is not None
+        return emission.frame_id, frame
+
+    def emit_frame_later(
+        self, n_slots: int, *, at_utc: float | None = None, close_block: bool = False, ahead: bool = False
+    ) -> Emission:
+        """As :meth:`emit_frame`, but the pulses are drawn by the caller (rule 1b): it runs
+        :meth:`Emission.run` where it likes, meanwhile hands this end any message but the frame's
+        :class:`DetectionReport` (which cannot come before the frame is out), and ends with
+        :meth:`emitted`. The frame is in flight from now on.
+        """
         if not (self.can_sift_ahead if ahead else self.is_ready_for_frame):
             raise LocalProtocolError("a frame is already in flight or a block is being processed")
-        frame, record = self.quantum.transmit(self.config.physics_at(at_utc), n_slots, self.key_rng, self.noise_rng)
+        n_slots = check_slots(n_slots)
+        physics = self.config.physics_at(at_utc)
         frame_id = self.next_frame_id
         self.next_frame_id += 1
-        self._outstanding = (frame_id, n_slots, record)
+        self._emitting = Emission(frame_id, n_slots, physics, self.quantum, self._emit_key_rng, self._emit_noise_rng)
+        self._outstanding = (frame_id, n_slots, None)
         self._close_after_frame = bool(close_block)
-        return frame_id, frame
+        return self._emitting
+
+    def emitted(self, emission: Emission, frame: PhotonFrame, record: AliceRecord) -> PhotonFrame | None:
+        """A frame's emission ended: the frame to send (None if the session broke meanwhile, or if it is
+        not this end's emission: nothing may be sent)."""
+        if emission is not self._emitting:
+            return None
+        self._emitting = None
+        self._outstanding = (emission.frame_id, emission.n_slots, record)
+        return frame
 
     def receive(self, msg: m.Message) -> list[m.Message]:
         match msg:
@@ -701,6 +739,8 @@ class AliceLink(_LinkEnd):
         if self._outstanding is None or msg.frame_id != self._outstanding[0]:
             raise RemoteProtocolError(f"detections for frame {msg.frame_id}, which is not in flight")
         frame_id, n_slots, record = self._outstanding
+        if record is None:
+            raise RemoteProtocolError(f"detections for frame {msg.frame_id}, which has not been sent yet")
         if msg.n_slots != n_slots or len(msg.slots) != len(msg.bases):
             raise RemoteProtocolError("detection report does not fit the frame")
         slots = msg.slots
@@ -827,6 +867,27 @@ class AliceLink(_LinkEnd):
         unsigned = m.Commit(block.seq, accepted)
         self._record_out(unsigned)
         return dataclasses.replace(unsigned, auth_tag=block.transcript.tag(block.mac_keys[2]))
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class Emission:
+    """One frame's emission at Alice's source (rule 1b): everything it needs, and nothing of the session.
+
+    :meth:`run` touches only its own fields (the physics of its instant, the
+    emission generators, which one emission at a time uses), so it may run
+    on another thread than the session's other steps.
+    """
+
+    frame_id: int
+    n_slots: int
+    physics: LinkPhysics
+    quantum: QuantumChannel
+    key_rng: KeyRandomness
+    noise_rng: np.random.Generator
+
+    def run(self) -> tuple[PhotonFrame, AliceRecord]:
+        """Draws the frame's pulses: what reaches Bob, and Alice's record of what she sent."""
+        return self.quantum.transmit(self.physics, self.n_slots, self.key_rng, self.noise_rng)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)

@@ -266,15 +266,19 @@ class AliceWorker:
         block's frames go out, as a real link's source does not stop for its
         post-processing. A frame that must wait for the clock (or for the channel's
         next window) waits *beside* the open block's messages, never in front of
-        them: whichever comes first is handled first.
+        them: whichever comes first is handled first. A frame's pulses are drawn
+        beside them too (the protocol process draws them on a thread of their
+        own, the pipeline's rule 1b): the frame goes out when they are drawn,
+        and the messages that come meanwhile are handled meanwhile.
         """
         rt = self.rt
         rate_hz = rt.link.source.rate_hz
-        incoming: asyncio.Task[Any] | None = None  # the next message, while a frame waits beside it
+        incoming: asyncio.Task[Any] | None = None  # the next message, while a frame waits or is drawn beside it
+        emitting: asyncio.Task[tuple[int, int, bytes]] | None = None  # the frame being drawn
         try:
             while True:
                 envelope: Any = None
-                if alice.mirror.can_sift_ahead:
+                if emitting is None and alice.mirror.can_sift_ahead:
                     block_open = not alice.mirror.is_ready_for_frame
                     t = position.now_utc
                     want = next_frame_slots(rt.config, rate_hz, self.speed, alice.mirror.key_bits_needed, at_utc=t)
@@ -301,20 +305,27 @@ class AliceWorker:
                         if envelope is None:
                             at_utc = plan.at_utc if rt.config.channel is not None else None
                             # emit_frame draws pulses and touches no MAC key: no snapshot of the reserve needed.
-                            frame_id, n_slots, payload = await alice.emit_frame(plan.n_slots, at_utc, plan.close_block, True)
+                            emitting = asyncio.ensure_future(alice.emit_frame(plan.n_slots, at_utc, plan.close_block, True))
+                            emitting_at = at_utc
                             position.advance(plan.n_slots)
-                            rt.next_frame_id = alice.mirror.next_frame_id
                             rt.note_frame(plan.n_slots)
-                            await quantum.write(
-                                pb.PulseFrame(link_id=rt.link_id, frame_id=frame_id, n_slots=n_slots, payload=payload, at_utc=at_utc or 0.0)
-                            )
                 if envelope is None:
                     waiting = self.stage_timeout_s
                     if rt.config.error_correction == "ldpc" and alice.mirror.state is Phase.RECONCILING:
                         waiting = max(waiting, LDPC_DECODE_TIMEOUT_S)  # Bob is decoding
+                    incoming = incoming or asyncio.ensure_future(call.read())
                     async with asyncio.timeout(waiting):
-                        envelope = await (incoming or call.read())
-                    incoming = None
+                        await asyncio.wait({incoming} if emitting is None else {incoming, emitting}, return_when=asyncio.FIRST_COMPLETED)
+                    if emitting is not None and emitting.done():
+                        frame_id, n_slots, payload = emitting.result()
+                        emitting = None
+                        rt.next_frame_id = alice.mirror.next_frame_id
+                        await quantum.write(
+                            pb.PulseFrame(link_id=rt.link_id, frame_id=frame_id, n_slots=n_slots, payload=payload, at_utc=emitting_at or 0.0)
+                        )
+                    if not incoming.done():
+                        continue  # the frame is out; its detection report (or a message of the open block) comes next
+                    envelope, incoming = incoming.result(), None
                 if envelope is grpc.aio.EOF:
                     raise TransportError("peer closed the classical channel")
                 cursor = rt.auth.cursor
@@ -331,6 +342,8 @@ class AliceWorker:
         finally:
             if incoming is not None:
                 incoming.cancel()
+            if emitting is not None:
+                emitting.cancel()
 
     async def _idle(self, idle: Idle, t: float) -> float:
         """The channel carries nothing until ``idle.until_utc`` (between passes): wait for the clock.

@@ -53,17 +53,16 @@ Theory of operation:
       between them. Both ends of a link then hash at once, and the block
       waits for one hash, not for two in turn. The other runners leave that
       work to the step that needs it; the keys are the same.
-    * **Measuring beside.** A pulse frame's measurement at Bob (the
-      detector physics, ~23 ms for a quarter of a 10^6-bit block) runs on a
-      thread of the protocol process (:class:`_Measurer`) while its main
-      thread answers the requests that come meanwhile, most of them the open
-      block's Cascade messages, which would otherwise wait behind it; the
-      frame's answer goes out when the measurement ends (the node matches
-      answers to requests by their IDs), and the node's session does not
-      wait for it either. Only the measurement runs on that thread, with
-      generators of its own (the pipeline's rule 1a); everything that
-      touches a session runs on the main thread. The other runners measure
-      in the step.
+    * **Physics beside.** A pulse frame's physics (Alice's emission and
+      Bob's measurement, ~23 ms each for a quarter of a 10^6-bit block) runs
+      on a thread of the protocol process (:class:`_BesideThread`) while its
+      main thread answers the requests that come meanwhile, most of them the
+      open block's Cascade messages, which would otherwise wait behind it;
+      the frame's answer goes out when the physics ends (the node matches
+      answers to requests by their IDs). Only the physics (and the encoding
+      of Alice's frame) runs on that thread, with generators of its own (the
+      pipeline's rules 1a and 1b); everything that touches a session runs on
+      the main thread. The other runners draw and measure in the step.
     * **Runners.** :class:`ProcessRunner` (a running node): a child process
       forked before the node starts gRPC or any thread (where the process is
       still one thread; otherwise a fresh interpreter is spawned), named
@@ -137,7 +136,7 @@ import numpy as np
 
 from ..core.authentication import AuthKeyReserve
 from ..core.physics import Clicks, PhotonFrame
-from ..core.pipeline import AliceLink, BlockEvent, BobLink, LinkProtocolConfig, Measurement
+from ..core.pipeline import AliceLink, BlockEvent, BobLink, Emission, LinkProtocolConfig, Measurement
 from ..core.pipeline import LinkState as Phase
 from ..core.randomness import CsprngGenerator, KeyRandomness, spawn_generator
 from ..errors import LocalProtocolError, TransportError
@@ -306,26 +305,53 @@ class LinkSteps:
 
     def emit(self, handle: int, n_slots: int, at_utc: float | None, close_block: bool, ahead: bool) -> tuple[int, int, bytes, Mirror]:
         """Alice's next frame: (frame ID, slots, payload, mirror)."""
+        started = self.emit_beside(handle, n_slots, at_utc, close_block, ahead)
+        try:
+            drawn = started.run()
+        except Exception as exc:  # handed back as the step's error, as an emission in the step would be
+            return self.emitted(started, None, exc)
+        return self.emitted(started, drawn)
+
+    def emit_beside(self, handle: int, n_slots: int, at_utc: float | None, close_block: bool, ahead: bool) -> _Beside:
+        """As :meth:`emit`, but the frame's pulses are handed back to be drawn beside later requests (then
+        :meth:`emitted` finishes the step)."""
         link = self._link(handle)
         if not isinstance(link, AliceLink):
             raise LocalProtocolError(f"protocol runner: session {handle} does not transmit")
         with self._untouched(link):
-            frame_id, frame = link.emit_frame(n_slots, at_utc=at_utc, close_block=close_block, ahead=ahead)
-            payload = frame.to_bytes()
-        return frame_id, frame.n_slots, payload, Mirror.of(link)
+            emission = link.emit_frame_later(n_slots, at_utc=at_utc, close_block=close_block, ahead=ahead)
+        return _Beside(handle, link, emission)
+
+    def emitted(self, emitting: _Beside, drawn: Any, error: BaseException | None = None) -> tuple[int, int, bytes, Mirror]:
+        """Ends a frame step whose emission ran beside (:meth:`emit_beside`): its answer.
+
+        Raises:
+            LocalProtocolError: The session ended meanwhile (nothing is sent).
+            Exception: What the emission raised (the node ends the session).
+        """
+        link, emission = emitting.link, emitting.job
+        assert isinstance(link, AliceLink) and isinstance(emission, Emission)
+        if error is not None:
+            raise error
+        frame, record, payload = drawn
+        with self._untouched(link):
+            sent = link.emitted(emission, frame, record) if self._links.get(emitting.handle) is link else None
+        if sent is None:
+            raise LocalProtocolError(f"protocol runner: session {emitting.handle} ended while frame {emission.frame_id} was drawn")
+        return emission.frame_id, frame.n_slots, payload, Mirror.of(link)
 
     def frame(self, handle: int, frame_id: int, payload: bytes, at_utc: float | None) -> StepResult:
         """A pulse frame (its wire form, parsed and checked here) reached Bob's detectors."""
         started = self.frame_beside(handle, frame_id, payload, at_utc)
-        if not isinstance(started, _Measuring):
+        if not isinstance(started, _Beside):
             return started
         try:
-            clicks = started.measurement.run()
+            clicks = started.run()
         except Exception as exc:  # handed back as the step's error, as a measurement in the step would be
             return self.measured(started, None, exc)
         return self.measured(started, clicks)
 
-    def frame_beside(self, handle: int, frame_id: int, payload: bytes, at_utc: float | None) -> StepResult | _Measuring:
+    def frame_beside(self, handle: int, frame_id: int, payload: bytes, at_utc: float | None) -> StepResult | _Beside:
         """As :meth:`frame`, but the frame's measurement, if it is its turn, is handed back to run beside later
         requests (then :meth:`measured` finishes the step)."""
         link = self._link(handle)
@@ -341,12 +367,13 @@ class LinkSteps:
 
         with self._untouched(link):
             result = self._run(link, None, step)
-        return _Measuring(handle, link, started[0]) if started else result
+        return _Beside(handle, link, started[0]) if started else result
 
-    def measured(self, measuring: _Measuring, clicks: Clicks | None, error: BaseException | None = None) -> StepResult:
+    def measured(self, measuring: _Beside, clicks: Clicks | None, error: BaseException | None = None) -> StepResult:
         """Ends a frame step whose measurement ran beside (:meth:`frame_beside`): its answer. A session that
         ended meanwhile sends nothing; a measurement that raised ends the session as the step would have."""
-        link = measuring.link
+        link, measurement = measuring.link, measuring.job
+        assert isinstance(link, BobLink) and isinstance(measurement, Measurement)
         if self._links.get(measuring.handle) is not link:
             return StepResult(outs=[], mirror=Mirror.of(link), events=[], jobs=[])
 
@@ -354,10 +381,26 @@ class LinkSteps:
             if error is not None:
                 raise error
             assert clicks is not None
-            return link.measured(measuring.measurement, clicks)
+            return link.measured(measurement, clicks)
 
         with self._untouched(link):
             return self._run(link, None, step)
+
+    def start_beside(self, op: str, args: tuple[Any, ...]) -> Any:
+        """Request ``op`` as :meth:`handle` runs it, except that a frame's physics (Alice's emission, Bob's
+        measurement) is handed back as a :class:`_Beside` to run on another thread; :meth:`finish_beside`
+        then gives the answer."""
+        if op == "emit":
+            return self.emit_beside(*args)
+        if op == "frame":
+            return self.frame_beside(*args)
+        return self.handle(op, args)
+
+    def finish_beside(self, beside: _Beside, result: Any, error: BaseException | None) -> Any:
+        """The answer of a request whose physics ran beside (:meth:`start_beside`), given what it returned or raised."""
+        if isinstance(beside.job, Emission):
+            return self.emitted(beside, result, error)
+        return self.measured(beside, result, error)
 
     def receive(self, handle: int, wire: bytes, reserve: AuthKeyReserve) -> StepResult:
         """A classical message from the peer, with the link's reserve as the node holds it."""
@@ -968,26 +1011,26 @@ def _serve(sock: socket.socket) -> None:
     _answer(sock, LinkSteps())
 
 
-def _answer(sock: socket.socket, steps: LinkSteps, *, measure_beside: bool = True) -> None:
+def _answer(sock: socket.socket, steps: LinkSteps, *, beside: bool = True) -> None:
     """Answers the requests that come on ``sock`` with ``steps`` until the other end closes it; works
     ahead (:meth:`LinkSteps.work_ahead`) whenever no request waits.
 
-    With ``measure_beside``, a frame's measurement at Bob runs on a thread of
-    its own (:class:`_Measurer`) while later requests are answered; the
-    frame's answer goes out when it ends (the node matches answers to
-    requests by their IDs).
+    With ``beside``, a frame's physics (Alice's emission, Bob's measurement)
+    runs on a thread of its own (:class:`_BesideThread`) while later
+    requests are answered; the frame's answer goes out when it ends (the
+    node matches answers to requests by their IDs).
     """
     sock.setblocking(True)
     requests = _Messages()
     held: _Held = {}
-    measurer = _Measurer() if measure_beside else None
+    thread = _BesideThread() if beside else None
     try:
         while True:
-            waiting = [sock] if measurer is None else [sock, measurer.wakeup]
+            waiting = [sock] if thread is None else [sock, thread.wakeup]
             ready = select.select(waiting, [], [])[0]
-            if measurer is not None and measurer.wakeup in ready:
-                for rid, result in measurer.finished(steps):
-                    if not _answer_one(sock, held, rid, result, None, None):
+            if thread is not None and thread.wakeup in ready:
+                for rid, answer, failure in thread.finished(steps):
+                    if not _answer_one(sock, held, rid, answer, failure, None):
                         return
             if sock in ready:
                 try:
@@ -1005,13 +1048,11 @@ def _answer(sock: socket.socket, steps: LinkSteps, *, measure_beside: bool = Tru
                     ended = scope if op in _ENDING and scope is not None else None
                     value: Any = None
                     try:
-                        if op == "frame" and measurer is not None:
-                            value = steps.frame_beside(*args)
-                            if isinstance(value, _Measuring):
-                                measurer.start(rid, value)
-                                continue  # answered when the measurement ends
-                        else:
-                            value = steps.handle(op, args)
+                        value = steps.handle(op, args) if thread is None else steps.start_beside(op, args)
+                        if isinstance(value, _Beside):
+                            assert thread is not None
+                            thread.start(rid, value)
+                            continue  # answered when the physics ends
                     except Exception as exc:  # noqa: BLE001 - handed to the node, which ends the session
                         error: Exception | None = exc
                     else:
@@ -1021,11 +1062,11 @@ def _answer(sock: socket.socket, steps: LinkSteps, *, measure_beside: bool = Tru
                     if not _answer_one(sock, held, rid, value, error, ended, scope):
                         return
             # Waiting for the node: computations later messages will need, one at a time, until a request comes.
-            while not _readable(sock, measurer) and steps.work_ahead():
+            while not _readable(sock, thread) and steps.work_ahead():
                 pass
     finally:
-        if measurer is not None:
-            measurer.close()
+        if thread is not None:
+            thread.close()
 
 
 def _answer_one(
@@ -1046,55 +1087,69 @@ def _answer_one(
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Measuring:
-    """A frame step whose measurement was handed out (:meth:`LinkSteps.frame_beside`)."""
+class _Beside:
+    """A frame step whose physics was handed out to run beside later requests: Alice's emission
+    (:meth:`LinkSteps.emit_beside`) or Bob's measurement (:meth:`LinkSteps.frame_beside`)."""
 
     handle: int
-    link: BobLink
-    measurement: Measurement
+    link: AliceLink | BobLink
+    job: Emission | Measurement
+
+    def run(self) -> Any:
+        """The physics, touching nothing of the session: Bob's clicks, or Alice's frame, record and the
+        frame's wire form (encoded here too)."""
+        if isinstance(self.job, Emission):
+            frame, record = self.job.run()
+            return frame, record, frame.to_bytes()
+        return self.job.run()
 
 
-class _Measurer:
-    """The protocol process's measuring thread: one frame's measurement at a time per session, beside the
-    requests the main thread answers (pipeline rule 1a). Only :meth:`Measurement.run` runs on it (the
-    physics: numpy and compiled kernels that release the GIL); everything that touches a session runs on
-    the main thread, which learns of an ended measurement through :attr:`wakeup`."""
+class _BesideThread:
+    """The protocol process's physics thread: one frame's emission or measurement at a time, beside the
+    requests the main thread answers (pipeline rules 1a and 1b). Only :meth:`_Beside.run` runs on it
+    (numpy and compiled kernels that release the GIL); everything that touches a session runs on the
+    main thread, which learns of an ended job through :attr:`wakeup`."""
 
     def __init__(self) -> None:
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # started at the first measurement
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # started at the first job
         self.wakeup, self._wake = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.wakeup.setblocking(False)
         self._lock = threading.Lock()
-        self._done: list[tuple[int, _Measuring, concurrent.futures.Future[Clicks]]] = []
+        self._done: list[tuple[int, _Beside, concurrent.futures.Future[Any]]] = []
 
-    def start(self, rid: int, measuring: _Measuring) -> None:
+    def start(self, rid: int, beside: _Beside) -> None:
         if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="measure")
-        future = self._pool.submit(measuring.measurement.run)
-        future.add_done_callback(lambda done: self._ended(rid, measuring, done))
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="physics")
+        future = self._pool.submit(beside.run)
+        future.add_done_callback(lambda done: self._ended(rid, beside, done))
 
-    def _ended(self, rid: int, measuring: _Measuring, future: concurrent.futures.Future[Clicks]) -> None:
+    def _ended(self, rid: int, beside: _Beside, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
-            self._done.append((rid, measuring, future))
+            self._done.append((rid, beside, future))
         with contextlib.suppress(OSError):
             self._wake.send(b"\0")
 
-    def finished(self, steps: LinkSteps) -> list[tuple[int, StepResult]]:
-        """The frame steps whose measurements ended, finished on this (the main) thread: (request, answer)."""
+    def finished(self, steps: LinkSteps) -> list[tuple[int, Any, Exception | None]]:
+        """The frame steps whose physics ended, finished on this (the main) thread: (request, answer, error)."""
         with contextlib.suppress(OSError):
             while self.wakeup.recv(4096):
                 pass
         with self._lock:
             done, self._done = self._done, []
-        out = []
-        for rid, measuring, future in done:
+        out: list[tuple[int, Any, Exception | None]] = []
+        for rid, beside, future in done:
             exc = future.exception()
-            out.append((rid, steps.measured(measuring, None if exc is not None else future.result(), exc)))
+            try:
+                value = steps.finish_beside(beside, None if exc is not None else future.result(), exc)
+            except Exception as error:  # noqa: BLE001 - handed to the node, which ends the session
+                out.append((rid, None, error))
+            else:
+                out.append((rid, value, None))
         return out
 
     @property
     def pending(self) -> bool:
-        """Whether an ended measurement waits for the main thread."""
+        """Whether an ended job waits for the main thread."""
         with self._lock:
             return bool(self._done)
 
@@ -1105,9 +1160,9 @@ class _Measurer:
         self._wake.close()
 
 
-def _readable(sock: socket.socket, measurer: _Measurer | None = None) -> bool:
-    """Whether ``sock`` has bytes to read (or an end), or a measurement has ended, now."""
-    return bool(select.select([sock], [], [], 0)[0]) or (measurer is not None and measurer.pending)
+def _readable(sock: socket.socket, thread: _BesideThread | None = None) -> bool:
+    """Whether ``sock`` has bytes to read (or an end), or a frame's physics has ended, now."""
+    return bool(select.select([sock], [], [], 0)[0]) or (thread is not None and thread.pending)
 
 
 def _send(sock: socket.socket, parts: list[bytes]) -> None:

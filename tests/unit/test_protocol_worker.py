@@ -167,13 +167,13 @@ def test_a_cancelled_callers_step_still_changes_the_reserve_and_keeps_its_events
 
 def test_a_frame_step_may_not_touch_the_mac_key_reserve(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg: LinkProtocolConfig = config(block_bits=20_000)
-    original = AliceLink.emit_frame
+    original = AliceLink.emit_frame_later
 
     def greedy(self: AliceLink, *args: Any, **kwargs: Any) -> Any:
         self.auth.take(1)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(AliceLink, "emit_frame", greedy)
+    monkeypatch.setattr(AliceLink, "emit_frame_later", greedy)
     steps = LinkSteps()
     from qcinode.core.authentication import AuthKeyReserve
 
@@ -613,4 +613,84 @@ def test_a_frame_is_measured_beside_the_requests_that_come_after_it_and_answered
         serving.join(timeout=30)
         process_end.close()
     assert not serving.is_alive()
-    assert measured_on and measured_on[0].startswith("measure")
+    assert measured_on and measured_on[0].startswith("physics")
+
+
+def test_a_frame_is_drawn_beside_the_requests_that_come_after_it_and_sent_when_it_ends() -> None:
+    """The protocol process's loop (`_answer`) draws Alice's frame on a thread of its own (pipeline rule 1b)."""
+    import socket
+    import threading
+
+    from qcinode.core.physics import EMULATED_CHANNEL, LinkPhysics
+    from qcinode.node.protocol_worker import _answer, _dumps, _framed, _loads, _Messages
+
+    cfg = config(block_bits=20_000)
+    runner = InlineRunner()
+    pair = asyncio.run(open_pair(runner, cfg, BOOTSTRAP, seed=8))
+    (alice,) = [link for link in runner.steps._links.values() if isinstance(link, AliceLink)]
+
+    gate = threading.Event()
+    drawn_on: list[str] = []
+
+    class GatedChannel:
+        """The emulated channel, whose source waits for the test."""
+
+        def transmit(self, phys: LinkPhysics, n_slots: int, key_rng: Any, noise_rng: Any) -> Any:
+            drawn_on.append(threading.current_thread().name)
+            assert gate.wait(30)
+            return EMULATED_CHANNEL.transmit(phys, n_slots, key_rng, noise_rng)
+
+        def detect(self, *args: Any) -> Any:
+            return EMULATED_CHANNEL.detect(*args)
+
+    alice.quantum = GatedChannel()  # type: ignore[assignment]
+    node_end, process_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    serving = threading.Thread(target=_answer, args=(process_end, runner.steps))
+    serving.start()
+    answers = _Messages()
+    held: dict[int, dict[str, bytes]] = {}  # the reserve parts both ends hold, as the node keeps them
+
+    def read_answer() -> Any:
+        while True:
+            taken = [_loads(answer, held) for answer in answers.take()]
+            if taken:
+                (one,) = taken
+                return one
+            answers.filled(node_end.recv_into(answers.free()))
+
+    def ask(rid: int, op: str, *args: Any) -> None:
+        node_end.sendall(b"".join(_framed(_dumps((rid, op, args), held, args[0]))))
+
+    slots = frame_slots_for(cfg)
+    try:
+        ask(1, "emit", pair.alice.handle, slots, None, False, False)
+        ask(2, "drop", 999)
+        rid, ok, *_ = read_answer()  # the later request, while the frame is still being drawn
+        assert (rid, ok) == (2, True) and not gate.is_set()
+        assert not alice.can_sift_ahead  # the frame is in flight already
+        gate.set()
+        rid, ok, (frame_id, n_slots, payload, mirror), _ = read_answer()
+        assert (rid, ok, frame_id, n_slots) == (1, True, 0, slots) and not mirror.can_sift_ahead
+        # The frame reaches Bob, and Alice sifts his report of it.
+        report = asyncio.run(pair.bob.receive_frame(frame_id, payload, None))
+        assert [r.WhichOneof("body") for r in report] == ["detection_report"]
+        ask(3, "receive", pair.alice.handle, report[0].SerializeToString(), pair.alice.reserve.copy())
+        rid, ok, result, _ = read_answer()
+        assert (rid, ok) == (3, True) and result.error is None
+        assert [pb.ClassicalMessage.FromString(wire).WhichOneof("body") for wire in result.outs] == ["sift_reply"]
+        # A session that ends while its frame is drawn sends no frame: the answer says why.
+        gate.clear()
+        ask(4, "emit", pair.alice.handle, slots, None, False, True)
+        ask(5, "abandon", pair.alice.handle, "peer lost")
+        rid, ok, *_ = read_answer()
+        assert (rid, ok) == (5, True)
+        gate.set()
+        rid, ok, error, _ = read_answer()
+        assert (rid, ok) == (4, False) and isinstance(error, LocalProtocolError) and "ended while frame 1" in str(error)
+    finally:
+        gate.set()
+        node_end.close()
+        serving.join(timeout=30)
+        process_end.close()
+    assert not serving.is_alive()
+    assert drawn_on and all(name.startswith("physics") for name in drawn_on)
