@@ -134,7 +134,6 @@ from typing import Any
 
 import numpy as np
 
-from ..cluster.zygote import thread_count
 from ..core.authentication import AuthKeyReserve
 from ..core.physics import Clicks, PhotonFrame
 from ..core.pipeline import AliceLink, BlockEvent, BobLink, Emission, LinkProtocolConfig, Measurement
@@ -565,6 +564,14 @@ def _widen(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
 
 
+def _threads() -> int:
+    """Threads of this process: the kernel's count where there is ``/proc`` (threads started by C code included)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
 class ProcessRunner(ProtocolRunner):
     """A child process that runs the steps (the module docstring): forked now if this process is one thread, else spawned."""
 
@@ -591,7 +598,7 @@ class ProcessRunner(ProtocolRunner):
         self._connecting: asyncio.Future[None] | None = None
         self._next_id = 0
         self.lost: str | None = None  # why the child ended, once it did
-        self._start(fork=sys.platform == "linux" and thread_count() == 1 if fork is None else fork)
+        self._start(fork=sys.platform == "linux" and _threads() == 1 if fork is None else fork)
 
     def _start(self, *, fork: bool) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
