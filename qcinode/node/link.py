@@ -275,6 +275,7 @@ class AliceWorker:
         rate_hz = rt.link.source.rate_hz
         incoming: asyncio.Task[Any] | None = None  # the next message, while a frame waits or is drawn beside it
         emitting: asyncio.Task[tuple[int, int, bytes]] | None = None  # the frame being drawn
+        emitting_at: float | None = None  # the instant it is sampled at
         try:
             while True:
                 envelope: Any = None
@@ -313,19 +314,24 @@ class AliceWorker:
                     waiting = self.stage_timeout_s
                     if rt.config.error_correction == "ldpc" and alice.mirror.state is Phase.RECONCILING:
                         waiting = max(waiting, LDPC_DECODE_TIMEOUT_S)  # Bob is decoding
-                    incoming = incoming or asyncio.ensure_future(call.read())
-                    async with asyncio.timeout(waiting):
-                        await asyncio.wait({incoming} if emitting is None else {incoming, emitting}, return_when=asyncio.FIRST_COMPLETED)
-                    if emitting is not None and emitting.done():
-                        frame_id, n_slots, payload = emitting.result()
-                        emitting = None
-                        rt.next_frame_id = alice.mirror.next_frame_id
-                        await quantum.write(
-                            pb.PulseFrame(link_id=rt.link_id, frame_id=frame_id, n_slots=n_slots, payload=payload, at_utc=emitting_at or 0.0)
-                        )
-                    if not incoming.done():
-                        continue  # the frame is out; its detection report (or a message of the open block) comes next
-                    envelope, incoming = incoming.result(), None
+                    if emitting is None:  # the common case: no task, no wait set
+                        async with asyncio.timeout(waiting):
+                            envelope = await (incoming or call.read())
+                        incoming = None
+                    else:
+                        incoming = incoming or asyncio.ensure_future(call.read())
+                        async with asyncio.timeout(waiting):
+                            await asyncio.wait({incoming, emitting}, return_when=asyncio.FIRST_COMPLETED)
+                        if emitting.done():
+                            frame_id, n_slots, payload = emitting.result()
+                            emitting = None
+                            rt.next_frame_id = alice.mirror.next_frame_id
+                            await quantum.write(
+                                pb.PulseFrame(link_id=rt.link_id, frame_id=frame_id, n_slots=n_slots, payload=payload, at_utc=emitting_at or 0.0)
+                            )
+                        if not incoming.done():
+                            continue  # the frame is out; its detection report (or a message of the open block) comes next
+                        envelope, incoming = incoming.result(), None
                 if envelope is grpc.aio.EOF:
                     raise TransportError("peer closed the classical channel")
                 cursor = rt.auth.cursor

@@ -11,6 +11,7 @@ each session gets generators of its own.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -546,6 +547,11 @@ def test_the_protocol_process_hashes_a_confirmed_block_while_it_waits_and_answer
     while len(got) < 2:
         answers.filled(node_end.recv_into(answers.free()))
         got += [_loads(answer, {}) for answer in answers.take()]
+    # The node's end stays open until the process has had its wait: an end closed at once would be a
+    # request (the end) waiting, and the loop rightly answers it before working ahead.
+    deadline = time.monotonic() + 30
+    while alice.block.unhashed is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
     node_end.close()
     serving.join(timeout=30)
     assert not serving.is_alive()
