@@ -561,142 +561,136 @@ def test_the_protocol_process_hashes_a_confirmed_block_while_it_waits_and_answer
     assert alice.block.unhashed is None and len(alice.block.secret) > 0
 
 
+class _GatedChannel:
+    """The emulated channel, whose source (``gated="transmit"``) or detector (``"detect"``) waits for the
+    test's ``gate``; it notes the threads that ran the gated side."""
+
+    def __init__(self, gated: str) -> None:
+        import threading
+
+        self.gated = gated
+        self.gate = threading.Event()
+        self.threads: list[str] = []
+
+    def _wait(self, side: str) -> None:
+        import threading
+
+        if side == self.gated:
+            self.threads.append(threading.current_thread().name)
+            assert self.gate.wait(30)
+
+    def transmit(self, *args: Any) -> Any:
+        from qcinode.core.physics import EMULATED_CHANNEL
+
+        self._wait("transmit")
+        return EMULATED_CHANNEL.transmit(*args)
+
+    def detect(self, *args: Any) -> Any:
+        from qcinode.core.physics import EMULATED_CHANNEL
+
+        self._wait("detect")
+        return EMULATED_CHANNEL.detect(*args)
+
+
+class _ServingLoop:
+    """The protocol process's request loop (`_answer`) on a thread, with the node's end of its socket."""
+
+    def __init__(self, steps: LinkSteps) -> None:
+        import socket
+        import threading
+
+        from qcinode.node.protocol_worker import _answer, _Messages
+
+        self.node_end, self._process_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.serving = threading.Thread(target=_answer, args=(self._process_end, steps))
+        self.serving.start()
+        self._answers = _Messages()
+        self._held: dict[int, dict[str, bytes]] = {}  # the reserve parts both ends hold, as the node keeps them
+
+    def ask(self, rid: int, op: str, *args: Any) -> None:
+        from qcinode.node.protocol_worker import _dumps, _framed
+
+        self.node_end.sendall(b"".join(_framed(_dumps((rid, op, args), self._held, args[0]))))
+
+    def answer(self) -> Any:
+        from qcinode.node.protocol_worker import _loads
+
+        while True:
+            taken = [_loads(answer, self._held) for answer in self._answers.take()]
+            if taken:
+                (one,) = taken
+                return one
+            self._answers.filled(self.node_end.recv_into(self._answers.free()))
+
+    def close(self) -> None:
+        self.node_end.close()
+        self.serving.join(timeout=30)
+        self._process_end.close()
+        assert not self.serving.is_alive()
+
+
 def test_a_frame_is_measured_beside_the_requests_that_come_after_it_and_answered_when_it_ends() -> None:
     """The protocol process's loop (`_answer`) measures Bob's frame on a thread of its own (pipeline rule 1a)."""
-    import socket
-    import threading
-
-    from qcinode.core.physics import EMULATED_CHANNEL, Clicks, LinkPhysics, PhotonFrame
-    from qcinode.node.protocol_worker import _answer, _dumps, _framed, _loads, _Messages
-
     cfg = config(block_bits=20_000)
     runner = InlineRunner()
     pair = asyncio.run(open_pair(runner, cfg, BOOTSTRAP, seed=8))
     frame_id, _, payload = asyncio.run(pair.alice.emit_frame(frame_slots_for(cfg), None, False, False))
     (bob,) = [link for link in runner.steps._links.values() if isinstance(link, BobLink)]
-
-    gate = threading.Event()
-    measured_on: list[str] = []
-
-    class GatedChannel:
-        """The emulated channel, whose detector waits for the test."""
-
-        def transmit(self, *args: Any) -> Any:
-            return EMULATED_CHANNEL.transmit(*args)
-
-        def detect(self, phys: LinkPhysics, frame: PhotonFrame, key_rng: Any, noise_rng: Any) -> Clicks:
-            measured_on.append(threading.current_thread().name)
-            assert gate.wait(30)
-            return EMULATED_CHANNEL.detect(phys, frame, key_rng, noise_rng)
-
-    bob.quantum = GatedChannel()  # type: ignore[assignment]
-    node_end, process_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    serving = threading.Thread(target=_answer, args=(process_end, runner.steps))
-    serving.start()
-    answers = _Messages()
-
-    def read_answer() -> Any:
-        while True:
-            taken = [_loads(answer, {}) for answer in answers.take()]
-            if taken:
-                (one,) = taken
-                return one
-            answers.filled(node_end.recv_into(answers.free()))
-
+    channel = _GatedChannel("detect")
+    bob.quantum = channel
+    loop = _ServingLoop(runner.steps)
     try:
-        node_end.sendall(b"".join(_framed(_dumps((1, "frame", (pair.bob.handle, frame_id, payload, None)), {}, pair.bob.handle))))
-        node_end.sendall(b"".join(_framed(_dumps((2, "drop", (999,)), {}, 999))))
-        rid, ok, *_ = read_answer()  # the later request, while the frame is still being measured
-        assert (rid, ok) == (2, True) and not gate.is_set()
-        gate.set()
-        rid, ok, result, _ = read_answer()
+        loop.ask(1, "frame", pair.bob.handle, frame_id, payload, None)
+        loop.ask(2, "drop", 999)
+        rid, ok, *_ = loop.answer()  # the later request, while the frame is still being measured
+        assert (rid, ok) == (2, True) and not channel.gate.is_set()
+        channel.gate.set()
+        rid, ok, result, _ = loop.answer()
         assert (rid, ok) == (1, True) and result.error is None
         (report,) = [pb.ClassicalMessage.FromString(wire) for wire in result.outs]
         assert report.WhichOneof("body") == "detection_report"
     finally:
-        gate.set()
-        node_end.close()
-        serving.join(timeout=30)
-        process_end.close()
-    assert not serving.is_alive()
-    assert measured_on and measured_on[0].startswith("physics")
+        channel.gate.set()
+        loop.close()
+    assert channel.threads and channel.threads[0].startswith("physics")
 
 
 def test_a_frame_is_drawn_beside_the_requests_that_come_after_it_and_sent_when_it_ends() -> None:
     """The protocol process's loop (`_answer`) draws Alice's frame on a thread of its own (pipeline rule 1b)."""
-    import socket
-    import threading
-
-    from qcinode.core.physics import EMULATED_CHANNEL, LinkPhysics
-    from qcinode.node.protocol_worker import _answer, _dumps, _framed, _loads, _Messages
-
     cfg = config(block_bits=20_000)
     runner = InlineRunner()
     pair = asyncio.run(open_pair(runner, cfg, BOOTSTRAP, seed=8))
     (alice,) = [link for link in runner.steps._links.values() if isinstance(link, AliceLink)]
-
-    gate = threading.Event()
-    drawn_on: list[str] = []
-
-    class GatedChannel:
-        """The emulated channel, whose source waits for the test."""
-
-        def transmit(self, phys: LinkPhysics, n_slots: int, key_rng: Any, noise_rng: Any) -> Any:
-            drawn_on.append(threading.current_thread().name)
-            assert gate.wait(30)
-            return EMULATED_CHANNEL.transmit(phys, n_slots, key_rng, noise_rng)
-
-        def detect(self, *args: Any) -> Any:
-            return EMULATED_CHANNEL.detect(*args)
-
-    alice.quantum = GatedChannel()  # type: ignore[assignment]
-    node_end, process_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    serving = threading.Thread(target=_answer, args=(process_end, runner.steps))
-    serving.start()
-    answers = _Messages()
-    held: dict[int, dict[str, bytes]] = {}  # the reserve parts both ends hold, as the node keeps them
-
-    def read_answer() -> Any:
-        while True:
-            taken = [_loads(answer, held) for answer in answers.take()]
-            if taken:
-                (one,) = taken
-                return one
-            answers.filled(node_end.recv_into(answers.free()))
-
-    def ask(rid: int, op: str, *args: Any) -> None:
-        node_end.sendall(b"".join(_framed(_dumps((rid, op, args), held, args[0]))))
-
+    channel = _GatedChannel("transmit")
+    alice.quantum = channel
+    loop = _ServingLoop(runner.steps)
     slots = frame_slots_for(cfg)
     try:
-        ask(1, "emit", pair.alice.handle, slots, None, False, False)
-        ask(2, "drop", 999)
-        rid, ok, *_ = read_answer()  # the later request, while the frame is still being drawn
-        assert (rid, ok) == (2, True) and not gate.is_set()
+        loop.ask(1, "emit", pair.alice.handle, slots, None, False, False)
+        loop.ask(2, "drop", 999)
+        rid, ok, *_ = loop.answer()  # the later request, while the frame is still being drawn
+        assert (rid, ok) == (2, True) and not channel.gate.is_set()
         assert not alice.can_sift_ahead  # the frame is in flight already
-        gate.set()
-        rid, ok, (frame_id, n_slots, payload, mirror), _ = read_answer()
+        channel.gate.set()
+        rid, ok, (frame_id, n_slots, payload, mirror), _ = loop.answer()
         assert (rid, ok, frame_id, n_slots) == (1, True, 0, slots) and not mirror.can_sift_ahead
         # The frame reaches Bob, and Alice sifts his report of it.
         report = asyncio.run(pair.bob.receive_frame(frame_id, payload, None))
         assert [r.WhichOneof("body") for r in report] == ["detection_report"]
-        ask(3, "receive", pair.alice.handle, report[0].SerializeToString(), pair.alice.reserve.copy())
-        rid, ok, result, _ = read_answer()
+        loop.ask(3, "receive", pair.alice.handle, report[0].SerializeToString(), pair.alice.reserve.copy())
+        rid, ok, result, _ = loop.answer()
         assert (rid, ok) == (3, True) and result.error is None
         assert [pb.ClassicalMessage.FromString(wire).WhichOneof("body") for wire in result.outs] == ["sift_reply"]
         # A session that ends while its frame is drawn sends no frame: the answer says why.
-        gate.clear()
-        ask(4, "emit", pair.alice.handle, slots, None, False, True)
-        ask(5, "abandon", pair.alice.handle, "peer lost")
-        rid, ok, *_ = read_answer()
+        channel.gate.clear()
+        loop.ask(4, "emit", pair.alice.handle, slots, None, False, True)
+        loop.ask(5, "abandon", pair.alice.handle, "peer lost")
+        rid, ok, *_ = loop.answer()
         assert (rid, ok) == (5, True)
-        gate.set()
-        rid, ok, error, _ = read_answer()
+        channel.gate.set()
+        rid, ok, error, _ = loop.answer()
         assert (rid, ok) == (4, False) and isinstance(error, LocalProtocolError) and "ended while frame 1" in str(error)
     finally:
-        gate.set()
-        node_end.close()
-        serving.join(timeout=30)
-        process_end.close()
-    assert not serving.is_alive()
-    assert drawn_on and all(name.startswith("physics") for name in drawn_on)
+        channel.gate.set()
+        loop.close()
+    assert channel.threads and all(name.startswith("physics") for name in channel.threads)
