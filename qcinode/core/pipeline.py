@@ -639,6 +639,9 @@ class AliceLink(_LinkEnd):
         self._close_after_frame = False
         # Rule 1b: frames are drawn with generators of their own, so that an emission may run beside
         # this end's other steps, which draw from key_rng (seeds); one emission at a time (``_emitting``).
+        # A frame's record draws from the same key generator for the dark-count slots Bob reports
+        # (AliceRecord.reveal), on this end's thread, when his report is sifted: the next emission cannot
+        # have started then (one frame in flight), so the generator is never used by two threads at once.
         self._emit_key_rng: KeyRandomness = spawn_generator(self.key_rng)
         self._emit_noise_rng: np.random.Generator = spawn_generator(self.noise_rng)
         self._emitting: Emission | None = None  # the one under way; cleared when the session breaks
