@@ -305,12 +305,8 @@ class LinkSteps:
 
     def emit(self, handle: int, n_slots: int, at_utc: float | None, close_block: bool, ahead: bool) -> tuple[int, int, bytes, Mirror]:
         """Alice's next frame: (frame ID, slots, payload, mirror)."""
-        started = self.emit_beside(handle, n_slots, at_utc, close_block, ahead)
-        try:
-            drawn = started.run()
-        except Exception as exc:  # handed back as the step's error, as an emission in the step would be
-            return self.emitted(started, None, exc)
-        return self.emitted(started, drawn)
+        answer: tuple[int, int, bytes, Mirror] = self._in_step(self.emit_beside(handle, n_slots, at_utc, close_block, ahead))
+        return answer
 
     def emit_beside(self, handle: int, n_slots: int, at_utc: float | None, close_block: bool, ahead: bool) -> _Beside:
         """As :meth:`emit`, but the frame's pulses are handed back to be drawn beside later requests (then
@@ -343,13 +339,17 @@ class LinkSteps:
     def frame(self, handle: int, frame_id: int, payload: bytes, at_utc: float | None) -> StepResult:
         """A pulse frame (its wire form, parsed and checked here) reached Bob's detectors."""
         started = self.frame_beside(handle, frame_id, payload, at_utc)
-        if not isinstance(started, _Beside):
-            return started
+        result: StepResult = started if not isinstance(started, _Beside) else self._in_step(started)
+        return result
+
+    def _in_step(self, beside: _Beside) -> Any:
+        """Runs a frame's physics in the step itself (the other runners) and finishes the step as
+        :meth:`finish_beside` does: what the physics raised is the step's error."""
         try:
-            clicks = started.run()
-        except Exception as exc:  # handed back as the step's error, as a measurement in the step would be
-            return self.measured(started, None, exc)
-        return self.measured(started, clicks)
+            result = beside.run()
+        except Exception as exc:  # noqa: BLE001 - handed back as the step's error
+            return self.finish_beside(beside, None, exc)
+        return self.finish_beside(beside, result, None)
 
     def frame_beside(self, handle: int, frame_id: int, payload: bytes, at_utc: float | None) -> StepResult | _Beside:
         """As :meth:`frame`, but the frame's measurement, if it is its turn, is handed back to run beside later
