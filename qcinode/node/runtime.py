@@ -164,6 +164,10 @@ async def finish_in_thread(future: asyncio.Future[Any]) -> Any:
         while not future.done():
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait([future])
+        if not future.cancelled():
+            # Nobody waits for its outcome any more (the caller was cancelled; shield lets go of the work once
+            # its caller is): a failure here is the expected end of it (the node stops), not something to report.
+            future.exception()
         raise
 
 

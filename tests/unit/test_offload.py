@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import sys
 import threading
 import time
@@ -152,6 +153,33 @@ def test_a_cancelled_caller_waits_for_its_thread_to_finish() -> None:
             return finished.is_set()
 
     assert asyncio.run(scenario()) is True
+
+
+def test_work_that_fails_after_its_caller_was_cancelled_is_not_reported_as_unretrieved() -> None:
+    # A link's step cancelled as the node stops, whose protocol process then ends: the step's failure is the
+    # expected end of it, not an "exception was never retrieved" in the node's log.
+    reported: list[dict[str, object]] = []
+
+    def work() -> str:
+        time.sleep(0.2)
+        raise RuntimeError("protocol process ended")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        with concurrent.futures.ThreadPoolExecutor(1) as executor:
+            task = asyncio.ensure_future(finish_in_thread(loop.run_in_executor(executor, work)))
+            await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            del task
+        gc.collect()
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    gc.collect()
+    assert [context.get("message") for context in reported] == []
 
 
 def test_a_node_in_a_test_process_steps_in_a_thread_and_sets_the_switch_interval() -> None:
