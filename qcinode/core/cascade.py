@@ -426,8 +426,14 @@ class CascadeResponder:
 
 
 def _unique(values: IntArray) -> IntArray:
-    """Sorted distinct values (cheaper than ``numpy.unique`` on small arrays)."""
-    out = np.sort(values)
+    """Sorted distinct values (cheaper than ``numpy.unique`` on small arrays).
+
+    ``values`` is mostly a few sorted runs (the odd leaves so far, then the
+    leaves a round touched): the stable sort (radix or timsort) merges runs
+    in linear time, where the default quicksort sorts from scratch (20-30x
+    slower on 15,000 leaves plus a few hundred).
+    """
+    out = np.sort(values, kind="stable")
     if out.size > 1:
         out = out[np.concatenate(([True], out[1:] != out[:-1]))]
     return out

@@ -901,6 +901,11 @@ class _Messages:
         """``n_bytes`` were read into the view :meth:`free` returned."""
         self._end += n_bytes
 
+    @property
+    def partial(self) -> bool:
+        """Whether part of a message has been read and its end not yet (after :meth:`take`)."""
+        return self._end > self._start
+
     def take(self) -> list[memoryview]:
         """The complete messages read so far (views of the buffer, valid until the next :meth:`free`)."""
         messages = []
@@ -1080,7 +1085,10 @@ def _answer(sock: socket.socket, steps: LinkSteps, *, beside: bool = True) -> No
                     if not _answer_one(sock, held, rid, value, error, ended, scope):
                         return
             # Waiting for the node: computations later messages will need, one at a time, until a request comes.
-            while not _readable(sock, thread) and steps.work_ahead():
+            # Not while a request is half read: the node writes a message's large payloads as they are, in
+            # parts, and its end comes in microseconds; a computation begun meanwhile (a block's hash is tens
+            # of milliseconds) would hold that request up.
+            while not requests.partial and not _readable(sock, thread) and steps.work_ahead():
                 pass
     finally:
         if thread is not None:

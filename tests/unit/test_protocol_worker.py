@@ -277,12 +277,14 @@ def test_a_partial_message_waits_for_its_end() -> None:
     messages = _Messages(64)
     stream = _framed(b"first", b"second")  # 13 bytes, then 14
     at = 0
-    for n, expected in ((4, []), (9, [b"first"]), (7, []), (7, [b"second"])):
+    assert not messages.partial
+    for n, expected, partial in ((4, [], True), (9, [b"first"], False), (7, [], True), (7, [b"second"], False)):
         space = messages.free()
         space[:n] = stream[at : at + n]
         messages.filled(n)
         at += n
         assert [bytes(m) for m in messages.take()] == expected, (at, expected)
+        assert messages.partial is partial, at
     assert at == len(stream)
 
 
@@ -505,60 +507,76 @@ def test_the_process_that_opens_a_session_tunes_its_own_allocator_for_the_blocks
     assert asked == [1_000_000, 50_000]
 
 
+class _RecordedSteps:
+    """A protocol process's steps with Alice's block confirmed and its hash still to do; notes how many
+    requests had been answered each time the loop asked for work ahead."""
+
+    def __init__(self) -> None:
+        cfg = config(block_bits=20_000)
+        runner = InlineRunner()  # works nothing ahead itself: Alice's block waits with its hash to do
+
+        async def to_confirm() -> None:
+            await _until_confirm(await open_pair(runner, cfg, BOOTSTRAP, seed=8), frame_slots_for(cfg))
+
+        asyncio.run(to_confirm())
+        (self.alice,) = [link for link in runner.steps._links.values() if isinstance(link, AliceLink)]
+        assert self.alice.block is not None and self.alice.block.unhashed is not None
+        self.answered: list[int] = []
+        self.ahead_after: list[int] = []
+        self.steps = steps = runner.steps
+        handle, work_ahead = steps.handle, steps.work_ahead
+
+        def recording_handle(op: str, args: tuple[Any, ...]) -> Any:
+            self.answered.append(len(self.answered))
+            return handle(op, args)
+
+        def recording_work_ahead() -> bool:
+            self.ahead_after.append(len(self.answered))
+            return work_ahead()
+
+        steps.handle, steps.work_ahead = recording_handle, recording_work_ahead  # type: ignore[method-assign]
+
+    def wait_for_the_hash(self) -> None:
+        """Until the block is hashed: a node end closed at once would be a request (the end) waiting, and the
+        loop rightly answers it before working ahead."""
+        block = self.alice.block
+        assert block is not None
+        deadline = time.monotonic() + 30
+        while block.unhashed is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert block.unhashed is None and len(block.secret) > 0
+
+
 def test_the_protocol_process_hashes_a_confirmed_block_while_it_waits_and_answers_requests_first() -> None:
     """The loop a protocol process runs (`_answer`) works ahead once every request it was sent is answered."""
-    import socket
-    import threading
+    from qcinode.node.protocol_worker import _dumps, _framed
 
-    from qcinode.node.protocol_worker import _answer, _dumps, _framed, _loads, _Messages
-
-    cfg = config(block_bits=20_000)
-    runner = InlineRunner()  # works nothing ahead itself: Alice's block waits with its hash to do
-
-    async def to_confirm() -> None:
-        await _until_confirm(await open_pair(runner, cfg, BOOTSTRAP, seed=8), frame_slots_for(cfg))
-
-    asyncio.run(to_confirm())
-    (alice,) = [link for link in runner.steps._links.values() if isinstance(link, AliceLink)]
-    assert alice.block is not None and alice.block.unhashed is not None
-
-    answered: list[int] = []
-    ahead_after: list[int] = []
-    steps = runner.steps
-    handle, work_ahead = steps.handle, steps.work_ahead
-
-    def recording_handle(op: str, args: tuple[Any, ...]) -> Any:
-        answered.append(len(answered))
-        return handle(op, args)
-
-    def recording_work_ahead() -> bool:
-        ahead_after.append(len(answered))
-        return work_ahead()
-
-    steps.handle, steps.work_ahead = recording_handle, recording_work_ahead  # type: ignore[method-assign]
-    node_end, process_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    recorded = _RecordedSteps()
     # Two requests waiting before the process reads: both are answered before any work ahead.
     requests = [part for rid in (1, 2) for part in _framed(_dumps((rid, "drop", (999,)), {}, 999))]
-    node_end.sendall(b"".join(requests))
-    serving = threading.Thread(target=_answer, args=(process_end, steps))
-    serving.start()
-    answers = _Messages()
-    got: list[Any] = []
-    while len(got) < 2:
-        answers.filled(node_end.recv_into(answers.free()))
-        got += [_loads(answer, {}) for answer in answers.take()]
-    # The node's end stays open until the process has had its wait: an end closed at once would be a
-    # request (the end) waiting, and the loop rightly answers it before working ahead.
-    deadline = time.monotonic() + 30
-    while alice.block.unhashed is not None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    node_end.close()
-    serving.join(timeout=30)
-    assert not serving.is_alive()
-    process_end.close()
+    loop = _ServingLoop(recorded.steps, sent_first=b"".join(requests))
+    got = [loop.answer(), loop.answer()]
+    recorded.wait_for_the_hash()
+    loop.close()
     assert [(rid, ok) for rid, ok, *_ in got] == [(1, True), (2, True)]
-    assert answered == [0, 1] and ahead_after and ahead_after[0] == 2
-    assert alice.block.unhashed is None and len(alice.block.secret) > 0
+    assert recorded.answered == [0, 1] and recorded.ahead_after and recorded.ahead_after[0] == 2
+
+
+def test_the_protocol_process_works_nothing_ahead_while_a_request_is_half_read() -> None:
+    """A request the node wrote in parts (its large payloads are written as they are) is read in parts;
+    the loop waits for its end instead of starting a computation it would then have to wait for."""
+    from qcinode.node.protocol_worker import _dumps, _framed
+
+    recorded = _RecordedSteps()
+    request = b"".join(_framed(_dumps((1, "drop", (999,)), {}, 999)))
+    loop = _ServingLoop(recorded.steps, sent_first=request[:10])
+    time.sleep(0.3)  # the loop has read the first part by now
+    loop.node_end.sendall(request[10:])
+    (rid, ok, *_) = loop.answer()
+    recorded.wait_for_the_hash()
+    loop.close()
+    assert (rid, ok) == (1, True)
+    assert recorded.ahead_after and recorded.ahead_after[0] == 1  # the first work ahead came after the answer
 
 
 class _GatedChannel:
@@ -595,13 +613,14 @@ class _GatedChannel:
 class _ServingLoop:
     """The protocol process's request loop (`_answer`) on a thread, with the node's end of its socket."""
 
-    def __init__(self, steps: LinkSteps) -> None:
+    def __init__(self, steps: LinkSteps, *, sent_first: bytes = b"") -> None:
         import socket
         import threading
 
         from qcinode.node.protocol_worker import _answer, _Messages
 
         self.node_end, self._process_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.node_end.sendall(sent_first)  # waiting before the process reads
         self.serving = threading.Thread(target=_answer, args=(self._process_end, steps))
         self.serving.start()
         self._answers = _Messages()
