@@ -231,6 +231,7 @@ class Snapshot:
     link: dict[str, Any]
     bob_link: dict[str, Any]
     load_1min: float
+    alice_link: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def blocks(self) -> int:
@@ -246,12 +247,14 @@ def snapshot(state_dir: Path, pids: dict[str, int]) -> Snapshot:
     wall = time.monotonic()
     cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     bob_links = status["nodes"].get("bob", {}).get("links", [])
+    alice_links = status["nodes"].get("alice", {}).get("links", [])
     return Snapshot(
         wall_s=wall,
         cpu_s=cpu,
         link=status["links"].get(LINK_ID, {}),
         bob_link=next((x for x in bob_links if x.get("link_id") == LINK_ID), {}),
         load_1min=os.getloadavg()[0],
+        alice_link=next((x for x in alice_links if x.get("link_id") == LINK_ID), {}),
     )
 
 
@@ -291,6 +294,9 @@ class LinkResult:
     formula_per_pulse: float = math.nan
     #: Infinite-block, infinite-decoy rate of the same source and f, per pulse.
     asymptotic_per_pulse: float = math.nan
+    #: Wall seconds Alice's accepted blocks of the window spent in each post-processing stage, and how many blocks.
+    stage_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    stage_blocks: int = 0
 
     @property
     def blocks(self) -> int:
@@ -436,6 +442,9 @@ def fill(result: LinkResult, first: Snapshot, last: Snapshot) -> None:
     result.emulated_s = float(b.get("emulated_s", 0.0)) - float(a.get("emulated_s", 0.0))
     result.qber = float(b.get("qber", 0.0))
     result.ec_efficiency = float(b.get("ec_efficiency", 0.0))
+    before, after = first.alice_link.get("block_stage_seconds") or {}, last.alice_link.get("block_stage_seconds") or {}
+    result.stage_s = {stage: float(after[stage]) - float(before.get(stage, 0.0)) for stage in after}
+    result.stage_blocks = int(last.alice_link.get("block_stage_blocks", 0)) - int(first.alice_link.get("block_stage_blocks", 0))
 
 
 # --------------------------------------------------------------------------- in process
@@ -600,6 +609,7 @@ def print_result(r: LinkResult) -> None:
         ("QBER (last block)", f"{100 * r.qber:.2f} %"),
         (f"{r.variant.method} f (cumulative)", f"{r.ec_efficiency:.3f}"),
         (f"{r.variant.method} round trips per block", f"{r.rounds_per_block:.1f}"),
+        ("block stages at Alice, ms per block", stage_line(r)),
         ("frames per block (est.)", f"{r.frames_per_block:.2f} of {r.frame_slots:.3g} slots"),
         ("classical messages per block (est.)", f"{r.messages_per_block:.1f}  (2 x frames + 2 x rounds + 6)"),
         ("peak RSS MiB (alice / bob)", " / ".join(f"{r.peak_rss_mib.get(n, math.nan):.0f}" for n in ("alice", "bob"))),
@@ -609,6 +619,18 @@ def print_result(r: LinkResult) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
+
+
+def stage_line(r: LinkResult) -> str:
+    """Where an accepted block's wall time went at Alice: each post-processing stage, and per round trip."""
+    if not r.stage_blocks:
+        return "-"
+    per_block = {stage: 1e3 * seconds / r.stage_blocks for stage, seconds in r.stage_s.items()}
+    line = ", ".join(f"{stage} {ms:.0f}" for stage, ms in per_block.items())
+    rounds = r.rounds_per_block
+    if "reconciliation" in per_block and rounds > 0:
+        line += f"  (reconciliation per round trip: {per_block['reconciliation'] / rounds:.2f} ms)"
+    return line
 
 
 def print_summary(results: Sequence[LinkResult]) -> None:

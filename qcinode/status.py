@@ -146,6 +146,10 @@ class LinkStatus:
     #: With ``include_block_digests``; None (shown as []) otherwise.
     blocks: tuple[BlockDigest, ...] | None = None
     cascade_rounds_per_block: float = 0.0
+    #: At the transmitting end: wall seconds the accepted blocks spent in each post-processing stage
+    #: (estimation, reconciliation, confirmation), summed, and how many blocks that is.
+    block_stage_seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    block_stage_blocks: int = 0
     ec_key_bits: int = 0
     eavesdropper: str = ""  # "" when none, else "ATTACK FRACTION"
     fault: str = ""  # "" when none, else e.g. "drop p=0.1" (this end's classical-channel fault)

@@ -339,6 +339,7 @@ class AliceWorker:
                     outs = await alice.receive(envelope)
                 rt.next_block_seq = alice.mirror.next_block_seq
                 events = rt.record(alice.take_events())
+                rt.stages.step(alice.mirror.state, events, time.monotonic())
                 if events or rt.auth.cursor != cursor:
                     await rt.persist_async(self.offload.storage)  # before the tag or the Commit leaves
                 self._log_events(events)

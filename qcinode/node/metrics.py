@@ -55,6 +55,12 @@ class _NodeCollector(Collector):
         aborted = CounterMetricFamily(
             "qcinode_link_blocks_aborted", "Blocks discarded, by cause (qcinode.core.aborts.AbortReason)", labels=[*labels, "reason"]
         )
+        stage_seconds = CounterMetricFamily(
+            "qcinode_link_block_stage_seconds",
+            "Transmitting end: wall seconds accepted blocks spent in each post-processing stage (estimation, reconciliation, confirmation)",
+            labels=[*labels, "stage"],
+        )
+        stage_blocks = counter("block_stage_blocks", "Transmitting end: accepted blocks whose stages block_stage_seconds sums")
         lag = gauge("lag_seconds", "Emulated seconds the transmitter is behind the network clock (the CPU cannot keep up)")
         in_pass = gauge("in_pass", "Free-space link: 1 while the satellite is above the elevation mask")
         elevation = gauge("elevation_degrees", "Free-space link: the satellite's elevation seen from the ground station")
@@ -77,6 +83,10 @@ class _NodeCollector(Collector):
             done.add_metric(values, float(link.blocks_done))
             for reason, count in sorted(link.aborts_by_reason.items()):
                 aborted.add_metric([*values, reason.value], float(count))
+            if link.block_stage_blocks:
+                stage_blocks.add_metric(values, float(link.block_stage_blocks))
+                for stage, seconds in link.block_stage_seconds.items():
+                    stage_seconds.add_metric([*values, stage], seconds)
             channel = link.channel
             if channel is not None and channel.lag_s is not None:
                 lag.add_metric(values, channel.lag_s)
@@ -86,7 +96,7 @@ class _NodeCollector(Collector):
                 for family, value in figures:
                     if value is not None:
                         family.add_metric(values, value)
-        yield from (up, qber, efficiency, pool, rate, emulated, pulses, detections, sifted, secret, leak, done, aborted)
+        yield from (up, qber, efficiency, pool, rate, emulated, pulses, detections, sifted, secret, leak, done, aborted, stage_seconds, stage_blocks)
         yield from (lag, in_pass, elevation, slant, loss, next_pass)
 
         net = status.network

@@ -51,6 +51,7 @@ from ..core.clock import NetworkClock
 from ..core.estimation import h2
 from ..core.orbit import format_utc
 from ..core.pipeline import BlockAborted, BlockAccepted, BlockEvent, LinkProtocolConfig
+from ..core.pipeline import LinkState as Phase
 from ..core.pool import LinkKeyPool
 from ..core.roles import Role
 from ..errors import StorageFailure
@@ -63,6 +64,45 @@ from ..topology import EavesdropperConfig, LinkConfig, Topology
 RATE_WINDOW_S = 60.0
 #: How many abort reasons a link remembers for ``qcinode status`` (the newest last).
 RECENT_ABORTS = 5
+
+
+#: The post-processing stages of a block at the transmitting end, in order (:class:`StageClock`).
+BLOCK_STAGES = ("estimation", "reconciliation", "confirmation")
+_STAGE_OF = {Phase.ESTIMATING: "estimation", Phase.RECONCILING: "reconciliation", Phase.CONFIRMING: "confirmation"}
+
+
+class StageClock:
+    """Wall time the accepted blocks spent in each post-processing stage, at the transmitting end.
+
+    A block's stages follow its session's state after each step: *estimation*
+    from the block's close (or, when it waited behind the one before, from
+    that one's end) until Alice has Bob's test bits and sends her estimate;
+    *reconciliation* from then until she has his ``Reconciled`` and sends her
+    ``Confirm``; *confirmation* from then until she accepts the block (his
+    verdict, her privacy amplification, her ``Commit``). Only blocks that end
+    accepted are counted; a block that aborts counts for nothing.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = dict.fromkeys(BLOCK_STAGES, 0.0)
+        self.blocks = 0
+        self._started: dict[str, float] = {}  # the open block's stages so far: when each began
+
+    def step(self, state: Phase, events: Sequence[BlockEvent], now: float) -> None:
+        """After a step: the block events it ended with, then the session's state (its open block's)."""
+        for event in events:
+            started = self._started
+            if isinstance(event, BlockAccepted) and len(started) == len(BLOCK_STAGES):
+                ends = [started[stage] for stage in BLOCK_STAGES[1:]] + [now]
+                for stage, end in zip(BLOCK_STAGES, ends, strict=True):
+                    self.seconds[stage] += end - started[stage]
+                self.blocks += 1
+            self._started = {}
+        now_in = _STAGE_OF.get(state)
+        if now_in is None:
+            self._started = {}
+        elif now_in not in self._started and (now_in == BLOCK_STAGES[0] or self._started):
+            self._started[now_in] = now
 
 
 class RecentRates:
@@ -332,6 +372,8 @@ class LinkRuntime:
         self.auth = AuthKeyReserve(bootstrap_key)
         self.counters = LinkCounters()
         self.recent = RecentRates(link.source.rate_hz)
+        #: Where the accepted blocks' post-processing time went (Alice's end).
+        self.stages = StageClock()
         #: Reasons of the last aborted blocks, oldest first (for ``qcinode status``).
         self.recent_aborts: deque[str] = deque(maxlen=RECENT_ABORTS)
         self._state = LinkState.CONNECTING
@@ -596,6 +638,8 @@ class LinkRuntime:
             aborts_by_reason=dict(c.aborts_by_reason),
             blocks=tuple(BlockDigest(b, self.pool.block_digest(b)) for b in self.pool.block_ids) if include_digests else None,
             cascade_rounds_per_block=c.cascade_rounds / max(1, c.blocks_done + c.blocks_aborted),
+            block_stage_seconds=dict(self.stages.seconds),
+            block_stage_blocks=self.stages.blocks,
             ec_key_bits=c.ec_key_bits,
             eavesdropper=f"{self.eavesdropper.attack} {self.eavesdropper.fraction:g}" if self.eavesdropper else "",
             current_key_rate_bps=float(self.recent.key_rate_bps()),

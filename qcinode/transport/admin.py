@@ -73,6 +73,8 @@ def _link_to_pb(link: LinkStatus) -> pb.LinkStatus:
         state=link.state.value,
         aborts_by_reason={reason.value: count for reason, count in link.aborts_by_reason.items()},
         recent_aborts=list(link.recent_aborts),
+        block_stage_seconds=dict(link.block_stage_seconds),
+        block_stage_blocks=link.block_stage_blocks,
         **{name: getattr(link, name) for name in _LINK_SCALARS},
     )
     for block in link.blocks or ():
@@ -186,6 +188,8 @@ def _link_from_pb(msg: pb.LinkStatus) -> LinkStatus:
         aborts_by_reason=_counts(AbortReason, msg.aborts_by_reason, "abort reason"),
         blocks=tuple(BlockDigest(b.block_id, bytes(b.sha256), b.bits) for b in msg.blocks) or None,
         recent_aborts=tuple(msg.recent_aborts),
+        block_stage_seconds=dict(msg.block_stage_seconds),
+        block_stage_blocks=msg.block_stage_blocks,
         channel=channel,
         ledger=ledger,
         ledger_folded_through=folded_through,

@@ -22,6 +22,7 @@ def _exported_names() -> set[str]:
         link_id="a-b", peer="b", role=Role.ALICE, state=LinkState.UP, qber=0.01, ec_efficiency=1.05, pool_bits=10,
         secret_key_rate_bps=1.0, emulated_s=1.0, pulses_sent=1, detections=1, sifted_bits=1, secret_bits=1, ec_leak_bits=1,
         blocks_done=1, aborts_by_reason={AbortReason.PHASE_ERROR: 1},
+        block_stage_seconds={"estimation": 0.1, "reconciliation": 0.4, "confirmation": 0.1}, block_stage_blocks=1,
     )  # fmt: skip
     status = NodeStatus(node="a", uptime_s=1.0, links=(link,), network=NetworkStatus(relay_failures_by_reason={RefusalReason.NO_PATH: 1}))
     metrics = NodeMetrics(lambda: status)

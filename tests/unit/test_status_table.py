@@ -105,6 +105,34 @@ def test_runtime_status_reports_recent_rates_and_abort_reasons() -> None:
     assert status_from_pb(status_to_pb(node)) == node
 
 
+def test_block_stages_follow_alices_session_and_count_only_accepted_blocks() -> None:
+    from qcinode.core.pipeline import LinkState as Phase
+
+    rt = LinkRuntime(TOPOLOGY.links[0], "alpha", bootstrap_key=bytes(4096))
+    accepted = [BlockAccepted(0, "alpha-beta/0", bytes(125), stats(1_000_000, 1_000))]
+    aborted = [BlockAborted(1, "session_lost", stats(500_000))]
+    steps = [
+        (0.0, Phase.QUANTUM, []),  # sifting
+        (2.0, Phase.ESTIMATING, []),  # the block closed
+        (3.0, Phase.RECONCILING, []),  # test bits in, estimate out
+        (7.5, Phase.CONFIRMING, []),  # Reconciled in, Confirm out
+        (8.0, Phase.ESTIMATING, accepted),  # Verdict in, Commit out: the next block (it waited) opens
+        (9.0, Phase.RECONCILING, []),
+        (10.0, Phase.QUANTUM, aborted),  # it aborts: it counts for nothing
+        (11.0, Phase.RECONCILING, []),  # a block whose estimation this end did not see begin (a new session)
+        (12.0, Phase.CONFIRMING, []),
+        (13.0, Phase.QUANTUM, accepted),  # incomplete: not counted either
+    ]
+    for now, state, events in steps:
+        rt.stages.step(state, events, now)
+    status = rt.status()
+    assert status.block_stage_blocks == 1
+    assert status.block_stage_seconds == {"estimation": 1.0, "reconciliation": 4.5, "confirmation": 0.5}
+    node = NodeStatus(node="alpha", uptime_s=1.5, links=(status,))
+    assert status_from_pb(status_to_pb(node)) == node
+    assert node.to_json()["links"][0]["block_stage_seconds"]["reconciliation"] == 4.5
+
+
 def test_status_counts_are_numbers_not_strings() -> None:
     # The proto3 JSON mapping writes uint64 as strings; qcinode status must not.
     link_pb = admin_pb2.LinkStatus(link_id="a-b", role="alice", state="up", pulses_sent=2**40 + 1, blocks_done=3)

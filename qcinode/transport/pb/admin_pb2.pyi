@@ -26,7 +26,7 @@ class BlockDigest(_message.Message):
     def __init__(self, block_id: _Optional[str] = ..., sha256: _Optional[bytes] = ..., bits: _Optional[int] = ...) -> None: ...
 
 class LinkStatus(_message.Message):
-    __slots__ = ("link_id", "peer", "role", "state", "pulses_sent", "detections", "sifted_bits", "qber", "ec_leak_bits", "ec_efficiency", "secret_bits", "blocks_done", "blocks_aborted", "pool_bits", "emulated_s", "secret_key_rate_bps", "auth_keys_available", "aborts_by_reason", "blocks", "cascade_rounds_per_block", "ec_key_bits", "eavesdropper", "fault", "fault_affected", "current_key_rate_bps", "emulation_rate", "emulation_window_s", "recent_aborts", "aborted_last_minute", "channel", "ledger")
+    __slots__ = ("link_id", "peer", "role", "state", "pulses_sent", "detections", "sifted_bits", "qber", "ec_leak_bits", "ec_efficiency", "secret_bits", "blocks_done", "blocks_aborted", "pool_bits", "emulated_s", "secret_key_rate_bps", "auth_keys_available", "aborts_by_reason", "blocks", "cascade_rounds_per_block", "ec_key_bits", "eavesdropper", "fault", "fault_affected", "current_key_rate_bps", "emulation_rate", "emulation_window_s", "recent_aborts", "aborted_last_minute", "channel", "ledger", "block_stage_seconds", "block_stage_blocks")
     class AbortsByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,13 @@ class LinkStatus(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class BlockStageSecondsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     LINK_ID_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +72,8 @@ class LinkStatus(_message.Message):
     ABORTED_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     LEDGER_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_STAGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_STAGE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     link_id: str
     peer: str
     role: str
@@ -96,7 +105,9 @@ class LinkStatus(_message.Message):
     aborted_last_minute: int
     channel: ChannelStatus
     ledger: Ledger
-    def __init__(self, link_id: _Optional[str] = ..., peer: _Optional[str] = ..., role: _Optional[str] = ..., state: _Optional[str] = ..., pulses_sent: _Optional[int] = ..., detections: _Optional[int] = ..., sifted_bits: _Optional[int] = ..., qber: _Optional[float] = ..., ec_leak_bits: _Optional[int] = ..., ec_efficiency: _Optional[float] = ..., secret_bits: _Optional[int] = ..., blocks_done: _Optional[int] = ..., blocks_aborted: _Optional[int] = ..., pool_bits: _Optional[int] = ..., emulated_s: _Optional[float] = ..., secret_key_rate_bps: _Optional[float] = ..., auth_keys_available: _Optional[int] = ..., aborts_by_reason: _Optional[_Mapping[str, int]] = ..., blocks: _Optional[_Iterable[_Union[BlockDigest, _Mapping]]] = ..., cascade_rounds_per_block: _Optional[float] = ..., ec_key_bits: _Optional[int] = ..., eavesdropper: _Optional[str] = ..., fault: _Optional[str] = ..., fault_affected: _Optional[int] = ..., current_key_rate_bps: _Optional[float] = ..., emulation_rate: _Optional[float] = ..., emulation_window_s: _Optional[float] = ..., recent_aborts: _Optional[_Iterable[str]] = ..., aborted_last_minute: _Optional[int] = ..., channel: _Optional[_Union[ChannelStatus, _Mapping]] = ..., ledger: _Optional[_Union[Ledger, _Mapping]] = ...) -> None: ...
+    block_stage_seconds: _containers.ScalarMap[str, float]
+    block_stage_blocks: int
+    def __init__(self, link_id: _Optional[str] = ..., peer: _Optional[str] = ..., role: _Optional[str] = ..., state: _Optional[str] = ..., pulses_sent: _Optional[int] = ..., detections: _Optional[int] = ..., sifted_bits: _Optional[int] = ..., qber: _Optional[float] = ..., ec_leak_bits: _Optional[int] = ..., ec_efficiency: _Optional[float] = ..., secret_bits: _Optional[int] = ..., blocks_done: _Optional[int] = ..., blocks_aborted: _Optional[int] = ..., pool_bits: _Optional[int] = ..., emulated_s: _Optional[float] = ..., secret_key_rate_bps: _Optional[float] = ..., auth_keys_available: _Optional[int] = ..., aborts_by_reason: _Optional[_Mapping[str, int]] = ..., blocks: _Optional[_Iterable[_Union[BlockDigest, _Mapping]]] = ..., cascade_rounds_per_block: _Optional[float] = ..., ec_key_bits: _Optional[int] = ..., eavesdropper: _Optional[str] = ..., fault: _Optional[str] = ..., fault_affected: _Optional[int] = ..., current_key_rate_bps: _Optional[float] = ..., emulation_rate: _Optional[float] = ..., emulation_window_s: _Optional[float] = ..., recent_aborts: _Optional[_Iterable[str]] = ..., aborted_last_minute: _Optional[int] = ..., channel: _Optional[_Union[ChannelStatus, _Mapping]] = ..., ledger: _Optional[_Union[Ledger, _Mapping]] = ..., block_stage_seconds: _Optional[_Mapping[str, float]] = ..., block_stage_blocks: _Optional[int] = ...) -> None: ...
 
 class Ledger(_message.Message):
     __slots__ = ("entries", "folded_through")
