@@ -625,6 +625,7 @@ class _ServingLoop:
         self.serving.start()
         self._answers = _Messages()
         self._held: dict[int, dict[str, bytes]] = {}  # the reserve parts both ends hold, as the node keeps them
+        self._taken: list[Any] = []  # answers read and not yet asked for
 
     def ask(self, rid: int, op: str, *args: Any) -> None:
         from qcinode.node.protocol_worker import _dumps, _framed
@@ -632,14 +633,14 @@ class _ServingLoop:
         self.node_end.sendall(b"".join(_framed(_dumps((rid, op, args), self._held, args[0]))))
 
     def answer(self) -> Any:
+        """The next answer (one read may hold several: the later ones wait for the next call)."""
         from qcinode.node.protocol_worker import _loads
 
-        while True:
-            taken = [_loads(answer, self._held) for answer in self._answers.take()]
-            if taken:
-                (one,) = taken
-                return one
-            self._answers.filled(self.node_end.recv_into(self._answers.free()))
+        while not self._taken:
+            self._taken += [_loads(answer, self._held) for answer in self._answers.take()]
+            if not self._taken:
+                self._answers.filled(self.node_end.recv_into(self._answers.free()))
+        return self._taken.pop(0)
 
     def close(self) -> None:
         self.node_end.close()
