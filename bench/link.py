@@ -105,6 +105,7 @@ from qcinode.cluster.launcher import Cluster, cluster_status, read_cluster
 from qcinode.core import kernels
 from qcinode.core.estimation import asymptotic_key_fraction, expected_key_length
 from qcinode.node.runtime import expected_key_bits_per_slot, frame_slots, link_physics, protocol_config, tune_allocator_for_links
+from qcinode.status import in_stage_order
 from qcinode.topology import PostprocessingConfig, load_topology
 
 TARGET_BITS_PER_CPU_S = 1e6
@@ -443,7 +444,7 @@ def fill(result: LinkResult, first: Snapshot, last: Snapshot) -> None:
     result.qber = float(b.get("qber", 0.0))
     result.ec_efficiency = float(b.get("ec_efficiency", 0.0))
     before, after = first.alice_link.get("block_stage_seconds") or {}, last.alice_link.get("block_stage_seconds") or {}
-    result.stage_s = {stage: float(after[stage]) - float(before.get(stage, 0.0)) for stage in after}
+    result.stage_s = in_stage_order({stage: float(after[stage]) - float(before.get(stage, 0.0)) for stage in after})
     result.stage_blocks = int(last.alice_link.get("block_stage_blocks", 0)) - int(first.alice_link.get("block_stage_blocks", 0))
 
 

@@ -57,7 +57,7 @@ from ..core.roles import Role
 from ..errors import StorageFailure
 from ..keys.linkstore import LinkSave, LinkStore
 from ..space import downlink_channel
-from ..status import BlockDigest, ChannelStatus, LedgerEntry, LinkState, LinkStatus
+from ..status import BLOCK_STAGES, BlockDigest, ChannelStatus, LedgerEntry, LinkState, LinkStatus
 from ..topology import EavesdropperConfig, LinkConfig, Topology
 
 #: Wall-clock seconds over which the "current" key rate and emulation speed are measured.
@@ -66,8 +66,6 @@ RATE_WINDOW_S = 60.0
 RECENT_ABORTS = 5
 
 
-#: The post-processing stages of a block at the transmitting end, in order (:class:`StageClock`).
-BLOCK_STAGES = ("estimation", "reconciliation", "confirmation")
 _STAGE_OF = {Phase.ESTIMATING: "estimation", Phase.RECONCILING: "reconciliation", Phase.CONFIRMING: "confirmation"}
 
 

@@ -34,6 +34,7 @@ from ..status import (
     RoutingStatus,
     StorageStatus,
     StreamsStatus,
+    in_stage_order,
 )
 from .pb import admin_pb2 as pb
 from .pb import network_pb2 as npb
@@ -188,7 +189,7 @@ def _link_from_pb(msg: pb.LinkStatus) -> LinkStatus:
         aborts_by_reason=_counts(AbortReason, msg.aborts_by_reason, "abort reason"),
         blocks=tuple(BlockDigest(b.block_id, bytes(b.sha256), b.bits) for b in msg.blocks) or None,
         recent_aborts=tuple(msg.recent_aborts),
-        block_stage_seconds=dict(msg.block_stage_seconds),
+        block_stage_seconds=in_stage_order(msg.block_stage_seconds),
         block_stage_blocks=msg.block_stage_blocks,
         channel=channel,
         ledger=ledger,

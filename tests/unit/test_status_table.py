@@ -129,7 +129,8 @@ def test_block_stages_follow_alices_session_and_count_only_accepted_blocks() -> 
     assert status.block_stage_blocks == 1
     assert status.block_stage_seconds == {"estimation": 1.0, "reconciliation": 4.5, "confirmation": 0.5}
     node = NodeStatus(node="alpha", uptime_s=1.5, links=(status,))
-    assert status_from_pb(status_to_pb(node)) == node
+    back = status_from_pb(status_to_pb(node))
+    assert back == node and list(back.links[0].block_stage_seconds) == ["estimation", "reconciliation", "confirmation"]
     assert node.to_json()["links"][0]["block_stage_seconds"]["reconciliation"] == 4.5
 
 
