@@ -454,6 +454,11 @@ def _zygote(args: argparse.Namespace) -> int:
     argv = serve(args.control_fd, preload)
     if argv is None:
         return 0  # the launcher has closed the control channel; the nodes run on
+    from .node.proctitle import retitle
+
+    # What `ps` shows: this node's command, not the zygote's; its name first (a long line is cut to the zygote's length).
+    name = argv[argv.index("--name") + 1] if "--name" in argv[:-1] else ""
+    retitle(["qcinode", *argv[:1], name, *argv[1:]])
     return main(argv)  # a forked child: exactly what `python -m qcinode node ...` runs
 
 

@@ -142,6 +142,7 @@ from ..core.randomness import CsprngGenerator, KeyRandomness, spawn_generator
 from ..errors import LocalProtocolError, TransportError
 from ..transport import codec
 from ..transport.pb import link_pb2 as pb
+from .proctitle import retitle
 from .runtime import finish_in_thread, tune_allocator_for_links
 
 __all__ = [
@@ -610,7 +611,7 @@ class ProcessRunner(ProtocolRunner):
                 code = 0
                 try:
                     parent.close()
-                    _serve(child)
+                    _serve(child, self.name)
                 except BaseException:  # noqa: BLE001 - a child of a fork must never return into the node's code
                     code = 1
                 finally:
@@ -619,7 +620,7 @@ class ProcessRunner(ProtocolRunner):
             self.method = "fork"
         else:
             context = multiprocessing.get_context("spawn")
-            self._process = context.Process(target=_serve, args=(child,), name=f"{self.name}-protocol", daemon=True)
+            self._process = context.Process(target=_serve, args=(child, self.name), name=f"{self.name}-protocol", daemon=True)
             self._process.start()
             self._pid = self._process.pid
             self.method = "spawn"
@@ -1004,14 +1005,15 @@ def _yield_to_loops() -> None:
     _lower_priority(thread=False)
 
 
-def _serve(sock: socket.socket) -> None:
-    """The protocol process: answers requests until the node closes its end (or dies)."""
+def _serve(sock: socket.socket, node: str = "") -> None:
+    """The protocol process of node ``node``: answers requests until the node closes its end (or dies)."""
     # The node handles Ctrl-C and SIGTERM; the child ends when the node does.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)
     _linux_identity()
+    retitle([PROCESS_NAME.decode(), node])  # in `ps`: whose protocol process, not the node's command line
     _yield_to_loops()
     _one_arena()
     _answer(sock, LinkSteps())

@@ -35,8 +35,8 @@ def _comm(pid: int) -> str:
 
 
 def _zygotes_of(state_dir: Path) -> list[int]:
-    """PIDs of processes with a zygote's command line for ``state_dir``: its zygote, the nodes it forked, and theirs
-    (each node forks its protocol process, named qcinode-proto)."""
+    """PIDs of live processes with a zygote's command line for ``state_dir``: its zygote (and a process it forked
+    that has not yet shown its own command line)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -45,6 +45,20 @@ def _zygotes_of(state_dir: Path) -> list[int]:
             except OSError:
                 continue
             if b"zygote" in argv and str(state_dir).encode() in argv and pid_alive(int(entry)):
+                found.append(int(entry))
+    return found
+
+
+def _children_of(parents: set[int]) -> list[int]:
+    """PIDs of the live processes whose parent is one of ``parents``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent = _parent(int(entry))
+            except OSError:
+                continue
+            if parent in parents and pid_alive(int(entry)):
                 found.append(int(entry))
     return found
 
@@ -60,13 +74,16 @@ def test_detached_nodes_are_forked_outlive_their_zygote_and_stop_with_down(two_n
     try:
         assert up.returncode == 0, up.stderr
         pids = {name: int(info["pid"]) for name, info in json.loads((state / "cluster.json").read_text())["nodes"].items()}
-        for pid in pids.values():
-            argv = _cmdline(pid).split(b"\0")
-            assert b"qcinode" in argv and b"zygote" in argv  # forked: the zygote's command line, which names qcinode
+        for name, pid in pids.items():
+            # Forked from the zygote, each shows its own command in `ps`, its name first (and still names qcinode).
+            argv = _cmdline(pid).rstrip(b"\0").split(b"\0")
+            assert argv[:3] == [b"qcinode", b"node", name.encode()] and b"--topology" in argv and b"zygote" not in argv
         # `up --detach` has returned and its zygote with it; the nodes run on, each with its protocol process.
-        others = [pid for pid in _zygotes_of(state.resolve()) if pid not in pids.values()]
+        others = _children_of(set(pids.values()))
         assert sorted(_parent(pid) for pid in others) == sorted(pids.values())
         assert {_comm(pid) for pid in others} == {"qcinode-proto"}
+        node_of = {pid: name for name, pid in pids.items()}
+        assert all(_cmdline(pid).rstrip(b"\0").split(b"\0") == [b"qcinode-proto", node_of[_parent(pid)].encode()] for pid in others)
         assert all(pid_alive(pid) for pid in pids.values())
         # Each node made its own storage key after the fork (os.urandom): no two alike.
         keys = {name: (state / "data" / name / "storage.key").read_bytes() for name in pids}
@@ -148,11 +165,10 @@ def test_ctrl_c_or_sigterm_to_a_foreground_up_stops_the_nodes_and_the_zygote(
             assert up.poll() is None and time.monotonic() < deadline, "qcinode up exited or never started its nodes"
             time.sleep(0.2)
         pids = [int(info["pid"]) for info in json.loads((state / "cluster.json").read_text())["nodes"].values()]
-        found = [pid for pid in _zygotes_of(state.resolve()) if pid not in pids]
-        # A node's protocol process is its child, and keeps the zygote's command line (a fork) until it
-        # names itself: told apart by its parent, not its name, which a busy machine may not have set yet.
-        protocol = [pid for pid in found if _parent(pid) in pids]
-        zygotes = [pid for pid in found if pid not in protocol]
+        # A node's protocol process is its child: told apart by its parent, not its name or command line,
+        # which a busy machine may not have set yet.
+        protocol = _children_of(set(pids))
+        zygotes = [pid for pid in _zygotes_of(state.resolve()) if pid not in pids and pid not in protocol]
         assert len(zygotes) == 1 and all(_comm(pid) != "qcinode-proto" for pid in zygotes)
     finally:
         up.send_signal(stop_signal)
