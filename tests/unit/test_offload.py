@@ -134,6 +134,18 @@ def test_a_failed_write_raises_to_its_callers_and_the_next_save_retries(tmp_path
     assert rt.storage_failure is None and gated.saved == [1]
 
 
+async def _cancelled_while_it_runs(work: Callable[[], Any]) -> None:
+    """Runs ``work`` in a thread for a caller (``finish_in_thread``) that is cancelled 20 ms in; returns when the
+    caller has ended, cancelled."""
+    loop = asyncio.get_running_loop()
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        task = asyncio.ensure_future(finish_in_thread(loop.run_in_executor(executor, work)))
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 def test_a_cancelled_caller_waits_for_its_thread_to_finish() -> None:
     finished = threading.Event()
 
@@ -143,14 +155,8 @@ def test_a_cancelled_caller_waits_for_its_thread_to_finish() -> None:
         return "done"
 
     async def scenario() -> bool:
-        loop = asyncio.get_running_loop()
-        with concurrent.futures.ThreadPoolExecutor(1) as executor:
-            task = asyncio.ensure_future(finish_in_thread(loop.run_in_executor(executor, work)))
-            await asyncio.sleep(0.02)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            return finished.is_set()
+        await _cancelled_while_it_runs(work)
+        return finished.is_set()
 
     assert asyncio.run(scenario()) is True
 
@@ -165,15 +171,8 @@ def test_work_that_fails_after_its_caller_was_cancelled_is_not_reported_as_unret
         raise RuntimeError("protocol process ended")
 
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        loop.set_exception_handler(lambda _loop, context: reported.append(context))
-        with concurrent.futures.ThreadPoolExecutor(1) as executor:
-            task = asyncio.ensure_future(finish_in_thread(loop.run_in_executor(executor, work)))
-            await asyncio.sleep(0.02)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            del task
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: reported.append(context))
+        await _cancelled_while_it_runs(work)
         gc.collect()
         await asyncio.sleep(0)
 
