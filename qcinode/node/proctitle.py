@@ -29,9 +29,9 @@ _ARG_START_AFTER_NAME = 48 - 3
 def retitle(words: Sequence[str]) -> bool:
     """Shows ``words`` as this process's command line; whether it could (Linux with a readable ``/proc``).
 
-    The words are separated by NUL bytes as a command line's arguments are,
-    and cut to the space the process's original arguments took; the rest of
-    that space is zeroed.
+    The words (empty ones left out) are separated by NUL bytes as a command
+    line's arguments are, and cut to the space the process's original
+    arguments took; the rest of that space is zeroed.
     """
     if sys.platform != "linux":
         return False
@@ -43,6 +43,6 @@ def retitle(words: Sequence[str]) -> bool:
     size = end - start
     if size <= 1:
         return False
-    line = b"\0".join(word.encode(errors="replace") for word in words)[: size - 1]
+    line = b"\0".join(word.encode(errors="replace") for word in words if word)[: size - 1]
     ctypes.memmove(start, line.ljust(size, b"\0"), size)
     return True

@@ -66,7 +66,7 @@ RATE_WINDOW_S = 60.0
 RECENT_ABORTS = 5
 
 
-_STAGE_OF = {Phase.ESTIMATING: "estimation", Phase.RECONCILING: "reconciliation", Phase.CONFIRMING: "confirmation"}
+_STAGE_OF = dict(zip((Phase.ESTIMATING, Phase.RECONCILING, Phase.CONFIRMING), BLOCK_STAGES, strict=True))
 
 
 class StageClock:

@@ -26,7 +26,7 @@ def _retitled(words: str, *padding: str) -> tuple[bool, bytes, int]:
 
 
 def test_a_process_shows_the_words_it_gives_in_the_space_of_its_arguments() -> None:
-    shown, line, before = _retitled("qcinode,node,alice,--name,alice")
+    shown, line, before = _retitled("qcinode,node,,alice,--name,alice")  # an empty word is left out
     assert shown and len(line) == before  # the same space, the rest zeroed
     assert line.rstrip(b"\0").split(b"\0") == [b"qcinode", b"node", b"alice", b"--name", b"alice"]
 
