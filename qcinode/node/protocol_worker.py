@@ -143,7 +143,7 @@ from ..errors import LocalProtocolError, TransportError
 from ..transport import codec
 from ..transport.pb import link_pb2 as pb
 from .proctitle import retitle
-from .runtime import finish_in_thread, tune_allocator_for_links
+from .runtime import M_ARENA_MAX, finish_in_thread, set_malloc_options, tune_allocator_for_links
 
 __all__ = [
     "PROTOCOL_NICE",
@@ -1029,11 +1029,7 @@ def _one_arena() -> None:
     on 10^6-bit blocks. Two threads contend little for one arena's lock.
     Elsewhere, nothing.
     """
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None)
-        if hasattr(libc, "mallopt"):
-            m_arena_max = -8
-            libc.mallopt(m_arena_max, 1)
+    set_malloc_options({M_ARENA_MAX: 1})
 
 
 def _answer(sock: socket.socket, steps: LinkSteps, *, beside: bool = True) -> None:

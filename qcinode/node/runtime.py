@@ -30,7 +30,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
-import ctypes.util
 import dataclasses
 import functools
 import math
@@ -289,6 +288,8 @@ class LinkCounters:
 
 #: glibc's mallopt parameters (malloc.h) and the values a link's process runs with.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+#: glibc's mallopt parameter for the number of malloc arenas (the protocol process runs with one).
+M_ARENA_MAX = -8
 _LINK_MALLOPT = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 512 << 20, _M_TOP_PAD: 64 << 20}
 
 #: Blocks at least this large get the allocator tuning; smaller ones keep glibc's defaults.
@@ -323,14 +324,21 @@ def tune_allocator_for_links(block_bits: int) -> bool:
 
 @functools.cache
 def _tune_allocator() -> bool:
-    name = ctypes.util.find_library("c")
+    return set_malloc_options(_LINK_MALLOPT)
+
+
+def set_malloc_options(options: dict[int, int]) -> bool:
+    """glibc: ``mallopt(param, value)`` for each of ``options``; whether every one took (False without glibc).
+
+    The C library is already loaded: its symbols are the process's own
+    (``CDLL(None)``), found at once, without ``find_library``'s ldconfig
+    subprocess.
+    """
     try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None:
         return False
-    return all(mallopt(param, value) == 1 for param, value in _LINK_MALLOPT.items())
+    return all(mallopt(param, value) == 1 for param, value in options.items())
 
 
 class LinkRuntime:
