@@ -485,6 +485,9 @@ class BobEndpoint:
 
     async def transmit(self, request_iterator: AsyncIterator[pb.PulseFrame], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.FrameAck]:
         peer_cn = caller_common_name(context)
+        # The stream's headers go out at once: the transmitter (and a test) can
+        # tell a stream this end serves from one gRPC has not dispatched yet.
+        await context.send_initial_metadata(())
         arrivals = aiter(request_iterator)
         ending = asyncio.ensure_future(self._ending.wait())
         arriving: asyncio.Future[pb.PulseFrame | None] | None = None

@@ -168,7 +168,9 @@ async def test_a_node_that_stops_ends_its_peers_streams_itself(certs, caplog: py
     try:
         async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "beta")]) as channel:
             call = link_pb2_grpc.QuantumChannelStub(channel).Transmit()
-            await call.wait_for_connection()
+            # Beta's handler is running once its headers arrive (wait_for_connection only
+            # means the call reached the server, which may not have dispatched it yet).
+            await call.initial_metadata()
             with caplog.at_level(logging.ERROR, logger="grpc"):
                 # A grace long enough for a loaded machine: Bob ends the stream at once, and only a
                 # stream he left open would be cancelled when it runs out.
