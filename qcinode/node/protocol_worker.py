@@ -595,7 +595,7 @@ class ProcessRunner(ProtocolRunner):
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._held: _Held = {}  # the MAC-key reserve parts this end and the child hold (_dumps)
-        self._unsent: list[bytes] = []  # requests asked for before the loop's connection to the child
+        self._unsent: list[_Part] = []  # requests asked for before the loop's connection to the child
         self._connecting: asyncio.Future[None] | None = None
         self._next_id = 0
         self.lost: str | None = None  # why the child ended, once it did
@@ -761,26 +761,34 @@ class _Pickler(pickle.Pickler):
         return _held_reserve, (self._scope, obj.to_state(inline=False), parts)
 
 
+#: A piece of a pickled message: bytes, or a view of an array's memory (:class:`_Parts`).
+_Part = bytes | memoryview
+
+
 class _Parts:
     """Where a message is pickled to: the pickler's writes, kept as they come.
 
     The pickler writes a bytes object of 64 KiB or more (a pulse frame, a
     detection report) by itself, as the object: kept by reference, it goes
-    to the socket without being copied into the message first.
+    to the socket without being copied into the message first. A contiguous
+    numpy array that large (an LDPC decode job's frame) comes as the
+    :class:`pickle.PickleBuffer` it reduces to, and is kept as a byte view
+    of the array's memory.
     """
 
     def __init__(self) -> None:
-        self.parts: list[bytes] = []
+        self.parts: list[_Part] = []
 
-    def write(self, data: bytes) -> int:
-        self.parts.append(data)
-        return len(data)
+    def write(self, data: bytes | pickle.PickleBuffer) -> int:
+        part = data.raw() if isinstance(data, pickle.PickleBuffer) else data
+        self.parts.append(part)
+        return len(part)
 
 
-def _framed(parts: list[bytes]) -> list[bytes]:
+def _framed(parts: list[_Part]) -> list[_Part]:
     """A message's parts behind its length prefix, runs of small parts joined (large ones are not copied)."""
-    out: list[bytes] = []
-    run = [_HEADER.pack(sum(len(part) for part in parts))]
+    out: list[_Part] = []
+    run: list[_Part] = [_HEADER.pack(sum(len(part) for part in parts))]
     for part in parts:
         if len(part) < _JOIN_BELOW:
             run.append(part)
@@ -793,7 +801,7 @@ def _framed(parts: list[bytes]) -> list[bytes]:
     return out
 
 
-def _dumps(obj: Any, held: _Held, scope: int | None) -> list[bytes]:
+def _dumps(obj: Any, held: _Held, scope: int | None) -> list[_Part]:
     """``obj`` pickled for the other end, a MAC-key reserve of session ``scope`` by difference (module docstring).
 
     A link's reserve (64 KiB of bootstrap key in a running node) went out
@@ -1098,7 +1106,7 @@ def _answer_one(
 ) -> bool:
     """Sends the answer to request ``rid`` (its value, or the exception it raised); False if the node is gone."""
     try:
-        answer = _dumps((rid, True, value, ended), held, scope) if error is None else [_pickled_error(rid, error, ended)]
+        answer: list[_Part] = _dumps((rid, True, value, ended), held, scope) if error is None else [_pickled_error(rid, error, ended)]
     except Exception as exc:  # noqa: BLE001 - a value that does not pickle: the node ends the session
         answer = [_pickled_error(rid, exc, ended)]
     if ended is not None:
@@ -1189,7 +1197,7 @@ def _readable(sock: socket.socket, thread: _BesideThread | None = None) -> bool:
     return bool(select.select([sock], [], [], 0)[0]) or (thread is not None and thread.pending)
 
 
-def _send(sock: socket.socket, parts: list[bytes]) -> None:
+def _send(sock: socket.socket, parts: list[_Part]) -> None:
     """Sends ``parts`` in order on a blocking socket, with one ``sendmsg`` unless a signal cuts it short."""
     views = [memoryview(part) for part in parts]
     while views:

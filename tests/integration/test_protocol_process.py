@@ -163,3 +163,56 @@ def test_the_protocol_process_is_scheduled_behind_the_loops(choice: str, monkeyp
         assert group.split()[-1] == str(PROTOCOL_NICE), group
     else:
         assert policy == os.SCHED_OTHER and nice >= 10 and session == os.getsid(0)
+
+
+def test_an_ldpc_link_whose_decodes_the_node_runs_makes_the_keys_of_one_run_in_place(runner: ProcessRunner) -> None:
+    # Bob's session hands its LDPC decodes to the node, as a node's Bob does: each job carries a frame's
+    # log-likelihoods (128 KiB of float64), which cross from the process as arrays, and come back decoded.
+    import dataclasses
+
+    from qcinode.core.ldpc_reconciliation import decode_frame
+    cfg = dataclasses.replace(config(block_bits=60_000), error_correction="ldpc", ldpc_profile="fast")
+    slots = frame_slots_for(cfg)
+    gens = [session_rng(np.random.default_rng(s)) for s in np.random.SeedSequence(4).spawn(4)]  # as the process draws them
+    alice = AliceLink(cfg, AuthKeyReserve(BOOTSTRAP), gens[0], gens[2])
+    bob = BobLink(cfg, AuthKeyReserve(BOOTSTRAP), gens[1], gens[3])
+    in_place = pump(alice, bob, frame_slots=slots, blocks=1)
+    expected = [(e.block_id, e.key) for e in in_place.alice_events if isinstance(e, BlockAccepted)]
+
+    async def _until_one_block(a: RemoteLink, b: RemoteLink) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]], int]:
+        a_events: list[object] = []
+        b_events: list[object] = []
+        decodes = 0
+        while not a_events:
+            frame_id, _, payload = await a.emit_frame(slots, None, False, False)
+            pending = [("B>A", out) for out in await b.receive_frame(frame_id, payload, None)]
+            while pending:
+                direction, envelope = pending.pop(0)
+                if direction == "B>A":
+                    pending += [("A>B", out) for out in await a.receive(envelope)]
+                    continue
+                pending += [("B>A", out) for out in await b.receive(envelope)]
+                jobs = b.take_decode_jobs()
+                if jobs:
+                    decodes += len(jobs)
+                    pending += [("B>A", out) for out in await b.decoded([decode_frame(*job) for job in jobs])]
+            a_events += a.take_events()
+            b_events += b.take_events()
+        keys = [(e.block_id, e.key) for e in a_events if isinstance(e, BlockAccepted)]
+        return keys, [(e.block_id, e.key) for e in b_events if isinstance(e, BlockAccepted)], decodes
+
+    async def remote() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]], int]:
+        seeds = np.random.SeedSequence(4).spawn(4)
+        a_res, b_res = AuthKeyReserve(BOOTSTRAP), AuthKeyReserve(BOOTSTRAP)
+        a = await RemoteLink.open(runner, SessionSpec(True, cfg, np.random.default_rng(seeds[0]), np.random.default_rng(seeds[2]), 0), a_res)
+        b = await RemoteLink.open(
+            runner, SessionSpec(False, cfg, np.random.default_rng(seeds[1]), np.random.default_rng(seeds[3]), 0, defer_decoding=True), b_res
+        )
+        try:
+            return await _until_one_block(a, b)
+        finally:
+            runner.close()  # on the loop its socket was opened on
+
+    keys, bob_keys, decodes = asyncio.run(remote())
+    assert decodes > 0
+    assert len(expected) == 1 and keys == expected == bob_keys

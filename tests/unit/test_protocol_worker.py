@@ -399,6 +399,21 @@ def test_a_large_payload_is_sent_as_it_is_not_copied_into_the_message() -> None:
     assert len(small) == 1 and pickle.loads(small[0][8:]) == (5, "drop", (2,))
 
 
+def test_a_large_array_crosses_as_a_view_of_its_memory_and_comes_out_equal() -> None:
+    # An LDPC decode job's frame (16,384 float64 log-likelihoods, 128 KiB) pickles to a PickleBuffer, which
+    # the pickler hands to the stream by itself: it goes out as a byte view of the array, not copied.
+    from qcinode.node.protocol_worker import _dumps, _framed, _loads
+
+    llr = np.random.default_rng(2).normal(size=16_384)
+    bits = np.random.default_rng(3).integers(0, 2, 200_000, dtype=np.uint8)
+    message = (6, True, [(0, 1, llr, bits)], None)
+    parts = _framed(_dumps(message, {}, None))
+    assert any(isinstance(part, memoryview) and part.nbytes == llr.nbytes for part in parts)
+    rid, ok, ((a, b, llr_back, bits_back),), ended = _loads(b"".join(parts)[8:], {})
+    assert (rid, ok, a, b, ended) == (6, True, 0, 1, None)
+    assert np.array_equal(llr_back, llr) and np.array_equal(bits_back, bits) and bits_back.dtype == np.uint8
+
+
 def test_mirrors_and_step_results_cross_pickling_unchanged() -> None:
     import pickle
 
