@@ -34,7 +34,8 @@ Theory of operation (rules both sessions follow):
    after it meanwhile (at most one open block and one waiting). Both ends
    close blocks at the same ``SiftReply`` and start them in order, so they
    number and handle the same blocks; Bob reveals a waiting block's test
-   bits once his open block has ended. Alice sifts ahead only when her
+   bits once his open block has ended or awaits only Alice's Commit (rule
+   6b). Alice sifts ahead only when her
    driver asks (:meth:`AliceLink.emit_frame` with ``ahead``); Bob follows
    whatever she does.
 3. Parameter estimation. Bob reveals his test-basis (X) bits; Alice counts the
@@ -74,6 +75,17 @@ Theory of operation (rules both sessions follow):
    nothing else to do (:meth:`_LinkEnd.work_ahead`) or at the latest when
    the block is accepted (Alice on Verdict, Bob on Commit). A block costs
    one hash on the critical path, not two.
+6b. Deciding before the Commit. Once Bob's accepting Verdict is out, his
+   decision on the block is made: the block waits aside for Alice's Commit
+   (which any later message of hers follows on the ordered stream) and the
+   next block opens at once, its TestBits right behind the Verdict, so
+   that its estimation overlaps Alice's hash and the Commit's crossing.
+   At most one block waits so: Alice sends a block's Commit before she
+   handles the next block's TestBits, so before its Confirm, and Bob
+   refuses a Confirm while a block still awaits its Commit (the MAC keys
+   and the refill of rule 7 assume every older block is held at both ends
+   when a block takes its keys). A session that breaks meanwhile aborts
+   the open block and keeps the waiting one pending, as before.
 7. Refill. When the MAC-key reserve runs low, both ends set aside the first
    bytes of a newly accepted block and move them into the reserve when the
    next block is signed, by which time both ends surely hold it.
@@ -559,15 +571,25 @@ class _LinkEnd:
         return "pass_too_short" if block.short else reason
 
     def _abort(self, reason: str) -> None:
+        """Ends the open block without a key."""
         block = self.block
         assert block is not None
-        self.events.append(BlockAborted(block.seq, reason, block.stats()))
+        self._aborted(block, reason)
         self.block = None
         self.state = LinkState.QUANTUM
 
+    def _aborted(self, block: _Block, reason: str) -> None:
+        self.events.append(BlockAborted(block.seq, reason, block.stats()))
+
     def _accept(self) -> None:
+        """Ends the open block with its key."""
         block = self.block
         assert block is not None
+        self._accepted(block)
+        self.block = None
+        self.state = LinkState.QUANTUM
+
+    def _accepted(self, block: _Block) -> None:
         secret = _hashed(block)
         if block.refill_mac_keys:
             refill = min(self.config.auth_refill_keys * MAC_KEY_BYTES, (len(secret) // 2) // MAC_KEY_BYTES * MAC_KEY_BYTES)
@@ -576,8 +598,6 @@ class _LinkEnd:
         self.events.append(
             BlockAccepted(block.seq, block_id_for(self.config.link_id, block.seq), secret, block.stats(secret_bits=8 * len(secret)))
         )
-        self.block = None
-        self.state = LinkState.QUANTUM
 
     def take_events(self) -> list[BlockEvent]:
         events, self.events = self.events, []
@@ -603,8 +623,8 @@ class _LinkEnd:
         authenticated. A block Bob holds pending Alice's Commit is kept for
         :meth:`BobLink.settle_pending`. Returns the events to record.
         """
-        if self.block is not None and not self._is_pending():
-            self.events.append(BlockAborted(self.block.seq, reason, self.block.stats()))
+        if self.block is not None:
+            self._aborted(self.block, reason)
             self.block = None
         if self._queued is not None:
             self.events.append(BlockAborted(self._queued.seq, reason, self._queued.stats()))
@@ -615,9 +635,6 @@ class _LinkEnd:
         self.state = LinkState.FAILED
         self._reset_session()
         return self.take_events()
-
-    def _is_pending(self) -> bool:
-        return False
 
     def _reset_session(self) -> None:
         """Role-specific state of a session that broke."""
@@ -935,7 +952,9 @@ class BobLink(_LinkEnd):
         self._reported: tuple[int, Clicks] | None = None
         self._reconciler: BobReconciler | None = None
         self._corrected: np.ndarray | None = None
-        self._awaiting_commit = False
+        # The block whose Verdict (accepted) is out and which awaits Alice's Commit (rule 6b): it is
+        # no longer the open block, so that the next one opens meanwhile. At most one.
+        self._confirming: _Block | None = None
         # Rule 1a: a frame is measured with generators of its own, so that the
         # measurement may run beside this end's other steps, which draw from
         # key_rng and noise_rng; one measurement at a time (``_measuring``).
@@ -950,11 +969,12 @@ class BobLink(_LinkEnd):
         self._reconciler = None
         self._corrected = None
 
-    def _is_pending(self) -> bool:
-        return self._awaiting_commit
-
     def work_ahead(self) -> bool:
         if self._reconciler is not None and self._reconciler.work_ahead():
+            return True
+        confirming = self._confirming
+        if confirming is not None and confirming.unhashed is not None:
+            _hashed(confirming)
             return True
         return super().work_ahead()
 
@@ -1142,6 +1162,10 @@ class BobLink(_LinkEnd):
         assert block is not None
         if self._corrected is None:
             raise RemoteProtocolError("confirmation before reconciliation finished")
+        if self._confirming is not None:
+            # Alice sends a block's Commit before the next block's Confirm (rule 6b): the ends would
+            # disagree on which blocks both hold when this one's MAC keys are taken.
+            raise RemoteProtocolError(f"Confirm for block {block.seq} while block {self._confirming.seq} awaits its Commit")
         self._record_in(dataclasses.replace(msg, auth_tag=b""))
         corrected, self._corrected, self._reconciler = self._corrected, None, None
         if not msg.accepted:
@@ -1165,8 +1189,9 @@ class BobLink(_LinkEnd):
         unsigned = m.Verdict(block.seq, True, "")
         self._record_out(unsigned)
         tag = block.transcript.tag(block.mac_keys[1])
-        self._awaiting_commit = True
-        self.state = LinkState.CONFIRMING
+        # Bob's decision is made: the block awaits Alice's Commit aside, and the next one opens (rule 6b).
+        self._confirming, self.block = block, None
+        self.state = LinkState.QUANTUM
         return [dataclasses.replace(unsigned, auth_tag=tag)]
 
     def _reject(self, block: _Block, reason: str) -> list[m.Message]:
@@ -1176,9 +1201,13 @@ class BobLink(_LinkEnd):
         return [verdict]
 
     def _on_commit(self, msg: m.Commit) -> list[m.Message]:
-        block = self._expect(LinkState.CONFIRMING, msg)
-        assert block is not None
-        self._record_in(dataclasses.replace(msg, auth_tag=b""))
+        self._expect_sifting(msg)  # any state of a live session: the next block may be open (rule 6b)
+        block = self._confirming
+        if block is None:
+            raise RemoteProtocolError(f"Commit for block {msg.block_seq}, and no block awaits one")
+        if msg.block_seq != block.seq:
+            raise RemoteProtocolError(f"Commit for block {msg.block_seq}, block {block.seq} awaits one")
+        block.transcript.append_parts(self.direction_in, m.canonical_parts(dataclasses.replace(msg, auth_tag=b"")))
         try:
             block.transcript.verify(block.mac_keys[2], msg.auth_tag)
         except AuthenticationFailed:
@@ -1186,11 +1215,11 @@ class BobLink(_LinkEnd):
             # ends compare the blocks they hold (Hello on reconnection).
             self.state = LinkState.FAILED
             raise RemoteProtocolError("commit failed authentication") from None
-        self._awaiting_commit = False
+        self._confirming = None
         if msg.accepted:
-            self._accept()
+            self._accepted(block)
         else:
-            self._abort("authentication_failed_at_peer")
+            self._aborted(block, "authentication_failed_at_peer")
         return []
 
     def settle_pending(self, accepted: bool) -> list[BlockEvent]:
@@ -1199,19 +1228,19 @@ class BobLink(_LinkEnd):
         The link worker calls this once the ends have compared the blocks they
         hold (``accepted`` is whether Alice holds it).
         """
-        if self.block is None or not self._awaiting_commit:
+        block, self._confirming = self._confirming, None
+        if block is None:
             return []
-        self._awaiting_commit = False
         if accepted:
-            self._accept()
+            self._accepted(block)
         else:
-            self._abort("commit_lost")
+            self._aborted(block, "commit_lost")
         return self.take_events()
 
     @property
     def pending_block_seq(self) -> int | None:
         """The block Bob holds pending Alice's Commit, if any."""
-        return self.block.seq if self._awaiting_commit and self.block is not None else None
+        return self._confirming.seq if self._confirming is not None else None
 
 
 def _hashed(block: _Block) -> bytes:

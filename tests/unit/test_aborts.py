@@ -19,7 +19,8 @@ def _literal_reasons() -> set[str]:
     found: set[str] = set()
     pipeline = ast.parse((ROOT / "core" / "pipeline.py").read_text())
     for node in ast.walk(pipeline):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("_abort", "_reject", "_decline", "_no_key_reason"):
+        ending = ("_abort", "_aborted", "_reject", "_decline", "_no_key_reason")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ending:
             for arg in node.args:
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                     found.add(arg.value)
