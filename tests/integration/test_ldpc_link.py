@@ -1,4 +1,5 @@
-"""Two nodes reconcile with LDPC over real grpc.aio: Bob's frames decode in the node's process pool."""
+"""Two nodes reconcile with LDPC over real grpc.aio: Bob's frames decode in the node's process pool,
+with the link sessions on a thread of the node or in its protocol process."""
 
 from __future__ import annotations
 
@@ -37,13 +38,16 @@ def _digests(node: Node) -> dict[str, str]:
 
 
 @pytest.mark.asyncio
-async def test_ldpc_blocks_decoded_in_the_pool_match_at_both_ends(tmp_path: Path) -> None:
+@pytest.mark.parametrize("runner", ["thread", "process"])
+async def test_ldpc_blocks_decoded_in_the_pool_match_at_both_ends(tmp_path: Path, runner: str) -> None:
+    # "process": the sessions run in each node's protocol process, as in `qcinode up`, and the decode
+    # jobs (arrays of 128 KiB) cross from it to the node's pool and back.
     path = tmp_path / "pair.yaml"
     path.write_text(LDPC_PAIR)
     topology = load_topology(path)
     certs = tmp_path / "certs"
     make_certificates(cert_plan(topology), certs, bootstrap_key_bytes=8192)
-    common = dict(topology=topology, certs_dir=certs)
+    common = dict(topology=topology, certs_dir=certs, protocol_runner=runner)
     beta = Node(NodeSettings(name="beta", seed=41, data_dir=tmp_path / "beta", **common))
     port = await beta.start()
     alpha = Node(NodeSettings(name="alpha", seed=42, data_dir=tmp_path / "alpha", peers={"beta": f"127.0.0.1:{port}"}, **common))
