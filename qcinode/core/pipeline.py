@@ -969,6 +969,12 @@ class BobLink(_LinkEnd):
         self._reconciler = None
         self._corrected = None
 
+    def _transcript_for(self, msg: m.Message) -> Transcript:
+        """A Commit belongs to the block that awaits it, which is no longer the open one (rule 6b)."""
+        if isinstance(msg, m.Commit) and self._confirming is not None:
+            return self._confirming.transcript
+        return super()._transcript_for(msg)
+
     def work_ahead(self) -> bool:
         if self._reconciler is not None and self._reconciler.work_ahead():
             return True
@@ -1207,7 +1213,7 @@ class BobLink(_LinkEnd):
             raise RemoteProtocolError(f"Commit for block {msg.block_seq}, and no block awaits one")
         if msg.block_seq != block.seq:
             raise RemoteProtocolError(f"Commit for block {msg.block_seq}, block {block.seq} awaits one")
-        block.transcript.append_parts(self.direction_in, m.canonical_parts(dataclasses.replace(msg, auth_tag=b"")))
+        self._record_in(dataclasses.replace(msg, auth_tag=b""))
         try:
             block.transcript.verify(block.mac_keys[2], msg.auth_tag)
         except AuthenticationFailed:
