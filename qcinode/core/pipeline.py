@@ -609,11 +609,15 @@ class _LinkEnd:
         A driver with nothing else to do (waiting for the peer) may call it;
         nothing else changes, whether it is called or not.
         """
-        block = self.block
+        block = self._decided_block()
         if block is None or block.unhashed is None:
             return False
         _hashed(block)
         return True
+
+    def _decided_block(self) -> _Block | None:
+        """The block whose message of step 6 is out, whose hash this end may owe (rule 6a): Alice's open one."""
+        return self.block
 
     def abandon(self, reason: str) -> list[BlockEvent]:
         """The session broke (protocol error, lost peer): drop everything in flight.
@@ -978,11 +982,11 @@ class BobLink(_LinkEnd):
     def work_ahead(self) -> bool:
         if self._reconciler is not None and self._reconciler.work_ahead():
             return True
-        confirming = self._confirming
-        if confirming is not None and confirming.unhashed is not None:
-            _hashed(confirming)
-            return True
         return super().work_ahead()
+
+    def _decided_block(self) -> _Block | None:
+        """Bob's Verdict moves the block aside, out of the open slot (rule 6b)."""
+        return self._confirming
 
     def receive_frame(self, frame_id: int, frame: PhotonFrame, at_utc: float | None = None) -> list[m.Message]:
         """A frame arrived from the channel. Measured now if the link is sifting, else queued.
