@@ -27,7 +27,8 @@ Rules
    fraction of a second per kernel when compiled.  It is imported only by the
    first call whose input is large enough to pay for it
    (:data:`NUMBA_MIN_SIZE` elements, mode ``auto``), so a node that only
-   handles small blocks never loads it.
+   handles small blocks never loads it.  A node whose blocks will be large
+   loads it as it starts (:func:`would_use_numba`, :func:`warm_up`).
 3. **Mode.** :func:`set_mode` (or the environment variable
    ``QCINODE_KERNELS``, read once at the first call) chooses ``auto`` (the
    default: numba for large inputs), ``numba`` (always, for tests) or
@@ -103,6 +104,7 @@ __all__ = [
     "slots_from_gaps",
     "use_numba",
     "warm_up",
+    "would_use_numba",
 ]
 
 KERNEL_MODES: Final[tuple[str, ...]] = ("auto", "numba", "numpy")
@@ -167,6 +169,18 @@ def use_numba(size: int) -> bool:
     if current == "numpy" or (current == "auto" and size < NUMBA_MIN_SIZE):
         return False
     return _load() is not None or _require_numba(current)
+
+
+def would_use_numba(size: int) -> bool:
+    """Whether an input of ``size`` elements would go to the compiled twin, without loading numba to find out.
+
+    True in mode ``numba``, and in mode ``auto`` for ``size`` at or above
+    :data:`NUMBA_MIN_SIZE` unless numba already failed to import here.
+    """
+    current = mode()
+    if current == "numpy" or (current == "auto" and size < NUMBA_MIN_SIZE):
+        return False
+    return current == "numba" or not _numba_failed
 
 
 def _require_numba(current: str) -> bool:

@@ -210,6 +210,19 @@ class LinkProtocolConfig:
         return physics_at(self.physics, self.channel.conditions(at_utc))
 
     @property
+    def sifted_block_bits(self) -> int:
+        """About how many sifted bits a block holds: its ``block_bits`` key (Z) bits and the test (X) bits beside them.
+
+        Both ends pick Z with probability ``p`` independently, so a sifted
+        bit is in Z with probability ``p^2 / (p^2 + (1-p)^2)`` (rule 2 closes
+        the block at ``block_bits`` Z bits); the sizes of the block's arrays.
+        """
+        p = self.physics.z_basis_probability
+        if p <= 0.0:
+            return self.block_bits
+        return math.ceil(self.block_bits * (p * p + (1.0 - p) ** 2) / (p * p))
+
+    @property
     def has_decoy_states(self) -> bool:
         """Whether the source sends decoy or vacuum pulses (else: signal pulses only)."""
         _, decoy, vacuum = self.physics.class_probabilities

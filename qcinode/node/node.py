@@ -40,6 +40,7 @@ import numpy as np
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from ..core import kernels
 from ..core.clock import NetworkClock
 from ..core.randomness import CsprngGenerator, KeyRandomness
 from ..core.roles import Role
@@ -376,6 +377,8 @@ class Node:
                 key_rng, noise_rng = self._rngs()
                 worker = AliceWorker(rt, functools.partial(self._channel, rt.peer), self.clock, key_rng, noise_rng, **self._link_options())
                 workers.append((f"link {rt.link_id}", worker.run()))
+        if any(kernels.would_use_numba(rt.config.sifted_block_bits) for rt in self.links.values()):
+            workers.append(("kernels", self._warm_kernels()))
         workers.append(("routing", self.network.run_adverts()))
         for rt in self._contact_links():
             assert self.clock is not None
@@ -499,6 +502,18 @@ class Node:
         if self.clock is None:
             return []
         return [rt for rt in self.links.values() if rt.link.free_space is not None and rt.link.free_space.classical == "contact"]
+
+    async def _warm_kernels(self) -> None:
+        """Loads the compiled kernels where the links' steps run, as the node starts rather than at its first block.
+
+        A link whose blocks are large enough for them would otherwise load
+        them inside its first block (about a second of CPU, more on a busy
+        machine), which can cost a satellite link in ``contact`` mode most
+        of a short pass.
+        """
+        started = time.monotonic()
+        ready = await self.offload.runner.call("warm_up")
+        self.log.info("kernels.warmed", compiled=ready, seconds=round(time.monotonic() - started, 3))
 
     async def _follow_contact(self, rt: LinkRuntime, clock: NetworkClock) -> None:
         """A ``classical: contact`` link's classical channel exists only during passes.

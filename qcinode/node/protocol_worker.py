@@ -134,6 +134,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core import kernels
 from ..core.authentication import AuthKeyReserve
 from ..core.physics import Clicks, PhotonFrame
 from ..core.pipeline import AliceLink, BlockEvent, BobLink, Emission, LinkProtocolConfig, Measurement
@@ -439,6 +440,13 @@ class LinkSteps:
         done now; whether there was one. Results are the same whether it runs or not."""
         return any(link.work_ahead() for link in self._links.values())
 
+    def warm_up(self) -> bool:
+        """Loads the compiled kernels now (:func:`qcinode.core.kernels.warm_up`), so a first large block does not wait for them.
+
+        Returns whether they are ready.
+        """
+        return kernels.warm_up()
+
     def configure(self, handle: int, config: LinkProtocolConfig) -> None:
         """The link's configuration changed (an eavesdropper switched on or off): from the next frame on."""
         self._link(handle).config = config
@@ -486,6 +494,7 @@ _OPS: dict[str, Callable[..., Any]] = {
     "abandon": LinkSteps.abandon,
     "settle": LinkSteps.settle,
     "configure": LinkSteps.configure,
+    "warm_up": LinkSteps.warm_up,
     "drop": LinkSteps.drop,
 }
 

@@ -156,7 +156,14 @@ def test_in_contact_mode_the_classical_channel_runs_only_during_passes(tmp_path:
     from qcinode.kme.client import EtsiClient
 
     topology_path = tmp_path / "sat.yaml"
-    topology_path.write_text(SATELLITE.replace("beam_divergence_urad: 5.0}", "beam_divergence_urad: 5.0, classical: contact}"))
+    # A quarter of the other tests' speed: the pass lasts 14 wall seconds instead of 3.4, so a link
+    # whose first block needs 2 s on an idle machine still makes one on a saturated one.
+    topology_path.write_text(
+        SATELLITE.replace("beam_divergence_urad: 5.0}", "beam_divergence_urad: 5.0, classical: contact}").replace(
+            'emulation: {speed: 100, start: "2027-03-21T20:00:00Z"}', 'emulation: {speed: 25, start: "2027-03-21T20:35:00Z"}'
+        )
+    )
+    assert "speed: 25" in topology_path.read_text()
     with running_cluster(topology_path, tmp_path / "state") as cluster:
         # Before the pass there is no contact: the link is down, however long we wait.
         links = cluster_status(cluster.state_dir)["links"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -385,6 +386,34 @@ def test_small_blocks_never_import_numba_and_a_bad_environment_value_is_named() 
     bad = _run(code, {"QCINODE_KERNELS": "fastest"})
     assert bad.returncode != 0
     assert "QCINODE_KERNELS: must be one of auto, numba, numpy, got 'fastest'" in bad.stderr
+
+
+def test_whether_a_size_would_use_numba_is_told_without_importing_it() -> None:
+    code = """
+        import sys
+        from qcinode.core import kernels
+        n = kernels.NUMBA_MIN_SIZE
+        assert (kernels.would_use_numba(n - 1), kernels.would_use_numba(n)) == (False, True)
+        kernels.set_mode("numpy")
+        assert not kernels.would_use_numba(10 * n)
+        kernels.set_mode("numba")
+        assert kernels.would_use_numba(1)
+        assert "numba" not in sys.modules, "numba imported to answer"
+        assert kernels.warm_up() and "numba" in sys.modules
+    """
+    done = _run(code, {"QCINODE_KERNELS": "auto"})
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_blocks_sifted_size_counts_its_test_bits_beside_its_key_bits() -> None:
+    from qcinode.core.pipeline import LinkProtocolConfig
+    from tests.unit.test_pipeline import config
+
+    cfg = config(block_bits=100_000)
+    for p, expected in ((0.5, 200_000), (0.9, 100_000 * (0.81 + 0.01) / 0.81), (1.0, 100_000)):
+        physics = dataclasses.replace(cfg.physics, z_basis_probability=p)
+        sized = LinkProtocolConfig(link_id="l", physics=physics, block_bits=100_000)
+        assert sized.sifted_block_bits == pytest.approx(expected, abs=1)
 
 
 def test_kernels_cache_under_the_temporary_directory_when_no_default_place_is_writable(tmp_path: Path) -> None:
