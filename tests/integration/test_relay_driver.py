@@ -55,7 +55,10 @@ async def test_a_relayed_key_is_stored_and_a_cancelled_request_leaves_nothing_wa
     alpha, beta, _ = await _pair(tmp_path, two_node_topology)
     request = EncRequest(master_sae="alpha-app", slave_saes=("beta-app",), number=2, size_bits=256)
     try:
-        await until(lambda: alpha.network.available_keys("alpha-app", "beta-app", 256) >= 10, timeout_s=90)
+        # Enough key for the first request to set a pad stock aside (a sixteenth of what the link has
+        # free, at least its pad), which the concurrent requests below need: with only 10 keys the
+        # stock came only if the link made more meanwhile, which a loaded machine's did not.
+        await until(lambda: alpha.network.available_keys("alpha-app", "beta-app", 256) >= 40, timeout_s=90)
         keys = await alpha.network.deliver(request)
         assert [k.paths for k in keys] == [(("alpha", "beta"),)] * 2
         assert beta.keystore is not None and beta.keystore.take("beta-app", "alpha-app", [k.key_id for k in keys]) == [
