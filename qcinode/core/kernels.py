@@ -166,7 +166,7 @@ def use_numba(size: int) -> bool:
         ConfigError: Mode ``numba`` where numba cannot be imported.
     """
     current = mode()
-    if current == "numpy" or (current == "auto" and size < NUMBA_MIN_SIZE):
+    if not _asks_numba(current, size):
         return False
     return _load() is not None or _require_numba(current)
 
@@ -178,9 +178,12 @@ def would_use_numba(size: int) -> bool:
     :data:`NUMBA_MIN_SIZE` unless numba already failed to import here.
     """
     current = mode()
-    if current == "numpy" or (current == "auto" and size < NUMBA_MIN_SIZE):
-        return False
-    return current == "numba" or not _numba_failed
+    return _asks_numba(current, size) and (current == "numba" or not _numba_failed)
+
+
+def _asks_numba(current: str, size: int) -> bool:
+    """Whether mode ``current`` sends an input of ``size`` elements to the compiled twin where it can be loaded."""
+    return current == "numba" or (current == "auto" and size >= NUMBA_MIN_SIZE)
 
 
 def _require_numba(current: str) -> bool:
