@@ -46,7 +46,7 @@ async def _started(tmp_path: Path, block_bits: int) -> Node:
 async def test_a_node_with_large_blocks_loads_the_compiled_kernels_in_its_protocol_process_as_it_starts(tmp_path: Path) -> None:
     if not kernels.would_use_numba(kernels.NUMBA_MIN_SIZE):
         pytest.skip("compiled kernels are off here (QCINODE_KERNELS=numpy, or numba cannot be imported)")
-    # 100,000 key bits with Z chosen half the time: ~200,000 sifted bits a block, above the threshold.
+    # 100,000 key bits with the default Z probability (0.6): ~144,000 sifted bits a block, above the threshold.
     node = await _started(tmp_path, 100_000)
     try:
         assert node.links["alpha-beta"].config.sifted_block_bits >= kernels.NUMBA_MIN_SIZE
