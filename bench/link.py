@@ -32,7 +32,9 @@ second one. From the difference:
 * Cascade efficiency (``ec_efficiency``, cumulative since start) and the QBER
   of the last reconciled block;
 * peak RSS of each node (``VmHWM`` in ``/proc/PID/status``, node process
-  plus protocol process) and its CPU share of the window.
+  plus protocol process) and its CPU share of the window, with its CPU
+  split between its protocol process (the link's steps) and its node
+  process (the event loop: gRPC, crossings to the protocol process, saves).
 
 The node logs are scanned for warnings, errors, tracebacks and failed
 sessions (a failed dial before the first session is Alice starting before Bob
@@ -208,10 +210,10 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of proc(5)
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds of a node: its process and its protocol process."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of a node: its process (the event loop and its threads), and its protocol process."""
     child = protocol_process(pid)
-    return process_cpu_seconds(pid) + (process_cpu_seconds(child) if child is not None else 0.0)
+    return process_cpu_seconds(pid), (process_cpu_seconds(child) if child is not None else 0.0)
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -228,11 +230,12 @@ def peak_rss_mib(pid: int) -> float:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Snapshot:
     wall_s: float
-    cpu_s: dict[str, float]
+    cpu_s: dict[str, float]  # each node, its protocol process included
     link: dict[str, Any]
     bob_link: dict[str, Any]
     load_1min: float
     alice_link: dict[str, Any] = dataclasses.field(default_factory=dict)
+    protocol_cpu_s: dict[str, float] = dataclasses.field(default_factory=dict)  # each node's protocol process
 
     @property
     def blocks(self) -> int:
@@ -246,7 +249,8 @@ class Snapshot:
 def snapshot(state_dir: Path, pids: dict[str, int]) -> Snapshot:
     status = cluster_status(state_dir)
     wall = time.monotonic()
-    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    split = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu = {name: node + protocol for name, (node, protocol) in split.items()}
     bob_links = status["nodes"].get("bob", {}).get("links", [])
     alice_links = status["nodes"].get("alice", {}).get("links", [])
     return Snapshot(
@@ -256,6 +260,7 @@ def snapshot(state_dir: Path, pids: dict[str, int]) -> Snapshot:
         bob_link=next((x for x in bob_links if x.get("link_id") == LINK_ID), {}),
         load_1min=os.getloadavg()[0],
         alice_link=next((x for x in alice_links if x.get("link_id") == LINK_ID), {}),
+        protocol_cpu_s={name: protocol for name, (_, protocol) in split.items()},
     )
 
 
@@ -271,6 +276,7 @@ class LinkResult:
     secret_bits: int = 0
     bob_secret_bits: int = 0
     cpu_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    protocol_cpu_s: dict[str, float] = dataclasses.field(default_factory=dict)  # of cpu_s, in the protocol processes
     peak_rss_mib: dict[str, float] = dataclasses.field(default_factory=dict)
     blocks_done: int = 0
     blocks_aborted: int = 0
@@ -432,6 +438,7 @@ def fill(result: LinkResult, first: Snapshot, last: Snapshot) -> None:
     result.secret_bits = int(b.get("secret_bits", 0)) - int(a.get("secret_bits", 0))
     result.bob_secret_bits = int(last.bob_link.get("secret_bits", 0)) - int(first.bob_link.get("secret_bits", 0))
     result.cpu_s = {name: last.cpu_s[name] - first.cpu_s[name] for name in last.cpu_s}
+    result.protocol_cpu_s = {name: last.protocol_cpu_s[name] - first.protocol_cpu_s.get(name, 0.0) for name in last.protocol_cpu_s}
     result.blocks_done = int(b.get("blocks_done", 0)) - int(a.get("blocks_done", 0))
     result.blocks_aborted = int(b.get("blocks_aborted", 0)) - int(a.get("blocks_aborted", 0))
     result.total_done = int(b.get("blocks_done", 0))
@@ -589,6 +596,12 @@ def print_result(r: LinkResult) -> None:
         ("measured window", f"{r.seconds:.1f} s wall (first block ended {r.warmup_s:.1f} s after start)"),
         ("secret bits (Alice / Bob)", f"{r.secret_bits} / {r.bob_secret_bits}"),
         ("CPU s (alice + bob)", " + ".join(f"{r.cpu_s.get(n, 0):.1f}" for n in ("alice", "bob")) + f" = {r.total_cpu_s:.1f}"),
+        (
+            "  of which protocol process / node process",
+            ", ".join(
+                f"{n} {r.protocol_cpu_s.get(n, 0):.1f} / {r.cpu_s.get(n, 0) - r.protocol_cpu_s.get(n, 0):.1f}" for n in ("alice", "bob")
+            ),
+        ),
         (
             "CPU share of the window",
             ", ".join(f"{n} {100 * r.cpu_s.get(n, 0) / r.seconds:.0f} %" for n in ("alice", "bob")) if r.seconds else "-",
