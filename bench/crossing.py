@@ -13,10 +13,14 @@ blocks are timed:
 
 * the event loop's CPU time (``time.process_time``: pickling requests,
   reading answers, the futures; nothing else runs in this process);
-* the protocol process's CPU time (``/proc/PID/stat``) and, of it, the time
-  spent inside :meth:`LinkSteps.handle` (the steps' own work, timed in the
-  process); the rest is the process's side of the crossing (reading,
-  unpickling, pickling, sending);
+* the protocol process's CPU time (``/proc/PID/stat``) and, of it, the
+  steps' own work, each part timed on the thread that does it
+  (``time.thread_time``): inside :meth:`LinkSteps.handle` and the ends of
+  steps whose physics ran beside (main thread), the work done ahead while
+  the process waits (main thread: privacy amplification's hash, Bob's
+  Cascade tables), and the physics beside (its own thread: Alice's
+  emission, Bob's measurement); the rest is the process's side of the
+  crossing (reading, unpickling, pickling, sending);
 * the crossing: the loop's time plus the process's rest, and its share of
   both processes' CPU time.
 
@@ -41,8 +45,9 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,23 +65,29 @@ from tests.support.remote_pair import open_pair, pump_remote  # noqa: E402
 #: A node's bootstrap key length (qcinode.pki's default): the MAC-key reserve that crosses with each message.
 BOOTSTRAP = bytes(range(256)) * 256
 
-_inside_s = 0.0
-_handle = protocol_worker.LinkSteps.handle
+#: CPU seconds of the steps' own work in the protocol process, by part (each counted on its own thread).
+_spent = {"inside": 0.0, "ahead": 0.0, "beside": 0.0}
+_spent_lock = threading.Lock()
 
 
-def _timed_handle(self: protocol_worker.LinkSteps, op: str, args: tuple[Any, ...]) -> Any:
-    """LinkSteps.handle, adding its CPU time to the process's count (installed before the fork)."""
-    global _inside_s
-    start = time.process_time()
-    try:
-        return _handle(self, op, args)
-    finally:
-        _inside_s += time.process_time() - start
+def _timed(part: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method``, adding the CPU time of the thread that runs it to ``_spent[part]`` (installed before the fork)."""
+
+    def timed(*args: Any) -> Any:
+        start = time.thread_time()
+        try:
+            return method(*args)
+        finally:
+            with _spent_lock:
+                _spent[part] += time.thread_time() - start
+
+    return timed
 
 
-def _counts(_steps: protocol_worker.LinkSteps) -> tuple[float, float]:
-    """The protocol process's (time inside steps, CPU time), asked for as a request."""
-    return _inside_s, time.process_time()
+def _counts(_steps: protocol_worker.LinkSteps) -> tuple[dict[str, float], float]:
+    """The protocol process's steps' CPU time by part, and its whole CPU time, asked for as a request."""
+    with _spent_lock:
+        return dict(_spent), time.process_time()
 
 
 def link_config(block_bits: int) -> tuple[LinkProtocolConfig, int]:
@@ -94,7 +105,10 @@ def link_config(block_bits: int) -> tuple[LinkProtocolConfig, int]:
 async def measure(block_bits: int, blocks: int, seed: int) -> dict[str, float]:
     config, slots = link_config(block_bits)
     tune_allocator_for_links(block_bits)  # as a node does, before its protocol process forks
-    protocol_worker.LinkSteps.handle = _timed_handle  # type: ignore[method-assign]
+    protocol_worker.LinkSteps.handle = _timed("inside", protocol_worker.LinkSteps.handle)  # type: ignore[method-assign]
+    protocol_worker.LinkSteps.finish_beside = _timed("inside", protocol_worker.LinkSteps.finish_beside)  # type: ignore[method-assign]
+    protocol_worker.LinkSteps.work_ahead = _timed("ahead", protocol_worker.LinkSteps.work_ahead)  # type: ignore[method-assign]
+    protocol_worker._Beside.run = _timed("beside", protocol_worker._Beside.run)  # type: ignore[method-assign]
     protocol_worker._OPS["bench_counts"] = _counts
     runner = protocol_worker.ProcessRunner("bench", fork=True)
     try:
@@ -107,9 +121,9 @@ async def measure(block_bits: int, blocks: int, seed: int) -> dict[str, float]:
         inside1, child1 = await runner.call("bench_counts")
     finally:
         runner.close()
-    child_s, inside_s = child1 - child0, inside1 - inside0
+    parts = {part: inside1[part] - inside0[part] for part in inside1}
     bits = sum(8 * len(e.key) for e in pair.alice_events if isinstance(e, BlockAccepted))
-    return {"loop_s": loop_s, "child_s": child_s, "inside_s": inside_s, "bits": bits, "blocks": len(pair.alice_events)}
+    return {"loop_s": loop_s, "child_s": child1 - child0, **parts, "bits": bits, "blocks": len(pair.alice_events)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,11 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("needs Linux (/proc, fork)", file=sys.stderr)
         return 2
     r = asyncio.run(measure(int(args.block_bits), args.blocks, args.seed))
-    crossing = r["loop_s"] + r["child_s"] - r["inside_s"]
+    work = r["inside"] + r["ahead"] + r["beside"]
+    crossing = r["loop_s"] + r["child_s"] - work
     total = r["loop_s"] + r["child_s"]
     print(f"== crossing to the protocol process: GYS 10 km, block {args.block_bits:.3g} key bits, {r['blocks']:.0f} blocks, pid {os.getpid()} ==")
     print(f"  event loop CPU s                      {r['loop_s']:.3f}")
-    print(f"  protocol process CPU s                {r['child_s']:.3f}  (inside steps {r['inside_s']:.3f}, crossing {r['child_s'] - r['inside_s']:.3f})")
+    print(
+        f"  protocol process CPU s                {r['child_s']:.3f}  (steps {r['inside']:.3f}, worked ahead {r['ahead']:.3f},"
+        f" physics beside {r['beside']:.3f}; crossing {r['child_s'] - work:.3f})"
+    )
     print(f"  crossing CPU s (loop + process rest)  {crossing:.3f}  ({100 * crossing / total:.1f} % of {total:.3f})")
     print(f"  secret bits per CPU-second            {r['bits'] / total:.4g}")
     return 0
