@@ -114,14 +114,14 @@ async def measure(block_bits: int, blocks: int, seed: int) -> dict[str, float]:
     try:
         await pump_remote(await open_pair(runner, config, BOOTSTRAP, seed + 1), frame_slots=slots, blocks=1)  # warm-up
         pair = await open_pair(runner, config, BOOTSTRAP, seed)
-        inside0, child0 = await runner.call("bench_counts")
+        spent0, child0 = await runner.call("bench_counts")
         loop0 = time.process_time()
         await pump_remote(pair, frame_slots=slots, blocks=blocks)
         loop_s = time.process_time() - loop0
-        inside1, child1 = await runner.call("bench_counts")
+        spent1, child1 = await runner.call("bench_counts")
     finally:
         runner.close()
-    parts = {part: inside1[part] - inside0[part] for part in inside1}
+    parts = {part: spent1[part] - spent0[part] for part in spent1}
     bits = sum(8 * len(e.key) for e in pair.alice_events if isinstance(e, BlockAccepted))
     return {"loop_s": loop_s, "child_s": child1 - child0, **parts, "bits": bits, "blocks": len(pair.alice_events)}
 
