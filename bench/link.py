@@ -438,7 +438,7 @@ def fill(result: LinkResult, first: Snapshot, last: Snapshot) -> None:
     result.secret_bits = int(b.get("secret_bits", 0)) - int(a.get("secret_bits", 0))
     result.bob_secret_bits = int(last.bob_link.get("secret_bits", 0)) - int(first.bob_link.get("secret_bits", 0))
     result.cpu_s = {name: last.cpu_s[name] - first.cpu_s[name] for name in last.cpu_s}
-    result.protocol_cpu_s = {name: last.protocol_cpu_s[name] - first.protocol_cpu_s.get(name, 0.0) for name in last.protocol_cpu_s}
+    result.protocol_cpu_s = {name: last.protocol_cpu_s[name] - first.protocol_cpu_s[name] for name in last.protocol_cpu_s}
     result.blocks_done = int(b.get("blocks_done", 0)) - int(a.get("blocks_done", 0))
     result.blocks_aborted = int(b.get("blocks_aborted", 0)) - int(a.get("blocks_aborted", 0))
     result.total_done = int(b.get("blocks_done", 0))
