@@ -586,8 +586,9 @@ class PostprocessingConfig(_Section):
             bits), in [1, 8]: 1 is textbook Cascade, one level at a time;
             ``d`` > 1 costs ``2**d - 1`` parities per such leaf instead of
             ``d`` and saves round trips, which a block waits on. The default
-            2 takes 12-28 % of the round trips off for f +0.1 to +0.7 %
-            (6 seeds at 1-5 % QBER, on 10^5 and 10^6 bits).
+            3 takes 25-31 % of textbook Cascade's round trips off for f
+            +0.3 to +1.2 % on 10^6 bits, 11-14 % for f +0.2 to +0.7 % on
+            10^5 bits (6 blocks at 1, 3.3 and 5 % QBER).
         finite_key: The finite-key analysis of a decoy-state block, one of
             :data:`FINITE_KEY_ANALYSES` (:func:`qcinode.core.finite_key.decoy_key_length`):
             ``chernoff`` (per-class Chernoff bounds, the default), ``yin2020``
