@@ -78,7 +78,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from link import protocol_process
+from link import process_cpu_seconds, protocol_process
 
 from qcinode.cluster.launcher import Cluster
 from qcinode.cluster.zygote import launch_mode
@@ -87,7 +87,6 @@ from qcinode.errors import ConfigError
 from qcinode.kme.client import EtsiClient
 from qcinode.topology import load_topology
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: Nodes scraped or health-checked at the same time (the bench waits on their answers, it computes little).
 SCRAPERS = 16
 MASTER_SAE, SLAVE_SAE = "sae-master", "sae-slave"
@@ -176,12 +175,11 @@ def threads(pid: int) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of the process and its reaped children... of the process (threads included)."""
+    """User + system CPU seconds of one process (its threads included); NaN for a process gone meanwhile."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return process_cpu_seconds(pid)
     except OSError:
         return math.nan
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 _METRIC = re.compile(
