@@ -444,22 +444,21 @@ def test_a_thin_batch_is_thin_per_key_bit_so_the_default_lookahead_costs_little_
     from qcinode.core.reconciliation import DEFAULT_CASCADE_LOOKAHEAD, lookahead_below
 
     assert (lookahead_below(10**6), lookahead_below(10**5), lookahead_below(20_000)) == (64, 6, 1)
-    depth_default = DEFAULT_CASCADE_LOOKAHEAD
-    assert depth_default > 1
+    assert DEFAULT_CASCADE_LOOKAHEAD == 3
     # On 10^5 bits at 3 % QBER (3 seeds): the default takes round trips off
     # for a leak within a per cent of textbook Cascade's (6 blocks measured
     # at 3.3 %: 94.0 -> 81.2 round trips, f 1.061 -> 1.064); the thin batch
     # of 10^6-bit blocks (64 leaves) would cost f about 1.08 here.
     n, qber = 100_000, 0.03
-    rounds: dict[int, list[int]] = {1: [], depth_default: []}
-    f: dict[int, list[float]] = {1: [], depth_default: []}
+    rounds: dict[int, list[int]] = {1: [], 3: []}
+    f: dict[int, list[float]] = {1: [], 3: []}
     for seed in range(3):
         alice_key, bob_key = noisy_pair(n, qber, seed)
-        for depth in (1, depth_default):
+        for depth in (1, DEFAULT_CASCADE_LOOKAHEAD):
             params = CascadeParams(lookahead_below=lookahead_below(n) if depth > 1 else 0, lookahead_depth=depth)
             out = reconcile(alice_key, bob_key, qber, seed=2000 + seed, params=params)
             assert out.residual_errors == 0
             rounds[depth].append(len(out.queries))
             f[depth].append(out.questions / (n * h2(out.actual_qber)))
-    assert np.mean(rounds[depth_default]) < 0.93 * np.mean(rounds[1])
-    assert np.mean(f[1]) < np.mean(f[depth_default]) < np.mean(f[1]) + 0.01
+    assert np.mean(rounds[3]) < 0.93 * np.mean(rounds[1])
+    assert np.mean(f[1]) < np.mean(f[3]) < np.mean(f[1]) + 0.01
